@@ -1,0 +1,141 @@
+"""From a shipment request to a pass decision: locate, assess, route, sign.
+
+`Decider.decide` depends only on the request, the catalog, and the reference data as of the
+decision time, so the live worker and an audit replay produce the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from routing import Gazetteer, Place, RegionGraph, RoutePlanner
+
+from .passes import PassState, Signer, pass_id_for
+from .policy import Catalog, Reason, assess
+from .records import FieldError, Location, ShipmentRequest, format_time
+from .reference import EnterpriseBook, RiskBook
+
+__all__ = ["Decider", "Decision"]
+
+# A pass must outlast the drive it covers; this margin covers rest stops and queues.
+_ROUTE_MARGIN = timedelta(hours=12)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    message: dict            # the PassDecision as published
+    state: PassState | None  # the tracker's initial state, on approval
+
+
+class Decider:
+    def __init__(self, *, catalog: Catalog, gazetteer: Gazetteer, graph: RegionGraph, planner: RoutePlanner,
+                 risk: RiskBook, enterprises: EnterpriseBook, signer: Signer, geocoder=None) -> None:
+        self.catalog = catalog
+        self.gazetteer = gazetteer
+        self.graph = graph
+        self.planner = planner
+        self.risk = risk
+        self.enterprises = enterprises
+        self.signer = signer
+        # An online geopy geocoder may stand in for addresses; the offline gazetteer stays
+        # the default because decisions must not depend on a remote service's mood.
+        self.geocoder = geocoder
+
+    def locate(self, location: Location) -> Place | None:
+        if location.adcode:
+            return self.gazetteer.locate(location.adcode)
+        if location.address:
+            if self.geocoder is not None:
+                found = self.geocoder.geocode(location.address)
+                return self.gazetteer.nearest(found.latitude, found.longitude) if found else None
+            return self.gazetteer.from_address(location.address)
+        if location.lat is not None and location.lon is not None:
+            return self.gazetteer.nearest(location.lat, location.lon)
+        return None
+
+    def _reject(self, request: ShipmentRequest, decided_at: datetime, reasons, priority=None) -> Decision:
+        return Decision({
+            "shipment_id": request.shipment_id,
+            "decision": "rejected",
+            "priority": priority,
+            "reasons": [r.to_dict() for r in reasons],
+            "rules_version": self.catalog.version,
+            "decided_at": format_time(decided_at),
+            "pass": None,
+        }, None)
+
+    def decide(self, request: ShipmentRequest, errors: list[FieldError], *, decided_at: datetime) -> Decision:
+        if errors:
+            return self._reject(request, decided_at, [Reason(e.code, e.text, e.field) for e in errors])
+
+        ends: list[Place] = []
+        problems = []
+        for name, where in (("origin", request.origin), ("destination", request.destination)):
+            place = self.locate(where)
+            if place is None:
+                problems.append(Reason(f"{name}_unresolved", f"{name} could not be located in the gazetteer", name))
+            elif not place.is_county:
+                problems.append(Reason(f"{name}_not_county",
+                                       f"{name} resolves only to {place.name} ({place.adcode}); give a county", name))
+            else:
+                ends.append(place)
+        if problems:
+            return self._reject(request, decided_at, problems)
+        origin, destination = ends
+
+        at = decided_at
+        origin_level = self.risk.level_at(origin.adcode, at)
+        destination_level = self.risk.level_at(destination.adcode, at)
+        verdict = assess(request, catalog=self.catalog, enterprises=self.enterprises,
+                         origin_level=origin_level, destination_level=destination_level, at=at)
+        if not verdict.approved:
+            return self._reject(request, decided_at, verdict.reasons, verdict.priority)
+
+        blocked = self.risk.blocked_at(at, self.graph.prefectures_in)
+        route = self.planner.plan(origin, destination, blocked=blocked, departure=request.departure_at)
+        if route is None:
+            return self._reject(request, decided_at, [Reason(
+                "no_safe_route", "every route between origin and destination crosses a high-risk region")],
+                verdict.priority)
+
+        valid_from = request.departure_at
+        drive = route.eta - valid_from + _ROUTE_MARGIN
+        hours = max(verdict.validity_hours, math.ceil(drive.total_seconds() / 3600))
+        valid_until = valid_from + timedelta(hours=hours)
+        pass_id = pass_id_for(origin.adcode, request.shipment_id)
+        route_dict = route.to_dict()
+        claims = {
+            "pid": pass_id, "plate": request.plate, "nbf": format_time(valid_from),
+            "exp": format_time(valid_until), "rt": route_dict["adcodes"],
+            "cp": [c["checkpoint_id"] for c in route_dict["checkpoints"]],
+        }
+        the_pass = {
+            "pass_id": pass_id,
+            "issuer": origin.adcode,
+            "plate": request.plate,
+            "priority": verdict.priority,
+            "valid_from": claims["nbf"],
+            "valid_until": claims["exp"],
+            "trip": request.trip,
+            "toll_exempt": verdict.toll_exempt,
+            "route": route_dict,
+            "token": self.signer.token(claims),
+        }
+        message = {
+            "shipment_id": request.shipment_id,
+            "decision": "approved",
+            "priority": verdict.priority,
+            "reasons": [r.to_dict() for r in verdict.reasons],
+            "rules_version": self.catalog.version,
+            "decided_at": format_time(decided_at),
+            "pass": the_pass,
+        }
+        state = PassState(
+            pass_id=pass_id, shipment_id=request.shipment_id, plate=request.plate, priority=verdict.priority,
+            shipper=request.shipper.credit_code, consignee=request.consignee.credit_code,
+            origin=origin.adcode, destination=destination.adcode, trip=request.trip,
+            valid_from=claims["nbf"], valid_until=claims["exp"], departure_at=format_time(request.departure_at),
+            route=route_dict)
+        return Decision(message, state)

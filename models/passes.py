@@ -1,0 +1,226 @@
+"""Passes: their numbers, their signed tokens, and the status state machine.
+
+A pass number is 12 digits: the issuing county's adcode and a serial derived from the
+shipment id, so the same request always yields the same pass, in any worker, in a replay.
+Tokens are Ed25519-signed so a checkpoint can verify them offline with the public key.
+The state machine is a pure function from (state, scan) to (state, status event).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .records import CheckpointScan, canonical, format_time, parse_time
+
+__all__ = [
+    "PassStatusKind", "TRANSITIONS", "IllegalTransition", "InvalidToken", "PassState", "Signer",
+    "pass_id_for", "verify_token", "on_scan", "transition",
+]
+
+
+def pass_id_for(issuer_adcode: str, shipment_id: str) -> str:
+    """12 digits: issuer adcode + 6-digit serial from the shipment id (stable, stateless)."""
+    digest = hashlib.sha256(shipment_id.encode()).digest()
+    return f"{issuer_adcode[:6]}{int.from_bytes(digest[:8], 'big') % 1_000_000:06d}"
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+class InvalidToken(ValueError):
+    pass
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Signer:
+    """Signs pass tokens; Ed25519 signatures are deterministic, so tokens are too."""
+
+    def __init__(self, private_key: Ed25519PrivateKey, key_id: str) -> None:
+        self._key = private_key
+        self.key_id = key_id
+        self.public_key = private_key.public_key()
+
+    def token(self, claims: dict) -> str:
+        body = canonical({**claims, "kid": self.key_id})
+        return f"{_b64(body)}.{_b64(self._key.sign(body))}"
+
+
+def verify_token(token: str, public_key: Ed25519PublicKey) -> dict:
+    """The claims of a genuine token; InvalidToken for anything forged, altered or garbled."""
+    try:
+        body_text, sig_text = token.split(".")
+        body, sig = _unb64(body_text), _unb64(sig_text)
+    except (ValueError, AttributeError):
+        raise InvalidToken("token is not two base64url parts") from None
+    try:
+        public_key.verify(sig, body)
+    except InvalidSignature:
+        raise InvalidToken("token signature does not verify") from None
+    return orjson.loads(body)
+
+
+# --- state machine ----------------------------------------------------------------------------
+
+class PassStatusKind(StrEnum):
+    ISSUED = "issued"
+    AT_CHECKPOINT = "at_checkpoint"
+    IN_TRANSIT = "in_transit"
+    HELD = "held"
+    DELIVERED = "delivered"
+    REROUTED = "rerouted"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+S = PassStatusKind
+_MOVING = {S.AT_CHECKPOINT, S.IN_TRANSIT, S.HELD, S.DELIVERED, S.REROUTED, S.SUSPENDED, S.REVOKED, S.EXPIRED}
+TRANSITIONS: dict[S, frozenset[S]] = {
+    S.ISSUED: frozenset(_MOVING),
+    S.AT_CHECKPOINT: frozenset(_MOVING),
+    S.IN_TRANSIT: frozenset(_MOVING),
+    S.REROUTED: frozenset(_MOVING),
+    # A held vehicle is released by a scan that verifies; it can also lose its pass.
+    S.HELD: frozenset({S.AT_CHECKPOINT, S.IN_TRANSIT, S.DELIVERED, S.HELD, S.SUSPENDED, S.REROUTED,
+                       S.REVOKED, S.EXPIRED}),
+    # A suspended pass comes back only through re-evaluation (a new safe route).
+    S.SUSPENDED: frozenset({S.REROUTED, S.REVOKED, S.EXPIRED}),
+    S.DELIVERED: frozenset(),
+    S.REVOKED: frozenset(),
+    S.EXPIRED: frozenset(),
+}
+ACTIVE = frozenset({S.ISSUED, S.AT_CHECKPOINT, S.IN_TRANSIT, S.REROUTED, S.HELD, S.SUSPENDED})
+
+
+class IllegalTransition(ValueError):
+    pass
+
+
+def transition(current: S, new: S) -> S:
+    if new not in TRANSITIONS[current]:
+        raise IllegalTransition(f"{current} -> {new}")
+    return new
+
+
+@dataclass(frozen=True)
+class PassState:
+    """What the tracker knows of one pass (stored as JSON in the pass table)."""
+    pass_id: str
+    shipment_id: str
+    plate: str
+    priority: str
+    shipper: str
+    consignee: str
+    origin: str
+    destination: str
+    trip: str
+    valid_from: str
+    valid_until: str
+    departure_at: str
+    route: dict
+    status: str = S.ISSUED
+    checkpoint_id: str | None = None
+    arrived_at: str | None = None
+    scans: dict[str, bytes] = field(default_factory=dict)  # scan_id -> status event it produced
+
+    @property
+    def checkpoint_ids(self) -> list[str]:
+        return [c["checkpoint_id"] for c in self.route["checkpoints"]]
+
+    @property
+    def nodes(self) -> set[str]:
+        return {a[:4] for a in self.route["adcodes"]}
+
+    def to_json(self) -> bytes:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "scans"}
+        data["scans"] = {k: v.decode() for k, v in self.scans.items()}
+        return orjson.dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> PassState:
+        data = orjson.loads(raw)
+        data["scans"] = {k: v.encode() for k, v in data["scans"].items()}
+        return cls(**data)
+
+
+def status_event(state: PassState, status: str, at: datetime | str, *, reason: str | None = None,
+                 checkpoint_id: str | None = None, dwell_seconds: float | None = None,
+                 dwell_target: int = 900, cause: str, **extra) -> dict:
+    event = {
+        "pass_id": state.pass_id,
+        "shipment_id": state.shipment_id,
+        "status": str(status),
+        "at": at if isinstance(at, str) else format_time(at),
+        "checkpoint_id": checkpoint_id,
+        "reason": reason,
+        "dwell_seconds": dwell_seconds,
+        "dwell_exceeded": dwell_seconds is not None and dwell_seconds > dwell_target,
+        "cause": cause,
+    }
+    event.update(extra)
+    return event
+
+
+def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
+            dwell_target: int = 900) -> tuple[PassState, dict]:
+    """Apply one verified-or-not scan; returns the new state and the status event to publish.
+
+    A scan that changes nothing (a terminal pass, a suspended one) still yields an event
+    saying so, so the checkpoint always gets an answer.
+    """
+    at = scan.scanned_at
+    cause = f"scan:{scan.scan_id}"
+    current = S(state.status)
+
+    def keep(reason: str) -> tuple[PassState, dict]:
+        return state, status_event(state, current, at, reason=reason, checkpoint_id=scan.checkpoint_id,
+                                   cause=cause, dwell_target=dwell_target)
+
+    def move(new: S, reason: str | None = None, **kw) -> tuple[PassState, dict]:
+        transition(current, new)
+        arrived = format_time(at) if new is S.AT_CHECKPOINT else None
+        return (replace(state, status=new, checkpoint_id=scan.checkpoint_id, arrived_at=arrived),
+                status_event(state, new, at, reason=reason, checkpoint_id=scan.checkpoint_id, cause=cause,
+                             dwell_target=dwell_target, **kw))
+
+    if current in (S.DELIVERED, S.REVOKED, S.EXPIRED):
+        return keep(f"pass_{current}")
+    if current is S.SUSPENDED:
+        return keep("pass_suspended")
+    if at > parse_time(state.valid_until):
+        return move(S.EXPIRED, "validity_ended")
+    if token_error:
+        return move(S.HELD, token_error)
+    if at < parse_time(state.valid_from):
+        return move(S.HELD, "not_yet_valid")
+    if scan.plate != state.plate:
+        return move(S.HELD, "plate_mismatch")
+    if scan.checkpoint_id not in state.checkpoint_ids:
+        return move(S.HELD, "checkpoint_not_on_route")
+
+    if scan.kind == "arrival":
+        if scan.checkpoint_id == state.checkpoint_ids[-1]:
+            return move(S.DELIVERED, "arrived_at_destination")
+        return move(S.AT_CHECKPOINT)
+    dwell = None
+    if current is S.AT_CHECKPOINT and state.checkpoint_id == scan.checkpoint_id and state.arrived_at:
+        dwell = round((at - parse_time(state.arrived_at)).total_seconds(), 3)
+    return move(S.IN_TRANSIT, dwell_seconds=dwell)
+
+
+def validity(departure_at: datetime, hours: int) -> tuple[datetime, datetime]:
+    return departure_at, departure_at + timedelta(hours=hours)

@@ -1,0 +1,388 @@
+"""Wire messages of the green channel: parsing, field validation and canonical JSON.
+
+Inputs (shipment requests, checkpoint scans, risk levels, key-enterprise entries) are parsed
+from raw bytes into frozen dataclasses. A value that is not a JSON object cannot be parsed
+and belongs in the dead-letter topic; a JSON object with bad fields is parsed into a
+`FieldError` list so the decision can name every bad field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "CargoItem", "CheckpointScan", "EnterpriseEntry", "FieldError", "Location", "Party",
+    "RegionRisk", "ShipmentRequest", "Unparseable", "canonical", "check_credit_code",
+    "check_id_number", "format_time", "load_object", "parse_request", "parse_scan",
+    "parse_enterprise", "parse_risk", "parse_time",
+]
+
+
+class Unparseable(ValueError):
+    """The bytes are not a JSON object of the expected message: dead-letter them."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    code: str
+    text: str
+
+
+def load_object(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        raise Unparseable("empty message value")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Unparseable(f"not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise Unparseable(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def canonical(obj: Any) -> bytes:
+    """One byte string per value: sorted keys, no whitespace (the determinism contract)."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def parse_time(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 timestamp string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an RFC 3339 timestamp") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value!r} has no UTC offset")
+    return parsed.astimezone(timezone.utc)
+
+
+def format_time(value: datetime) -> str:
+    value = value.astimezone(timezone.utc)
+    if value.microsecond:
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- identifiers -------------------------------------------------------------------------
+
+# GB 32100-2015: 31 characters, I O Z S V excluded so they cannot be misread.
+_CREDIT_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_CREDIT_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
+_CREDIT_RE = re.compile(r"^[0-9A-HJ-NPQRTUWXY]{2}\d{6}[0-9A-HJ-NPQRTUWXY]{10}$")
+
+
+def check_credit_code(code: str) -> str | None:
+    """None when `code` is a valid unified social credit code, else what is wrong."""
+    if len(code) != 18:
+        return "must be 18 characters"
+    if not _CREDIT_RE.match(code):
+        return "has characters outside GB 32100-2015"
+    total = sum(_CREDIT_ALPHABET.index(c) * w for c, w in zip(code[:17], _CREDIT_WEIGHTS))
+    expected = _CREDIT_ALPHABET[(31 - total % 31) % 31]
+    if code[17] != expected:
+        return f"check character is {code[17]!r}, expected {expected!r}"
+    return None
+
+
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def check_id_number(number: str) -> str | None:
+    """None when `number` is a valid 18-digit resident ID (GB 11643-1999), else what is wrong."""
+    if not re.fullmatch(r"\d{17}[\dX]", number):
+        return "must be 17 digits and a digit or X"
+    try:
+        datetime.strptime(number[6:14], "%Y%m%d")
+    except ValueError:
+        return "has an impossible date of birth"
+    total = sum(int(c) * w for c, w in zip(number[:17], _ID_WEIGHTS))
+    expected = "10X98765432"[total % 11]
+    if number[17] != expected:
+        return f"check digit is {number[17]!r}, expected {expected!r}"
+    return None
+
+
+_PLATE_RE = re.compile(
+    r"^[京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼][A-HJ-NP-Z][A-HJ-NP-Z0-9]{4,5}[A-HJ-NP-Z0-9挂学警]$"
+)
+_PHONE_RE = re.compile(r"^(\+86)?1[3-9]\d{9}$")
+
+
+def normalise_plate(plate: str) -> str:
+    return plate.replace("·", "").replace(" ", "").upper()
+
+
+# --- messages -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    credit_code: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CargoItem:
+    hs_code: str
+    description: str
+    quantity: float
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Exactly one of: an adcode, a Chinese address, or coordinates."""
+    adcode: str | None = None
+    address: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShipmentRequest:
+    shipment_id: str
+    submitted_at: datetime
+    shipper: Party
+    consignee: Party
+    cargo: tuple[CargoItem, ...]
+    plate: str
+    vehicle_type: str
+    driver_name: str
+    driver_id_number: str
+    driver_phone: str
+    origin: Location
+    destination: Location
+    departure_at: datetime
+    trip: str
+
+
+class _Errors:
+    """Collects field errors while reading a message, so one pass names every bad field."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldError] = []
+
+    def add(self, field: str, code: str, text: str) -> None:
+        self.items.append(FieldError(field, code, text))
+
+    def text(self, obj: Any, field: str, path: str | None = None, *, required: bool = True) -> str:
+        path = path or field
+        value = obj.get(field) if isinstance(obj, dict) else None
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        if not required and (value is None or value == ""):
+            return ""
+        self.add(path, "missing" if value is None else "invalid", f"{path} must be a non-empty string")
+        return ""
+
+    def time(self, obj: dict, field: str) -> datetime | None:
+        try:
+            return parse_time(obj.get(field))
+        except ValueError as exc:
+            self.add(field, "missing" if obj.get(field) is None else "invalid", f"{field} {exc}")
+            return None
+
+    def party(self, obj: dict, field: str) -> Party:
+        sub = obj.get(field)
+        if not isinstance(sub, dict):
+            self.add(field, "missing", f"{field} must be an object {{credit_code, name}}")
+            return Party("", "")
+        code = self.text(sub, "credit_code", f"{field}.credit_code").upper()
+        if code:
+            problem = check_credit_code(code)
+            if problem:
+                self.add(f"{field}.credit_code", "bad_credit_code", f"{field}.credit_code {code!r} {problem}")
+        return Party(code, self.text(sub, "name", f"{field}.name"))
+
+    def location(self, obj: dict, field: str) -> Location:
+        sub = obj.get(field)
+        if not isinstance(sub, dict):
+            self.add(field, "missing", f"{field} must be one of {{adcode}}, {{address}} or {{lat, lon}}")
+            return Location()
+        if "adcode" in sub:
+            code = str(sub["adcode"])
+            if not re.fullmatch(r"\d{6}(\d{6})?", code):
+                self.add(f"{field}.adcode", "invalid", f"{field}.adcode must be a 6-digit division code")
+                return Location()
+            return Location(adcode=code[:6])
+        if "address" in sub:
+            return Location(address=self.text(sub, "address", f"{field}.address"))
+        lat, lon = sub.get("lat"), sub.get("lon")
+        if (isinstance(lat, (int, float)) and isinstance(lon, (int, float))
+                and not isinstance(lat, bool) and -90 <= lat <= 90 and -180 <= lon <= 180):
+            return Location(lat=float(lat), lon=float(lon))
+        self.add(field, "invalid", f"{field} must be one of {{adcode}}, {{address}} or {{lat, lon}}")
+        return Location()
+
+
+def parse_request(obj: dict[str, Any], *, fallback_id: str | None = None) -> tuple[ShipmentRequest, list[FieldError]]:
+    """Read a ShipmentRequest; the error list names each bad field (empty when valid).
+
+    Raises Unparseable when there is no shipment id to answer to.
+    """
+    sid = obj.get("shipment_id")
+    if not isinstance(sid, str) or not sid.strip():
+        if not fallback_id:
+            raise Unparseable("no shipment_id in the value and no message key")
+        sid = fallback_id
+    sid = sid.strip()
+    e = _Errors()
+    submitted_at = e.time(obj, "submitted_at")
+    departure_at = e.time(obj, "departure_at")
+    shipper = e.party(obj, "shipper")
+    consignee = e.party(obj, "consignee")
+
+    cargo: list[CargoItem] = []
+    items = obj.get("cargo")
+    if not isinstance(items, list) or not items:
+        e.add("cargo", "missing", "cargo must be a non-empty list of {hs_code, description, quantity, unit}")
+        items = []
+    for i, item in enumerate(items):
+        path = f"cargo[{i}]"
+        if not isinstance(item, dict):
+            e.add(path, "invalid", f"{path} must be an object")
+            continue
+        hs = str(item.get("hs_code", "")).replace(".", "").strip()
+        if not re.fullmatch(r"\d{4,10}", hs):
+            e.add(f"{path}.hs_code", "bad_hs_code", f"{path}.hs_code must be 4 to 10 digits")
+        qty = item.get("quantity")
+        if isinstance(qty, bool) or not isinstance(qty, (int, float)) or not qty > 0:
+            e.add(f"{path}.quantity", "invalid", f"{path}.quantity must be a positive number")
+            qty = 0
+        cargo.append(CargoItem(hs, e.text(item, "description", f"{path}.description", required=False),
+                               float(qty), e.text(item, "unit", f"{path}.unit", required=False)))
+
+    vehicle = obj.get("vehicle") if isinstance(obj.get("vehicle"), dict) else {}
+    if not vehicle:
+        e.add("vehicle", "missing", "vehicle must be an object {plate, type}")
+    plate = normalise_plate(e.text(vehicle, "plate", "vehicle.plate")) if vehicle else ""
+    if plate and not _PLATE_RE.match(plate):
+        e.add("vehicle.plate", "bad_plate", f"vehicle.plate {plate!r} is not a Chinese vehicle plate")
+
+    driver = obj.get("driver") if isinstance(obj.get("driver"), dict) else {}
+    if not driver:
+        e.add("driver", "missing", "driver must be an object {name, id_number, phone}")
+    id_number = e.text(driver, "id_number", "driver.id_number").upper() if driver else ""
+    if id_number and (problem := check_id_number(id_number)):
+        e.add("driver.id_number", "bad_id_number", f"driver.id_number {problem}")
+    phone = e.text(driver, "phone", "driver.phone").replace(" ", "").replace("-", "") if driver else ""
+    if phone and not _PHONE_RE.match(phone):
+        e.add("driver.phone", "bad_phone", "driver.phone must be a mainland mobile number")
+
+    trip = obj.get("trip", "single")
+    if trip not in ("single", "multi"):
+        e.add("trip", "invalid", "trip must be 'single' or 'multi'")
+        trip = "single"
+
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    request = ShipmentRequest(
+        shipment_id=sid,
+        submitted_at=submitted_at or epoch,
+        shipper=shipper,
+        consignee=consignee,
+        cargo=tuple(cargo),
+        plate=plate,
+        vehicle_type=str(vehicle.get("type", "")) if vehicle else "",
+        driver_name=e.text(driver, "name", "driver.name") if driver else "",
+        driver_id_number=id_number,
+        driver_phone=phone,
+        origin=e.location(obj, "origin"),
+        destination=e.location(obj, "destination"),
+        departure_at=departure_at or epoch,
+        trip=trip,
+    )
+    return request, e.items
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointScan:
+    scan_id: str
+    checkpoint_id: str
+    pass_id: str | None
+    token: str | None
+    plate: str
+    kind: str
+    scanned_at: datetime
+
+
+def parse_scan(obj: dict[str, Any]) -> CheckpointScan:
+    """Scans are machine-made; any bad field makes the scan unusable (dead letter)."""
+    problems = []
+    for field in ("scan_id", "checkpoint_id", "plate"):
+        if not isinstance(obj.get(field), str) or not obj[field].strip():
+            problems.append(f"{field} must be a non-empty string")
+    pass_id, token = obj.get("pass_id"), obj.get("token")
+    if pass_id is not None and not (isinstance(pass_id, str) and re.fullmatch(r"\d{12}", pass_id)):
+        problems.append("pass_id must be 12 digits")
+        pass_id = None
+    if not isinstance(token, str):
+        token = None
+    if pass_id is None and token is None:
+        problems.append("a scan needs pass_id or token")
+    kind = obj.get("kind")
+    if kind not in ("arrival", "departure"):
+        problems.append("kind must be 'arrival' or 'departure'")
+    try:
+        scanned_at = parse_time(obj.get("scanned_at"))
+    except ValueError as exc:
+        problems.append(f"scanned_at {exc}")
+        scanned_at = None
+    if problems:
+        raise Unparseable("; ".join(problems))
+    return CheckpointScan(obj["scan_id"].strip(), obj["checkpoint_id"].strip(), pass_id, token,
+                          normalise_plate(obj["plate"]), kind, scanned_at)
+
+
+@dataclass(frozen=True, slots=True)
+class RegionRisk:
+    adcode: str  # 2-, 4- or 6-digit prefix
+    level: str
+    effective_at: datetime
+
+
+LEVELS = ("low", "medium", "high")
+
+
+def parse_risk(obj: dict[str, Any]) -> RegionRisk:
+    code = str(obj.get("adcode", ""))
+    if not re.fullmatch(r"\d{2}|\d{4}|\d{6}", code):
+        raise Unparseable("adcode must be a 2-digit province, 4-digit prefecture or 6-digit county code")
+    if obj.get("level") not in LEVELS:
+        raise Unparseable("level must be low, medium or high")
+    try:
+        at = parse_time(obj.get("effective_at"))
+    except ValueError as exc:
+        raise Unparseable(f"effective_at {exc}") from None
+    # 420000 and 420100 name the province and the prefecture; store them as their prefix.
+    if len(code) == 6 and code.endswith("0000"):
+        code = code[:2]
+    elif len(code) == 6 and code.endswith("00"):
+        code = code[:4]
+    return RegionRisk(code, obj["level"], at)
+
+
+@dataclass(frozen=True, slots=True)
+class EnterpriseEntry:
+    credit_code: str
+    name: str
+    action: str
+    effective_at: datetime
+
+
+def parse_enterprise(obj: dict[str, Any]) -> EnterpriseEntry:
+    code = str(obj.get("credit_code", "")).upper()
+    if problem := check_credit_code(code):
+        raise Unparseable(f"credit_code {problem}")
+    if obj.get("action") not in ("add", "remove"):
+        raise Unparseable("action must be 'add' or 'remove'")
+    try:
+        at = parse_time(obj.get("effective_at"))
+    except ValueError as exc:
+        raise Unparseable(f"effective_at {exc}") from None
+    return EnterpriseEntry(code, str(obj.get("name", "")), obj["action"], at)

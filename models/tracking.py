@@ -1,0 +1,113 @@
+"""The live status of passes: issue, scans, and re-evaluation when reference data changes.
+
+Pure functions over `PassState`; the stream processor keeps the states in a table and
+publishes the events these functions return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .decide import Decider
+from .passes import ACTIVE, InvalidToken, PassState, PassStatusKind as S, on_scan, status_event, transition, verify_token
+from .records import CheckpointScan, EnterpriseEntry, RegionRisk, format_time, parse_time
+
+__all__ = ["Tracker"]
+
+
+class Tracker:
+    def __init__(self, decider: Decider, public_key: Ed25519PublicKey) -> None:
+        self.decider = decider
+        self.public_key = public_key
+        self.dwell_target = int(decider.catalog.rules.get("dwell_target_seconds", 900))
+
+    def issued(self, state: PassState, decided_at: str) -> dict:
+        return status_event(state, S.ISSUED, decided_at, cause=f"decision:{state.shipment_id}",
+                            dwell_target=self.dwell_target)
+
+    def scan(self, state: PassState | None, scan: CheckpointScan, pass_id: str) -> tuple[PassState | None, dict]:
+        """The new state (None: unknown pass, nothing stored) and the event answering the scan."""
+        if state is not None and scan.scan_id in state.scans:
+            return state, None  # a redelivered scan: the caller re-sends the stored answer
+        token_error = None
+        if scan.token is not None:
+            try:
+                claims = verify_token(scan.token, self.public_key)
+            except InvalidToken as exc:
+                token_error = f"bad_token: {exc}"
+            else:
+                if claims.get("pid") != pass_id:
+                    token_error = "token_for_another_pass"
+                elif claims.get("plate") != scan.plate:
+                    token_error = "plate_mismatch"
+        if state is None:
+            return None, {"pass_id": pass_id, "shipment_id": None, "status": str(S.HELD),
+                          "at": format_time(scan.scanned_at), "checkpoint_id": scan.checkpoint_id,
+                          "reason": token_error or "unknown_pass", "dwell_seconds": None,
+                          "dwell_exceeded": False, "cause": f"scan:{scan.scan_id}"}
+        new, event = on_scan(state, scan, token_error=token_error, dwell_target=self.dwell_target)
+        return new, event
+
+    def risk_changed(self, state: PassState, risk: RegionRisk) -> tuple[PassState, dict | None]:
+        """Re-evaluate one pass after a risk change: keep, reroute, suspend or reinstate."""
+        status = S(state.status)
+        if status not in ACTIVE:
+            return state, None
+        d = self.decider
+        touched = d.graph.prefectures_in(risk.adcode)
+        ends = {d.graph.node_of(state.origin), d.graph.node_of(state.destination)}
+        if status is not S.SUSPENDED and not (touched & ({a[:4] for a in state.route["adcodes"]} | ends)):
+            return state, None
+        # Prefecture keys in the route are the graph's node keys (adcode[:4]); the ends are
+        # counties, whose node may differ (municipalities), hence node_of above.
+        route_nodes = {d.graph.node_of(a) for a in state.route["adcodes"]}
+        at = risk.effective_at
+        cause = f"risk:{risk.adcode}:{risk.level}:{format_time(at)}"
+        levels = (d.risk.level_at(state.origin, at), d.risk.level_at(state.destination, at))
+        allowed = d.catalog.rules["high_risk_allows"]
+        if "high" in levels and state.priority not in allowed:
+            return self._suspend(state, at, "high_risk_region", cause)
+        blocked = d.risk.blocked_at(at, d.graph.prefectures_in)
+        if status is not S.SUSPENDED and not ((route_nodes - ends) & blocked):
+            return state, None
+        origin, destination = d.gazetteer.locate(state.origin), d.gazetteer.locate(state.destination)
+        route = d.planner.plan(origin, destination, blocked=blocked, departure=parse_time(state.departure_at))
+        if route is None:
+            return self._suspend(state, at, "no_safe_route", cause)
+        route_dict = route.to_dict()
+        if status is not S.SUSPENDED and route_dict["adcodes"] == state.route["adcodes"]:
+            return state, None
+        transition(status, S.REROUTED)
+        token = d.signer.token({
+            "pid": state.pass_id, "plate": state.plate, "nbf": state.valid_from, "exp": state.valid_until,
+            "rt": route_dict["adcodes"], "cp": [c["checkpoint_id"] for c in route_dict["checkpoints"]]})
+        new = replace(state, status=S.REROUTED, route=route_dict)
+        reason = "reinstated_safe_route" if status is S.SUSPENDED else "route_crossed_high_risk_region"
+        return new, status_event(new, S.REROUTED, at, reason=reason, cause=cause, route=route_dict, token=token,
+                                 dwell_target=self.dwell_target)
+
+    def _suspend(self, state: PassState, at, reason: str, cause: str) -> tuple[PassState, dict | None]:
+        if state.status == S.SUSPENDED:
+            return state, None
+        transition(S(state.status), S.SUSPENDED)
+        new = replace(state, status=S.SUSPENDED)
+        return new, status_event(new, S.SUSPENDED, at, reason=reason, cause=cause, dwell_target=self.dwell_target)
+
+    def enterprise_changed(self, state: PassState, entry: EnterpriseEntry) -> tuple[PassState, dict | None]:
+        """A removal from the key-enterprise list revokes the P2/P3 passes that relied on it."""
+        if entry.action != "remove" or S(state.status) not in ACTIVE:
+            return state, None
+        if entry.credit_code not in (state.shipper, state.consignee):
+            return state, None
+        if not self.decider.catalog.classes[state.priority].needs_key_enterprise:
+            return state, None
+        books, at = self.decider.enterprises, entry.effective_at
+        if books.is_listed(state.shipper, at) or books.is_listed(state.consignee, at):
+            return state, None
+        transition(S(state.status), S.REVOKED)
+        new = replace(state, status=S.REVOKED)
+        return new, status_event(new, S.REVOKED, at, reason="key_enterprise_removed",
+                                 cause=f"enterprise:{entry.credit_code}:remove:{format_time(at)}",
+                                 dwell_target=self.dwell_target)

@@ -1,0 +1,224 @@
+"""The Faust application: app → topics → tables → agents, read top to bottom.
+
+Agents are thin: each hands raw messages to `streams.handlers.Pipeline` and sends what it
+returns. Values stay raw bytes end to end so a message Faust cannot decode still reaches
+our parser, and from there the dead-letter topic, instead of killing the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict
+
+import faust
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from models.db import init_db, make_engine, project_decisions, project_enterprises, project_risks, project_statuses
+from models.decide import Decider
+from models.policy import load_catalog
+from models.records import Unparseable, format_time, load_object, parse_enterprise, parse_risk
+from models.reference import EnterpriseBook, RiskBook
+from models.tracking import Tracker
+from routing import Gazetteer, RegionGraph, RoutePlanner
+from sqlmodel import Session
+
+from .handlers import Out, Pipeline, Topics
+from .keys import load_signer
+from .settings import Settings
+
+__all__ = ["create_app", "build_pipeline"]
+
+log = logging.getLogger("greenchannel")
+
+
+def build_pipeline(settings: Settings) -> Pipeline:
+    """The decision core with its reference data, catalog, routing and signing key."""
+    catalog = load_catalog(settings.catalog)
+    graph = RegionGraph.default()
+    signer = load_signer(settings.keys_path)
+    geocoder = None
+    if settings.geocoder != "offline":
+        from geopy.geocoders import get_geocoder_for_service
+        geocoder = get_geocoder_for_service(settings.geocoder)(user_agent=settings.geocoder_user_agent)
+    decider = Decider(catalog=catalog, gazetteer=Gazetteer.default(), graph=graph,
+                      planner=RoutePlanner(graph, speed_kmh=float(catalog.rules.get("speed_kmh", 60))),
+                      risk=RiskBook(), enterprises=EnterpriseBook(), signer=signer, geocoder=geocoder)
+    return Pipeline(decider, Tracker(decider, signer.public_key), Topics.with_prefix(settings.topic_prefix),
+                    partitions=settings.partitions)
+
+
+async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
+    """Read the whole risk and key-enterprise topics into this worker's books.
+
+    Every worker needs all of both, not just its partitions, so this reads outside the
+    consumer group; later updates reach each worker through the pass-event broadcast.
+    """
+    topics = pipeline.topics
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    count = 0
+    try:
+        parts = [TopicPartition(t, p) for t in (topics.enterprises, topics.risk)
+                 for p in (consumer.partitions_for_topic(t) or ())]
+        if not parts:
+            return 0
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        pending = {tp for tp, end in ends.items() if end > 0}
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000)
+            for tp, messages in batch.items():
+                for m in messages:
+                    handler = pipeline.on_risk if tp.topic == topics.risk else pipeline.on_enterprise
+                    handler(m.key, m.value, partition=tp.partition, offset=m.offset, timestamp_ms=m.timestamp)
+                    count += 1
+                if messages and messages[-1].offset + 1 >= ends[tp]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return count
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        store=settings.store,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee=settings.processing_guarantee,
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+        datadir=str(settings.data_dir / "faust"),
+        producer_linger_ms=1,
+        stream_buffer_maxsize=8192,
+        consumer_auto_offset_reset="earliest",
+    )
+    pipeline = build_pipeline(settings)
+    names = pipeline.topics
+    app.pipeline = pipeline
+
+    # --- topics -------------------------------------------------------------------------------
+    def raw_topic(*topic_names: str) -> faust.TopicT:
+        return app.topic(*topic_names, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=settings.partitions)
+
+    requests = raw_topic(names.requests)
+    scans = raw_topic(names.scans)
+    reference = raw_topic(names.risk, names.enterprises)
+    pass_events = raw_topic(names.pass_events)
+    outputs = {name: raw_topic(name) for name in (names.decisions, names.status, names.deadletter, names.pass_events)}
+    projected = raw_topic(names.decisions, names.status, names.risk, names.enterprises)
+
+    # --- tables -------------------------------------------------------------------------------
+    decided = app.Table("decided", key_type=str, value_type=bytes, value_serializer="raw",
+                        partitions=settings.partitions)
+    passes = app.Table("passes", key_type=str, value_type=bytes, value_serializer="raw",
+                       partitions=settings.partitions)
+
+    ready = asyncio.Event()
+
+    @app.task
+    async def bootstrap() -> None:
+        n = await load_reference_data(pipeline, settings)
+        log.info("reference data loaded: %d records", n)
+        ready.set()
+
+    async def send_all(outs: list[Out]) -> None:
+        for out in outs:
+            await outputs[out.topic].send(key=out.key, value=out.value, headers=list(out.headers),
+                                          partition=out.partition)
+
+    def meta(event) -> dict:
+        m = event.message
+        return {"partition": m.partition, "offset": m.offset, "timestamp_ms": int(m.timestamp * 1000)}
+
+    async def guarded(topic: str, event, handle) -> None:
+        """An agent never dies on a message: an unexpected error dead-letters it instead."""
+        try:
+            outs = handle()
+        except Exception as exc:  # noqa: BLE001 — the message is kept, with the error
+            log.exception("failed on %s@%s", topic, event.message.offset)
+            m = meta(event)
+            outs = [pipeline.dead_letter(topic, m["partition"], m["offset"], event.key, event.value,
+                                         m["timestamp_ms"], f"internal error: {type(exc).__name__}: {exc}")]
+        await send_all(outs)
+
+    # --- agents -------------------------------------------------------------------------------
+    @app.agent(requests)
+    async def decide(stream):
+        await ready.wait()
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
+            for event in events:
+                await guarded(names.requests, event, lambda: pipeline.on_request(
+                    event.key, event.value, decided=decided, **meta(event)))
+
+    @app.agent(scans)
+    async def route_scans(stream):
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
+            for event in events:
+                await guarded(names.scans, event, lambda: pipeline.on_scan(event.key, event.value, **meta(event)))
+
+    @app.agent(reference)
+    async def reference_data(stream):
+        await ready.wait()
+        async for event in stream.events():
+            handler = pipeline.on_risk if event.message.topic == names.risk else pipeline.on_enterprise
+            await guarded(event.message.topic, event, lambda: handler(event.key, event.value, **meta(event)))
+
+    @app.agent(pass_events)
+    async def track(stream):
+        await ready.wait()
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
+            for event in events:
+                await guarded(names.pass_events, event, lambda: pipeline.on_pass_event(event.value, passes=passes))
+
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+
+    def write_projection(batch: list[tuple[str, bytes, bytes]]) -> None:
+        decisions, statuses, risks, firms = [], [], [], []
+        for topic, value, ce_id in batch:
+            obj = orjson.loads(value)
+            if topic == names.decisions:
+                decisions.append(obj)
+            elif topic == names.status:
+                statuses.append((ce_id, obj))
+            elif topic == names.risk:
+                risks.append(obj)
+            else:
+                firms.append(obj)
+        with Session(engine) as session:
+            project_decisions(session, decisions)
+            project_statuses(session, statuses)
+            project_risks(session, risks)
+            project_enterprises(session, firms)
+            session.commit()
+
+    @app.agent(projected)
+    async def project(stream):
+        """Database projections, in batches: one transaction per batch, off the event loop."""
+        async for events in stream.take_events(2000, within=0.25):
+            batch = []
+            for event in events:
+                topic = event.message.topic
+                if topic in (names.risk, names.enterprises):
+                    parse = parse_risk if topic == names.risk else parse_enterprise
+                    try:  # what the worker dead-letters is not projected
+                        record = parse(load_object(event.value))
+                    except Unparseable:
+                        continue
+                    value = orjson.dumps({**asdict(record), "effective_at": format_time(record.effective_at)})
+                else:
+                    value = event.value
+                headers = dict(event.message.headers or ())
+                ce_id = headers.get("ce_id", b"").decode() or f"{topic}/{event.message.partition}/{event.message.offset}"
+                batch.append((topic, value, ce_id))
+            if batch:
+                await asyncio.to_thread(write_projection, batch)
+
+    return app
+

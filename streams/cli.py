@@ -1,0 +1,142 @@
+"""The `greenchannel` command: broker, worker, topics, demo, pass, db, keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="greenchannel", description="Green logistics channel coordination")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    broker = sub.add_parser("broker", help="run a local Kafka-protocol broker until stopped")
+    broker.add_argument("--kind", choices=["tansu", "kafka"], default="tansu")
+    broker.add_argument("--nodes", type=int, default=1, help="Apache Kafka nodes (kind kafka)")
+    broker.add_argument("--port", type=int, default=9092)
+
+    sub.add_parser("worker", help="run the stream worker against GC_BROKER_URL")
+    sub.add_parser("topics", help="create the topics at GC_BROKER_URL")
+
+    demo = sub.add_parser("demo", help="broker, worker and a simulator of firms and checkpoints")
+    demo.add_argument("--shipments", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=2020)
+    demo.add_argument("--broker-url", help="use this broker instead of starting the embedded one")
+
+    passes = sub.add_parser("pass", help="look at passes in the database")
+    pass_sub = passes.add_subparsers(dest="pass_command", required=True)
+    show = pass_sub.add_parser("show", help="a pass with its history")
+    show.add_argument("pass_id")
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="bring the schema at GC_DATABASE_URL up to date")
+
+    sub.add_parser("keys", help="make the pass-signing key pair if needed and print the public key path")
+    return parser
+
+
+def _wait_for_stop() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def cmd_broker(args) -> int:
+    if args.kind == "kafka":
+        from .kafka import KafkaCluster
+        broker = KafkaCluster(nodes=args.nodes, port=args.port)
+    else:
+        from .broker import TansuBroker
+        broker = TansuBroker(args.port)
+    broker.start()
+    print(f"broker ready at {broker.url}", flush=True)
+    try:
+        _wait_for_stop()
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_topics(settings) -> None:
+    from .broker import ensure_topics
+    from .handlers import Topics
+    topics = Topics.with_prefix(settings.topic_prefix)
+    asyncio.run(ensure_topics(settings.bootstrap, topics.public() + [topics.pass_events],
+                              partitions=settings.partitions, replication_factor=settings.replication_factor))
+
+
+def cmd_worker(settings) -> int:
+    from faust.worker import Worker
+
+    from .app import create_app
+    cmd_topics(settings)
+    app = create_app(settings)
+    Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    return 0
+
+
+def cmd_pass_show(settings, pass_id: str) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from sqlmodel import Session
+
+    from models.db import get_pass, get_pass_events, make_engine
+
+    console = Console()
+    with Session(make_engine(settings.database_url)) as session:
+        found = get_pass(session, pass_id=pass_id)
+        if found is None:
+            console.print(f"[red]no pass {pass_id} in {settings.database_url}[/red]")
+            return 1
+        console.print(f"[bold]Pass {found.pass_id}[/bold]  shipment {found.shipment_id}  plate {found.plate}  "
+                      f"priority {found.priority}  status [bold]{found.status}[/bold]")
+        console.print(f"valid {found.valid_from} → {found.valid_until}  trip {found.trip}  "
+                      f"toll exempt {found.toll_exempt}")
+        if found.route:
+            console.print("route: " + " → ".join(found.route["adcodes"]) + f"  ({found.route['distance_km']} km)")
+        table = Table("at", "status", "checkpoint", "reason", "dwell s")
+        for e in get_pass_events(session, pass_id=pass_id):
+            dwell = "" if e.dwell_seconds is None else f"{e.dwell_seconds:.0f}" + (" ⚠" if e.dwell_exceeded else "")
+            table.add_row(str(e.at), e.status, e.checkpoint_id or "", e.reason or "", dwell)
+        console.print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .settings import get_settings
+    settings = get_settings()
+    if args.command == "broker":
+        return cmd_broker(args)
+    if args.command == "worker":
+        return cmd_worker(settings)
+    if args.command == "topics":
+        cmd_topics(settings)
+        return 0
+    if args.command == "demo":
+        from .demo import run_demo
+        return run_demo(settings, shipments=args.shipments, seed=args.seed, broker_url=args.broker_url)
+    if args.command == "pass":
+        return cmd_pass_show(settings, args.pass_id)
+    if args.command == "db":
+        from models.db import init_db, make_engine
+        init_db(make_engine(settings.database_url))
+        print(f"schema up to date at {settings.database_url}")
+        return 0
+    if args.command == "keys":
+        from .keys import PUBLIC_NAME, load_signer
+        signer = load_signer(settings.keys_path)
+        print(f"{settings.keys_path / PUBLIC_NAME} (key id {signer.key_id})")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""What the worker does with each message, without Kafka: raw input in, output messages out.
+
+Every input ends as exactly one output (a decision, a status event, a forwarded command or a
+dead-letter record); the Faust agents in `streams.app` only move bytes between topics and
+tables, so the same code serves the live worker, the tests of the core and a replay.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import MutableMapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import orjson
+
+from models.decide import Decider
+from models.passes import PassState
+from models.records import (EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time, load_object,
+                            parse_enterprise, parse_request, parse_risk, parse_scan, parse_time)
+from models.tracking import Tracker
+
+__all__ = ["Out", "Topics", "Pipeline", "cloudevent_headers"]
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    requests: str
+    enterprises: str
+    risk: str
+    decisions: str
+    scans: str
+    status: str
+    deadletter: str
+    pass_events: str  # internal: everything about a pass, keyed by pass_id
+
+    @classmethod
+    def with_prefix(cls, prefix: str = "gc.") -> Topics:
+        return cls(f"{prefix}shipment.requests", f"{prefix}enterprises", f"{prefix}region.risk",
+                   f"{prefix}pass.decisions", f"{prefix}checkpoint.scans", f"{prefix}pass.status",
+                   f"{prefix}deadletter", f"{prefix}pass.events")
+
+    def public(self) -> list[str]:
+        return [self.requests, self.enterprises, self.risk, self.decisions, self.scans, self.status, self.deadletter]
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int | None = None
+
+
+def cloudevent_headers(ce_id: str, ce_type: str, source: str, time: str) -> tuple[tuple[str, bytes], ...]:
+    return (("ce_specversion", b"1.0"), ("ce_id", ce_id.encode()), ("ce_source", source.encode()),
+            ("ce_type", ce_type.encode()), ("ce_time", time.encode()), ("content-type", b"application/json"))
+
+
+def _record_time(timestamp_ms: int | None) -> datetime:
+    return datetime.fromtimestamp((timestamp_ms or 0) / 1000, tz=timezone.utc)
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("utf-8", "replace")
+
+
+class Pipeline:
+    def __init__(self, decider: Decider, tracker: Tracker, topics: Topics, *, partitions: int) -> None:
+        self.decider = decider
+        self.tracker = tracker
+        self.topics = topics
+        self.partitions = partitions
+
+    # --- dead letters -------------------------------------------------------------------------
+    def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                    timestamp_ms: int | None, error: str) -> Out:
+        body = {
+            "topic": topic, "partition": partition, "offset": offset,
+            "key": _text(key), "error": error, "at": format_time(_record_time(timestamp_ms)),
+        }
+        try:
+            body["value"] = value.decode("utf-8") if value is not None else None
+        except UnicodeDecodeError:
+            body["value"], body["value_base64"] = None, base64.b64encode(value).decode()
+        ce_id = f"deadletter/{topic}/{partition}/{offset}"
+        return Out(self.topics.deadletter, key or b"", canonical(body),
+                   cloudevent_headers(ce_id, "cn.greenchannel.deadletter", "/greenchannel/worker", body["at"]))
+
+    # --- shipment requests ----------------------------------------------------------------------
+    def on_request(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
+                   timestamp_ms: int | None, decided: MutableMapping[str, bytes]) -> list[Out]:
+        """One decision (or one dead letter) per request; a repeat gets the first answer again."""
+        try:
+            obj = load_object(value)
+            request, errors = parse_request(obj, fallback_id=_text(key))
+        except Unparseable as exc:
+            return [self.dead_letter(self.topics.requests, partition, offset, key, value, timestamp_ms, str(exc))]
+        sid = request.shipment_id
+        earlier = decided.get(sid)
+        if earlier is not None:
+            return [self._decision_out(sid, earlier)]
+        decided_at = request.submitted_at if not any(e.field == "submitted_at" for e in errors) \
+            else _record_time(timestamp_ms)
+        decision = self.decider.decide(request, errors, decided_at=decided_at)
+        body = canonical(decision.message)
+        decided[sid] = body
+        outs = []
+        if decision.state is not None:
+            # The tracker learns of the pass before any checkpoint can: the command is
+            # produced before the decision that carries the token.
+            command = {"kind": "issue", "state": orjson.loads(decision.state.to_json()),
+                       "decided_at": decision.message["decided_at"]}
+            outs.append(Out(self.topics.pass_events, decision.state.pass_id.encode(), canonical(command)))
+        outs.append(self._decision_out(sid, body))
+        return outs
+
+    def _decision_out(self, sid: str, body: bytes) -> Out:
+        decided_at = orjson.loads(body)["decided_at"]
+        return Out(self.topics.decisions, sid.encode(), body,
+                   cloudevent_headers(f"decision/{sid}", "cn.greenchannel.pass.decision", "/greenchannel/decider",
+                                      decided_at))
+
+    # --- checkpoint scans -----------------------------------------------------------------------
+    def on_scan(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
+                timestamp_ms: int | None) -> list[Out]:
+        """Re-key a scan by its pass so the pass's tracker sees it in order."""
+        try:
+            obj = load_object(value)
+            scan = parse_scan(obj)
+        except Unparseable as exc:
+            return [self.dead_letter(self.topics.scans, partition, offset, key, value, timestamp_ms, str(exc))]
+        pass_id = scan.pass_id
+        if pass_id is None:
+            pass_id = _token_pass_id(scan.token)
+            if pass_id is None:
+                return [self.dead_letter(self.topics.scans, partition, offset, key, value, timestamp_ms,
+                                         "token names no pass and the scan has no pass_id")]
+        command = {"kind": "scan", "pass_id": pass_id, "scan": obj}
+        return [Out(self.topics.pass_events, pass_id.encode(), canonical(command))]
+
+    # --- reference data -------------------------------------------------------------------------
+    def on_risk(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
+                timestamp_ms: int | None) -> list[Out]:
+        """Apply a risk level and ask every tracker partition to re-evaluate its passes."""
+        try:
+            risk = parse_risk(load_object(value))
+        except Unparseable as exc:
+            return [self.dead_letter(self.topics.risk, partition, offset, key, value, timestamp_ms, str(exc))]
+        self.decider.risk.apply(risk)
+        command = canonical({"kind": "risk", "adcode": risk.adcode, "level": risk.level,
+                             "effective_at": format_time(risk.effective_at)})
+        return [Out(self.topics.pass_events, risk.adcode.encode(), command, partition=p)
+                for p in range(self.partitions)]
+
+    def on_enterprise(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
+                      timestamp_ms: int | None) -> list[Out]:
+        try:
+            entry = parse_enterprise(load_object(value))
+        except Unparseable as exc:
+            return [self.dead_letter(self.topics.enterprises, partition, offset, key, value, timestamp_ms, str(exc))]
+        self.decider.enterprises.apply(entry)
+        if entry.action != "remove":
+            return []
+        command = canonical({"kind": "enterprise", "credit_code": entry.credit_code, "name": entry.name,
+                             "action": entry.action, "effective_at": format_time(entry.effective_at)})
+        return [Out(self.topics.pass_events, entry.credit_code.encode(), command, partition=p)
+                for p in range(self.partitions)]
+
+    # --- the pass tracker -----------------------------------------------------------------------
+    def on_pass_event(self, value: bytes, *, passes: MutableMapping[str, bytes]) -> list[Out]:
+        """Commands on the internal pass topic; `passes` holds this partition's pass states."""
+        command = orjson.loads(value)
+        kind = command["kind"]
+        if kind == "issue":
+            state = PassState(**{**command["state"], "scans": {}})
+            stored = passes.get(state.pass_id)
+            if stored is not None:
+                if PassState.from_json(stored).shipment_id != state.shipment_id:
+                    return [self._collision(state, command)]
+                return []  # redelivered: the pass exists already
+            passes[state.pass_id] = state.to_json()
+            return [self._status_out(self.tracker.issued(state, command["decided_at"]))]
+        if kind == "scan":
+            return self._scan(command, passes)
+        if kind == "risk":
+            risk = RegionRisk(command["adcode"], command["level"], parse_time(command["effective_at"]))
+            # The worker that consumed the risk topic applied it already; another worker's
+            # book learns it here, so re-evaluation never runs on a stale book.
+            self.decider.risk.apply(risk)
+            return self._each_pass(passes, lambda s: self.tracker.risk_changed(s, risk))
+        if kind == "enterprise":
+            entry = EnterpriseEntry(command["credit_code"], command["name"], command["action"],
+                                    parse_time(command["effective_at"]))
+            self.decider.enterprises.apply(entry)
+            return self._each_pass(passes, lambda s: self.tracker.enterprise_changed(s, entry))
+        raise ValueError(f"unknown pass command {kind!r}")
+
+    def _scan(self, command: dict, passes: MutableMapping[str, bytes]) -> list[Out]:
+        pass_id = command["pass_id"]
+        scan = parse_scan(command["scan"])
+        stored = passes.get(pass_id)
+        state = PassState.from_json(stored) if stored is not None else None
+        if state is not None and scan.scan_id in state.scans:
+            return [self._status_out_bytes(pass_id, state.scans[scan.scan_id])]
+        new, event = self.tracker.scan(state, scan, pass_id)
+        out = self._status_out(event)
+        if new is not None:
+            passes[pass_id] = PassState.to_json(_with_scan(new, scan.scan_id, out.value))
+        return [out]
+
+    def _each_pass(self, passes: MutableMapping[str, bytes], change) -> list[Out]:
+        outs = []
+        for pass_id in sorted(passes.keys()):
+            state = PassState.from_json(passes[pass_id])
+            new, event = change(state)
+            if event is not None:
+                passes[pass_id] = new.to_json()
+                outs.append(self._status_out(event))
+        return outs
+
+    def _collision(self, state: PassState, command: dict) -> Out:
+        body = canonical({"topic": self.topics.pass_events, "key": state.pass_id, "value": command,
+                          "error": f"pass_id {state.pass_id} already belongs to another shipment",
+                          "at": command["decided_at"]})
+        return Out(self.topics.deadletter, state.pass_id.encode(), body,
+                   cloudevent_headers(f"deadletter/collision/{state.shipment_id}", "cn.greenchannel.deadletter",
+                                      "/greenchannel/tracker", command["decided_at"]))
+
+    def _status_out(self, event: dict) -> Out:
+        return self._status_out_bytes(event["pass_id"], canonical(event))
+
+    def _status_out_bytes(self, pass_id: str, body: bytes) -> Out:
+        event = orjson.loads(body)
+        digest = hashlib.sha1(event["cause"].encode()).hexdigest()[:16]
+        return Out(self.topics.status, pass_id.encode(), body,
+                   cloudevent_headers(f"status/{pass_id}/{digest}", "cn.greenchannel.pass.status",
+                                      "/greenchannel/tracker", event["at"]))
+
+
+def _with_scan(state: PassState, scan_id: str, answer: bytes) -> PassState:
+    scans = dict(state.scans)
+    scans[scan_id] = answer
+    return replace(state, scans=scans)
+
+
+def _token_pass_id(token: str | None) -> str | None:
+    """The pass id a token claims, read without verifying (the tracker verifies)."""
+    try:
+        body = token.split(".")[0]
+        claims = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        pid = claims.get("pid")
+    except Exception:
+        return None
+    return pid if isinstance(pid, str) and len(pid) == 12 and pid.isdigit() else None

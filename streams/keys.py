@@ -1,0 +1,57 @@
+"""The pass-signing key pair: made on first run into a local, git-ignored folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from models.passes import Signer
+
+__all__ = ["load_signer", "load_public_key", "PRIVATE_NAME", "PUBLIC_NAME"]
+
+PRIVATE_NAME = "pass-signing.key"
+PUBLIC_NAME = "pass-signing.pub"
+
+
+def _key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_signer(key_dir: Path) -> Signer:
+    """The signer for `key_dir`, creating the key pair there if it does not exist yet."""
+    private_path = key_dir / PRIVATE_NAME
+    if not private_path.exists():
+        key_dir.mkdir(parents=True, exist_ok=True)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        # Write-then-rename so two workers starting together never read half a key.
+        tmp = private_path.with_suffix(f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        try:
+            os.link(tmp, private_path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    key = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
+    public_path = key_dir / PUBLIC_NAME
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    if not public_path.exists() or public_path.read_bytes() != public_pem:
+        public_path.write_bytes(public_pem)
+    return Signer(key, _key_id(key.public_key()))
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """What a checkpoint needs to verify passes offline."""
+    if path.is_dir():
+        path = path / PUBLIC_NAME
+    return serialization.load_pem_public_key(path.read_bytes())

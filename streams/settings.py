@@ -1,0 +1,49 @@
+"""The one place where configuration is read: environment variables prefixed `GC_`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GC_", env_file=".env", extra="ignore")
+
+    broker_url: str = "kafka://127.0.0.1:9092"
+    database_url: str = "sqlite:///.greenchannel/greenchannel.db"
+    topic_prefix: str = "gc."
+    partitions: int = 4
+    replication_factor: int = 1
+    app_id: str = "greenchannel"
+    # Tansu has no transactions; set exactly_once on Apache Kafka.
+    processing_guarantee: str = "at_least_once"
+    store: str = "memory://"
+    data_dir: Path = Path(".greenchannel")
+    key_dir: Path | None = None
+    catalog: str = "catalog-2020.02-v1.json"
+    # "offline" uses the packaged gazetteer; any other value names a geopy geocoder
+    # (e.g. "nominatim") used for address text.
+    geocoder: str = "offline"
+    geocoder_user_agent: str = "greenchannel"
+    web_port: int = 6066
+    web_enabled: bool = False
+    batch_size: int = 500
+    batch_window: float = 0.005
+
+    @property
+    def keys_path(self) -> Path:
+        return self.key_dir or self.data_dir / "keys"
+
+    @property
+    def bootstrap(self) -> str:
+        """host:port list for aiokafka, from the Faust-style URL."""
+        return ",".join(part.split("://", 1)[-1] for part in self.broker_url.split(";"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

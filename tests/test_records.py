@@ -1,0 +1,92 @@
+"""Parsing and field validation of the wire messages."""
+
+import pytest
+
+from models.records import (Unparseable, check_credit_code, check_id_number, load_object, parse_request, parse_risk,
+                            parse_scan)
+
+# Published codes of real companies (Alibaba, Tencent, Xiaomi) and the GB 11643 sample IDs.
+REAL_CREDIT_CODES = ["91330100799655058B", "9144030071526726XG", "91110108551385082Q"]
+
+
+@pytest.mark.parametrize("code", REAL_CREDIT_CODES)
+def test_real_credit_codes_pass(code):
+    assert check_credit_code(code) is None
+
+
+@pytest.mark.parametrize("code,problem", [
+    ("91330100799655058C", "check character"),
+    ("9133010079965505", "18 characters"),
+    ("91330100799655058I", "outside GB 32100"),
+])
+def test_bad_credit_codes_say_why(code, problem):
+    assert problem in check_credit_code(code)
+
+
+def test_id_numbers():
+    assert check_id_number("11010519491231002X") is None
+    assert check_id_number("440524188001010014") is None
+    assert "check digit" in check_id_number("110105194912310021")
+    assert "date of birth" in check_id_number("110105194913310029")
+
+
+def good_request(**over):
+    body = {
+        "shipment_id": "S1", "submitted_at": "2020-02-25T08:00:00+08:00",
+        "shipper": {"credit_code": REAL_CREDIT_CODES[0], "name": "A"},
+        "consignee": {"credit_code": REAL_CREDIT_CODES[1], "name": "B"},
+        "cargo": [{"hs_code": "6307.90", "description": "口罩", "quantity": 10, "unit": "boxes"}],
+        "vehicle": {"plate": "鄂A·12345", "type": "van"},
+        "driver": {"name": "张伟", "id_number": "11010519491231002X", "phone": "13800138000"},
+        "origin": {"adcode": "420111"}, "destination": {"address": "广州市天河区"},
+        "departure_at": "2020-02-25T10:00:00Z", "trip": "single",
+    }
+    body.update(over)
+    return body
+
+
+def test_valid_request_parses_clean():
+    request, errors = parse_request(good_request())
+    assert errors == []
+    assert request.plate == "鄂A12345"
+    assert request.cargo[0].hs_code == "630790"
+    assert request.submitted_at.isoformat() == "2020-02-25T00:00:00+00:00"
+
+
+def test_every_bad_field_is_named():
+    body = good_request(submitted_at="yesterday", trip="twice",
+                        vehicle={"plate": "XX12345"}, driver={"name": "x", "id_number": "110105194912310021",
+                                                             "phone": "123"})
+    body["shipper"]["credit_code"] = "91330100799655058C"
+    body["cargo"][0]["hs_code"] = "63"
+    _, errors = parse_request(body)
+    assert {e.field for e in errors} == {"submitted_at", "trip", "vehicle.plate", "driver.id_number",
+                                         "driver.phone", "shipper.credit_code", "cargo[0].hs_code"}
+
+
+def test_request_without_any_id_is_unparseable():
+    body = good_request()
+    del body["shipment_id"]
+    with pytest.raises(Unparseable):
+        parse_request(body)
+    request, _ = parse_request(body, fallback_id="from-key")
+    assert request.shipment_id == "from-key"
+
+
+@pytest.mark.parametrize("raw", [b"{oops", b"[1]", b"\xff\xfe", None])
+def test_non_objects_are_unparseable(raw):
+    with pytest.raises(Unparseable):
+        load_object(raw)
+
+
+def test_risk_prefixes_normalised():
+    assert parse_risk({"adcode": "420000", "level": "high", "effective_at": "2020-02-25T00:00:00Z"}).adcode == "42"
+    assert parse_risk({"adcode": "420100", "level": "high", "effective_at": "2020-02-25T00:00:00Z"}).adcode == "4201"
+    with pytest.raises(Unparseable):
+        parse_risk({"adcode": "420100", "level": "severe", "effective_at": "2020-02-25T00:00:00Z"})
+
+
+def test_scan_needs_pass_or_token():
+    with pytest.raises(Unparseable, match="pass_id or token"):
+        parse_scan({"scan_id": "x", "checkpoint_id": "c", "plate": "鄂A12345", "kind": "arrival",
+                    "scanned_at": "2020-02-25T00:00:00Z"})
