@@ -114,10 +114,10 @@ def create_app(settings: Settings) -> faust.App:
     projected = raw_topic(names.decisions, names.status, names.risk, names.enterprises)
 
     # --- tables -------------------------------------------------------------------------------
-    decided = app.Table("decided", key_type=str, value_type=bytes, value_serializer="raw",
-                        partitions=settings.partitions)
-    passes = app.Table("passes", key_type=str, value_type=bytes, value_serializer="raw",
-                       partitions=settings.partitions)
+    # Keys are ids (text), values the exact bytes published or stored: nothing to re-encode.
+    table_schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    decided = app.Table("decided", schema=table_schema, partitions=settings.partitions)
+    passes = app.Table("passes", schema=table_schema, partitions=settings.partitions)
 
     ready = asyncio.Event()
 
@@ -148,13 +148,14 @@ def create_app(settings: Settings) -> faust.App:
         await send_all(outs)
 
     # --- agents -------------------------------------------------------------------------------
+    # Agents that write tables take one event at a time: a table write needs the current
+    # event's partition, which Faust knows only inside per-event iteration.
     @app.agent(requests)
     async def decide(stream):
         await ready.wait()
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
-            for event in events:
-                await guarded(names.requests, event, lambda: pipeline.on_request(
-                    event.key, event.value, decided=decided, **meta(event)))
+        async for event in stream.events():
+            await guarded(names.requests, event, lambda: pipeline.on_request(
+                event.key, event.value, decided=decided, **meta(event)))
 
     @app.agent(scans)
     async def route_scans(stream):
@@ -172,9 +173,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(pass_events)
     async def track(stream):
         await ready.wait()
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
-            for event in events:
-                await guarded(names.pass_events, event, lambda: pipeline.on_pass_event(event.value, passes=passes))
+        async for event in stream.events():
+            await guarded(names.pass_events, event, lambda: pipeline.on_pass_event(event.value, passes=passes))
 
     engine = make_engine(settings.database_url)
     init_db(engine)

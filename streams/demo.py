@@ -1,0 +1,315 @@
+"""`greenchannel demo`: the whole system on one machine, with simulated firms and checkpoints.
+
+Starts the embedded broker and a worker process, then plays a day of February 2020: firms
+request passes, checkpoints verify tokens offline and scan trucks along their routes, and
+an operator raises Hunan to high risk half-way through. Ends with a report read back from
+the database the worker projected into.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from sqlmodel import Session, func, select
+
+from models.db import checkpoint_dwell, count_by, make_engine
+from models.passes import InvalidToken, verify_token
+from models.records import format_time, parse_time
+from models.tables import Pass, PassEvent, Shipment
+
+from .broker import TansuBroker, ensure_topics
+from .handlers import Topics
+from .keys import load_public_key
+from .settings import Settings
+from .simulator import Scenario
+
+__all__ = ["run_demo"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Observer:
+    """Everything the demo reads back from the output topics."""
+
+    def __init__(self, topics: Topics) -> None:
+        self.topics = topics
+        self.decisions: dict[str, dict] = {}
+        self.dead = 0
+        self.status: list[dict] = []
+        self.answered: set[str] = set()
+        self.routes: dict[str, dict] = {}   # pass_id -> current route
+        self.tokens: dict[str, str] = {}
+        self.suspended: set[str] = set()
+        self.last_status = time.monotonic()
+
+    def take(self, topic: str, value: bytes) -> None:
+        obj = orjson.loads(value)
+        if topic == self.topics.decisions:
+            self.decisions[obj["shipment_id"]] = obj
+            if obj["pass"]:
+                self.routes[obj["pass"]["pass_id"]] = obj["pass"]["route"]
+                self.tokens[obj["pass"]["pass_id"]] = obj["pass"]["token"]
+        elif topic == self.topics.deadletter:
+            self.dead += 1
+        else:
+            self.status.append(obj)
+            self.last_status = time.monotonic()
+            if obj["cause"].startswith("scan:"):
+                self.answered.add(obj["cause"][5:])
+            if obj["status"] == "rerouted":
+                self.routes[obj["pass_id"]] = obj["route"]
+                self.tokens[obj["pass_id"]] = obj["token"]
+                self.suspended.discard(obj["pass_id"])
+            elif obj["status"] == "suspended":
+                self.suspended.add(obj["pass_id"])
+
+    def table(self, phase: str, sent: int, scans: int, started: float) -> Table:
+        t = Table(title=f"greenchannel demo — {phase}", show_header=False)
+        outcomes = Counter(d["decision"] if d["decision"] == "rejected" else d["priority"]
+                           for d in self.decisions.values())
+        statuses = Counter(s["status"] for s in self.status)
+        elapsed = time.monotonic() - started
+        t.add_row("requests sent", str(sent))
+        t.add_row("decisions", f"{len(self.decisions)}  ({len(self.decisions) / max(elapsed, 1e-9):.0f}/s)")
+        t.add_row("approved by class", "  ".join(f"{k} {outcomes[k]}" for k in ("P0", "P1", "P2", "P3")))
+        t.add_row("rejected", str(outcomes["rejected"]))
+        t.add_row("dead letters", str(self.dead))
+        t.add_row("scans answered", f"{len(self.answered)}/{scans}")
+        t.add_row("status events", "  ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+        return t
+
+
+async def _wait(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"demo: timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _play(settings: Settings, env: dict, shipments: int, seed: int, console: Console) -> dict:
+    topics = Topics.with_prefix(settings.topic_prefix)
+    obs = Observer(topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    parts = [TopicPartition(t, p) for t in (topics.decisions, topics.status, topics.deadletter)
+             for p in range(settings.partitions)]
+    consumer.assign(parts)
+    await consumer.seek_to_beginning(*parts)
+
+    async def consume() -> None:
+        while True:
+            for tp, records in (await consumer.getmany(timeout_ms=100)).items():
+                for r in records:
+                    obs.take(tp.topic, r.value)
+
+    reader = asyncio.get_running_loop().create_task(consume())
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=2)
+    await producer.start()
+    scenario = Scenario(seed=seed)
+    rng = random.Random(seed)
+    sent = scans_sent = 0
+    started = time.monotonic()
+    phase = "starting"
+    public_key = None
+    visited: dict[str, set[str]] = {}
+    scan_no = 0
+
+    async def send(topic: str, key: str, body: dict | bytes) -> None:
+        await producer.send(topic, body if isinstance(body, bytes) else orjson.dumps(body), key=key.encode())
+
+    async def drive(pass_id: str, decision_plate: str, limit: float) -> None:
+        """Scan the truck through the checkpoints of its current route, up to a fraction of them."""
+        nonlocal scans_sent, scan_no
+        if pass_id in obs.suspended:
+            return
+        route = obs.routes[pass_id]
+        cps = route["checkpoints"]
+        seen = visited.setdefault(pass_id, set())
+        todo = [c for c in cps if c["checkpoint_id"] not in seen][: max(0, int(len(cps) * limit + 0.999)) - len(seen)]
+        for cp in todo:
+            # A checkpoint verifies the token offline before it scans (人、车、证一致).
+            try:
+                verify_token(obs.tokens[pass_id], public_key)
+            except InvalidToken:
+                continue
+            eta = parse_time(cp["eta"])
+            plate = decision_plate if rng.random() > 0.03 else decision_plate[:-1] + "0"
+            base = {"checkpoint_id": cp["checkpoint_id"], "pass_id": pass_id, "plate": plate}
+            scan_no += 1
+            await send(topics.scans, pass_id, {**base, "scan_id": f"d{scan_no}a", "kind": "arrival",
+                                               "scanned_at": format_time(eta)})
+            scans_sent += 1
+            if plate != decision_plate:  # held, inspected, scanned again with the right plate
+                scan_no += 1
+                await send(topics.scans, pass_id, {**base, "plate": decision_plate, "scan_id": f"d{scan_no}r",
+                                                   "kind": "arrival", "scanned_at": format_time(eta)})
+                scans_sent += 1
+            seen.add(cp["checkpoint_id"])
+            if cp is cps[-1]:
+                break
+            scan_no += 1
+            dwell = timedelta(seconds=rng.choice([rng.randint(90, 600), rng.randint(600, 1500)]))
+            await send(topics.scans, pass_id, {**base, "plate": decision_plate, "scan_id": f"d{scan_no}d",
+                                               "kind": "departure", "scanned_at": format_time(eta + dwell)})
+            scans_sent += 1
+
+    with Live(obs.table(phase, sent, scans_sent, started), console=console, refresh_per_second=4) as live:
+        async def refresh() -> None:
+            while True:
+                live.update(obs.table(phase, sent, scans_sent, started))
+                await asyncio.sleep(0.25)
+
+        painter = asyncio.get_running_loop().create_task(refresh())
+        try:
+            phase = "operators load the key-enterprise list and risk levels"
+            for entry in scenario.enterprise_entries():
+                await send(topics.enterprises, entry["credit_code"], entry)
+            opening = format_time(scenario.start - timedelta(hours=1))
+            for adcode, level in (("4201", "high"), ("4202", "medium"), ("4403", "medium"), ("3301", "medium")):
+                await send(topics.risk, adcode, {"adcode": adcode, "level": level, "effective_at": opening})
+            await producer.flush()
+            public_key = load_public_key(settings.keys_path)
+
+            half = shipments // 2
+            phase = "firms send requests (wave 1)"
+            for n in range(half):
+                await send(topics.requests, f"SHP-{seed}-{n:07d}",
+                           scenario.malformed(n) if n % 100 == 99 else scenario.request(n))
+                sent += 1
+            await producer.flush()
+            await _wait(lambda: len(obs.decisions) + obs.dead >= sent, 120, "wave 1 decisions")
+
+            phase = "trucks reach the first checkpoints"
+            wave1 = [d["pass"] for d in obs.decisions.values() if d["pass"]]
+            for p in wave1:
+                await drive(p["pass_id"], p["plate"], 0.5)
+            await producer.flush()
+
+            phase = "operator: Hunan (43) becomes high risk"
+            change_at = scenario.start + timedelta(minutes=half, seconds=30)
+            await send(topics.risk, "43", {"adcode": "43", "level": "high", "effective_at": format_time(change_at)})
+            await producer.flush()
+            await _wait(lambda: time.monotonic() - obs.last_status > 1.5, 60, "re-evaluation to settle")
+
+            phase = "firms send requests (wave 2)"
+            for n in range(half, shipments):
+                await send(topics.requests, f"SHP-{seed}-{n:07d}",
+                           scenario.malformed(n) if n % 100 == 99 else scenario.request(n))
+                sent += 1
+            await producer.flush()
+            await _wait(lambda: len(obs.decisions) + obs.dead >= sent, 120, "wave 2 decisions")
+
+            phase = "trucks drive on to their destinations"
+            for d in obs.decisions.values():
+                if d["pass"]:
+                    await drive(d["pass"]["pass_id"], d["pass"]["plate"], 1.0)
+            await producer.flush()
+            await _wait(lambda: len(obs.answered) >= scans_sent, 120, "scan answers")
+            phase = "done"
+            live.update(obs.table(phase, sent, scans_sent, started))
+        finally:
+            painter.cancel()
+            reader.cancel()
+            await producer.stop()
+            await consumer.stop()
+    elapsed = time.monotonic() - started
+    return {"sent": sent, "scans": scans_sent, "elapsed": elapsed, "observer": obs}
+
+
+def _report(settings: Settings, played: dict, console: Console) -> None:
+    obs: Observer = played["observer"]
+    engine = make_engine(settings.database_url)
+    expected_events = len(obs.status)
+    deadline = time.monotonic() + 60
+    with Session(engine) as session:
+        while session.exec(select(func.count()).select_from(PassEvent)).one() < expected_events:
+            if time.monotonic() > deadline:
+                console.print("[yellow]database projection still catching up[/yellow]")
+                break
+            time.sleep(0.1)
+        by_class = count_by(session, Shipment.priority)
+        decisions = Counter()
+        for s in session.exec(select(Shipment)):
+            decisions[(s.decision, s.priority if s.decision == "approved" else s.reasons[0]["code"])] += 1
+        statuses = count_by(session, Pass.status)
+        ever = {status: n for status, n in session.exec(
+            select(PassEvent.status, func.count(func.distinct(PassEvent.pass_id))).group_by(PassEvent.status))}
+        dwell = checkpoint_dwell(session)
+
+    t = Table(title="greenchannel demo report (from the database)")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_row("requests sent", str(played["sent"]))
+    for cls in ("P0", "P1", "P2", "P3"):
+        t.add_row(f"approved {cls}", str(decisions[("approved", cls)]))
+    for (decision, why), n in sorted(decisions.items()):
+        if decision == "rejected":
+            t.add_row(f"rejected: {why}", str(n))
+    t.add_row("dead letters", str(obs.dead))
+    t.add_row("passes delivered", str(statuses.get("delivered", 0)))
+    t.add_row("passes ever held", str(ever.get("held", 0)))
+    t.add_row("passes rerouted", str(ever.get("rerouted", 0)))
+    t.add_row("passes suspended now", str(statuses.get("suspended", 0)))
+    total = sum(n for _, n, _, _ in dwell)
+    mean = sum(n * avg for _, n, avg, _ in dwell) / total if total else 0.0
+    over = sum(o for *_, o in dwell)
+    t.add_row("checkpoint departures", str(total))
+    t.add_row("mean checkpoint dwell", f"{mean / 60:.1f} min")
+    t.add_row("dwells over 15 min", f"{over} ({over / total:.0%})" if total else "0")
+    t.add_row("wall time", f"{played['elapsed']:.1f} s")
+    console.print(t)
+    console.print(f"[dim]priority of approved passes by class: {dict(sorted((k or '-', v) for k, v in by_class.items()))}[/dim]")
+
+
+def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, broker_url: str | None = None) -> int:
+    console = Console()
+    data_dir = Path(settings.data_dir).resolve() / "demo"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    database = data_dir / "greenchannel.db"
+    database.unlink(missing_ok=True)
+    broker = None
+    if broker_url is None:
+        broker = TansuBroker(log_path=data_dir / "broker.log").start()
+        broker_url = broker.url
+        console.print(f"embedded broker (Tansu) at {broker.bootstrap}")
+    settings = settings.model_copy(update={
+        "broker_url": broker_url, "database_url": f"sqlite:///{database}",
+        "app_id": f"greenchannel-demo-{int(time.time())}", "key_dir": settings.keys_path.resolve()})
+    env = {**os.environ, "GC_BROKER_URL": settings.broker_url, "GC_DATABASE_URL": settings.database_url,
+           "GC_APP_ID": settings.app_id, "GC_KEY_DIR": str(settings.keys_path), "GC_PARTITIONS": str(settings.partitions),
+           "GC_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
+    topics = Topics.with_prefix(settings.topic_prefix)
+    asyncio.run(ensure_topics(settings.bootstrap, topics.public() + [topics.pass_events],
+                              partitions=settings.partitions))
+    from .keys import load_signer
+    load_signer(settings.keys_path)  # the worker and the checkpoints share this key pair
+    log = open(data_dir / "worker.log", "wb")
+    worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=ROOT,
+                              stdout=log, stderr=subprocess.STDOUT)
+    console.print(f"worker pid {worker.pid}, log {data_dir / 'worker.log'}")
+    try:
+        played = asyncio.run(_play(settings, env, shipments, seed, console))
+        _report(settings, played, console)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        if broker:
+            broker.stop()
+    return 0
