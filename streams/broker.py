@@ -8,6 +8,7 @@ no transactions. `streams.kafka` starts Apache Kafka itself; both answer to the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -41,15 +42,22 @@ def wait_for_brokers(bootstrap: str, nodes: int = 1, *, timeout: float = 60.0, a
     """Block until the cluster answers a metadata request listing `nodes` brokers."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError("broker process exited while starting")
-        try:
-            if asyncio.run(_broker_count(bootstrap)) >= nodes:
-                return
-        except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            last = exc
-        time.sleep(0.2)  # poll interval of a readiness probe, not a synchronisation
+    # aiokafka logs every refused connection at ERROR; while starting, that is expected.
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        while time.monotonic() < deadline:
+            if not alive():
+                raise RuntimeError("broker process exited while starting")
+            try:
+                if asyncio.run(_broker_count(bootstrap)) >= nodes:
+                    return
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                last = exc
+            time.sleep(0.2)  # poll interval of a readiness probe, not a synchronisation
+    finally:
+        quiet.setLevel(level)
     raise TimeoutError(f"no {nodes}-broker cluster at {bootstrap} after {timeout}s ({last})")
 
 

@@ -241,7 +241,6 @@ def _report(settings: Settings, played: dict, console: Console) -> None:
                 console.print("[yellow]database projection still catching up[/yellow]")
                 break
             time.sleep(0.1)
-        by_class = count_by(session, Shipment.priority)
         decisions = Counter()
         for s in session.exec(select(Shipment)):
             decisions[(s.decision, s.priority if s.decision == "approved" else s.reasons[0]["code"])] += 1
@@ -272,7 +271,6 @@ def _report(settings: Settings, played: dict, console: Console) -> None:
     t.add_row("dwells over 15 min", f"{over} ({over / total:.0%})" if total else "0")
     t.add_row("wall time", f"{played['elapsed']:.1f} s")
     console.print(t)
-    console.print(f"[dim]priority of approved passes by class: {dict(sorted((k or '-', v) for k, v in by_class.items()))}[/dim]")
 
 
 def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, broker_url: str | None = None) -> int:
