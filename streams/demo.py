@@ -184,14 +184,18 @@ async def _play(settings: Settings, env: dict, shipments: int, seed: int, consol
             await producer.flush()
             public_key = load_public_key(settings.keys_path)
 
+            async def wave(numbers: range, what: str) -> None:
+                nonlocal sent
+                for n in numbers:
+                    await send(topics.requests, f"SHP-{seed}-{n:07d}",
+                               scenario.malformed(n) if n % 100 == 99 else scenario.request(n))
+                    sent += 1
+                await producer.flush()
+                await _wait(lambda: len(obs.decisions) + obs.dead >= sent, 120, what)
+
             half = shipments // 2
             phase = "firms send requests (wave 1)"
-            for n in range(half):
-                await send(topics.requests, f"SHP-{seed}-{n:07d}",
-                           scenario.malformed(n) if n % 100 == 99 else scenario.request(n))
-                sent += 1
-            await producer.flush()
-            await _wait(lambda: len(obs.decisions) + obs.dead >= sent, 120, "wave 1 decisions")
+            await wave(range(half), "wave 1 decisions")
 
             phase = "trucks reach the first checkpoints"
             wave1 = [d["pass"] for d in obs.decisions.values() if d["pass"]]
@@ -206,12 +210,7 @@ async def _play(settings: Settings, env: dict, shipments: int, seed: int, consol
             await _wait(lambda: time.monotonic() - obs.last_status > 1.5, 60, "re-evaluation to settle")
 
             phase = "firms send requests (wave 2)"
-            for n in range(half, shipments):
-                await send(topics.requests, f"SHP-{seed}-{n:07d}",
-                           scenario.malformed(n) if n % 100 == 99 else scenario.request(n))
-                sent += 1
-            await producer.flush()
-            await _wait(lambda: len(obs.decisions) + obs.dead >= sent, 120, "wave 2 decisions")
+            await wave(range(half, shipments), "wave 2 decisions")
 
             phase = "trucks drive on to their destinations"
             for d in obs.decisions.values():
