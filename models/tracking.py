@@ -6,6 +6,7 @@ publishes the events these functions return.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -14,7 +15,7 @@ from .decide import Decider
 from .passes import ACTIVE, InvalidToken, PassState, PassStatusKind as S, on_scan, status_event, transition, verify_token
 from .records import CheckpointScan, EnterpriseEntry, RegionRisk, format_time, parse_time
 
-__all__ = ["Tracker"]
+__all__ = ["Tracker", "CheckpointBoard"]
 
 
 class Tracker:
@@ -111,3 +112,39 @@ class Tracker:
         return new, status_event(new, S.REVOKED, at, reason="key_enterprise_removed",
                                  cause=f"enterprise:{entry.credit_code}:remove:{format_time(at)}",
                                  dwell_target=self.dwell_target)
+
+
+class CheckpointBoard:
+    """Live waiting times per checkpoint (as the EU Green Lanes app showed at every crossing).
+
+    Fed with the status events the tracker publishes; keeps the vehicles now at each
+    checkpoint and the last `window` dwell times, so the figure follows the present queue.
+    """
+
+    def __init__(self, window: int = 50, target_seconds: int = 900) -> None:
+        self.window = window
+        self.target = target_seconds
+        self._present: dict[str, set[str]] = {}
+        self._dwells: dict[str, deque[float]] = {}
+
+    def observe(self, event: dict) -> None:
+        checkpoint, pass_id = event.get("checkpoint_id"), event["pass_id"]
+        if not checkpoint:
+            return
+        present = self._present.setdefault(checkpoint, set())
+        if event["status"] in (S.AT_CHECKPOINT, S.HELD):
+            present.add(pass_id)
+        else:
+            present.discard(pass_id)
+        if event.get("dwell_seconds") is not None:
+            self._dwells.setdefault(checkpoint, deque(maxlen=self.window)).append(event["dwell_seconds"])
+
+    def snapshot(self) -> list[dict]:
+        out = []
+        for checkpoint in sorted(set(self._present) | set(self._dwells)):
+            dwells = sorted(self._dwells.get(checkpoint, ()))
+            median = dwells[len(dwells) // 2] if dwells else None
+            out.append({"checkpoint_id": checkpoint, "vehicles_present": len(self._present.get(checkpoint, ())),
+                        "recent_departures": len(dwells), "median_dwell_seconds": median,
+                        "over_target": median is not None and median > self.target})
+        return out

@@ -92,6 +92,8 @@ def create_app(settings: Settings) -> faust.App:
         processing_guarantee=settings.processing_guarantee,
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
+        web_bind=settings.web_bind,
+        web_host=settings.web_host,
         datadir=str(settings.data_dir / "faust"),
         producer_linger_ms=1,
         stream_buffer_maxsize=8192,
@@ -219,6 +221,23 @@ def create_app(settings: Settings) -> faust.App:
                 batch.append((topic, value, ce_id))
             if batch:
                 await asyncio.to_thread(write_projection, batch)
+
+    # --- web views ------------------------------------------------------------------------------
+    @app.page("/passes/{pass_id}/")
+    @app.table_route(table=passes, match_info="pass_id")
+    async def pass_view(web, request, pass_id: str):
+        """A pass's live state, answered by the worker that owns its partition."""
+        raw = passes.get(pass_id)
+        if raw is None:
+            return web.json({"error": f"no pass {pass_id}"}, status=404)
+        state = orjson.loads(raw)
+        state["scans"] = sorted(state["scans"])
+        return web.json(state)
+
+    @app.page("/checkpoints/")
+    async def checkpoints_view(web, request):
+        """Live waiting time at each checkpoint this worker tracks."""
+        return web.json({"checkpoints": pipeline.board.snapshot()})
 
     return app
 

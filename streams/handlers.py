@@ -19,7 +19,7 @@ from models.decide import Decider
 from models.passes import PassState
 from models.records import (EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time, load_object,
                             parse_enterprise, parse_request, parse_risk, parse_scan, parse_time)
-from models.tracking import Tracker
+from models.tracking import CheckpointBoard, Tracker
 
 __all__ = ["Out", "Topics", "Pipeline", "cloudevent_headers"]
 
@@ -73,6 +73,7 @@ class Pipeline:
         self.tracker = tracker
         self.topics = topics
         self.partitions = partitions
+        self.board = CheckpointBoard(target_seconds=tracker.dwell_target)
 
     # --- dead letters -------------------------------------------------------------------------
     def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
@@ -230,6 +231,7 @@ class Pipeline:
                                       "/greenchannel/tracker", command["decided_at"]))
 
     def _status_out(self, event: dict) -> Out:
+        self.board.observe(event)
         return self._status_out_bytes(event["pass_id"], canonical(event))
 
     def _status_out_bytes(self, pass_id: str, body: bytes) -> Out:

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     geocoder_user_agent: str = "greenchannel"
     web_port: int = 6066
     web_enabled: bool = False
+    web_bind: str = "127.0.0.1"
+    web_host: str = "127.0.0.1"
     batch_size: int = 500
     batch_window: float = 0.005
 

@@ -20,7 +20,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.broker import TansuBroker, ensure_topics
+from streams.broker import TansuBroker, ensure_topics, free_port
 from streams.handlers import Topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +139,7 @@ def system_env(bootstrap: str, data_dir: Path, app_id: str) -> dict:
     env.update({
         "GC_BROKER_URL": f"kafka://{bootstrap}", "GC_DATA_DIR": str(data_dir), "GC_APP_ID": app_id,
         "GC_DATABASE_URL": database, "GC_PARTITIONS": str(PARTITIONS), "PYTHONPATH": str(ROOT),
+        "GC_WEB_ENABLED": "true", "GC_WEB_PORT": str(free_port()),
     })
     return env
 

@@ -96,3 +96,16 @@ def test_bad_token_holds_and_late_scan_expires():
 def test_state_round_trips_through_json():
     s = replace(state(), scans={"x": b'{"a":1}'})
     assert PassState.from_json(s.to_json()) == s
+
+
+def test_checkpoint_board_tracks_queue_and_median_dwell():
+    from models.tracking import CheckpointBoard
+    board = CheckpointBoard(window=3, target_seconds=900)
+    for pid in ("a", "b", "c"):
+        board.observe({"pass_id": pid, "status": "at_checkpoint", "checkpoint_id": "X"})
+    for pid, dwell in (("a", 100.0), ("b", 1000.0)):
+        board.observe({"pass_id": pid, "status": "in_transit", "checkpoint_id": "X", "dwell_seconds": dwell})
+    board.observe({"pass_id": "d", "status": "in_transit", "checkpoint_id": "X", "dwell_seconds": 1200.0})
+    [row] = board.snapshot()
+    assert row["vehicles_present"] == 1 and row["recent_departures"] == 3
+    assert row["median_dwell_seconds"] == 1000.0 and row["over_target"]

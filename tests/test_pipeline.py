@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import Counter
@@ -207,3 +208,34 @@ async def test_pass_show_prints_the_pass_and_its_history_from_the_database(syste
         assert time.monotonic() < deadline, result.stdout + result.stderr
     assert decision["pass"]["plate"] in result.stdout
     assert "issued" in result.stdout
+
+
+async def test_web_views_show_a_pass_and_checkpoint_waiting_times(system, scenario):
+    import urllib.error
+    import urllib.request
+
+    decision = await approved(system, scenario, 1400, origin={"adcode": "420111"}, destination={"adcode": "440106"})
+    pass_id = decision["pass"]["pass_id"]
+    scans = scans_for(decision, random.Random(4))
+    for scan in scans[:2]:  # arrival and departure at the first border checkpoint
+        await system.send(system.topics.scans, scan, key=pass_id)
+    await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode()
+                              and m.json["status"] == "in_transit")
+    base = f"http://127.0.0.1:{system.env['GC_WEB_PORT']}"
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as response:
+                return response.status, orjson.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, orjson.loads(exc.read())
+
+    status, state = await asyncio.to_thread(get, f"/passes/{pass_id}/")
+    assert status == 200 and state["status"] == "in_transit" and state["plate"] == decision["pass"]["plate"]
+    assert state["scans"] == sorted(s["scan_id"] for s in scans[:2])
+    status, board = await asyncio.to_thread(get, "/checkpoints/")
+    first = scans[0]["checkpoint_id"]
+    [row] = [r for r in board["checkpoints"] if r["checkpoint_id"] == first]
+    assert row["recent_departures"] >= 1 and row["median_dwell_seconds"] > 0
+    status, _ = await asyncio.to_thread(get, "/passes/000000000000/")
+    assert status == 404
