@@ -42,8 +42,20 @@ class Decider:
         # An online geopy geocoder may stand in for addresses; the offline gazetteer stays
         # the default because decisions must not depend on a remote service's mood.
         self.geocoder = geocoder
+        self._located: dict[Location, Place | None] = {}
 
     def locate(self, location: Location) -> Place | None:
+        # Firms ship from the same depots again and again: locating is a cache lookup.
+        try:
+            return self._located[location]
+        except KeyError:
+            pass
+        place = self._locate(location)
+        if len(self._located) < 200_000:
+            self._located[location] = place
+        return place
+
+    def _locate(self, location: Location) -> Place | None:
         if location.adcode:
             return self.gazetteer.locate(location.adcode)
         if location.address:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -64,27 +65,29 @@ def parse_time(value: Any) -> datetime:
 
 
 def format_time(value: datetime) -> str:
-    value = value.astimezone(timezone.utc)
-    if value.microsecond:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is several times faster than strftime, and this runs many times per event.
+    if value.utcoffset():
+        value = value.astimezone(timezone.utc)
+    return value.replace(tzinfo=None).isoformat() + "Z"
 
 
 # --- identifiers -------------------------------------------------------------------------
 
 # GB 32100-2015: 31 characters, I O Z S V excluded so they cannot be misread.
 _CREDIT_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_CREDIT_VALUE = {c: i for i, c in enumerate(_CREDIT_ALPHABET)}
 _CREDIT_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
 _CREDIT_RE = re.compile(r"^[0-9A-HJ-NPQRTUWXY]{2}\d{6}[0-9A-HJ-NPQRTUWXY]{10}$")
 
 
+@lru_cache(maxsize=65536)  # firms send many requests; a code is checked once
 def check_credit_code(code: str) -> str | None:
     """None when `code` is a valid unified social credit code, else what is wrong."""
     if len(code) != 18:
         return "must be 18 characters"
     if not _CREDIT_RE.match(code):
         return "has characters outside GB 32100-2015"
-    total = sum(_CREDIT_ALPHABET.index(c) * w for c, w in zip(code[:17], _CREDIT_WEIGHTS))
+    total = sum(_CREDIT_VALUE[c] * w for c, w in zip(code[:17], _CREDIT_WEIGHTS))
     expected = _CREDIT_ALPHABET[(31 - total % 31) % 31]
     if code[17] != expected:
         return f"check character is {code[17]!r}, expected {expected!r}"
@@ -94,12 +97,13 @@ def check_credit_code(code: str) -> str | None:
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
 
+@lru_cache(maxsize=65536)
 def check_id_number(number: str) -> str | None:
     """None when `number` is a valid 18-digit resident ID (GB 11643-1999), else what is wrong."""
     if not re.fullmatch(r"\d{17}[\dX]", number):
         return "must be 17 digits and a digit or X"
     try:
-        datetime.strptime(number[6:14], "%Y%m%d")
+        date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
     except ValueError:
         return "has an impossible date of birth"
     total = sum(int(c) * w for c, w in zip(number[:17], _ID_WEIGHTS))

@@ -29,8 +29,10 @@ _WGS84 = Geodesic.WGS84
 
 def _rfc3339(value: datetime) -> str:
     # A naive datetime is taken to be UTC, the project's wire time zone.
-    value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if value.microsecond else "%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is several times faster than strftime; a route has a time per checkpoint.
+    if value.tzinfo is not None and value.utcoffset():
+        value = value.astimezone(timezone.utc)
+    return value.replace(tzinfo=None).isoformat() + "Z"
 
 
 @dataclass(frozen=True, slots=True)
