@@ -6,18 +6,22 @@ Works on SQLite (the default file) and PostgreSQL; the upsert is the dialect's o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, func
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, Engine, case, func, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, create_engine, select
 
 from .records import parse_time
 from .tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
 
-__all__ = ["make_engine", "init_db", "project_decisions", "project_statuses", "project_risks",
-           "project_enterprises", "get_pass", "get_pass_events", "checkpoint_dwell", "count_by"]
+__all__ = ["make_engine", "init_db", "upgrade", "alembic_config", "project_decisions", "project_statuses",
+           "project_risks", "project_enterprises", "get_pass", "get_pass_events", "checkpoint_dwell", "count_by"]
 
 
 def make_engine(url: str) -> Engine:
@@ -26,8 +30,75 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
 
 
+MIGRATIONS = Path(__file__).with_name("migrations")
+# The revision whose schema `SQLModel.metadata.create_all` made before there were migrations.
+BASELINE = "0001"
+# pg_advisory_xact_lock key serializing schema upgrades in a database ("gcmi").
+MIGRATION_LOCK = 0x67636D69
+
+
+def alembic_config(url: str | None = None, *, connection: Connection | None = None) -> Config:
+    """The Alembic configuration of models/migrations (there is no alembic.ini)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    if url:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that holds the database's migration lock until it commits.
+
+    PostgreSQL: a transaction-scoped advisory lock (DDL is transactional there, so the whole
+    upgrade commits at once and the lock goes with the commit). SQLite: `BEGIN IMMEDIATE`, the
+    database's write lock, waited for up to the busy timeout (30 s from make_engine); the upgrade
+    is one transaction there too.
+    """
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            # Autocommit on the driver, so that our BEGIN is the only transaction control.
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                if connection.connection.dbapi_connection.in_transaction:  # some errors end it already
+                    connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
+        return
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        yield connection
+
+
 def init_db(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
+    """Bring the schema up to date (`alembic upgrade head`); safe to run from several processes at once.
+
+    The first process to take the migration lock upgrades; the others wait for it, then find the
+    schema at head and do nothing. A database made by create_all before migrations existed (tables,
+    no alembic_version) is stamped as the baseline revision first.
+    """
+    with _migration_lock(engine) as connection:
+        config = alembic_config(connection=connection)
+        if (MigrationContext.configure(connection).get_current_revision() is None
+                and inspect(connection).has_table(Shipment.__tablename__)):
+            command.stamp(config, BASELINE)
+        command.upgrade(config, "head")
+
+
+def upgrade(url: str) -> None:
+    """`alembic upgrade head` on the database at `url` (what `greenchannel db upgrade` runs)."""
+    engine = make_engine(url)
+    try:
+        init_db(engine)
+    finally:
+        engine.dispose()
 
 
 def _upsert(session: Session, table, rows: Sequence[dict], *, keys: list[str], update: list[str] | None,
@@ -125,7 +196,8 @@ def get_pass_events(session: Session, *, pass_id: str) -> list[PassEvent]:
 
 def checkpoint_dwell(session: Session) -> list[tuple[str, int, float, int]]:
     """(checkpoint, departures with a dwell, mean dwell seconds, dwells over target) per checkpoint."""
-    over = func.sum(func.cast(PassEvent.dwell_exceeded, type_=PassEvent.__table__.c.dwell_seconds.type))
+    # PostgreSQL casts a boolean to integer or text only; a CASE counts on every database.
+    over = func.sum(case((PassEvent.dwell_exceeded, 1), else_=0))
     q = (select(PassEvent.checkpoint_id, func.count(), func.avg(PassEvent.dwell_seconds), over)
          .where(PassEvent.dwell_seconds.is_not(None)).group_by(PassEvent.checkpoint_id)
          .order_by(PassEvent.checkpoint_id))

@@ -126,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pass":
         return cmd_pass_show(settings, args.pass_id)
     if args.command == "db":
-        from models.db import init_db, make_engine
-        init_db(make_engine(settings.database_url))
-        print(f"schema up to date at {settings.database_url}")
+        from sqlalchemy.engine import make_url
+
+        from models.db import upgrade
+        upgrade(settings.database_url)  # alembic upgrade head, under the migration lock
+        print(f"schema up to date at {make_url(settings.database_url).render_as_string(hide_password=True)}")
         return 0
     if args.command == "keys":
         from .keys import PUBLIC_NAME, load_signer
