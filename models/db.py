@@ -13,7 +13,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, case, func, inspect, text
+from sqlalchemy import Connection, Engine, and_, case, func, inspect, or_, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, create_engine, select
 
@@ -102,8 +102,10 @@ def upgrade(url: str) -> None:
 
 
 def _upsert(session: Session, table, rows: Sequence[dict], *, keys: list[str], update: list[str] | None,
-            keep: list[str] = ()) -> None:
-    """Insert rows; on a key conflict overwrite `update` columns and fill `keep` columns only if empty."""
+            keep: list[str] = (), only_if=None) -> None:
+    """Insert rows; on a key conflict overwrite `update` columns and fill `keep` columns only if empty.
+
+    `only_if(excluded, columns)`, when given, is the condition under which a conflict updates."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
@@ -113,7 +115,8 @@ def _upsert(session: Session, table, rows: Sequence[dict], *, keys: list[str], u
         columns = table.__table__.c
         set_ = {c: stmt.excluded[c] for c in update or ()}
         set_.update({c: func.coalesce(columns[c], stmt.excluded[c]) for c in keep})
-        stmt = stmt.on_conflict_do_update(index_elements=keys, set_=set_)
+        where = only_if(stmt.excluded, columns) if only_if is not None else None
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_=set_, where=where)
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=keys)
     session.exec(stmt)
@@ -148,7 +151,16 @@ def project_decisions(session: Session, decisions: Iterable[dict]) -> None:
     _upsert(session, Pass, _last_per_key(passes, "pass_id"), keys=["pass_id"],
             update=["shipment_id", "plate", "priority", "issuer", "valid_from", "valid_until", "trip",
                     "toll_exempt"], keep=["route", "token"])
-    _upsert(session, Checkpoint, _last_per_key(checkpoints, "checkpoint_id"), keys=["checkpoint_id"], update=None)
+    # A border checkpoint has one id for both directions but a route entry (name, adcode) per
+    # direction: keep the entry that sorts first, so the row does not depend on the order in
+    # which decisions are projected (the live projector's batches, a rebuild from the log).
+    first: dict[str, dict] = {}
+    for c in checkpoints:
+        seen = first.get(c["checkpoint_id"])
+        if seen is None or (c["adcode"], c["name"]) < (seen["adcode"], seen["name"]):
+            first[c["checkpoint_id"]] = c
+    _upsert(session, Checkpoint, list(first.values()), keys=["checkpoint_id"], update=["name", "adcode", "lat", "lon"],
+            only_if=lambda new, old: or_(new.adcode < old.adcode, and_(new.adcode == old.adcode, new.name < old.name)))
 
 
 def project_statuses(session: Session, events: Iterable[tuple[str, dict]]) -> None:

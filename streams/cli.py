@@ -1,4 +1,4 @@
-"""The `greenchannel` command: broker, worker, topics, demo, pass, db, keys."""
+"""The `greenchannel` command: broker, worker, topics, demo, pass, replay, db, keys."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     pass_sub = passes.add_subparsers(dest="pass_command", required=True)
     show = pass_sub.add_parser("show", help="a pass with its history")
     show.add_argument("pass_id")
+    history = pass_sub.add_parser("history", help="a pass's full story from the log (not the database)")
+    history.add_argument("pass_id")
+    history.add_argument("--json", metavar="FILE", help="also write the story as JSON (FILE or '-')")
+
+    replay = sub.add_parser("replay", help="re-decide the logged inputs and prove every recorded decision")
+    from .replay import add_arguments as add_replay_arguments
+    add_replay_arguments(replay)
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -124,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
         return run_demo(settings, shipments=args.shipments, seed=args.seed, broker_url=args.broker_url)
     if args.command == "pass":
+        if args.pass_command == "history":
+            from .replay import cmd_pass_history
+            return cmd_pass_history(settings, args)
         return cmd_pass_show(settings, args.pass_id)
+    if args.command == "replay":
+        from .replay import cmd_replay
+        return cmd_replay(settings, args)
     if args.command == "db":
         from sqlalchemy.engine import make_url
 
