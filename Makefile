@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit bench env clean
+.PHONY: demo test test-kafka test-unit bench env clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,10 +20,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The Apache Kafka (1 and 3 nodes, exactly_once) and PostgreSQL lanes. Not yet part of `make
+# test`: the exactly-once fault test still finds a gap (see streams/eos.py).
+test-kafka: $(STAMP)
+	PYTHON=$(BIN)/python bash tests/services/lanes.sh
+
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
 
-bench: $(STAMP)
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench
 
 clean:

@@ -8,6 +8,7 @@ our parser, and from there the dead-letter topic, instead of killing the agent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import asdict
 
@@ -24,6 +25,7 @@ from models.tracking import Tracker
 from routing import Gazetteer, RegionGraph, RoutePlanner
 from sqlmodel import Session
 
+from .eos import CommitGate, send_outputs, take_table_writes
 from .handlers import Out, Pipeline, Topics
 from .keys import load_signer
 from .settings import Settings
@@ -60,6 +62,11 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
     await consumer.start()
     count = 0
     try:
+        # Apache Kafka answers the client's bootstrap metadata request (no topic named) with no
+        # topics, Tansu with all of them: fetch every topic's metadata before looking these up.
+        # (Not `await consumer.topics()`: that reads into a ClusterMetadata of its own and leaves
+        # the one partitions_for_topic() answers from empty.)
+        await consumer._client.force_metadata_update()
         parts = [TopicPartition(t, p) for t in (topics.enterprises, topics.risk)
                  for p in (consumer.partitions_for_topic(t) or ())]
         if not parts:
@@ -68,15 +75,23 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
         pending = {tp for tp, end in ends.items() if end > 0}
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000)
+
+        def apply(batch) -> None:
+            nonlocal count
             for tp, messages in batch.items():
+                handler = pipeline.on_risk if tp.topic == topics.risk else pipeline.on_enterprise
                 for m in messages:
-                    handler = pipeline.on_risk if tp.topic == topics.risk else pipeline.on_enterprise
                     handler(m.key, m.value, partition=tp.partition, offset=m.offset, timestamp_ms=m.timestamp)
-                    count += 1
+                count += len(messages)
                 if messages and messages[-1].offset + 1 >= ends[tp]:
                     pending.discard(tp)
+
+        while pending:
+            apply(await consumer.getmany(*pending, timeout_ms=1000))
+        # Tansu reports the start of a partition's last batch as its end, so the end offsets
+        # are a lower bound: read on until a fetch comes back empty.
+        while batch := await consumer.getmany(timeout_ms=300):
+            apply(batch)
     finally:
         await consumer.stop()
     return count
@@ -117,9 +132,10 @@ def create_app(settings: Settings) -> faust.App:
 
     # --- tables -------------------------------------------------------------------------------
     # Keys are ids (text), values the exact bytes published or stored: nothing to re-encode.
-    table_schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    decided = app.Table("decided", schema=table_schema, partitions=settings.partitions)
-    passes = app.Table("passes", schema=table_schema, partitions=settings.partitions)
+    # Typed by key_type/value_type, not a Schema: those also pick the serializers the changelog
+    # is written with (str: JSON, bytes: raw), so a restarted worker recovers what was stored.
+    decided = app.Table("decided", key_type=str, value_type=bytes, partitions=settings.partitions)
+    passes = app.Table("passes", key_type=str, value_type=bytes, partitions=settings.partitions)
 
     ready = asyncio.Event()
 
@@ -147,7 +163,20 @@ def create_app(settings: Settings) -> faust.App:
             m = meta(event)
             outs = [pipeline.dead_letter(topic, m["partition"], m["offset"], event.key, event.value,
                                          m["timestamp_ms"], f"internal error: {type(exc).__name__}: {exc}")]
-        await send_all(outs)
+        if exactly_once:  # the event's table writes and outputs, in its partition's transaction
+            await send_outputs(app, event, take_table_writes(app), outs)
+        else:
+            await send_all(outs)
+
+    exactly_once = settings.processing_guarantee == "exactly_once"
+    gate = CommitGate()
+
+    def in_flight():
+        """exactly_once: Faust commits offsets only between events (see streams.eos)."""
+        if not exactly_once:
+            return contextlib.nullcontext()
+        gate.install(app.consumer)
+        return gate.event()
 
     # --- agents -------------------------------------------------------------------------------
     # Agents that write tables take one event at a time: a table write needs the current
@@ -156,27 +185,31 @@ def create_app(settings: Settings) -> faust.App:
     async def decide(stream):
         await ready.wait()
         async for event in stream.events():
-            await guarded(names.requests, event, lambda: pipeline.on_request(
-                event.key, event.value, decided=decided, **meta(event)))
+            async with in_flight():
+                await guarded(names.requests, event, lambda: pipeline.on_request(
+                    event.key, event.value, decided=decided, **meta(event)))
 
     @app.agent(scans)
     async def route_scans(stream):
         async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
-            for event in events:
-                await guarded(names.scans, event, lambda: pipeline.on_scan(event.key, event.value, **meta(event)))
+            async with in_flight():  # the batch is acked as a whole, after it
+                for event in events:
+                    await guarded(names.scans, event, lambda: pipeline.on_scan(event.key, event.value, **meta(event)))
 
     @app.agent(reference)
     async def reference_data(stream):
         await ready.wait()
         async for event in stream.events():
             handler = pipeline.on_risk if event.message.topic == names.risk else pipeline.on_enterprise
-            await guarded(event.message.topic, event, lambda: handler(event.key, event.value, **meta(event)))
+            async with in_flight():
+                await guarded(event.message.topic, event, lambda: handler(event.key, event.value, **meta(event)))
 
     @app.agent(pass_events)
     async def track(stream):
         await ready.wait()
         async for event in stream.events():
-            await guarded(names.pass_events, event, lambda: pipeline.on_pass_event(event.value, passes=passes))
+            async with in_flight():
+                await guarded(names.pass_events, event, lambda: pipeline.on_pass_event(event.value, passes=passes))
 
     engine = make_engine(settings.database_url)
     init_db(engine)

@@ -115,11 +115,12 @@ class Pipeline:
             command = {"kind": "issue", "state": orjson.loads(decision.state.to_json()),
                        "decided_at": decision.message["decided_at"]}
             outs.append(Out(self.topics.pass_events, decision.state.pass_id.encode(), canonical(command)))
-        outs.append(self._decision_out(sid, body))
+        outs.append(self._decision_out(sid, body, decision.message["decided_at"]))
         return outs
 
-    def _decision_out(self, sid: str, body: bytes) -> Out:
-        decided_at = orjson.loads(body)["decided_at"]
+    def _decision_out(self, sid: str, body: bytes, decided_at: str | None = None) -> Out:
+        if decided_at is None:  # a stored decision: read its time back from the bytes
+            decided_at = orjson.loads(body)["decided_at"]
         return Out(self.topics.decisions, sid.encode(), body,
                    cloudevent_headers(f"decision/{sid}", "cn.greenchannel.pass.decision", "/greenchannel/decider",
                                       decided_at))
@@ -232,10 +233,11 @@ class Pipeline:
 
     def _status_out(self, event: dict) -> Out:
         self.board.observe(event)
-        return self._status_out_bytes(event["pass_id"], canonical(event))
+        return self._status_out_bytes(event["pass_id"], canonical(event), event)
 
-    def _status_out_bytes(self, pass_id: str, body: bytes) -> Out:
-        event = orjson.loads(body)
+    def _status_out_bytes(self, pass_id: str, body: bytes, event: dict | None = None) -> Out:
+        if event is None:  # a stored answer: read it back from the bytes
+            event = orjson.loads(body)
         digest = hashlib.sha1(event["cause"].encode()).hexdigest()[:16]
         return Out(self.topics.status, pass_id.encode(), body,
                    cloudevent_headers(f"status/{pass_id}/{digest}", "cn.greenchannel.pass.status",

@@ -27,16 +27,47 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
 
 
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory):
-    kind = os.environ.get("GC_TEST_BROKER", "tansu")
+BROKER_KIND = os.environ.get("GC_TEST_BROKER", "tansu")
+if BROKER_KIND not in ("tansu", "kafka", "kafka3"):
+    raise pytest.UsageError(f"GC_TEST_BROKER={BROKER_KIND!r}: expected tansu, kafka or kafka3")
+ON_KAFKA = BROKER_KIND.startswith("kafka")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `kafka` start Apache Kafka themselves: only in the Kafka lanes."""
+    if ON_KAFKA:
+        return
+    skip = pytest.mark.skip(reason="starts Apache Kafka: runs with GC_TEST_BROKER=kafka or kafka3 "
+                                   "(tests/services/lanes.sh)")
+    for item in items:
+        if item.get_closest_marker("kafka") is not None:
+            item.add_marker(skip)
+
+
+def replication_factor(kind: str = BROKER_KIND) -> int:
+    return 3 if kind == "kafka3" else 1
+
+
+def isolation_level(kind: str = BROKER_KIND) -> str:
+    """Readers of a transactional (exactly_once) worker see committed output only."""
+    return "read_committed" if kind.startswith("kafka") else "read_uncommitted"
+
+
+def make_broker(kind: str, workdir: Path):
+    """An unstarted broker of `kind` (Apache Kafka keeps its data in `workdir`)."""
     if kind.startswith("kafka"):
         from streams.kafka import KafkaCluster
-        cluster = KafkaCluster(nodes=3 if kind == "kafka3" else 1, workdir=tmp_path_factory.mktemp("kafka"))
+        cluster = KafkaCluster(nodes=3 if kind == "kafka3" else 1, workdir=workdir)
     else:
-        cluster = TansuBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log")
-    cluster.start()
+        cluster = TansuBroker(log_path=workdir / "tansu.log")
     cluster.kind = kind
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    cluster = make_broker(BROKER_KIND, tmp_path_factory.mktemp(BROKER_KIND))
+    cluster.start()
     yield cluster
     cluster.stop()
 
@@ -61,9 +92,11 @@ class Tap:
     bootstrap: str
     topics: list[str]
     messages: list[Message] = field(default_factory=list)
+    isolation_level: str = field(default_factory=isolation_level)
 
     async def start(self) -> Tap:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                          isolation_level=self.isolation_level)
         await self._consumer.start()
         parts = [TopicPartition(t, p) for t in self.topics for p in range(PARTITIONS)]
         self._consumer.assign(parts)
@@ -82,6 +115,20 @@ class Tap:
     async def stop(self) -> None:
         self._task.cancel()
         await self._consumer.stop()
+
+    async def caught_up(self, topics: list[str] | None = None, timeout: float = 60.0) -> None:
+        """Wait until everything readable now (up to the last stable offset when reading
+        committed) of `topics` (default: all) is in `messages`."""
+        parts = [TopicPartition(t, p) for t in (topics or self.topics) for p in range(PARTITIONS)]
+        ends = await self._consumer.end_offsets(parts)
+        deadline = time.monotonic() + timeout
+        while True:
+            behind = {tp: end for tp, end in ends.items() if await self._consumer.position(tp) < end}
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"tap still behind after {timeout}s: {behind}")
+            await asyncio.sleep(0.05)  # polling a condition with a deadline
 
     def where(self, topic: str | None = None, pred: Callable[[Message], bool] = lambda m: True) -> list[Message]:
         return [m for m in list(self.messages) if (topic is None or m.topic == topic) and pred(m)]
@@ -126,51 +173,78 @@ class System:
                               capture_output=True, text=True, timeout=120)
 
     def start_worker(self) -> subprocess.Popen:
-        log = open(self.data_dir / f"worker{len(self.workers)}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT)
+        log_path = self.data_dir / f"worker{len(self.workers)}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env, cwd=ROOT,
+                                    stdout=log, stderr=subprocess.STDOUT)
+        proc.log_path = log_path
         self.workers.append(proc)
         return proc
 
+    async def start_ready_worker(self, timeout: float = 120) -> subprocess.Popen:
+        """Start a worker; ready when a probe request has been answered (here: dead-lettered)."""
+        proc = self.start_worker()
+        probe = f"probe-{uuid.uuid4().hex}"
+        await self.send(self.topics.requests, b"not json", key=probe)
+        try:
+            await self.tap.wait_for(self.topics.deadletter, lambda m: m.key == probe.encode(), timeout=timeout,
+                                    alive=lambda: proc.poll() is None)
+        except AssertionError:
+            log = proc.log_path.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"worker did not come up; log tail:\n{log}") from None
+        return proc
 
-def system_env(bootstrap: str, data_dir: Path, app_id: str) -> dict:
+    async def close(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.workers:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        await self.tap.stop()
+        await self.producer.stop()
+
+
+def system_env(bootstrap: str, data_dir: Path, app_id: str, kind: str = BROKER_KIND) -> dict:
     database = os.environ.get("GC_TEST_DATABASE_URL") or f"sqlite:///{data_dir}/greenchannel.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GC_")}
     env.update({
         "GC_BROKER_URL": f"kafka://{bootstrap}", "GC_DATA_DIR": str(data_dir), "GC_APP_ID": app_id,
         "GC_DATABASE_URL": database, "GC_PARTITIONS": str(PARTITIONS), "PYTHONPATH": str(ROOT),
         "GC_WEB_ENABLED": "true", "GC_WEB_PORT": str(free_port()),
+        "GC_REPLICATION_FACTOR": str(replication_factor(kind)),
     })
+    if kind.startswith("kafka"):  # Apache Kafka has transactions: Tansu has none
+        env["GC_PROCESSING_GUARANTEE"] = "exactly_once"
     return env
+
+
+async def start_system(broker, data_dir: Path, kind: str = BROKER_KIND, prefix: str = "gc.") -> System:
+    """Topics, a client producer, a tap and one ready worker on `broker`."""
+    topics = Topics.with_prefix(prefix)
+    await ensure_topics(broker.bootstrap, topics.public() + [topics.pass_events], partitions=PARTITIONS,
+                        replication_factor=replication_factor(kind))
+    env = system_env(broker.bootstrap, data_dir, f"gc-test-{uuid.uuid4().hex[:6]}", kind)
+    env["GC_TOPIC_PREFIX"] = prefix
+    # On Kafka the clients write as a careful firm would: every replica, no duplicates on retry.
+    durable = {"acks": "all", "enable_idempotence": True} if kind.startswith("kafka") else {}
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1, **durable)
+    await producer.start()
+    tap = await Tap(broker.bootstrap, topics.public(), isolation_level=isolation_level(kind)).start()
+    sysm = System(broker.bootstrap, topics, env, data_dir, producer, tap, [])
+    try:
+        await sysm.start_ready_worker()
+    except BaseException:
+        await sysm.close()
+        raise
+    return sysm
 
 
 @pytest.fixture(scope="session")
 async def system(broker, tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("system")
-    topics = Topics.with_prefix("gc.")
-    await ensure_topics(broker.bootstrap, topics.public() + [topics.pass_events], partitions=PARTITIONS)
-    env = system_env(broker.bootstrap, data_dir, f"gc-test-{uuid.uuid4().hex[:6]}")
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1)
-    await producer.start()
-    tap = await Tap(broker.bootstrap, topics.public()).start()
-    sysm = System(broker.bootstrap, topics, env, data_dir, producer, tap, [])
-    sysm.start_worker()
-    # Ready when a probe request has been answered (here: dead-lettered).
-    probe = f"probe-{uuid.uuid4().hex}"
-    await sysm.send(topics.requests, b"not json", key=probe)
-    try:
-        await tap.wait_for(topics.deadletter, lambda m: m.key == probe.encode(), timeout=120,
-                           alive=lambda: sysm.workers[0].poll() is None)
-    except AssertionError:
-        log = (data_dir / "worker0.log").read_text(errors="replace")[-3000:]
-        raise AssertionError(f"worker did not come up; log tail:\n{log}") from None
+    sysm = await start_system(broker, tmp_path_factory.mktemp("system"))
     yield sysm
-    for proc in sysm.workers:
-        proc.terminate()
-    for proc in sysm.workers:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    await tap.stop()
-    await producer.stop()
+    await sysm.close()
