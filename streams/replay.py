@@ -215,6 +215,9 @@ async def _read(settings, specs: list[_Spec], *, progress=None, label: str = "re
     await consumer.start()
     try:
         existing = await consumer.topics()
+        # topics() reads into a metadata object of its own; Apache Kafka (unlike Tansu) gave the
+        # client's bootstrap request no topic, so partitions_for_topic() needs this refresh.
+        await consumer._client.force_metadata_update()
         spec_of: dict[Any, _Spec] = {}
         for spec in specs:
             if spec.topic in existing:
