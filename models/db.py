@@ -21,7 +21,7 @@ from .records import parse_time
 from .tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
 
 __all__ = ["make_engine", "init_db", "upgrade", "alembic_config", "project_decisions", "project_statuses",
-           "project_risks", "project_enterprises", "get_pass", "get_pass_events", "checkpoint_dwell", "count_by"]
+           "project_risks", "project_enterprises", "project_batch", "get_pass", "get_pass_events", "checkpoint_dwell", "count_by"]
 
 
 def make_engine(url: str) -> Engine:
@@ -183,6 +183,16 @@ def project_statuses(session: Session, events: Iterable[tuple[str, dict]]) -> No
     _upsert(session, Pass, plain, keys=["pass_id"], update=["status", "status_at", "checkpoint_id"])
     _upsert(session, Pass, [{"pass_id": r["pass_id"], "route": r["route"], "token": r["token"]} for r in rerouted],
             keys=["pass_id"], update=["route", "token"])
+
+
+def project_batch(session: Session, *, decisions: Iterable[dict] = (), statuses: Iterable[tuple[str, dict]] = (),
+                  risks: Iterable[dict] = (), enterprises: Iterable[dict] = ()) -> None:
+    """One projector batch in one transaction: decisions before the statuses that follow them."""
+    project_decisions(session, decisions)
+    project_statuses(session, statuses)
+    project_risks(session, risks)
+    project_enterprises(session, enterprises)
+    session.commit()
 
 
 def project_risks(session: Session, risks: Iterable[dict]) -> None:

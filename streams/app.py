@@ -16,7 +16,7 @@ import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from models.db import init_db, make_engine, project_decisions, project_enterprises, project_risks, project_statuses
+from models.db import init_db, make_engine, project_batch
 from models.decide import Decider
 from models.policy import load_catalog
 from models.records import Unparseable, format_time, load_object, parse_enterprise, parse_risk
@@ -227,11 +227,7 @@ def create_app(settings: Settings) -> faust.App:
             else:
                 firms.append(obj)
         with Session(engine) as session:
-            project_decisions(session, decisions)
-            project_statuses(session, statuses)
-            project_risks(session, risks)
-            project_enterprises(session, firms)
-            session.commit()
+            project_batch(session, decisions=decisions, statuses=statuses, risks=risks, enterprises=firms)
 
     @app.agent(projected)
     async def project(stream):

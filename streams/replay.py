@@ -1032,8 +1032,7 @@ async def rebuild_database(settings, database_url: str, *, since: Position | Non
     from sqlalchemy import func, select
     from sqlmodel import Session
 
-    from models.db import init_db, make_engine, project_decisions, project_enterprises, project_risks, \
-        project_statuses
+    from models.db import init_db, make_engine, project_batch
     from models.tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
 
     from .handlers import Topics
@@ -1067,11 +1066,7 @@ async def rebuild_database(settings, database_url: str, *, since: Position | Non
                 chunk = ordered[i:i + batch_size]
                 decisions, statuses, risks, firms = _projection_batch(t, chunk)
                 with Session(engine) as session:
-                    project_decisions(session, decisions)
-                    project_statuses(session, statuses)
-                    project_risks(session, risks)
-                    project_enterprises(session, firms)
-                    session.commit()
+                    project_batch(session, decisions=decisions, statuses=statuses, risks=risks, enterprises=firms)
                 bar.advance(task, len(chunk))
         with Session(engine) as session:
             rows = {tb.__tablename__: session.execute(select(func.count()).select_from(tb)).scalar_one()
