@@ -129,13 +129,19 @@ def _first_output_after(stamps, started_wall: float) -> float:
 # --- 1. the limit: raw aiokafka passthrough ------------------------------------------------------------
 
 async def limit_run(ctx: Context, messages: list[Message]) -> Run:
+    return await _forward_run(ctx, messages, lambda rid, source, target: (
+        ["-m", "bench.passthrough", ctx.bootstrap, source, target, f"bench-{rid}"], {}, "passthrough.log"))
+
+
+async def _forward_run(ctx: Context, messages: list[Message], command) -> Run:
+    """Fill a fresh input topic, start a forwarder process, time its outputs on a fresh output topic."""
     rid = run_id()
     source, target = f"bench-{rid}.in", f"bench-{rid}.out"
     await ensure_topics(ctx.bootstrap, [source, target], partitions=ctx.partitions)
     await fill(ctx.bootstrap, source, messages, partitions=ctx.partitions)
+    args, env, log_name = command(rid, source, target)
     started = time.time()
-    proc = start_process(["-m", "bench.passthrough", ctx.bootstrap, source, target, f"bench-{rid}"], {},
-                         ctx.out_dir / rid / "passthrough.log")
+    proc = start_process(args, env, ctx.out_dir / rid / log_name)
     try:
         stamps, cpu = await _collect(ctx, [target], [proc], _count(len(messages)))
     finally:
@@ -148,22 +154,13 @@ async def limit_run(ctx: Context, messages: list[Message]) -> Run:
 # --- 2. the framework: bare Faust forwarder --------------------------------------------------------------
 
 async def framework_run(ctx: Context, messages: list[Message]) -> Run:
-    rid = run_id()
-    source, target = f"bench-{rid}.in", f"bench-{rid}.out"
-    await ensure_topics(ctx.bootstrap, [source, target], partitions=ctx.partitions)
-    await fill(ctx.bootstrap, source, messages, partitions=ctx.partitions)
-    env = {"BENCH_BROKER_URL": ctx.broker_url, "BENCH_APP_ID": f"bench-{rid}", "BENCH_IN": source,
-           "BENCH_OUT": target, "BENCH_PARTITIONS": str(ctx.partitions),
-           "BENCH_DATA_DIR": str(ctx.out_dir / rid / "faust"), **FAUST_GROUP_ENV}
-    started = time.time()
-    proc = start_process(["-m", "bench.bare_faust"], env, ctx.out_dir / rid / "bare_faust.log")
-    try:
-        stamps, cpu = await _collect(ctx, [target], [proc], _count(len(messages)))
-    finally:
-        proc.stop()
-    await _cleanup(ctx, f"bench-{rid}")
-    rate, span = rate_of(stamps)
-    return Run(rate, span, len(stamps), _first_output_after(stamps, started), cpu)
+    def command(rid, source, target):
+        env = {"BENCH_BROKER_URL": ctx.broker_url, "BENCH_APP_ID": f"bench-{rid}", "BENCH_IN": source,
+               "BENCH_OUT": target, "BENCH_PARTITIONS": str(ctx.partitions),
+               "BENCH_DATA_DIR": str(ctx.out_dir / rid / "faust"), **FAUST_GROUP_ENV}
+        return ["-m", "bench.bare_faust"], env, "bare_faust.log"
+
+    return await _forward_run(ctx, messages, command)
 
 
 # --- 3. the pipeline: `greenchannel worker` on realistic requests --------------------------------------
