@@ -100,16 +100,42 @@ for lane in "${lanes[@]}"; do
     case "$lane" in
     kafka)
         database=${GC_TEST_DATABASE_URL:-}
+        fresh=
         if [[ -z "$database" ]]; then
-            if database=$(bash tests/services/postgres.sh) && [[ -n "$database" ]]; then
-                say "PostgreSQL for the kafka lane: $database"
+            if server=$(bash tests/services/postgres.sh) && [[ -n "$server" ]]; then
+                # A database of this run's own: the live projection is compared with rebuilds,
+                # so rows left by an earlier run (signed with other keys) must not be there.
+                fresh="gc_lane_$(date +%s)_$$"
+                if "$PYTHON" - "$server" "$fresh" <<'EOF'; then
+import sys
+import psycopg
+from sqlalchemy.engine import make_url
+url = make_url(sys.argv[1]).set(drivername="postgresql")
+with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+    conn.execute(f'CREATE DATABASE "{sys.argv[2]}"')
+EOF
+                    database="${server%/*}/$fresh"
+                    say "PostgreSQL for the kafka lane: $database"
+                else
+                    fresh=
+                    say "PostgreSQL unavailable (could not create a database at $server): the kafka lane runs on SQLite"
+                fi
             else
-                database=
                 say "PostgreSQL unavailable (tests/services/postgres.sh failed, see above): the kafka lane runs on SQLite"
             fi
         fi
         run_lane kafka GC_TEST_BROKER=kafka "GC_TEST_DATABASE_URL=$database" -- \
             -q "${integration[@]}" tests/test_db.py tests/test_kafka_cluster.py
+        if [[ -n "$fresh" ]]; then
+            "$PYTHON" - "$server" "$fresh" <<'EOF' || say "could not drop database $fresh"
+import sys
+import psycopg
+from sqlalchemy.engine import make_url
+url = make_url(sys.argv[1]).set(drivername="postgresql")
+with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+    conn.execute(f'DROP DATABASE IF EXISTS "{sys.argv[2]}" WITH (FORCE)')
+EOF
+        fi
         ;;
     kafka3)
         # The fault tests first: their module-scoped clusters are gone before the session's
