@@ -70,16 +70,20 @@ def profile_handlers(requests: list[Message], *, top: int = 15, out: Path = OUT_
                               if v / total < 0.999][:top * 2]}
 
 
+def _collapsed(path: Path):
+    """(stack, samples) for each line of a py-spy `--format raw` (collapsed stacks) file."""
+    for line in path.read_text(errors="replace").splitlines():
+        if line.strip():
+            stack, _, n = line.rpartition(" ")
+            yield stack, int(n)
+
+
 def summarize_collapsed(path: Path, *, top: int = 15) -> dict:
     """Top self and inclusive functions of a py-spy `--format raw` (collapsed stacks) file."""
     own: Counter = Counter()
     incl: Counter = Counter()
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        stack, _, n = line.rpartition(" ")
-        count = int(n)
+    for stack, count in _collapsed(path):
         total += count
         frames = []
         for f in stack.split(";"):
@@ -120,11 +124,7 @@ def categorize_collapsed(path: Path) -> dict:
     """Shares of the busy samples of a py-spy raw file, by CATEGORIES; idle apart."""
     counts: Counter = Counter()
     idle = total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        stack, _, n = line.rpartition(" ")
-        count = int(n)
+    for stack, count in _collapsed(path):
         total += count
         frames = stack.split(";")
         if frames[-1].startswith(("EpollSelector.select", "select (selectors", "_worker (concurrent")) or \

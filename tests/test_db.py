@@ -30,7 +30,7 @@ from sqlmodel import Session, SQLModel
 
 from models.db import (alembic_config, checkpoint_dwell, get_pass, get_pass_events, init_db, make_engine,
                        project_decisions, project_enterprises, project_risks, project_statuses, upgrade)
-from models.tables import Enterprise, Pass, PassEvent, Region, Shipment
+from models.tables import Enterprise, Region, Shipment
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("GC_TEST_DATABASE_URL", "")
