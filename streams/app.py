@@ -28,6 +28,7 @@ from sqlmodel import Session
 from .eos import CommitGate, send_outputs, take_table_writes
 from .handlers import Out, Pipeline, Topics
 from .keys import load_signer
+from .recovery import install as seek_before_resume
 from .settings import Settings
 
 __all__ = ["create_app", "build_pipeline"]
@@ -98,6 +99,7 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
 
 
 def create_app(settings: Settings) -> faust.App:
+    seek_before_resume()  # a worker taking over a backlog processes each record once (streams.recovery)
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
@@ -105,6 +107,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         processing_guarantee=settings.processing_guarantee,
+        broker_session_timeout=settings.session_timeout,
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
         web_bind=settings.web_bind,

@@ -18,11 +18,9 @@ ack, and the gate is left right before the ack (no await in between). Inside, `s
 publishes the table writes the event just made, then its outputs, all in the transaction of the
 event's own partition. Faust's commit of the offsets is left as it is.
 
-Not fixed here (tests/test_faults.py shows it): a worker that takes over partitions with a
-backlog may skip part of it. Records fetched for the stream partitions while its tables
-recover are dropped when the recovery clears the stream queues, and once it has sought back to
-the committed offsets, Faust's consumer takes the jump to the next record it still holds for a
-gap and acks the skipped offsets unprocessed (faust/transport/consumer.py, `_add_gap`).
+A worker taking over partitions with a backlog must also not fetch them before it has sought
+them to their committed offsets; streams/recovery.py sees to that (tests/test_faults.py kills a
+worker mid-stream and counts the decisions).
 """
 
 from __future__ import annotations

@@ -434,14 +434,6 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
 # (c) the worker is SIGKILLed mid-stream and another one takes over
 
 
-TAKEOVER_BUG = (
-    "faust-streaming 0.15.3: a worker taking over partitions with a backlog can ack records it never "
-    "processed (fetched while its tables recover, dropped when the stream queues are cleared, then "
-    "acked as a 'gap' after the seek to the committed offsets) - see streams/eos.py; in about half "
-    "of the runs some requests around the kill get no decision (and a few get two)")
-
-
-@pytest.mark.xfail(strict=False, reason=TAKEOVER_BUG)
 async def test_worker_killed_mid_stream_decides_each_request_exactly_once(cluster3, tmp_path, figures_file):
     system = await start_system(cluster3, tmp_path, kind="kafka3", prefix=f"fc{uuid.uuid4().hex[:4]}.")
     load = None
