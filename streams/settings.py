@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     # Tansu has no transactions; set exactly_once on Apache Kafka.
     processing_guarantee: str = "at_least_once"
     store: str = "memory://"
+    # Seconds without a heartbeat before the group gives a worker's partitions to others: how
+    # long a crashed worker's partitions wait for a replacement.
+    session_timeout: float = 30.0
     data_dir: Path = Path(".greenchannel")
     key_dir: Path | None = None
     catalog: str = "catalog-2020.02-v1.json"

@@ -216,6 +216,8 @@ def system_env(bootstrap: str, data_dir: Path, app_id: str, kind: str = BROKER_K
         "GC_DATABASE_URL": database, "GC_PARTITIONS": str(PARTITIONS), "PYTHONPATH": str(ROOT),
         "GC_WEB_ENABLED": "true", "GC_WEB_PORT": str(free_port()),
         "GC_REPLICATION_FACTOR": str(replication_factor(kind)),
+        # A killed worker's partitions move on within seconds, not half a minute.
+        "GC_SESSION_TIMEOUT": "10",
     })
     if kind.startswith("kafka"):  # Apache Kafka has transactions: Tansu has none
         env["GC_PROCESSING_GUARANTEE"] = "exactly_once"
