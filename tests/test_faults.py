@@ -346,14 +346,6 @@ async def test_single_broker_restart_keeps_every_request(cluster1, tmp_path, fig
 # (a) 3 nodes: one broker stops during a steady stream
 
 
-COORDINATOR_LOSS = (
-    "aiokafka 0.14 + Kafka 4.1: once the broker that coordinates the worker's consumer group stops, "
-    "the worker's transactional offset commit (TxnOffsetCommit) keeps going to the stopped node and then "
-    "hangs finding the new coordinator; no transaction commits, so read_committed readers see no new "
-    "decision (seen in some runs, not all: it passed when the coordinator moved cleanly)")
-
-
-@pytest.mark.xfail(strict=False, reason=COORDINATOR_LOSS)
 async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path, figures_file):
     system = await start_system(cluster3, tmp_path, kind="kafka3", prefix=f"fa{uuid.uuid4().hex[:4]}.")
     app_id = system.env["GC_APP_ID"]
