@@ -6,6 +6,5 @@ prints a table, and writes `bench/results.json` and `bench/chart.png`. Not part 
 Modules: `workload` (the requests and reference data sent), `harness` (broker, topics,
 filling, reading outputs, worker subprocesses), `passthrough` (the raw aiokafka limit),
 `bare_faust` (the bare Faust forwarder), `suites` (one function per measured row),
-`report` (table, JSON, chart), `profile` (pyinstrument on the handlers, py-spy on a worker),
-`whatif_worker` (the worker with another Faust fetch wait, for a what-if latency row).
+`report` (table, JSON, chart), `profile` (pyinstrument on the handlers, py-spy on a worker).
 """

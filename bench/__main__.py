@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-load", type=float, default=0.5, help="offered load, fraction of the pipeline median")
     p.add_argument("--latency-seconds", type=float, default=8.0, help="seconds per latency phase (default 8)")
     p.add_argument("--what-if-fetch-wait", type=int, default=0, metavar="MS",
-                   help="also measure latency with the worker's Faust fetch wait at MS (bench.whatif_worker)")
+                   help="also measure latency with the worker's fetch wait (GC_FETCH_WAIT_MS) at MS")
     p.add_argument("--routes", type=int, default=3000, help="county pairs per routing run (default 3000)")
     p.add_argument("--replay-events", type=int, default=4000, help="input events in the replayed log (default 4000)")
     p.add_argument("--handler-requests", type=int, default=3000, help="requests per in-process handler run")
@@ -153,8 +153,7 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
     whatif = None
     if "latency" not in skip and pipeline_median and args.what_if_fetch_wait:
         offered = args.latency_load * pipeline_median
-        log(f"[bold]latency, what-if[/bold]: the worker's Faust fetch wait at {args.what_if_fetch_wait} ms "
-            f"instead of 1500, same load")
+        log(f"[bold]latency, what-if[/bold]: the worker's fetch wait at {args.what_if_fetch_wait} ms, same load")
         whatif = await attempt("latency_whatif", latency_runs(ctx, offered, args.latency_seconds, runs,
                                                               fetch_wait_ms=args.what_if_fetch_wait))
 

@@ -16,8 +16,12 @@ import os
 
 import faust
 
+from streams.fetchwait import install as set_fetch_wait
+from streams.settings import Settings
+
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
 
+set_fetch_wait(Settings.model_fields["fetch_wait_ms"].default)  # as streams.app
 app = faust.App(
     os.environ.get("BENCH_APP_ID", "bench-bare-faust"),
     broker=os.environ.get("BENCH_BROKER_URL", "kafka://127.0.0.1:9092"),

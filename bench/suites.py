@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.broker import ensure_topics
 from streams.handlers import Topics
+from streams.settings import Settings
 
 from . import workload
 from .harness import OUT_DIR, Proc, Stamp, delete_topics, fill, rate_of, run_id, start_process
@@ -331,7 +332,7 @@ async def latency_runs(ctx: Context, rate: float, seconds: float, runs: int, *, 
                        fetch_wait_ms: int | None = None) -> dict:
     """One worker; per run, requests then the scans of the passes they got, each at `rate`/s.
 
-    `fetch_wait_ms`: run the worker through `bench.whatif_worker` with that Faust fetch wait.
+    `fetch_wait_ms`: run the worker with that fetch wait (GC_FETCH_WAIT_MS) instead of its default.
     """
     rid = run_id()
     prefix = f"bench-{rid}."
@@ -339,18 +340,17 @@ async def latency_runs(ctx: Context, rate: float, seconds: float, runs: int, *, 
     firms, risks = workload.reference(seed)
     await _prepare_system(ctx, topics, firms, risks)
     env = worker_env(ctx, rid, prefix)
-    command = WORKER
     if fetch_wait_ms is not None:
-        env["BENCH_FETCH_WAIT_MS"] = str(fetch_wait_ms)
-        command = ("-m", "bench.whatif_worker")
-    procs = start_workers(ctx, env, rid, 1, command)
+        env["GC_FETCH_WAIT_MS"] = str(fetch_wait_ms)
+    procs = start_workers(ctx, env, rid, 1)
     alive = procs[0].alive
     producer = AIOKafkaProducer(bootstrap_servers=ctx.bootstrap, linger_ms=0)
     await producer.start()
     decisions = _Receiver(ctx.bootstrap, [topics.decisions, topics.deadletter], ctx.partitions)
     statuses = _StatusReceiver(ctx.bootstrap, [topics.status], ctx.partitions)
     rng = random.Random(seed)
-    result = {"offered_per_second": rate, "seconds_per_phase": seconds, "worker_fetch_wait_ms": fetch_wait_ms or 1500,
+    wait = int(env.get("GC_FETCH_WAIT_MS") or Settings.model_fields["fetch_wait_ms"].default)
+    result = {"offered_per_second": rate, "seconds_per_phase": seconds, "worker_fetch_wait_ms": wait,
               "runs": []}
     try:
         await decisions.start()
@@ -480,7 +480,6 @@ async def replay_runs(ctx: Context, events: int, runs: int, *, seed: int = 2020)
     except (ImportError, AttributeError) as exc:
         return {"available": False, "reason": f"streams.replay not usable: {exc}"}
     from streams.app import build_pipeline
-    from streams.settings import Settings
 
     rid = run_id()
     data = ctx.out_dir / rid

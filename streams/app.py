@@ -26,6 +26,7 @@ from routing import Gazetteer, RegionGraph, RoutePlanner
 from sqlmodel import Session
 
 from .eos import CommitGate, send_outputs, take_table_writes
+from .fetchwait import install as set_fetch_wait
 from .handlers import Out, Pipeline, Topics
 from .keys import load_signer
 from .recovery import install as seek_before_resume
@@ -100,6 +101,7 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
 
 def create_app(settings: Settings) -> faust.App:
     seek_before_resume()  # a worker taking over a backlog processes each record once (streams.recovery)
+    set_fetch_wait(settings.fetch_wait_ms)
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
