@@ -52,7 +52,11 @@ class Tracker:
         return new, event
 
     def risk_changed(self, state: PassState, risk: RegionRisk) -> tuple[PassState, dict | None]:
-        """Re-evaluate one pass after a risk change: keep, reroute, suspend or reinstate."""
+        """Re-evaluate one pass after a risk change: keep, reroute, suspend or reinstate.
+
+        A vehicle already scanned at a checkpoint of its route is rerouted from there: the
+        regions behind it stay as they were, and only those ahead of it need to be safe.
+        """
         status = S(state.status)
         if status not in ACTIVE:
             return state, None
@@ -61,9 +65,6 @@ class Tracker:
         ends = {d.graph.node_of(state.origin), d.graph.node_of(state.destination)}
         if status is not S.SUSPENDED and not (touched & ({a[:4] for a in state.route["adcodes"]} | ends)):
             return state, None
-        # Prefecture keys in the route are the graph's node keys (adcode[:4]); the ends are
-        # counties, whose node may differ (municipalities), hence node_of above.
-        route_nodes = {d.graph.node_of(a) for a in state.route["adcodes"]}
         at = risk.effective_at
         cause = f"risk:{risk.adcode}:{risk.level}:{format_time(at)}"
         levels = (d.risk.level_at(state.origin, at), d.risk.level_at(state.destination, at))
@@ -71,13 +72,15 @@ class Tracker:
         if "high" in levels and state.priority not in allowed:
             return self._suspend(state, at, "high_risk_region", cause)
         blocked = d.risk.blocked_at(at, d.graph.prefectures_in)
-        if status is not S.SUSPENDED and not ((route_nodes - ends) & blocked):
+        passed = self._passed(state)
+        # Prefecture keys in the route are the graph's node keys (adcode[:4]); the ends are
+        # counties, whose node may differ (municipalities), hence node_of.
+        ahead = {d.graph.node_of(a) for a in state.route["adcodes"][passed[1] + 1 if passed else 0:]}
+        if status is not S.SUSPENDED and not ((ahead - ends) & blocked):
             return state, None
-        origin, destination = d.gazetteer.locate(state.origin), d.gazetteer.locate(state.destination)
-        route = d.planner.plan(origin, destination, blocked=blocked, departure=parse_time(state.departure_at))
-        if route is None:
+        route_dict = self._replan(state, passed, blocked, at)
+        if route_dict is None:
             return self._suspend(state, at, "no_safe_route", cause)
-        route_dict = route.to_dict()
         if status is not S.SUSPENDED and route_dict["adcodes"] == state.route["adcodes"]:
             return state, None
         transition(status, S.REROUTED)
@@ -88,6 +91,45 @@ class Tracker:
         reason = "reinstated_safe_route" if status is S.SUSPENDED else "route_crossed_high_risk_region"
         return new, status_event(new, S.REROUTED, at, reason=reason, cause=cause, route=route_dict, token=token,
                                  dwell_target=self.dwell_target)
+
+    @staticmethod
+    def _passed(state: PassState) -> tuple[int, int] | None:
+        """Where the vehicle is: (index of the last route checkpoint it was scanned at, index of
+        the region that checkpoint leads into in the route's adcodes); None before the first
+        checkpoint, or when its last scan was off the route."""
+        ids = state.checkpoint_ids
+        if state.checkpoint_id not in ids:
+            return None
+        k = ids.index(state.checkpoint_id)
+        adcodes = state.route["adcodes"]
+        region = state.route["checkpoints"][k]["adcode"]
+        # A border into the destination's prefecture names the prefecture, not the county.
+        at = adcodes.index(region) if region in adcodes else len(adcodes) - 1
+        return k, at
+
+    def _replan(self, state: PassState, passed: tuple[int, int] | None, blocked: frozenset[str],
+                at) -> dict | None:
+        """The route avoiding `blocked` from where the vehicle is; None when there is none."""
+        d = self.decider
+        destination = d.gazetteer.locate(state.destination)
+        if passed is None:
+            route = d.planner.plan(d.gazetteer.locate(state.origin), destination, blocked=blocked,
+                                   departure=parse_time(state.departure_at))
+            return None if route is None else route.to_dict()
+        k, i = passed
+        adcodes, checkpoints = state.route["adcodes"], state.route["checkpoints"]
+        if i == len(adcodes) - 1:
+            return state.route  # in the destination's own region: nothing left to avoid
+        # Leaving the checkpoint now, or when it was reached if that is later.
+        departure = max(at, parse_time(state.arrived_at)) if state.arrived_at else at
+        route = d.planner.plan(d.gazetteer.locate(adcodes[i]), destination, blocked=blocked, departure=departure)
+        if route is None:
+            return None
+        rest = route.to_dict()
+        # The distance already driven, from the planned time to the checkpoint at the planner's speed.
+        hours = (parse_time(checkpoints[k]["eta"]) - parse_time(state.departure_at)).total_seconds() / 3600
+        return {"adcodes": adcodes[:i] + rest["adcodes"], "checkpoints": checkpoints[:k + 1] + rest["checkpoints"],
+                "distance_km": round(hours * d.planner.speed_kmh + rest["distance_km"], 1), "eta": rest["eta"]}
 
     def _suspend(self, state: PassState, at, reason: str, cause: str) -> tuple[PassState, dict | None]:
         if state.status == S.SUSPENDED:

@@ -1,0 +1,124 @@
+"""Tracker.risk_changed without a broker: where a rerouted vehicle's new route starts.
+
+Wuhan (420111) → Guangzhou (440106) by the shortest path runs through Xianning (4212), Jiangxi
+(3609, 3603) and Chenzhou in Hunan (4310); its first checkpoint is the Hubei–Jiangxi border.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from models.decide import Decider
+from models.passes import PassState, Signer, verify_token
+from models.policy import load_catalog
+from models.records import CheckpointScan, RegionRisk, format_time, parse_risk
+from models.reference import EnterpriseBook, RiskBook
+from models.tracking import Tracker
+from routing import Gazetteer, RegionGraph, RoutePlanner
+
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+DEPARTURE = datetime(2020, 2, 25, 8, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load_catalog(), Gazetteer.default(), RegionGraph.default()
+
+
+@pytest.fixture
+def tracker(world):
+    """A tracker with no risk levels in force yet."""
+    catalog, gazetteer, graph = world
+    decider = Decider(catalog=catalog, gazetteer=gazetteer, graph=graph, planner=RoutePlanner(graph),
+                      risk=RiskBook(), enterprises=EnterpriseBook(), signer=Signer(KEY, "test"))
+    return Tracker(decider, KEY.public_key())
+
+
+def a_pass(tracker: Tracker) -> PassState:
+    d = tracker.decider
+    route = d.planner.plan(d.gazetteer.locate("420111"), d.gazetteer.locate("440106"), departure=DEPARTURE)
+    return PassState(pass_id="420111000001", shipment_id="S-1", plate="鄂A12345", priority="P1",
+                     shipper="91420100MA4K0000X1", consignee="91440101MA5C0000X2", origin="420111",
+                     destination="440106", trip="one_way", valid_from=format_time(DEPARTURE),
+                     valid_until=format_time(DEPARTURE + timedelta(hours=48)),
+                     departure_at=format_time(DEPARTURE), route=route.to_dict())
+
+
+def scanned_at_first_checkpoint(tracker: Tracker, state: PassState) -> PassState:
+    first = state.route["checkpoints"][0]
+    for kind, minutes in (("arrival", 240), ("departure", 250)):
+        scan = CheckpointScan(scan_id=f"s-{kind}", checkpoint_id=first["checkpoint_id"], pass_id=state.pass_id,
+                              plate=state.plate, kind=kind, scanned_at=DEPARTURE + timedelta(minutes=minutes),
+                              token=None)
+        state, event = tracker.scan(state, scan, state.pass_id)
+        assert event["status"] in ("at_checkpoint", "in_transit"), event
+    return state
+
+
+def raise_risk(tracker: Tracker, adcode: str, at: datetime) -> RegionRisk:
+    risk = parse_risk({"adcode": adcode, "level": "high", "effective_at": format_time(at)})
+    tracker.decider.risk.apply(risk)
+    return risk
+
+
+def test_the_route_this_file_assumes(tracker):
+    route = a_pass(tracker).route
+    assert route["adcodes"][:3] == ["420111", "421200", "360900"]
+    assert route["checkpoints"][0]["checkpoint_id"] == "BX-3609-4212"
+    assert any(a.startswith("43") for a in route["adcodes"])
+
+
+def test_a_vehicle_past_a_checkpoint_is_rerouted_from_there(tracker):
+    state = scanned_at_first_checkpoint(tracker, a_pass(tracker))
+    old = state.route
+    at = DEPARTURE + timedelta(hours=5)
+    new, event = tracker.risk_changed(state, raise_risk(tracker, "430000", at))  # Hunan, ahead of it
+    assert event["status"] == "rerouted" and event["reason"] == "route_crossed_high_risk_region"
+    route = new.route
+    # Behind the vehicle nothing changes; ahead of it no region of Hunan.
+    assert route["adcodes"][:3] == old["adcodes"][:3]
+    assert route["checkpoints"][0] == old["checkpoints"][0]
+    assert not any(a.startswith("43") for a in route["adcodes"])
+    assert route["adcodes"][-1] == "440106" and route["checkpoints"][-1]["checkpoint_id"] == "DST-440106"
+    # The rest of the trip is the planner's route from the region past the checkpoint, leaving
+    # at the time of the change (not the trip from the origin, timed from the departure).
+    d = tracker.decider
+    rest = d.planner.plan(d.gazetteer.locate("360900"), d.gazetteer.locate("440106"),
+                          blocked=d.risk.blocked_at(at, d.graph.prefectures_in), departure=at).to_dict()
+    assert route["adcodes"][2:] == rest["adcodes"]
+    assert route["checkpoints"][1:] == rest["checkpoints"] and route["eta"] == rest["eta"]
+    claims = verify_token(event["token"], KEY.public_key())
+    assert claims["rt"] == route["adcodes"]
+    assert claims["cp"] == [c["checkpoint_id"] for c in route["checkpoints"]]
+    # The vehicle's next scans are on the new route: the checkpoint it left still verifies too.
+    nxt = route["checkpoints"][1]["checkpoint_id"]
+    scan = CheckpointScan(scan_id="s-next", checkpoint_id=nxt, pass_id=new.pass_id, plate=new.plate,
+                          kind="arrival", scanned_at=at + timedelta(hours=1), token=event["token"])
+    _, answer = tracker.scan(new, scan, new.pass_id)
+    assert answer["status"] == "at_checkpoint", answer
+
+
+def test_a_risk_behind_the_vehicle_changes_nothing(tracker):
+    at = DEPARTURE + timedelta(hours=5)
+    moving = scanned_at_first_checkpoint(tracker, a_pass(tracker))
+    risk = raise_risk(tracker, "421200", at)  # Xianning, already crossed
+    assert tracker.risk_changed(moving, risk) == (moving, None)
+    # The same change before the vehicle reached the checkpoint reroutes it from its origin.
+    waiting = a_pass(tracker)
+    new, event = tracker.risk_changed(waiting, risk)
+    assert event["status"] == "rerouted"
+    assert new.route["adcodes"][0] == "420111" and "421200" not in new.route["adcodes"]
+
+
+def test_rerouting_from_a_checkpoint_is_deterministic(tracker):
+    at = DEPARTURE + timedelta(hours=5)
+    state = scanned_at_first_checkpoint(tracker, a_pass(tracker))
+    risk = raise_risk(tracker, "430000", at)
+    first = tracker.risk_changed(state, risk)
+    tracker.decider.planner.clear()
+    second = tracker.risk_changed(state, risk)
+    assert first[0].to_json() == second[0].to_json()
+    assert first[1] == second[1]
