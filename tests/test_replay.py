@@ -278,11 +278,16 @@ def scenario_for(firms: Scenario, seed: int, days: int) -> Scenario:
 
 
 async def publish(system, scenario: Scenario, bodies: list[dict]) -> dict[str, dict]:
-    """Send the requests and wait for one decision each; {shipment_id: decision}."""
+    """Send the requests and wait for one decision each, and for the `issued` status of each
+    pass approved (on Kafka it commits in a transaction of its own, often after the decision's:
+    a replay started in between would miss it); {shipment_id: decision}."""
     for body in bodies:
         await system.send(system.topics.requests, body, key=body["shipment_id"])
     ids = {b["shipment_id"].encode() for b in bodies}
     found = await system.tap.wait_for(system.topics.decisions, lambda m: m.key in ids, len(ids), timeout=120)
+    passes = {m.json["pass"]["pass_id"].encode() for m in found if m.json["pass"]}
+    await system.tap.wait_for(system.topics.status, lambda m: m.key in passes and m.json["status"] == "issued",
+                              len(passes), timeout=120)
     return {m.key.decode(): m.json for m in found}
 
 
