@@ -150,6 +150,21 @@ def create_app(settings: Settings) -> faust.App:
         log.info("reference data loaded: %d records", n)
         ready.set()
 
+    @app.task
+    async def learn_table_partitions() -> None:
+        """`table_route` (the pass view) finds the worker owning a key from the partitions of the
+        table's changelog in the main producer's metadata. Under exactly_once that producer never
+        writes there (the transactional ones do), so unless asked it may not know the topic and
+        the view fails (seen: HTTP 500, "'NoneType' object is not iterable")."""
+        topic = passes.changelog_topic.get_topic_name()
+        for attempt in range(10):
+            try:
+                await app.producer._ensure_producer().partitions_for(topic)
+                return
+            except Exception as exc:  # noqa: BLE001 — the topic may not exist yet; try again
+                log.warning("no metadata yet for %s (%s); retrying", topic, exc)
+                await asyncio.sleep(1 + attempt)  # a retry backoff, not a synchronisation
+
     async def send_all(outs: list[Out]) -> None:
         for out in outs:
             await outputs[out.topic].send(key=out.key, value=out.value, headers=list(out.headers),
