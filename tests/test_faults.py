@@ -225,6 +225,21 @@ def internal_errors(system: System) -> list[str]:
             if not m.key.startswith((b"probe-", b"marker-"))]
 
 
+def pass_figures(system: System, sent: list[str]) -> dict:
+    """What every fault test also counts: `issued` events per approved pass, internal errors."""
+    approved, issued = issued_counts(system, sent)
+    issued_tally = tally(issued, approved)
+    return {"passes_approved": len(approved), "issued_events": issued_tally["received"],
+            "issued_duplicates": issued_tally["duplicates"], "issued_missing": issued_tally["missing"],
+            "internal_errors": len(internal_errors(system))}
+
+
+def assert_passes_clean(system: System, figures: dict) -> None:
+    """Each approved pass issued exactly once, and nothing dead-lettered by an internal error."""
+    assert figures["issued_duplicates"] == figures["issued_missing"] == 0, figures
+    assert figures["internal_errors"] == 0, internal_errors(system)[:5]
+
+
 def tally(counts: Counter, ids: list[str]) -> dict:
     return {"sent": len(ids), "received": sum(counts[i] for i in ids),
             "duplicates": sum(counts[i] - 1 for i in ids if counts[i] > 1),
@@ -313,9 +328,6 @@ async def test_single_broker_restart_keeps_every_request(cluster1, tmp_path, fig
 
         early = tally(decision_counts(system, before), before)
         everything = tally(decision_counts(system, load.sent), load.sent)
-        approved, issued = issued_counts(system, load.sent)
-        issued_tally = tally(issued, approved)
-        errors = internal_errors(system)
         figures = {
             "nodes": 1, "stop_seconds": round(stop_s, 1), "restart_seconds": round(restart_s, 1),
             "requests_sent_before_stop": early["sent"], "decided_before_stop": decided_at_stop,
@@ -323,16 +335,13 @@ async def test_single_broker_restart_keeps_every_request(cluster1, tmp_path, fig
             "missing_among_those": early["missing"],
             "requests_sent": everything["sent"], "decisions_received": everything["received"],
             "duplicates": everything["duplicates"], "missing": everything["missing"],
-            "passes_approved": len(approved), "issued_events": issued_tally["received"],
-            "issued_duplicates": issued_tally["duplicates"], "issued_missing": issued_tally["missing"],
-            "internal_errors": len(errors),
+            **pass_figures(system, load.sent),
         }
         record(figures_file, "single_broker_restart", figures)
         assert decided_at_stop < len(before), "every decision was made before the stop"
         assert early["duplicates"] == early["missing"] == 0, figures
         assert everything["duplicates"] == everything["missing"] == 0, figures
-        assert issued_tally["duplicates"] == issued_tally["missing"] == 0, figures
-        assert not errors, errors[:5]
+        assert_passes_clean(system, figures)
         assert all(p.poll() is None for p in system.workers), "the worker died"
     finally:
         if load is not None:
@@ -390,9 +399,6 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
 
         requests = tally(decision_counts(system, load.sent), load.sent)
         scans = tally(scan_answer_counts(system, load.scans_sent), load.scans_sent)
-        approved, issued = issued_counts(system, load.sent)
-        issued_tally = tally(issued, approved)
-        errors = internal_errors(system)
         figures = {
             "nodes": 3, "stopped_node": stopped, "stop_seconds": round(stop_s, 1),
             "requests_sent": requests["sent"], "decisions_received": requests["received"],
@@ -401,9 +407,7 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
             "requests_sent_after_stop": len(after_stop),
             "scans_sent": scans["sent"], "scan_answers_received": scans["received"],
             "scan_duplicates": scans["duplicates"], "scans_missing": scans["missing"],
-            "passes_approved": len(approved), "issued_events": issued_tally["received"],
-            "issued_duplicates": issued_tally["duplicates"], "issued_missing": issued_tally["missing"],
-            "internal_errors": len(errors),
+            **pass_figures(system, load.sent),
         }
         record(figures_file, "three_nodes_broker_stop", figures)
         assert after_stop, "the stream ended before the broker stopped"
@@ -411,8 +415,7 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
         assert decided_at_stop < count, "every decision was made before the fault"
         assert requests["duplicates"] == requests["missing"] == 0, figures
         assert scans["duplicates"] == scans["missing"] == 0, figures
-        assert issued_tally["duplicates"] == issued_tally["missing"] == 0, figures
-        assert not errors, errors[:5]
+        assert_passes_clean(system, figures)
         assert all(p.poll() is None for p in system.workers), "the worker died"
     finally:
         if load is not None:
@@ -472,27 +475,21 @@ async def test_worker_killed_mid_stream_decides_each_request_exactly_once(cluste
         if again:
             counts[early_sid] -= 1  # the resend above, answered on purpose
         requests = tally(counts, load.sent)
-        approved, issued = issued_counts(system, load.sent)
-        issued_tally = tally(issued, approved)
-        errors = internal_errors(system)
         figures = {
             "nodes": 3, "requests_sent": requests["sent"], "decisions_received": requests["received"],
             "duplicates": requests["duplicates"], "missing": requests["missing"],
             "requests_sent_before_kill": sent_at_kill, "decided_before_kill": decided_at_kill,
             "seconds_from_restart_to_last_decision": round(takeover_s, 1),
             "killed_worker_exit": first.returncode,
-            "passes_approved": len(approved), "issued_events": issued_tally["received"],
-            "issued_duplicates": issued_tally["duplicates"], "issued_missing": issued_tally["missing"],
             "resend_after_restart_same_decision": bool(again) and again[0].value == again[-1].value,
-            "internal_errors": len(errors),
+            **pass_figures(system, load.sent),
         }
         record(figures_file, "worker_sigkill", figures)
         assert first.returncode == -9
         assert decided_at_kill < sent_at_kill < count, "the kill was not mid-stream"
         assert requests["duplicates"] == requests["missing"] == 0, figures
-        assert issued_tally["duplicates"] == issued_tally["missing"] == 0, figures
         assert again and again[0].value == again[-1].value, "the resent shipment was decided anew"
-        assert not errors, errors[:5]
+        assert_passes_clean(system, figures)
     finally:
         if load is not None:
             await load.cancel()
