@@ -12,7 +12,9 @@ from datetime import datetime, timedelta
 
 from routing import Gazetteer, Place, RegionGraph, RoutePlanner
 
-from .passes import PassState, Signer, pass_id_for
+from collections.abc import Callable
+
+from .passes import PassState, Signer
 from .policy import Catalog, Reason, assess
 from .records import FieldError, Location, ShipmentRequest, format_time
 from .reference import EnterpriseBook, RiskBook
@@ -78,7 +80,10 @@ class Decider:
             "pass": None,
         }, None)
 
-    def decide(self, request: ShipmentRequest, errors: list[FieldError], *, decided_at: datetime) -> Decision:
+    def decide(self, request: ShipmentRequest, errors: list[FieldError], *, decided_at: datetime,
+               allocate: Callable[[str], str | None]) -> Decision:
+        """`allocate(issuer adcode)` gives the pass number (`models.passes.allocate_pass_id`), None
+        when the issuer has no serial left."""
         if errors:
             return self._reject(request, decided_at, [Reason(e.code, e.text, e.field) for e in errors])
 
@@ -88,7 +93,7 @@ class Decider:
             place = self.locate(where)
             if place is None:
                 problems.append(Reason(f"{name}_unresolved", f"{name} could not be located in the gazetteer", name))
-            elif not place.is_county:
+            elif not self.gazetteer.is_finest(place):
                 problems.append(Reason(f"{name}_not_county",
                                        f"{name} resolves only to {place.name} ({place.adcode}); give a county", name))
             else:
@@ -116,7 +121,11 @@ class Decider:
         drive = route.eta - valid_from + _ROUTE_MARGIN
         hours = max(verdict.validity_hours, math.ceil(drive.total_seconds() / 3600))
         valid_until = valid_from + timedelta(hours=hours)
-        pass_id = pass_id_for(origin.adcode, request.shipment_id)
+        pass_id = allocate(origin.adcode)
+        if pass_id is None:
+            return self._reject(request, decided_at, [Reason(
+                "serials_exhausted", f"issuer {origin.adcode} has no pass number left on this partition; "
+                "the request may be sent again under another shipment id")], verdict.priority)
         route_dict = route.to_dict()
         claims = {
             "pid": pass_id, "plate": request.plate, "nbf": format_time(valid_from),

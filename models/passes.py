@@ -1,7 +1,8 @@
 """Passes: their numbers, their signed tokens, and the status state machine.
 
-A pass number is 12 digits: the issuing county's adcode and a serial derived from the
-shipment id, so the same request always yields the same pass, in any worker, in a replay.
+A pass number is 12 digits: the issuing county's adcode and a serial allocated on the
+request's own partition (`allocate_pass_id`), so no two shipments share one and the same
+request always yields the same pass, in any worker, in a replay.
 Tokens are Ed25519-signed so a checkpoint can verify them offline with the public key.
 The state machine is a pure function from (state, scan) to (state, status event).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -22,14 +24,66 @@ from .records import CheckpointScan, canonical, format_time, parse_time
 
 __all__ = [
     "PassStatusKind", "TRANSITIONS", "IllegalTransition", "InvalidToken", "PassState", "Signer",
-    "pass_id_for", "verify_token", "on_scan", "transition",
+    "SERIALS", "allocate_pass_id", "kafka_partition", "murmur2", "serial_start", "verify_token", "on_scan", "transition",
 ]
 
 
-def pass_id_for(issuer_adcode: str, shipment_id: str) -> str:
-    """12 digits: issuer adcode + 6-digit serial from the shipment id (stable, stateless)."""
-    digest = hashlib.sha256(shipment_id.encode()).digest()
-    return f"{issuer_adcode[:6]}{int.from_bytes(digest[:8], 'big') % 1_000_000:06d}"
+SERIALS = 1_000_000  # 6-digit serials per issuer
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), as a signed 32-bit int."""
+    m, length = 0x5BD1E995, len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    tail = length & ~3
+    for i in range(0, tail, 4):
+        k = (data[i] | data[i + 1] << 8 | data[i + 2] << 16 | data[i + 3] << 24) * m & 0xFFFFFFFF
+        k ^= k >> 24
+        h = (h * m & 0xFFFFFFFF) ^ (k * m & 0xFFFFFFFF)
+    rest = length & 3
+    if rest == 3:
+        h ^= data[tail + 2] << 16
+    if rest >= 2:
+        h ^= data[tail + 1] << 8
+    if rest >= 1:
+        h = (h ^ data[tail]) * m & 0xFFFFFFFF
+    h ^= h >> 13
+    h = h * m & 0xFFFFFFFF
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def kafka_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (every client's, aiokafka's too) gives a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def serial_start(shipment_id: str, serials: int = SERIALS) -> int:
+    """Where a shipment's search for a free serial begins: a hash of its id."""
+    return int.from_bytes(hashlib.sha256(shipment_id.encode()).digest()[:8], "big") % serials
+
+
+def allocate_pass_id(issuer_adcode: str, shipment_id: str, *, partition: int, partitions: int,
+                     holder: Callable[[str], str | None], serials: int = SERIALS) -> str | None:
+    """The shipment's 12-digit pass number: issuer adcode + 6-digit serial; None if none is free.
+
+    From the shipment's hash serial on, the first serial whose pass number (a) Kafka's default
+    partitioner puts on `partition`, the partition the request was decided on, and (b) is held
+    by no other shipment (`holder`: pass number -> shipment id, that partition's allocations).
+    Only the worker owning the partition allocates there, so no coordination is needed and two
+    shipments never share a number; the same request decided again, in any worker or in a
+    replay of the partition in offset order, finds the same number (its own, or the same free one).
+    """
+    issuer = issuer_adcode[:6]
+    start = serial_start(shipment_id, serials)
+    for step in range(serials):
+        pass_id = f"{issuer}{(start + step) % serials:06d}"
+        if kafka_partition(pass_id.encode(), partitions) != partition:
+            continue
+        owner = holder(pass_id)
+        if owner is None or owner == shipment_id:
+            return pass_id
+    return None
 
 
 # --- tokens ---------------------------------------------------------------------------------

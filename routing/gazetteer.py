@@ -123,9 +123,15 @@ class Gazetteer:
             for code, (lat, lon) in sorted(coords.items())
         }
         self._counties = tuple(p for p in self._places.values() if p.is_county)
-        if self._counties:
-            self._tree = cKDTree(_unit_vectors(np.array([p.lat for p in self._counties]),
-                                               np.array([p.lon for p in self._counties])))
+        # Prefecture-level cities with no county level beneath them (东莞市, 中山市, 嘉峪关市, 儋州市):
+        # their own code is the finest there is, so they stand where a county would.
+        with_counties = {p.prefecture for p in self._counties}
+        self._finest = tuple(p for p in self._places.values() if p.is_county or (
+            not p.adcode.endswith("0000") and p.prefecture not in with_counties))
+        self._finest_codes = frozenset(p.adcode for p in self._finest)
+        if self._finest:
+            self._tree = cKDTree(_unit_vectors(np.array([p.lat for p in self._finest]),
+                                               np.array([p.lon for p in self._finest])))
         else:
             self._tree = None
 
@@ -162,8 +168,13 @@ class Gazetteer:
                 return place
         return None
 
+    def is_finest(self, place: Place) -> bool:
+        """A county, or a city with no county beneath it: a valid end of a route and issuer of passes."""
+        return place.adcode in self._finest_codes
+
     def nearest(self, lat: float, lon: float, max_km: float = 60) -> Place | None:
-        """The county nearest to (lat, lon), or None beyond max_km or for invalid coordinates."""
+        """The county (or city without counties) nearest to (lat, lon); None beyond max_km or for
+        invalid coordinates."""
         try:
             lat, lon = float(lat), float(lon)
         except (TypeError, ValueError):
@@ -172,7 +183,7 @@ class Gazetteer:
             return None
         chord, index = self._tree.query(_unit_vectors(np.array([lat]), np.array([lon]))[0])
         km = 2.0 * math.asin(min(1.0, chord / 2.0)) * EARTH_RADIUS_KM
-        return self._counties[int(index)] if km <= max_km else None
+        return self._finest[int(index)] if km <= max_km else None
 
     def name(self, adcode: str) -> str:
         """Full name such as '湖北省武汉市洪山区'; KeyError for an unknown code."""

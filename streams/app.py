@@ -140,6 +140,7 @@ def create_app(settings: Settings) -> faust.App:
     # Typed by key_type/value_type, not a Schema: those also pick the serializers the changelog
     # is written with (str: JSON, bytes: raw), so a restarted worker recovers what was stored.
     decided = app.Table("decided", key_type=str, value_type=bytes, partitions=settings.partitions)
+    serials = app.Table("serials", key_type=str, value_type=bytes, partitions=settings.partitions)  # pass_id -> sid
     passes = app.Table("passes", key_type=str, value_type=bytes, partitions=settings.partitions)
 
     ready = asyncio.Event()
@@ -207,7 +208,7 @@ def create_app(settings: Settings) -> faust.App:
         async for event in stream.events():
             async with in_flight():
                 await guarded(names.requests, event, lambda: pipeline.on_request(
-                    event.key, event.value, decided=decided, **meta(event)))
+                    event.key, event.value, decided=decided, serials=serials, **meta(event)))
 
     @app.agent(scans)
     async def route_scans(stream):

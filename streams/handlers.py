@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import orjson
 
 from models.decide import Decider
-from models.passes import PassState
+from models.passes import PassState, allocate_pass_id
 from models.records import (EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time, load_object,
                             parse_enterprise, parse_request, parse_risk, parse_scan, parse_time)
 from models.tracking import CheckpointBoard, Tracker
@@ -92,8 +92,13 @@ class Pipeline:
 
     # --- shipment requests ----------------------------------------------------------------------
     def on_request(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
-                   timestamp_ms: int | None, decided: MutableMapping[str, bytes]) -> list[Out]:
-        """One decision (or one dead letter) per request; a repeat gets the first answer again."""
+                   timestamp_ms: int | None, decided: MutableMapping[str, bytes],
+                   serials: MutableMapping[str, bytes]) -> list[Out]:
+        """One decision (or one dead letter) per request; a repeat gets the first answer again.
+
+        `decided` (shipment id -> decision) and `serials` (pass number -> shipment id) are the
+        state of the request's partition; a pass number is allocated on that partition.
+        """
         try:
             obj = load_object(value)
             request, errors = parse_request(obj, fallback_id=_text(key))
@@ -105,11 +110,13 @@ class Pipeline:
             return [self._decision_out(sid, earlier)]
         decided_at = request.submitted_at if not any(e.field == "submitted_at" for e in errors) \
             else _record_time(timestamp_ms)
-        decision = self.decider.decide(request, errors, decided_at=decided_at)
+        decision = self.decider.decide(request, errors, decided_at=decided_at,
+                                       allocate=self._allocator(sid, partition, serials))
         body = canonical(decision.message)
         decided[sid] = body
         outs = []
         if decision.state is not None:
+            serials[decision.state.pass_id] = sid.encode()
             # The tracker learns of the pass before any checkpoint can: the command is
             # produced before the decision that carries the token.
             command = {"kind": "issue", "state": orjson.loads(decision.state.to_json()),
@@ -117,6 +124,14 @@ class Pipeline:
             outs.append(Out(self.topics.pass_events, decision.state.pass_id.encode(), canonical(command)))
         outs.append(self._decision_out(sid, body, decision.message["decided_at"]))
         return outs
+
+    def _allocator(self, sid: str, partition: int, serials: MutableMapping[str, bytes]):
+        def holder(pass_id: str) -> str | None:
+            owner = serials.get(pass_id)
+            return None if owner is None else owner.decode()
+
+        return lambda issuer: allocate_pass_id(issuer, sid, partition=partition, partitions=self.partitions,
+                                               holder=holder)
 
     def _decision_out(self, sid: str, body: bytes, decided_at: str | None = None) -> Out:
         if decided_at is None:  # a stored decision: read its time back from the bytes

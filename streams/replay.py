@@ -64,7 +64,7 @@ import html
 import random
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import ChainMap, Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -75,6 +75,7 @@ import orjson
 
 from typing import TYPE_CHECKING
 
+from models.passes import kafka_partition
 from models.records import Unparseable, format_time, load_object, parse_enterprise, parse_risk, parse_time
 
 if TYPE_CHECKING:  # the decision core is imported when a command runs, not when the CLI parses arguments
@@ -329,6 +330,7 @@ class Replayer:
         self.topics = pipeline.topics
         self.advance = advance
         self.decided: dict[str, bytes] = {}        # the worker's `decided` table
+        self.serials: dict[str, bytes] = {}        # the worker's `serials` table (pass id -> shipment id)
         self.passes: dict[str, bytes] = {}         # the worker's `passes` table (all partitions in one)
         self.decisions: dict[str, bytes] = {}      # shipment id -> decision bytes, in event-time order
         self.request_of: dict[str, Record] = {}    # shipment id -> the request that was decided
@@ -361,12 +363,7 @@ class Replayer:
         """Handle the window's input records in event-time order; returns how many were handled."""
         t, p = self.topics, self.pipeline
         events = merge(records, t)
-        first: dict[str, tuple[int, int, int]] = {}
-        for e in events:
-            if e.sid is not None:
-                pos = e.record.log_position
-                if e.sid not in first or pos < first[e.sid]:
-                    first[e.sid] = pos
+        decided = self._decide([e for e in events if e.record.topic == t.requests])
         handlers = {t.scans: p.on_scan, t.risk: p.on_risk, t.enterprises: p.on_enterprise}
         step = 0
         for e in events:
@@ -376,10 +373,10 @@ class Replayer:
             if self.advance is not None and step % 1000 == 0:
                 self.advance(1000)
             if r.topic == t.requests:
-                if e.sid is not None and r.log_position != first[e.sid]:
+                outs = decided.get(id(e))
+                if outs is None:
                     self.repeats += 1  # answered live with the first decision again: nothing new
                     continue
-                outs = self._call(p.on_request, r, decided=self.decided)
             elif r.topic == t.scans:
                 outs = self._call(p.on_scan, r)
             else:
@@ -390,6 +387,37 @@ class Replayer:
         if self.advance is not None and step % 1000:
             self.advance(step % 1000)
         return step
+
+    def _decide(self, requests: list[_Event]) -> dict[int, list[Out]]:
+        """Decide the requests as the worker did: each partition in offset order, since pass numbers are
+        allocated in that order (`models.passes.allocate_pass_id`). Decisions depend on the reference data
+        as of each request's time only, so deciding ahead of the event-time walk changes no byte.
+        Keyed by id() of the event; a repeat of a shipment id has no entry."""
+        first: dict[str, tuple[int, int, int]] = {}
+        for e in requests:
+            if e.sid is not None:
+                pos = e.record.log_position
+                if e.sid not in first or pos < first[e.sid]:
+                    first[e.sid] = pos
+        outs: dict[int, list[Out]] = {}
+        for e in sorted(requests, key=lambda e: (e.record.partition, e.record.offset)):
+            if e.sid is not None and e.record.log_position != first[e.sid]:
+                continue
+            outs[id(e)] = self._call(self.pipeline.on_request, e.record, decided=self.decided, serials=self.serials)
+        return outs
+
+    def hold_serials(self, decisions: Iterable[Record], *, except_for: set[str]) -> int:
+        """A window's replay starts with the pass numbers that requests before it were given: those of
+        the recorded approvals of shipments the window does not decide."""
+        n = 0
+        for r in decisions:
+            obj = _decode(r.value)
+            the_pass = obj.get("pass") if obj else None
+            sid = obj.get("shipment_id") if obj else None
+            if isinstance(the_pass, dict) and isinstance(sid, str) and sid not in except_for:
+                self.serials.setdefault(str(the_pass.get("pass_id")), sid.encode())
+                n += 1
+        return n
 
     def _emit(self, out: Out, r: Record) -> None:
         t = self.topics
@@ -415,7 +443,7 @@ class Replayer:
     # --- second opinions, for mismatches only -----------------------------------------------------
     def decide_again(self, request: Record) -> bytes | None:
         """The decision for one request with this replay's books, outside the replay's tables."""
-        outs = self._call(self.pipeline.on_request, request, decided={})
+        outs = self._call(self.pipeline.on_request, request, decided={}, serials=ChainMap({}, self.serials))
         return next((o.value for o in outs if o.topic == self.topics.decisions), None)
 
     def decide_as_known_at(self, request: Record, timestamp_ms: int) -> bytes | None:
@@ -437,7 +465,7 @@ class Replayer:
                 except Exception:  # noqa: BLE001
                     pass
         outs = other.on_request(request.key, request.value, partition=request.partition, offset=request.offset,
-                                timestamp_ms=request.timestamp_ms, decided={})
+                                timestamp_ms=request.timestamp_ms, decided={}, serials=ChainMap({}, self.serials))
         return next((o.value for o in outs if o.topic == self.topics.decisions), None)
 
 
@@ -747,6 +775,12 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
         task = bar.add_task("replaying", total=len(inputs))
         rep = Replayer(pipeline, advance=lambda n: bar.advance(task, n))
         rep.load_reference(reference)
+        if not full:  # the pass numbers held when the window begins
+            stop = None if until is None else Position(time_ms=_until_ms(until, inputs))
+            held = await _read(settings, [_Spec(t.decisions, None, stop, keep=lambda m: m.value is not None
+                                                and b'"approved"' in m.value)], progress=bar, label="serials")
+            rep.hold_serials(held[t.decisions], except_for={
+                sid for r in read[t.requests] if (sid := _request_sid(_decode(r.value), r.key)) is not None})
         rep.replay(inputs)
         replay_done = time.perf_counter()
 
@@ -1211,14 +1245,17 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
         (pipeline.on_risk if topic == t.risk else pipeline.on_enterprise)(key, value, partition=0, offset=i,
                                                                           timestamp_ms=0)
     inputs: list[tuple[str, bytes, bytes]] = list(reference)
-    count, i, decided = len(reference), 0, {}
+    count, i, decided, serials = len(reference), 0, {}, {}
     while count < n:
         body = scenario.request(i)
         value = orjson.dumps(body)
         key = body["shipment_id"].encode()
         inputs.append((t.requests, key, value))
         count += 1
-        for out in pipeline.on_request(key, value, partition=0, offset=i, timestamp_ms=0, decided=decided):
+        # The partition the producer will put it on: pass numbers are allocated there.
+        partition = kafka_partition(key, settings.partitions)
+        for out in pipeline.on_request(key, value, partition=partition, offset=i, timestamp_ms=0, decided=decided,
+                                       serials=serials):
             if out.topic == t.decisions:
                 decision = orjson.loads(out.value)
                 if decision["pass"]:

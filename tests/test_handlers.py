@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema import Draft202012Validator, FormatChecker
 
 from models.decide import Decider
-from models.passes import Signer
+from models.passes import Signer, kafka_partition
 from models.policy import load_catalog
 from models.reference import EnterpriseBook, RiskBook
 from models.tracking import Tracker
@@ -43,12 +43,15 @@ def feed_reference(pipeline: Pipeline, scenario: Scenario) -> None:
         pipeline.on_enterprise(None, orjson.dumps(entry), partition=0, offset=i, timestamp_ms=0)
 
 
-def run_requests(pipeline, messages, decided=None):
+def run_requests(pipeline, messages, decided=None, serials=None):
+    """The requests through the handlers, each on the partition its key is produced to."""
     decided = {} if decided is None else decided
+    serials = {} if serials is None else serials
     outs = []
     for offset, (key, value) in enumerate(messages):
-        outs.append(pipeline.on_request(key, value, partition=0, offset=offset, timestamp_ms=1582617600000,
-                                        decided=decided))
+        partition = kafka_partition(key, pipeline.partitions) if key else 0
+        outs.append(pipeline.on_request(key, value, partition=partition, offset=offset, timestamp_ms=1582617600000,
+                                        decided=decided, serials=serials))
     return outs
 
 

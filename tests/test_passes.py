@@ -1,4 +1,4 @@
-"""Pass numbers, tokens and the status state machine."""
+"""Tokens and the status state machine (pass numbers: tests/test_pass_numbers.py)."""
 
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -7,15 +7,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from models.passes import (TRANSITIONS, IllegalTransition, InvalidToken, PassState, PassStatusKind as S, Signer,
-                           on_scan, pass_id_for, transition, verify_token)
+                           on_scan, transition, verify_token)
 from models.records import CheckpointScan
-
-
-def test_pass_id_is_issuer_plus_six_digit_serial_and_stable():
-    pid = pass_id_for("420111", "SHP-1")
-    assert len(pid) == 12 and pid.isdigit() and pid.startswith("420111")
-    assert pass_id_for("420111", "SHP-1") == pid
-    assert pass_id_for("420111", "SHP-2") != pid
 
 
 def test_token_verifies_offline_and_rejects_tampering():

@@ -11,13 +11,13 @@ import json
 import random
 import time
 import uuid
-import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
 import pytest
 
+from models.passes import kafka_partition
 from models.records import format_time
 from streams.handlers import Pipeline
 from streams.replay import Record, Replayer, compare, parse_position, rebuild_database, run_replay
@@ -44,7 +44,7 @@ class FakeLog:
 
     def append(self, topic: str, key: bytes | None, value: bytes, headers=(), partition: int | None = None) -> Record:
         if partition is None:
-            partition = zlib.crc32(key or b"") % self.partitions
+            partition = kafka_partition(key or b"", self.partitions)
         offset = self.offsets.get((topic, partition), 0)
         self.offsets[(topic, partition)] = offset + 1
         self.clock += 1
@@ -59,12 +59,13 @@ class FakeLog:
 def run_worker(pipeline: Pipeline, log: FakeLog, inputs: list[tuple[str, bytes | None, bytes]]) -> None:
     """What the live agents do, in arrival order, with one pass table per partition."""
     decided: dict = {}
+    serials: dict = {}
     tables = [dict() for _ in range(log.partitions)]
     handlers = {T.scans: pipeline.on_scan, T.risk: pipeline.on_risk, T.enterprises: pipeline.on_enterprise}
 
     def route(out) -> None:
         if out.topic == T.pass_events:
-            p = out.partition if out.partition is not None else zlib.crc32(out.key) % log.partitions
+            p = out.partition if out.partition is not None else kafka_partition(out.key, log.partitions)
             for more in pipeline.on_pass_event(out.value, passes=tables[p]):
                 route(more)
         else:
@@ -73,7 +74,7 @@ def run_worker(pipeline: Pipeline, log: FakeLog, inputs: list[tuple[str, bytes |
     for topic, key, value in inputs:
         r = log.append(topic, key, value)
         kw = dict(partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms)
-        outs = pipeline.on_request(key, value, decided=decided, **kw) if topic == T.requests \
+        outs = pipeline.on_request(key, value, decided=decided, serials=serials, **kw) if topic == T.requests \
             else handlers[topic](key, value, **kw)
         for out in outs:
             route(out)
@@ -99,15 +100,16 @@ def scenario_inputs(seed: int = 31) -> tuple[list[tuple[str, bytes | None, bytes
                     departure_at=format_time(at + timedelta(hours=2)))
         later.append(body)
     risk = {"adcode": "430000", "level": "high", "effective_at": format_time(START + timedelta(hours=4))}
-    decisions = []
+    decisions, serials = [], {}
     for body in bodies + later:
         if body is later[0]:
             inputs.append((T.risk, b"430000", orjson.dumps(risk)))
             pipeline.on_risk(b"430000", orjson.dumps(risk), partition=0, offset=0, timestamp_ms=0)
         value = orjson.dumps(body)
         inputs.append((T.requests, body["shipment_id"].encode(), value))
-        outs = pipeline.on_request(body["shipment_id"].encode(), value, partition=0, offset=0, timestamp_ms=0,
-                                   decided={})
+        key = body["shipment_id"].encode()
+        outs = pipeline.on_request(key, value, partition=kafka_partition(key, 4), offset=0, timestamp_ms=0,
+                                   decided={}, serials=serials)
         decisions.append(orjson.loads(outs[-1].value))
     inputs.append((T.requests, b"bad-1", b"{not json"))
     inputs.append((T.requests, bodies[0]["shipment_id"].encode(), orjson.dumps(bodies[0])))  # a repeat
@@ -528,3 +530,50 @@ async def test_rebuild_makes_the_same_tables_as_the_live_projection(system, firm
         await rebuild_database(settings, url)
     assert all(rebuilt[t] for t in ("shipment", "pass", "pass_event", "region", "enterprise", "checkpoint"))
     assert {d["shipment_id"] for d in decided.values()} <= set(rebuilt["shipment"])
+
+
+def _colliding_requests(count: int) -> list[dict]:
+    """`count` requests of one county on one partition whose serial searches all begin at the same
+    pass number: each takes the next free one, so who gets which depends on the partition's order."""
+    from models.passes import allocate_pass_id
+
+    scenario, by_start = Scenario(seed=41, start=START), {}
+    for n in range(200_000):
+        sid = f"COLL-{n}"
+        p = kafka_partition(sid.encode(), 4)
+        pid = allocate_pass_id("420111", sid, partition=p, partitions=4, holder=lambda _: None)
+        group = by_start.setdefault(pid, [])
+        group.append(sid)
+        if len(group) == count:
+            break
+    bodies = []
+    for i, sid in enumerate(group):
+        body = scenario.request(i, kind="P0")
+        # Submitted in the reverse of their log order: event time and offset order disagree.
+        body.update(shipment_id=sid, origin=WUHAN, destination=GUANGZHOU,
+                    submitted_at=format_time(START + timedelta(minutes=10 - i)))
+        bodies.append(body)
+    return bodies
+
+
+def test_colliding_serials_are_allocated_and_replayed_in_the_partitions_offset_order():
+    bodies = _colliding_requests(3)
+    log = FakeLog()
+    run_worker(make_pipeline(), log, [(T.requests, b["shipment_id"].encode(), orjson.dumps(b)) for b in bodies])
+    recorded = {orjson.loads(r.value)["shipment_id"]: orjson.loads(r.value) for r in log.topic(T.decisions)}
+    pass_ids = [recorded[b["shipment_id"]]["pass"]["pass_id"] for b in bodies]
+    assert len(set(pass_ids)) == 3
+    assert len({r.partition for r in log.topic(T.requests)}) == 1
+
+    rep = replay_log(log)
+    assert compare(rep, log.topic(T.decisions), log.topic(T.status)).mismatches == []
+
+    # A window holding only the last request: the numbers held before it come from the record.
+    window = log.topic(T.requests)[-1:]
+    alone = Replayer(make_pipeline())
+    alone.replay(window)
+    assert orjson.loads(alone.decisions[bodies[-1]["shipment_id"]])["pass"]["pass_id"] != pass_ids[-1]
+    held = Replayer(make_pipeline())
+    held.hold_serials(log.topic(T.decisions), except_for={bodies[-1]["shipment_id"]})
+    held.replay(window)
+    assert held.decisions[bodies[-1]["shipment_id"]] == log.topic(T.decisions)[-1].value
