@@ -110,8 +110,9 @@ class TansuBroker:
         self.stop()
 
 
-async def ensure_topics(bootstrap: str, names: list[str], *, partitions: int, replication_factor: int = 1) -> None:
-    """Create the topics that do not exist yet (an existing topic is left as it is)."""
+async def ensure_topics(bootstrap: str, names: list[str], *, partitions: int, replication_factor: int = 1) -> dict[str, int]:
+    """Create the topics that do not exist yet (an existing topic is left as it is); returns each
+    topic's partition count."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -122,5 +123,6 @@ async def ensure_topics(bootstrap: str, names: list[str], *, partitions: int, re
                 await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass
+        return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
     finally:
         await admin.close()

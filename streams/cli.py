@@ -75,8 +75,15 @@ def cmd_topics(settings) -> None:
     from .broker import ensure_topics
     from .handlers import Topics
     topics = Topics.with_prefix(settings.topic_prefix)
-    asyncio.run(ensure_topics(settings.bootstrap, topics.public() + [topics.pass_events],
-                              partitions=settings.partitions, replication_factor=settings.replication_factor))
+    counts = asyncio.run(ensure_topics(settings.bootstrap, topics.public() + [topics.pass_events],
+                                       partitions=settings.partitions, replication_factor=settings.replication_factor))
+    # Pass numbers are allocated per partition of the requests topic (models.passes.allocate_pass_id)
+    # and broadcasts go to every partition: the count the worker computes with must be the topics'.
+    wrong = {name: n for name, n in counts.items() if n != settings.partitions}
+    if wrong:
+        raise SystemExit(f"GC_PARTITIONS={settings.partitions}, but the topics have other partition counts: "
+                         + ", ".join(f"{name} {n}" for name, n in sorted(wrong.items()))
+                         + ". Set GC_PARTITIONS to the topics' count (pass numbers are allocated per partition).")
 
 
 def cmd_worker(settings) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -16,7 +18,7 @@ from models.passes import kafka_partition
 from models.records import parse_time
 from models.tables import Pass
 from streams.simulator import Scenario
-from tests.conftest import PARTITIONS
+from tests.conftest import PARTITIONS, ROOT
 from tests.test_pass_numbers import CITIES_WITHOUT_COUNTIES
 
 pytestmark = pytest.mark.integration
@@ -101,3 +103,12 @@ async def test_requests_from_and_to_each_city_without_counties_are_approved(syst
         origin, destination = body["origin"]["adcode"], body["destination"]["adcode"]
         assert d["pass"]["pass_id"].startswith(origin) and d["pass"]["issuer"] == origin
         assert d["pass"]["route"]["checkpoints"][-1]["checkpoint_id"] == f"DST-{destination}"
+
+
+async def test_a_worker_refuses_a_partition_count_other_than_the_topics(system):
+    env = {**system.env, "GC_PARTITIONS": str(PARTITIONS + 1)}
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "topics"], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"GC_PARTITIONS={PARTITIONS + 1}, but the topics have other partition counts" in result.stderr
+    assert f"{system.topics.requests} {PARTITIONS}" in result.stderr
