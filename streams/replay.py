@@ -363,7 +363,7 @@ class Replayer:
         """Handle the window's input records in event-time order; returns how many were handled."""
         t, p = self.topics, self.pipeline
         events = merge(records, t)
-        decided = self._decide([e for e in events if e.record.topic == t.requests])
+        decide = self._decider([e for e in events if e.record.topic == t.requests])
         handlers = {t.scans: p.on_scan, t.risk: p.on_risk, t.enterprises: p.on_enterprise}
         step = 0
         for e in events:
@@ -373,7 +373,7 @@ class Replayer:
             if self.advance is not None and step % 1000 == 0:
                 self.advance(1000)
             if r.topic == t.requests:
-                outs = decided.get(id(e))
+                outs = decide(e)
                 if outs is None:
                     self.repeats += 1  # answered live with the first decision again: nothing new
                     continue
@@ -388,23 +388,35 @@ class Replayer:
             self.advance(step % 1000)
         return step
 
-    def _decide(self, requests: list[_Event]) -> dict[int, list[Out]]:
-        """Decide the requests as the worker did: each partition in offset order, since pass numbers are
-        allocated in that order (`models.passes.allocate_pass_id`). Decisions depend on the reference data
-        as of each request's time only, so deciding ahead of the event-time walk changes no byte.
-        Keyed by id() of the event; a repeat of a shipment id has no entry."""
+    def _decider(self, requests: list[_Event]) -> Callable[[_Event], list[Out] | None]:
+        """`decide(event)`: the outputs of a request as the worker produced them (None for a repeat of a
+        shipment id). The worker decides each partition in offset order, and pass numbers are allocated
+        in that order (`models.passes.allocate_pass_id`), so a request is decided only after those before
+        it on its partition; the ones decided ahead of the event-time walk wait in `ahead`, which stays as
+        small as event time and offset order disagree. A decision depends only on the reference data as
+        of the request's time, so deciding ahead changes no byte."""
         first: dict[str, tuple[int, int, int]] = {}
+        queues: dict[int, list[_Event]] = defaultdict(list)
         for e in requests:
+            queues[e.record.partition].append(e)
             if e.sid is not None:
                 pos = e.record.log_position
                 if e.sid not in first or pos < first[e.sid]:
                     first[e.sid] = pos
-        outs: dict[int, list[Out]] = {}
-        for e in sorted(requests, key=lambda e: (e.record.partition, e.record.offset)):
-            if e.sid is not None and e.record.log_position != first[e.sid]:
-                continue
-            outs[id(e)] = self._call(self.pipeline.on_request, e.record, decided=self.decided, serials=self.serials)
-        return outs
+        for queue in queues.values():
+            queue.sort(key=lambda e: e.record.offset, reverse=True)  # popped from the end: lowest offset first
+        ahead: dict[int, list[Out] | None] = {}
+
+        def decide(event: _Event) -> list[Out] | None:
+            queue = queues[event.record.partition]
+            while id(event) not in ahead:
+                e = queue.pop()
+                repeat = e.sid is not None and e.record.log_position != first[e.sid]
+                ahead[id(e)] = None if repeat else self._call(self.pipeline.on_request, e.record,
+                                                              decided=self.decided, serials=self.serials)
+            return ahead.pop(id(event))
+
+        return decide
 
     def hold_serials(self, decisions: Iterable[Record], *, except_for: set[str]) -> int:
         """A window's replay starts with the pass numbers that requests before it were given: those of
