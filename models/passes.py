@@ -189,6 +189,9 @@ class PassState:
     status: str = S.ISSUED
     checkpoint_id: str | None = None
     arrived_at: str | None = None
+    # Trips completed (arrivals at the destination) of a multi-trip pass: it runs its route again
+    # and again, both ways, until it expires. Always 0 for a single-trip pass.
+    trips: int = 0
     scans: dict[str, bytes] = field(default_factory=dict)  # scan_id -> status event it produced
 
     @property
@@ -200,12 +203,16 @@ class PassState:
         return {a[:4] for a in self.route["adcodes"]}
 
     def to_json(self) -> bytes:
-        data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "scans"}
+        # `trips` is written only once a trip is completed: the state of every other pass is
+        # stored byte for byte as before the field existed (a worker of that version reads it).
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__
+                if k != "scans" and (k != "trips" or self.trips)}
         data["scans"] = {k: v.decode() for k, v in self.scans.items()}
         return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, raw: bytes) -> PassState:
+        """The state `to_json` wrote, or an older version's (no `trips`: 0)."""
         data = orjson.loads(raw)
         data["scans"] = {k: v.encode() for k, v in data["scans"].items()}
         return cls(**data)
@@ -225,6 +232,10 @@ def status_event(state: PassState, status: str, at: datetime | str, *, reason: s
         "dwell_exceeded": dwell_seconds is not None and dwell_seconds > dwell_target,
         "cause": cause,
     }
+    if state.trip == "multi":
+        # The trip the event belongs to: `state` is the pass before the event, so the arrival
+        # that completes trip N says N, and what follows it belongs to trip N + 1.
+        event["trip"] = state.trips + 1
     event.update(extra)
     return event
 
@@ -235,6 +246,12 @@ def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
 
     A scan that changes nothing (a terminal pass, a suspended one) still yields an event
     saying so, so the checkpoint always gets an answer.
+
+    A single-trip pass ends `delivered` on arrival at the destination checkpoint (the route's
+    last). A multi-trip pass completes a trip there instead (`at_checkpoint`, reason
+    `trip_completed`, `trips` + 1) and runs on, both ways: every checkpoint of the route is
+    valid in either direction, and each scan is verified as on the first trip. It ends when a
+    scan comes after `valid_until` (`expired`).
     """
     at = scan.scanned_at
     cause = f"scan:{scan.scan_id}"
@@ -268,7 +285,14 @@ def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
 
     if scan.kind == "arrival":
         if scan.checkpoint_id == state.checkpoint_ids[-1]:
-            return move(S.DELIVERED, "arrived_at_destination")
+            if state.trip != "multi":
+                return move(S.DELIVERED, "arrived_at_destination")
+            if current is S.AT_CHECKPOINT and state.checkpoint_id == scan.checkpoint_id:
+                # Scanned again before leaving: the trip is completed already (and its dwell runs
+                # from the first arrival).
+                return keep("already_at_destination")
+            new, event = move(S.AT_CHECKPOINT, "trip_completed")
+            return replace(new, trips=state.trips + 1), event
         return move(S.AT_CHECKPOINT)
     dwell = None
     if current is S.AT_CHECKPOINT and state.checkpoint_id == scan.checkpoint_id and state.arrived_at:

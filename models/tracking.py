@@ -55,7 +55,9 @@ class Tracker:
         """Re-evaluate one pass after a risk change: keep, reroute, suspend or reinstate.
 
         A vehicle already scanned at a checkpoint of its route is rerouted from there: the
-        regions behind it stay as they were, and only those ahead of it need to be safe.
+        regions behind it stay as they were, and only those ahead of it need to be safe. A
+        multi-trip pass drives its whole route again, both ways, until it expires: every region
+        of it lies ahead, and a new route is planned from the origin.
         """
         status = S(state.status)
         if status not in ACTIVE:
@@ -72,7 +74,7 @@ class Tracker:
         if "high" in levels and state.priority not in allowed:
             return self._suspend(state, at, "high_risk_region", cause)
         blocked = d.risk.blocked_at(at, d.graph.prefectures_in)
-        passed = self._passed(state)
+        passed = None if state.trip == "multi" else self._passed(state)
         # Prefecture keys in the route are the graph's node keys (adcode[:4]); the ends are
         # counties, whose node may differ (municipalities), hence node_of.
         ahead = {d.graph.node_of(a) for a in state.route["adcodes"][passed[1] + 1 if passed else 0:]}

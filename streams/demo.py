@@ -246,6 +246,10 @@ def _report(settings: Settings, played: dict, console: Console) -> None:
         statuses = count_by(session, Pass.status)
         ever = {status: n for status, n in session.exec(
             select(PassEvent.status, func.count(func.distinct(PassEvent.pass_id))).group_by(PassEvent.status))}
+        # A multi-trip pass reaching its destination completes a trip and stays valid (the demo
+        # drives the way out only): counted apart from the delivered single-trip passes.
+        trips_done = session.exec(select(func.count(func.distinct(PassEvent.pass_id)))
+                                  .where(PassEvent.reason == "trip_completed")).one()
         dwell = checkpoint_dwell(session)
 
     t = Table(title="greenchannel demo report (from the database)")
@@ -258,7 +262,8 @@ def _report(settings: Settings, played: dict, console: Console) -> None:
         if decision == "rejected":
             t.add_row(f"rejected: {why}", str(n))
     t.add_row("dead letters", str(obs.dead))
-    t.add_row("passes delivered", str(statuses.get("delivered", 0)))
+    t.add_row("passes delivered (single trip)", str(statuses.get("delivered", 0)))
+    t.add_row("multi-trip passes, a trip completed", str(trips_done))
     t.add_row("passes ever held", str(ever.get("held", 0)))
     t.add_row("passes rerouted", str(ever.get("rerouted", 0)))
     t.add_row("passes suspended now", str(statuses.get("suspended", 0)))

@@ -3,6 +3,7 @@
 from dataclasses import replace
 from datetime import datetime, timezone
 
+import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -102,3 +103,116 @@ def test_checkpoint_board_tracks_queue_and_median_dwell():
     [row] = board.snapshot()
     assert row["vehicles_present"] == 1 and row["recent_departures"] == 3
     assert row["median_dwell_seconds"] == 1000.0 and row["over_target"]
+
+
+# --- multi-trip passes (多次有效): the route again and again, both ways, until valid_until ---------
+
+CP_A, CP_B, DST = "BX-4212-4306", "BX-4306-4401", "DST-440106"
+
+
+def multi_state():
+    return replace(state(), trip="multi", route={
+        "adcodes": ["420111", "421200", "430600", "440106"],
+        "checkpoints": [{"checkpoint_id": CP_A}, {"checkpoint_id": CP_B}, {"checkpoint_id": DST}]})
+
+
+def at(day, hour, minute=0):
+    return datetime(2020, 2, day, hour, minute, tzinfo=timezone.utc)
+
+
+def scan_at(kind, cp, when, sid, plate="鄂A12345"):
+    return CheckpointScan(sid, cp, "420111000001", None, plate, kind, when)
+
+
+def drive(s, scans):
+    """Apply (kind, checkpoint, time) scans in order; the states and events they produce."""
+    states, events = [], []
+    for i, (kind, cp, when) in enumerate(scans):
+        s, e = on_scan(s, scan_at(kind, cp, when, f"{i}-{kind}-{cp}-{when:%d%H%M}"), token_error=None)
+        states.append(s)
+        events.append(e)
+    return states, events
+
+
+def test_multi_trip_pass_runs_out_back_and_out_again_until_it_expires():
+    out1 = [("arrival", CP_A, at(25, 2)), ("departure", CP_A, at(25, 2, 10)),
+            ("arrival", CP_B, at(25, 4)), ("departure", CP_B, at(25, 4, 5)),
+            ("arrival", DST, at(25, 6))]
+    states, events = drive(multi_state(), out1)
+    assert [e["status"] for e in events] == ["at_checkpoint", "in_transit"] * 2 + ["at_checkpoint"]
+    assert [e["trip"] for e in events] == [1] * 5
+    assert [s.trips for s in states] == [0, 0, 0, 0, 1]
+    assert events[1]["dwell_seconds"] == 600 and not events[1]["dwell_exceeded"]
+    arrived = events[-1]
+    assert (arrived["reason"], arrived["checkpoint_id"], arrived["trip"]) == ("trip_completed", DST, 1)
+    s = states[-1]
+    assert (s.status, s.checkpoint_id, s.arrived_at) == (S.AT_CHECKPOINT, DST, "2020-02-25T06:00:00Z")
+
+    # Scanned again before leaving: no second trip, the dwell still runs from the first arrival.
+    s, e = on_scan(s, scan_at("arrival", DST, at(25, 6, 30), "again"), token_error=None)
+    assert (s.status, s.trips, s.arrived_at, e["reason"]) == (S.AT_CHECKPOINT, 1, "2020-02-25T06:00:00Z",
+                                                              "already_at_destination")
+
+    # The way back: the departure from the destination and the border checkpoints in reverse
+    # order belong to trip 2, verified like the way out (a wrong plate holds the vehicle).
+    back = [("departure", DST, at(25, 8)), ("arrival", CP_B, at(25, 10))]
+    states, events = drive(s, back)
+    assert [(e["status"], e["trip"]) for e in events] == [("in_transit", 2), ("at_checkpoint", 2)]
+    assert events[0]["dwell_seconds"] == 7200 and events[0]["checkpoint_id"] == DST
+    s, held = on_scan(states[-1], scan_at("departure", CP_B, at(25, 10, 5), "wrong-plate", plate="鄂B00000"),
+                      token_error=None)
+    assert (s.status, held["status"], held["reason"], held["trip"]) == (S.HELD, "held", "plate_mismatch", 2)
+    rest = [("arrival", CP_B, at(25, 10, 20)), ("departure", CP_B, at(25, 10, 30)),
+            ("arrival", CP_A, at(25, 12)), ("departure", CP_A, at(25, 12, 20)),
+            # at the origin (no checkpoint), then out again
+            ("arrival", CP_A, at(25, 20)), ("departure", CP_A, at(25, 20, 15)),
+            ("arrival", CP_B, at(25, 22)), ("departure", CP_B, at(25, 22, 15)),
+            ("arrival", DST, at(26, 0))]
+    states, events = drive(s, rest)
+    assert [e["status"] for e in events] == ["at_checkpoint", "in_transit"] * 4 + ["at_checkpoint"]
+    assert all(e["reason"] is None for e in events[:-1]) and [e["trip"] for e in events] == [2] * 9
+    assert events[1]["dwell_seconds"] == 600 and events[3]["dwell_seconds"] == 1200 and events[3]["dwell_exceeded"]
+    assert (events[-1]["reason"], events[-1]["trip"], states[-1].trips) == ("trip_completed", 2, 2)
+
+    # Trip 3 begins; the pass ends at valid_until (2020-02-28T00:00Z), and stays ended.
+    s, e = on_scan(states[-1], scan_at("departure", DST, at(26, 1), "d3"), token_error=None)
+    assert (s.status, e["trip"]) == (S.IN_TRANSIT, 3)
+    s, e = on_scan(s, scan_at("arrival", CP_B, at(28, 0, 1), "late"), token_error=None)
+    assert (s.status, e["status"], e["reason"], e["trip"], s.trips) == (S.EXPIRED, "expired", "validity_ended", 3, 2)
+    s2, e = on_scan(s, scan_at("arrival", DST, at(28, 1), "later"), token_error=None)
+    assert s2 is s and (e["status"], e["reason"]) == ("expired", "pass_expired")
+    for target in S:
+        with pytest.raises(IllegalTransition):
+            transition(S(s.status), target)
+
+
+def test_multi_trip_scans_are_checked_as_on_the_first_trip():
+    s, _ = drive(multi_state(), [("arrival", DST, at(25, 6)), ("departure", DST, at(25, 7))])
+    s = s[-1]
+    for scan, token_error, reason in (
+            (scan_at("arrival", "BX-1101-1301", at(25, 9), "off"), None, "checkpoint_not_on_route"),
+            (scan_at("arrival", CP_B, at(25, 9), "forged"), "bad_token: forged", "bad_token: forged"),
+            (scan_at("arrival", CP_B, at(24, 9), "early"), None, "not_yet_valid")):
+        held, e = on_scan(s, scan, token_error=token_error)
+        assert (held.status, e["reason"], e["trip"], held.trips) == (S.HELD, reason, 2, 1)
+
+
+def test_single_trip_arrival_delivers_and_its_events_carry_no_trip():
+    keys = {"pass_id", "shipment_id", "status", "at", "checkpoint_id", "reason", "dwell_seconds", "dwell_exceeded",
+            "cause"}
+    states, events = drive(state(), [("arrival", "BX-4212-4306", at(25, 2)), ("departure", "BX-4212-4306", at(25, 3)),
+                                     ("arrival", "DST-440106", at(25, 6))])
+    assert [set(e) for e in events] == [keys] * 3
+    assert (states[-1].status, states[-1].trips, events[-1]["reason"]) == (S.DELIVERED, 0, "arrived_at_destination")
+
+
+def test_state_json_of_an_older_version_loads_and_trips_round_trip():
+    old = replace(state(), scans={"x": b'{"a":1}'})
+    stored = old.to_json()
+    assert b"trips" not in stored  # byte for byte what the version without the field stored
+    assert PassState.from_json(stored) == old and PassState.from_json(stored).trips == 0
+    raw = orjson.loads(stored)
+    assert set(raw) == set(PassState.__dataclass_fields__) - {"trips"}
+    done = replace(multi_state(), trips=2, status=S.AT_CHECKPOINT, checkpoint_id=DST)
+    assert orjson.loads(done.to_json())["trips"] == 2
+    assert PassState.from_json(done.to_json()) == done

@@ -127,7 +127,7 @@ def statuses(system, pass_id):
 
 async def test_checkpoint_scans_drive_the_pass_to_delivered(system, scenario):
     decision = await approved(system, scenario, 1100, origin={"adcode": "420111"},
-                              destination={"adcode": "440106"})
+                              destination={"adcode": "440106"}, trip="single")
     pass_id = decision["pass"]["pass_id"]
     scans = scans_for(decision, random.Random(1))
     for scan in scans:
@@ -136,7 +136,9 @@ async def test_checkpoint_scans_drive_the_pass_to_delivered(system, scenario):
     events = await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode(), 1 + len(scans))
     kinds = [m.json["status"] for m in events]
     assert kinds[0] == "issued" and kinds[-1] == "delivered"
+    assert events[-1].json["reason"] == "arrived_at_destination"
     assert "at_checkpoint" in kinds and "in_transit" in kinds
+    assert not [m for m in events if "trip" in m.json]  # only multi-trip passes' events number trips
     departures = [m.json for m in events if m.json["status"] == "in_transit"]
     for d in departures:
         assert d["dwell_seconds"] > 0 and d["dwell_exceeded"] == (d["dwell_seconds"] > 900)
@@ -146,6 +148,72 @@ async def test_checkpoint_scans_drive_the_pass_to_delivered(system, scenario):
     await system.send(system.topics.scans, scans[0], key=pass_id)
     again = await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode(), 2 + len(scans))
     assert again[-1].value == events[1].value
+
+
+def shuttle(the_pass: dict, legs: int) -> list[tuple[dict, str, int]]:
+    """A truck on a multi-trip pass running its route `legs` times, out, back, out...: the
+    scans, half an hour apart from its departure, each with the status and the trip number it
+    should get. There is no checkpoint at the origin: the way back ends at the first border."""
+    ids = [c["checkpoint_id"] for c in the_pass["route"]["checkpoints"]]
+    out = [(kind, cp) for cp in ids[:-1] for kind in ("arrival", "departure")] + [("arrival", ids[-1])]
+    back = [("departure", ids[-1])] + [(kind, cp) for cp in reversed(ids[:-1]) for kind in ("arrival", "departure")]
+    when, trip, scans = parse_time(the_pass["valid_from"]), 1, []
+    for leg in range(legs):
+        for kind, cp in out if leg % 2 == 0 else back:
+            when += timedelta(minutes=30)
+            scan = {"scan_id": f"{the_pass['pass_id']}-{len(scans)}", "checkpoint_id": cp,
+                    "pass_id": the_pass["pass_id"], "plate": the_pass["plate"], "kind": kind,
+                    "token": the_pass["token"], "scanned_at": format_time(when)}
+            scans.append((scan, "in_transit" if kind == "departure" else "at_checkpoint", trip))
+        trip += leg % 2 == 0  # an arrival at the destination ends the trip
+    return scans
+
+
+async def test_a_multi_trip_pass_runs_out_back_and_out_again_until_it_expires(system, scenario):
+    import urllib.request
+
+    decision = await approved(system, scenario, 1110, origin={"adcode": "420111"},
+                              destination={"adcode": "440106"}, trip="multi")
+    the_pass = decision["pass"]
+    pass_id, destination = the_pass["pass_id"], the_pass["route"]["checkpoints"][-1]["checkpoint_id"]
+    assert the_pass["trip"] == "multi" and len(the_pass["route"]["checkpoints"]) >= 2
+    planned = shuttle(the_pass, 3)  # out (trip 1), back and out again (trip 2)
+    assert parse_time(planned[-1][0]["scanned_at"]) < parse_time(the_pass["valid_until"])
+    # After valid_until: the pass has ended (during trip 3), and stays so.
+    late = parse_time(the_pass["valid_until"]) + timedelta(minutes=1)
+    first = the_pass["route"]["checkpoints"][0]["checkpoint_id"]
+    expired = [{**planned[0][0], "scan_id": f"{pass_id}-late{i}", "checkpoint_id": cp,
+                "scanned_at": format_time(late + timedelta(minutes=i))} for i, cp in enumerate((first, destination))]
+    scans = [scan for scan, _, _ in planned] + expired
+    for scan in scans:
+        await system.send(system.topics.scans, scan, key=pass_id)
+    events = [m.json for m in await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode(),
+                                                        1 + len(scans))]
+    assert len(events) == 1 + len(scans)
+    assert (events[0]["status"], events[0]["trip"]) == ("issued", 1)
+    answers = {e["cause"].removeprefix("scan:"): e for e in events[1:]}
+    got = [(answers[s["scan_id"]]["status"], answers[s["scan_id"]]["trip"]) for s, _, _ in planned]
+    assert got == [(status, trip) for _, status, trip in planned]
+    completed = [answers[s["scan_id"]] for s, _, _ in planned if answers[s["scan_id"]]["reason"] == "trip_completed"]
+    assert [(e["checkpoint_id"], e["trip"]) for e in completed] == [(destination, 1), (destination, 2)]
+    assert not [e for e in events if e["status"] in ("held", "delivered")]
+    # Every departure, from the destination too, measures the dwell since the arrival there.
+    departures = [answers[s["scan_id"]] for s, _, _ in planned if s["kind"] == "departure"]
+    assert all(d["dwell_seconds"] == 1800 for d in departures)
+    assert [d["trip"] for d in departures if d["checkpoint_id"] == destination] == [2]
+    late_answers = [answers[s["scan_id"]] for s in expired]
+    assert [(e["status"], e["reason"], e["trip"]) for e in late_answers] == [
+        ("expired", "validity_ended", 3), ("expired", "pass_expired", 3)]
+
+    # The live state: ended, with the two trips it completed.
+    url = f"http://127.0.0.1:{system.env['GC_WEB_PORT']}/passes/{pass_id}/"
+
+    def get():
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return orjson.loads(response.read())
+
+    state = await asyncio.to_thread(get)
+    assert (state["status"], state["trips"], state["trip"]) == ("expired", 2, "multi")
 
 
 async def test_plate_mismatch_and_forged_token_hold_the_vehicle(system, scenario):
@@ -214,7 +282,8 @@ async def test_risk_change_reroutes_or_suspends_active_passes(system, scenario):
 
 
 async def test_pass_show_prints_the_pass_and_its_history_from_the_database(system, scenario):
-    decision = await approved(system, scenario, 1300, origin={"adcode": "310115"}, destination={"adcode": "320506"})
+    decision = await approved(system, scenario, 1300, origin={"adcode": "310115"}, destination={"adcode": "320506"},
+                              trip="single")
     pass_id = decision["pass"]["pass_id"]
     for scan in scans_for(decision, random.Random(3)):
         await system.send(system.topics.scans, scan, key=pass_id)

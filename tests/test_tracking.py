@@ -6,6 +6,7 @@ Wuhan (420111) → Guangzhou (440106) by the shortest path runs through Xianning
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from models.decide import Decider
 from models.passes import PassState, Signer, verify_token
 from models.policy import load_catalog
-from models.records import CheckpointScan, RegionRisk, format_time, parse_risk
+from models.records import CheckpointScan, RegionRisk, format_time, parse_risk, parse_time
 from models.reference import EnterpriseBook, RiskBook
 from models.tracking import Tracker
 from routing import Gazetteer, RegionGraph, RoutePlanner
@@ -122,3 +123,43 @@ def test_rerouting_from_a_checkpoint_is_deterministic(tracker):
     second = tracker.risk_changed(state, risk)
     assert first[0].to_json() == second[0].to_json()
     assert first[1] == second[1]
+
+
+def test_the_issue_event_of_a_multi_trip_pass_says_trip_1(tracker):
+    single, multi = a_pass(tracker), replace(a_pass(tracker), trip="multi")
+    assert "trip" not in tracker.issued(single, format_time(DEPARTURE))
+    event = tracker.issued(multi, format_time(DEPARTURE))
+    assert (event["status"], event["trip"]) == ("issued", 1)
+
+
+def test_a_multi_trip_pass_is_rerouted_from_its_origin(tracker):
+    """It drives the whole route again, both ways: a region behind the vehicle lies ahead too."""
+    at = DEPARTURE + timedelta(hours=5)
+    multi = scanned_at_first_checkpoint(tracker, replace(a_pass(tracker), trip="multi"))
+    risk = raise_risk(tracker, "421200", at)  # Xianning, crossed already on the way out
+    new, event = tracker.risk_changed(multi, risk)
+    assert (event["status"], event["reason"], event["trip"]) == ("rerouted", "route_crossed_high_risk_region", 1)
+    assert new.route["adcodes"][0] == "420111" and "421200" not in new.route["adcodes"]
+    assert new.route["checkpoints"][-1]["checkpoint_id"] == "DST-440106"
+    assert verify_token(event["token"], KEY.public_key())["rt"] == new.route["adcodes"]
+
+
+def test_a_multi_trip_pass_scanned_through_its_route_completes_trips(tracker):
+    state = replace(a_pass(tracker), trip="multi")
+    ids = state.checkpoint_ids
+    out = [(kind, cp) for cp in ids[:-1] for kind in ("arrival", "departure")] + [("arrival", ids[-1])]
+    back = [("departure", ids[-1])] + [(kind, cp) for cp in reversed(ids[:-1]) for kind in ("arrival", "departure")]
+    when = DEPARTURE
+    events = []
+    for n, (kind, cp) in enumerate(out + back + out):
+        when += timedelta(minutes=30)
+        scan = CheckpointScan(scan_id=f"m-{n}", checkpoint_id=cp, pass_id=state.pass_id, plate=state.plate,
+                              kind=kind, scanned_at=when, token=None)
+        state, event = tracker.scan(state, scan, state.pass_id)
+        events.append(event)
+    assert when < parse_time(state.valid_until)
+    completed = [i for i, e in enumerate(events) if e["reason"] == "trip_completed"]
+    assert completed == [len(out) - 1, 2 * len(out) + len(back) - 1] and state.trips == 2
+    assert [e["trip"] for e in events] == [1] * len(out) + [2] * (len(back) + len(out))
+    assert {e["status"] for e in events} == {"at_checkpoint", "in_transit"}
+    assert state.status == "at_checkpoint" and state.checkpoint_id == ids[-1]
