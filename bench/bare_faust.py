@@ -16,7 +16,7 @@ import os
 
 import faust
 
-from streams.fetchwait import install as set_fetch_wait
+from streams.compat import set_fetch_wait
 from streams.settings import Settings
 
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.broker import ensure_topics
+from streams.compat import refresh_metadata
 
 from .workload import Message
 
@@ -69,7 +70,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list
     for t in topics:
         found = consumer.partitions_for_topic(t)
         if not found:
-            await consumer._client.force_metadata_update()  # a topic the worker has just created
+            await refresh_metadata(consumer)  # a topic the worker has just created
             found = consumer.partitions_for_topic(t) or ()
         parts += [TopicPartition(t, p) for p in sorted(found)]
     return parts

@@ -25,11 +25,11 @@ from models.tracking import Tracker
 from routing import Gazetteer, RegionGraph, RoutePlanner
 from sqlmodel import Session
 
-from .eos import CommitGate, send_outputs, take_table_writes
-from .fetchwait import install as set_fetch_wait
+from .compat import (learn_partitions, refresh_metadata, seek_before_resume, send_in_partition_transaction,
+                     set_fetch_wait, take_table_writes)
+from .eos import CommitGate
 from .handlers import Out, Pipeline, Topics
 from .keys import load_signer
-from .recovery import install as seek_before_resume
 from .settings import Settings
 
 __all__ = ["create_app", "build_pipeline"]
@@ -68,7 +68,7 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
         # topics, Tansu with all of them: fetch every topic's metadata before looking these up.
         # (Not `await consumer.topics()`: that reads into a ClusterMetadata of its own and leaves
         # the one partitions_for_topic() answers from empty.)
-        await consumer._client.force_metadata_update()
+        await refresh_metadata(consumer)
         parts = [TopicPartition(t, p) for t in (topics.enterprises, topics.risk)
                  for p in (consumer.partitions_for_topic(t) or ())]
         if not parts:
@@ -100,7 +100,7 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
 
 
 def create_app(settings: Settings) -> faust.App:
-    seek_before_resume()  # a worker taking over a backlog processes each record once (streams.recovery)
+    seek_before_resume()  # a worker taking over a backlog processes each record once (streams.compat)
     set_fetch_wait(settings.fetch_wait_ms)
     app = faust.App(
         settings.app_id,
@@ -160,7 +160,7 @@ def create_app(settings: Settings) -> faust.App:
         topic = passes.changelog_topic.get_topic_name()
         for attempt in range(10):
             try:
-                await app.producer._ensure_producer().partitions_for(topic)
+                await learn_partitions(app, topic)
                 return
             except Exception as exc:  # noqa: BLE001 — the topic may not exist yet; try again
                 log.warning("no metadata yet for %s (%s); retrying", topic, exc)
@@ -185,7 +185,7 @@ def create_app(settings: Settings) -> faust.App:
             outs = [pipeline.dead_letter(topic, m["partition"], m["offset"], event.key, event.value,
                                          m["timestamp_ms"], f"internal error: {type(exc).__name__}: {exc}")]
         if exactly_once:  # the event's table writes and outputs, in its partition's transaction
-            await send_outputs(app, event, take_table_writes(app), outs)
+            await send_in_partition_transaction(app, event, take_table_writes(app), outs)
         else:
             await send_all(outs)
 

@@ -14,20 +14,22 @@ things break "each input's outputs are committed exactly when its offset is":
 
 So, in exactly_once mode, an agent handles each event (or each batch it takes) inside
 `CommitGate.event()`: Faust's commit waits until no event is between its first write and its
-ack, and the gate is left right before the ack (no await in between). Inside, `send_outputs`
-publishes the table writes the event just made, then its outputs, all in the transaction of the
+ack, and the gate is left right before the ack (no await in between). Inside,
+`streams.compat.send_in_partition_transaction` publishes the table writes the event just made, then its outputs, all in the transaction of the
 event's own partition. Faust's commit of the offsets is left as it is.
 
 A worker taking over partitions with a backlog must also not fetch them before it has sought
-them to their committed offsets; streams/recovery.py sees to that (tests/test_faults.py kills a
-worker mid-stream and counts the decisions).
+them to their committed offsets; `streams.compat.seek_before_resume` sees to that
+(tests/test_faults.py kills a worker mid-stream and counts the decisions).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-__all__ = ["CommitGate", "send_outputs", "take_table_writes"]
+from .compat import wrap_commit
+
+__all__ = ["CommitGate"]
 
 
 class CommitGate:
@@ -46,9 +48,8 @@ class CommitGate:
         """Make `consumer.commit` (every commit Faust makes goes through it) wait for the gate."""
         if self._consumer is consumer:
             return
-        commit = consumer.commit
 
-        async def commit_between_events(*args, **kwargs):
+        async def commit_between_events(commit, *args, **kwargs):
             async with self._commits:
                 self._open.clear()  # no new event starts: the commit is not starved
                 try:
@@ -57,7 +58,7 @@ class CommitGate:
                 finally:
                     self._open.set()
 
-        consumer.commit = commit_between_events
+        wrap_commit(consumer, commit_between_events)
         self._consumer = consumer
 
     def event(self) -> _InFlight:
@@ -81,31 +82,3 @@ class _InFlight:
         gate._busy -= 1
         if not gate._busy:
             gate._idle.set()
-
-
-def take_table_writes(app) -> list:
-    """The changelog messages queued by the table writes just made (call it before any await)."""
-    pending = app.producer.buffer.pending
-    taken = []
-    while not pending.empty():
-        taken.append(pending.get_nowait())
-    return taken
-
-
-async def send_outputs(app, event, table_writes: list, outs: list) -> None:
-    """Publish `table_writes` (from `take_table_writes`), then `outs` (streams.handlers.Out),
-    in the transaction of `event`'s partition."""
-    buffer = app.producer.buffer
-    sent = []
-    for fut in table_writes:
-        # A changelog partition is its source partition: this lands in the same transaction.
-        sent.append(await fut.message.channel.publish_message(fut, wait=False))
-        buffer.message_sent.set()
-    m = event.message
-    tid = f"{app.conf.id}-{app.assignor.group_for_topic(m.topic)}-{m.partition}"
-    for out in outs:
-        sent.append(await app.producer.send(out.topic, out.key, out.value, out.partition, None,
-                                            list(out.headers), transactional_id=tid))
-    # Delivered before the event is acked: a failed send fails the agent, never silently.
-    await asyncio.gather(*sent)
-

@@ -206,6 +206,8 @@ async def _read(settings, specs: list[_Spec], *, progress=None, label: str = "re
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from .compat import refresh_metadata
+
     out: dict[str, list[Record]] = {s.topic: [] for s in specs}
     began_ms = int(time.time() * 1000)
     consumer = AIOKafkaConsumer(
@@ -218,7 +220,7 @@ async def _read(settings, specs: list[_Spec], *, progress=None, label: str = "re
         existing = await consumer.topics()
         # topics() reads into a metadata object of its own; Apache Kafka (unlike Tansu) gave the
         # client's bootstrap request no topic, so partitions_for_topic() needs this refresh.
-        await consumer._client.force_metadata_update()
+        await refresh_metadata(consumer)
         spec_of: dict[Any, _Spec] = {}
         for spec in specs:
             if spec.topic in existing:

@@ -1,0 +1,156 @@
+"""Every touch of private faust-streaming and aiokafka internals, and nothing else.
+
+faust-streaming and aiokafka are pinned in pyproject.toml to the minor versions these were
+proven on; tests/test_compat.py checks the premise of each touch against the installed code,
+so an upgrade that changes one fails there first, by name. Each touch:
+
+* `set_fetch_wait`: Faust 0.15 builds its worker consumer with a fixed 1,500 ms fetch wait;
+  the embedded Tansu holds every fetch that long, so each consumer hop waited up to that.
+* `seek_before_resume`: after table recovery Faust resumes the stream partitions before it
+  seeks them to their committed offsets; records fetched in between were later taken for an
+  offset gap and acked unprocessed (requests lost in a takeover). Seek first, then resume.
+* `wrap_commit`: every offset commit Faust makes goes through `Consumer.commit`; exactly_once
+  wraps it so a commit waits until no event is between its first write and its ack (streams.eos).
+* `take_table_writes` / `send_in_partition_transaction`: table writes reach Kafka through the
+  producer buffer in the background; exactly_once publishes them, and an event's outputs, in
+  the transaction of the event's own source partition (streams.eos says why).
+* `refresh_metadata`: aiokafka's consumer answers `partitions_for_topic` from the client's
+  metadata, which Apache Kafka's bootstrap answer leaves without topics.
+* `learn_partitions`: the pass view's `table_route` reads the changelog's partitions from the
+  main producer's metadata, which under exactly_once never writes there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from types import SimpleNamespace
+
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import TransactionManager
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+__all__ = ["set_fetch_wait", "seek_before_resume", "wrap_commit", "take_table_writes",
+           "transactional_id", "send_in_partition_transaction", "refresh_metadata", "learn_partitions"]
+
+
+# --- the worker consumer's fetch wait ---------------------------------------------------------
+
+def set_fetch_wait(fetch_wait_ms: int) -> None:
+    """Make Faust's worker consumer use `fetch_wait_ms` (this process; idempotent)."""
+    create = AIOKafkaConsumerThread._create_worker_consumer
+    create = getattr(create, "__wrapped__", create)
+
+    @functools.wraps(create)
+    def create_worker_consumer(self, transport):
+        consumer = create(self, transport)
+        # Read by AIOKafkaConsumer.start(), which builds its fetcher from it: set before that.
+        consumer._fetch_max_wait_ms = fetch_wait_ms
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
+
+
+# --- table recovery: seek, then resume --------------------------------------------------------
+
+RECOVERY_METHODS = ("_resume_streams", "on_recovery_completed")
+
+
+def _seek_before_resume(method):
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        consumer = self.app.consumer
+        resume, seek = consumer.resume_partitions, consumer.perform_seek
+        deferred: list = []
+
+        def resume_after_seek(tps) -> None:
+            deferred.append(tps)
+
+        def release() -> None:
+            # Back to the consumer's own methods, then resume what the method asked for.
+            for name in ("resume_partitions", "perform_seek"):
+                consumer.__dict__.pop(name, None)
+            while deferred:
+                resume(deferred.pop(0))
+
+        async def seek_then_resume() -> None:
+            try:
+                await seek()
+            finally:
+                release()
+
+        consumer.resume_partitions = resume_after_seek
+        consumer.perform_seek = seek_then_resume
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            release()  # also when there was nothing to seek, or the method gave up
+
+    wrapper.__gc_seek_before_resume__ = True
+    return wrapper
+
+
+def seek_before_resume() -> None:
+    """Make `faust.tables.recovery.Recovery` seek stream partitions before resuming them (idempotent)."""
+    for name in RECOVERY_METHODS:
+        method = getattr(Recovery, name)
+        if not getattr(method, "__gc_seek_before_resume__", False):
+            setattr(Recovery, name, _seek_before_resume(method))
+
+
+# --- exactly_once: commits, table writes and outputs --------------------------------------------
+
+def wrap_commit(consumer, around) -> None:
+    """Route every offset commit of Faust's `consumer` through `around(commit, *args, **kwargs)`."""
+    commit = consumer.commit
+
+    async def wrapped(*args, **kwargs):
+        return await around(commit, *args, **kwargs)
+
+    consumer.commit = wrapped
+
+
+def take_table_writes(app) -> list:
+    """The changelog messages queued by the table writes just made (call it before any await)."""
+    pending = app.producer.buffer.pending
+    taken = []
+    while not pending.empty():
+        taken.append(pending.get_nowait())
+    return taken
+
+
+def transactional_id(app, topic: str, partition: int) -> str:
+    """The id of the transaction Faust keeps for a source partition (its consumer's own format)."""
+    tpg = SimpleNamespace(group=app.assignor.group_for_topic(topic), partition=partition)
+    return TransactionManager.transactional_id_format.format(group_id=app.conf.id, tpg=tpg)
+
+
+async def send_in_partition_transaction(app, event, table_writes: list, outs: list) -> None:
+    """Publish `table_writes` (from `take_table_writes`), then `outs` (streams.handlers.Out), in
+    the transaction of `event`'s partition; delivered before the event is acked."""
+    buffer = app.producer.buffer
+    sent = []
+    for fut in table_writes:
+        # A changelog partition is its source partition: this lands in the same transaction.
+        sent.append(await fut.message.channel.publish_message(fut, wait=False))
+        buffer.message_sent.set()
+    tid = transactional_id(app, event.message.topic, event.message.partition)
+    for out in outs:
+        sent.append(await app.producer.send(out.topic, out.key, out.value, out.partition, None,
+                                            list(out.headers), transactional_id=tid))
+    # A failed send fails the agent, never silently.
+    await asyncio.gather(*sent)
+
+
+# --- metadata ------------------------------------------------------------------------------------
+
+async def refresh_metadata(consumer) -> None:
+    """Fetch every topic's metadata into the client `consumer.partitions_for_topic` reads.
+
+    Not `await consumer.topics()`: that reads into a ClusterMetadata of its own."""
+    await consumer._client.force_metadata_update()
+
+
+async def learn_partitions(app, topic: str) -> None:
+    """Make the app's main producer learn `topic`'s partitions (raises while it has none)."""
+    await app.producer._ensure_producer().partitions_for(topic)
