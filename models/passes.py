@@ -261,9 +261,12 @@ def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
         return state, status_event(state, current, at, reason=reason, checkpoint_id=scan.checkpoint_id,
                                    cause=cause, dwell_target=dwell_target)
 
+    # Still at the checkpoint it arrived at (waiting there, or held there by a scan).
+    staying = state.arrived_at if state.checkpoint_id == scan.checkpoint_id else None
+
     def move(new: S, reason: str | None = None, **kw) -> tuple[PassState, dict]:
         transition(current, new)
-        arrived = format_time(at) if new is S.AT_CHECKPOINT else None
+        arrived = format_time(at) if new is S.AT_CHECKPOINT else staying if new is S.HELD else None
         return (replace(state, status=new, checkpoint_id=scan.checkpoint_id, arrived_at=arrived),
                 status_event(state, new, at, reason=reason, checkpoint_id=scan.checkpoint_id, cause=cause,
                              dwell_target=dwell_target, **kw))
@@ -287,10 +290,13 @@ def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
         if scan.checkpoint_id == state.checkpoint_ids[-1]:
             if state.trip != "multi":
                 return move(S.DELIVERED, "arrived_at_destination")
-            if current is S.AT_CHECKPOINT and state.checkpoint_id == scan.checkpoint_id:
-                # Scanned again before leaving: the trip is completed already (and its dwell runs
-                # from the first arrival).
-                return keep("already_at_destination")
+            if staying is not None:
+                # Scanned again before leaving, or released from a hold there: the trip is completed
+                # already, and its dwell runs from the first arrival.
+                if current is S.AT_CHECKPOINT:
+                    return keep("already_at_destination")
+                new, event = move(S.AT_CHECKPOINT, "already_at_destination")
+                return replace(new, arrived_at=staying), event
             new, event = move(S.AT_CHECKPOINT, "trip_completed")
             return replace(new, trips=state.trips + 1), event
         return move(S.AT_CHECKPOINT)

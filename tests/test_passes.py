@@ -216,3 +216,25 @@ def test_state_json_of_an_older_version_loads_and_trips_round_trip():
     done = replace(multi_state(), trips=2, status=S.AT_CHECKPOINT, checkpoint_id=DST)
     assert orjson.loads(done.to_json())["trips"] == 2
     assert PassState.from_json(done.to_json()) == done
+
+
+def test_a_multi_trip_vehicle_held_at_its_destination_completes_no_second_trip_there():
+    out = [("arrival", CP_A, at(25, 2)), ("departure", CP_A, at(25, 2, 10)), ("arrival", CP_B, at(25, 4)),
+           ("departure", CP_B, at(25, 4, 10)), ("arrival", DST, at(25, 6))]
+    states, _ = drive(multi_state(), out)
+    s = states[-1]
+    assert (s.status, s.trips) == (S.AT_CHECKPOINT, 1)
+    # A wrong plate at the destination holds it there; the right one releases it, and it is the
+    # same visit: no second trip, and the dwell runs from the first arrival.
+    s, e = on_scan(s, scan_at("arrival", DST, at(25, 6, 20), "bad", plate="鄂B99999"), token_error=None)
+    assert (s.status, e["reason"], s.arrived_at) == (S.HELD, "plate_mismatch", "2020-02-25T06:00:00Z")
+    s, e = on_scan(s, scan_at("arrival", DST, at(25, 6, 40), "good"), token_error=None)
+    assert (s.status, s.trips, e["reason"], e["trip"]) == (S.AT_CHECKPOINT, 1, "already_at_destination", 2)
+    s, e = on_scan(s, scan_at("departure", DST, at(25, 7), "leave"), token_error=None)
+    assert (s.status, e["dwell_seconds"], e["trip"]) == (S.IN_TRANSIT, 3600.0, 2)
+    # Held at the destination before the trip was completed: the release completes it.
+    states, _ = drive(multi_state(), out[:4])
+    s, e = on_scan(states[-1], scan_at("arrival", DST, at(25, 6), "bad2", plate="鄂B99999"), token_error=None)
+    assert (s.status, s.trips) == (S.HELD, 0)
+    s, e = on_scan(s, scan_at("arrival", DST, at(25, 6, 30), "good2"), token_error=None)
+    assert (s.status, s.trips, e["reason"], e["trip"]) == (S.AT_CHECKPOINT, 1, "trip_completed", 1)
