@@ -301,7 +301,10 @@ def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
             return replace(new, trips=state.trips + 1), event
         return move(S.AT_CHECKPOINT)
     dwell = None
-    if current is S.AT_CHECKPOINT and state.checkpoint_id == scan.checkpoint_id and state.arrived_at:
+    # The wait at a checkpoint, from arrival to departure. Leaving the destination (a multi-trip
+    # truck's way back) follows unloading, not a queue: no dwell there.
+    if current is S.AT_CHECKPOINT and state.checkpoint_id == scan.checkpoint_id and state.arrived_at \
+            and scan.checkpoint_id != state.checkpoint_ids[-1]:
         dwell = round((at - parse_time(state.arrived_at)).total_seconds(), 3)
     return move(S.IN_TRANSIT, dwell_seconds=dwell)
 

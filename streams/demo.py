@@ -167,6 +167,41 @@ async def _play(settings: Settings, env: dict, shipments: int, seed: int, consol
                                                "kind": "departure", "scanned_at": format_time(eta + dwell)})
             scans_sent += 1
 
+    async def drive_back_and_out(the_pass: dict) -> None:
+        """A multi-trip truck at its destination drives home through the same border checkpoints,
+        in reverse, and out again: trip 2, verified like the first (until its pass expires)."""
+        nonlocal scans_sent, scan_no
+        pass_id = the_pass["pass_id"]
+        cps = obs.routes[pass_id]["checkpoints"]
+        if pass_id in obs.suspended or cps[-1]["checkpoint_id"] not in visited.get(pass_id, ()):
+            return
+        start, arrived = parse_time(the_pass["valid_from"]), parse_time(cps[-1]["eta"])
+        leave = arrived + timedelta(hours=2)  # unloaded and loaded again
+        home = leave + (arrived - start)
+        borders = cps[:-1]
+
+        def dwell() -> timedelta:
+            return timedelta(minutes=rng.randint(2, 20))
+
+        scans = [(cps[-1], "departure", leave)]
+        for cp in reversed(borders):  # the way back: the same border checkpoints, in reverse
+            back = leave + (arrived - parse_time(cp["eta"]))
+            scans += [(cp, "arrival", back), (cp, "departure", back + dwell())]
+        for cp in borders:  # and out again
+            out = home + timedelta(hours=2) + (parse_time(cp["eta"]) - start)
+            scans += [(cp, "arrival", out), (cp, "departure", out + dwell())]
+        scans.append((cps[-1], "arrival", home + timedelta(hours=2) + (arrived - start)))
+        for cp, kind, when in scans:
+            try:  # verified offline before each scan, as on the way out
+                verify_token(obs.tokens[pass_id], public_key)
+            except InvalidToken:
+                return
+            scan_no += 1
+            await send(topics.scans, pass_id, {"checkpoint_id": cp["checkpoint_id"], "pass_id": pass_id,
+                                               "plate": the_pass["plate"], "scan_id": f"d{scan_no}{kind[0]}",
+                                               "kind": kind, "scanned_at": format_time(when)})
+            scans_sent += 1
+
     with Live(obs.table(phase, sent, scans_sent, started), console=console, refresh_per_second=4) as live:
         async def refresh() -> None:
             while True:
@@ -218,6 +253,13 @@ async def _play(settings: Settings, env: dict, shipments: int, seed: int, consol
                     await drive(d["pass"]["pass_id"], d["pass"]["plate"], 1.0)
             await producer.flush()
             await _wait(lambda: len(obs.answered) >= scans_sent, 120, "scan answers")
+
+            phase = "multi-trip trucks drive home and out again"
+            for d in obs.decisions.values():
+                if d["pass"] and d["pass"]["trip"] == "multi":
+                    await drive_back_and_out(d["pass"])
+            await producer.flush()
+            await _wait(lambda: len(obs.answered) >= scans_sent, 120, "scan answers")
             phase = "done"
             live.update(obs.table(phase, sent, scans_sent, started))
         finally:
@@ -247,9 +289,10 @@ def _report(settings: Settings, played: dict, console: Console) -> None:
         ever = {status: n for status, n in session.exec(
             select(PassEvent.status, func.count(func.distinct(PassEvent.pass_id))).group_by(PassEvent.status))}
         # A multi-trip pass reaching its destination completes a trip and stays valid (the demo
-        # drives the way out only): counted apart from the delivered single-trip passes.
+        # drives it home and out again): counted apart from the delivered single-trip passes.
         trips_done = session.exec(select(func.count(func.distinct(PassEvent.pass_id)))
                                   .where(PassEvent.reason == "trip_completed")).one()
+        trips_total = session.exec(select(func.count()).where(PassEvent.reason == "trip_completed")).one()
         dwell = checkpoint_dwell(session)
 
     t = Table(title="greenchannel demo report (from the database)")
@@ -264,6 +307,8 @@ def _report(settings: Settings, played: dict, console: Console) -> None:
     t.add_row("dead letters", str(obs.dead))
     t.add_row("passes delivered (single trip)", str(statuses.get("delivered", 0)))
     t.add_row("multi-trip passes, a trip completed", str(trips_done))
+    t.add_row("multi-trip trips completed", str(trips_total))
+    t.add_row("passes expired", str(statuses.get("expired", 0)))
     t.add_row("passes ever held", str(ever.get("held", 0)))
     t.add_row("passes rerouted", str(ever.get("rerouted", 0)))
     t.add_row("passes suspended now", str(statuses.get("suspended", 0)))

@@ -148,7 +148,7 @@ def test_multi_trip_pass_runs_out_back_and_out_again_until_it_expires():
     s = states[-1]
     assert (s.status, s.checkpoint_id, s.arrived_at) == (S.AT_CHECKPOINT, DST, "2020-02-25T06:00:00Z")
 
-    # Scanned again before leaving: no second trip, the dwell still runs from the first arrival.
+    # Scanned again before leaving: no second trip, and the arrival time stays the first one.
     s, e = on_scan(s, scan_at("arrival", DST, at(25, 6, 30), "again"), token_error=None)
     assert (s.status, s.trips, s.arrived_at, e["reason"]) == (S.AT_CHECKPOINT, 1, "2020-02-25T06:00:00Z",
                                                               "already_at_destination")
@@ -158,7 +158,7 @@ def test_multi_trip_pass_runs_out_back_and_out_again_until_it_expires():
     back = [("departure", DST, at(25, 8)), ("arrival", CP_B, at(25, 10))]
     states, events = drive(s, back)
     assert [(e["status"], e["trip"]) for e in events] == [("in_transit", 2), ("at_checkpoint", 2)]
-    assert events[0]["dwell_seconds"] == 7200 and events[0]["checkpoint_id"] == DST
+    assert events[0]["dwell_seconds"] is None and events[0]["checkpoint_id"] == DST  # unloading, not a queue
     s, held = on_scan(states[-1], scan_at("departure", CP_B, at(25, 10, 5), "wrong-plate", plate="鄂B00000"),
                       token_error=None)
     assert (s.status, held["status"], held["reason"], held["trip"]) == (S.HELD, "held", "plate_mismatch", 2)
@@ -225,13 +225,13 @@ def test_a_multi_trip_vehicle_held_at_its_destination_completes_no_second_trip_t
     s = states[-1]
     assert (s.status, s.trips) == (S.AT_CHECKPOINT, 1)
     # A wrong plate at the destination holds it there; the right one releases it, and it is the
-    # same visit: no second trip, and the dwell runs from the first arrival.
+    # same visit: no second trip.
     s, e = on_scan(s, scan_at("arrival", DST, at(25, 6, 20), "bad", plate="鄂B99999"), token_error=None)
     assert (s.status, e["reason"], s.arrived_at) == (S.HELD, "plate_mismatch", "2020-02-25T06:00:00Z")
     s, e = on_scan(s, scan_at("arrival", DST, at(25, 6, 40), "good"), token_error=None)
     assert (s.status, s.trips, e["reason"], e["trip"]) == (S.AT_CHECKPOINT, 1, "already_at_destination", 2)
     s, e = on_scan(s, scan_at("departure", DST, at(25, 7), "leave"), token_error=None)
-    assert (s.status, e["dwell_seconds"], e["trip"]) == (S.IN_TRANSIT, 3600.0, 2)
+    assert (s.status, e["dwell_seconds"], e["trip"]) == (S.IN_TRANSIT, None, 2)
     # Held at the destination before the trip was completed: the release completes it.
     states, _ = drive(multi_state(), out[:4])
     s, e = on_scan(states[-1], scan_at("arrival", DST, at(25, 6), "bad2", plate="鄂B99999"), token_error=None)
