@@ -292,7 +292,7 @@ def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
                 return move(S.DELIVERED, "arrived_at_destination")
             if staying is not None:
                 # Scanned again before leaving, or released from a hold there: the trip is completed
-                # already, and its dwell runs from the first arrival.
+                # already, and the arrival time stays the first one.
                 if current is S.AT_CHECKPOINT:
                     return keep("already_at_destination")
                 new, event = move(S.AT_CHECKPOINT, "already_at_destination")
