@@ -75,7 +75,6 @@ import orjson
 
 from typing import TYPE_CHECKING
 
-from models.passes import kafka_partition
 from models.records import Unparseable, format_time, load_object, parse_enterprise, parse_risk, parse_time
 
 if TYPE_CHECKING:  # the decision core is imported when a command runs, not when the CLI parses arguments
@@ -361,10 +360,15 @@ class Replayer:
             n += 1
         return n
 
-    def replay(self, records: Iterable[Record]) -> int:
-        """Handle the window's input records in event-time order; returns how many were handled."""
+    def replay(self, records: Iterable[Record], *, held: Iterable[Record] = ()) -> int:
+        """Handle the window's input records in event-time order; returns how many were handled.
+
+        `held`: for a window, the decisions recorded before its end. The pass numbers their approvals
+        hold, for shipments the window does not decide, were given by requests before it, so the
+        window's allocation starts with them."""
         t, p = self.topics, self.pipeline
         events = merge(records, t)
+        self._hold_serials(held, except_for={e.sid for e in events if e.sid is not None})
         decide = self._decider([e for e in events if e.record.topic == t.requests])
         handlers = {t.scans: p.on_scan, t.risk: p.on_risk, t.enterprises: p.on_enterprise}
         step = 0
@@ -420,18 +424,13 @@ class Replayer:
 
         return decide
 
-    def hold_serials(self, decisions: Iterable[Record], *, except_for: set[str]) -> int:
-        """A window's replay starts with the pass numbers that requests before it were given: those of
-        the recorded approvals of shipments the window does not decide."""
-        n = 0
+    def _hold_serials(self, decisions: Iterable[Record], *, except_for: set[str]) -> None:
         for r in decisions:
             obj = _decode(r.value)
             the_pass = obj.get("pass") if obj else None
             sid = obj.get("shipment_id") if obj else None
             if isinstance(the_pass, dict) and isinstance(sid, str) and sid not in except_for:
                 self.serials.setdefault(str(the_pass.get("pass_id")), sid.encode())
-                n += 1
-        return n
 
     def _emit(self, out: Out, r: Record) -> None:
         t = self.topics
@@ -785,27 +784,29 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
         reference = read[t.risk] + read[t.enterprises]
         in_window = [r for r in reference if _inside(r, since)]
         inputs = read[t.requests] + read[t.scans] + in_window
-        read_done = time.perf_counter()
-        task = bar.add_task("replaying", total=len(inputs))
-        rep = Replayer(pipeline, advance=lambda n: bar.advance(task, n))
-        rep.load_reference(reference)
-        if not full:  # the pass numbers held when the window begins
-            stop = None if until is None else Position(time_ms=_until_ms(until, inputs))
-            held = await _read(settings, [_Spec(t.decisions, None, stop, keep=lambda m: m.value is not None
-                                                and b'"approved"' in m.value)], progress=bar, label="serials")
-            rep.hold_serials(held[t.decisions], except_for={
-                sid for r in read[t.requests] if (sid := _request_sid(_decode(r.value), r.key)) is not None})
-        rep.replay(inputs)
-        replay_done = time.perf_counter()
 
-        # 2. What the log recorded, from the window's start to the end of the log.
+        # 2. What the log recorded, from the window's start to the end of the log. A window also
+        # needs the approvals before it, for the pass numbers held when it begins: the same read.
         out_since = since
         if since is not None and since.offset is not None and not since.is_beginning:
             first = min((r.timestamp_ms for r in inputs), default=None)
             out_since = Position(time_ms=first) if first is not None else since
-        recorded = await _read(settings, [_Spec(t.decisions, out_since), _Spec(t.status, out_since)],
-                               progress=bar, label="recorded")
+
+        def recorded_or_approved(m) -> bool:
+            return _inside_msg(m, out_since) or (m.value is not None and b'"approved"' in m.value)
+
+        decision_spec = _Spec(t.decisions, out_since) if full else _Spec(t.decisions, None, keep=recorded_or_approved)
+        recorded = await _read(settings, [decision_spec, _Spec(t.status, out_since)], progress=bar, label="recorded")
         until_ms = _until_ms(until, inputs)
+        held = () if full else [r for r in recorded[t.decisions] if until_ms is None or r.timestamp_ms <= until_ms]
+        recorded[t.decisions] = [r for r in recorded[t.decisions] if _inside(r, out_since)]
+        read_done = time.perf_counter()
+
+        task = bar.add_task("replaying", total=len(inputs))
+        rep = Replayer(pipeline, advance=lambda n: bar.advance(task, n))
+        rep.load_reference(reference)
+        rep.replay(inputs, held=held)
+        replay_done = time.perf_counter()
         c = compare(rep, recorded[t.decisions], recorded[t.status], until_ms=until_ms, full=full, watch=watch)
 
         # 3. Decisions recorded in the window whose request came before it: find and re-decide them.
@@ -1232,6 +1233,8 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
     record to prove. Sends are batched by the aiokafka producer (linger, large batches).
     """
     from aiokafka import AIOKafkaProducer
+
+    from models.passes import kafka_partition
 
     from .app import build_pipeline
     from .broker import ensure_topics
