@@ -7,12 +7,11 @@ decision time, so the live worker and an audit replay produce the same bytes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from routing import Gazetteer, Place, RegionGraph, RoutePlanner
-
-from collections.abc import Callable
 
 from .passes import PassState, Signer
 from .policy import Catalog, Reason, assess

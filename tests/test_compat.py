@@ -172,7 +172,6 @@ def test_take_table_writes_empties_the_buffer_in_order():
 
 def test_transactional_id_is_the_one_faust_keeps_for_the_source_partition():
     app = faust.App("gc-test-tid", broker="kafka://127.0.0.1:1", processing_guarantee="exactly_once")
-    app.topic("gc.requests", partitions=4)
     assignor = SimpleNamespace(group_for_topic=lambda topic: {"gc.requests": 2}[topic])
     fake = SimpleNamespace(conf=app.conf, assignor=assignor)
     assert compat.transactional_id(fake, "gc.requests", 3) == "gc-test-tid-2-3"
