@@ -536,21 +536,16 @@ def build_bench_pipeline():
 
 
 def run_handlers(pipeline, requests: list[Message]) -> int:
-    """What one worker's agents compute per request: the decision, then the tracker's issue."""
+    """What one worker's agents compute per request: the decision and the pass's `issued` status."""
     from models.passes import kafka_partition
+    from streams.handlers import Tables
 
-    decided: dict = {}
-    serials: dict = {}
-    passes: dict = {}
-    topic = pipeline.topics.pass_events
+    tables = Tables.empty()
     outputs = 0
     for offset, m in enumerate(requests):
         partition = kafka_partition(m.key, pipeline.partitions) if m.key else 0
-        for out in pipeline.on_request(m.key, m.value, partition=partition, offset=offset,
-                                       timestamp_ms=1582617600000, decided=decided, serials=serials):
-            outputs += 1
-            if out.topic == topic:
-                outputs += len(pipeline.on_pass_event(out.value, passes=passes))
+        outputs += len(pipeline.on_request(m.key, m.value, partition=partition, offset=offset,
+                                           timestamp_ms=1582617600000, tables=tables))
     return outputs
 
 

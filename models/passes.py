@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 
 import orjson
@@ -24,7 +24,8 @@ from .records import CheckpointScan, canonical, format_time, parse_time
 
 __all__ = [
     "PassStatusKind", "TRANSITIONS", "IllegalTransition", "InvalidToken", "PassState", "Signer",
-    "SERIALS", "allocate_pass_id", "kafka_partition", "murmur2", "serial_start", "verify_token", "on_scan", "transition",
+    "SERIALS", "allocate_pass_id", "kafka_partition", "legacy_answers", "murmur2", "serial_start", "verify_token", "on_scan",
+    "transition",
 ]
 
 
@@ -192,30 +193,32 @@ class PassState:
     # Trips completed (arrivals at the destination) of a multi-trip pass: it runs its route again
     # and again, both ways, until it expires. Always 0 for a single-trip pass.
     trips: int = 0
-    scans: dict[str, bytes] = field(default_factory=dict)  # scan_id -> status event it produced
+    # The answers to its scans are not part of the state (the pass would re-encode every earlier
+    # answer on each scan): the worker keeps them beside it, keyed `pass_id/scan_id`.
 
     @property
     def checkpoint_ids(self) -> list[str]:
         return [c["checkpoint_id"] for c in self.route["checkpoints"]]
 
-    @property
-    def nodes(self) -> set[str]:
-        return {a[:4] for a in self.route["adcodes"]}
-
     def to_json(self) -> bytes:
         # `trips` is written only once a trip is completed: the state of every other pass is
-        # stored byte for byte as before the field existed (a worker of that version reads it).
-        data = {k: getattr(self, k) for k in self.__dataclass_fields__
-                if k != "scans" and (k != "trips" or self.trips)}
-        data["scans"] = {k: v.decode() for k, v in self.scans.items()}
+        # stored as before the field existed.
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "trips" or self.trips}
         return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, raw: bytes) -> PassState:
-        """The state `to_json` wrote, or an older version's (no `trips`: 0)."""
+        """The state `to_json` wrote, or an older version's (no `trips`: 0; `scans`: see legacy_answers)."""
         data = orjson.loads(raw)
-        data["scans"] = {k: v.encode() for k, v in data["scans"].items()}
+        data.pop("scans", None)
         return cls(**data)
+
+
+def legacy_answers(raw: bytes) -> dict[str, bytes]:
+    """The scan answers a worker before 0.4 kept inside the stored state: scan_id -> status event."""
+    if b'"scans":{"' not in raw:
+        return {}
+    return {k: v.encode() for k, v in orjson.loads(raw).get("scans", {}).items()}
 
 
 def status_event(state: PassState, status: str, at: datetime | str, *, reason: str | None = None,
@@ -308,6 +311,3 @@ def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
         dwell = round((at - parse_time(state.arrived_at)).total_seconds(), 3)
     return move(S.IN_TRANSIT, dwell_seconds=dwell)
 
-
-def validity(departure_at: datetime, hours: int) -> tuple[datetime, datetime]:
-    return departure_at, departure_at + timedelta(hours=hours)

@@ -15,7 +15,7 @@ from .decide import Decider
 from .passes import ACTIVE, InvalidToken, PassState, PassStatusKind as S, on_scan, status_event, transition, verify_token
 from .records import CheckpointScan, EnterpriseEntry, RegionRisk, format_time, parse_time
 
-__all__ = ["Tracker", "CheckpointBoard"]
+__all__ = ["Tracker", "PassIndex", "CheckpointBoard"]
 
 
 class Tracker:
@@ -29,9 +29,8 @@ class Tracker:
                             dwell_target=self.dwell_target)
 
     def scan(self, state: PassState | None, scan: CheckpointScan, pass_id: str) -> tuple[PassState | None, dict]:
-        """The new state (None: unknown pass, nothing stored) and the event answering the scan."""
-        if state is not None and scan.scan_id in state.scans:
-            return state, None  # a redelivered scan: the caller re-sends the stored answer
+        """The new state (None: unknown pass, nothing stored) and the event answering the scan.
+        A redelivered scan is the caller's to answer, with the answer it stored."""
         token_error = None
         if scan.token is not None:
             try:
@@ -63,9 +62,8 @@ class Tracker:
         if status not in ACTIVE:
             return state, None
         d = self.decider
-        touched = d.graph.prefectures_in(risk.adcode)
         ends = {d.graph.node_of(state.origin), d.graph.node_of(state.destination)}
-        if status is not S.SUSPENDED and not (touched & ({a[:4] for a in state.route["adcodes"]} | ends)):
+        if status is not S.SUSPENDED and not (d.graph.prefectures_in(risk.adcode) & self.regions_of(state)):
             return state, None
         at = risk.effective_at
         cause = f"risk:{risk.adcode}:{risk.level}:{format_time(at)}"
@@ -93,6 +91,13 @@ class Tracker:
         reason = "reinstated_safe_route" if status is S.SUSPENDED else "route_crossed_high_risk_region"
         return new, status_event(new, S.REROUTED, at, reason=reason, cause=cause, route=route_dict, token=token,
                                  dwell_target=self.dwell_target)
+
+    def regions_of(self, state: PassState) -> frozenset[str]:
+        """The regions (graph nodes) whose risk can change what a pass may do: those of its route
+        and its two ends. `risk_changed` leaves a pass that is not suspended alone unless a change
+        touches one of them, so `PassIndex` files the pass under exactly these."""
+        g = self.decider.graph
+        return frozenset({a[:4] for a in state.route["adcodes"]} | {g.node_of(state.origin), g.node_of(state.destination)})
 
     @staticmethod
     def _passed(state: PassState) -> tuple[int, int] | None:
@@ -156,6 +161,66 @@ class Tracker:
         return new, status_event(new, S.REVOKED, at, reason="key_enterprise_removed",
                                  cause=f"enterprise:{entry.credit_code}:remove:{format_time(at)}",
                                  dwell_target=self.dwell_target)
+
+
+class PassIndex:
+    """The active passes of one partition, filed by what can change them: the regions of
+    `Tracker.regions_of`, and the key enterprises (shipper, consignee) a pass may rely on.
+
+    A risk change visits the passes on the regions it touches, plus the suspended ones (any
+    change may reinstate them); an enterprise removal, the passes of that firm. Passes that
+    are delivered, revoked or expired are not filed: nothing can change them any more.
+    Costs one set entry per region and firm of each active pass.
+    """
+
+    def __init__(self, regions_of) -> None:
+        self._regions_of = regions_of
+        self._by_region: dict[str, set[str]] = {}
+        self._by_firm: dict[str, set[str]] = {}
+        self._suspended: set[str] = set()
+        self._filed: dict[str, tuple[frozenset[str], tuple[str, str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._filed)
+
+    def put(self, state: PassState) -> None:
+        """File the pass as its new state says (or unfile it, once it cannot change any more)."""
+        pass_id = state.pass_id
+        self.remove(pass_id)
+        status = S(state.status)
+        if status not in ACTIVE:
+            return
+        regions, firms = self._regions_of(state), (state.shipper, state.consignee)
+        self._filed[pass_id] = (regions, firms)
+        for region in regions:
+            self._by_region.setdefault(region, set()).add(pass_id)
+        for firm in firms:
+            self._by_firm.setdefault(firm, set()).add(pass_id)
+        if status is S.SUSPENDED:
+            self._suspended.add(pass_id)
+
+    def remove(self, pass_id: str) -> None:
+        filed = self._filed.pop(pass_id, None)
+        if filed is None:
+            return
+        regions, firms = filed
+        for key, book in [(r, self._by_region) for r in regions] + [(f, self._by_firm) for f in firms]:
+            ids = book.get(key)
+            if ids is not None:
+                ids.discard(pass_id)
+                if not ids:
+                    del book[key]
+        self._suspended.discard(pass_id)
+
+    def touched_by_risk(self, regions: frozenset[str] | set[str]) -> list[str]:
+        """The passes a risk change on `regions` may change, in pass-id order (deterministic)."""
+        found = set(self._suspended)
+        for region in regions:
+            found |= self._by_region.get(region, set())
+        return sorted(found)
+
+    def of_firm(self, credit_code: str) -> list[str]:
+        return sorted(self._by_firm.get(credit_code, ()))
 
 
 class CheckpointBoard:

@@ -10,25 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import asdict
 
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from models.db import init_db, make_engine, project_batch
 from models.decide import Decider
 from models.policy import load_catalog
-from models.records import Unparseable, format_time, load_object, parse_enterprise, parse_risk
 from models.reference import EnterpriseBook, RiskBook
 from models.tracking import Tracker
 from routing import Gazetteer, RegionGraph, RoutePlanner
-from sqlmodel import Session
 
 from .compat import (learn_partitions, refresh_metadata, seek_before_resume, send_in_partition_transaction,
                      set_fetch_wait, take_table_writes)
 from .eos import CommitGate
-from .handlers import Out, Pipeline, Topics
+from .handlers import Out, Pipeline, Tables, Topics
 from .keys import load_signer
 from .settings import Settings
 
@@ -133,15 +129,27 @@ def create_app(settings: Settings) -> faust.App:
     reference = raw_topic(names.risk, names.enterprises)
     pass_events = raw_topic(names.pass_events)
     outputs = {name: raw_topic(name) for name in (names.decisions, names.status, names.deadletter, names.pass_events)}
-    projected = raw_topic(names.decisions, names.status, names.risk, names.enterprises)
 
     # --- tables -------------------------------------------------------------------------------
     # Keys are ids (text), values the exact bytes published or stored: nothing to re-encode.
     # Typed by key_type/value_type, not a Schema: those also pick the serializers the changelog
     # is written with (str: JSON, bytes: raw), so a restarted worker recovers what was stored.
-    decided = app.Table("decided", key_type=str, value_type=bytes, partitions=settings.partitions)
-    serials = app.Table("serials", key_type=str, value_type=bytes, partitions=settings.partitions)  # pass_id -> sid
-    passes = app.Table("passes", key_type=str, value_type=bytes, partitions=settings.partitions)
+    # A pass's entries are all on its partition: its request's, its scans' (streams.handlers).
+    def table(name: str) -> faust.Table:
+        return app.Table(name, key_type=str, value_type=bytes, partitions=settings.partitions)
+
+    tables = Tables(decided=table("decided"), serials=table("serials"), passes=table("passes"),
+                    answers=table("answers"))
+    passes = tables.passes
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app, revoked, **kwargs) -> None:
+        tables.forget({tp.partition for tp in revoked})
+
+    @app.on_partitions_assigned.connect
+    async def forget_assigned(app, assigned, **kwargs) -> None:
+        # Recovered anew from the changelog before any event of the partition is processed.
+        tables.forget({tp.partition for tp in assigned})
 
     ready = asyncio.Event()
 
@@ -200,22 +208,23 @@ def create_app(settings: Settings) -> faust.App:
         return gate.event()
 
     # --- agents -------------------------------------------------------------------------------
-    # Agents that write tables take one event at a time: a table write needs the current
-    # event's partition, which Faust knows only inside per-event iteration.
+    # One event at a time: a table write needs the current event's partition, which Faust knows
+    # only inside per-event iteration. A request is decided and its pass issued in one event; a
+    # scan is applied in one event on its pass's partition.
     @app.agent(requests)
     async def decide(stream):
         await ready.wait()
         async for event in stream.events():
             async with in_flight():
                 await guarded(names.requests, event, lambda: pipeline.on_request(
-                    event.key, event.value, decided=decided, serials=serials, **meta(event)))
+                    event.key, event.value, tables=tables, **meta(event)))
 
     @app.agent(scans)
-    async def route_scans(stream):
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
-            async with in_flight():  # the batch is acked as a whole, after it
-                for event in events:
-                    await guarded(names.scans, event, lambda: pipeline.on_scan(event.key, event.value, **meta(event)))
+    async def scan(stream):
+        async for event in stream.events():
+            async with in_flight():
+                await guarded(names.scans, event, lambda: pipeline.on_scan(
+                    event.key, event.value, tables=tables, **meta(event)))
 
     @app.agent(reference)
     async def reference_data(stream):
@@ -227,50 +236,12 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(pass_events)
     async def track(stream):
+        """Re-keyed scans and the risk and key-list broadcasts, on each pass's partition."""
         await ready.wait()
         async for event in stream.events():
             async with in_flight():
-                await guarded(names.pass_events, event, lambda: pipeline.on_pass_event(event.value, passes=passes))
-
-    engine = make_engine(settings.database_url)
-    init_db(engine)
-
-    def write_projection(batch: list[tuple[str, bytes, bytes]]) -> None:
-        decisions, statuses, risks, firms = [], [], [], []
-        for topic, value, ce_id in batch:
-            obj = orjson.loads(value)
-            if topic == names.decisions:
-                decisions.append(obj)
-            elif topic == names.status:
-                statuses.append((ce_id, obj))
-            elif topic == names.risk:
-                risks.append(obj)
-            else:
-                firms.append(obj)
-        with Session(engine) as session:
-            project_batch(session, decisions=decisions, statuses=statuses, risks=risks, enterprises=firms)
-
-    @app.agent(projected)
-    async def project(stream):
-        """Database projections, in batches: one transaction per batch, off the event loop."""
-        async for events in stream.take_events(2000, within=0.25):
-            batch = []
-            for event in events:
-                topic = event.message.topic
-                if topic in (names.risk, names.enterprises):
-                    parse = parse_risk if topic == names.risk else parse_enterprise
-                    try:  # what the worker dead-letters is not projected
-                        record = parse(load_object(event.value))
-                    except Unparseable:
-                        continue
-                    value = orjson.dumps({**asdict(record), "effective_at": format_time(record.effective_at)})
-                else:
-                    value = event.value
-                headers = dict(event.message.headers or ())
-                ce_id = headers.get("ce_id", b"").decode() or f"{topic}/{event.message.partition}/{event.message.offset}"
-                batch.append((topic, value, ce_id))
-            if batch:
-                await asyncio.to_thread(write_projection, batch)
+                await guarded(names.pass_events, event, lambda: pipeline.on_pass_event(
+                    event.value, partition=event.message.partition, tables=tables))
 
     # --- web views ------------------------------------------------------------------------------
     @app.page("/passes/{pass_id}/")
@@ -281,7 +252,7 @@ def create_app(settings: Settings) -> faust.App:
         if raw is None:
             return web.json({"error": f"no pass {pass_id}"}, status=404)
         state = orjson.loads(raw)
-        state["scans"] = sorted(state["scans"])
+        state.pop("scans", None)  # answers kept inside the state by a worker before 0.4
         return web.json(state)
 
     @app.page("/checkpoints/")

@@ -10,18 +10,18 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import MutableMapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import orjson
 
 from models.decide import Decider
-from models.passes import PassState, allocate_pass_id
-from models.records import (EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time, load_object,
-                            parse_enterprise, parse_request, parse_risk, parse_scan, parse_time)
-from models.tracking import CheckpointBoard, Tracker
+from models.passes import PassState, allocate_pass_id, kafka_partition, legacy_answers
+from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time,
+                            load_object, parse_enterprise, parse_request, parse_risk, parse_scan, parse_time)
+from models.tracking import CheckpointBoard, PassIndex, Tracker
 
-__all__ = ["Out", "Topics", "Pipeline", "cloudevent_headers"]
+__all__ = ["Out", "Topics", "Tables", "Pipeline", "cloudevent_headers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,27 @@ def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("utf-8", "replace")
 
 
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """The worker's state, per partition: Faust tables in the worker, dicts in tests and replay."""
+    decided: MutableMapping[str, bytes]   # shipment id -> the decision published
+    serials: MutableMapping[str, bytes]   # pass number -> shipment id holding it
+    passes: MutableMapping[str, bytes]    # pass number -> PassState JSON
+    answers: MutableMapping[str, bytes]   # "pass_id/scan_id" -> the status event that answered the scan
+    # Derived, never stored: per partition, its active passes by region and firm (PassIndex),
+    # built from `passes` on first use and kept up to date by every write through the Pipeline.
+    indexes: dict[int, PassIndex] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> Tables:
+        return cls({}, {}, {}, {})
+
+    def forget(self, partitions) -> None:
+        """Drop the indexes of partitions that moved (their table is recovered anew on return)."""
+        for p in partitions:
+            self.indexes.pop(p, None)
+
+
 class Pipeline:
     def __init__(self, decider: Decider, tracker: Tracker, topics: Topics, *, partitions: int) -> None:
         self.decider = decider
@@ -92,12 +113,13 @@ class Pipeline:
 
     # --- shipment requests ----------------------------------------------------------------------
     def on_request(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
-                   timestamp_ms: int | None, decided: MutableMapping[str, bytes],
-                   serials: MutableMapping[str, bytes]) -> list[Out]:
+                   timestamp_ms: int | None, tables: Tables) -> list[Out]:
         """One decision (or one dead letter) per request; a repeat gets the first answer again.
 
-        `decided` (shipment id -> decision) and `serials` (pass number -> shipment id) are the
-        state of the request's partition; a pass number is allocated on that partition.
+        On approval the pass is issued from the same event: its state is stored and its `issued`
+        status follows the decision. The pass number is allocated on the request's partition,
+        which is the one Kafka's partitioner gives the pass number (`allocate_pass_id`), so the
+        pass's state, scans and statuses all live there.
         """
         try:
             obj = load_object(value)
@@ -105,24 +127,21 @@ class Pipeline:
         except Unparseable as exc:
             return [self.dead_letter(self.topics.requests, partition, offset, key, value, timestamp_ms, str(exc))]
         sid = request.shipment_id
-        earlier = decided.get(sid)
+        earlier = tables.decided.get(sid)
         if earlier is not None:
             return [self._decision_out(sid, earlier)]
         decided_at = request.submitted_at if not any(e.field == "submitted_at" for e in errors) \
             else _record_time(timestamp_ms)
         decision = self.decider.decide(request, errors, decided_at=decided_at,
-                                       allocate=self._allocator(sid, partition, serials))
+                                       allocate=self._allocator(sid, partition, tables.serials))
         body = canonical(decision.message)
-        decided[sid] = body
-        outs = []
-        if decision.state is not None:
-            serials[decision.state.pass_id] = sid.encode()
-            # The tracker learns of the pass before any checkpoint can: the command is
-            # produced before the decision that carries the token.
-            command = {"kind": "issue", "state": orjson.loads(decision.state.to_json()),
-                       "decided_at": decision.message["decided_at"]}
-            outs.append(Out(self.topics.pass_events, decision.state.pass_id.encode(), canonical(command)))
-        outs.append(self._decision_out(sid, body, decision.message["decided_at"]))
+        tables.decided[sid] = body
+        outs = [self._decision_out(sid, body, decision.message["decided_at"])]
+        state = decision.state
+        if state is not None:
+            tables.serials[state.pass_id] = sid.encode()
+            self._store(tables, partition, state)
+            outs.append(self._status_out(self.tracker.issued(state, decision.message["decided_at"])))
         return outs
 
     def _allocator(self, sid: str, partition: int, serials: MutableMapping[str, bytes]):
@@ -134,16 +153,17 @@ class Pipeline:
                                                holder=holder)
 
     def _decision_out(self, sid: str, body: bytes, decided_at: str | None = None) -> Out:
-        if decided_at is None:  # a stored decision: read its time back from the bytes
-            decided_at = orjson.loads(body)["decided_at"]
+        if decided_at is None:  # a stored decision: its time is a fixed field of the canonical bytes
+            decided_at = _decided_at(body)
         return Out(self.topics.decisions, sid.encode(), body,
                    cloudevent_headers(f"decision/{sid}", "cn.greenchannel.pass.decision", "/greenchannel/decider",
                                       decided_at))
 
     # --- checkpoint scans -----------------------------------------------------------------------
     def on_scan(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
-                timestamp_ms: int | None) -> list[Out]:
-        """Re-key a scan by its pass so the pass's tracker sees it in order."""
+                timestamp_ms: int | None, tables: Tables) -> list[Out]:
+        """Apply a scan on its pass's partition; a scan that arrived elsewhere (keyed by something
+        other than its pass number) is re-keyed there through the internal pass topic."""
         try:
             obj = load_object(value)
             scan = parse_scan(obj)
@@ -155,8 +175,27 @@ class Pipeline:
             if pass_id is None:
                 return [self.dead_letter(self.topics.scans, partition, offset, key, value, timestamp_ms,
                                          "token names no pass and the scan has no pass_id")]
+        home = kafka_partition(pass_id.encode(), self.partitions)
+        if home == partition:
+            return [self._apply_scan(tables, home, pass_id, scan)]
         command = {"kind": "scan", "pass_id": pass_id, "scan": obj}
         return [Out(self.topics.pass_events, pass_id.encode(), canonical(command))]
+
+    def _apply_scan(self, tables: Tables, partition: int, pass_id: str, scan: CheckpointScan) -> Out:
+        answer_key = f"{pass_id}/{scan.scan_id}"
+        answered = tables.answers.get(answer_key)
+        if answered is not None:  # redelivered: the first answer again
+            return self._status_out_bytes(pass_id, answered)
+        state = self._load(tables, pass_id)
+        if state is not None and (answered := tables.answers.get(answer_key)) is not None:
+            return self._status_out_bytes(pass_id, answered)  # answered by a worker before 0.4
+        new, event = self.tracker.scan(state, scan, pass_id)
+        out = self._status_out(event)
+        if new is not None:
+            if new != state:
+                self._store(tables, partition, new)
+            tables.answers[answer_key] = out.value
+        return out
 
     # --- reference data -------------------------------------------------------------------------
     def on_risk(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
@@ -186,57 +225,76 @@ class Pipeline:
         return [Out(self.topics.pass_events, entry.credit_code.encode(), command, partition=p)
                 for p in range(self.partitions)]
 
-    # --- the pass tracker -----------------------------------------------------------------------
-    def on_pass_event(self, value: bytes, *, passes: MutableMapping[str, bytes]) -> list[Out]:
-        """Commands on the internal pass topic; `passes` holds this partition's pass states."""
+    # --- the internal pass topic ------------------------------------------------------------------
+    def on_pass_event(self, value: bytes, *, partition: int, tables: Tables) -> list[Out]:
+        """Commands on the internal pass topic, for the passes of `partition`: re-keyed scans, and
+        the risk and key-list broadcasts (`issue`: left there by a worker before 0.4)."""
         command = orjson.loads(value)
         kind = command["kind"]
-        if kind == "issue":
-            state = PassState(**{**command["state"], "scans": {}})
-            stored = passes.get(state.pass_id)
-            if stored is not None:
-                if PassState.from_json(stored).shipment_id != state.shipment_id:
-                    return [self._collision(state, command)]
-                return []  # redelivered: the pass exists already
-            passes[state.pass_id] = state.to_json()
-            return [self._status_out(self.tracker.issued(state, command["decided_at"]))]
         if kind == "scan":
-            return self._scan(command, passes)
+            return [self._apply_scan(tables, partition, command["pass_id"], parse_scan(command["scan"]))]
         if kind == "risk":
             risk = RegionRisk(command["adcode"], command["level"], parse_time(command["effective_at"]))
             # The worker that consumed the risk topic applied it already; another worker's
             # book learns it here, so re-evaluation never runs on a stale book.
             self.decider.risk.apply(risk)
-            return self._each_pass(passes, lambda s: self.tracker.risk_changed(s, risk))
+            touched = self.index(partition, tables).touched_by_risk(self.decider.graph.prefectures_in(risk.adcode))
+            return self._each_pass(tables, partition, touched, lambda s: self.tracker.risk_changed(s, risk))
         if kind == "enterprise":
             entry = EnterpriseEntry(command["credit_code"], command["name"], command["action"],
                                     parse_time(command["effective_at"]))
             self.decider.enterprises.apply(entry)
-            return self._each_pass(passes, lambda s: self.tracker.enterprise_changed(s, entry))
+            firms = self.index(partition, tables).of_firm(entry.credit_code)
+            return self._each_pass(tables, partition, firms, lambda s: self.tracker.enterprise_changed(s, entry))
+        if kind == "issue":
+            return self._legacy_issue(tables, partition, command)
         raise ValueError(f"unknown pass command {kind!r}")
 
-    def _scan(self, command: dict, passes: MutableMapping[str, bytes]) -> list[Out]:
-        pass_id = command["pass_id"]
-        scan = parse_scan(command["scan"])
-        stored = passes.get(pass_id)
-        state = PassState.from_json(stored) if stored is not None else None
-        if state is not None and scan.scan_id in state.scans:
-            return [self._status_out_bytes(pass_id, state.scans[scan.scan_id])]
-        new, event = self.tracker.scan(state, scan, pass_id)
-        out = self._status_out(event)
-        if new is not None:
-            passes[pass_id] = PassState.to_json(_with_scan(new, scan.scan_id, out.value))
-        return [out]
+    def _legacy_issue(self, tables: Tables, partition: int, command: dict) -> list[Out]:
+        state = PassState.from_json(orjson.dumps(command["state"]))
+        stored = tables.passes.get(state.pass_id)
+        if stored is not None:
+            if PassState.from_json(stored).shipment_id != state.shipment_id:
+                return [self._collision(state, command)]
+            return []  # redelivered: the pass exists already
+        self._store(tables, partition, state)
+        return [self._status_out(self.tracker.issued(state, command["decided_at"]))]
 
-    def _each_pass(self, passes: MutableMapping[str, bytes], change) -> list[Out]:
+    def _each_pass(self, tables: Tables, partition: int, pass_ids: list[str], change) -> list[Out]:
         outs = []
-        for pass_id in sorted(passes.keys()):
-            state = PassState.from_json(passes[pass_id])
+        for pass_id in pass_ids:
+            state = self._load(tables, pass_id)
             new, event = change(state)
             if event is not None:
-                passes[pass_id] = new.to_json()
+                self._store(tables, partition, new)
                 outs.append(self._status_out(event))
         return outs
+
+    # --- pass state and its index -------------------------------------------------------------------
+    def index(self, partition: int, tables: Tables) -> PassIndex:
+        """The index of `partition`'s active passes, built from the pass table on first use after
+        the partition was (re)assigned, and kept up to date by every write after that."""
+        index = tables.indexes.get(partition)
+        if index is None:
+            index = tables.indexes[partition] = PassIndex(self.tracker.regions_of)
+            for pass_id, raw in tables.passes.items():
+                if kafka_partition(pass_id.encode(), self.partitions) == partition:
+                    index.put(PassState.from_json(raw))
+        return index
+
+    def _load(self, tables: Tables, pass_id: str) -> PassState | None:
+        raw = tables.passes.get(pass_id)
+        if raw is None:
+            return None
+        for scan_id, answer in legacy_answers(raw).items():  # a worker before 0.4 kept them in the state
+            tables.answers.setdefault(f"{pass_id}/{scan_id}", answer)
+        return PassState.from_json(raw)
+
+    def _store(self, tables: Tables, partition: int, state: PassState) -> None:
+        tables.passes[state.pass_id] = state.to_json()
+        index = tables.indexes.get(partition)
+        if index is not None:
+            index.put(state)
 
     def _collision(self, state: PassState, command: dict) -> Out:
         body = canonical({"topic": self.topics.pass_events, "key": state.pass_id, "value": command,
@@ -259,10 +317,15 @@ class Pipeline:
                                       "/greenchannel/tracker", event["at"]))
 
 
-def _with_scan(state: PassState, scan_id: str, answer: bytes) -> PassState:
-    scans = dict(state.scans)
-    scans[scan_id] = answer
-    return replace(state, scans=scans)
+_DECIDED_AT = b'{"decided_at":"'
+
+
+def _decided_at(body: bytes) -> str:
+    """A stored decision's time: `decided_at` sorts first among its keys, so the canonical bytes
+    begin with it (`models.records.canonical`); read it without decoding the decision."""
+    if body.startswith(_DECIDED_AT):
+        return body[len(_DECIDED_AT):body.index(b'"', len(_DECIDED_AT))].decode()
+    return orjson.loads(body)["decided_at"]
 
 
 def _token_pass_id(token: str | None) -> str | None:

@@ -28,8 +28,8 @@ Ordering (the design choice)
   is the earliest in the log (record timestamp, partition, offset), which is the live worker's
   first for repeats on one partition (the usual case: requests are keyed by shipment id).
 * Risk and enterprise updates inside the window also drive the tracker (re-evaluation of the
-  passes issued so far), exactly one of their per-partition broadcasts: the replay keeps all
-  passes in one table, and a pass's re-evaluation does not depend on the other passes.
+  passes issued so far): each of their per-partition broadcasts re-evaluates that partition's
+  passes, as live; a pass's re-evaluation does not depend on the other passes.
 
 Status comparison
 -----------------
@@ -330,9 +330,9 @@ class Replayer:
         self.pipeline = pipeline
         self.topics = pipeline.topics
         self.advance = advance
-        self.decided: dict[str, bytes] = {}        # the worker's `decided` table
-        self.serials: dict[str, bytes] = {}        # the worker's `serials` table (pass id -> shipment id)
-        self.passes: dict[str, bytes] = {}         # the worker's `passes` table (all partitions in one)
+        from .handlers import Tables
+        self.tables = Tables.empty()                # the worker's tables, all partitions in one
+        self.decided, self.serials, self.passes = self.tables.decided, self.tables.serials, self.tables.passes
         self.decisions: dict[str, bytes] = {}      # shipment id -> decision bytes, in event-time order
         self.request_of: dict[str, Record] = {}    # shipment id -> the request that was decided
         self.statuses: dict[str, dict[str, bytes]] = {}  # pass id -> CloudEvents id -> status bytes
@@ -370,7 +370,7 @@ class Replayer:
         events = merge(records, t)
         self._hold_serials(held, except_for={e.sid for e in events if e.sid is not None})
         decide = self._decider([e for e in events if e.record.topic == t.requests])
-        handlers = {t.scans: p.on_scan, t.risk: p.on_risk, t.enterprises: p.on_enterprise}
+        handlers = {t.risk: p.on_risk, t.enterprises: p.on_enterprise}
         step = 0
         for e in events:
             r = e.record
@@ -384,10 +384,9 @@ class Replayer:
                     self.repeats += 1  # answered live with the first decision again: nothing new
                     continue
             elif r.topic == t.scans:
-                outs = self._call(p.on_scan, r)
-            else:
-                # One copy of a risk/enterprise broadcast: the replay's pass table holds every partition.
-                outs = self._call(handlers[r.topic], r)[:1]
+                outs = self._call(p.on_scan, r, tables=self.tables)
+            else:  # a risk/enterprise update: its broadcast re-evaluates each partition's passes
+                outs = self._call(handlers[r.topic], r)
             for out in outs:
                 self._emit(out, r)
         if self.advance is not None and step % 1000:
@@ -419,7 +418,7 @@ class Replayer:
                 e = queue.pop()
                 repeat = e.sid is not None and e.record.log_position != first[e.sid]
                 ahead[id(e)] = None if repeat else self._call(self.pipeline.on_request, e.record,
-                                                              decided=self.decided, serials=self.serials)
+                                                              tables=self.tables)
             return ahead.pop(id(event))
 
         return decide
@@ -435,8 +434,10 @@ class Replayer:
     def _emit(self, out: Out, r: Record) -> None:
         t = self.topics
         if out.topic == t.pass_events:
+            from models.passes import kafka_partition
+            partition = out.partition if out.partition is not None else kafka_partition(out.key, self.pipeline.partitions)
             try:
-                more = self.pipeline.on_pass_event(out.value, passes=self.passes)
+                more = self.pipeline.on_pass_event(out.value, partition=partition, tables=self.tables)
             except Exception:  # noqa: BLE001 — the live agent dead-letters it
                 self.dead_letters += 1
                 return
@@ -456,8 +457,13 @@ class Replayer:
     # --- second opinions, for mismatches only -----------------------------------------------------
     def decide_again(self, request: Record) -> bytes | None:
         """The decision for one request with this replay's books, outside the replay's tables."""
-        outs = self._call(self.pipeline.on_request, request, decided={}, serials=ChainMap({}, self.serials))
+        outs = self._call(self.pipeline.on_request, request, tables=self._scratch())
         return next((o.value for o in outs if o.topic == self.topics.decisions), None)
+
+    def _scratch(self):
+        """Tables for a second opinion: this replay's pass numbers held, nothing of it changed."""
+        from .handlers import Tables
+        return Tables({}, ChainMap({}, self.serials), {}, {})
 
     def decide_as_known_at(self, request: Record, timestamp_ms: int) -> bytes | None:
         """The decision with only the reference records the log held at `timestamp_ms`."""
@@ -478,7 +484,7 @@ class Replayer:
                 except Exception:  # noqa: BLE001
                     pass
         outs = other.on_request(request.key, request.value, partition=request.partition, offset=request.offset,
-                                timestamp_ms=request.timestamp_ms, decided={}, serials=ChainMap({}, self.serials))
+                                timestamp_ms=request.timestamp_ms, tables=self._scratch())
         return next((o.value for o in outs if o.topic == self.topics.decisions), None)
 
 
@@ -1238,7 +1244,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
 
     from .app import build_pipeline
     from .broker import ensure_topics
-    from .handlers import Topics
+    from .handlers import Tables, Topics
     from .simulator import Scenario, scans_for
 
     t = Topics.with_prefix(settings.topic_prefix)
@@ -1262,7 +1268,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
         (pipeline.on_risk if topic == t.risk else pipeline.on_enterprise)(key, value, partition=0, offset=i,
                                                                           timestamp_ms=0)
     inputs: list[tuple[str, bytes, bytes]] = list(reference)
-    count, i, decided, serials = len(reference), 0, {}, {}
+    count, i, tables = len(reference), 0, Tables.empty()
     while count < n:
         body = scenario.request(i)
         value = orjson.dumps(body)
@@ -1271,8 +1277,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
         count += 1
         # The partition the producer will put it on: pass numbers are allocated there.
         partition = kafka_partition(key, settings.partitions)
-        for out in pipeline.on_request(key, value, partition=partition, offset=i, timestamp_ms=0, decided=decided,
-                                       serials=serials):
+        for out in pipeline.on_request(key, value, partition=partition, offset=i, timestamp_ms=0, tables=tables):
             if out.topic == t.decisions:
                 decision = orjson.loads(out.value)
                 if decision["pass"]:

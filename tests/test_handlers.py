@@ -13,11 +13,12 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from models.decide import Decider
 from models.passes import Signer, kafka_partition
+from models.records import canonical
 from models.policy import load_catalog
 from models.reference import EnterpriseBook, RiskBook
 from models.tracking import Tracker
 from routing import Gazetteer, RegionGraph, RoutePlanner
-from streams.handlers import Pipeline, Topics
+from streams.handlers import Pipeline, Tables, Topics
 from streams.simulator import Scenario, scans_for
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
@@ -43,16 +44,22 @@ def feed_reference(pipeline: Pipeline, scenario: Scenario) -> None:
         pipeline.on_enterprise(None, orjson.dumps(entry), partition=0, offset=i, timestamp_ms=0)
 
 
-def run_requests(pipeline, messages, decided=None, serials=None):
+def run_requests(pipeline, messages, tables=None):
     """The requests through the handlers, each on the partition its key is produced to."""
-    decided = {} if decided is None else decided
-    serials = {} if serials is None else serials
+    tables = Tables.empty() if tables is None else tables
     outs = []
     for offset, (key, value) in enumerate(messages):
         partition = kafka_partition(key, pipeline.partitions) if key else 0
         outs.append(pipeline.on_request(key, value, partition=partition, offset=offset, timestamp_ms=1582617600000,
-                                        decided=decided, serials=serials))
+                                        tables=tables))
     return outs
+
+
+def scan_on_its_partition(pipeline, scan: dict, tables) -> list:
+    """A scan keyed by its pass number, as a checkpoint publishes it: applied where it lands."""
+    pid = scan["pass_id"]
+    return pipeline.on_scan(pid.encode(), orjson.dumps(scan), partition=kafka_partition(pid.encode(), pipeline.partitions),
+                            offset=0, timestamp_ms=0, tables=tables)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +83,9 @@ def test_each_request_yields_exactly_one_decision_or_dead_letter(scenario_messag
         finals = [o for o in outs if o.topic in (T.decisions, T.deadletter)]
         assert len(finals) == 1
         if finals[0].topic == T.decisions and orjson.loads(finals[0].value)["decision"] == "approved":
-            assert [o.topic for o in outs] == [T.pass_events, T.decisions]  # tracker hears first
+            # Decided and issued in one event: the decision, then the pass's `issued` status.
+            assert [o.topic for o in outs] == [T.decisions, T.status]
+            assert orjson.loads(outs[1].value)["status"] == "issued"
 
 
 def test_outputs_match_the_published_schemas(scenario_messages):
@@ -86,9 +95,9 @@ def test_outputs_match_the_published_schemas(scenario_messages):
     decision_schema, dead_schema = validator("PassDecision"), validator("DeadLetter")
     request_schema, scan_schema, status_schema = (validator("ShipmentRequest"), validator("CheckpointScan"),
                                                   validator("PassStatus"))
-    passes: dict = {}
+    tables = Tables.empty()
     statuses = []
-    for (key, value), outs in zip(messages, run_requests(pipeline, messages)):
+    for (key, value), outs in zip(messages, run_requests(pipeline, messages, tables)):
         for out in outs:
             body = orjson.loads(out.value)
             if out.topic == T.decisions:
@@ -97,13 +106,13 @@ def test_outputs_match_the_published_schemas(scenario_messages):
                     request_schema.validate(orjson.loads(value))
                 for scan in scans_for(body, random.Random(0)) if body["pass"] else ():
                     scan_schema.validate(scan)
-                    forwarded = pipeline.on_scan(None, orjson.dumps(scan), partition=0, offset=0, timestamp_ms=0)
-                    statuses += pipeline.on_pass_event(forwarded[0].value, passes=passes)
+                    statuses += scan_on_its_partition(pipeline, scan, tables)
             elif out.topic == T.deadletter:
                 dead_schema.validate(body)
             else:
-                statuses += pipeline.on_pass_event(out.value, passes=passes)
-    assert len(passes) > 50 and len(statuses) > 200
+                statuses.append(out)
+    assert len(tables.passes) > 50 and len(statuses) > 200
+    assert {o.topic for o in statuses} == {T.status}
     for out in statuses:
         status_schema.validate(orjson.loads(out.value))
 
@@ -139,13 +148,74 @@ def test_scan_answers_are_idempotent():
     scenario = Scenario(seed=5)
     body = scenario.request(1, kind="P0")
     body.update(origin={"adcode": "420111"}, destination={"adcode": "440106"})
-    outs = run_requests(pipeline, [(b"k", orjson.dumps(body))])[0]
-    passes: dict = {}
-    pipeline.on_pass_event(outs[0].value, passes=passes)
-    decision = orjson.loads(outs[1].value)
+    tables = Tables.empty()
+    outs = run_requests(pipeline, [(b"k", orjson.dumps(body))], tables)[0]
+    decision = orjson.loads(outs[0].value)
     scan = scans_for(decision, random.Random(0))[0]
-    forwarded = pipeline.on_scan(None, orjson.dumps(scan), partition=0, offset=0, timestamp_ms=0)
-    first = pipeline.on_pass_event(forwarded[0].value, passes=passes)
-    again = pipeline.on_pass_event(forwarded[0].value, passes=passes)
+    first = scan_on_its_partition(pipeline, scan, tables)
+    state = tables.passes[scan["pass_id"]]
+    again = scan_on_its_partition(pipeline, scan, tables)
     assert len(first) == len(again) == 1 and first[0].value == again[0].value
     assert orjson.loads(first[0].value)["status"] == "at_checkpoint"
+    assert tables.passes[scan["pass_id"]] == state  # the repeat changed nothing
+    assert b"scans" not in state  # answers are kept beside the state, not in it
+    assert tables.answers == {f"{scan['pass_id']}/{scan['scan_id']}": first[0].value}
+
+
+def test_a_scan_landing_on_another_partition_is_re_keyed_to_its_pass_and_applied_there():
+    pipeline = make_pipeline()
+    body = Scenario(seed=5).request(2, kind="P0")
+    body.update(origin={"adcode": "420111"}, destination={"adcode": "440106"})
+    tables = Tables.empty()
+    decision = orjson.loads(run_requests(pipeline, [(b"k2", orjson.dumps(body))], tables)[0][0].value)
+    scan = scans_for(decision, random.Random(0))[0]
+    pid = scan["pass_id"]
+    home = kafka_partition(pid.encode(), pipeline.partitions)
+    elsewhere = (home + 1) % pipeline.partitions
+    [forwarded] = pipeline.on_scan(b"some-plate", orjson.dumps(scan), partition=elsewhere, offset=0, timestamp_ms=0,
+                                   tables=tables)
+    assert (forwarded.topic, forwarded.key) == (T.pass_events, pid.encode()) and not tables.answers
+    assert kafka_partition(forwarded.key, pipeline.partitions) == home
+    [status] = pipeline.on_pass_event(forwarded.value, partition=home, tables=tables)
+    assert status.topic == T.status and orjson.loads(status.value)["status"] == "at_checkpoint"
+    assert scan_on_its_partition(pipeline, scan, tables)[0].value == status.value
+
+
+def test_a_pass_stored_by_a_worker_before_0_4_keeps_its_answers():
+    """The state of an older worker held the scan answers inside it: a redelivered scan of that
+    pass gets its first answer again, and the answers move out of the state on its next write."""
+    pipeline = make_pipeline()
+    body = Scenario(seed=5).request(3, kind="P0")
+    body.update(origin={"adcode": "420111"}, destination={"adcode": "440106"})
+    tables = Tables.empty()
+    decision = orjson.loads(run_requests(pipeline, [(b"k3", orjson.dumps(body))], tables)[0][0].value)
+    first, second = scans_for(decision, random.Random(0))[:2]
+    pid = first["pass_id"]
+    [answer] = scan_on_its_partition(pipeline, first, tables)
+    old = orjson.loads(tables.passes[pid])
+    old["scans"] = {first["scan_id"]: answer.value.decode()}
+    old_tables = Tables({}, {}, {pid: orjson.dumps(old)}, {})
+    assert scan_on_its_partition(pipeline, first, old_tables)[0].value == answer.value
+    [nxt] = scan_on_its_partition(pipeline, second, old_tables)
+    assert nxt.value == scan_on_its_partition(pipeline, second, tables)[0].value
+    assert b"scans" not in old_tables.passes[pid] and len(old_tables.answers) == 2
+
+
+def test_a_risk_change_visits_only_the_passes_on_the_regions_it_touches():
+    pipeline = make_pipeline()
+    scenario = Scenario(seed=6)
+    tables = Tables.empty()
+    messages = []
+    for n, (o, d) in enumerate([("420111", "440106"), ("110105", "310101"), ("510104", "500103")] * 5):
+        body = scenario.request(n, kind="P0")
+        body.update(origin={"adcode": o}, destination={"adcode": d})
+        messages.append((body["shipment_id"].encode(), orjson.dumps(body)))
+    run_requests(pipeline, messages, tables)
+    visited = []
+    original = pipeline.tracker.risk_changed
+    pipeline.tracker.risk_changed = lambda s, r: (visited.append(s.pass_id), original(s, r))[1]
+    change = canonical({"kind": "risk", "adcode": "4201", "level": "medium", "effective_at": "2020-02-25T08:00:00Z"})
+    for p in range(pipeline.partitions):
+        pipeline.on_pass_event(change, partition=p, tables=tables)
+    wuhan = {pid for pid, raw in tables.passes.items() if orjson.loads(raw)["origin"] == "420111"}
+    assert len(wuhan) == 5 and set(visited) == wuhan and len(visited) == 5

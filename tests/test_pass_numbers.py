@@ -11,6 +11,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from models.passes import SERIALS, allocate_pass_id, kafka_partition, murmur2, serial_start
+from streams.handlers import Tables
 from streams.simulator import Scenario
 from tests.test_handlers import T, feed_reference, make_pipeline, run_requests
 
@@ -88,40 +89,31 @@ def test_twenty_thousand_requests_from_one_county_get_distinct_passes_each_issue
     # The old serial (a hash of the shipment id) collides hundreds of times at this volume.
     assert len({serial_start(key.decode()) for key, _ in messages}) < 20_000 - 100
 
-    tables = [dict() for _ in range(pipeline.partitions)]
-    issued, dead = Counter(), []
-    pass_of = {}
-    for (key, _), outs in zip(messages, run_requests(pipeline, messages)):
+    tables = Tables.empty()
+    issued, pass_of = Counter(), {}
+    for (key, _), outs in zip(messages, run_requests(pipeline, messages, tables)):
         [decision] = [orjson.loads(o.value) for o in outs if o.topic == T.decisions]
         assert decision["decision"] == "approved", decision["reasons"]
-        pass_of[key] = decision["pass"]["pass_id"]
+        pid = pass_of[key] = decision["pass"]["pass_id"]
+        # Co-partitioned: the pass lives on its request's partition.
+        assert kafka_partition(pid.encode(), pipeline.partitions) == kafka_partition(key, pipeline.partitions)
         for out in outs:
-            if out.topic != T.pass_events:
-                continue
-            # Co-partitioned: the pass lives on its request's partition.
-            p = kafka_partition(out.key, pipeline.partitions)
-            assert p == kafka_partition(key, pipeline.partitions)
-            for more in pipeline.on_pass_event(out.value, passes=tables[p]):
-                if more.topic == T.status:
-                    issued[orjson.loads(more.value)["pass_id"]] += 1
-                else:
-                    dead.append(more)
-    assert len(set(pass_of.values())) == 20_000
-    assert dead == []
+            if out.topic == T.status:
+                issued[orjson.loads(out.value)["pass_id"]] += 1
+    assert len(set(pass_of.values())) == 20_000 == len(tables.passes)
     assert set(issued) == set(pass_of.values()) and set(issued.values()) == {1}
 
 
 def test_a_repeated_request_keeps_its_number_among_many():
     scenario, pipeline = Scenario(seed=10), make_pipeline()
     messages = [_from("420111", n, scenario) for n in range(3000)]
-    decided, serials = {}, {}
-    first = [o.value for outs in run_requests(pipeline, messages, decided, serials) for o in outs
-             if o.topic == T.decisions]
-    again = [o.value for outs in run_requests(pipeline, messages[::-1], decided, serials) for o in outs
+    tables = Tables.empty()
+    first = [o.value for outs in run_requests(pipeline, messages, tables) for o in outs if o.topic == T.decisions]
+    again = [o.value for outs in run_requests(pipeline, messages[::-1], tables) for o in outs
              if o.topic == T.decisions]
     assert again[::-1] == first
     # Decided afresh elsewhere (another worker after recovery: the tables came back from the changelog).
-    other = [o.value for outs in run_requests(make_pipeline(), messages, {}, {}) for o in outs
+    other = [o.value for outs in run_requests(make_pipeline(), messages) for o in outs
              if o.topic == T.decisions]
     assert other == first
 
@@ -132,11 +124,11 @@ def test_an_issuer_with_every_serial_held_is_refused_with_a_reason():
             return b"someone-else"
 
     pipeline = make_pipeline()
-    [outs] = run_requests(pipeline, [_from("420111", 1, Scenario(seed=12))], serials=Full())
+    [outs] = run_requests(pipeline, [_from("420111", 1, Scenario(seed=12))], Tables({}, Full(), {}, {}))
     [decision] = [orjson.loads(o.value) for o in outs if o.topic == T.decisions]
     assert decision["decision"] == "rejected" and decision["pass"] is None
     assert [r["code"] for r in decision["reasons"]] == ["serials_exhausted"]
-    assert not [o for o in outs if o.topic == T.pass_events]
+    assert [o.topic for o in outs] == [T.decisions]  # nothing issued
 
 
 @pytest.mark.parametrize("adcode", sorted(CITIES_WITHOUT_COUNTIES))

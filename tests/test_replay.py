@@ -19,7 +19,7 @@ import pytest
 
 from models.passes import kafka_partition
 from models.records import format_time
-from streams.handlers import Pipeline
+from streams.handlers import Pipeline, Tables
 from streams.replay import Record, Replayer, compare, parse_position, rebuild_database, run_replay
 from streams.settings import Settings
 from streams.simulator import Scenario, scans_for
@@ -57,16 +57,14 @@ class FakeLog:
 
 
 def run_worker(pipeline: Pipeline, log: FakeLog, inputs: list[tuple[str, bytes | None, bytes]]) -> None:
-    """What the live agents do, in arrival order, with one pass table per partition."""
-    decided: dict = {}
-    serials: dict = {}
-    tables = [dict() for _ in range(log.partitions)]
-    handlers = {T.scans: pipeline.on_scan, T.risk: pipeline.on_risk, T.enterprises: pipeline.on_enterprise}
+    """What the live agents do, in arrival order, with the worker's tables."""
+    tables = Tables.empty()
+    handlers = {T.risk: pipeline.on_risk, T.enterprises: pipeline.on_enterprise}
 
     def route(out) -> None:
         if out.topic == T.pass_events:
             p = out.partition if out.partition is not None else kafka_partition(out.key, log.partitions)
-            for more in pipeline.on_pass_event(out.value, passes=tables[p]):
+            for more in pipeline.on_pass_event(out.value, partition=p, tables=tables):
                 route(more)
         else:
             log.append(out.topic, out.key, out.value, out.headers)
@@ -74,7 +72,8 @@ def run_worker(pipeline: Pipeline, log: FakeLog, inputs: list[tuple[str, bytes |
     for topic, key, value in inputs:
         r = log.append(topic, key, value)
         kw = dict(partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms)
-        outs = pipeline.on_request(key, value, decided=decided, serials=serials, **kw) if topic == T.requests \
+        outs = pipeline.on_request(key, value, tables=tables, **kw) if topic == T.requests \
+            else pipeline.on_scan(key, value, tables=tables, **kw) if topic == T.scans \
             else handlers[topic](key, value, **kw)
         for out in outs:
             route(out)
@@ -100,7 +99,7 @@ def scenario_inputs(seed: int = 31) -> tuple[list[tuple[str, bytes | None, bytes
                     departure_at=format_time(at + timedelta(hours=2)))
         later.append(body)
     risk = {"adcode": "430000", "level": "high", "effective_at": format_time(START + timedelta(hours=4))}
-    decisions, serials = [], {}
+    decisions, tables = [], Tables.empty()
     for body in bodies + later:
         if body is later[0]:
             inputs.append((T.risk, b"430000", orjson.dumps(risk)))
@@ -109,8 +108,8 @@ def scenario_inputs(seed: int = 31) -> tuple[list[tuple[str, bytes | None, bytes
         inputs.append((T.requests, body["shipment_id"].encode(), value))
         key = body["shipment_id"].encode()
         outs = pipeline.on_request(key, value, partition=kafka_partition(key, 4), offset=0, timestamp_ms=0,
-                                   decided={}, serials=serials)
-        decisions.append(orjson.loads(outs[-1].value))
+                                   tables=Tables({}, tables.serials, {}, {}))
+        decisions.append(orjson.loads(outs[0].value))
     inputs.append((T.requests, b"bad-1", b"{not json"))
     inputs.append((T.requests, bodies[0]["shipment_id"].encode(), orjson.dumps(bodies[0])))  # a repeat
     rng = random.Random(seed)
