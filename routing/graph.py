@@ -190,6 +190,9 @@ class RegionGraph:
 
     def node_of(self, adcode: str) -> str:
         """The node key holding a 6- or 12-digit adcode; KeyError when it is outside the graph."""
+        node = self._node_of.get(adcode)  # a 6-digit code of the table: the common case, no parsing
+        if node is not None:
+            return node
         code = _normalize(adcode)
         if code is not None:
             node = self._node_of.get(code)

@@ -24,7 +24,7 @@ from routing import Gazetteer, RegionGraph, RoutePlanner
 from .compat import (learn_partitions, refresh_metadata, seek_before_resume, send_in_partition_transaction,
                      set_fetch_wait, take_table_writes)
 from .eos import CommitGate
-from .handlers import Out, Pipeline, Tables, Topics
+from .handlers import Out, PassHolders, Pipeline, Tables, Topics
 from .keys import load_signer
 from .settings import Settings
 
@@ -138,9 +138,9 @@ def create_app(settings: Settings) -> faust.App:
     def table(name: str) -> faust.Table:
         return app.Table(name, key_type=str, value_type=bytes, partitions=settings.partitions)
 
-    tables = Tables(decided=table("decided"), serials=table("serials"), passes=table("passes"),
-                    answers=table("answers"))
-    passes = tables.passes
+    passes = table("passes")
+    # Pass numbers held: read from the pass states (PassHolders), one changelog write fewer per approval.
+    tables = Tables(decided=table("decided"), serials=PassHolders(passes), passes=passes, answers=table("answers"))
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(app, revoked, **kwargs) -> None:

@@ -21,7 +21,7 @@ from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, Unparse
                             load_object, parse_enterprise, parse_request, parse_risk, parse_scan, parse_time)
 from models.tracking import CheckpointBoard, PassIndex, Tracker
 
-__all__ = ["Out", "Topics", "Tables", "Pipeline", "cloudevent_headers"]
+__all__ = ["Out", "Topics", "Tables", "PassHolders", "Pipeline", "cloudevent_headers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +86,37 @@ class Tables:
         """Drop the indexes of partitions that moved (their table is recovered anew on return)."""
         for p in partitions:
             self.indexes.pop(p, None)
+
+
+class PassHolders(MutableMapping):
+    """`Tables.serials` read from the pass table: pass number -> the shipment holding it.
+
+    The worker's pass state names its shipment, and is written in the same event as the
+    allocation, so a table of its own would only double the changelog writes of an approval.
+    Writes are therefore no-ops: the pass state written beside them records the holder."""
+
+    def __init__(self, passes: MutableMapping[str, bytes]) -> None:
+        self._passes = passes
+
+    def __getitem__(self, pass_id: str) -> bytes:
+        raw = self._passes[pass_id]
+        return orjson.loads(raw)["shipment_id"].encode()
+
+    def get(self, pass_id: str, default=None):
+        raw = self._passes.get(pass_id)
+        return default if raw is None else orjson.loads(raw)["shipment_id"].encode()
+
+    def __setitem__(self, pass_id: str, shipment_id: bytes) -> None:
+        pass
+
+    def __delitem__(self, pass_id: str) -> None:
+        raise TypeError("a pass number is released with its pass")
+
+    def __iter__(self):
+        return iter(self._passes)
+
+    def __len__(self) -> int:
+        return len(self._passes)
 
 
 class Pipeline:

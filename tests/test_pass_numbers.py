@@ -177,3 +177,24 @@ def test_a_city_without_counties_has_its_own_risk_level():
     # ... a major-project load may not.
     assert decision["decision"] == "rejected"
     assert any("high" in r["code"] or "risk" in r["code"] for r in decision["reasons"]), decision["reasons"]
+
+
+def test_the_worker_reads_held_pass_numbers_from_its_pass_states():
+    """The worker keeps no table of serials: the pass states name their shipments (PassHolders).
+    Decided that way, every number is the one a separate table of serials gives, and repeats
+    keep theirs."""
+    from streams.handlers import PassHolders
+
+    scenario = Scenario(seed=13)
+    messages = [_from("420111", n, scenario) for n in range(3000)]
+    passes: dict = {}
+    worker = Tables({}, PassHolders(passes), passes, {})
+    live = [o.value for outs in run_requests(make_pipeline(), messages, worker) for o in outs if o.topic == T.decisions]
+    table = [o.value for outs in run_requests(make_pipeline(), messages) for o in outs if o.topic == T.decisions]
+    assert live == table and len(passes) == 3000
+    again = [o.value for outs in run_requests(make_pipeline(), messages[::-1], worker) for o in outs
+             if o.topic == T.decisions]
+    assert again[::-1] == live
+    pid = orjson.loads(live[0])["pass"]["pass_id"]
+    assert worker.serials.get(pid) == orjson.loads(live[0])["shipment_id"].encode()
+    assert worker.serials.get("420111999999") is None

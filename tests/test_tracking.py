@@ -163,3 +163,49 @@ def test_a_multi_trip_pass_scanned_through_its_route_completes_trips(tracker):
     assert [e["trip"] for e in events] == [1] * len(out) + [2] * (len(back) + len(out))
     assert {e["status"] for e in events} == {"at_checkpoint", "in_transit"}
     assert state.status == "at_checkpoint" and state.checkpoint_id == ids[-1]
+
+
+def test_the_pass_index_files_active_passes_by_region_and_firm_and_follows_their_changes():
+    from dataclasses import replace as _replace
+
+    from models.passes import PassState
+    from models.tracking import PassIndex
+
+    def state(pid, adcodes, status="issued", shipper="S1", consignee="C1"):
+        return PassState(pass_id=pid, shipment_id=f"s{pid}", plate="鄂A00001", priority="P0", shipper=shipper,
+                         consignee=consignee, origin=adcodes[0], destination=adcodes[-1], trip="single",
+                         valid_from="2020-02-25T00:00:00Z", valid_until="2020-02-26T00:00:00Z",
+                         departure_at="2020-02-25T00:00:00Z", route={"adcodes": adcodes, "checkpoints": []},
+                         status=status)
+
+    index = PassIndex(lambda s: frozenset(a[:4] for a in s.route["adcodes"]))
+    a, b = state("a", ["420111", "430102"]), state("b", ["110105", "120101"], shipper="S2")
+    index.put(a)
+    index.put(b)
+    assert index.touched_by_risk({"4301"}) == ["a"] and index.touched_by_risk({"9999"}) == []
+    assert index.of_firm("S2") == ["b"] and index.of_firm("C1") == ["a", "b"]
+    index.put(_replace(a, route={"adcodes": ["420111", "360102"], "checkpoints": []}))  # rerouted
+    assert index.touched_by_risk({"4301"}) == [] and index.touched_by_risk({"3601"}) == ["a"]
+    index.put(_replace(b, status="suspended"))  # any change may reinstate it
+    assert index.touched_by_risk({"9999"}) == ["b"]
+    index.put(_replace(b, status="rerouted"))
+    assert index.touched_by_risk({"9999"}) == []
+    index.put(_replace(a, status="delivered"))  # nothing can change it any more
+    assert index.touched_by_risk({"3601", "4201"}) == [] and index.of_firm("S1") == [] and len(index) == 1
+
+
+def test_a_token_is_verified_once_and_a_forgery_of_it_never_passes(tracker, monkeypatch):
+    import models.tracking as tracking
+    from models.passes import InvalidToken
+
+    token = Signer(KEY, "test").token({"pid": "420111000001", "plate": "鄂A12345"})
+    calls = []
+    real = tracking.verify_token
+    monkeypatch.setattr(tracking, "verify_token", lambda t, k: (calls.append(t), real(t, k))[1])
+    assert tracker._claims(token) == tracker._claims(token) == ("420111000001", "鄂A12345")
+    assert len(calls) == 1
+    body, sig = token.split(".")
+    forged = Signer(Ed25519PrivateKey.generate(), "test").token({"pid": "420111000001", "plate": "鄂B99999"})
+    for bad in (forged, f"{forged.split('.')[0]}.{sig}", f"{body}.{sig[:-2]}AA"):
+        with pytest.raises(InvalidToken):
+            tracker._claims(bad)
