@@ -105,12 +105,16 @@ def _upsert(session: Session, table, rows: Sequence[dict], *, keys: list[str], u
             keep: list[str] = (), only_if=None) -> None:
     """Insert rows; on a key conflict overwrite `update` columns and fill `keep` columns only if empty.
 
-    `only_if(excluded, columns)`, when given, is the condition under which a conflict updates."""
+    One statement, executed once per row by the driver (executemany: sqlite3's, psycopg's pipeline),
+    on the Core table: no ORM unit of work, no bind-parameter limit whatever the batch size (a
+    multi-row VALUES would need 11 parameters per pass, and PostgreSQL allows 65,535 per statement).
+    Every row must have the same keys. `only_if(excluded, columns)`, when given, is the condition
+    under which a conflict updates."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(table).values(list(rows))
+    stmt = insert(table.__table__)
     if update or keep:
         columns = table.__table__.c
         set_ = {c: stmt.excluded[c] for c in update or ()}
@@ -119,7 +123,7 @@ def _upsert(session: Session, table, rows: Sequence[dict], *, keys: list[str], u
         stmt = stmt.on_conflict_do_update(index_elements=keys, set_=set_, where=where)
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-    session.exec(stmt)
+    session.connection().execute(stmt, list(rows))
 
 
 def _last_per_key(rows: Iterable[dict], key: str) -> list[dict]:

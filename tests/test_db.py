@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,13 +26,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import sql
-from sqlalchemy import inspect, select
+from sqlalchemy import event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel
 
 from models.db import (alembic_config, checkpoint_dwell, get_pass, get_pass_events, init_db, make_engine,
-                       project_decisions, project_enterprises, project_risks, project_statuses, upgrade)
-from models.tables import Enterprise, Region, Shipment
+                       project_batch, project_decisions, project_enterprises, project_risks, project_statuses, upgrade)
+from models.tables import Enterprise, Pass, PassEvent, Region, Shipment
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("GC_TEST_DATABASE_URL", "")
@@ -51,13 +53,10 @@ BACKENDS = [
 ]
 
 
-@pytest.fixture(params=BACKENDS)
-def database_url(request, tmp_path):
-    """An empty database: a new SQLite file, or a new PostgreSQL database dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'greenchannel.db'}"
-        return
-    base = make_url(PG_URL)
+@contextmanager
+def fresh_postgres_database(server_url: str) -> Iterator[str]:
+    """The URL of a new database on the PostgreSQL server at `server_url`, dropped afterwards."""
+    base = make_url(server_url)
     admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
     name = f"gc_test_{uuid.uuid4().hex[:16]}"
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -67,6 +66,16 @@ def database_url(request, tmp_path):
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request, tmp_path):
+    """An empty database: a new SQLite file, or a new PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'greenchannel.db'}"
+        return
+    with fresh_postgres_database(PG_URL) as url:
+        yield url
 
 
 @pytest.fixture
@@ -300,6 +309,35 @@ def test_a_reroute_is_not_overwritten_by_a_late_decision(engine, reroute_first):
         p = get_pass(session, pass_id=pid)
         assert (p.route, p.token) == (ROUTE_B, "Y2xhaW1zQg.c2lnQg")
         assert (p.status, p.plate, p.shipment_id) == ("rerouted", "粤B99999", "S-9")
+
+
+def test_a_batch_is_one_executemany_per_table_whatever_its_size(engine):
+    """6,000 passes are 66,000 bind parameters as one multi-row VALUES, over PostgreSQL's 65,535:
+    the upserts are executemany, one statement per table, whatever the batch size."""
+    one, first = decision("S-0", "440305000000"), status("440305000000", "issued", "2020-02-20T08:00:00+08:00")
+    decisions, statuses = [], []
+    for i in range(6000):
+        pid = f"440305{i:06d}"
+        decisions.append({**one, "shipment_id": f"S-{i}", "pass": {**one["pass"], "pass_id": pid}})
+        statuses.append((f"ev-{i}", {**first, "pass_id": pid}))
+    inserts = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT"):
+            inserts.append((statement.split()[2].strip('"'), executemany, len(parameters)))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with Session(engine) as session:
+            project_batch(session, decisions=decisions, statuses=statuses)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert inserts == [("shipment", True, 6000), ("pass", True, 6000), ("checkpoint", True, 2),
+                       ("pass_event", True, 6000), ("pass", True, 6000)]
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Shipment)) == 6000
+        assert session.scalar(select(func.count()).select_from(PassEvent)) == 6000
+        assert set(session.scalars(select(Pass.status))) == {"issued"}
 
 
 # --- queries ----------------------------------------------------------------------------------
