@@ -1,4 +1,4 @@
-"""The `greenchannel` command: broker, worker, topics, demo, pass, replay, db, keys."""
+"""The `greenchannel` command: broker, worker, projector, topics, demo, pass, replay, db, keys."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092)
 
     sub.add_parser("worker", help="run the stream worker against GC_BROKER_URL")
+    projector = sub.add_parser("projector", help="project decisions, statuses, risk and enterprises into "
+                                                 "GC_DATABASE_URL (a consumer group: run as many as needed)")
+    projector.add_argument("--batch-size", type=int, default=5000, help="most records per transaction (default 5000)")
     sub.add_parser("topics", help="create the topics at GC_BROKER_URL")
 
     demo = sub.add_parser("demo", help="broker, worker and a simulator of firms and checkpoints")
@@ -135,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_broker(args)
     if args.command == "worker":
         return cmd_worker(settings)
+    if args.command == "projector":
+        from .projector import run_projector
+        return run_projector(settings, batch_size=args.batch_size)
     if args.command == "topics":
         cmd_topics(settings)
         return 0

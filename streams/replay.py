@@ -1059,38 +1059,20 @@ class RebuildRefused(RuntimeError):
     pass
 
 
-def _projection_batch(topics: Topics, records: list[Record]) -> tuple[list, list, list, list]:
-    """The worker projector's batch shape (`streams.app.create_app.project`), from log records."""
-    decisions, statuses, risks, firms = [], [], [], []
-    for r in records:
-        if r.topic in (topics.risk, topics.enterprises):
-            parse = parse_risk if r.topic == topics.risk else parse_enterprise
-            try:  # what the worker dead-letters is not projected
-                record = parse(load_object(r.value))
-            except Unparseable:
-                continue
-            (risks if r.topic == topics.risk else firms).append(
-                {**asdict(record), "effective_at": format_time(record.effective_at)})
-        elif r.topic == topics.decisions:
-            decisions.append(orjson.loads(r.value))
-        else:
-            ce_id = r.header("ce_id") or f"{r.topic}/{r.partition}/{r.offset}"
-            statuses.append((ce_id, orjson.loads(r.value)))
-    return decisions, statuses, risks, firms
-
-
 async def rebuild_database(settings, database_url: str, *, since: Position | None = None,
                            until: Position | None = None, batch_size: int = 5000, progress: bool = False) -> dict:
-    """Project decisions, statuses, risk and enterprises from the log into an empty database."""
+    """Project decisions, statuses, risk and enterprises from the log into an empty database, with
+    the projector's own batch shape and writes (`streams.projector.shape`, `write`)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from sqlalchemy import func, select
     from sqlmodel import Session
 
-    from models.db import init_db, make_engine, project_batch
+    from models.db import init_db, make_engine
     from models.tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
 
     from .handlers import Topics
+    from .projector import shape, write
 
     tables = (Shipment, Pass, PassEvent, Region, Enterprise, Checkpoint)
     engine = make_engine(database_url)
@@ -1119,9 +1101,7 @@ async def rebuild_database(settings, database_url: str, *, since: Position | Non
             task = bar.add_task("projecting", total=len(ordered))
             for i in range(0, len(ordered), batch_size):
                 chunk = ordered[i:i + batch_size]
-                decisions, statuses, risks, firms = _projection_batch(t, chunk)
-                with Session(engine) as session:
-                    project_batch(session, decisions=decisions, statuses=statuses, risks=risks, enterprises=firms)
+                write(engine, shape(t, chunk).items)  # what the projector skips is skipped here too
                 bar.advance(task, len(chunk))
         with Session(engine) as session:
             rows = {tb.__tablename__: session.execute(select(func.count()).select_from(tb)).scalar_one()

@@ -1,4 +1,4 @@
-"""Fixtures: a real broker, a real worker process, and taps that read topics as clients would.
+"""Fixtures: a real broker, a real worker and projector, and taps that read topics as clients would.
 
 The broker is the embedded Tansu by default; GC_TEST_BROKER=kafka or kafka3 runs the same
 tests on Apache Kafka. GC_TEST_DATABASE_URL points the worker's projections elsewhere.
@@ -155,9 +155,32 @@ class Tap:
             await asyncio.sleep(0.05)  # polling a condition with a deadline
 
 
+def start_projector(env: dict, data_dir: Path, name: str = "projector", *args: str) -> subprocess.Popen:
+    """`greenchannel projector` as a process with `env`, its log in data_dir/NAME.log."""
+    log_path = data_dir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "projector", *args], env=env, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log_path
+    return proc
+
+
+def stop_processes(procs: list[subprocess.Popen], timeout: float = 30) -> None:
+    """SIGTERM them all, then wait for each (SIGKILL after `timeout`)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class System:
-    """A running worker, the way firms, checkpoints and operators reach it."""
+    """A running worker and its projector, the way firms, checkpoints and operators reach them."""
     bootstrap: str
     topics: Topics
     env: dict
@@ -165,6 +188,7 @@ class System:
     producer: AIOKafkaProducer
     tap: Tap
     workers: list[subprocess.Popen]
+    projectors: list[subprocess.Popen] = field(default_factory=list)
 
     async def send(self, topic: str, value: bytes | dict, key: str | bytes | None = None, headers=None) -> None:
         if isinstance(value, dict):
@@ -203,16 +227,14 @@ class System:
             raise AssertionError(f"worker did not come up; log tail:\n{log}") from None
         return proc
 
+    def start_projector(self) -> subprocess.Popen:
+        """One more projector in the system's group (the database projections)."""
+        proc = start_projector(self.env, self.data_dir, f"projector{len(self.projectors)}")
+        self.projectors.append(proc)
+        return proc
+
     async def close(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.workers:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.workers + self.projectors)
         await self.tap.stop()
         await self.producer.stop()
 
@@ -234,7 +256,7 @@ def system_env(bootstrap: str, data_dir: Path, app_id: str, kind: str = BROKER_K
 
 
 async def start_system(broker, data_dir: Path, kind: str = BROKER_KIND, prefix: str = "gc.") -> System:
-    """Topics, a client producer, a tap and one ready worker on `broker`."""
+    """Topics, a client producer, a tap, one ready worker and one projector beside it on `broker`."""
     topics = Topics.with_prefix(prefix)
     await ensure_topics(broker.bootstrap, topics.public() + [topics.pass_events], partitions=PARTITIONS,
                         replication_factor=replication_factor(kind))
@@ -247,6 +269,7 @@ async def start_system(broker, data_dir: Path, kind: str = BROKER_KIND, prefix: 
     tap = await Tap(broker.bootstrap, topics.public(), isolation_level=isolation_level(kind)).start()
     sysm = System(broker.bootstrap, topics, env, data_dir, producer, tap, [])
     try:
+        sysm.start_projector()  # joins its group while the worker starts
         await sysm.start_ready_worker()
     except BaseException:
         await sysm.close()
