@@ -28,6 +28,10 @@ from .suites import (Context, framework_run, handlers_in_process, latency_runs, 
 SUITES = ("limit", "framework", "pipeline", "scale", "latency", "routing", "replay", "handlers", "profile", "py-spy")
 
 
+# The database projector's catch-up into SQLite and PostgreSQL (suites.projector_runs).
+SUITES += ("projector",)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--broker-url", help="kafka://host:port[;host:port] of a running broker (default: start the "
@@ -51,6 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--py-spy-seconds", type=float, default=15.0, help="py-spy record on a worker (0: skip)")
     p.add_argument("--skip", nargs="*", default=[], choices=SUITES, metavar="SUITE",
                    help=f"suites to skip: {', '.join(SUITES)}")
+    p.add_argument("--only", nargs="*", default=[], choices=SUITES, metavar="SUITE",
+                   help="run only these suites (the others are skipped)")
+    p.add_argument("--projector-records", type=int, default=40000,
+                   help="decision and status records pre-filled for each projector run (default 40000)")
     p.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json")
     p.add_argument("--chart", type=Path, default=ROOT / "bench" / "chart.png")
@@ -94,7 +102,7 @@ def conditions(broker: str) -> dict:
 async def run_all(ctx: Context, args, console: Console) -> dict:
     t_start = time.monotonic()
     log = ctx.log
-    skip = set(args.skip)
+    skip = set(args.skip) | (set(SUITES) - set(args.only) if args.only else set())
     runs = args.runs
     big = max(args.events, args.requests, args.scale_requests or 2 * args.requests)
     log(f"generating {big:,} requests (Scenario mix, 1% malformed)")
@@ -170,6 +178,14 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
         log(f"[bold]replay[/bold]: log of {args.replay_events:,} input events, {runs} replays")
         replay = await attempt("replay", replay_runs(ctx, args.replay_events, runs))
 
+    projector = None
+    if "projector" not in skip:
+        from .suites import projector_runs
+        log(f"[bold]projector[/bold]: catch-up on {args.projector_records:,} decision and status records, "
+            f"{runs} runs into each database")
+        projector = await attempt("projector", projector_runs(ctx, workload.projection_log(args.projector_records),
+                                                              runs))
+
     handlers = None
     if "handlers" not in skip:
         log(f"[bold]handlers in process[/bold] (no Kafka): {args.handler_requests:,} requests × {runs}")
@@ -192,7 +208,7 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
                                             "framework/limit": per_round("framework", "limit"),
                                             "scale": per_round("scale", "pipeline")},
             "latency": latency, "latency_whatif": whatif, "routing": routing, "replay": replay,
-            "handlers": handlers, "profiles": profiles,
+            "handlers": handlers, "profiles": profiles, "projector": projector,
             "errors": errors, "wall_seconds": time.monotonic() - t_start}
 
 
@@ -254,7 +270,26 @@ def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
     if replay_core:
         rows.append(replay_core)
     bars = [limit, framework, pipeline, two, handlers, cold, warm, replay] + ([replay_core] if replay_core else [])
-    return rows, bars
+    projection = projector_rows(res.get("projector"))
+    return rows + projection, bars + [r for r in projection if r.unit == "rows/s"]
+
+
+def projector_rows(pj: dict | None) -> list[Row]:
+    """The projector's catch-up into SQLite and PostgreSQL, rows/s and CPU per row (or why not)."""
+    if pj is None:
+        return []
+    rows = []
+    for backend, name in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+        runs = pj.get(backend)
+        if runs is None:
+            rows.append(Row(f"projector_{backend}", f"Projector catch-up into {name}", "rows/s", available=False,
+                            note=(pj.get(f"{backend}_reason") or "not run")[:80]))
+            continue
+        rows += [Row(f"projector_{backend}", f"Projector catch-up into {name}", "rows/s", [r["rate"] for r in runs]),
+                 Row(f"cpu_projector_{backend}", f"  CPU per row, projector into {name}", "ms",
+                     [r["cpu_ms_per_output"] for r in runs if r["cpu_ms_per_output"] is not None],
+                     higher_is_better=False)]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [r.to_dict() for r in rows],
         "runs": {k: [None if x is None else vars(x) for x in v] for k, v in res["rounds"].items()},
         "latency": lat, "latency_whatif": res.get("latency_whatif"), "routing": res["routing"],
-        "replay": res["replay"], "profiles": res["profiles"],
+        "replay": res["replay"], "projector": res.get("projector"), "profiles": res["profiles"],
         "errors": res["errors"], "wall_seconds": res["wall_seconds"],
         "latency_pooled": {k: summary(v) | {"n": len(v)} for k, v in samples.items()} if samples else None,
     }

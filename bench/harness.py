@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from streams.compat import refresh_metadata
 from .workload import Message
 
 __all__ = ["ROOT", "OUT_DIR", "Stamp", "fill", "wait_for_count", "read_stamps", "rate_of", "Proc",
-           "start_process", "delete_topics", "run_id"]
+           "start_process", "delete_topics", "run_id", "postgres_server", "fresh_database"]
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "bench" / "out"   # working directories and worker logs (git-ignored)
@@ -54,7 +55,7 @@ async def fill(bootstrap: str, topic: str, messages: Iterable[Message], *, parti
     try:
         futures = []
         for m in messages:
-            futures.append(await producer.send(topic, m.value, key=m.key))
+            futures.append(await producer.send(topic, m.value, key=m.key, headers=list(m.headers) or None))
             count += 1
             if len(futures) >= 5000:
                 await asyncio.gather(*futures)
@@ -189,3 +190,34 @@ def start_process(args: Sequence[str], env: dict, log_path: Path) -> Proc:
     popen = subprocess.Popen([sys.executable, *args], env=full_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     out.close()
     return Proc(popen, log_path)
+
+
+def postgres_server() -> tuple[str | None, str]:
+    """(URL, "") of the tests' private PostgreSQL on loopback (tests/services/postgres.sh starts or
+    reuses it), or (None, why not)."""
+    try:
+        done = subprocess.run(["bash", str(ROOT / "tests" / "services" / "postgres.sh")], capture_output=True,
+                              text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"tests/services/postgres.sh: {exc}"
+    url = done.stdout.strip()
+    if done.returncode or not url:
+        return None, "tests/services/postgres.sh: " + (done.stderr.strip().splitlines() or ["failed"])[-1]
+    return url, ""
+
+
+@contextmanager
+def fresh_database(server_url: str, name: str) -> Iterator[str]:
+    """A new database `name` on the PostgreSQL server, dropped afterwards."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(server_url)
+    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

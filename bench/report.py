@@ -136,7 +136,8 @@ def write_chart(path: Path, bars: list[Row], latency_samples: dict[str, list[flo
     low = med - np.array([r.stats["min"] for r in shown])
     high = np.array([r.stats["max"] for r in shown]) - med
     colors = ["#8da0cb" if r.key.startswith(("limit", "framework")) else
-              "#66c2a5" if r.key.startswith(("pipeline", "handlers")) else "#fc8d62" for r in shown]
+              "#66c2a5" if r.key.startswith(("pipeline", "handlers")) else
+              "#e78ac3" if r.key.startswith("projector") else "#fc8d62" for r in shown]
     x = np.arange(len(shown))
     left.bar(x, med, yerr=[low, high], capsize=4, color=colors)
     for i, r in enumerate(shown):

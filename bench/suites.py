@@ -506,6 +506,102 @@ async def replay_runs(ctx: Context, events: int, runs: int, *, seed: int = 2020)
         await _cleanup(ctx, f"bench-{rid}.")
 
 
+# --- 7. the projector catching up ----------------------------------------------------------------------------
+
+async def projector_runs(ctx: Context, log: list[tuple[str, Message]], runs: int) -> dict:
+    """rows/s of `greenchannel projector` on a pre-filled decisions + status log, into a fresh SQLite
+    file and a fresh PostgreSQL database (rounds alternate the two); PostgreSQL from
+    tests/services/postgres.sh, or reported unavailable with the reason."""
+    from .harness import postgres_server
+    server, why = postgres_server()
+    result = {"records": len(log), "sqlite": [], "postgresql": [] if server else None, "postgresql_reason": why}
+    for run in range(runs):
+        for backend in ("sqlite", "postgresql") if server else ("sqlite",):
+            got = await _projector_backend_run(ctx, log, backend, server)
+            result[backend].append(vars(got))
+            ctx.log(f"  projector into {backend} ({run + 1}/{runs}): {got.rate:,.0f} rows/s over {got.seconds:.1f} s, "
+                    f"{got.cpu_ms_per_output:.3f} ms CPU/row, first commit {got.startup:.1f} s after start")
+    return result
+
+
+async def _projector_backend_run(ctx: Context, log: list[tuple[str, Message]], backend: str,
+                                 server: str | None) -> Run:
+    from .harness import fresh_database
+    if backend == "sqlite":
+        return await projector_run(ctx, log)
+    with fresh_database(server, f"bench_{run_id()}") as url:
+        return await projector_run(ctx, log, url)
+
+
+async def projector_run(ctx: Context, log: list[tuple[str, Message]], database_url: str | None = None) -> Run:
+    """Fill fresh decisions and status topics, start one projector, time its committed offsets from
+    the first commit to the last (a commit follows its batch's database transaction)."""
+    rid = run_id()
+    prefix = f"bench-{rid}."
+    topics = Topics.with_prefix(prefix)
+    await ensure_topics(ctx.bootstrap, [topics.decisions, topics.status, topics.risk, topics.enterprises],
+                        partitions=ctx.partitions)
+    for kind, topic in (("decisions", topics.decisions), ("statuses", topics.status)):
+        await fill(ctx.bootstrap, topic, [m for k, m in log if k == kind], partitions=ctx.partitions)
+    env = worker_env(ctx, rid, prefix)
+    env.update(GC_SESSION_TIMEOUT="10", **({"GC_DATABASE_URL": database_url} if database_url else {}))
+    started = time.monotonic()
+    proc = start_process(["-m", "streams.cli", "projector"], env, ctx.out_dir / rid / "projector.log")
+    try:
+        commits = await _commits(ctx, f"bench-{rid}-projector", [topics.decisions, topics.status], len(log), proc)
+        cpu = proc.cpu_seconds()
+    finally:
+        proc.stop()
+    _check_rows(env["GC_DATABASE_URL"], log)
+    await _cleanup(ctx, prefix, f"bench-{rid}")
+    (t0, n0, cpu0), (t1, n1, _) = commits[0], commits[-1]
+    rows, span = n1 - n0, t1 - t0
+    return Run(rows / span if span > 0 else float("inf"), span, n1, t0 - started,
+               (cpu - cpu0) * 1000 / rows if rows else None, {"commits": len(commits), "first_commit_rows": n0})
+
+
+async def _commits(ctx: Context, group: str, topics: list[str], total: int, proc: Proc) -> list[tuple]:
+    """(monotonic time, records committed, process CPU s) at each change of the group's committed
+    offsets, polled every 20 ms, until all `total` records are committed."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    admin = AIOKafkaAdminClient(bootstrap_servers=ctx.bootstrap)
+    await admin.start()
+    parts = [TopicPartition(t, p) for t in topics for p in range(ctx.partitions)]
+    seen: list[tuple] = []
+    deadline = time.monotonic() + ctx.timeout
+    try:
+        while not seen or seen[-1][1] < total:
+            offsets = await admin.list_consumer_group_offsets(group, partitions=parts)
+            done = sum(max(0, o.offset) for o in offsets.values())
+            if done and (not seen or done != seen[-1][1]):
+                seen.append((time.monotonic(), done, proc.cpu_seconds()))
+            if time.monotonic() > deadline or not proc.alive():
+                raise TimeoutError(f"projector committed {done}/{total} records after {ctx.timeout:.0f}s "
+                                   f"(alive: {proc.alive()})\n{proc.tail(1500)}")
+            await asyncio.sleep(0.02)  # polling a counter with a deadline
+    finally:
+        await admin.close()
+    return seen
+
+
+def _check_rows(url: str, log: list[tuple[str, Message]]) -> None:
+    """Every decision a shipment row, every status a pass_event row: the figure counts real rows."""
+    from sqlmodel import Session, func, select
+
+    from models.db import make_engine
+    from models.tables import PassEvent, Shipment
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            got = {k: session.exec(select(func.count()).select_from(t)).one()
+                   for k, t in (("decisions", Shipment), ("statuses", PassEvent))}
+    finally:
+        engine.dispose()
+    want = {k: sum(1 for kind, _ in log if kind == k) for k in ("decisions", "statuses")}
+    if got != want:
+        raise AssertionError(f"projector wrote {got}, expected {want}")
+
+
 # --- the handlers alone, in process (the worker's ceiling) ----------------------------------------------------
 
 def build_bench_pipeline():

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 
 import orjson
 
-from models.records import format_time
+from models.records import format_time, parse_time
 from streams.simulator import Scenario
 
-__all__ = ["Message", "requests", "reference", "OPENING_RISK"]
+__all__ = ["Message", "requests", "reference", "projection_log", "OPENING_RISK"]
 
 OPENING_RISK = (("4201", "high"), ("4202", "medium"), ("4403", "medium"), ("3301", "medium"))
 
@@ -25,6 +26,7 @@ OPENING_RISK = (("4201", "high"), ("4202", "medium"), ("4403", "medium"), ("3301
 class Message:
     key: bytes
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def requests(count: int, *, seed: int = 2020, start: int = 0, tag: str = "") -> list[Message]:
@@ -53,3 +55,68 @@ def reference(seed: int = 2020) -> tuple[list[Message], list[Message]]:
     risks = [Message(a.encode(), orjson.dumps({"adcode": a, "level": lv, "effective_at": opening}))
              for a, lv in OPENING_RISK]
     return firms, risks
+
+
+def projection_log(count: int, *, seed: int = 2020) -> list[tuple[str, Message]]:
+    """`count` records ("decisions" or "statuses", message) as a worker publishes them, for the projector.
+
+    A decision for each well-formed request of `requests(count // 2)`, from the decision core (the
+    bench's own signing key and reference data); then statuses of the approved passes, one per pass
+    in turn: `issued`, then arrival and departure (with a dwell) at each checkpoint of its route.
+    """
+    decisions = [_decided(n, m) for n, m in enumerate(requests(count // 2, seed=seed)) if not m.key.startswith(b"BAD-")]
+    out = [("decisions", m) for m, _ in decisions]
+    queues = [_statuses(d) for _, d in decisions if d["pass"]]
+    depth = 0
+    while len(out) < count and any(depth < len(q) for q in queues):
+        out += [("statuses", q[depth]) for q in queues if depth < len(q)][:count - len(out)]
+        depth += 1
+    return out
+
+
+@lru_cache(maxsize=1)
+def _decider():
+    """The bench's decision core (fixed signing key, the workload's reference data)."""
+    from .suites import build_bench_pipeline
+    return build_bench_pipeline().decider
+
+
+def _decided(n: int, request: Message) -> tuple[Message, dict]:
+    from models.records import canonical, load_object, parse_request
+    from streams.handlers import cloudevent_headers
+
+    parsed, errors = parse_request(load_object(request.value))
+    decision = _decider().decide(parsed, errors, decided_at=parsed.submitted_at,
+                                 allocate=lambda issuer: f"{issuer}{n:06d}").message
+    sid = decision["shipment_id"]
+    headers = cloudevent_headers(f"decision/{sid}", "cn.greenchannel.pass.decision", "/greenchannel/decider",
+                                 decision["decided_at"])
+    return Message(sid.encode(), canonical(decision), headers), decision
+
+
+def _statuses(decision: dict) -> list[Message]:
+    """The statuses of a pass driven along its route, as the tracker publishes them."""
+    the_pass = decision["pass"]
+    sid = decision["shipment_id"]
+    out = [_status(the_pass["pass_id"], sid, "issued", decision["decided_at"], f"decision:{sid}")]
+    for i, cp in enumerate(the_pass["route"]["checkpoints"]):
+        arrived, left = parse_time(cp["eta"]), parse_time(cp["eta"]) + timedelta(minutes=5 + 3 * i)
+        out.append(_status(the_pass["pass_id"], sid, "at_checkpoint", format_time(arrived), f"scan:{sid}-{i}a",
+                           cp["checkpoint_id"]))
+        out.append(_status(the_pass["pass_id"], sid, "in_transit", format_time(left), f"scan:{sid}-{i}d",
+                           cp["checkpoint_id"], (left - arrived).total_seconds()))
+    return out
+
+
+def _status(pass_id: str, sid: str, status: str, at: str, cause: str, checkpoint: str | None = None,
+            dwell: float | None = None) -> Message:
+    import hashlib
+
+    from models.records import canonical
+    from streams.handlers import cloudevent_headers
+
+    body = {"pass_id": pass_id, "shipment_id": sid, "status": status, "at": at, "checkpoint_id": checkpoint,
+            "reason": None, "dwell_seconds": dwell, "dwell_exceeded": bool(dwell and dwell > 900), "cause": cause}
+    ce_id = f"status/{pass_id}/{hashlib.sha1(cause.encode()).hexdigest()[:16]}"
+    return Message(pass_id.encode(), canonical(body),
+                   cloudevent_headers(ce_id, "cn.greenchannel.pass.status", "/greenchannel/tracker", at))
