@@ -91,8 +91,10 @@ def cmd_topics(settings) -> None:
 
 def cmd_worker(settings) -> int:
     from faust.worker import Worker
+    from mode.loop import use as use_event_loop
 
     from .app import create_app
+    use_event_loop(settings.event_loop)  # before anything asks for the loop
     cmd_topics(settings)
     app = create_app(settings)
     worker = Worker(app, loglevel="warning", quiet=True)

@@ -34,17 +34,9 @@ ON_KAFKA = BROKER_KIND.startswith("kafka")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `kafka` start Apache Kafka themselves: only in the Kafka lanes.
-
-    In the Kafka lanes an integration test through the shared worker that fails is run once
-    more (pytest-rerunfailures; shown as R and in the summary, so a rerun is never silent):
-    its waits are bounded by deadlines on a shared 2-core machine running 1–3 JVMs. The fault
-    tests (marked `kafka`) are never rerun: their figures are the exactly-once proof.
-    """
+    """Tests marked `kafka` start Apache Kafka themselves: only in the Kafka lanes. No test is
+    ever rerun: a test that fails once is a bug to fix at its cause."""
     if ON_KAFKA:
-        for item in items:
-            if item.get_closest_marker("integration") is not None and item.get_closest_marker("kafka") is None:
-                item.add_marker(pytest.mark.flaky(reruns=1))
         return
     skip = pytest.mark.skip(reason="starts Apache Kafka: runs with GC_TEST_BROKER=kafka or kafka3 "
                                    "(tests/services/lanes.sh)")
