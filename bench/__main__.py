@@ -23,9 +23,10 @@ from . import workload
 from .harness import OUT_DIR, ROOT
 from .report import Row, markdown_table, print_table, summary, write_chart, write_json
 from .suites import (Context, framework_run, handlers_in_process, latency_runs, limit_run, pipeline_run,
-                     replay_runs, routing_runs)
+                     replay_runs, risk_change_runs, routing_runs, scan_run)
 
-SUITES = ("limit", "framework", "pipeline", "scale", "latency", "routing", "replay", "handlers", "profile", "py-spy")
+SUITES = ("limit", "framework", "pipeline", "scans", "scale", "latency", "routing", "replay", "handlers", "risk",
+          "profile", "py-spy")
 
 
 # The database projector's catch-up into SQLite and PostgreSQL (suites.projector_runs).
@@ -48,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=8.0, help="seconds per latency phase (default 8)")
     p.add_argument("--what-if-fetch-wait", type=int, default=0, metavar="MS",
                    help="also measure latency with the worker's fetch wait (GC_FETCH_WAIT_MS) at MS")
+    p.add_argument("--scan-requests", type=int, default=1500,
+                   help="requests whose passes' scans make a scan run (default 1500, about 6,000 scans)")
+    p.add_argument("--active-passes", type=int, default=100_000,
+                   help="active passes on the partition of the risk-change run (default 100000)")
     p.add_argument("--routes", type=int, default=3000, help="county pairs per routing run (default 3000)")
     p.add_argument("--replay-events", type=int, default=4000, help="input events in the replayed log (default 4000)")
     p.add_argument("--handler-requests", type=int, default=3000, help="requests per in-process handler run")
@@ -108,7 +113,7 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
     log(f"generating {big:,} requests (Scenario mix, 1% malformed)")
     messages = workload.requests(big)
     firms, risks = workload.reference()
-    rounds: dict[str, list] = {k: [] for k in ("limit", "framework", "pipeline", "scale")}
+    rounds: dict[str, list] = {k: [] for k in ("limit", "framework", "pipeline", "scans", "scale")}
     errors: dict[str, str] = {}
 
     async def attempt(name: str, coro):
@@ -136,6 +141,11 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
             run and log(f"  pipeline, 1 worker: {run.rate:,.0f} decisions/s over {run.seconds:.1f} s, "
                         f"{run.cpu_ms_per_output:.2f} ms CPU/decision (decisions alone "
                         f"{run.extra['decisions_only_rate']:,.0f}/s; first output {run.startup:.1f} s after start)")
+        if "scans" not in skip:
+            run = await attempt("scans", scan_run(ctx, messages[:args.scan_requests], firms, risks))
+            rounds["scans"].append(run)
+            run and log(f"  scans, 1 worker: {run.rate:,.0f} status events/s over {run.seconds:.1f} s, "
+                        f"{run.cpu_ms_per_output:.2f} ms CPU/scan ({run.outputs:,} scans, {run.extra['passes']:,} passes)")
         if "scale" not in skip:
             n = args.scale_requests or 2 * args.requests
             run = await attempt("scale", pipeline_run(ctx, messages[:n], firms, risks, workers=2))
@@ -164,6 +174,27 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
         log(f"[bold]latency, what-if[/bold]: the worker's fetch wait at {args.what_if_fetch_wait} ms, same load")
         whatif = await attempt("latency_whatif", latency_runs(ctx, offered, args.latency_seconds, runs,
                                                               fetch_wait_ms=args.what_if_fetch_wait))
+
+    eos = None
+    if "latency" not in skip and pipeline_median and ctx.transactions:
+        offered = args.latency_load * pipeline_median
+        log(f"[bold]latency, exactly_once[/bold]: the same load with transactions")
+        eos = await attempt("latency_eos", latency_runs(ctx, offered, args.latency_seconds, runs,
+                                                        guarantee="exactly_once"))
+
+    risk = None
+    if "risk" not in skip:
+        log(f"[bold]risk change[/bold]: 1% of {args.active_passes:,} active passes on one partition, in process")
+        try:
+            risk = risk_change_runs(args.active_passes, runs)
+        except Exception as exc:  # noqa: BLE001
+            errors["risk"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc(file=sys.stderr)
+        else:
+            for row in risk["runs"]:
+                log(f"  {row['events_full']} passes re-evaluated in {row['change_ms_full']:.0f} ms "
+                    f"(with a tenth of the untouched passes: {row['change_ms_tenth']:.0f} ms); "
+                    f"index built in {row['index_build_ms_full']:.0f} ms")
 
     routing = None
     if "routing" not in skip:
@@ -207,7 +238,7 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
                                             "pipeline/framework": per_round("pipeline", "framework"),
                                             "framework/limit": per_round("framework", "limit"),
                                             "scale": per_round("scale", "pipeline")},
-            "latency": latency, "latency_whatif": whatif, "routing": routing, "replay": replay,
+            "latency": latency, "latency_whatif": whatif, "latency_eos": eos, "risk": risk, "routing": routing, "replay": replay,
             "handlers": handlers, "profiles": profiles, "projector": projector,
             "errors": errors, "wall_seconds": time.monotonic() - t_start}
 
@@ -221,13 +252,14 @@ def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
 
     limit = Row("limit", "Limit: raw aiokafka passthrough", "events/s", rates("limit"))
     framework = Row("framework", "Framework: bare Faust forwarder", "events/s", rates("framework"))
-    pipeline = Row("pipeline", "Pipeline: 1 worker", "decisions/s", rates("pipeline"), target=10_000)
+    pipeline = Row("pipeline", "Pipeline: 1 worker", "decisions/s", rates("pipeline"), target=1_000)
+    scans = Row("scans", "Scans: 1 worker", "status events/s", rates("scans"), target=2_000)
     burst = Row("pipeline_burst", "  decisions alone (tracker lagging)", "decisions/s",
                 [x.extra["decisions_only_rate"] for x in r["pipeline"] if x is not None])
     two = Row("pipeline2", "Pipeline: 2 workers (total)", "decisions/s", rates("scale"))
     pr = res["per_round"]
     ratio_limit = Row("ratio_limit", "pipeline / limit", "×", pr["pipeline/limit"])
-    ratio_framework = Row("ratio_framework", "pipeline / framework", "×", pr["pipeline/framework"])
+    ratio_framework = Row("ratio_framework", "pipeline / framework", "×", pr["pipeline/framework"], target=0.45)
     ratio_fl = Row("ratio_fl", "framework / limit", "×", pr["framework/limit"])
     scale = Row("scale", "Scale: 2 workers / 1", "×", pr["scale"], target=1.6)
     handlers = Row("handlers", "Handlers in process (no Kafka, no Faust)", "requests/s", res["handlers"] or [])
@@ -237,16 +269,44 @@ def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
 
     cpu_rows = [Row("cpu_limit", "CPU per event: limit process", "ms", cpu("limit")),
                 Row("cpu_framework", "CPU per event: bare Faust worker", "ms", cpu("framework")),
-                Row("cpu_pipeline", "CPU per decision: pipeline worker", "ms", cpu("pipeline")),
-                Row("cpu_pipeline2", "CPU per decision: 2 workers (sum)", "ms", cpu("scale"))]
-    rows = [limit, framework, pipeline, burst, two, ratio_limit, ratio_framework, ratio_fl, scale, handlers, *cpu_rows]
+                Row("cpu_pipeline", "CPU per decision: pipeline worker", "ms", cpu("pipeline"), target=1.0,
+                    higher_is_better=False),
+                Row("cpu_pipeline2", "CPU per decision: 2 workers (sum)", "ms", cpu("scale")),
+                Row("cpu_scale", "  2 workers' CPU per decision / 1 worker's", "×",
+                    [a.cpu_ms_per_output / b.cpu_ms_per_output for a, b in zip(r["scale"], r["pipeline"])
+                     if a is not None and b is not None and a.cpu_ms_per_output and b.cpu_ms_per_output],
+                    target=1.1, higher_is_better=False),
+                Row("cpu_scans", "CPU per scan: pipeline worker", "ms", cpu("scans"))]
+    rows = [limit, framework, pipeline, burst, scans, two, ratio_limit, ratio_framework, ratio_fl, scale, handlers,
+            *cpu_rows]
 
     lat = res["latency"]
     for key, name in (("request_decision_ms", "request→decision"), ("scan_status_ms", "scan→status")):
         for p in ("p50", "p95", "p99"):
             values = [run[key][p] for run in lat["runs"]] if lat else []
             rows.append(Row(f"latency_{key}_{p}", f"Latency {name} {p}", "ms", values,
-                            target=20 if p == "p99" else None, higher_is_better=False))
+                            target=50 if p == "p99" else None, higher_is_better=False))
+    eos = res.get("latency_eos")
+    if eos:
+        for key, name in (("request_decision_ms", "request→decision"), ("scan_status_ms", "scan→status")):
+            for p in ("p50", "p99"):
+                rows.append(Row(f"eos_{key}_{p}", f"  exactly_once: {name} {p}", "ms",
+                                [run[key][p] for run in eos["runs"]], higher_is_better=False))
+    rk = res.get("risk")
+    if rk:
+        runs = rk["runs"]
+        rows += [Row("risk_change", f"Risk change: {rk['touched']:,} of {rk['total']:,} active passes re-evaluated",
+                     "ms", [x["change_ms_full"] for x in runs], target=200, higher_is_better=False),
+                 Row("risk_untouched", "  same change, a tenth of the untouched passes / all of them", "×",
+                     [x["change_ms_tenth"] / x["change_ms_full"] for x in runs]),
+                 Row("risk_index", "  index built after a (re)assignment, once", "ms",
+                     [x["index_build_ms_full"] for x in runs], higher_is_better=False),
+                 Row("risk_before", "  before: visiting every pass", "µs per pass",
+                     [rk["visit_every_pass_us_per_pass"]], higher_is_better=False),
+                 Row("bytes_per_pass", "State: bytes per active pass (passes, serials, decided)", "bytes",
+                     [rk["bytes_per_pass"]], higher_is_better=False),
+                 Row("rss_per_100k", "State: memory per 100,000 active passes (tables + index)", "MB",
+                     [rk["rss_per_100k_mb"]], higher_is_better=False)]
     wf = res.get("latency_whatif")
     if wf:
         for key, name in (("request_decision_ms", "request→decision"), ("scan_status_ms", "scan→status")):
@@ -322,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{before['java_processes']} java processes running")
     try:
         ctx = Context(bootstrap=",".join(p.split("://", 1)[-1] for p in url.split(";")), broker_url=url,
-                      partitions=args.partitions, timeout=args.timeout, log=log)
+                      partitions=args.partitions, timeout=args.timeout, log=log,
+                      transactions=args.broker == "kafka" and not args.broker_url)
         res = asyncio.run(run_all(ctx, args, console))
     finally:
         if broker:
@@ -346,10 +407,11 @@ def main(argv: list[str] | None = None) -> int:
 
     lat = res["latency"]
     samples = {}
-    for result, suffix in ((lat, ""), (res.get("latency_whatif"), " (what-if fetch wait {} ms)")):
+    for result, suffix in ((lat, ""), (res.get("latency_whatif"), " (what-if fetch wait {} ms)"),
+                           (res.get("latency_eos"), " (exactly_once{})")):
         if not result:
             continue
-        tag = suffix.format(result.get("worker_fetch_wait_ms"))
+        tag = suffix.format(result.get("worker_fetch_wait_ms") if "fetch" in suffix else "")
         for key, name in (("request_decision_ms", "request → decision"), ("scan_status_ms", "scan → status")):
             samples[name + tag] = [x for run in result["runs"] for x in run["samples"][key]]
         for run in result["runs"]:
@@ -362,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
                      "pipeline_per_framework": next(r.to_dict() for r in rows if r.key == "ratio_framework")},
         "rows": [r.to_dict() for r in rows],
         "runs": {k: [None if x is None else vars(x) for x in v] for k, v in res["rounds"].items()},
-        "latency": lat, "latency_whatif": res.get("latency_whatif"), "routing": res["routing"],
+        "latency": lat, "latency_whatif": res.get("latency_whatif"), "latency_eos": res.get("latency_eos"),
+        "risk": res.get("risk"), "routing": res["routing"],
         "replay": res["replay"], "projector": res.get("projector"), "profiles": res["profiles"],
         "errors": res["errors"], "wall_seconds": res["wall_seconds"],
         "latency_pooled": {k: summary(v) | {"n": len(v)} for k, v in samples.items()} if samples else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import statistics
 import time
@@ -28,8 +29,8 @@ from . import workload
 from .harness import OUT_DIR, Proc, Stamp, delete_topics, fill, rate_of, run_id, start_process
 from .workload import Message
 
-__all__ = ["Context", "limit_run", "framework_run", "pipeline_run", "latency_runs", "routing_runs",
-           "replay_runs", "handlers_in_process"]
+__all__ = ["Context", "limit_run", "framework_run", "pipeline_run", "scan_run", "latency_runs", "routing_runs",
+           "replay_runs", "handlers_in_process", "risk_change_runs"]
 
 # Faust and aiokafka members join a group only after the broker's join window: Tansu waits half
 # the session timeout (Faust's default 60 s → 30 s per worker start). A 10 s session makes it
@@ -45,6 +46,7 @@ class Context:
     out_dir: Path = OUT_DIR
     timeout: float = 300.0
     log: object = print   # progress lines
+    transactions: bool = False  # the broker has them (Apache Kafka): also measure exactly_once
 
     @property
     def keys_dir(self) -> Path:
@@ -248,6 +250,49 @@ async def pipeline_run(ctx: Context, requests: list[Message], firms: list[Messag
                 "decisions_only_rate": decided_rate, "decisions_only_seconds": decided_span})
 
 
+# --- 3b. scans applied ------------------------------------------------------------------------------------
+
+async def scan_run(ctx: Context, requests: list[Message], firms: list[Message], risks: list[Message]) -> Run:
+    """Status events/s answering scans: a worker decides `requests`, then the scans of every pass
+    it issued (each pass's in route order, keyed by pass number as checkpoints publish them) are
+    produced as fast as the client goes; the rate is from the first scan answer to the last."""
+    rid = run_id()
+    prefix = f"bench-{rid}."
+    topics = Topics.with_prefix(prefix)
+    await _prepare_system(ctx, topics, firms, risks)
+    decisions = _Receiver(ctx.bootstrap, [topics.decisions], ctx.partitions)
+    statuses = _StatusReceiver(ctx.bootstrap, [topics.status], ctx.partitions)
+    await decisions.start()
+    await statuses.start()
+    await fill(ctx.bootstrap, topics.requests, requests, partitions=ctx.partitions)
+    procs = start_workers(ctx, worker_env(ctx, rid, prefix), rid, 1)
+    try:
+        done = _PipelineDone(len(requests), topics)
+        await _collect(ctx, [topics.decisions, topics.deadletter, topics.status], procs, done, done.kind)
+        rng = random.Random(7)
+        scans = []
+        for _, _, value in decisions.got.values():
+            body = orjson.loads(value)
+            if body.get("pass"):
+                for scan in workload_scans(body, rng):
+                    scans.append((scan["scan_id"], body["pass"]["pass_id"].encode(), orjson.dumps(scan)))
+        scans = _interleave(scans)
+        cpu0 = procs[0].cpu_seconds()
+        await fill(ctx.bootstrap, topics.scans, [Message(k, v) for _, k, v in scans], partitions=ctx.partitions)
+        await _wait_answers(statuses, [i for i, _, _ in scans], ctx.timeout, procs[0].alive)
+        cpu = procs[0].cpu_seconds() - cpu0
+    finally:
+        await decisions.stop()
+        await statuses.stop()
+        for p in procs:
+            p.stop()
+    await _cleanup(ctx, prefix, f"bench-{rid}")
+    times = sorted(statuses.created[i] for i, _, _ in scans)
+    span = (times[-1] - times[0]) / 1000.0
+    return Run((len(times) - 1) / span if span > 0 else float("inf"), span, len(times),
+               cpu_ms_per_output=1000 * cpu / len(times), extra={"passes": len({k for _, k, _ in scans})})
+
+
 # --- 4. latency at a fixed offered load ----------------------------------------------------------------------
 
 class _Receiver:
@@ -256,6 +301,7 @@ class _Receiver:
     def __init__(self, bootstrap: str, topics: list[str], partitions: int) -> None:
         self.bootstrap, self.topics, self.partitions = bootstrap, topics, partitions
         self.got: dict[str, tuple[float, str, bytes]] = {}   # id -> (perf_counter, topic, value)
+        self.created: dict[str, int] = {}                     # id -> the record's producer timestamp (ms)
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
@@ -277,6 +323,7 @@ class _Receiver:
                     ident = self.identify(tp.topic, r)
                     if ident is not None and ident not in self.got:
                         self.got[ident] = (now, tp.topic, r.value)
+                        self.created[ident] = r.timestamp
 
     def identify(self, topic: str, record) -> str | None:
         return record.key.decode() if record.key else None
@@ -329,10 +376,11 @@ def percentiles(samples_ms: list[float]) -> dict:
 
 
 async def latency_runs(ctx: Context, rate: float, seconds: float, runs: int, *, seed: int = 2020,
-                       fetch_wait_ms: int | None = None) -> dict:
+                       fetch_wait_ms: int | None = None, guarantee: str = "at_least_once") -> dict:
     """One worker; per run, requests then the scans of the passes they got, each at `rate`/s.
 
     `fetch_wait_ms`: run the worker with that fetch wait (GC_FETCH_WAIT_MS) instead of its default.
+    `guarantee`: the worker's processing guarantee (exactly_once needs Apache Kafka).
     """
     rid = run_id()
     prefix = f"bench-{rid}."
@@ -340,6 +388,7 @@ async def latency_runs(ctx: Context, rate: float, seconds: float, runs: int, *, 
     firms, risks = workload.reference(seed)
     await _prepare_system(ctx, topics, firms, risks)
     env = worker_env(ctx, rid, prefix)
+    env["GC_PROCESSING_GUARANTEE"] = guarantee
     if fetch_wait_ms is not None:
         env["GC_FETCH_WAIT_MS"] = str(fetch_wait_ms)
     procs = start_workers(ctx, env, rid, 1)
@@ -351,7 +400,7 @@ async def latency_runs(ctx: Context, rate: float, seconds: float, runs: int, *, 
     rng = random.Random(seed)
     wait = int(env.get("GC_FETCH_WAIT_MS") or Settings.model_fields["fetch_wait_ms"].default)
     result = {"offered_per_second": rate, "seconds_per_phase": seconds, "worker_fetch_wait_ms": wait,
-              "runs": []}
+              "guarantee": guarantee, "runs": []}
     try:
         await decisions.start()
         await statuses.start()
@@ -654,3 +703,105 @@ def handlers_in_process(requests: list[Message], runs: int) -> list[float]:
         run_handlers(pipeline, requests)
         rates.append(len(requests) / (time.perf_counter() - t))
     return rates
+
+
+# --- the tracker's state at scale, in process ---------------------------------------------------------------
+
+def _templates(count: int = 1500):
+    """Real pass states (and their decisions) from the workload, decided by the handlers."""
+    from streams.handlers import Tables
+
+    pipeline = build_bench_pipeline()
+    tables = Tables.empty()
+    for offset, m in enumerate(workload.requests(count, seed=2023)):
+        from models.passes import kafka_partition
+        pipeline.on_request(m.key, m.value, partition=kafka_partition(m.key, pipeline.partitions) if m.key else 0,
+                            offset=offset, timestamp_ms=1582617600000, tables=tables)
+    return pipeline, tables
+
+
+def _clone_tables(pipeline, tables, inside: list, outside: list, total: int, touched: int):
+    """`total` active passes on one partition, `touched` of them cloned from passes through the
+    changed region (`inside`), the others from passes not touching it."""
+    from dataclasses import replace as _replace
+
+    from models.passes import PassState
+    from streams.handlers import Tables
+
+    out = Tables.empty()
+    for i in range(total):
+        template = inside[i % len(inside)] if i < touched else outside[i % len(outside)]
+        state = _replace(PassState.from_json(template), pass_id=f"{i:012d}", shipment_id=f"bench-{i}")
+        out.passes[state.pass_id] = state.to_json()
+        out.serials[state.pass_id] = state.shipment_id.encode()
+        out.decided[state.shipment_id] = tables.decided[PassState.from_json(template).shipment_id] + b""
+    return out
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
+    """One risk change on a region crossed by `share` of `total` active passes of a partition:
+    the time to re-evaluate, beside the same change with a tenth of the untouched passes (equal
+    when untouched passes cost nothing), the one-off index build after a (re)assignment, and
+    what visiting every pass (the design before) costs. Also bytes per active pass and memory."""
+    import gc
+    from collections import Counter as _Counter
+
+    from models.passes import PassState
+    from models.records import canonical
+    from streams.handlers import Pipeline
+
+    base, tables = _templates()
+    pipeline = Pipeline(base.decider, base.tracker, base.topics, partitions=1)  # one partition holds them all
+    regions = {pid: base.tracker.regions_of(PassState.from_json(raw)) for pid, raw in tables.passes.items()}
+    # The changed region: the busiest one that is on routes but is rarely an end.
+    ends = _Counter(r for pid, raw in tables.passes.items() for r in (
+        base.decider.graph.node_of(PassState.from_json(raw).origin),
+        base.decider.graph.node_of(PassState.from_json(raw).destination)))
+    crossing = _Counter(r for rs in regions.values() for r in rs)
+    region = max(crossing, key=lambda r: crossing[r] - 3 * ends[r])
+    inside = [tables.passes[p] for p, rs in regions.items() if region in rs]
+    outside = [tables.passes[p] for p, rs in regions.items() if region not in rs]
+    touched = int(total * share)
+    change = canonical({"kind": "risk", "adcode": region.ljust(6, "0"), "level": "high",
+                        "effective_at": "2020-02-25T06:00:00Z"})
+    result = {"total": total, "touched": touched, "region": region, "runs": []}
+    for _ in range(runs):
+        row = {}
+        for label, n in (("full", total), ("tenth", touched + (total - touched) // 10)):
+            state = _clone_tables(pipeline, tables, inside, outside, n, touched)
+            gc.collect()
+            t = time.perf_counter()
+            pipeline.index(0, state)
+            row[f"index_build_ms_{label}"] = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+            outs = pipeline.on_pass_event(change, partition=0, tables=state)
+            row[f"change_ms_{label}"] = (time.perf_counter() - t) * 1000
+            row[f"events_{label}"] = len(outs)
+            pipeline.decider.risk = type(pipeline.decider.risk)()  # the next run starts from no risk
+        result["runs"].append(row)
+    # Bytes per active pass in the worker's tables, and the process memory they take.
+    gc.collect()
+    rss0 = _rss_bytes()
+    state = _clone_tables(pipeline, tables, inside, outside, total, touched)
+    index = pipeline.index(0, state)
+    gc.collect()
+    result["rss_per_100k_mb"] = (_rss_bytes() - rss0) / 1e6 * 100_000 / total
+    result["bytes_per_pass"] = sum(len(k) + len(v) for t in (state.passes, state.serials, state.decided)
+                                   for k, v in t.items()) / total
+    result["indexed"] = len(index)
+    # The design before: decode and re-evaluate every pass of the partition.
+    sample = _clone_tables(pipeline, tables, inside, outside, 10_000, 100)
+    from models.records import RegionRisk, parse_time
+    risk = RegionRisk(region.ljust(6, "0"), "high", parse_time("2020-02-25T06:00:00Z"))
+    pipeline.decider.risk.apply(risk)
+    t = time.perf_counter()
+    for pid in sorted(sample.passes):
+        pipeline.tracker.risk_changed(PassState.from_json(sample.passes[pid]), risk)
+    result["visit_every_pass_us_per_pass"] = (time.perf_counter() - t) * 1e6 / 10_000
+    pipeline.decider.risk = type(pipeline.decider.risk)()
+    return result
