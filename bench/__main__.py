@@ -178,7 +178,7 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
     eos = None
     if "latency" not in skip and pipeline_median and ctx.transactions:
         offered = args.latency_load * pipeline_median
-        log(f"[bold]latency, exactly_once[/bold]: the same load with transactions")
+        log("[bold]latency, exactly_once[/bold]: the same load with transactions")
         eos = await attempt("latency_eos", latency_runs(ctx, offered, args.latency_seconds, runs,
                                                         guarantee="exactly_once"))
 

@@ -123,6 +123,15 @@ async def ensure_topics(bootstrap: str, names: list[str], *, partitions: int, re
                 await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass
-        return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
+        # A topic just created may be described before its partitions have leaders (Apache Kafka
+        # answers with an error and no partitions): ask again until each one has them.
+        deadline = time.monotonic() + 30
+        while True:
+            described = await admin.describe_topics(names)
+            counts = {t["topic"]: len(t["partitions"]) for t in described}
+            if all(t.get("error_code", 0) == 0 and t["partitions"] for t in described) \
+                    or time.monotonic() > deadline:
+                return counts
+            await asyncio.sleep(0.2)  # polling the topics' metadata, with a deadline
     finally:
         await admin.close()

@@ -75,7 +75,7 @@ import orjson
 
 from typing import TYPE_CHECKING
 
-from models.records import Unparseable, format_time, load_object, parse_enterprise, parse_risk, parse_time
+from models.records import format_time, parse_time
 
 if TYPE_CHECKING:  # the decision core is imported when a command runs, not when the CLI parses arguments
     from .handlers import Out, Pipeline, Topics
