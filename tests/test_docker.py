@@ -12,7 +12,10 @@ What is checked:
 * docker/healthcheck.py against a loopback HTTP server and a fake /proc;
 * the Kafka cluster: three KRaft nodes sharing one CLUSTER_ID and one quorum voter list,
   replication 3 / min ISR 2, 12 partitions; the worker: replicas >= 2, exactly_once, its
-  broker URL naming all three nodes, the shared key volume, start order; the one-shot jobs.
+  broker URL naming all three nodes, the shared key volume, start order; the one-shot jobs;
+* the projector (the only writer of the database): replicas >= 2 in one consumer group, the
+  worker's broker, database, app id and processing guarantee (read_committed depends on it),
+  start order after the migrations and topics, a health check that works without a web port.
 """
 
 from __future__ import annotations
@@ -365,8 +368,9 @@ def test_compose_greenchannel_commands_parse(services):
     assert not failures, "\n".join(failures)
     commands = {ns.command for found in seen.values() for ns in found}
     # Not vacuous: the services that must run greenchannel were found and understood.
-    assert {"worker", "topics", "db", "keys"} <= commands, commands
+    assert {"worker", "projector", "topics", "db", "keys"} <= commands, commands
     assert [ns.command for ns in seen["worker"]] == ["worker"]
+    assert [ns.command for ns in seen["projector"]] == ["projector"]
     assert [ns.command for ns in seen["topics"]] == ["topics"]
     assert [(ns.command, ns.db_command) for ns in seen["migrate"]] == [("db", "upgrade")]
     assert [ns.command for ns in seen["keys"]] == ["keys"]
@@ -741,6 +745,67 @@ def test_signing_keys_are_one_shared_volume(services, compose):
     assert env_of(worker)["GC_DATA_DIR"] != key_dir
 
 
+def test_projector_runs_beside_the_worker(services):
+    assert "projector" in services, "nothing would write the database: the worker no longer projects"
+    projector, worker = services["projector"], services["worker"]
+    assert uses_project_image(projector)
+    assert projector.get("image") == worker.get("image") and projector.get("build") == worker.get("build")
+    assert projector["command"] == ["projector"]
+    assert "entrypoint" not in projector, "the image's ENTRYPOINT (greenchannel) runs the command"
+    assert int(projector["deploy"]["replicas"]) >= 2, "a second projector shares the partitions / stands by"
+    assert "container_name" not in projector, "a fixed container name prevents replicas"
+    assert not [p for p in projector.get("ports") or [] if ":" in str(p) or isinstance(p, dict)], \
+        "replicas cannot share a published host port"
+    assert projector.get("restart") == worker.get("restart") == "unless-stopped"
+    assert projector.get("init") is worker.get("init") is True, "SIGTERM must reach the projector (it commits then)"
+    assert projector.get("stop_grace_period"), "time to write and commit the batch in hand"
+
+
+def test_projector_shares_the_workers_settings(services, monkeypatch):
+    from streams import projector as projector_module
+    projector_env, worker_env = env_of(services["projector"]), env_of(services["worker"])
+    for key in ("GC_BROKER_URL", "GC_DATABASE_URL", "GC_APP_ID", "GC_TOPIC_PREFIX", "GC_PARTITIONS",
+                "GC_PROCESSING_GUARANTEE"):
+        assert projector_env.get(key) == worker_env.get(key), key
+    assert "GC_APP_ID" in projector_env, "set the app id explicitly: the projector group is named after it"
+    settings, worker_settings = settings_from(projector_env), settings_from(worker_env)
+    assert (settings.bootstrap, settings.database_url, settings.app_id, settings.topic_prefix) == (
+        worker_settings.bootstrap, worker_settings.database_url, worker_settings.app_id, worker_settings.topic_prefix)
+    assert settings.processing_guarantee == worker_settings.processing_guarantee == "exactly_once"
+    # What the projector would do with these settings (the consumer is recorded, not started).
+    monkeypatch.setattr(projector_module, "AIOKafkaConsumer", lambda **kwargs: kwargs)
+    consumer = projector_module.Projector(settings).consumer()
+    assert consumer["isolation_level"] == "read_committed", "aborted worker transactions would reach the database"
+    assert consumer["group_id"] == f"{worker_settings.app_id}-projector"
+    assert consumer["bootstrap_servers"] == worker_settings.bootstrap
+
+
+def test_projector_start_order(services, kafka_nodes):
+    deps = depends_on(services["projector"])
+    assert deps.get("migrate") == "service_completed_successfully", "the schema must be at head first"
+    assert deps.get("topics") == "service_completed_successfully", "the topics, on a healthy cluster, first"
+    assert deps.get("postgres") == "service_healthy"
+    # The broker's health is reached as the worker reaches it: topics waits for every node.
+    topics_deps = depends_on(services["topics"])
+    for node in kafka_nodes:
+        assert topics_deps.get(node) == "service_healthy", node
+    assert "keys" not in deps and not mounts_of(services["projector"]), "the projector signs nothing"
+
+
+def test_projector_health_check_needs_no_web_port(services, healthcheck, tmp_path):
+    """The projector serves no HTTP: with GC_WEB_ENABLED the image's probe of GC_WEB_PORT would
+    call it unhealthy forever. Off, the probe checks that the greenchannel process runs."""
+    projector = services["projector"]
+    assert (projector.get("healthcheck") or {}).get("disable") is not True
+    env = env_of(projector)
+    assert not settings_from(env).web_enabled
+    assert not healthcheck.web_enabled(env)
+    init = (["/sbin/docker-init", "--", "greenchannel", "projector"], "S")
+    running = (["/opt/venv/bin/python", "/opt/venv/bin/greenchannel", "projector"], "S")
+    assert healthcheck.main(env, _fake_proc(tmp_path / "a", {1: init, 7: running})) == 0
+    assert healthcheck.main(env, _fake_proc(tmp_path / "b", {1: init})) == 1
+
+
 def test_topics_job_creates_the_expected_topics(services):
     from streams.handlers import Topics
     topics_env, worker_env = env_of(services["topics"]), env_of(services["worker"])
@@ -760,7 +825,7 @@ def test_postgres_and_database_url(services):
     assert "pg_isready" in " ".join(test if isinstance(test, list) else [test])
     assert any(m["target"] == "/var/lib/postgresql/data" and m["type"] == "volume" for m in mounts_of(postgres))
     pg_env = env_of(postgres)
-    for name in ("worker", "migrate"):
+    for name in ("worker", "migrate", "projector"):
         url = make_url(env_of(services[name])["GC_DATABASE_URL"])
         assert url.drivername == "postgresql+psycopg", name
         assert (url.host, url.port) == ("postgres", 5432)
