@@ -1,7 +1,7 @@
 """The framework: a bare Faust agent that re-sends each event unchanged.
 
 Configured like `streams.app` (raw bytes, producer linger 1 ms, stream buffer 8192, memory
-store, at-least-once), run like `greenchannel worker` (no spinner) and iterating like its
+store, at-least-once), run like `greenchannel worker` (no spinner, uvloop) and iterating like its
 `decide` agent (`stream.events()`, one awaited send per event), so the difference to the
 pipeline is the work the pipeline does. BENCH_LINGER_MS and BENCH_SPINNER=1 are for
 what-if comparisons only.
@@ -53,7 +53,9 @@ async def forward(stream):
 
 if __name__ == "__main__":
     from faust.worker import Worker
+    from mode.loop import use as use_event_loop
 
+    use_event_loop(Settings.model_fields["event_loop"].default)  # as `greenchannel worker` (uvloop)
     worker = Worker(app, loglevel="warning", quiet=True)
     if not os.environ.get("BENCH_SPINNER"):  # as `greenchannel worker` runs Faust (streams/cli.py)
         worker.spinner = None
