@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs per figure; the median is reported (default 3)")
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--events", type=int, default=20000, help="events per limit/framework run (default 20000)")
-    p.add_argument("--requests", type=int, default=3000, help="requests per pipeline run (default 3000)")
+    p.add_argument("--requests", type=int, default=8000, help="requests per pipeline run (default 8000)")
     p.add_argument("--scale-requests", type=int, help="requests per two-worker run (default: 2 × --requests)")
     p.add_argument("--latency-load", type=float, default=0.5, help="offered load, fraction of the pipeline median")
     p.add_argument("--latency-seconds", type=float, default=8.0, help="seconds per latency phase (default 8)")

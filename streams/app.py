@@ -21,8 +21,8 @@ from models.reference import EnterpriseBook, RiskBook
 from models.tracking import Tracker
 from routing import Gazetteer, RegionGraph, RoutePlanner
 
-from .compat import (learn_partitions, refresh_metadata, seek_before_resume, send_in_partition_transaction,
-                     set_fetch_wait, take_table_writes)
+from .compat import (DirectTable, learn_partitions, refresh_metadata, seek_before_resume,
+                     send_in_partition_transaction, set_fetch_wait, take_table_writes)
 from .eos import CommitGate
 from .handlers import Out, PassHolders, Pipeline, Tables, Topics
 from .keys import load_signer
@@ -128,15 +128,19 @@ def create_app(settings: Settings) -> faust.App:
     scans = raw_topic(names.scans)
     reference = raw_topic(names.risk, names.enterprises)
     pass_events = raw_topic(names.pass_events)
-    outputs = {name: raw_topic(name) for name in (names.decisions, names.status, names.deadletter, names.pass_events)}
 
     # --- tables -------------------------------------------------------------------------------
     # Keys are ids (text), values the exact bytes published or stored: nothing to re-encode.
     # Typed by key_type/value_type, not a Schema: those also pick the serializers the changelog
     # is written with (str: JSON, bytes: raw), so a restarted worker recovers what was stored.
     # A pass's entries are all on its partition: its request's, its scans' (streams.handlers).
-    def table(name: str) -> faust.Table:
-        return app.Table(name, key_type=str, value_type=bytes, partitions=settings.partitions)
+    # Written straight to their stores; the changelog records go out with the event's outputs
+    # (streams.compat.DirectTable), on the event's partition.
+    changelog: list[tuple[str, bytes, bytes]] = []
+
+    def table(name: str) -> DirectTable:
+        return DirectTable(app.Table(name, key_type=str, value_type=bytes, partitions=settings.partitions),
+                           changelog)
 
     passes = table("passes")
     # Pass numbers held: read from the pass states (PassHolders), one changelog write fewer per approval.
@@ -165,7 +169,7 @@ def create_app(settings: Settings) -> faust.App:
         table's changelog in the main producer's metadata. Under exactly_once that producer never
         writes there (the transactional ones do), so unless asked it may not know the topic and
         the view fails (seen: HTTP 500, "'NoneType' object is not iterable")."""
-        topic = passes.changelog_topic.get_topic_name()
+        topic = passes.table.changelog_topic.get_topic_name()
         for attempt in range(10):
             try:
                 await learn_partitions(app, topic)
@@ -175,13 +179,21 @@ def create_app(settings: Settings) -> faust.App:
                 await asyncio.sleep(1 + attempt)  # a retry backoff, not a synchronisation
 
     async def send_all(outs: list[Out]) -> None:
+        """Straight to the producer: the values are bytes already, so Faust's topic layer (its
+        serializers and message futures) has nothing to add. Delivery is not awaited here; Faust
+        flushes the producer before it commits the offsets these outputs came from."""
         for out in outs:
-            await outputs[out.topic].send(key=out.key, value=out.value, headers=list(out.headers),
-                                          partition=out.partition)
+            await app.producer.send(out.topic, out.key, out.value, out.partition, None, list(out.headers))
 
     def meta(event) -> dict:
         m = event.message
         return {"partition": m.partition, "offset": m.offset, "timestamp_ms": int(m.timestamp * 1000)}
+
+    def table_writes(event) -> list[Out]:
+        """The changelog records of the table writes just made, on the event's partition."""
+        writes = [Out(name, key, value, partition=event.message.partition) for name, key, value in changelog]
+        changelog.clear()
+        return writes
 
     async def guarded(topic: str, event, handle) -> None:
         """An agent never dies on a message: an unexpected error dead-letters it instead."""
@@ -192,6 +204,7 @@ def create_app(settings: Settings) -> faust.App:
             m = meta(event)
             outs = [pipeline.dead_letter(topic, m["partition"], m["offset"], event.key, event.value,
                                          m["timestamp_ms"], f"internal error: {type(exc).__name__}: {exc}")]
+        outs = table_writes(event) + outs  # taken before any await: the next event's are its own
         if exactly_once:  # the event's table writes and outputs, in its partition's transaction
             await send_in_partition_transaction(app, event, take_table_writes(app), outs)
         else:
@@ -245,7 +258,7 @@ def create_app(settings: Settings) -> faust.App:
 
     # --- web views ------------------------------------------------------------------------------
     @app.page("/passes/{pass_id}/")
-    @app.table_route(table=passes, match_info="pass_id")
+    @app.table_route(table=passes.table, match_info="pass_id")
     async def pass_view(web, request, pass_id: str):
         """A pass's live state, answered by the worker that owns its partition."""
         raw = passes.get(pass_id)

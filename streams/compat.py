@@ -14,6 +14,11 @@ so an upgrade that changes one fails there first, by name. Each touch:
 * `take_table_writes` / `send_in_partition_transaction`: table writes reach Kafka through the
   producer buffer in the background; exactly_once publishes them, and an event's outputs, in
   the transaction of the event's own source partition (streams.eos says why).
+* `DirectTable`: a table write in Faust builds a changelog message future, checks the source
+  topic's partitions and queues the write for a background sender: most of a decision's cost
+  after the handlers. The worker writes the table's store itself and sends the changelog record
+  (the bytes Faust would send: the table's own serializers) with the event's outputs, on the
+  event's partition. Faust still reads that changelog back when it recovers the table.
 * `refresh_metadata`: aiokafka's consumer answers `partitions_for_topic` from the client's
   metadata, which Apache Kafka's bootstrap answer leaves without topics.
 * `learn_partitions`: the pass view's `table_route` reads the changelog's partitions from the
@@ -24,13 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import MutableMapping
 from types import SimpleNamespace
 
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-__all__ = ["set_fetch_wait", "seek_before_resume", "wrap_commit", "take_table_writes",
+__all__ = ["set_fetch_wait", "seek_before_resume", "DirectTable", "wrap_commit", "take_table_writes",
            "transactional_id", "send_in_partition_transaction", "refresh_metadata", "learn_partitions"]
 
 
@@ -96,6 +102,48 @@ def seek_before_resume() -> None:
         method = getattr(Recovery, name)
         if not getattr(method, "__gc_seek_before_resume__", False):
             setattr(Recovery, name, _seek_before_resume(method))
+
+
+# --- table writes ---------------------------------------------------------------------------------
+
+class DirectTable(MutableMapping):
+    """A Faust table, written straight to its store, its changelog records kept in `pending`
+    (topic, key bytes, value bytes) for the caller to send on the event's partition.
+
+    Reads and iteration are the store's (what Faust's own table reads). Deleting is not offered:
+    nothing in the worker deletes."""
+
+    def __init__(self, table, pending: list) -> None:
+        self.table = table
+        self._store = table.data
+        self._changelog = table.changelog_topic
+        self._name = table.changelog_topic.get_topic_name()
+        self._serializers = (table.key_serializer, table.value_serializer)
+        self._pending = pending
+
+    def __getitem__(self, key):
+        return self._store[key]
+
+    def get(self, key, default=None):
+        return self._store.get(key, default)
+
+    def __setitem__(self, key, value) -> None:
+        self._store[key] = value
+        raw_key, _ = self._changelog.prepare_key(key, self._serializers[0])
+        raw_value, _ = self._changelog.prepare_value(value, self._serializers[1])
+        self._pending.append((self._name, raw_key, raw_value))
+
+    def __delitem__(self, key) -> None:
+        raise TypeError("the worker never deletes table keys")
+
+    def __iter__(self):
+        return iter(self._store)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def items(self):
+        return self._store.items()
 
 
 # --- exactly_once: commits, table writes and outputs --------------------------------------------

@@ -193,3 +193,49 @@ def test_premise_metadata_refresh_and_the_faust_producers_client():
     assert "self._client" in inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
     assert callable(FaustAIOKafkaProducer._ensure_producer)
     assert asyncio.iscoroutinefunction(aiokafka.AIOKafkaProducer.partitions_for)
+
+
+# --- at_least_once outputs, straight to the producer (streams.app send_all) -------------------------
+
+def test_faust_flushes_the_producer_before_it_commits_offsets_without_transactions():
+    """The worker sends its outputs with `app.producer.send` and does not await their delivery:
+    safe only because Faust's commit, outside a transaction, flushes the producer first."""
+    source = inspect.getsource(Consumer._commit_offsets)
+    flush, commit = source.index("await self.app.producer.flush()"), source.index("await self._commit(committable_offsets)")
+    assert flush < commit
+    assert "async def send" in inspect.getsource(FaustAIOKafkaProducer.send)
+
+
+# --- table writes straight to the store (streams.compat.DirectTable) --------------------------------
+
+def test_a_direct_table_write_is_what_faust_would_store_and_recover():
+    """The worker writes a table's store itself and sends the changelog record Faust would have
+    sent (its own serializers); Faust's recovery decodes that record back to the same entry."""
+    from faust.types import Message
+    from mode.utils.collections import ManagedUserDict
+
+    from faust.tables.table import Table
+
+    app = faust.App("gc-test-direct", broker="kafka://127.0.0.1:1")
+    table = app.Table("t", key_type=str, value_type=bytes, partitions=4)
+    pending: list = []
+    direct = compat.DirectTable(table, pending)
+    direct["420111000001"] = b'{"status":"issued"}'
+    assert table.data["420111000001"] == direct.get("420111000001") == b'{"status":"issued"}'
+    assert direct.get("nothing") is None and list(direct) == ["420111000001"] and len(direct) == 1
+    [(topic, key, value)] = pending
+    assert topic == table.changelog_topic.get_topic_name() == "gc-test-direct-t-changelog"
+    record = Message(topic=topic, partition=0, offset=0, timestamp=0.0, timestamp_type=0, headers=[],
+                     key=key, value=value, checksum=None)
+    schema = table.changelog_topic.schema
+    assert schema.loads_key(app, record, serializer=table.key_serializer) == "420111000001"
+    assert schema.loads_value(app, record, serializer=table.value_serializer) == b'{"status":"issued"}'
+    # Premises: Faust's own write is `on_key_set` (the changelog, with the table's serializers)
+    # and then the store; there is nothing else to do.
+    assert "self.on_key_set(key, value)" in inspect.getsource(ManagedUserDict.__setitem__)
+    assert "self.data[key] = value" in inspect.getsource(ManagedUserDict.__setitem__)
+    assert "self.send_changelog(self.partition_for_key(key), key, value)" in inspect.getsource(Table.on_key_set)
+    send = inspect.getsource(Collection.send_changelog)
+    assert "key_serializer = self.key_serializer" in send and "value_serializer = self.value_serializer" in send
+    with pytest.raises(TypeError):
+        del direct["420111000001"]
