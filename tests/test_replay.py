@@ -429,14 +429,18 @@ async def test_a_risk_change_mid_stream_replays_each_decision_with_the_level_of_
     before += [made(n, None, {"adcode": "420111"}, {"adcode": "330106"}, 0) for n in range(3, 12)]
     first = await publish(system, scenario, before)
     through, into = first[before[0]["shipment_id"]]["pass"], first[before[1]["shipment_id"]]["pass"]
+    also_into = first[before[2]["shipment_id"]]["pass"]
     assert through and into and first[before[2]["shipment_id"]]["decision"] == "approved"
 
     high = {"adcode": "430000", "level": "high", "effective_at": format_time(start + timedelta(hours=2))}
     await system.send(system.topics.risk, high, key="430000")
     await system.tap.wait_for(system.topics.status, lambda m: m.key == through["pass_id"].encode()
                               and m.json["status"] == "rerouted", timeout=120)
-    await system.tap.wait_for(system.topics.status, lambda m: m.key == into["pass_id"].encode()
-                              and m.json["status"] == "suspended", timeout=120)
+    # Each partition re-evaluates its passes when the broadcast reaches it: wait for every pass
+    # the change moves, not only the first, before the window closes.
+    for moved in (into, also_into):
+        await system.tap.wait_for(system.topics.status, lambda m: m.key == moved["pass_id"].encode()
+                                  and m.json["status"] == "suspended", timeout=120)
 
     after = [made(20, "P0", WUHAN, GUANGZHOU, 3), made(21, "P3", WUHAN, CHANGSHA, 3), made(22, "P2", WUHAN, CHANGSHA, 3)]
     second = await publish(system, scenario, after)
@@ -447,8 +451,9 @@ async def test_a_risk_change_mid_stream_replays_each_decision_with_the_level_of_
 
     low = {"adcode": "430000", "level": "low", "effective_at": format_time(start + timedelta(hours=4))}
     await system.send(system.topics.risk, low, key="430000")
-    await system.tap.wait_for(system.topics.status, lambda m: m.key == into["pass_id"].encode()
-                              and m.json["status"] == "rerouted", timeout=120)
+    for moved in (into, also_into):
+        await system.tap.wait_for(system.topics.status, lambda m: m.key == moved["pass_id"].encode()
+                                  and m.json["status"] == "rerouted", timeout=120)
 
     until = now_text()
     result = system.cli("replay", "--since", since, "--until", until, "--json", "-", "--pass", through["pass_id"],
