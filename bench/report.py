@@ -157,7 +157,7 @@ def write_chart(path: Path, bars: list[Row], latency_samples: dict[str, list[flo
             continue
         s = np.sort(np.array(samples))
         right.plot(s, np.arange(1, len(s) + 1) / len(s), label=f"{label} (n={len(s)})")
-    right.axvline(20, color="red", linestyle="--", linewidth=1, label="target p99 ≤ 20 ms")
+    right.axvline(50, color="red", linestyle="--", linewidth=1, label="target p99 ≤ 50 ms")
     right.axhline(0.99, color="grey", linestyle=":", linewidth=1)
     right.set_xscale("log")
     right.set_xlabel("latency, send → receipt (ms, log scale)")
