@@ -22,7 +22,7 @@ from models.tracking import Tracker
 from routing import Gazetteer, RegionGraph, RoutePlanner
 
 from .compat import (DirectTable, learn_partitions, refresh_metadata, seek_before_resume,
-                     send_in_partition_transaction, set_fetch_wait, take_table_writes)
+                     send_in_partition_transaction, set_fetch_wait)
 from .eos import CommitGate
 from .handlers import Out, PassHolders, Pipeline, Tables, Topics
 from .keys import load_signer
@@ -146,14 +146,13 @@ def create_app(settings: Settings) -> faust.App:
     # Pass numbers held: read from the pass states (PassHolders), one changelog write fewer per approval.
     tables = Tables(decided=table("decided"), serials=PassHolders(passes), passes=passes, answers=table("answers"))
 
-    @app.on_partitions_revoked.connect
-    async def forget_revoked(app, revoked, **kwargs) -> None:
-        tables.forget({tp.partition for tp in revoked})
+    async def forget_moved(app, moved, **kwargs) -> None:
+        """A revoked or newly assigned partition's table is recovered anew from the changelog
+        before any of its events is processed: its derived index is rebuilt from that."""
+        tables.forget({tp.partition for tp in moved})
 
-    @app.on_partitions_assigned.connect
-    async def forget_assigned(app, assigned, **kwargs) -> None:
-        # Recovered anew from the changelog before any event of the partition is processed.
-        tables.forget({tp.partition for tp in assigned})
+    app.on_partitions_revoked.connect(forget_moved)
+    app.on_partitions_assigned.connect(forget_moved)
 
     ready = asyncio.Event()
 
@@ -206,7 +205,7 @@ def create_app(settings: Settings) -> faust.App:
                                          m["timestamp_ms"], f"internal error: {type(exc).__name__}: {exc}")]
         outs = table_writes(event) + outs  # taken before any await: the next event's are its own
         if exactly_once:  # the event's table writes and outputs, in its partition's transaction
-            await send_in_partition_transaction(app, event, take_table_writes(app), outs)
+            await send_in_partition_transaction(app, event, outs)
         else:
             await send_all(outs)
 
@@ -221,9 +220,9 @@ def create_app(settings: Settings) -> faust.App:
         return gate.event()
 
     # --- agents -------------------------------------------------------------------------------
-    # One event at a time: a table write needs the current event's partition, which Faust knows
-    # only inside per-event iteration. A request is decided and its pass issued in one event; a
-    # scan is applied in one event on its pass's partition.
+    # One event at a time: each event's table writes and outputs are sent (under exactly_once, in
+    # its partition's transaction) before the next is handled. A request is decided and its pass
+    # issued in one event; a scan is applied in one event on its pass's partition.
     @app.agent(requests)
     async def decide(stream):
         await ready.wait()

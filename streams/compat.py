@@ -11,9 +11,9 @@ so an upgrade that changes one fails there first, by name. Each touch:
   offset gap and acked unprocessed (requests lost in a takeover). Seek first, then resume.
 * `wrap_commit`: every offset commit Faust makes goes through `Consumer.commit`; exactly_once
   wraps it so a commit waits until no event is between its first write and its ack (streams.eos).
-* `take_table_writes` / `send_in_partition_transaction`: table writes reach Kafka through the
-  producer buffer in the background; exactly_once publishes them, and an event's outputs, in
-  the transaction of the event's own source partition (streams.eos says why).
+* `send_in_partition_transaction`: exactly_once publishes an event's outputs and changelog
+  records (`DirectTable`) in the transaction of the event's own source partition (streams.eos
+  says why).
 * `DirectTable`: a table write in Faust builds a changelog message future, checks the source
   topic's partitions and queues the write for a background sender: most of a decision's cost
   after the handlers. The worker writes the table's store itself and sends the changelog record
@@ -36,7 +36,7 @@ from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-__all__ = ["set_fetch_wait", "seek_before_resume", "DirectTable", "wrap_commit", "take_table_writes",
+__all__ = ["set_fetch_wait", "seek_before_resume", "DirectTable", "wrap_commit",
            "transactional_id", "send_in_partition_transaction", "refresh_metadata", "learn_partitions"]
 
 
@@ -158,34 +158,18 @@ def wrap_commit(consumer, around) -> None:
     consumer.commit = wrapped
 
 
-def take_table_writes(app) -> list:
-    """The changelog messages queued by the table writes just made (call it before any await)."""
-    pending = app.producer.buffer.pending
-    taken = []
-    while not pending.empty():
-        taken.append(pending.get_nowait())
-    return taken
-
-
 def transactional_id(app, topic: str, partition: int) -> str:
     """The id of the transaction Faust keeps for a source partition (its consumer's own format)."""
     tpg = SimpleNamespace(group=app.assignor.group_for_topic(topic), partition=partition)
     return TransactionManager.transactional_id_format.format(group_id=app.conf.id, tpg=tpg)
 
 
-async def send_in_partition_transaction(app, event, table_writes: list, outs: list) -> None:
-    """Publish `table_writes` (from `take_table_writes`), then `outs` (streams.handlers.Out), in
-    the transaction of `event`'s partition; delivered before the event is acked."""
-    buffer = app.producer.buffer
-    sent = []
-    for fut in table_writes:
-        # A changelog partition is its source partition: this lands in the same transaction.
-        sent.append(await fut.message.channel.publish_message(fut, wait=False))
-        buffer.message_sent.set()
+async def send_in_partition_transaction(app, event, outs: list) -> None:
+    """Publish `outs` (streams.handlers.Out: outputs and changelog records) in the transaction of
+    `event`'s partition; delivered before the event is acked."""
     tid = transactional_id(app, event.message.topic, event.message.partition)
-    for out in outs:
-        sent.append(await app.producer.send(out.topic, out.key, out.value, out.partition, None,
-                                            list(out.headers), transactional_id=tid))
+    sent = [await app.producer.send(out.topic, out.key, out.value, out.partition, None, list(out.headers),
+                                    transactional_id=tid) for out in outs]
     # A failed send fails the agent, never silently.
     await asyncio.gather(*sent)
 

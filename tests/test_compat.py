@@ -22,7 +22,6 @@ from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer as FaustAIOKafkaProducer
-from faust.transport.producer import ProducerBuffer
 
 from streams import compat
 from streams.eos import CommitGate
@@ -151,23 +150,6 @@ async def test_wrapped_commit_waits_for_the_event_in_flight():
         assert not pending.done() and calls == []
     assert await asyncio.wait_for(pending, 5) is True
     assert calls == [("commit", ("tp",), {"start_new_transaction": False})]
-
-
-def test_premise_table_writes_are_queued_in_the_producer_buffer():
-    # Table.__setitem__ -> send_changelog -> Topic.send_soon -> producer.buffer.put -> pending queue.
-    assert "send_soon(" in inspect.getsource(Collection.send_changelog)
-    buffer = ProducerBuffer()
-    assert isinstance(buffer.pending, asyncio.Queue) and isinstance(buffer.message_sent, asyncio.Event)
-    assert "self.pending.put_nowait" in inspect.getsource(ProducerBuffer.put)
-
-
-def test_take_table_writes_empties_the_buffer_in_order():
-    buffer = ProducerBuffer()
-    for n in range(3):
-        buffer.pending.put_nowait(n)
-    app = SimpleNamespace(producer=SimpleNamespace(buffer=buffer))
-    assert compat.take_table_writes(app) == [0, 1, 2]
-    assert buffer.pending.empty()
 
 
 def test_transactional_id_is_the_one_faust_keeps_for_the_source_partition():
