@@ -709,18 +709,18 @@ def handlers_in_process(requests: list[Message], runs: int) -> list[float]:
 
 def _templates(count: int = 1500):
     """Real pass states (and their decisions) from the workload, decided by the handlers."""
+    from models.passes import kafka_partition
     from streams.handlers import Tables
 
     pipeline = build_bench_pipeline()
     tables = Tables.empty()
     for offset, m in enumerate(workload.requests(count, seed=2023)):
-        from models.passes import kafka_partition
         pipeline.on_request(m.key, m.value, partition=kafka_partition(m.key, pipeline.partitions) if m.key else 0,
                             offset=offset, timestamp_ms=1582617600000, tables=tables)
     return pipeline, tables
 
 
-def _clone_tables(pipeline, tables, inside: list, outside: list, total: int, touched: int):
+def _clone_tables(tables, inside: list, outside: list, total: int, touched: int):
     """`total` active passes on one partition, `touched` of them cloned from passes through the
     changed region (`inside`), the others from passes not touching it."""
     from dataclasses import replace as _replace
@@ -728,13 +728,14 @@ def _clone_tables(pipeline, tables, inside: list, outside: list, total: int, tou
     from models.passes import PassState
     from streams.handlers import Tables
 
+    inside, outside = ([PassState.from_json(raw) for raw in group] for group in (inside, outside))
     out = Tables.empty()
     for i in range(total):
         template = inside[i % len(inside)] if i < touched else outside[i % len(outside)]
-        state = _replace(PassState.from_json(template), pass_id=f"{i:012d}", shipment_id=f"bench-{i}")
+        state = _replace(template, pass_id=f"{i:012d}", shipment_id=f"bench-{i}")
         out.passes[state.pass_id] = state.to_json()
         out.serials[state.pass_id] = state.shipment_id.encode()
-        out.decided[state.shipment_id] = tables.decided[PassState.from_json(template).shipment_id] + b""
+        out.decided[state.shipment_id] = tables.decided[template.shipment_id] + b""
     return out
 
 
@@ -757,11 +758,11 @@ def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
 
     base, tables = _templates()
     pipeline = Pipeline(base.decider, base.tracker, base.topics, partitions=1)  # one partition holds them all
-    regions = {pid: base.tracker.regions_of(PassState.from_json(raw)) for pid, raw in tables.passes.items()}
+    states = {pid: PassState.from_json(raw) for pid, raw in tables.passes.items()}
+    regions = {pid: base.tracker.regions_of(state) for pid, state in states.items()}
     # The changed region: the busiest one that is on routes but is rarely an end.
-    ends = _Counter(r for pid, raw in tables.passes.items() for r in (
-        base.decider.graph.node_of(PassState.from_json(raw).origin),
-        base.decider.graph.node_of(PassState.from_json(raw).destination)))
+    node_of = base.decider.graph.node_of
+    ends = _Counter(r for state in states.values() for r in (node_of(state.origin), node_of(state.destination)))
     crossing = _Counter(r for rs in regions.values() for r in rs)
     region = max(crossing, key=lambda r: crossing[r] - 3 * ends[r])
     inside = [tables.passes[p] for p, rs in regions.items() if region in rs]
@@ -773,7 +774,7 @@ def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
     for _ in range(runs):
         row = {}
         for label, n in (("full", total), ("tenth", touched + (total - touched) // 10)):
-            state = _clone_tables(pipeline, tables, inside, outside, n, touched)
+            state = _clone_tables(tables, inside, outside, n, touched)
             gc.collect()
             t = time.perf_counter()
             pipeline.index(0, state)
@@ -791,7 +792,7 @@ def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
     # Bytes per active pass in the worker's tables, and the process memory they take.
     gc.collect()
     rss0 = _rss_bytes()
-    state = _clone_tables(pipeline, tables, inside, outside, total, touched)
+    state = _clone_tables(tables, inside, outside, total, touched)
     index = pipeline.index(0, state)
     gc.collect()
     result["rss_per_100k_mb"] = (_rss_bytes() - rss0) / 1e6 * 100_000 / total
@@ -799,7 +800,7 @@ def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
                                    for k, v in t.items()) / total
     result["indexed"] = len(index)
     # The design before: decode and re-evaluate every pass of the partition.
-    sample = _clone_tables(pipeline, tables, inside, outside, 10_000, 100)
+    sample = _clone_tables(tables, inside, outside, 10_000, 100)
     from models.records import RegionRisk, parse_time
     risk = RegionRisk(region.ljust(6, "0"), "high", parse_time("2020-02-25T06:00:00Z"))
     pipeline.decider.risk.apply(risk)

@@ -99,8 +99,10 @@ class PassHolders(MutableMapping):
         self._passes = passes
 
     def __getitem__(self, pass_id: str) -> bytes:
-        raw = self._passes[pass_id]
-        return orjson.loads(raw)["shipment_id"].encode()
+        holder = self.get(pass_id)
+        if holder is None:
+            raise KeyError(pass_id)
+        return holder
 
     def get(self, pass_id: str, default=None):
         raw = self._passes.get(pass_id)
