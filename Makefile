@@ -20,10 +20,12 @@ demo: $(STAMP)
 # Every lane: embedded Tansu + SQLite, then Apache Kafka 1 node + PostgreSQL and Apache Kafka
 # 3 nodes with the fault tests (tests/services/lanes.sh; skipped, saying why, without java/mvn).
 test: $(STAMP)
+	bash tests/services/browser.sh
 	$(BIN)/python -m pytest
 	PYTHON=$(BIN)/python bash tests/services/lanes.sh
 
 test-embedded: $(STAMP)
+	bash tests/services/browser.sh
 	$(BIN)/python -m pytest
 
 test-kafka: $(STAMP)
