@@ -51,7 +51,9 @@ async def test_on_loopback_the_guard_lets_everything_through():
 async def test_a_page_gets_the_first_events_then_what_is_published():
     hub = Hub()
     app = web.Application()
-    app.router.add_get("/events", lambda request: sse(request, hub, first=[("hello", {"n": 0})]))
+    async def events(request):
+        return await sse(request, hub, first=[("hello", {"n": 0})])
+    app.router.add_get("/events", events)
     runner = await start_site(app, "127.0.0.1", 0)
     try:
         async with ClientSession() as http:
