@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-embedded test-kafka test-unit bench env clean
+.PHONY: demo test test-embedded test-kafka test-unit fuzz bench env clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ test-kafka: $(STAMP)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
+
+# The fuzz tests' long profile: 5,000 examples a property, drawn afresh (make test runs 150, fixed).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest tests/test_fuzz.py --timeout 0 -q
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'

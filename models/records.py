@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -35,9 +35,19 @@ class FieldError:
     text: str
 
 
+# --- limits: each one, exceeded, is rejected with its reason code (README "Input limits") -----
+MAX_MESSAGE_BYTES = 64 * 1024  # too_large: a dead letter; a real request is about 1 KB
+MAX_TEXT = 256  # too_long: any text field of a request (names, addresses, descriptions)
+MAX_ID = 128  # too_long: shipment, scan and checkpoint ids and plates
+MAX_TOKEN = 4096  # too_long: a pass token (about 400 characters today)
+MAX_CARGO_LINES = 100  # too_many_lines
+
+
 def load_object(raw: bytes | None) -> dict[str, Any]:
     if raw is None:
         raise Unparseable("empty message value")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise Unparseable(f"too_large: the message is {len(raw)} bytes, more than {MAX_MESSAGE_BYTES}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -52,16 +62,31 @@ def canonical(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
+# Every time an input carries must fall in these years: the calendar's ends (years 1 and 9999)
+# overflow date arithmetic, and no pass of this system is valid outside them.
+YEARS = (2000, 2099)
+_EARLIEST = datetime(YEARS[0], 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(YEARS[1] + 1, 1, 1, tzinfo=timezone.utc)
+# A departure this far from its submission is an error, not a plan.
+DEPARTURE_WINDOW = timedelta(days=366)
+
+
 def parse_time(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 timestamp string")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not an RFC 3339 timestamp") from None
+        raise ValueError(f"{value[:64]!r} is not an RFC 3339 timestamp") from None
     if parsed.tzinfo is None:
-        raise ValueError(f"{value!r} has no UTC offset")
-    return parsed.astimezone(timezone.utc)
+        raise ValueError(f"{value[:64]!r} has no UTC offset")
+    try:
+        parsed = parsed.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00+14:00 is before the calendar's start in UTC
+        parsed = None
+    if parsed is None or not _EARLIEST <= parsed < _LATEST:
+        raise ValueError(f"{value[:64]!r} is outside the years {YEARS[0]}-{YEARS[1]}")
+    return parsed
 
 
 def format_time(value: datetime) -> str:
@@ -178,6 +203,9 @@ class _Errors:
     def text(self, obj: Any, field: str, path: str | None = None, *, required: bool = True) -> str:
         path = path or field
         value = obj.get(field) if isinstance(obj, dict) else None
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            self.add(path, "too_long", f"{path} is longer than {MAX_TEXT} characters")
+            return value[:MAX_TEXT].strip()
         if isinstance(value, str) and value.strip():
             return value.strip()
         if not required and (value is None or value == ""):
@@ -236,9 +264,14 @@ def parse_request(obj: dict[str, Any], *, fallback_id: str | None = None) -> tup
             raise Unparseable("no shipment_id in the value and no message key")
         sid = fallback_id
     sid = sid.strip()
+    if len(sid) > MAX_ID:
+        raise Unparseable(f"too_long: shipment_id is longer than {MAX_ID} characters")
     e = _Errors()
     submitted_at = e.time(obj, "submitted_at")
     departure_at = e.time(obj, "departure_at")
+    if submitted_at and departure_at and abs(departure_at - submitted_at) > DEPARTURE_WINDOW:
+        e.add("departure_at", "out_of_window",
+              f"departure_at must be within {DEPARTURE_WINDOW.days} days of submitted_at")
     shipper = e.party(obj, "shipper")
     consignee = e.party(obj, "consignee")
 
@@ -247,6 +280,9 @@ def parse_request(obj: dict[str, Any], *, fallback_id: str | None = None) -> tup
     if not isinstance(items, list) or not items:
         e.add("cargo", "missing", "cargo must be a non-empty list of {hs_code, description, quantity, unit}")
         items = []
+    if len(items) > MAX_CARGO_LINES:
+        e.add("cargo", "too_many_lines", f"cargo has {len(items)} lines, more than {MAX_CARGO_LINES}")
+        items = items[:MAX_CARGO_LINES]
     for i, item in enumerate(items):
         path = f"cargo[{i}]"
         if not isinstance(item, dict):
@@ -321,7 +357,11 @@ def parse_scan(obj: dict[str, Any]) -> CheckpointScan:
     for field in ("scan_id", "checkpoint_id", "plate"):
         if not isinstance(obj.get(field), str) or not obj[field].strip():
             problems.append(f"{field} must be a non-empty string")
+        elif len(obj[field]) > MAX_ID:
+            problems.append(f"too_long: {field} is longer than {MAX_ID} characters")
     pass_id, token = obj.get("pass_id"), obj.get("token")
+    if isinstance(token, str) and len(token) > MAX_TOKEN:
+        problems.append(f"too_long: token is longer than {MAX_TOKEN} characters")
     if pass_id is not None and not (isinstance(pass_id, str) and re.fullmatch(r"\d{12}", pass_id)):
         problems.append("pass_id must be 12 digits")
         pass_id = None
