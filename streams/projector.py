@@ -34,6 +34,7 @@ from sqlmodel import Session
 
 from models.db import init_db, make_engine, project_batch
 from models.records import Unparseable, format_time, load_object, parse_enterprise, parse_risk
+from routing import Gazetteer
 
 from .broker import ensure_topics
 from .handlers import Topics
@@ -83,14 +84,21 @@ def shape(topics: Topics, records: Iterable) -> Shaped:
 
 def _usable(topics: Topics, r) -> tuple[str, Any]:
     if r.topic == topics.risk:  # what the worker dead-letters is not projected
-        return "risks", _as_of(parse_risk(load_object(r.value)))
+        return "risks", _as_of(parse_risk(load_object(r.value), timestamp_ms=_timestamp_ms(r),
+                                          is_region=Gazetteer.default().names_region))
     if r.topic == topics.enterprises:
-        return "enterprises", _as_of(parse_enterprise(load_object(r.value)))
+        return "enterprises", _as_of(parse_enterprise(load_object(r.value), timestamp_ms=_timestamp_ms(r)))
     if r.topic == topics.decisions:
         return "decisions", load_object(r.value)
     if r.topic == topics.status:
         return "statuses", (ce_id(r), load_object(r.value))
     raise Unparseable(f"{r.topic} is not a projected topic")
+
+
+def _timestamp_ms(r) -> int:
+    """The record time in ms: a replay Record's `timestamp_ms`, an aiokafka record's `timestamp`."""
+    ts = getattr(r, "timestamp_ms", None)
+    return r.timestamp if ts is None else ts
 
 
 def _as_of(record) -> dict:
