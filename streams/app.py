@@ -28,7 +28,7 @@ from .handlers import Out, PassHolders, Pipeline, Tables, Topics
 from .keys import load_signer
 from .settings import Settings
 
-__all__ = ["create_app", "build_pipeline"]
+__all__ = ["create_app", "build_pipeline", "read_whole_topics"]
 
 log = logging.getLogger("greenchannel")
 
@@ -56,7 +56,18 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
     consumer group; later updates reach each worker through the pass-event broadcast.
     """
     topics = pipeline.topics
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+
+    def apply(topic: str, partition: int, m) -> None:
+        handler = pipeline.on_risk if topic == topics.risk else pipeline.on_enterprise
+        handler(m.key, m.value, partition=partition, offset=m.offset, timestamp_ms=m.timestamp)
+
+    return await read_whole_topics(settings.bootstrap, [topics.enterprises, topics.risk], apply)
+
+
+async def read_whole_topics(bootstrap: str, names: list[str], apply) -> int:
+    """Every record of the topics `names`, outside any consumer group, each handed to
+    `apply(topic, partition, record)` in offset order per partition; returns how many."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     count = 0
     try:
@@ -65,8 +76,7 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
         # (Not `await consumer.topics()`: that reads into a ClusterMetadata of its own and leaves
         # the one partitions_for_topic() answers from empty.)
         await refresh_metadata(consumer)
-        parts = [TopicPartition(t, p) for t in (topics.enterprises, topics.risk)
-                 for p in (consumer.partitions_for_topic(t) or ())]
+        parts = [TopicPartition(t, p) for t in names for p in (consumer.partitions_for_topic(t) or ())]
         if not parts:
             return 0
         consumer.assign(parts)
@@ -74,22 +84,21 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
         ends = await consumer.end_offsets(parts)
         pending = {tp for tp, end in ends.items() if end > 0}
 
-        def apply(batch) -> None:
+        def take(batch) -> None:
             nonlocal count
             for tp, messages in batch.items():
-                handler = pipeline.on_risk if tp.topic == topics.risk else pipeline.on_enterprise
                 for m in messages:
-                    handler(m.key, m.value, partition=tp.partition, offset=m.offset, timestamp_ms=m.timestamp)
+                    apply(tp.topic, tp.partition, m)
                 count += len(messages)
                 if messages and messages[-1].offset + 1 >= ends[tp]:
                     pending.discard(tp)
 
         while pending:
-            apply(await consumer.getmany(*pending, timeout_ms=1000))
+            take(await consumer.getmany(*pending, timeout_ms=1000))
         # Tansu reports the start of a partition's last batch as its end, so the end offsets
         # are a lower bound: read on until a fetch comes back empty.
         while batch := await consumer.getmany(timeout_ms=300):
-            apply(batch)
+            take(batch)
     finally:
         await consumer.stop()
     return count
