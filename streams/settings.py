@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     web_enabled: bool = False
     web_bind: str = "127.0.0.1"
     web_host: str = "127.0.0.1"
+    # `greenchannel dashboard`: asked of every request when it binds beyond loopback.
+    dashboard_token: str | None = None
     # The worker's asyncio event loop: "uvloop" (libuv; less CPU per event) or "aio" (the standard one).
     event_loop: str = "uvloop"
     batch_size: int = 500
