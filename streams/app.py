@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import faust
 import orjson
@@ -26,6 +27,7 @@ from .compat import (DirectTable, learn_partitions, refresh_metadata, seek_befor
 from .eos import CommitGate
 from .handlers import Out, PassHolders, Pipeline, Tables, Topics
 from .keys import load_signer
+from .metrics import CONTENT_TYPE, PrometheusMeter, new_registry, render, sample_lag
 from .settings import Settings
 
 __all__ = ["create_app", "build_pipeline", "read_whole_topics"]
@@ -127,6 +129,7 @@ def create_app(settings: Settings) -> faust.App:
     pipeline = build_pipeline(settings)
     names = pipeline.topics
     app.pipeline = pipeline
+    meter = pipeline.meter = PrometheusMeter(new_registry())
 
     # --- topics -------------------------------------------------------------------------------
     def raw_topic(*topic_names: str) -> faust.TopicT:
@@ -205,8 +208,10 @@ def create_app(settings: Settings) -> faust.App:
 
     async def guarded(topic: str, event, handle) -> None:
         """An agent never dies on a message: an unexpected error dead-letters it instead."""
+        started = time.perf_counter()
         try:
             outs = handle()
+            meter.handled(topic, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 — the message is kept, with the error
             log.exception("failed on %s@%s", topic, event.message.offset)
             m = meta(event)
@@ -275,6 +280,20 @@ def create_app(settings: Settings) -> faust.App:
         state = orjson.loads(raw)
         state.pop("scans", None)  # answers kept inside the state by a worker before 0.4
         return web.json(state)
+
+    @app.task
+    async def consumer_lag() -> None:
+        """gc_consumer_lag per assigned partition: its high watermark less the consumer's position."""
+        async def lags() -> dict:
+            consumer = app.consumer
+            return {(tp.topic, tp.partition): max(0, consumer.highwater(tp) - (await consumer.position(tp) or 0))
+                    for tp in consumer.assignment()}
+        await sample_lag(meter.lag, lags)
+
+    @app.page("/metrics")
+    async def metrics_view(web, request):
+        """The worker's series in the Prometheus text format."""
+        return web.bytes(render(meter.registry), content_type=CONTENT_TYPE)
 
     @app.page("/checkpoints/")
     async def checkpoints_view(web, request):

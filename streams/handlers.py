@@ -21,6 +21,8 @@ from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, Unparse
                             record_time)
 from models.tracking import CheckpointBoard, PassIndex, Tracker
 
+from .metrics import Meter
+
 __all__ = ["Out", "Topics", "Tables", "PassHolders", "Pipeline", "cloudevent_headers"]
 
 
@@ -124,10 +126,12 @@ class Pipeline:
         self.topics = topics
         self.partitions = partitions
         self.board = CheckpointBoard(target_seconds=tracker.dwell_target)
+        self.meter = Meter()  # the worker sets a PrometheusMeter (streams.metrics)
 
     # --- dead letters -------------------------------------------------------------------------
     def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
                     timestamp_ms: int | None, error: str) -> Out:
+        self.meter.dead_letter(topic)
         body = {
             "topic": topic, "partition": partition, "offset": offset,
             "key": _text(key), "error": error, "at": format_time(record_time(timestamp_ms)),
@@ -164,6 +168,7 @@ class Pipeline:
         decision = self.decider.decide(request, errors, decided_at=decided_at,
                                        allocate=self._allocator(sid, partition, tables.serials))
         body = canonical(decision.message)
+        self.meter.decision(decision.message["decision"], decision.message["priority"])
         tables.decided[sid] = body
         outs = [self._decision_out(sid, body, decision.message["decided_at"])]
         state = decision.state
@@ -327,6 +332,7 @@ class Pipeline:
             index.put(state)
 
     def _collision(self, state: PassState, command: dict) -> Out:
+        self.meter.dead_letter(self.topics.pass_events)
         body = canonical({"topic": self.topics.pass_events, "key": state.pass_id, "value": command,
                           "error": f"pass_id {state.pass_id} already belongs to another shipment",
                           "at": command["decided_at"]})
@@ -336,6 +342,7 @@ class Pipeline:
 
     def _status_out(self, event: dict) -> Out:
         self.board.observe(event)
+        self.meter.status(event["status"])
         return self._status_out_bytes(event["pass_id"], canonical(event), event)
 
     def _status_out_bytes(self, pass_id: str, body: bytes, event: dict | None = None) -> Out:

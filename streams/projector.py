@@ -38,6 +38,8 @@ from routing import Gazetteer
 
 from .broker import ensure_topics
 from .handlers import Topics
+from .metrics import metrics_app, new_registry
+from .web import start_site
 from .settings import Settings
 
 __all__ = ["Item", "Shaped", "Written", "shape", "write", "Projector", "run_projector", "group_id"]
@@ -182,6 +184,28 @@ class _Revocation(ConsumerRebalanceListener):
         log.info("projector assigned %d partitions: %s", len(assigned), names)
 
 
+class ProjectorMetrics:
+    """The projector's series: records written by kind, batch time, lag per partition."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+        self.registry = new_registry()
+        self.records = Counter("gc_projected_records", "Records projected into the database, by topic",
+                               ["topic"], registry=self.registry)
+        self.seconds = Histogram("gc_projector_batch_seconds", "Time to write and commit one batch",
+                                 registry=self.registry)
+        self.lag = Gauge("gc_consumer_lag", "Records not yet projected, per partition", ["topic", "partition"],
+                         registry=self.registry)
+
+    def batch(self, consumer: AIOKafkaConsumer, batch: dict, seconds: float) -> None:
+        self.seconds.observe(seconds)
+        for tp, records in batch.items():
+            self.records.labels(tp.topic).inc(len(records))
+            end = consumer.highwater(tp)
+            if end is not None:
+                self.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - records[-1].offset - 1))
+
+
 class Projector:
     """One member of the projector group: fetch a batch, write it, commit its offsets; again."""
 
@@ -189,6 +213,7 @@ class Projector:
         self.settings, self.batch_size, self.poll_ms = settings, batch_size, poll_ms
         self.topics = Topics.with_prefix(settings.topic_prefix)
         self.stats = Stats()
+        self.metrics = ProjectorMetrics()
         self.lock = asyncio.Lock()
         self._reported = time.monotonic()
 
@@ -226,7 +251,9 @@ class Projector:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_size)
                 if batch:
+                    started = time.perf_counter()
                     await self._project(consumer, engine, batch, stop)
+                    self.metrics.batch(consumer, batch, time.perf_counter() - started)
         finally:
             await consumer.stop()
 
@@ -287,6 +314,9 @@ def run_projector(settings: Settings, *, batch_size: int = 5000) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         projector = Projector(settings, batch_size=batch_size)
+        if settings.metrics_port:
+            site = await start_site(metrics_app(projector.metrics.registry), settings.metrics_bind, settings.metrics_port)
+            log.info("projector metrics at http://%s:%d/metrics", settings.metrics_bind, site.addresses[0][1])
         # A topic missing at subscription would be seen only at the next metadata refresh (minutes).
         await ensure_topics(settings.bootstrap, projector.subscription(), partitions=settings.partitions,
                             replication_factor=settings.replication_factor)
