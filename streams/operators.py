@@ -189,7 +189,7 @@ def _import(settings: Settings, path: Path, *, dry_run: bool, at: datetime) -> i
         asyncio.run(publish(settings, topic, [(e["credit_code"], e) for _, e in rows.good],
                             progress=len(rows.good) >= PROGRESS_FROM))
     verb = "would send" if dry_run else "sent"
-    print(f"{verb} {len(rows.good)} firms to {topic}; {len(rows.bad)} bad rows"
+    print(f"{verb} {len(rows.good)} firm{'' if len(rows.good) == 1 else 's'} to {topic}; {len(rows.bad)} bad rows"
           + (f" (lines {', '.join(str(line) for line, _ in rows.bad)})" if rows.bad else ""))
     for line, entry in rows.good[:5] if len(rows.good) > 5 else rows.good:
         print(f"  line {line}: {entry['credit_code']} {entry['name']}")

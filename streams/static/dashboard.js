@@ -32,7 +32,8 @@ async function drawMap() {
     series: [
       {name: "risk", type: "map", geoIndex: 0, data: gc.features.map((id) => ({name: id, value: 0}))},
       {name: "passes", type: "scatter", coordinateSystem: "geo", data: [], zlevel: 1,
-       symbolSize: (v) => 3 + Math.sqrt(v[2]) * 1.6, itemStyle: {color: "#1f6feb", opacity: 0.55}},
+       symbolSize: (v) => Math.min(24, 3 + Math.sqrt(v[2]) * 0.9),  // rings: the region's colour shows through
+       itemStyle: {color: "rgba(31, 111, 235, 0.12)", borderColor: "#1f6feb", borderWidth: 1.2}},
       {name: "checkpoints", type: "scatter", coordinateSystem: "geo", symbol: "diamond", symbolSize: 6, data: [],
        zlevel: 2, itemStyle: {color: "#263238"}},
     ],
@@ -165,7 +166,8 @@ function connect() {
   source.addEventListener("levels", (e) => {
     const m = JSON.parse(e.data);
     paintLevels(m.changed); paintDeclared(m.declared);
-    gc.lastLevels = {received: Date.now() / 1000, sent: m.sent, changed: m.changed};
+    const seen = gc.lastLevels = {received: Date.now() / 1000, sent: m.sent, changed: m.changed};
+    requestAnimationFrame(() => { seen.painted = Date.now() / 1000; });  // the frame that shows it
   });
   source.addEventListener("passes", (e) => paintPlaces(JSON.parse(e.data), null));
   source.addEventListener("checkpoints", (e) => paintPlaces(null, JSON.parse(e.data)));
