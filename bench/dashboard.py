@@ -95,6 +95,7 @@ async def measure(url: str, settings: Settings, changes: int, screenshot: Path |
         wall = time.perf_counter() - started
         first = await page.evaluate("gc.firstPaint")  # ms from navigation start, when the state was painted
         shown = await page.evaluate("gc.activePasses")
+        places = await page.evaluate("gc.map.getOption().series[1].data.length")
         topic = Topics.with_prefix(settings.topic_prefix).risk
         latencies = []
         for i in range(changes):
@@ -111,7 +112,7 @@ async def measure(url: str, settings: Settings, changes: int, screenshot: Path |
             await page.screenshot(path=str(screenshot))
         await browser.close()
     return {"first_paint_ms": round(first), "load_to_painted_wall_ms": round(wall * 1000),
-            "active_passes_on_map": shown, "risk_change_ms": [round(x) for x in latencies],
+            "active_passes_on_map": shown, "places_on_map": places, "risk_change_ms": [round(x) for x in latencies],
             "risk_change_median_ms": round(statistics.median(latencies))}
 
 

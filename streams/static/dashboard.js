@@ -117,7 +117,8 @@ function paintFlow(flow) {
   const reasons = Object.entries(flow.rejections || {}).slice(0, 8).reverse();
   chart("rejections").setOption({animation: false, tooltip: {}, grid: {left: 130, right: 30, top: 6, bottom: 20},
     xAxis: {type: "value", axisLabel: {fontSize: 10}}, yAxis: {type: "category", data: reasons.map((r) => r[0]), axisLabel: {fontSize: 11}},
-    series: [{type: "bar", data: reasons.map((r) => r[1]), itemStyle: {color: "#d7301f"}, label: {show: true, position: "right", fontSize: 10}}]}, true);
+    series: [{type: "bar", data: reasons.map((r) => r[1]), itemStyle: {color: "#d7301f"}, label: {show: true, position: "right", fontSize: 10}}],
+    graphic: reasons.length ? [] : [{type: "text", left: "center", top: "middle", style: {text: "no rejections", fill: "#889", fontSize: 13}}]}, true);
   const statuses = Object.entries(flow.statuses || {}).sort((a, b) => b[1] - a[1]);
   chart("statuses").setOption({animation: false, tooltip: {}, grid: {left: 90, right: 40, top: 6, bottom: 20},
     xAxis: {type: "value", axisLabel: {fontSize: 10}}, yAxis: {type: "category", data: statuses.map((s) => s[0]).reverse(), axisLabel: {fontSize: 11}},
