@@ -64,6 +64,12 @@ def test_a_risk_entry_names_a_region_of_the_gazetteer(adcode, stored):
 # --- through the running system -------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def system(own_system):
+    """This module's own topics: the risk levels it sets now stay out of the shared log."""
+    return own_system
+
+
 @pytest.mark.integration
 async def test_import_publishes_exactly_the_good_rows_and_names_the_bad_ones(system, tmp_path):
     a, b, c, d = codes(uuid.uuid4().int, 4)
@@ -83,6 +89,11 @@ async def test_import_publishes_exactly_the_good_rows_and_names_the_bad_ones(sys
     assert {m.json["name"] for m in sent} == {"甲厂", "丙厂", "丁厂"}
     listed = system.cli("enterprises", "export")
     assert listed.returncode == 0 and {f"{a},甲厂", f"{c},丙厂", f"{d},丁厂"} <= set(listed.stdout.splitlines())
+    removed = system.cli("enterprises", "remove", a)
+    assert removed.returncode == 0 and '"action":"remove"' in removed.stdout
+    await system.tap.wait_for(system.topics.enterprises, lambda m: m.key == a.encode() and m.json["action"] == "remove")
+    after = system.cli("enterprises", "list")
+    assert a not in after.stdout and c in after.stdout
 
 
 @pytest.mark.integration

@@ -51,6 +51,13 @@ def test_a_prefecture_level_colours_its_map_region_and_no_other():
 
 # --- in the browser ----------------------------------------------------------------------------------
 
+
+@pytest.fixture(scope="module")
+def system(own_system):
+    """This module's own topics: the risk levels it sets now stay out of the shared log."""
+    return own_system
+
+
 @pytest.fixture(scope="module")
 async def dashboard(system):
     port = free_port()
@@ -92,6 +99,7 @@ WUHAN_VISUAL = """() => {
 }"""
 
 
+@pytest.mark.integration
 async def test_the_map_draws_the_regions_and_wuhan_turns_high_risk_without_a_reload(page, dashboard, system):
     await open_dashboard(page, dashboard)
     regions = await page.evaluate("gc.map.getOption().series[0].data.length")
@@ -122,6 +130,7 @@ def _tibet_to_qinghai(n: int) -> dict:
     return body
 
 
+@pytest.mark.integration
 async def test_the_board_shows_the_dwell_after_scans_and_search_shows_the_timeline(page, dashboard, system):
     body = _tibet_to_qinghai(1)
     await system.send(system.topics.requests, body, key=body["shipment_id"])
@@ -161,3 +170,11 @@ async def test_the_board_shows_the_dwell_after_scans_and_search_shows_the_timeli
         await page.fill("#q", query)
         await page.click("#search button")
         await page.wait_for_selector(card, timeout=10_000)
+
+
+def test_bound_beyond_loopback_the_dashboard_wants_a_token(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "GC_DATA_DIR": str(tmp_path),
+           "GC_DATABASE_URL": f"sqlite:///{tmp_path}/gc.db", "GC_BROKER_URL": "kafka://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "dashboard", "--host", "0.0.0.0", "--port", "0"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "beyond loopback: set a token" in done.stdout, done.stdout + done.stderr
