@@ -22,12 +22,14 @@ token (`streams.web.token_guard`).
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import signal
 import time
 from collections import Counter, deque
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlencode
 
 import orjson
 from aiohttp import web
@@ -277,8 +279,13 @@ def _lonlat(gazetteer: Gazetteer, adcode: str | None) -> tuple[float, float] | N
 def make_app(board: Dashboard, *, host: str, token: str | None) -> web.Application:
     app = web.Application(middlewares=[token_guard(host, token)])
 
-    async def index(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "dashboard.html")
+    page = (STATIC / "dashboard.html").read_text(encoding="utf-8")
+
+    async def index(request: web.Request) -> web.Response:
+        # The page's own assets carry the token it was opened with (the guard checked it).
+        given = request.query.get("token")
+        query = "?" + urlencode({"token": given}) if given else ""
+        return web.Response(text=page.replace("{{query}}", html.escape(query)), content_type="text/html")
 
     async def events(request: web.Request) -> web.StreamResponse:
         return await sse(request, board.hub, first=[("state", board.state())])
@@ -321,6 +328,7 @@ async def serve(settings: Settings, *, host: str, port: int, token: str | None,
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        board.hub.close()  # open pages' event streams end; their EventSource retries elsewhere
         await runner.cleanup()
         board.engine.dispose()
 

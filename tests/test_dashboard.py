@@ -178,3 +178,25 @@ def test_bound_beyond_loopback_the_dashboard_wants_a_token(tmp_path):
     done = subprocess.run([sys.executable, "-m", "streams.cli", "dashboard", "--host", "0.0.0.0", "--port", "0"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "beyond loopback: set a token" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.integration
+async def test_beyond_loopback_the_page_and_its_assets_open_with_the_token_only(page, system):
+    port, log_path = free_port(), system.data_dir / "dashboard-token.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "dashboard", "--host", "0.0.0.0", "--port",
+                                 str(port), "--token", "s3cret"], env=system.env, cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        said = f"dashboard at http://0.0.0.0:{port}/?token=s3cret"
+        deadline = time.monotonic() + 60
+        while said not in log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text(errors="replace")[-2000:]
+            await asyncio.sleep(0.1)  # polling a condition with a deadline
+        refused = await page.goto(f"http://127.0.0.1:{port}/")
+        assert refused.status == 401
+        await open_dashboard(page, f"http://127.0.0.1:{port}/?token=s3cret")  # script, map, events: all in
+        assert await page.evaluate("gc.map.getOption().series[0].data.length") > 360
+    finally:
+        proc.terminate()
+        proc.wait(30)
