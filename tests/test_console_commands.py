@@ -4,6 +4,8 @@ topics, what the worker does with it, and their exit codes."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import uuid
 
 import orjson
@@ -13,6 +15,7 @@ from models.operators import EntryError, enterprise_csv, read_enterprise_csv, ri
 from models.records import parse_time
 from routing import Gazetteer
 from streams.simulator import Scenario, make_credit_code
+from tests.conftest import ROOT
 
 AT = parse_time("2020-02-25T08:00:00Z")
 
@@ -148,6 +151,9 @@ async def test_request_submit_exits_0_approved_1_rejected_2_invalid(system, tmp_
     assert "route " in yes.stdout and "valid 2020-" in yes.stdout
     no = system.cli("request", "submit", str(tmp_path / "rejected.json"))
     assert no.returncode == 1 and "REJECTED" in no.stdout and "outside every priority class" in no.stdout, no.stdout
+    again = subprocess.run([sys.executable, "-m", "streams.cli", "request", "submit", "-"], input=orjson.dumps(approved),
+                           env=system.env, cwd=ROOT, capture_output=True, timeout=120)  # from standard input
+    assert again.returncode == 0 and f"pass number {decision['pass']['pass_id']}".encode() in again.stdout
     bad = system.cli("request", "submit", str(tmp_path / "invalid.json"))
     assert bad.returncode == 2 and "'driver' is a required property" in bad.stderr
     await system.tap.caught_up([system.topics.requests])
