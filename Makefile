@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The dashboard's ECharts and map files, fetched from the npm registry (scripts/vendor-echarts.sh).
+ECHARTS := streams/static/vendor/echarts-4.9.0/.complete
 
 .PHONY: demo test test-embedded test-kafka test-unit fuzz bench env clean
 
@@ -12,19 +14,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-env: $(STAMP)
+$(ECHARTS): scripts/vendor-echarts.sh
+	bash scripts/vendor-echarts.sh
 
-demo: $(STAMP)
+env: $(STAMP) $(ECHARTS)
+
+demo: $(STAMP) $(ECHARTS)
 	$(BIN)/greenchannel demo
 
 # Every lane: embedded Tansu + SQLite, then Apache Kafka 1 node + PostgreSQL and Apache Kafka
 # 3 nodes with the fault tests (tests/services/lanes.sh; skipped, saying why, without java/mvn).
-test: $(STAMP)
+test: $(STAMP) $(ECHARTS)
 	bash tests/services/browser.sh
 	$(BIN)/python -m pytest
 	PYTHON=$(BIN)/python bash tests/services/lanes.sh
 
-test-embedded: $(STAMP)
+test-embedded: $(STAMP) $(ECHARTS)
 	bash tests/services/browser.sh
 	$(BIN)/python -m pytest
 
@@ -46,4 +51,4 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .greenchannel .pytest_cache
+	rm -rf $(VENV) .greenchannel .pytest_cache streams/static/vendor

@@ -21,7 +21,8 @@ from .records import parse_time
 from .tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
 
 __all__ = ["make_engine", "init_db", "upgrade", "alembic_config", "project_decisions", "project_statuses",
-           "project_risks", "project_enterprises", "project_batch", "get_pass", "get_pass_events", "checkpoint_dwell", "count_by"]
+           "project_risks", "project_enterprises", "project_batch", "get_pass", "get_pass_events", "checkpoint_dwell", "count_by",
+           "checkpoint_board", "decisions_per_hour", "rejections_by_reason", "active_pass_places", "find_passes"]
 
 
 def make_engine(url: str) -> Engine:
@@ -232,3 +233,62 @@ def checkpoint_dwell(session: Session) -> list[tuple[str, int, float, int]]:
 
 def count_by(session: Session, column) -> dict:
     return {k: n for k, n in session.exec(select(column, func.count()).group_by(column))}
+
+
+# --- the operators' dashboard (streams.dashboard) ------------------------------------------------------
+
+def checkpoint_board(session: Session, *, window: int = 50, target_seconds: float = 900) -> list[dict]:
+    """Each checkpoint with the vehicles there now and the median dwell of its last `window`
+    departures, flagged over `target_seconds` (the rule of `models.tracking.board_row`)."""
+    from .tracking import board_row
+    present = dict(session.execute(select(Pass.checkpoint_id, func.count()).where(
+        Pass.status.in_(("at_checkpoint", "held")), Pass.checkpoint_id.is_not(None)).group_by(Pass.checkpoint_id)).all())
+    recent = (select(PassEvent.checkpoint_id, PassEvent.dwell_seconds,
+                     func.row_number().over(partition_by=PassEvent.checkpoint_id,
+                                            order_by=(PassEvent.at.desc(), PassEvent.id.desc())).label("n"))
+              .where(PassEvent.dwell_seconds.is_not(None)).subquery())
+    dwells: dict[str, list[float]] = {}
+    for checkpoint, dwell in session.execute(select(recent.c.checkpoint_id, recent.c.dwell_seconds).where(
+            recent.c.n <= window)):
+        dwells.setdefault(checkpoint, []).append(dwell)
+    names = dict(session.execute(select(Checkpoint.checkpoint_id, Checkpoint.name)).all())
+    return [{**board_row(c, present.get(c, 0), dwells.get(c, ()), target_seconds), "name": names.get(c, "")}
+            for c in sorted(set(present) | set(dwells))]
+
+
+def _hour(session: Session, column):
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.date_trunc("hour", func.timezone("UTC", column)), 'YYYY-MM-DD"T"HH24:00"Z"')
+    return func.strftime("%Y-%m-%dT%H:00Z", column)
+
+
+def decisions_per_hour(session: Session) -> list[tuple[str, str, str, int]]:
+    """(hour, decision, class or '', count), by hour of the decision time (UTC)."""
+    hour = _hour(session, Shipment.decided_at).label("hour")
+    q = (select(hour, Shipment.decision, Shipment.priority, func.count()).group_by(hour, Shipment.decision,
+                                                                                   Shipment.priority).order_by(hour))
+    return [(h, d, p or "", n) for h, d, p, n in session.exec(q)]
+
+
+def rejections_by_reason(session: Session) -> dict[str, int]:
+    """How many rejected requests name each reason code (a request counts once per code)."""
+    counts: dict[str, int] = {}
+    for reasons in session.exec(select(Shipment.reasons).where(Shipment.decision == "rejected")):
+        for code in {r.get("code") for r in reasons or ()}:
+            counts[code] = counts.get(code, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def active_pass_places(session: Session, active: Iterable[str]) -> list[tuple[str | None, str | None, int]]:
+    """(last checkpoint, issuing county, passes) of the active passes: where they are on the map."""
+    q = (select(Pass.checkpoint_id, Pass.issuer, func.count()).where(Pass.status.in_(tuple(active)))
+         .group_by(Pass.checkpoint_id, Pass.issuer))
+    return [(c, i, n) for c, i, n in session.exec(q)]
+
+
+def find_passes(session: Session, text: str, *, limit: int = 10) -> list[Pass]:
+    """Passes whose pass id, shipment id or plate is `text` (plates without '·' or spaces)."""
+    plate = text.replace("·", "").replace(" ", "").upper()
+    q = (select(Pass).where(or_(Pass.pass_id == text, Pass.shipment_id == text, Pass.plate == plate))
+         .order_by(Pass.valid_from.desc()).limit(limit))
+    return list(session.exec(q))

@@ -9,6 +9,7 @@ and belongs in the dead-letter topic; a JSON object with bad fields is parsed in
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
@@ -20,7 +21,7 @@ __all__ = [
     "CargoItem", "CheckpointScan", "EnterpriseEntry", "FieldError", "Location", "Party",
     "RegionRisk", "ShipmentRequest", "Unparseable", "canonical", "check_credit_code",
     "check_id_number", "format_time", "load_object", "parse_request", "parse_scan",
-    "parse_enterprise", "parse_risk", "parse_time",
+    "parse_enterprise", "parse_risk", "parse_time", "record_time", "region_prefix", "effective_time",
 ]
 
 
@@ -87,6 +88,22 @@ def parse_time(value: Any) -> datetime:
     if parsed is None or not _EARLIEST <= parsed < _LATEST:
         raise ValueError(f"{value[:64]!r} is outside the years {YEARS[0]}-{YEARS[1]}")
     return parsed
+
+
+def record_time(timestamp_ms: int | None) -> datetime:
+    """A Kafka record's timestamp (milliseconds since the epoch) as a UTC time."""
+    return datetime.fromtimestamp((timestamp_ms or 0) / 1000, tz=timezone.utc)
+
+
+def effective_time(obj: dict[str, Any], timestamp_ms: int | None) -> datetime:
+    """When a reference entry (risk level, key-list entry) takes effect: its `effective_at`, or,
+    when it has none, its record time, as operators expect of an entry sent "now". The worker,
+    the projector and the replay all read it here. ValueError for a bad `effective_at`, or for a
+    missing one where no record time is known."""
+    value = obj.get("effective_at")
+    if value is None and timestamp_ms is not None:
+        return record_time(timestamp_ms)
+    return parse_time(value)
 
 
 def format_time(value: datetime) -> str:
@@ -393,22 +410,33 @@ class RegionRisk:
 LEVELS = ("low", "medium", "high")
 
 
-def parse_risk(obj: dict[str, Any]) -> RegionRisk:
+def parse_risk(obj: dict[str, Any], *, timestamp_ms: int | None = None,
+               is_region: Callable[[str], bool] | None = None) -> RegionRisk:
+    """A risk entry; `timestamp_ms` (its record time) stands in for a missing `effective_at`, and
+    `is_region`, when given, says whether the adcode names a region (e.g. the gazetteer's)."""
     code = str(obj.get("adcode", ""))
     if not re.fullmatch(r"\d{2}|\d{4}|\d{6}", code):
         raise Unparseable("adcode must be a 2-digit province, 4-digit prefecture or 6-digit county code")
     if obj.get("level") not in LEVELS:
         raise Unparseable("level must be low, medium or high")
     try:
-        at = parse_time(obj.get("effective_at"))
+        at = effective_time(obj, timestamp_ms)
     except ValueError as exc:
         raise Unparseable(f"effective_at {exc}") from None
     # 420000 and 420100 name the province and the prefecture; store them as their prefix.
-    if len(code) == 6 and code.endswith("0000"):
-        code = code[:2]
-    elif len(code) == 6 and code.endswith("00"):
-        code = code[:4]
+    code = region_prefix(code)
+    if is_region is not None and not is_region(code):
+        raise Unparseable(f"adcode {obj['adcode']} names no province, prefecture or county of the gazetteer")
     return RegionRisk(code, obj["level"], at)
+
+
+def region_prefix(code: str) -> str:
+    """The prefix a 2-, 4- or 6-digit adcode stands for: 420000 is 42, 420100 is 4201."""
+    if len(code) == 6 and code.endswith("0000"):
+        return code[:2]
+    if len(code) == 6 and code.endswith("00"):
+        return code[:4]
+    return code
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,14 +447,15 @@ class EnterpriseEntry:
     effective_at: datetime
 
 
-def parse_enterprise(obj: dict[str, Any]) -> EnterpriseEntry:
+def parse_enterprise(obj: dict[str, Any], *, timestamp_ms: int | None = None) -> EnterpriseEntry:
+    """A key-list entry; `timestamp_ms` (its record time) stands in for a missing `effective_at`."""
     code = str(obj.get("credit_code", "")).upper()
     if problem := check_credit_code(code):
         raise Unparseable(f"credit_code {problem}")
     if obj.get("action") not in ("add", "remove"):
         raise Unparseable("action must be 'add' or 'remove'")
     try:
-        at = parse_time(obj.get("effective_at"))
+        at = effective_time(obj, timestamp_ms)
     except ValueError as exc:
         raise Unparseable(f"effective_at {exc}") from None
     return EnterpriseEntry(code, str(obj.get("name", "")), obj["action"], at)

@@ -105,5 +105,9 @@ class EnterpriseBook:
         i = bisect_right(history, (at, 2))
         return bool(i) and history[i - 1][1] == 1
 
+    def listed_at(self, at: datetime) -> list[tuple[str, str]]:
+        """(credit code, name) of every firm on the list at `at`, by code."""
+        return [(code, self.names.get(code, "")) for code in sorted(self._history) if self.is_listed(code, at)]
+
     def __len__(self) -> int:
         return len(self._history)

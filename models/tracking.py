@@ -15,7 +15,7 @@ from .decide import Decider
 from .passes import ACTIVE, InvalidToken, PassState, PassStatusKind as S, on_scan, status_event, transition, verify_token
 from .records import CheckpointScan, EnterpriseEntry, RegionRisk, format_time, parse_time
 
-__all__ = ["Tracker", "PassIndex", "CheckpointBoard"]
+__all__ = ["Tracker", "PassIndex", "CheckpointBoard", "board_row"]
 
 _VERIFIED_MAX = 50_000  # tokens remembered as verified (about 30 MB)
 
@@ -269,11 +269,15 @@ class CheckpointBoard:
             self._dwells.setdefault(checkpoint, deque(maxlen=self.window)).append(event["dwell_seconds"])
 
     def snapshot(self) -> list[dict]:
-        out = []
-        for checkpoint in sorted(set(self._present) | set(self._dwells)):
-            dwells = sorted(self._dwells.get(checkpoint, ()))
-            median = dwells[len(dwells) // 2] if dwells else None
-            out.append({"checkpoint_id": checkpoint, "vehicles_present": len(self._present.get(checkpoint, ())),
-                        "recent_departures": len(dwells), "median_dwell_seconds": median,
-                        "over_target": median is not None and median > self.target})
-        return out
+        return [board_row(checkpoint, len(self._present.get(checkpoint, ())), self._dwells.get(checkpoint, ()),
+                          self.target)
+                for checkpoint in sorted(set(self._present) | set(self._dwells))]
+
+
+def board_row(checkpoint: str, present: int, dwells, target: float) -> dict:
+    """One checkpoint of the board: vehicles there now, the median of its recent dwell times
+    (the upper one of an even count) and whether that is over the target."""
+    dwells = sorted(dwells)
+    median = dwells[len(dwells) // 2] if dwells else None
+    return {"checkpoint_id": checkpoint, "vehicles_present": present, "recent_departures": len(dwells),
+            "median_dwell_seconds": median, "over_target": median is not None and median > target}

@@ -198,6 +198,12 @@ class Gazetteer:
         names = [self._names.get(p, "") for p in parts]
         return "".join(n for n in names if n and n not in _PLACEHOLDERS)
 
+    def names_region(self, prefix: str) -> bool:
+        """Whether a 2-, 4- or 6-digit adcode prefix names a province, prefecture or county of the
+        table (what a risk level may be declared for)."""
+        code = {2: f"{prefix}0000", 4: f"{prefix}00", 6: prefix}.get(len(prefix))
+        return code is not None and code in self._names
+
     def counties(self) -> tuple[Place, ...]:
         """County-level places with coordinates, in adcode order."""
         return self._counties

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import faust
 import orjson
@@ -26,9 +27,10 @@ from .compat import (DirectTable, learn_partitions, refresh_metadata, seek_befor
 from .eos import CommitGate
 from .handlers import Out, PassHolders, Pipeline, Tables, Topics
 from .keys import load_signer
+from .metrics import CONTENT_TYPE, PrometheusMeter, new_registry, render, sample_lag
 from .settings import Settings
 
-__all__ = ["create_app", "build_pipeline"]
+__all__ = ["create_app", "build_pipeline", "read_whole_topics"]
 
 log = logging.getLogger("greenchannel")
 
@@ -56,7 +58,18 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
     consumer group; later updates reach each worker through the pass-event broadcast.
     """
     topics = pipeline.topics
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+
+    def apply(topic: str, partition: int, m) -> None:
+        handler = pipeline.on_risk if topic == topics.risk else pipeline.on_enterprise
+        handler(m.key, m.value, partition=partition, offset=m.offset, timestamp_ms=m.timestamp)
+
+    return await read_whole_topics(settings.bootstrap, [topics.enterprises, topics.risk], apply)
+
+
+async def read_whole_topics(bootstrap: str, names: list[str], apply) -> int:
+    """Every record of the topics `names`, outside any consumer group, each handed to
+    `apply(topic, partition, record)` in offset order per partition; returns how many."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     count = 0
     try:
@@ -65,8 +78,7 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
         # (Not `await consumer.topics()`: that reads into a ClusterMetadata of its own and leaves
         # the one partitions_for_topic() answers from empty.)
         await refresh_metadata(consumer)
-        parts = [TopicPartition(t, p) for t in (topics.enterprises, topics.risk)
-                 for p in (consumer.partitions_for_topic(t) or ())]
+        parts = [TopicPartition(t, p) for t in names for p in (consumer.partitions_for_topic(t) or ())]
         if not parts:
             return 0
         consumer.assign(parts)
@@ -74,22 +86,21 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
         ends = await consumer.end_offsets(parts)
         pending = {tp for tp, end in ends.items() if end > 0}
 
-        def apply(batch) -> None:
+        def take(batch) -> None:
             nonlocal count
             for tp, messages in batch.items():
-                handler = pipeline.on_risk if tp.topic == topics.risk else pipeline.on_enterprise
                 for m in messages:
-                    handler(m.key, m.value, partition=tp.partition, offset=m.offset, timestamp_ms=m.timestamp)
+                    apply(tp.topic, tp.partition, m)
                 count += len(messages)
                 if messages and messages[-1].offset + 1 >= ends[tp]:
                     pending.discard(tp)
 
         while pending:
-            apply(await consumer.getmany(*pending, timeout_ms=1000))
+            take(await consumer.getmany(*pending, timeout_ms=1000))
         # Tansu reports the start of a partition's last batch as its end, so the end offsets
         # are a lower bound: read on until a fetch comes back empty.
         while batch := await consumer.getmany(timeout_ms=300):
-            apply(batch)
+            take(batch)
     finally:
         await consumer.stop()
     return count
@@ -118,6 +129,7 @@ def create_app(settings: Settings) -> faust.App:
     pipeline = build_pipeline(settings)
     names = pipeline.topics
     app.pipeline = pipeline
+    meter = pipeline.meter = PrometheusMeter(new_registry())
 
     # --- topics -------------------------------------------------------------------------------
     def raw_topic(*topic_names: str) -> faust.TopicT:
@@ -196,8 +208,10 @@ def create_app(settings: Settings) -> faust.App:
 
     async def guarded(topic: str, event, handle) -> None:
         """An agent never dies on a message: an unexpected error dead-letters it instead."""
+        started = time.perf_counter()
         try:
             outs = handle()
+            meter.handled(topic, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 — the message is kept, with the error
             log.exception("failed on %s@%s", topic, event.message.offset)
             m = meta(event)
@@ -266,6 +280,20 @@ def create_app(settings: Settings) -> faust.App:
         state = orjson.loads(raw)
         state.pop("scans", None)  # answers kept inside the state by a worker before 0.4
         return web.json(state)
+
+    @app.task
+    async def consumer_lag() -> None:
+        """gc_consumer_lag per assigned partition: its high watermark less the consumer's position."""
+        async def lags() -> dict:
+            consumer = app.consumer
+            return {(tp.topic, tp.partition): max(0, consumer.highwater(tp) - (await consumer.position(tp) or 0))
+                    for tp in consumer.assignment()}
+        await sample_lag(meter.lag, lags)
+
+    @app.page("/metrics")
+    async def metrics_view(web, request):
+        """The worker's series in the Prometheus text format."""
+        return web.bytes(render(meter.registry), content_type=CONTENT_TYPE)
 
     @app.page("/checkpoints/")
     async def checkpoints_view(web, request):

@@ -1,4 +1,5 @@
-"""The `greenchannel` command: broker, worker, projector, topics, demo, pass, replay, db, keys."""
+"""The `greenchannel` command: broker, worker, projector, topics, demo, pass, replay, db, keys, risk,
+enterprises, request, dashboard."""
 
 from __future__ import annotations
 
@@ -48,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("upgrade", help="bring the schema at GC_DATABASE_URL up to date")
 
     sub.add_parser("keys", help="make the pass-signing key pair if needed and print the public key path")
+
+    from .firms import add_arguments as add_request_arguments
+    from .operators import add_arguments as add_operator_arguments
+    add_operator_arguments(sub)
+    add_request_arguments(sub)
+    dashboard = sub.add_parser("dashboard", help="the operators' live page: map, checkpoints, flow, search")
+    dashboard.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; beyond it "
+                                                               "a token is required)")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--token", help="required on every request when bound beyond loopback "
+                                           "(default: GC_DASHBOARD_TOKEN)")
     return parser
 
 
@@ -164,6 +176,18 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(settings.database_url)  # alembic upgrade head, under the migration lock
         print(f"schema up to date at {make_url(settings.database_url).render_as_string(hide_password=True)}")
         return 0
+    if args.command == "risk":
+        from .operators import cmd_risk
+        return cmd_risk(settings, args)
+    if args.command == "enterprises":
+        from .operators import cmd_enterprises
+        return cmd_enterprises(settings, args)
+    if args.command == "request":
+        from .firms import cmd_request
+        return cmd_request(settings, args)
+    if args.command == "dashboard":
+        from .dashboard import cmd_dashboard
+        return cmd_dashboard(settings, args)
     if args.command == "keys":
         from .keys import PUBLIC_NAME, load_signer
         signer = load_signer(settings.keys_path)

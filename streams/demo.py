@@ -27,11 +27,13 @@ from rich.table import Table
 from sqlmodel import Session, func, select
 
 from models.db import checkpoint_dwell, count_by, make_engine
+from models.operators import risk_entry
 from models.passes import InvalidToken, verify_token
 from models.records import format_time, parse_time
 from models.tables import Pass, PassEvent, Shipment
+from routing import Gazetteer
 
-from .broker import TansuBroker, ensure_topics
+from .broker import TansuBroker, ensure_topics, free_port
 from .handlers import Topics
 from .keys import load_public_key
 from .settings import Settings
@@ -205,6 +207,11 @@ async def _play(settings: Settings, env: dict, shipments: int, seed: int, consol
                                                "kind": kind, "scanned_at": format_time(when)})
             scans_sent += 1
 
+    async def send_risk(adcode: str, level: str, at) -> None:
+        """The operator's change, validated as `greenchannel risk set` validates it."""
+        entry = risk_entry(adcode, level, at=at, is_region=Gazetteer.default().names_region)
+        await send(topics.risk, entry["adcode"], entry)
+
     with Live(obs.table(phase, sent, scans_sent, started), console=console, refresh_per_second=4) as live:
         async def refresh() -> None:
             while True:
@@ -216,9 +223,9 @@ async def _play(settings: Settings, env: dict, shipments: int, seed: int, consol
             phase = "operators load the key-enterprise list and risk levels"
             for entry in scenario.enterprise_entries():
                 await send(topics.enterprises, entry["credit_code"], entry)
-            opening = format_time(scenario.start - timedelta(hours=1))
+            opening = scenario.start - timedelta(hours=1)
             for adcode, level in (("4201", "high"), ("4202", "medium"), ("4403", "medium"), ("3301", "medium")):
-                await send(topics.risk, adcode, {"adcode": adcode, "level": level, "effective_at": opening})
+                await send_risk(adcode, level, opening)
             await producer.flush()
             public_key = load_public_key(settings.keys_path)
 
@@ -243,7 +250,7 @@ async def _play(settings: Settings, env: dict, shipments: int, seed: int, consol
 
             phase = "operator: Hunan (43) becomes high risk"
             change_at = scenario.start + timedelta(minutes=half, seconds=30)
-            await send(topics.risk, "43", {"adcode": "43", "level": "high", "effective_at": format_time(change_at)})
+            await send_risk("43", "high", change_at)
             await producer.flush()
             await _wait(lambda: time.monotonic() - obs.last_status > 1.5, 60, "re-evaluation to settle")
 
@@ -362,9 +369,14 @@ def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, brok
     from .keys import load_signer
     load_signer(settings.keys_path)  # the worker and the checkpoints share this key pair
     procs = {name: _start(name, env, data_dir, console) for name in ("worker", "projector")}
+    port = free_port()
+    procs["dashboard"] = _start("dashboard", env, data_dir, console, "--port", str(port))
+    url = f"http://127.0.0.1:{port}/"
+    console.print(f"[bold]dashboard at {url}[/bold] (open it while the demo runs)")
     try:
         played = asyncio.run(_play(settings, env, shipments, seed, console))
         caught_up = _report(settings, played, console, lambda: procs["projector"].poll() is None)
+        console.print(f"dashboard was at {url}")
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -378,10 +390,10 @@ def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, brok
     return 0 if caught_up else 1
 
 
-def _start(command: str, env: dict, data_dir: Path, console: Console) -> subprocess.Popen:
-    """`greenchannel COMMAND` as a process, its output in data_dir/COMMAND.log."""
+def _start(command: str, env: dict, data_dir: Path, console: Console, *args: str) -> subprocess.Popen:
+    """`greenchannel COMMAND ARGS…` as a process, its output in data_dir/COMMAND.log."""
     with open(data_dir / f"{command}.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", command], env=env, cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", command, *args], env=env, cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT)
     console.print(f"{command} pid {proc.pid}, log {data_dir / f'{command}.log'}")
     return proc

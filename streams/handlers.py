@@ -11,15 +11,17 @@ import base64
 import hashlib
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import orjson
 
 from models.decide import Decider
 from models.passes import PassState, allocate_pass_id, kafka_partition, legacy_answers
 from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time,
-                            load_object, parse_enterprise, parse_request, parse_risk, parse_scan, parse_time)
+                            load_object, parse_enterprise, parse_request, parse_risk, parse_scan, parse_time,
+                            record_time)
 from models.tracking import CheckpointBoard, PassIndex, Tracker
+
+from .metrics import Meter
 
 __all__ = ["Out", "Topics", "Tables", "PassHolders", "Pipeline", "cloudevent_headers"]
 
@@ -57,10 +59,6 @@ class Out:
 def cloudevent_headers(ce_id: str, ce_type: str, source: str, time: str) -> tuple[tuple[str, bytes], ...]:
     return (("ce_specversion", b"1.0"), ("ce_id", ce_id.encode()), ("ce_source", source.encode()),
             ("ce_type", ce_type.encode()), ("ce_time", time.encode()), ("content-type", b"application/json"))
-
-
-def _record_time(timestamp_ms: int | None) -> datetime:
-    return datetime.fromtimestamp((timestamp_ms or 0) / 1000, tz=timezone.utc)
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -128,13 +126,15 @@ class Pipeline:
         self.topics = topics
         self.partitions = partitions
         self.board = CheckpointBoard(target_seconds=tracker.dwell_target)
+        self.meter = Meter()  # the worker sets a PrometheusMeter (streams.metrics)
 
     # --- dead letters -------------------------------------------------------------------------
     def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
                     timestamp_ms: int | None, error: str) -> Out:
+        self.meter.dead_letter(topic)
         body = {
             "topic": topic, "partition": partition, "offset": offset,
-            "key": _text(key), "error": error, "at": format_time(_record_time(timestamp_ms)),
+            "key": _text(key), "error": error, "at": format_time(record_time(timestamp_ms)),
         }
         try:
             body["value"] = value.decode("utf-8") if value is not None else None
@@ -164,10 +164,11 @@ class Pipeline:
         if earlier is not None:
             return [self._decision_out(sid, earlier)]
         decided_at = request.submitted_at if not any(e.field == "submitted_at" for e in errors) \
-            else _record_time(timestamp_ms)
+            else record_time(timestamp_ms)
         decision = self.decider.decide(request, errors, decided_at=decided_at,
                                        allocate=self._allocator(sid, partition, tables.serials))
         body = canonical(decision.message)
+        self.meter.decision(decision.message["decision"], decision.message["priority"])
         tables.decided[sid] = body
         outs = [self._decision_out(sid, body, decision.message["decided_at"])]
         state = decision.state
@@ -235,7 +236,8 @@ class Pipeline:
                 timestamp_ms: int | None) -> list[Out]:
         """Apply a risk level and ask every tracker partition to re-evaluate its passes."""
         try:
-            risk = parse_risk(load_object(value))
+            risk = parse_risk(load_object(value), timestamp_ms=timestamp_ms,
+                              is_region=self.decider.gazetteer.names_region)
         except Unparseable as exc:
             return [self.dead_letter(self.topics.risk, partition, offset, key, value, timestamp_ms, str(exc))]
         self.decider.risk.apply(risk)
@@ -247,7 +249,7 @@ class Pipeline:
     def on_enterprise(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
                       timestamp_ms: int | None) -> list[Out]:
         try:
-            entry = parse_enterprise(load_object(value))
+            entry = parse_enterprise(load_object(value), timestamp_ms=timestamp_ms)
         except Unparseable as exc:
             return [self.dead_letter(self.topics.enterprises, partition, offset, key, value, timestamp_ms, str(exc))]
         self.decider.enterprises.apply(entry)
@@ -330,6 +332,7 @@ class Pipeline:
             index.put(state)
 
     def _collision(self, state: PassState, command: dict) -> Out:
+        self.meter.dead_letter(self.topics.pass_events)
         body = canonical({"topic": self.topics.pass_events, "key": state.pass_id, "value": command,
                           "error": f"pass_id {state.pass_id} already belongs to another shipment",
                           "at": command["decided_at"]})
@@ -339,6 +342,7 @@ class Pipeline:
 
     def _status_out(self, event: dict) -> Out:
         self.board.observe(event)
+        self.meter.status(event["status"])
         return self._status_out_bytes(event["pass_id"], canonical(event), event)
 
     def _status_out_bytes(self, pass_id: str, body: bytes, event: dict | None = None) -> Out:

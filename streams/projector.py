@@ -34,9 +34,12 @@ from sqlmodel import Session
 
 from models.db import init_db, make_engine, project_batch
 from models.records import Unparseable, format_time, load_object, parse_enterprise, parse_risk
+from routing import Gazetteer
 
 from .broker import ensure_topics
 from .handlers import Topics
+from .metrics import metrics_app, new_registry
+from .web import start_site
 from .settings import Settings
 
 __all__ = ["Item", "Shaped", "Written", "shape", "write", "Projector", "run_projector", "group_id"]
@@ -83,14 +86,21 @@ def shape(topics: Topics, records: Iterable) -> Shaped:
 
 def _usable(topics: Topics, r) -> tuple[str, Any]:
     if r.topic == topics.risk:  # what the worker dead-letters is not projected
-        return "risks", _as_of(parse_risk(load_object(r.value)))
+        return "risks", _as_of(parse_risk(load_object(r.value), timestamp_ms=_timestamp_ms(r),
+                                          is_region=Gazetteer.default().names_region))
     if r.topic == topics.enterprises:
-        return "enterprises", _as_of(parse_enterprise(load_object(r.value)))
+        return "enterprises", _as_of(parse_enterprise(load_object(r.value), timestamp_ms=_timestamp_ms(r)))
     if r.topic == topics.decisions:
         return "decisions", load_object(r.value)
     if r.topic == topics.status:
         return "statuses", (ce_id(r), load_object(r.value))
     raise Unparseable(f"{r.topic} is not a projected topic")
+
+
+def _timestamp_ms(r) -> int:
+    """The record time in ms: a replay Record's `timestamp_ms`, an aiokafka record's `timestamp`."""
+    ts = getattr(r, "timestamp_ms", None)
+    return r.timestamp if ts is None else ts
 
 
 def _as_of(record) -> dict:
@@ -174,6 +184,28 @@ class _Revocation(ConsumerRebalanceListener):
         log.info("projector assigned %d partitions: %s", len(assigned), names)
 
 
+class ProjectorMetrics:
+    """The projector's series: records written by kind, batch time, lag per partition."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+        self.registry = new_registry()
+        self.records = Counter("gc_projected_records", "Records projected into the database, by topic",
+                               ["topic"], registry=self.registry)
+        self.seconds = Histogram("gc_projector_batch_seconds", "Time to write and commit one batch",
+                                 registry=self.registry)
+        self.lag = Gauge("gc_consumer_lag", "Records not yet projected, per partition", ["topic", "partition"],
+                         registry=self.registry)
+
+    def batch(self, consumer: AIOKafkaConsumer, batch: dict, seconds: float) -> None:
+        self.seconds.observe(seconds)
+        for tp, records in batch.items():
+            self.records.labels(tp.topic).inc(len(records))
+            end = consumer.highwater(tp)
+            if end is not None:
+                self.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - records[-1].offset - 1))
+
+
 class Projector:
     """One member of the projector group: fetch a batch, write it, commit its offsets; again."""
 
@@ -181,6 +213,7 @@ class Projector:
         self.settings, self.batch_size, self.poll_ms = settings, batch_size, poll_ms
         self.topics = Topics.with_prefix(settings.topic_prefix)
         self.stats = Stats()
+        self.metrics = ProjectorMetrics()
         self.lock = asyncio.Lock()
         self._reported = time.monotonic()
 
@@ -218,7 +251,9 @@ class Projector:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_size)
                 if batch:
+                    started = time.perf_counter()
                     await self._project(consumer, engine, batch, stop)
+                    self.metrics.batch(consumer, batch, time.perf_counter() - started)
         finally:
             await consumer.stop()
 
@@ -279,6 +314,9 @@ def run_projector(settings: Settings, *, batch_size: int = 5000) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         projector = Projector(settings, batch_size=batch_size)
+        if settings.metrics_port:
+            site = await start_site(metrics_app(projector.metrics.registry), settings.metrics_bind, settings.metrics_port)
+            log.info("projector metrics at http://%s:%d/metrics", settings.metrics_bind, site.addresses[0][1])
         # A topic missing at subscription would be seen only at the next metadata refresh (minutes).
         await ensure_topics(settings.bootstrap, projector.subscription(), partitions=settings.partitions,
                             replication_factor=settings.replication_factor)

@@ -75,7 +75,7 @@ import orjson
 
 from typing import TYPE_CHECKING
 
-from models.records import format_time, parse_time
+from models.records import effective_time, format_time, parse_time
 
 if TYPE_CHECKING:  # the decision core is imported when a command runs, not when the CLI parses arguments
     from .handlers import Out, Pipeline, Topics
@@ -161,9 +161,14 @@ def _decode(value: bytes | None) -> dict | None:
 
 
 def _event_us(obj: dict | None, field_name: str, timestamp_ms: int) -> int:
+    """An input's event time in µs: its `field_name` time; for reference entries, their effective
+    time as the handlers read it (`models.records.effective_time`: the record time when they have
+    none); else (unreadable) the record time."""
     if obj is not None:
         try:
-            return (parse_time(obj.get(field_name)) - _EPOCH) // _US
+            at = (effective_time(obj, timestamp_ms) if field_name == "effective_at"
+                  else parse_time(obj.get(field_name)))
+            return (at - _EPOCH) // _US
         except ValueError:
             pass
     return timestamp_ms * 1000

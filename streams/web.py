@@ -75,10 +75,18 @@ class Hub:
             try:
                 queue.put_nowait(frame)
             except asyncio.QueueFull:  # too slow: empty it and tell its stream to end
-                self._queues.discard(queue)
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(None)
+                self._drop(queue)
+
+    def close(self) -> None:
+        """End every open stream: before the site shuts down, which an open page would hold up."""
+        for queue in list(self._queues):
+            self._drop(queue)
+
+    def _drop(self, queue: asyncio.Queue) -> None:
+        self._queues.discard(queue)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)
 
     def subscribe(self) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue(self.limit)

@@ -831,3 +831,29 @@ def test_postgres_and_database_url(services):
         assert (url.host, url.port) == ("postgres", 5432)
         assert (url.username, url.password, url.database) == (
             pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Prometheus
+# ------------------------------------------------------------------------------------------------
+
+def test_prometheus_scrapes_every_worker_and_projector_where_they_serve_metrics(compose, services):
+    prometheus = services["prometheus"]
+    [config] = prometheus["configs"]
+    assert config["target"] == "/etc/prometheus/prometheus.yml"
+    assert f"--config.file={config['target']}" in prometheus["command"]
+    scrape = yaml.safe_load(compose["configs"][config["source"]]["content"])
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    assert set(jobs) == {"worker", "projector"}
+    ports = {"worker": int(env_of(services["worker"])["GC_WEB_PORT"]),
+             "projector": int(env_of(services["projector"])["GC_METRICS_PORT"])}
+    for name, job in jobs.items():
+        [sd] = job["dns_sd_configs"]
+        assert sd["names"] == [name] and sd["type"] == "A" and sd["port"] == ports[name], name
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+    # Reachable from another container: bound beyond loopback, served at all.
+    worker, projector = env_of(services["worker"]), env_of(services["projector"])
+    assert worker["GC_WEB_ENABLED"] == "true" and worker["GC_WEB_BIND"] == "0.0.0.0"
+    assert projector["GC_METRICS_BIND"] == "0.0.0.0"
+    assert set(prometheus["depends_on"]) == {"worker", "projector"}
+    assert any(m["target"] == "/prometheus" and m["source"] in compose["volumes"] for m in mounts_of(prometheus))

@@ -195,3 +195,45 @@ def test_a_risk_change_visits_only_the_passes_on_the_regions_it_touches():
         pipeline.on_pass_event(change, partition=p, tables=tables)
     wuhan = {pid for pid, raw in tables.passes.items() if orjson.loads(raw)["origin"] == "420111"}
     assert len(wuhan) == 5 and set(visited) == wuhan and len(visited) == 5
+
+
+# --- reference entries on the wire --------------------------------------------------------------
+
+def test_an_entry_without_effective_at_takes_effect_from_its_record_time():
+    from datetime import datetime, timezone
+    pipeline = make_pipeline()
+    record_ms = int(datetime(2020, 2, 25, 9, 0, tzinfo=timezone.utc).timestamp() * 1000)
+    outs = pipeline.on_risk(b"4201", orjson.dumps({"adcode": "4201", "level": "high"}), partition=0, offset=0,
+                            timestamp_ms=record_ms)
+    assert [o.topic for o in outs] == [T.pass_events] * 4
+    assert orjson.loads(outs[0].value)["effective_at"] == "2020-02-25T09:00:00Z"
+    book = pipeline.decider.risk
+    assert book.level_at("420111", datetime(2020, 2, 25, 8, 59, tzinfo=timezone.utc)) == "low"
+    assert book.level_at("420111", datetime(2020, 2, 25, 9, 0, tzinfo=timezone.utc)) == "high"
+
+    code = Scenario(seed=1).key_enterprises[0][0]
+    assert pipeline.on_enterprise(code.encode(), orjson.dumps({"credit_code": code, "action": "add"}),
+                                  partition=0, offset=1, timestamp_ms=record_ms) == []
+    books = pipeline.decider.enterprises
+    assert not books.is_listed(code, datetime(2020, 2, 25, 8, 59, tzinfo=timezone.utc))
+    assert books.is_listed(code, datetime(2020, 2, 25, 9, 0, tzinfo=timezone.utc))
+
+
+@pytest.mark.parametrize("adcode", ["999999", "99", "4299", "420199"])
+def test_a_risk_entry_for_an_adcode_naming_no_region_is_dead_lettered(adcode):
+    pipeline = make_pipeline()
+    value = orjson.dumps({"adcode": adcode, "level": "high", "effective_at": "2020-02-25T00:00:00Z"})
+    outs = pipeline.on_risk(adcode.encode(), value, partition=1, offset=7, timestamp_ms=0)
+    assert [o.topic for o in outs] == [T.deadletter]
+    body = orjson.loads(outs[0].value)
+    assert body["error"] == f"adcode {adcode} names no province, prefecture or county of the gazetteer"
+    assert body["value"] == value.decode() and (body["partition"], body["offset"]) == (1, 7)
+    assert pipeline.decider.risk.version == 0  # nothing applied
+
+
+@pytest.mark.parametrize("adcode", ["42", "4201", "420000", "420100", "420111", "1101", "441900"])
+def test_a_risk_entry_for_a_known_region_is_applied(adcode):
+    pipeline = make_pipeline()
+    value = orjson.dumps({"adcode": adcode, "level": "high", "effective_at": "2020-02-25T00:00:00Z"})
+    outs = pipeline.on_risk(adcode.encode(), value, partition=0, offset=0, timestamp_ms=0)
+    assert {o.topic for o in outs} == {T.pass_events} and pipeline.decider.risk.version == 1

@@ -580,3 +580,41 @@ def test_colliding_serials_are_allocated_and_replayed_in_the_partitions_offset_o
     held = Replayer(make_pipeline())
     held.replay(window, held=log.topic(T.decisions))
     assert held.decisions[bodies[-1]["shipment_id"]] == log.topic(T.decisions)[-1].value
+
+
+def test_a_risk_entry_without_effective_at_is_replayed_at_its_record_time():
+    """The worker and the replay read an entry's effective time in one place: an entry with no
+    `effective_at` takes effect from its record time on both paths, so the audit still proves the
+    decisions it moved (P2 requests into Changsha after it rejected, before it approved)."""
+    scenario = Scenario(seed=43, start=START)
+    inputs = [(T.enterprises, e["credit_code"].encode(), orjson.dumps(e)) for e in scenario.enterprise_entries()]
+    bodies = []
+    for n in range(12):
+        body = scenario.request(n, kind="P2")
+        at = START + timedelta(hours=2 + n)  # two before the change, the rest from its instant on
+        body.update(origin=WUHAN, destination=CHANGSHA, submitted_at=format_time(at),
+                    departure_at=format_time(at + timedelta(hours=1)))
+        bodies.append(body)
+    requests = [(T.requests, b["shipment_id"].encode(), orjson.dumps(b)) for b in bodies]
+    change = (T.risk, b"43", orjson.dumps({"adcode": "43", "level": "high"}))
+    arrivals = inputs + requests[:2] + [change] + requests[2:]  # in event time, as a real system sees them
+    change_ms = int((START + timedelta(hours=4)).timestamp() * 1000)
+
+    class Log(FakeLog):  # the change is logged at START + 4 h exactly
+        def append(self, topic, *args, **kw):
+            if topic == T.risk:
+                self.clock = change_ms - 1
+            return super().append(topic, *args, **kw)
+
+    log = Log()
+    log.clock = change_ms - 10_000
+    run_worker(make_pipeline(), log, arrivals)
+    live = {orjson.loads(r.value)["shipment_id"]: orjson.loads(r.value) for r in log.topic(T.decisions)}
+    outcome = [live[b["shipment_id"]]["decision"] for b in bodies]
+    assert outcome == ["approved"] * 2 + ["rejected"] * 10, outcome
+    suspended = {orjson.loads(r.value)["pass_id"] for r in log.topic(T.status)
+                 if orjson.loads(r.value)["status"] == "suspended"}
+    assert len(suspended) == 2  # the two passes issued before it, into a region now high risk
+    rep = replay_log(log)
+    c = compare(rep, log.topic(T.decisions), log.topic(T.status))
+    assert c.mismatches == [] and c.decisions_matched == 12

@@ -77,3 +77,12 @@ def test_a_page_that_falls_behind_is_dropped_not_waited_for():
         hub.publish("tick", {"n": n})
     assert hub.subscribers == 0
     assert slow.get_nowait() is None  # its stream ends; the page reconnects and reloads
+
+
+def test_closing_the_hub_ends_every_open_stream():
+    hub = Hub()
+    first, second = hub.subscribe(), hub.subscribe()
+    hub.publish("levels", {"420100": 2})
+    hub.close()
+    assert hub.subscribers == 0
+    assert first.get_nowait() is None and second.get_nowait() is None  # the pending frame dropped: the end
