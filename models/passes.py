@@ -25,7 +25,7 @@ from .records import CheckpointScan, canonical, format_time, parse_time
 __all__ = [
     "PassStatusKind", "TRANSITIONS", "IllegalTransition", "InvalidToken", "PassState", "Signer",
     "SERIALS", "allocate_pass_id", "kafka_partition", "legacy_answers", "murmur2", "serial_start", "verify_token", "on_scan",
-    "transition", "PassTerms", "REFUSALS", "refusal", "token_refusal", "scan_refusal",
+    "transition", "claimed_pass_id", "unverified_claims", "PassTerms", "REFUSALS", "refusal", "token_refusal", "scan_refusal",
 ]
 
 
@@ -137,6 +137,23 @@ def verify_token(token: str, keys: Ed25519PublicKey | Mapping[str, Ed25519Public
     except InvalidSignature:
         raise InvalidToken("token signature does not verify") from None
     return claims
+
+
+def unverified_claims(token: str) -> dict:
+    """What a token says, its signature unchecked (ValueError when it is not a token at all)."""
+    claims = orjson.loads(_unb64(token.split(".")[0]))
+    if not isinstance(claims, dict):
+        raise ValueError("token claims are not an object")
+    return claims
+
+
+def claimed_pass_id(token: str | None) -> str | None:
+    """The pass id a token claims, read without verifying (for routing a scan to its pass)."""
+    try:
+        pid = unverified_claims(token).get("pid")
+    except Exception:
+        return None
+    return pid if isinstance(pid, str) and len(pid) == 12 and pid.isdigit() else None
 
 
 # --- state machine ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import orjson
 
 from models.decide import Decider
-from models.passes import PassState, allocate_pass_id, kafka_partition, legacy_answers
+from models.passes import PassState, allocate_pass_id, claimed_pass_id, kafka_partition, legacy_answers
 from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time,
                             load_object, parse_enterprise, parse_request, parse_risk, parse_scan, parse_time)
 from models.tracking import CheckpointBoard, PassIndex, Tracker
@@ -204,7 +204,7 @@ class Pipeline:
             return [self.dead_letter(self.topics.scans, partition, offset, key, value, timestamp_ms, str(exc))]
         pass_id = scan.pass_id
         if pass_id is None:
-            pass_id = _token_pass_id(scan.token)
+            pass_id = claimed_pass_id(scan.token)
             if pass_id is None:
                 return [self.dead_letter(self.topics.scans, partition, offset, key, value, timestamp_ms,
                                          "token names no pass and the scan has no pass_id")]
@@ -359,14 +359,3 @@ def _decided_at(body: bytes) -> str:
     if body.startswith(_DECIDED_AT):
         return body[len(_DECIDED_AT):body.index(b'"', len(_DECIDED_AT))].decode()
     return orjson.loads(body)["decided_at"]
-
-
-def _token_pass_id(token: str | None) -> str | None:
-    """The pass id a token claims, read without verifying (the tracker verifies)."""
-    try:
-        body = token.split(".")[0]
-        claims = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        pid = claims.get("pid")
-    except Exception:
-        return None
-    return pid if isinstance(pid, str) and len(pid) == 12 and pid.isdigit() else None

@@ -1,0 +1,166 @@
+"""The station's verification is the tracker's: for every reason the tracker holds a vehicle (or
+keeps a pass that cannot move), the station's check of the same pass, token, plate, checkpoint and
+time is GREY with that very reason; a scan the tracker lets through is GREEN. No broker: the
+station's own SQLite store, fed the decision and status events the worker publishes."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from models.decide import Decider
+from models.passes import REFUSALS, PassState, Signer, unverified_claims
+from models.policy import load_catalog
+from models.records import CheckpointScan, format_time
+from models.reference import EnterpriseBook, RiskBook
+from models.tracking import Tracker
+from routing import Gazetteer, RegionGraph, RoutePlanner
+from streams.keys import key_id
+from streams.station import Store, check
+
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+OTHER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+KEYS = {key_id(KEY.public_key()): KEY.public_key()}
+SIGNER = Signer(KEY, key_id(KEY.public_key()))
+DEPARTURE = datetime(2020, 2, 25, 8, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def tracker():
+    catalog, gazetteer, graph = load_catalog(), Gazetteer.default(), RegionGraph.default()
+    decider = Decider(catalog=catalog, gazetteer=gazetteer, graph=graph, planner=RoutePlanner(graph),
+                      risk=RiskBook(), enterprises=EnterpriseBook(), signer=SIGNER)
+    return Tracker(decider, KEYS)
+
+
+@pytest.fixture(scope="module")
+def the_pass(tracker) -> PassState:
+    d = tracker.decider
+    route = d.planner.plan(d.gazetteer.locate("420111"), d.gazetteer.locate("440106"), departure=DEPARTURE)
+    return PassState(pass_id="420111000001", shipment_id="S-1", plate="鄂A12345", priority="P0",
+                     shipper="91420100MA4K0000X1", consignee="91440101MA5C0000X2", origin="420111",
+                     destination="440106", trip="single", valid_from=format_time(DEPARTURE),
+                     valid_until=format_time(DEPARTURE + timedelta(hours=48)),
+                     departure_at=format_time(DEPARTURE), route=route.to_dict())
+
+
+def token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:
+    return signer.token({"pid": state.pass_id, "plate": state.plate, "nbf": state.valid_from,
+                         "exp": state.valid_until, "rt": state.route["adcodes"], "cp": state.checkpoint_ids, **claims})
+
+
+def decision_of(state: PassState) -> dict:
+    return {"decision": "approved", "shipment_id": state.shipment_id, "pass": {
+        "pass_id": state.pass_id, "plate": state.plate, "priority": state.priority, "toll_exempt": True,
+        "valid_from": state.valid_from, "valid_until": state.valid_until, "trip": state.trip,
+        "route": state.route, "token": token_of(state)}}
+
+
+def forged(token: str) -> str:
+    """The token with its validity stretched by a year, its signature kept."""
+    body, sig = token.split(".")
+    claims = unverified_claims(token)
+    claims["exp"] = claims["exp"].replace("2020", "2021")
+    return base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=").decode() + "." + sig
+
+
+FAR = timedelta(hours=49)
+# name: (status the tracker and the station last saw, token (a function of the pass), plate, at
+# (after departure), checkpoint (None: the first of the route), the reason both must give)
+CASES = {
+    "valid": ("issued", token_of, None, timedelta(hours=4), None, None),
+    "forged_token": ("issued", lambda s: forged(token_of(s)), None, timedelta(hours=4), None,
+                     "bad_token: token signature does not verify"),
+    "garbled_token": ("issued", lambda s: "garbage", "鄂A12345", timedelta(hours=4), None,
+                      "bad_token: token is not two base64url parts"),
+    "unknown_key": ("issued", lambda s: token_of(s, Signer(OTHER, key_id(OTHER.public_key()))), None,
+                    timedelta(hours=4), None, f"bad_token: token signed with an unknown key (kid {key_id(OTHER.public_key())})"),
+    "token_for_another_pass": ("issued", lambda s: token_of(replace(s, pass_id="420111000009")), "鄂A12345",
+                               timedelta(hours=4), None, "token_for_another_pass"),
+    "plate_mismatch": ("issued", token_of, "鄂B99999", timedelta(hours=4), None, "plate_mismatch"),
+    "not_yet_valid": ("issued", token_of, None, -timedelta(hours=1), None, "not_yet_valid"),
+    "validity_ended": ("in_transit", token_of, None, FAR, None, "validity_ended"),
+    "checkpoint_not_on_route": ("issued", token_of, None, timedelta(hours=4), "BX-1111-2222", "checkpoint_not_on_route"),
+    "pass_suspended": ("suspended", token_of, None, timedelta(hours=4), None, "pass_suspended"),
+    "pass_revoked": ("revoked", token_of, None, timedelta(hours=4), None, "pass_revoked"),
+    "pass_delivered": ("delivered", token_of, None, timedelta(hours=4), None, "pass_delivered"),
+    "pass_expired": ("expired", token_of, None, timedelta(hours=4), None, "pass_expired"),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_station_says_what_the_tracker_says(name, tracker, the_pass, tmp_path):
+    status, token, plate, after, checkpoint, reason = CASES[name]
+    state = replace(the_pass, status=status)
+    checkpoint = checkpoint or state.checkpoint_ids[0]
+    plate = plate or state.plate
+    at = DEPARTURE + after
+    shown = token(state)
+    scan = CheckpointScan("s-1", checkpoint, state.pass_id, shown, plate, "arrival", at)
+    _, event = tracker.scan(state, scan, state.pass_id)
+    assert event["reason"] == reason or (reason is None and event["status"] == "at_checkpoint"), event
+
+    store = Store(tmp_path / "station.db", [checkpoint])
+    store.take_decision(decision_of(the_pass))
+    store.take_status({"pass_id": state.pass_id, "status": status, "at": format_time(DEPARTURE), "cause": "x"})
+    answer = check(store, KEYS, checkpoint_id=checkpoint, at=at, token=shown, plate=plate)
+    assert (answer["green"], answer["reason"]) == (reason is None, reason)
+    assert answer["text_zh"] and answer["text_en"]
+
+
+def test_an_unknown_pass_is_grey_at_both(tracker, the_pass, tmp_path):
+    """No genuine token and no pass of that plate: the tracker knows no such pass, nor does the station."""
+    checkpoint = the_pass.checkpoint_ids[0]
+    scan = CheckpointScan("s-1", checkpoint, "420111000777", None, "鄂C00000", "arrival", DEPARTURE + timedelta(hours=4))
+    assert tracker.scan(None, scan, scan.pass_id)[1]["reason"] == "unknown_pass"
+    store = Store(tmp_path / "station.db", [checkpoint])
+    store.take_decision(decision_of(the_pass))
+    answer = check(store, KEYS, checkpoint_id=checkpoint, at=scan.scanned_at, plate=scan.plate)
+    assert (answer["green"], answer["reason"]) == (False, "unknown_pass")
+
+
+def test_a_genuine_pass_the_station_never_stored_is_checked_by_its_token(the_pass, tmp_path):
+    """A pass the station has not heard of (its route does not cross here, or its decision came while
+    the link was down) is verified on its signed claims: validity, plate, route."""
+    here, elsewhere = the_pass.checkpoint_ids[0], "BX-1111-2222"
+    at = DEPARTURE + timedelta(hours=4)
+    on_route = check(Store(tmp_path / "a.db", [here]), KEYS, checkpoint_id=here, at=at, token=token_of(the_pass))
+    assert (on_route["green"], on_route["plate"], on_route["pass"]) == (True, the_pass.plate, None)
+    off = check(Store(tmp_path / "b.db", [elsewhere]), KEYS, checkpoint_id=elsewhere, at=at, token=token_of(the_pass))
+    assert (off["green"], off["reason"]) == (False, "checkpoint_not_on_route")
+
+
+def test_a_pass_rerouted_away_is_grey_at_both(tracker, the_pass, tmp_path):
+    old_first = the_pass.checkpoint_ids[0]
+    new_route = {**the_pass.route, "checkpoints": [c for c in the_pass.route["checkpoints"] if c["checkpoint_id"] != old_first]}
+    rerouted = replace(the_pass, status="rerouted", route=new_route)
+    at = DEPARTURE + timedelta(hours=4)
+    scan = CheckpointScan("s-1", old_first, the_pass.pass_id, token_of(the_pass), the_pass.plate, "arrival", at)
+    assert tracker.scan(rerouted, scan, the_pass.pass_id)[1]["reason"] == "checkpoint_not_on_route"
+    store = Store(tmp_path / "station.db", [old_first])
+    store.take_decision(decision_of(the_pass))
+    assert check(store, KEYS, checkpoint_id=old_first, at=at, token=scan.token, plate=scan.plate)["green"]
+    store.take_status({"pass_id": the_pass.pass_id, "status": "rerouted", "at": format_time(at), "cause": "risk:43",
+                       "route": new_route, "token": token_of(rerouted)})
+    answer = check(store, KEYS, checkpoint_id=old_first, at=at, token=scan.token, plate=scan.plate)
+    assert (answer["green"], answer["reason"]) == (False, "checkpoint_not_on_route")
+    assert "改道" in answer["text_zh"] and "rerouted away" in answer["text_en"]
+
+
+def test_a_plate_alone_finds_its_pass(the_pass, tmp_path):
+    checkpoint = the_pass.checkpoint_ids[0]
+    store = Store(tmp_path / "station.db", [checkpoint])
+    store.take_decision(decision_of(the_pass))
+    answer = check(store, KEYS, checkpoint_id=checkpoint, at=DEPARTURE + timedelta(hours=4), plate="鄂a12345")
+    assert (answer["green"], answer["pass_id"], answer["pass"]["toll_exempt"]) == (True, the_pass.pass_id, True)
+    assert check(store, KEYS, checkpoint_id=checkpoint, at=DEPARTURE, plate="鄂C00000")["reason"] == "unknown_pass"
+
+
+def test_every_reason_has_its_words():
+    reasons = {r.split(":")[0] for *_, r in CASES.values() if r} | {"unknown_pass"}
+    assert reasons <= set(REFUSALS)
