@@ -1,4 +1,4 @@
-"""The station's verification is the tracker's: for every reason the tracker holds a vehicle (or
+"""The station's verification is the tracker's, and a printed pass verifies there: for every reason the tracker holds a vehicle (or
 keeps a pass that cannot move), the station's check of the same pass, token, plate, checkpoint and
 time is GREY with that very reason; a scan the tracker lets through is GREEN. No broker: the
 station's own SQLite store, fed the decision and status events the worker publishes."""
@@ -6,12 +6,17 @@ station's own SQLite store, fed the decision and status events the worker publis
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import orjson
 import pytest
+import zxingcpp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from PIL import Image
 
 from models.decide import Decider
 from models.passes import REFUSALS, PassState, Signer, unverified_claims
@@ -21,6 +26,7 @@ from models.reference import EnterpriseBook, RiskBook
 from models.tracking import Tracker
 from routing import Gazetteer, RegionGraph, RoutePlanner
 from streams.keys import key_id
+from streams.pass_print import find_cjk_font, pass_from_decision, render_pass
 from streams.station import Store, check
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -164,3 +170,39 @@ def test_a_plate_alone_finds_its_pass(the_pass, tmp_path):
 def test_every_reason_has_its_words():
     reasons = {r.split(":")[0] for *_, r in CASES.values() if r} | {"unknown_pass"}
     assert reasons <= set(REFUSALS)
+
+
+# --- the driver's pass: printed, decoded from the image as a station's camera would, verified green
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_printed_pass_decodes_and_verifies_green(the_pass, tmp_path):
+    decision = decision_of(the_pass)
+    image = render_pass(pass_from_decision(decision))
+    image.save(tmp_path / "pass.png")
+    codes = zxingcpp.read_barcodes(Image.open(tmp_path / "pass.png"))
+    assert [c.text for c in codes] == [decision["pass"]["token"]]
+    here = the_pass.checkpoint_ids[0]
+    store = Store(tmp_path / "station.db", [here])
+    store.take_decision(decision)
+    answer = check(store, KEYS, checkpoint_id=here, at=DEPARTURE + timedelta(hours=4), token=codes[0].text,
+                   plate=the_pass.plate)
+    assert (answer["green"], answer["pass_id"], answer["pass"]["toll_exempt"]) == (True, the_pass.pass_id, True)
+
+
+def test_the_command_writes_png_and_pdf_from_a_decision_file(the_pass, tmp_path):
+    (tmp_path / "decision.json").write_bytes(orjson.dumps(decision_of(the_pass)))
+    for flag, name, magic in (("--png", "pass.png", b"\x89PNG"), ("--pdf", "pass.pdf", b"%PDF")):
+        done = subprocess.run([sys.executable, "-m", "streams.cli", "pass", "print", the_pass.pass_id, flag,
+                               str(tmp_path / name), "--from-decision", str(tmp_path / "decision.json")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / name).read_bytes().startswith(magic)
+    wrong = subprocess.run([sys.executable, "-m", "streams.cli", "pass", "print", "999999000000", "--from-decision",
+                            str(tmp_path / "decision.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert wrong.returncode != 0 and "holds pass" in wrong.stderr
+
+
+def test_a_chinese_font_is_found_here():
+    assert find_cjk_font() is not None
