@@ -23,8 +23,8 @@ __all__ = ["pass_from_decision", "pass_from_database", "render_pass", "cmd_pass_
 
 WIDTH, HEIGHT = 1240, 1754  # A4 at 150 dpi
 GREEN, INK, GREY, GOLD = (11, 90, 42), (29, 31, 33), (95, 99, 104), (253, 226, 147)
-CLASSES = {"P0": "医疗防护物资 Medical supplies (§2)", "P1": "民生物资 Livelihood goods (§5)",
-           "P2": "重点产业 Key industries (§6)", "P3": "重大项目 Major projects (§7)"}
+CLASSES = {"P0": ("医疗防护物资", "Medical supplies (§2)"), "P1": ("民生物资", "Livelihood goods (§5)"),
+           "P2": ("重点产业", "Key industries (§6)"), "P3": ("重大项目", "Major projects (§7)")}
 _FONT_PATHS = ["/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
                "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "/System/Library/Fonts/PingFang.ttc",
                "C:/Windows/Fonts/msyh.ttc"]
@@ -100,20 +100,21 @@ def render_pass(p: dict) -> Image.Image:
     d.text((60, 34), "绿色通道车辆通行证", font=_font(68), fill="white")
     d.text((64, 118), "Green channel vehicle pass · 一车一证一线路", font=_font(30), fill=(207, 230, 214))
     qr = _qr(p["token"], 520)
-    img.paste(qr, (WIDTH - qr.width - 50, 210))
     d.text((60, 220), "通行证号 Pass No.", font=_font(28), fill=GREY)
     d.text((60, 258), p["pass_id"], font=_font(64), fill=INK)
     d.text((60, 360), "车牌 Plate", font=_font(28), fill=GREY)
     d.rounded_rectangle([56, 398, 560, 510], radius=14, outline=INK, width=5)
     d.text((84, 412), p["plate"], font=_font(78), fill=INK)
     d.text((60, 540), "类别 Class", font=_font(28), fill=GREY)
-    d.text((60, 576), f"{p['priority']}  {CLASSES.get(p['priority'], '')}", font=_font(36), fill=INK)
-    y = 640
+    zh, en = CLASSES.get(p["priority"], ("", ""))
+    d.text((60, 576), f"{p['priority']}  {zh}", font=_font(44), fill=INK)
+    d.text((60, 634), en, font=_font(28), fill=GREY)
+    y = 690
     if p.get("toll_exempt"):
-        mark, font = "三不一优先 · 免收通行费  toll-exempt", _font(38)
-        d.rounded_rectangle([56, y, 96 + d.textlength(mark, font=font), y + 76], radius=12, fill=GOLD)
+        mark, font = "三不一优先 · 免收通行费 toll-exempt", _font(32)
+        d.rounded_rectangle([56, y, 96 + d.textlength(mark, font=font), y + 64], radius=12, fill=GOLD)
         d.text((76, y + 12), mark, font=font, fill=(92, 60, 0))
-        y += 100
+        y += 90
     y = max(y, 210 + qr.height + 30)
     trip = "多次有效 multi-trip" if p.get("trip") == "multi" else "单次有效 single trip"
     d.text((60, y), "有效期 Valid (北京时间 UTC+8)", font=_font(28), fill=GREY)
@@ -124,11 +125,11 @@ def render_pass(p: dict) -> Image.Image:
     d.text((60, y + 20), f"路线与检查站 Route and checkpoints  ({p['route'].get('distance_km', '?')} km)",
            font=_font(30), fill=GREY)
     y += 70
-    font = _font(32)
+    font, small = _font(32), _font(26)
     for i, cp in enumerate(p["route"]["checkpoints"], 1):
-        eta = f"预计 ETA {_beijing(cp['eta'])}"
-        d.text((WIDTH - 60 - d.textlength(eta, font=font), y), eta, font=font, fill=GREY)
-        y = _wrapped(d, (70, y), f"{i}. {cp['name']}  [{cp['checkpoint_id']}]", font, WIDTH - 470) + 10
+        y = _wrapped(d, (70, y), f"{i}. {cp['name']}  [{cp['checkpoint_id']}]", font, WIDTH - 140)
+        d.text((110, y), f"预计到达 ETA {_beijing(cp['eta'])}", font=small, fill=GREY)
+        y += small.size + 18
         if y > HEIGHT - 160:
             d.text((70, y), "…", font=font, fill=INK)
             break
@@ -137,6 +138,7 @@ def render_pass(p: dict) -> Image.Image:
            font=_font(28), fill=INK)
     d.text((60, HEIGHT - 50), f"签发 issuer {p.get('issuer', '')} · shipment {p.get('shipment_id') or ''}",
            font=_font(24), fill=GREY)
+    img.paste(qr, (WIDTH - qr.width - 50, 210))  # last: nothing may cover the code
     return img
 
 

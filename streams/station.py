@@ -268,7 +268,7 @@ def _claimed_plate(token: str) -> str | None:
 
 def _reason_text(reason: str | None, row: dict | None) -> dict:
     if reason is None:
-        return {"text_zh": "放行", "text_en": "cleared: pass, plate and route match"}
+        return {"text_zh": "人、车、证一致，路线经过本站", "text_en": "pass, vehicle and route match"}
     code, _, detail = reason.partition(": ")
     zh, en = REFUSALS.get(code, (code, code))
     if code == "checkpoint_not_on_route" and row and row["status"] == "rerouted":
@@ -428,8 +428,11 @@ class Station:
     async def _forward(self) -> None:
         """Publish the outbox in order, one scan at a time, each marked sent once acknowledged."""
         s = self.settings
+        # Idempotence (no duplicate on the producer's own retries) needs a broker with producer ids:
+        # Apache Kafka, where the system runs exactly_once; Tansu has none.
         producer = await self._started(lambda: AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap, acks="all", enable_idempotence=True, request_timeout_ms=15000))
+            bootstrap_servers=s.bootstrap, acks="all", request_timeout_ms=15000,
+            enable_idempotence=s.processing_guarantee == "exactly_once"))
         try:
             while True:
                 item = self.store.next_unsent()
