@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shipments", type=int, default=300)
     demo.add_argument("--seed", type=int, default=2020)
     demo.add_argument("--broker-url", help="use this broker instead of starting the embedded one")
+    demo.add_argument("--serve", action="store_true",
+                      help="after the report, keep the broker, worker, projector and pages running until Ctrl-C")
 
     passes = sub.add_parser("pass", help="look at passes in the database")
     pass_sub = passes.add_subparsers(dest="pass_command", required=True)
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _wait_for_stop() -> None:
+def wait_for_stop() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -87,7 +89,7 @@ def cmd_broker(args) -> int:
     broker.start()
     print(f"broker ready at {broker.url}", flush=True)
     try:
-        _wait_for_stop()
+        wait_for_stop()
     finally:
         broker.stop()
     return 0
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_checkpoint(settings, args)
     if args.command == "demo":
         from .demo import run_demo
-        return run_demo(settings, shipments=args.shipments, seed=args.seed, broker_url=args.broker_url)
+        return run_demo(settings, shipments=args.shipments, seed=args.seed, broker_url=args.broker_url,
+                        serve=args.serve)
     if args.command == "pass":
         if args.pass_command == "print":
             from .pass_print import cmd_pass_print
