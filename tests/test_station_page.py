@@ -22,7 +22,7 @@ import pytest
 
 from models.records import format_time
 from streams.simulator import Scenario
-from tests.conftest import ROOT, StationProcess, start_station, stop_processes
+from tests.conftest import ARTIFACTS, ROOT, StationProcess, start_station, stop_processes
 
 pytestmark = pytest.mark.integration
 
@@ -175,6 +175,7 @@ async def test_arrival_then_departure_shows_the_dwell_and_the_system_answers(pag
     # The dwell timer runs: wait until it has counted two seconds.
     await page.wait_for_function(
         f"document.querySelector(\"#present li[data-pass='{the_pass['pass_id']}'] .timer\").textContent >= '0:02'")
+    await page.screenshot(path=str(ARTIFACTS / "station-vehicle-at-checkpoint.png"))
     await here.locator("button.depart").click()
     await page.wait_for_selector("#departed:not([hidden])")
     shown = float(await page.locator("#departed").get_attribute("data-dwell"))
