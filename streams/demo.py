@@ -295,6 +295,19 @@ def _projected(engine, obs: Observer, timeout: float, alive) -> tuple[bool, str]
         time.sleep(0.1)  # polling a condition with a deadline
 
 
+async def _leave_on_the_road(settings: Settings, seed: int, numbers: range) -> None:
+    """More requests of the demo's firms, never driven: passes a person can check at the station."""
+    topics, scenario = Topics.with_prefix(settings.topic_prefix), Scenario(seed=seed)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=2)
+    await producer.start()
+    try:
+        for n in numbers:
+            body = scenario.request(n)
+            await producer.send(topics.requests, orjson.dumps(body), key=body["shipment_id"].encode())
+    finally:
+        await producer.stop()
+
+
 def _report(settings: Settings, played: dict, console: Console, projector_alive) -> bool:
     """The report, from the database; False if the projection did not catch up."""
     obs: Observer = played["observer"]
@@ -408,6 +421,9 @@ def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, brok
         for page in pages:
             console.print(f"[bold]{page.name}[/bold]: {page.url}")
         if serve:
+            asyncio.run(_leave_on_the_road(settings, seed, range(shipments, shipments + 40)))
+            console.print("40 more requests sent, their trucks left on the road (expected at the stations); "
+                          f"print a pass with GC_DATABASE_URL={settings.database_url} greenchannel pass print PASS_ID")
             console.print("serving the demo until Ctrl-C")
             from .cli import wait_for_stop
             wait_for_stop()

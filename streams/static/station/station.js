@@ -18,6 +18,7 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 const here = () => $("#checkpoint").value;
+const several = () => state && Object.keys(state.checkpoints).length > 1;
 const stationNow = () => new Date(Date.now() + skew);
 const hhmm = (iso) => new Date(iso).toISOString().slice(5, 16).replace("T", " ");
 function clockText(seconds) {
@@ -57,7 +58,8 @@ function renderPresent(present) {
 }
 function renderArrivals(arrivals) {
   $("#arrivals tbody").replaceChildren(...arrivals.slice(0, 40).map((a) => el("tr", { "data-pass": a.pass_id },
-    el("td", { class: "eta" }, hhmm(a.eta)), el("td", {}, el("b", {}, a.plate)),
+    el("td", { class: "eta" }, hhmm(a.eta), several() ? el("small", {}, " " + a.checkpoint_id) : null),
+    el("td", {}, el("b", {}, a.plate)),
     el("td", { class: "cls " + (a.priority || "") }, a.priority || "?", a.toll_exempt ? " 免费" : ""),
     el("td", {}, a.origin || ""), el("td", {}, a.destination || ""))));
   $("#arrivals-empty").hidden = arrivals.length > 0;
