@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import urllib.parse
 from pathlib import Path
 
 from aiohttp import web
@@ -26,8 +27,11 @@ STATIC = Path(__file__).parent / "static" / "station"
 def decode_qr(image_bytes: bytes) -> str | None:
     """The text of the first QR code in a photo, decoded here (zxing-cpp), None if there is none."""
     import zxingcpp
-    from PIL import Image, ImageOps
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes))).convert("L")
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    try:
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes))).convert("L")
+    except (UnidentifiedImageError, OSError):
+        return None  # not an image: no code in it
     for found in zxingcpp.read_barcodes(image):
         if found.text:
             return found.text
@@ -37,8 +41,13 @@ def decode_qr(image_bytes: bytes) -> str | None:
 def make_app(station: Station, *, host: str = "127.0.0.1", token: str | None = None) -> web.Application:
     app = web.Application(middlewares=[token_guard(host, token)], client_max_size=20 * 1024 ** 2)
 
-    async def index(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "index.html")
+    async def index(request: web.Request) -> web.Response:
+        # Beyond loopback every request needs the token: the page's own assets carry it on.
+        html = (STATIC / "index.html").read_text(encoding="utf-8")
+        if request.query.get("token"):
+            given = urllib.parse.quote(request.query["token"])
+            html = html.replace('.css"', f'.css?token={given}"').replace('.js"', f'.js?token={given}"')
+        return web.Response(text=html, content_type="text/html")
 
     async def state(request: web.Request) -> web.Response:
         return web.json_response(station.state())

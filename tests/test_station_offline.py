@@ -18,7 +18,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from tests.conftest import make_broker, start_station, start_system, stop_processes
+from tests.conftest import BROKER_KIND, make_broker, start_station, start_system, stop_processes
 from tests.test_station_page import a_request, decided
 
 pytestmark = [
@@ -26,6 +26,8 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not (shutil.which("java") and shutil.which("mvn")),
                        reason="needs java and mvn on PATH to run real Kafka"),
+    pytest.mark.skipif(BROKER_KIND == "kafka3", reason="starts a 1-node Apache Kafka of its own: runs once, "
+                                                         "in the kafka lane"),
     pytest.mark.timeout(900),
 ]
 
