@@ -44,7 +44,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pass (
     pass_id TEXT PRIMARY KEY, plate TEXT NOT NULL, priority TEXT, toll_exempt INTEGER,
     valid_from TEXT NOT NULL, valid_until TEXT NOT NULL, trip TEXT, route TEXT NOT NULL, token TEXT,
-    origin TEXT, destination TEXT, status TEXT NOT NULL, status_at TEXT, reason TEXT);
+    origin TEXT, destination TEXT, status TEXT NOT NULL, status_at TEXT, reason TEXT, last_checkpoint TEXT);
 CREATE INDEX IF NOT EXISTS pass_plate ON pass (plate);
 CREATE TABLE IF NOT EXISTS key (kid TEXT PRIMARY KEY, pem BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -85,7 +85,7 @@ class Store:
         if d.get("decision") != "approved" or not p or not self.crosses(p["route"]):
             return False
         self.db.execute(
-            "INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (pass_id) DO NOTHING",
+            "INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL) ON CONFLICT (pass_id) DO NOTHING",
             (p["pass_id"], p["plate"], p.get("priority"), int(bool(p.get("toll_exempt"))), p["valid_from"],
              p["valid_until"], p.get("trip"), orjson.dumps(p["route"]).decode(), p["token"],
              self._place(p["route"]["adcodes"][0]), p["route"]["checkpoints"][-1]["name"], "issued", None, None))
@@ -99,8 +99,9 @@ class Store:
             self.db.execute("UPDATE outbox SET answer = ? WHERE scan_id = ?", (orjson.dumps(e).decode(), cause[5:]))
         if e.get("route") and e.get("token"):
             self._take_route(e)
-        changed = self.db.execute("UPDATE pass SET status = ?, status_at = ?, reason = ? WHERE pass_id = ?",
-                                  (e["status"], e.get("at"), e.get("reason"), e["pass_id"])).rowcount
+        changed = self.db.execute(
+            "UPDATE pass SET status = ?, status_at = ?, reason = ?, last_checkpoint = coalesce(?, last_checkpoint)"
+            " WHERE pass_id = ?", (e["status"], e.get("at"), e.get("reason"), e.get("checkpoint_id"), e["pass_id"])).rowcount
         return bool(changed) or cause.startswith("scan:")
 
     def _take_route(self, e: dict) -> None:
@@ -138,19 +139,24 @@ class Store:
 
     def expected(self, now: datetime) -> list[dict]:
         """Passes due at one of the station's checkpoints from ARRIVALS_LATE ago to ARRIVALS_AHEAD on,
-        not ended or suspended and not yet scanned there, by ETA."""
+        not ended or suspended, and neither scanned there by the station nor seen there or beyond
+        by the system, by ETA."""
         seen = {(r["pass_id"], r["checkpoint_id"]) for r in self.db.execute("SELECT pass_id, checkpoint_id FROM outbox")}
         out = []
         for r in self.db.execute("SELECT * FROM pass WHERE status NOT IN ('delivered','revoked','expired','suspended')"):
-            for c in orjson.loads(r["route"])["checkpoints"]:
-                eta = parse_time(c["eta"])
-                if c["checkpoint_id"] in self.ids and (r["pass_id"], c["checkpoint_id"]) not in seen \
-                        and now - ARRIVALS_LATE <= eta <= now + ARRIVALS_AHEAD:
-                    out.append({"pass_id": r["pass_id"], "plate": r["plate"], "priority": r["priority"],
-                                "toll_exempt": bool(r["toll_exempt"]), "origin": r["origin"],
-                                "destination": r["destination"], "checkpoint_id": c["checkpoint_id"],
-                                "eta": c["eta"], "status": r["status"]})
+            out += [a for a in self._due(r) if (a["pass_id"], a["checkpoint_id"]) not in seen
+                    and now - ARRIVALS_LATE <= parse_time(a["eta"]) <= now + ARRIVALS_AHEAD]
         return sorted(out, key=lambda a: (a["eta"], a["pass_id"]))
+
+    def _due(self, r: sqlite3.Row) -> list[dict]:
+        """The station's checkpoints the pass has still to reach, with its ETA at each."""
+        checkpoints = orjson.loads(r["route"])["checkpoints"]
+        ids = [c["checkpoint_id"] for c in checkpoints]
+        reached = ids.index(r["last_checkpoint"]) if r["last_checkpoint"] in ids else -1
+        return [{"pass_id": r["pass_id"], "plate": r["plate"], "priority": r["priority"],
+                 "toll_exempt": bool(r["toll_exempt"]), "origin": r["origin"], "destination": r["destination"],
+                 "checkpoint_id": c["checkpoint_id"], "eta": c["eta"], "status": r["status"]}
+                for c in checkpoints[reached + 1:] if c["checkpoint_id"] in self.ids]
 
     def checkpoint_names(self) -> dict[str, str]:
         names = {i: i for i in self.ids}

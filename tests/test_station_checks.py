@@ -245,3 +245,16 @@ async def test_beyond_loopback_the_page_wants_its_token_and_decodes_a_photo(the_
                 assert r.status == 400
     finally:
         await runner.cleanup()
+
+
+def test_expected_arrivals_are_those_still_to_reach_the_station(the_pass, tmp_path):
+    first, second = the_pass.checkpoint_ids[:2]
+    store = Store(tmp_path / "station.db", [second])
+    store.take_decision(decision_of(the_pass))
+    eta = datetime.fromisoformat(the_pass.route["checkpoints"][1]["eta"])
+    assert [a["pass_id"] for a in store.expected(eta - timedelta(hours=3))] == [the_pass.pass_id]
+    assert store.expected(eta - timedelta(hours=13)) == []  # not due within 12 hours yet
+    store.take_status({"pass_id": the_pass.pass_id, "status": "in_transit", "checkpoint_id": first, "cause": "scan:x"})
+    assert len(store.expected(eta)) == 1  # past the first checkpoint: still to come here
+    store.take_status({"pass_id": the_pass.pass_id, "status": "in_transit", "checkpoint_id": second, "cause": "scan:y"})
+    assert store.expected(eta) == []  # the system saw it here: no longer expected
