@@ -9,14 +9,17 @@ Screenshots go to tests/artifacts/.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -63,9 +66,23 @@ async def world(system, tmp_path_factory):
     checkpoint_id = first["pass"]["route"]["checkpoints"][0]["checkpoint_id"]
     station = start_station(system.env, tmp_path_factory.mktemp("station"), [checkpoint_id], system.public_key_path)
     try:
-        yield World(station.ready(), checkpoint_id, first)
+        station.ready()
+        await until_known(station, first["pass"]["pass_id"])
+        yield World(station, checkpoint_id, first)
     finally:
         stop_processes([station.proc])
+
+
+async def until_known(station: StationProcess, pass_id: str) -> None:
+    """Wait until the station has read the pass from the decisions topic."""
+    deadline = time.monotonic() + TIMEOUT
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(station.url + "api/state") as r:
+                if any(a["pass_id"] == pass_id for a in (await r.json())["arrivals"]):
+                    return
+            assert time.monotonic() < deadline, f"the station never read pass {pass_id}"
+            await asyncio.sleep(0.1)  # polling a condition with a deadline
 
 
 async def open_station(page, world: World) -> None:
@@ -175,7 +192,7 @@ async def test_arrival_then_departure_shows_the_dwell_and_the_system_answers(pag
     # The dwell timer runs: wait until it has counted two seconds.
     await page.wait_for_function(
         f"document.querySelector(\"#present li[data-pass='{the_pass['pass_id']}'] .timer\").textContent >= '0:02'")
-    await page.screenshot(path=str(ARTIFACTS / "station-vehicle-at-checkpoint.png"))
+    await page.screenshot(path=str(ARTIFACTS / "station-vehicle-at-checkpoint.png"), full_page=True)
     await here.locator("button.depart").click()
     await page.wait_for_selector("#departed:not([hidden])")
     shown = float(await page.locator("#departed").get_attribute("data-dwell"))

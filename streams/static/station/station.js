@@ -118,7 +118,7 @@ function renderCard(c) {
   const route = p ? el("ol", { class: "route" }, ...p.checkpoints.map((cp) =>
     el("li", { class: cp.here ? "here" : "", title: cp.checkpoint_id }, cp.name))) : null;
   const actions = el("div", { class: "actions" });
-  if (c.pass_id && p) {
+  if (c.pass_id && c.plate) {
     const arrive = el("button", { id: "arrive" }, "到达 Arrival");
     arrive.onclick = () => scan("arrival", { pass_id: c.pass_id, plate: c.plate, token: c.token, checkpoint_id: c.checkpoint_id });
     actions.append(arrive);
