@@ -376,6 +376,8 @@ class Station:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(c) for c in (self._consume(), self._forward(), self._probe())]
+        for task in self._tasks:
+            task.add_done_callback(_fatal)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -428,7 +430,7 @@ class Station:
                             self.store.take_decision(obj)
                         else:
                             self.store.take_status(obj)
-                    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                    except (ValueError, KeyError, TypeError, AttributeError, sqlite3.IntegrityError) as exc:
                         log.warning("skipped %s/%s@%s: %r", tp.topic, tp.partition, r.offset, exc)
 
     async def _forward(self) -> None:
@@ -472,6 +474,13 @@ class Station:
                 self.link.set(True)
                 self.publish()
             await asyncio.sleep(1.0)
+
+
+def _fatal(task: asyncio.Task) -> None:
+    """A link task that dies would leave the page saying nothing: end the station, loudly."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("station task failed", exc_info=task.exception())
+        raise SystemExit(1)
 
 
 def _scan_headers(item) -> tuple:
