@@ -71,7 +71,7 @@ def forged(token: str) -> str:
     """The token with its validity stretched by a year, its signature kept."""
     body, sig = token.split(".")
     claims = unverified_claims(token)
-    claims["exp"] = claims["exp"].replace("2020", "2021")
+    claims["exp"] = str(int(claims["exp"][:4]) + 1) + claims["exp"][4:]
     return base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=").decode() + "." + sig
 
 
