@@ -117,6 +117,11 @@ def cmd_worker(settings) -> int:
     from .app import create_app
     use_event_loop(settings.event_loop)  # before anything asks for the loop
     cmd_topics(settings)
+    from .handlers import Topics
+    from .keys import load_signer, publish_public_key
+    # Stations take the key from the topic (they also accept a file): verifying needs no key copying.
+    asyncio.run(publish_public_key(settings.bootstrap, Topics.with_prefix(settings.topic_prefix).keys,
+                                   load_signer(settings.keys_path)))
     app = create_app(settings)
     worker = Worker(app, loglevel="warning", quiet=True)
     # Faust's terminal spinner sets the root logger to DEBUG so it can tick on every record: every

@@ -34,15 +34,17 @@ class Topics:
     status: str
     deadletter: str
     pass_events: str  # internal: everything about a pass, keyed by pass_id
+    keys: str = "gc.pass.keys"  # the workers' public keys, keyed by key id: what stations verify with
 
     @classmethod
     def with_prefix(cls, prefix: str = "gc.") -> Topics:
         return cls(f"{prefix}shipment.requests", f"{prefix}enterprises", f"{prefix}region.risk",
                    f"{prefix}pass.decisions", f"{prefix}checkpoint.scans", f"{prefix}pass.status",
-                   f"{prefix}deadletter", f"{prefix}pass.events")
+                   f"{prefix}deadletter", f"{prefix}pass.events", f"{prefix}pass.keys")
 
     def public(self) -> list[str]:
-        return [self.requests, self.enterprises, self.risk, self.decisions, self.scans, self.status, self.deadletter]
+        return [self.requests, self.enterprises, self.risk, self.decisions, self.scans, self.status, self.deadletter,
+                self.keys]
 
 
 @dataclass(frozen=True, slots=True)

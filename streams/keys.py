@@ -6,12 +6,13 @@ import hashlib
 import os
 from pathlib import Path
 
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from models.passes import Signer
 
-__all__ = ["load_signer", "load_public_key", "load_keyring", "key_id", "public_pem", "PRIVATE_NAME", "PUBLIC_NAME"]
+__all__ = ["load_signer", "load_public_key", "load_keyring", "key_id", "public_pem", "key_record", "keyring_entry", "publish_public_key", "PRIVATE_NAME", "PUBLIC_NAME"]
 
 PRIVATE_NAME = "pass-signing.key"
 PUBLIC_NAME = "pass-signing.pub"
@@ -68,3 +69,27 @@ def load_keyring(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
             key = serialization.load_pem_public_key(file.read_bytes())
             ring[key_id(key)] = key
     return ring
+
+
+def key_record(signer: Signer) -> bytes:
+    """What a worker publishes on the keys topic (keyed by key id) for stations to verify with."""
+    return orjson.dumps({"kid": signer.key_id, "algorithm": "Ed25519",
+                         "public_key": public_pem(signer.public_key).decode()})
+
+
+def keyring_entry(record: dict) -> tuple[str, Ed25519PublicKey]:
+    """(kid, key) of a keys-topic record; ValueError when its kid is not the key's own."""
+    key = serialization.load_pem_public_key(record["public_key"].encode())
+    if not isinstance(key, Ed25519PublicKey) or key_id(key) != record.get("kid"):
+        raise ValueError(f"key record {record.get('kid')!r} does not hold the Ed25519 key of that id")
+    return record["kid"], key
+
+
+async def publish_public_key(bootstrap: str, topic: str, signer: Signer) -> None:
+    from aiokafka import AIOKafkaProducer
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, key_record(signer), key=signer.key_id.encode())
+    finally:
+        await producer.stop()

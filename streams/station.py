@@ -1,6 +1,7 @@
 """`greenchannel checkpoint`: a station for one checkpoint or a few, that keeps working offline.
 
-The station reads the pass decisions and status events in a consumer group of its own and keeps,
+The station reads the pass decisions, status events and the workers' public keys (`gc.pass.keys`)
+in a consumer group of its own and keeps,
 in a local SQLite file, the passes whose route crosses its checkpoints. It verifies a pass with
 the core's one rule (`models.passes.scan_refusal`, the tracker's own) against that store and the
 cached public keys: no broker needed. Every scan goes to a local outbox first (`Store.record`),
@@ -28,7 +29,7 @@ from models.passes import REFUSALS, InvalidToken, PassTerms, claimed_pass_id, sc
 from models.records import CheckpointScan, format_time, normalise_plate, parse_time
 
 from .handlers import Topics, cloudevent_headers
-from .keys import public_pem
+from .keys import keyring_entry, public_pem
 from .settings import Settings
 from .web import Hub
 
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     checkpoint_id TEXT NOT NULL, kind TEXT NOT NULL, plate TEXT NOT NULL, scanned_at TEXT NOT NULL,
     body BLOB NOT NULL, sent_at TEXT, answer TEXT);
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent_at, seq);
+CREATE TABLE IF NOT EXISTS station (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -75,6 +77,10 @@ class Store:
         self.db.executescript(_SCHEMA)
         self.ids = list(checkpoint_ids)
         self._names = names or (lambda adcode: adcode)
+        # This station's own id, made once: its consumer group, so that a restart resumes where it
+        # was and a second station at the same checkpoint (another lane) still reads everything.
+        self.db.execute("INSERT OR IGNORE INTO station VALUES ('uid', ?)", (uuid.uuid4().hex[:12],))
+        self.uid = self.db.execute("SELECT value FROM station WHERE name = 'uid'").fetchone()[0]
 
     def crosses(self, route: dict) -> bool:
         return any(c in self.ids for c in _route_ids(route))
@@ -169,6 +175,12 @@ class Store:
     # --- keys ----------------------------------------------------------------------------------------
     def cache_keys(self, ring: dict) -> None:
         self.db.executemany("INSERT OR IGNORE INTO key VALUES (?, ?)", [(k, public_pem(v)) for k, v in ring.items()])
+
+    def take_key(self, record: dict) -> dict:
+        """A worker's public key from the keys topic, checked against its kid, cached."""
+        kid, key = keyring_entry(record)
+        self.cache_keys({kid: key})
+        return {kid: key}
 
     def keyring(self) -> dict:
         from cryptography.hazmat.primitives import serialization
@@ -403,8 +415,8 @@ class Station:
     async def _consume(self) -> None:
         s = self.settings
         consumer = await self._started(lambda: AIOKafkaConsumer(
-            self.topics.decisions, self.topics.status, bootstrap_servers=s.bootstrap,
-            group_id=f"{s.app_id}-station-{'+'.join(sorted(self.ids))}", enable_auto_commit=False,
+            self.topics.decisions, self.topics.status, self.topics.keys, bootstrap_servers=s.bootstrap,
+            group_id=f"{s.app_id}-station-{'+'.join(sorted(self.ids))}-{self.store.uid}", enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level=_isolation(s)))
         try:
             while True:
@@ -428,6 +440,8 @@ class Station:
                         obj = orjson.loads(r.value)
                         if tp.topic == self.topics.decisions:
                             self.store.take_decision(obj)
+                        elif tp.topic == self.topics.keys:
+                            self.keys.update(self.store.take_key(obj))
                         else:
                             self.store.take_status(obj)
                     except (ValueError, KeyError, TypeError, AttributeError, sqlite3.IntegrityError) as exc:

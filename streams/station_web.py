@@ -113,10 +113,10 @@ def run_station(settings, checkpoint_ids: list[str], *, host: str, port: int, to
 
     store = Store(station_path(settings.data_dir, checkpoint_ids), checkpoint_ids, names=Gazetteer.default().name)
     store.cache_keys(load_keyring([p for p in key_paths if p.exists()]))
-    keys = store.keyring()  # the keys given now and every key cached before (offline restarts)
+    keys = store.keyring()  # the keys given now, every key cached before (offline restarts), and the topic's
     if not keys:
-        raise SystemExit(f"no public key in {', '.join(map(str, key_paths))} nor cached: "
-                         "give --public-key (the worker's GC_KEY_DIR/pass-signing.pub)")
+        print(f"no public key in {', '.join(map(str, key_paths))} nor cached yet: every token is refused until "
+              "the workers' key arrives on the keys topic", flush=True)
     dwell_target = int(load_catalog(settings.catalog).rules.get("dwell_target_seconds", 900))
 
     async def serve() -> None:

@@ -258,3 +258,29 @@ def test_expected_arrivals_are_those_still_to_reach_the_station(the_pass, tmp_pa
     assert len(store.expected(eta)) == 1  # past the first checkpoint: still to come here
     store.take_status({"pass_id": the_pass.pass_id, "status": "in_transit", "checkpoint_id": second, "cause": "scan:y"})
     assert store.expected(eta) == []  # the system saw it here: no longer expected
+
+
+def test_a_key_from_the_keys_topic_is_taken_only_under_its_own_id(the_pass, tmp_path):
+    from streams.keys import key_record
+
+    here = the_pass.checkpoint_ids[0]
+    store = Store(tmp_path / "station.db", [here])
+    store.take_decision(decision_of(the_pass))
+    at = DEPARTURE + timedelta(hours=4)
+    assert check(store, {}, checkpoint_id=here, at=at, token=token_of(the_pass))["reason"].startswith("bad_token")
+    keys = store.take_key(orjson.loads(key_record(SIGNER)))
+    assert check(store, keys, checkpoint_id=here, at=at, token=token_of(the_pass))["green"]
+    assert set(Store(tmp_path / "station.db", [here]).keyring()) == set(KEYS)  # cached for a restart
+    lying = {**orjson.loads(key_record(Signer(OTHER, "x"))), "kid": SIGNER.key_id}
+    with pytest.raises(ValueError):
+        store.take_key(lying)
+
+
+def test_the_key_record_matches_its_schema():
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    from streams.keys import key_record
+    schema = json.loads((ROOT / "schemas" / "PassKey.schema.json").read_text())
+    Draft202012Validator(schema).validate(orjson.loads(key_record(SIGNER)))

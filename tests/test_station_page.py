@@ -204,3 +204,24 @@ async def test_arrival_then_departure_shows_the_dwell_and_the_system_answers(pag
     # The page hears the answers too: both scans sent, the departure answered in transit.
     await page.wait_for_selector("#recent li:first-child:has-text('in_transit')", timeout=TIMEOUT * 1000)
     assert await page.locator("#recent li .queued").count() == 0
+
+
+async def test_a_station_without_a_key_file_verifies_with_the_key_the_worker_published(world, system, tmp_path):
+    """The worker publishes its public key on the keys topic; a station given no key file takes it from there."""
+    station = start_station(system.env, tmp_path, [world.checkpoint_id], tmp_path / "no-such-key.pub").ready()
+    the_pass = world.first["pass"]
+    try:
+        assert "every token is refused until" in station.log_path.read_text()
+        deadline = time.monotonic() + TIMEOUT
+        async with aiohttp.ClientSession() as http:
+            while True:
+                async with http.post(station.url + "api/check", json={"token": the_pass["token"],
+                                                                      "plate": the_pass["plate"]}) as r:
+                    answer = await r.json()
+                if answer["green"]:
+                    break
+                assert answer["reason"].startswith("bad_token: token signed with an unknown key"), answer
+                assert time.monotonic() < deadline, "the station never took the worker's key from the topic"
+                await asyncio.sleep(0.1)  # polling a condition with a deadline
+    finally:
+        stop_processes([station.proc])
