@@ -1,8 +1,8 @@
 """`greenchannel checkpoint`: a station for one checkpoint or a few, that keeps working offline.
 
 The station reads the pass decisions, status events and the workers' public keys (`gc.pass.keys`)
-in a consumer group of its own and keeps,
-in a local SQLite file, the passes whose route crosses its checkpoints. It verifies a pass with
+in a consumer group of its own and keeps, in a local SQLite file, the passes whose route crosses
+its checkpoints and every key it was given. It verifies a pass with
 the core's one rule (`models.passes.scan_refusal`, the tracker's own) against that store and the
 cached public keys: no broker needed. Every scan goes to a local outbox first (`Store.record`),
 then a forwarder publishes the outbox in order, each scan with a stable scan_id, marked sent only
@@ -39,7 +39,6 @@ log = logging.getLogger("greenchannel.station")
 
 ARRIVALS_AHEAD = timedelta(hours=12)   # "expected arrivals": due within this
 ARRIVALS_LATE = timedelta(hours=2)     # and those this late, not yet seen here
-_ENDED = ("delivered", "revoked", "expired")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pass (
