@@ -261,7 +261,7 @@ class PassTerms:
 # Every reason `refusal` gives, as an officer reads it: (Chinese, English).
 REFUSALS: dict[str, tuple[str, str]] = {
     "unknown_pass": ("未知通行证", "unknown pass"),
-    "bad_token": ("通行证签名无效（伪造或被篡改）", "the pass is forged or altered: its signature does not verify"),
+    "bad_token": ("通行证签名无效（伪造或被篡改）", "the pass is not genuine"),
     "token_for_another_pass": ("通行证二维码属于另一张通行证", "the token belongs to another pass"),
     "plate_mismatch": ("车牌与通行证不符（人、车、证不一致）", "the plate does not match the pass"),
     "not_yet_valid": ("通行证尚未生效", "the pass is not valid yet"),
