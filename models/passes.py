@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -25,7 +25,7 @@ from .records import CheckpointScan, canonical, format_time, parse_time
 __all__ = [
     "PassStatusKind", "TRANSITIONS", "IllegalTransition", "InvalidToken", "PassState", "Signer",
     "SERIALS", "allocate_pass_id", "kafka_partition", "legacy_answers", "murmur2", "serial_start", "verify_token", "on_scan",
-    "transition",
+    "transition", "claimed_pass_id", "unverified_claims", "PassTerms", "REFUSALS", "refusal", "token_refusal", "scan_refusal",
 ]
 
 
@@ -114,18 +114,46 @@ class Signer:
         return f"{_b64(body)}.{_b64(self._key.sign(body))}"
 
 
-def verify_token(token: str, public_key: Ed25519PublicKey) -> dict:
-    """The claims of a genuine token; InvalidToken for anything forged, altered or garbled."""
+def verify_token(token: str, keys: Ed25519PublicKey | Mapping[str, Ed25519PublicKey]) -> dict:
+    """The claims of a genuine token; InvalidToken for anything forged, altered or garbled.
+
+    `keys` is one public key, or a keyring by key id: the token's `kid` picks the key, and a
+    kid the keyring does not hold is refused (a checkpoint accepts every key it was given)."""
     try:
         body_text, sig_text = token.split(".")
         body, sig = _unb64(body_text), _unb64(sig_text)
+        claims = orjson.loads(body)
     except (ValueError, AttributeError):
         raise InvalidToken("token is not two base64url parts") from None
+    if not isinstance(claims, dict):
+        raise InvalidToken("token is not two base64url parts")
+    key = keys
+    if isinstance(keys, Mapping):
+        key = keys.get(claims.get("kid"))
+        if key is None:
+            raise InvalidToken(f"token signed with an unknown key (kid {claims.get('kid')})")
     try:
-        public_key.verify(sig, body)
+        key.verify(sig, body)
     except InvalidSignature:
         raise InvalidToken("token signature does not verify") from None
-    return orjson.loads(body)
+    return claims
+
+
+def unverified_claims(token: str) -> dict:
+    """What a token says, its signature unchecked (ValueError when it is not a token at all)."""
+    claims = orjson.loads(_unb64(token.split(".")[0]))
+    if not isinstance(claims, dict):
+        raise ValueError("token claims are not an object")
+    return claims
+
+
+def claimed_pass_id(token: str | None) -> str | None:
+    """The pass id a token claims, read without verifying (for routing a scan to its pass)."""
+    try:
+        pid = unverified_claims(token).get("pid")
+    except Exception:
+        return None
+    return pid if isinstance(pid, str) and len(pid) == 12 and pid.isdigit() else None
 
 
 # --- state machine ----------------------------------------------------------------------------
@@ -200,6 +228,10 @@ class PassState:
     def checkpoint_ids(self) -> list[str]:
         return [c["checkpoint_id"] for c in self.route["checkpoints"]]
 
+    @property
+    def terms(self) -> PassTerms:
+        return PassTerms(self.status, self.plate, self.valid_from, self.valid_until, tuple(self.checkpoint_ids))
+
     def to_json(self) -> bytes:
         # `trips` is written only once a trip is completed: the state of every other pass is
         # stored as before the field existed.
@@ -212,6 +244,83 @@ class PassState:
         data = orjson.loads(raw)
         data.pop("scans", None)
         return cls(**data)
+
+
+# --- verification at a checkpoint: the tracker's and the station's one rule -------------------
+
+@dataclass(frozen=True, slots=True)
+class PassTerms:
+    """What a scan is verified against: the pass's status, plate, validity and current route."""
+    status: str
+    plate: str
+    valid_from: str
+    valid_until: str
+    checkpoint_ids: tuple[str, ...]
+
+
+# Every reason `refusal` gives, as an officer reads it: (Chinese, English).
+REFUSALS: dict[str, tuple[str, str]] = {
+    "unknown_pass": ("未知通行证", "unknown pass"),
+    "bad_token": ("通行证签名无效（伪造或被篡改）", "the pass is not genuine"),
+    "token_for_another_pass": ("通行证二维码属于另一张通行证", "the token belongs to another pass"),
+    "plate_mismatch": ("车牌与通行证不符（人、车、证不一致）", "the plate does not match the pass"),
+    "not_yet_valid": ("通行证尚未生效", "the pass is not valid yet"),
+    "validity_ended": ("通行证已过有效期", "the pass's validity has ended"),
+    "checkpoint_not_on_route": ("本检查站不在通行证路线上", "this checkpoint is not on the pass's route"),
+    "pass_suspended": ("通行证已暂停（风险等级变化）", "the pass is suspended (a risk change)"),
+    "pass_revoked": ("通行证已吊销", "the pass is revoked"),
+    "pass_delivered": ("通行证已使用完毕（已送达）", "the pass is used up: delivered"),
+    "pass_expired": ("通行证已失效", "the pass has expired"),
+}
+_ENDED = (S.DELIVERED, S.REVOKED, S.EXPIRED)
+
+
+def token_refusal(token: str | None, pass_id: str, plate: str, claims: Callable[[str], tuple]) -> str | None:
+    """Why a shown token does not let `plate` through as pass `pass_id`; None if it does (or
+    none was shown). `claims(token)` is the (pid, plate) of a genuine token, else InvalidToken."""
+    if token is None:
+        return None
+    try:
+        pid, claimed_plate = claims(token)
+    except InvalidToken as exc:
+        return f"bad_token: {exc}"
+    if pid != pass_id:
+        return "token_for_another_pass"
+    if claimed_plate != plate:
+        return "plate_mismatch"
+    return None
+
+
+def refusal(terms: PassTerms | None, *, checkpoint_id: str, plate: str, at: datetime,
+            token_error: str | None = None) -> str | None:
+    """Why the vehicle `plate` may not pass `checkpoint_id` at `at`, in the order the tracker
+    decides it; None when it may. `terms` is None for a pass unknown here."""
+    if terms is None:
+        return token_error or "unknown_pass"
+    status = S(terms.status)
+    if status in _ENDED:
+        return f"pass_{status}"
+    if status is S.SUSPENDED:
+        return "pass_suspended"
+    if at > parse_time(terms.valid_until):
+        return "validity_ended"
+    if token_error:
+        return token_error
+    if at < parse_time(terms.valid_from):
+        return "not_yet_valid"
+    if plate != terms.plate:
+        return "plate_mismatch"
+    if checkpoint_id not in terms.checkpoint_ids:
+        return "checkpoint_not_on_route"
+    return None
+
+
+def scan_refusal(terms: PassTerms | None, scan: CheckpointScan, pass_id: str,
+                 claims: Callable[[str], tuple]) -> str | None:
+    """The whole verification of one scan: its token, then the pass's terms."""
+    token_error = token_refusal(scan.token, pass_id, scan.plate, claims)
+    return refusal(terms, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=scan.scanned_at,
+                   token_error=token_error)
 
 
 def legacy_answers(raw: bytes) -> dict[str, bytes]:
@@ -274,20 +383,13 @@ def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
                 status_event(state, new, at, reason=reason, checkpoint_id=scan.checkpoint_id, cause=cause,
                              dwell_target=dwell_target, **kw))
 
-    if current in (S.DELIVERED, S.REVOKED, S.EXPIRED):
-        return keep(f"pass_{current}")
-    if current is S.SUSPENDED:
-        return keep("pass_suspended")
-    if at > parse_time(state.valid_until):
-        return move(S.EXPIRED, "validity_ended")
-    if token_error:
-        return move(S.HELD, token_error)
-    if at < parse_time(state.valid_from):
-        return move(S.HELD, "not_yet_valid")
-    if scan.plate != state.plate:
-        return move(S.HELD, "plate_mismatch")
-    if scan.checkpoint_id not in state.checkpoint_ids:
-        return move(S.HELD, "checkpoint_not_on_route")
+    refused = refusal(state.terms, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=at, token_error=token_error)
+    if refused in ("pass_delivered", "pass_revoked", "pass_expired", "pass_suspended"):
+        return keep(refused)
+    if refused == "validity_ended":
+        return move(S.EXPIRED, refused)
+    if refused:
+        return move(S.HELD, refused)
 
     if scan.kind == "arrival":
         if scan.checkpoint_id == state.checkpoint_ids[-1]:

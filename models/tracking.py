@@ -12,7 +12,8 @@ from dataclasses import replace
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .decide import Decider
-from .passes import ACTIVE, InvalidToken, PassState, PassStatusKind as S, on_scan, status_event, transition, verify_token
+from .passes import (ACTIVE, PassState, PassStatusKind as S, on_scan, refusal, status_event, token_refusal, transition,
+                     verify_token)
 from .records import CheckpointScan, EnterpriseEntry, RegionRisk, format_time, parse_time
 
 __all__ = ["Tracker", "PassIndex", "CheckpointBoard", "board_row"]
@@ -47,21 +48,13 @@ class Tracker:
     def scan(self, state: PassState | None, scan: CheckpointScan, pass_id: str) -> tuple[PassState | None, dict]:
         """The new state (None: unknown pass, nothing stored) and the event answering the scan.
         A redelivered scan is the caller's to answer, with the answer it stored."""
-        token_error = None
-        if scan.token is not None:
-            try:
-                pid, plate = self._claims(scan.token)
-            except InvalidToken as exc:
-                token_error = f"bad_token: {exc}"
-            else:
-                if pid != pass_id:
-                    token_error = "token_for_another_pass"
-                elif plate != scan.plate:
-                    token_error = "plate_mismatch"
+        token_error = token_refusal(scan.token, pass_id, scan.plate, self._claims)
         if state is None:
+            reason = refusal(None, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=scan.scanned_at,
+                             token_error=token_error)
             return None, {"pass_id": pass_id, "shipment_id": None, "status": str(S.HELD),
                           "at": format_time(scan.scanned_at), "checkpoint_id": scan.checkpoint_id,
-                          "reason": token_error or "unknown_pass", "dwell_seconds": None,
+                          "reason": reason, "dwell_seconds": None,
                           "dwell_exceeded": False, "cause": f"scan:{scan.scan_id}"}
         new, event = on_scan(state, scan, token_error=token_error, dwell_target=self.dwell_target)
         return new, event

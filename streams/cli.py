@@ -1,5 +1,5 @@
-"""The `greenchannel` command: broker, worker, projector, topics, demo, pass, replay, db, keys, risk,
-enterprises, request, dashboard."""
+"""The `greenchannel` command: broker, worker, projector, topics, checkpoint, demo, pass, replay, db, keys,
+risk, enterprises, request, dashboard."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import signal
 import sys
 import threading
+from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
@@ -27,15 +28,35 @@ def build_parser() -> argparse.ArgumentParser:
     projector.add_argument("--batch-size", type=int, default=5000, help="most records per transaction (default 5000)")
     sub.add_parser("topics", help="create the topics at GC_BROKER_URL")
 
+    station = sub.add_parser("checkpoint", help="a checkpoint station: verifies passes offline, records scans, "
+                                                "serves its page")
+    station.add_argument("--id", dest="ids", action="append", required=True, metavar="CHECKPOINT_ID",
+                         help="a checkpoint this station is (repeat for a few)")
+    station.add_argument("--port", type=int, default=8077, help="the page's port (0: any free one)")
+    station.add_argument("--host", default="127.0.0.1", help="bind address; beyond loopback --token is needed")
+    station.add_argument("--token", help="the page's access token (or GC_STATION_TOKEN)")
+    station.add_argument("--public-key", action="append", type=Path, default=[], metavar="PATH",
+                         help="a public key file or a folder of *.pub (default: GC_KEY_DIR); repeat for several")
+    station.add_argument("--clock", help="the station's time now, RFC 3339 (a replayed day, as in the demo)")
+
     demo = sub.add_parser("demo", help="broker, worker and a simulator of firms and checkpoints")
     demo.add_argument("--shipments", type=int, default=300)
     demo.add_argument("--seed", type=int, default=2020)
     demo.add_argument("--broker-url", help="use this broker instead of starting the embedded one")
+    demo.add_argument("--serve", action="store_true",
+                      help="after the report, keep the broker, worker, projector and pages running until Ctrl-C")
 
     passes = sub.add_parser("pass", help="look at passes in the database")
     pass_sub = passes.add_subparsers(dest="pass_command", required=True)
     show = pass_sub.add_parser("show", help="a pass with its history")
     show.add_argument("pass_id")
+    printed = pass_sub.add_parser("print", help="the driver's pass: a printable PNG or PDF with its QR code")
+    printed.add_argument("pass_id")
+    out = printed.add_mutually_exclusive_group()
+    out.add_argument("--png", metavar="FILE", type=Path)
+    out.add_argument("--pdf", metavar="FILE", type=Path)
+    printed.add_argument("--from-decision", metavar="FILE", type=Path,
+                         help="read the pass from this decision JSON instead of the database")
     history = pass_sub.add_parser("history", help="a pass's full story from the log (not the database)")
     history.add_argument("pass_id")
     history.add_argument("--json", metavar="FILE", help="also write the story as JSON (FILE or '-')")
@@ -63,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _wait_for_stop() -> None:
+def wait_for_stop() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -80,7 +101,7 @@ def cmd_broker(args) -> int:
     broker.start()
     print(f"broker ready at {broker.url}", flush=True)
     try:
-        _wait_for_stop()
+        wait_for_stop()
     finally:
         broker.stop()
     return 0
@@ -108,6 +129,11 @@ def cmd_worker(settings) -> int:
     from .app import create_app
     use_event_loop(settings.event_loop)  # before anything asks for the loop
     cmd_topics(settings)
+    from .handlers import Topics
+    from .keys import load_signer, publish_public_key
+    # Stations take the key from the topic (they also accept a file): verifying needs no key copying.
+    asyncio.run(publish_public_key(settings.bootstrap, Topics.with_prefix(settings.topic_prefix).keys,
+                                   load_signer(settings.keys_path)))
     app = create_app(settings)
     worker = Worker(app, loglevel="warning", quiet=True)
     # Faust's terminal spinner sets the root logger to DEBUG so it can tick on every record: every
@@ -144,6 +170,18 @@ def cmd_pass_show(settings, pass_id: str) -> int:
     return 0
 
 
+def cmd_checkpoint(settings, args) -> int:
+    import os
+
+    from models.records import parse_time
+
+    from .station_web import run_station
+    clock = parse_time(args.clock) if args.clock else None
+    return run_station(settings, args.ids, host=args.host, port=args.port,
+                       token=args.token or os.environ.get("GC_STATION_TOKEN"),
+                       key_paths=args.public_key or [settings.keys_path], clock_start=clock)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .settings import get_settings
@@ -158,10 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "topics":
         cmd_topics(settings)
         return 0
+    if args.command == "checkpoint":
+        return cmd_checkpoint(settings, args)
     if args.command == "demo":
         from .demo import run_demo
-        return run_demo(settings, shipments=args.shipments, seed=args.seed, broker_url=args.broker_url)
+        return run_demo(settings, shipments=args.shipments, seed=args.seed, broker_url=args.broker_url,
+                        serve=args.serve)
     if args.command == "pass":
+        if args.pass_command == "print":
+            from .pass_print import cmd_pass_print
+            return cmd_pass_print(settings, args)
         if args.pass_command == "history":
             from .replay import cmd_pass_history
             return cmd_pass_history(settings, args)

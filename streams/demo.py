@@ -1,6 +1,7 @@
 """`greenchannel demo`: the whole system on one machine, with simulated firms and checkpoints.
 
-Starts the embedded broker, a worker process and a projector process beside it, then plays a
+Starts the embedded broker, a worker process and a projector process beside it (and, after the
+first wave of requests, a checkpoint station for the two busiest border crossings), then plays a
 day of February 2020: firms request passes, checkpoints verify tokens offline and scan trucks
 along their routes, and an operator raises Hunan to high risk half-way through. Ends with a
 report read back from the database the projector wrote, once it holds every decision and
@@ -12,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -105,7 +108,8 @@ async def _wait(cond, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _play(settings: Settings, env: dict, shipments: int, seed: int, console: Console) -> dict:
+async def _play(settings: Settings, env: dict, shipments: int, seed: int, console: Console,
+                after_wave1=lambda routes: None) -> dict:
     topics = Topics.with_prefix(settings.topic_prefix)
     obs = Observer(topics)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
@@ -244,6 +248,7 @@ async def _play(settings: Settings, env: dict, shipments: int, seed: int, consol
 
             phase = "trucks reach the first checkpoints"
             wave1 = [d["pass"] for d in obs.decisions.values() if d["pass"]]
+            await asyncio.to_thread(after_wave1, [p["route"] for p in wave1])
             for p in wave1:
                 await drive(p["pass_id"], p["plate"], 0.5)
             await producer.flush()
@@ -297,6 +302,19 @@ def _projected(engine, obs: Observer, timeout: float, alive) -> tuple[bool, str]
         time.sleep(0.1)  # polling a condition with a deadline
 
 
+async def _leave_on_the_road(settings: Settings, seed: int, numbers: range) -> None:
+    """More requests of the demo's firms, never driven: passes a person can check at the station."""
+    topics, scenario = Topics.with_prefix(settings.topic_prefix), Scenario(seed=seed)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=2)
+    await producer.start()
+    try:
+        for n in numbers:
+            body = scenario.request(n)
+            await producer.send(topics.requests, orjson.dumps(body), key=body["shipment_id"].encode())
+    finally:
+        await producer.stop()
+
+
 def _report(settings: Settings, played: dict, console: Console, projector_alive) -> bool:
     """The report, from the database; False if the projection did not catch up."""
     obs: Observer = played["observer"]
@@ -346,12 +364,40 @@ def _report(settings: Settings, played: dict, console: Console, projector_alive)
     return caught_up
 
 
-def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, broker_url: str | None = None) -> int:
+@dataclass
+class Page:
+    """A page the demo serves, for a person to open."""
+    name: str
+    url: str
+
+
+def busiest_checkpoints(routes: list[dict], n: int = 2) -> list[str]:
+    """The border checkpoints most routes cross."""
+    crossings = Counter(c["checkpoint_id"] for r in routes for c in r["checkpoints"] if c["checkpoint_id"].startswith("BX-"))
+    return [cp for cp, _ in crossings.most_common(n)]
+
+
+def _start_station(env: dict, data_dir: Path, console: Console, routes: list[dict], clock) -> tuple[subprocess.Popen, Page]:
+    """A station for the busiest checkpoints of wave 1, its clock on the demo's day."""
+    ids = busiest_checkpoints(routes)
+    args = ["--port", "0", "--clock", format_time(clock)] + [a for cp in ids for a in ("--id", cp)]
+    proc = _start("checkpoint", env, data_dir, console, *args)
+    log, deadline = data_dir / "checkpoint.log", time.monotonic() + 60
+    while "ready at " not in (text := log.read_text(errors="replace")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the station did not start; see {log}")
+        time.sleep(0.1)  # polling a condition with a deadline
+    return proc, Page(f"checkpoint station {' + '.join(ids)}", text.split("ready at ", 1)[1].split()[0])
+
+
+def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, broker_url: str | None = None,
+             serve: bool = False) -> int:
     console = Console()
     data_dir = Path(settings.data_dir).resolve() / "demo"
     data_dir.mkdir(parents=True, exist_ok=True)
     database = data_dir / "greenchannel.db"
     database.unlink(missing_ok=True)
+    shutil.rmtree(data_dir / "stations", ignore_errors=True)  # a station's store of the last demo's passes
     broker = None
     if broker_url is None:
         broker = TansuBroker(log_path=data_dir / "broker.log").start()
@@ -369,14 +415,30 @@ def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, brok
     from .keys import load_signer
     load_signer(settings.keys_path)  # the worker and the checkpoints share this key pair
     procs = {name: _start(name, env, data_dir, console) for name in ("worker", "projector")}
+    pages: list[Page] = []  # each page the demo serves: one line each to add another
     port = free_port()
     procs["dashboard"] = _start("dashboard", env, data_dir, console, "--port", str(port))
-    url = f"http://127.0.0.1:{port}/"
-    console.print(f"[bold]dashboard at {url}[/bold] (open it while the demo runs)")
+    pages.append(Page("operators' dashboard", f"http://127.0.0.1:{port}/"))
+    console.print(f"[bold]dashboard at {pages[0].url}[/bold] (open it while the demo runs)")
+
+    def start_pages(routes: list[dict]) -> None:
+        procs["checkpoint"], page = _start_station(env, data_dir, console, routes, Scenario(seed=seed).start
+                                                   + timedelta(hours=4))
+        pages.append(page)
+        console.print(f"[bold]{page.name} at {page.url}[/bold]")
+
     try:
-        played = asyncio.run(_play(settings, env, shipments, seed, console))
+        played = asyncio.run(_play(settings, env, shipments, seed, console, after_wave1=start_pages))
         caught_up = _report(settings, played, console, lambda: procs["projector"].poll() is None)
-        console.print(f"dashboard was at {url}")
+        for page in pages:
+            console.print(f"[bold]{page.name}[/bold]: {page.url}")
+        if serve:
+            asyncio.run(_leave_on_the_road(settings, seed, range(shipments, shipments + 40)))
+            console.print("40 more requests sent, their trucks left on the road (expected at the stations); "
+                          f"print a pass with GC_DATABASE_URL={settings.database_url} greenchannel pass print PASS_ID")
+            console.print("serving the demo until Ctrl-C")
+            from .cli import wait_for_stop
+            wait_for_stop()
     finally:
         for proc in procs.values():
             proc.terminate()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from models.decide import Decider
-from models.passes import PassState, allocate_pass_id, kafka_partition, legacy_answers
+from models.passes import PassState, allocate_pass_id, claimed_pass_id, kafka_partition, legacy_answers
 from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time,
                             load_object, parse_enterprise, parse_request, parse_risk, parse_scan, parse_time,
                             record_time)
@@ -36,15 +36,17 @@ class Topics:
     status: str
     deadletter: str
     pass_events: str  # internal: everything about a pass, keyed by pass_id
+    keys: str = "gc.pass.keys"  # the workers' public keys, keyed by key id: what stations verify with
 
     @classmethod
     def with_prefix(cls, prefix: str = "gc.") -> Topics:
         return cls(f"{prefix}shipment.requests", f"{prefix}enterprises", f"{prefix}region.risk",
                    f"{prefix}pass.decisions", f"{prefix}checkpoint.scans", f"{prefix}pass.status",
-                   f"{prefix}deadletter", f"{prefix}pass.events")
+                   f"{prefix}deadletter", f"{prefix}pass.events", f"{prefix}pass.keys")
 
     def public(self) -> list[str]:
-        return [self.requests, self.enterprises, self.risk, self.decisions, self.scans, self.status, self.deadletter]
+        return [self.requests, self.enterprises, self.risk, self.decisions, self.scans, self.status, self.deadletter,
+                self.keys]
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +207,7 @@ class Pipeline:
             return [self.dead_letter(self.topics.scans, partition, offset, key, value, timestamp_ms, str(exc))]
         pass_id = scan.pass_id
         if pass_id is None:
-            pass_id = _token_pass_id(scan.token)
+            pass_id = claimed_pass_id(scan.token)
             if pass_id is None:
                 return [self.dead_letter(self.topics.scans, partition, offset, key, value, timestamp_ms,
                                          "token names no pass and the scan has no pass_id")]
@@ -363,14 +365,3 @@ def _decided_at(body: bytes) -> str:
     if body.startswith(_DECIDED_AT):
         return body[len(_DECIDED_AT):body.index(b'"', len(_DECIDED_AT))].decode()
     return orjson.loads(body)["decided_at"]
-
-
-def _token_pass_id(token: str | None) -> str | None:
-    """The pass id a token claims, read without verifying (the tracker verifies)."""
-    try:
-        body = token.split(".")[0]
-        claims = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        pid = claims.get("pid")
-    except Exception:
-        return None
-    return pid if isinstance(pid, str) and len(pid) == 12 and pid.isdigit() else None

@@ -157,6 +157,36 @@ def start_projector(env: dict, data_dir: Path, name: str = "projector", *args: s
     return proc
 
 
+@dataclass
+class StationProcess:
+    """`greenchannel checkpoint` as a process; `url` once it serves."""
+    proc: subprocess.Popen
+    log_path: Path
+    url: str = ""
+
+    def ready(self, timeout: float = 60) -> StationProcess:
+        deadline = time.monotonic() + timeout
+        while "ready at " not in (text := self.log_path.read_text(errors="replace")):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"station did not come up; log:\n{text[-3000:]}")
+            time.sleep(0.05)  # polling a condition with a deadline
+        self.url = text.split("ready at ", 1)[1].split()[0]
+        return self
+
+
+def start_station(env: dict, data_dir: Path, ids: list[str], public_key: Path, name: str = "station",
+                  *args: str) -> StationProcess:
+    """A checkpoint station for `ids` on a free port, its state in data_dir, its log in data_dir/NAME.log."""
+    log_path = data_dir / f"{name}.log"
+    cmd = [sys.executable, "-m", "streams.cli", "checkpoint", "--port", "0", "--public-key", str(public_key), *args]
+    for checkpoint_id in ids:
+        cmd += ["--id", checkpoint_id]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env={**env, "GC_DATA_DIR": str(data_dir)}, cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT)
+    return StationProcess(proc, log_path)
+
+
 def stop_processes(procs: list[subprocess.Popen], timeout: float = 30) -> None:
     """SIGTERM them all, then wait for each (SIGKILL after `timeout`)."""
     for proc in procs:

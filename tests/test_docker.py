@@ -55,7 +55,7 @@ HEALTHCHECK_SCRIPT = DOCKER / "healthcheck.py"
 
 EXPECTED_TOPICS = [
     "gc.shipment.requests", "gc.enterprises", "gc.region.risk", "gc.pass.decisions",
-    "gc.checkpoint.scans", "gc.pass.status", "gc.deadletter", "gc.pass.events",
+    "gc.checkpoint.scans", "gc.pass.status", "gc.deadletter", "gc.pass.keys", "gc.pass.events",
 ]
 # COPY sources allowed to match nothing (BuildKit skips an empty wildcard match).
 OPTIONAL_COPY_GLOBS = {"README.m[d]"}
