@@ -9,7 +9,7 @@ import base64
 import subprocess
 import sys
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -18,41 +18,28 @@ import zxingcpp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
 
-from models.decide import Decider
 from models.passes import REFUSALS, PassState, Signer, unverified_claims
-from models.policy import load_catalog
 from models.records import CheckpointScan, format_time
-from models.reference import EnterpriseBook, RiskBook
-from models.tracking import Tracker
-from routing import Gazetteer, RegionGraph, RoutePlanner
 from streams.keys import key_id
 from streams.pass_print import find_cjk_font, pass_from_decision, render_pass
 from streams.station import Store, check
+
+from support import DEPARTURE, make_tracker, wuhan_to_guangzhou
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 KEYS = {key_id(KEY.public_key()): KEY.public_key()}
 SIGNER = Signer(KEY, key_id(KEY.public_key()))
-DEPARTURE = datetime(2020, 2, 25, 8, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
 def tracker():
-    catalog, gazetteer, graph = load_catalog(), Gazetteer.default(), RegionGraph.default()
-    decider = Decider(catalog=catalog, gazetteer=gazetteer, graph=graph, planner=RoutePlanner(graph),
-                      risk=RiskBook(), enterprises=EnterpriseBook(), signer=SIGNER)
-    return Tracker(decider, KEYS)
+    return make_tracker(SIGNER, KEYS)
 
 
 @pytest.fixture(scope="module")
 def the_pass(tracker) -> PassState:
-    d = tracker.decider
-    route = d.planner.plan(d.gazetteer.locate("420111"), d.gazetteer.locate("440106"), departure=DEPARTURE)
-    return PassState(pass_id="420111000001", shipment_id="S-1", plate="鄂A12345", priority="P0",
-                     shipper="91420100MA4K0000X1", consignee="91440101MA5C0000X2", origin="420111",
-                     destination="440106", trip="single", valid_from=format_time(DEPARTURE),
-                     valid_until=format_time(DEPARTURE + timedelta(hours=48)),
-                     departure_at=format_time(DEPARTURE), route=route.to_dict())
+    return wuhan_to_guangzhou(tracker, priority="P0", trip="single")
 
 
 def token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:

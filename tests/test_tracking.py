@@ -7,45 +7,26 @@ Wuhan (420111) → Guangzhou (440106) by the shortest path runs through Xianning
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from models.decide import Decider
 from models.passes import PassState, Signer, verify_token
-from models.policy import load_catalog
 from models.records import CheckpointScan, RegionRisk, format_time, parse_risk, parse_time
-from models.reference import EnterpriseBook, RiskBook
 from models.tracking import Tracker
-from routing import Gazetteer, RegionGraph, RoutePlanner
 
-KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
-DEPARTURE = datetime(2020, 2, 25, 8, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def world():
-    return load_catalog(), Gazetteer.default(), RegionGraph.default()
+from support import DEPARTURE, KEY, make_tracker, wuhan_to_guangzhou
 
 
 @pytest.fixture
-def tracker(world):
+def tracker():
     """A tracker with no risk levels in force yet."""
-    catalog, gazetteer, graph = world
-    decider = Decider(catalog=catalog, gazetteer=gazetteer, graph=graph, planner=RoutePlanner(graph),
-                      risk=RiskBook(), enterprises=EnterpriseBook(), signer=Signer(KEY, "test"))
-    return Tracker(decider, KEY.public_key())
+    return make_tracker()
 
 
 def a_pass(tracker: Tracker) -> PassState:
-    d = tracker.decider
-    route = d.planner.plan(d.gazetteer.locate("420111"), d.gazetteer.locate("440106"), departure=DEPARTURE)
-    return PassState(pass_id="420111000001", shipment_id="S-1", plate="鄂A12345", priority="P1",
-                     shipper="91420100MA4K0000X1", consignee="91440101MA5C0000X2", origin="420111",
-                     destination="440106", trip="one_way", valid_from=format_time(DEPARTURE),
-                     valid_until=format_time(DEPARTURE + timedelta(hours=48)),
-                     departure_at=format_time(DEPARTURE), route=route.to_dict())
+    return wuhan_to_guangzhou(tracker)
 
 
 def scanned_at_first_checkpoint(tracker: Tracker, state: PassState) -> PassState:
