@@ -261,8 +261,29 @@ class System:
         await self.producer.stop()
 
 
+def system_database(data_dir: Path, name: str) -> str:
+    """A database of the system's own: a SQLite file in its data_dir, or, when
+    GC_TEST_DATABASE_URL names a PostgreSQL server (the kafka lane), a new database `name` beside
+    that one on the same server. Systems never share one: a replay test rebuilding one system's
+    log compares against its projection alone."""
+    base = os.environ.get("GC_TEST_DATABASE_URL")
+    if not base:
+        return f"sqlite:///{data_dir}/greenchannel.db"
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    url = make_url(base)
+    own = f"{url.database}_{name}"[:63]
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{own}"'))
+    finally:
+        admin.dispose()
+    return url.set(database=own).render_as_string(hide_password=False)
+
+
 def system_env(bootstrap: str, data_dir: Path, app_id: str, kind: str = BROKER_KIND) -> dict:
-    database = os.environ.get("GC_TEST_DATABASE_URL") or f"sqlite:///{data_dir}/greenchannel.db"
+    database = system_database(data_dir, app_id.replace("-", "_"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("GC_")}
     env.update({
         "GC_BROKER_URL": f"kafka://{bootstrap}", "GC_DATA_DIR": str(data_dir), "GC_APP_ID": app_id,
