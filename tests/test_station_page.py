@@ -62,6 +62,13 @@ class World:
 
 
 @pytest.fixture(scope="module")
+def system(own_system):
+    """This module's own topics: the risk change and the requests of today it sends stay out of
+    the shared log, which the replay tests audit whole."""
+    return own_system
+
+
+@pytest.fixture(scope="module")
 async def world(system, tmp_path_factory):
     first = await decided(system, a_request("P0"))
     checkpoint_id = first["pass"]["route"]["checkpoints"][0]["checkpoint_id"]
