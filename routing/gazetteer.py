@@ -201,8 +201,13 @@ class Gazetteer:
     def names_region(self, prefix: str) -> bool:
         """Whether a 2-, 4- or 6-digit adcode prefix names a province, prefecture or county of the
         table (what a risk level may be declared for)."""
-        code = {2: f"{prefix}0000", 4: f"{prefix}00", 6: prefix}.get(len(prefix))
+        code = _region_code(prefix)
         return code is not None and code in self._names
+
+    def region_name(self, prefix: str) -> str | None:
+        """The full name of the region a 2-, 4- or 6-digit adcode prefix names (42: 湖北省,
+        4201: 湖北省武汉市); None when it names none."""
+        return self.name(_region_code(prefix)) if self.names_region(prefix) else None
 
     def counties(self) -> tuple[Place, ...]:
         """County-level places with coordinates, in adcode order."""
@@ -253,3 +258,8 @@ class OfflineGeocoder(Geocoder):
         """Location of the county nearest to (lat, lon) or 'lat, lon', or None if none is near."""
         point = Point(query)
         return self._location(self.gazetteer.nearest(point.latitude, point.longitude, self.max_km), exactly_one)
+
+
+def _region_code(prefix: str) -> str | None:
+    """The 6-digit code of the region a 2-, 4- or 6-digit prefix names: 42 is 420000, 4201 420100."""
+    return {2: f"{prefix}0000", 4: f"{prefix}00", 6: prefix}.get(len(prefix))

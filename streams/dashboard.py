@@ -146,7 +146,7 @@ class Dashboard:
         levels = feature_levels(self.book, self.features, now)
         changed = {f: n for f, n in levels.items() if self.levels.get(f) != n}
         self.levels = levels
-        self.declared = [{"adcode": a, "level": lv, "name": _name(self.gazetteer, a)}
+        self.declared = [{"adcode": a, "level": lv, "name": self.gazetteer.region_name(a) or a}
                          for a, lv in self.book.snapshot(now).items()]
         if changed:
             self.hub.publish("levels", {"changed": changed, "declared": self.declared, "sent": time.time()})
@@ -241,7 +241,7 @@ class Dashboard:
             "shipment": _shipment(shipment) if shipment else None,
             "pass": {"pass_id": p.pass_id, "plate": p.plate, "priority": p.priority, "status": p.status,
                      "valid_from": _iso(p.valid_from), "valid_until": _iso(p.valid_until), "trip": p.trip,
-                     "route": [_name(self.gazetteer, a) for a in route.get("adcodes", ())],
+                     "route": [self.gazetteer.region_name(a) or a for a in route.get("adcodes", ())],
                      "distance_km": route.get("distance_km")},
             "events": [{"at": _iso(e.at), "status": e.status, "checkpoint_id": e.checkpoint_id, "reason": e.reason,
                         "dwell_seconds": e.dwell_seconds, "dwell_exceeded": e.dwell_exceeded}
@@ -260,13 +260,6 @@ def _iso(at: datetime | None) -> str | None:
     if at.tzinfo is None:  # SQLite hands back naive UTC
         at = at.replace(tzinfo=timezone.utc)
     return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _name(gazetteer: Gazetteer, code: str) -> str:
-    try:
-        return gazetteer.name({2: f"{code}0000", 4: f"{code}00"}.get(len(code), code))
-    except KeyError:
-        return code
 
 
 def _lonlat(gazetteer: Gazetteer, adcode: str | None) -> tuple[float, float] | None:

@@ -136,7 +136,7 @@ def describe(decision: dict, gazetteer: Gazetteer) -> list[str]:
     p = decision.get("pass")
     if p:
         route = p["route"]
-        names = [_place(gazetteer, code) for code in route["adcodes"]]
+        names = [gazetteer.region_name(code) or code for code in route["adcodes"]]
         lines += [f"  pass number {p['pass_id']} for {p['plate']} ({p['trip']} trip"
                   + (", toll exempt" if p.get("toll_exempt") else "") + ")",
                   f"  valid {p['valid_from']} to {p['valid_until']}",
@@ -145,13 +145,6 @@ def describe(decision: dict, gazetteer: Gazetteer) -> list[str]:
     for reason in decision.get("reasons", ()):
         lines.append(f"  - {reason['text']}")
     return lines
-
-
-def _place(gazetteer: Gazetteer, code: str) -> str:
-    try:
-        return gazetteer.name(code if len(code) == 6 else f"{code}00")
-    except KeyError:
-        return code
 
 
 def verdict(sub: Submission) -> int:

@@ -113,16 +113,9 @@ def cmd_risk(settings: Settings, args) -> int:
     gazetteer = Gazetteer.default()
     table = Table("adcode", "region", "level", title=f"risk levels in force at {at:%Y-%m-%d %H:%M} UTC")
     for prefix, level in book.snapshot(at).items():
-        table.add_row(prefix, _region_name(gazetteer, prefix), level)
+        table.add_row(prefix, gazetteer.region_name(prefix) or "?", level)
     Console().print(table)
     return 0
-
-
-def _region_name(gazetteer: Gazetteer, prefix: str) -> str:
-    try:
-        return gazetteer.name({2: f"{prefix}0000", 4: f"{prefix}00"}.get(len(prefix), prefix))
-    except KeyError:
-        return "?"
 
 
 def read_books(settings: Settings) -> tuple[RiskBook, EnterpriseBook]:
