@@ -95,8 +95,7 @@ class Dashboard:
     async def follow_topics(self) -> None:
         s = self.settings
         consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False,
-                                    isolation_level="read_committed" if s.processing_guarantee == "exactly_once"
-                                    else "read_uncommitted", fetch_max_wait_ms=s.fetch_wait_ms)
+                                    isolation_level=s.isolation_level, fetch_max_wait_ms=s.fetch_wait_ms)
         await consumer.start()
         try:
             await refresh_metadata(consumer)

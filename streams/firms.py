@@ -96,8 +96,7 @@ async def exchange(settings: Settings, sub: Submission, *, wait: float, progress
     """Publish the requests and collect their decisions until all are in or `wait` runs out."""
     topics = Topics.with_prefix(settings.topic_prefix)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed" if settings.processing_guarantee == "exactly_once"
-                                else "read_uncommitted")
+                                isolation_level=settings.isolation_level)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5, acks="all")
     await consumer.start()
     await producer.start()

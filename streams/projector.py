@@ -227,7 +227,7 @@ class Projector:
         return AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, group_id=group_id(s), client_id="greenchannel-projector",
             enable_auto_commit=False, auto_offset_reset="earliest",
-            isolation_level="read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted",
+            isolation_level=s.isolation_level,
             session_timeout_ms=session_ms, heartbeat_interval_ms=min(3000, session_ms // 3),
             fetch_max_wait_ms=s.fetch_wait_ms, max_partition_fetch_bytes=4 * 1024 * 1024)
 

@@ -217,7 +217,7 @@ async def _read(settings, specs: list[_Spec], *, progress=None, label: str = "re
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None,
         client_id="greenchannel-replay", auto_offset_reset="earliest", fetch_max_wait_ms=100,
-        isolation_level="read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted",
+        isolation_level=settings.isolation_level,
         fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024)
     await consumer.start()
     try:

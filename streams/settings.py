@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         return self.key_dir or self.data_dir / "keys"
 
     @property
+    def isolation_level(self) -> str:
+        """How a client reads the worker's outputs: under exactly_once only what its transactions
+        committed (an aborted attempt's records are never seen)."""
+        return "read_committed" if self.processing_guarantee == "exactly_once" else "read_uncommitted"
+
+    @property
     def bootstrap(self) -> str:
         """host:port list for aiokafka, from the Faust-style URL."""
         return ",".join(part.split("://", 1)[-1] for part in self.broker_url.split(";"))

@@ -416,7 +416,7 @@ class Station:
         consumer = await self._started(lambda: AIOKafkaConsumer(
             self.topics.decisions, self.topics.status, self.topics.keys, bootstrap_servers=s.bootstrap,
             group_id=f"{s.app_id}-station-{'+'.join(sorted(self.ids))}-{self.store.uid}", enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level=_isolation(s)))
+            auto_offset_reset="earliest", isolation_level=s.isolation_level))
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
@@ -499,10 +499,6 @@ def _fatal(task: asyncio.Task) -> None:
 def _scan_headers(item) -> tuple:
     return cloudevent_headers(f"scan/{item['scan_id']}", "cn.greenchannel.checkpoint.scan",
                               f"/greenchannel/station/{item['checkpoint_id']}", item["scanned_at"])
-
-
-def _isolation(settings: Settings) -> str:
-    return "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"
 
 
 async def _reachable(bootstrap: str) -> bool:
