@@ -22,14 +22,12 @@ token (`streams.web.token_guard`).
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 import signal
 import time
 from collections import Counter, deque
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlencode
 
 import orjson
 from aiohttp import web
@@ -41,7 +39,7 @@ from models.db import (active_pass_places, checkpoint_board, count_by, decisions
                        get_pass_events, make_engine, rejections_by_reason)
 from models.mapregions import feature_levels
 from models.passes import ACTIVE
-from models.records import Unparseable, load_object, parse_risk
+from models.records import Unparseable, format_time, load_object, parse_risk
 from models.reference import RiskBook
 from models.tables import Checkpoint, Pass, Shipment
 from routing import Gazetteer
@@ -51,7 +49,7 @@ from .compat import refresh_metadata
 from .handlers import Topics
 from .projector import group_id as projector_group
 from .settings import Settings
-from .web import Hub, is_loopback, sse, start_site, token_guard
+from .web import Hub, html_page, site_url, sse, start_site, stop_site, token_guard
 
 __all__ = ["Dashboard", "make_app", "cmd_dashboard", "VENDOR"]
 
@@ -254,11 +252,7 @@ def _shipment(s: Shipment) -> dict:
 
 
 def _iso(at: datetime | None) -> str | None:
-    if at is None:
-        return None
-    if at.tzinfo is None:  # SQLite hands back naive UTC
-        at = at.replace(tzinfo=timezone.utc)
-    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return None if at is None else format_time(at)  # SQLite hands back naive UTC: format_time reads it as UTC
 
 
 def _lonlat(gazetteer: Gazetteer, adcode: str | None) -> tuple[float, float] | None:
@@ -270,14 +264,6 @@ def _lonlat(gazetteer: Gazetteer, adcode: str | None) -> tuple[float, float] | N
 
 def make_app(board: Dashboard, *, host: str, token: str | None) -> web.Application:
     app = web.Application(middlewares=[token_guard(host, token)])
-
-    page = (STATIC / "dashboard.html").read_text(encoding="utf-8")
-
-    async def index(request: web.Request) -> web.Response:
-        # The page's own assets carry the token it was opened with (the guard checked it).
-        given = request.query.get("token")
-        query = "?" + urlencode({"token": given}) if given else ""
-        return web.Response(text=page.replace("{{query}}", html.escape(query)), content_type="text/html")
 
     async def events(request: web.Request) -> web.StreamResponse:
         return await sse(request, board.hub, first=[("state", board.state())])
@@ -292,7 +278,7 @@ def make_app(board: Dashboard, *, host: str, token: str | None) -> web.Applicati
         found = await asyncio.to_thread(board.search, text)
         return web.json_response({"query": text, "found": found}, dumps=lambda v: orjson.dumps(v).decode())
 
-    app.router.add_get("/", index)
+    app.router.add_get("/", html_page(STATIC / "dashboard.html"))
     app.router.add_get("/events", events)
     app.router.add_get("/state", state)
     app.router.add_get("/search", search)
@@ -311,17 +297,14 @@ async def serve(settings: Settings, *, host: str, port: int, token: str | None,
                         replication_factor=settings.replication_factor)
     runner = await start_site(app, host, port)
     tasks = [asyncio.create_task(c) for c in (board.follow_topics(), board.follow_database(), board.follow_lag())]
-    bound = runner.addresses[0][1]
-    shown = f"[{host}]" if ":" in host else host
-    started(f"http://{shown}:{bound}/" + (f"?token={token}" if token and not is_loopback(host) else ""))
+    started(site_url(host, runner.addresses[0][1], token))
     try:
         await (stop or asyncio.Event()).wait()
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        board.hub.close()  # open pages' event streams end; their EventSource retries elsewhere
-        await runner.cleanup()
+        await stop_site(runner, board.hub)  # open pages' EventSource retries elsewhere
         board.engine.dispose()
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import urllib.parse
 from pathlib import Path
 
 from aiohttp import web
 
 from .station import Station
-from .web import sse, start_site, token_guard
+from .web import html_page, site_url, sse, start_site, stop_site, token_guard
 
 __all__ = ["make_app", "decode_qr", "STATIC"]
 
@@ -40,14 +39,6 @@ def decode_qr(image_bytes: bytes) -> str | None:
 
 def make_app(station: Station, *, host: str = "127.0.0.1", token: str | None = None) -> web.Application:
     app = web.Application(middlewares=[token_guard(host, token)], client_max_size=20 * 1024 ** 2)
-
-    async def index(request: web.Request) -> web.Response:
-        # Beyond loopback every request needs the token: the page's own assets carry it on.
-        html = (STATIC / "index.html").read_text(encoding="utf-8")
-        if request.query.get("token"):
-            given = urllib.parse.quote(request.query["token"])
-            html = html.replace('.css"', f'.css?token={given}"').replace('.js"', f'.js?token={given}"')
-        return web.Response(text=html, content_type="text/html")
 
     async def state(request: web.Request) -> web.Response:
         return web.json_response(station.state())
@@ -76,7 +67,7 @@ def make_app(station: Station, *, host: str = "127.0.0.1", token: str | None = N
         except ValueError as exc:
             return _bad(str(exc))
 
-    app.router.add_get("/", index)
+    app.router.add_get("/", html_page(STATIC / "index.html"))
     app.router.add_get("/api/state", state)
     app.router.add_get("/api/events", events)
     app.router.add_post("/api/check", check)
@@ -123,14 +114,13 @@ def run_station(settings, checkpoint_ids: list[str], *, host: str, port: int, to
         station = Station(settings, checkpoint_ids, store, keys, clock_start=clock_start, dwell_target=dwell_target)
         station.start()
         runner = await start_site(make_app(station, host=host, token=token), host, port)
-        bound = runner.addresses[0][1]
-        suffix = f"?token={token}" if token and host not in ("127.0.0.1", "localhost", "::1") else ""
-        print(f"station {'+'.join(checkpoint_ids)} ready at http://{host}:{bound}/{suffix}", flush=True)
+        print(f"station {'+'.join(checkpoint_ids)} ready at {site_url(host, runner.addresses[0][1], token)}",
+              flush=True)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         await stop.wait()
-        await runner.cleanup()
+        await stop_site(runner, station.hub)
         await station.stop()
 
     asyncio.run(serve())

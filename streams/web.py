@@ -8,14 +8,17 @@ serves from the machine it runs on.
 from __future__ import annotations
 
 import asyncio
+import html
 import ipaddress
 import secrets
 from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import orjson
 from aiohttp import web
 
-__all__ = ["Hub", "is_loopback", "token_guard", "start_site", "sse"]
+__all__ = ["Hub", "is_loopback", "token_guard", "start_site", "stop_site", "site_url", "html_page", "sse"]
 
 
 def is_loopback(host: str) -> bool:
@@ -59,6 +62,33 @@ async def start_site(app: web.Application, host: str, port: int) -> web.AppRunne
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+
+
+async def stop_site(runner: web.AppRunner, *hubs: Hub) -> None:
+    """Shut the site down: the hubs' open event streams first, which open pages would otherwise
+    hold up until the shutdown timeout."""
+    for hub in hubs:
+        hub.close()
+    await runner.cleanup()
+
+
+def site_url(host: str, port: int, token: str | None) -> str:
+    """The address to open a page served on host:port; beyond loopback it carries the token."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/" + (f"?token={quote(token)}" if token and not is_loopback(host) else "")
+
+
+def html_page(path: Path):
+    """A handler serving the HTML file `path` (read once). Each `{{query}}` in it, after an asset's
+    URL, becomes the `?token=…` the page was opened with: beyond loopback the assets need it too."""
+    text = path.read_text(encoding="utf-8")
+
+    async def page(request: web.Request) -> web.Response:
+        given = request.query.get("token")
+        query = "?" + urlencode({"token": given}) if given else ""
+        return web.Response(text=text.replace("{{query}}", html.escape(query)), content_type="text/html")
+
+    return page
 
 
 class Hub:

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from aiohttp import ClientSession, web
 
-from streams.web import Hub, is_loopback, sse, start_site, token_guard
+from streams.web import Hub, html_page, is_loopback, site_url, sse, start_site, stop_site, token_guard
 
 
 def test_loopback_addresses():
@@ -86,3 +86,25 @@ def test_closing_the_hub_ends_every_open_stream():
     hub.close()
     assert hub.subscribers == 0
     assert first.get_nowait() is None and second.get_nowait() is None  # the pending frame dropped: the end
+
+
+async def test_a_page_carries_the_token_it_was_opened_with_to_its_assets(tmp_path):
+    (tmp_path / "index.html").write_text('<script src="static/app.js{{query}}"></script>', encoding="utf-8")
+    app = web.Application()
+    app.router.add_get("/", html_page(tmp_path / "index.html"))
+    runner = await start_site(app, "127.0.0.1", 0)
+    try:
+        async with ClientSession() as http:
+            url = site_url("127.0.0.1", runner.addresses[0][1], "s3 cret")
+            assert "token" not in url  # on loopback no token is needed
+            assert await (await http.get(url + "?token=s3%20cret")).text() == \
+                '<script src="static/app.js?token=s3+cret"></script>'
+            assert await (await http.get(url)).text() == '<script src="static/app.js"></script>'
+    finally:
+        await stop_site(runner)
+
+
+def test_beyond_loopback_the_address_carries_the_token():
+    assert site_url("0.0.0.0", 8077, "a b") == "http://0.0.0.0:8077/?token=a%20b"
+    assert site_url("::", 8077, "t") == "http://[::]:8077/?token=t"
+    assert site_url("127.0.0.1", 8077, None) == "http://127.0.0.1:8077/"
