@@ -17,7 +17,7 @@ import orjson
 import segno
 from PIL import Image, ImageDraw, ImageFont
 
-from models.records import parse_time
+from models.records import format_time, parse_time
 
 __all__ = ["pass_from_decision", "pass_from_database", "render_pass", "cmd_pass_print", "find_cjk_font"]
 
@@ -60,8 +60,8 @@ def pass_from_database(url: str, pass_id: str) -> dict | None:
         if row is None or not row.token:
             return None
         return {"pass_id": row.pass_id, "shipment_id": row.shipment_id, "plate": row.plate, "priority": row.priority,
-                "toll_exempt": row.toll_exempt, "valid_from": row.valid_from.isoformat(),
-                "valid_until": row.valid_until.isoformat(), "trip": row.trip, "route": row.route, "token": row.token,
+                "toll_exempt": row.toll_exempt, "valid_from": format_time(row.valid_from),
+                "valid_until": format_time(row.valid_until), "trip": row.trip, "route": row.route, "token": row.token,
                 "issuer": row.issuer}
 
 

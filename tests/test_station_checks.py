@@ -6,6 +6,7 @@ station's own SQLite store, fed the decision and status events the worker publis
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,14 +18,18 @@ import pytest
 import zxingcpp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
+from sqlmodel import Session
 
-from models.passes import REFUSALS, PassState, Signer, unverified_claims
+from models.db import init_db, make_engine, project_batch
+from models.passes import REFUSALS, PassState, Signer, kafka_partition, unverified_claims
 from models.records import CheckpointScan, format_time
 from streams.keys import key_id
 from streams.pass_print import find_cjk_font, pass_from_decision, render_pass
+from streams.handlers import Tables
+from streams.simulator import Scenario
 from streams.station import Store, check
 
-from support import DEPARTURE, make_tracker, wuhan_to_guangzhou
+from support import DEPARTURE, make_pipeline, make_tracker, wuhan_to_guangzhou
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -189,6 +194,31 @@ def test_the_command_writes_png_and_pdf_from_a_decision_file(the_pass, tmp_path)
     wrong = subprocess.run([sys.executable, "-m", "streams.cli", "pass", "print", "999999000000", "--from-decision",
                             str(tmp_path / "decision.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert wrong.returncode != 0 and "holds pass" in wrong.stderr
+
+
+def test_the_command_prints_a_pass_from_the_database_the_projector_writes(tmp_path):
+    """SQLite hands the pass's times back without their offset: the printed validity is still UTC+8."""
+    pipeline, scenario = make_pipeline(), Scenario(seed=5)
+    for entry in scenario.enterprise_entries():
+        pipeline.on_enterprise(None, orjson.dumps(entry), partition=0, offset=0, timestamp_ms=0)
+    body = scenario.request(0)
+    key = body["shipment_id"].encode()
+    outs = pipeline.on_request(key, orjson.dumps(body), partition=kafka_partition(key, pipeline.partitions),
+                               offset=0, timestamp_ms=0, tables=Tables.empty())
+    decision = orjson.loads(outs[0].value)
+    url = f"sqlite:///{tmp_path}/greenchannel.db"
+    engine = make_engine(url)
+    init_db(engine)
+    with Session(engine) as session:
+        project_batch(session, decisions=[decision])
+        session.commit()
+    engine.dispose()
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "pass", "print", decision["pass"]["pass_id"], "--png",
+                           str(tmp_path / "pass.png")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "GC_DATABASE_URL": url})
+    assert done.returncode == 0, done.stderr
+    codes = zxingcpp.read_barcodes(Image.open(tmp_path / "pass.png"))
+    assert [c.text for c in codes] == [decision["pass"]["token"]]
 
 
 def test_a_chinese_font_is_found_here():
