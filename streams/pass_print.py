@@ -7,6 +7,7 @@ offline. The pass comes from the database the projector writes, or from a decisi
 
 from __future__ import annotations
 
+import functools
 import io
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ _FONT_PATHS = ["/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "/usr/share/fon
                "C:/Windows/Fonts/msyh.ttc"]
 
 
+@functools.cache  # fc-match is a process: once, not once per font size
 def find_cjk_font() -> str | None:
     """A font file that has Chinese glyphs: fontconfig's choice, else a list of usual places."""
     if shutil.which("fc-match"):
