@@ -17,9 +17,14 @@ from pathlib import Path
 from .records import CargoItem, ShipmentRequest
 from .reference import EnterpriseBook
 
-__all__ = ["Catalog", "PriorityClass", "Reason", "Assessment", "assess", "load_catalog", "DEFAULT_CATALOG"]
+__all__ = ["Catalog", "PriorityClass", "Reason", "Assessment", "assess", "load_catalog", "DEFAULT_CATALOG",
+           "CLASS_NAMES"]
 
 DEFAULT_CATALOG = "catalog-2020.02-v1.json"
+
+# The priority classes as a driver's pass and a checkpoint's page name them: (Chinese, English).
+CLASS_NAMES = {"P0": ("医疗防护物资", "Medical supplies (§2)"), "P1": ("民生物资", "Livelihood goods (§5)"),
+               "P2": ("重点产业", "Key industries (§6)"), "P3": ("重大项目", "Major projects (§7)")}
 
 
 @dataclass(frozen=True, slots=True)

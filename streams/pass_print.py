@@ -18,14 +18,13 @@ import orjson
 import segno
 from PIL import Image, ImageDraw, ImageFont
 
+from models.policy import CLASS_NAMES
 from models.records import format_time, parse_time
 
 __all__ = ["pass_from_decision", "pass_from_database", "render_pass", "cmd_pass_print", "find_cjk_font"]
 
 WIDTH, HEIGHT = 1240, 1754  # A4 at 150 dpi
 GREEN, INK, GREY, GOLD = (11, 90, 42), (29, 31, 33), (95, 99, 104), (253, 226, 147)
-CLASSES = {"P0": ("医疗防护物资", "Medical supplies (§2)"), "P1": ("民生物资", "Livelihood goods (§5)"),
-           "P2": ("重点产业", "Key industries (§6)"), "P3": ("重大项目", "Major projects (§7)")}
 _FONT_PATHS = ["/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
                "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "/System/Library/Fonts/PingFang.ttc",
                "C:/Windows/Fonts/msyh.ttc"]
@@ -108,7 +107,7 @@ def render_pass(p: dict) -> Image.Image:
     d.rounded_rectangle([56, 398, 560, 510], radius=14, outline=INK, width=5)
     d.text((84, 412), p["plate"], font=_font(78), fill=INK)
     d.text((60, 540), "类别 Class", font=_font(28), fill=GREY)
-    zh, en = CLASSES.get(p["priority"], ("", ""))
+    zh, en = CLASS_NAMES.get(p["priority"], ("", ""))
     d.text((60, 576), f"{p['priority']}  {zh}", font=_font(44), fill=INK)
     d.text((60, 634), en, font=_font(28), fill=GREY)
     y = 690

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from models.passes import REFUSALS, InvalidToken, PassTerms, claimed_pass_id, scan_refusal, unverified_claims, verify_token
+from models.policy import CLASS_NAMES
 from models.records import CheckpointScan, format_time, normalise_plate, parse_time
 
 from .handlers import Topics, cloudevent_headers
@@ -294,7 +295,9 @@ def _reason_text(reason: str | None, row: dict | None) -> dict:
 
 
 def _shown(row: dict, checkpoint_id: str) -> dict:
+    zh, en = CLASS_NAMES.get(row["priority"], ("", ""))
     return {"pass_id": row["pass_id"], "plate": row["plate"], "priority": row["priority"],
+            "class_name": f"{zh} {en}".strip(),
             "toll_exempt": row["toll_exempt"], "valid_from": row["valid_from"], "valid_until": row["valid_until"],
             "trip": row["trip"], "status": row["status"], "origin": row["origin"], "destination": row["destination"],
             "checkpoints": [{"checkpoint_id": c["checkpoint_id"], "name": c["name"], "eta": c["eta"],

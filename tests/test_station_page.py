@@ -125,6 +125,7 @@ async def test_a_valid_pass_is_green_with_its_class_toll_mark_and_route(page, wo
     text = await card.inner_text()
     assert "放行" in text and "不予放行" not in text
     assert "三不一优先" in text and "P0" in text and the_pass["pass_id"] in text
+    assert "医疗防护物资" in text  # the class's name, as the printed pass gives it
     assert await page.locator("#card .route li.here").inner_text() == the_pass["route"]["checkpoints"][0]["name"]
 
 

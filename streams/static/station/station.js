@@ -1,8 +1,6 @@
 // The station's page: checks a pass, records arrivals and departures, shows the live state.
 "use strict";
 const KEY = new URLSearchParams(location.search).get("token");
-const CLASSES = { P0: "医疗防护物资 medical (§2)", P1: "民生物资 livelihood (§5)", P2: "重点产业 key industry (§6)",
-                  P3: "重大项目 major project (§7)" };
 const $ = (sel) => document.querySelector(sel);
 let state = null, skew = 0, lastCheck = null;
 
@@ -109,7 +107,7 @@ function renderCard(c) {
     el("dt", {}, "车牌 Plate"), el("dd", { class: "big-plate" }, c.plate || "—"),
     el("dt", {}, "通行证号 Pass"), el("dd", {}, c.pass_id || "—"));
   if (p) {
-    facts.append(el("dt", {}, "类别 Class"), el("dd", {}, el("span", { class: "badge" }, p.priority || "?"), CLASSES[p.priority] || "",
+    facts.append(el("dt", {}, "类别 Class"), el("dd", {}, el("span", { class: "badge" }, p.priority || "?"), p.class_name || "",
                    p.toll_exempt ? el("span", { class: "badge toll", style: "margin-left:10px" }, "三不一优先 · 免收通行费 toll-exempt") : null),
                  el("dt", {}, "有效期 Valid"), el("dd", {}, `${hhmm(p.valid_from)} → ${hhmm(p.valid_until)} UTC`),
                  el("dt", {}, "起讫 From → to"), el("dd", {}, `${p.origin} → ${p.destination}`),
