@@ -47,12 +47,18 @@ CREATE TABLE IF NOT EXISTS pass (
     valid_from TEXT NOT NULL, valid_until TEXT NOT NULL, trip TEXT, route TEXT NOT NULL, token TEXT,
     origin TEXT, destination TEXT, status TEXT NOT NULL, status_at TEXT, reason TEXT, last_checkpoint TEXT);
 CREATE INDEX IF NOT EXISTS pass_plate ON pass (plate);
+CREATE TABLE IF NOT EXISTS stop (
+    pass_id TEXT NOT NULL, position INTEGER NOT NULL, checkpoint_id TEXT NOT NULL, name TEXT, eta TEXT NOT NULL,
+    eta_s REAL NOT NULL, PRIMARY KEY (pass_id, position));
+CREATE INDEX IF NOT EXISTS stop_due ON stop (checkpoint_id, eta_s);
+CREATE INDEX IF NOT EXISTS stop_of_pass ON stop (pass_id, checkpoint_id);
 CREATE TABLE IF NOT EXISTS key (kid TEXT PRIMARY KEY, pem BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, scan_id TEXT UNIQUE NOT NULL, pass_id TEXT NOT NULL,
     checkpoint_id TEXT NOT NULL, kind TEXT NOT NULL, plate TEXT NOT NULL, scanned_at TEXT NOT NULL,
     body BLOB NOT NULL, sent_at TEXT, answer TEXT);
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent_at, seq);
+CREATE INDEX IF NOT EXISTS outbox_of_pass ON outbox (pass_id, checkpoint_id, seq);
 CREATE TABLE IF NOT EXISTS station (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -81,6 +87,9 @@ class Store:
         # was and a second station at the same checkpoint (another lane) still reads everything.
         self.db.execute("INSERT OR IGNORE INTO station VALUES ('uid', ?)", (uuid.uuid4().hex[:12],))
         self.uid = self.db.execute("SELECT value FROM station WHERE name = 'uid'").fetchone()[0]
+        for r in self.db.execute("SELECT pass_id, route FROM pass WHERE pass_id NOT IN (SELECT pass_id FROM stop)"
+                                 ).fetchall():  # a file kept before stops were
+            self._stops(r["pass_id"], orjson.loads(r["route"]))
 
     def crosses(self, route: dict) -> bool:
         return any(c in self.ids for c in _route_ids(route))
@@ -90,11 +99,13 @@ class Store:
         p = d.get("pass")
         if d.get("decision") != "approved" or not p or not self.crosses(p["route"]):
             return False
-        self.db.execute(
-            "INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL) ON CONFLICT (pass_id) DO NOTHING",
-            (p["pass_id"], p["plate"], p.get("priority"), int(bool(p.get("toll_exempt"))), p["valid_from"],
-             p["valid_until"], p.get("trip"), orjson.dumps(p["route"]).decode(), p["token"],
-             self._place(p["route"]["adcodes"][0]), p["route"]["checkpoints"][-1]["name"], "issued", None, None))
+        if self.db.execute(
+                "INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL) ON CONFLICT (pass_id) DO NOTHING",
+                (p["pass_id"], p["plate"], p.get("priority"), int(bool(p.get("toll_exempt"))), p["valid_from"],
+                 p["valid_until"], p.get("trip"), orjson.dumps(p["route"]).decode(), p["token"],
+                 self._place(p["route"]["adcodes"][0]), p["route"]["checkpoints"][-1]["name"], "issued", None,
+                 None)).rowcount:
+            self._stops(p["pass_id"], p["route"])
         return True
 
     def take_status(self, e: dict) -> bool:
@@ -113,13 +124,26 @@ class Store:
     def _take_route(self, e: dict) -> None:
         route = orjson.dumps(e["route"]).decode()
         if self.db.execute("UPDATE pass SET route = ?, token = ? WHERE pass_id = ?",
-                           (route, e["token"], e["pass_id"])).rowcount or not self.crosses(e["route"]):
+                           (route, e["token"], e["pass_id"])).rowcount:
+            self._stops(e["pass_id"], e["route"])
+            return
+        if not self.crosses(e["route"]):
             return
         claims = unverified_claims(e["token"])
         self.db.execute("INSERT INTO pass (pass_id, plate, valid_from, valid_until, route, token, origin, destination,"
                         " status) VALUES (?,?,?,?,?,?,?,?,?)",
                         (e["pass_id"], claims["plate"], claims["nbf"], claims["exp"], route, e["token"],
                          self._place(e["route"]["adcodes"][0]), e["route"]["checkpoints"][-1]["name"], e["status"]))
+        self._stops(e["pass_id"], e["route"])
+
+    def _stops(self, pass_id: str, route: dict) -> None:
+        """The pass's checkpoints in route order with their ETAs: what "expected arrivals" reads by
+        ETA, and where the pass's last checkpoint lies on its route (derived from the route, kept
+        with it)."""
+        self.db.execute("DELETE FROM stop WHERE pass_id = ?", (pass_id,))
+        self.db.executemany("INSERT INTO stop VALUES (?,?,?,?,?,?)",
+                            [(pass_id, n, c["checkpoint_id"], c.get("name"), c["eta"], parse_time(c["eta"]).timestamp())
+                             for n, c in enumerate(route["checkpoints"])])
 
     def _place(self, adcode: str) -> str:
         try:
@@ -146,30 +170,26 @@ class Store:
     def expected(self, now: datetime) -> list[dict]:
         """Passes due at one of the station's checkpoints from ARRIVALS_LATE ago to ARRIVALS_AHEAD on,
         not ended or suspended, and neither scanned there by the station nor seen there or beyond
-        by the system, by ETA."""
-        seen = {(r["pass_id"], r["checkpoint_id"]) for r in self.db.execute("SELECT pass_id, checkpoint_id FROM outbox")}
-        out = []
-        for r in self.db.execute("SELECT * FROM pass WHERE status NOT IN ('delivered','revoked','expired','suspended')"):
-            out += [a for a in self._due(r) if (a["pass_id"], a["checkpoint_id"]) not in seen
-                    and now - ARRIVALS_LATE <= parse_time(a["eta"]) <= now + ARRIVALS_AHEAD]
-        return sorted(out, key=lambda a: (a["eta"], a["pass_id"]))
-
-    def _due(self, r: sqlite3.Row) -> list[dict]:
-        """The station's checkpoints the pass has still to reach, with its ETA at each."""
-        checkpoints = orjson.loads(r["route"])["checkpoints"]
-        ids = [c["checkpoint_id"] for c in checkpoints]
-        reached = ids.index(r["last_checkpoint"]) if r["last_checkpoint"] in ids else -1
-        return [{"pass_id": r["pass_id"], "plate": r["plate"], "priority": r["priority"],
-                 "toll_exempt": bool(r["toll_exempt"]), "origin": r["origin"], "destination": r["destination"],
-                 "checkpoint_id": c["checkpoint_id"], "eta": c["eta"], "status": r["status"]}
-                for c in checkpoints[reached + 1:] if c["checkpoint_id"] in self.ids]
+        by the system, by ETA: read through the ETA index, whatever the store holds."""
+        marks = ",".join("?" * len(self.ids))
+        rows = self.db.execute(
+            f"SELECT p.pass_id, p.plate, p.priority, p.toll_exempt, p.origin, p.destination, s.checkpoint_id, s.eta,"
+            f" p.status FROM stop s JOIN pass p ON p.pass_id = s.pass_id"
+            f" WHERE s.checkpoint_id IN ({marks}) AND s.eta_s BETWEEN ? AND ?"
+            f" AND p.status NOT IN ('delivered','revoked','expired','suspended')"
+            f" AND s.position > coalesce((SELECT min(r.position) FROM stop r WHERE r.pass_id = p.pass_id"
+            f"                            AND r.checkpoint_id = p.last_checkpoint), -1)"
+            f" AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.pass_id = s.pass_id AND o.checkpoint_id = s.checkpoint_id)"
+            f" ORDER BY s.eta_s, s.pass_id",
+            (*self.ids, (now - ARRIVALS_LATE).timestamp(), (now + ARRIVALS_AHEAD).timestamp()))
+        return [{**dict(r), "toll_exempt": bool(r["toll_exempt"])} for r in rows]
 
     def checkpoint_names(self) -> dict[str, str]:
         names = {i: i for i in self.ids}
-        for r in self.db.execute("SELECT route FROM pass LIMIT 200"):
-            for c in orjson.loads(r["route"])["checkpoints"]:
-                if c["checkpoint_id"] in names:
-                    names[c["checkpoint_id"]] = c["name"]
+        marks = ",".join("?" * len(self.ids))
+        for r in self.db.execute(f"SELECT checkpoint_id, max(name) name FROM stop WHERE checkpoint_id IN ({marks})"
+                                 f" AND name IS NOT NULL GROUP BY checkpoint_id", self.ids):
+            names[r["checkpoint_id"]] = r["name"]
         return names
 
     # --- keys ----------------------------------------------------------------------------------------

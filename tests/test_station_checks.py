@@ -277,6 +277,45 @@ def test_expected_arrivals_are_those_still_to_reach_the_station(the_pass, tmp_pa
     assert store.expected(eta) == []  # the system saw it here: no longer expected
 
 
+def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_arrive_or_turn_away(
+        the_pass, tmp_path):
+    """Due from 2 h late to 12 h ahead, by ETA; not once suspended, scanned here by the station,
+    or rerouted away; a reroute brings its new ETA."""
+    here = the_pass.checkpoint_ids[1]
+    store = Store(tmp_path / "station.db", [here])
+    now = datetime.fromisoformat(the_pass.route["checkpoints"][1]["eta"])
+
+    def a_pass(n: int, hours: float, route=None) -> str:
+        route = route or the_pass.route
+        shifted = {**route, "checkpoints": [
+            {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=hours))}
+            for c in route["checkpoints"]]}
+        state = replace(the_pass, pass_id=f"42011100{n:04d}", plate=f"鄂A{n:05d}", route=shifted)
+        store.take_decision(decision_of(state))
+        return state.pass_id
+
+    soon, later = a_pass(1, 1), a_pass(2, 5)
+    a_pass(3, -2.5), a_pass(4, 12.5)  # 2.5 h late; 12.5 h ahead
+    suspended, scanned, rerouted, away = a_pass(5, 2), a_pass(6, 3), a_pass(7, 0.5), a_pass(8, 0.25)
+    store.take_status({"pass_id": suspended, "status": "suspended", "cause": "risk:x"})
+    store.record({"scan_id": "s1", "pass_id": scanned, "checkpoint_id": here, "kind": "arrival", "plate": "鄂A00006",
+                  "scanned_at": format_time(now)})
+    moved = {**the_pass.route, "checkpoints": [
+        {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=6))}
+        for c in the_pass.route["checkpoints"]]}
+    store.take_status({"pass_id": rerouted, "status": "rerouted", "cause": "risk:y", "route": moved, "token": "t"})
+    elsewhere = {**the_pass.route, "checkpoints": [c for c in the_pass.route["checkpoints"] if c["checkpoint_id"] != here]}
+    store.take_status({"pass_id": away, "status": "rerouted", "cause": "risk:y", "route": elsewhere, "token": "t"})
+
+    due = store.expected(now)
+    assert [(a["pass_id"], a["checkpoint_id"]) for a in due] == [(soon, here), (later, here), (rerouted, here)]
+    assert due[0] == {"pass_id": soon, "plate": "鄂A00001", "priority": the_pass.priority, "toll_exempt": True,
+                      "origin": due[0]["origin"], "destination": the_pass.route["checkpoints"][-1]["name"],
+                      "checkpoint_id": here, "eta": format_time(now + timedelta(hours=1)), "status": "issued"}
+    assert due[2]["eta"] == format_time(now + timedelta(hours=6))
+    assert store.checkpoint_names() == {here: the_pass.route["checkpoints"][1]["name"]}
+
+
 def test_a_key_from_the_keys_topic_is_taken_only_under_its_own_id(the_pass, tmp_path):
     from streams.keys import key_record
 
