@@ -41,6 +41,7 @@ from .handlers import Topics
 from .keys import load_public_key
 from .settings import Settings
 from .simulator import Scenario
+from .station_web import announced_url
 
 __all__ = ["run_demo"]
 
@@ -382,12 +383,8 @@ def _start_station(env: dict, data_dir: Path, console: Console, routes: list[dic
     ids = busiest_checkpoints(routes)
     args = ["--port", "0", "--clock", format_time(clock)] + [a for cp in ids for a in ("--id", cp)]
     proc = _start("checkpoint", env, data_dir, console, *args)
-    log, deadline = data_dir / "checkpoint.log", time.monotonic() + 60
-    while "ready at " not in (text := log.read_text(errors="replace")):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the station did not start; see {log}")
-        time.sleep(0.1)  # polling a condition with a deadline
-    return proc, Page(f"checkpoint station {' + '.join(ids)}", text.split("ready at ", 1)[1].split()[0])
+    url = announced_url(data_dir / "checkpoint.log", lambda: proc.poll() is None)
+    return proc, Page(f"checkpoint station {' + '.join(ids)}", url)
 
 
 def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, broker_url: str | None = None,

@@ -10,6 +10,7 @@ request was approved, 1 when any was rejected, 2 for invalid input or no answer 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -55,13 +56,9 @@ def schema_errors(request) -> list[str]:
             for e in sorted(validator.iter_errors(request), key=lambda e: list(map(str, e.absolute_path)))]
 
 
-_VALIDATOR: list[Draft202012Validator] = []
-
-
+@functools.cache
 def _validator() -> Draft202012Validator:
-    if not _VALIDATOR:
-        _VALIDATOR.append(Draft202012Validator(json.loads(SCHEMA.read_text()), format_checker=FormatChecker()))
-    return _VALIDATOR[0]
+    return Draft202012Validator(json.loads(SCHEMA.read_text()), format_checker=FormatChecker())
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -18,7 +19,7 @@ from aiohttp import web
 from .station import Station
 from .web import html_page, site_url, sse, start_site, stop_site, token_guard
 
-__all__ = ["make_app", "decode_qr", "STATIC"]
+__all__ = ["make_app", "decode_qr", "announced_url", "run_station", "STATIC"]
 
 STATIC = Path(__file__).parent / "static" / "station"
 
@@ -91,6 +92,20 @@ def _bad(text: str) -> web.Response:
     return web.json_response({"error": text}, status=400)
 
 
+READY = "ready at "  # what a station prints once serving, before its address
+
+
+def announced_url(log_path: Path, alive, timeout: float = 60) -> str:
+    """The address a station process printed to `log_path` once serving (`station … ready at
+    URL`). RuntimeError, with the log's end, when it stops (`alive()` false) or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while READY not in (text := log_path.read_text(errors="replace") if log_path.exists() else ""):
+        if not alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the station did not come up; {log_path} ends:\n{text[-3000:]}")
+        time.sleep(0.05)  # polling a condition with a deadline
+    return text.split(READY, 1)[1].split()[0]
+
+
 def run_station(settings, checkpoint_ids: list[str], *, host: str, port: int, token: str | None,
                 key_paths: list[Path], clock_start=None) -> int:
     """`greenchannel checkpoint`: the station until SIGINT/SIGTERM; prints its URL once serving."""
@@ -114,7 +129,7 @@ def run_station(settings, checkpoint_ids: list[str], *, host: str, port: int, to
         station = Station(settings, checkpoint_ids, store, keys, clock_start=clock_start, dwell_target=dwell_target)
         station.start()
         runner = await start_site(make_app(station, host=host, token=token), host, port)
-        print(f"station {'+'.join(checkpoint_ids)} ready at {site_url(host, runner.addresses[0][1], token)}",
+        print(f"station {'+'.join(checkpoint_ids)} {READY}{site_url(host, runner.addresses[0][1], token)}",
               flush=True)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

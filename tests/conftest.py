@@ -165,12 +165,8 @@ class StationProcess:
     url: str = ""
 
     def ready(self, timeout: float = 60) -> StationProcess:
-        deadline = time.monotonic() + timeout
-        while "ready at " not in (text := self.log_path.read_text(errors="replace")):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"station did not come up; log:\n{text[-3000:]}")
-            time.sleep(0.05)  # polling a condition with a deadline
-        self.url = text.split("ready at ", 1)[1].split()[0]
+        from streams.station_web import announced_url
+        self.url = announced_url(self.log_path, lambda: self.proc.poll() is None, timeout)
         return self
 
 
