@@ -93,9 +93,13 @@ $("#check-form").addEventListener("submit", async (e) => {
   form.append("checkpoint_id", here());
   for (const name of ["token", "plate"]) if ($("#" + name).value.trim()) form.append(name, $("#" + name).value.trim());
   if ($("#photo").files.length) form.append("photo", $("#photo").files[0]);
+  // The last vehicle's answer goes at once: an officer never reads it for the next one.
+  const card = $("#card");
+  card.className = "card empty";
+  card.replaceChildren("核验中 checking…");
   const { ok, body } = await api("api/check", { method: "POST", body: form });
   $("#form-error").hidden = ok;
-  if (!ok) { $("#form-error").textContent = body.error; return; }
+  if (!ok) { $("#form-error").textContent = body.error; card.replaceChildren("未核验 not checked"); return; }
   lastCheck = body;
   renderCard(body);
 });
