@@ -19,7 +19,7 @@ from streams.metrics import PrometheusMeter, add_metrics_route, new_registry, re
 from streams.simulator import Scenario
 from streams.web import start_site
 from tests.conftest import start_projector, stop_processes
-from tests.test_handlers import T, make_pipeline
+from support import T, make_pipeline
 
 
 def samples(text: str) -> dict[tuple, float]:

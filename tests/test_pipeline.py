@@ -16,6 +16,8 @@ from models.records import format_time, parse_time
 from streams.keys import load_public_key
 from streams.simulator import Scenario, scans_for
 
+from support import load_key_enterprises
+
 pytestmark = pytest.mark.integration
 
 CE_HEADERS = {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "content-type"}
@@ -24,19 +26,8 @@ CE_HEADERS = {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "con
 @pytest.fixture(scope="module")
 async def scenario(system):
     scenario = Scenario(seed=7)
-    for entry in scenario.enterprise_entries():
-        await system.send(system.topics.enterprises, entry, key=entry["credit_code"])
-    # The list reaches the deciding agent through another topic: ready when a key-industry
-    # request that needs it is approved (probes have their own ids, outside the tests' ranges).
-    deadline = time.monotonic() + 60
-    for n in range(900_000, 900_100):
-        probe = scenario.request(n, kind="P2")
-        await system.send(system.topics.requests, probe, key=probe["shipment_id"])
-        [m] = await system.tap.wait_for(system.topics.decisions, lambda m: m.key == probe["shipment_id"].encode())
-        if m.json["decision"] == "approved":
-            return scenario
-        assert time.monotonic() < deadline, "the key-enterprise list never reached the worker"
-    raise AssertionError("the key-enterprise list never reached the worker")
+    await load_key_enterprises(system, scenario, lambda n: scenario.request(900_000 + n, kind="P2"))
+    return scenario
 
 
 def decisions_for(system, ids):

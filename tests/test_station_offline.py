@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import BROKER_KIND, make_broker, start_station, start_system, stop_processes
-from tests.test_station_page import a_request, decided
+from support import decided, station_request as a_request
 
 pytestmark = [
     pytest.mark.kafka,

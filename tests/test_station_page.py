@@ -10,11 +10,9 @@ Screenshots go to tests/artifacts/.
 from __future__ import annotations
 
 import asyncio
-import random
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,34 +22,12 @@ import orjson
 import pytest
 
 from models.records import format_time
-from streams.simulator import Scenario
 from tests.conftest import ARTIFACTS, ROOT, StationProcess, start_station, stop_processes
-from tests.test_station_checks import forged
+from support import STATION_SCENARIO as SCENARIO, STATION_TIMEOUT as TIMEOUT, decided, forged, load_key_enterprises
+from support import station_request as a_request
 
 pytestmark = pytest.mark.integration
 
-TIMEOUT = 120.0  # seconds: exactly_once on Apache Kafka makes a decision wait for its transaction
-SCENARIO = Scenario(seed=1111)
-RNG = random.Random()
-
-
-def a_request(kind: str) -> dict:
-    body = SCENARIO.request(RNG.randrange(10**6), kind=kind)
-    now = datetime.now(timezone.utc)
-    body.update(shipment_id=f"STN-{uuid.uuid4().hex[:10]}", submitted_at=format_time(now - timedelta(minutes=20)),
-                departure_at=format_time(now - timedelta(minutes=15)), origin={"adcode": "330106"},
-                destination={"adcode": "360502"}, trip="single")
-    body["vehicle"]["plate"] = f"浙{RNG.choice('ABCDEFG')}{RNG.randrange(10000, 99999)}"
-    return body
-
-
-async def decided(system, body: dict) -> dict:
-    await system.send(system.topics.requests, body, key=body["shipment_id"])
-    found = await system.tap.wait_for(system.topics.decisions, lambda m: m.key == body["shipment_id"].encode(),
-                                      timeout=TIMEOUT)
-    decision = found[0].json
-    assert decision["decision"] == "approved", decision
-    return decision
 
 
 @dataclass
@@ -162,8 +138,7 @@ async def test_a_plate_that_does_not_match_is_grey(page, world):
 
 
 async def test_a_pass_suspended_by_a_risk_change_is_grey(page, world, system):
-    for entry in SCENARIO.enterprise_entries():
-        await system.send(system.topics.enterprises, entry, key=entry["credit_code"])
+    await load_key_enterprises(system, SCENARIO, lambda n: a_request("P2"))
     key_industry = await decided(system, a_request("P2"))
     pass_id = key_industry["pass"]["pass_id"]
     await open_station(page, world)
