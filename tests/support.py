@@ -9,7 +9,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema import Draft202012Validator, FormatChecker
 
 from models.decide import Decider
+import asyncio
 import base64
+import inspect
 import random
 import time
 import uuid
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import orjson
+import pytest
 
 from models.passes import PassState, Signer, unverified_claims
 from models.policy import load_catalog
@@ -120,3 +123,20 @@ async def load_key_enterprises(system, scenario: Scenario, probe: Callable[[int]
             return
         assert time.monotonic() < deadline, "the key-enterprise list never reached the worker"
         n += 1
+
+
+async def until(predicate, timeout: float, what: str, alive=lambda: True):
+    """Poll `predicate()` (a plain function, or one returning an awaitable) until its value is
+    truthy, and return it; fail after `timeout` seconds, or when `alive()` turns false."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if not alive():
+            pytest.fail(f"gave up waiting for {what}: a process it needs has exited")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)  # polling a condition with a deadline

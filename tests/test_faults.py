@@ -36,6 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.simulator import Scenario, scans_for
 from tests.conftest import PARTITIONS, System, make_broker, start_system
+from support import until
 
 pytestmark = [
     pytest.mark.kafka,
@@ -88,20 +89,6 @@ def record(figures_file: Path, name: str, figures: dict) -> None:
 
 # --------------------------------------------------------------------------
 # helpers
-
-
-async def until(predicate, timeout: float, what: str, alive=lambda: True):
-    """Poll `predicate()` until truthy; fail after `timeout` or when `alive()` turns false."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if not alive():
-            pytest.fail(f"gave up waiting for {what}: a process it needs has exited")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.2)  # polling a condition with a deadline
 
 
 class Load:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import time
 import uuid
 from collections import Counter
 
@@ -19,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import BROKER_KIND, make_broker, start_station, start_system, stop_processes
-from support import decided, station_request as a_request
+from support import decided, station_request as a_request, until
 
 pytestmark = [
     pytest.mark.kafka,
@@ -49,14 +48,6 @@ async def system(cluster, tmp_path_factory):
                               prefix=f"so{uuid.uuid4().hex[:4]}.")
     yield sysm
     await sysm.close()
-
-
-async def until(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)  # polling a condition with a deadline
 
 
 class Client:
@@ -98,7 +89,7 @@ async def answered_once(system, scan_ids: list[str]) -> dict:
     def answers():
         return [m for m in system.tap.where(system.topics.status) if m.json["cause"][5:] in wanted]
 
-    await until(_async(lambda: len({m.json["cause"] for m in answers()}) >= len(wanted)), ANSWER_TIMEOUT,
+    await until(lambda: len({m.json["cause"] for m in answers()}) >= len(wanted), ANSWER_TIMEOUT,
                 f"answers to {len(wanted)} scans")
     await system.tap.caught_up()
     causes = Counter(m.json["cause"][5:] for m in answers())
@@ -110,12 +101,6 @@ async def answered_once(system, scan_ids: list[str]) -> dict:
     return {"recorded": len(scan_ids), "answered": len(causes), "duplicates": sum(n - 1 for n in causes.values()),
             "missing": len(wanted - set(causes)), "published": len(published),
             "published_twice": len(published) - len({m.json["scan_id"] for m in published}), "order_kept": order_kept}
-
-
-def _async(pred):
-    async def cond():
-        return pred()
-    return cond
 
 
 async def offline(client: Client) -> bool:
