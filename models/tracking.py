@@ -6,8 +6,10 @@ publishes the events these functions return.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import replace
+from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -16,7 +18,7 @@ from .passes import (ACTIVE, PassState, PassStatusKind as S, on_scan, refusal, s
                      verify_token)
 from .records import CheckpointScan, EnterpriseEntry, RegionRisk, format_time, parse_time
 
-__all__ = ["Tracker", "PassIndex", "CheckpointBoard", "board_row"]
+__all__ = ["Tracker", "PassIndex", "Lifetimes", "CheckpointBoard", "board_row", "epoch_seconds"]
 
 _VERIFIED_MAX = 50_000  # tokens remembered as verified (about 30 MB)
 
@@ -58,6 +60,16 @@ class Tracker:
                           "dwell_exceeded": False, "cause": f"scan:{scan.scan_id}"}
         new, event = on_scan(state, scan, token_error=token_error, dwell_target=self.dwell_target)
         return new, event
+
+    def expired(self, state: PassState) -> tuple[PassState, dict | None]:
+        """The channel's clock passed the pass's validity: an active pass ends `expired`, at the
+        moment its validity ended (so the event is the same bytes whichever tick found it)."""
+        if S(state.status) not in ACTIVE:
+            return state, None
+        transition(S(state.status), S.EXPIRED)
+        new = replace(state, status=S.EXPIRED)
+        return new, status_event(state, S.EXPIRED, state.valid_until, reason="validity_ended",
+                                 cause=f"clock:{state.valid_until}", dwell_target=self.dwell_target)
 
     def risk_changed(self, state: PassState, risk: RegionRisk) -> tuple[PassState, dict | None]:
         """Re-evaluate one pass after a risk change: keep, reroute, suspend or reinstate.
@@ -234,6 +246,65 @@ class PassIndex:
 
     def of_firm(self, credit_code: str) -> list[str]:
         return sorted(self._by_firm.get(credit_code, ()))
+
+
+def epoch_seconds(at: datetime | str) -> int:
+    """Whole seconds since 1970 (UTC) of a time or an RFC 3339 text: the clock's unit."""
+    moment = parse_time(at) if isinstance(at, str) else at
+    return int(moment.timestamp())
+
+
+class Lifetimes:
+    """When the entries of one partition's working state are due: validity ends, and departures.
+
+    - `expiring`: each pass by the end of its validity; the clock expires the active ones.
+    - `leaving`: what leaves the working state once the clock is `retention` past it: a pass (with
+      its decision) and each scan answer of it at the end of the pass's validity, a decision
+      without a pass at its decision time. So nothing leaves before `retention` after its decision,
+      which is what lets a request be told apart as older than anything held
+      (`streams.handlers.Pipeline._stale`).
+
+    Heaps with entries checked when they come due (a pass delivered early is skipped by the
+    expiry, for instance), so an entry costs one push and one pop, whatever the partition holds.
+    """
+
+    PASS, ANSWER, DECISION = 0, 1, 2
+
+    def __init__(self, retention: timedelta) -> None:
+        self.retention = int(retention.total_seconds())
+        self._expiring: list[tuple[int, str]] = []
+        self._leaving: list[tuple[int, int, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._leaving)
+
+    def add_pass(self, pass_id: str, valid_until: str, decided_at: str) -> None:
+        """A pass expires at the end of its validity and leaves `retention` after that, or after its
+        decision if that is later (a departure before submission): never before its decision could."""
+        end = epoch_seconds(valid_until)
+        heapq.heappush(self._expiring, (end, pass_id))
+        heapq.heappush(self._leaving, (max(end, epoch_seconds(decided_at)) + self.retention, self.PASS, pass_id))
+
+    def add_answer(self, answer_key: str, valid_until: str) -> None:
+        heapq.heappush(self._leaving, (epoch_seconds(valid_until) + self.retention, self.ANSWER, answer_key))
+
+    def add_decision(self, shipment_id: str, decided_at: str) -> None:
+        heapq.heappush(self._leaving, (epoch_seconds(decided_at) + self.retention, self.DECISION, shipment_id))
+
+    def expiring(self, now: int) -> list[str]:
+        """The passes whose validity ended by `now`, in (end, pass id) order; each once."""
+        return [entry[1] for entry in _pop_due(self._expiring, now)]
+
+    def leaving(self, now: int) -> list[tuple[int, str]]:
+        """(kind, key) of the entries due to leave by `now`, in (due, kind, key) order; each once."""
+        return [entry[1:] for entry in _pop_due(self._leaving, now)]
+
+
+def _pop_due(heap: list, now: int) -> list[tuple]:
+    due = []
+    while heap and heap[0][0] <= now:
+        due.append(heapq.heappop(heap))
+    return due
 
 
 class CheckpointBoard:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import datetime, timedelta, timezone
 
 import faust
 import orjson
@@ -48,7 +49,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
                       planner=RoutePlanner(graph, speed_kmh=float(catalog.rules.get("speed_kmh", 60))),
                       risk=RiskBook(), enterprises=EnterpriseBook(), signer=signer, geocoder=geocoder)
     return Pipeline(decider, Tracker(decider, signer.public_key), Topics.with_prefix(settings.topic_prefix),
-                    partitions=settings.partitions)
+                    partitions=settings.partitions, retention=timedelta(days=settings.pass_retention_days))
 
 
 async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
@@ -156,7 +157,8 @@ def create_app(settings: Settings) -> faust.App:
 
     passes = table("passes")
     # Pass numbers held: read from the pass states (PassHolders), one changelog write fewer per approval.
-    tables = Tables(decided=table("decided"), serials=PassHolders(passes), passes=passes, answers=table("answers"))
+    tables = Tables(decided=table("decided"), serials=PassHolders(passes), passes=passes, answers=table("answers"),
+                    clocks=table("clock"))
 
     async def forget_moved(app, moved, **kwargs) -> None:
         """A revoked or newly assigned partition's table is recovered anew from the changelog
@@ -268,6 +270,15 @@ def create_app(settings: Settings) -> faust.App:
             async with in_flight():
                 await guarded(names.pass_events, event, lambda: pipeline.on_pass_event(
                     event.value, partition=event.message.partition, tables=tables))
+
+    if settings.clock_seconds > 0:
+        @app.timer(settings.clock_seconds)
+        async def clock() -> None:
+            """The channel's clock: a tick of the time now to each pass partition this worker owns.
+            Ticks go through the log, so expiry and retention are replayed as they happened."""
+            now = datetime.now(timezone.utc)
+            owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == names.pass_events)
+            await send_all([pipeline.clock_tick(now, p) for p in owned])
 
     # --- web views ------------------------------------------------------------------------------
     @app.page("/passes/{pass_id}/")

@@ -110,8 +110,8 @@ class DirectTable(MutableMapping):
     """A Faust table, written straight to its store, its changelog records kept in `pending`
     (topic, key bytes, value bytes) for the caller to send on the event's partition.
 
-    Reads and iteration are the store's (what Faust's own table reads). Deleting is not offered:
-    nothing in the worker deletes."""
+    Reads and iteration are the store's (what Faust's own table reads). A deletion sends a
+    tombstone (no value), which Faust's recovery reads as a deletion, and compaction drops."""
 
     def __init__(self, table, pending: list) -> None:
         self.table = table
@@ -134,7 +134,9 @@ class DirectTable(MutableMapping):
         self._pending.append((self._name, raw_key, raw_value))
 
     def __delitem__(self, key) -> None:
-        raise TypeError("the worker never deletes table keys")
+        del self._store[key]
+        raw_key, _ = self._changelog.prepare_key(key, self._serializers[0])
+        self._pending.append((self._name, raw_key, None))
 
     def __iter__(self):
         return iter(self._store)

@@ -11,19 +11,20 @@ import base64
 import hashlib
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import orjson
 
 from models.decide import Decider
-from models.passes import PassState, allocate_pass_id, claimed_pass_id, kafka_partition, legacy_answers
+from models.passes import ACTIVE, PassState, allocate_pass_id, claimed_pass_id, kafka_partition, legacy_answers
 from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time,
                             load_object, parse_enterprise, parse_request, parse_risk, parse_scan, parse_time,
                             record_time)
-from models.tracking import CheckpointBoard, PassIndex, Tracker
+from models.tracking import CheckpointBoard, Lifetimes, PassIndex, Tracker, epoch_seconds
 
 from .metrics import Meter
 
-__all__ = ["Out", "Topics", "Tables", "PassHolders", "Pipeline", "cloudevent_headers"]
+__all__ = ["Out", "Topics", "Tables", "PassHolders", "Pipeline", "clock_command", "cloudevent_headers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,11 @@ def cloudevent_headers(ce_id: str, ce_type: str, source: str, time: str) -> tupl
             ("ce_type", ce_type.encode()), ("ce_time", time.encode()), ("content-type", b"application/json"))
 
 
+def clock_command(at: datetime) -> bytes:
+    """A tick of the channel's clock (on the internal pass topic, to one partition): `at` is now."""
+    return canonical({"kind": "clock", "at": format_time(at)})
+
+
 def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("utf-8", "replace")
 
@@ -74,18 +80,22 @@ class Tables:
     serials: MutableMapping[str, bytes]   # pass number -> shipment id holding it
     passes: MutableMapping[str, bytes]    # pass number -> PassState JSON
     answers: MutableMapping[str, bytes]   # "pass_id/scan_id" -> the status event that answered the scan
-    # Derived, never stored: per partition, its active passes by region and firm (PassIndex),
-    # built from `passes` on first use and kept up to date by every write through the Pipeline.
+    clocks: MutableMapping[str, bytes] = field(default_factory=dict)  # partition -> the clock's last tick
+    # Derived, never stored: per partition, its active passes by region and firm (PassIndex) and
+    # when its entries expire and leave (Lifetimes), each built from the tables on first use and
+    # kept up to date by every write through the Pipeline.
     indexes: dict[int, PassIndex] = field(default_factory=dict)
+    lifetimes: dict[int, Lifetimes] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Tables:
         return cls({}, {}, {}, {})
 
     def forget(self, partitions) -> None:
-        """Drop the indexes of partitions that moved (their table is recovered anew on return)."""
+        """Drop the derived state of partitions that moved (their tables are recovered anew on return)."""
         for p in partitions:
             self.indexes.pop(p, None)
+            self.lifetimes.pop(p, None)
 
 
 class PassHolders(MutableMapping):
@@ -122,11 +132,13 @@ class PassHolders(MutableMapping):
 
 
 class Pipeline:
-    def __init__(self, decider: Decider, tracker: Tracker, topics: Topics, *, partitions: int) -> None:
+    def __init__(self, decider: Decider, tracker: Tracker, topics: Topics, *, partitions: int,
+                 retention: timedelta = timedelta(days=7)) -> None:
         self.decider = decider
         self.tracker = tracker
         self.topics = topics
         self.partitions = partitions
+        self.retention = retention  # how long a pass stays in the working state after its validity
         self.board = CheckpointBoard(target_seconds=tracker.dwell_target)
         self.meter = Meter()  # the worker sets a PrometheusMeter (streams.metrics)
 
@@ -167,6 +179,8 @@ class Pipeline:
             return [self._decision_out(sid, earlier)]
         decided_at = request.submitted_at if not any(e.field == "submitted_at" for e in errors) \
             else record_time(timestamp_ms)
+        if (stale := self._stale(tables, partition, sid, decided_at)) is not None:
+            return [self.dead_letter(self.topics.requests, partition, offset, key, value, timestamp_ms, stale)]
         decision = self.decider.decide(request, errors, decided_at=decided_at,
                                        allocate=self._allocator(sid, partition, tables.serials))
         body = canonical(decision.message)
@@ -174,11 +188,31 @@ class Pipeline:
         tables.decided[sid] = body
         outs = [self._decision_out(sid, body, decision.message["decided_at"])]
         state = decision.state
+        lifetimes = tables.lifetimes.get(partition)
         if state is not None:
             tables.serials[state.pass_id] = sid.encode()
             self._store(tables, partition, state)
             outs.append(self._status_out(self.tracker.issued(state, decision.message["decided_at"])))
+            if lifetimes is not None:
+                lifetimes.add_pass(state.pass_id, state.valid_until, decision.message["decided_at"])
+        elif lifetimes is not None:
+            lifetimes.add_decision(sid, decision.message["decided_at"])
         return outs
+
+    def _stale(self, tables: Tables, partition: int, sid: str, decided_at: datetime) -> str | None:
+        """Why a request not in `decided` is not decided: its decision, had one been made, would
+        have left the working state by the partition's clock (see `Lifetimes`); None to decide it."""
+        tick = tables.clocks.get(str(partition))
+        if tick is None or epoch_seconds(decided_at) + self._retention_s >= epoch_seconds(tick.decode()):
+            return None
+        return (f"shipment {sid} was submitted at {format_time(decided_at)}, more than the pass retention "
+                f"({self.retention.days} days) before the channel's clock ({tick.decode()}): a decision made for "
+                f"it then has left the worker's state; it is on {self.topics.decisions} (key {sid}) and in the "
+                f"database (greenchannel pass show)")
+
+    @property
+    def _retention_s(self) -> int:
+        return int(self.retention.total_seconds())
 
     def _allocator(self, sid: str, partition: int, serials: MutableMapping[str, bytes]):
         def holder(pass_id: str) -> str | None:
@@ -231,6 +265,9 @@ class Pipeline:
             if new != state:
                 self._store(tables, partition, new)
             tables.answers[answer_key] = out.value
+            lifetimes = tables.lifetimes.get(partition)
+            if lifetimes is not None:
+                lifetimes.add_answer(answer_key, new.valid_until)
         return out
 
     # --- reference data -------------------------------------------------------------------------
@@ -283,9 +320,83 @@ class Pipeline:
             self.decider.enterprises.apply(entry)
             firms = self.index(partition, tables).of_firm(entry.credit_code)
             return self._each_pass(tables, partition, firms, lambda s: self.tracker.enterprise_changed(s, entry))
+        if kind == "clock":
+            return self._on_clock(tables, partition, command["at"])
         if kind == "issue":
             return self._legacy_issue(tables, partition, command)
         raise ValueError(f"unknown pass command {kind!r}")
+
+    # --- the channel's clock: expiry and retention ------------------------------------------------
+    def clock_tick(self, at: datetime, partition: int) -> Out:
+        """The tick that moves `partition`'s clock to `at` (the worker sends one per partition it
+        owns every GC_CLOCK_SECONDS): it goes through the log, so a replay moves its clock alike."""
+        return Out(self.topics.pass_events, b"clock", clock_command(at), partition=partition)
+
+    def _on_clock(self, tables: Tables, partition: int, at: str) -> list[Out]:
+        """Expire the partition's passes whose validity ended before `at`, and take out of the
+        working state what is `retention` past its end. A tick behind the clock changes nothing."""
+        now = epoch_seconds(at)
+        held = tables.clocks.get(str(partition))
+        if held is not None and epoch_seconds(held.decode()) >= now:
+            return []
+        tables.clocks[str(partition)] = format_time(parse_time(at)).encode()
+        lifetimes = self.lifetimes(partition, tables)
+        outs = []
+        for pass_id in lifetimes.expiring(now - 1):  # valid until the end of its validity: strictly before now
+            state = self._load(tables, pass_id)
+            new, event = (None, None) if state is None else self.tracker.expired(state)
+            if event is not None:
+                self._store(tables, partition, new)
+                outs.append(self._status_out(event))
+        for kind, key in lifetimes.leaving(now - 1):
+            self._retire(tables, kind, key)
+        return outs
+
+    def _retire(self, tables: Tables, kind: int, key: str) -> None:
+        if kind == Lifetimes.ANSWER:
+            if tables.answers.get(key) is not None:
+                del tables.answers[key]
+        elif kind == Lifetimes.DECISION:
+            decided = tables.decided.get(key)
+            if decided is not None and _NO_PASS in decided:
+                del tables.decided[key]
+        else:
+            raw = tables.passes.get(key)
+            if raw is None:
+                return
+            state = PassState.from_json(raw)
+            if state.status in ACTIVE:  # cannot be: it expired at this tick or before
+                raise ValueError(f"pass {key} is {state.status} and due to leave")
+            del tables.passes[key]
+            tables.serials.pop(key, None)  # its number is free again (the worker's serials are the passes)
+            if tables.decided.get(state.shipment_id) is not None:
+                del tables.decided[state.shipment_id]
+
+    def lifetimes(self, partition: int, tables: Tables) -> Lifetimes:
+        """When `partition`'s entries expire and leave, built from its tables on first use after
+        the partition was (re)assigned (as `index` is), and kept up to date by every write after."""
+        lifetimes = tables.lifetimes.get(partition)
+        if lifetimes is not None:
+            return lifetimes
+        lifetimes = tables.lifetimes[partition] = Lifetimes(self.retention)
+        ours = lambda key: kafka_partition(key.encode(), self.partitions) == partition  # noqa: E731
+        ends = {}
+        for pass_id, raw in tables.passes.items():
+            if ours(pass_id):
+                state = PassState.from_json(raw)
+                decision = tables.decided.get(state.shipment_id)
+                ends[pass_id] = state.valid_until
+                lifetimes.add_pass(pass_id, state.valid_until, _decided_at(decision) if decision else state.valid_until)
+        for answer_key in tables.answers:
+            pass_id = answer_key.partition("/")[0]
+            if ours(pass_id):  # an answer whose pass has left leaves at the next tick
+                lifetimes.add_answer(answer_key, ends.get(pass_id, _LONG_AGO))
+        for sid, raw in tables.decided.items():
+            # A decision without a pass, filed on the partition Kafka's default partitioner gives its
+            # shipment id (the key requests carry). See the README: Where a pass lives.
+            if _NO_PASS in raw and ours(sid):
+                lifetimes.add_decision(sid, _decided_at(raw))
+        return lifetimes
 
     def _legacy_issue(self, tables: Tables, partition: int, command: dict) -> list[Out]:
         state = PassState.from_json(orjson.dumps(command["state"]))
@@ -295,6 +406,9 @@ class Pipeline:
                 return [self._collision(state, command)]
             return []  # redelivered: the pass exists already
         self._store(tables, partition, state)
+        lifetimes = tables.lifetimes.get(partition)
+        if lifetimes is not None:
+            lifetimes.add_pass(state.pass_id, state.valid_until, command["decided_at"])
         return [self._status_out(self.tracker.issued(state, command["decided_at"]))]
 
     def _each_pass(self, tables: Tables, partition: int, pass_ids: list[str], change) -> list[Out]:
@@ -357,6 +471,8 @@ class Pipeline:
 
 
 _DECIDED_AT = b'{"decided_at":"'
+_NO_PASS = b'"pass":null'  # a decision that issued no pass (canonical bytes: no spaces)
+_LONG_AGO = "1970-01-01T00:00:00Z"
 
 
 def _decided_at(body: bytes) -> str:

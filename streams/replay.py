@@ -313,7 +313,7 @@ class _Event:
 
 def merge(records: Iterable[Record], topics: Topics) -> list[_Event]:
     """Input records in event-time order, ties by topic, partition, offset (each value decoded once)."""
-    rank = {topics.enterprises: 0, topics.risk: 1, topics.requests: 2, topics.scans: 3}
+    rank = {topics.enterprises: 0, topics.risk: 1, topics.requests: 2, topics.scans: 3, topics.pass_events: 4}
     events = []
     for r in records:
         obj = _decode(r.value)
@@ -322,6 +322,8 @@ def merge(records: Iterable[Record], topics: Topics) -> list[_Event]:
             events.append(_Event(_event_us(obj, "submitted_at", r.timestamp_ms), t, r, _request_sid(obj, r.key)))
         elif t == 3:
             events.append(_Event(_event_us(obj, "scanned_at", r.timestamp_ms), t, r))
+        elif t == 4:  # the channel's clock
+            events.append(_Event(_event_us(obj, "at", r.timestamp_ms), t, r))
         else:
             events.append(_Event(_event_us(obj, "effective_at", r.timestamp_ms), t, r))
     events.sort(key=lambda e: e.order)
@@ -390,6 +392,8 @@ class Replayer:
                     continue
             elif r.topic == t.scans:
                 outs = self._call(p.on_scan, r, tables=self.tables)
+            elif r.topic == t.pass_events:  # a clock tick, on the partition the worker handled it
+                outs = self._tick(r)
             else:  # a risk/enterprise update: its broadcast re-evaluates each partition's passes
                 outs = self._call(handlers[r.topic], r)
             for out in outs:
@@ -397,6 +401,13 @@ class Replayer:
         if self.advance is not None and step % 1000:
             self.advance(step % 1000)
         return step
+
+    def _tick(self, r: Record) -> list[Out]:
+        try:
+            return self.pipeline.on_pass_event(r.value, partition=r.partition, tables=self.tables)
+        except Exception:  # noqa: BLE001 — the live agent dead-letters it
+            self.dead_letters += 1
+            return []
 
     def _decider(self, requests: list[_Event]) -> Callable[[_Event], list[Out] | None]:
         """`decide(event)`: the outputs of a request as the worker produced them (None for a repeat of a
@@ -790,11 +801,12 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
     with bar:
         # 1. The inputs of the window, and all reference data up to `until` (as-of histories).
         read = await _read(settings, [_Spec(t.requests, since, until), _Spec(t.scans, since, until),
-                                      _Spec(t.risk, None, until), _Spec(t.enterprises, None, until)],
+                                      _Spec(t.risk, None, until), _Spec(t.enterprises, None, until),
+                                      _Spec(t.pass_events, since, until, keep=is_clock_tick)],
                            progress=bar, label="reading")
         reference = read[t.risk] + read[t.enterprises]
         in_window = [r for r in reference if _inside(r, since)]
-        inputs = read[t.requests] + read[t.scans] + in_window
+        inputs = read[t.requests] + read[t.scans] + in_window + read[t.pass_events]
 
         # 2. What the log recorded, from the window's start to the end of the log. A window also
         # needs the approvals before it, for the pass numbers held when it begins: the same read.
@@ -841,7 +853,8 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
         "window": {"since": str(since) if since else "beginning", "until": str(until) if until else "end of log",
                    "topic_prefix": settings.topic_prefix},
         "events": {"requests": rep.events[t.requests], "scans": rep.events[t.scans],
-                   "risk": rep.events[t.risk], "enterprises": rep.events[t.enterprises], "total": n_inputs,
+                   "risk": rep.events[t.risk], "enterprises": rep.events[t.enterprises],
+                   "clock_ticks": rep.events[t.pass_events], "total": n_inputs,
                    "reference_loaded": len(reference)},
         "timing": {"seconds": round(elapsed, 3), "read_seconds": round(read_done - started, 3),
                    "replay_seconds": round(replay_done - read_done, 3),
@@ -856,6 +869,12 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
         "timelines": timelines,
         "replayed_decisions": rep.decisions,  # dropped from the JSON file; kept for callers (determinism)
     }
+
+
+def is_clock_tick(m) -> bool:
+    """A tick of the channel's clock among the internal pass topic's records (the only ones there
+    that come from outside the handlers: the rest a replay makes itself)."""
+    return m.value is not None and b'"kind":"clock"' in m.value
 
 
 def _inside(r: Record, since: Position | None) -> bool:

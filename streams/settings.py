@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     dashboard_token: str | None = None
     # The worker's asyncio event loop: "uvloop" (libuv; less CPU per event) or "aio" (the standard one).
     event_loop: str = "uvloop"
+    # The channel's clock: every this many seconds each worker sends a tick (the time now) to each
+    # partition it owns, on the internal pass topic; a tick expires the passes whose validity ended
+    # and takes out of the working state what is `pass_retention_days` past its end. 0: no ticks
+    # (a clock of your own then sends them, as the demo does on its day in 2020).
+    clock_seconds: float = 60.0
+    pass_retention_days: float = 7.0
     batch_size: int = 500
     batch_window: float = 0.005
 
