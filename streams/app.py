@@ -278,7 +278,8 @@ def create_app(settings: Settings) -> faust.App:
             Ticks go through the log, so expiry and retention are replayed as they happened."""
             now = datetime.now(timezone.utc)
             owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == names.pass_events)
-            await send_all([pipeline.clock_tick(now, p) for p in owned])
+            for out in (pipeline.clock_tick(now, p) for p in owned):  # a few a minute: each delivery awaited
+                await app.producer.send_and_wait(out.topic, out.key, out.value, out.partition, None, None)
 
     # --- web views ------------------------------------------------------------------------------
     @app.page("/passes/{pass_id}/")

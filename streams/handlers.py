@@ -208,7 +208,7 @@ class Pipeline:
         return (f"shipment {sid} was submitted at {format_time(decided_at)}, more than the pass retention "
                 f"({self.retention.days} days) before the channel's clock ({tick.decode()}): a decision made for "
                 f"it then has left the worker's state; it is on {self.topics.decisions} (key {sid}) and in the "
-                f"database (greenchannel pass show)")
+                f"database (the dashboard's search, greenchannel pass show)")
 
     @property
     def _retention_s(self) -> int:
