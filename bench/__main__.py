@@ -31,6 +31,8 @@ SUITES = ("limit", "framework", "pipeline", "scans", "scale", "latency", "routin
 
 # The database projector's catch-up into SQLite and PostgreSQL (suites.projector_runs).
 SUITES += ("projector",)
+# What a tick of the channel's clock costs on a partition of many passes (bench.clock).
+SUITES += ("clock",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -200,6 +202,12 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
                 f"(with a tenth of the untouched passes: {row['change_ms_tenth']:.0f} ms); "
                 f"index built in {row['index_build_ms_full']:.0f} ms")
 
+    clock = None
+    if "clock" not in skip:
+        from .clock import clock_tick_runs
+        log(f"[bold]clock[/bold]: ticks on a partition of {args.active_passes:,} active passes, 1% due, in process")
+        clock = attempt_now("clock", clock_tick_runs, args.active_passes, runs)
+
     routing = None
     if "routing" not in skip:
         log(f"[bold]routing[/bold]: {args.routes:,} random county pairs × {runs} runs, in process")
@@ -239,7 +247,8 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
                                             "pipeline/framework": per_round("pipeline", "framework"),
                                             "framework/limit": per_round("framework", "limit"),
                                             "scale": per_round("scale", "pipeline")},
-            "latency": latency, "latency_whatif": whatif, "latency_eos": eos, "risk": risk, "routing": routing, "replay": replay,
+            "latency": latency, "latency_whatif": whatif, "latency_eos": eos, "risk": risk, "clock": clock, "routing": routing,
+            "replay": replay,
             "handlers": handlers, "profiles": profiles, "projector": projector,
             "errors": errors, "wall_seconds": time.monotonic() - t_start}
 
@@ -308,6 +317,17 @@ def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
                      [rk["bytes_per_pass"]], higher_is_better=False),
                  Row("rss_per_100k", "State: memory per 100,000 active passes (tables + index)", "MB",
                      [rk["rss_per_100k_mb"]], higher_is_better=False)]
+    ck = res.get("clock")
+    if ck:
+        runs = ck["runs"]
+        rows += [Row("clock_expire", f"Clock tick: {ck['due']:,} of {ck['total']:,} active passes expired", "ms",
+                     [x["expire_ms"] for x in runs], higher_is_better=False),
+                 Row("clock_idle", "  a tick with nothing due", "ms", [x["idle_ms"] for x in runs],
+                     higher_is_better=False),
+                 Row("clock_leave", f"  {ck['due']:,} passes leaving the state, a retention later", "ms",
+                     [x["leave_ms"] for x in runs], higher_is_better=False),
+                 Row("clock_build", "  due times built after a (re)assignment, once", "ms",
+                     [x["build_ms"] for x in runs], higher_is_better=False)]
     wf = res.get("latency_whatif")
     if wf:
         for key, name in (("request_decision_ms", "request→decision"), ("scan_status_ms", "scan→status")):
@@ -426,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [r.to_dict() for r in rows],
         "runs": {k: [None if x is None else vars(x) for x in v] for k, v in res["rounds"].items()},
         "latency": lat, "latency_whatif": res.get("latency_whatif"), "latency_eos": res.get("latency_eos"),
-        "risk": res.get("risk"), "routing": res["routing"],
+        "risk": res.get("risk"), "clock": res.get("clock"), "routing": res["routing"],
         "replay": res["replay"], "projector": res.get("projector"), "profiles": res["profiles"],
         "errors": res["errors"], "wall_seconds": res["wall_seconds"],
         "latency_pooled": {k: summary(v) | {"n": len(v)} for k, v in samples.items()} if samples else None,
