@@ -24,7 +24,7 @@ from models.tracking import CheckpointBoard, Lifetimes, PassIndex, Tracker, epoc
 
 from .metrics import Meter
 
-__all__ = ["Out", "Topics", "Tables", "PassHolders", "Pipeline", "clock_command", "cloudevent_headers"]
+__all__ = ["Out", "Topics", "Tables", "PassHolders", "Pipeline", "clock_command", "cloudevent_headers", "STALE_REQUEST"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,10 @@ class Out:
 def cloudevent_headers(ce_id: str, ce_type: str, source: str, time: str) -> tuple[tuple[str, bytes], ...]:
     return (("ce_specversion", b"1.0"), ("ce_id", ce_id.encode()), ("ce_source", source.encode()),
             ("ce_type", ce_type.encode()), ("ce_time", time.encode()), ("content-type", b"application/json"))
+
+
+# In the dead letter of a request older than anything held (Pipeline._stale): the replay finds them by it.
+STALE_REQUEST = "more than the pass retention"
 
 
 def clock_command(at: datetime) -> bytes:
@@ -205,7 +209,7 @@ class Pipeline:
         tick = tables.clocks.get(str(partition))
         if tick is None or epoch_seconds(decided_at) + self._retention_s >= epoch_seconds(tick.decode()):
             return None
-        return (f"shipment {sid} was submitted at {format_time(decided_at)}, more than the pass retention "
+        return (f"shipment {sid} was submitted at {format_time(decided_at)}, {STALE_REQUEST} "
                 f"({self.retention.days} days) before the channel's clock ({tick.decode()}): a decision made for "
                 f"it then has left the worker's state; it is on {self.topics.decisions} (key {sid}) and in the "
                 f"database (the dashboard's search, greenchannel pass show)")

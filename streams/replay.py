@@ -347,6 +347,7 @@ class Replayer:
         self.events = Counter()
         self.dead_letters = 0
         self.repeats = 0
+        self.stale = 0  # requests the worker dead-lettered as older than the retention, the log bearing it out
         self.diagnoses = 50  # mismatched decisions re-decided with older reference data (costly: capped)
 
     # Every input is handled as `streams.app.guarded` does: an unexpected error dead-letters it.
@@ -367,7 +368,8 @@ class Replayer:
             n += 1
         return n
 
-    def replay(self, records: Iterable[Record], *, held: Iterable[Record] = ()) -> int:
+    def replay(self, records: Iterable[Record], *, held: Iterable[Record] = (),
+               stale: set[tuple[int, int]] = frozenset()) -> int:
         """Handle the window's input records in event-time order; returns how many were handled.
 
         `held`: for a window, the decisions recorded before its end. The pass numbers their approvals
@@ -376,7 +378,7 @@ class Replayer:
         t, p = self.topics, self.pipeline
         events = merge(records, t)
         self._hold_serials(held, except_for={e.sid for e in events if e.sid is not None})
-        decide = self._decider([e for e in events if e.record.topic == t.requests])
+        decide = self._decider([e for e in events if e.record.topic == t.requests], stale)
         handlers = {t.risk: p.on_risk, t.enterprises: p.on_enterprise}
         step = 0
         for e in events:
@@ -409,7 +411,7 @@ class Replayer:
             self.dead_letters += 1
             return []
 
-    def _decider(self, requests: list[_Event]) -> Callable[[_Event], list[Out] | None]:
+    def _decider(self, requests: list[_Event], stale: set[tuple[int, int]]) -> Callable[[_Event], list[Out] | None]:
         """`decide(event)`: the outputs of a request as the worker produced them (None for a repeat of a
         shipment id). The worker decides each partition in offset order, and pass numbers are allocated
         in that order (`models.passes.allocate_pass_id`), so a request is decided only after those before
@@ -433,6 +435,10 @@ class Replayer:
             while id(event) not in ahead:
                 e = queue.pop()
                 repeat = e.sid is not None and e.record.log_position != first[e.sid]
+                if not repeat and (e.record.partition, e.record.offset) in stale:
+                    self.stale += 1  # dead-lettered live, by the clock of its arrival (see stale_requests)
+                    ahead[id(e)] = []
+                    continue
                 ahead[id(e)] = None if repeat else self._call(self.pipeline.on_request, e.record,
                                                               tables=self.tables)
             return ahead.pop(id(event))
@@ -733,6 +739,7 @@ def _counts(rep: Replayer) -> dict:
         "by_class": {k: dict(sorted(v.items())) for k, v in sorted(by_class.items())},
         "rejection_reasons": dict(reasons.most_common()),
         "repeated_requests": rep.repeats,
+        "stale_requests": rep.stale,
         "dead_letters": rep.dead_letters,
     }, dict(sorted(statuses.items()))
 
@@ -819,7 +826,12 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
             return _inside_msg(m, out_since) or (m.value is not None and b'"approved"' in m.value)
 
         decision_spec = _Spec(t.decisions, out_since) if full else _Spec(t.decisions, None, keep=recorded_or_approved)
-        recorded = await _read(settings, [decision_spec, _Spec(t.status, out_since)], progress=bar, label="recorded")
+        from .handlers import STALE_REQUEST
+        marked = STALE_REQUEST.encode()
+        stale_spec = _Spec(t.deadletter, out_since, keep=lambda m: m.value is not None and marked in m.value)
+        recorded = await _read(settings, [decision_spec, _Spec(t.status, out_since), stale_spec], progress=bar,
+                               label="recorded")
+        stale = stale_requests(recorded[t.deadletter], read[t.pass_events], read[t.requests], pipeline.retention)
         until_ms = _until_ms(until, inputs)
         held = () if full else [r for r in recorded[t.decisions] if until_ms is None or r.timestamp_ms <= until_ms]
         recorded[t.decisions] = [r for r in recorded[t.decisions] if _inside(r, out_since)]
@@ -828,7 +840,7 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
         task = bar.add_task("replaying", total=len(inputs))
         rep = Replayer(pipeline, advance=lambda n: bar.advance(task, n))
         rep.load_reference(reference)
-        rep.replay(inputs, held=held)
+        rep.replay(inputs, held=held, stale=stale)
         replay_done = time.perf_counter()
         c = compare(rep, recorded[t.decisions], recorded[t.status], until_ms=until_ms, full=full, watch=watch)
 
@@ -869,6 +881,32 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
         "timelines": timelines,
         "replayed_decisions": rep.decisions,  # dropped from the JSON file; kept for callers (determinism)
     }
+
+
+def stale_requests(dead_letters: Iterable[Record], ticks: Iterable[Record], requests: Iterable[Record],
+                   retention: timedelta) -> set[tuple[int, int]]:
+    """(partition, offset) of the requests the worker dead-lettered as older than the retention
+    whose claim the log bears out: a clock tick on their partition, logged before the dead letter,
+    had put the clock more than the retention past the request's time. The worker judged them by
+    the clock as they arrived; a replay in event time would sort them before those ticks."""
+    from models.tracking import epoch_seconds
+
+    from .handlers import STALE_REQUEST
+    clocks: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for tick in ticks:
+        clocks[tick.partition].append((tick.timestamp_ms, epoch_seconds(_decode(tick.value)["at"])))
+    by_position = {(r.partition, r.offset): r for r in requests}
+    found = set()
+    for dead in dead_letters:
+        obj = _decode(dead.value) or {}
+        request = by_position.get((obj.get("partition"), obj.get("offset")))
+        if request is None or STALE_REQUEST not in str(obj.get("error")):
+            continue
+        at = _event_us(_decode(request.value), "submitted_at", request.timestamp_ms) // 1_000_000
+        if any(logged <= dead.timestamp_ms and now > at + retention.total_seconds()
+               for logged, now in clocks[request.partition]):
+            found.add((request.partition, request.offset))
+    return found
 
 
 def is_clock_tick(m) -> bool:

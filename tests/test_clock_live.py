@@ -70,7 +70,8 @@ async def test_a_pass_expires_by_the_clock_leaves_after_the_retention_and_the_re
 
     # A week later the pass leaves the worker's state: a repeat of its request is no longer
     # answered from there, but dead-lettered, saying where its decision is.
-    await tick(s, ends + RETENTION + timedelta(seconds=1), home)
+    for partition in range(PARTITIONS):  # every partition's clock: the late request below may land anywhere
+        await tick(s, ends + RETENTION + timedelta(seconds=1), partition)
     # The tick and the repeat travel different topics (different agents): the repeat goes once the
     # tick is applied.
     await until(lambda: asyncio.to_thread(lambda: pass_view(s, pid)[0] == 404), 60, "the pass to leave")
@@ -79,13 +80,20 @@ async def test_a_pass_expires_by_the_clock_leaves_after_the_retention_and_the_re
     error = orjson.loads(dead.value)["error"]
     assert "retention (7 days)" in error and s.topics.decisions in error
     assert len(s.tap.where(s.topics.decisions, lambda m: m.key == sid.encode())) == 1  # no second decision
+    # A new shipment submitted as long ago meets the same answer.
+    late = wuhan_to_guangzhou(2)
+    await s.send(s.topics.requests, late, key=late["shipment_id"])
+    [dead] = await s.tap.wait_for(s.topics.deadletter, lambda m: m.key == late["shipment_id"].encode())
+    assert "retention (7 days)" in orjson.loads(dead.value)["error"]
 
     # The replay reads the ticks from the log: the same expiry, and the same repeat left undecided.
     replay = s.cli("replay", "--since", "offset:0", "--json", "-", "--no-progress")
     assert replay.returncode == 0, replay.stdout[-3000:] + replay.stderr[-3000:]
     report = json.loads(replay.stdout)
-    assert report["ok"] and report["events"]["clock_ticks"] == 2
+    assert report["ok"] and report["events"]["clock_ticks"] == 1 + PARTITIONS
     assert report["statuses"]["by_status"].get("expired") == 1
+    # The late request was judged by the clock as it arrived, which the replay checks in the log.
+    assert (report["decisions"]["stale_requests"], report["decisions"]["repeated_requests"]) == (1, 1)
 
 
 async def test_the_worker_clock_ticks_every_partition_it_owns(broker, tmp_path):
