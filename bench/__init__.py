@@ -5,6 +5,7 @@ prints a table, and writes `bench/results.json` and `bench/chart.png`. Not part 
 
 Modules: `workload` (the requests and reference data sent), `harness` (broker, topics,
 filling, reading outputs, worker subprocesses), `passthrough` (the raw aiokafka limit),
-`bare_faust` (the bare Faust forwarder), `suites` (one function per measured row),
-`report` (table, JSON, chart), `profile` (pyinstrument on the handlers, py-spy on a worker).
+`bare_faust` (the bare Faust forwarder), `timed_worker` (the worker, logging when its tables
+are recovered), `suites` (one function per measured row), `report` (table, JSON, chart),
+`profile` (pyinstrument on the handlers, py-spy on a worker).
 """

@@ -23,10 +23,10 @@ from . import workload
 from .harness import OUT_DIR, ROOT
 from .report import Row, markdown_table, print_table, summary, write_chart, write_json
 from .suites import (Context, framework_run, handlers_in_process, latency_runs, limit_run, pipeline_run,
-                     replay_runs, risk_change_runs, routing_runs, scan_run)
+                     replay_runs, risk_change_runs, routing_runs, scan_run, state_runs)
 
 SUITES = ("limit", "framework", "pipeline", "scans", "scale", "latency", "routing", "replay", "handlers", "risk",
-          "profile", "py-spy")
+          "state", "profile", "py-spy")
 
 
 # The database projector's catch-up into SQLite and PostgreSQL (suites.projector_runs).
@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="requests whose passes' scans make a scan run (default 1500, about 6,000 scans)")
     p.add_argument("--active-passes", type=int, default=100_000,
                    help="active passes on the partition of the risk-change run (default 100000)")
+    p.add_argument("--state-passes", type=int, default=100_000,
+                   help="requests a worker decides into active passes (about 90%% approved) before its RSS is "
+                        "read and it is restarted (default 100000)")
+    p.add_argument("--state-runs", type=int, default=1,
+                   help="fills (and restarts) of the state suite, 2-5 minutes each at 100000 here (default 1)")
     p.add_argument("--routes", type=int, default=3000, help="county pairs per routing run (default 3000)")
     p.add_argument("--replay-events", type=int, default=4000, help="input events in the replayed log (default 4000)")
     p.add_argument("--handler-requests", type=int, default=3000, help="requests per in-process handler run")
@@ -208,6 +213,13 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
         log(f"[bold]clock[/bold]: ticks on a partition of {args.active_passes:,} active passes, 1% due, in process")
         clock = attempt_now("clock", clock_tick_runs, args.active_passes, runs)
 
+    state = None
+    if "state" not in skip:
+        log(f"[bold]state[/bold]: a worker decides {args.state_passes:,} requests, then is restarted on its "
+            f"tables, {args.state_runs} runs")
+        state = await attempt("state", state_runs(ctx, workload.requests(args.state_passes), firms, risks,
+                                                  args.state_runs))
+
     routing = None
     if "routing" not in skip:
         log(f"[bold]routing[/bold]: {args.routes:,} random county pairs × {runs} runs, in process")
@@ -247,8 +259,8 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
                                             "pipeline/framework": per_round("pipeline", "framework"),
                                             "framework/limit": per_round("framework", "limit"),
                                             "scale": per_round("scale", "pipeline")},
-            "latency": latency, "latency_whatif": whatif, "latency_eos": eos, "risk": risk, "clock": clock, "routing": routing,
-            "replay": replay,
+            "latency": latency, "latency_whatif": whatif, "latency_eos": eos, "risk": risk, "clock": clock,
+            "state": state, "routing": routing, "replay": replay,
             "handlers": handlers, "profiles": profiles, "projector": projector,
             "errors": errors, "wall_seconds": time.monotonic() - t_start}
 
@@ -328,6 +340,7 @@ def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
                      [x["leave_ms"] for x in runs], higher_is_better=False),
                  Row("clock_build", "  due times built after a (re)assignment, once", "ms",
                      [x["build_ms"] for x in runs], higher_is_better=False)]
+    rows += state_rows(res.get("state"))
     wf = res.get("latency_whatif")
     if wf:
         for key, name in (("request_decision_ms", "request→decision"), ("scan_status_ms", "scan→status")):
@@ -353,6 +366,30 @@ def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
     bars = [limit, framework, pipeline, two, handlers, cold, warm, replay] + ([replay_core] if replay_core else [])
     projection = projector_rows(res.get("projector"))
     return rows + projection, bars + [r for r in projection if r.unit == "rows/s"]
+
+
+def state_rows(st: dict | None) -> list[Row]:
+    """A real worker's RSS per 100,000 passes it issued, and a restart of it on those tables."""
+    if st is None:
+        return []
+    runs = st["runs"]
+    held = f"{statistics.median(r['passes'] for r in runs):,.0f}" if runs else "its"
+
+    def restart(key: str) -> list[float]:
+        return [r["restart"][key] for r in runs]
+
+    return [Row("state_rss_per_100k", "State: worker RSS per 100,000 active passes (a worker process)", "MB",
+                [r["rss_per_100k_mb"] for r in runs], higher_is_better=False),
+            Row("state_rss_recovered", "  the same passes recovered by a restarted worker", "MB",
+                [r["rss_recovered_per_100k_mb"] for r in runs], higher_is_better=False),
+            Row("state_restart", f"State: restarted worker holding {held} passes, start to first answer", "s",
+                restart("first_answer_s"), higher_is_better=False),
+            Row("state_assigned", "  start to partitions assigned (start-up, group join)", "s",
+                restart("assigned_s"), higher_is_better=False),
+            Row("state_recovered", "  start to tables recovered from their changelogs (its log)", "s",
+                restart("recovered_s"), higher_is_better=False),
+            Row("state_cold", "  a new worker with no state, start to first answer", "s",
+                [r["cold_first_answer_s"] for r in runs], higher_is_better=False)]
 
 
 def projector_rows(pj: dict | None) -> list[Row]:
@@ -446,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [r.to_dict() for r in rows],
         "runs": {k: [None if x is None else vars(x) for x in v] for k, v in res["rounds"].items()},
         "latency": lat, "latency_whatif": res.get("latency_whatif"), "latency_eos": res.get("latency_eos"),
-        "risk": res.get("risk"), "clock": res.get("clock"), "routing": res["routing"],
+        "risk": res.get("risk"), "clock": res.get("clock"), "state": res.get("state"), "routing": res["routing"],
         "replay": res["replay"], "projector": res.get("projector"), "profiles": res["profiles"],
         "errors": res["errors"], "wall_seconds": res["wall_seconds"],
         "latency_pooled": {k: summary(v) | {"n": len(v)} for k, v in samples.items()} if samples else None,

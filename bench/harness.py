@@ -22,8 +22,8 @@ from streams.compat import refresh_metadata
 
 from .workload import Message
 
-__all__ = ["ROOT", "OUT_DIR", "Stamp", "fill", "wait_for_count", "read_stamps", "rate_of", "Proc",
-           "start_process", "delete_topics", "run_id", "postgres_server", "fresh_database"]
+__all__ = ["ROOT", "OUT_DIR", "Stamp", "fill", "wait_for_count", "topic_records", "read_stamps", "rate_of", "Proc",
+           "start_process", "delete_topics", "run_id", "rss_bytes", "postgres_server", "fresh_database"]
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "bench" / "out"   # working directories and worker logs (git-ignored)
@@ -102,6 +102,20 @@ async def wait_for_count(bootstrap: str, topics: Sequence[str], count: int, *, t
         await consumer.stop()
 
 
+async def topic_records(bootstrap: str, select) -> dict[str, int]:
+    """Records on each topic whose name `select(name)` accepts: its partitions' end offsets added
+    up (Tansu's can be short by up to a batch a partition)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        names = sorted(t for t in await consumer.topics() if select(t))
+        parts = await _partitions(consumer, names)
+        ends = await consumer.end_offsets(parts) if parts else {}
+    finally:
+        await consumer.stop()
+    return {name: sum(end for tp, end in ends.items() if tp.topic == name) for name in names}
+
+
 async def read_stamps(bootstrap: str, topics: Sequence[str]) -> list[Stamp]:
     """Every record now on the topics, from the beginning, with its producer timestamp."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -149,6 +163,15 @@ async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
         await admin.close()
 
 
+def rss_bytes(pid: int | str = "self") -> int:
+    """A process's resident memory now (VmRSS in /proc/<pid>/status), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(f"/proc/{pid}/status has no VmRSS (a zombie?)")
+
+
 @dataclass
 class Proc:
     """A child process with its log file."""
@@ -166,6 +189,9 @@ class Proc:
             return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             return 0.0
+
+    def rss_bytes(self) -> int:
+        return rss_bytes(self.popen.pid)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.popen.poll() is None:

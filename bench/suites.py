@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import random
 import statistics
 import time
@@ -26,11 +25,12 @@ from streams.handlers import Topics
 from streams.settings import Settings
 
 from . import workload
-from .harness import OUT_DIR, Proc, Stamp, delete_topics, fill, rate_of, run_id, start_process
+from .harness import (OUT_DIR, Proc, Stamp, delete_topics, fill, rate_of, rss_bytes, run_id, start_process,
+                      topic_records)
 from .workload import Message
 
 __all__ = ["Context", "limit_run", "framework_run", "pipeline_run", "scan_run", "latency_runs", "routing_runs",
-           "replay_runs", "handlers_in_process", "risk_change_runs"]
+           "replay_runs", "handlers_in_process", "risk_change_runs", "state_runs"]
 
 # Faust and aiokafka members join a group only after the broker's join window: Tansu waits half
 # the session timeout (Faust's default 60 s → 30 s per worker start). A 10 s session makes it
@@ -297,16 +297,17 @@ async def scan_run(ctx: Context, requests: list[Message], firms: list[Message], 
 # --- 4. latency at a fixed offered load ----------------------------------------------------------------------
 
 class _Receiver:
-    """Reads output topics from their end with a tight poll and notes each record's receipt time."""
+    """Reads output topics from their end with a tight poll (`fetch_wait_ms`) and notes each record's receipt time."""
 
-    def __init__(self, bootstrap: str, topics: list[str], partitions: int) -> None:
+    def __init__(self, bootstrap: str, topics: list[str], partitions: int, *, fetch_wait_ms: int = 5) -> None:
         self.bootstrap, self.topics, self.partitions = bootstrap, topics, partitions
+        self.fetch_wait_ms = fetch_wait_ms
         self.got: dict[str, tuple[float, str, bytes]] = {}   # id -> (perf_counter, topic, value)
         self.created: dict[str, int] = {}                     # id -> the record's producer timestamp (ms)
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                         fetch_max_wait_ms=5, fetch_min_bytes=1)
+                                         fetch_max_wait_ms=self.fetch_wait_ms, fetch_min_bytes=1)
         await self.consumer.start()
         parts = [TopicPartition(t, p) for t in self.topics for p in range(self.partitions)]
         self.consumer.assign(parts)
@@ -740,11 +741,6 @@ def _clone_tables(tables, inside: list, outside: list, total: int, touched: int)
     return out
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
     """One risk change on a region crossed by `share` of `total` active passes of a partition:
     the time to re-evaluate, beside the same change with a tenth of the untouched passes (equal
@@ -792,11 +788,11 @@ def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
         result["runs"].append(row)
     # Bytes per active pass in the worker's tables, and the process memory they take.
     gc.collect()
-    rss0 = _rss_bytes()
+    rss0 = rss_bytes()
     state = _clone_tables(tables, inside, outside, total, touched)
     index = pipeline.index(0, state)
     gc.collect()
-    result["rss_per_100k_mb"] = (_rss_bytes() - rss0) / 1e6 * 100_000 / total
+    result["rss_per_100k_mb"] = (rss_bytes() - rss0) / 1e6 * 100_000 / total
     result["bytes_per_pass"] = sum(len(k) + len(v) for t in (state.passes, state.serials, state.decided)
                                    for k, v in t.items()) / total
     result["indexed"] = len(index)
@@ -811,3 +807,111 @@ def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
     result["visit_every_pass_us_per_pass"] = (time.perf_counter() - t) * 1e6 / 10_000
     pipeline.decider.risk = type(pipeline.decider.risk)()
     return result
+
+
+# --- the worker's state, in a real worker: memory and a restart's recovery -------------------------------
+
+TIMED_WORKER = ("-m", "bench.timed_worker")   # the same worker, logging its assignment and recovery
+
+
+async def state_runs(ctx: Context, requests: list[Message], firms: list[Message], risks: list[Message],
+                     runs: int) -> dict:
+    """Per run, one worker decides `requests` into active passes (its RSS before and after, per
+    100,000 passes issued), then is stopped and a new one started on the same tables: the time
+    until it answers a new request, and until its tables were recovered (its log's marks)."""
+    probes = workload.approvable(2)   # one answered by each worker: new shipment ids, approved
+    result = {"requests": len(requests), "runs": []}
+    for run in range(runs):
+        got = await state_run(ctx, requests, firms, risks, probes)
+        result["runs"].append(got)
+        again = got["restart"]
+        ctx.log(f"  state {run + 1}/{runs}: {got['passes']:,} passes, worker RSS +{got['rss_growth_mb']:,.0f} MB "
+                f"({got['rss_per_100k_mb']:,.0f} MB per 100,000; recovered: {got['rss_recovered_per_100k_mb']:,.0f}; "
+                f"fill at {got['fill_rate']:,.0f} decisions/s); restarted: assigned {again['assigned_s']:.1f} s after "
+                f"start, tables recovered {again['recovered_s']:.1f} s, first answer {again['first_answer_s']:.1f} s "
+                f"after {again['answered_before']} others (an empty worker's: {got['cold_first_answer_s']:.1f} s)")
+    return result
+
+
+async def state_run(ctx: Context, requests: list[Message], firms: list[Message], risks: list[Message],
+                    probes: list[Message]) -> dict:
+    rid = run_id()
+    prefix = f"bench-{rid}."
+    topics = Topics.with_prefix(prefix)
+    await _prepare_system(ctx, topics, firms, risks)
+    env = worker_env(ctx, rid, prefix)
+    procs: list[Proc] = []
+    try:
+        # Ready when it has answered a first request; the fill then comes in faster than it decides.
+        cold = await _first_answer(ctx, topics, probes[0], procs, lambda: start_workers(ctx, env, rid, 1)[0])
+        got = await _fill_state(ctx, topics, procs[0], requests)
+        got["restart"] = await _restart(ctx, topics, procs, probes[1], lambda: start_process(
+            list(TIMED_WORKER), env, ctx.out_dir / rid / "worker-restarted.log"))
+        got["restart"]["changelog_records"] = await topic_records(ctx.bootstrap, lambda t: t.startswith(
+            env["GC_APP_ID"] + "-") and t.endswith("-changelog"))
+        got["rss_recovered_per_100k_mb"] = (procs[-1].rss_bytes() - got["rss_before"]) / 1e6 * 100_000 / got["passes"]
+    finally:
+        for p in procs:
+            p.stop()
+    await _cleanup(ctx, prefix, f"bench-{rid}")
+    return {**got, "cold_first_answer_s": cold["first_answer_s"]}
+
+
+async def _first_answer(ctx: Context, topics: Topics, probe: Message, procs: list[Proc], spawn) -> dict:
+    """Seconds from `spawn()` starting a worker (added to `procs`) to its decision on `probe`, sent
+    right after (it waits on its topic until the worker is up): to the decision's producer
+    timestamp, and to its receipt here; with the unix time of the spawn and how many other
+    requests the worker answered first (again: ones its predecessor had not committed). The probe
+    must be approved (a pass issued from the state the worker holds)."""
+    # The time taken is the producer timestamp's: a long poll will do, and spares the broker that
+    # the worker reads its changelogs from (seen here: receipts up to a minute behind, polled tightly).
+    answers = _Receiver(ctx.bootstrap, [topics.decisions, topics.deadletter], ctx.partitions, fetch_wait_ms=500)
+    await answers.start()
+    producer = AIOKafkaProducer(bootstrap_servers=ctx.bootstrap, linger_ms=0)
+    await producer.start()
+    ident = probe.key.decode()
+    try:
+        started, started_at = time.perf_counter(), time.time()
+        procs.append(spawn())
+        await producer.send_and_wait(topics.requests, probe.value, key=probe.key)
+        await _wait_answers(answers, [ident], ctx.timeout, procs[-1].alive)
+    finally:
+        await producer.stop()
+        await answers.stop()
+    received, topic, value = answers.got[ident]
+    if topic != topics.decisions or not orjson.loads(value).get("pass"):
+        raise AssertionError(f"probe {ident} was not approved ({topic}): {value[:300]!r}")
+    return {"first_answer_s": answers.created[ident] / 1000 - started_at, "received_s": received - started,
+            "started_at": started_at, "answered_before": sum(1 for at, _, _ in answers.got.values() if at < received)}
+
+
+async def _fill_state(ctx: Context, topics: Topics, proc: Proc, requests: list[Message]) -> dict:
+    """The worker's RSS growth over deciding `requests`, per 100,000 passes it issued (the `issued`
+    statuses: refusals and dead letters hold no pass)."""
+    rss0 = proc.rss_bytes()
+    await fill(ctx.bootstrap, topics.requests, requests, partitions=ctx.partitions)
+    done = _PipelineDone(len(requests) + 1, topics)   # the topics hold the first probe's answer too
+    stamps, _ = await _collect(ctx, [topics.decisions, topics.deadletter, topics.status], [proc], done, done.kind)
+    growth = proc.rss_bytes() - rss0
+    passes = sum(1 for s in stamps if s.topic == topics.status) - 1
+    rate, _ = rate_of([s for s in stamps if s.topic != topics.status])
+    return {"passes": passes, "rss_before": rss0, "rss_growth_mb": growth / 1e6,
+            "rss_per_100k_mb": growth / 1e6 * 100_000 / passes, "fill_rate": rate}
+
+
+async def _restart(ctx: Context, topics: Topics, procs: list[Proc], probe: Message, spawn) -> dict:
+    """Stop the worker (SIGTERM, wait for its exit), start another on its tables: seconds to its
+    first answer, and to the marks of its log (partitions assigned, tables recovered)."""
+    from .timed_worker import marks
+
+    old = procs[-1]
+    t = time.perf_counter()
+    old.stop(timeout=60)
+    stopped = {"stop_s": time.perf_counter() - t, "exit_code": old.popen.returncode}
+    first = await _first_answer(ctx, topics, probe, procs, spawn)
+    found = marks(procs[-1].log_path)
+    if not found.get("recovered"):
+        raise AssertionError(f"no recovery mark in {procs[-1].log_path}")
+    started_at = first.pop("started_at")
+    return {**stopped, **first, "assigned_s": found["assigned"][0] - started_at,
+            "recovered_s": found["recovered"][-1] - started_at, "rebalances": len(found["assigned"])}

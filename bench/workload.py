@@ -17,7 +17,7 @@ import orjson
 from models.records import format_time, parse_time
 from streams.simulator import Scenario
 
-__all__ = ["Message", "requests", "reference", "projection_log", "OPENING_RISK"]
+__all__ = ["Message", "requests", "approvable", "reference", "projection_log", "OPENING_RISK"]
 
 OPENING_RISK = (("4201", "high"), ("4202", "medium"), ("4403", "medium"), ("3301", "medium"))
 
@@ -45,6 +45,16 @@ def requests(count: int, *, seed: int = 2020, start: int = 0, tag: str = "") -> 
             body["shipment_id"] = f"SHP-{seed}{tag}-{n:07d}"
         out.append(Message(body["shipment_id"].encode(), orjson.dumps(body)))
     return out
+
+
+def approvable(count: int, *, seed: int = 2024, tag: str = "P") -> list[Message]:
+    """`count` well-formed requests that the decision core approves, shipment ids tagged `tag`:
+    probes a worker has to answer with a pass (of another seed than the bench's batches)."""
+    candidates = requests(4 * count + 10, seed=seed, tag=tag)
+    picked = [m for n, m in enumerate(candidates) if not m.key.startswith(b"BAD-") and _decided(n, m)[1]["pass"]]
+    if len(picked) < count:
+        raise ValueError(f"only {len(picked)} of {len(candidates)} requests approved, {count} wanted")
+    return picked[:count]
 
 
 def reference(seed: int = 2020) -> tuple[list[Message], list[Message]]:

@@ -1,0 +1,58 @@
+"""`greenchannel worker` that logs when it is given partitions and when its tables are recovered.
+
+The worker logs warnings only, so nothing in its log says where a restart spends its time. Run
+as `python -m bench.timed_worker`, it is the same worker (`streams.cli worker`) with two passive
+marks, read back by `marks` (the state suite times a restarted worker with them):
+
+    bench-mark assigned <unix time>    Faust's recovery is handed an assignment (after group join)
+    bench-mark recovered <unix time>   the tables are read back from their changelogs
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["marks"]
+
+MARK = re.compile(r"bench-mark (\w+) (\d+\.\d+)")
+log = logging.getLogger("bench")
+
+
+def _marked(method, name: str, *, after: bool):
+    """`method` (a coroutine), logging the mark `name` as it is called or, `after`, once it returns."""
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        if not after:
+            log.warning("bench-mark %s %.3f", name, time.time())
+        result = await method(*args, **kwargs)
+        if after:
+            log.warning("bench-mark %s %.3f", name, time.time())
+        return result
+    return wrapper
+
+
+def marks(log_path: Path) -> dict[str, list[float]]:
+    """Every mark in a worker's log, by name, in order (unix times)."""
+    found: dict[str, list[float]] = {}
+    for name, at in MARK.findall(log_path.read_text(errors="replace")):
+        found.setdefault(name, []).append(float(at))
+    return found
+
+
+def main() -> int:
+    from faust.tables.recovery import Recovery
+
+    from streams.cli import main as greenchannel
+
+    Recovery.on_rebalance = _marked(Recovery.on_rebalance, "assigned", after=False)
+    Recovery.on_recovery_completed = _marked(Recovery.on_recovery_completed, "recovered", after=True)
+    return greenchannel(["worker"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
