@@ -18,7 +18,7 @@ import orjson
 from models.decide import Decider
 from models.passes import ACTIVE, PassState, allocate_pass_id, claimed_pass_id, kafka_partition, legacy_answers
 from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time,
-                            load_object, parse_enterprise, parse_request, parse_risk, parse_scan, parse_time,
+                            kept, load_object, parse_enterprise, parse_request, parse_risk, parse_scan, parse_time,
                             record_time)
 from models.tracking import CheckpointBoard, Lifetimes, PassIndex, Tracker, epoch_seconds
 
@@ -187,7 +187,7 @@ class Pipeline:
             return [self.dead_letter(self.topics.requests, partition, offset, key, value, timestamp_ms, stale)]
         decision = self.decider.decide(request, errors, decided_at=decided_at,
                                        allocate=self._allocator(sid, partition, tables.serials))
-        body = canonical(decision.message)
+        body = kept(canonical(decision.message))  # the table keeps it (and it goes out as it is)
         self.meter.decision(decision.message["decision"], decision.message["priority"])
         tables.decided[sid] = body
         outs = [self._decision_out(sid, body, decision.message["decided_at"])]
@@ -268,7 +268,7 @@ class Pipeline:
         if new is not None:
             if new != state:
                 self._store(tables, partition, new)
-            tables.answers[answer_key] = out.value
+            tables.answers[answer_key] = kept(out.value)
             lifetimes = tables.lifetimes.get(partition)
             if lifetimes is not None:
                 lifetimes.add_answer(answer_key, new.valid_until)
@@ -446,7 +446,7 @@ class Pipeline:
         return PassState.from_json(raw)
 
     def _store(self, tables: Tables, partition: int, state: PassState) -> None:
-        tables.passes[state.pass_id] = state.to_json()
+        tables.passes[state.pass_id] = kept(state.to_json())
         index = tables.indexes.get(partition)
         if index is not None:
             index.put(state)
