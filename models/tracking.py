@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -190,12 +190,13 @@ class Tracker:
                                  cause=cause, route=state.route, token=signer.token(_claims_of(state, state.route)),
                                  dwell_target=self.dwell_target)
 
-    def reissued(self, state: PassState) -> tuple[PassState, list[dict]]:
-        """A pass just signed (issued, rerouted, reissued) by a key the ring already withdraws, later:
-        a request or change from before the withdrawal, handled after it. The reissues it would have
-        had, had it been there when the withdrawal was (what a replay in event-time order does)."""
+    def reissued(self, state: PassState, applied: Container[str]) -> tuple[PassState, list[dict]]:
+        """A pass just signed (issued, rerouted, reissued) by a key whose withdrawal was `applied`
+        already (its passes reissued): a request or change from before the withdrawal, handled
+        after it. The reissues it would have had, had it been there when the withdrawal was (what a
+        replay in event-time order does)."""
         events = []
-        while state.kid is not None and (at := self.keyring.withdrawn_at(state.kid)) is not None:
+        while state.kid in applied and (at := self.keyring.withdrawn_at(state.kid)) is not None:
             state, event = self.key_withdrawn(state, state.kid, at)
             if event is None:
                 break

@@ -194,6 +194,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def bootstrap() -> None:
         n = await load_reference_data(pipeline, settings)
+        pipeline.withdrawals_in_the_past()  # a replay does not: it applies them in event-time order
         log.info("reference data loaded: %d records", n)
         ready.set()
 

@@ -142,6 +142,10 @@ class Pipeline:
         self.partitions = partitions
         self.retention = retention  # how long a pass stays in the working state after its validity
         self.board = CheckpointBoard(target_seconds=tracker.dwell_target)
+        # Keys whose withdrawal has been applied here (their passes reissued): a pass signed later
+        # by one of them is reissued at once (`Tracker.reissued`). Not the ring's withdrawals: a
+        # replay knows all of those before it decides anything, and applies each in event-time order.
+        self.withdrawals_applied: set[str] = set()
         self.meter = Meter()  # the worker sets a PrometheusMeter (streams.metrics)
 
     # --- dead letters -------------------------------------------------------------------------
@@ -187,7 +191,7 @@ class Pipeline:
                                        allocate=self._allocator(sid, partition, tables.serials))
         state, reissues = decision.state, []
         if state is not None:  # signed by a key withdrawn since: reissued at once (nothing is written before)
-            state, reissues = self.tracker.reissued(state)
+            state, reissues = self.tracker.reissued(state, self.withdrawals_applied)
         body = canonical(decision.message)
         self.meter.decision(decision.message["decision"], decision.message["priority"])
         tables.decided[sid] = body
@@ -354,8 +358,16 @@ class Pipeline:
         if entry.status != WITHDRAWN:
             return []
         signed = self.index(partition, tables).signed_by(entry.kid)
-        return self._each_pass(tables, partition, signed,
+        outs = self._each_pass(tables, partition, signed,
                                lambda s: self.tracker.key_withdrawn(s, entry.kid, entry.effective_at))
+        self.withdrawals_applied.add(entry.kid)
+        return outs
+
+    def withdrawals_in_the_past(self) -> None:
+        """The live worker at start: every withdrawal on the ring it loaded has been applied (or its
+        broadcast, still to come, changes nothing a reissue at once has not)."""
+        ring = self.decider.keyring
+        self.withdrawals_applied.update(kid for kid in ring.kids() if ring.withdrawn_at(kid) is not None)
 
     # --- the channel's clock: expiry and retention ------------------------------------------------
     def clock_tick(self, at: datetime, partition: int) -> Out:
@@ -450,7 +462,7 @@ class Pipeline:
         for pass_id in pass_ids:
             new, event = change(self._load(tables, pass_id))
             if event is not None:
-                new, reissues = self.tracker.reissued(new)
+                new, reissues = self.tracker.reissued(new, self.withdrawals_applied)
                 changed.append((new, [event, *reissues]))
         outs = []
         for new, events in changed:
