@@ -203,6 +203,20 @@ class Keyring:
     def has_private(self, kid: str) -> bool:
         return self._signers(kid) is not None
 
+    def rows(self, at: datetime) -> list[dict]:
+        """The ring as `greenchannel keys list` and the worker's `/keys/` view show it, at `at`:
+        each key's activation ("always": since ever; None: never), withdrawal, status, whether it
+        signs then and whether its private key is here."""
+        signing = self.signing_kid(at)
+
+        def since(kid: str) -> str | None:
+            activated = self.activated_at(kid)
+            return format_time(activated) if activated else "always" if self.ever_active(kid) else None
+
+        return [{"kid": kid, "active_from": since(kid), "status": self.status_at(kid, at),
+                 "withdrawn_from": format_time(w) if (w := self.withdrawn_at(kid)) else None,
+                 "signs": kid == signing, "private_key_here": self.has_private(kid)} for kid in self.kids()]
+
     def kids(self) -> list[str]:
         """Every kid, by activation (since ever first; pending last), then kid."""
         never = datetime.max.replace(tzinfo=timezone.utc)

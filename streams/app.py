@@ -331,6 +331,12 @@ def create_app(settings: Settings) -> faust.App:
         """The worker's series in the Prometheus text format."""
         return web.bytes(render(meter.registry), content_type=CONTENT_TYPE)
 
+    @app.page("/keys/")
+    async def keys_view(web, request):
+        """This worker's signing keyring now: each key's times and status, which one signs, and
+        whether its private key is in GC_KEY_DIR (a worker without it waits: see `signed`)."""
+        return web.json({"keys": pipeline.decider.keyring.rows(datetime.now(timezone.utc))})
+
     @app.page("/checkpoints/")
     async def checkpoints_view(web, request):
         """Live waiting time at each checkpoint this worker tracks."""

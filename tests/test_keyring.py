@@ -20,8 +20,9 @@ from jsonschema import ValidationError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from models.keyring import ACTIVE, WITHDRAWN, Keyring, SigningKeyMissing, key_entry, key_id, parse_key_entry
+from models.operators import EntryError, key_withdrawal
 from models.passes import PassState, Signer, kafka_partition, unverified_claims, verify_token
-from models.records import RegionRisk, format_time, parse_time
+from models.records import RegionRisk, Unparseable, format_time, parse_time
 from streams.handlers import Out, Tables
 from streams.keys import KeyDir, key_record, load_keyring
 from streams.replay import Record, Replayer, compare
@@ -140,6 +141,11 @@ def test_the_key_that_signs_is_the_newest_active_at_the_time_in_any_order_of_rec
             [KID1, KID1, KID2, KID3, KID2]
         assert ring.status_at(KID3, ROTATED) == "pending" and ring.status_at(KID3, ROTATED + timedelta(days=2)) == WITHDRAWN
         assert ring.kids() == [KID1, KID2, KID3] and ring.activated_at(KID1) is None and ring.ever_active(KID1)
+    assert ring.rows(ROTATED)[:2] == [  # what `keys list` and the worker's /keys/ show
+        {"kid": KID1, "active_from": "always", "status": ACTIVE, "withdrawn_from": None, "signs": False,
+         "private_key_here": True},
+        {"kid": KID2, "active_from": format_time(ROTATED), "status": ACTIVE, "withdrawn_from": None, "signs": True,
+         "private_key_here": True}]
     twice = ring_of(record(KID1))
     assert not twice.apply(parse_key_entry(orjson.loads(record(KID1))))  # a redelivery changes nothing
     # A later activation of a key never moves it: its earliest stands.
@@ -447,3 +453,25 @@ def test_the_key_folder_keeps_its_first_key_and_finds_keys_added_later(tmp_path)
     assert set(load_keyring([tmp_path / "keys"])) == {first.key_id, new.key_id}  # what a station is given
     seeded = reader.seeded()
     assert seeded.signing_kid(START) == first.key_id and set(seeded.public_keys) == {first.key_id}
+
+
+def test_greenchannel_keys_alone_still_makes_and_names_the_first_key(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "keys"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "GC_KEY_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{tmp_path / 'pass-signing.pub'} (key id {KeyDir(tmp_path).first().key_id})"
+
+
+def test_a_withdrawal_is_refused_for_an_unknown_key_a_withdrawn_one_or_the_last_in_force():
+    ring = ring_of(record(KID1), record(KID2, ACTIVE, ROTATED))
+    with pytest.raises(EntryError, match="no key"):
+        key_withdrawal(ring, KID3, at=WITHDRAWN_AT)
+    with pytest.raises(EntryError, match="rotate first"):
+        key_withdrawal(ring, KID1, at=START + timedelta(hours=1))  # K2 is not active yet then
+    entry = key_withdrawal(ring, KID1, at=WITHDRAWN_AT)
+    assert parse_key_entry(entry).status == WITHDRAWN
+    ring.apply(parse_key_entry(entry))
+    with pytest.raises(EntryError, match="withdrawn already"):
+        key_withdrawal(ring, KID1, at=WITHDRAWN_AT + timedelta(hours=1))
+    with pytest.raises(Unparseable):
+        parse_key_entry({**entry, "effective_at": "1999-12-31T00:00:00Z"})  # outside the calendar window
