@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -80,7 +81,7 @@ def parse_key_entry(obj: dict[str, Any], *, timestamp_ms: int | None = None) -> 
         raise Unparseable(f"algorithm must be Ed25519, not {obj.get('algorithm')!r}")
     try:
         key = serialization.load_pem_public_key(pem.encode())
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise Unparseable(f"public_key is not a PEM public key: {exc}") from None
     if not isinstance(key, Ed25519PublicKey) or key_id(key) != kid:
         raise Unparseable(f"kid {kid!r} is not the id of the Ed25519 key the record holds")
