@@ -1,7 +1,8 @@
 """From a shipment request to a pass decision: locate, assess, route, sign.
 
 `Decider.decide` depends only on the request, the catalog, and the reference data as of the
-decision time, so the live worker and an audit replay produce the same bytes.
+decision time (the signing key too: `models.keyring`), so the live worker and an audit replay
+produce the same bytes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta
 
 from routing import Gazetteer, Place, RegionGraph, RoutePlanner
 
+from .keyring import Keyring
 from .passes import PassState, Signer
 from .policy import Catalog, Reason, assess
 from .records import FieldError, Location, ShipmentRequest, format_time
@@ -32,14 +34,16 @@ class Decision:
 
 class Decider:
     def __init__(self, *, catalog: Catalog, gazetteer: Gazetteer, graph: RegionGraph, planner: RoutePlanner,
-                 risk: RiskBook, enterprises: EnterpriseBook, signer: Signer, geocoder=None) -> None:
+                 risk: RiskBook, enterprises: EnterpriseBook, signer: Signer | Keyring, geocoder=None) -> None:
         self.catalog = catalog
         self.gazetteer = gazetteer
         self.graph = graph
         self.planner = planner
         self.risk = risk
         self.enterprises = enterprises
-        self.signer = signer
+        # Which key signs a pass is the ring's, as of its decision time; one fixed Signer is the
+        # ring of that key alone (the tests, the bench).
+        self.keyring = signer if isinstance(signer, Keyring) else Keyring.single(signer)
         # An online geopy geocoder may stand in for addresses; the offline gazetteer stays
         # the default because decisions must not depend on a remote service's mood.
         self.geocoder = geocoder
@@ -115,11 +119,21 @@ class Decider:
             return self._reject(request, decided_at, [Reason(
                 "no_safe_route", "every route between origin and destination crosses a high-risk region")],
                 verdict.priority)
+        return self._approve(request, verdict, origin, destination, route, decided_at=decided_at, allocate=allocate)
 
+    def _approve(self, request: ShipmentRequest, verdict, origin: Place, destination: Place, route, *,
+                 decided_at: datetime, allocate: Callable[[str], str | None]) -> Decision:
+        """The pass on `route`, numbered by `allocate` and signed by the key in force at `decided_at`."""
         valid_from = request.departure_at
         drive = route.eta - valid_from + _ROUTE_MARGIN
         hours = max(verdict.validity_hours, math.ceil(drive.total_seconds() / 3600))
         valid_until = valid_from + timedelta(hours=hours)
+        signer = self.keyring.signer_at(decided_at)  # SigningKeyMissing: the worker waits for the key
+        if signer is None:
+            return self._reject(request, decided_at, [Reason(
+                "no_signing_key", "no pass-signing key is in force at the decision time (every key on the ring "
+                "is withdrawn); the request may be sent again under another shipment id once a key is")],
+                verdict.priority)
         pass_id = allocate(origin.adcode)
         if pass_id is None:
             return self._reject(request, decided_at, [Reason(
@@ -141,7 +155,7 @@ class Decider:
             "trip": request.trip,
             "toll_exempt": verdict.toll_exempt,
             "route": route_dict,
-            "token": self.signer.token(claims),
+            "token": signer.token(claims),
         }
         message = {
             "shipment_id": request.shipment_id,
@@ -157,5 +171,5 @@ class Decider:
             shipper=request.shipper.credit_code, consignee=request.consignee.credit_code,
             origin=origin.adcode, destination=destination.adcode, trip=request.trip,
             valid_from=claims["nbf"], valid_until=claims["exp"], departure_at=format_time(request.departure_at),
-            route=route_dict)
+            route=route_dict, kid=signer.key_id)
         return Decision(message, state)

@@ -1,4 +1,5 @@
-"""What operators send: risk levels and key-list entries, validated before anything is published.
+"""What operators send: risk levels, key-list entries and signing-key withdrawals, validated before
+anything is published.
 
 Each entry is checked with the parser the worker applies to it (`models.records.parse_risk`,
 `parse_enterprise`), so what passes here is what the worker accepts. The key-list CSV (UTF-8,
@@ -14,9 +15,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .keyring import ACTIVE, WITHDRAWN, Keyring, key_entry
 from .records import Unparseable, format_time, parse_enterprise, parse_risk
 
-__all__ = ["EntryError", "CsvRows", "risk_entry", "enterprise_entry", "read_enterprise_csv",
+__all__ = ["EntryError", "CsvRows", "risk_entry", "enterprise_entry", "key_withdrawal", "read_enterprise_csv",
            "enterprise_csv", "CSV_FIELDS"]
 
 CSV_FIELDS = ("credit_code", "name")
@@ -50,6 +52,21 @@ def enterprise_entry(credit_code: str, name: str, action: str, *, at: datetime) 
     except Unparseable as exc:
         raise EntryError(str(exc)) from None
     return entry
+
+
+def key_withdrawal(ring: Keyring, kid: str, *, at: datetime) -> dict:
+    """The PassKey record withdrawing `kid` from `at`: a key on the ring, not withdrawn already, and
+    another key in force then to reissue its passes with (else: `greenchannel keys rotate` first)."""
+    kid = kid.strip()
+    if kid not in ring:
+        raise EntryError(f"no key {kid} on the ring (greenchannel keys list)")
+    since = ring.withdrawn_at(kid)
+    if since is not None and since <= at:
+        raise EntryError(f"key {kid} is withdrawn already, since {format_time(since)}")
+    if not any(other != kid and ring.status_at(other, at) == ACTIVE for other in ring.kids()):
+        raise EntryError(f"no other key is in force at {format_time(at)}: the passes {kid} signed could not be "
+                         "reissued, only suspended. Run greenchannel keys rotate first")
+    return key_entry(ring.public_keys[kid], WITHDRAWN, at=at)
 
 
 @dataclass(slots=True)

@@ -221,6 +221,10 @@ class PassState:
     # Trips completed (arrivals at the destination) of a multi-trip pass: it runs its route again
     # and again, both ways, until it expires. Always 0 for a single-trip pass.
     trips: int = 0
+    # The key that signed its current token (the decision's, or the latest reroute's or reissue's):
+    # what a key's withdrawal looks it up by. None in a state stored before the keyring; the worker
+    # reads it from the pass's decision then (`streams.handlers.Pipeline`).
+    kid: str | None = None
     # The answers to its scans are not part of the state (the pass would re-encode every earlier
     # answer on each scan): the worker keeps them beside it, keyed `pass_id/scan_id`.
 
@@ -233,17 +237,21 @@ class PassState:
         return PassTerms(self.status, self.plate, self.valid_from, self.valid_until, tuple(self.checkpoint_ids))
 
     def to_json(self) -> bytes:
-        # `trips` is written only once a trip is completed: the state of every other pass is
-        # stored as before the field existed.
-        data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "trips" or self.trips}
+        # `trips` is written only once a trip is completed, `kid` only when known: the state of every
+        # other pass is stored as before the fields existed.
+        data = {k: v for k in self.__dataclass_fields__ if (v := getattr(self, k)) or k not in _UNSET}
         return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, raw: bytes) -> PassState:
-        """The state `to_json` wrote, or an older version's (no `trips`: 0; `scans`: see legacy_answers)."""
+        """The state `to_json` wrote, or an older version's (no `trips`: 0; no `kid`: None; `scans`: see
+        legacy_answers)."""
         data = orjson.loads(raw)
         data.pop("scans", None)
         return cls(**data)
+
+
+_UNSET = frozenset({"trips", "kid"})  # fields a stored state leaves out while they are 0 / None
 
 
 # --- verification at a checkpoint: the tracker's and the station's one rule -------------------
@@ -271,19 +279,29 @@ REFUSALS: dict[str, tuple[str, str]] = {
     "pass_revoked": ("通行证已吊销", "the pass is revoked"),
     "pass_delivered": ("通行证已使用完毕（已送达）", "the pass is used up: delivered"),
     "pass_expired": ("通行证已失效", "the pass has expired"),
+    "key_withdrawn": ("通行证签名密钥已撤销，请出示重新签发的通行证", "the pass was signed with a withdrawn key: show the reissued pass"),
 }
 _ENDED = (S.DELIVERED, S.REVOKED, S.EXPIRED)
 
 
-def token_refusal(token: str | None, pass_id: str, plate: str, claims: Callable[[str], tuple]) -> str | None:
-    """Why a shown token does not let `plate` through as pass `pass_id`; None if it does (or
-    none was shown). `claims(token)` is the (pid, plate) of a genuine token, else InvalidToken."""
+def _never(kid: str, at: datetime) -> bool:
+    return False
+
+
+def token_refusal(token: str | None, pass_id: str, plate: str, claims: Callable[[str], tuple], *,
+                  at: datetime | None = None, withdrawn: Callable[[str, datetime], bool] = _never) -> str | None:
+    """Why a shown token does not let `plate` through as pass `pass_id` at `at`; None if it does
+    (or none was shown). `claims(token)` is the (pid, plate, kid) of a genuine token, else
+    InvalidToken; `withdrawn(kid, at)` says whether its key was withdrawn by then
+    (`models.keyring.Keyring.withdrawn`): a genuine token of a withdrawn key is refused."""
     if token is None:
         return None
     try:
-        pid, claimed_plate = claims(token)
+        pid, claimed_plate, kid = claims(token)
     except InvalidToken as exc:
         return f"bad_token: {exc}"
+    if at is not None and withdrawn(kid, at):
+        return "key_withdrawn"
     if pid != pass_id:
         return "token_for_another_pass"
     if claimed_plate != plate:
@@ -316,9 +334,9 @@ def refusal(terms: PassTerms | None, *, checkpoint_id: str, plate: str, at: date
 
 
 def scan_refusal(terms: PassTerms | None, scan: CheckpointScan, pass_id: str,
-                 claims: Callable[[str], tuple]) -> str | None:
-    """The whole verification of one scan: its token, then the pass's terms."""
-    token_error = token_refusal(scan.token, pass_id, scan.plate, claims)
+                 claims: Callable[[str], tuple], withdrawn: Callable[[str, datetime], bool] = _never) -> str | None:
+    """The whole verification of one scan: its token (and its key, as of the scan), then the pass's terms."""
+    token_error = token_refusal(scan.token, pass_id, scan.plate, claims, at=scan.scanned_at, withdrawn=withdrawn)
     return refusal(terms, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=scan.scanned_at,
                    token_error=token_error)
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Container, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .decide import Decider
+from .keyring import Keyring
 from .passes import (ACTIVE, PassState, PassStatusKind as S, on_scan, refusal, status_event, token_refusal, transition,
                      verify_token)
 from .records import CheckpointScan, EnterpriseEntry, RegionRisk, format_time, parse_time
@@ -24,20 +26,23 @@ _VERIFIED_MAX = 50_000  # tokens remembered as verified (about 30 MB)
 
 
 class Tracker:
-    def __init__(self, decider: Decider, public_key: Ed25519PublicKey) -> None:
+    def __init__(self, decider: Decider, keys: Ed25519PublicKey | Mapping[str, Ed25519PublicKey] | None = None) -> None:
+        """`keys` verify tokens: by default every key of the decider's ring (the worker's), else one
+        public key or a mapping by kid. Withdrawals are the ring's either way."""
         self.decider = decider
-        self.public_key = public_key
+        self.keyring: Keyring = decider.keyring
+        self.keys = self.keyring.public_keys if keys is None else keys
         self.dwell_target = int(decider.catalog.rules.get("dwell_target_seconds", 900))
-        # token -> (pass id, plate) of tokens that verified: a truck shows the same token at every
+        # token -> (pass id, plate, kid) of tokens that verified: a truck shows the same token at every
         # checkpoint, and an Ed25519 verification costs ~130 µs, more than the rest of a scan.
         self._verified: dict[str, tuple] = {}
 
     def _claims(self, token: str) -> tuple:
-        """(pid, plate) a genuine token claims; InvalidToken for anything else."""
+        """(pid, plate, kid) a genuine token claims; InvalidToken for anything else."""
         found = self._verified.get(token)
         if found is None:
-            claims = verify_token(token, self.public_key)
-            found = (claims.get("pid"), claims.get("plate"))
+            claims = verify_token(token, self.keys)
+            found = (claims.get("pid"), claims.get("plate"), claims.get("kid"))
             if len(self._verified) >= _VERIFIED_MAX:
                 del self._verified[next(iter(self._verified))]  # the oldest
             self._verified[token] = found
@@ -50,7 +55,8 @@ class Tracker:
     def scan(self, state: PassState | None, scan: CheckpointScan, pass_id: str) -> tuple[PassState | None, dict]:
         """The new state (None: unknown pass, nothing stored) and the event answering the scan.
         A redelivered scan is the caller's to answer, with the answer it stored."""
-        token_error = token_refusal(scan.token, pass_id, scan.plate, self._claims)
+        token_error = token_refusal(scan.token, pass_id, scan.plate, self._claims, at=scan.scanned_at,
+                                    withdrawn=self.keyring.withdrawn)
         if state is None:
             reason = refusal(None, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=scan.scanned_at,
                              token_error=token_error)
@@ -104,11 +110,12 @@ class Tracker:
             return self._suspend(state, at, "no_safe_route", cause)
         if status is not S.SUSPENDED and route_dict["adcodes"] == state.route["adcodes"]:
             return state, None
+        signer = self.keyring.signer_at(at)
+        if signer is None:  # a new route needs a new token, and no key is in force to sign it
+            return self._suspend(state, at, "no_signing_key", cause)
         transition(status, S.REROUTED)
-        token = d.signer.token({
-            "pid": state.pass_id, "plate": state.plate, "nbf": state.valid_from, "exp": state.valid_until,
-            "rt": route_dict["adcodes"], "cp": [c["checkpoint_id"] for c in route_dict["checkpoints"]]})
-        new = replace(state, status=S.REROUTED, route=route_dict)
+        token = signer.token(_claims_of(state, route_dict))
+        new = replace(state, status=S.REROUTED, route=route_dict, kid=signer.key_id)
         reason = "reinstated_safe_route" if status is S.SUSPENDED else "route_crossed_high_risk_region"
         return new, status_event(new, S.REROUTED, at, reason=reason, cause=cause, route=route_dict, token=token,
                                  dwell_target=self.dwell_target)
@@ -166,6 +173,36 @@ class Tracker:
         new = replace(state, status=S.SUSPENDED)
         return new, status_event(new, S.SUSPENDED, at, reason=reason, cause=cause, dwell_target=self.dwell_target)
 
+    def key_withdrawn(self, state: PassState, kid: str, at: datetime) -> tuple[PassState, dict | None]:
+        """Key `kid` was withdrawn at `at`: an active pass it signed gets a new token, signed by the
+        key in force then (status unchanged, reason `token_reissued`, with its route and the token);
+        suspended (`key_withdrawn`) when no other key is in force. A pass whose validity ended
+        before `at` is left alone: its old token is refused as expired anyway."""
+        status = S(state.status)
+        if status not in ACTIVE or state.kid != kid or parse_time(state.valid_until) < at:
+            return state, None
+        cause = f"key:{kid}:withdrawn:{format_time(at)}"
+        signer = self.keyring.signer_at(at)
+        if signer is None:
+            return self._suspend(state, at, "key_withdrawn", cause)
+        new = replace(state, kid=signer.key_id)
+        return new, status_event(state, status, at, reason="token_reissued", checkpoint_id=state.checkpoint_id,
+                                 cause=cause, route=state.route, token=signer.token(_claims_of(state, state.route)),
+                                 dwell_target=self.dwell_target)
+
+    def reissued(self, state: PassState, applied: Container[str]) -> tuple[PassState, list[dict]]:
+        """A pass just signed (issued, rerouted, reissued) by a key whose withdrawal was `applied`
+        already (its passes reissued): a request or change from before the withdrawal, handled
+        after it. The reissues it would have had, had it been there when the withdrawal was (what a
+        replay in event-time order does)."""
+        events = []
+        while state.kid in applied and (at := self.keyring.withdrawn_at(state.kid)) is not None:
+            state, event = self.key_withdrawn(state, state.kid, at)
+            if event is None:
+                break
+            events.append(event)
+        return state, events
+
     def enterprise_changed(self, state: PassState, entry: EnterpriseEntry) -> tuple[PassState, dict | None]:
         """A removal from the key-enterprise list revokes the P2/P3 passes that relied on it."""
         if entry.action != "remove" or S(state.status) not in ACTIVE:
@@ -184,22 +221,31 @@ class Tracker:
                                  dwell_target=self.dwell_target)
 
 
+def _claims_of(state: PassState, route: dict) -> dict:
+    """What a pass's token says (and `models.decide` signs first): the pass, its plate, validity and route."""
+    return {"pid": state.pass_id, "plate": state.plate, "nbf": state.valid_from, "exp": state.valid_until,
+            "rt": route["adcodes"], "cp": [c["checkpoint_id"] for c in route["checkpoints"]]}
+
+
 class PassIndex:
     """The active passes of one partition, filed by what can change them: the regions of
-    `Tracker.regions_of`, and the key enterprises (shipper, consignee) a pass may rely on.
+    `Tracker.regions_of`, the key enterprises (shipper, consignee) a pass may rely on, and the
+    key that signed its token.
 
     A risk change visits the passes on the regions it touches, plus the suspended ones (any
-    change may reinstate them); an enterprise removal, the passes of that firm. Passes that
-    are delivered, revoked or expired are not filed: nothing can change them any more.
-    Costs one set entry per region and firm of each active pass.
+    change may reinstate them); an enterprise removal, the passes of that firm; a key's
+    withdrawal, the passes that key signed. Passes that are delivered, revoked or expired are
+    not filed: nothing can change them any more. Costs one set entry per region and firm of
+    each active pass, and one for its key.
     """
 
     def __init__(self, regions_of) -> None:
         self._regions_of = regions_of
         self._by_region: dict[str, set[str]] = {}
         self._by_firm: dict[str, set[str]] = {}
+        self._by_kid: dict[str, set[str]] = {}
         self._suspended: set[str] = set()
-        self._filed: dict[str, tuple[frozenset[str], tuple[str, str]]] = {}
+        self._filed: dict[str, tuple[frozenset[str], tuple[str, str], str | None]] = {}
 
     def __len__(self) -> int:
         return len(self._filed)
@@ -211,14 +257,12 @@ class PassIndex:
         if status not in ACTIVE:
             self.remove(pass_id)
             return
-        filed = (self._regions_of(state), (state.shipper, state.consignee))
+        filed = (self._regions_of(state), (state.shipper, state.consignee), state.kid)
         if self._filed.get(pass_id) != filed:
             self.remove(pass_id)
             self._filed[pass_id] = filed
-            for region in filed[0]:
-                self._by_region.setdefault(region, set()).add(pass_id)
-            for firm in filed[1]:
-                self._by_firm.setdefault(firm, set()).add(pass_id)
+            for key, book in self._entries(filed):
+                book.setdefault(key, set()).add(pass_id)
         if status is S.SUSPENDED:
             self._suspended.add(pass_id)
         else:
@@ -228,14 +272,18 @@ class PassIndex:
         filed = self._filed.pop(pass_id, None)
         if filed is None:
             return
-        regions, firms = filed
-        for key, book in [(r, self._by_region) for r in regions] + [(f, self._by_firm) for f in firms]:
+        for key, book in self._entries(filed):
             ids = book.get(key)
             if ids is not None:
                 ids.discard(pass_id)
                 if not ids:
                     del book[key]
         self._suspended.discard(pass_id)
+
+    def _entries(self, filed) -> list[tuple[str, dict[str, set[str]]]]:
+        regions, firms, kid = filed
+        entries = [(r, self._by_region) for r in regions] + [(f, self._by_firm) for f in firms]
+        return entries if kid is None else entries + [(kid, self._by_kid)]
 
     def touched_by_risk(self, regions: frozenset[str] | set[str]) -> list[str]:
         """The passes a risk change on `regions` may change, in pass-id order (deterministic)."""
@@ -246,6 +294,10 @@ class PassIndex:
 
     def of_firm(self, credit_code: str) -> list[str]:
         return sorted(self._by_firm.get(credit_code, ()))
+
+    def signed_by(self, kid: str) -> list[str]:
+        """The active passes whose current token key `kid` signed, in pass-id order."""
+        return sorted(self._by_kid.get(kid, ()))
 
 
 def epoch_seconds(at: datetime | str) -> int:

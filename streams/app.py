@@ -18,6 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.decide import Decider
+from models.keyring import SigningKeyMissing
 from models.policy import load_catalog
 from models.reference import EnterpriseBook, RiskBook
 from models.tracking import Tracker
@@ -27,44 +28,51 @@ from .compat import (DirectTable, learn_partitions, refresh_metadata, seek_befor
                      send_in_partition_transaction, set_fetch_wait)
 from .eos import CommitGate
 from .handlers import Out, PassHolders, Pipeline, Tables, Topics
-from .keys import load_signer
+from .keys import KeyDir
 from .metrics import CONTENT_TYPE, PrometheusMeter, new_registry, render, sample_lag
 from .settings import Settings
 
-__all__ = ["create_app", "build_pipeline", "read_whole_topics"]
+__all__ = ["create_app", "build_pipeline", "load_reference_data", "read_whole_topics", "signed"]
 
 log = logging.getLogger("greenchannel")
+KEY_WAIT_SECONDS = 5  # how often a worker waiting for a private key looks into GC_KEY_DIR again
 
 
 def build_pipeline(settings: Settings) -> Pipeline:
-    """The decision core with its reference data, catalog, routing and signing key."""
+    """The decision core with its reference data, catalog, routing and signing keyring (the key
+    folder's private keys; which key signs when, the keys topic says: `load_reference_data`)."""
     catalog = load_catalog(settings.catalog)
     graph = RegionGraph.default()
-    signer = load_signer(settings.keys_path)
+    keyring = KeyDir(settings.keys_path).seeded()
     geocoder = None
     if settings.geocoder != "offline":
         from geopy.geocoders import get_geocoder_for_service
         geocoder = get_geocoder_for_service(settings.geocoder)(user_agent=settings.geocoder_user_agent)
     decider = Decider(catalog=catalog, gazetteer=Gazetteer.default(), graph=graph,
                       planner=RoutePlanner(graph, speed_kmh=float(catalog.rules.get("speed_kmh", 60))),
-                      risk=RiskBook(), enterprises=EnterpriseBook(), signer=signer, geocoder=geocoder)
-    return Pipeline(decider, Tracker(decider, signer.public_key), Topics.with_prefix(settings.topic_prefix),
+                      risk=RiskBook(), enterprises=EnterpriseBook(), signer=keyring, geocoder=geocoder)
+    return Pipeline(decider, Tracker(decider), Topics.with_prefix(settings.topic_prefix),
                     partitions=settings.partitions, retention=timedelta(days=settings.pass_retention_days))
 
 
-async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
-    """Read the whole risk and key-enterprise topics into this worker's books.
+def reference_handlers(pipeline: Pipeline) -> dict:
+    """The handler of each reference topic: risk levels, the key-enterprise list, the signing keyring."""
+    topics = pipeline.topics
+    return {topics.risk: pipeline.on_risk, topics.enterprises: pipeline.on_enterprise, topics.keys: pipeline.on_key}
 
-    Every worker needs all of both, not just its partitions, so this reads outside the
+
+async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
+    """Read the whole risk, key-enterprise and keys topics into this worker's books and ring.
+
+    Every worker needs all of them, not just its partitions, so this reads outside the
     consumer group; later updates reach each worker through the pass-event broadcast.
     """
-    topics = pipeline.topics
+    handlers = reference_handlers(pipeline)
 
     def apply(topic: str, partition: int, m) -> None:
-        handler = pipeline.on_risk if topic == topics.risk else pipeline.on_enterprise
-        handler(m.key, m.value, partition=partition, offset=m.offset, timestamp_ms=m.timestamp)
+        handlers[topic](m.key, m.value, partition=partition, offset=m.offset, timestamp_ms=m.timestamp)
 
-    return await read_whole_topics(settings.bootstrap, [topics.enterprises, topics.risk], apply)
+    return await read_whole_topics(settings.bootstrap, list(handlers), apply)
 
 
 async def read_whole_topics(bootstrap: str, names: list[str], apply) -> int:
@@ -107,6 +115,19 @@ async def read_whole_topics(bootstrap: str, names: list[str], apply) -> int:
     return count
 
 
+async def signed(handle, *, where, wait: float = KEY_WAIT_SECONDS) -> list[Out]:
+    """`handle()`, waiting while the key that must sign is one whose private key is not in the key
+    folder `where`: never signed with another key. The handlers write nothing before they sign, so
+    trying again is safe; the event, and those behind it in its agent, wait (consumer lag shows it),
+    each try reading the folder again."""
+    while True:
+        try:
+            return handle()
+        except SigningKeyMissing as missing:
+            log.warning("%s (%s): waiting for it, looking again in %s s", missing, where, wait)
+            await asyncio.sleep(wait)  # a retry interval: the key is an operator's to copy there
+
+
 def create_app(settings: Settings) -> faust.App:
     seek_before_resume()  # a worker taking over a backlog processes each record once (streams.compat)
     set_fetch_wait(settings.fetch_wait_ms)
@@ -139,7 +160,7 @@ def create_app(settings: Settings) -> faust.App:
 
     requests = raw_topic(names.requests)
     scans = raw_topic(names.scans)
-    reference = raw_topic(names.risk, names.enterprises)
+    reference = raw_topic(names.risk, names.enterprises, names.keys)
     pass_events = raw_topic(names.pass_events)
 
     # --- tables -------------------------------------------------------------------------------
@@ -173,6 +194,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def bootstrap() -> None:
         n = await load_reference_data(pipeline, settings)
+        pipeline.withdrawals_in_the_past()  # a replay does not: it applies them in event-time order
         log.info("reference data loaded: %d records", n)
         ready.set()
 
@@ -212,7 +234,7 @@ def create_app(settings: Settings) -> faust.App:
         """An agent never dies on a message: an unexpected error dead-letters it instead."""
         started = time.perf_counter()
         try:
-            outs = handle()
+            outs = await signed(handle, where=settings.keys_path)
             meter.handled(topic, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 — the message is kept, with the error
             log.exception("failed on %s@%s", topic, event.message.offset)
@@ -254,17 +276,19 @@ def create_app(settings: Settings) -> faust.App:
                 await guarded(names.scans, event, lambda: pipeline.on_scan(
                     event.key, event.value, tables=tables, **meta(event)))
 
+    handlers = reference_handlers(pipeline)
+
     @app.agent(reference)
     async def reference_data(stream):
         await ready.wait()
         async for event in stream.events():
-            handler = pipeline.on_risk if event.message.topic == names.risk else pipeline.on_enterprise
+            handler = handlers[event.message.topic]
             async with in_flight():
                 await guarded(event.message.topic, event, lambda: handler(event.key, event.value, **meta(event)))
 
     @app.agent(pass_events)
     async def track(stream):
-        """Re-keyed scans and the risk and key-list broadcasts, on each pass's partition."""
+        """Re-keyed scans and the risk, key-list and keyring broadcasts, on each pass's partition."""
         await ready.wait()
         async for event in stream.events():
             async with in_flight():
@@ -306,6 +330,12 @@ def create_app(settings: Settings) -> faust.App:
     async def metrics_view(web, request):
         """The worker's series in the Prometheus text format."""
         return web.bytes(render(meter.registry), content_type=CONTENT_TYPE)
+
+    @app.page("/keys/")
+    async def keys_view(web, request):
+        """This worker's signing keyring now: each key's times and status, which one signs, and
+        whether its private key is in GC_KEY_DIR (a worker without it waits: see `signed`)."""
+        return web.json({"keys": pipeline.decider.keyring.rows(datetime.now(timezone.utc))})
 
     @app.page("/checkpoints/")
     async def checkpoints_view(web, request):

@@ -69,7 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="bring the schema at GC_DATABASE_URL up to date")
 
-    sub.add_parser("keys", help="make the pass-signing key pair if needed and print the public key path")
 
     from .firms import add_arguments as add_request_arguments
     from .operators import add_arguments as add_operator_arguments
@@ -130,10 +129,13 @@ def cmd_worker(settings) -> int:
     use_event_loop(settings.event_loop)  # before anything asks for the loop
     cmd_topics(settings)
     from .handlers import Topics
-    from .keys import load_signer, publish_public_key
-    # Stations take the key from the topic (they also accept a file): verifying needs no key copying.
-    asyncio.run(publish_public_key(settings.bootstrap, Topics.with_prefix(settings.topic_prefix).keys,
-                                   load_signer(settings.keys_path)))
+    from .keys import KeyDir, publish_public_key
+    # The ring's first key (active since ever; made on the first run): stations take the keys from the
+    # topic (they also accept files), so verifying needs no key copying. Rotated keys are on the
+    # topic already, with their times.
+    first = KeyDir(settings.keys_path).first()
+    if first is not None:
+        asyncio.run(publish_public_key(settings.bootstrap, Topics.with_prefix(settings.topic_prefix).keys, first))
     app = create_app(settings)
     worker = Worker(app, loglevel="warning", quiet=True)
     # Faust's terminal spinner sets the root logger to DEBUG so it can tick on every record: every
@@ -233,10 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         from .dashboard import cmd_dashboard
         return cmd_dashboard(settings, args)
     if args.command == "keys":
-        from .keys import PUBLIC_NAME, load_signer
-        signer = load_signer(settings.keys_path)
-        print(f"{settings.keys_path / PUBLIC_NAME} (key id {signer.key_id})")
-        return 0
+        from .operators import cmd_keys
+        return cmd_keys(settings, args)
     return 2
 
 

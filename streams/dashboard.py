@@ -188,7 +188,7 @@ class Dashboard:
     # --- consumer lag, from the broker ---------------------------------------------------------------
     async def follow_lag(self, every: float = 2.0) -> None:
         s, t = self.settings, self.topics
-        groups = {s.app_id: [t.requests, t.scans, t.risk, t.enterprises],
+        groups = {s.app_id: [t.requests, t.scans, t.risk, t.enterprises, t.keys],
                   projector_group(s): [t.decisions, t.status, t.risk, t.enterprises]}
         admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap)
         consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import orjson
 
 from models.decide import Decider
-from models.passes import ACTIVE, PassState, allocate_pass_id, claimed_pass_id, kafka_partition, legacy_answers
+from models.keyring import WITHDRAWN, parse_key_entry
+from models.passes import (ACTIVE, PassState, allocate_pass_id, claimed_pass_id, kafka_partition, legacy_answers,
+                           unverified_claims)
 from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time,
                             kept, load_object, parse_enterprise, parse_request, parse_risk, parse_scan, parse_time,
                             record_time)
@@ -37,7 +39,7 @@ class Topics:
     status: str
     deadletter: str
     pass_events: str  # internal: everything about a pass, keyed by pass_id
-    keys: str = "gc.pass.keys"  # the workers' public keys, keyed by key id: what stations verify with
+    keys: str = "gc.pass.keys"  # the signing keyring: public keys with their status, keyed by key id
 
     @classmethod
     def with_prefix(cls, prefix: str = "gc.") -> Topics:
@@ -144,6 +146,10 @@ class Pipeline:
         self.partitions = partitions
         self.retention = retention  # how long a pass stays in the working state after its validity
         self.board = CheckpointBoard(target_seconds=tracker.dwell_target)
+        # Keys whose withdrawal has been applied here (their passes reissued): a pass signed later
+        # by one of them is reissued at once (`Tracker.reissued`). Not the ring's withdrawals: a
+        # replay knows all of those before it decides anything, and applies each in event-time order.
+        self.withdrawals_applied: set[str] = set()
         self.meter = Meter()  # the worker sets a PrometheusMeter (streams.metrics)
 
     # --- dead letters -------------------------------------------------------------------------
@@ -187,16 +193,19 @@ class Pipeline:
             return [self.dead_letter(self.topics.requests, partition, offset, key, value, timestamp_ms, stale)]
         decision = self.decider.decide(request, errors, decided_at=decided_at,
                                        allocate=self._allocator(sid, partition, tables.serials))
+        state, reissues = decision.state, []
+        if state is not None:  # signed by a key withdrawn since: reissued at once (nothing is written before)
+            state, reissues = self.tracker.reissued(state, self.withdrawals_applied)
         body = kept(canonical(decision.message))  # the table keeps it (and it goes out as it is)
         self.meter.decision(decision.message["decision"], decision.message["priority"])
         tables.decided[sid] = body
         outs = [self._decision_out(sid, body, decision.message["decided_at"])]
-        state = decision.state
         lifetimes = tables.lifetimes.get(partition)
         if state is not None:
             tables.serials[state.pass_id] = sid.encode()
             self._store(tables, partition, state)
             outs.append(self._status_out(self.tracker.issued(state, decision.message["decided_at"])))
+            outs += [self._status_out(event) for event in reissues]
             if lifetimes is not None:
                 lifetimes.add_pass(state.pass_id, state.valid_until, decision.message["decided_at"])
         elif lifetimes is not None:
@@ -284,10 +293,8 @@ class Pipeline:
         except Unparseable as exc:
             return [self.dead_letter(self.topics.risk, partition, offset, key, value, timestamp_ms, str(exc))]
         self.decider.risk.apply(risk)
-        command = canonical({"kind": "risk", "adcode": risk.adcode, "level": risk.level,
-                             "effective_at": format_time(risk.effective_at)})
-        return [Out(self.topics.pass_events, risk.adcode.encode(), command, partition=p)
-                for p in range(self.partitions)]
+        return self._broadcast(risk.adcode, {"kind": "risk", "adcode": risk.adcode, "level": risk.level,
+                                             "effective_at": format_time(risk.effective_at)})
 
     def on_enterprise(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
                       timestamp_ms: int | None) -> list[Out]:
@@ -298,15 +305,31 @@ class Pipeline:
         self.decider.enterprises.apply(entry)
         if entry.action != "remove":
             return []
-        command = canonical({"kind": "enterprise", "credit_code": entry.credit_code, "name": entry.name,
-                             "action": entry.action, "effective_at": format_time(entry.effective_at)})
-        return [Out(self.topics.pass_events, entry.credit_code.encode(), command, partition=p)
-                for p in range(self.partitions)]
+        return self._broadcast(entry.credit_code, {"kind": "enterprise", "credit_code": entry.credit_code,
+                                                   "name": entry.name, "action": entry.action,
+                                                   "effective_at": format_time(entry.effective_at)})
+
+    def on_key(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
+               timestamp_ms: int | None) -> list[Out]:
+        """A pass-signing key made active or withdrawn (`gc.pass.keys`): into the ring, and to every
+        tracker partition, where each worker's ring learns it and a withdrawal reissues the passes
+        that key signed. A record that is not a genuine key of its kid is dead-lettered."""
+        try:
+            entry = parse_key_entry(load_object(value), timestamp_ms=timestamp_ms)
+        except Unparseable as exc:
+            return [self.dead_letter(self.topics.keys, partition, offset, key, value, timestamp_ms, str(exc))]
+        self.decider.keyring.apply(entry)
+        return self._broadcast(entry.kid, {"kind": "key", **entry.to_record()})
+
+    def _broadcast(self, key: str, command: dict) -> list[Out]:
+        """A reference change to every partition of the internal pass topic."""
+        value = canonical(command)
+        return [Out(self.topics.pass_events, key.encode(), value, partition=p) for p in range(self.partitions)]
 
     # --- the internal pass topic ------------------------------------------------------------------
     def on_pass_event(self, value: bytes, *, partition: int, tables: Tables) -> list[Out]:
         """Commands on the internal pass topic, for the passes of `partition`: re-keyed scans, and
-        the risk and key-list broadcasts (`issue`: left there by a worker before 0.4)."""
+        the risk, key-list and keyring broadcasts (`issue`: left there by a worker before 0.4)."""
         command = orjson.loads(value)
         kind = command["kind"]
         if kind == "scan":
@@ -324,11 +347,31 @@ class Pipeline:
             self.decider.enterprises.apply(entry)
             firms = self.index(partition, tables).of_firm(entry.credit_code)
             return self._each_pass(tables, partition, firms, lambda s: self.tracker.enterprise_changed(s, entry))
+        if kind == "key":
+            return self._on_key(tables, partition, parse_key_entry(command))
         if kind == "clock":
             return self._on_clock(tables, partition, command["at"])
         if kind == "issue":
             return self._legacy_issue(tables, partition, command)
         raise ValueError(f"unknown pass command {kind!r}")
+
+    def _on_key(self, tables: Tables, partition: int, entry) -> list[Out]:
+        """The ring learns the key (another worker consumed its record); a withdrawal visits the
+        partition's active passes that key signed, and only those, and reissues them."""
+        self.decider.keyring.apply(entry)
+        if entry.status != WITHDRAWN:
+            return []
+        signed = self.index(partition, tables).signed_by(entry.kid)
+        outs = self._each_pass(tables, partition, signed,
+                               lambda s: self.tracker.key_withdrawn(s, entry.kid, entry.effective_at))
+        self.withdrawals_applied.add(entry.kid)
+        return outs
+
+    def withdrawals_in_the_past(self) -> None:
+        """The live worker at start: every withdrawal on the ring it loaded has been applied (or its
+        broadcast, still to come, changes nothing a reissue at once has not)."""
+        ring = self.decider.keyring
+        self.withdrawals_applied.update(kid for kid in ring.kids() if ring.withdrawn_at(kid) is not None)
 
     # --- the channel's clock: expiry and retention ------------------------------------------------
     def clock_tick(self, at: datetime, partition: int) -> Out:
@@ -409,20 +452,26 @@ class Pipeline:
             if PassState.from_json(stored).shipment_id != state.shipment_id:
                 return [self._collision(state, command)]
             return []  # redelivered: the pass exists already
-        self._store(tables, partition, state)
+        self._store(tables, partition, self._with_kid(tables, state))
         lifetimes = tables.lifetimes.get(partition)
         if lifetimes is not None:
             lifetimes.add_pass(state.pass_id, state.valid_until, command["decided_at"])
         return [self._status_out(self.tracker.issued(state, command["decided_at"]))]
 
     def _each_pass(self, tables: Tables, partition: int, pass_ids: list[str], change) -> list[Out]:
-        outs = []
+        """`change` each pass (and reissue what it signed with a key withdrawn since: `Tracker.reissued`).
+        Every change is worked out before any is stored, so a signing key missing here
+        (SigningKeyMissing: the worker waits for it and tries again) leaves the partition as it was."""
+        changed = []
         for pass_id in pass_ids:
-            state = self._load(tables, pass_id)
-            new, event = change(state)
+            new, event = change(self._load(tables, pass_id))
             if event is not None:
-                self._store(tables, partition, new)
-                outs.append(self._status_out(event))
+                new, reissues = self.tracker.reissued(new, self.withdrawals_applied)
+                changed.append((new, [event, *reissues]))
+        outs = []
+        for new, events in changed:
+            self._store(tables, partition, new)
+            outs += [self._status_out(event) for event in events]
         return outs
 
     # --- pass state and its index -------------------------------------------------------------------
@@ -434,7 +483,7 @@ class Pipeline:
             index = tables.indexes[partition] = PassIndex(self.tracker.regions_of)
             for pass_id, raw in tables.passes.items():
                 if kafka_partition(pass_id.encode(), self.partitions) == partition:
-                    index.put(PassState.from_json(raw))
+                    index.put(self._with_kid(tables, PassState.from_json(raw)))
         return index
 
     def _load(self, tables: Tables, pass_id: str) -> PassState | None:
@@ -443,7 +492,20 @@ class Pipeline:
             return None
         for scan_id, answer in legacy_answers(raw).items():  # a worker before 0.4 kept them in the state
             tables.answers.setdefault(f"{pass_id}/{scan_id}", answer)
-        return PassState.from_json(raw)
+        return self._with_kid(tables, PassState.from_json(raw))
+
+    @staticmethod
+    def _with_kid(tables: Tables, state: PassState) -> PassState:
+        """A state stored before the keyring names no key: its worker had one key, which signed
+        every token of the pass, and its decision's token names it."""
+        if state.kid is not None:
+            return state
+        decision = tables.decided.get(state.shipment_id)
+        try:
+            kid = unverified_claims(orjson.loads(decision)["pass"]["token"]).get("kid")
+        except (TypeError, KeyError, ValueError):
+            return state
+        return replace(state, kid=kid) if isinstance(kid, str) else state
 
     def _store(self, tables: Tables, partition: int, state: PassState) -> None:
         tables.passes[state.pass_id] = kept(state.to_json())

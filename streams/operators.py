@@ -1,4 +1,4 @@
-"""`greenchannel risk …` and `greenchannel enterprises …`: the operators' reference-data commands.
+"""`greenchannel risk …`, `enterprises …` and `keys …`: the operators' reference-data commands.
 
 Thin edges over `models.operators`: each command validates everything first, publishes only
 what the worker would accept (keyed by adcode or credit code), prints what it sent, and exits
@@ -20,15 +20,18 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from models.operators import EntryError, enterprise_csv, enterprise_entry, read_enterprise_csv, risk_entry
-from models.records import load_object, parse_enterprise, parse_risk, parse_time
+from models.keyring import ACTIVE, Keyring, key_entry, parse_key_entry
+from models.operators import (EntryError, enterprise_csv, enterprise_entry, key_withdrawal, read_enterprise_csv,
+                              risk_entry)
+from models.records import format_time, load_object, parse_enterprise, parse_risk, parse_time
 from models.reference import EnterpriseBook, RiskBook
 from routing import Gazetteer
 
 from .handlers import Topics
+from .keys import PUBLIC_NAME, KeyDir
 from .settings import Settings
 
-__all__ = ["add_arguments", "cmd_risk", "cmd_enterprises", "publish", "set_risk"]
+__all__ = ["add_arguments", "cmd_risk", "cmd_enterprises", "cmd_keys", "publish", "set_risk", "read_keyring"]
 
 err = Console(stderr=True)
 PROGRESS_FROM = 500  # rows: a file this big gets a progress bar
@@ -60,6 +63,21 @@ def add_arguments(sub) -> None:
     imp = ent.add_parser("import", help="add every good row of a CSV (credit_code,name,…; UTF-8, BOM or not)")
     imp.add_argument("file", type=Path)
     imp.add_argument("--dry-run", action="store_true", help="validate only: publish nothing")
+    _add_key_arguments(sub)
+
+
+def _add_key_arguments(sub) -> None:
+    keys = sub.add_parser("keys", help="the pass-signing keyring (gc.pass.keys); alone: make the first key pair "
+                                       "if needed and print its public key path")
+    key_sub = keys.add_subparsers(dest="keys_command")
+    rotate = key_sub.add_parser("rotate", help="a new signing key into GC_KEY_DIR, published active: new passes "
+                                               "are signed with it")
+    withdraw = key_sub.add_parser("withdraw", help="mark a key compromised: its tokens are held at the next scan, "
+                                                   "its active passes reissued with the key in force")
+    withdraw.add_argument("kid")
+    listing = key_sub.add_parser("list", help="the ring and each key's status (read from the topic)")
+    for p, when in ((rotate, "it takes effect"), (withdraw, "it takes effect"), (listing, "of the statuses")):
+        p.add_argument("--at", metavar="TIME", help=f"RFC 3339 time {when} (default: now)")
 
 
 def _when(text: str | None) -> datetime:
@@ -167,6 +185,78 @@ def cmd_enterprises(settings: Settings, args) -> int:
         table.add_row(code, name)
     Console().print(table)
     return 0
+
+
+def read_keyring(settings: Settings) -> Keyring:
+    """The keys topic, read whole as the worker reads it at start (a record it dead-letters is not
+    on the ring), with the private keys of GC_KEY_DIR."""
+    from .app import read_whole_topics
+    ring = Keyring(KeyDir(settings.keys_path).signer)
+
+    def apply(topic: str, partition: int, m) -> None:
+        try:
+            ring.apply(parse_key_entry(load_object(m.value), timestamp_ms=m.timestamp))
+        except ValueError:
+            pass
+
+    asyncio.run(read_whole_topics(settings.bootstrap, [Topics.with_prefix(settings.topic_prefix).keys], apply))
+    return ring
+
+
+def cmd_keys(settings: Settings, args) -> int:
+    command = args.keys_command
+    key_dir = KeyDir(settings.keys_path)
+    if command is None:  # `greenchannel keys`, as before the ring: the first key pair
+        first = key_dir.first()
+        if first is None:
+            err.print(f"[red]{settings.keys_path} holds rotated keys but not the ring's first key[/red]")
+            return 1
+        print(f"{settings.keys_path / PUBLIC_NAME} (key id {first.key_id})")
+        return 0
+    try:
+        at = _when(args.at)
+        if command == "rotate":
+            return _rotate(settings, key_dir, at)
+        if command == "withdraw":
+            return _withdraw(settings, args.kid, at)
+    except EntryError as exc:
+        err.print(f"[red]not sent: {exc}[/red]")
+        return 1
+    _print_keyring(read_keyring(settings), at)
+    return 0
+
+
+def _rotate(settings: Settings, key_dir: KeyDir, at: datetime) -> int:
+    topic = Topics.with_prefix(settings.topic_prefix).keys
+    signer = key_dir.new_key()  # the private key is on disk before any worker can be asked to sign with it
+    entry = key_entry(signer.public_key, ACTIVE, at=at)
+    asyncio.run(publish(settings, topic, [(signer.key_id, entry)]))
+    _sent(topic, entry)
+    print(f"new key {signer.key_id}: passes decided from {format_time(at)} are signed with it. Its private key is "
+          f"{key_dir.path / (signer.key_id + '.key')}: every worker's GC_KEY_DIR needs it by then (a worker "
+          "without it waits for it)")
+    return 0
+
+
+def _withdraw(settings: Settings, kid: str, at: datetime) -> int:
+    topic = Topics.with_prefix(settings.topic_prefix).keys
+    ring = read_keyring(settings)
+    entry = key_withdrawal(ring, kid, at=at)
+    asyncio.run(publish(settings, topic, [(entry["kid"], entry)]))
+    _sent(topic, entry)
+    ring.apply(parse_key_entry(entry))
+    print(f"from {format_time(at)} tokens of key {entry['kid']} are held at every scan (key_withdrawn); its active "
+          f"passes get new tokens signed by {ring.signing_kid(at)} (status events, reason token_reissued)")
+    return 0
+
+
+def _print_keyring(ring: Keyring, at: datetime) -> None:
+    table = Table("kid", "active from", "withdrawn from", "status", "signs", "private key here",
+                  title=f"{len(ring)} pass-signing keys at {at:%Y-%m-%d %H:%M} UTC")
+    for row in ring.rows(at):
+        table.add_row(row["kid"], row["active_from"] or "—", row["withdrawn_from"] or "", row["status"],
+                      "✓" if row["signs"] else "", "yes" if row["private_key_here"] else "no")
+    Console(width=160).print(table)
 
 
 def _import(settings: Settings, path: Path, *, dry_run: bool, at: datetime) -> int:

@@ -75,6 +75,7 @@ import orjson
 
 from typing import TYPE_CHECKING
 
+from models.keyring import SigningKeyMissing
 from models.records import effective_time, format_time, parse_time
 
 if TYPE_CHECKING:  # the decision core is imported when a command runs, not when the CLI parses arguments
@@ -313,19 +314,14 @@ class _Event:
 
 def merge(records: Iterable[Record], topics: Topics) -> list[_Event]:
     """Input records in event-time order, ties by topic, partition, offset (each value decoded once)."""
-    rank = {topics.enterprises: 0, topics.risk: 1, topics.requests: 2, topics.scans: 3, topics.pass_events: 4}
+    order = [topics.enterprises, topics.risk, topics.keys, topics.requests, topics.scans, topics.pass_events]
+    rank = {name: n for n, name in enumerate(order)}
+    when = {topics.requests: "submitted_at", topics.scans: "scanned_at", topics.pass_events: "at"}  # pass events: the clock
     events = []
     for r in records:
         obj = _decode(r.value)
-        t = rank[r.topic]
-        if t == 2:
-            events.append(_Event(_event_us(obj, "submitted_at", r.timestamp_ms), t, r, _request_sid(obj, r.key)))
-        elif t == 3:
-            events.append(_Event(_event_us(obj, "scanned_at", r.timestamp_ms), t, r))
-        elif t == 4:  # the channel's clock
-            events.append(_Event(_event_us(obj, "at", r.timestamp_ms), t, r))
-        else:
-            events.append(_Event(_event_us(obj, "effective_at", r.timestamp_ms), t, r))
+        sid = _request_sid(obj, r.key) if r.topic == topics.requests else None
+        events.append(_Event(_event_us(obj, when.get(r.topic, "effective_at"), r.timestamp_ms), rank[r.topic], r, sid))
     events.sort(key=lambda e: e.order)
     return events
 
@@ -350,20 +346,26 @@ class Replayer:
         self.stale = 0  # requests the worker dead-lettered as older than the retention, the log bearing it out
         self.diagnoses = 50  # mismatched decisions re-decided with older reference data (costly: capped)
 
-    # Every input is handled as `streams.app.guarded` does: an unexpected error dead-letters it.
+    # Every input is handled as `streams.app.guarded` does: an unexpected error dead-letters it. A key
+    # the ring says signs, and whose private key is not in GC_KEY_DIR, stops the replay (the worker
+    # waits for it): the audit cannot reproduce a signature without it.
     def _call(self, handler, r: Record, **kw) -> list[Out]:
         try:
             return handler(r.key, r.value, partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms, **kw)
+        except SigningKeyMissing:
+            raise
         except Exception as exc:  # noqa: BLE001 — as the live agent does
             return [self.pipeline.dead_letter(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms,
                                               f"internal error: {type(exc).__name__}: {exc}")]
 
     def load_reference(self, records: Iterable[Record]) -> int:
-        """Apply every reference record to the as-of books (order does not matter; sorted anyway)."""
+        """Apply every reference record to the as-of books and the keyring (order does not matter;
+        sorted anyway)."""
         t = self.topics
+        handlers = self._reference_handlers()
         n = 0
-        for r in sorted(records, key=lambda r: (r.topic != t.enterprises, r.partition, r.offset)):
-            self._call(self.pipeline.on_risk if r.topic == t.risk else self.pipeline.on_enterprise, r)
+        for r in sorted(records, key=lambda r: (r.topic != t.enterprises, r.topic, r.partition, r.offset)):
+            self._call(handlers[r.topic], r)
             self.reference.append(r)
             n += 1
         return n
@@ -379,7 +381,7 @@ class Replayer:
         events = merge(records, t)
         self._hold_serials(held, except_for={e.sid for e in events if e.sid is not None})
         decide = self._decider([e for e in events if e.record.topic == t.requests], stale)
-        handlers = {t.risk: p.on_risk, t.enterprises: p.on_enterprise}
+        handlers = self._reference_handlers()
         step = 0
         for e in events:
             r = e.record
@@ -396,7 +398,7 @@ class Replayer:
                 outs = self._call(p.on_scan, r, tables=self.tables)
             elif r.topic == t.pass_events:  # a clock tick, on the partition the worker handled it
                 outs = self._tick(r)
-            else:  # a risk/enterprise update: its broadcast re-evaluates each partition's passes
+            else:  # a risk/enterprise/key update: its broadcast re-evaluates each partition's passes
                 outs = self._call(handlers[r.topic], r)
             for out in outs:
                 self._emit(out, r)
@@ -404,9 +406,15 @@ class Replayer:
             self.advance(step % 1000)
         return step
 
+    def _reference_handlers(self) -> dict:
+        p, t = self.pipeline, self.topics
+        return {t.risk: p.on_risk, t.enterprises: p.on_enterprise, t.keys: p.on_key}
+
     def _tick(self, r: Record) -> list[Out]:
         try:
             return self.pipeline.on_pass_event(r.value, partition=r.partition, tables=self.tables)
+        except SigningKeyMissing:
+            raise
         except Exception:  # noqa: BLE001 — the live agent dead-letters it
             self.dead_letters += 1
             return []
@@ -460,6 +468,8 @@ class Replayer:
             partition = out.partition if out.partition is not None else kafka_partition(out.key, self.pipeline.partitions)
             try:
                 more = self.pipeline.on_pass_event(out.value, partition=partition, tables=self.tables)
+            except SigningKeyMissing:
+                raise
             except Exception:  # noqa: BLE001 — the live agent dead-letters it
                 self.dead_letters += 1
                 return
@@ -496,13 +506,15 @@ class Replayer:
 
         d = self.pipeline.decider
         decider = Decider(catalog=d.catalog, gazetteer=d.gazetteer, graph=d.graph, planner=d.planner,
-                          risk=RiskBook(), enterprises=EnterpriseBook(), signer=d.signer, geocoder=d.geocoder)
+                          risk=RiskBook(), enterprises=EnterpriseBook(), signer=d.keyring.since_ever(),
+                          geocoder=d.geocoder)
         other = Pipeline(decider, self.pipeline.tracker, self.topics, partitions=self.pipeline.partitions)
+        handlers = {self.topics.risk: other.on_risk, self.topics.enterprises: other.on_enterprise,
+                    self.topics.keys: other.on_key}
         for r in self.reference:
             if r.timestamp_ms <= timestamp_ms:
                 try:
-                    (other.on_risk if r.topic == self.topics.risk else other.on_enterprise)(
-                        r.key, r.value, partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms)
+                    handlers[r.topic](r.key, r.value, partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms)
                 except Exception:  # noqa: BLE001
                     pass
         outs = other.on_request(request.key, request.value, partition=request.partition, offset=request.offset,
@@ -702,7 +714,7 @@ def explain_decision(rep: Replayer, sid: str, recorded: Record) -> str:
     token = (obj.get("pass") or {}).get("token") if isinstance(obj.get("pass"), dict) else None
     if token:
         try:
-            verify_token(token, rep.pipeline.tracker.public_key)
+            verify_token(token, rep.pipeline.tracker.keys)
         except InvalidToken:
             notes.append("its pass token does not verify with the signing key: not issued by this system")
     request = rep.request_of.get(sid)
@@ -809,9 +821,10 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
         # 1. The inputs of the window, and all reference data up to `until` (as-of histories).
         read = await _read(settings, [_Spec(t.requests, since, until), _Spec(t.scans, since, until),
                                       _Spec(t.risk, None, until), _Spec(t.enterprises, None, until),
+                                      _Spec(t.keys, None, until),
                                       _Spec(t.pass_events, since, until, keep=is_clock_tick)],
                            progress=bar, label="reading")
-        reference = read[t.risk] + read[t.enterprises]
+        reference = read[t.risk] + read[t.enterprises] + read[t.keys]
         in_window = [r for r in reference if _inside(r, since)]
         inputs = read[t.requests] + read[t.scans] + in_window + read[t.pass_events]
 
@@ -865,7 +878,7 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
         "window": {"since": str(since) if since else "beginning", "until": str(until) if until else "end of log",
                    "topic_prefix": settings.topic_prefix},
         "events": {"requests": rep.events[t.requests], "scans": rep.events[t.scans],
-                   "risk": rep.events[t.risk], "enterprises": rep.events[t.enterprises],
+                   "risk": rep.events[t.risk], "enterprises": rep.events[t.enterprises], "keys": rep.events[t.keys],
                    "clock_ticks": rep.events[t.pass_events], "total": n_inputs,
                    "reference_loaded": len(reference)},
         "timing": {"seconds": round(elapsed, 3), "read_seconds": round(read_done - started, 3),
@@ -1396,8 +1409,13 @@ def cmd_replay(settings, args) -> int:
         if args.json:
             _write(args.json, orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
         return 0
-    report = asyncio.run(run_replay(settings, since=since, until=until, passes=args.pass_ids,
-                                    progress=not args.no_progress))
+    try:
+        report = asyncio.run(run_replay(settings, since=since, until=until, passes=args.pass_ids,
+                                        progress=not args.no_progress))
+    except SigningKeyMissing as exc:
+        err.print(f"[red]{exc} ({settings.keys_path}): the replay signs what the worker signed, with the same "
+                  "keys; give it GC_KEY_DIR with every private key of the ring[/red]")
+        return 2
     if args.json:
         _write(args.json, report_json(report))
     if args.html:

@@ -1,8 +1,8 @@
 """`greenchannel checkpoint`: a station for one checkpoint or a few, that keeps working offline.
 
-The station reads the pass decisions, status events and the workers' public keys (`gc.pass.keys`)
-in a consumer group of its own and keeps, in a local SQLite file, the passes whose route crosses
-its checkpoints and every key it was given. It verifies a pass with
+The station reads the pass decisions, status events and the signing keyring (`gc.pass.keys`: the
+public keys, with their withdrawals) in a consumer group of its own and keeps, in a local SQLite
+file, the passes whose route crosses its checkpoints and every key it was given. It verifies a pass with
 the core's one rule (`models.passes.scan_refusal`, the tracker's own) against that store and the
 cached public keys: no broker needed. Every scan goes to a local outbox first (`Store.record`),
 then a forwarder publishes the outbox in order, each scan with a stable scan_id, marked sent only
@@ -25,16 +25,17 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from models.keyring import ACTIVE, Keyring, KeyEntry, parse_key_entry
 from models.passes import REFUSALS, InvalidToken, PassTerms, claimed_pass_id, scan_refusal, unverified_claims, verify_token
 from models.policy import CLASS_NAMES
 from models.records import CheckpointScan, format_time, normalise_plate, parse_time
 
 from .handlers import Topics, cloudevent_headers
-from .keys import keyring_entry, public_pem
+from .keys import public_pem
 from .settings import Settings
 from .web import Hub
 
-__all__ = ["Store", "Link", "Station", "check", "station_path"]
+__all__ = ["Store", "Link", "Station", "check", "keyring_of", "station_path"]
 
 log = logging.getLogger("greenchannel.station")
 
@@ -53,6 +54,8 @@ CREATE TABLE IF NOT EXISTS stop (
 CREATE INDEX IF NOT EXISTS stop_due ON stop (checkpoint_id, eta_s);
 CREATE INDEX IF NOT EXISTS stop_of_pass ON stop (pass_id, checkpoint_id);
 CREATE TABLE IF NOT EXISTS key (kid TEXT PRIMARY KEY, pem BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS key_status (
+    kid TEXT NOT NULL, status TEXT NOT NULL, effective_at TEXT NOT NULL, PRIMARY KEY (kid, status, effective_at));
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, scan_id TEXT UNIQUE NOT NULL, pass_id TEXT NOT NULL,
     checkpoint_id TEXT NOT NULL, kind TEXT NOT NULL, plate TEXT NOT NULL, scanned_at TEXT NOT NULL,
@@ -196,15 +199,26 @@ class Store:
     def cache_keys(self, ring: dict) -> None:
         self.db.executemany("INSERT OR IGNORE INTO key VALUES (?, ?)", [(k, public_pem(v)) for k, v in ring.items()])
 
-    def take_key(self, record: dict) -> dict:
-        """A worker's public key from the keys topic, checked against its kid, cached."""
-        kid, key = keyring_entry(record)
-        self.cache_keys({kid: key})
-        return {kid: key}
+    def take_key(self, record: dict, timestamp_ms: int | None = None) -> KeyEntry:
+        """A record of the keys topic (a key active, or withdrawn, from a time), read as the worker
+        reads it (`models.keyring.parse_key_entry`: ValueError unless its kid is its key's own), cached."""
+        entry = parse_key_entry(record, timestamp_ms=timestamp_ms)
+        self.cache_keys({entry.kid: entry.public_key})
+        since = "" if entry.effective_at is None else format_time(entry.effective_at)  # "": since ever
+        self.db.execute("INSERT OR IGNORE INTO key_status VALUES (?, ?, ?)", (entry.kid, entry.status, since))
+        return entry
 
-    def keyring(self) -> dict:
+    def keyring(self) -> Keyring:
+        """Every key cached (a key given as a file, or taken before withdrawals were recorded: active
+        since ever), with each status the keys topic gave it."""
         from cryptography.hazmat.primitives import serialization
-        return {r["kid"]: serialization.load_pem_public_key(r["pem"]) for r in self.db.execute("SELECT * FROM key")}
+        ring = Keyring()
+        for r in self.db.execute("SELECT * FROM key"):
+            ring.add(r["kid"], serialization.load_pem_public_key(r["pem"]), ACTIVE)
+        for r in self.db.execute("SELECT * FROM key_status"):
+            ring.add(r["kid"], ring.public_keys[r["kid"]], r["status"],
+                     parse_time(r["effective_at"]) if r["effective_at"] else None)
+        return ring
 
     # --- the outbox ----------------------------------------------------------------------------------
     def record(self, scan: dict) -> None:
@@ -256,17 +270,24 @@ class _Transaction:
 
 # --- the check: the core's verification over the station's store -------------------------------------
 
-def _claims_with(keys: dict):
+def _claims_with(keys):
     def claims(token: str) -> tuple:
         c = verify_token(token, keys)
-        return c.get("pid"), c.get("plate")
+        return c.get("pid"), c.get("plate"), c.get("kid")
     return claims
 
 
-def check(store: Store, keys: dict, *, checkpoint_id: str, at: datetime, token: str | None = None,
+def keyring_of(keys: Keyring | dict) -> Keyring:
+    """A ring as given, or one of public keys by kid (active since ever, none withdrawn)."""
+    return keys if isinstance(keys, Keyring) else Keyring.of(keys)
+
+
+def check(store: Store, keys: Keyring | dict, *, checkpoint_id: str, at: datetime, token: str | None = None,
           plate: str | None = None) -> dict:
     """GREEN or GREY for the vehicle `plate` showing `token` (or, with no token, the pass of its
-    plate) at `checkpoint_id`: `scan_refusal`, the tracker's rule, over the store's last status."""
+    plate) at `checkpoint_id`: `scan_refusal`, the tracker's rule, over the store's last status and
+    the keyring (a token of a key withdrawn by `at` is refused, `key_withdrawn`)."""
+    ring = keyring_of(keys)
     token = (token or "").strip() or None
     plate = normalise_plate(plate) if plate and plate.strip() else None
     if plate is None and token is None:
@@ -276,9 +297,9 @@ def check(store: Store, keys: dict, *, checkpoint_id: str, at: datetime, token: 
     if plate is None:  # the token alone: the plate it claims is the one to compare (shown to the officer)
         plate = _claimed_plate(token)
     row = store.row(pass_id)
-    terms = _terms(row) if row else _token_terms(token, keys)
+    terms = _terms(row) if row else _token_terms(token, ring.public_keys)
     scan = CheckpointScan("check", checkpoint_id, pass_id, token, plate or "", "arrival", at)
-    reason = scan_refusal(terms, scan, pass_id or "", _claims_with(keys))
+    reason = scan_refusal(terms, scan, pass_id or "", _claims_with(ring.public_keys), ring.withdrawn)
     return {"green": reason is None, "reason": reason, **_reason_text(reason, row), "pass_id": pass_id,
             "plate": plate, "token": token, "checkpoint_id": checkpoint_id, "pass": row and _shown(row, checkpoint_id)}
 
@@ -344,12 +365,12 @@ class Link:
 class Station:
     """The station process: store, keys, the broker links (consumer, forwarder, probe) and a clock."""
 
-    def __init__(self, settings: Settings, checkpoint_ids: list[str], store: Store, keys: dict, *,
+    def __init__(self, settings: Settings, checkpoint_ids: list[str], store: Store, keys: Keyring | dict, *,
                  clock_start: datetime | None = None, dwell_target: int = 900) -> None:
         self.settings = settings
         self.ids = checkpoint_ids
         self.store = store
-        self.keys = keys
+        self.keys = keyring_of(keys)
         self.topics = Topics.with_prefix(settings.topic_prefix)
         self.hub = Hub()
         self.link = Link()
@@ -463,7 +484,7 @@ class Station:
                         if tp.topic == self.topics.decisions:
                             self.store.take_decision(obj)
                         elif tp.topic == self.topics.keys:
-                            self.keys.update(self.store.take_key(obj))
+                            self.keys.apply(self.store.take_key(obj, timestamp_ms=r.timestamp))
                         else:
                             self.store.take_status(obj)
                     except (ValueError, KeyError, TypeError, AttributeError, sqlite3.IntegrityError) as exc:

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
+from models.keyring import Keyring
 from models.passes import PassState, Signer, unverified_claims
 from models.policy import load_catalog
 from models.reference import EnterpriseBook, RiskBook
@@ -43,17 +44,20 @@ def validator(name):
 DEPARTURE = datetime(2020, 2, 25, 8, 0, tzinfo=timezone.utc)
 
 
-def make_tracker(signer: Signer | None = None, keys=None) -> Tracker:
-    """The core with no risk levels or key enterprises in force yet, signing with `signer`."""
+def make_tracker(signer: Signer | Keyring | None = None, keys=None) -> Tracker:
+    """The core with no risk levels or key enterprises in force yet, signing with `signer` (one key,
+    or a keyring, which then also verifies)."""
     graph = RegionGraph.default()
     decider = Decider(catalog=load_catalog(), gazetteer=Gazetteer.default(), graph=graph,
                       planner=RoutePlanner(graph), risk=RiskBook(), enterprises=EnterpriseBook(),
-                      signer=signer or Signer(KEY, "test"))
-    return Tracker(decider, KEY.public_key() if keys is None else keys)
+                      signer=Signer(KEY, "test") if signer is None else signer)
+    if keys is None and not isinstance(signer, Keyring):
+        keys = KEY.public_key()
+    return Tracker(decider, keys)
 
 
-def make_pipeline() -> Pipeline:
-    tracker = make_tracker()
+def make_pipeline(signer: Signer | Keyring | None = None) -> Pipeline:
+    tracker = make_tracker(signer)
     return Pipeline(tracker.decider, tracker, T, partitions=4)
 
 

@@ -18,8 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from models.keyring import key_entry
 from models.passes import kafka_partition
-from models.records import MAX_CARGO_LINES, MAX_ID, MAX_MESSAGE_BYTES, MAX_TEXT, MAX_TOKEN
+from models.records import MAX_CARGO_LINES, MAX_ID, MAX_MESSAGE_BYTES, MAX_TEXT, MAX_TOKEN, parse_time
 from streams.handlers import Tables
 from streams.simulator import Scenario, scans_for
 from support import SCHEMAS, make_pipeline, validator
@@ -125,6 +128,9 @@ PASS_ID = DECISION["pass"]["pass_id"]
 SCANS = scans_for(DECISION, random.Random(3))
 RISK = {"adcode": "420100", "level": "high", "effective_at": "2020-02-25T08:00:00+08:00"}
 ENTERPRISE = dict(SCENARIO.enterprise_entries()[0])
+# A key of no one's, withdrawn: valid, it changes nothing here (no pass is signed by it).
+KEY_RECORD = key_entry(Ed25519PrivateKey.from_private_bytes(bytes(range(5, 37))).public_key(), "withdrawn",
+                       at=parse_time("2020-02-25T08:00:00Z"))
 
 
 # --- the invariant ----------------------------------------------------------------------------
@@ -189,9 +195,10 @@ def test_any_bytes_as_a_scan(value, key):
 
 
 @given(st.binary(max_size=4096))
-def test_any_bytes_as_risk_and_enterprise_entries(value):
+def test_any_bytes_as_risk_and_enterprise_entries_and_key_records(value):
     answered_reference(value, PIPELINE.on_risk)
     answered_reference(value, PIPELINE.on_enterprise)
+    answered_reference(value, PIPELINE.on_key)
 
 
 JSON_VALUES = st.recursive(
@@ -207,6 +214,7 @@ def test_any_json_as_each_input(value, key):
     answered_scan(raw, key)
     answered_reference(raw, PIPELINE.on_risk)
     answered_reference(raw, PIPELINE.on_enterprise)
+    answered_reference(raw, PIPELINE.on_key)
 
 
 # --- schema-shaped messages -------------------------------------------------------------------
@@ -231,6 +239,11 @@ def test_schema_shaped_enterprise_entries(obj):
     answered_reference(encode(obj), PIPELINE.on_enterprise)
 
 
+@given(from_schema(_schema("PassKey")))
+def test_schema_shaped_key_records(obj):
+    answered_reference(encode(obj), PIPELINE.on_key)
+
+
 # --- valid messages with one extreme value ----------------------------------------------------
 @given(st.sampled_from(REQUESTS).flatmap(mutated))
 def test_requests_with_an_extreme_value_anywhere(obj):
@@ -253,7 +266,12 @@ def test_enterprise_entries_with_an_extreme_value_anywhere(obj):
     answered_reference(encode(obj), PIPELINE.on_enterprise)
 
 
-@pytest.mark.parametrize("handler", ["on_request", "on_scan", "on_risk", "on_enterprise"])
+@given(mutated(KEY_RECORD))
+def test_key_records_with_an_extreme_value_anywhere(obj):
+    answered_reference(encode(obj), PIPELINE.on_key)
+
+
+@pytest.mark.parametrize("handler", ["on_request", "on_scan", "on_risk", "on_enterprise", "on_key"])
 def test_nesting_deeper_than_the_parser_goes_is_a_dead_letter(handler):
     value = b"[" * 5000 + b"]" * 5000
     kwargs = {"tables": Tables.empty()} if handler in ("on_request", "on_scan") else {}
@@ -288,7 +306,7 @@ def reasons(decision: dict) -> set[tuple[str, str | None]]:
 def test_a_message_over_the_size_limit_is_a_dead_letter_saying_so():
     body = dict(REQUESTS[0], padding="x" * MAX_MESSAGE_BYTES)
     for handler, extra in (("on_request", {"tables": Tables.empty()}), ("on_scan", {"tables": Tables.empty()}),
-                           ("on_risk", {}), ("on_enterprise", {})):
+                           ("on_risk", {}), ("on_enterprise", {}), ("on_key", {})):
         (out,) = getattr(PIPELINE, handler)(b"k", orjson.dumps(body), partition=0, offset=0, timestamp_ms=0, **extra)
         assert out.topic == TOPICS.deadletter
         assert orjson.loads(out.value)["error"].startswith("too_large:")

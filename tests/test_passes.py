@@ -212,9 +212,9 @@ def test_state_json_of_an_older_version_loads_and_trips_round_trip():
     assert b"trips" not in stored and b"scans" not in stored
     assert PassState.from_json(stored) == old and PassState.from_json(stored).trips == 0
     raw = orjson.loads(stored)
-    assert set(raw) == set(PassState.__dataclass_fields__) - {"trips"}
-    done = replace(multi_state(), trips=2, status=S.AT_CHECKPOINT, checkpoint_id=DST)
-    assert orjson.loads(done.to_json())["trips"] == 2
+    assert set(raw) == set(PassState.__dataclass_fields__) - {"trips", "kid"}  # a state of before the keyring
+    done = replace(multi_state(), trips=2, status=S.AT_CHECKPOINT, checkpoint_id=DST, kid="k1")
+    assert orjson.loads(done.to_json())["trips"] == 2 and orjson.loads(done.to_json())["kid"] == "k1"
     assert PassState.from_json(done.to_json()) == done
 
 

@@ -183,7 +183,7 @@ def test_a_token_is_verified_once_and_a_forgery_of_it_never_passes(tracker, monk
     calls = []
     real = tracking.verify_token
     monkeypatch.setattr(tracking, "verify_token", lambda t, k: (calls.append(t), real(t, k))[1])
-    assert tracker._claims(token) == tracker._claims(token) == ("420111000001", "鄂A12345")
+    assert tracker._claims(token) == tracker._claims(token) == ("420111000001", "鄂A12345", "test")
     assert len(calls) == 1
     body, sig = token.split(".")
     forged = Signer(Ed25519PrivateKey.generate(), "test").token({"pid": "420111000001", "plate": "鄂B99999"})
