@@ -327,8 +327,8 @@ def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
                      [rk["visit_every_pass_us_per_pass"]], higher_is_better=False),
                  Row("bytes_per_pass", "State: bytes per active pass (passes, serials, decided)", "bytes",
                      [rk["bytes_per_pass"]], higher_is_better=False),
-                 Row("rss_per_100k", "State: memory per 100,000 active passes (tables + index)", "MB",
-                     [rk["rss_per_100k_mb"]], higher_is_better=False)]
+                 Row("rss_per_100k", "State: memory per 100,000 active passes (tables + index, allocated in process)", "MB",
+                     [rk["memory_per_100k_mb"]], higher_is_better=False)]
     ck = res.get("clock")
     if ck:
         runs = ck["runs"]

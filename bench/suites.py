@@ -728,6 +728,7 @@ def _clone_tables(tables, inside: list, outside: list, total: int, touched: int)
     from dataclasses import replace as _replace
 
     from models.passes import PassState
+    from models.records import kept
     from streams.handlers import Tables
 
     inside, outside = ([PassState.from_json(raw) for raw in group] for group in (inside, outside))
@@ -735,9 +736,10 @@ def _clone_tables(tables, inside: list, outside: list, total: int, touched: int)
     for i in range(total):
         template = inside[i % len(inside)] if i < touched else outside[i % len(outside)]
         state = _replace(template, pass_id=f"{i:012d}", shipment_id=f"bench-{i}")
-        out.passes[state.pass_id] = state.to_json()
+        out.passes[state.pass_id] = kept(state.to_json())  # as the worker stores it (models.records.kept)
         out.serials[state.pass_id] = state.shipment_id.encode()
-        out.decided[state.shipment_id] = tables.decided[template.shipment_id] + b""
+        # A copy of its own: `bytes + b""` is the same object, and shared bytes would not count.
+        out.decided[state.shipment_id] = bytes(bytearray(tables.decided[template.shipment_id]))
     return out
 
 
@@ -786,13 +788,18 @@ def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
             row[f"events_{label}"] = len(outs)
             pipeline.decider.risk = type(pipeline.decider.risk)()  # the next run starts from no risk
         result["runs"].append(row)
-    # Bytes per active pass in the worker's tables, and the process memory they take.
+    # Bytes per active pass in the worker's tables, and the memory they and the index take: what
+    # Python allocated for them (tracemalloc), not the RSS, which the earlier runs' freed memory
+    # hides (the allocator reuses it without growing the process).
+    import tracemalloc
     gc.collect()
-    rss0 = rss_bytes()
+    tracemalloc.start()
     state = _clone_tables(tables, inside, outside, total, touched)
     index = pipeline.index(0, state)
     gc.collect()
-    result["rss_per_100k_mb"] = (rss_bytes() - rss0) / 1e6 * 100_000 / total
+    allocated, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    result["memory_per_100k_mb"] = allocated / 1e6 * 100_000 / total
     result["bytes_per_pass"] = sum(len(k) + len(v) for t in (state.passes, state.serials, state.decided)
                                    for k, v in t.items()) / total
     result["indexed"] = len(index)
