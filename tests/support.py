@@ -144,3 +144,15 @@ async def until(predicate, timeout: float, what: str, alive=lambda: True):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.1)  # polling a condition with a deadline
+
+
+def allocated(make) -> tuple[int, object]:
+    """Bytes allocated (and still held) by what `make()` returns, as tracemalloc counts them."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        value = make()
+        return tracemalloc.get_traced_memory()[0] - before, value
+    finally:
+        tracemalloc.stop()

@@ -3,6 +3,7 @@
 import orjson
 import pytest
 
+from support import allocated
 from models.records import (Unparseable, canonical, check_credit_code, check_id_number, load_object, parse_request, parse_risk,
                             parse_scan)
 
@@ -95,25 +96,13 @@ def test_scan_needs_pass_or_token():
 
 # --- bytes a table keeps -------------------------------------------------------------------------
 
-def _allocated(make) -> tuple[int, object]:
-    """Bytes allocated (and still held) by what `make()` returns, as tracemalloc counts them."""
-    import tracemalloc
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        value = make()
-        return tracemalloc.get_traced_memory()[0] - before, value
-    finally:
-        tracemalloc.stop()
-
-
 def test_orjson_output_holds_more_than_its_length_and_kept_holds_its_own():
     """The premise of `kept`: orjson returns its output in the buffer it grew while writing."""
     from models.records import kept
     state = {f"field{i}": "湖北省武汉市" * 4 for i in range(60)}
-    size, raw = _allocated(lambda: canonical(state))
+    size, raw = allocated(lambda: canonical(state))
     assert size > 2 * len(raw)
-    size, copy = _allocated(lambda: kept(raw))
+    size, copy = allocated(lambda: kept(raw))
     assert copy == raw and size < len(raw) + 200
 
 
@@ -134,7 +123,7 @@ def test_what_the_worker_tables_keep_takes_about_its_length():
         return tables
 
     decide_all(Tables.empty())  # routes and the rest cached: the second run allocates what it keeps
-    size, tables = _allocated(lambda: decide_all(Tables.empty()))
+    size, tables = allocated(lambda: decide_all(Tables.empty()))
     stored = sum(len(v) for t in (tables.passes, tables.decided) for v in t.values())
     assert len(tables.passes) > 100
     assert size < 1.5 * stored, (size, stored)
