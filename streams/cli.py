@@ -110,7 +110,7 @@ def cmd_topics(settings) -> None:
     from .broker import ensure_topics
     from .handlers import Topics
     topics = Topics.with_prefix(settings.topic_prefix)
-    counts = asyncio.run(ensure_topics(settings.bootstrap, topics.public() + [topics.pass_events],
+    counts = asyncio.run(ensure_topics(settings.connection, topics.public() + [topics.pass_events],
                                        partitions=settings.partitions, replication_factor=settings.replication_factor))
     # Pass numbers are allocated per partition of the requests topic (models.passes.allocate_pass_id)
     # and broadcasts go to every partition: the count the worker computes with must be the topics'.
@@ -135,7 +135,7 @@ def cmd_worker(settings) -> int:
     # topic already, with their times.
     first = KeyDir(settings.keys_path).first()
     if first is not None:
-        asyncio.run(publish_public_key(settings.bootstrap, Topics.with_prefix(settings.topic_prefix).keys, first))
+        asyncio.run(publish_public_key(settings.connection, Topics.with_prefix(settings.topic_prefix).keys, first))
     app = create_app(settings)
     worker = Worker(app, loglevel="warning", quiet=True)
     # Faust's terminal spinner sets the root logger to DEBUG so it can tick on every record: every

@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.broker import TansuBroker, ensure_topics, free_port
+from streams.connection import Connection
 from streams.handlers import Topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,13 +91,13 @@ class Message:
 @dataclass
 class Tap:
     """Reads topics from the beginning, outside any consumer group, into a list."""
-    bootstrap: str
+    connection: Connection
     topics: list[str]
     messages: list[Message] = field(default_factory=list)
     isolation_level: str = field(default_factory=isolation_level)
 
     async def start(self) -> Tap:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+        self._consumer = AIOKafkaConsumer(**self.connection.kwargs(), enable_auto_commit=False,
                                           isolation_level=self.isolation_level)
         await self._consumer.start()
         parts = [TopicPartition(t, p) for t in self.topics for p in range(PARTITIONS)]
@@ -199,7 +200,7 @@ def stop_processes(procs: list[subprocess.Popen], timeout: float = 30) -> None:
 @dataclass
 class System:
     """A running worker and its projector, the way firms, checkpoints and operators reach them."""
-    bootstrap: str
+    connection: Connection
     topics: Topics
     env: dict
     data_dir: Path
@@ -302,16 +303,16 @@ async def start_system(broker, data_dir: Path, kind: str = BROKER_KIND, prefix: 
     """Topics, a client producer, a tap, one ready worker and one projector beside it on `broker`
     (`env`: settings of its own, over those of `system_env`)."""
     topics = Topics.with_prefix(prefix)
-    await ensure_topics(broker.bootstrap, topics.public() + [topics.pass_events], partitions=PARTITIONS,
+    await ensure_topics(broker.connection, topics.public() + [topics.pass_events], partitions=PARTITIONS,
                         replication_factor=replication_factor(kind))
     env = {**system_env(broker.bootstrap, data_dir, f"gc-test-{uuid.uuid4().hex[:6]}", kind),
            "GC_TOPIC_PREFIX": prefix, **(env or {})}
     # On Kafka the clients write as a careful firm would: every replica, no duplicates on retry.
     durable = {"acks": "all", "enable_idempotence": True} if kind.startswith("kafka") else {}
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1, **durable)
+    producer = AIOKafkaProducer(**broker.connection.kwargs(), linger_ms=1, **durable)
     await producer.start()
-    tap = await Tap(broker.bootstrap, topics.public(), isolation_level=isolation_level(kind)).start()
-    sysm = System(broker.bootstrap, topics, env, data_dir, producer, tap, [])
+    tap = await Tap(broker.connection, topics.public(), isolation_level=isolation_level(kind)).start()
+    sysm = System(broker.connection, topics, env, data_dir, producer, tap, [])
     try:
         sysm.start_projector()  # joins its group while the worker starts
         await sysm.start_ready_worker()

@@ -34,6 +34,7 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.connection import Connection
 from streams.simulator import Scenario, scans_for
 from tests.conftest import PARTITIONS, System, make_broker, start_system
 from support import until
@@ -251,9 +252,9 @@ async def load_enterprises(system: System, scenario: Scenario) -> None:
         await system.send(system.topics.enterprises, entry, key=entry["credit_code"])
 
 
-async def topic_replicas(bootstrap: str, prefixes: tuple[str, ...]) -> dict[str, set[int]]:
+async def topic_replicas(connection: Connection, prefixes: tuple[str, ...]) -> dict[str, set[int]]:
     """Replica counts of every partition of the topics named with one of `prefixes`."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**connection.kwargs())
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if t.startswith(prefixes)]
@@ -262,8 +263,8 @@ async def topic_replicas(bootstrap: str, prefixes: tuple[str, ...]) -> dict[str,
         await admin.close()
 
 
-async def group_coordinator(bootstrap: str, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def group_coordinator(connection: Connection, group: str) -> int:
+    admin = AIOKafkaAdminClient(**connection.kwargs())
     await admin.start()
     try:
         return await admin.find_coordinator(group)
@@ -349,7 +350,7 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
     load = None
     try:
         # Replication 3 everywhere: the public topics and Faust's changelog and leader topics.
-        replicas = await topic_replicas(cluster3.bootstrap, (system.topics.requests.split(".")[0] + ".", app_id))
+        replicas = await topic_replicas(cluster3.connection, (system.topics.requests.split(".")[0] + ".", app_id))
         assert any(t.startswith(app_id) for t in replicas) and all(r == {3} for r in replicas.values()), replicas
 
         scenario = Scenario(seed=31)
@@ -361,7 +362,7 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
 
         # The node that coordinates the worker's consumer group (and so holds the leaders of
         # its offsets): the most disruptive one to lose.
-        stopped = await group_coordinator(cluster3.bootstrap, app_id)
+        stopped = await group_coordinator(cluster3.connection, app_id)
         sent_at_stop, decided_at_stop = len(load.sent), decided_now(system, load)
         t0 = time.monotonic()
         await asyncio.to_thread(cluster3.stop_node, stopped)
