@@ -20,7 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
     broker = sub.add_parser("broker", help="run a local Kafka-protocol broker until stopped")
     broker.add_argument("--kind", choices=["tansu", "kafka"], default="tansu")
     broker.add_argument("--nodes", type=int, default=1, help="Apache Kafka nodes (kind kafka)")
-    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument("--port", type=int, default=9092, help="node 0's port (0: any free one; default 9092)")
+    broker.add_argument("--secure", action="store_true",
+                        help="Apache Kafka with SASL_SSL (SCRAM-SHA-512) and ACLs; prints where the clients' files are")
+    broker.add_argument("--secure-dir", type=Path, default=None,
+                        help="certificates, credentials and client files (default: GC_DATA_DIR/secure)")
+    broker.add_argument("--principal", action="append", default=[], metavar="NAME",
+                        help="one more principal, e.g. firm-acme or checkpoint-zj (repeat for several)")
 
     sub.add_parser("worker", help="run the stream worker against GC_BROKER_URL")
     projector = sub.add_parser("projector", help="project decisions, statuses, risk and enterprises into "
@@ -90,20 +96,48 @@ def wait_for_stop() -> None:
     stop.wait()
 
 
-def cmd_broker(args) -> int:
+def cmd_broker(args, settings) -> int:
+    if args.secure and args.kind != "kafka":
+        raise SystemExit("--secure needs --kind kafka: the embedded Tansu is a loopback development broker "
+                         "without authentication")
     if args.kind == "kafka":
         from .kafka import KafkaCluster
-        broker = KafkaCluster(nodes=args.nodes, port=args.port)
+        secure, acls = None, None
+        if args.secure:
+            from .secure import SecureDir, SecureSetupError
+            from .secure import acls as acl_table
+            try:
+                secure = SecureDir(args.secure_dir or settings.data_dir / "secure").ensure(tuple(args.principal))
+                acls = acl_table(secure.principals(), settings.topic_prefix, settings.app_id)
+            except SecureSetupError as exc:
+                raise SystemExit(str(exc)) from None
+        broker = KafkaCluster(nodes=args.nodes, port=args.port or None, secure=secure, acls=acls)
     else:
         from .broker import TansuBroker
         broker = TansuBroker(args.port)
     broker.start()
+    if args.kind == "kafka" and args.secure:
+        secure_topics(broker, settings)
     print(f"broker ready at {broker.url}", flush=True)
     try:
         wait_for_stop()
     finally:
         broker.stop()
     return 0
+
+
+def secure_topics(broker, settings) -> None:
+    """On a secure cluster the admin makes the public topics (no other principal may), then says
+    where each principal's client files are."""
+    from .broker import ensure_topics
+    from .handlers import Topics
+    topics = Topics.with_prefix(settings.topic_prefix)
+    asyncio.run(ensure_topics(broker.connection, topics.public() + [topics.pass_events],
+                              partitions=settings.partitions, replication_factor=min(3, broker.nodes)))
+    clients = broker.secure.path / "clients"
+    print(f"client settings, one file per principal, in {clients.resolve()}/: "
+          + ", ".join(p + ".env" for p in broker.secure.principals())
+          + " (set -a; . FILE) and the same names .properties (Kafka's tools, kcat -F)", flush=True)
 
 
 def cmd_topics(settings) -> None:
@@ -189,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     from .settings import get_settings
     settings = get_settings()
     if args.command == "broker":
-        return cmd_broker(args)
+        return cmd_broker(args, settings)
     if args.command == "worker":
         return cmd_worker(settings)
     if args.command == "projector":
