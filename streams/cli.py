@@ -220,8 +220,16 @@ def cmd_checkpoint(settings, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .connection import ConnectionSettingsError
     from .settings import get_settings
-    settings = get_settings()
+    try:
+        return run(args, get_settings())
+    except ConnectionSettingsError as exc:  # a missing password, an unreadable CA or password file
+        print(f"greenchannel: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args, settings) -> int:
     if args.command == "broker":
         return cmd_broker(args, settings)
     if args.command == "worker":

@@ -1,8 +1,8 @@
 """The one place where the settings become a Kafka client's connection arguments.
 
 `Connection` holds the bootstrap servers and, on a secure cluster, the SASL_SSL credentials
-(GC_KAFKA_SECURITY_PROTOCOL, GC_KAFKA_SASL_MECHANISM, GC_KAFKA_USERNAME, GC_KAFKA_PASSWORD,
-GC_KAFKA_CA_FILE). `kwargs()` is what every aiokafka producer, consumer and admin client is
+(GC_KAFKA_SECURITY_PROTOCOL, GC_KAFKA_SASL_MECHANISM, GC_KAFKA_USERNAME, GC_KAFKA_PASSWORD or
+GC_KAFKA_PASSWORD_FILE, GC_KAFKA_CA_FILE). `kwargs()` is what every aiokafka producer, consumer and admin client is
 opened with; `faust_credentials()` is the worker's `broker_credentials`. With the defaults
 (PLAINTEXT) both add nothing: the clients and the wire are as without this module.
 """
@@ -13,7 +13,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Connection", "ConnectionSettingsError", "PROTOCOLS", "MECHANISMS"]
+__all__ = ["Connection", "ConnectionSettingsError", "PROTOCOLS", "MECHANISMS", "read_password"]
 
 PROTOCOLS = ("PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
@@ -21,6 +21,18 @@ MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 
 class ConnectionSettingsError(ValueError):
     """The connection settings are incomplete, contradictory or name an unreadable file."""
+
+
+def read_password(path: Path) -> str:
+    """GC_KAFKA_PASSWORD_FILE's first line (a Docker secret's whole content)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConnectionSettingsError(f"GC_KAFKA_PASSWORD_FILE={path}: cannot read it ({exc})") from None
+    password = text.splitlines()[0].strip() if text.strip() else ""
+    if not password:
+        raise ConnectionSettingsError(f"GC_KAFKA_PASSWORD_FILE={path}: the file is empty")
+    return password
 
 
 @dataclass(frozen=True)
@@ -47,8 +59,11 @@ class Connection:
 
     @classmethod
     def from_settings(cls, settings) -> Connection:
+        password = settings.kafka_password
+        if password is None and settings.kafka_password_file is not None:
+            password = read_password(settings.kafka_password_file)
         return cls(settings.bootstrap, settings.kafka_security_protocol.upper(), settings.kafka_sasl_mechanism.upper(),
-                   settings.kafka_username, settings.kafka_password, settings.kafka_ca_file)
+                   settings.kafka_username, password, settings.kafka_ca_file)
 
     @property
     def secure(self) -> bool:
@@ -83,6 +98,16 @@ class Connection:
         import faust
         return faust.SASLCredentials(username=self.username, password=self.password, mechanism=self.sasl_mechanism,
                                      ssl_context=self.ssl_context())
+
+    def env(self) -> dict[str, str]:
+        """The GC_* settings that give this connection back (Settings -> from_settings)."""
+        env = {"GC_BROKER_URL": ";".join(f"kafka://{host}" for host in self.bootstrap.split(","))}
+        if self.secure:
+            env.update(GC_KAFKA_SECURITY_PROTOCOL=self.security_protocol, GC_KAFKA_SASL_MECHANISM=self.sasl_mechanism,
+                       GC_KAFKA_USERNAME=self.username, GC_KAFKA_PASSWORD=self.password)
+            if self.ca_file is not None:
+                env["GC_KAFKA_CA_FILE"] = str(Path(self.ca_file).resolve())
+        return env
 
     def as_user(self, username: str, password: str) -> Connection:
         """The same cluster, another principal."""

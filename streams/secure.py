@@ -18,8 +18,11 @@ import json
 import os
 import re
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from .connection import Connection
 
 __all__ = ["SecureDir", "SecureSetupError", "Acl", "acls", "BASE_PRINCIPALS", "SUPER_USER", "CONTROLLER_USER"]
 
@@ -52,6 +55,7 @@ def check_principal(name: str) -> str:
 @dataclass(frozen=True)
 class SecureDir:
     path: Path
+    hosts: tuple[str, ...] = ()  # host names the broker certificate names beside localhost and 127.0.0.1
 
     @property
     def ca(self) -> Path:
@@ -133,7 +137,7 @@ class SecureDir:
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .sign(ca_key, hashes.SHA256()))
         key = ec.generate_private_key(ec.SECP256R1())
-        sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        sans = [x509.DNSName(h) for h in ("localhost", *self.hosts)] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca_cert.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now).not_valid_after(until)
@@ -150,19 +154,20 @@ class SecureDir:
         self.ca.write_bytes(ca_cert.public_bytes(pem))
 
     # --- client files -----------------------------------------------------------------------
+    def connection(self, bootstrap: str, principal: str, password: str | None = None) -> Connection:
+        """The cluster at `bootstrap` as `principal` (its own password unless another is given)."""
+        return Connection(bootstrap, "SASL_SSL", "SCRAM-SHA-512", principal,
+                          password if password is not None else self.password(principal), self.ca)
+
     def write_client_files(self, bootstrap: str) -> Path:
         """clients/<principal>.env (GC_* settings, for `set -a; . FILE`) and .properties (Kafka's
         tools, kcat) for every principal; returns the clients directory."""
         users = self.credentials()["users"]
         for principal, password in sorted(users.items()):
+            env = self.connection(bootstrap, principal).env()
             _write_secret(self.client_env(principal), "\n".join([
                 f"# {principal} on the secure cluster (greenchannel broker --kind kafka --secure)",
-                f"GC_BROKER_URL=kafka://{bootstrap.replace(',', ';kafka://')}",
-                "GC_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
-                "GC_KAFKA_SASL_MECHANISM=SCRAM-SHA-512",
-                f"GC_KAFKA_USERNAME={principal}",
-                f"GC_KAFKA_PASSWORD={password}",
-                f"GC_KAFKA_CA_FILE={self.ca.resolve()}", ""]))
+                *(f"{k}={v}" for k, v in env.items()), ""]))
             _write_secret(self.client_properties(principal), "\n".join([
                 f"# {principal}: for Kafka's tools (--command-config) and kcat (-F)",
                 f"bootstrap.servers={bootstrap}",
@@ -176,6 +181,51 @@ class SecureDir:
                 f"ssl.truststore.location={self.ca.resolve()}",
                 f"ssl.ca.location={self.ca.resolve()}", ""]))
         return self.path / "clients"
+
+    def write_password_files(self) -> Path:
+        """passwords/<principal> and passwords/controller: one secret a file (Docker secrets)."""
+        data = self.credentials()
+        for principal, password in {**data["users"], CONTROLLER_USER: data["controller"]}.items():
+            _write_secret(self.path / "passwords" / principal, password + "\n")
+        return self.path / "passwords"
+
+
+def acl_tool_args(table: list[Acl]) -> list[str]:
+    """The table as arguments of Kafka's kafka-acls.sh --add, one line per principal and resource."""
+    grouped: dict[tuple, list[str]] = {}
+    for acl in table:
+        grouped.setdefault((acl.principal, acl.resource, acl.pattern, acl.name), []).append(acl.operation)
+    option = {"TOPIC": "--topic", "GROUP": "--group", "TRANSACTIONAL_ID": "--transactional-id"}
+    return [f"--allow-principal User:{who} {option[resource]} {name} --resource-pattern-type {pattern.lower()} "
+            + " ".join(f"--operation {op.title().replace('_', '')}" for op in ops)
+            for (who, resource, pattern, name), ops in grouped.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m streams.secure DIR --host kafka-1 …`: the secure directory for a deployment
+    (docker/compose.yml reads docker/secrets); `--acl-args`: the ACL table as kafka-acls.sh arguments."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m streams.secure")
+    ap.add_argument("dir", type=Path, nargs="?", help="the secure directory to make (kept when there)")
+    ap.add_argument("--host", action="append", default=[], help="a broker host name for the certificate")
+    ap.add_argument("--principal", action="append", default=[], help="one more principal (firm-…, checkpoint-…)")
+    ap.add_argument("--acl-args", action="store_true", help="print the ACL table as kafka-acls.sh arguments")
+    ap.add_argument("--prefix", default="gc.", help="GC_TOPIC_PREFIX (default gc.)")
+    ap.add_argument("--app-id", default="greenchannel", help="GC_APP_ID (default greenchannel)")
+    args = ap.parse_args(argv)
+    try:
+        principals = [check_principal(p) for p in (*BASE_PRINCIPALS, *args.principal)]
+        if args.acl_args:
+            print("\n".join(acl_tool_args(acls(principals, args.prefix, args.app_id))))
+            return 0
+        if args.dir is None:
+            ap.error("give a directory, or --acl-args")
+        secure = SecureDir(args.dir, tuple(args.host)).ensure(tuple(args.principal))
+        print(f"secure files in {secure.write_password_files().parent}")
+        return 0
+    except SecureSetupError as exc:
+        print(f"python -m streams.secure: {exc}", file=sys.stderr)
+        return 2
 
 
 # --- who may do what ----------------------------------------------------------------------------
@@ -229,3 +279,7 @@ def acls(principals: list[str], prefix: str = "gc.", app_id: str = "greenchannel
         allow("projector", "TOPIC", "LITERAL", t[name], "READ")
     allow("projector", "GROUP", "LITERAL", f"{app_id}-projector", "READ")
     return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

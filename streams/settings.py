@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str = "SCRAM-SHA-512"
     kafka_username: str | None = None
     kafka_password: str | None = None
+    # Or a file holding it (a Docker secret): read when GC_KAFKA_PASSWORD is not set.
+    kafka_password_file: Path | None = None
     # The CA that signed the brokers' certificates (PEM); none: the system's trusted CAs.
     kafka_ca_file: Path | None = None
     database_url: str = "sqlite:///.greenchannel/greenchannel.db"
