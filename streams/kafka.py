@@ -541,8 +541,7 @@ class KafkaCluster:
         """The secure cluster as `principal` (its own password unless another is given)."""
         if self.secure is None:
             raise KafkaError("not a secure cluster: there are no principals")
-        return Connection(self.bootstrap, "SASL_SSL", "SCRAM-SHA-512", principal,
-                          password if password is not None else self.secure.password(principal), self.secure.ca)
+        return self.secure.connection(self.bootstrap, principal, password)
 
     def _login(self) -> "ScramLogin | None":
         from .secure import SUPER_USER

@@ -419,6 +419,13 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
 
 async def test_worker_killed_mid_stream_decides_each_request_exactly_once(cluster3, tmp_path, figures_file):
     system = await start_system(cluster3, tmp_path, kind="kafka3", prefix=f"fc{uuid.uuid4().hex[:4]}.")
+    await worker_killed_mid_stream(system, figures_file, nodes=3)
+
+
+async def worker_killed_mid_stream(system: System, figures_file: Path, nodes: int) -> None:
+    """SIGKILL the system's worker mid-stream, start another: every request decided exactly once,
+    a resent one answered with its stored decision (closes the system). Also run on the secure
+    cluster (tests/test_security.py)."""
     load = None
     try:
         scenario = Scenario(seed=33)
@@ -464,7 +471,7 @@ async def test_worker_killed_mid_stream_decides_each_request_exactly_once(cluste
             counts[early_sid] -= 1  # the resend above, answered on purpose
         requests = tally(counts, load.sent)
         figures = {
-            "nodes": 3, "requests_sent": requests["sent"], "decisions_received": requests["received"],
+            "nodes": nodes, "requests_sent": requests["sent"], "decisions_received": requests["received"],
             "duplicates": requests["duplicates"], "missing": requests["missing"],
             "requests_sent_before_kill": sent_at_kill, "decided_before_kill": decided_at_kill,
             "seconds_from_restart_to_last_decision": round(takeover_s, 1),
