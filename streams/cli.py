@@ -116,10 +116,10 @@ def cmd_broker(args, settings) -> int:
         from .broker import TansuBroker
         broker = TansuBroker(args.port)
     broker.start()
-    if args.kind == "kafka" and args.secure:
-        secure_topics(broker, settings)
-    print(f"broker ready at {broker.url}", flush=True)
     try:
+        if args.kind == "kafka" and args.secure:
+            secure_topics(broker, settings)
+        print(f"broker ready at {broker.url}", flush=True)
         wait_for_stop()
     finally:
         broker.stop()

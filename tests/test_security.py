@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 import uuid
 
 import aiohttp
@@ -21,7 +24,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
 from streams.connection import Connection
-from tests.conftest import Tap, make_broker, start_station, start_system, stop_processes
+from streams.settings import Settings
+from tests.conftest import ROOT, Tap, make_broker, start_station, start_system, stop_processes
 from tests.test_faults import worker_killed_mid_stream
 from tests.test_station_offline import Client
 from support import station_request, until
@@ -187,3 +191,37 @@ def secure3(tmp_path_factory):
 async def test_worker_killed_mid_stream_on_a_secure_cluster(secure3, tmp_path, tmp_path_factory):
     system = await start_system(secure3, tmp_path, kind="kafka3-secure", prefix=f"sf{uuid.uuid4().hex[:4]}.")
     await worker_killed_mid_stream(system, tmp_path_factory.getbasetemp() / "fault-figures.json", nodes=3)
+
+
+# --- the command ---------------------------------------------------------------------------------
+async def test_the_secure_broker_command_writes_client_files_that_work(tmp_path):
+    """`greenchannel broker --kind kafka --secure`: the client files it names connect each principal
+    with its own rights; a second run reuses the credentials."""
+    def run_broker(log_name: str) -> subprocess.Popen:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GC_")} | {"GC_DATA_DIR": str(tmp_path)}
+        with open(tmp_path / log_name, "wb") as log:
+            return subprocess.Popen([sys.executable, "-m", "streams.cli", "broker", "--kind", "kafka", "--secure",
+                                     "--port", "0"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def settings_of(principal: str) -> Settings:
+        lines = (tmp_path / "secure" / "clients" / f"{principal}.env").read_text().splitlines()
+        return Settings(_env_file=None, **{k[3:].lower(): v for k, v in (line.split("=", 1) for line in lines
+                                                                         if line and not line.startswith("#"))})
+
+    passwords = []
+    for attempt in ("broker1.log", "broker2.log"):
+        proc = run_broker(attempt)
+        try:
+            await until(lambda: "broker ready at" in (tmp_path / attempt).read_text(errors="replace"), TIMEOUT,
+                        "the secure broker", lambda: proc.poll() is None)
+            assert "client settings, one file per principal, in" in (tmp_path / attempt).read_text()
+            firm, operator = settings_of("firm-demo"), settings_of("operator")
+            assert os.stat(tmp_path / "secure" / "clients" / "firm-demo.env").st_mode & 0o077 == 0
+            await send_as(firm.connection, "gc.shipment.requests", {"shipment_id": "cmd-1"}, key="cmd-1")
+            await send_as(operator.connection, "gc.region.risk", {"adcode": "11", "level": "low"}, key="11")
+            with pytest.raises(TopicAuthorizationFailedError):
+                await send_as(firm.connection, "gc.region.risk", {"adcode": "11", "level": "low"}, key="11")
+            passwords.append(firm.kafka_password)
+        finally:
+            stop_processes([proc])
+    assert passwords[0] == passwords[1], "a second run made new credentials"
