@@ -137,7 +137,7 @@ def secure_topics(broker, settings) -> None:
     clients = broker.secure.path / "clients"
     print(f"client settings, one file per principal, in {clients.resolve()}/: "
           + ", ".join(p + ".env" for p in broker.secure.principals())
-          + " (set -a; . FILE) and the same names .properties (Kafka's tools, kcat -F)", flush=True)
+          + " (set -a; . FILE), and beside them .properties (Kafka's tools) and .kcat.conf (kcat -F)", flush=True)
 
 
 def cmd_topics(settings) -> None:

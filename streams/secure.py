@@ -3,7 +3,7 @@
 `SecureDir` (default `$GC_DATA_DIR/secure/`, git-ignored) holds, made on the first run and reused
 after: a CA and a broker certificate (`ca.pem`, `broker.pem`: key and chain, Kafka's PEM keystore),
 the SCRAM password of every principal and the controllers' PLAIN password (`credentials.json`), and
-each principal's client files (`clients/<principal>.env`, `clients/<principal>.properties`). Files
+each principal's client files (`clients/<principal>.env`, `.properties`, `.kcat.conf`). Files
 holding a secret are mode 0600.
 
 `acls(...)` is the table of ACLs the admin (the super user) creates after the start: least privilege
@@ -74,6 +74,9 @@ class SecureDir:
 
     def client_properties(self, principal: str) -> Path:
         return self.path / "clients" / f"{principal}.properties"
+
+    def client_kcat(self, principal: str) -> Path:
+        return self.path / "clients" / f"{principal}.kcat.conf"
 
     # --- credentials ------------------------------------------------------------------------
     def credentials(self) -> dict:
@@ -160,8 +163,8 @@ class SecureDir:
                           password if password is not None else self.password(principal), self.ca)
 
     def write_client_files(self, bootstrap: str) -> Path:
-        """clients/<principal>.env (GC_* settings, for `set -a; . FILE`) and .properties (Kafka's
-        tools, kcat) for every principal; returns the clients directory."""
+        """clients/<principal>.env (GC_* settings, for `set -a; . FILE`), .properties (Kafka's tools)
+        and .kcat.conf (kcat, librdkafka) for every principal; returns the clients directory."""
         users = self.credentials()["users"]
         for principal, password in sorted(users.items()):
             env = self.connection(bootstrap, principal).env()
@@ -169,16 +172,21 @@ class SecureDir:
                 f"# {principal} on the secure cluster (greenchannel broker --kind kafka --secure)",
                 *(f"{k}={v}" for k, v in env.items()), ""]))
             _write_secret(self.client_properties(principal), "\n".join([
-                f"# {principal}: for Kafka's tools (--command-config) and kcat (-F)",
+                f"# {principal}: for Kafka's own tools (--command-config FILE)",
                 f"bootstrap.servers={bootstrap}",
                 "security.protocol=SASL_SSL",
                 "sasl.mechanism=SCRAM-SHA-512",
                 f"sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
                 f'username="{principal}" password="{password}";',
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={self.ca.resolve()}", ""]))
+            _write_secret(self.client_kcat(principal), "\n".join([
+                f"# {principal}: for kcat and other librdkafka clients (kcat -F FILE)",
+                f"bootstrap.servers={bootstrap}",
+                "security.protocol=SASL_SSL",
+                "sasl.mechanisms=SCRAM-SHA-512",
                 f"sasl.username={principal}",
                 f"sasl.password={password}",
-                "ssl.truststore.type=PEM",
-                f"ssl.truststore.location={self.ca.resolve()}",
                 f"ssl.ca.location={self.ca.resolve()}", ""]))
         return self.path / "clients"
 

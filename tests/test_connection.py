@@ -92,7 +92,11 @@ def test_client_files_per_principal(secure_dir):
     assert connection == secure_dir.connection("127.0.0.1:19093", "firm-demo")
     properties = secure_dir.client_properties("firm-demo").read_text()
     assert "security.protocol=SASL_SSL" in properties and f'password="{connection.password}"' in properties
-    assert os.stat(secure_dir.client_env("firm-demo")).st_mode & 0o777 == 0o600
+    kcat = secure_dir.client_kcat("firm-demo").read_text()
+    assert "sasl.username=firm-demo" in kcat and f"sasl.password={connection.password}" in kcat
+    for path in (secure_dir.client_env("firm-demo"), secure_dir.client_properties("firm-demo"),
+                 secure_dir.client_kcat("firm-demo")):
+        assert os.stat(path).st_mode & 0o777 == 0o600, path
 
 
 def test_an_unreadable_credentials_file_says_so(tmp_path):
