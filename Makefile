@@ -22,8 +22,9 @@ env: $(STAMP) $(ECHARTS)
 demo: $(STAMP) $(ECHARTS)
 	$(BIN)/greenchannel demo
 
-# Every lane: embedded Tansu + SQLite, then Apache Kafka 1 node + PostgreSQL and Apache Kafka
-# 3 nodes with the fault tests (tests/services/lanes.sh; skipped, saying why, without java/mvn).
+# Every lane: embedded Tansu + SQLite, then Apache Kafka 1 node + PostgreSQL, Apache Kafka 3 nodes
+# with the fault tests and the secure 1-node Apache Kafka (SASL_SSL, ACLs) with tests/test_security.py
+# (tests/services/lanes.sh; skipped, saying why, without java/mvn).
 test: $(STAMP) $(ECHARTS)
 	bash tests/services/browser.sh
 	$(BIN)/python -m pytest

@@ -128,7 +128,7 @@ def main() -> None:
         settings = Settings(broker_url=broker.url, database_url=f"sqlite:///{work}/gc.db", data_dir=work,
                             partitions=4, app_id="bench-dashboard")
         topics = Topics.with_prefix(settings.topic_prefix)
-        asyncio.run(ensure_topics(settings.bootstrap, topics.public(), partitions=4))
+        asyncio.run(ensure_topics(settings.connection, topics.public(), partitions=4))
         t = time.perf_counter()
         requests = fill(settings, args.passes)
         asyncio.run(publish(settings, topics.risk, [(e["adcode"], e) for e in RISKS]))  # as the worker saw them

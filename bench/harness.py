@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.broker import ensure_topics
+from streams.connection import Connection
 from streams.compat import refresh_metadata
 
 from .workload import Message
@@ -45,10 +46,10 @@ class Stamp:
     kind: str = ""   # what the suite needs to know of the value (e.g. an approved decision)
 
 
-async def fill(bootstrap: str, topic: str, messages: Iterable[Message], *, partitions: int) -> int:
+async def fill(connection: Connection, topic: str, messages: Iterable[Message], *, partitions: int) -> int:
     """Produce messages as fast as the client goes, wait for every acknowledgement."""
-    await ensure_topics(bootstrap, [topic], partitions=partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024,
+    await ensure_topics(connection, [topic], partitions=partitions)
+    producer = AIOKafkaProducer(**connection.kwargs(), linger_ms=5, max_batch_size=256 * 1024,
                                 max_request_size=4 * 1024 * 1024)
     await producer.start()
     count = 0
@@ -77,13 +78,13 @@ async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list
     return parts
 
 
-async def wait_for_count(bootstrap: str, topics: Sequence[str], count: int, *, timeout: float,
+async def wait_for_count(connection: Connection, topics: Sequence[str], count: int, *, timeout: float,
                          alive=lambda: True, poll: float = 0.25) -> float:
     """Wait until the topics' end offsets add up to `count` (cheap: offsets only, no records).
 
     Returns the monotonic time it was seen. Raises TimeoutError with the count so far.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**connection.kwargs(), enable_auto_commit=False)
     await consumer.start()
     deadline = time.monotonic() + timeout
     total = 0
@@ -102,10 +103,10 @@ async def wait_for_count(bootstrap: str, topics: Sequence[str], count: int, *, t
         await consumer.stop()
 
 
-async def topic_records(bootstrap: str, select) -> dict[str, int]:
+async def topic_records(connection: Connection, select) -> dict[str, int]:
     """Records on each topic whose name `select(name)` accepts: its partitions' end offsets added
     up (Tansu's can be short by up to a batch a partition)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**connection.kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
         names = sorted(t for t in await consumer.topics() if select(t))
@@ -116,9 +117,9 @@ async def topic_records(bootstrap: str, select) -> dict[str, int]:
     return {name: sum(end for tp, end in ends.items() if tp.topic == name) for name in names}
 
 
-async def read_stamps(bootstrap: str, topics: Sequence[str]) -> list[Stamp]:
+async def read_stamps(connection: Connection, topics: Sequence[str]) -> list[Stamp]:
     """Every record now on the topics, from the beginning, with its producer timestamp."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**connection.kwargs(), enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
     await consumer.start()
     stamps: list[Stamp] = []
@@ -148,9 +149,9 @@ def rate_of(stamps: Sequence[Stamp]) -> tuple[float, float]:
     return ((len(times) - 1) / span if span > 0 else float("inf")), span
 
 
-async def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
+async def delete_topics(connection: Connection, names: Sequence[str]) -> None:
     """Free the broker's memory after a run; a broker that cannot delete keeps them."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**connection.kwargs())
     await admin.start()
     try:
         existing = set(await admin.list_topics())

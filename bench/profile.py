@@ -161,10 +161,10 @@ async def profile_worker(ctx, requests: list[Message], firms, risks, *, seconds:
     prefix = f"bench-{rid}."
     topics = Topics.with_prefix(prefix)
     await _prepare_system(ctx, topics, firms, risks)
-    await fill(ctx.bootstrap, topics.requests, requests, partitions=ctx.partitions)
+    await fill(ctx.connection, topics.requests, requests, partitions=ctx.partitions)
     [proc] = start_workers(ctx, worker_env(ctx, rid, prefix), rid, 1)
     try:
-        await wait_for_count(ctx.bootstrap, [topics.decisions, topics.deadletter], 1, timeout=ctx.timeout,
+        await wait_for_count(ctx.connection, [topics.decisions, topics.deadletter], 1, timeout=ctx.timeout,
                              alive=proc.alive, poll=0.1)
         out.parent.mkdir(parents=True, exist_ok=True)
         done = await asyncio.to_thread(

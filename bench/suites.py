@@ -21,6 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.broker import ensure_topics
+from streams.connection import Connection
 from streams.handlers import Topics
 from streams.settings import Settings
 
@@ -49,6 +50,11 @@ class Context:
     transactions: bool = False  # the broker has them (Apache Kafka): also measure exactly_once
 
     @property
+    def connection(self) -> Connection:
+        """The broker as every client of the bench reaches it (GC_KAFKA_* from the environment)."""
+        return Connection.from_settings(Settings(broker_url=self.broker_url))
+
+    @property
     def keys_dir(self) -> Path:
         return self.out_dir / "keys"
 
@@ -75,7 +81,7 @@ async def _collect(ctx: Context, topics: list[str], procs: list[Proc], done, kin
     bench reads them does not matter. Also returns the CPU milliseconds the processes spent
     per record from the first batch read to the last (contention-proof, unlike a rate).
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=ctx.bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**ctx.connection.kwargs(), enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024,
                                 fetch_max_wait_ms=500)
     await consumer.start()
@@ -116,13 +122,13 @@ async def _cleanup(ctx: Context, *prefixes: str) -> None:
         if len(rid) == 8 and (ctx.out_dir / rid).is_dir():
             shutil.rmtree(ctx.out_dir / rid, ignore_errors=True)
     from aiokafka.admin import AIOKafkaAdminClient
-    admin = AIOKafkaAdminClient(bootstrap_servers=ctx.bootstrap)
+    admin = AIOKafkaAdminClient(**ctx.connection.kwargs())
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if t.startswith(prefixes)]
     finally:
         await admin.close()
-    await delete_topics(ctx.bootstrap, names)
+    await delete_topics(ctx.connection, names)
 
 
 def _first_output_after(stamps, started_wall: float) -> float:
@@ -140,8 +146,8 @@ async def _forward_run(ctx: Context, messages: list[Message], command) -> Run:
     """Fill a fresh input topic, start a forwarder process, time its outputs on a fresh output topic."""
     rid = run_id()
     source, target = f"bench-{rid}.in", f"bench-{rid}.out"
-    await ensure_topics(ctx.bootstrap, [source, target], partitions=ctx.partitions)
-    await fill(ctx.bootstrap, source, messages, partitions=ctx.partitions)
+    await ensure_topics(ctx.connection, [source, target], partitions=ctx.partitions)
+    await fill(ctx.connection, source, messages, partitions=ctx.partitions)
     args, env, log_name = command(rid, source, target)
     started = time.time()
     proc = start_process(args, env, ctx.out_dir / rid / log_name)
@@ -186,9 +192,9 @@ def start_workers(ctx: Context, env: dict, rid: str, count: int, command=WORKER)
 
 
 async def _prepare_system(ctx: Context, topics: Topics, firms: list[Message], risks: list[Message]) -> None:
-    await ensure_topics(ctx.bootstrap, topics.public() + [topics.pass_events], partitions=ctx.partitions)
-    await fill(ctx.bootstrap, topics.enterprises, firms, partitions=ctx.partitions)
-    await fill(ctx.bootstrap, topics.risk, risks, partitions=ctx.partitions)
+    await ensure_topics(ctx.connection, topics.public() + [topics.pass_events], partitions=ctx.partitions)
+    await fill(ctx.connection, topics.enterprises, firms, partitions=ctx.partitions)
+    await fill(ctx.connection, topics.risk, risks, partitions=ctx.partitions)
 
 
 class _PipelineDone:
@@ -226,7 +232,7 @@ async def pipeline_run(ctx: Context, requests: list[Message], firms: list[Messag
     prefix = f"bench-{rid}."
     topics = Topics.with_prefix(prefix)
     await _prepare_system(ctx, topics, firms, risks)
-    await fill(ctx.bootstrap, topics.requests, requests, partitions=ctx.partitions)
+    await fill(ctx.connection, topics.requests, requests, partitions=ctx.partitions)
     env = worker_env(ctx, rid, prefix)
     started = time.time()
     procs = start_workers(ctx, env, rid, workers)
@@ -261,11 +267,11 @@ async def scan_run(ctx: Context, requests: list[Message], firms: list[Message], 
     prefix = f"bench-{rid}."
     topics = Topics.with_prefix(prefix)
     await _prepare_system(ctx, topics, firms, risks)
-    decisions = _Receiver(ctx.bootstrap, [topics.decisions], ctx.partitions)
-    statuses = _StatusReceiver(ctx.bootstrap, [topics.status], ctx.partitions)
+    decisions = _Receiver(ctx.connection, [topics.decisions], ctx.partitions)
+    statuses = _StatusReceiver(ctx.connection, [topics.status], ctx.partitions)
     await decisions.start()
     await statuses.start()
-    await fill(ctx.bootstrap, topics.requests, requests, partitions=ctx.partitions)
+    await fill(ctx.connection, topics.requests, requests, partitions=ctx.partitions)
     procs = start_workers(ctx, worker_env(ctx, rid, prefix), rid, 1)
     try:
         done = _PipelineDone(len(requests), topics)
@@ -279,7 +285,7 @@ async def scan_run(ctx: Context, requests: list[Message], firms: list[Message], 
                     scans.append((scan["scan_id"], body["pass"]["pass_id"].encode(), orjson.dumps(scan)))
         scans = _interleave(scans)
         cpu0 = procs[0].cpu_seconds()
-        await fill(ctx.bootstrap, topics.scans, [Message(k, v) for _, k, v in scans], partitions=ctx.partitions)
+        await fill(ctx.connection, topics.scans, [Message(k, v) for _, k, v in scans], partitions=ctx.partitions)
         await _wait_answers(statuses, [i for i, _, _ in scans], ctx.timeout, procs[0].alive)
         cpu = procs[0].cpu_seconds() - cpu0
     finally:
@@ -299,14 +305,14 @@ async def scan_run(ctx: Context, requests: list[Message], firms: list[Message], 
 class _Receiver:
     """Reads output topics from their end with a tight poll (`fetch_wait_ms`) and notes each record's receipt time."""
 
-    def __init__(self, bootstrap: str, topics: list[str], partitions: int, *, fetch_wait_ms: int = 5) -> None:
-        self.bootstrap, self.topics, self.partitions = bootstrap, topics, partitions
+    def __init__(self, connection: Connection, topics: list[str], partitions: int, *, fetch_wait_ms: int = 5) -> None:
+        self.connection, self.topics, self.partitions = connection, topics, partitions
         self.fetch_wait_ms = fetch_wait_ms
         self.got: dict[str, tuple[float, str, bytes]] = {}   # id -> (perf_counter, topic, value)
         self.created: dict[str, int] = {}                     # id -> the record's producer timestamp (ms)
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+        self.consumer = AIOKafkaConsumer(**self.connection.kwargs(), enable_auto_commit=False,
                                          fetch_max_wait_ms=self.fetch_wait_ms, fetch_min_bytes=1)
         await self.consumer.start()
         parts = [TopicPartition(t, p) for t in self.topics for p in range(self.partitions)]
@@ -395,10 +401,10 @@ async def latency_runs(ctx: Context, rate: float, seconds: float, runs: int, *, 
         env["GC_FETCH_WAIT_MS"] = str(fetch_wait_ms)
     procs = start_workers(ctx, env, rid, 1)
     alive = procs[0].alive
-    producer = AIOKafkaProducer(bootstrap_servers=ctx.bootstrap, linger_ms=0)
+    producer = AIOKafkaProducer(**ctx.connection.kwargs(), linger_ms=0)
     await producer.start()
-    decisions = _Receiver(ctx.bootstrap, [topics.decisions, topics.deadletter], ctx.partitions)
-    statuses = _StatusReceiver(ctx.bootstrap, [topics.status], ctx.partitions)
+    decisions = _Receiver(ctx.connection, [topics.decisions, topics.deadletter], ctx.partitions)
+    statuses = _StatusReceiver(ctx.connection, [topics.status], ctx.partitions)
     rng = random.Random(seed)
     wait = int(env.get("GC_FETCH_WAIT_MS") or Settings.model_fields["fetch_wait_ms"].default)
     result = {"offered_per_second": rate, "seconds_per_phase": seconds, "worker_fetch_wait_ms": wait,
@@ -590,10 +596,10 @@ async def projector_run(ctx: Context, log: list[tuple[str, Message]], database_u
     rid = run_id()
     prefix = f"bench-{rid}."
     topics = Topics.with_prefix(prefix)
-    await ensure_topics(ctx.bootstrap, [topics.decisions, topics.status, topics.risk, topics.enterprises],
+    await ensure_topics(ctx.connection, [topics.decisions, topics.status, topics.risk, topics.enterprises],
                         partitions=ctx.partitions)
     for kind, topic in (("decisions", topics.decisions), ("statuses", topics.status)):
-        await fill(ctx.bootstrap, topic, [m for k, m in log if k == kind], partitions=ctx.partitions)
+        await fill(ctx.connection, topic, [m for k, m in log if k == kind], partitions=ctx.partitions)
     env = worker_env(ctx, rid, prefix)
     env.update(GC_SESSION_TIMEOUT="10", **({"GC_DATABASE_URL": database_url} if database_url else {}))
     started = time.monotonic()
@@ -615,7 +621,7 @@ async def _commits(ctx: Context, group: str, topics: list[str], total: int, proc
     """(monotonic time, records committed, process CPU s) at each change of the group's committed
     offsets, polled every 20 ms, until all `total` records are committed."""
     from aiokafka.admin import AIOKafkaAdminClient
-    admin = AIOKafkaAdminClient(bootstrap_servers=ctx.bootstrap)
+    admin = AIOKafkaAdminClient(**ctx.connection.kwargs())
     await admin.start()
     parts = [TopicPartition(t, p) for t in topics for p in range(ctx.partitions)]
     seen: list[tuple] = []
@@ -854,7 +860,7 @@ async def state_run(ctx: Context, requests: list[Message], firms: list[Message],
         got = await _fill_state(ctx, topics, procs[0], requests)
         got["restart"] = await _restart(ctx, topics, procs, probes[1], lambda: start_process(
             list(TIMED_WORKER), env, ctx.out_dir / rid / "worker-restarted.log"))
-        got["restart"]["changelog_records"] = await topic_records(ctx.bootstrap, lambda t: t.startswith(
+        got["restart"]["changelog_records"] = await topic_records(ctx.connection, lambda t: t.startswith(
             env["GC_APP_ID"] + "-") and t.endswith("-changelog"))
         got["rss_recovered_per_100k_mb"] = (procs[-1].rss_bytes() - got["rss_before"]) / 1e6 * 100_000 / got["passes"]
     finally:
@@ -872,9 +878,9 @@ async def _first_answer(ctx: Context, topics: Topics, probe: Message, procs: lis
     must be approved (a pass issued from the state the worker holds)."""
     # The time taken is the producer timestamp's: a long poll will do, and spares the broker that
     # the worker reads its changelogs from (seen here: receipts up to a minute behind, polled tightly).
-    answers = _Receiver(ctx.bootstrap, [topics.decisions, topics.deadletter], ctx.partitions, fetch_wait_ms=500)
+    answers = _Receiver(ctx.connection, [topics.decisions, topics.deadletter], ctx.partitions, fetch_wait_ms=500)
     await answers.start()
-    producer = AIOKafkaProducer(bootstrap_servers=ctx.bootstrap, linger_ms=0)
+    producer = AIOKafkaProducer(**ctx.connection.kwargs(), linger_ms=0)
     await producer.start()
     ident = probe.key.decode()
     try:
@@ -896,7 +902,7 @@ async def _fill_state(ctx: Context, topics: Topics, proc: Proc, requests: list[M
     """The worker's RSS growth over deciding `requests`, per 100,000 passes it issued (the `issued`
     statuses: refusals and dead letters hold no pass)."""
     rss0 = proc.rss_bytes()
-    await fill(ctx.bootstrap, topics.requests, requests, partitions=ctx.partitions)
+    await fill(ctx.connection, topics.requests, requests, partitions=ctx.partitions)
     done = _PipelineDone(len(requests) + 1, topics)   # the topics hold the first probe's answer too
     stamps, _ = await _collect(ctx, [topics.decisions, topics.deadletter, topics.status], [proc], done, done.kind)
     growth = proc.rss_bytes() - rss0

@@ -24,6 +24,7 @@ from models.reference import EnterpriseBook, RiskBook
 from models.tracking import Tracker
 from routing import Gazetteer, RegionGraph, RoutePlanner
 
+from .connection import Connection
 from .compat import (DirectTable, learn_partitions, refresh_metadata, seek_before_resume,
                      send_in_partition_transaction, set_fetch_wait)
 from .eos import CommitGate
@@ -72,13 +73,13 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
     def apply(topic: str, partition: int, m) -> None:
         handlers[topic](m.key, m.value, partition=partition, offset=m.offset, timestamp_ms=m.timestamp)
 
-    return await read_whole_topics(settings.bootstrap, list(handlers), apply)
+    return await read_whole_topics(settings.connection, list(handlers), apply)
 
 
-async def read_whole_topics(bootstrap: str, names: list[str], apply) -> int:
+async def read_whole_topics(connection: Connection, names: list[str], apply) -> int:
     """Every record of the topics `names`, outside any consumer group, each handed to
     `apply(topic, partition, record)` in offset order per partition; returns how many."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**connection.kwargs(), enable_auto_commit=False)
     await consumer.start()
     count = 0
     try:
@@ -134,6 +135,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
+        broker_credentials=settings.connection.faust_credentials(),
         store=settings.store,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

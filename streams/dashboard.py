@@ -92,7 +92,7 @@ class Dashboard:
     # --- risk levels and dead letters, from the topics -------------------------------------------------
     async def follow_topics(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**s.connection.kwargs(), enable_auto_commit=False,
                                     isolation_level=s.isolation_level, fetch_max_wait_ms=s.fetch_wait_ms)
         await consumer.start()
         try:
@@ -190,8 +190,8 @@ class Dashboard:
         s, t = self.settings, self.topics
         groups = {s.app_id: [t.requests, t.scans, t.risk, t.enterprises, t.keys],
                   projector_group(s): [t.decisions, t.status, t.risk, t.enterprises]}
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap)
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
+        admin = AIOKafkaAdminClient(**s.connection.kwargs())
+        consumer = AIOKafkaConsumer(**s.connection.kwargs(), enable_auto_commit=False)
         await admin.start()
         await consumer.start()
         try:
@@ -292,7 +292,7 @@ async def serve(settings: Settings, *, host: str, port: int, token: str | None,
     board = Dashboard(settings)
     app = make_app(board, host=host, token=token)  # refuses beyond loopback without a token
     t = board.topics
-    await ensure_topics(settings.bootstrap, [t.risk, t.deadletter, t.requests, t.scans, t.enterprises,
+    await ensure_topics(settings.connection, [t.risk, t.deadletter, t.requests, t.scans, t.enterprises,
                                              t.decisions, t.status], partitions=settings.partitions,
                         replication_factor=settings.replication_factor)
     runner = await start_site(app, host, port)

@@ -117,7 +117,7 @@ async def _play(settings: Settings, env: dict, shipments: int, seed: int, consol
                 after_wave1=lambda routes: None) -> dict:
     topics = Topics.with_prefix(settings.topic_prefix)
     obs = Observer(topics)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**settings.connection.kwargs(), enable_auto_commit=False)
     await consumer.start()
     parts = [TopicPartition(t, p) for t in (topics.decisions, topics.status, topics.deadletter)
              for p in range(settings.partitions)]
@@ -131,7 +131,7 @@ async def _play(settings: Settings, env: dict, shipments: int, seed: int, consol
                     obs.take(tp.topic, r.value, r.headers)
 
     reader = asyncio.get_running_loop().create_task(consume())
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=2)
+    producer = AIOKafkaProducer(**settings.connection.kwargs(), linger_ms=2)
     await producer.start()
     scenario = Scenario(seed=seed)
     rng = random.Random(seed)
@@ -329,7 +329,7 @@ def _projected(engine, obs: Observer, timeout: float, alive) -> tuple[bool, str]
 async def _leave_on_the_road(settings: Settings, seed: int, numbers: range) -> None:
     """More requests of the demo's firms, never driven: passes a person can check at the station."""
     topics, scenario = Topics.with_prefix(settings.topic_prefix), Scenario(seed=seed)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=2)
+    producer = AIOKafkaProducer(**settings.connection.kwargs(), linger_ms=2)
     await producer.start()
     try:
         for n in numbers:
@@ -432,7 +432,7 @@ def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, brok
            # The demo's day is in February 2020: it moves the channel's clock itself (_play).
            "GC_CLOCK_SECONDS": "0"}
     topics = Topics.with_prefix(settings.topic_prefix)
-    asyncio.run(ensure_topics(settings.bootstrap, topics.public() + [topics.pass_events],
+    asyncio.run(ensure_topics(settings.connection, topics.public() + [topics.pass_events],
                               partitions=settings.partitions))
     from .keys import load_signer
     load_signer(settings.keys_path)  # the worker and the checkpoints share this key pair

@@ -92,9 +92,9 @@ def read_requests(text: str, *, lines: bool, where: str) -> Submission:
 async def exchange(settings: Settings, sub: Submission, *, wait: float, progress: bool = False) -> None:
     """Publish the requests and collect their decisions until all are in or `wait` runs out."""
     topics = Topics.with_prefix(settings.topic_prefix)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.connection.kwargs(), enable_auto_commit=False,
                                 isolation_level=settings.isolation_level)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(**settings.connection.kwargs(), linger_ms=5, acks="all")
     await consumer.start()
     await producer.start()
     try:

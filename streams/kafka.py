@@ -13,6 +13,14 @@ This module holds:
   storage formatted by ``kafka.tools.StorageTool`` with one shared cluster id.
   ``start()`` returns once every node's metadata lists every broker; single
   nodes can be stopped, killed and restarted with their data kept.
+* ``KafkaCluster(..., secure=SecureDir, acls=[...])`` - the same nodes with one
+  SASL_SSL listener for clients and brokers (SCRAM-SHA-512; the admin, a super
+  user, between brokers), a SASL_SSL controller listener (PLAIN: KRaft
+  controllers cannot use SCRAM), the StandardAuthorizer denying what no ACL
+  allows, the principals' SCRAM credentials added at format time and the ACLs
+  created by the admin once the nodes are up (``streams/SecureSetup.java``:
+  aiokafka has no CreateAcls). No plain-text listener. ``connection`` is the
+  admin's, ``connection_as(principal)`` another's (``streams/secure.py``).
 * ``main(argv)`` - ``python -m streams.kafka --nodes 3 [--port N]``: starts a
   cluster, prints its bootstrap servers on one line of stdout, and stops it
   cleanly on SIGTERM/SIGINT (``greenchannel broker --kind kafka`` calls it).
@@ -45,7 +53,12 @@ import weakref
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+from .connection import Connection
+
+if TYPE_CHECKING:
+    from .secure import SecureDir
 
 __all__ = [
     "KAFKA_VERSION",
@@ -279,13 +292,15 @@ class _Reader:
         return s
 
 
-def broker_ids(host: str, port: int, timeout: float = 2.0) -> set[int]:
-    """Node ids of the live brokers in ``host:port``'s cluster metadata.
+def broker_ids(host: str, port: int, timeout: float = 2.0, login: "ScramLogin | None" = None) -> set[int]:
+    """Node ids of the live brokers in ``host:port``'s cluster metadata (over TLS with a SCRAM
+    login on a secure cluster).
 
     Raises ``OSError``/``ConnectionError`` when the broker is not reachable.
     """
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        raw.settimeout(timeout)
+        sock = login.wrap(raw, host) if login else raw
         r = _Reader(_request(sock, _API_VERSIONS, 0, 1, b""))
         err = r.take(">h")
         if err:
@@ -297,6 +312,8 @@ def broker_ids(host: str, port: int, timeout: float = 2.0) -> set[int]:
                 meta_range = (lo, hi)
         if meta_range is None:
             raise ConnectionError("broker does not offer Metadata")
+        if login:
+            login.authenticate(sock)
         version = min(8, meta_range[1])
         if version < max(1, meta_range[0]):
             raise ConnectionError(f"no usable Metadata version in {meta_range}")
@@ -316,6 +333,55 @@ def broker_ids(host: str, port: int, timeout: float = 2.0) -> set[int]:
             r.string()  # rack
             ids.add(node_id)
         return ids
+
+
+_API_SASL_HANDSHAKE = 17
+_API_SASL_AUTHENTICATE = 36
+
+
+def _bytes_field(data: bytes) -> bytes:
+    return struct.pack(">i", len(data)) + data
+
+
+@dataclass(frozen=True)
+class ScramLogin:
+    """A SCRAM-SHA-512 login over TLS for the readiness probe (RFC 5802, as Kafka speaks it)."""
+    username: str
+    password: str
+    ca_file: Path
+
+    def wrap(self, sock: socket.socket, host: str):
+        import ssl
+        return ssl.create_default_context(cafile=str(self.ca_file)).wrap_socket(sock, server_hostname=host)
+
+    def _exchange(self, sock, corr: int, payload: bytes) -> bytes:
+        r = _Reader(_request(sock, _API_SASL_AUTHENTICATE, 1, corr, _bytes_field(payload)))
+        err, message = r.take(">h"), r.string()
+        if err:
+            raise ConnectionError(f"SASL authentication failed ({err}): {message}")
+        n = r.take(">i")
+        return r.data[r.pos:r.pos + n]
+
+    def authenticate(self, sock) -> None:
+        import hmac
+        mech = b"SCRAM-SHA-512"
+        r = _Reader(_request(sock, _API_SASL_HANDSHAKE, 1, 10, struct.pack(">h", len(mech)) + mech))
+        if r.take(">h"):
+            raise ConnectionError("the broker does not offer SCRAM-SHA-512")
+        user = self.username.replace("=", "=3D").replace(",", "=2C")
+        nonce = base64.b64encode(os.urandom(18)).decode()
+        first_bare = f"n={user},r={nonce}"
+        server_first = self._exchange(sock, 11, f"n,,{first_bare}".encode()).decode()
+        fields = dict(part.split("=", 1) for part in server_first.split(","))
+        if not fields["r"].startswith(nonce):
+            raise ConnectionError("SCRAM: the server's nonce does not extend ours")
+        salted = hashlib.pbkdf2_hmac("sha512", self.password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
+        client_key = hmac.new(salted, b"Client Key", "sha512").digest()
+        without_proof = f"c=biws,r={fields['r']}"
+        auth = f"{first_bare},{server_first},{without_proof}".encode()
+        signature = hmac.new(hashlib.sha512(client_key).digest(), auth, "sha512").digest()
+        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+        self._exchange(sock, 12, f"{without_proof},p={proof}".encode())
 
 
 # --------------------------------------------------------------------------
@@ -340,6 +406,42 @@ _LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
   </Loggers>
 </Configuration>
 """
+
+
+def secure_listeners(secure: "SecureDir", port: int, controller_port: int) -> dict[str, object]:
+    """SASL_SSL everywhere: clients and brokers with SCRAM-SHA-512 (the admin, a super user, between
+    brokers), the controllers with PLAIN (KRaft controllers cannot use SCRAM), the
+    StandardAuthorizer denying whatever no ACL allows. There is no plain-text listener."""
+    from .secure import CONTROLLER_USER, SUPER_USER
+    creds = secure.credentials()
+    admin, controller = creds["users"][SUPER_USER], creds["controller"]
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    return {
+        "listeners": f"SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "SASL_SSL",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+            f'{scram} required username="{SUPER_USER}" password="{admin}";',
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config":
+            f'{plain} required username="{CONTROLLER_USER}" password="{controller}" '
+            f'user_{CONTROLLER_USER}="{controller}";',
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(secure.keystore.resolve()),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(secure.ca.resolve()),
+        "ssl.endpoint.identification.algorithm": "https",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found": "false",
+        "super.users": f"User:{SUPER_USER};User:{CONTROLLER_USER}",
+    }
 
 
 @dataclass
@@ -398,10 +500,15 @@ class KafkaCluster:
     """
 
     def __init__(self, nodes: int = 1, port: int | None = None,
-                 workdir: Path | None = None, log_dir: Path | None = None) -> None:
+                 workdir: Path | None = None, log_dir: Path | None = None,
+                 secure: "SecureDir | None" = None, acls: "list | None" = None) -> None:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
         self.nodes = nodes
+        # secure: SASL_SSL with SCRAM, the StandardAuthorizer, and `acls` (streams.secure.Acl)
+        # created as the admin once the nodes are up.
+        self.secure = secure
+        self.acls = list(acls or [])
         self.port = port
         self._given_workdir = Path(workdir) if workdir is not None else None
         self._given_log_dir = Path(log_dir) if log_dir is not None else None
@@ -425,6 +532,24 @@ class KafkaCluster:
         return "kafka://" + self.bootstrap
 
     @property
+    def connection(self) -> "Connection":
+        """How a client reaches the cluster: plain text, or on a secure cluster as the admin."""
+        from .secure import SUPER_USER
+        return self.connection_as(SUPER_USER) if self.secure else Connection(self.bootstrap)
+
+    def connection_as(self, principal: str, password: str | None = None) -> "Connection":
+        """The secure cluster as `principal` (its own password unless another is given)."""
+        if self.secure is None:
+            raise KafkaError("not a secure cluster: there are no principals")
+        return self.secure.connection(self.bootstrap, principal, password)
+
+    def _login(self) -> "ScramLogin | None":
+        from .secure import SUPER_USER
+        if self.secure is None:
+            return None
+        return ScramLogin(SUPER_USER, self.secure.password(SUPER_USER), self.secure.ca)
+
+    @property
     def ports(self) -> list[int]:
         return [n.port for n in self._nodes]
 
@@ -436,6 +561,17 @@ class KafkaCluster:
 
     # -- configuration ------------------------------------------------------
 
+    def _listeners(self, node: _Node) -> dict[str, object]:
+        if self.secure is None:
+            return {
+                "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+                "controller.listener.names": "CONTROLLER",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            }
+        return secure_listeners(self.secure, node.port, node.controller_port)
+
     def _properties(self, node: _Node) -> dict[str, object]:
         n = self.nodes
         voters = ",".join(f"{x.index}@127.0.0.1:{x.controller_port}" for x in self._nodes)
@@ -445,11 +581,7 @@ class KafkaCluster:
             "process.roles": "broker,controller",
             "node.id": node.index,
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            **self._listeners(node),
             "log.dirs": str(node.data_dir),
             "num.partitions": 4,
             "default.replication.factor": rf,
@@ -503,9 +635,12 @@ class KafkaCluster:
         """
         if (node.data_dir / "meta.properties").exists():
             return
+        scram = [] if self.secure is None else [
+            arg for user, password in sorted(self.secure.credentials()["users"].items())
+            for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")]
         cmd = self._java_cmd(node, STORAGE_TOOL_MAIN, "format", "--ignore-formatted",
                              "--cluster-id", self.cluster_id, "--config", str(node.config),
-                             heap="-Xmx128m")
+                             *scram, heap="-Xmx128m")
         cmd.insert(1, "-Dkafka.log.file=format.log")
         node.log_dir.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -598,10 +733,30 @@ class KafkaCluster:
                 for node in self._nodes:
                     self._spawn(node)
                 self.wait_for_brokers(range(self.nodes), timeout=deadline - time.monotonic())
+                if self.secure is not None:
+                    self.secure.write_client_files(self.bootstrap)
+                    self.create_acls(self.acls, timeout=deadline - time.monotonic())
             except BaseException:
                 self.stop()
                 raise
         return self
+
+    def create_acls(self, acls: list, timeout: float = 120) -> None:
+        """streams/SecureSetup.java as the admin: creates `acls` (streams.secure.Acl; those already
+        there stay as they are), returns once the brokers apply them."""
+        from .secure import SUPER_USER
+        node = self._nodes[0]
+        cmd = self._java_cmd(node, str(Path(__file__).with_name("SecureSetup.java")),
+                             str(self.secure.client_properties(SUPER_USER)), str(self.nodes), heap="-Xmx256m")
+        cmd.insert(1, "-Dkafka.log.file=acls.log")
+        lines = "".join(acl.line() + "\n" for acl in acls)
+        try:
+            proc = subprocess.run(cmd, input=lines, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=max(timeout, 30), cwd=self.workdir)
+        except subprocess.TimeoutExpired:
+            raise KafkaError(f"creating the ACLs took over {max(timeout, 30):.0f} s") from None
+        if proc.returncode != 0:
+            raise KafkaError(f"creating the ACLs failed:\n{proc.stdout[-4000:]}")
 
     def _spawn(self, node: _Node) -> None:
         node.log_dir.mkdir(parents=True, exist_ok=True)
@@ -641,8 +796,8 @@ class KafkaCluster:
                         raise self._died(node)
                     continue
                 try:
-                    got = broker_ids("127.0.0.1", node.port, timeout=2.0)
-                except (OSError, ConnectionError, struct.error) as exc:
+                    got = broker_ids("127.0.0.1", node.port, timeout=2.0, login=self._login())
+                except (OSError, ConnectionError, struct.error, KeyError, ValueError) as exc:
                     last = f"node {node.index}: {exc!r}"
                     seen_all = False
                     break

@@ -16,6 +16,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .connection import Connection
 from models.keyring import ACTIVE, Keyring, key_id, public_pem
 from models.passes import Signer
 
@@ -138,9 +139,9 @@ def key_record(signer: Signer) -> bytes:
                          "public_key": public_pem(signer.public_key).decode()})
 
 
-async def publish_public_key(bootstrap: str, topic: str, signer: Signer) -> None:
+async def publish_public_key(connection: Connection, topic: str, signer: Signer) -> None:
     from aiokafka import AIOKafkaProducer
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**connection.kwargs(), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(topic, key_record(signer), key=signer.key_id.encode())

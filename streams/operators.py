@@ -91,7 +91,7 @@ def _when(text: str | None) -> datetime:
 
 async def publish(settings: Settings, topic: str, entries: list[tuple[str, dict]], *, progress: bool = False) -> None:
     """Send (key, value) entries to `topic` and wait until the broker has every one."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(**settings.connection.kwargs(), linger_ms=5, acks="all")
     await producer.start()
     try:
         with Progress(console=err, disable=not progress, transient=True) as bar:
@@ -152,7 +152,7 @@ def read_books(settings: Settings) -> tuple[RiskBook, EnterpriseBook]:
         except ValueError:  # dead-lettered by the worker: not in force
             pass
 
-    asyncio.run(read_whole_topics(settings.bootstrap, [topics.risk, topics.enterprises], apply))
+    asyncio.run(read_whole_topics(settings.connection, [topics.risk, topics.enterprises], apply))
     return risk, enterprises
 
 
@@ -199,7 +199,7 @@ def read_keyring(settings: Settings) -> Keyring:
         except ValueError:
             pass
 
-    asyncio.run(read_whole_topics(settings.bootstrap, [Topics.with_prefix(settings.topic_prefix).keys], apply))
+    asyncio.run(read_whole_topics(settings.connection, [Topics.with_prefix(settings.topic_prefix).keys], apply))
     return ring
 
 

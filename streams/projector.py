@@ -225,7 +225,7 @@ class Projector:
         s = self.settings
         session_ms = int(s.session_timeout * 1000)
         return AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap, group_id=group_id(s), client_id="greenchannel-projector",
+            **s.connection.kwargs(), group_id=group_id(s), client_id="greenchannel-projector",
             enable_auto_commit=False, auto_offset_reset="earliest",
             isolation_level=s.isolation_level,
             session_timeout_ms=session_ms, heartbeat_interval_ms=min(3000, session_ms // 3),
@@ -318,7 +318,7 @@ def run_projector(settings: Settings, *, batch_size: int = 5000) -> int:
             site = await start_site(metrics_app(projector.metrics.registry), settings.metrics_bind, settings.metrics_port)
             log.info("projector metrics at http://%s:%d/metrics", settings.metrics_bind, site.addresses[0][1])
         # A topic missing at subscription would be seen only at the next metadata refresh (minutes).
-        await ensure_topics(settings.bootstrap, projector.subscription(), partitions=settings.partitions,
+        await ensure_topics(settings.connection, projector.subscription(), partitions=settings.partitions,
                             replication_factor=settings.replication_factor)
         return await projector.run(stop)
 

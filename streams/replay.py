@@ -216,7 +216,7 @@ async def _read(settings, specs: list[_Spec], *, progress=None, label: str = "re
     out: dict[str, list[Record]] = {s.topic: [] for s in specs}
     began_ms = int(time.time() * 1000)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None,
+        **settings.connection.kwargs(), enable_auto_commit=False, group_id=None,
         client_id="greenchannel-replay", auto_offset_reset="earliest", fetch_max_wait_ms=100,
         isolation_level=settings.isolation_level,
         fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024)
@@ -1303,7 +1303,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
     from .simulator import Scenario, scans_for
 
     t = Topics.with_prefix(settings.topic_prefix)
-    await ensure_topics(settings.bootstrap, t.public() + [t.pass_events], partitions=settings.partitions,
+    await ensure_topics(settings.connection, t.public() + [t.pass_events], partitions=settings.partitions,
                         replication_factor=settings.replication_factor)
     scenario = Scenario(seed=seed)
     rng = random.Random(seed)
@@ -1340,7 +1340,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
                         inputs.append((t.scans, decision["pass"]["pass_id"].encode(), orjson.dumps(scan)))
                         count += 1
         i += 1
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=50, max_batch_size=1024 * 1024,
+    producer = AIOKafkaProducer(**settings.connection.kwargs(), linger_ms=50, max_batch_size=1024 * 1024,
                                 max_request_size=8 * 1024 * 1024)
     await producer.start()
     sent = Counter()

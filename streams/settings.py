@@ -14,6 +14,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GC_", env_file=".env", extra="ignore")
 
     broker_url: str = "kafka://127.0.0.1:9092"
+    # How every client reaches the broker (streams/connection.py turns these into client arguments):
+    # PLAINTEXT (the embedded Tansu, a loopback development broker) or SASL_SSL (secure Apache Kafka).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_username: str | None = None
+    kafka_password: str | None = None
+    # Or a file holding it (a Docker secret): read when GC_KAFKA_PASSWORD is not set.
+    kafka_password_file: Path | None = None
+    # The CA that signed the brokers' certificates (PEM); none: the system's trusted CAs.
+    kafka_ca_file: Path | None = None
     database_url: str = "sqlite:///.greenchannel/greenchannel.db"
     topic_prefix: str = "gc."
     partitions: int = 4
@@ -64,6 +74,12 @@ class Settings(BaseSettings):
         """How a client reads the worker's outputs: under exactly_once only what its transactions
         committed (an aborted attempt's records are never seen)."""
         return "read_committed" if self.processing_guarantee == "exactly_once" else "read_uncommitted"
+
+    @property
+    def connection(self):
+        """The connection every client opens (streams.connection.Connection)."""
+        from .connection import Connection
+        return Connection.from_settings(self)
 
     @property
     def bootstrap(self) -> str:

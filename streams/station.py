@@ -458,7 +458,7 @@ class Station:
     async def _consume(self) -> None:
         s = self.settings
         consumer = await self._started(lambda: AIOKafkaConsumer(
-            self.topics.decisions, self.topics.status, self.topics.keys, bootstrap_servers=s.bootstrap,
+            self.topics.decisions, self.topics.status, self.topics.keys, **s.connection.kwargs(),
             group_id=f"{s.app_id}-station-{'+'.join(sorted(self.ids))}-{self.store.uid}", enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level=s.isolation_level))
         try:
@@ -496,7 +496,7 @@ class Station:
         # Idempotence (no duplicate on the producer's own retries) needs a broker with producer ids:
         # Apache Kafka, where the system runs exactly_once; Tansu has none.
         producer = await self._started(lambda: AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap, acks="all", request_timeout_ms=15000,
+            **s.connection.kwargs(), acks="all", request_timeout_ms=15000,
             enable_idempotence=s.processing_guarantee == "exactly_once"))
         try:
             while True:

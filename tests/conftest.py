@@ -1,7 +1,9 @@
 """Fixtures: a real broker, a real worker and projector, and taps that read topics as clients would.
 
 The broker is the embedded Tansu by default; GC_TEST_BROKER=kafka or kafka3 runs the same
-tests on Apache Kafka. GC_TEST_DATABASE_URL points the worker's projections elsewhere.
+tests on Apache Kafka, GC_TEST_BROKER=kafka-secure on a 1-node secure Apache Kafka (SASL_SSL and
+ACLs; every component of a system authenticated as its own principal). GC_TEST_DATABASE_URL
+points the worker's projections elsewhere.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.broker import TansuBroker, ensure_topics, free_port
+from streams.connection import Connection
 from streams.handlers import Topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,25 +31,29 @@ PARTITIONS = 4
 
 
 BROKER_KIND = os.environ.get("GC_TEST_BROKER", "tansu")
-if BROKER_KIND not in ("tansu", "kafka", "kafka3"):
-    raise pytest.UsageError(f"GC_TEST_BROKER={BROKER_KIND!r}: expected tansu, kafka or kafka3")
+if BROKER_KIND not in ("tansu", "kafka", "kafka3", "kafka-secure"):
+    raise pytest.UsageError(f"GC_TEST_BROKER={BROKER_KIND!r}: expected tansu, kafka, kafka3 or kafka-secure")
 ON_KAFKA = BROKER_KIND.startswith("kafka")
+ON_SECURE = BROKER_KIND == "kafka-secure"
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `kafka` start Apache Kafka themselves: only in the Kafka lanes. No test is
-    ever rerun: a test that fails once is a bug to fix at its cause."""
-    if ON_KAFKA:
-        return
-    skip = pytest.mark.skip(reason="starts Apache Kafka: runs with GC_TEST_BROKER=kafka or kafka3 "
-                                   "(tests/services/lanes.sh)")
+    """Tests marked `kafka` start Apache Kafka themselves: only in the Kafka lanes; tests marked
+    `secure` need the secure cluster: only in the secure lane. No test is ever rerun: a test that
+    fails once is a bug to fix at its cause."""
+    skip_kafka = pytest.mark.skip(reason="starts Apache Kafka: runs with GC_TEST_BROKER=kafka or kafka3 "
+                                         "(tests/services/lanes.sh)")
+    skip_secure = pytest.mark.skip(reason="needs the secure Apache Kafka: runs with GC_TEST_BROKER=kafka-secure "
+                                          "(tests/services/lanes.sh secure)")
     for item in items:
-        if item.get_closest_marker("kafka") is not None:
-            item.add_marker(skip)
+        if item.get_closest_marker("kafka") is not None and not ON_KAFKA:
+            item.add_marker(skip_kafka)
+        if item.get_closest_marker("secure") is not None and not ON_SECURE:
+            item.add_marker(skip_secure)
 
 
 def replication_factor(kind: str = BROKER_KIND) -> int:
-    return 3 if kind == "kafka3" else 1
+    return 3 if kind.startswith("kafka3") else 1
 
 
 def isolation_level(kind: str = BROKER_KIND) -> str:
@@ -55,8 +62,14 @@ def isolation_level(kind: str = BROKER_KIND) -> str:
 
 
 def make_broker(kind: str, workdir: Path):
-    """An unstarted broker of `kind` (Apache Kafka keeps its data in `workdir`)."""
-    if kind.startswith("kafka"):
+    """An unstarted broker of `kind` (Apache Kafka keeps its data in `workdir`; a secure one its
+    certificates and credentials in workdir/secure, and no ACL until a system asks for its own)."""
+    if kind in ("kafka-secure", "kafka3-secure"):
+        from streams.kafka import KafkaCluster
+        from streams.secure import SecureDir
+        cluster = KafkaCluster(nodes=3 if kind == "kafka3-secure" else 1, workdir=workdir,
+                               secure=SecureDir(workdir / "secure").ensure())
+    elif kind.startswith("kafka"):
         from streams.kafka import KafkaCluster
         cluster = KafkaCluster(nodes=3 if kind == "kafka3" else 1, workdir=workdir)
     else:
@@ -90,13 +103,13 @@ class Message:
 @dataclass
 class Tap:
     """Reads topics from the beginning, outside any consumer group, into a list."""
-    bootstrap: str
+    connection: Connection
     topics: list[str]
     messages: list[Message] = field(default_factory=list)
     isolation_level: str = field(default_factory=isolation_level)
 
     async def start(self) -> Tap:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+        self._consumer = AIOKafkaConsumer(**self.connection.kwargs(), enable_auto_commit=False,
                                           isolation_level=self.isolation_level)
         await self._consumer.start()
         parts = [TopicPartition(t, p) for t in self.topics for p in range(PARTITIONS)]
@@ -199,7 +212,7 @@ def stop_processes(procs: list[subprocess.Popen], timeout: float = 30) -> None:
 @dataclass
 class System:
     """A running worker and its projector, the way firms, checkpoints and operators reach them."""
-    bootstrap: str
+    connection: Connection
     topics: Topics
     env: dict
     data_dir: Path
@@ -207,6 +220,13 @@ class System:
     tap: Tap
     workers: list[subprocess.Popen]
     projectors: list[subprocess.Popen] = field(default_factory=list)
+    cluster: object = None  # the broker; a secure one gives each component its own principal
+
+    def env_as(self, principal: str) -> dict:
+        """The system's settings with `principal`'s credentials (as they are on a plain broker)."""
+        if getattr(self.cluster, "secure", None) is None:
+            return dict(self.env)
+        return {**self.env, **self.cluster.connection_as(principal).env()}
 
     async def send(self, topic: str, value: bytes | dict, key: str | bytes | None = None, headers=None) -> None:
         if isinstance(value, dict):
@@ -219,14 +239,15 @@ class System:
     def public_key_path(self) -> Path:
         return self.data_dir / "keys" / "pass-signing.pub"
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "streams.cli", *args], env={**self.env, "COLUMNS": "200"}, cwd=ROOT,
+    def cli(self, *args: str, principal: str = "operator") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "streams.cli", *args],
+                              env={**self.env_as(principal), "COLUMNS": "200"}, cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
 
     def start_worker(self) -> subprocess.Popen:
         log_path = self.data_dir / f"worker{len(self.workers)}.log"
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env, cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env_as("worker"), cwd=ROOT,
                                     stdout=log, stderr=subprocess.STDOUT)
         proc.log_path = log_path
         self.workers.append(proc)
@@ -247,7 +268,7 @@ class System:
 
     def start_projector(self) -> subprocess.Popen:
         """One more projector in the system's group (the database projections)."""
-        proc = start_projector(self.env, self.data_dir, f"projector{len(self.projectors)}")
+        proc = start_projector(self.env_as("projector"), self.data_dir, f"projector{len(self.projectors)}")
         self.projectors.append(proc)
         return proc
 
@@ -302,16 +323,19 @@ async def start_system(broker, data_dir: Path, kind: str = BROKER_KIND, prefix: 
     """Topics, a client producer, a tap, one ready worker and one projector beside it on `broker`
     (`env`: settings of its own, over those of `system_env`)."""
     topics = Topics.with_prefix(prefix)
-    await ensure_topics(broker.bootstrap, topics.public() + [topics.pass_events], partitions=PARTITIONS,
+    await ensure_topics(broker.connection, topics.public() + [topics.pass_events], partitions=PARTITIONS,
                         replication_factor=replication_factor(kind))
     env = {**system_env(broker.bootstrap, data_dir, f"gc-test-{uuid.uuid4().hex[:6]}", kind),
            "GC_TOPIC_PREFIX": prefix, **(env or {})}
+    if getattr(broker, "secure", None) is not None:  # the system's own ACLs: its topic prefix, its app id
+        from streams.secure import acls
+        await asyncio.to_thread(broker.create_acls, acls(broker.secure.principals(), prefix, env["GC_APP_ID"]))
     # On Kafka the clients write as a careful firm would: every replica, no duplicates on retry.
     durable = {"acks": "all", "enable_idempotence": True} if kind.startswith("kafka") else {}
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1, **durable)
+    producer = AIOKafkaProducer(**broker.connection.kwargs(), linger_ms=1, **durable)
     await producer.start()
-    tap = await Tap(broker.bootstrap, topics.public(), isolation_level=isolation_level(kind)).start()
-    sysm = System(broker.bootstrap, topics, env, data_dir, producer, tap, [])
+    tap = await Tap(broker.connection, topics.public(), isolation_level=isolation_level(kind)).start()
+    sysm = System(broker.connection, topics, env, data_dir, producer, tap, [], cluster=broker)
     try:
         sysm.start_projector()  # joins its group while the worker starts
         await sysm.start_ready_worker()

@@ -9,6 +9,7 @@ import sys
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.broker import free_port
+from streams.connection import Connection
 from tests.conftest import ROOT
 
 
@@ -21,11 +22,11 @@ def test_broker_command_serves_kafka_and_stops_cleanly():
         assert line.strip() == f"broker ready at kafka://127.0.0.1:{port}", line
 
         async def round_trip() -> bytes:
-            producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{port}")
+            producer = AIOKafkaProducer(**Connection(f"127.0.0.1:{port}").kwargs())
             await producer.start()
             await producer.send_and_wait("probe", b"hello", key=b"k")
             await producer.stop()
-            consumer = AIOKafkaConsumer("probe", bootstrap_servers=f"127.0.0.1:{port}",
+            consumer = AIOKafkaConsumer("probe", **Connection(f"127.0.0.1:{port}").kwargs(),
                                         auto_offset_reset="earliest")
             await consumer.start()
             try:

@@ -100,7 +100,7 @@ async def test_the_worker_clock_ticks_every_partition_it_owns(broker, tmp_path):
     """A worker with GC_CLOCK_SECONDS set sends a tick of the time now to each partition it owns."""
     s = await start_system(broker, tmp_path, prefix="clockticks.", env={"GC_CLOCK_SECONDS": "0.5"})
     started = datetime.now(timezone.utc) - timedelta(seconds=1)
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**s.connection.kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
         parts = [TopicPartition(s.topics.pass_events, p) for p in range(PARTITIONS)]

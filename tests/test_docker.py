@@ -285,7 +285,8 @@ def services(compose) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def kafka_nodes(services) -> dict[str, dict]:
-    return {name: s for name, s in services.items() if str(s.get("image", "")).startswith("apache/kafka")}
+    return {name: s for name, s in services.items()
+            if str(s.get("image", "")).startswith("apache/kafka") and "KAFKA_NODE_ID" in env_of(s)}
 
 
 @pytest.fixture(scope="module")
@@ -336,6 +337,10 @@ def test_compose_references_resolve(compose, services):
     for name, service in services.items():
         for dep in depends_on(service):
             assert dep in services, f"{name} depends on unknown service {dep}"
+        for secret in service.get("secrets") or []:
+            assert secret in (compose.get("secrets") or {}), f"{name}: secret {secret} not declared"
+        for config in service.get("configs") or []:
+            assert config["source"] in (compose.get("configs") or {}), f"{name}: config {config['source']} not declared"
         for mount in mounts_of(service):
             if mount["type"] == "volume" and mount["source"]:
                 assert mount["source"] in declared_volumes, f"{name}: volume {mount['source']} not declared"
@@ -664,12 +669,12 @@ def test_three_kraft_nodes_share_cluster_id_and_voters(kafka_nodes):
         assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
         listeners = _listeners(env["KAFKA_LISTENERS"])
         controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
-        assert controller in listeners and "PLAINTEXT" in listeners
+        assert controller in listeners and "SASL_SSL" in listeners
         assert parsed[node_id] == (kafka_nodes[name].get("hostname", name), listeners[controller][1])
         protocol_map = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
         assert set(listeners) <= set(protocol_map)
         advertised = _listeners(env["KAFKA_ADVERTISED_LISTENERS"])
-        assert advertised == {"PLAINTEXT": (name, listeners["PLAINTEXT"][1])}, f"{name}: advertise the service name"
+        assert advertised == {"SASL_SSL": (name, listeners["SASL_SSL"][1])}, f"{name}: advertise the service name"
 
 
 def test_kafka_replication_settings(kafka_nodes):
@@ -715,7 +720,7 @@ def test_worker_scaling_and_guarantees(services, kafka_nodes):
     settings = settings_from(env)
     assert settings.web_enabled, "the image's health check needs the Faust web port"
     assert settings.replication_factor <= len(kafka_nodes)
-    advertised = {":".join(map(str, _listeners(env_of(s)["KAFKA_ADVERTISED_LISTENERS"])["PLAINTEXT"]))
+    advertised = {":".join(map(str, _listeners(env_of(s)["KAFKA_ADVERTISED_LISTENERS"])["SASL_SSL"]))
                   for s in kafka_nodes.values()}
     assert set(settings.bootstrap.split(",")) == advertised, "GC_BROKER_URL must name all three brokers"
     assert settings.partitions == int(env_of(next(iter(kafka_nodes.values())))["KAFKA_NUM_PARTITIONS"])
@@ -761,14 +766,15 @@ def test_projector_runs_beside_the_worker(services):
     assert projector.get("stop_grace_period"), "time to write and commit the batch in hand"
 
 
-def test_projector_shares_the_workers_settings(services, monkeypatch):
+def test_projector_shares_the_workers_settings(services, monkeypatch, made_secrets, compose):
     from streams import projector as projector_module
     projector_env, worker_env = env_of(services["projector"]), env_of(services["worker"])
     for key in ("GC_BROKER_URL", "GC_DATABASE_URL", "GC_APP_ID", "GC_TOPIC_PREFIX", "GC_PARTITIONS",
                 "GC_PROCESSING_GUARANTEE"):
         assert projector_env.get(key) == worker_env.get(key), key
     assert "GC_APP_ID" in projector_env, "set the app id explicitly: the projector group is named after it"
-    settings, worker_settings = settings_from(projector_env), settings_from(worker_env)
+    settings = mounted(settings_from(projector_env), services["projector"], compose, made_secrets)
+    worker_settings = settings_from(worker_env)
     assert (settings.bootstrap, settings.database_url, settings.app_id, settings.topic_prefix) == (
         worker_settings.bootstrap, worker_settings.database_url, worker_settings.app_id, worker_settings.topic_prefix)
     assert settings.processing_guarantee == worker_settings.processing_guarantee == "exactly_once"
@@ -857,3 +863,138 @@ def test_prometheus_scrapes_every_worker_and_projector_where_they_serve_metrics(
     assert projector["GC_METRICS_BIND"] == "0.0.0.0"
     assert set(prometheus["depends_on"]) == {"worker", "projector"}
     assert any(m["target"] == "/prometheus" and m["source"] in compose["volumes"] for m in mounts_of(prometheus))
+
+
+# ------------------------------------------------------------------------------------------------
+# Security: SASL_SSL listeners only, credentials as secrets, the ACLs of streams/secure.py
+# ------------------------------------------------------------------------------------------------
+
+def kafka_properties(env: dict[str, str]) -> dict[str, str]:
+    """A node's KAFKA_* variables as the server properties docker/kafka-secure.sh writes."""
+    out = {}
+    for name, value in env.items():
+        if name.startswith("KAFKA_") and name not in ("KAFKA_HEAP_OPTS", "KAFKA_OPTS"):
+            key = name[6:].lower().replace("___", "-").replace("__", "@").replace("_", ".").replace("@", "_")
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def made_secrets(tmp_path_factory) -> Path:
+    """What `python -m streams.secure DIR --host kafka-1 …` makes: the secrets' files."""
+    target = tmp_path_factory.mktemp("docker") / "secrets"
+    done = subprocess.run([sys.executable, "-m", "streams.secure", str(target), "--host", "kafka-1", "--host",
+                           "kafka-2", "--host", "kafka-3"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return target
+
+
+def secret_files(compose, made: Path) -> dict[str, Path]:
+    """Each declared secret's file, in the directory `python -m streams.secure` made."""
+    out = {}
+    for name, spec in compose["secrets"].items():
+        rel = Path(spec["file"])  # ./secrets/… (Path drops the ./)
+        assert rel.parts[0] == "secrets", f"secret {name}: not under docker/secrets/"
+        out[name] = made / Path(*rel.parts[1:])
+    return out
+
+
+def mounted(settings, service: dict, compose, made: Path):
+    """`settings` as inside the container: /run/secrets/NAME is the secret's file."""
+    files = secret_files(compose, made)
+    mounts = {f"/run/secrets/{name}": files[name] for name in service.get("secrets") or []}
+    update = {}
+    for field in ("kafka_password_file", "kafka_ca_file"):
+        value = getattr(settings, field)
+        if value is not None:
+            assert str(value) in mounts, f"{field}={value}: not a secret of this service"
+            update[field] = mounts[str(value)]
+    return settings.model_copy(update=update)
+
+
+def test_kafka_listens_on_sasl_ssl_only_with_the_authorizer(kafka_nodes):
+    for name, node in kafka_nodes.items():
+        props = kafka_properties(env_of(node))
+        protocols = dict(p.split(":") for p in props["listener.security.protocol.map"].split(","))
+        assert set(protocols.values()) == {"SASL_SSL"}, f"{name}: a listener without TLS and SASL"
+        assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+        assert props["allow.everyone.if.no.acl.found"] == "false"
+        assert props["listener.name.sasl_ssl.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+        assert props["listener.name.controller.sasl.enabled.mechanisms"] == "PLAIN"
+        assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+        assert props["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+        assert set(props["super.users"].split(";")) == {"User:admin", "User:controller"}
+        assert props["ssl.keystore.type"] == props["ssl.truststore.type"] == "PEM"
+        assert {props["ssl.keystore.location"], props["ssl.truststore.location"]} == {
+            f"/run/secrets/{s}" for s in ("kafka-keystore", "kafka-ca")} <= {f"/run/secrets/{s}" for s in node["secrets"]}
+
+
+def test_kafka_nodes_match_the_local_secure_cluster(kafka_nodes, made_secrets):
+    """The compose nodes and `greenchannel broker --kind kafka --secure` configure security alike."""
+    from streams.kafka import secure_listeners
+    from streams.secure import SecureDir
+    local = secure_listeners(SecureDir(made_secrets), 9092, 9093)
+    host_bound = {"listeners", "advertised.listeners", "ssl.keystore.location", "ssl.truststore.location",
+                  "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config", "listener.name.controller.plain.sasl.jaas.config"}
+    for name, node in kafka_nodes.items():
+        props = kafka_properties(env_of(node))
+        differ = {k: (v, props.get(k)) for k, v in local.items() if k not in host_bound and props.get(k) != str(v)}
+        assert not differ, f"{name}: {differ}"
+        script = (DOCKER / "kafka-secure.sh").read_text()
+        for jaas in ("listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config",
+                     "listener.name.controller.plain.sasl.jaas.config"):
+            assert f"{jaas}=" in script, f"docker/kafka-secure.sh does not write {jaas}"
+
+
+def test_kafka_scripts_parse():
+    for script in ("kafka-secure.sh", "kafka-setup.sh"):
+        done = subprocess.run(["bash", "-n", str(DOCKER / script)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+
+def test_acl_arguments_are_the_table_of_streams_secure(services):
+    env = env_of(services["worker"])
+    done = subprocess.run([sys.executable, "-m", "streams.secure", "--acl-args", "--prefix", env.get("GC_TOPIC_PREFIX", "gc."),
+                           "--app-id", env["GC_APP_ID"]], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in (DOCKER / "acls.args").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines == done.stdout.splitlines(), "docker/acls.args is stale: python -m streams.secure --acl-args"
+    setup = services["kafka-setup"]
+    assert {c["source"] for c in setup["configs"]} == {"kafka-setup-script", "kafka-acls"}
+    for node in ("kafka-1", "kafka-2", "kafka-3"):
+        assert depends_on(setup).get(node) == "service_healthy"
+    for service in ("worker", "projector"):
+        assert depends_on(services[service]).get("kafka-setup") == "service_completed_successfully", service
+
+
+def test_every_kafka_client_service_is_its_own_principal(services, compose, made_secrets):
+    from streams.connection import Connection
+    principals = {}
+    for name, service in services.items():
+        env = env_of(service)
+        if not uses_project_image(service) or name == "migrate":
+            continue
+        settings = mounted(settings_from(env), service, compose, made_secrets)
+        connection = Connection.from_settings(settings)
+        assert connection.secure and connection.sasl_mechanism == "SCRAM-SHA-512", name
+        assert connection.kwargs()["ssl_context"].verify_mode.name == "CERT_REQUIRED", name
+        assert connection.password == (made_secrets / "passwords" / connection.username).read_text().strip(), name
+        principals[name] = connection.username
+    assert principals == {"topics": "admin", "worker": "worker", "projector": "projector", "keys": "operator"}
+
+
+def test_secrets_stay_out_of_the_repository(compose):
+    for name, spec in compose["secrets"].items():
+        path = (DOCKER / spec["file"]).resolve()
+        ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", str(path)], cwd=ROOT)
+        assert ignored.returncode == 0, f"secret {name}: {path} is not git-ignored"
+
+
+def test_the_made_secrets_are_private_and_name_the_broker_hosts(made_secrets):
+    from cryptography import x509
+    for path in [made_secrets / "broker.pem", made_secrets / "credentials.json",
+                 *(made_secrets / "passwords").iterdir()]:
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+    cert = x509.load_pem_x509_certificates((made_secrets / "broker.pem").read_bytes())[0]
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"kafka-1", "kafka-2", "kafka-3", "localhost"} <= set(names.get_values_for_type(x509.DNSName))

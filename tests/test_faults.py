@@ -34,6 +34,7 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.connection import Connection
 from streams.simulator import Scenario, scans_for
 from tests.conftest import PARTITIONS, System, make_broker, start_system
 from support import until
@@ -251,9 +252,9 @@ async def load_enterprises(system: System, scenario: Scenario) -> None:
         await system.send(system.topics.enterprises, entry, key=entry["credit_code"])
 
 
-async def topic_replicas(bootstrap: str, prefixes: tuple[str, ...]) -> dict[str, set[int]]:
+async def topic_replicas(connection: Connection, prefixes: tuple[str, ...]) -> dict[str, set[int]]:
     """Replica counts of every partition of the topics named with one of `prefixes`."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**connection.kwargs())
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if t.startswith(prefixes)]
@@ -262,8 +263,8 @@ async def topic_replicas(bootstrap: str, prefixes: tuple[str, ...]) -> dict[str,
         await admin.close()
 
 
-async def group_coordinator(bootstrap: str, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def group_coordinator(connection: Connection, group: str) -> int:
+    admin = AIOKafkaAdminClient(**connection.kwargs())
     await admin.start()
     try:
         return await admin.find_coordinator(group)
@@ -349,7 +350,7 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
     load = None
     try:
         # Replication 3 everywhere: the public topics and Faust's changelog and leader topics.
-        replicas = await topic_replicas(cluster3.bootstrap, (system.topics.requests.split(".")[0] + ".", app_id))
+        replicas = await topic_replicas(cluster3.connection, (system.topics.requests.split(".")[0] + ".", app_id))
         assert any(t.startswith(app_id) for t in replicas) and all(r == {3} for r in replicas.values()), replicas
 
         scenario = Scenario(seed=31)
@@ -361,7 +362,7 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
 
         # The node that coordinates the worker's consumer group (and so holds the leaders of
         # its offsets): the most disruptive one to lose.
-        stopped = await group_coordinator(cluster3.bootstrap, app_id)
+        stopped = await group_coordinator(cluster3.connection, app_id)
         sent_at_stop, decided_at_stop = len(load.sent), decided_now(system, load)
         t0 = time.monotonic()
         await asyncio.to_thread(cluster3.stop_node, stopped)
@@ -418,6 +419,13 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
 
 async def test_worker_killed_mid_stream_decides_each_request_exactly_once(cluster3, tmp_path, figures_file):
     system = await start_system(cluster3, tmp_path, kind="kafka3", prefix=f"fc{uuid.uuid4().hex[:4]}.")
+    await worker_killed_mid_stream(system, figures_file, nodes=3)
+
+
+async def worker_killed_mid_stream(system: System, figures_file: Path, nodes: int) -> None:
+    """SIGKILL the system's worker mid-stream, start another: every request decided exactly once,
+    a resent one answered with its stored decision (closes the system). Also run on the secure
+    cluster (tests/test_security.py)."""
     load = None
     try:
         scenario = Scenario(seed=33)
@@ -463,7 +471,7 @@ async def test_worker_killed_mid_stream_decides_each_request_exactly_once(cluste
             counts[early_sid] -= 1  # the resend above, answered on purpose
         requests = tally(counts, load.sent)
         figures = {
-            "nodes": 3, "requests_sent": requests["sent"], "decisions_received": requests["received"],
+            "nodes": nodes, "requests_sent": requests["sent"], "decisions_received": requests["received"],
             "duplicates": requests["duplicates"], "missing": requests["missing"],
             "requests_sent_before_kill": sent_at_kill, "decided_before_kill": decided_at_kill,
             "seconds_from_restart_to_last_decision": round(takeover_s, 1),

@@ -28,6 +28,7 @@ pytestmark = [
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
+from streams.connection import Connection  # noqa: E402
 from streams.kafka import KafkaCluster, KafkaError, broker_ids, ensure_jars  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ async def consume(bootstrap: str, topic: str, count: int, timeout: float = 30,
                   **kwargs) -> list[bytes]:
     """Read ``count`` values of ``topic`` from the beginning (own group)."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        topic, **Connection(bootstrap).kwargs(), auto_offset_reset="earliest",
         group_id=f"g-{uuid.uuid4().hex[:8]}", enable_auto_commit=False, **kwargs)
     await consumer.start()
     values: list[bytes] = []
@@ -78,7 +79,7 @@ async def consume(bootstrap: str, topic: str, count: int, timeout: float = 30,
 
 
 async def cluster_brokers(bootstrap: str) -> set[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(**Connection(bootstrap).kwargs(), request_timeout_ms=5000)
     await admin.start()
     try:
         info = await admin.describe_cluster()
@@ -118,7 +119,7 @@ class TestSingleNode:
         assert single.url == "kafka://" + single.bootstrap
         assert await cluster_brokers(single.bootstrap) == {0}
 
-        producer = AIOKafkaProducer(bootstrap_servers=single.bootstrap, acks="all")
+        producer = AIOKafkaProducer(**single.connection.kwargs(), acks="all")
         await producer.start()
         try:
             for i in range(5):
@@ -131,14 +132,14 @@ class TestSingleNode:
 
     async def test_transactions(self, single):
         bootstrap = single.bootstrap
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**Connection(bootstrap).kwargs())
         await admin.start()
         try:
             await admin.create_topics([NewTopic("tx-in", 1, 1), NewTopic("tx-out", 1, 1)])
         finally:
             await admin.close()
 
-        plain = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        plain = AIOKafkaProducer(**Connection(bootstrap).kwargs(), acks="all")
         await plain.start()
         try:
             for i in range(3):
@@ -149,10 +150,10 @@ class TestSingleNode:
         # Consume-transform-produce as Faust's exactly_once does: output records
         # and the input offsets commit in one transaction.
         group = "tx-group"
-        consumer = AIOKafkaConsumer("tx-in", bootstrap_servers=bootstrap, group_id=group,
+        consumer = AIOKafkaConsumer("tx-in", **Connection(bootstrap).kwargs(), group_id=group,
                                     auto_offset_reset="earliest", enable_auto_commit=False,
                                     isolation_level="read_committed")
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id="gc-tx-1",
+        producer = AIOKafkaProducer(**Connection(bootstrap).kwargs(), transactional_id="gc-tx-1",
                                     enable_idempotence=True)
         await consumer.start()
         await producer.start()
@@ -185,7 +186,7 @@ class TestSingleNode:
         got = await consume(bootstrap, "tx-out", 4, isolation_level="read_committed")
         assert got == [b"out0", b"out1", b"out2", b"last"]
 
-        check = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+        check = AIOKafkaConsumer(**Connection(bootstrap).kwargs(), group_id=group,
                                  enable_auto_commit=False)
         await check.start()
         try:
@@ -232,7 +233,7 @@ async def test_module_main_restarts_on_kept_workdir(jars, tmp_path):
     try:
         host, port = bootstrap.split(":")
         assert broker_ids(host, int(port)) == {0}
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        producer = AIOKafkaProducer(**Connection(bootstrap).kwargs(), acks="all")
         await producer.start()
         try:
             await producer.send_and_wait("kept", b"survives a restart")
@@ -268,7 +269,7 @@ async def test_three_nodes_survive_one_node_down(jars):
         assert len(bootstrap.split(",")) == 3
         assert await cluster_brokers(bootstrap) == {0, 1, 2}
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**Connection(bootstrap).kwargs())
         await admin.start()
         try:
             await admin.create_topics([NewTopic("rep3", 3, 3)])
@@ -285,7 +286,7 @@ async def test_three_nodes_survive_one_node_down(jars):
             await admin.close()
 
         async def produce(values):
-            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+            producer = AIOKafkaProducer(**Connection(bootstrap).kwargs(), acks="all",
                                         enable_idempotence=True)
             await producer.start()
             try:

@@ -29,6 +29,7 @@ from sqlmodel import Session
 from models.db import make_engine, upgrade
 from models.tables import Enterprise, Pass, PassEvent, Region, Shipment
 from streams.broker import ensure_topics
+from streams.connection import Connection
 from streams.handlers import Topics
 from streams.projector import bad_record, shape, write
 from streams.replay import Record
@@ -65,7 +66,7 @@ def database(tmp_path):
 @dataclass
 class Lane:
     """Fresh topics, a database and a producer writing as the worker does; projectors on them."""
-    bootstrap: str
+    connection: Connection
     topics: Topics
     env: dict
     data_dir: Path
@@ -117,7 +118,7 @@ class Lane:
         return "\n".join(f"--- {p.log_path}\n{p.log_path.read_text(errors='replace')[-2000:]}" for p in self.procs)
 
     async def committed(self) -> dict[TopicPartition, int]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**self.connection.kwargs(), group_id=self.group, enable_auto_commit=False)
         await consumer.start()
         try:
             return {tp: await consumer.committed(tp) or 0 for tp in self.ends}
@@ -169,15 +170,15 @@ def table(url: str, model) -> dict:
 async def lane(broker, database, tmp_path):
     prefix = f"pj{uuid.uuid4().hex[:6]}."
     topics = Topics.with_prefix(prefix)
-    await ensure_topics(broker.bootstrap, [topics.decisions, topics.status, topics.risk, topics.enterprises],
+    await ensure_topics(broker.connection, [topics.decisions, topics.status, topics.risk, topics.enterprises],
                         partitions=PARTITIONS, replication_factor=replication_factor())
     upgrade(database)  # the schema exists before the tests read it (the projector upgrades too)
     env = system_env(broker.bootstrap, tmp_path, f"gc-pj-{uuid.uuid4().hex[:6]}")
     env.update(GC_TOPIC_PREFIX=prefix, GC_DATABASE_URL=database)
     durable = {"acks": "all", "enable_idempotence": True} if ON_KAFKA else {}
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1, **durable)
+    producer = AIOKafkaProducer(**broker.connection.kwargs(), linger_ms=1, **durable)
     await producer.start()
-    lane = Lane(broker.bootstrap, topics, env, tmp_path, producer)
+    lane = Lane(broker.connection, topics, env, tmp_path, producer)
     yield lane
     stop_processes(lane.procs)
     await producer.stop()
@@ -330,7 +331,7 @@ async def test_malformed_records_are_skipped_and_the_projector_goes_on(lane):
 @integration
 @pytest.mark.skipif(not ON_KAFKA, reason="Tansu has no transactions (GC_TEST_BROKER=kafka runs this)")
 async def test_on_kafka_an_aborted_transaction_never_reaches_the_database(lane):
-    producer = AIOKafkaProducer(bootstrap_servers=lane.bootstrap, transactional_id=f"pj-{uuid.uuid4().hex[:8]}")
+    producer = AIOKafkaProducer(**lane.connection.kwargs(), transactional_id=f"pj-{uuid.uuid4().hex[:8]}")
     await producer.start()
     try:
         for sid, commit in (("S-ABORTED", False), ("S-COMMITTED", True)):

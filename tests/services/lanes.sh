@@ -9,8 +9,11 @@
 #   kafka3  GC_TEST_BROKER=kafka3: 3 nodes, replication factor 3, exactly_once. The fault tests
 #           (tests/test_faults.py, run first, with -s so their figures show), then the
 #           integration tests.
+#   secure  GC_TEST_BROKER=kafka-secure: 1 node with SASL_SSL (SCRAM-SHA-512) and ACLs, every
+#           component as its own principal, exactly_once. tests/test_security.py (marked
+#           `secure`, skipped in every other lane); its worker-kill test on 3 secure nodes of its own.
 #
-#   bash tests/services/lanes.sh [kafka] [kafka3]     (no argument: both, in that order)
+#   bash tests/services/lanes.sh [kafka] [kafka3] [secure]     (no argument: all three, in that order)
 #
 # A lane that cannot run here (no java 17+ or no mvn on PATH) says why and is skipped. A lane
 # that runs and fails - including the Kafka jars failing to resolve from Maven Central - makes
@@ -31,9 +34,10 @@ read -r -a EXTRA <<<"${GC_LANES_PYTEST_ARGS:-}"
 say() { echo "lanes.sh: $*"; }
 
 lanes=("$@")
-[[ ${#lanes[@]} -gt 0 ]] || lanes=(kafka kafka3)
+[[ ${#lanes[@]} -gt 0 ]] || lanes=(kafka kafka3 secure)
 for lane in "${lanes[@]}"; do
-    [[ "$lane" == kafka || "$lane" == kafka3 ]] || { say "unknown lane '$lane' (kafka, kafka3)"; exit 2; }
+    [[ "$lane" == kafka || "$lane" == kafka3 || "$lane" == secure ]] || {
+        say "unknown lane '$lane' (kafka, kafka3, secure)"; exit 2; }
 done
 
 # --- can Apache Kafka run here? ---------------------------------------------------------------
@@ -64,8 +68,9 @@ if ! libs=$("$PYTHON" -m streams.kafka --resolve-only); then
 fi
 say "Kafka jars in $libs ($((SECONDS - started)) s)"
 
-# Test files marked `integration` (the Kafka-protocol ones), the fault tests apart.
-mapfile -t integration < <(grep -l 'mark\.integration' tests/test_*.py | grep -v '^tests/test_faults\.py$' | sort)
+# Test files marked `integration` (the Kafka-protocol ones), the fault and the security tests apart.
+mapfile -t integration < <(grep -l 'mark\.integration' tests/test_*.py \
+    | grep -v -e '^tests/test_faults\.py$' -e '^tests/test_security\.py$' | sort)
 
 declare -A result duration summary
 failed=0
@@ -142,6 +147,9 @@ EOF
         # 3-node cluster of the integration tests starts.
         run_lane kafka3 GC_TEST_BROKER=kafka3 GC_TEST_DATABASE_URL= -- \
             -q -s tests/test_faults.py "${integration[@]}"
+        ;;
+    secure)
+        run_lane secure GC_TEST_BROKER=kafka-secure GC_TEST_DATABASE_URL= -- -q -s tests/test_security.py
         ;;
     esac
 done
