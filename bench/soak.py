@@ -120,6 +120,7 @@ class AnswerReader(_Receiver):
         if topic == self.names.decisions:
             if self.tally.count("request", r.key.decode(), r.timestamp) == 1 and b'"pass":null' not in r.value:
                 decision = orjson.loads(r.value)
+                self.tally.answered_bins["approval", int((r.timestamp / 1000 - self.tally.t0) // self.tally.bin_s)] += 1
                 self.on_pass(decision)
                 the_pass = decision["pass"]
                 if any(a.startswith(self.region) for a in the_pass["route"]["adcodes"]):
@@ -475,7 +476,8 @@ def _result(rid, args, rate, seconds, load: Load, tally: Tally, watch: Watch, ch
     bins = sorted({b for _, b in load.sent_bins} | {b for _, b in tally.answered_bins})
     rates = [{"t": b * args.sample, **{f"{d}_{k}": c[k, b] / args.sample for d, c in
                                        (("sent", load.sent_bins), ("answered", tally.answered_bins))
-                                       for k in ("request", "scan")}} for b in bins if b >= 0]
+                                       for k in ("request", "scan")},
+              "approvals": tally.answered_bins["approval", b] / args.sample} for b in bins if b >= 0]
     rss = [s["rss_mb"] for s in samples if s["rss_mb"] is not None]
     after = [s["lag"] for s in samples if s["lag"] is not None and s["t"] >= restarted["t"]]
     return {
@@ -483,6 +485,7 @@ def _result(rid, args, rate, seconds, load: Load, tally: Tally, watch: Watch, ch
         "requests": exact(load.sent_requests, tally.requests), "scans": exact(load.sent_scans, tally.scans),
         "internal_errors": len(tally.internal_errors), "internal_error_examples": tally.internal_errors[:10],
         "issued": {"passes": len(tally.issued), "issued_twice": sum(1 for n in tally.issued.values() if n > 1)},
+        "approvals": sum(n for (kind, _), n in tally.answered_bins.items() if kind == "approval"),
         "passes_scanned": load.passes_scanned, "passes_not_scanned": load.passes_not_scanned,
         "scan_slots_empty": load.scan_slots_empty, "other_outputs": dict(tally.other),
         "risk_changes": changes, "risk_escapes": risk_escapes(changes, tally), "restart": restarted,
@@ -522,7 +525,8 @@ def table_rows(res: dict) -> list[tuple[str, str]]:
              + (f"; stopped early: {res['stopped_early']}" if res.get("stopped_early") else "")),
             *inputs("requests"), *inputs("scans"),
             ("internal errors (dead letters)", f"{res['internal_errors']:,}"),
-            ("passes issued (issued twice)", f"{res['issued']['passes']:,} ({res['issued']['issued_twice']:,})"),
+            ("approved decisions; passes issued (issued twice)",
+             f"{res['approvals']:,}; {res['issued']['passes']:,} ({res['issued']['issued_twice']:,})"),
             ("risk changes (statuses they caused)",
              f"{len(changes)} ({', '.join(str(c['statuses']) for c in changes)})"),
             ("raises: passes via the region not re-evaluated (decided after the raise was sent)",
@@ -552,9 +556,10 @@ def plot(res: dict, path: Path, title: str) -> None:
     axes[1].plot(minutes, [x["lag"] for x in s], color="tab:red")
     axes[1].set_ylabel("consumer lag, records")
     t = [x["t"] / 60 for x in r]
-    for key, style in (("sent_request", "tab:gray"), ("answered_request", "tab:blue"), ("sent_scan", "tab:olive"),
-                       ("answered_scan", "tab:green")):
-        axes[2].plot(t, [x[key] for x in r], label=key.replace("_", " ") + "s/s", color=style, linewidth=0.9)
+    for key, style in (("sent_request", "tab:gray"), ("answered_request", "tab:blue"), ("approvals", "tab:cyan"),
+                       ("sent_scan", "tab:olive"), ("answered_scan", "tab:green")):
+        axes[2].plot(t, [x[key] for x in r], label=key.replace("_", " ").removesuffix("s") + "s/s", color=style,
+                     linewidth=0.9)
     axes[2].set_ylabel("per second (5-s bins)")
     axes[2].set_xlabel("minutes")
     axes[2].legend(loc="upper right", fontsize=8, ncol=4)

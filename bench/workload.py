@@ -42,7 +42,8 @@ def requests(count: int, *, seed: int = 2020, start: int = 0, tag: str = "") -> 
 def request_stream(*, seed: int = 2020, start: int = 0, tag: str = "",
                    submitted: Callable[[int], datetime] | None = None) -> Iterator[Message]:
     """`requests` without an end: number start, start+1, ... of one scenario. `submitted(n)`, when
-    given, replaces request n's `submitted_at` (the scenario's is its start + n minutes)."""
+    given, replaces request n's `submitted_at` (the scenario's is its start + n minutes) and moves its
+    departure with it (a departure more than 366 days after the submission is refused)."""
     scenario = Scenario(seed=seed)
     for n in itertools.count(start):
         if n % 100 == 99:
@@ -51,8 +52,10 @@ def request_stream(*, seed: int = 2020, start: int = 0, tag: str = "",
         body = scenario.request(n)
         if tag:
             body["shipment_id"] = f"SHP-{seed}{tag}-{n:07d}"
-        if submitted is not None:
-            body["submitted_at"] = format_time(submitted(n))
+        if submitted is not None:  # the departure keeps its distance to the submission (2 h)
+            shift = submitted(n) - parse_time(body["submitted_at"])
+            for name in ("submitted_at", "departure_at"):
+                body[name] = format_time(parse_time(body[name]) + shift)
         yield Message(body["shipment_id"].encode(), orjson.dumps(body))
 
 
