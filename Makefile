@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The dashboard's ECharts and map files, fetched from the npm registry (scripts/vendor-echarts.sh).
 ECHARTS := streams/static/vendor/echarts-4.9.0/.complete
 
-.PHONY: demo test test-embedded test-kafka test-unit fuzz bench env clean
+.PHONY: demo test test-embedded test-kafka test-unit fuzz bench soak env clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,11 @@ $(VENV)/.bench-installed: $(STAMP)
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench
+
+# 30 minutes of steady load on one worker with risk changes and a restart (bench/soak.py; not in
+# make test). SOAK_ARGS passes options, e.g. make soak SOAK_ARGS="--minutes 3 --restart kill".
+soak: $(VENV)/.bench-installed
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .greenchannel .pytest_cache streams/static/vendor

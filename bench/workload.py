@@ -8,16 +8,18 @@ Huangshi, Shenzhen, Hangzhou medium, so some routes have to go around Wuhan.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
+import itertools
 
 import orjson
 
 from models.records import format_time, parse_time
 from streams.simulator import Scenario
 
-__all__ = ["Message", "requests", "approvable", "reference", "projection_log", "OPENING_RISK"]
+__all__ = ["Message", "requests", "request_stream", "approvable", "reference", "projection_log", "OPENING_RISK"]
 
 OPENING_RISK = (("4201", "high"), ("4202", "medium"), ("4403", "medium"), ("3301", "medium"))
 
@@ -34,17 +36,27 @@ def requests(count: int, *, seed: int = 2020, start: int = 0, tag: str = "") -> 
 
     `tag` goes into the shipment ids so two batches of one scenario never share an id.
     """
+    return list(itertools.islice(request_stream(seed=seed, start=start, tag=tag), count))
+
+
+def request_stream(*, seed: int = 2020, start: int = 0, tag: str = "",
+                   submitted: Callable[[int], datetime] | None = None) -> Iterator[Message]:
+    """`requests` without an end: number start, start+1, ... of one scenario. `submitted(n)`, when
+    given, replaces request n's `submitted_at` (the scenario's is its start + n minutes) and moves its
+    departure with it (a departure more than 366 days after the submission is refused)."""
     scenario = Scenario(seed=seed)
-    out = []
-    for n in range(start, start + count):
+    for n in itertools.count(start):
         if n % 100 == 99:
-            out.append(Message(f"BAD-{seed}{tag}-{n:07d}".encode(), scenario.malformed(n)))
+            yield Message(f"BAD-{seed}{tag}-{n:07d}".encode(), scenario.malformed(n))
             continue
         body = scenario.request(n)
         if tag:
             body["shipment_id"] = f"SHP-{seed}{tag}-{n:07d}"
-        out.append(Message(body["shipment_id"].encode(), orjson.dumps(body)))
-    return out
+        if submitted is not None:  # the departure keeps its distance to the submission (2 h)
+            shift = submitted(n) - parse_time(body["submitted_at"])
+            for name in ("submitted_at", "departure_at"):
+                body[name] = format_time(parse_time(body[name]) + shift)
+        yield Message(body["shipment_id"].encode(), orjson.dumps(body))
 
 
 def approvable(count: int, *, seed: int = 2024, tag: str = "P") -> list[Message]:
