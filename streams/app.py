@@ -25,7 +25,7 @@ from models.tracking import Tracker
 from routing import Gazetteer, RegionGraph, RoutePlanner
 
 from .connection import Connection
-from .compat import (DirectTable, learn_partitions, refresh_metadata, seek_before_resume,
+from .compat import (DirectTable, ask_highwaters, learn_partitions, refresh_metadata, seek_before_resume,
                      send_in_partition_transaction, set_fetch_wait)
 from .eos import CommitGate
 from .handlers import Out, PassHolders, Pipeline, Tables, Topics
@@ -131,6 +131,7 @@ async def signed(handle, *, where, wait: float = KEY_WAIT_SECONDS) -> list[Out]:
 
 def create_app(settings: Settings) -> faust.App:
     seek_before_resume()  # a worker taking over a backlog processes each record once (streams.compat)
+    ask_highwaters()  # a worker taking over recovers its tables whole under exactly_once (streams.compat)
     set_fetch_wait(settings.fetch_wait_ms)
     app = faust.App(
         settings.app_id,

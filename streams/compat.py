@@ -19,6 +19,10 @@ so an upgrade that changes one fails there first, by name. Each touch:
   after the handlers. The worker writes the table's store itself and sends the changelog record
   (the bytes Faust would send: the table's own serializers) with the event's outputs, on the
   event's partition. Faust still reads that changelog back when it recovers the table.
+* `ask_highwaters`: under exactly_once Faust 0.15 takes the end of each changelog it recovers
+  from aiokafka's cached last stable offset, None until the consumer's first fetch of that
+  partition, which Faust reads as -1: a worker taking over could recover none of its tables (a
+  resent shipment's pass issued a second time). Ask the broker (`end_offsets`) instead.
 * `refresh_metadata`: aiokafka's consumer answers `partitions_for_topic` from the client's
   metadata, which Apache Kafka's bootstrap answer leaves without topics.
 * `learn_partitions`: the pass view's `table_route` reads the changelog's partitions from the
@@ -36,7 +40,7 @@ from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-__all__ = ["set_fetch_wait", "seek_before_resume", "DirectTable", "wrap_commit",
+__all__ = ["set_fetch_wait", "seek_before_resume", "ask_highwaters", "DirectTable", "wrap_commit",
            "transactional_id", "send_in_partition_transaction", "refresh_metadata", "learn_partitions"]
 
 
@@ -102,6 +106,24 @@ def seek_before_resume() -> None:
         method = getattr(Recovery, name)
         if not getattr(method, "__gc_seek_before_resume__", False):
             setattr(Recovery, name, _seek_before_resume(method))
+
+
+# --- table recovery: where each changelog ends ----------------------------------------------------
+
+async def _highwaters_from_the_broker(self, partitions):
+    """The end of each partition as the broker answers it now: under read_committed (exactly_once)
+    its last stable offset, as Faust's cached value would be once known."""
+    return dict(await self._ensure_consumer().end_offsets(list(partitions)))
+
+
+_highwaters_from_the_broker.__gc_ask_highwaters__ = True
+
+
+def ask_highwaters() -> None:
+    """Make Faust's recovery ask the broker where each changelog ends (idempotent)."""
+    if not getattr(AIOKafkaConsumerThread._highwaters, "__gc_ask_highwaters__", False):
+        _highwaters_from_the_broker.__wrapped__ = AIOKafkaConsumerThread._highwaters
+        AIOKafkaConsumerThread._highwaters = _highwaters_from_the_broker
 
 
 # --- table writes ---------------------------------------------------------------------------------

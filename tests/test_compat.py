@@ -227,3 +227,39 @@ def test_a_direct_table_write_is_what_faust_would_store_and_recover():
     iterator = inspect.getsource(Store._create_batch_iterator)
     assert "if event.message.value is None:" in iterator and "mark_as_delete(key)" in iterator
     assert "delete_key(key, None)" in inspect.getsource(Store.apply_changelog_batch)
+
+
+# --- table recovery: where each changelog ends ---------------------------------------------------
+
+def test_premise_faust_takes_recovery_highwaters_from_the_cached_last_stable_offset_under_transactions():
+    """If an upgrade stops doing this, streams.compat.ask_highwaters can go."""
+    compat.ask_highwaters()
+    original = AIOKafkaConsumerThread._highwaters.__wrapped__
+    source = inspect.getsource(original)
+    assert "in_transaction" in source and "consumer.last_stable_offset(tp)" in source
+
+
+async def test_premise_a_consumer_knows_no_last_stable_offset_before_it_fetched():
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", isolation_level="read_committed")
+    tp = TopicPartition("t", 0)
+    consumer._subscription.assign_from_user({tp})   # assigned, nothing fetched yet
+    assert consumer.last_stable_offset(tp) is None  # Faust reads None as -1: an empty changelog
+
+
+async def test_recovery_highwaters_are_asked_of_the_broker():
+    compat.ask_highwaters()
+    compat.ask_highwaters()
+    assert AIOKafkaConsumerThread._highwaters.__gc_ask_highwaters__
+    assert not getattr(AIOKafkaConsumerThread._highwaters.__wrapped__, "__gc_ask_highwaters__", False)
+
+    class Broker:
+        async def end_offsets(self, partitions):
+            return {tp: 41 + i for i, tp in enumerate(partitions)}
+
+        def last_stable_offset(self, tp):  # what Faust read: None before the first fetch
+            return None
+
+    thread = SimpleNamespace(_ensure_consumer=lambda: Broker(), consumer=SimpleNamespace(in_transaction=True))
+    got = await AIOKafkaConsumerThread._highwaters(thread, ["changelog-0", "changelog-1"])
+    assert got == {"changelog-0": 41, "changelog-1": 42}
