@@ -251,8 +251,11 @@ class Acl:
 
 def acls(principals: list[str], prefix: str = "gc.", app_id: str = "greenchannel") -> list[Acl]:
     """Every ALLOW entry (anything not allowed is denied: allow.everyone.if.no.acl.found=false)."""
-    t = {n: f"{prefix}{n}" for n in ("shipment.requests", "pass.decisions", "checkpoint.scans", "pass.status",
-                                     "enterprises", "region.risk", "pass.keys", "deadletter", "pass.events")}
+    from .handlers import Topics  # the one place topic names are made
+    topics = Topics.with_prefix(prefix)
+    t = {"shipment.requests": topics.requests, "pass.decisions": topics.decisions, "checkpoint.scans": topics.scans,
+         "pass.status": topics.status, "enterprises": topics.enterprises, "region.risk": topics.risk,
+         "pass.keys": topics.keys, "deadletter": topics.deadletter, "pass.events": topics.pass_events}
     out: list[Acl] = []
 
     def allow(who: str, resource: str, pattern: str, name: str, *ops: str) -> None:
