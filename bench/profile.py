@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             broker = TansuBroker(log_path=OUT_DIR / "tansu.log").start()
             url = broker.url
         try:
-            ctx = Context(bootstrap=",".join(p.split("://", 1)[-1] for p in url.split(";")), broker_url=url)
+            ctx = Context(broker_url=url)
             firms, risks = workload.reference()
             console.print(asyncio.run(profile_worker(ctx, workload.requests(int(args.worker_seconds * 1000)),
                                                      firms, risks, seconds=args.worker_seconds)))

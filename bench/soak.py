@@ -30,7 +30,7 @@ from streams.connection import Connection
 from streams.handlers import Topics
 
 from . import workload
-from .__main__ import bootstrap_of, conditions, start_broker
+from .__main__ import conditions, start_broker
 from .harness import OUT_DIR, ROOT, Proc, run_id, start_process
 from .report import write_json
 from .suites import (TIMED_WORKER, Context, _cleanup, _prepare_system, _Receiver, pipeline_run, worker_env,
@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     before = conditions(kind)
     log(f"broker: {kind} at {url}; load average {before['load_average']}")
     try:
-        ctx = Context(bootstrap=bootstrap_of(url), broker_url=url, partitions=args.partitions, log=log)
+        ctx = Context(broker_url=url, partitions=args.partitions, log=log)
         res = asyncio.run(_measured_soak(ctx, args))
     finally:
         if broker:

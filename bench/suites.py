@@ -41,7 +41,6 @@ FAUST_GROUP_ENV = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_REBALANCE_TIMEOUT": "
 
 @dataclass
 class Context:
-    bootstrap: str
     broker_url: str
     partitions: int = 4
     out_dir: Path = OUT_DIR
@@ -53,6 +52,10 @@ class Context:
     def connection(self) -> Connection:
         """The broker as every client of the bench reaches it (GC_KAFKA_* from the environment)."""
         return Connection.from_settings(Settings(broker_url=self.broker_url))
+
+    @property
+    def bootstrap(self) -> str:
+        return self.connection.bootstrap
 
     @property
     def keys_dir(self) -> Path:
