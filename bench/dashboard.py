@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
@@ -36,7 +36,7 @@ from models.operators import risk_entry  # noqa: E402
 from models.passes import kafka_partition  # noqa: E402
 from routing import Gazetteer  # noqa: E402
 from sqlmodel import Session  # noqa: E402
-from streams.app import build_pipeline  # noqa: E402
+from streams.bootstrap import build_pipeline  # noqa: E402
 from streams.broker import TansuBroker, ensure_topics, free_port  # noqa: E402
 from streams.handlers import Tables, Topics  # noqa: E402
 from streams.operators import publish  # noqa: E402

@@ -541,7 +541,7 @@ async def replay_runs(ctx: Context, events: int, runs: int, *, seed: int = 2020)
         run_replay, generate_log = replay.run_replay, replay.generate_log
     except (ImportError, AttributeError) as exc:
         return {"available": False, "reason": f"streams.replay not usable: {exc}"}
-    from streams.app import build_pipeline
+    from streams.bootstrap import build_pipeline
 
     rid = run_id()
     data = ctx.out_dir / rid
@@ -670,21 +670,13 @@ def build_bench_pipeline():
     """A Pipeline with a fixed signing key and the workload's reference data, no broker."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from models.decide import Decider
     from models.passes import Signer
-    from models.policy import load_catalog
-    from models.reference import EnterpriseBook, RiskBook
-    from models.tracking import Tracker
-    from routing import Gazetteer, RegionGraph, RoutePlanner
-    from streams.handlers import Pipeline
+    from streams.bootstrap import build_pipeline
+    from streams.settings import Settings
 
     key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
-    graph = RegionGraph.default()
-    catalog = load_catalog()
-    decider = Decider(catalog=catalog, gazetteer=Gazetteer.default(), graph=graph,
-                      planner=RoutePlanner(graph, speed_kmh=float(catalog.rules.get("speed_kmh", 60))),
-                      risk=RiskBook(), enterprises=EnterpriseBook(), signer=Signer(key, "bench"))
-    pipeline = Pipeline(decider, Tracker(decider, key.public_key()), Topics.with_prefix("gc."), partitions=4)
+    settings = Settings(_env_file=None, topic_prefix="gc.", partitions=4, geocoder="offline")
+    pipeline = build_pipeline(settings, signer=Signer(key, "bench"), keys=key.public_key())
     firms, risks = workload.reference()
     for i, m in enumerate(firms):
         pipeline.on_enterprise(m.key, m.value, partition=0, offset=i, timestamp_ms=0)

@@ -11,55 +11,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from models.decide import Decider
 from models.keyring import SigningKeyMissing
-from models.policy import load_catalog
-from models.reference import EnterpriseBook, RiskBook
-from models.tracking import Tracker
-from routing import Gazetteer, RegionGraph, RoutePlanner
 
+from .bootstrap import build_pipeline, reference_handlers
 from .connection import Connection
 from .compat import (DirectTable, ask_highwaters, learn_partitions, refresh_metadata, seek_before_resume,
                      send_in_partition_transaction, set_fetch_wait)
 from .eos import CommitGate
-from .handlers import Out, PassHolders, Pipeline, Tables, Topics
-from .keys import KeyDir
+from .handlers import Out, PassHolders, Pipeline, Tables
 from .metrics import CONTENT_TYPE, PrometheusMeter, new_registry, render, sample_lag
 from .settings import Settings
 
-__all__ = ["create_app", "build_pipeline", "load_reference_data", "read_whole_topics", "signed"]
+__all__ = ["create_app", "load_reference_data", "read_whole_topics", "signed"]
 
 log = logging.getLogger("greenchannel")
 KEY_WAIT_SECONDS = 5  # how often a worker waiting for a private key looks into GC_KEY_DIR again
-
-
-def build_pipeline(settings: Settings) -> Pipeline:
-    """The decision core with its reference data, catalog, routing and signing keyring (the key
-    folder's private keys; which key signs when, the keys topic says: `load_reference_data`)."""
-    catalog = load_catalog(settings.catalog)
-    graph = RegionGraph.default()
-    keyring = KeyDir(settings.keys_path).seeded()
-    geocoder = None
-    if settings.geocoder != "offline":
-        from geopy.geocoders import get_geocoder_for_service
-        geocoder = get_geocoder_for_service(settings.geocoder)(user_agent=settings.geocoder_user_agent)
-    decider = Decider(catalog=catalog, gazetteer=Gazetteer.default(), graph=graph,
-                      planner=RoutePlanner(graph, speed_kmh=float(catalog.rules.get("speed_kmh", 60))),
-                      risk=RiskBook(), enterprises=EnterpriseBook(), signer=keyring, geocoder=geocoder)
-    return Pipeline(decider, Tracker(decider), Topics.with_prefix(settings.topic_prefix),
-                    partitions=settings.partitions, retention=timedelta(days=settings.pass_retention_days))
-
-
-def reference_handlers(pipeline: Pipeline) -> dict:
-    """The handler of each reference topic: risk levels, the key-enterprise list, the signing keyring."""
-    topics = pipeline.topics
-    return {topics.risk: pipeline.on_risk, topics.enterprises: pipeline.on_enterprise, topics.keys: pipeline.on_key}
 
 
 async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:

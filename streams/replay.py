@@ -407,8 +407,8 @@ class Replayer:
         return step
 
     def _reference_handlers(self) -> dict:
-        p, t = self.pipeline, self.topics
-        return {t.risk: p.on_risk, t.enterprises: p.on_enterprise, t.keys: p.on_key}
+        from .bootstrap import reference_handlers
+        return reference_handlers(self.pipeline)
 
     def _tick(self, r: Record) -> list[Out]:
         try:
@@ -499,18 +499,10 @@ class Replayer:
 
     def decide_as_known_at(self, request: Record, timestamp_ms: int) -> bytes | None:
         """The decision with only the reference records the log held at `timestamp_ms`."""
-        from models.decide import Decider
-        from models.reference import EnterpriseBook, RiskBook
+        from .bootstrap import reference_handlers, with_fresh_reference
 
-        from .handlers import Pipeline
-
-        d = self.pipeline.decider
-        decider = Decider(catalog=d.catalog, gazetteer=d.gazetteer, graph=d.graph, planner=d.planner,
-                          risk=RiskBook(), enterprises=EnterpriseBook(), signer=d.keyring.since_ever(),
-                          geocoder=d.geocoder)
-        other = Pipeline(decider, self.pipeline.tracker, self.topics, partitions=self.pipeline.partitions)
-        handlers = {self.topics.risk: other.on_risk, self.topics.enterprises: other.on_enterprise,
-                    self.topics.keys: other.on_key}
+        other = with_fresh_reference(self.pipeline)
+        handlers = reference_handlers(other)
         for r in self.reference:
             if r.timestamp_ms <= timestamp_ms:
                 try:
@@ -809,7 +801,7 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if pipeline is None:
-        from .app import build_pipeline
+        from .bootstrap import build_pipeline
         pipeline = build_pipeline(settings)
     t = pipeline.topics
     watch = list(dict.fromkeys(passes))
@@ -1297,7 +1289,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
 
     from models.passes import kafka_partition
 
-    from .app import build_pipeline
+    from .bootstrap import build_pipeline
     from .broker import ensure_topics
     from .handlers import Tables, Topics
     from .simulator import Scenario, scans_for

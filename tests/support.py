@@ -8,7 +8,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema import Draft202012Validator, FormatChecker
 
-from models.decide import Decider
 import asyncio
 import base64
 import inspect
@@ -23,12 +22,11 @@ import pytest
 
 from models.keyring import Keyring
 from models.passes import PassState, Signer, unverified_claims
-from models.policy import load_catalog
-from models.reference import EnterpriseBook, RiskBook
 from models.tracking import Tracker
-from routing import Gazetteer, RegionGraph, RoutePlanner
 from models.records import format_time
+from streams.bootstrap import build_pipeline
 from streams.handlers import Pipeline, Topics
+from streams.settings import Settings
 from streams.simulator import Scenario
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
@@ -44,21 +42,21 @@ def validator(name):
 DEPARTURE = datetime(2020, 2, 25, 8, 0, tzinfo=timezone.utc)
 
 
+# The core as the tests wire it: set here, not read from GC_ variables a lane may export.
+SETTINGS = Settings(_env_file=None, topic_prefix="gc.", partitions=4, catalog="catalog-2020.02-v1.json",
+                    geocoder="offline", pass_retention_days=7.0)
+
+
 def make_tracker(signer: Signer | Keyring | None = None, keys=None) -> Tracker:
     """The core with no risk levels or key enterprises in force yet, signing with `signer` (one key,
     or a keyring, which then also verifies)."""
-    graph = RegionGraph.default()
-    decider = Decider(catalog=load_catalog(), gazetteer=Gazetteer.default(), graph=graph,
-                      planner=RoutePlanner(graph), risk=RiskBook(), enterprises=EnterpriseBook(),
-                      signer=Signer(KEY, "test") if signer is None else signer)
+    return make_pipeline(signer, keys).tracker
+
+
+def make_pipeline(signer: Signer | Keyring | None = None, keys=None) -> Pipeline:
     if keys is None and not isinstance(signer, Keyring):
         keys = KEY.public_key()
-    return Tracker(decider, keys)
-
-
-def make_pipeline(signer: Signer | Keyring | None = None) -> Pipeline:
-    tracker = make_tracker(signer)
-    return Pipeline(tracker.decider, tracker, T, partitions=4)
+    return build_pipeline(SETTINGS, signer=Signer(KEY, "test") if signer is None else signer, keys=keys)
 
 
 def wuhan_to_guangzhou(tracker: Tracker, **fields) -> PassState:
