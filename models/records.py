@@ -20,7 +20,7 @@ import orjson
 __all__ = [
     "CargoItem", "CheckpointScan", "EnterpriseEntry", "FieldError", "Location", "Party",
     "RegionRisk", "ShipmentRequest", "Unparseable", "canonical", "kept", "check_credit_code",
-    "check_id_number", "format_time", "load_object", "parse_request", "parse_scan",
+    "check_id_number", "format_time", "load_object", "parse_request", "request_shipment_id", "parse_scan",
     "parse_enterprise", "parse_risk", "parse_time", "record_time", "region_prefix", "effective_time",
 ]
 
@@ -277,11 +277,9 @@ class _Errors:
         return Location()
 
 
-def parse_request(obj: dict[str, Any], *, fallback_id: str | None = None) -> tuple[ShipmentRequest, list[FieldError]]:
-    """Read a ShipmentRequest; the error list names each bad field (empty when valid).
-
-    Raises Unparseable when there is no shipment id to answer to.
-    """
+def request_shipment_id(obj: dict[str, Any], fallback_id: str | None = None) -> str:
+    """The shipment id a request is answered to: its `shipment_id`, else `fallback_id` (the message
+    key). Raises Unparseable when there is none, or it is too long. The audit orders requests by it."""
     sid = obj.get("shipment_id")
     if not isinstance(sid, str) or not sid.strip():
         if not fallback_id:
@@ -290,6 +288,15 @@ def parse_request(obj: dict[str, Any], *, fallback_id: str | None = None) -> tup
     sid = sid.strip()
     if len(sid) > MAX_ID:
         raise Unparseable(f"too_long: shipment_id is longer than {MAX_ID} characters")
+    return sid
+
+
+def parse_request(obj: dict[str, Any], *, fallback_id: str | None = None) -> tuple[ShipmentRequest, list[FieldError]]:
+    """Read a ShipmentRequest; the error list names each bad field (empty when valid).
+
+    Raises Unparseable when there is no shipment id to answer to.
+    """
+    sid = request_shipment_id(obj, fallback_id)
     e = _Errors()
     submitted_at = e.time(obj, "submitted_at")
     departure_at = e.time(obj, "departure_at")

@@ -8,7 +8,6 @@ tables, so the same code serves the live worker, the tests of the core and a rep
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, Unparse
 from models.tracking import CheckpointBoard, Lifetimes, PassIndex, Tracker, epoch_seconds
 
 from .metrics import Meter
+from .wire import status_ce_id
 
 __all__ = ["Out", "Topics", "Tables", "PassHolders", "Pipeline", "clock_command", "cloudevent_headers", "STALE_REQUEST"]
 
@@ -530,9 +530,8 @@ class Pipeline:
     def _status_out_bytes(self, pass_id: str, body: bytes, event: dict | None = None) -> Out:
         if event is None:  # a stored answer: read it back from the bytes
             event = orjson.loads(body)
-        digest = hashlib.sha1(event["cause"].encode()).hexdigest()[:16]
         return Out(self.topics.status, pass_id.encode(), body,
-                   cloudevent_headers(f"status/{pass_id}/{digest}", "cn.greenchannel.pass.status",
+                   cloudevent_headers(status_ce_id(pass_id, event["cause"]), "cn.greenchannel.pass.status",
                                       "/greenchannel/tracker", event["at"]))
 
 
