@@ -535,12 +535,12 @@ def routing_runs(routes: int, runs: int, *, seed: int = 2020) -> dict:
 # --- 6. audit replay ---------------------------------------------------------------------------------------
 
 async def replay_runs(ctx: Context, events: int, runs: int, *, seed: int = 2020) -> dict:
-    """events/s of `streams.replay.run_replay` on a log filled by its own `generate_log`."""
+    """events/s of `streams.audit.run_replay` on a log filled by `streams.dev.loggen.generate_log`."""
     try:
-        from streams import replay
-        run_replay, generate_log = replay.run_replay, replay.generate_log
-    except (ImportError, AttributeError) as exc:
-        return {"available": False, "reason": f"streams.replay not usable: {exc}"}
+        from streams.audit import run_replay
+        from streams.dev.loggen import generate_log
+    except ImportError as exc:
+        return {"available": False, "reason": f"streams.audit not usable: {exc}"}
     from streams.bootstrap import build_pipeline
 
     rid = run_id()

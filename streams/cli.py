@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", metavar="FILE", help="also write the story as JSON (FILE or '-')")
 
     replay = sub.add_parser("replay", help="re-decide the logged inputs and prove every recorded decision")
-    from .replay import add_arguments as add_replay_arguments
+    from .audit.commands import add_arguments as add_replay_arguments
     add_replay_arguments(replay)
 
     db = sub.add_parser("db", help="database schema")
@@ -251,11 +251,11 @@ def run(args, settings) -> int:
             from .pass_print import cmd_pass_print
             return cmd_pass_print(settings, args)
         if args.pass_command == "history":
-            from .replay import cmd_pass_history
+            from .audit.commands import cmd_pass_history
             return cmd_pass_history(settings, args)
         return cmd_pass_show(settings, args.pass_id)
     if args.command == "replay":
-        from .replay import cmd_replay
+        from .audit.commands import cmd_replay
         return cmd_replay(settings, args)
     if args.command == "db":
         from sqlalchemy.engine import make_url

@@ -12,7 +12,7 @@ transaction never reach the database; on Tansu (no transactions) `read_uncommitt
 A record it cannot use (not a JSON object, a field missing or of the wrong type, a risk or
 enterprise update the worker dead-letters) is logged and skipped, never retried: dead-lettering
 is the worker's job, the projector only mirrors outputs. A database it cannot reach is retried,
-and nothing is committed before the batch is written. `streams.replay.rebuild_database` uses
+and nothing is committed before the batch is written. `streams.audit.rebuild_database` uses
 the same `shape` and `write`, so a rebuild from the log skips what the live projection skipped.
 """
 

@@ -25,7 +25,7 @@ from models.passes import PassState, Signer, kafka_partition, unverified_claims,
 from models.records import RegionRisk, Unparseable, format_time, parse_time
 from streams.handlers import Out, Tables
 from streams.keys import KeyDir, key_record, load_keyring
-from streams.replay import Record, Replayer, compare
+from streams.audit import Record, Replayer, compare
 from streams.simulator import Scenario
 from streams.station import Store, check
 

@@ -32,7 +32,7 @@ from streams.broker import ensure_topics
 from streams.connection import Connection
 from streams.handlers import Topics
 from streams.projector import bad_record, shape, write
-from streams.replay import Record
+from streams.audit import Record
 from tests.conftest import ON_KAFKA, PARTITIONS, replication_factor, start_projector, stop_processes, system_env
 from tests.test_db import decision, fresh_postgres_database, status
 

@@ -1,6 +1,6 @@
 """Audit replay: re-decide the logged inputs, prove every recorded decision, rebuild the database.
 
-The broker-free tests drive `streams.replay`'s merge and comparison with in-memory records; the
+The broker-free tests drive `streams.audit`'s merge and comparison with in-memory records; the
 others publish through the session's worker and run `greenchannel replay` on the same broker,
 each in its own window (`--since` the moment it started publishing) and with its own seed.
 """
@@ -20,7 +20,7 @@ import pytest
 from models.passes import kafka_partition
 from models.records import format_time
 from streams.handlers import Pipeline, Tables
-from streams.replay import Record, Replayer, compare, parse_position, rebuild_database, run_replay
+from streams.audit import Record, Replayer, compare, parse_position, rebuild_database, run_replay
 from streams.settings import Settings
 from streams.simulator import Scenario, scans_for
 from tests.test_handlers import T, make_pipeline
