@@ -45,9 +45,9 @@ async def rebuild_database(settings, database_url: str, *, since: Position | Non
         t = Topics.with_prefix(settings.topic_prefix)
         started = time.perf_counter()
         with progress_bar(progress) as bar:
-            read = await read_log(settings, [Spec(x, since, until) for x in (t.decisions, t.status, t.risk, t.enterprises)],
-                                  progress=bar, label="reading")
-            ordered = _in_projector_order(read, [t.decisions, t.status, t.risk, t.enterprises])
+            projected = [t.decisions, t.status, t.risk, t.enterprises]
+            read = await read_log(settings, [Spec(x, since, until) for x in projected], progress=bar, label="reading")
+            ordered = _in_projector_order(read, projected)
             task = bar.add_task("projecting", total=len(ordered))
             for i in range(0, len(ordered), batch_size):
                 chunk = ordered[i:i + batch_size]
