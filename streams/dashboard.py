@@ -45,7 +45,7 @@ from models.tables import Checkpoint, Pass, Shipment
 from routing import Gazetteer
 
 from .broker import ensure_topics
-from .compat import refresh_metadata
+from .worker.compat import refresh_metadata
 from .handlers import Topics
 from .projector import group_id as projector_group
 from .settings import Settings

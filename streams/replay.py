@@ -211,7 +211,7 @@ async def _read(settings, specs: list[_Spec], *, progress=None, label: str = "re
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from .compat import refresh_metadata
+    from .worker.compat import refresh_metadata
 
     out: dict[str, list[Record]] = {s.topic: [] for s in specs}
     began_ms = int(time.time() * 1000)
