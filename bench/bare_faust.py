@@ -16,8 +16,8 @@ import os
 
 import faust
 
-from streams.worker.compat import set_fetch_wait
 from streams.settings import Settings
+from streams.worker.compat import set_fetch_wait
 
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
 

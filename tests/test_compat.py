@@ -177,7 +177,7 @@ def test_premise_metadata_refresh_and_the_faust_producers_client():
     assert asyncio.iscoroutinefunction(aiokafka.AIOKafkaProducer.partitions_for)
 
 
-# --- at_least_once outputs, straight to the producer (streams.worker.runtime Runtime.send_all) -------------------------
+# --- at_least_once outputs, straight to the producer (streams.worker.runtime.Runtime.send_all) ---------
 
 def test_faust_flushes_the_producer_before_it_commits_offsets_without_transactions():
     """The worker sends its outputs with `app.producer.send` and does not await their delivery:
