@@ -1,4 +1,4 @@
-"""streams.worker.create_app, broker-free: the agents, tables, tasks, timer and views it registers.
+"""streams.worker, broker-free: what create_app registers, and one event through `Runtime.guarded`.
 
 The worker's behaviour on a broker is shown by tests/test_pipeline.py and the other live tests;
 this pins what the app is made of, so that a change to its wiring is seen here by name.
@@ -6,12 +6,16 @@ this pins what the app is made of, so that a change to its wiring is seen here b
 
 from __future__ import annotations
 
+import asyncio
 import warnings
+from types import SimpleNamespace
 
 import pytest
 
+from streams.handlers import Out
 from streams.settings import Settings
 from streams.worker import create_app
+from streams.worker.runtime import Runtime, meta
 
 
 def worker_app(tmp_path, **fields):
@@ -48,3 +52,72 @@ def test_the_worker_tables_tasks_and_views(tmp_path):
 def test_no_clock_timer_without_a_clock_interval(tmp_path, seconds):
     app = worker_app(tmp_path, clock_seconds=seconds)
     assert "clock" not in [task.__name__ for task in app._app_tasks]
+
+
+# --- one event through Runtime.guarded ------------------------------------------------------------
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+
+    async def send(self, topic, key, value, partition, timestamp, headers, transactional_id=None):
+        self.sent.append((topic, key, value, partition, transactional_id))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class FakeMeter:
+    def __init__(self) -> None:
+        self.handled_topics: list[str] = []
+
+    def handled(self, topic: str, seconds: float) -> None:
+        self.handled_topics.append(topic)
+
+
+class FakePipeline:
+    def dead_letter(self, topic, *fields) -> Out:
+        return Out("gc.dead-letters", b"dead", f"{topic} {fields[-1]}".encode())
+
+
+def fake_event(partition: int = 2, offset: int = 7):
+    message = SimpleNamespace(topic="gc.shipment.requests", partition=partition, offset=offset, timestamp=1.5)
+    return SimpleNamespace(message=message, key=b"k", value=b"v")
+
+
+def runtime_of(guarantee: str) -> Runtime:
+    app = SimpleNamespace(producer=FakeProducer(), conf=SimpleNamespace(id="gc-test"),
+                          assignor=SimpleNamespace(group_for_topic=lambda topic: 0))
+    settings = Settings(_env_file=None, processing_guarantee=guarantee, key_dir="/keys")
+    return Runtime(app, settings, FakePipeline(), tables=None, meter=FakeMeter(), changelog=[])
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_an_events_table_writes_go_out_before_its_outputs_on_its_partition(guarantee):
+    runtime = runtime_of(guarantee)
+
+    def handle():
+        runtime.changelog.append(("gc-test-passes-changelog", b"p1", b"state"))
+        return [Out("gc.pass.decisions", b"s1", b"decision")]
+
+    await runtime.guarded("gc.shipment.requests", fake_event(), handle)
+    tid = "gc-test-0-2" if guarantee == "exactly_once" else None
+    assert runtime.app.producer.sent == [("gc-test-passes-changelog", b"p1", b"state", 2, tid),
+                                         ("gc.pass.decisions", b"s1", b"decision", None, tid)]
+    assert runtime.changelog == [] and runtime.meter.handled_topics == ["gc.shipment.requests"]
+
+
+async def test_an_unexpected_error_dead_letters_the_event():
+    runtime = runtime_of("at_least_once")
+
+    def handle():
+        raise ValueError("boom")
+
+    await runtime.guarded("gc.shipment.requests", fake_event(), handle)
+    [(topic, key, value, partition, _)] = runtime.app.producer.sent
+    assert (topic, key, value) == ("gc.dead-letters", b"dead", b"gc.shipment.requests internal error: ValueError: boom")
+    assert runtime.meter.handled_topics == []
+
+
+def test_record_metadata_of_an_event():
+    assert meta(fake_event()) == {"partition": 2, "offset": 7, "timestamp_ms": 1500}
