@@ -1,6 +1,6 @@
 """The framework: a bare Faust agent that re-sends each event unchanged.
 
-Configured like `streams.app` (raw bytes, producer linger 1 ms, stream buffer 8192, memory
+Configured like `streams.worker.app` (raw bytes, producer linger 1 ms, stream buffer 8192, memory
 store, at-least-once), run like `greenchannel worker` (no spinner, uvloop) and iterating like its
 `decide` agent (`stream.events()`, one awaited send per event), so the difference to the
 pipeline is the work the pipeline does. BENCH_LINGER_MS and BENCH_SPINNER=1 are for
@@ -16,12 +16,12 @@ import os
 
 import faust
 
-from streams.compat import set_fetch_wait
 from streams.settings import Settings
+from streams.worker.compat import set_fetch_wait
 
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
 
-set_fetch_wait(Settings.model_fields["fetch_wait_ms"].default)  # as streams.app
+set_fetch_wait(Settings.model_fields["fetch_wait_ms"].default)  # as streams.worker.app
 app = faust.App(
     os.environ.get("BENCH_APP_ID", "bench-bare-faust"),
     broker=os.environ.get("BENCH_BROKER_URL", "kafka://127.0.0.1:9092"),
@@ -30,7 +30,7 @@ app = faust.App(
     topic_replication_factor=1,
     web_enabled=False,
     datadir=os.environ.get("BENCH_DATA_DIR", "bench/out/faust"),
-    producer_linger_ms=int(os.environ.get("BENCH_LINGER_MS", "1")),  # as streams.app
+    producer_linger_ms=int(os.environ.get("BENCH_LINGER_MS", "1")),  # as streams.worker.app
     stream_buffer_maxsize=8192,
     consumer_auto_offset_reset="earliest",
 )

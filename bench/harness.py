@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.broker import ensure_topics
 from streams.connection import Connection
-from streams.compat import refresh_metadata
+from streams.worker.compat import refresh_metadata
 
 from .workload import Message
 

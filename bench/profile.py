@@ -106,7 +106,7 @@ def summarize_collapsed(path: Path, *, top: int = 15) -> dict:
 CATEGORIES = (
     ("logging: debug records built and filtered (Faust's spinner lowers the root logger to DEBUG)",
      ("Logger.debug", "Logger._log", "Logger.handle")),
-    ("table writes (streams.compat.DirectTable: the store, and the changelog record's bytes)",
+    ("table writes (streams.worker.compat.DirectTable: the store, and the changelog record's bytes)",
      ("DirectTable.",)),
     ("handlers: decisions and issue (Pipeline.on_request: parse, locate, assess, route, sign)",
      ("Pipeline.on_request",)),

@@ -159,7 +159,7 @@ def cmd_worker(settings) -> int:
     from faust.worker import Worker
     from mode.loop import use as use_event_loop
 
-    from .app import create_app
+    from .worker.app import create_app
     use_event_loop(settings.event_loop)  # before anything asks for the loop
     cmd_topics(settings)
     from .handlers import Topics

@@ -45,11 +45,11 @@ from models.tables import Checkpoint, Pass, Shipment
 from routing import Gazetteer
 
 from .broker import ensure_topics
-from .compat import refresh_metadata
 from .handlers import Topics
 from .projector import group_id as projector_group
 from .settings import Settings
 from .web import Hub, html_page, site_url, sse, start_site, stop_site, token_guard
+from .worker.compat import refresh_metadata
 
 __all__ = ["Dashboard", "make_app", "cmd_dashboard", "VENDOR"]
 

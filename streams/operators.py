@@ -138,7 +138,7 @@ def cmd_risk(settings: Settings, args) -> int:
 
 def read_books(settings: Settings) -> tuple[RiskBook, EnterpriseBook]:
     """The whole risk and key-list topics, read as the worker reads them at start."""
-    from .app import read_whole_topics
+    from .worker.reference import read_whole_topics
     topics = Topics.with_prefix(settings.topic_prefix)
     risk, enterprises, is_region = RiskBook(), EnterpriseBook(), Gazetteer.default().names_region
 
@@ -190,7 +190,7 @@ def cmd_enterprises(settings: Settings, args) -> int:
 def read_keyring(settings: Settings) -> Keyring:
     """The keys topic, read whole as the worker reads it at start (a record it dead-letters is not
     on the ring), with the private keys of GC_KEY_DIR."""
-    from .app import read_whole_topics
+    from .worker.reference import read_whole_topics
     ring = Keyring(KeyDir(settings.keys_path).signer)
 
     def apply(topic: str, partition: int, m) -> None:

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # Seconds without a heartbeat before the group gives a worker's partitions to others: how
     # long a crashed worker's partitions wait for a replacement.
     session_timeout: float = 30.0
-    # Longest a broker may hold the worker's fetch when no records are there (see streams.compat.set_fetch_wait).
+    # Longest a broker may hold the worker's fetch when no records are there (see streams.worker.compat.set_fetch_wait).
     fetch_wait_ms: int = 100
     data_dir: Path = Path(".greenchannel")
     key_dir: Path | None = None

@@ -1,4 +1,4 @@
-"""streams.compat: each touch of private Faust and aiokafka internals, and its premise.
+"""streams.worker.compat: each touch of private Faust and aiokafka internals, and its premise.
 
 Broker-free. A premise test reads the installed Faust or aiokafka code a touch relies on: an
 upgrade that changes it fails here, by name, before it fails in a worker. The effects are
@@ -23,8 +23,8 @@ from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer as FaustAIOKafkaProducer
 
-from streams import compat
-from streams.eos import CommitGate
+from streams.worker import compat
+from streams.worker.eos import CommitGate
 
 
 def test_the_pinned_versions_are_installed():
@@ -119,7 +119,7 @@ def test_install_patches_faust_once():
         assert getattr(Recovery, name) is method
         assert method.__gc_seek_before_resume__
         # The premise: Faust's own method resumes the stream partitions before it seeks them.
-        # If an upgrade changes that, this fails and streams.compat.seek_before_resume should be revisited.
+        # If an upgrade changes that, this fails and streams.worker.compat.seek_before_resume should be revisited.
         source = inspect.getsource(method.__wrapped__)
         assert source.index("consumer.resume_partitions(") < source.index("consumer.perform_seek()")
 
@@ -177,7 +177,7 @@ def test_premise_metadata_refresh_and_the_faust_producers_client():
     assert asyncio.iscoroutinefunction(aiokafka.AIOKafkaProducer.partitions_for)
 
 
-# --- at_least_once outputs, straight to the producer (streams.app send_all) -------------------------
+# --- at_least_once outputs, straight to the producer (streams.worker.runtime.Runtime.send_all) ---------
 
 def test_faust_flushes_the_producer_before_it_commits_offsets_without_transactions():
     """The worker sends its outputs with `app.producer.send` and does not await their delivery:
@@ -188,7 +188,7 @@ def test_faust_flushes_the_producer_before_it_commits_offsets_without_transactio
     assert "async def send" in inspect.getsource(FaustAIOKafkaProducer.send)
 
 
-# --- table writes straight to the store (streams.compat.DirectTable) --------------------------------
+# --- table writes straight to the store (streams.worker.compat.DirectTable) --------------------------------
 
 def test_a_direct_table_write_is_what_faust_would_store_and_recover():
     """The worker writes a table's store itself and sends the changelog record Faust would have
@@ -232,7 +232,7 @@ def test_a_direct_table_write_is_what_faust_would_store_and_recover():
 # --- table recovery: where each changelog ends ---------------------------------------------------
 
 def test_premise_faust_takes_recovery_highwaters_from_the_cached_last_stable_offset_under_transactions():
-    """If an upgrade stops doing this, streams.compat.ask_highwaters can go."""
+    """If an upgrade stops doing this, streams.worker.compat.ask_highwaters can go."""
     compat.ask_highwaters()
     original = AIOKafkaConsumerThread._highwaters.__wrapped__
     source = inspect.getsource(original)

@@ -423,7 +423,7 @@ def test_a_worker_without_the_private_key_signs_nothing_and_changes_nothing_unti
 
 
 async def test_the_worker_waits_for_a_missing_private_key_and_then_handles_the_event(caplog):
-    from streams.app import signed
+    from streams.worker.runtime import signed
     tries = []
 
     def handle():

@@ -146,7 +146,7 @@ async def read_log(settings, specs: list[Spec], *, progress=None, label: str = "
     """
     from aiokafka import AIOKafkaConsumer
 
-    from ..compat import refresh_metadata
+    from ..worker.compat import refresh_metadata
 
     out: dict[str, list[Record]] = {s.topic: [] for s in specs}
     began_ms = int(time.time() * 1000)

@@ -36,7 +36,7 @@ class Replayer:
         self.stale = 0  # requests the worker dead-lettered as older than the retention, the log bearing it out
         self.diagnoses = 50  # mismatched decisions re-decided with older reference data (costly: capped)
 
-    # Every input is handled as `streams.app.guarded` does: an unexpected error dead-letters it. A key
+    # Every input is handled as `streams.worker.runtime.Runtime.guarded` does: an unexpected error dead-letters it. A key
     # the ring says signs, and whose private key is not in GC_KEY_DIR, stops the replay (the worker
     # waits for it): the audit cannot reproduce a signature without it.
     def _call(self, handler, r: Record, **kw) -> list[Out]:

@@ -15,12 +15,12 @@ things break "each input's outputs are committed exactly when its offset is":
 So, in exactly_once mode, an agent handles each event (or each batch it takes) inside
 `CommitGate.event()`: Faust's commit waits until no event is between its first write and its
 ack, and the gate is left right before the ack (no await in between). Inside,
-`streams.compat.send_in_partition_transaction` publishes the table writes the event just made,
+`streams.worker.compat.send_in_partition_transaction` publishes the table writes the event just made,
 then its outputs, all in the transaction of the event's own partition. Faust's commit of the
 offsets is left as it is.
 
 A worker taking over partitions with a backlog must also not fetch them before it has sought
-them to their committed offsets; `streams.compat.seek_before_resume` sees to that
+them to their committed offsets; `streams.worker.compat.seek_before_resume` sees to that
 (tests/test_faults.py kills a worker mid-stream and counts the decisions).
 """
 

@@ -10,9 +10,9 @@ so an upgrade that changes one fails there first, by name. Each touch:
   seeks them to their committed offsets; records fetched in between were later taken for an
   offset gap and acked unprocessed (requests lost in a takeover). Seek first, then resume.
 * `wrap_commit`: every offset commit Faust makes goes through `Consumer.commit`; exactly_once
-  wraps it so a commit waits until no event is between its first write and its ack (streams.eos).
+  wraps it so a commit waits until no event is between its first write and its ack (streams.worker.eos).
 * `send_in_partition_transaction`: exactly_once publishes an event's outputs and changelog
-  records (`DirectTable`) in the transaction of the event's own source partition (streams.eos
+  records (`DirectTable`) in the transaction of the event's own source partition (streams.worker.eos
   says why).
 * `DirectTable`: a table write in Faust builds a changelog message future, checks the source
   topic's partitions and queues the write for a background sender: most of a decision's cost

@@ -1,0 +1,122 @@
+"""The worker's agents, and the tasks and timer beside them: one `register_*(app, runtime, …)` each.
+
+Agents are thin: each hands raw messages to `streams.handlers.Pipeline` (through
+`Runtime.guarded`) and sends what it returns. One event at a time: each event's table writes and
+outputs are sent (under exactly_once, in its partition's transaction) before the next is handled.
+A request is decided and its pass issued in one event; a scan is applied in one event on its
+pass's partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import faust
+
+from ..bootstrap import reference_handlers
+from ..metrics import sample_lag
+from .reference import load_reference_data
+from .runtime import Runtime, meta
+
+__all__ = ["register_reference_load", "register_decide", "register_scan", "register_reference_data",
+           "register_track", "register_clock", "register_consumer_lag"]
+
+log = logging.getLogger("greenchannel")
+
+
+def register_reference_load(app: faust.App, runtime: Runtime) -> None:
+    """The start-up task reading the whole reference topics; the agents deciding wait for it."""
+    pipeline, settings, ready = runtime.pipeline, runtime.settings, runtime.ready
+
+    @app.task
+    async def bootstrap() -> None:
+        n = await load_reference_data(pipeline, settings)
+        pipeline.withdrawals_in_the_past()  # a replay does not: it applies them in event-time order
+        log.info("reference data loaded: %d records", n)
+        ready.set()
+
+
+def register_decide(app: faust.App, runtime: Runtime, requests: faust.TopicT) -> None:
+    """Decide each pass request (and issue its pass), once the reference data is loaded."""
+    pipeline, tables, guarded, in_flight = runtime.pipeline, runtime.tables, runtime.guarded, runtime.in_flight
+    names = pipeline.topics
+
+    @app.agent(requests)
+    async def decide(stream):
+        await runtime.ready.wait()
+        async for event in stream.events():
+            async with in_flight():
+                await guarded(names.requests, event, lambda: pipeline.on_request(
+                    event.key, event.value, tables=tables, **meta(event)))
+
+
+def register_scan(app: faust.App, runtime: Runtime, scans: faust.TopicT) -> None:
+    """Apply each checkpoint scan."""
+    pipeline, tables, guarded, in_flight = runtime.pipeline, runtime.tables, runtime.guarded, runtime.in_flight
+    names = pipeline.topics
+
+    @app.agent(scans)
+    async def scan(stream):
+        async for event in stream.events():
+            async with in_flight():
+                await guarded(names.scans, event, lambda: pipeline.on_scan(
+                    event.key, event.value, tables=tables, **meta(event)))
+
+
+def register_reference_data(app: faust.App, runtime: Runtime, reference: faust.TopicT) -> None:
+    """Apply each risk-level, key-enterprise and key record, after the whole topics were loaded."""
+    guarded, in_flight = runtime.guarded, runtime.in_flight
+    handlers = reference_handlers(runtime.pipeline)
+
+    @app.agent(reference)
+    async def reference_data(stream):
+        await runtime.ready.wait()
+        async for event in stream.events():
+            handler = handlers[event.message.topic]
+            async with in_flight():
+                await guarded(event.message.topic, event, lambda: handler(event.key, event.value, **meta(event)))
+
+
+def register_track(app: faust.App, runtime: Runtime, pass_events: faust.TopicT) -> None:
+    """Apply each pass event on its pass's partition."""
+    pipeline, tables, guarded, in_flight = runtime.pipeline, runtime.tables, runtime.guarded, runtime.in_flight
+    names = pipeline.topics
+
+    @app.agent(pass_events)
+    async def track(stream):
+        """Re-keyed scans and the risk, key-list and keyring broadcasts, on each pass's partition."""
+        await runtime.ready.wait()
+        async for event in stream.events():
+            async with in_flight():
+                await guarded(names.pass_events, event, lambda: pipeline.on_pass_event(
+                    event.value, partition=event.message.partition, tables=tables))
+
+
+def register_clock(app: faust.App, runtime: Runtime, seconds: float) -> None:
+    """The channel's clock, every `seconds`."""
+    pipeline = runtime.pipeline
+    names = pipeline.topics
+
+    @app.timer(seconds)
+    async def clock() -> None:
+        """The channel's clock: a tick of the time now to each pass partition this worker owns.
+        Ticks go through the log, so expiry and retention are replayed as they happened."""
+        now = datetime.now(timezone.utc)
+        owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == names.pass_events)
+        for out in (pipeline.clock_tick(now, p) for p in owned):  # a few a minute: each delivery awaited
+            await app.producer.send_and_wait(out.topic, out.key, out.value, out.partition, None, None)
+
+
+def register_consumer_lag(app: faust.App, runtime: Runtime) -> None:
+    """The task sampling gc_consumer_lag."""
+    meter = runtime.meter
+
+    @app.task
+    async def consumer_lag() -> None:
+        """gc_consumer_lag per assigned partition: its high watermark less the consumer's position."""
+        async def lags() -> dict:
+            consumer = app.consumer
+            return {(tp.topic, tp.partition): max(0, consumer.highwater(tp) - (await consumer.position(tp) or 0))
+                    for tp in consumer.assignment()}
+        await sample_lag(meter.lag, lags)

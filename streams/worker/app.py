@@ -1,0 +1,81 @@
+"""The Faust application: app → topics → tables → agents, read top to bottom.
+
+Agents are thin: each hands raw messages to `streams.handlers.Pipeline` and sends what it
+returns. Values stay raw bytes end to end so a message Faust cannot decode still reaches
+our parser, and from there the dead-letter topic, instead of killing the agent.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from ..bootstrap import build_pipeline
+from ..metrics import PrometheusMeter, new_registry
+from ..settings import Settings
+from . import agents
+from .compat import ask_highwaters, seek_before_resume, set_fetch_wait
+from .runtime import Runtime
+from .tables import forget_moved_partitions, open_tables, raw_topic, register_table_partitions
+from .views import register_views
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The worker's app, its core built by `streams.bootstrap`, its agents, tasks and views registered."""
+    seek_before_resume()  # a worker taking over a backlog processes each record once (streams.worker.compat)
+    ask_highwaters()  # a worker taking over recovers its tables whole under exactly_once (streams.worker.compat)
+    set_fetch_wait(settings.fetch_wait_ms)
+    app = faust.App(settings.app_id, **app_config(settings))
+    pipeline = build_pipeline(settings)
+    names = pipeline.topics
+    app.pipeline = pipeline
+    meter = pipeline.meter = PrometheusMeter(new_registry())
+
+    # --- topics -------------------------------------------------------------------------------
+    requests = raw_topic(app, settings, names.requests)
+    scans = raw_topic(app, settings, names.scans)
+    reference = raw_topic(app, settings, names.risk, names.enterprises, names.keys)
+    pass_events = raw_topic(app, settings, names.pass_events)
+
+    # --- tables -------------------------------------------------------------------------------
+    changelog: list[tuple[str, bytes, bytes]] = []
+    tables = open_tables(app, settings, changelog)
+    forget_moved_partitions(app, tables)
+    runtime = Runtime(app, settings, pipeline, tables, meter, changelog)
+    agents.register_reference_load(app, runtime)
+    register_table_partitions(app, tables.passes)
+
+    # --- agents -------------------------------------------------------------------------------
+    agents.register_decide(app, runtime, requests)
+    agents.register_scan(app, runtime, scans)
+    agents.register_reference_data(app, runtime, reference)
+    agents.register_track(app, runtime, pass_events)
+    if settings.clock_seconds > 0:
+        agents.register_clock(app, runtime, settings.clock_seconds)
+
+    # --- web views and metrics ------------------------------------------------------------------
+    register_views(app, runtime)
+    agents.register_consumer_lag(app, runtime)
+    return app
+
+
+def app_config(settings: Settings) -> dict:
+    """Faust's configuration of the worker: broker, store, partitions, guarantee, web server."""
+    return dict(
+        broker=settings.broker_url,
+        broker_credentials=settings.connection.faust_credentials(),
+        store=settings.store,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee=settings.processing_guarantee,
+        broker_session_timeout=settings.session_timeout,
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+        web_bind=settings.web_bind,
+        web_host=settings.web_host,
+        datadir=str(settings.data_dir / "faust"),
+        producer_linger_ms=1,
+        stream_buffer_maxsize=8192,
+        consumer_auto_offset_reset="earliest",
+    )

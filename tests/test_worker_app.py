@@ -1,0 +1,123 @@
+"""streams.worker, broker-free: what create_app registers, and one event through `Runtime.guarded`.
+
+The worker's behaviour on a broker is shown by tests/test_pipeline.py and the other live tests;
+this pins what the app is made of, so that a change to its wiring is seen here by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from types import SimpleNamespace
+
+import pytest
+
+from streams.handlers import Out
+from streams.settings import Settings
+from streams.worker.app import create_app
+from streams.worker.runtime import Runtime, meta
+
+
+def worker_app(tmp_path, **fields):
+    settings = Settings(_env_file=None, broker_url="kafka://127.0.0.1:1", data_dir=tmp_path, topic_prefix="gc.",
+                        partitions=4, catalog="catalog-2020.02-v1.json", geocoder="offline", **fields)
+    return create_app(settings)
+
+
+def test_the_worker_registers_its_agents_on_raw_topics(tmp_path):
+    app = worker_app(tmp_path)
+    topics = {name.rsplit(".", 1)[-1]: list(agent.channel.topics) for name, agent in app.agents.items()}
+    assert topics == {"decide": ["gc.shipment.requests"], "scan": ["gc.checkpoint.scans"],
+                      "reference_data": ["gc.region.risk", "gc.enterprises", "gc.pass.keys"],
+                      "track": ["gc.pass.events"]}
+    for agent in app.agents.values():
+        assert (agent.channel.key_serializer, agent.channel.value_serializer) == ("raw", "raw")
+        assert agent.channel.partitions == 4
+
+
+def test_the_worker_tables_tasks_and_views(tmp_path):
+    app = worker_app(tmp_path)
+    assert list(app.tables) == ["passes", "decided", "answers", "clock"]
+    assert [task.__name__ for task in app._app_tasks] == ["bootstrap", "learn_table_partitions", "clock",
+                                                          "consumer_lag"]
+    assert list(app.web.views) == ["/passes/{pass_id}/", "/metrics", "/keys/", "/checkpoints/"]
+    assert app.pipeline.meter is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # producer_linger_ms: deprecated in Faust, still honoured
+        assert (app.conf.producer_linger_ms, app.conf.stream_buffer_maxsize) == (1, 8192)
+    assert app.conf.consumer_auto_offset_reset == "earliest"
+
+
+@pytest.mark.parametrize("seconds", [0, -1])
+def test_no_clock_timer_without_a_clock_interval(tmp_path, seconds):
+    app = worker_app(tmp_path, clock_seconds=seconds)
+    assert "clock" not in [task.__name__ for task in app._app_tasks]
+
+
+# --- one event through Runtime.guarded ------------------------------------------------------------
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+
+    async def send(self, topic, key, value, partition, timestamp, headers, transactional_id=None):
+        self.sent.append((topic, key, value, partition, transactional_id))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class FakeMeter:
+    def __init__(self) -> None:
+        self.handled_topics: list[str] = []
+
+    def handled(self, topic: str, seconds: float) -> None:
+        self.handled_topics.append(topic)
+
+
+class FakePipeline:
+    def dead_letter(self, topic, *fields) -> Out:
+        return Out("gc.dead-letters", b"dead", f"{topic} {fields[-1]}".encode())
+
+
+def fake_event(partition: int = 2, offset: int = 7):
+    message = SimpleNamespace(topic="gc.shipment.requests", partition=partition, offset=offset, timestamp=1.5)
+    return SimpleNamespace(message=message, key=b"k", value=b"v")
+
+
+def runtime_of(guarantee: str) -> Runtime:
+    app = SimpleNamespace(producer=FakeProducer(), conf=SimpleNamespace(id="gc-test"),
+                          assignor=SimpleNamespace(group_for_topic=lambda topic: 0))
+    settings = Settings(_env_file=None, processing_guarantee=guarantee, key_dir="/keys")
+    return Runtime(app, settings, FakePipeline(), tables=None, meter=FakeMeter(), changelog=[])
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_an_events_table_writes_go_out_before_its_outputs_on_its_partition(guarantee):
+    runtime = runtime_of(guarantee)
+
+    def handle():
+        runtime.changelog.append(("gc-test-passes-changelog", b"p1", b"state"))
+        return [Out("gc.pass.decisions", b"s1", b"decision")]
+
+    await runtime.guarded("gc.shipment.requests", fake_event(), handle)
+    tid = "gc-test-0-2" if guarantee == "exactly_once" else None
+    assert runtime.app.producer.sent == [("gc-test-passes-changelog", b"p1", b"state", 2, tid),
+                                         ("gc.pass.decisions", b"s1", b"decision", None, tid)]
+    assert runtime.changelog == [] and runtime.meter.handled_topics == ["gc.shipment.requests"]
+
+
+async def test_an_unexpected_error_dead_letters_the_event():
+    runtime = runtime_of("at_least_once")
+
+    def handle():
+        raise ValueError("boom")
+
+    await runtime.guarded("gc.shipment.requests", fake_event(), handle)
+    [(topic, key, value, partition, _)] = runtime.app.producer.sent
+    assert (topic, key, value) == ("gc.dead-letters", b"dead", b"gc.shipment.requests internal error: ValueError: boom")
+    assert runtime.meter.handled_topics == []
+
+
+def test_record_metadata_of_an_event():
+    assert meta(fake_event()) == {"partition": 2, "offset": 7, "timestamp_ms": 1500}
