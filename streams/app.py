@@ -24,7 +24,7 @@ from .connection import Connection
 from .compat import (DirectTable, ask_highwaters, learn_partitions, refresh_metadata, seek_before_resume,
                      send_in_partition_transaction, set_fetch_wait)
 from .eos import CommitGate
-from .handlers import Out, PassHolders, Pipeline, Tables
+from .handlers import Out, PassHolders, Pipeline, RecordMeta, Tables
 from .metrics import CONTENT_TYPE, PrometheusMeter, new_registry, render, sample_lag
 from .settings import Settings
 
@@ -43,7 +43,7 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
     handlers = reference_handlers(pipeline)
 
     def apply(topic: str, partition: int, m) -> None:
-        handlers[topic](m.key, m.value, partition=partition, offset=m.offset, timestamp_ms=m.timestamp)
+        handlers[topic](m.key, m.value, RecordMeta(topic, partition, m.offset, m.timestamp))
 
     return await read_whole_topics(settings.connection, list(handlers), apply)
 
@@ -195,9 +195,9 @@ def create_app(settings: Settings) -> faust.App:
         for out in outs:
             await app.producer.send(out.topic, out.key, out.value, out.partition, None, list(out.headers))
 
-    def meta(event) -> dict:
+    def meta(event) -> RecordMeta:
         m = event.message
-        return {"partition": m.partition, "offset": m.offset, "timestamp_ms": int(m.timestamp * 1000)}
+        return RecordMeta(m.topic, m.partition, m.offset, int(m.timestamp * 1000))
 
     def table_writes(event) -> list[Out]:
         """The changelog records of the table writes just made, on the event's partition."""
@@ -213,9 +213,8 @@ def create_app(settings: Settings) -> faust.App:
             meter.handled(topic, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 — the message is kept, with the error
             log.exception("failed on %s@%s", topic, event.message.offset)
-            m = meta(event)
-            outs = [pipeline.dead_letter(topic, m["partition"], m["offset"], event.key, event.value,
-                                         m["timestamp_ms"], f"internal error: {type(exc).__name__}: {exc}")]
+            outs = [pipeline.dead_letter(meta(event), event.key, event.value,
+                                         f"internal error: {type(exc).__name__}: {exc}")]
         outs = table_writes(event) + outs  # taken before any await: the next event's are its own
         if exactly_once:  # the event's table writes and outputs, in its partition's transaction
             await send_in_partition_transaction(app, event, outs)
@@ -242,14 +241,14 @@ def create_app(settings: Settings) -> faust.App:
         async for event in stream.events():
             async with in_flight():
                 await guarded(names.requests, event, lambda: pipeline.on_request(
-                    event.key, event.value, tables=tables, **meta(event)))
+                    event.key, event.value, meta(event), tables=tables))
 
     @app.agent(scans)
     async def scan(stream):
         async for event in stream.events():
             async with in_flight():
                 await guarded(names.scans, event, lambda: pipeline.on_scan(
-                    event.key, event.value, tables=tables, **meta(event)))
+                    event.key, event.value, meta(event), tables=tables))
 
     handlers = reference_handlers(pipeline)
 
@@ -259,7 +258,7 @@ def create_app(settings: Settings) -> faust.App:
         async for event in stream.events():
             handler = handlers[event.message.topic]
             async with in_flight():
-                await guarded(event.message.topic, event, lambda: handler(event.key, event.value, **meta(event)))
+                await guarded(event.message.topic, event, lambda: handler(event.key, event.value, meta(event)))
 
     @app.agent(pass_events)
     async def track(stream):

@@ -79,7 +79,7 @@ from models.keyring import SigningKeyMissing
 from models.records import effective_time, format_time, parse_time
 
 if TYPE_CHECKING:  # the decision core is imported when a command runs, not when the CLI parses arguments
-    from .handlers import Out, Pipeline, Topics
+    from .handlers import Out, Pipeline, RecordMeta, Topics
 
 __all__ = ["Position", "parse_position", "Record", "Replayer", "compare", "Comparison", "Mismatch", "run_replay",
            "rebuild_database", "pass_history", "generate_log", "add_arguments", "cmd_replay", "cmd_pass_history",
@@ -139,6 +139,12 @@ class Record:
     @property
     def log_position(self) -> tuple[int, int, int]:
         return (self.timestamp_ms, self.partition, self.offset)
+
+    @property
+    def meta(self) -> RecordMeta:
+        """Where the record was read, as the handlers take it."""
+        from .handlers import RecordMeta
+        return RecordMeta(self.topic, self.partition, self.offset, self.timestamp_ms)
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -351,12 +357,11 @@ class Replayer:
     # waits for it): the audit cannot reproduce a signature without it.
     def _call(self, handler, r: Record, **kw) -> list[Out]:
         try:
-            return handler(r.key, r.value, partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms, **kw)
+            return handler(r.key, r.value, r.meta, **kw)
         except SigningKeyMissing:
             raise
         except Exception as exc:  # noqa: BLE001 — as the live agent does
-            return [self.pipeline.dead_letter(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms,
-                                              f"internal error: {type(exc).__name__}: {exc}")]
+            return [self.pipeline.dead_letter(r.meta, r.key, r.value, f"internal error: {type(exc).__name__}: {exc}")]
 
     def load_reference(self, records: Iterable[Record]) -> int:
         """Apply every reference record to the as-of books and the keyring (order does not matter;
@@ -506,11 +511,10 @@ class Replayer:
         for r in self.reference:
             if r.timestamp_ms <= timestamp_ms:
                 try:
-                    handlers[r.topic](r.key, r.value, partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms)
+                    handlers[r.topic](r.key, r.value, r.meta)
                 except Exception:  # noqa: BLE001
                     pass
-        outs = other.on_request(request.key, request.value, partition=request.partition, offset=request.offset,
-                                timestamp_ms=request.timestamp_ms, tables=self._scratch())
+        outs = other.on_request(request.key, request.value, request.meta, tables=self._scratch())
         return next((o.value for o in outs if o.topic == self.topics.decisions), None)
 
 
@@ -1291,7 +1295,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
 
     from .bootstrap import build_pipeline
     from .broker import ensure_topics
-    from .handlers import Tables, Topics
+    from .handlers import RecordMeta, Tables, Topics
     from .simulator import Scenario, scans_for
 
     t = Topics.with_prefix(settings.topic_prefix)
@@ -1312,8 +1316,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
                               orjson.dumps({"adcode": adcode, "level": level, "effective_at": format_time(at)})))
     pipeline = build_pipeline(settings)
     for i, (topic, key, value) in enumerate(reference):
-        (pipeline.on_risk if topic == t.risk else pipeline.on_enterprise)(key, value, partition=0, offset=i,
-                                                                          timestamp_ms=0)
+        (pipeline.on_risk if topic == t.risk else pipeline.on_enterprise)(key, value, RecordMeta(topic, 0, i, 0))
     inputs: list[tuple[str, bytes, bytes]] = list(reference)
     count, i, tables = len(reference), 0, Tables.empty()
     while count < n:
@@ -1324,7 +1327,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
         count += 1
         # The partition the producer will put it on: pass numbers are allocated there.
         partition = kafka_partition(key, settings.partitions)
-        for out in pipeline.on_request(key, value, partition=partition, offset=i, timestamp_ms=0, tables=tables):
+        for out in pipeline.on_request(key, value, RecordMeta(t.requests, partition, i, 0), tables=tables):
             if out.topic == t.decisions:
                 decision = orjson.loads(out.value)
                 if decision["pass"]:
