@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import orjson
 
-from models.decide import Decider
+from models.decide import Decider, Decision
 from models.keyring import WITHDRAWN, parse_key_entry
 from models.passes import (ACTIVE, PassState, allocate_pass_id, claimed_pass_id, kafka_partition, legacy_answers,
                            unverified_claims)
@@ -205,6 +205,10 @@ class Pipeline:
             return [self.dead_letter(meta, key, value, stale)]
         decision = self.decider.decide(request, errors, decided_at=decided_at,
                                        allocate=self._allocator(sid, partition, tables.serials))
+        return self._file_decision(tables, partition, sid, decision)
+
+    def _file_decision(self, tables: Tables, partition: int, sid: str, decision: Decision) -> list[Out]:
+        """Keep the decision and, on approval, store its pass: the decision and the pass's statuses out."""
         state, reissues = decision.state, []
         if state is not None:  # signed by a key withdrawn since: reissued at once (nothing is written before)
             state, reissues = self.tracker.reissued(state, self.withdrawals_applied)
