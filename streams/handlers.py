@@ -150,6 +150,9 @@ class PassHolders(MutableMapping):
 
 
 class Pipeline:
+    """The worker's handlers: each input record, or command on the internal pass topic, in; the records
+    it makes out (`Out`), with the state in `Tables`."""
+
     def __init__(self, decider: Decider, tracker: Tracker, topics: Topics, *, partitions: int,
                  retention: timedelta = timedelta(days=7)) -> None:
         self.decider = decider
