@@ -38,7 +38,7 @@ from routing import Gazetteer  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 from streams.bootstrap import build_pipeline  # noqa: E402
 from streams.broker import TansuBroker, ensure_topics, free_port  # noqa: E402
-from streams.handlers import Tables, Topics  # noqa: E402
+from streams.handlers import RecordMeta, Tables, Topics  # noqa: E402
 from streams.operators import publish  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.simulator import Scenario, scans_for  # noqa: E402
@@ -52,17 +52,19 @@ RISKS = [{"adcode": a, "level": lv, "effective_at": "2020-02-24T00:00:00Z"}
 def fill(settings: Settings, passes: int) -> int:
     """Decide requests until `passes` are approved; project decisions, statuses and first scans."""
     pipeline = build_pipeline(settings)
+    topics = pipeline.topics
     tables, scenario, rng = Tables.empty(), Scenario(seed=99, start=datetime(2020, 2, 25, tzinfo=timezone.utc)), random.Random(5)
     for entry in scenario.enterprise_entries():  # the key list, so P2/P3 requests can qualify
-        pipeline.on_enterprise(entry["credit_code"].encode(), orjson.dumps(entry), partition=0, offset=0, timestamp_ms=0)
+        pipeline.on_enterprise(entry["credit_code"].encode(), orjson.dumps(entry),
+                               RecordMeta(topics.enterprises, 0, 0, 0))
     for entry in RISKS:
-        pipeline.on_risk(entry["adcode"].encode(), orjson.dumps(entry), partition=0, offset=0, timestamp_ms=0)
+        pipeline.on_risk(entry["adcode"].encode(), orjson.dumps(entry), RecordMeta(topics.risk, 0, 0, 0))
     decisions, statuses, approved, n = [], [], 0, 0
     while approved < passes:
         body = scenario.request(n, kind=rng.choice(["P0", "P1", "P2", "P3"]))
         key = body["shipment_id"].encode()
         partition = kafka_partition(key, settings.partitions)
-        outs = pipeline.on_request(key, orjson.dumps(body), partition=partition, offset=n, timestamp_ms=0, tables=tables)
+        outs = pipeline.on_request(key, orjson.dumps(body), RecordMeta(topics.requests, partition, n, 0), tables=tables)
         n += 1
         decision = orjson.loads(outs[0].value)
         decisions.append(decision)
@@ -72,7 +74,7 @@ def fill(settings: Settings, passes: int) -> int:
             if approved % 3 == 0:  # a third of them wait at, or have left, their first checkpoint
                 for scan in scans_for(decision, rng)[:1 + approved % 2]:
                     for o in pipeline.on_scan(decision["pass"]["pass_id"].encode(), orjson.dumps(scan),
-                                              partition=partition, offset=n, timestamp_ms=0, tables=tables):
+                                              RecordMeta(topics.scans, partition, n, 0), tables=tables):
                         statuses.append((dict(o.headers)["ce_id"].decode(), orjson.loads(o.value)))
     engine = make_engine(settings.database_url)
     init_db(engine)

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.broker import ensure_topics
 from streams.connection import Connection
-from streams.handlers import Topics
+from streams.handlers import RecordMeta, Topics
 from streams.settings import Settings
 
 from . import workload
@@ -679,9 +679,9 @@ def build_bench_pipeline():
     pipeline = build_pipeline(settings, signer=Signer(key, "bench"), keys=key.public_key())
     firms, risks = workload.reference()
     for i, m in enumerate(firms):
-        pipeline.on_enterprise(m.key, m.value, partition=0, offset=i, timestamp_ms=0)
+        pipeline.on_enterprise(m.key, m.value, RecordMeta(pipeline.topics.enterprises, 0, i, 0))
     for i, m in enumerate(risks):
-        pipeline.on_risk(m.key, m.value, partition=0, offset=i, timestamp_ms=0)
+        pipeline.on_risk(m.key, m.value, RecordMeta(pipeline.topics.risk, 0, i, 0))
     return pipeline
 
 
@@ -694,8 +694,8 @@ def run_handlers(pipeline, requests: list[Message]) -> int:
     outputs = 0
     for offset, m in enumerate(requests):
         partition = kafka_partition(m.key, pipeline.partitions) if m.key else 0
-        outputs += len(pipeline.on_request(m.key, m.value, partition=partition, offset=offset,
-                                           timestamp_ms=1582617600000, tables=tables))
+        meta = RecordMeta(pipeline.topics.requests, partition, offset, 1582617600000)
+        outputs += len(pipeline.on_request(m.key, m.value, meta, tables=tables))
     return outputs
 
 
@@ -720,8 +720,9 @@ def _templates(count: int = 1500):
     pipeline = build_bench_pipeline()
     tables = Tables.empty()
     for offset, m in enumerate(workload.requests(count, seed=2023)):
-        pipeline.on_request(m.key, m.value, partition=kafka_partition(m.key, pipeline.partitions) if m.key else 0,
-                            offset=offset, timestamp_ms=1582617600000, tables=tables)
+        partition = kafka_partition(m.key, pipeline.partitions) if m.key else 0
+        meta = RecordMeta(pipeline.topics.requests, partition, offset, 1582617600000)
+        pipeline.on_request(m.key, m.value, meta, tables=tables)
     return pipeline, tables
 
 
@@ -755,7 +756,8 @@ def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
     from collections import Counter as _Counter
 
     from models.passes import PassState
-    from models.records import canonical
+    from models.records import RegionRisk, parse_time
+    from streams.commands import RiskChanged, encode
     from streams.handlers import Pipeline
 
     base, tables = _templates()
@@ -770,8 +772,7 @@ def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
     inside = [tables.passes[p] for p, rs in regions.items() if region in rs]
     outside = [tables.passes[p] for p, rs in regions.items() if region not in rs]
     touched = int(total * share)
-    change = canonical({"kind": "risk", "adcode": region.ljust(6, "0"), "level": "high",
-                        "effective_at": "2020-02-25T06:00:00Z"})
+    change = encode(RiskChanged(RegionRisk(region.ljust(6, "0"), "high", parse_time("2020-02-25T06:00:00Z"))))
     result = {"total": total, "touched": touched, "region": region, "runs": []}
     for _ in range(runs):
         row = {}

@@ -1,32 +1,35 @@
 """What the worker does with each message, without Kafka: raw input in, output messages out.
 
 Every input ends as exactly one output (a decision, a status event, a forwarded command or a
-dead-letter record); the Faust agents in `streams.app` only move bytes between topics and
+dead-letter record); the Faust agents in `streams.worker` only move bytes between topics and
 tables, so the same code serves the live worker, the tests of the core and a replay.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import ClassVar
 
 import orjson
 
-from models.decide import Decider
+from models.decide import Decider, Decision
 from models.keyring import WITHDRAWN, parse_key_entry
 from models.passes import (ACTIVE, PassState, allocate_pass_id, claimed_pass_id, kafka_partition, legacy_answers,
                            unverified_claims)
-from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, Unparseable, canonical, format_time,
-                            kept, load_object, parse_enterprise, parse_request, parse_risk, parse_scan, parse_time,
-                            record_time)
+from models.records import (CheckpointScan, Unparseable, canonical, format_time, kept, load_object, parse_enterprise,
+                            parse_request, parse_risk, parse_scan, parse_time, record_time)
 from models.tracking import CheckpointBoard, Lifetimes, PassIndex, Tracker, epoch_seconds
 
+from .commands import (ClockTick, Command, EnterpriseChanged, KeyChanged, LegacyIssue, RekeyedScan, RiskChanged, decode,
+                       encode)
 from .metrics import Meter
 from .wire import status_ce_id
 
-__all__ = ["Out", "Topics", "Tables", "PassHolders", "Pipeline", "clock_command", "cloudevent_headers", "STALE_REQUEST"]
+__all__ = ["Out", "RecordMeta", "Topics", "Tables", "PassHolders", "Pipeline", "clock_command", "cloudevent_headers",
+           "STALE_REQUEST"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,15 @@ class Topics:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordMeta:
+    """Where an input record was read: its topic, partition and offset, and its record time."""
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Out:
     topic: str
     key: bytes
@@ -72,7 +84,7 @@ STALE_REQUEST = "more than the pass retention"
 
 def clock_command(at: datetime) -> bytes:
     """A tick of the channel's clock (on the internal pass topic, to one partition): `at` is now."""
-    return canonical({"kind": "clock", "at": format_time(at)})
+    return encode(ClockTick(format_time(at)))
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -138,6 +150,9 @@ class PassHolders(MutableMapping):
 
 
 class Pipeline:
+    """The worker's handlers: each input record, or command on the internal pass topic, in; the records
+    it makes out (`Out`), with the state in `Tables`."""
+
     def __init__(self, decider: Decider, tracker: Tracker, topics: Topics, *, partitions: int,
                  retention: timedelta = timedelta(days=7)) -> None:
         self.decider = decider
@@ -153,12 +168,13 @@ class Pipeline:
         self.meter = Meter()  # the worker sets a PrometheusMeter (streams.metrics)
 
     # --- dead letters -------------------------------------------------------------------------
-    def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                    timestamp_ms: int | None, error: str) -> Out:
+    def dead_letter(self, meta: RecordMeta, key: bytes | None, value: bytes | None, error: str) -> Out:
+        """The input record `meta` names, kept on the dead-letter topic with the reason it was not handled."""
+        topic, partition, offset = meta.topic, meta.partition, meta.offset
         self.meter.dead_letter(topic)
         body = {
             "topic": topic, "partition": partition, "offset": offset,
-            "key": _text(key), "error": error, "at": format_time(record_time(timestamp_ms)),
+            "key": _text(key), "error": error, "at": format_time(record_time(meta.timestamp_ms)),
         }
         try:
             body["value"] = value.decode("utf-8") if value is not None else None
@@ -169,8 +185,7 @@ class Pipeline:
                    cloudevent_headers(ce_id, "cn.greenchannel.deadletter", "/greenchannel/worker", body["at"]))
 
     # --- shipment requests ----------------------------------------------------------------------
-    def on_request(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
-                   timestamp_ms: int | None, tables: Tables) -> list[Out]:
+    def on_request(self, key: bytes | None, value: bytes | None, meta: RecordMeta, *, tables: Tables) -> list[Out]:
         """One decision (or one dead letter) per request; a repeat gets the first answer again.
 
         On approval the pass is issued from the same event: its state is stored and its `issued`
@@ -182,17 +197,21 @@ class Pipeline:
             obj = load_object(value)
             request, errors = parse_request(obj, fallback_id=_text(key))
         except Unparseable as exc:
-            return [self.dead_letter(self.topics.requests, partition, offset, key, value, timestamp_ms, str(exc))]
-        sid = request.shipment_id
+            return [self.dead_letter(meta, key, value, str(exc))]
+        sid, partition = request.shipment_id, meta.partition
         earlier = tables.decided.get(sid)
         if earlier is not None:
             return [self._decision_out(sid, earlier)]
         decided_at = request.submitted_at if not any(e.field == "submitted_at" for e in errors) \
-            else record_time(timestamp_ms)
+            else record_time(meta.timestamp_ms)
         if (stale := self._stale(tables, partition, sid, decided_at)) is not None:
-            return [self.dead_letter(self.topics.requests, partition, offset, key, value, timestamp_ms, stale)]
+            return [self.dead_letter(meta, key, value, stale)]
         decision = self.decider.decide(request, errors, decided_at=decided_at,
                                        allocate=self._allocator(sid, partition, tables.serials))
+        return self._file_decision(tables, partition, sid, decision)
+
+    def _file_decision(self, tables: Tables, partition: int, sid: str, decision: Decision) -> list[Out]:
+        """Keep the decision and, on approval, store its pass: the decision and the pass's statuses out."""
         state, reissues = decision.state, []
         if state is not None:  # signed by a key withdrawn since: reissued at once (nothing is written before)
             state, reissues = self.tracker.reissued(state, self.withdrawals_applied)
@@ -243,26 +262,23 @@ class Pipeline:
                                       decided_at))
 
     # --- checkpoint scans -----------------------------------------------------------------------
-    def on_scan(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
-                timestamp_ms: int | None, tables: Tables) -> list[Out]:
+    def on_scan(self, key: bytes | None, value: bytes | None, meta: RecordMeta, *, tables: Tables) -> list[Out]:
         """Apply a scan on its pass's partition; a scan that arrived elsewhere (keyed by something
         other than its pass number) is re-keyed there through the internal pass topic."""
         try:
             obj = load_object(value)
             scan = parse_scan(obj)
         except Unparseable as exc:
-            return [self.dead_letter(self.topics.scans, partition, offset, key, value, timestamp_ms, str(exc))]
+            return [self.dead_letter(meta, key, value, str(exc))]
         pass_id = scan.pass_id
         if pass_id is None:
             pass_id = claimed_pass_id(scan.token)
             if pass_id is None:
-                return [self.dead_letter(self.topics.scans, partition, offset, key, value, timestamp_ms,
-                                         "token names no pass and the scan has no pass_id")]
+                return [self.dead_letter(meta, key, value, "token names no pass and the scan has no pass_id")]
         home = kafka_partition(pass_id.encode(), self.partitions)
-        if home == partition:
+        if home == meta.partition:
             return [self._apply_scan(tables, home, pass_id, scan)]
-        command = {"kind": "scan", "pass_id": pass_id, "scan": obj}
-        return [Out(self.topics.pass_events, pass_id.encode(), canonical(command))]
+        return [Out(self.topics.pass_events, pass_id.encode(), encode(RekeyedScan(pass_id, scan, obj)))]
 
     def _apply_scan(self, tables: Tables, partition: int, pass_id: str, scan: CheckpointScan) -> Out:
         answer_key = f"{pass_id}/{scan.scan_id}"
@@ -284,80 +300,72 @@ class Pipeline:
         return out
 
     # --- reference data -------------------------------------------------------------------------
-    def on_risk(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
-                timestamp_ms: int | None) -> list[Out]:
+    def on_risk(self, key: bytes | None, value: bytes | None, meta: RecordMeta) -> list[Out]:
         """Apply a risk level and ask every tracker partition to re-evaluate its passes."""
         try:
-            risk = parse_risk(load_object(value), timestamp_ms=timestamp_ms,
+            risk = parse_risk(load_object(value), timestamp_ms=meta.timestamp_ms,
                               is_region=self.decider.gazetteer.names_region)
         except Unparseable as exc:
-            return [self.dead_letter(self.topics.risk, partition, offset, key, value, timestamp_ms, str(exc))]
+            return [self.dead_letter(meta, key, value, str(exc))]
         self.decider.risk.apply(risk)
-        return self._broadcast(risk.adcode, {"kind": "risk", "adcode": risk.adcode, "level": risk.level,
-                                             "effective_at": format_time(risk.effective_at)})
+        return self._broadcast(risk.adcode, RiskChanged(risk))
 
-    def on_enterprise(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
-                      timestamp_ms: int | None) -> list[Out]:
+    def on_enterprise(self, key: bytes | None, value: bytes | None, meta: RecordMeta) -> list[Out]:
         try:
-            entry = parse_enterprise(load_object(value), timestamp_ms=timestamp_ms)
+            entry = parse_enterprise(load_object(value), timestamp_ms=meta.timestamp_ms)
         except Unparseable as exc:
-            return [self.dead_letter(self.topics.enterprises, partition, offset, key, value, timestamp_ms, str(exc))]
+            return [self.dead_letter(meta, key, value, str(exc))]
         self.decider.enterprises.apply(entry)
         if entry.action != "remove":
             return []
-        return self._broadcast(entry.credit_code, {"kind": "enterprise", "credit_code": entry.credit_code,
-                                                   "name": entry.name, "action": entry.action,
-                                                   "effective_at": format_time(entry.effective_at)})
+        return self._broadcast(entry.credit_code, EnterpriseChanged(entry))
 
-    def on_key(self, key: bytes | None, value: bytes | None, *, partition: int, offset: int,
-               timestamp_ms: int | None) -> list[Out]:
+    def on_key(self, key: bytes | None, value: bytes | None, meta: RecordMeta) -> list[Out]:
         """A pass-signing key made active or withdrawn (`gc.pass.keys`): into the ring, and to every
         tracker partition, where each worker's ring learns it and a withdrawal reissues the passes
         that key signed. A record that is not a genuine key of its kid is dead-lettered."""
         try:
-            entry = parse_key_entry(load_object(value), timestamp_ms=timestamp_ms)
+            entry = parse_key_entry(load_object(value), timestamp_ms=meta.timestamp_ms)
         except Unparseable as exc:
-            return [self.dead_letter(self.topics.keys, partition, offset, key, value, timestamp_ms, str(exc))]
+            return [self.dead_letter(meta, key, value, str(exc))]
         self.decider.keyring.apply(entry)
-        return self._broadcast(entry.kid, {"kind": "key", **entry.to_record()})
+        return self._broadcast(entry.kid, KeyChanged(entry))
 
-    def _broadcast(self, key: str, command: dict) -> list[Out]:
+    def _broadcast(self, key: str, command: RiskChanged | EnterpriseChanged | KeyChanged) -> list[Out]:
         """A reference change to every partition of the internal pass topic."""
-        value = canonical(command)
+        value = encode(command)
         return [Out(self.topics.pass_events, key.encode(), value, partition=p) for p in range(self.partitions)]
 
     # --- the internal pass topic ------------------------------------------------------------------
     def on_pass_event(self, value: bytes, *, partition: int, tables: Tables) -> list[Out]:
-        """Commands on the internal pass topic, for the passes of `partition`: re-keyed scans, and
-        the risk, key-list and keyring broadcasts (`issue`: left there by a worker before 0.4)."""
-        command = orjson.loads(value)
-        kind = command["kind"]
-        if kind == "scan":
-            return [self._apply_scan(tables, partition, command["pass_id"], parse_scan(command["scan"]))]
-        if kind == "risk":
-            risk = RegionRisk(command["adcode"], command["level"], parse_time(command["effective_at"]))
-            # The worker that consumed the risk topic applied it already; another worker's
-            # book learns it here, so re-evaluation never runs on a stale book.
-            self.decider.risk.apply(risk)
-            touched = self.index(partition, tables).touched_by_risk(self.decider.graph.prefectures_in(risk.adcode))
-            return self._each_pass(tables, partition, touched, lambda s: self.tracker.risk_changed(s, risk))
-        if kind == "enterprise":
-            entry = EnterpriseEntry(command["credit_code"], command["name"], command["action"],
-                                    parse_time(command["effective_at"]))
-            self.decider.enterprises.apply(entry)
-            firms = self.index(partition, tables).of_firm(entry.credit_code)
-            return self._each_pass(tables, partition, firms, lambda s: self.tracker.enterprise_changed(s, entry))
-        if kind == "key":
-            return self._on_key(tables, partition, parse_key_entry(command))
-        if kind == "clock":
-            return self._on_clock(tables, partition, command["at"])
-        if kind == "issue":
-            return self._legacy_issue(tables, partition, command)
-        raise ValueError(f"unknown pass command {kind!r}")
+        """A command on the internal pass topic (`streams.commands`), for the passes of `partition`,
+        handled by its type. Bytes that hold no command raise (see `streams.commands.decode`)."""
+        command = decode(value)
+        return self._COMMAND_HANDLERS[type(command)](self, tables, partition, command)
 
-    def _on_key(self, tables: Tables, partition: int, entry) -> list[Out]:
+    def _on_rekeyed_scan(self, tables: Tables, partition: int, command: RekeyedScan) -> list[Out]:
+        """A scan sent here from the partition it arrived on, applied as `on_scan` would have."""
+        return [self._apply_scan(tables, partition, command.pass_id, command.scan)]
+
+    def _on_risk_changed(self, tables: Tables, partition: int, command: RiskChanged) -> list[Out]:
+        """The worker that consumed the risk topic applied it already; another worker's book learns it
+        here, so re-evaluation never runs on a stale book. Visits the passes the region touches."""
+        risk = command.risk
+        self.decider.risk.apply(risk)
+        touched = self.index(partition, tables).touched_by_risk(self.decider.graph.prefectures_in(risk.adcode))
+        return self._each_pass(tables, partition, touched, lambda s: self.tracker.risk_changed(s, risk))
+
+    def _on_enterprise_changed(self, tables: Tables, partition: int, command: EnterpriseChanged) -> list[Out]:
+        """The key-list entry into this worker's book; the firm's passes on `partition` re-evaluated."""
+        entry = command.entry
+        self.decider.enterprises.apply(entry)
+        firms = self.index(partition, tables).of_firm(entry.credit_code)
+        return self._each_pass(tables, partition, firms, lambda s: self.tracker.enterprise_changed(s, entry))
+
+    def _on_key_changed(self, tables: Tables, partition: int, command: KeyChanged) -> list[Out]:
         """The ring learns the key (another worker consumed its record); a withdrawal visits the
         partition's active passes that key signed, and only those, and reissues them."""
+        entry = command.entry
         self.decider.keyring.apply(entry)
         if entry.status != WITHDRAWN:
             return []
@@ -379,9 +387,10 @@ class Pipeline:
         owns every GC_CLOCK_SECONDS): it goes through the log, so a replay moves its clock alike."""
         return Out(self.topics.pass_events, b"clock", clock_command(at), partition=partition)
 
-    def _on_clock(self, tables: Tables, partition: int, at: str) -> list[Out]:
-        """Expire the partition's passes whose validity ended before `at`, and take out of the
+    def _on_clock_tick(self, tables: Tables, partition: int, tick: ClockTick) -> list[Out]:
+        """Expire the partition's passes whose validity ended before the tick, and take out of the
         working state what is `retention` past its end. A tick behind the clock changes nothing."""
+        at = tick.at
         now = epoch_seconds(at)
         held = tables.clocks.get(str(partition))
         if held is not None and epoch_seconds(held.decode()) >= now:
@@ -445,18 +454,19 @@ class Pipeline:
                 lifetimes.add_decision(sid, _decided_at(raw))
         return lifetimes
 
-    def _legacy_issue(self, tables: Tables, partition: int, command: dict) -> list[Out]:
-        state = PassState.from_json(orjson.dumps(command["state"]))
+    def _on_legacy_issue(self, tables: Tables, partition: int, command: LegacyIssue) -> list[Out]:
+        """Store and issue a pass a worker before 0.4 sent (see `streams.commands.LegacyIssue`), once."""
+        state = command.state
         stored = tables.passes.get(state.pass_id)
         if stored is not None:
             if PassState.from_json(stored).shipment_id != state.shipment_id:
-                return [self._collision(state, command)]
+                return [self._collision(command)]
             return []  # redelivered: the pass exists already
         self._store(tables, partition, self._with_kid(tables, state))
         lifetimes = tables.lifetimes.get(partition)
         if lifetimes is not None:
-            lifetimes.add_pass(state.pass_id, state.valid_until, command["decided_at"])
-        return [self._status_out(self.tracker.issued(state, command["decided_at"]))]
+            lifetimes.add_pass(state.pass_id, state.valid_until, command.decided_at)
+        return [self._status_out(self.tracker.issued(state, command.decided_at))]
 
     def _each_pass(self, tables: Tables, partition: int, pass_ids: list[str], change) -> list[Out]:
         """`change` each pass (and reissue what it signed with a key withdrawn since: `Tracker.reissued`).
@@ -513,14 +523,16 @@ class Pipeline:
         if index is not None:
             index.put(state)
 
-    def _collision(self, state: PassState, command: dict) -> Out:
+    def _collision(self, command: LegacyIssue) -> Out:
+        """The dead letter of a legacy `issue` whose pass number another shipment holds."""
+        state = command.state
         self.meter.dead_letter(self.topics.pass_events)
-        body = canonical({"topic": self.topics.pass_events, "key": state.pass_id, "value": command,
+        body = canonical({"topic": self.topics.pass_events, "key": state.pass_id, "value": command.command,
                           "error": f"pass_id {state.pass_id} already belongs to another shipment",
-                          "at": command["decided_at"]})
+                          "at": command.decided_at})
         return Out(self.topics.deadletter, state.pass_id.encode(), body,
                    cloudevent_headers(f"deadletter/collision/{state.shipment_id}", "cn.greenchannel.deadletter",
-                                      "/greenchannel/tracker", command["decided_at"]))
+                                      "/greenchannel/tracker", command.decided_at))
 
     def _status_out(self, event: dict) -> Out:
         self.board.observe(event)
@@ -533,6 +545,12 @@ class Pipeline:
         return Out(self.topics.status, pass_id.encode(), body,
                    cloudevent_headers(status_ce_id(pass_id, event["cause"]), "cn.greenchannel.pass.status",
                                       "/greenchannel/tracker", event["at"]))
+
+    # Each command's handler, by the command's type (streams.commands), as a message bus dispatches.
+    _COMMAND_HANDLERS: ClassVar[dict[type[Command], Callable[..., list[Out]]]] = {
+        RekeyedScan: _on_rekeyed_scan, RiskChanged: _on_risk_changed, EnterpriseChanged: _on_enterprise_changed,
+        KeyChanged: _on_key_changed, ClockTick: _on_clock_tick, LegacyIssue: _on_legacy_issue,
+    }
 
 
 _DECIDED_AT = b'{"decided_at":"'

@@ -10,7 +10,7 @@ import pytest
 
 from models.passes import kafka_partition
 from models.records import parse_time
-from streams.handlers import Tables
+from streams.handlers import RecordMeta, Tables
 from streams.simulator import Scenario, scans_for
 
 from support import T, make_pipeline, validator
@@ -26,8 +26,9 @@ def request(n: int, **fields) -> dict:
 
 def decide(pipeline, tables, body: dict) -> list:
     key = body["shipment_id"].encode()
-    return pipeline.on_request(key, orjson.dumps(body), partition=kafka_partition(key, pipeline.partitions),
-                               offset=0, timestamp_ms=0, tables=tables)
+    return pipeline.on_request(key, orjson.dumps(body),
+                               RecordMeta(pipeline.topics.requests, kafka_partition(key, pipeline.partitions), 0, 0),
+                               tables=tables)
 
 
 def issue(pipeline, tables, n: int) -> dict:
@@ -89,8 +90,8 @@ def test_a_delivered_pass_is_not_expired_and_leaves_after_the_retention_with_its
     tick(pipeline, tables, "2020-01-01T00:00:00Z", p)
     answers = []
     for scan in scans_for(decision, random.Random(1)):
-        answers += statuses(pipeline.on_scan(pid.encode(), orjson.dumps(scan), partition=p, offset=0,
-                                             timestamp_ms=0, tables=tables))
+        answers += statuses(pipeline.on_scan(pid.encode(), orjson.dumps(scan),
+                                             RecordMeta(pipeline.topics.scans, p, 0, 0), tables=tables))
     assert answers[-1]["status"] == "delivered" and len(tables.answers) == len(answers) > 1
     assert tick(pipeline, tables, until + timedelta(hours=1), p) == []  # nothing to expire
     assert tick(pipeline, tables, until + RETENTION, p) == []
@@ -145,8 +146,9 @@ def test_lifetimes_built_from_the_tables_give_what_the_live_ones_give(forget):
         for n, the_pass in enumerate(passes[:3]):
             decision = {"shipment_id": "", "pass": the_pass}
             scan = scans_for(decision, random.Random(n))[0]
-            pipeline.on_scan(b"", orjson.dumps(scan), partition=home(pipeline, the_pass["pass_id"]), offset=0,
-                             timestamp_ms=0, tables=tables)
+            pipeline.on_scan(b"", orjson.dumps(scan),
+                             RecordMeta(pipeline.topics.scans, home(pipeline, the_pass["pass_id"]), 0, 0),
+                             tables=tables)
         if forget:
             tables.forget(range(4))
         ends = sorted(parse_time(p["valid_until"]) for p in passes)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from models.keyring import key_entry
 from models.passes import kafka_partition
 from models.records import MAX_CARGO_LINES, MAX_ID, MAX_MESSAGE_BYTES, MAX_TEXT, MAX_TOKEN, parse_time
-from streams.handlers import Tables
+from streams.handlers import RecordMeta, Tables
 from streams.simulator import Scenario, scans_for
 from support import SCHEMAS, make_pipeline, validator
 
@@ -39,6 +39,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 PIPELINE = make_pipeline()
 TOPICS = PIPELINE.topics
 PARTITIONS = PIPELINE.partitions
+# The topic each handler reads (what its records' metadata names).
+TOPIC_OF = {"on_request": TOPICS.requests, "on_scan": TOPICS.scans, "on_risk": TOPICS.risk,
+            "on_enterprise": TOPICS.enterprises, "on_key": TOPICS.keys}
 VALID = {name: validator(name) for name in ("PassDecision", "PassStatus", "DeadLetter")}
 
 
@@ -111,12 +114,13 @@ REQUESTS = [SCENARIO.request(n) for n in range(12)]
 
 def _issued_pass() -> tuple[dict, Tables]:
     for entry in SCENARIO.enterprise_entries():
-        PIPELINE.on_enterprise(None, orjson.dumps(entry), partition=0, offset=0, timestamp_ms=0)
+        PIPELINE.on_enterprise(None, orjson.dumps(entry), RecordMeta(TOPICS.enterprises, 0, 0, 0))
     tables = Tables.empty()
     for body in REQUESTS:
         key = body["shipment_id"].encode()
-        outs = PIPELINE.on_request(key, orjson.dumps(body), partition=kafka_partition(key, PARTITIONS),
-                                   offset=0, timestamp_ms=0, tables=tables)
+        outs = PIPELINE.on_request(key, orjson.dumps(body),
+                                   RecordMeta(TOPICS.requests, kafka_partition(key, PARTITIONS), 0, 0),
+                                   tables=tables)
         decision = orjson.loads(outs[0].value)
         if decision["decision"] == "approved":
             return decision, tables
@@ -143,7 +147,7 @@ def no_internal_error(out) -> None:
 
 def answered_request(value: bytes, key: bytes | None) -> None:
     partition = kafka_partition(key, PARTITIONS) if key else 0
-    outs = PIPELINE.on_request(key, value, partition=partition, offset=7, timestamp_ms=1582617600000,
+    outs = PIPELINE.on_request(key, value, RecordMeta(TOPICS.requests, partition, 7, 1582617600000),
                                tables=Tables.empty())
     assert outs and outs[0].topic in (TOPICS.decisions, TOPICS.deadletter)
     no_internal_error(outs[0])
@@ -157,8 +161,7 @@ def answered_request(value: bytes, key: bytes | None) -> None:
 
 def answered_scan(value: bytes, key: bytes | None) -> None:
     partition = kafka_partition(key, PARTITIONS) if key else 0
-    outs = PIPELINE.on_scan(key, value, partition=partition, offset=7, timestamp_ms=1582617600000,
-                            tables=TABLES)
+    outs = PIPELINE.on_scan(key, value, RecordMeta(TOPICS.scans, partition, 7, 1582617600000), tables=TABLES)
     assert len(outs) == 1 and outs[0].topic in (TOPICS.status, TOPICS.deadletter, TOPICS.pass_events)
     no_internal_error(outs[0])
     if outs[0].topic == TOPICS.pass_events:  # re-keyed: it is answered on its pass's partition
@@ -170,7 +173,7 @@ def answered_scan(value: bytes, key: bytes | None) -> None:
 
 
 def answered_reference(value: bytes, handler) -> None:
-    outs = handler(None, value, partition=0, offset=7, timestamp_ms=1582617600000)
+    outs = handler(None, value, RecordMeta(TOPIC_OF[handler.__name__], 0, 7, 1582617600000))
     if outs and outs[0].topic == TOPICS.deadletter:
         assert len(outs) == 1
         no_internal_error(outs[0])
@@ -275,7 +278,7 @@ def test_key_records_with_an_extreme_value_anywhere(obj):
 def test_nesting_deeper_than_the_parser_goes_is_a_dead_letter(handler):
     value = b"[" * 5000 + b"]" * 5000
     kwargs = {"tables": Tables.empty()} if handler in ("on_request", "on_scan") else {}
-    (out,) = getattr(PIPELINE, handler)(b"k", value, partition=0, offset=0, timestamp_ms=0, **kwargs)
+    (out,) = getattr(PIPELINE, handler)(b"k", value, RecordMeta(TOPIC_OF[handler], 0, 0, 0), **kwargs)
     assert out.topic == TOPICS.deadletter and "JSON" in orjson.loads(out.value)["error"]
 
 
@@ -284,8 +287,9 @@ def test_nesting_deeper_than_the_parser_goes_is_a_dead_letter(handler):
 def test_a_request_at_the_ends_of_the_calendar_is_rejected_naming_the_field(field, when):
     body = dict(REQUESTS[0], **{field: when})
     key = body["shipment_id"].encode()
-    outs = PIPELINE.on_request(key, orjson.dumps(body), partition=kafka_partition(key, PARTITIONS), offset=0,
-                               timestamp_ms=1582617600000, tables=Tables.empty())
+    outs = PIPELINE.on_request(key, orjson.dumps(body),
+                               RecordMeta(TOPICS.requests, kafka_partition(key, PARTITIONS), 0, 1582617600000),
+                               tables=Tables.empty())
     decision = orjson.loads(outs[0].value)
     assert decision["decision"] == "rejected", decision
     assert field in {r.get("field") for r in decision["reasons"]}, decision["reasons"]
@@ -294,8 +298,9 @@ def test_a_request_at_the_ends_of_the_calendar_is_rejected_naming_the_field(fiel
 # --- limits -----------------------------------------------------------------------------------
 def decide(body: dict) -> dict:
     key = body["shipment_id"].encode()
-    outs = PIPELINE.on_request(key, orjson.dumps(body), partition=kafka_partition(key, PARTITIONS), offset=0,
-                               timestamp_ms=1582617600000, tables=Tables.empty())
+    outs = PIPELINE.on_request(key, orjson.dumps(body),
+                               RecordMeta(TOPICS.requests, kafka_partition(key, PARTITIONS), 0, 1582617600000),
+                               tables=Tables.empty())
     return orjson.loads(outs[0].value)
 
 
@@ -307,7 +312,7 @@ def test_a_message_over_the_size_limit_is_a_dead_letter_saying_so():
     body = dict(REQUESTS[0], padding="x" * MAX_MESSAGE_BYTES)
     for handler, extra in (("on_request", {"tables": Tables.empty()}), ("on_scan", {"tables": Tables.empty()}),
                            ("on_risk", {}), ("on_enterprise", {}), ("on_key", {})):
-        (out,) = getattr(PIPELINE, handler)(b"k", orjson.dumps(body), partition=0, offset=0, timestamp_ms=0, **extra)
+        (out,) = getattr(PIPELINE, handler)(b"k", orjson.dumps(body), RecordMeta(TOPIC_OF[handler], 0, 0, 0), **extra)
         assert out.topic == TOPICS.deadletter
         assert orjson.loads(out.value)["error"].startswith("too_large:")
 
@@ -337,12 +342,12 @@ def test_an_overlong_text_field_is_rejected_naming_it():
 
 def test_an_overlong_shipment_id_or_scan_field_is_a_dead_letter_saying_so():
     body = dict(REQUESTS[0], shipment_id="S" * (MAX_ID + 1))
-    (out,) = PIPELINE.on_request(b"k", orjson.dumps(body), partition=0, offset=0, timestamp_ms=0,
+    (out,) = PIPELINE.on_request(b"k", orjson.dumps(body), RecordMeta(TOPICS.requests, 0, 0, 0),
                                  tables=Tables.empty())
     assert orjson.loads(out.value)["error"].startswith("too_long: shipment_id")
     for field, value in (("checkpoint_id", "C" * (MAX_ID + 1)), ("token", "t" * (MAX_TOKEN + 1))):
-        (out,) = PIPELINE.on_scan(PASS_ID.encode(), orjson.dumps(dict(SCANS[0], **{field: value})), partition=0,
-                                  offset=0, timestamp_ms=0, tables=TABLES)
+        (out,) = PIPELINE.on_scan(PASS_ID.encode(), orjson.dumps(dict(SCANS[0], **{field: value})),
+                                  RecordMeta(TOPICS.scans, 0, 0, 0), tables=TABLES)
         assert out.topic == TOPICS.deadletter and f"too_long: {field}" in orjson.loads(out.value)["error"]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from models.passes import kafka_partition
 from models.records import canonical
-from streams.handlers import Pipeline, Tables
+from streams.handlers import Pipeline, RecordMeta, Tables
 from streams.simulator import Scenario, scans_for
 
 from support import T, make_pipeline, validator
@@ -17,7 +17,7 @@ from support import T, make_pipeline, validator
 
 def feed_reference(pipeline: Pipeline, scenario: Scenario) -> None:
     for i, entry in enumerate(scenario.enterprise_entries()):
-        pipeline.on_enterprise(None, orjson.dumps(entry), partition=0, offset=i, timestamp_ms=0)
+        pipeline.on_enterprise(None, orjson.dumps(entry), RecordMeta(pipeline.topics.enterprises, 0, i, 0))
 
 
 def run_requests(pipeline, messages, tables=None):
@@ -26,7 +26,8 @@ def run_requests(pipeline, messages, tables=None):
     outs = []
     for offset, (key, value) in enumerate(messages):
         partition = kafka_partition(key, pipeline.partitions) if key else 0
-        outs.append(pipeline.on_request(key, value, partition=partition, offset=offset, timestamp_ms=1582617600000,
+        outs.append(pipeline.on_request(key, value,
+                                        RecordMeta(pipeline.topics.requests, partition, offset, 1582617600000),
                                         tables=tables))
     return outs
 
@@ -34,8 +35,9 @@ def run_requests(pipeline, messages, tables=None):
 def scan_on_its_partition(pipeline, scan: dict, tables) -> list:
     """A scan keyed by its pass number, as a checkpoint publishes it: applied where it lands."""
     pid = scan["pass_id"]
-    return pipeline.on_scan(pid.encode(), orjson.dumps(scan), partition=kafka_partition(pid.encode(), pipeline.partitions),
-                            offset=0, timestamp_ms=0, tables=tables)
+    return pipeline.on_scan(pid.encode(), orjson.dumps(scan),
+                            RecordMeta(pipeline.topics.scans, kafka_partition(pid.encode(), pipeline.partitions), 0, 0),
+                            tables=tables)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def test_reference_data_order_does_not_change_decisions(scenario_messages):
         pipeline = make_pipeline()
         feed_reference(pipeline, scenario)
         for i, r in enumerate(order):
-            pipeline.on_risk(None, orjson.dumps(r), partition=0, offset=i, timestamp_ms=0)
+            pipeline.on_risk(None, orjson.dumps(r), RecordMeta(pipeline.topics.risk, 0, i, 0))
         results.append([o.value for outs in run_requests(pipeline, messages) for o in outs])
     assert results[0] == results[1]
 
@@ -148,8 +150,8 @@ def test_a_scan_landing_on_another_partition_is_re_keyed_to_its_pass_and_applied
     pid = scan["pass_id"]
     home = kafka_partition(pid.encode(), pipeline.partitions)
     elsewhere = (home + 1) % pipeline.partitions
-    [forwarded] = pipeline.on_scan(b"some-plate", orjson.dumps(scan), partition=elsewhere, offset=0, timestamp_ms=0,
-                                   tables=tables)
+    [forwarded] = pipeline.on_scan(b"some-plate", orjson.dumps(scan),
+                                   RecordMeta(pipeline.topics.scans, elsewhere, 0, 0), tables=tables)
     assert (forwarded.topic, forwarded.key) == (T.pass_events, pid.encode()) and not tables.answers
     assert kafka_partition(forwarded.key, pipeline.partitions) == home
     [status] = pipeline.on_pass_event(forwarded.value, partition=home, tables=tables)
@@ -203,8 +205,8 @@ def test_an_entry_without_effective_at_takes_effect_from_its_record_time():
     from datetime import datetime, timezone
     pipeline = make_pipeline()
     record_ms = int(datetime(2020, 2, 25, 9, 0, tzinfo=timezone.utc).timestamp() * 1000)
-    outs = pipeline.on_risk(b"4201", orjson.dumps({"adcode": "4201", "level": "high"}), partition=0, offset=0,
-                            timestamp_ms=record_ms)
+    outs = pipeline.on_risk(b"4201", orjson.dumps({"adcode": "4201", "level": "high"}),
+                            RecordMeta(pipeline.topics.risk, 0, 0, record_ms))
     assert [o.topic for o in outs] == [T.pass_events] * 4
     assert orjson.loads(outs[0].value)["effective_at"] == "2020-02-25T09:00:00Z"
     book = pipeline.decider.risk
@@ -213,7 +215,7 @@ def test_an_entry_without_effective_at_takes_effect_from_its_record_time():
 
     code = Scenario(seed=1).key_enterprises[0][0]
     assert pipeline.on_enterprise(code.encode(), orjson.dumps({"credit_code": code, "action": "add"}),
-                                  partition=0, offset=1, timestamp_ms=record_ms) == []
+                                  RecordMeta(pipeline.topics.enterprises, 0, 1, record_ms)) == []
     books = pipeline.decider.enterprises
     assert not books.is_listed(code, datetime(2020, 2, 25, 8, 59, tzinfo=timezone.utc))
     assert books.is_listed(code, datetime(2020, 2, 25, 9, 0, tzinfo=timezone.utc))
@@ -223,7 +225,7 @@ def test_an_entry_without_effective_at_takes_effect_from_its_record_time():
 def test_a_risk_entry_for_an_adcode_naming_no_region_is_dead_lettered(adcode):
     pipeline = make_pipeline()
     value = orjson.dumps({"adcode": adcode, "level": "high", "effective_at": "2020-02-25T00:00:00Z"})
-    outs = pipeline.on_risk(adcode.encode(), value, partition=1, offset=7, timestamp_ms=0)
+    outs = pipeline.on_risk(adcode.encode(), value, RecordMeta(pipeline.topics.risk, 1, 7, 0))
     assert [o.topic for o in outs] == [T.deadletter]
     body = orjson.loads(outs[0].value)
     assert body["error"] == f"adcode {adcode} names no province, prefecture or county of the gazetteer"
@@ -235,5 +237,5 @@ def test_a_risk_entry_for_an_adcode_naming_no_region_is_dead_lettered(adcode):
 def test_a_risk_entry_for_a_known_region_is_applied(adcode):
     pipeline = make_pipeline()
     value = orjson.dumps({"adcode": adcode, "level": "high", "effective_at": "2020-02-25T00:00:00Z"})
-    outs = pipeline.on_risk(adcode.encode(), value, partition=0, offset=0, timestamp_ms=0)
+    outs = pipeline.on_risk(adcode.encode(), value, RecordMeta(pipeline.topics.risk, 0, 0, 0))
     assert {o.topic for o in outs} == {T.pass_events} and pipeline.decider.risk.version == 1

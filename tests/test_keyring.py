@@ -23,7 +23,7 @@ from models.keyring import ACTIVE, WITHDRAWN, Keyring, SigningKeyMissing, key_en
 from models.operators import EntryError, key_withdrawal
 from models.passes import PassState, Signer, kafka_partition, unverified_claims, verify_token
 from models.records import RegionRisk, Unparseable, format_time, parse_time
-from streams.handlers import Out, Tables
+from streams.handlers import Out, RecordMeta, Tables
 from streams.keys import KeyDir, key_record, load_keyring
 from streams.audit import Record, Replayer, compare
 from streams.simulator import Scenario
@@ -64,7 +64,8 @@ class World:
     def __init__(self, signers=SIGNERS) -> None:
         self.pipeline = make_pipeline(Keyring(signers.get))
         for i, entry in enumerate(SCENARIO.enterprise_entries()):
-            self.pipeline.on_enterprise(None, orjson.dumps(entry), partition=0, offset=i, timestamp_ms=TS)
+            self.pipeline.on_enterprise(None, orjson.dumps(entry),
+                                        RecordMeta(self.pipeline.topics.enterprises, 0, i, TS))
         self.tables = Tables.empty()
         self.offset = 0
 
@@ -75,12 +76,12 @@ class World:
     def send(self, topic: str, key: bytes, value: bytes) -> list[Out]:
         """What the worker publishes for one input: decisions, statuses, dead letters."""
         p, self.offset = self.pipeline, self.offset + 1
-        kw = dict(partition=kafka_partition(key, p.partitions), offset=self.offset, timestamp_ms=TS)
+        meta = RecordMeta(topic, kafka_partition(key, p.partitions), self.offset, TS)
         if topic in (T.keys, T.enterprises):
-            outs = (p.on_key if topic == T.keys else p.on_enterprise)(key, value, **kw)
+            outs = (p.on_key if topic == T.keys else p.on_enterprise)(key, value, meta)
         else:
             handler = p.on_request if topic == T.requests else p.on_scan
-            outs = handler(key, value, tables=self.tables, **kw)
+            outs = handler(key, value, meta, tables=self.tables)
         return self.route(outs)
 
     def route(self, outs: list[Out]) -> list[Out]:

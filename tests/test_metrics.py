@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.passes import kafka_partition
 from streams.broker import free_port
-from streams.handlers import Tables
+from streams.handlers import RecordMeta, Tables
 from streams.metrics import PrometheusMeter, add_metrics_route, new_registry, render
 from streams.simulator import Scenario
 from streams.web import start_site
@@ -36,9 +36,9 @@ def test_the_pipeline_counts_decisions_statuses_dead_letters_and_times_handlers(
     for n, kind in enumerate(("P0", "P0", "none")):
         key = f"SHP-M-{n}".encode()
         body = {**scenario.request(n, kind=kind), "shipment_id": key.decode()}
-        pipeline.on_request(key, orjson.dumps(body), partition=kafka_partition(key, 4), offset=n, timestamp_ms=0,
-                            tables=tables)
-    pipeline.on_request(b"x", b"not json", partition=0, offset=9, timestamp_ms=0, tables=tables)
+        pipeline.on_request(key, orjson.dumps(body),
+                            RecordMeta(pipeline.topics.requests, kafka_partition(key, 4), n, 0), tables=tables)
+    pipeline.on_request(b"x", b"not json", RecordMeta(pipeline.topics.requests, 0, 9, 0), tables=tables)
     meter.handled(T.requests, 0.0003)
     got = samples(render(meter.registry).decode())
     assert got[("gc_decisions_total", (("outcome", "approved"), ("priority", "P0")))] == 2

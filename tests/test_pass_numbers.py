@@ -11,7 +11,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from models.passes import SERIALS, allocate_pass_id, kafka_partition, murmur2, serial_start
-from streams.handlers import Tables
+from streams.handlers import RecordMeta, Tables
 from streams.simulator import Scenario
 from tests.test_handlers import T, feed_reference, make_pipeline, run_requests
 
@@ -161,7 +161,7 @@ def test_a_city_without_counties_has_its_own_risk_level():
     scenario, pipeline = Scenario(seed=14), make_pipeline()
     feed_reference(pipeline, scenario)
     risk = {"adcode": "441900", "level": "high", "effective_at": "2020-01-01T00:00:00Z"}
-    pipeline.on_risk(b"441900", orjson.dumps(risk), partition=0, offset=0, timestamp_ms=0)
+    pipeline.on_risk(b"441900", orjson.dumps(risk), RecordMeta(pipeline.topics.risk, 0, 0, 0))
     assert pipeline.decider.risk.level_at("441900", scenario.start) == "high"
     assert pipeline.decider.risk.level_at("442000", scenario.start) == "low"
     body = scenario.request(1, kind="P1")

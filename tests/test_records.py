@@ -109,7 +109,7 @@ def test_orjson_output_holds_more_than_its_length_and_kept_holds_its_own():
 def test_what_the_worker_tables_keep_takes_about_its_length():
     """A worker's 100,000 passes took 2 GB of memory kept as orjson returned them (0.4 GB recovered
     from the changelog): the tables keep right-sized copies."""
-    from streams.handlers import Tables
+    from streams.handlers import RecordMeta, Tables
     from streams.simulator import Scenario
 
     from support import make_pipeline
@@ -119,7 +119,7 @@ def test_what_the_worker_tables_keep_takes_about_its_length():
 
     def decide_all(tables):
         for offset, value in enumerate(requests):
-            pipeline.on_request(None, value, partition=0, offset=offset, timestamp_ms=0, tables=tables)
+            pipeline.on_request(None, value, RecordMeta(pipeline.topics.requests, 0, offset, 0), tables=tables)
         return tables
 
     decide_all(Tables.empty())  # routes and the rest cached: the second run allocates what it keeps

@@ -19,7 +19,7 @@ import pytest
 
 from models.passes import kafka_partition
 from models.records import format_time
-from streams.handlers import Pipeline, Tables
+from streams.handlers import Pipeline, RecordMeta, Tables
 from streams.audit import Record, Replayer, compare, parse_position, rebuild_database, run_replay
 from streams.settings import Settings
 from streams.simulator import Scenario, scans_for
@@ -71,10 +71,10 @@ def run_worker(pipeline: Pipeline, log: FakeLog, inputs: list[tuple[str, bytes |
 
     for topic, key, value in inputs:
         r = log.append(topic, key, value)
-        kw = dict(partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms)
-        outs = pipeline.on_request(key, value, tables=tables, **kw) if topic == T.requests \
-            else pipeline.on_scan(key, value, tables=tables, **kw) if topic == T.scans \
-            else handlers[topic](key, value, **kw)
+        meta = RecordMeta(r.topic, r.partition, r.offset, r.timestamp_ms)
+        outs = pipeline.on_request(key, value, meta, tables=tables) if topic == T.requests \
+            else pipeline.on_scan(key, value, meta, tables=tables) if topic == T.scans \
+            else handlers[topic](key, value, meta)
         for out in outs:
             route(out)
 
@@ -85,7 +85,7 @@ def scenario_inputs(seed: int = 31) -> tuple[list[tuple[str, bytes | None, bytes
     pipeline = make_pipeline()
     inputs = [(T.enterprises, e["credit_code"].encode(), orjson.dumps(e)) for e in scenario.enterprise_entries()]
     for topic, key, value in inputs:
-        pipeline.on_enterprise(key, value, partition=0, offset=0, timestamp_ms=0)
+        pipeline.on_enterprise(key, value, RecordMeta(pipeline.topics.enterprises, 0, 0, 0))
     bodies = [scenario.request(n) for n in range(60)]
     for n, kind in ((60, "P0"), (61, "P3"), (62, "P2")):
         body = scenario.request(n, kind=kind)
@@ -103,11 +103,11 @@ def scenario_inputs(seed: int = 31) -> tuple[list[tuple[str, bytes | None, bytes
     for body in bodies + later:
         if body is later[0]:
             inputs.append((T.risk, b"430000", orjson.dumps(risk)))
-            pipeline.on_risk(b"430000", orjson.dumps(risk), partition=0, offset=0, timestamp_ms=0)
+            pipeline.on_risk(b"430000", orjson.dumps(risk), RecordMeta(pipeline.topics.risk, 0, 0, 0))
         value = orjson.dumps(body)
         inputs.append((T.requests, body["shipment_id"].encode(), value))
         key = body["shipment_id"].encode()
-        outs = pipeline.on_request(key, value, partition=kafka_partition(key, 4), offset=0, timestamp_ms=0,
+        outs = pipeline.on_request(key, value, RecordMeta(pipeline.topics.requests, kafka_partition(key, 4), 0, 0),
                                    tables=Tables({}, tables.serials, {}, {}))
         decisions.append(orjson.loads(outs[0].value))
     inputs.append((T.requests, b"bad-1", b"{not json"))

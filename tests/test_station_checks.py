@@ -24,7 +24,7 @@ from models.passes import REFUSALS, PassState, Signer, kafka_partition
 from models.records import CheckpointScan, format_time
 from streams.keys import key_id
 from streams.pass_print import find_cjk_font, pass_from_decision, render_pass
-from streams.handlers import Tables
+from streams.handlers import RecordMeta, Tables
 from streams.simulator import Scenario
 from streams.station import Store, check
 
@@ -191,11 +191,12 @@ def test_the_command_prints_a_pass_from_the_database_the_projector_writes(tmp_pa
     """SQLite hands the pass's times back without their offset: the printed validity is still UTC+8."""
     pipeline, scenario = make_pipeline(), Scenario(seed=5)
     for entry in scenario.enterprise_entries():
-        pipeline.on_enterprise(None, orjson.dumps(entry), partition=0, offset=0, timestamp_ms=0)
+        pipeline.on_enterprise(None, orjson.dumps(entry), RecordMeta(pipeline.topics.enterprises, 0, 0, 0))
     body = scenario.request(0)
     key = body["shipment_id"].encode()
-    outs = pipeline.on_request(key, orjson.dumps(body), partition=kafka_partition(key, pipeline.partitions),
-                               offset=0, timestamp_ms=0, tables=Tables.empty())
+    outs = pipeline.on_request(key, orjson.dumps(body),
+                               RecordMeta(pipeline.topics.requests, kafka_partition(key, pipeline.partitions), 0, 0),
+                               tables=Tables.empty())
     decision = orjson.loads(outs[0].value)
     url = f"sqlite:///{tmp_path}/greenchannel.db"
     engine = make_engine(url)

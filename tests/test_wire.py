@@ -7,7 +7,7 @@ import pytest
 
 from models.passes import kafka_partition
 from models.records import Unparseable, parse_request
-from streams.handlers import Tables
+from streams.handlers import RecordMeta, Tables
 from streams.simulator import Scenario
 from streams.wire import request_sid, status_ce_id
 
@@ -33,8 +33,8 @@ def test_the_status_ce_id_is_the_one_the_tracker_puts_on_its_status_events():
     for n in range(20):
         body = scenario.request(n)
         key = body["shipment_id"].encode()
-        outs = pipeline.on_request(key, orjson.dumps(body), partition=kafka_partition(key, pipeline.partitions),
-                                   offset=n, timestamp_ms=0, tables=tables)
+        meta = RecordMeta(T.requests, kafka_partition(key, pipeline.partitions), n, 0)
+        outs = pipeline.on_request(key, orjson.dumps(body), meta, tables=tables)
         statuses += [o for o in outs if o.topic == T.status]
     assert statuses
     for out in statuses:

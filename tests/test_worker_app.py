@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams.handlers import Out
+from streams.handlers import Out, RecordMeta
 from streams.settings import Settings
 from streams.worker.app import create_app
 from streams.worker.runtime import Runtime, meta
@@ -76,8 +76,8 @@ class FakeMeter:
 
 
 class FakePipeline:
-    def dead_letter(self, topic, *fields) -> Out:
-        return Out("gc.dead-letters", b"dead", f"{topic} {fields[-1]}".encode())
+    def dead_letter(self, meta: RecordMeta, key, value, error: str) -> Out:
+        return Out("gc.dead-letters", b"dead", f"{meta.topic} {error}".encode())
 
 
 def fake_event(partition: int = 2, offset: int = 7):
@@ -120,4 +120,4 @@ async def test_an_unexpected_error_dead_letters_the_event():
 
 
 def test_record_metadata_of_an_event():
-    assert meta(fake_event()) == {"partition": 2, "offset": 7, "timestamp_ms": 1500}
+    assert meta(fake_event()) == RecordMeta("gc.shipment.requests", 2, 7, 1500)

@@ -20,7 +20,7 @@ from models.records import effective_time, format_time, parse_time
 from ..wire import request_sid, status_ce_id
 
 if TYPE_CHECKING:  # the decision core is imported when a command runs, not when the CLI parses arguments
-    from ..handlers import Topics
+    from ..handlers import RecordMeta, Topics
 
 __all__ = ["Position", "parse_position", "Record", "Spec", "read_log", "Event", "merge", "decode", "event_us",
            "recorded_by_cause"]
@@ -79,6 +79,12 @@ class Record:
     @property
     def log_position(self) -> tuple[int, int, int]:
         return (self.timestamp_ms, self.partition, self.offset)
+
+    @property
+    def meta(self) -> RecordMeta:
+        """Where the record was read, as the handlers take it."""
+        from ..handlers import RecordMeta
+        return RecordMeta(self.topic, self.partition, self.offset, self.timestamp_ms)
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:

@@ -41,12 +41,11 @@ class Replayer:
     # waits for it): the audit cannot reproduce a signature without it.
     def _call(self, handler, r: Record, **kw) -> list[Out]:
         try:
-            return handler(r.key, r.value, partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms, **kw)
+            return handler(r.key, r.value, r.meta, **kw)
         except SigningKeyMissing:
             raise
         except Exception as exc:  # noqa: BLE001 — as the live agent does
-            return [self.pipeline.dead_letter(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp_ms,
-                                              f"internal error: {type(exc).__name__}: {exc}")]
+            return [self.pipeline.dead_letter(r.meta, r.key, r.value, f"internal error: {type(exc).__name__}: {exc}")]
 
     def load_reference(self, records: Iterable[Record]) -> int:
         """Apply every reference record to the as-of books and the keyring (order does not matter;
@@ -196,9 +195,8 @@ class Replayer:
         for r in self.reference:
             if r.timestamp_ms <= timestamp_ms:
                 try:
-                    handlers[r.topic](r.key, r.value, partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms)
+                    handlers[r.topic](r.key, r.value, r.meta)
                 except Exception:  # noqa: BLE001
                     pass
-        outs = other.on_request(request.key, request.value, partition=request.partition, offset=request.offset,
-                                timestamp_ms=request.timestamp_ms, tables=self._scratch())
+        outs = other.on_request(request.key, request.value, request.meta, tables=self._scratch())
         return next((o.value for o in outs if o.topic == self.topics.decisions), None)

@@ -31,7 +31,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
 
     from ..bootstrap import build_pipeline
     from ..broker import ensure_topics
-    from ..handlers import Topics
+    from ..handlers import RecordMeta, Topics
     from ..simulator import Scenario
 
     t = Topics.with_prefix(settings.topic_prefix)
@@ -41,8 +41,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
     reference = _reference(t, scenario, n)
     pipeline = build_pipeline(settings)
     for i, (topic, key, value) in enumerate(reference):
-        (pipeline.on_risk if topic == t.risk else pipeline.on_enterprise)(key, value, partition=0, offset=i,
-                                                                          timestamp_ms=0)
+        (pipeline.on_risk if topic == t.risk else pipeline.on_enterprise)(key, value, RecordMeta(topic, 0, i, 0))
     inputs, count, requests = _inputs(settings, t, scenario, pipeline, reference, n, random.Random(seed))
     producer = AIOKafkaProducer(**settings.connection.kwargs(), linger_ms=50, max_batch_size=1024 * 1024,
                                 max_request_size=8 * 1024 * 1024)
@@ -77,7 +76,7 @@ def _inputs(settings, t, scenario, pipeline, reference: list, n: int,
     input events; with how many events and requests."""
     from models.passes import kafka_partition
 
-    from ..handlers import Tables
+    from ..handlers import RecordMeta, Tables
     from ..simulator import scans_for
 
     inputs: list[tuple[str, bytes, bytes]] = list(reference)
@@ -90,7 +89,7 @@ def _inputs(settings, t, scenario, pipeline, reference: list, n: int,
         count += 1
         # The partition the producer will put it on: pass numbers are allocated there.
         partition = kafka_partition(key, settings.partitions)
-        for out in pipeline.on_request(key, value, partition=partition, offset=i, timestamp_ms=0, tables=tables):
+        for out in pipeline.on_request(key, value, RecordMeta(t.requests, partition, i, 0), tables=tables):
             if out.topic == t.decisions:
                 decision = orjson.loads(out.value)
                 if decision["pass"]:

@@ -48,7 +48,7 @@ def register_decide(app: faust.App, runtime: Runtime, requests: faust.TopicT) ->
         async for event in stream.events():
             async with in_flight():
                 await guarded(names.requests, event, lambda: pipeline.on_request(
-                    event.key, event.value, tables=tables, **meta(event)))
+                    event.key, event.value, meta(event), tables=tables))
 
 
 def register_scan(app: faust.App, runtime: Runtime, scans: faust.TopicT) -> None:
@@ -61,7 +61,7 @@ def register_scan(app: faust.App, runtime: Runtime, scans: faust.TopicT) -> None
         async for event in stream.events():
             async with in_flight():
                 await guarded(names.scans, event, lambda: pipeline.on_scan(
-                    event.key, event.value, tables=tables, **meta(event)))
+                    event.key, event.value, meta(event), tables=tables))
 
 
 def register_reference_data(app: faust.App, runtime: Runtime, reference: faust.TopicT) -> None:
@@ -75,7 +75,7 @@ def register_reference_data(app: faust.App, runtime: Runtime, reference: faust.T
         async for event in stream.events():
             handler = handlers[event.message.topic]
             async with in_flight():
-                await guarded(event.message.topic, event, lambda: handler(event.key, event.value, **meta(event)))
+                await guarded(event.message.topic, event, lambda: handler(event.key, event.value, meta(event)))
 
 
 def register_track(app: faust.App, runtime: Runtime, pass_events: faust.TopicT) -> None:

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ..bootstrap import reference_handlers
 from ..connection import Connection
-from ..handlers import Pipeline
+from ..handlers import Pipeline, RecordMeta
 from ..settings import Settings
 from .compat import refresh_metadata
 
@@ -26,7 +26,7 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
     handlers = reference_handlers(pipeline)
 
     def apply(topic: str, partition: int, m) -> None:
-        handlers[topic](m.key, m.value, partition=partition, offset=m.offset, timestamp_ms=m.timestamp)
+        handlers[topic](m.key, m.value, RecordMeta(topic, partition, m.offset, m.timestamp))
 
     return await read_whole_topics(settings.connection, list(handlers), apply)
 

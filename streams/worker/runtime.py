@@ -17,7 +17,7 @@ import faust
 
 from models.keyring import SigningKeyMissing
 
-from ..handlers import Out, Pipeline, Tables
+from ..handlers import Out, Pipeline, RecordMeta, Tables
 from ..metrics import PrometheusMeter
 from ..settings import Settings
 from .compat import send_in_partition_transaction
@@ -63,9 +63,8 @@ class Runtime:
             meter.handled(topic, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 — the message is kept, with the error
             log.exception("failed on %s@%s", topic, event.message.offset)
-            m = meta(event)
-            outs = [pipeline.dead_letter(topic, m["partition"], m["offset"], event.key, event.value,
-                                         m["timestamp_ms"], f"internal error: {type(exc).__name__}: {exc}")]
+            outs = [pipeline.dead_letter(meta(event), event.key, event.value,
+                                         f"internal error: {type(exc).__name__}: {exc}")]
         outs = self.table_writes(event) + outs  # taken before any await: the next event's are its own
         if self.exactly_once:  # the event's table writes and outputs, in its partition's transaction
             await send_in_partition_transaction(self.app, event, outs)
@@ -86,10 +85,10 @@ class Runtime:
             await self.app.producer.send(out.topic, out.key, out.value, out.partition, None, list(out.headers))
 
 
-def meta(event) -> dict:
+def meta(event) -> RecordMeta:
     """The record metadata of a Faust event, as the handlers take it."""
     m = event.message
-    return {"partition": m.partition, "offset": m.offset, "timestamp_ms": int(m.timestamp * 1000)}
+    return RecordMeta(m.topic, m.partition, m.offset, int(m.timestamp * 1000))
 
 
 async def signed(handle, *, where, wait: float = KEY_WAIT_SECONDS) -> list[Out]:

@@ -1,0 +1,143 @@
+"""The commands on the internal pass topic (`Topics.pass_events`), typed, and their wire codec.
+
+A worker sends them to the partitions that hold the passes concerned: a scan re-keyed to its pass's
+partition, the risk, key-list and keyring broadcasts to every partition, and the channel's clock.
+On the wire a command is the canonical JSON of an object whose `kind` names it; `encode` writes it
+and `decode` reads it, the only two places that know that form. `streams.handlers.Pipeline` handles
+each decoded command by its type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+
+from models.keyring import KeyEntry, parse_key_entry
+from models.passes import PassState
+from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, canonical, format_time, parse_scan,
+                            parse_time)
+
+__all__ = ["Command", "RekeyedScan", "RiskChanged", "EnterpriseChanged", "KeyChanged", "ClockTick", "LegacyIssue",
+           "encode", "decode"]
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyedScan:
+    """A scan that arrived on another partition than its pass's, sent there (keyed by its pass number)."""
+    KIND: ClassVar[str] = "scan"
+    pass_id: str
+    scan: CheckpointScan
+    body: dict[str, Any]  # the scan as it was received: it travels as it is
+
+    def wire(self) -> dict[str, Any]:
+        return {"pass_id": self.pass_id, "scan": self.body}
+
+    @classmethod
+    def from_wire(cls, command: dict[str, Any]) -> RekeyedScan:
+        pass_id = command["pass_id"]
+        return cls(pass_id, parse_scan(command["scan"]), command["scan"])
+
+
+@dataclass(frozen=True, slots=True)
+class RiskChanged:
+    """A region's risk level, to every partition: its passes in the region are re-evaluated."""
+    KIND: ClassVar[str] = "risk"
+    risk: RegionRisk
+
+    def wire(self) -> dict[str, Any]:
+        risk = self.risk
+        return {"adcode": risk.adcode, "level": risk.level, "effective_at": format_time(risk.effective_at)}
+
+    @classmethod
+    def from_wire(cls, command: dict[str, Any]) -> RiskChanged:
+        return cls(RegionRisk(command["adcode"], command["level"], parse_time(command["effective_at"])))
+
+
+@dataclass(frozen=True, slots=True)
+class EnterpriseChanged:
+    """A key-list entry, to every partition (the worker sends removals): the firm's passes are re-evaluated."""
+    KIND: ClassVar[str] = "enterprise"
+    entry: EnterpriseEntry
+
+    def wire(self) -> dict[str, Any]:
+        e = self.entry
+        return {"credit_code": e.credit_code, "name": e.name, "action": e.action,
+                "effective_at": format_time(e.effective_at)}
+
+    @classmethod
+    def from_wire(cls, command: dict[str, Any]) -> EnterpriseChanged:
+        return cls(EnterpriseEntry(command["credit_code"], command["name"], command["action"],
+                                   parse_time(command["effective_at"])))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChanged:
+    """A signing key made active or withdrawn, to every partition: each worker's ring learns it, and
+    a withdrawal reissues the passes the key signed."""
+    KIND: ClassVar[str] = "key"
+    entry: KeyEntry
+
+    def wire(self) -> dict[str, Any]:
+        return self.entry.to_record()
+
+    @classmethod
+    def from_wire(cls, command: dict[str, Any]) -> KeyChanged:
+        return cls(parse_key_entry(command))
+
+
+@dataclass(frozen=True, slots=True)
+class ClockTick:
+    """A tick of the channel's clock, to one partition: `at` (RFC 3339, as written) is now there."""
+    KIND: ClassVar[str] = "clock"
+    at: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"at": self.at}
+
+    @classmethod
+    def from_wire(cls, command: dict[str, Any]) -> ClockTick:
+        return cls(command["at"])
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyIssue:
+    """A pass to store and issue, as a worker before 0.4 sent it after its decision. No worker sends
+    it any more, and the audit reads only clock ticks from the internal topic; it is read still
+    because one may be left unconsumed on the topic when such a worker is replaced (the README's
+    "State left by an older worker"). Decoded only: never encoded."""
+    KIND: ClassVar[str] = "issue"
+    state: PassState
+    command: dict[str, Any]  # as received: a collision's dead letter holds it, and `decided_at` is read from it
+
+    @property
+    def decided_at(self) -> str:
+        return self.command["decided_at"]
+
+    @classmethod
+    def from_wire(cls, command: dict[str, Any]) -> LegacyIssue:
+        return cls(PassState.from_json(orjson.dumps(command["state"])), command)
+
+
+Command = RekeyedScan | RiskChanged | EnterpriseChanged | KeyChanged | ClockTick | LegacyIssue
+
+_DECODERS: dict[str, Callable[[dict[str, Any]], Command]] = {
+    c.KIND: c.from_wire for c in (RekeyedScan, RiskChanged, EnterpriseChanged, KeyChanged, ClockTick, LegacyIssue)}
+
+
+def encode(command: RekeyedScan | RiskChanged | EnterpriseChanged | KeyChanged | ClockTick) -> bytes:
+    """The command's bytes on the internal pass topic."""
+    return canonical({"kind": command.KIND, **command.wire()})
+
+
+def decode(value: bytes) -> Command:
+    """The command `value` holds. Bytes that are not one raise (as they always did: the agent that
+    reads them dead-letters them with the error, the audit counts them as dead letters)."""
+    command = orjson.loads(value)
+    kind = command["kind"]
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        raise ValueError(f"unknown pass command {kind!r}")
+    return decoder(command)
