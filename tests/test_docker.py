@@ -468,7 +468,7 @@ def test_every_copy_source_exists():
 
 def test_every_pyproject_package_is_copied():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    packages = pyproject["tool"]["setuptools"]["packages"]
+    packages = [pattern.rstrip("*") for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
     copied = {posixpath.normpath(s) for sources, _ in _copies() for s in sources}
     assert "pyproject.toml" in copied
     readme = pyproject["project"].get("readme")
