@@ -101,11 +101,11 @@ def cmd_broker(args, settings) -> int:
         raise SystemExit("--secure needs --kind kafka: the embedded Tansu is a loopback development broker "
                          "without authentication")
     if args.kind == "kafka":
-        from .kafka import KafkaCluster
+        from .dev.kafka import KafkaCluster
         secure, acls = None, None
         if args.secure:
-            from .secure import SecureDir, SecureSetupError
-            from .secure import acls as acl_table
+            from .dev.secure import SecureDir, SecureSetupError
+            from .dev.secure import acls as acl_table
             try:
                 secure = SecureDir(args.secure_dir or settings.data_dir / "secure").ensure(tuple(args.principal))
                 acls = acl_table(secure.principals(), settings.topic_prefix, settings.app_id)
@@ -113,7 +113,7 @@ def cmd_broker(args, settings) -> int:
                 raise SystemExit(str(exc)) from None
         broker = KafkaCluster(nodes=args.nodes, port=args.port or None, secure=secure, acls=acls)
     else:
-        from .broker import TansuBroker
+        from .dev.broker import TansuBroker
         broker = TansuBroker(args.port)
     broker.start()
     try:
@@ -129,7 +129,7 @@ def cmd_broker(args, settings) -> int:
 def secure_topics(broker, settings) -> None:
     """On a secure cluster the admin makes the public topics (no other principal may), then says
     where each principal's client files are."""
-    from .broker import ensure_topics
+    from .dev.broker import ensure_topics
     from .handlers import Topics
     topics = Topics.with_prefix(settings.topic_prefix)
     asyncio.run(ensure_topics(broker.connection, topics.public() + [topics.pass_events],
@@ -141,7 +141,7 @@ def secure_topics(broker, settings) -> None:
 
 
 def cmd_topics(settings) -> None:
-    from .broker import ensure_topics
+    from .dev.broker import ensure_topics
     from .handlers import Topics
     topics = Topics.with_prefix(settings.topic_prefix)
     counts = asyncio.run(ensure_topics(settings.connection, topics.public() + [topics.pass_events],
@@ -243,7 +243,7 @@ def run(args, settings) -> int:
     if args.command == "checkpoint":
         return cmd_checkpoint(settings, args)
     if args.command == "demo":
-        from .demo import run_demo
+        from .dev.demo import run_demo
         return run_demo(settings, shipments=args.shipments, seed=args.seed, broker_url=args.broker_url,
                         serve=args.serve)
     if args.command == "pass":

@@ -1290,9 +1290,9 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
     from models.passes import kafka_partition
 
     from .bootstrap import build_pipeline
-    from .broker import ensure_topics
+    from .dev.broker import ensure_topics
     from .handlers import Tables, Topics
-    from .simulator import Scenario, scans_for
+    from .dev.simulator import Scenario, scans_for
 
     t = Topics.with_prefix(settings.topic_prefix)
     await ensure_topics(settings.connection, t.public() + [t.pass_events], partitions=settings.partitions,

@@ -37,15 +37,15 @@ from models.tables import Pass, PassEvent, Shipment
 from routing import Gazetteer
 
 from .broker import TansuBroker, ensure_topics, free_port
-from .handlers import Topics, clock_command
-from .keys import load_public_key
-from .settings import Settings
+from ..handlers import Topics, clock_command
+from ..keys import load_public_key
+from ..settings import Settings
 from .simulator import Scenario
-from .station_web import announced_url
+from ..station_web import announced_url
 
 __all__ = ["run_demo"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Observer:
@@ -434,7 +434,7 @@ def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, brok
     topics = Topics.with_prefix(settings.topic_prefix)
     asyncio.run(ensure_topics(settings.connection, topics.public() + [topics.pass_events],
                               partitions=settings.partitions))
-    from .keys import load_signer
+    from ..keys import load_signer
     load_signer(settings.keys_path)  # the worker and the checkpoints share this key pair
     procs = {name: _start(name, env, data_dir, console) for name in ("worker", "projector")}
     pages: list[Page] = []  # each page the demo serves: one line each to add another
@@ -459,7 +459,7 @@ def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, brok
             console.print("40 more requests sent, their trucks left on the road (expected at the stations); "
                           f"print a pass with GC_DATABASE_URL={settings.database_url} greenchannel pass print PASS_ID")
             console.print("serving the demo until Ctrl-C")
-            from .cli import wait_for_stop
+            from ..cli import wait_for_stop
             wait_for_stop()
     finally:
         for proc in procs.values():
