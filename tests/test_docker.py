@@ -534,7 +534,7 @@ def _sent_to_builder(rel: str, rules) -> bool:
 
 def test_dockerignore_keeps_every_copy_source_and_drops_local_state():
     rules = _ignore_rules()
-    assert _sent_to_builder("streams/cli.py", rules)
+    assert _sent_to_builder("streams/cli/__init__.py", rules)
     missing = []
     for sources, _ in _copies():
         for source in sources:

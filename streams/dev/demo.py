@@ -459,7 +459,7 @@ def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, brok
             console.print("40 more requests sent, their trucks left on the road (expected at the stations); "
                           f"print a pass with GC_DATABASE_URL={settings.database_url} greenchannel pass print PASS_ID")
             console.print("serving the demo until Ctrl-C")
-            from ..cli import wait_for_stop
+            from ..cli.broker import wait_for_stop
             wait_for_stop()
     finally:
         for proc in procs.values():
