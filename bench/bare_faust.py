@@ -57,6 +57,6 @@ if __name__ == "__main__":
 
     use_event_loop(Settings.model_fields["event_loop"].default)  # as `greenchannel worker` (uvloop)
     worker = Worker(app, loglevel="warning", quiet=True)
-    if not os.environ.get("BENCH_SPINNER"):  # as `greenchannel worker` runs Faust (streams/cli.py)
+    if not os.environ.get("BENCH_SPINNER"):  # as `greenchannel worker` runs Faust (streams/cli/worker.py)
         worker.spinner = None
     worker.execute_from_commandline()

@@ -37,11 +37,11 @@ from models.passes import kafka_partition  # noqa: E402
 from routing import Gazetteer  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 from streams.bootstrap import build_pipeline  # noqa: E402
-from streams.broker import TansuBroker, ensure_topics, free_port  # noqa: E402
+from streams.dev.broker import TansuBroker, ensure_topics, free_port  # noqa: E402
 from streams.handlers import RecordMeta, Tables, Topics  # noqa: E402
 from streams.operators import publish  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.simulator import Scenario, scans_for  # noqa: E402
+from streams.dev.simulator import Scenario, scans_for  # noqa: E402
 
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.broker import ensure_topics
+from streams.dev.broker import ensure_topics
 from streams.connection import Connection
 from streams.worker.compat import refresh_metadata
 

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     result = profile_handlers(workload.requests(args.requests))
     console.print(result)
     if args.worker_seconds:
-        from streams.broker import TansuBroker
+        from streams.dev.broker import TansuBroker
 
         from .suites import Context
         broker = None

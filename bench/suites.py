@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.broker import ensure_topics
+from streams.dev.broker import ensure_topics
 from streams.connection import Connection
 from streams.handlers import RecordMeta, Topics
 from streams.settings import Settings
@@ -482,7 +482,7 @@ def _quarters(samples: list[float]) -> list[float]:
 
 
 def workload_scans(decision: dict, rng: random.Random) -> list[dict]:
-    from streams.simulator import scans_for
+    from streams.dev.simulator import scans_for
     return scans_for(decision, rng)
 
 

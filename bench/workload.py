@@ -1,6 +1,6 @@
 """What the benchmarks send: realistic shipment requests and the reference data they need.
 
-The request mix is `streams.simulator.Scenario`'s (P0-P3 classes, Chinese addresses, adcodes
+The request mix is `streams.dev.simulator.Scenario`'s (P0-P3 classes, Chinese addresses, adcodes
 and coordinates, about 10% refused) with 1% malformed inputs, as in `make demo`. The
 reference data is the demo's opening state: the key-enterprise list, Wuhan high risk and
 Huangshi, Shenzhen, Hangzhou medium, so some routes have to go around Wuhan.
@@ -17,7 +17,7 @@ import itertools
 import orjson
 
 from models.records import format_time, parse_time
-from streams.simulator import Scenario
+from streams.dev.simulator import Scenario
 
 __all__ = ["Message", "requests", "request_stream", "approvable", "reference", "projection_log", "OPENING_RISK"]
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The kafka-setup service of docker/compose.yml (one-shot, as the admin, once every node is
 # healthy): the SCRAM credential of each principal whose password is a secret here, then the
-# ACLs of docker/acls.args (streams/secure.py's table: `python -m streams.secure --acl-args`).
+# ACLs of docker/acls.args (streams/dev/secure.py's table: `python -m streams.dev.secure --acl-args`).
 # Both are idempotent: a second run changes nothing but the credentials' salts.
 set -euo pipefail
 secret() { head -n1 "/run/secrets/$1" | tr -d '\r\n'; }

@@ -44,7 +44,7 @@ from models.reference import RiskBook
 from models.tables import Checkpoint, Pass, Shipment
 from routing import Gazetteer
 
-from .broker import ensure_topics
+from .dev.broker import ensure_topics
 from .handlers import Topics
 from .projector import group_id as projector_group
 from .settings import Settings

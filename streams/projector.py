@@ -36,7 +36,7 @@ from models.db import init_db, make_engine, project_batch
 from models.records import Unparseable, format_time, load_object, parse_enterprise, parse_risk
 from routing import Gazetteer
 
-from .broker import ensure_topics
+from .dev.broker import ensure_topics
 from .handlers import Topics
 from .metrics import metrics_app, new_registry
 from .web import start_site

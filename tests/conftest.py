@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.broker import TansuBroker, ensure_topics, free_port
+from streams.dev.broker import TansuBroker, ensure_topics, free_port
 from streams.connection import Connection
 from streams.handlers import Topics
 
@@ -65,12 +65,12 @@ def make_broker(kind: str, workdir: Path):
     """An unstarted broker of `kind` (Apache Kafka keeps its data in `workdir`; a secure one its
     certificates and credentials in workdir/secure, and no ACL until a system asks for its own)."""
     if kind in ("kafka-secure", "kafka3-secure"):
-        from streams.kafka import KafkaCluster
-        from streams.secure import SecureDir
+        from streams.dev.kafka import KafkaCluster
+        from streams.dev.secure import SecureDir
         cluster = KafkaCluster(nodes=3 if kind == "kafka3-secure" else 1, workdir=workdir,
                                secure=SecureDir(workdir / "secure").ensure())
     elif kind.startswith("kafka"):
-        from streams.kafka import KafkaCluster
+        from streams.dev.kafka import KafkaCluster
         cluster = KafkaCluster(nodes=3 if kind == "kafka3" else 1, workdir=workdir)
     else:
         cluster = TansuBroker(log_path=workdir / "tansu.log")
@@ -328,7 +328,7 @@ async def start_system(broker, data_dir: Path, kind: str = BROKER_KIND, prefix: 
     env = {**system_env(broker.bootstrap, data_dir, f"gc-test-{uuid.uuid4().hex[:6]}", kind),
            "GC_TOPIC_PREFIX": prefix, **(env or {})}
     if getattr(broker, "secure", None) is not None:  # the system's own ACLs: its topic prefix, its app id
-        from streams.secure import acls
+        from streams.dev.secure import acls
         await asyncio.to_thread(broker.create_acls, acls(broker.secure.principals(), prefix, env["GC_APP_ID"]))
     # On Kafka the clients write as a careful firm would: every replica, no duplicates on retry.
     durable = {"acks": "all", "enable_idempotence": True} if kind.startswith("kafka") else {}

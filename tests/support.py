@@ -27,7 +27,7 @@ from models.records import format_time
 from streams.bootstrap import build_pipeline
 from streams.handlers import Pipeline, Topics
 from streams.settings import Settings
-from streams.simulator import Scenario
+from streams.dev.simulator import Scenario
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

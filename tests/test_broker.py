@@ -8,7 +8,7 @@ import sys
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.broker import free_port
+from streams.dev.broker import free_port
 from streams.connection import Connection
 from tests.conftest import ROOT
 

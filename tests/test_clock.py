@@ -11,7 +11,7 @@ import pytest
 from models.passes import kafka_partition
 from models.records import parse_time
 from streams.handlers import RecordMeta, Tables
-from streams.simulator import Scenario, scans_for
+from streams.dev.simulator import Scenario, scans_for
 
 from support import T, make_pipeline, validator
 

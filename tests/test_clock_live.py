@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from models.passes import kafka_partition
 from models.records import parse_time
 from streams.handlers import clock_command
-from streams.simulator import Scenario
+from streams.dev.simulator import Scenario
 
 from conftest import PARTITIONS, start_system
 from support import until

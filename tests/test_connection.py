@@ -1,4 +1,4 @@
-"""streams/connection.py (settings -> client arguments) and streams/secure.py's files, without a
+"""streams/connection.py (settings -> client arguments) and streams/dev/secure.py's files, without a
 broker. What a secure broker does with them is tests/test_security.py's, in the secure lane."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 import pytest
 
 from streams.connection import Connection, ConnectionSettingsError
-from streams.secure import BASE_PRINCIPALS, SecureDir, SecureSetupError, acls
+from streams.dev.secure import BASE_PRINCIPALS, SecureDir, SecureSetupError, acls
 from streams.settings import Settings
 
 

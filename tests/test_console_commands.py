@@ -14,7 +14,7 @@ import pytest
 from models.operators import EntryError, enterprise_csv, read_enterprise_csv, risk_entry
 from models.records import parse_time
 from routing import Gazetteer
-from streams.simulator import Scenario, make_credit_code
+from streams.dev.simulator import Scenario, make_credit_code
 from tests.conftest import ROOT
 
 AT = parse_time("2020-02-25T08:00:00Z")

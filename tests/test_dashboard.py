@@ -18,9 +18,9 @@ from models.mapregions import MAP_ALIASES, gazetteer_code
 from models.records import format_time, parse_time
 from models.reference import RiskBook
 from routing import Gazetteer
-from streams.broker import free_port
+from streams.dev.broker import free_port
 from streams.dashboard import map_features
-from streams.simulator import Scenario
+from streams.dev.simulator import Scenario
 from tests.conftest import ROOT
 
 HIGH = "#d7301f"  # LEVEL[2] of dashboard.js

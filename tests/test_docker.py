@@ -534,7 +534,7 @@ def _sent_to_builder(rel: str, rules) -> bool:
 
 def test_dockerignore_keeps_every_copy_source_and_drops_local_state():
     rules = _ignore_rules()
-    assert _sent_to_builder("streams/cli.py", rules)
+    assert _sent_to_builder("streams/cli/__init__.py", rules)
     missing = []
     for sources, _ in _copies():
         for source in sources:
@@ -866,7 +866,7 @@ def test_prometheus_scrapes_every_worker_and_projector_where_they_serve_metrics(
 
 
 # ------------------------------------------------------------------------------------------------
-# Security: SASL_SSL listeners only, credentials as secrets, the ACLs of streams/secure.py
+# Security: SASL_SSL listeners only, credentials as secrets, the ACLs of streams/dev/secure.py
 # ------------------------------------------------------------------------------------------------
 
 def kafka_properties(env: dict[str, str]) -> dict[str, str]:
@@ -881,16 +881,16 @@ def kafka_properties(env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def made_secrets(tmp_path_factory) -> Path:
-    """What `python -m streams.secure DIR --host kafka-1 …` makes: the secrets' files."""
+    """What `python -m streams.dev.secure DIR --host kafka-1 …` makes: the secrets' files."""
     target = tmp_path_factory.mktemp("docker") / "secrets"
-    done = subprocess.run([sys.executable, "-m", "streams.secure", str(target), "--host", "kafka-1", "--host",
+    done = subprocess.run([sys.executable, "-m", "streams.dev.secure", str(target), "--host", "kafka-1", "--host",
                            "kafka-2", "--host", "kafka-3"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return target
 
 
 def secret_files(compose, made: Path) -> dict[str, Path]:
-    """Each declared secret's file, in the directory `python -m streams.secure` made."""
+    """Each declared secret's file, in the directory `python -m streams.dev.secure` made."""
     out = {}
     for name, spec in compose["secrets"].items():
         rel = Path(spec["file"])  # ./secrets/… (Path drops the ./)
@@ -931,8 +931,8 @@ def test_kafka_listens_on_sasl_ssl_only_with_the_authorizer(kafka_nodes):
 
 def test_kafka_nodes_match_the_local_secure_cluster(kafka_nodes, made_secrets):
     """The compose nodes and `greenchannel broker --kind kafka --secure` configure security alike."""
-    from streams.kafka import secure_listeners
-    from streams.secure import SecureDir
+    from streams.dev.kafka import secure_listeners
+    from streams.dev.secure import SecureDir
     local = secure_listeners(SecureDir(made_secrets), 9092, 9093)
     host_bound = {"listeners", "advertised.listeners", "ssl.keystore.location", "ssl.truststore.location",
                   "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config", "listener.name.controller.plain.sasl.jaas.config"}
@@ -954,11 +954,11 @@ def test_kafka_scripts_parse():
 
 def test_acl_arguments_are_the_table_of_streams_secure(services):
     env = env_of(services["worker"])
-    done = subprocess.run([sys.executable, "-m", "streams.secure", "--acl-args", "--prefix", env.get("GC_TOPIC_PREFIX", "gc."),
-                           "--app-id", env["GC_APP_ID"]], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "streams.dev.secure", "--acl-args",
+                           "--prefix", env.get("GC_TOPIC_PREFIX", "gc."), "--app-id", env["GC_APP_ID"]], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = [line for line in (DOCKER / "acls.args").read_text().splitlines() if line and not line.startswith("#")]
-    assert lines == done.stdout.splitlines(), "docker/acls.args is stale: python -m streams.secure --acl-args"
+    assert lines == done.stdout.splitlines(), "docker/acls.args is stale: python -m streams.dev.secure --acl-args"
     setup = services["kafka-setup"]
     assert {c["source"] for c in setup["configs"]} == {"kafka-setup-script", "kafka-acls"}
     for node in ("kafka-1", "kafka-2", "kafka-3"):

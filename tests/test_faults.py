@@ -35,7 +35,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.connection import Connection
-from streams.simulator import Scenario, scans_for
+from streams.dev.simulator import Scenario, scans_for
 from tests.conftest import PARTITIONS, System, make_broker, start_system
 from support import until
 

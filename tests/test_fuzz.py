@@ -24,7 +24,7 @@ from models.keyring import key_entry
 from models.passes import kafka_partition
 from models.records import MAX_CARGO_LINES, MAX_ID, MAX_MESSAGE_BYTES, MAX_TEXT, MAX_TOKEN, parse_time
 from streams.handlers import RecordMeta, Tables
-from streams.simulator import Scenario, scans_for
+from streams.dev.simulator import Scenario, scans_for
 from support import SCHEMAS, make_pipeline, validator
 
 # hypothesis-jsonschema filters what it draws, and the extreme values are big, so those health

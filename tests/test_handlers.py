@@ -10,7 +10,7 @@ import pytest
 from models.passes import kafka_partition
 from models.records import canonical
 from streams.handlers import Pipeline, RecordMeta, Tables
-from streams.simulator import Scenario, scans_for
+from streams.dev.simulator import Scenario, scans_for
 
 from support import T, make_pipeline, validator
 

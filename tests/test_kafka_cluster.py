@@ -1,4 +1,4 @@
-"""Real Apache Kafka (KRaft, from Maven Central jars) started by streams.kafka.
+"""Real Apache Kafka (KRaft, from Maven Central jars) started by streams.dev.kafka.
 
 Needs java (17+) and mvn on PATH; the first run resolves the jars into
 ~/.cache/greenchannel/kafka-<version> (or $GC_KAFKA_HOME). Every wait here is
@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from streams.connection import Connection  # noqa: E402
-from streams.kafka import KafkaCluster, KafkaError, broker_ids, ensure_jars  # noqa: E402
+from streams.dev.kafka import KafkaCluster, KafkaError, broker_ids, ensure_jars  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -207,10 +207,10 @@ async def test_port_in_use_is_refused(jars):
 
 
 async def run_main(workdir: Path, *args: str):
-    """``python -m streams.kafka``: return (process, bootstrap line)."""
+    """``python -m streams.dev.kafka``: return (process, bootstrap line)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streams.kafka", "--nodes", "1", "--workdir", str(workdir),
+        sys.executable, "-m", "streams.dev.kafka", "--nodes", "1", "--workdir", str(workdir),
         *args, cwd=REPO, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     line = await asyncio.wait_for(proc.stdout.readline(), 120)

@@ -26,7 +26,7 @@ from models.records import RegionRisk, Unparseable, format_time, parse_time
 from streams.handlers import Out, RecordMeta, Tables
 from streams.keys import KeyDir, key_record, load_keyring
 from streams.audit import Record, Replayer, compare
-from streams.simulator import Scenario
+from streams.dev.simulator import Scenario
 from streams.station import Store, check
 
 from support import KEY, T, make_pipeline, make_tracker, validator, wuhan_to_guangzhou

@@ -18,7 +18,7 @@ import pytest
 
 from models.passes import unverified_claims, verify_token
 from models.records import format_time
-from streams.broker import free_port
+from streams.dev.broker import free_port
 from streams.keys import KeyDir, load_keyring
 
 from conftest import start_station, stop_processes

@@ -13,10 +13,10 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.passes import kafka_partition
-from streams.broker import free_port
+from streams.dev.broker import free_port
 from streams.handlers import RecordMeta, Tables
 from streams.metrics import PrometheusMeter, add_metrics_route, new_registry, render
-from streams.simulator import Scenario
+from streams.dev.simulator import Scenario
 from streams.web import start_site
 from tests.conftest import start_projector, stop_processes
 from support import T, make_pipeline

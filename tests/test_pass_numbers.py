@@ -12,7 +12,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from models.passes import SERIALS, allocate_pass_id, kafka_partition, murmur2, serial_start
 from streams.handlers import RecordMeta, Tables
-from streams.simulator import Scenario
+from streams.dev.simulator import Scenario
 from tests.test_handlers import T, feed_reference, make_pipeline, run_requests
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2: the Java client's own vectors.

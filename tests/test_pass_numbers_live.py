@@ -17,7 +17,7 @@ from models.db import make_engine
 from models.passes import kafka_partition
 from models.records import parse_time
 from models.tables import Pass
-from streams.simulator import Scenario
+from streams.dev.simulator import Scenario
 from tests.conftest import PARTITIONS, ROOT
 from tests.test_pass_numbers import CITIES_WITHOUT_COUNTIES
 

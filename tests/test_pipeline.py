@@ -14,7 +14,7 @@ import pytest
 from models.passes import verify_token
 from models.records import format_time, parse_time
 from streams.keys import load_public_key
-from streams.simulator import Scenario, scans_for
+from streams.dev.simulator import Scenario, scans_for
 
 from support import load_key_enterprises
 

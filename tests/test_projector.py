@@ -28,7 +28,7 @@ from sqlmodel import Session
 
 from models.db import make_engine, upgrade
 from models.tables import Enterprise, Pass, PassEvent, Region, Shipment
-from streams.broker import ensure_topics
+from streams.dev.broker import ensure_topics
 from streams.connection import Connection
 from streams.handlers import Topics
 from streams.projector import bad_record, shape, write

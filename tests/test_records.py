@@ -110,7 +110,7 @@ def test_what_the_worker_tables_keep_takes_about_its_length():
     """A worker's 100,000 passes took 2 GB of memory kept as orjson returned them (0.4 GB recovered
     from the changelog): the tables keep right-sized copies."""
     from streams.handlers import RecordMeta, Tables
-    from streams.simulator import Scenario
+    from streams.dev.simulator import Scenario
 
     from support import make_pipeline
 

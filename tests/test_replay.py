@@ -22,7 +22,7 @@ from models.records import format_time
 from streams.handlers import Pipeline, RecordMeta, Tables
 from streams.audit import Record, Replayer, compare, parse_position, rebuild_database, run_replay
 from streams.settings import Settings
-from streams.simulator import Scenario, scans_for
+from streams.dev.simulator import Scenario, scans_for
 from tests.test_handlers import T, make_pipeline
 
 pytestmark = pytest.mark.integration

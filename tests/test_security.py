@@ -1,5 +1,5 @@
 """The secure Apache Kafka (SASL_SSL, SCRAM-SHA-512, the StandardAuthorizer and the ACLs of
-streams/secure.py): who is refused, and that the whole system works with every component
+streams/dev/secure.py): who is refused, and that the whole system works with every component
 authenticated as its own principal. Runs in the secure lane only (GC_TEST_BROKER=kafka-secure,
 tests/services/lanes.sh secure); skipped elsewhere, saying why.
 

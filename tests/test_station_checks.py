@@ -25,7 +25,7 @@ from models.records import CheckpointScan, format_time
 from streams.keys import key_id
 from streams.pass_print import find_cjk_font, pass_from_decision, render_pass
 from streams.handlers import RecordMeta, Tables
-from streams.simulator import Scenario
+from streams.dev.simulator import Scenario
 from streams.station import Store, check
 
 from support import DEPARTURE, forged, make_pipeline, make_tracker, wuhan_to_guangzhou

@@ -8,7 +8,7 @@ import pytest
 from models.passes import kafka_partition
 from models.records import Unparseable, parse_request
 from streams.handlers import RecordMeta, Tables
-from streams.simulator import Scenario
+from streams.dev.simulator import Scenario
 from streams.wire import request_sid, status_ce_id
 
 from support import T, make_pipeline

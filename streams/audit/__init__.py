@@ -55,7 +55,7 @@ with the same `models.db.project_*` functions and batch shape as the worker's pr
 
 One job per module: `reader` (positions, the log reader, the merge into event-time order),
 `replayer`, `compare`, `explain`, `report` (JSON, Rich, HTML), `rebuild`, `history`, `run` (the
-audit run) and `commands` (the argparse part). The formulas the worker and the audit must share
+audit run); its commands are in `streams.cli.audit`. The formulas the worker and the audit must share
 are in `streams.wire`.
 """
 

@@ -30,9 +30,9 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
     from aiokafka import AIOKafkaProducer
 
     from ..bootstrap import build_pipeline
-    from ..broker import ensure_topics
+    from .broker import ensure_topics
     from ..handlers import RecordMeta, Topics
-    from ..simulator import Scenario
+    from .simulator import Scenario
 
     t = Topics.with_prefix(settings.topic_prefix)
     await ensure_topics(settings.connection, t.public() + [t.pass_events], partitions=settings.partitions,
@@ -77,7 +77,7 @@ def _inputs(settings, t, scenario, pipeline, reference: list, n: int,
     from models.passes import kafka_partition
 
     from ..handlers import RecordMeta, Tables
-    from ..simulator import scans_for
+    from .simulator import scans_for
 
     inputs: list[tuple[str, bytes, bytes]] = list(reference)
     count, i, tables = len(reference), 0, Tables.empty()

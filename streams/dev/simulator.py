@@ -3,6 +3,9 @@
 Everything is drawn from a seeded `random.Random`, so a scenario is the same on every run.
 Identifiers carry valid check characters (credit codes per GB 32100-2015, resident IDs per
 GB 11643-1999), so the only invalid inputs are the ones made on purpose.
+
+It ships in the product package, not with the tests, because `greenchannel demo` plays its firms
+and checkpoints.
 """
 
 from __future__ import annotations
