@@ -184,7 +184,7 @@ def cmd_pass_show(settings, pass_id: str) -> int:
     from rich.table import Table
     from sqlmodel import Session
 
-    from models.db import get_pass, get_pass_events, make_engine
+    from models.store.db import get_pass, get_pass_events, make_engine
 
     console = Console()
     with Session(make_engine(settings.database_url)) as session:
@@ -260,7 +260,7 @@ def run(args, settings) -> int:
     if args.command == "db":
         from sqlalchemy.engine import make_url
 
-        from models.db import upgrade
+        from models.store.db import upgrade
         upgrade(settings.database_url)  # alembic upgrade head, under the migration lock
         print(f"schema up to date at {make_url(settings.database_url).render_as_string(hide_password=True)}")
         return 0

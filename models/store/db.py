@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, inspect, or_, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, create_engine, select
 
-from .records import parse_time
+from ..records import parse_time
 from .tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
 
 __all__ = ["make_engine", "init_db", "upgrade", "alembic_config", "project_decisions", "project_statuses",
@@ -39,7 +39,7 @@ MIGRATION_LOCK = 0x67636D69
 
 
 def alembic_config(url: str | None = None, *, connection: Connection | None = None) -> Config:
-    """The Alembic configuration of models/migrations (there is no alembic.ini)."""
+    """The Alembic configuration of models/store/migrations (there is no alembic.ini)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("path_separator", "os")
@@ -240,7 +240,7 @@ def count_by(session: Session, column) -> dict:
 def checkpoint_board(session: Session, *, window: int = 50, target_seconds: float = 900) -> list[dict]:
     """Each checkpoint with the vehicles there now and the median dwell of its last `window`
     departures, flagged over `target_seconds` (the rule of `models.tracking.board_row`)."""
-    from .tracking import board_row
+    from ..tracking import board_row
     present = dict(session.execute(select(Pass.checkpoint_id, func.count()).where(
         Pass.status.in_(("at_checkpoint", "held")), Pass.checkpoint_id.is_not(None)).group_by(Pass.checkpoint_id)).all())
     recent = (select(PassEvent.checkpoint_id, PassEvent.dwell_seconds,
