@@ -33,7 +33,6 @@ class RiskBook:
         self._history: dict[str, list[tuple[datetime, int]]] = {}
         self._changes: list[datetime] = []
         self._blocked_cache: dict[int, frozenset[str]] = {}
-        self.version = 0
 
     def apply(self, risk: RegionRisk) -> bool:
         """Record an update; False when it was already known (a redelivery)."""
@@ -44,7 +43,6 @@ class RiskBook:
         insort(history, entry)
         insort(self._changes, risk.effective_at)
         self._blocked_cache.clear()
-        self.version += 1
         return True
 
     def _rank_at(self, prefix: str, at: datetime) -> int:
@@ -73,6 +71,10 @@ class RiskBook:
             blocked = frozenset(node for prefix in self.high_prefixes_at(at) for node in nodes_of(prefix))
             self._blocked_cache[segment] = blocked
         return blocked
+
+    def __len__(self) -> int:
+        """How many updates it holds (a redelivery adds none)."""
+        return len(self._changes)
 
     def snapshot(self, at: datetime) -> dict[str, str]:
         """Every declared prefix with its own level at `at` (for reports and the database)."""

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from rich.progress import ProgressColumn
 
 from typing import TYPE_CHECKING
 
@@ -970,13 +971,7 @@ def _resolve(rep: Replayer, c: Comparison, requests: list[Record]) -> list[Misma
     return out
 
 
-try:
-    from rich.progress import ProgressColumn as _ProgressColumn
-except ImportError:  # pragma: no cover — rich is a dependency
-    _ProgressColumn = object
-
-
-class _RateColumn(_ProgressColumn):
+class _RateColumn(ProgressColumn):
     def render(self, task):
         from rich.text import Text
         speed = task.finished_speed or task.speed
