@@ -22,6 +22,7 @@ __all__ = [
     "RegionRisk", "ShipmentRequest", "Unparseable", "canonical", "kept", "check_credit_code",
     "check_id_number", "format_time", "load_object", "parse_request", "parse_scan",
     "parse_enterprise", "parse_risk", "parse_time", "record_time", "region_prefix", "effective_time",
+    "RISK_LEVELS", "LEVEL_RANK",
 ]
 
 
@@ -414,7 +415,9 @@ class RegionRisk:
     effective_at: datetime
 
 
-LEVELS = ("low", "medium", "high")
+# The risk levels a region may be declared at, least risky first; a level's rank is its index.
+RISK_LEVELS = ("low", "medium", "high")
+LEVEL_RANK = {level: rank for rank, level in enumerate(RISK_LEVELS)}
 
 
 def parse_risk(obj: dict[str, Any], *, timestamp_ms: int | None = None,
@@ -424,7 +427,7 @@ def parse_risk(obj: dict[str, Any], *, timestamp_ms: int | None = None,
     code = str(obj.get("adcode", ""))
     if not re.fullmatch(r"\d{2}|\d{4}|\d{6}", code):
         raise Unparseable("adcode must be a 2-digit province, 4-digit prefecture or 6-digit county code")
-    if obj.get("level") not in LEVELS:
+    if obj.get("level") not in RISK_LEVELS:
         raise Unparseable("level must be low, medium or high")
     try:
         at = effective_time(obj, timestamp_ms)

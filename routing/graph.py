@@ -28,6 +28,8 @@ import numpy as np
 from geopy.distance import geodesic
 from scipy.spatial import Delaunay
 
+from models.records import region_prefix
+
 from .gazetteer import Gazetteer, Place, _normalize
 
 __all__ = ["RegionGraph"]
@@ -210,12 +212,7 @@ class RegionGraph:
         prefix = prefix.strip() if isinstance(prefix, str) else ""
         if len(prefix) == 12:
             prefix = prefix[:6]
-        # '420000' and '420100' name a whole province / prefecture.
-        if len(prefix) == 6 and prefix.endswith("0000"):
-            prefix = prefix[:2]
-        elif len(prefix) == 6 and prefix.endswith("00"):
-            prefix = prefix[:4]
-        return self._index.get(prefix, frozenset())
+        return self._index.get(region_prefix(prefix), frozenset())
 
     def is_border(self, a: str, b: str) -> bool:
         """Whether going from node a to node b crosses a provincial border."""
