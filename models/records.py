@@ -89,13 +89,14 @@ def parse_time(value: Any) -> datetime:
         raise ValueError(f"{value[:64]!r} is not an RFC 3339 timestamp") from None
     if parsed.tzinfo is None:
         raise ValueError(f"{value[:64]!r} has no UTC offset")
+    utc: datetime | None
     try:
-        parsed = parsed.astimezone(timezone.utc)
+        utc = parsed.astimezone(timezone.utc)
     except OverflowError:  # e.g. 0001-01-01T00:00+14:00 is before the calendar's start in UTC
-        parsed = None
-    if parsed is None or not _EARLIEST <= parsed < _LATEST:
+        utc = None
+    if utc is None or not _EARLIEST <= utc < _LATEST:
         raise ValueError(f"{value[:64]!r} is outside the years {YEARS[0]}-{YEARS[1]}")
-    return parsed
+    return utc
 
 
 def record_time(timestamp_ms: int | None) -> datetime:
@@ -437,6 +438,7 @@ def parse_scan(obj: dict[str, Any]) -> CheckpointScan:
         scanned_at = None
     if problems:
         raise Unparseable("; ".join(problems))
+    assert kind is not None and scanned_at is not None  # else `problems` named them
     return CheckpointScan(obj["scan_id"].strip(), obj["checkpoint_id"].strip(), pass_id, token,
                           normalise_plate(obj["plate"]), kind, scanned_at)
 

@@ -131,8 +131,8 @@ class RegionGraph:
         lon = np.array([self._regions[k].lon for k in keys])
         pairs: set[tuple[int, int]] = set()
         for simplex in Delaunay(_albers(lat, lon)).simplices:
-            a, b, c = sorted(int(i) for i in simplex)
-            pairs.update(((a, b), (a, c), (b, c)))
+            u, v, w = sorted(int(i) for i in simplex)
+            pairs.update(((u, v), (u, w), (v, w)))
 
         candidates: list[tuple[float, str, str, str]] = []
         for i, j in sorted(pairs):
@@ -162,7 +162,7 @@ class RegionGraph:
             graph.add_edge(a, b, km=km, weight=km * self.road_factor, kind=kind)
             parent[find(a)] = find(b)
 
-        dropped = []
+        dropped: list[tuple[float, str, str]] = []
         for km, a, b, kind in candidates:
             if km <= self.max_edge_km or kind == "ferry":
                 add(km, a, b, kind)
