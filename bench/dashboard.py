@@ -31,7 +31,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.db import init_db, make_engine, project_batch  # noqa: E402
+from models.store.db import init_db, make_engine, project_batch  # noqa: E402
 from models.operators import risk_entry  # noqa: E402
 from models.passes import kafka_partition  # noqa: E402
 from routing import Gazetteer  # noqa: E402

@@ -650,8 +650,8 @@ def _check_rows(url: str, log: list[tuple[str, Message]]) -> None:
     """Every decision a shipment row, every status a pass_event row: the figure counts real rows."""
     from sqlmodel import Session, func, select
 
-    from models.db import make_engine
-    from models.tables import PassEvent, Shipment
+    from models.store.db import make_engine
+    from models.store.tables import PassEvent, Shipment
     engine = make_engine(url)
     try:
         with Session(engine) as session:

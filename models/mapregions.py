@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from .reference import LEVEL_RANK, RiskBook
+from .records import LEVEL_RANK
+from .reference import RiskBook
 
 __all__ = ["MAP_ALIASES", "gazetteer_code", "feature_levels"]
 

@@ -86,7 +86,8 @@ def read_enterprise_csv(text: str, *, at: datetime) -> CsvRows:
     if missing:
         raise EntryError(f"line 1: the header must name {', '.join(CSV_FIELDS)} (missing {', '.join(missing)})")
     reader.fieldnames = header
-    rows, first_line = CsvRows(), {}
+    rows = CsvRows()
+    first_line: dict[str, int] = {}
     for record in reader:
         line = reader.line_num
         if not any((v or "").strip() for k, v in record.items() if k is not None):

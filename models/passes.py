@@ -127,11 +127,13 @@ def verify_token(token: str, keys: Ed25519PublicKey | Mapping[str, Ed25519Public
         raise InvalidToken("token is not two base64url parts") from None
     if not isinstance(claims, dict):
         raise InvalidToken("token is not two base64url parts")
-    key = keys
     if isinstance(keys, Mapping):
-        key = keys.get(claims.get("kid"))
+        kid = claims.get("kid")
+        key = keys.get(kid) if kid is not None else None
         if key is None:
-            raise InvalidToken(f"token signed with an unknown key (kid {claims.get('kid')})")
+            raise InvalidToken(f"token signed with an unknown key (kid {kid})")
+    else:
+        key = keys
     try:
         key.verify(sig, body)
     except InvalidSignature:
@@ -149,6 +151,8 @@ def unverified_claims(token: str) -> dict:
 
 def claimed_pass_id(token: str | None) -> str | None:
     """The pass id a token claims, read without verifying (for routing a scan to its pass)."""
+    if token is None:
+        return None
     try:
         pid = unverified_claims(token).get("pid")
     except Exception:

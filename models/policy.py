@@ -14,7 +14,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from .records import CargoItem, ShipmentRequest
+from .records import LEVEL_RANK, CargoItem, ShipmentRequest
 from .reference import EnterpriseBook
 
 __all__ = ["Catalog", "PriorityClass", "Reason", "Assessment", "assess", "load_catalog", "DEFAULT_CATALOG",
@@ -101,9 +101,6 @@ def load_catalog(name_or_path: str = DEFAULT_CATALOG) -> Catalog:
     return Catalog.from_dict(json.loads(text))
 
 
-_RANK = {"low": 0, "medium": 1, "high": 2}
-
-
 @dataclass(frozen=True, slots=True)
 class Assessment:
     approved: bool
@@ -149,7 +146,7 @@ def assess(request: ShipmentRequest, *, catalog: Catalog, enterprises: Enterpris
                               f"{role} {listed[0].credit_code} is on the key-enterprise list"
                               + (" (supply-chain link, §4)" if role == "consignee" else "")))
 
-    worst = max(origin_level, destination_level, key=_RANK.__getitem__)
+    worst = max(origin_level, destination_level, key=LEVEL_RANK.__getitem__)
     if worst == "high":
         allowed = catalog.rules["high_risk_allows"]
         if priority not in allowed:

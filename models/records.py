@@ -22,6 +22,7 @@ __all__ = [
     "RegionRisk", "ShipmentRequest", "Unparseable", "canonical", "kept", "check_credit_code",
     "check_id_number", "format_time", "load_object", "parse_request", "request_shipment_id", "parse_scan",
     "parse_enterprise", "parse_risk", "parse_time", "record_time", "region_prefix", "effective_time",
+    "RISK_LEVELS", "LEVEL_RANK",
 ]
 
 
@@ -88,13 +89,14 @@ def parse_time(value: Any) -> datetime:
         raise ValueError(f"{value[:64]!r} is not an RFC 3339 timestamp") from None
     if parsed.tzinfo is None:
         raise ValueError(f"{value[:64]!r} has no UTC offset")
+    utc: datetime | None
     try:
-        parsed = parsed.astimezone(timezone.utc)
+        utc = parsed.astimezone(timezone.utc)
     except OverflowError:  # e.g. 0001-01-01T00:00+14:00 is before the calendar's start in UTC
-        parsed = None
-    if parsed is None or not _EARLIEST <= parsed < _LATEST:
+        utc = None
+    if utc is None or not _EARLIEST <= utc < _LATEST:
         raise ValueError(f"{value[:64]!r} is outside the years {YEARS[0]}-{YEARS[1]}")
-    return parsed
+    return utc
 
 
 def record_time(timestamp_ms: int | None) -> datetime:
@@ -276,6 +278,73 @@ class _Errors:
         self.add(field, "invalid", f"{field} must be one of {{adcode}}, {{address}} or {{lat, lon}}")
         return Location()
 
+    # --- the parts of a shipment request (parse_request), in the order their errors are listed ---
+
+    def departure_window(self, submitted_at: datetime | None, departure_at: datetime | None) -> None:
+        if submitted_at and departure_at and abs(departure_at - submitted_at) > DEPARTURE_WINDOW:
+            self.add("departure_at", "out_of_window",
+                     f"departure_at must be within {DEPARTURE_WINDOW.days} days of submitted_at")
+
+    def cargo(self, obj: dict) -> list[CargoItem]:
+        """The cargo lines, at most MAX_CARGO_LINES; a line that is not an object is left out."""
+        items = obj.get("cargo")
+        if not isinstance(items, list) or not items:
+            self.add("cargo", "missing", "cargo must be a non-empty list of {hs_code, description, quantity, unit}")
+            items = []
+        if len(items) > MAX_CARGO_LINES:
+            self.add("cargo", "too_many_lines", f"cargo has {len(items)} lines, more than {MAX_CARGO_LINES}")
+            items = items[:MAX_CARGO_LINES]
+        lines = (self.cargo_line(f"cargo[{i}]", item) for i, item in enumerate(items))
+        return [line for line in lines if line is not None]
+
+    def cargo_line(self, path: str, item: Any) -> CargoItem | None:
+        if not isinstance(item, dict):
+            self.add(path, "invalid", f"{path} must be an object")
+            return None
+        hs = str(item.get("hs_code", "")).replace(".", "").strip()
+        if not re.fullmatch(r"\d{4,10}", hs):
+            self.add(f"{path}.hs_code", "bad_hs_code", f"{path}.hs_code must be 4 to 10 digits")
+        qty = item.get("quantity")
+        if isinstance(qty, bool) or not isinstance(qty, (int, float)) or not qty > 0:
+            self.add(f"{path}.quantity", "invalid", f"{path}.quantity must be a positive number")
+            qty = 0
+        return CargoItem(hs, self.text(item, "description", f"{path}.description", required=False),
+                         float(qty), self.text(item, "unit", f"{path}.unit", required=False))
+
+    def member(self, obj: dict, field: str, shape: str) -> dict:
+        """The object at `field` (the vehicle, the driver), or {} when it is missing or empty."""
+        sub = obj.get(field)
+        if not isinstance(sub, dict):
+            sub = {}
+        if not sub:
+            self.add(field, "missing", f"{field} must be an object {shape}")
+        return sub
+
+    def plate(self, vehicle: dict) -> str:
+        plate = normalise_plate(self.text(vehicle, "plate", "vehicle.plate")) if vehicle else ""
+        if plate and not _PLATE_RE.match(plate):
+            self.add("vehicle.plate", "bad_plate", f"vehicle.plate {plate!r} is not a Chinese vehicle plate")
+        return plate
+
+    def id_number(self, driver: dict) -> str:
+        id_number = self.text(driver, "id_number", "driver.id_number").upper() if driver else ""
+        if id_number and (problem := check_id_number(id_number)):
+            self.add("driver.id_number", "bad_id_number", f"driver.id_number {problem}")
+        return id_number
+
+    def phone(self, driver: dict) -> str:
+        phone = self.text(driver, "phone", "driver.phone").replace(" ", "").replace("-", "") if driver else ""
+        if phone and not _PHONE_RE.match(phone):
+            self.add("driver.phone", "bad_phone", "driver.phone must be a mainland mobile number")
+        return phone
+
+    def trip(self, obj: dict) -> str:
+        trip = obj.get("trip", "single")
+        if trip not in ("single", "multi"):
+            self.add("trip", "invalid", "trip must be 'single' or 'multi'")
+            return "single"
+        return trip
+
 
 def request_shipment_id(obj: dict[str, Any], fallback_id: str | None = None) -> str:
     """The shipment id a request is answered to: its `shipment_id`, else `fallback_id` (the message
@@ -300,56 +369,16 @@ def parse_request(obj: dict[str, Any], *, fallback_id: str | None = None) -> tup
     e = _Errors()
     submitted_at = e.time(obj, "submitted_at")
     departure_at = e.time(obj, "departure_at")
-    if submitted_at and departure_at and abs(departure_at - submitted_at) > DEPARTURE_WINDOW:
-        e.add("departure_at", "out_of_window",
-              f"departure_at must be within {DEPARTURE_WINDOW.days} days of submitted_at")
+    e.departure_window(submitted_at, departure_at)
     shipper = e.party(obj, "shipper")
     consignee = e.party(obj, "consignee")
-
-    cargo: list[CargoItem] = []
-    items = obj.get("cargo")
-    if not isinstance(items, list) or not items:
-        e.add("cargo", "missing", "cargo must be a non-empty list of {hs_code, description, quantity, unit}")
-        items = []
-    if len(items) > MAX_CARGO_LINES:
-        e.add("cargo", "too_many_lines", f"cargo has {len(items)} lines, more than {MAX_CARGO_LINES}")
-        items = items[:MAX_CARGO_LINES]
-    for i, item in enumerate(items):
-        path = f"cargo[{i}]"
-        if not isinstance(item, dict):
-            e.add(path, "invalid", f"{path} must be an object")
-            continue
-        hs = str(item.get("hs_code", "")).replace(".", "").strip()
-        if not re.fullmatch(r"\d{4,10}", hs):
-            e.add(f"{path}.hs_code", "bad_hs_code", f"{path}.hs_code must be 4 to 10 digits")
-        qty = item.get("quantity")
-        if isinstance(qty, bool) or not isinstance(qty, (int, float)) or not qty > 0:
-            e.add(f"{path}.quantity", "invalid", f"{path}.quantity must be a positive number")
-            qty = 0
-        cargo.append(CargoItem(hs, e.text(item, "description", f"{path}.description", required=False),
-                               float(qty), e.text(item, "unit", f"{path}.unit", required=False)))
-
-    vehicle = obj.get("vehicle") if isinstance(obj.get("vehicle"), dict) else {}
-    if not vehicle:
-        e.add("vehicle", "missing", "vehicle must be an object {plate, type}")
-    plate = normalise_plate(e.text(vehicle, "plate", "vehicle.plate")) if vehicle else ""
-    if plate and not _PLATE_RE.match(plate):
-        e.add("vehicle.plate", "bad_plate", f"vehicle.plate {plate!r} is not a Chinese vehicle plate")
-
-    driver = obj.get("driver") if isinstance(obj.get("driver"), dict) else {}
-    if not driver:
-        e.add("driver", "missing", "driver must be an object {name, id_number, phone}")
-    id_number = e.text(driver, "id_number", "driver.id_number").upper() if driver else ""
-    if id_number and (problem := check_id_number(id_number)):
-        e.add("driver.id_number", "bad_id_number", f"driver.id_number {problem}")
-    phone = e.text(driver, "phone", "driver.phone").replace(" ", "").replace("-", "") if driver else ""
-    if phone and not _PHONE_RE.match(phone):
-        e.add("driver.phone", "bad_phone", "driver.phone must be a mainland mobile number")
-
-    trip = obj.get("trip", "single")
-    if trip not in ("single", "multi"):
-        e.add("trip", "invalid", "trip must be 'single' or 'multi'")
-        trip = "single"
+    cargo = e.cargo(obj)
+    vehicle = e.member(obj, "vehicle", "{plate, type}")
+    plate = e.plate(vehicle)
+    driver = e.member(obj, "driver", "{name, id_number, phone}")
+    id_number = e.id_number(driver)
+    phone = e.phone(driver)
+    trip = e.trip(obj)
 
     epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
     request = ShipmentRequest(
@@ -410,6 +439,7 @@ def parse_scan(obj: dict[str, Any]) -> CheckpointScan:
         scanned_at = None
     if problems:
         raise Unparseable("; ".join(problems))
+    assert kind is not None and scanned_at is not None  # else `problems` named them
     return CheckpointScan(obj["scan_id"].strip(), obj["checkpoint_id"].strip(), pass_id, token,
                           normalise_plate(obj["plate"]), kind, scanned_at)
 
@@ -421,7 +451,9 @@ class RegionRisk:
     effective_at: datetime
 
 
-LEVELS = ("low", "medium", "high")
+# The risk levels a region may be declared at, least risky first; a level's rank is its index.
+RISK_LEVELS = ("low", "medium", "high")
+LEVEL_RANK = {level: rank for rank, level in enumerate(RISK_LEVELS)}
 
 
 def parse_risk(obj: dict[str, Any], *, timestamp_ms: int | None = None,
@@ -431,7 +463,7 @@ def parse_risk(obj: dict[str, Any], *, timestamp_ms: int | None = None,
     code = str(obj.get("adcode", ""))
     if not re.fullmatch(r"\d{2}|\d{4}|\d{6}", code):
         raise Unparseable("adcode must be a 2-digit province, 4-digit prefecture or 6-digit county code")
-    if obj.get("level") not in LEVELS:
+    if obj.get("level") not in RISK_LEVELS:
         raise Unparseable("level must be low, medium or high")
     try:
         at = effective_time(obj, timestamp_ms)

@@ -11,12 +11,11 @@ from bisect import bisect_right, insort
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from .records import EnterpriseEntry, RegionRisk
+from .records import LEVEL_RANK, RISK_LEVELS, EnterpriseEntry, RegionRisk
 
-__all__ = ["RiskBook", "EnterpriseBook", "LEVEL_RANK"]
+__all__ = ["RiskBook", "EnterpriseBook"]
 
-LEVEL_RANK = {"low": 0, "medium": 1, "high": 2}
-_NAMES = ("low", "medium", "high")
+_HIGH = LEVEL_RANK["high"]
 
 
 class RiskBook:
@@ -33,7 +32,6 @@ class RiskBook:
         self._history: dict[str, list[tuple[datetime, int]]] = {}
         self._changes: list[datetime] = []
         self._blocked_cache: dict[int, frozenset[str]] = {}
-        self.version = 0
 
     def apply(self, risk: RegionRisk) -> bool:
         """Record an update; False when it was already known (a redelivery)."""
@@ -44,22 +42,21 @@ class RiskBook:
         insort(history, entry)
         insort(self._changes, risk.effective_at)
         self._blocked_cache.clear()
-        self.version += 1
         return True
 
     def _rank_at(self, prefix: str, at: datetime) -> int:
         history = self._history.get(prefix)
         if not history:
             return 0
-        i = bisect_right(history, (at, 3))
+        i = bisect_right(history, (at, len(RISK_LEVELS)))
         return history[i - 1][1] if i else 0
 
     def level_at(self, adcode: str, at: datetime) -> str:
         rank = max(self._rank_at(adcode[:2], at), self._rank_at(adcode[:4], at), self._rank_at(adcode[:6], at))
-        return _NAMES[rank]
+        return RISK_LEVELS[rank]
 
     def high_prefixes_at(self, at: datetime) -> list[str]:
-        return [prefix for prefix in self._history if self._rank_at(prefix, at) == 2]
+        return [prefix for prefix in self._history if self._rank_at(prefix, at) == _HIGH]
 
     def blocked_at(self, at: datetime, nodes_of: Callable[[str], Iterable[str]]) -> frozenset[str]:
         """Route-graph nodes that are high risk at `at` (cached per interval between changes).
@@ -74,9 +71,13 @@ class RiskBook:
             self._blocked_cache[segment] = blocked
         return blocked
 
+    def __len__(self) -> int:
+        """How many updates it holds (a redelivery adds none)."""
+        return len(self._changes)
+
     def snapshot(self, at: datetime) -> dict[str, str]:
         """Every declared prefix with its own level at `at` (for reports and the database)."""
-        return {prefix: _NAMES[self._rank_at(prefix, at)] for prefix in sorted(self._history)}
+        return {prefix: RISK_LEVELS[self._rank_at(prefix, at)] for prefix in sorted(self._history)}
 
 
 class EnterpriseBook:

@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from routing import Place
+
 from .decide import Decider
 from .keyring import Keyring
 from .passes import (ACTIVE, PassState, PassStatusKind as S, on_scan, refusal, status_event, token_refusal, transition,
@@ -150,9 +152,9 @@ class Tracker:
                 at) -> dict | None:
         """The route avoiding `blocked` from where the vehicle is; None when there is none."""
         d = self.decider
-        destination = d.gazetteer.locate(state.destination)
+        destination = self._place(state.destination)
         if passed is None:
-            route = d.planner.plan(d.gazetteer.locate(state.origin), destination, blocked=blocked,
+            route = d.planner.plan(self._place(state.origin), destination, blocked=blocked,
                                    departure=parse_time(state.departure_at))
             return None if route is None else route.to_dict()
         k, i = passed
@@ -161,7 +163,7 @@ class Tracker:
             return state.route  # in the destination's own region: nothing left to avoid
         # Leaving the checkpoint now, or when it was reached if that is later.
         departure = max(at, parse_time(state.arrived_at)) if state.arrived_at else at
-        route = d.planner.plan(d.gazetteer.locate(adcodes[i]), destination, blocked=blocked, departure=departure)
+        route = d.planner.plan(self._place(adcodes[i]), destination, blocked=blocked, departure=departure)
         if route is None:
             return None
         rest = route.to_dict()
@@ -169,6 +171,14 @@ class Tracker:
         hours = (parse_time(checkpoints[k]["eta"]) - parse_time(state.departure_at)).total_seconds() / 3600
         return {"adcodes": adcodes[:i] + rest["adcodes"], "checkpoints": checkpoints[:k + 1] + rest["checkpoints"],
                 "distance_km": round(hours * d.planner.speed_kmh + rest["distance_km"], 1), "eta": rest["eta"]}
+
+    def _place(self, adcode: str) -> Place:
+        """The place of an adcode of a pass (its origin, destination or a region of its route): one
+        the gazetteer located when the pass was decided."""
+        place = self.decider.gazetteer.locate(adcode)
+        if place is None:
+            raise KeyError(adcode)
+        return place
 
     def _suspend(self, state: PassState, at, reason: str, cause: str) -> tuple[PassState, dict | None]:
         if state.status == S.SUSPENDED:
@@ -200,7 +210,8 @@ class Tracker:
         after it. The reissues it would have had, had it been there when the withdrawal was (what a
         replay in event-time order does)."""
         events = []
-        while state.kid in applied and (at := self.keyring.withdrawn_at(state.kid)) is not None:
+        while (state.kid is not None and state.kid in applied
+               and (at := self.keyring.withdrawn_at(state.kid)) is not None):
             state, event = self.key_withdrawn(state, state.kid, at)
             if event is None:
                 break

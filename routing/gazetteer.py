@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import importlib.resources
+import io
 import math
 import re
 from collections import defaultdict
@@ -78,7 +79,7 @@ def _cpca_adcode(text: str) -> str | None:
 
 def _read_packaged_rows() -> Iterator[tuple[str, str, float | None, float | None]]:
     resource = importlib.resources.files("cpca") / "resources" / "adcodes.csv"
-    with resource.open("r", encoding="utf-8", newline="") as fh:
+    with io.TextIOWrapper(resource.open("rb"), encoding="utf-8", newline="") as fh:
         for row in csv.DictReader(fh):
             lat, lon = row["latitude"].strip(), row["longitude"].strip()
             yield (row["adcode"], row["name"].strip(),
@@ -207,7 +208,8 @@ class Gazetteer:
     def region_name(self, prefix: str) -> str | None:
         """The full name of the region a 2-, 4- or 6-digit adcode prefix names (42: 湖北省,
         4201: 湖北省武汉市); None when it names none."""
-        return self.name(_region_code(prefix)) if self.names_region(prefix) else None
+        code = _region_code(prefix)
+        return self.name(code) if code is not None and code in self._names else None
 
     def counties(self) -> tuple[Place, ...]:
         """County-level places with coordinates, in adcode order."""

@@ -28,6 +28,8 @@ import numpy as np
 from geopy.distance import geodesic
 from scipy.spatial import Delaunay
 
+from models.records import region_prefix
+
 from .gazetteer import Gazetteer, Place, _normalize
 
 __all__ = ["RegionGraph"]
@@ -129,8 +131,8 @@ class RegionGraph:
         lon = np.array([self._regions[k].lon for k in keys])
         pairs: set[tuple[int, int]] = set()
         for simplex in Delaunay(_albers(lat, lon)).simplices:
-            a, b, c = sorted(int(i) for i in simplex)
-            pairs.update(((a, b), (a, c), (b, c)))
+            u, v, w = sorted(int(i) for i in simplex)
+            pairs.update(((u, v), (u, w), (v, w)))
 
         candidates: list[tuple[float, str, str, str]] = []
         for i, j in sorted(pairs):
@@ -160,7 +162,7 @@ class RegionGraph:
             graph.add_edge(a, b, km=km, weight=km * self.road_factor, kind=kind)
             parent[find(a)] = find(b)
 
-        dropped = []
+        dropped: list[tuple[float, str, str]] = []
         for km, a, b, kind in candidates:
             if km <= self.max_edge_km or kind == "ferry":
                 add(km, a, b, kind)
@@ -210,12 +212,7 @@ class RegionGraph:
         prefix = prefix.strip() if isinstance(prefix, str) else ""
         if len(prefix) == 12:
             prefix = prefix[:6]
-        # '420000' and '420100' name a whole province / prefecture.
-        if len(prefix) == 6 and prefix.endswith("0000"):
-            prefix = prefix[:2]
-        elif len(prefix) == 6 and prefix.endswith("00"):
-            prefix = prefix[:4]
-        return self._index.get(prefix, frozenset())
+        return self._index.get(region_prefix(prefix), frozenset())
 
     def is_border(self, a: str, b: str) -> bool:
         """Whether going from node a to node b crosses a provincial border."""

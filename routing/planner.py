@@ -179,7 +179,10 @@ class RoutePlanner:
                 start, end = self.graph.node_of(origin.adcode), self.graph.node_of(destination.adcode)
             except KeyError:
                 return None
-            entry = _Entry(self._plan(origin, destination, self._path(start, end, frozenset())))
+            path = self._path(start, end, frozenset())
+            if path is None:  # the graph is connected (RegionGraph bridges its components): never
+                return None
+            entry = _Entry(self._plan(origin, destination, path))
             self._cache[key] = entry
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)

@@ -35,13 +35,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlmodel import Session, select
 
-from models.db import (active_pass_places, checkpoint_board, count_by, decisions_per_hour, find_passes,
+from models.store.db import (active_pass_places, checkpoint_board, count_by, decisions_per_hour, find_passes,
                        get_pass_events, make_engine, rejections_by_reason)
 from models.mapregions import feature_levels
 from models.passes import ACTIVE
 from models.records import Unparseable, format_time, load_object, parse_risk
 from models.reference import RiskBook
-from models.tables import Checkpoint, Pass, Shipment
+from models.store.tables import Checkpoint, Pass, Shipment
 from routing import Gazetteer
 
 from .dev.broker import ensure_topics

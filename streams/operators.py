@@ -23,7 +23,7 @@ from rich.table import Table
 from models.keyring import ACTIVE, Keyring, key_entry, parse_key_entry
 from models.operators import (EntryError, enterprise_csv, enterprise_entry, key_withdrawal, read_enterprise_csv,
                               risk_entry)
-from models.records import format_time, load_object, parse_enterprise, parse_risk, parse_time
+from models.records import RISK_LEVELS, format_time, load_object, parse_enterprise, parse_risk, parse_time
 from models.reference import EnterpriseBook, RiskBook
 from routing import Gazetteer
 
@@ -42,7 +42,7 @@ def add_arguments(sub) -> None:
                                                                                              required=True)
     set_ = risk.add_parser("set", help="declare a region's risk level")
     set_.add_argument("adcode", help="2-digit province, 4-digit prefecture or 6-digit county code")
-    set_.add_argument("level", choices=["low", "medium", "high"])
+    set_.add_argument("level", choices=RISK_LEVELS)
     set_.add_argument("--at", metavar="TIME", help="RFC 3339 time it takes effect (default: now)")
     set_.add_argument("--note", metavar="TEXT", help="the operator's note, e.g. the notice it follows")
     listing = risk.add_parser("list", help="the levels in force now (read from the topic)")

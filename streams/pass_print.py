@@ -55,7 +55,7 @@ def pass_from_database(url: str, pass_id: str) -> dict | None:
     """The pass as the projector last wrote it: a rerouted pass has its new route and token."""
     from sqlmodel import Session
 
-    from models.db import get_pass, make_engine
+    from models.store.db import get_pass, make_engine
     with Session(make_engine(url)) as session:
         row = get_pass(session, pass_id=pass_id)
         if row is None or not row.token:

@@ -2,7 +2,7 @@
 
 A projector reads the decisions, statuses, risk levels and key-enterprise list in one consumer
 group, `{GC_APP_ID}-projector`: several projectors share the partitions. Each fetched batch
-(thousands of records) is shaped (`shape`), written with `models.db.project_batch` — executemany
+(thousands of records) is shaped (`shape`), written with `models.store.db.project_batch` — executemany
 upserts, one transaction — off the event loop, and only then are its offsets committed. That
 is at least once: a batch read again after a crash rewrites the same rows, every upsert being
 keyed by the stream's own keys and each status's CloudEvents id. On Apache Kafka with
@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 from sqlmodel import Session
 
-from models.db import init_db, make_engine, project_batch
+from models.store.db import init_db, make_engine, project_batch
 from models.records import Unparseable, format_time, load_object, parse_enterprise, parse_risk
 from routing import Gazetteer
 

@@ -30,9 +30,9 @@ from sqlalchemy import event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel
 
-from models.db import (alembic_config, checkpoint_dwell, get_pass, get_pass_events, init_db, make_engine,
+from models.store.db import (alembic_config, checkpoint_dwell, get_pass, get_pass_events, init_db, make_engine,
                        project_batch, project_decisions, project_enterprises, project_risks, project_statuses, upgrade)
-from models.tables import Enterprise, Pass, PassEvent, Region, Shipment
+from models.store.tables import Enterprise, Pass, PassEvent, Region, Shipment
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("GC_TEST_DATABASE_URL", "")
@@ -202,7 +202,7 @@ def test_init_db_adopts_a_schema_made_by_create_all(database_url):
 def test_concurrent_upgrades_of_one_database_all_succeed(database_url):
     """Worker replicas and the migrate job start together: each runs the upgrade; one does it."""
     code = ("import sys\n"
-            "from models.db import upgrade\n"
+            "from models.store.db import upgrade\n"
             "upgrade(sys.argv[1])\n"
             "assert 'faust' not in sys.modules, 'the migrations imported Faust'\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, database_url], cwd=ROOT, stderr=subprocess.PIPE, text=True)

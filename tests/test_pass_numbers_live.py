@@ -13,10 +13,10 @@ import orjson
 import pytest
 from sqlmodel import Session, select
 
-from models.db import make_engine
+from models.store.db import make_engine
 from models.passes import kafka_partition
 from models.records import parse_time
-from models.tables import Pass
+from models.store.tables import Pass
 from streams.dev.simulator import Scenario
 from tests.conftest import PARTITIONS, ROOT
 from tests.test_pass_numbers import CITIES_WITHOUT_COUNTIES

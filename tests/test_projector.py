@@ -26,8 +26,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
-from models.db import make_engine, upgrade
-from models.tables import Enterprise, Pass, PassEvent, Region, Shipment
+from models.store.db import make_engine, upgrade
+from models.store.tables import Enterprise, Pass, PassEvent, Region, Shipment
 from streams.dev.broker import ensure_topics
 from streams.connection import Connection
 from streams.handlers import Topics

@@ -471,8 +471,8 @@ def snapshot(url: str) -> dict:
     """Every projected row, keyed by its natural key (the surrogate pass_event id left out)."""
     from sqlmodel import Session, select
 
-    from models.db import make_engine
-    from models.tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
+    from models.store.db import make_engine
+    from models.store.tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
 
     def plain(value):
         if isinstance(value, datetime) and value.tzinfo is not None:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
 from sqlmodel import Session
 
-from models.db import init_db, make_engine, project_batch
+from models.store.db import init_db, make_engine, project_batch
 from models.passes import REFUSALS, PassState, Signer, kafka_partition
 from models.records import CheckpointScan, format_time
 from streams.keys import key_id

@@ -50,7 +50,7 @@ look-back over the requests topic; those with no request at all are orphans. Eve
 `status_unexpected`) makes the command exit 1, so it can run as a scheduled job.
 
 `--rebuild DATABASE_URL` rebuilds the database projections from the log into an empty database
-with the same `models.db.project_*` functions and batch shape as the worker's projector.
+with the same `models.store.db.project_*` functions and batch shape as the worker's projector.
 `greenchannel pass history PASS_ID` tells one pass's story from the log, not the database.
 
 One job per module: `reader` (positions, the log reader, the merge into event-time order),

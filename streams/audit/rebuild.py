@@ -29,8 +29,8 @@ async def rebuild_database(settings, database_url: str, *, since: Position | Non
                            until: Position | None = None, batch_size: int = 5000, progress: bool = False) -> dict:
     """Project decisions, statuses, risk and enterprises from the log into an empty database, with
     the projector's own batch shape and writes (`streams.projector.shape`, `write`)."""
-    from models.db import init_db, make_engine
-    from models.tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
+    from models.store.db import init_db, make_engine
+    from models.store.tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
 
     from ..handlers import Topics
     from ..projector import shape, write

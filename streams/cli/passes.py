@@ -40,7 +40,7 @@ def cmd_pass_show(settings, pass_id: str) -> int:
     from rich.table import Table
     from sqlmodel import Session
 
-    from models.db import get_pass, get_pass_events, make_engine
+    from models.store.db import get_pass, get_pass_events, make_engine
 
     console = Console()
     with Session(make_engine(settings.database_url)) as session:

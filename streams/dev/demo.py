@@ -29,11 +29,11 @@ from rich.live import Live
 from rich.table import Table
 from sqlmodel import Session, func, select
 
-from models.db import checkpoint_dwell, count_by, make_engine
+from models.store.db import checkpoint_dwell, count_by, make_engine
 from models.operators import risk_entry
 from models.passes import ACTIVE, InvalidToken, verify_token
 from models.records import format_time, parse_time
-from models.tables import Pass, PassEvent, Shipment
+from models.store.tables import Pass, PassEvent, Shipment
 from routing import Gazetteer
 
 from .broker import TansuBroker, ensure_topics, free_port

@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, and_, case, func, inspect, or_, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, create_engine, select
+from sqlmodel import Session, col, create_engine, select
 
-from .records import parse_time
+from ..records import parse_time
 from .tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
 
 __all__ = ["make_engine", "init_db", "upgrade", "alembic_config", "project_decisions", "project_statuses",
@@ -39,7 +40,7 @@ MIGRATION_LOCK = 0x67636D69
 
 
 def alembic_config(url: str | None = None, *, connection: Connection | None = None) -> Config:
-    """The Alembic configuration of models/migrations (there is no alembic.ini)."""
+    """The Alembic configuration of models/store/migrations (there is no alembic.ini)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("path_separator", "os")
@@ -67,7 +68,8 @@ def _migration_lock(engine: Engine) -> Iterator[Connection]:
             try:
                 yield connection
             except BaseException:
-                if connection.connection.dbapi_connection.in_transaction:  # some errors end it already
+                dbapi = connection.connection.dbapi_connection
+                if dbapi is not None and dbapi.in_transaction:  # some errors end it already
                     connection.exec_driver_sql("ROLLBACK")
                 raise
             connection.exec_driver_sql("COMMIT")
@@ -88,7 +90,8 @@ def init_db(engine: Engine) -> None:
     with _migration_lock(engine) as connection:
         config = alembic_config(connection=connection)
         if (MigrationContext.configure(connection).get_current_revision() is None
-                and inspect(connection).has_table(Shipment.__tablename__)):
+                # sqlmodel types __tablename__ str | Callable (a declared_attr); on a table class it is the str.
+                and inspect(connection).has_table(Shipment.__tablename__)):  # type: ignore[arg-type]
             command.stamp(config, BASELINE)
         command.upgrade(config, "head")
 
@@ -102,8 +105,8 @@ def upgrade(url: str) -> None:
         engine.dispose()
 
 
-def _upsert(session: Session, table, rows: Sequence[dict], *, keys: list[str], update: list[str] | None,
-            keep: list[str] = (), only_if=None) -> None:
+def _upsert(session: Session, table, rows: Sequence[dict], *, keys: list[str], update: Sequence[str] | None,
+            keep: Sequence[str] = (), only_if=None) -> None:
     """Insert rows; on a key conflict overwrite `update` columns and fill `keep` columns only if empty.
 
     One statement, executed once per row by the driver (executemany: sqlite3's, psycopg's pipeline),
@@ -118,7 +121,7 @@ def _upsert(session: Session, table, rows: Sequence[dict], *, keys: list[str], u
     stmt = insert(table.__table__)
     if update or keep:
         columns = table.__table__.c
-        set_ = {c: stmt.excluded[c] for c in update or ()}
+        set_: dict[str, Any] = {c: stmt.excluded[c] for c in update or ()}
         set_.update({c: func.coalesce(columns[c], stmt.excluded[c]) for c in keep})
         where = only_if(stmt.excluded, columns) if only_if is not None else None
         stmt = stmt.on_conflict_do_update(index_elements=keys, set_=set_, where=where)
@@ -133,7 +136,9 @@ def _last_per_key(rows: Iterable[dict], key: str) -> list[dict]:
 
 
 def project_decisions(session: Session, decisions: Iterable[dict]) -> None:
-    shipments, passes, checkpoints = [], [], []
+    shipments: list[dict] = []
+    passes: list[dict] = []
+    checkpoints: list[dict] = []
     for d in decisions:
         the_pass = d.get("pass")
         shipments.append({
@@ -218,15 +223,15 @@ def get_pass(session: Session, *, pass_id: str) -> Pass | None:
 
 
 def get_pass_events(session: Session, *, pass_id: str) -> list[PassEvent]:
-    return list(session.exec(select(PassEvent).where(PassEvent.pass_id == pass_id).order_by(PassEvent.at, PassEvent.id)))
+    return list(session.exec(select(PassEvent).where(PassEvent.pass_id == pass_id).order_by(col(PassEvent.at), col(PassEvent.id))))
 
 
-def checkpoint_dwell(session: Session) -> list[tuple[str, int, float, int]]:
+def checkpoint_dwell(session: Session) -> list[tuple[str | None, int, float, int]]:
     """(checkpoint, departures with a dwell, mean dwell seconds, dwells over target) per checkpoint."""
     # PostgreSQL casts a boolean to integer or text only; a CASE counts on every database.
-    over = func.sum(case((PassEvent.dwell_exceeded, 1), else_=0))
+    over = func.sum(case((col(PassEvent.dwell_exceeded), 1), else_=0))
     q = (select(PassEvent.checkpoint_id, func.count(), func.avg(PassEvent.dwell_seconds), over)
-         .where(PassEvent.dwell_seconds.is_not(None)).group_by(PassEvent.checkpoint_id)
+         .where(col(PassEvent.dwell_seconds).is_not(None)).group_by(PassEvent.checkpoint_id)
          .order_by(PassEvent.checkpoint_id))
     return [(c, n, float(avg), int(o or 0)) for c, n, avg, o in session.exec(q)]
 
@@ -240,13 +245,14 @@ def count_by(session: Session, column) -> dict:
 def checkpoint_board(session: Session, *, window: int = 50, target_seconds: float = 900) -> list[dict]:
     """Each checkpoint with the vehicles there now and the median dwell of its last `window`
     departures, flagged over `target_seconds` (the rule of `models.tracking.board_row`)."""
-    from .tracking import board_row
-    present = dict(session.execute(select(Pass.checkpoint_id, func.count()).where(
-        Pass.status.in_(("at_checkpoint", "held")), Pass.checkpoint_id.is_not(None)).group_by(Pass.checkpoint_id)).all())
+    from ..tracking import board_row
+    present: dict[str, int] = dict(session.execute(select(Pass.checkpoint_id, func.count()).where(
+        col(Pass.status).in_(("at_checkpoint", "held")), col(Pass.checkpoint_id).is_not(None)).group_by(
+        Pass.checkpoint_id)).all())
     recent = (select(PassEvent.checkpoint_id, PassEvent.dwell_seconds,
                      func.row_number().over(partition_by=PassEvent.checkpoint_id,
-                                            order_by=(PassEvent.at.desc(), PassEvent.id.desc())).label("n"))
-              .where(PassEvent.dwell_seconds.is_not(None)).subquery())
+                                            order_by=(col(PassEvent.at).desc(), col(PassEvent.id).desc())).label("n"))
+              .where(col(PassEvent.dwell_seconds).is_not(None)).subquery())
     dwells: dict[str, list[float]] = {}
     for checkpoint, dwell in session.execute(select(recent.c.checkpoint_id, recent.c.dwell_seconds).where(
             recent.c.n <= window)):
@@ -265,8 +271,8 @@ def _hour(session: Session, column):
 def decisions_per_hour(session: Session) -> list[tuple[str, str, str, int]]:
     """(hour, decision, class or '', count), by hour of the decision time (UTC)."""
     hour = _hour(session, Shipment.decided_at).label("hour")
-    q = (select(hour, Shipment.decision, Shipment.priority, func.count()).group_by(hour, Shipment.decision,
-                                                                                   Shipment.priority).order_by(hour))
+    q = (select(hour, Shipment.decision, Shipment.priority, func.count())
+         .group_by(hour, Shipment.decision, col(Shipment.priority)).order_by(hour))
     return [(h, d, p or "", n) for h, d, p, n in session.exec(q)]
 
 
@@ -281,14 +287,14 @@ def rejections_by_reason(session: Session) -> dict[str, int]:
 
 def active_pass_places(session: Session, active: Iterable[str]) -> list[tuple[str | None, str | None, int]]:
     """(last checkpoint, issuing county, passes) of the active passes: where they are on the map."""
-    q = (select(Pass.checkpoint_id, Pass.issuer, func.count()).where(Pass.status.in_(tuple(active)))
-         .group_by(Pass.checkpoint_id, Pass.issuer))
+    q = (select(Pass.checkpoint_id, Pass.issuer, func.count()).where(col(Pass.status).in_(tuple(active)))
+         .group_by(col(Pass.checkpoint_id), col(Pass.issuer)))
     return [(c, i, n) for c, i, n in session.exec(q)]
 
 
 def find_passes(session: Session, text: str, *, limit: int = 10) -> list[Pass]:
     """Passes whose pass id, shipment id or plate is `text` (plates without '·' or spaces)."""
     plate = text.replace("·", "").replace(" ", "").upper()
-    q = (select(Pass).where(or_(Pass.pass_id == text, Pass.shipment_id == text, Pass.plate == plate))
-         .order_by(Pass.valid_from.desc()).limit(limit))
+    q = (select(Pass).where(or_(col(Pass.pass_id) == text, col(Pass.shipment_id) == text, col(Pass.plate) == plate))
+         .order_by(col(Pass.valid_from).desc()).limit(limit))
     return list(session.exec(q))

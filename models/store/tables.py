@@ -1,8 +1,8 @@
 """SQLModel tables: the database projections of the streams.
 
-Each family follows one pattern: `XBase` (shared fields), `X` (the table), `XPublic` (what
-is shown). Rows are written only by the projector, with idempotent upserts keyed by the
-stream's own keys, so a redelivered message rewrites the same row.
+Each family follows one pattern: `XBase` (the fields), `X` (the table). Rows are written only
+by the projector, with idempotent upserts keyed by the stream's own keys, so a redelivered
+message rewrites the same row.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field, SQLModel
 
 __all__ = [
-    "Shipment", "ShipmentBase", "ShipmentPublic", "Pass", "PassBase", "PassPublic", "PassEvent",
-    "PassEventBase", "PassEventPublic", "Region", "RegionBase", "Enterprise", "EnterpriseBase",
-    "Checkpoint", "CheckpointBase",
+    "Shipment", "ShipmentBase", "Pass", "PassBase", "PassEvent", "PassEventBase", "Region", "RegionBase",
+    "Enterprise", "EnterpriseBase", "Checkpoint", "CheckpointBase",
 ]
 
 
@@ -35,10 +34,6 @@ class ShipmentBase(SQLModel):
 
 
 class Shipment(ShipmentBase, table=True):
-    pass
-
-
-class ShipmentPublic(ShipmentBase):
     pass
 
 
@@ -62,10 +57,6 @@ class Pass(PassBase, table=True):
     token: str | None = None
 
 
-class PassPublic(PassBase):
-    pass
-
-
 class PassEventBase(SQLModel):
     pass_id: str = Field(max_length=12, index=True)
     status: str = Field(max_length=16)
@@ -81,10 +72,6 @@ class PassEvent(PassEventBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     # The CloudEvents id of the status event: the idempotency key of the history.
     event_id: str = Field(max_length=64, unique=True)
-
-
-class PassEventPublic(PassEventBase):
-    pass
 
 
 class RegionBase(SQLModel):
