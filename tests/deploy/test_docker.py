@@ -45,7 +45,7 @@ import yaml
 
 from streams.cli import build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE_FILE = DOCKER / "compose.yml"
 SCHEMA_FILE = DOCKER / "compose-spec.schema.json"

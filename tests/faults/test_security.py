@@ -25,14 +25,12 @@ from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
 from streams.connection import Connection
 from streams.settings import Settings
-from tests.conftest import ROOT, Tap, make_broker, start_station, start_system, stop_processes
-from tests.test_faults import worker_killed_mid_stream
-from tests.test_station_offline import Client
-from support import station_request, until
+from tests.support.system import ROOT, Client, Tap, make_broker, start_station, start_system, stop_processes
+from tests.support.faults import worker_killed_mid_stream
+from tests.support.factories import station_request, until
 
 pytestmark = [
     pytest.mark.secure,
-    pytest.mark.integration,
     pytest.mark.skipif(not (shutil.which("java") and shutil.which("mvn")),
                        reason="needs java and mvn on PATH to run real Kafka"),
     pytest.mark.timeout(900),

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.broker import free_port
 from streams.connection import Connection
-from tests.conftest import ROOT
+from tests.support.system import ROOT
 
 
 def test_broker_command_serves_kafka_and_stops_cleanly():

@@ -10,7 +10,6 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import orjson
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.passes import kafka_partition
@@ -18,10 +17,9 @@ from models.records import parse_time
 from streams.handlers import clock_command
 from streams.simulator import Scenario
 
-from conftest import PARTITIONS, start_system
-from support import until
+from tests.support.system import PARTITIONS, start_system
+from tests.support.factories import until
 
-pytestmark = pytest.mark.integration
 
 RETENTION = timedelta(days=7)  # the default (GC_PASS_RETENTION_DAYS)
 

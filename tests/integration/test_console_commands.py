@@ -1,9 +1,9 @@
 """The operators' and firms' commands through the running system: what they publish on the real
-topics, what the worker does with it, and their exit codes."""
+topics, what the worker does with it, and their exit codes (their files and entries without a broker:
+tests/unit/test_operator_entries.py)."""
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 import uuid
@@ -11,60 +11,9 @@ import uuid
 import orjson
 import pytest
 
-from models.operators import EntryError, enterprise_csv, read_enterprise_csv, risk_entry
-from models.records import parse_time
-from routing import Gazetteer
-from streams.simulator import Scenario, make_credit_code
-from tests.conftest import ROOT
-
-AT = parse_time("2020-02-25T08:00:00Z")
-
-
-# --- the core, without a broker -----------------------------------------------------------------
-
-def codes(seed: int, n: int) -> list[str]:
-    rng = random.Random(seed)
-    return [make_credit_code(rng, "420100") for _ in range(n)]
-
-
-def bad_check(code: str) -> str:
-    """The same code with a wrong check character."""
-    return code[:17] + ("0" if code[17] != "0" else "1")
-
-
-def test_the_csv_reader_names_each_bad_row_by_line_and_keeps_the_good_ones():
-    a, b, c = codes(1, 3)
-    text = ("\ufeffcredit_code,name,contact\n"
-            f"{a},武汉某口罩厂,张\n"
-            f"{bad_check(b)},坏校验码公司,李\n"
-            "\n"
-            f"{c},某汽车零部件厂,\n"
-            f"{a},重复的公司,王\n"
-            f"{b},,赵\n")
-    rows = read_enterprise_csv(text, at=AT)
-    assert [(line, e["credit_code"], e["name"]) for line, e in rows.good] == [(2, a, "武汉某口罩厂"), (5, c, "某汽车零部件厂")]
-    assert [line for line, _ in rows.bad] == [3, 6, 7]
-    assert "check character" in rows.bad[0][1] and f"repeats line 2" in rows.bad[1][1]
-    assert rows.bad[2][1] == "name must not be empty"
-    again = read_enterprise_csv(enterprise_csv([(e["credit_code"], e["name"]) for _, e in rows.good]), at=AT)
-    assert [e for _, e in again.good] == [e for _, e in rows.good] and again.bad == []
-
-
-def test_a_csv_without_the_columns_is_refused_whole():
-    with pytest.raises(EntryError, match="line 1: the header must name credit_code, name"):
-        read_enterprise_csv("code,company\n91330100799655058B,x\n", at=AT)
-
-
-@pytest.mark.parametrize("adcode, stored", [("4201", "4201"), ("420100", "4201"), ("42", "42"), ("420111", "420111")])
-def test_a_risk_entry_names_a_region_of_the_gazetteer(adcode, stored):
-    entry = risk_entry(adcode, "high", at=AT, is_region=Gazetteer.default().names_region, note="通告第1号")
-    assert entry == {"adcode": adcode, "level": "high", "effective_at": "2020-02-25T08:00:00Z", "note": "通告第1号"}
-    for bad, why in (("999999", "names no province"), ("4201", "level must be")):
-        with pytest.raises(EntryError, match=why):
-            risk_entry(bad, "high" if bad == "999999" else "severe", at=AT, is_region=Gazetteer.default().names_region)
-
-
-# --- through the running system -------------------------------------------------------------------
+from streams.simulator import Scenario
+from tests.support.factories import bad_check, codes
+from tests.support.system import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +22,6 @@ def system(own_system):
     return own_system
 
 
-@pytest.mark.integration
 async def test_import_publishes_exactly_the_good_rows_and_names_the_bad_ones(system, tmp_path):
     a, b, c, d = codes(uuid.uuid4().int, 4)
     path = tmp_path / "key-list.csv"
@@ -99,7 +47,6 @@ async def test_import_publishes_exactly_the_good_rows_and_names_the_bad_ones(sys
     assert a not in after.stdout and c in after.stdout
 
 
-@pytest.mark.integration
 async def test_risk_set_for_no_region_exits_non_zero_and_publishes_nothing(system):
     await system.tap.caught_up([system.topics.risk])
     before = len(system.tap.where(system.topics.risk))
@@ -114,7 +61,6 @@ async def test_risk_set_for_no_region_exits_non_zero_and_publishes_nothing(syste
     assert listing.returncode == 0 and "5301" in listing.stdout and "昆明市" in listing.stdout
 
 
-@pytest.mark.integration
 async def test_an_entry_without_effective_at_is_in_force_from_its_record_time(system):
     code = codes(uuid.uuid4().int, 1)[0]
     await system.send(system.topics.enterprises, {"credit_code": code, "name": "无生效时间", "action": "add"}, key=code)
@@ -126,7 +72,6 @@ async def test_an_entry_without_effective_at_is_in_force_from_its_record_time(sy
     assert not system.tap.where(system.topics.deadletter, lambda m: m.key == code.encode())
 
 
-@pytest.mark.integration
 async def test_a_risk_entry_naming_no_region_is_dead_lettered_by_the_worker(system):
     key = f"99{uuid.uuid4().int % 10**4:04d}"
     await system.send(system.topics.risk, {"adcode": "999999", "level": "high"}, key=key)
@@ -135,7 +80,6 @@ async def test_a_risk_entry_naming_no_region_is_dead_lettered_by_the_worker(syst
     assert dead.json["topic"] == system.topics.risk
 
 
-@pytest.mark.integration
 async def test_request_submit_exits_0_approved_1_rejected_2_invalid(system, tmp_path):
     scenario = Scenario(seed=uuid.uuid4().int % 10**6)
     approved = scenario.request(1, kind="P0")
@@ -160,7 +104,6 @@ async def test_request_submit_exits_0_approved_1_rejected_2_invalid(system, tmp_
     assert not system.tap.where(system.topics.requests, lambda m: m.key == invalid["shipment_id"].encode())
 
 
-@pytest.mark.integration
 async def test_request_submit_batch_sends_the_valid_lines_and_sums_up(system, tmp_path):
     scenario = Scenario(seed=uuid.uuid4().int % 10**6)
     bodies = [scenario.request(n, kind="P0" if n % 2 else "none") for n in range(6)]

@@ -1,5 +1,6 @@
 """The operators' dashboard in a real browser (Debian Chromium through Playwright), against the
-running system: the map, a risk change arriving live, the checkpoint board, search."""
+running system: the map, a risk change arriving live, the checkpoint board, search (its parts without a
+broker: tests/unit/test_dashboard_parts.py)."""
 
 from __future__ import annotations
 
@@ -11,45 +12,15 @@ import urllib.request
 import uuid
 from datetime import datetime, timedelta
 
-import orjson
 import pytest
 
-from models.mapregions import MAP_ALIASES, gazetteer_code
-from models.records import format_time, parse_time
-from models.reference import RiskBook
-from routing import Gazetteer
+from models.records import format_time
 from streams.broker import free_port
-from streams.dashboard import map_features
 from streams.simulator import Scenario
-from tests.conftest import ROOT
+from tests.support.system import ROOT
 
 HIGH = "#d7301f"  # LEVEL[2] of dashboard.js
 WUHAN = "420100"
-
-
-# --- the map's regions and the gazetteer's ---------------------------------------------------------
-
-def test_every_map_region_shows_a_region_of_the_gazetteer():
-    gazetteer = Gazetteer.default()
-    features = map_features()
-    assert len(features) > 360
-    unknown = {f for f in features if not gazetteer.names_region(gazetteer_code(f))}
-    assert unknown == {"659005", "659007"}  # 北屯, 双河: newer than the table; their province's level shows
-    assert all(gazetteer.names_region(code) for code in MAP_ALIASES.values())
-
-
-def test_a_prefecture_level_colours_its_map_region_and_no_other():
-    from models.mapregions import feature_levels
-    from models.records import RegionRisk
-    book, at = RiskBook(), parse_time("2020-02-25T00:00:00Z")
-    book.apply(RegionRisk("4201", "high", at))
-    book.apply(RegionRisk("11", "medium", at))
-    levels = feature_levels(book, map_features(), at)
-    assert levels[WUHAN] == 2 and levels["110000"] == 1 and levels["420200"] == 0
-    assert sorted(f for f, n in levels.items() if n) == ["110000", WUHAN]
-
-
-# --- in the browser ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +70,6 @@ WUHAN_VISUAL = """() => {
 }"""
 
 
-@pytest.mark.integration
 async def test_the_map_draws_the_regions_and_wuhan_turns_high_risk_without_a_reload(page, dashboard, system):
     await open_dashboard(page, dashboard)
     regions = await page.evaluate("gc.map.getOption().series[0].data.length")
@@ -130,7 +100,6 @@ def _tibet_to_qinghai(n: int) -> dict:
     return body
 
 
-@pytest.mark.integration
 async def test_the_board_shows_the_dwell_after_scans_and_search_shows_the_timeline(page, dashboard, system):
     body = _tibet_to_qinghai(1)
     await system.send(system.topics.requests, body, key=body["shipment_id"])
@@ -172,15 +141,6 @@ async def test_the_board_shows_the_dwell_after_scans_and_search_shows_the_timeli
         await page.wait_for_selector(card, timeout=10_000)
 
 
-def test_bound_beyond_loopback_the_dashboard_wants_a_token(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "GC_DATA_DIR": str(tmp_path),
-           "GC_DATABASE_URL": f"sqlite:///{tmp_path}/gc.db", "GC_BROKER_URL": "kafka://127.0.0.1:9"}
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "dashboard", "--host", "0.0.0.0", "--port", "0"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "beyond loopback: set a token" in done.stdout, done.stdout + done.stderr
-
-
-@pytest.mark.integration
 async def test_beyond_loopback_the_page_and_its_assets_open_with_the_token_only(page, system):
     port, log_path = free_port(), system.data_dir / "dashboard-token.log"
     with open(log_path, "wb") as log:

@@ -19,10 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.system import BROKER_KIND
+
 pytestmark = [
     pytest.mark.kafka,
     pytest.mark.skipif(not (shutil.which("java") and shutil.which("mvn")),
                        reason="needs java and mvn on PATH to run real Kafka"),
+    pytest.mark.skipif(BROKER_KIND == "kafka3", reason="starts Apache Kafka clusters of its own: runs once, "
+                                                         "in the kafka lane"),
 ]
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
@@ -31,7 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from streams.connection import Connection  # noqa: E402
 from streams.kafka import KafkaCluster, KafkaError, broker_ids, ensure_jars  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------

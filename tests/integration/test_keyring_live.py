@@ -14,17 +14,14 @@ from datetime import datetime, timezone
 
 import aiohttp
 import orjson
-import pytest
 
 from models.passes import unverified_claims, verify_token
 from models.records import format_time
 from streams.broker import free_port
 from streams.keys import KeyDir, load_keyring
 
-from conftest import start_station, stop_processes
-from support import STATION_TIMEOUT, decided, station_request, until
-
-pytestmark = pytest.mark.integration
+from tests.support.system import start_station, stop_processes
+from tests.support.factories import STATION_TIMEOUT, decided, station_request, until
 
 
 def keys_view(system) -> list[dict]:

@@ -10,7 +10,6 @@ import uuid
 from collections import Counter
 
 import orjson
-import pytest
 from sqlmodel import Session, select
 
 from models.db import make_engine
@@ -18,10 +17,8 @@ from models.passes import kafka_partition
 from models.records import parse_time
 from models.tables import Pass
 from streams.simulator import Scenario
-from tests.conftest import PARTITIONS, ROOT
-from tests.test_pass_numbers import CITIES_WITHOUT_COUNTIES
-
-pytestmark = pytest.mark.integration
+from tests.support.system import PARTITIONS, ROOT
+from tests.support.factories import CITIES_WITHOUT_COUNTIES
 
 
 def _requests(origin: str, count: int, seed: int, **over) -> list[dict]:

@@ -16,9 +16,8 @@ from models.records import format_time, parse_time
 from streams.keys import load_public_key
 from streams.simulator import Scenario, scans_for
 
-from support import load_key_enterprises
+from tests.support.factories import load_key_enterprises
 
-pytestmark = pytest.mark.integration
 
 CE_HEADERS = {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "content-type"}
 

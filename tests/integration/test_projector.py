@@ -4,7 +4,7 @@ The broker tests publish decisions, statuses, risk levels and key-enterprise ent
 the output topics, as a worker does (keys, CloudEvents headers), and run `greenchannel projector`
 processes on them; no worker is involved. Each test has topics, a consumer group and a database
 of its own: SQLite, or PostgreSQL when GC_TEST_DATABASE_URL names a server (the kafka lane).
-The unit tests at the end shape and write batches without a broker.
+Shaping and writing batches without a broker: tests/unit/test_projector_batches.py.
 """
 
 from __future__ import annotations
@@ -21,34 +21,21 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
-from sqlmodel import Session
 
-from models.db import make_engine, upgrade
+from models.db import upgrade
 from models.tables import Enterprise, Pass, PassEvent, Region, Shipment
 from streams.broker import ensure_topics
 from streams.connection import Connection
 from streams.handlers import Topics
-from streams.projector import bad_record, shape, write
-from streams.replay import Record
-from tests.conftest import ON_KAFKA, PARTITIONS, replication_factor, start_projector, stop_processes, system_env
-from tests.test_db import decision, fresh_postgres_database, status
+from tests.support.projections import (FIRM_A, FIRM_B, approved, ce, decision, fresh_postgres_database, issued,
+                                       pass_id, rows, status, table)
+from tests.support.system import ON_KAFKA, PARTITIONS, replication_factor, start_projector, stop_processes
+from tests.support.system import system_env
 
-integration = pytest.mark.integration
-
-FIRM_A, FIRM_B = "91330100799655058B", "9144030071526726XG"   # valid unified social credit codes
 SUMMARY = re.compile(r"projector stopped: (\d+) records written, (\d+) skipped")
 ASSIGNED = re.compile(r"projector assigned \d+ partitions: (.*)$", re.M)
-
-
-def pass_id(n: int) -> str:
-    return f"440305{n:06d}"
-
-
-def ce(ce_id: str) -> list[tuple[str, bytes]]:
-    return [("ce_specversion", b"1.0"), ("ce_id", ce_id.encode()), ("content-type", b"application/json")]
 
 
 # --- a lane of topics, a database and projector processes ------------------------------------------
@@ -150,22 +137,6 @@ async def _pause() -> None:
     await asyncio.sleep(0.1)  # polling a condition with a deadline
 
 
-def rows(url: str, query, tables) -> dict:
-    engine = make_engine(url)
-    try:
-        with Session(engine) as session:
-            return {t: query(session, t) for t in tables}
-    finally:
-        engine.dispose()
-
-
-def table(url: str, model) -> dict:
-    """Every row of `model`, by its natural key."""
-    key = {Shipment: "shipment_id", Pass: "pass_id", PassEvent: "event_id", Region: "adcode",
-           Enterprise: "credit_code"}[model]
-    return rows(url, lambda s, t: {getattr(r, key): r for r in s.scalars(select(t))}, (model,))[model]
-
-
 @pytest.fixture
 async def lane(broker, database, tmp_path):
     prefix = f"pj{uuid.uuid4().hex[:6]}."
@@ -184,14 +155,6 @@ async def lane(broker, database, tmp_path):
     await producer.stop()
 
 
-def approved(n: int, **kw) -> dict:
-    return decision(f"S-{n:05d}", pass_id(n), **kw)
-
-
-def issued(n: int) -> tuple[str, dict]:
-    return f"status/{pass_id(n)}/issued", status(pass_id(n), "issued", "2020-02-20T08:00:00+08:00")
-
-
 async def publish_passes(lane: Lane, numbers: range) -> None:
     """An approved decision and its `issued` status for each number."""
     for n in numbers:
@@ -201,7 +164,6 @@ async def publish_passes(lane: Lane, numbers: range) -> None:
 
 # --- (a) rows out ------------------------------------------------------------------------------------
 
-@integration
 async def test_a_projector_fills_the_database_from_the_topics(lane):
     t = lane.topics
     for n in range(4):
@@ -267,7 +229,6 @@ def shared(lane: Lane) -> bool:
     return bool(a) and bool(b) and not (a & b) and a | b == every
 
 
-@integration
 async def test_two_projectors_share_the_partitions_and_write_each_record_once(lane):
     first, second = lane.start(), lane.start()
     await lane.until(lambda: shared(lane), "partitions split between the two projectors", timeout=120)
@@ -283,7 +244,6 @@ async def test_two_projectors_share_the_partitions_and_write_each_record_once(la
 
 # --- (c) stop and restart ---------------------------------------------------------------------------------
 
-@integration
 async def test_a_restarted_projector_resumes_from_its_committed_offsets(lane):
     await publish_passes(lane, range(300))
     first = lane.start("--batch-size", "50")
@@ -302,7 +262,6 @@ async def test_a_restarted_projector_resumes_from_its_committed_offsets(lane):
 
 # --- (d) malformed records ---------------------------------------------------------------------------------
 
-@integration
 async def test_malformed_records_are_skipped_and_the_projector_goes_on(lane):
     t = lane.topics
     await publish_passes(lane, range(10))
@@ -328,7 +287,6 @@ async def test_malformed_records_are_skipped_and_the_projector_goes_on(lane):
 
 # --- read_committed on Apache Kafka ------------------------------------------------------------------------
 
-@integration
 @pytest.mark.skipif(not ON_KAFKA, reason="Tansu has no transactions (GC_TEST_BROKER=kafka runs this)")
 async def test_on_kafka_an_aborted_transaction_never_reaches_the_database(lane):
     producer = AIOKafkaProducer(**lane.connection.kwargs(), transactional_id=f"pj-{uuid.uuid4().hex[:8]}")
@@ -347,83 +305,3 @@ async def test_on_kafka_an_aborted_transaction_never_reaches_the_database(lane):
     assert lane.env["GC_PROCESSING_GUARANTEE"] == "exactly_once"
     assert "S-ABORTED" not in table(lane.database_url, Shipment)
     assert lane.stop(proc)[0] == 2
-
-
-# --- the batch shape and the writes, no broker ---------------------------------------------------------------
-
-T = Topics.with_prefix("gc.")
-
-
-def record(topic: str, value, offset: int = 0, *, partition: int = 1, headers=()) -> Record:
-    raw = orjson.dumps(value) if isinstance(value, (dict, list)) else value
-    return Record(topic, partition, offset, 0, None, raw, tuple(headers))
-
-
-def test_shape_takes_each_record_as_project_batch_does_and_counts_the_unusable():
-    d = approved(1)
-    s = status(pass_id(1), "issued", "2020-02-20T08:00:00+08:00")
-    shaped = shape(T, [
-        record(T.decisions, d, 0),
-        record(T.status, s, 1, headers=ce("status/x/1")),
-        record(T.status, s, 2),   # no ce_id: its place in the log
-        record(T.risk, {"adcode": "4403", "level": "high", "effective_at": "2020-02-20T08:00:00+08:00"}, 3),
-        record(T.enterprises, {"credit_code": FIRM_A.lower(), "name": "A", "action": "add",
-                               "effective_at": "2020-02-20T00:00:00Z"}, 4),
-        record(T.risk, {"adcode": "4403", "level": "extreme", "effective_at": "2020-02-20T00:00:00Z"}, 5),
-        record(T.decisions, b"not json", 6),
-        record(T.status, None, 7),
-        record(T.requests, {"shipment_id": "X"}, 8),
-    ])
-    assert [(i.kind, i.where) for i in shaped.items] == [
-        ("decisions", "gc.pass.decisions/1@0"), ("statuses", "gc.pass.status/1@1"),
-        ("statuses", "gc.pass.status/1@2"), ("risks", "gc.region.risk/1@3"), ("enterprises", "gc.enterprises/1@4")]
-    assert shaped.items[0].row == d
-    assert [i.row[0] for i in shaped.items[1:3]] == ["status/x/1", "gc.pass.status/1/2"]
-    # Reference records as the worker reads them: the credit code normalised, times in UTC.
-    assert shaped.items[3].row == {"adcode": "4403", "level": "high", "effective_at": "2020-02-20T00:00:00Z"}
-    assert shaped.items[4].row["credit_code"] == FIRM_A
-    assert [why.split(":")[0] for why in shaped.skipped] == [
-        "gc.region.risk/1@5", "gc.pass.decisions/1@6", "gc.pass.status/1@7", "gc.shipment.requests/1@8"]
-
-
-def test_write_skips_only_the_records_the_database_cannot_take(tmp_path):
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    upgrade(url)
-    records = [record(T.decisions, approved(n), n) for n in range(40)]
-    records[7] = record(T.decisions, {"shipment_id": "BAD-7", "decision": "approved"}, 7)
-    records[30] = record(T.decisions, {**approved(30), "decided_at": 12}, 30)
-    engine = make_engine(url)
-    try:
-        written = write(engine, shape(T, records).items)
-    finally:
-        engine.dispose()
-    assert written.rows == 38
-    assert [why.split(":")[0] for why in written.skipped] == ["gc.pass.decisions/1@7", "gc.pass.decisions/1@30"]
-    assert set(table(url, Shipment)) == {f"S-{n:05d}" for n in range(40) if n not in (7, 30)}
-
-
-def test_write_raises_when_the_database_is_unreachable():
-    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
-    try:
-        with pytest.raises(sa_exc.OperationalError):
-            write(engine, shape(T, [record(T.decisions, approved(1))]).items)
-    finally:
-        engine.dispose()
-
-
-class _ServerError(Exception):
-    def __init__(self, sqlstate: str | None) -> None:
-        super().__init__(sqlstate)
-        self.sqlstate = sqlstate
-
-
-@pytest.mark.parametrize("error, ours", [
-    (KeyError("rules_version"), True),
-    (sa_exc.DataError("INSERT", {}, _ServerError("22001")), True),     # value too long
-    (sa_exc.IntegrityError("INSERT", {}, _ServerError("23502")), True),
-    (sa_exc.ProgrammingError("INSERT", {}, _ServerError(None)), True),  # a value the driver cannot bind
-    (sa_exc.ProgrammingError("INSERT", {}, _ServerError("42P01")), False),  # no such table: the schema's fault
-    (sa_exc.OperationalError("INSERT", {}, _ServerError("08006")), False),  # connection lost
-], ids=["missing-field", "data", "integrity", "unbindable", "undefined-table", "connection"])
-def test_bad_record_tells_a_record_from_the_database(error, ours):
-    assert bad_record(error) is ours

@@ -17,12 +17,11 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from tests.conftest import BROKER_KIND, make_broker, start_station, start_system, stop_processes
-from support import decided, station_request as a_request, until
+from tests.support.system import BROKER_KIND, Client, make_broker, start_station, start_system, stop_processes
+from tests.support.factories import decided, station_request as a_request, until
 
 pytestmark = [
     pytest.mark.kafka,
-    pytest.mark.integration,
     pytest.mark.skipif(not (shutil.which("java") and shutil.which("mvn")),
                        reason="needs java and mvn on PATH to run real Kafka"),
     pytest.mark.skipif(BROKER_KIND == "kafka3", reason="starts a 1-node Apache Kafka of its own: runs once, "
@@ -48,22 +47,6 @@ async def system(cluster, tmp_path_factory):
                               prefix=f"so{uuid.uuid4().hex[:4]}.")
     yield sysm
     await sysm.close()
-
-
-class Client:
-    """The station's API, as its page uses it."""
-
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
-        self.session, self.url = session, url
-
-    async def post(self, path: str, body: dict) -> dict:
-        async with self.session.post(self.url + path, json=body) as r:
-            assert r.status == 200, await r.text()
-            return await r.json()
-
-    async def state(self) -> dict:
-        async with self.session.get(self.url + "api/state") as r:
-            return await r.json()
 
 
 async def passes_at_station(system, count: int) -> tuple[str, list[dict]]:

@@ -22,12 +22,11 @@ import orjson
 import pytest
 
 from models.records import format_time
-from tests.conftest import ARTIFACTS, ROOT, StationProcess, start_station, stop_processes
-from support import STATION_SCENARIO as SCENARIO, STATION_TIMEOUT as TIMEOUT, decided, forged, load_key_enterprises
-from support import station_request as a_request
-
-pytestmark = pytest.mark.integration
-
+from tests.support.browser import ARTIFACTS
+from tests.support.system import ROOT, StationProcess, start_station, stop_processes
+from tests.support.factories import STATION_SCENARIO as SCENARIO, STATION_TIMEOUT as TIMEOUT, decided, forged
+from tests.support.factories import load_key_enterprises
+from tests.support.factories import station_request as a_request
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""What the broker-free tests share: the core wired with a fixed test key, and schema validators."""
+"""What the tests share: the core wired with a fixed test key, factories of requests, passes and stations' traffic, and
+schema validators."""
 
 from __future__ import annotations
 
@@ -21,15 +22,15 @@ import orjson
 import pytest
 
 from models.keyring import Keyring
-from models.passes import PassState, Signer, unverified_claims
+from models.passes import PassState, Signer, kafka_partition, unverified_claims
 from models.tracking import Tracker
 from models.records import format_time
 from streams.bootstrap import build_pipeline
-from streams.handlers import Pipeline, Topics
+from streams.handlers import Pipeline, Tables, Topics
 from streams.settings import Settings
-from streams.simulator import Scenario
+from streams.simulator import Scenario, make_credit_code
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 T = Topics.with_prefix("gc.")
 
@@ -154,3 +155,54 @@ def allocated(make) -> tuple[int, object]:
         return tracemalloc.get_traced_memory()[0] - before, value
     finally:
         tracemalloc.stop()
+
+
+# --- the core driven by hand, as the worker's agents drive it -----------------------------------
+def feed_reference(pipeline: Pipeline, scenario: Scenario) -> None:
+    for i, entry in enumerate(scenario.enterprise_entries()):
+        pipeline.on_enterprise(None, orjson.dumps(entry), partition=0, offset=i, timestamp_ms=0)
+
+
+def run_requests(pipeline, messages, tables=None):
+    """The requests through the handlers, each on the partition its key is produced to."""
+    tables = Tables.empty() if tables is None else tables
+    outs = []
+    for offset, (key, value) in enumerate(messages):
+        partition = kafka_partition(key, pipeline.partitions) if key else 0
+        outs.append(pipeline.on_request(key, value, partition=partition, offset=offset, timestamp_ms=1582617600000,
+                                        tables=tables))
+    return outs
+
+
+# --- requests ------------------------------------------------------------------------------------
+# Published codes of real companies (Alibaba, Tencent, Xiaomi) and the GB 11643 sample IDs.
+REAL_CREDIT_CODES = ["91330100799655058B", "9144030071526726XG", "91110108551385082Q"]
+
+
+def codes(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    return [make_credit_code(rng, "420100") for _ in range(n)]
+
+
+def bad_check(code: str) -> str:
+    """The same code with a wrong check character."""
+    return code[:17] + ("0" if code[17] != "0" else "1")
+
+
+def good_request(**over):
+    body = {
+        "shipment_id": "S1", "submitted_at": "2020-02-25T08:00:00+08:00",
+        "shipper": {"credit_code": REAL_CREDIT_CODES[0], "name": "A"},
+        "consignee": {"credit_code": REAL_CREDIT_CODES[1], "name": "B"},
+        "cargo": [{"hs_code": "6307.90", "description": "口罩", "quantity": 10, "unit": "boxes"}],
+        "vehicle": {"plate": "鄂A·12345", "type": "van"},
+        "driver": {"name": "张伟", "id_number": "11010519491231002X", "phone": "13800138000"},
+        "origin": {"adcode": "420111"}, "destination": {"address": "广州市天河区"},
+        "departure_at": "2020-02-25T10:00:00Z", "trip": "single",
+    }
+    body.update(over)
+    return body
+
+
+# Prefecture-level cities with no county below them: their passes end at the city.
+CITIES_WITHOUT_COUNTIES = {"441900": "东莞市", "442000": "中山市", "620200": "嘉峪关市", "460400": "儋州市"}

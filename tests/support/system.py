@@ -1,4 +1,4 @@
-"""Fixtures: a real broker, a real worker and projector, and taps that read topics as clients would.
+"""The system fixture: a real broker, a real worker and projector, and taps that read topics as clients would.
 
 The broker is the embedded Tansu by default; GC_TEST_BROKER=kafka or kafka3 runs the same
 tests on Apache Kafka, GC_TEST_BROKER=kafka-secure on a 1-node secure Apache Kafka (SASL_SSL and
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -26,7 +27,7 @@ from streams.broker import TansuBroker, ensure_topics, free_port
 from streams.connection import Connection
 from streams.handlers import Topics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
 
 
@@ -196,6 +197,22 @@ def start_station(env: dict, data_dir: Path, ids: list[str], public_key: Path, n
     return StationProcess(proc, log_path)
 
 
+class Client:
+    """The station's API, as its page uses it."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session, self.url = session, url
+
+    async def post(self, path: str, body: dict) -> dict:
+        async with self.session.post(self.url + path, json=body) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def state(self) -> dict:
+        async with self.session.get(self.url + "api/state") as r:
+            return await r.json()
+
+
 def stop_processes(procs: list[subprocess.Popen], timeout: float = 30) -> None:
     """SIGTERM them all, then wait for each (SIGKILL after `timeout`)."""
     for proc in procs:
@@ -363,44 +380,3 @@ async def own_system(broker, tmp_path_factory, request):
     yield sysm
     await sysm.close()
 
-
-# --- a real browser, for the pages ------------------------------------------------------------
-CHROMIUM = Path(os.environ.get("GC_CHROMIUM", "/usr/bin/chromium"))
-ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots the page tests save (git-ignored)
-
-
-def chromium_missing() -> str | None:
-    """Why the browser tests cannot run here, or None when they can."""
-    if not CHROMIUM.exists():
-        return f"no Chromium at {CHROMIUM}: tests/services/browser.sh installs it (apt-get install chromium)"
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return "Playwright for Python is not installed (pip install -e '.[dev]')"
-    return None
-
-
-@pytest.fixture(scope="session")
-async def chromium():
-    """Headless Debian Chromium driven by Playwright; skips, saying why, when there is none."""
-    why = chromium_missing()
-    if why:
-        pytest.skip(why)
-    from playwright.async_api import async_playwright
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        await browser.close()
-
-
-@pytest.fixture
-async def page(chromium, request):
-    """A fresh browser page; on teardown its screenshot goes to tests/artifacts/TEST.png."""
-    context = await chromium.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
-    pg = await context.new_page()
-    yield pg
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    try:
-        await pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    finally:
-        await context.close()

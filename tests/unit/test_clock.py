@@ -13,7 +13,7 @@ from models.records import parse_time
 from streams.handlers import Tables
 from streams.simulator import Scenario, scans_for
 
-from support import T, make_pipeline, validator
+from tests.support.factories import T, make_pipeline, validator
 
 RETENTION = timedelta(days=7)
 

@@ -25,7 +25,7 @@ from models.passes import kafka_partition
 from models.records import MAX_CARGO_LINES, MAX_ID, MAX_MESSAGE_BYTES, MAX_TEXT, MAX_TOKEN, parse_time
 from streams.handlers import Tables
 from streams.simulator import Scenario, scans_for
-from support import SCHEMAS, make_pipeline, validator
+from tests.support.factories import SCHEMAS, make_pipeline, validator
 
 # hypothesis-jsonschema filters what it draws, and the extreme values are big, so those health
 # checks would only measure the generators. In `make test` the examples are derandomized (the

@@ -9,26 +9,10 @@ import pytest
 
 from models.passes import kafka_partition
 from models.records import canonical
-from streams.handlers import Pipeline, Tables
+from streams.handlers import Tables
 from streams.simulator import Scenario, scans_for
 
-from support import T, make_pipeline, validator
-
-
-def feed_reference(pipeline: Pipeline, scenario: Scenario) -> None:
-    for i, entry in enumerate(scenario.enterprise_entries()):
-        pipeline.on_enterprise(None, orjson.dumps(entry), partition=0, offset=i, timestamp_ms=0)
-
-
-def run_requests(pipeline, messages, tables=None):
-    """The requests through the handlers, each on the partition its key is produced to."""
-    tables = Tables.empty() if tables is None else tables
-    outs = []
-    for offset, (key, value) in enumerate(messages):
-        partition = kafka_partition(key, pipeline.partitions) if key else 0
-        outs.append(pipeline.on_request(key, value, partition=partition, offset=offset, timestamp_ms=1582617600000,
-                                        tables=tables))
-    return outs
+from tests.support.factories import T, feed_reference, make_pipeline, run_requests, validator
 
 
 def scan_on_its_partition(pipeline, scan: dict, tables) -> list:

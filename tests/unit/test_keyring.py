@@ -29,7 +29,7 @@ from streams.replay import Record, Replayer, compare
 from streams.simulator import Scenario
 from streams.station import Store, check
 
-from support import KEY, T, make_pipeline, make_tracker, validator, wuhan_to_guangzhou
+from tests.support.factories import KEY, T, make_pipeline, make_tracker, validator, wuhan_to_guangzhou
 
 K1 = KEY  # the ring's first key (support's), active since ever
 K2 = Ed25519PrivateKey.from_private_bytes(bytes(range(2, 34)))
@@ -41,7 +41,7 @@ ROTATED = START + timedelta(hours=6)      # K2 active from here
 WITHDRAWN_AT = START + timedelta(hours=10)  # K1 withdrawn from here
 SCENARIO = Scenario(seed=313, start=START)
 TS = 1582617600000  # the records' time (the keys records carry their own times)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def record(kid: str, status: str = ACTIVE, at: datetime | None = None) -> bytes:

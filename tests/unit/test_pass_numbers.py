@@ -13,7 +13,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from models.passes import SERIALS, allocate_pass_id, kafka_partition, murmur2, serial_start
 from streams.handlers import Tables
 from streams.simulator import Scenario
-from tests.test_handlers import T, feed_reference, make_pipeline, run_requests
+from tests.support.factories import CITIES_WITHOUT_COUNTIES, T, feed_reference, make_pipeline, run_requests
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2: the Java client's own vectors.
 JAVA_MURMUR2 = {
@@ -24,7 +24,6 @@ JAVA_MURMUR2 = {
     b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
     b"abc": 479470107,
 }
-CITIES_WITHOUT_COUNTIES = {"441900": "东莞市", "442000": "中山市", "620200": "嘉峪关市", "460400": "儋州市"}
 
 
 def test_murmur2_is_the_java_clients():

@@ -7,7 +7,7 @@ import pytest
 from models.policy import load_catalog, assess
 from models.records import CargoItem, EnterpriseEntry, parse_request
 from models.reference import EnterpriseBook
-from tests.test_records import REAL_CREDIT_CODES, good_request
+from tests.support.factories import REAL_CREDIT_CODES, good_request
 
 AT = datetime(2020, 2, 25, tzinfo=timezone.utc)
 catalog = load_catalog()

@@ -3,13 +3,9 @@
 import orjson
 import pytest
 
-from support import allocated
+from tests.support.factories import REAL_CREDIT_CODES, allocated, good_request
 from models.records import (Unparseable, canonical, check_credit_code, check_id_number, load_object, parse_request, parse_risk,
                             parse_scan)
-
-# Published codes of real companies (Alibaba, Tencent, Xiaomi) and the GB 11643 sample IDs.
-REAL_CREDIT_CODES = ["91330100799655058B", "9144030071526726XG", "91110108551385082Q"]
-
 
 @pytest.mark.parametrize("code", REAL_CREDIT_CODES)
 def test_real_credit_codes_pass(code):
@@ -30,21 +26,6 @@ def test_id_numbers():
     assert check_id_number("440524188001010014") is None
     assert "check digit" in check_id_number("110105194912310021")
     assert "date of birth" in check_id_number("110105194913310029")
-
-
-def good_request(**over):
-    body = {
-        "shipment_id": "S1", "submitted_at": "2020-02-25T08:00:00+08:00",
-        "shipper": {"credit_code": REAL_CREDIT_CODES[0], "name": "A"},
-        "consignee": {"credit_code": REAL_CREDIT_CODES[1], "name": "B"},
-        "cargo": [{"hs_code": "6307.90", "description": "口罩", "quantity": 10, "unit": "boxes"}],
-        "vehicle": {"plate": "鄂A·12345", "type": "van"},
-        "driver": {"name": "张伟", "id_number": "11010519491231002X", "phone": "13800138000"},
-        "origin": {"adcode": "420111"}, "destination": {"address": "广州市天河区"},
-        "departure_at": "2020-02-25T10:00:00Z", "trip": "single",
-    }
-    body.update(over)
-    return body
 
 
 def test_valid_request_parses_clean():

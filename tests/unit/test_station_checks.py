@@ -28,7 +28,7 @@ from streams.handlers import Tables
 from streams.simulator import Scenario
 from streams.station import Store, check
 
-from support import DEPARTURE, forged, make_pipeline, make_tracker, wuhan_to_guangzhou
+from tests.support.factories import DEPARTURE, forged, make_pipeline, make_tracker, wuhan_to_guangzhou
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -157,7 +157,7 @@ def test_every_reason_has_its_words():
 
 # --- the driver's pass: printed, decoded from the image as a station's camera would, verified green
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_printed_pass_decodes_and_verifies_green(the_pass, tmp_path):

@@ -16,7 +16,7 @@ from models.passes import PassState, Signer, verify_token
 from models.records import CheckpointScan, RegionRisk, format_time, parse_risk, parse_time
 from models.tracking import Tracker
 
-from support import DEPARTURE, KEY, allocated, make_tracker, wuhan_to_guangzhou
+from tests.support.factories import DEPARTURE, KEY, allocated, make_tracker, wuhan_to_guangzhou
 
 
 @pytest.fixture
