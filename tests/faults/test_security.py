@@ -177,7 +177,7 @@ async def test_the_pipeline_end_to_end_with_every_component_authenticated(broker
 # --- a fault, on a secure cluster --------------------------------------------------------------
 @pytest.fixture
 def secure3(tmp_path_factory):
-    """3 secure nodes, as tests/test_faults.py kills a worker on 3 plain ones. (On 1 node, plain or
+    """3 secure nodes, as tests/faults/test_faults.py kills a worker on 3 plain ones. (On 1 node, plain or
     secure, the worker taking over stops deciding after ~100 records: a fault of its own, apart
     from security, left open.)"""
     cluster = make_broker("kafka3-secure", tmp_path_factory.mktemp("secure3"))

@@ -194,7 +194,7 @@ def decided_now(system: System, load: Load) -> int:
 async def worker_killed_mid_stream(system: System, figures_file: Path, nodes: int) -> None:
     """SIGKILL the system's worker mid-stream, start another: every request decided exactly once,
     a resent one answered with its stored decision (closes the system). Also run on the secure
-    cluster (tests/test_security.py)."""
+    cluster (tests/faults/test_security.py)."""
     load = None
     try:
         scenario = Scenario(seed=33)

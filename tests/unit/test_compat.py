@@ -2,7 +2,7 @@
 
 Broker-free. A premise test reads the installed Faust or aiokafka code a touch relies on: an
 upgrade that changes it fails here, by name, before it fails in a worker. The effects are
-shown elsewhere: tests/test_faults.py (takeover and exactly_once on a real cluster), the latency
+shown elsewhere: tests/faults/test_faults.py (takeover and exactly_once on a real cluster), the latency
 rows of `make bench` (fetch wait).
 """
 

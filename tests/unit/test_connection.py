@@ -1,5 +1,5 @@
 """streams/connection.py (settings -> client arguments) and streams/secure.py's files, without a
-broker. What a secure broker does with them is tests/test_security.py's, in the secure lane."""
+broker. What a secure broker does with them is tests/faults/test_security.py's, in the secure lane."""
 
 from __future__ import annotations
 

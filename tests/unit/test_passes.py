@@ -1,4 +1,4 @@
-"""Tokens and the status state machine (pass numbers: tests/test_pass_numbers.py)."""
+"""Tokens and the status state machine (pass numbers: tests/unit/test_pass_numbers.py)."""
 
 from dataclasses import replace
 from datetime import datetime, timezone

@@ -93,7 +93,7 @@ def test_what_the_worker_tables_keep_takes_about_its_length():
     from streams.handlers import Tables
     from streams.simulator import Scenario
 
-    from support import make_pipeline
+    from tests.support.factories import make_pipeline
 
     pipeline, scenario = make_pipeline(), Scenario(seed=3)
     requests = [orjson.dumps(scenario.request(n, kind="P0")) for n in range(150)]
