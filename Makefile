@@ -23,7 +23,7 @@ demo: $(STAMP) $(ECHARTS)
 	$(BIN)/greenchannel demo
 
 # Every lane: embedded Tansu + SQLite, then Apache Kafka 1 node + PostgreSQL, Apache Kafka 3 nodes
-# with the fault tests and the secure 1-node Apache Kafka (SASL_SSL, ACLs) with tests/test_security.py
+# with the fault tests and the secure 1-node Apache Kafka (SASL_SSL, ACLs) with tests/faults/test_security.py
 # (tests/services/lanes.sh; skipped, saying why, without java/mvn).
 test: $(STAMP) $(ECHARTS)
 	bash tests/services/browser.sh
@@ -37,12 +37,13 @@ test-embedded: $(STAMP) $(ECHARTS)
 test-kafka: $(STAMP)
 	PYTHON=$(BIN)/python bash tests/services/lanes.sh
 
+# The broker-free tests of the core and the edge (tests/unit/; seconds, no broker, no browser).
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest tests/unit
 
 # The fuzz tests' long profile: 5,000 examples a property, drawn afresh (make test runs 150, fixed).
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest tests/test_fuzz.py --timeout 0 -q
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest tests/unit/test_fuzz.py --timeout 0 -q
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'

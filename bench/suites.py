@@ -178,13 +178,13 @@ async def framework_run(ctx: Context, messages: list[Message]) -> Run:
 # --- 3. the pipeline: `greenchannel worker` on realistic requests --------------------------------------
 
 def worker_env(ctx: Context, rid: str, prefix: str) -> dict:
-    """As tests/conftest.py system_env, plus a fresh topic prefix, app id and database per run."""
+    """As tests/support/system.py system_env, plus a fresh topic prefix, app id and database per run."""
     data = ctx.out_dir / rid
     data.mkdir(parents=True, exist_ok=True)
     return {"GC_BROKER_URL": ctx.broker_url, "GC_DATA_DIR": str(data), "GC_KEY_DIR": str(ctx.keys_dir),
             "GC_APP_ID": f"bench-{rid}", "GC_DATABASE_URL": f"sqlite:///{data}/greenchannel.db",
             "GC_PARTITIONS": str(ctx.partitions), "GC_TOPIC_PREFIX": prefix, "GC_CLOCK_SECONDS": "0",
-            **FAUST_GROUP_ENV}  # no clock: the workload's days are in 2020 (see tests/conftest.py system_env)
+            **FAUST_GROUP_ENV}  # no clock: the workload's days are in 2020 (see tests/support/system.py system_env)
 
 
 WORKER = ("-m", "streams.cli", "worker")

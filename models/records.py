@@ -67,7 +67,7 @@ def canonical(obj: Any) -> bytes:
 def kept(raw: bytes) -> bytes:
     """`raw` in an allocation of its own size, for bytes a table keeps. orjson (3.13) returns its
     output in the buffer it grew while writing, about 2.8 times the length for a pass's state:
-    kept as it is, a worker's 100,000 passes took 2 GB instead of 0.4 GB (tests/test_records.py)."""
+    kept as it is, a worker's 100,000 passes took 2 GB instead of 0.4 GB (tests/unit/test_records.py)."""
     return bytes(memoryview(raw))
 
 

@@ -1,7 +1,7 @@
 """Every touch of private faust-streaming and aiokafka internals, and nothing else.
 
 faust-streaming and aiokafka are pinned in pyproject.toml to the minor versions these were
-proven on; tests/test_compat.py checks the premise of each touch against the installed code,
+proven on; tests/unit/test_compat.py checks the premise of each touch against the installed code,
 so an upgrade that changes one fails there first, by name. Each touch:
 
 * `set_fetch_wait`: Faust 0.15 builds its worker consumer with a fixed 1,500 ms fetch wait;

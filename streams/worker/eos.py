@@ -21,7 +21,7 @@ offsets is left as it is.
 
 A worker taking over partitions with a backlog must also not fetch them before it has sought
 them to their committed offsets; `streams.worker.compat.seek_before_resume` sees to that
-(tests/test_faults.py kills a worker mid-stream and counts the decisions).
+(tests/faults/test_faults.py kills a worker mid-stream and counts the decisions).
 """
 
 from __future__ import annotations

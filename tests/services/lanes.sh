@@ -4,13 +4,13 @@
 #
 #   kafka   GC_TEST_BROKER=kafka: 1 node, the worker with processing_guarantee=exactly_once,
 #           its projections on PostgreSQL (tests/services/postgres.sh) when that starts, else
-#           on SQLite. Integration tests (files marked `integration`, but the fault tests),
-#           tests/test_db.py (on SQLite and PostgreSQL) and tests/test_kafka_cluster.py.
+#           on SQLite. The integration tests (tests/integration/, test_kafka_cluster.py among
+#           them) and tests/unit/test_db.py (on SQLite and PostgreSQL).
 #   kafka3  GC_TEST_BROKER=kafka3: 3 nodes, replication factor 3, exactly_once. The fault tests
-#           (tests/test_faults.py, run first, with -s so their figures show), then the
-#           integration tests.
+#           (tests/faults/test_faults.py, run first, with -s so their figures show), then the
+#           integration tests (tests/integration/).
 #   secure  GC_TEST_BROKER=kafka-secure: 1 node with SASL_SSL (SCRAM-SHA-512) and ACLs, every
-#           component as its own principal, exactly_once. tests/test_security.py (marked
+#           component as its own principal, exactly_once. tests/faults/test_security.py (marked
 #           `secure`, skipped in every other lane); its worker-kill test on 3 secure nodes of its own.
 #
 #   bash tests/services/lanes.sh [kafka] [kafka3] [secure]     (no argument: all three, in that order)
@@ -67,10 +67,6 @@ if ! libs=$("$PYTHON" -m streams.dev.kafka --resolve-only); then
     exit 1
 fi
 say "Kafka jars in $libs ($((SECONDS - started)) s)"
-
-# Test files marked `integration` (the Kafka-protocol ones), the fault and the security tests apart.
-mapfile -t integration < <(grep -l 'mark\.integration' tests/test_*.py \
-    | grep -v -e '^tests/test_faults\.py$' -e '^tests/test_security\.py$' | sort)
 
 declare -A result duration summary
 failed=0
@@ -130,7 +126,7 @@ EOF
             fi
         fi
         run_lane kafka GC_TEST_BROKER=kafka "GC_TEST_DATABASE_URL=$database" -- \
-            -q "${integration[@]}" tests/test_db.py tests/test_kafka_cluster.py
+            -q tests/integration tests/unit/test_db.py
         if [[ -n "$fresh" ]]; then
             "$PYTHON" - "$server" "$fresh" <<'EOF' || say "could not drop database $fresh"
 import sys
@@ -146,10 +142,10 @@ EOF
         # The fault tests first: their module-scoped clusters are gone before the session's
         # 3-node cluster of the integration tests starts.
         run_lane kafka3 GC_TEST_BROKER=kafka3 GC_TEST_DATABASE_URL= -- \
-            -q -s tests/test_faults.py "${integration[@]}"
+            -q -s tests/faults/test_faults.py tests/integration
         ;;
     secure)
-        run_lane secure GC_TEST_BROKER=kafka-secure GC_TEST_DATABASE_URL= -- -q -s tests/test_security.py
+        run_lane secure GC_TEST_BROKER=kafka-secure GC_TEST_DATABASE_URL= -- -q -s tests/faults/test_security.py
         ;;
     esac
 done

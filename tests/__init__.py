@@ -1,0 +1,1 @@
+"""The tests, by kind: unit/, integration/, faults/, deploy/; support/ holds what they share."""

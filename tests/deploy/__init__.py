@@ -1,0 +1,1 @@
+"""Checks of the Docker and Compose files, without a Docker engine."""

@@ -1,0 +1,251 @@
+"""Faults on Apache Kafka, with the worker's exactly_once guarantee on.
+
+* a 3-node cluster loses a broker (the coordinator of the worker's group) in the middle of a
+  steady stream of requests and checkpoint scans: the worker keeps deciding, and every request
+  gets exactly one decision, every scan exactly one answer;
+* a 1-node cluster is stopped and restarted on the same data directory mid-stream: every request
+  sent before the stop (and after the restart) gets exactly one decision;
+* the worker is SIGKILLed mid-stream and another one started: exactly one decision each.
+
+Each shipment_id is sent once (a resent id is answered again with the stored decision, which
+is not a duplicate in the exactly-once sense), so any shipment_id with two decisions on the
+topic is a duplicate. Readers use read_committed, as consumers of a transactional producer do.
+
+These tests start their own clusters and workers (module-scoped clusters, one system per test
+on topics of its own) whatever GC_TEST_BROKER names; tests/support/system.py skips them on Tansu,
+which keeps nothing across a restart and has no transactions. The figures of each test are
+printed (pytest -s) and written to <pytest basetemp>/fault-figures.json.
+
+Every wait is a condition polled against a deadline; the only sleeps pace the load generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streams.connection import Connection
+from streams.dev.simulator import Scenario
+from tests.support.factories import until
+from tests.support.faults import (DECIDE_TIMEOUT, Load, assert_passes_clean, decided_now, decision_counts,
+                                  load_enterprises, pass_figures, record, settle, tally, worker_alive,
+                                  worker_killed_mid_stream)
+from tests.support.system import System, make_broker, start_system
+
+pytestmark = [
+    pytest.mark.kafka,
+    pytest.mark.skipif(not (shutil.which("java") and shutil.which("mvn")),
+                       reason="needs java and mvn on PATH to run real Kafka"),
+    pytest.mark.timeout(900),
+]
+
+
+# --------------------------------------------------------------------------
+# clusters (module-scoped: one start each for the whole file)
+
+
+@pytest.fixture(scope="module")
+def cluster3(tmp_path_factory):
+    cluster = make_broker("kafka3", tmp_path_factory.mktemp("faults-kafka3"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster1(tmp_path_factory):  # one test only: gone before the 3 nodes start
+    cluster = make_broker("kafka", tmp_path_factory.mktemp("faults-kafka1"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def figures_file(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "fault-figures.json"
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def scan_answer_counts(system: System, scan_ids: list[str]) -> Counter:
+    causes = {f"scan:{s}" for s in scan_ids}
+    counts: Counter = Counter()
+    for m in system.tap.where(system.topics.status):
+        cause = orjson.loads(m.value).get("cause")
+        if cause in causes:
+            counts[cause[5:]] += 1
+    return counts
+
+
+async def topic_replicas(connection: Connection, prefixes: tuple[str, ...]) -> dict[str, set[int]]:
+    """Replica counts of every partition of the topics named with one of `prefixes`."""
+    admin = AIOKafkaAdminClient(**connection.kwargs())
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+        return {t["topic"]: {len(p["replicas"]) for p in t["partitions"]} for t in await admin.describe_topics(names)}
+    finally:
+        await admin.close()
+
+
+async def group_coordinator(connection: Connection, group: str) -> int:
+    admin = AIOKafkaAdminClient(**connection.kwargs())
+    await admin.start()
+    try:
+        return await admin.find_coordinator(group)
+    finally:
+        await admin.close()
+
+
+# --------------------------------------------------------------------------
+# (b) 1 node: the broker stops and restarts on its data directory
+
+
+async def test_single_broker_restart_keeps_every_request(cluster1, tmp_path, figures_file):
+    system = await start_system(cluster1, tmp_path, kind="kafka", prefix=f"fb{uuid.uuid4().hex[:4]}.")
+    load = None
+    try:
+        scenario = Scenario(seed=32)
+        await load_enterprises(system, scenario)
+        count = 400
+        load = Load(system, scenario, count).start()
+        await until(lambda: decided_now(system, load) >= count // 4, DECIDE_TIMEOUT,
+                    "a quarter of the decisions before the restart", worker_alive(system))
+        await load.pause()  # every request counted as sent has been acknowledged by the broker
+        before = list(load.sent)
+        decided_at_stop = decided_now(system, load)
+
+        t0 = time.monotonic()
+        await asyncio.to_thread(cluster1.stop_node, 0)
+        stop_s = time.monotonic() - t0
+        assert not cluster1.is_running(0)
+        t0 = time.monotonic()
+        await asyncio.to_thread(cluster1.start_node, 0)  # same config and data dir
+        restart_s = time.monotonic() - t0
+
+        await until(lambda: len(decision_counts(system, before)) == len(before), DECIDE_TIMEOUT,
+                    f"a decision for each of the {len(before)} requests sent before the stop", worker_alive(system))
+        load.resume()
+        await load.finished()
+        await until(lambda: len(decision_counts(system, load.sent)) == count, DECIDE_TIMEOUT,
+                    f"a decision for each of {count} requests", worker_alive(system))
+        await settle(system, worker_alive(system))
+
+        early = tally(decision_counts(system, before), before)
+        everything = tally(decision_counts(system, load.sent), load.sent)
+        figures = {
+            "nodes": 1, "stop_seconds": round(stop_s, 1), "restart_seconds": round(restart_s, 1),
+            "requests_sent_before_stop": early["sent"], "decided_before_stop": decided_at_stop,
+            "decisions_received_for_those": early["received"], "duplicates_among_those": early["duplicates"],
+            "missing_among_those": early["missing"],
+            "requests_sent": everything["sent"], "decisions_received": everything["received"],
+            "duplicates": everything["duplicates"], "missing": everything["missing"],
+            **pass_figures(system, load.sent),
+        }
+        record(figures_file, "single_broker_restart", figures)
+        assert decided_at_stop < len(before), "every decision was made before the stop"
+        assert early["duplicates"] == early["missing"] == 0, figures
+        assert everything["duplicates"] == everything["missing"] == 0, figures
+        assert_passes_clean(system, figures)
+        assert all(p.poll() is None for p in system.workers), "the worker died"
+    finally:
+        if load is not None:
+            await load.cancel()
+        await system.close()
+        if not cluster1.is_running(0):
+            await asyncio.to_thread(cluster1.start_node, 0)
+
+
+# --------------------------------------------------------------------------
+# (a) 3 nodes: one broker stops during a steady stream
+
+
+async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path, figures_file):
+    system = await start_system(cluster3, tmp_path, kind="kafka3", prefix=f"fa{uuid.uuid4().hex[:4]}.")
+    app_id = system.env["GC_APP_ID"]
+    stopped = None
+    load = None
+    try:
+        # Replication 3 everywhere: the public topics and Faust's changelog and leader topics.
+        replicas = await topic_replicas(cluster3.connection, (system.topics.requests.split(".")[0] + ".", app_id))
+        assert any(t.startswith(app_id) for t in replicas) and all(r == {3} for r in replicas.values()), replicas
+
+        scenario = Scenario(seed=31)
+        await load_enterprises(system, scenario)
+        count = 400
+        load = Load(system, scenario, count, scans=True).start()
+        await until(lambda: decided_now(system, load) >= count // 4, DECIDE_TIMEOUT,
+                    "a quarter of the decisions before the fault", worker_alive(system))
+
+        # The node that coordinates the worker's consumer group (and so holds the leaders of
+        # its offsets): the most disruptive one to lose.
+        stopped = await group_coordinator(cluster3.connection, app_id)
+        sent_at_stop, decided_at_stop = len(load.sent), decided_now(system, load)
+        t0 = time.monotonic()
+        await asyncio.to_thread(cluster3.stop_node, stopped)
+        stop_s = time.monotonic() - t0
+
+        await load.finished()
+        after_stop = load.sent[sent_at_stop:]
+        deadline = time.monotonic() + DECIDE_TIMEOUT
+        while len(decision_counts(system, load.sent)) < count and time.monotonic() < deadline \
+                and worker_alive(system)():
+            await asyncio.sleep(0.2)  # polling a condition with a deadline
+        all_decided = len(decision_counts(system, load.sent)) == count
+        if all_decided:
+            await load.send_scans_for(load.approved_unscanned())
+            await until(lambda: len(scan_answer_counts(system, load.scans_sent)) == len(load.scans_sent),
+                        DECIDE_TIMEOUT, f"an answer to each of {len(load.scans_sent)} scans", worker_alive(system))
+            await settle(system, worker_alive(system))
+        else:
+            await load.cancel()
+            await system.tap.caught_up([system.topics.decisions, system.topics.status, system.topics.deadletter])
+        still_down = not cluster3.is_running(stopped)  # all of it happened with the node down
+
+        requests = tally(decision_counts(system, load.sent), load.sent)
+        scans = tally(scan_answer_counts(system, load.scans_sent), load.scans_sent)
+        figures = {
+            "nodes": 3, "stopped_node": stopped, "stop_seconds": round(stop_s, 1),
+            "requests_sent": requests["sent"], "decisions_received": requests["received"],
+            "duplicates": requests["duplicates"], "missing": requests["missing"],
+            "requests_sent_before_stop": sent_at_stop, "decided_before_stop": decided_at_stop,
+            "requests_sent_after_stop": len(after_stop),
+            "scans_sent": scans["sent"], "scan_answers_received": scans["received"],
+            "scan_duplicates": scans["duplicates"], "scans_missing": scans["missing"],
+            **pass_figures(system, load.sent),
+        }
+        record(figures_file, "three_nodes_broker_stop", figures)
+        assert after_stop, "the stream ended before the broker stopped"
+        assert still_down
+        assert decided_at_stop < count, "every decision was made before the fault"
+        assert requests["duplicates"] == requests["missing"] == 0, figures
+        assert scans["duplicates"] == scans["missing"] == 0, figures
+        assert_passes_clean(system, figures)
+        assert all(p.poll() is None for p in system.workers), "the worker died"
+    finally:
+        if load is not None:
+            await load.cancel()
+        await system.close()
+        if stopped is not None and not cluster3.is_running(stopped):
+            await asyncio.to_thread(cluster3.start_node, stopped)
+
+
+# --------------------------------------------------------------------------
+# (c) the worker is SIGKILLed mid-stream and another one takes over
+
+
+async def test_worker_killed_mid_stream_decides_each_request_exactly_once(cluster3, tmp_path, figures_file):
+    system = await start_system(cluster3, tmp_path, kind="kafka3", prefix=f"fc{uuid.uuid4().hex[:4]}.")
+    await worker_killed_mid_stream(system, figures_file, nodes=3)
+
+

@@ -1,0 +1,1 @@
+"""Tests that drive the running system through a real Kafka-protocol broker."""

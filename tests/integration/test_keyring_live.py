@@ -1,0 +1,120 @@
+"""The signing keyring through the broker, on topics of its own (the keys it rotates and withdraws
+"now" stay out of the shared log the replay tests audit whole): `greenchannel keys rotate` and a
+new pass signed with the new key while an older pass still verifies; `keys withdraw`, the older
+pass reissued and its old token held at its next scan, `key_withdrawn`; a station refusing that
+token offline; and the replay of the whole log proving every decision and status."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+
+import aiohttp
+import orjson
+
+from models.passes import unverified_claims, verify_token
+from models.records import format_time
+from streams.dev.broker import free_port
+from streams.keys import KeyDir, load_keyring
+
+from tests.support.system import start_station, stop_processes
+from tests.support.factories import STATION_TIMEOUT, decided, station_request, until
+
+
+def keys_view(system) -> list[dict]:
+    """The worker's ring now (GET /keys/)."""
+    url = f"http://127.0.0.1:{system.env['GC_WEB_PORT']}/keys/"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return orjson.loads(response.read())["keys"]
+
+
+async def scanned(system, the_pass: dict, token: str) -> dict:
+    """An arrival at the pass's first checkpoint now, showing `token`; the worker's answer."""
+    scan_id = f"kr-{uuid.uuid4().hex[:10]}"
+    await system.send(system.topics.scans, {
+        "scan_id": scan_id, "checkpoint_id": the_pass["route"]["checkpoints"][0]["checkpoint_id"],
+        "pass_id": the_pass["pass_id"], "plate": the_pass["plate"], "kind": "arrival",
+        "scanned_at": format_time(datetime.now(timezone.utc)), "token": token}, key=the_pass["pass_id"])
+    [answer] = await system.tap.wait_for(system.topics.status, lambda m: m.json["cause"] == f"scan:{scan_id}",
+                                         timeout=STATION_TIMEOUT)
+    return answer.json
+
+
+async def station_says(url: str, token: str, checkpoint_id: str) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + "api/check", json={"token": token, "checkpoint_id": checkpoint_id}) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+
+async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own_system, tmp_path):
+    system = own_system
+    keys = system.data_dir / "keys"
+    first = KeyDir(keys).first().key_id
+    old = (await decided(system, station_request("P0")))["pass"]
+    assert unverified_claims(old["token"])["kid"] == first
+
+    rotated = system.cli("keys", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    new_kid = re.search(r"new key ([0-9a-f]{16})", rotated.stdout).group(1)
+    assert (keys / f"{new_kid}.key").exists()
+    # The worker signs with it once its ring has the record (requests after it are decided as of now).
+    await until(lambda: any(k["kid"] == new_kid and k["signs"] for k in keys_view(system)), STATION_TIMEOUT,
+                "the worker's ring to take the rotated key")
+    body = station_request("P0")
+    body["submitted_at"] = format_time(datetime.now(timezone.utc))
+    new = (await decided(system, body))["pass"]
+    ring = load_keyring([keys])
+    assert verify_token(new["token"], ring)["kid"] == new_kid
+    assert (await scanned(system, old, old["token"]))["status"] == "at_checkpoint"  # the older key still verifies
+    listed = system.cli("keys", "list")
+    assert listed.returncode == 0 and first in listed.stdout and new_kid in listed.stdout, listed.stdout + listed.stderr
+
+    withdrawn = system.cli("keys", "withdraw", first)
+    assert withdrawn.returncode == 0, withdrawn.stderr
+    cause = f"key:{first}:withdrawn:"
+    reissues = await system.tap.wait_for(system.topics.status, lambda m: m.json["cause"].startswith(cause),
+                                         timeout=STATION_TIMEOUT)
+    assert {m.json["pass_id"] for m in reissues} == {old["pass_id"]}  # the other pass has the new key
+    reissue = reissues[0].json
+    assert (reissue["status"], reissue["reason"]) == ("at_checkpoint", "token_reissued")
+    assert verify_token(reissue["token"], ring)["kid"] == new_kid
+    held = await scanned(system, old, old["token"])
+    assert (held["status"], held["reason"]) == ("held", "key_withdrawn")
+    assert (await scanned(system, old, reissue["token"]))["status"] == "at_checkpoint"
+
+    # A station takes the ring from the topic; restarted with no broker at all, it still refuses
+    # the withdrawn key's token and lets the reissued one through.
+    here = old["route"]["checkpoints"][0]["checkpoint_id"]
+    station = start_station(system.env, tmp_path, [here], keys / "pass-signing.pub").ready()
+    try:
+        answer = await until(_refused(station.url, old["token"], here), STATION_TIMEOUT,
+                             "the station to refuse the withdrawn key's token")
+        assert answer["reason"] == "key_withdrawn"
+    finally:
+        stop_processes([station.proc])
+    offline = {**system.env, "GC_BROKER_URL": f"kafka://127.0.0.1:{free_port()}"}
+    station = start_station(offline, tmp_path, [here], tmp_path / "no-key-file.pub", "offline").ready()
+    try:
+        assert (await station_says(station.url, old["token"], here))["reason"] == "key_withdrawn"
+        assert (await station_says(station.url, reissue["token"], here))["green"]
+        assert new["route"]["checkpoints"][0]["checkpoint_id"] == here  # the same route: Hangzhou to Xinyu
+        assert (await station_says(station.url, new["token"], here))["green"]
+    finally:
+        stop_processes([station.proc])
+
+    done = system.cli("replay", "--since", "offset:0", "--json", "-", "--no-progress")
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["ok"], json.dumps(report["mismatches"][:3], indent=1, ensure_ascii=False)
+    assert report["events"]["keys"] >= 3 and report["statuses"]["by_status"]["held"] >= 1
+    assert report["decisions"]["matched"] == report["decisions"]["recorded"] >= 2
+
+
+def _refused(url: str, token: str, checkpoint_id: str):
+    async def check():
+        answer = await station_says(url, token, checkpoint_id)
+        return answer if answer["reason"] == "key_withdrawn" else None
+    return check

@@ -1,0 +1,209 @@
+"""The checkpoint station's page in a real browser (Debian Chromium through Playwright), against a
+station process connected to the running system: its passes come from the worker's decisions and
+status events, its scans go to the worker and are answered.
+
+All passes here run 杭州市西湖区 (330106) → 新余市渝水区 (360502) from a quarter of an hour ago, so
+they are valid now; the station is the route's first checkpoint (the Zhejiang–Anhui border).
+Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from models.records import format_time
+from tests.support.browser import ARTIFACTS
+from tests.support.system import ROOT, StationProcess, start_station, stop_processes
+from tests.support.factories import STATION_SCENARIO as SCENARIO, STATION_TIMEOUT as TIMEOUT, decided, forged
+from tests.support.factories import load_key_enterprises
+from tests.support.factories import station_request as a_request
+
+
+@dataclass
+class World:
+    station: StationProcess
+    checkpoint_id: str
+    first: dict  # a P0 decision the station knew from its start
+
+
+@pytest.fixture(scope="module")
+def system(own_system):
+    """This module's own topics: the risk change and the requests of today it sends stay out of
+    the shared log, which the replay tests audit whole."""
+    return own_system
+
+
+@pytest.fixture(scope="module")
+async def world(system, tmp_path_factory):
+    first = await decided(system, a_request("P0"))
+    checkpoint_id = first["pass"]["route"]["checkpoints"][0]["checkpoint_id"]
+    station = start_station(system.env, tmp_path_factory.mktemp("station"), [checkpoint_id], system.public_key_path)
+    try:
+        station.ready()
+        await until_known(station, first["pass"]["pass_id"])
+        yield World(station, checkpoint_id, first)
+    finally:
+        stop_processes([station.proc])
+
+
+async def until_known(station: StationProcess, pass_id: str) -> None:
+    """Wait until the station has read the pass from the decisions topic."""
+    deadline = time.monotonic() + TIMEOUT
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(station.url + "api/state") as r:
+                if any(a["pass_id"] == pass_id for a in (await r.json())["arrivals"]):
+                    return
+            assert time.monotonic() < deadline, f"the station never read pass {pass_id}"
+            await asyncio.sleep(0.1)  # polling a condition with a deadline
+
+
+async def open_station(page, world: World) -> None:
+    await page.goto(world.station.url)
+    await page.wait_for_selector("#link.online", timeout=TIMEOUT * 1000)
+
+
+async def check(page, token: str | None = None, plate: str | None = None, photo: Path | None = None) -> None:
+    await page.fill("#token", token or "")
+    await page.fill("#plate", plate or "")
+    if photo:
+        await page.set_input_files("#photo", str(photo))
+    await page.click("#check")
+    await page.wait_for_selector("#card.green, #card.grey")
+
+
+async def test_the_expected_arrivals_fill_as_decisions_arrive(page, world, system):
+    await open_station(page, world)
+    await page.wait_for_selector(f"#arrivals tr[data-pass='{world.first['pass']['pass_id']}']", timeout=TIMEOUT * 1000)
+    later = await decided(system, a_request("P1"))
+    row = await page.wait_for_selector(f"#arrivals tr[data-pass='{later['pass']['pass_id']}']", timeout=TIMEOUT * 1000)
+    assert later["pass"]["plate"] in await row.inner_text()
+    assert "江西省新余市渝水区" in await row.inner_text()
+
+
+async def test_a_valid_pass_is_green_with_its_class_toll_mark_and_route(page, world):
+    await open_station(page, world)
+    the_pass = world.first["pass"]
+    await check(page, the_pass["token"], the_pass["plate"])
+    card = page.locator("#card")
+    assert await card.get_attribute("class") == "card green"
+    text = await card.inner_text()
+    assert "放行" in text and "不予放行" not in text
+    assert "三不一优先" in text and "P0" in text and the_pass["pass_id"] in text
+    assert "医疗防护物资" in text  # the class's name, as the printed pass gives it
+    assert await page.locator("#card .route li.here").inner_text() == the_pass["route"]["checkpoints"][0]["name"]
+
+
+async def test_a_printed_pass_photographed_is_green(page, world, tmp_path):
+    the_pass = world.first["pass"]
+    (tmp_path / "decision.json").write_bytes(orjson.dumps(world.first))
+    printed = subprocess.run([sys.executable, "-m", "streams.cli", "pass", "print", the_pass["pass_id"], "--png",
+                              str(tmp_path / "pass.png"), "--from-decision", str(tmp_path / "decision.json")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    await open_station(page, world)
+    await check(page, plate=the_pass["plate"], photo=tmp_path / "pass.png")
+    assert await page.locator("#card").get_attribute("class") == "card green"
+    assert the_pass["pass_id"] in await page.locator("#card").inner_text()
+
+
+async def test_a_forged_token_is_grey_with_the_reason(page, world):
+    the_pass = world.first["pass"]
+    await open_station(page, world)
+    await check(page, forged(the_pass["token"]), the_pass["plate"])
+    assert await page.locator("#card").get_attribute("class") == "card grey"
+    assert "不予放行" in await page.locator("#card .verdict").inner_text()
+    assert "签名无效" in await page.locator("#reason-zh").inner_text()
+    assert "signature does not verify" in await page.locator("#reason-en").inner_text()
+
+
+async def test_a_plate_that_does_not_match_is_grey(page, world):
+    the_pass = world.first["pass"]
+    await open_station(page, world)
+    await check(page, the_pass["token"], "浙Z00001")
+    assert await page.locator("#card").get_attribute("class") == "card grey"
+    assert "车牌与通行证不符" in await page.locator("#reason-zh").inner_text()
+    assert "plate does not match" in await page.locator("#reason-en").inner_text()
+
+
+async def test_a_pass_suspended_by_a_risk_change_is_grey(page, world, system):
+    await load_key_enterprises(system, SCENARIO, lambda n: a_request("P2"))
+    key_industry = await decided(system, a_request("P2"))
+    pass_id = key_industry["pass"]["pass_id"]
+    await open_station(page, world)
+    await page.wait_for_selector(f"#arrivals tr[data-pass='{pass_id}']", timeout=TIMEOUT * 1000)
+    await check(page, key_industry["pass"]["token"], key_industry["pass"]["plate"])
+    assert await page.locator("#card").get_attribute("class") == "card green"
+    # The destination's prefecture becomes high risk: a P2 pass may not go there any more.
+    at = format_time(datetime.now(timezone.utc))
+    await system.send(system.topics.risk, {"adcode": "3605", "level": "high", "effective_at": at}, key="3605")
+    try:
+        await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode()
+                                  and m.json["status"] == "suspended", timeout=TIMEOUT)
+        # The station saw it when the pass leaves its expected arrivals (a live update).
+        await page.wait_for_selector(f"#arrivals tr[data-pass='{pass_id}']", state="detached", timeout=TIMEOUT * 1000)
+        await check(page, key_industry["pass"]["token"], key_industry["pass"]["plate"])
+        assert await page.locator("#card").get_attribute("class") == "card grey"
+        assert "暂停" in await page.locator("#reason-zh").inner_text()
+        assert "suspended" in await page.locator("#reason-en").inner_text()
+    finally:
+        low = format_time(datetime.now(timezone.utc) + timedelta(seconds=1))
+        await system.send(system.topics.risk, {"adcode": "3605", "level": "low", "effective_at": low}, key="3605")
+
+
+async def test_arrival_then_departure_shows_the_dwell_and_the_system_answers(page, world, system):
+    the_pass = world.first["pass"]
+    await open_station(page, world)
+    await check(page, the_pass["token"], the_pass["plate"])
+    await page.click("#arrive")
+    here = page.locator(f"#present li[data-pass='{the_pass['pass_id']}']")
+    await here.wait_for()
+    # The dwell timer runs: wait until it has counted two seconds.
+    await page.wait_for_function(
+        f"document.querySelector(\"#present li[data-pass='{the_pass['pass_id']}'] .timer\").textContent >= '0:02'")
+    await page.screenshot(path=str(ARTIFACTS / "station-vehicle-at-checkpoint.png"), full_page=True)
+    await here.locator("button.depart").click()
+    await page.wait_for_selector("#departed:not([hidden])")
+    shown = float(await page.locator("#departed").get_attribute("data-dwell"))
+    assert shown >= 2 and "停留 dwell 0:0" in await page.locator("#departed").inner_text()
+    await here.wait_for(state="detached")
+
+    answers = await system.tap.wait_for(system.topics.status, lambda m: m.key == the_pass["pass_id"].encode()
+                                        and m.json["cause"].startswith(f"scan:{world.checkpoint_id}-")
+                                        and m.json["status"] == "in_transit", timeout=TIMEOUT)
+    assert len(answers) == 1 and answers[0].json["dwell_seconds"] == pytest.approx(shown, abs=0.2)
+    assert answers[0].json["checkpoint_id"] == world.checkpoint_id
+    # The page hears the answers too: both scans sent, the departure answered in transit.
+    await page.wait_for_selector("#recent li:first-child:has-text('in_transit')", timeout=TIMEOUT * 1000)
+    assert await page.locator("#recent li .queued").count() == 0
+
+
+async def test_a_station_without_a_key_file_verifies_with_the_key_the_worker_published(world, system, tmp_path):
+    """The worker publishes its public key on the keys topic; a station given no key file takes it from there."""
+    station = start_station(system.env, tmp_path, [world.checkpoint_id], tmp_path / "no-such-key.pub").ready()
+    the_pass = world.first["pass"]
+    try:
+        assert "every token is refused until" in station.log_path.read_text()
+        deadline = time.monotonic() + TIMEOUT
+        async with aiohttp.ClientSession() as http:
+            while True:
+                async with http.post(station.url + "api/check", json={"token": the_pass["token"],
+                                                                      "plate": the_pass["plate"]}) as r:
+                    answer = await r.json()
+                if answer["green"]:
+                    break
+                assert answer["reason"].startswith("bad_token: token signed with an unknown key"), answer
+                assert time.monotonic() < deadline, "the station never took the worker's key from the topic"
+                await asyncio.sleep(0.1)  # polling a condition with a deadline
+    finally:
+        stop_processes([station.proc])

@@ -1,0 +1,50 @@
+"""A real browser for the pages: headless Debian Chromium driven by Playwright, a screenshot per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support.system import ROOT
+
+CHROMIUM = Path(os.environ.get("GC_CHROMIUM", "/usr/bin/chromium"))
+ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots the page tests save (git-ignored)
+
+
+def chromium_missing() -> str | None:
+    """Why the browser tests cannot run here, or None when they can."""
+    if not CHROMIUM.exists():
+        return f"no Chromium at {CHROMIUM}: tests/services/browser.sh installs it (apt-get install chromium)"
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@pytest.fixture(scope="session")
+async def chromium():
+    """Headless Debian Chromium driven by Playwright; skips, saying why, when there is none."""
+    why = chromium_missing()
+    if why:
+        pytest.skip(why)
+    from playwright.async_api import async_playwright
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def page(chromium, request):
+    """A fresh browser page; on teardown its screenshot goes to tests/artifacts/TEST.png."""
+    context = await chromium.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
+    pg = await context.new_page()
+    yield pg
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        await pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    finally:
+        await context.close()

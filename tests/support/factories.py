@@ -1,0 +1,209 @@
+"""What the tests share: the core wired with a fixed test key, factories of requests, passes and stations' traffic, and
+schema validators."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jsonschema import Draft202012Validator, FormatChecker
+
+import asyncio
+import base64
+import inspect
+import random
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import pytest
+
+from models.keyring import Keyring
+from models.passes import PassState, Signer, kafka_partition, unverified_claims
+from models.tracking import Tracker
+from models.records import format_time
+from streams.bootstrap import build_pipeline
+from streams.handlers import Pipeline, RecordMeta, Tables, Topics
+from streams.settings import Settings
+from streams.dev.simulator import Scenario, make_credit_code
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+T = Topics.with_prefix("gc.")
+
+
+def validator(name):
+    return Draft202012Validator(json.loads((SCHEMAS / f"{name}.schema.json").read_text()),
+                                format_checker=FormatChecker())
+
+
+DEPARTURE = datetime(2020, 2, 25, 8, 0, tzinfo=timezone.utc)
+
+
+# The core as the tests wire it: set here, not read from GC_ variables a lane may export.
+SETTINGS = Settings(_env_file=None, topic_prefix="gc.", partitions=4, catalog="catalog-2020.02-v1.json",
+                    geocoder="offline", pass_retention_days=7.0)
+
+
+def make_tracker(signer: Signer | Keyring | None = None, keys=None) -> Tracker:
+    """The core with no risk levels or key enterprises in force yet, signing with `signer` (one key,
+    or a keyring, which then also verifies)."""
+    return make_pipeline(signer, keys).tracker
+
+
+def make_pipeline(signer: Signer | Keyring | None = None, keys=None) -> Pipeline:
+    if keys is None and not isinstance(signer, Keyring):
+        keys = KEY.public_key()
+    return build_pipeline(SETTINGS, signer=Signer(KEY, "test") if signer is None else signer, keys=keys)
+
+
+def wuhan_to_guangzhou(tracker: Tracker, **fields) -> PassState:
+    """A pass from Wuhan (420111) to Guangzhou (440106) on the shortest route, valid 48 h from
+    DEPARTURE; `fields` override any of its fields."""
+    d = tracker.decider
+    route = d.planner.plan(d.gazetteer.locate("420111"), d.gazetteer.locate("440106"), departure=DEPARTURE)
+    base = dict(pass_id="420111000001", shipment_id="S-1", plate="鄂A12345", priority="P1",
+                shipper="91420100MA4K0000X1", consignee="91440101MA5C0000X2", origin="420111",
+                destination="440106", trip="one_way", valid_from=format_time(DEPARTURE),
+                valid_until=format_time(DEPARTURE + timedelta(hours=48)),
+                departure_at=format_time(DEPARTURE), route=route.to_dict())
+    return PassState(**{**base, **fields})
+
+
+def forged(token: str) -> str:
+    """The token with its validity stretched by a year, its signature kept."""
+    body, sig = token.split(".")
+    claims = unverified_claims(token)
+    claims["exp"] = str(int(claims["exp"][:4]) + 1) + claims["exp"][4:]
+    return base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=").decode() + "." + sig
+
+
+# --- the stations' tests: requests of today, from Hangzhou (330106) to Xinyu (360502) -----------
+STATION_SCENARIO = Scenario(seed=1111)
+_RNG = random.Random()
+STATION_TIMEOUT = 120.0  # seconds: exactly_once on Apache Kafka makes a decision wait for its transaction
+
+
+def station_request(kind: str) -> dict:
+    """A `kind` (P0…P3) request departing a quarter of an hour ago, single trip, a fresh plate."""
+    body = STATION_SCENARIO.request(_RNG.randrange(10**6), kind=kind)
+    now = datetime.now(timezone.utc)
+    body.update(shipment_id=f"STN-{uuid.uuid4().hex[:10]}", submitted_at=format_time(now - timedelta(minutes=20)),
+                departure_at=format_time(now - timedelta(minutes=15)), origin={"adcode": "330106"},
+                destination={"adcode": "360502"}, trip="single")
+    body["vehicle"]["plate"] = f"浙{_RNG.choice('ABCDEFG')}{_RNG.randrange(10000, 99999)}"
+    return body
+
+
+async def decided(system, body: dict) -> dict:
+    """Send `body` as a firm would and return its decision, which must be an approval."""
+    await system.send(system.topics.requests, body, key=body["shipment_id"])
+    found = await system.tap.wait_for(system.topics.decisions, lambda m: m.key == body["shipment_id"].encode(),
+                                      timeout=STATION_TIMEOUT)
+    decision = found[0].json
+    assert decision["decision"] == "approved", decision
+    return decision
+
+
+async def load_key_enterprises(system, scenario: Scenario, probe: Callable[[int], dict], timeout: float = 60) -> None:
+    """Send `scenario`'s key-enterprise list as operators do, and wait until the deciding agent
+    has it: the list reaches it through another topic than the requests, so a request sent at
+    once may be decided first. Ready when a key-industry request `probe(n)` that needs the list is
+    approved (probes have ids of their own, outside the tests')."""
+    for entry in scenario.enterprise_entries():
+        await system.send(system.topics.enterprises, entry, key=entry["credit_code"])
+    deadline = time.monotonic() + timeout
+    n = 0
+    while True:
+        body = probe(n)
+        await system.send(system.topics.requests, body, key=body["shipment_id"])
+        [m] = await system.tap.wait_for(system.topics.decisions, lambda m: m.key == body["shipment_id"].encode(),
+                                        timeout=STATION_TIMEOUT)
+        if m.json["decision"] == "approved":
+            return
+        assert time.monotonic() < deadline, "the key-enterprise list never reached the worker"
+        n += 1
+
+
+async def until(predicate, timeout: float, what: str, alive=lambda: True):
+    """Poll `predicate()` (a plain function, or one returning an awaitable) until its value is
+    truthy, and return it; fail after `timeout` seconds, or when `alive()` turns false."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if not alive():
+            pytest.fail(f"gave up waiting for {what}: a process it needs has exited")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)  # polling a condition with a deadline
+
+
+def allocated(make) -> tuple[int, object]:
+    """Bytes allocated (and still held) by what `make()` returns, as tracemalloc counts them."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        value = make()
+        return tracemalloc.get_traced_memory()[0] - before, value
+    finally:
+        tracemalloc.stop()
+
+
+# --- the core driven by hand, as the worker's agents drive it -----------------------------------
+def feed_reference(pipeline: Pipeline, scenario: Scenario) -> None:
+    for i, entry in enumerate(scenario.enterprise_entries()):
+        pipeline.on_enterprise(None, orjson.dumps(entry), RecordMeta(pipeline.topics.enterprises, 0, i, 0))
+
+
+def run_requests(pipeline, messages, tables=None):
+    """The requests through the handlers, each on the partition its key is produced to."""
+    tables = Tables.empty() if tables is None else tables
+    outs = []
+    for offset, (key, value) in enumerate(messages):
+        partition = kafka_partition(key, pipeline.partitions) if key else 0
+        outs.append(pipeline.on_request(key, value,
+                                        RecordMeta(pipeline.topics.requests, partition, offset, 1582617600000),
+                                        tables=tables))
+    return outs
+
+
+# --- requests ------------------------------------------------------------------------------------
+# Published codes of real companies (Alibaba, Tencent, Xiaomi) and the GB 11643 sample IDs.
+REAL_CREDIT_CODES = ["91330100799655058B", "9144030071526726XG", "91110108551385082Q"]
+
+
+def codes(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    return [make_credit_code(rng, "420100") for _ in range(n)]
+
+
+def bad_check(code: str) -> str:
+    """The same code with a wrong check character."""
+    return code[:17] + ("0" if code[17] != "0" else "1")
+
+
+def good_request(**over):
+    body = {
+        "shipment_id": "S1", "submitted_at": "2020-02-25T08:00:00+08:00",
+        "shipper": {"credit_code": REAL_CREDIT_CODES[0], "name": "A"},
+        "consignee": {"credit_code": REAL_CREDIT_CODES[1], "name": "B"},
+        "cargo": [{"hs_code": "6307.90", "description": "口罩", "quantity": 10, "unit": "boxes"}],
+        "vehicle": {"plate": "鄂A·12345", "type": "van"},
+        "driver": {"name": "张伟", "id_number": "11010519491231002X", "phone": "13800138000"},
+        "origin": {"adcode": "420111"}, "destination": {"address": "广州市天河区"},
+        "departure_at": "2020-02-25T10:00:00Z", "trip": "single",
+    }
+    body.update(over)
+    return body
+
+
+# Prefecture-level cities with no county below them: their passes end at the city.
+CITIES_WITHOUT_COUNTIES = {"441900": "东莞市", "442000": "中山市", "620200": "嘉峪关市", "460400": "儋州市"}

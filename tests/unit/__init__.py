@@ -1,0 +1,1 @@
+"""Broker-free tests: the core, the edge's pure parts, the database projections."""
