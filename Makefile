@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The dashboard's ECharts and map files, fetched from the npm registry (scripts/vendor-echarts.sh).
 ECHARTS := streams/static/vendor/echarts-4.9.0/.complete
 
-.PHONY: demo test test-embedded test-kafka test-unit fuzz bench soak env clean
+.PHONY: demo test lint test-embedded test-kafka test-unit fuzz bench soak env clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,10 +25,18 @@ demo: $(STAMP) $(ECHARTS)
 # Every lane: embedded Tansu + SQLite, then Apache Kafka 1 node + PostgreSQL, Apache Kafka 3 nodes
 # with the fault tests and the secure 1-node Apache Kafka (SASL_SSL, ACLs) with tests/faults/test_security.py
 # (tests/services/lanes.sh; skipped, saying why, without java/mvn).
-test: $(STAMP) $(ECHARTS)
+test: lint $(ECHARTS)
 	bash tests/services/browser.sh
 	$(BIN)/python -m pytest
 	PYTHON=$(BIN)/python bash tests/services/lanes.sh
+
+# ruff (lint and format), mypy on the core (models/, routing/) and the function-size check; the
+# configuration is pyproject.toml's. `make test` runs it first.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python scripts/function_lengths.py
 
 test-embedded: $(STAMP) $(ECHARTS)
 	bash tests/services/browser.sh
