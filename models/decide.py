@@ -28,13 +28,23 @@ _ROUTE_MARGIN = timedelta(hours=12)
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    message: dict            # the PassDecision as published
+    message: dict  # the PassDecision as published
     state: PassState | None  # the tracker's initial state, on approval
 
 
 class Decider:
-    def __init__(self, *, catalog: Catalog, gazetteer: Gazetteer, graph: RegionGraph, planner: RoutePlanner,
-                 risk: RiskBook, enterprises: EnterpriseBook, signer: Signer | Keyring, geocoder=None) -> None:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        gazetteer: Gazetteer,
+        graph: RegionGraph,
+        planner: RoutePlanner,
+        risk: RiskBook,
+        enterprises: EnterpriseBook,
+        signer: Signer | Keyring,
+        geocoder=None,
+    ) -> None:
         self.catalog = catalog
         self.gazetteer = gazetteer
         self.graph = graph
@@ -73,18 +83,27 @@ class Decider:
         return None
 
     def _reject(self, request: ShipmentRequest, decided_at: datetime, reasons, priority=None) -> Decision:
-        return Decision({
-            "shipment_id": request.shipment_id,
-            "decision": "rejected",
-            "priority": priority,
-            "reasons": [r.to_dict() for r in reasons],
-            "rules_version": self.catalog.version,
-            "decided_at": format_time(decided_at),
-            "pass": None,
-        }, None)
+        return Decision(
+            {
+                "shipment_id": request.shipment_id,
+                "decision": "rejected",
+                "priority": priority,
+                "reasons": [r.to_dict() for r in reasons],
+                "rules_version": self.catalog.version,
+                "decided_at": format_time(decided_at),
+                "pass": None,
+            },
+            None,
+        )
 
-    def decide(self, request: ShipmentRequest, errors: list[FieldError], *, decided_at: datetime,
-               allocate: Callable[[str], str | None]) -> Decision:
+    def decide(
+        self,
+        request: ShipmentRequest,
+        errors: list[FieldError],
+        *,
+        decided_at: datetime,
+        allocate: Callable[[str], str | None],
+    ) -> Decision:
         """`allocate(issuer adcode)` gives the pass number (`models.passes.allocate_pass_id`), None
         when the issuer has no serial left."""
         if errors:
@@ -97,8 +116,13 @@ class Decider:
             if place is None:
                 problems.append(Reason(f"{name}_unresolved", f"{name} could not be located in the gazetteer", name))
             elif not self.gazetteer.is_finest(place):
-                problems.append(Reason(f"{name}_not_county",
-                                       f"{name} resolves only to {place.name} ({place.adcode}); give a county", name))
+                problems.append(
+                    Reason(
+                        f"{name}_not_county",
+                        f"{name} resolves only to {place.name} ({place.adcode}); give a county",
+                        name,
+                    )
+                )
             else:
                 ends.append(place)
         if problems:
@@ -108,21 +132,39 @@ class Decider:
         at = decided_at
         origin_level = self.risk.level_at(origin.adcode, at)
         destination_level = self.risk.level_at(destination.adcode, at)
-        verdict = assess(request, catalog=self.catalog, enterprises=self.enterprises,
-                         origin_level=origin_level, destination_level=destination_level, at=at)
+        verdict = assess(
+            request,
+            catalog=self.catalog,
+            enterprises=self.enterprises,
+            origin_level=origin_level,
+            destination_level=destination_level,
+            at=at,
+        )
         if not verdict.approved:
             return self._reject(request, decided_at, verdict.reasons, verdict.priority)
 
         blocked = self.risk.blocked_at(at, self.graph.prefectures_in)
         route = self.planner.plan(origin, destination, blocked=blocked, departure=request.departure_at)
         if route is None:
-            return self._reject(request, decided_at, [Reason(
-                "no_safe_route", "every route between origin and destination crosses a high-risk region")],
-                verdict.priority)
+            return self._reject(
+                request,
+                decided_at,
+                [Reason("no_safe_route", "every route between origin and destination crosses a high-risk region")],
+                verdict.priority,
+            )
         return self._approve(request, verdict, origin, destination, route, decided_at=decided_at, allocate=allocate)
 
-    def _approve(self, request: ShipmentRequest, verdict, origin: Place, destination: Place, route, *,
-                 decided_at: datetime, allocate: Callable[[str], str | None]) -> Decision:
+    def _approve(
+        self,
+        request: ShipmentRequest,
+        verdict,
+        origin: Place,
+        destination: Place,
+        route,
+        *,
+        decided_at: datetime,
+        allocate: Callable[[str], str | None],
+    ) -> Decision:
         """The pass on `route`, numbered by `allocate` and signed by the key in force at `decided_at`."""
         valid_from = request.departure_at
         drive = route.eta - valid_from + _ROUTE_MARGIN
@@ -130,19 +172,39 @@ class Decider:
         valid_until = valid_from + timedelta(hours=hours)
         signer = self.keyring.signer_at(decided_at)  # SigningKeyMissing: the worker waits for the key
         if signer is None:
-            return self._reject(request, decided_at, [Reason(
-                "no_signing_key", "no pass-signing key is in force at the decision time (every key on the ring "
-                "is withdrawn); the request may be sent again under another shipment id once a key is")],
-                verdict.priority)
+            return self._reject(
+                request,
+                decided_at,
+                [
+                    Reason(
+                        "no_signing_key",
+                        "no pass-signing key is in force at the decision time (every key on the ring "
+                        "is withdrawn); the request may be sent again under another shipment id once a key is",
+                    )
+                ],
+                verdict.priority,
+            )
         pass_id = allocate(origin.adcode)
         if pass_id is None:
-            return self._reject(request, decided_at, [Reason(
-                "serials_exhausted", f"issuer {origin.adcode} has no pass number left on this partition; "
-                "the request may be sent again under another shipment id")], verdict.priority)
+            return self._reject(
+                request,
+                decided_at,
+                [
+                    Reason(
+                        "serials_exhausted",
+                        f"issuer {origin.adcode} has no pass number left on this partition; "
+                        "the request may be sent again under another shipment id",
+                    )
+                ],
+                verdict.priority,
+            )
         route_dict = route.to_dict()
         claims = {
-            "pid": pass_id, "plate": request.plate, "nbf": format_time(valid_from),
-            "exp": format_time(valid_until), "rt": route_dict["adcodes"],
+            "pid": pass_id,
+            "plate": request.plate,
+            "nbf": format_time(valid_from),
+            "exp": format_time(valid_until),
+            "rt": route_dict["adcodes"],
             "cp": [c["checkpoint_id"] for c in route_dict["checkpoints"]],
         }
         the_pass = {
@@ -167,9 +229,19 @@ class Decider:
             "pass": the_pass,
         }
         state = PassState(
-            pass_id=pass_id, shipment_id=request.shipment_id, plate=request.plate, priority=verdict.priority,
-            shipper=request.shipper.credit_code, consignee=request.consignee.credit_code,
-            origin=origin.adcode, destination=destination.adcode, trip=request.trip,
-            valid_from=claims["nbf"], valid_until=claims["exp"], departure_at=format_time(request.departure_at),
-            route=route_dict, kid=signer.key_id)
+            pass_id=pass_id,
+            shipment_id=request.shipment_id,
+            plate=request.plate,
+            priority=verdict.priority,
+            shipper=request.shipper.credit_code,
+            consignee=request.consignee.credit_code,
+            origin=origin.adcode,
+            destination=destination.adcode,
+            trip=request.trip,
+            valid_from=claims["nbf"],
+            valid_until=claims["exp"],
+            departure_at=format_time(request.departure_at),
+            route=route_dict,
+            kid=signer.key_id,
+        )
         return Decision(message, state)

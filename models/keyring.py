@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -26,11 +26,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .passes import Signer
 from .records import Unparseable, effective_time, format_time
 
-__all__ = ["ACTIVE", "WITHDRAWN", "KeyEntry", "Keyring", "SigningKeyMissing", "key_id", "public_pem",
-           "parse_key_entry", "key_entry"]
+__all__ = [
+    "ACTIVE",
+    "WITHDRAWN",
+    "KeyEntry",
+    "Keyring",
+    "SigningKeyMissing",
+    "key_id",
+    "public_pem",
+    "parse_key_entry",
+    "key_entry",
+]
 
 ACTIVE, WITHDRAWN = "active", "withdrawn"
-_SINCE_EVER = datetime.min.replace(tzinfo=timezone.utc)  # for ordering only: never on the wire
+_SINCE_EVER = datetime.min.replace(tzinfo=UTC)  # for ordering only: never on the wire
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -56,6 +65,7 @@ class SigningKeyMissing(LookupError):
 class KeyEntry:
     """One record of the keys topic: key `kid` is `status` from `effective_at` (None: since ever,
     as the records a worker publishes for its first key say by having no time)."""
+
     kid: str
     public_key: Ed25519PublicKey
     status: str
@@ -63,8 +73,12 @@ class KeyEntry:
 
     def to_record(self) -> dict:
         """The PassKey message (schemas/PassKey.schema.json); a since-ever activation has no time."""
-        record = {"kid": self.kid, "algorithm": "Ed25519", "public_key": public_pem(self.public_key).decode(),
-                  "status": self.status}
+        record = {
+            "kid": self.kid,
+            "algorithm": "Ed25519",
+            "public_key": public_pem(self.public_key).decode(),
+            "status": self.status,
+        }
         if self.effective_at is not None:
             record["effective_at"] = format_time(self.effective_at)
         return record
@@ -214,11 +228,19 @@ class Keyring:
             activated = self.activated_at(kid)
             return format_time(activated) if activated else "always" if self.ever_active(kid) else None
 
-        return [{"kid": kid, "active_from": since(kid), "status": self.status_at(kid, at),
-                 "withdrawn_from": format_time(w) if (w := self.withdrawn_at(kid)) else None,
-                 "signs": kid == signing, "private_key_here": self.has_private(kid)} for kid in self.kids()]
+        return [
+            {
+                "kid": kid,
+                "active_from": since(kid),
+                "status": self.status_at(kid, at),
+                "withdrawn_from": format_time(w) if (w := self.withdrawn_at(kid)) else None,
+                "signs": kid == signing,
+                "private_key_here": self.has_private(kid),
+            }
+            for kid in self.kids()
+        ]
 
     def kids(self) -> list[str]:
         """Every kid, by activation (since ever first; pending last), then kid."""
-        never = datetime.max.replace(tzinfo=timezone.utc)
+        never = datetime.max.replace(tzinfo=UTC)
         return sorted(self.public_keys, key=lambda kid: (self._activated.get(kid, never), kid))

@@ -18,8 +18,16 @@ from datetime import datetime
 from .keyring import ACTIVE, WITHDRAWN, Keyring, key_entry
 from .records import Unparseable, format_time, parse_enterprise, parse_risk
 
-__all__ = ["EntryError", "CsvRows", "risk_entry", "enterprise_entry", "key_withdrawal", "read_enterprise_csv",
-           "enterprise_csv", "CSV_FIELDS"]
+__all__ = [
+    "EntryError",
+    "CsvRows",
+    "risk_entry",
+    "enterprise_entry",
+    "key_withdrawal",
+    "read_enterprise_csv",
+    "enterprise_csv",
+    "CSV_FIELDS",
+]
 
 CSV_FIELDS = ("credit_code", "name")
 
@@ -28,8 +36,9 @@ class EntryError(ValueError):
     """An entry the worker would refuse: nothing is published."""
 
 
-def risk_entry(adcode: str, level: str, *, at: datetime, is_region: Callable[[str], bool],
-               note: str | None = None) -> dict:
+def risk_entry(
+    adcode: str, level: str, *, at: datetime, is_region: Callable[[str], bool], note: str | None = None
+) -> dict:
     """The RegionRisk message for `adcode` (2, 4 or 6 digits of a region of the gazetteer)."""
     entry = {"adcode": adcode.strip(), "level": level.strip().lower(), "effective_at": format_time(at)}
     if note:
@@ -43,8 +52,12 @@ def risk_entry(adcode: str, level: str, *, at: datetime, is_region: Callable[[st
 
 def enterprise_entry(credit_code: str, name: str, action: str, *, at: datetime) -> dict:
     """The EnterpriseEntry message adding or removing `credit_code` (GB 32100 check character)."""
-    entry = {"credit_code": credit_code.strip().upper(), "name": name.strip(), "action": action,
-             "effective_at": format_time(at)}
+    entry = {
+        "credit_code": credit_code.strip().upper(),
+        "name": name.strip(),
+        "action": action,
+        "effective_at": format_time(at),
+    }
     if action == "add" and not entry["name"]:
         raise EntryError("name must not be empty")
     try:
@@ -64,15 +77,17 @@ def key_withdrawal(ring: Keyring, kid: str, *, at: datetime) -> dict:
     if since is not None and since <= at:
         raise EntryError(f"key {kid} is withdrawn already, since {format_time(since)}")
     if not any(other != kid and ring.status_at(other, at) == ACTIVE for other in ring.kids()):
-        raise EntryError(f"no other key is in force at {format_time(at)}: the passes {kid} signed could not be "
-                         "reissued, only suspended. Run greenchannel keys rotate first")
+        raise EntryError(
+            f"no other key is in force at {format_time(at)}: the passes {kid} signed could not be "
+            "reissued, only suspended. Run greenchannel keys rotate first"
+        )
     return key_entry(ring.public_keys[kid], WITHDRAWN, at=at)
 
 
 @dataclass(slots=True)
 class CsvRows:
-    good: list[tuple[int, dict]] = field(default_factory=list)   # (line, entry)
-    bad: list[tuple[int, str]] = field(default_factory=list)     # (line, why)
+    good: list[tuple[int, dict]] = field(default_factory=list)  # (line, entry)
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (line, why)
 
 
 def read_enterprise_csv(text: str, *, at: datetime) -> CsvRows:

@@ -23,9 +23,28 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from .records import CheckpointScan, canonical, format_time, parse_time
 
 __all__ = [
-    "PassStatusKind", "TRANSITIONS", "IllegalTransition", "InvalidToken", "PassState", "Signer",
-    "SERIALS", "allocate_pass_id", "kafka_partition", "legacy_answers", "murmur2", "serial_start", "verify_token", "on_scan",
-    "transition", "claimed_pass_id", "unverified_claims", "PassTerms", "REFUSALS", "refusal", "token_refusal", "scan_refusal",
+    "PassStatusKind",
+    "TRANSITIONS",
+    "IllegalTransition",
+    "InvalidToken",
+    "PassState",
+    "Signer",
+    "SERIALS",
+    "allocate_pass_id",
+    "kafka_partition",
+    "legacy_answers",
+    "murmur2",
+    "serial_start",
+    "verify_token",
+    "on_scan",
+    "transition",
+    "claimed_pass_id",
+    "unverified_claims",
+    "PassTerms",
+    "REFUSALS",
+    "refusal",
+    "token_refusal",
+    "scan_refusal",
 ]
 
 
@@ -64,8 +83,15 @@ def serial_start(shipment_id: str, serials: int = SERIALS) -> int:
     return int.from_bytes(hashlib.sha256(shipment_id.encode()).digest()[:8], "big") % serials
 
 
-def allocate_pass_id(issuer_adcode: str, shipment_id: str, *, partition: int, partitions: int,
-                     holder: Callable[[str], str | None], serials: int = SERIALS) -> str | None:
+def allocate_pass_id(
+    issuer_adcode: str,
+    shipment_id: str,
+    *,
+    partition: int,
+    partitions: int,
+    holder: Callable[[str], str | None],
+    serials: int = SERIALS,
+) -> str | None:
     """The shipment's 12-digit pass number: issuer adcode + 6-digit serial; None if none is free.
 
     From the shipment's hash serial on, the first serial whose pass number (a) Kafka's default
@@ -88,6 +114,7 @@ def allocate_pass_id(issuer_adcode: str, shipment_id: str, *, partition: int, pa
 
 
 # --- tokens ---------------------------------------------------------------------------------
+
 
 class InvalidToken(ValueError):
     pass
@@ -162,6 +189,7 @@ def claimed_pass_id(token: str | None) -> str | None:
 
 # --- state machine ----------------------------------------------------------------------------
 
+
 class PassStatusKind(StrEnum):
     ISSUED = "issued"
     AT_CHECKPOINT = "at_checkpoint"
@@ -182,8 +210,9 @@ TRANSITIONS: dict[S, frozenset[S]] = {
     S.IN_TRANSIT: frozenset(_MOVING),
     S.REROUTED: frozenset(_MOVING),
     # A held vehicle is released by a scan that verifies; it can also lose its pass.
-    S.HELD: frozenset({S.AT_CHECKPOINT, S.IN_TRANSIT, S.DELIVERED, S.HELD, S.SUSPENDED, S.REROUTED,
-                       S.REVOKED, S.EXPIRED}),
+    S.HELD: frozenset(
+        {S.AT_CHECKPOINT, S.IN_TRANSIT, S.DELIVERED, S.HELD, S.SUSPENDED, S.REROUTED, S.REVOKED, S.EXPIRED}
+    ),
     # A suspended pass comes back only through re-evaluation (a new safe route).
     S.SUSPENDED: frozenset({S.REROUTED, S.REVOKED, S.EXPIRED}),
     S.DELIVERED: frozenset(),
@@ -206,6 +235,7 @@ def transition(current: S, new: S) -> S:
 @dataclass(frozen=True)
 class PassState:
     """What the tracker knows of one pass (stored as JSON in the pass table)."""
+
     pass_id: str
     shipment_id: str
     plate: str
@@ -260,9 +290,11 @@ _UNSET = frozenset({"trips", "kid"})  # fields a stored state leaves out while t
 
 # --- verification at a checkpoint: the tracker's and the station's one rule -------------------
 
+
 @dataclass(frozen=True, slots=True)
 class PassTerms:
     """What a scan is verified against: the pass's status, plate, validity and current route."""
+
     status: str
     plate: str
     valid_from: str
@@ -283,7 +315,10 @@ REFUSALS: dict[str, tuple[str, str]] = {
     "pass_revoked": ("通行证已吊销", "the pass is revoked"),
     "pass_delivered": ("通行证已使用完毕（已送达）", "the pass is used up: delivered"),
     "pass_expired": ("通行证已失效", "the pass has expired"),
-    "key_withdrawn": ("通行证签名密钥已撤销，请出示重新签发的通行证", "the pass was signed with a withdrawn key: show the reissued pass"),
+    "key_withdrawn": (
+        "通行证签名密钥已撤销，请出示重新签发的通行证",
+        "the pass was signed with a withdrawn key: show the reissued pass",
+    ),
 }
 _ENDED = (S.DELIVERED, S.REVOKED, S.EXPIRED)
 
@@ -292,8 +327,15 @@ def _never(kid: str, at: datetime) -> bool:
     return False
 
 
-def token_refusal(token: str | None, pass_id: str, plate: str, claims: Callable[[str], tuple], *,
-                  at: datetime | None = None, withdrawn: Callable[[str, datetime], bool] = _never) -> str | None:
+def token_refusal(
+    token: str | None,
+    pass_id: str,
+    plate: str,
+    claims: Callable[[str], tuple],
+    *,
+    at: datetime | None = None,
+    withdrawn: Callable[[str, datetime], bool] = _never,
+) -> str | None:
     """Why a shown token does not let `plate` through as pass `pass_id` at `at`; None if it does
     (or none was shown). `claims(token)` is the (pid, plate, kid) of a genuine token, else
     InvalidToken; `withdrawn(kid, at)` says whether its key was withdrawn by then
@@ -313,8 +355,9 @@ def token_refusal(token: str | None, pass_id: str, plate: str, claims: Callable[
     return None
 
 
-def refusal(terms: PassTerms | None, *, checkpoint_id: str, plate: str, at: datetime,
-            token_error: str | None = None) -> str | None:
+def refusal(
+    terms: PassTerms | None, *, checkpoint_id: str, plate: str, at: datetime, token_error: str | None = None
+) -> str | None:
     """Why the vehicle `plate` may not pass `checkpoint_id` at `at`, in the order the tracker
     decides it; None when it may. `terms` is None for a pass unknown here."""
     if terms is None:
@@ -337,12 +380,18 @@ def refusal(terms: PassTerms | None, *, checkpoint_id: str, plate: str, at: date
     return None
 
 
-def scan_refusal(terms: PassTerms | None, scan: CheckpointScan, pass_id: str,
-                 claims: Callable[[str], tuple], withdrawn: Callable[[str, datetime], bool] = _never) -> str | None:
+def scan_refusal(
+    terms: PassTerms | None,
+    scan: CheckpointScan,
+    pass_id: str,
+    claims: Callable[[str], tuple],
+    withdrawn: Callable[[str, datetime], bool] = _never,
+) -> str | None:
     """The whole verification of one scan: its token (and its key, as of the scan), then the pass's terms."""
     token_error = token_refusal(scan.token, pass_id, scan.plate, claims, at=scan.scanned_at, withdrawn=withdrawn)
-    return refusal(terms, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=scan.scanned_at,
-                   token_error=token_error)
+    return refusal(
+        terms, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=scan.scanned_at, token_error=token_error
+    )
 
 
 def legacy_answers(raw: bytes) -> dict[str, bytes]:
@@ -352,9 +401,18 @@ def legacy_answers(raw: bytes) -> dict[str, bytes]:
     return {k: v.encode() for k, v in orjson.loads(raw).get("scans", {}).items()}
 
 
-def status_event(state: PassState, status: str, at: datetime | str, *, reason: str | None = None,
-                 checkpoint_id: str | None = None, dwell_seconds: float | None = None,
-                 dwell_target: int = 900, cause: str, **extra) -> dict:
+def status_event(
+    state: PassState,
+    status: str,
+    at: datetime | str,
+    *,
+    reason: str | None = None,
+    checkpoint_id: str | None = None,
+    dwell_seconds: float | None = None,
+    dwell_target: int = 900,
+    cause: str,
+    **extra,
+) -> dict:
     event = {
         "pass_id": state.pass_id,
         "shipment_id": state.shipment_id,
@@ -374,8 +432,9 @@ def status_event(state: PassState, status: str, at: datetime | str, *, reason: s
     return event
 
 
-def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
-            dwell_target: int = 900) -> tuple[PassState, dict]:
+def on_scan(
+    state: PassState, scan: CheckpointScan, *, token_error: str | None, dwell_target: int = 900
+) -> tuple[PassState, dict]:
     """Apply one verified-or-not scan; returns the new state and the status event to publish.
 
     A scan that changes nothing (a terminal pass, a suspended one) still yields an event
@@ -392,8 +451,9 @@ def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
     current = S(state.status)
 
     def keep(reason: str) -> tuple[PassState, dict]:
-        return state, status_event(state, current, at, reason=reason, checkpoint_id=scan.checkpoint_id,
-                                   cause=cause, dwell_target=dwell_target)
+        return state, status_event(
+            state, current, at, reason=reason, checkpoint_id=scan.checkpoint_id, cause=cause, dwell_target=dwell_target
+        )
 
     # Still at the checkpoint it arrived at (waiting there, or held there by a scan).
     staying = state.arrived_at if state.checkpoint_id == scan.checkpoint_id else None
@@ -401,9 +461,19 @@ def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
     def move(new: S, reason: str | None = None, **kw) -> tuple[PassState, dict]:
         transition(current, new)
         arrived = format_time(at) if new is S.AT_CHECKPOINT else staying if new is S.HELD else None
-        return (replace(state, status=new, checkpoint_id=scan.checkpoint_id, arrived_at=arrived),
-                status_event(state, new, at, reason=reason, checkpoint_id=scan.checkpoint_id, cause=cause,
-                             dwell_target=dwell_target, **kw))
+        return (
+            replace(state, status=new, checkpoint_id=scan.checkpoint_id, arrived_at=arrived),
+            status_event(
+                state,
+                new,
+                at,
+                reason=reason,
+                checkpoint_id=scan.checkpoint_id,
+                cause=cause,
+                dwell_target=dwell_target,
+                **kw,
+            ),
+        )
 
     refused = refusal(state.terms, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=at, token_error=token_error)
     if refused in ("pass_delivered", "pass_revoked", "pass_expired", "pass_suspended"):
@@ -430,8 +500,11 @@ def on_scan(state: PassState, scan: CheckpointScan, *, token_error: str | None,
     dwell = None
     # The wait at a checkpoint, from arrival to departure. Leaving the destination (a multi-trip
     # truck's way back) follows unloading, not a queue: no dwell there.
-    if current is S.AT_CHECKPOINT and state.checkpoint_id == scan.checkpoint_id and state.arrived_at \
-            and scan.checkpoint_id != state.checkpoint_ids[-1]:
+    if (
+        current is S.AT_CHECKPOINT
+        and state.checkpoint_id == scan.checkpoint_id
+        and state.arrived_at
+        and scan.checkpoint_id != state.checkpoint_ids[-1]
+    ):
         dwell = round((at - parse_time(state.arrived_at)).total_seconds(), 3)
     return move(S.IN_TRANSIT, dwell_seconds=dwell)
-

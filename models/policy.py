@@ -17,14 +17,26 @@ from pathlib import Path
 from .records import LEVEL_RANK, CargoItem, ShipmentRequest
 from .reference import EnterpriseBook
 
-__all__ = ["Catalog", "PriorityClass", "Reason", "Assessment", "assess", "load_catalog", "DEFAULT_CATALOG",
-           "CLASS_NAMES"]
+__all__ = [
+    "Catalog",
+    "PriorityClass",
+    "Reason",
+    "Assessment",
+    "assess",
+    "load_catalog",
+    "DEFAULT_CATALOG",
+    "CLASS_NAMES",
+]
 
 DEFAULT_CATALOG = "catalog-2020.02-v1.json"
 
 # The priority classes as a driver's pass and a checkpoint's page name them: (Chinese, English).
-CLASS_NAMES = {"P0": ("医疗防护物资", "Medical supplies (§2)"), "P1": ("民生物资", "Livelihood goods (§5)"),
-               "P2": ("重点产业", "Key industries (§6)"), "P3": ("重大项目", "Major projects (§7)")}
+CLASS_NAMES = {
+    "P0": ("医疗防护物资", "Medical supplies (§2)"),
+    "P1": ("民生物资", "Livelihood goods (§5)"),
+    "P2": ("重点产业", "Key industries (§6)"),
+    "P3": ("重大项目", "Major projects (§7)"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +72,13 @@ class Catalog:
     @classmethod
     def from_dict(cls, data: dict) -> Catalog:
         classes = {
-            name: PriorityClass(name, spec["title"], spec["needs_key_enterprise"], dict(spec["hs_prefixes"]),
-                                tuple(k.lower() for k in spec["keywords"]))
+            name: PriorityClass(
+                name,
+                spec["title"],
+                spec["needs_key_enterprise"],
+                dict(spec["hs_prefixes"]),
+                tuple(k.lower() for k in spec["keywords"]),
+            )
             for name, spec in sorted(data["classes"].items())
         }
         by_prefix: dict[str, tuple[str, str]] = {}
@@ -71,8 +88,9 @@ class Catalog:
                     raise ValueError(f"HS prefix {prefix} is in both {by_prefix[prefix][0]} and {name}")
                 by_prefix[prefix] = (name, label)
         # Longest keyword first: "食品包装" (P2 packaging) must win over "食品" (P1 food).
-        keywords = tuple(sorted(((k, n) for n, c in classes.items() for k in c.keywords),
-                                key=lambda kn: (-len(kn[0]), kn[0], kn[1])))
+        keywords = tuple(
+            sorted(((k, n) for n, c in classes.items() for k in c.keywords), key=lambda kn: (-len(kn[0]), kn[0], kn[1]))
+        )
         return cls(data["version"], classes, data["rules"], by_prefix, keywords)
 
     def classify(self, item: CargoItem) -> tuple[str, str] | None:
@@ -110,8 +128,15 @@ class Assessment:
     toll_exempt: bool = False
 
 
-def assess(request: ShipmentRequest, *, catalog: Catalog, enterprises: EnterpriseBook,
-           origin_level: str, destination_level: str, at: datetime) -> Assessment:
+def assess(
+    request: ShipmentRequest,
+    *,
+    catalog: Catalog,
+    enterprises: EnterpriseBook,
+    origin_level: str,
+    destination_level: str,
+    at: datetime,
+) -> Assessment:
     """Apply the guidance to a well-formed request whose origin and destination are known.
 
     A pass covers the whole vehicle, so its class is that of its least-priority cargo line:
@@ -122,14 +147,19 @@ def assess(request: ShipmentRequest, *, catalog: Catalog, enterprises: Enterpris
     for i, item in enumerate(request.cargo):
         hit = catalog.classify(item)
         if hit is None:
-            reasons.append(Reason("not_in_catalog",
-                                  f"cargo[{i}] HS {item.hs_code} ({item.description or 'no description'}) "
-                                  f"is outside every priority class of catalog {catalog.version}",
-                                  f"cargo[{i}].hs_code"))
+            reasons.append(
+                Reason(
+                    "not_in_catalog",
+                    f"cargo[{i}] HS {item.hs_code} ({item.description or 'no description'}) "
+                    f"is outside every priority class of catalog {catalog.version}",
+                    f"cargo[{i}].hs_code",
+                )
+            )
         else:
             classes.append(hit[0])
-            reasons.append(Reason(f"class_{hit[0]}", f"cargo[{i}] {hit[1]}: {catalog.classes[hit[0]].title}",
-                                  f"cargo[{i}]"))
+            reasons.append(
+                Reason(f"class_{hit[0]}", f"cargo[{i}] {hit[1]}: {catalog.classes[hit[0]].title}", f"cargo[{i}]")
+            )
     if len(classes) < len(request.cargo):
         return Assessment(False, None, tuple(r for r in reasons if r.code == "not_in_catalog"))
     priority = max(classes)
@@ -137,23 +167,41 @@ def assess(request: ShipmentRequest, *, catalog: Catalog, enterprises: Enterpris
     if catalog.classes[priority].needs_key_enterprise:
         listed = [p for p in (request.shipper, request.consignee) if enterprises.is_listed(p.credit_code, at)]
         if not listed:
-            return Assessment(False, priority, (Reason(
-                "no_key_enterprise",
-                f"{priority} goods need the shipper or the consignee on the key-enterprise list (§6, §9); "
-                f"neither {request.shipper.credit_code} nor {request.consignee.credit_code} is listed"),))
+            return Assessment(
+                False,
+                priority,
+                (
+                    Reason(
+                        "no_key_enterprise",
+                        f"{priority} goods need the shipper or the consignee on the key-enterprise list (§6, §9); "
+                        f"neither {request.shipper.credit_code} nor {request.consignee.credit_code} is listed",
+                    ),
+                ),
+            )
         role = "shipper" if listed[0] is request.shipper else "consignee"
-        reasons.append(Reason("key_enterprise",
-                              f"{role} {listed[0].credit_code} is on the key-enterprise list"
-                              + (" (supply-chain link, §4)" if role == "consignee" else "")))
+        reasons.append(
+            Reason(
+                "key_enterprise",
+                f"{role} {listed[0].credit_code} is on the key-enterprise list"
+                + (" (supply-chain link, §4)" if role == "consignee" else ""),
+            )
+        )
 
     worst = max(origin_level, destination_level, key=LEVEL_RANK.__getitem__)
     if worst == "high":
         allowed = catalog.rules["high_risk_allows"]
         if priority not in allowed:
             where = "origin" if origin_level == "high" else "destination"
-            return Assessment(False, priority, (Reason(
-                "high_risk_region",
-                f"{where} is a high-risk region: only {', '.join(allowed)} goods are approved (§10)"),))
+            return Assessment(
+                False,
+                priority,
+                (
+                    Reason(
+                        "high_risk_region",
+                        f"{where} is a high-risk region: only {', '.join(allowed)} goods are approved (§10)",
+                    ),
+                ),
+            )
         reasons.append(Reason("high_risk_region_allowed", f"{priority} goods may move to or from a high-risk region"))
     elif worst == "medium":
         reasons.append(Reason("medium_risk_short_validity", "origin or destination is medium risk: shorter validity"))

@@ -11,18 +11,39 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 import orjson
 
 __all__ = [
-    "CargoItem", "CheckpointScan", "EnterpriseEntry", "FieldError", "Location", "Party",
-    "RegionRisk", "ShipmentRequest", "Unparseable", "canonical", "kept", "check_credit_code",
-    "check_id_number", "format_time", "load_object", "parse_request", "request_shipment_id", "parse_scan",
-    "parse_enterprise", "parse_risk", "parse_time", "record_time", "region_prefix", "effective_time",
-    "RISK_LEVELS", "LEVEL_RANK",
+    "CargoItem",
+    "CheckpointScan",
+    "EnterpriseEntry",
+    "FieldError",
+    "Location",
+    "Party",
+    "RegionRisk",
+    "ShipmentRequest",
+    "Unparseable",
+    "canonical",
+    "kept",
+    "check_credit_code",
+    "check_id_number",
+    "format_time",
+    "load_object",
+    "parse_request",
+    "request_shipment_id",
+    "parse_scan",
+    "parse_enterprise",
+    "parse_risk",
+    "parse_time",
+    "record_time",
+    "region_prefix",
+    "effective_time",
+    "RISK_LEVELS",
+    "LEVEL_RANK",
 ]
 
 
@@ -74,8 +95,8 @@ def kept(raw: bytes) -> bytes:
 # Every time an input carries must fall in these years: the calendar's ends (years 1 and 9999)
 # overflow date arithmetic, and no pass of this system is valid outside them.
 YEARS = (2000, 2099)
-_EARLIEST = datetime(YEARS[0], 1, 1, tzinfo=timezone.utc)
-_LATEST = datetime(YEARS[1] + 1, 1, 1, tzinfo=timezone.utc)
+_EARLIEST = datetime(YEARS[0], 1, 1, tzinfo=UTC)
+_LATEST = datetime(YEARS[1] + 1, 1, 1, tzinfo=UTC)
 # A departure this far from its submission is an error, not a plan.
 DEPARTURE_WINDOW = timedelta(days=366)
 
@@ -91,7 +112,7 @@ def parse_time(value: Any) -> datetime:
         raise ValueError(f"{value[:64]!r} has no UTC offset")
     utc: datetime | None
     try:
-        utc = parsed.astimezone(timezone.utc)
+        utc = parsed.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00+14:00 is before the calendar's start in UTC
         utc = None
     if utc is None or not _EARLIEST <= utc < _LATEST:
@@ -101,7 +122,7 @@ def parse_time(value: Any) -> datetime:
 
 def record_time(timestamp_ms: int | None) -> datetime:
     """A Kafka record's timestamp (milliseconds since the epoch) as a UTC time."""
-    return datetime.fromtimestamp((timestamp_ms or 0) / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp((timestamp_ms or 0) / 1000, tz=UTC)
 
 
 def effective_time(obj: dict[str, Any], timestamp_ms: int | None) -> datetime:
@@ -118,7 +139,7 @@ def effective_time(obj: dict[str, Any], timestamp_ms: int | None) -> datetime:
 def format_time(value: datetime) -> str:
     # isoformat is several times faster than strftime, and this runs many times per event.
     if value.utcoffset():
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat() + "Z"
 
 
@@ -176,6 +197,7 @@ def normalise_plate(plate: str) -> str:
 
 # --- messages -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Party:
     credit_code: str
@@ -193,6 +215,7 @@ class CargoItem:
 @dataclass(frozen=True, slots=True)
 class Location:
     """Exactly one of: an adcode, a Chinese address, or coordinates."""
+
     adcode: str | None = None
     address: str | None = None
     lat: float | None = None
@@ -272,8 +295,13 @@ class _Errors:
         if "address" in sub:
             return Location(address=self.text(sub, "address", f"{field}.address"))
         lat, lon = sub.get("lat"), sub.get("lon")
-        if (isinstance(lat, (int, float)) and isinstance(lon, (int, float))
-                and not isinstance(lat, bool) and -90 <= lat <= 90 and -180 <= lon <= 180):
+        if (
+            isinstance(lat, (int, float))
+            and isinstance(lon, (int, float))
+            and not isinstance(lat, bool)
+            and -90 <= lat <= 90
+            and -180 <= lon <= 180
+        ):
             return Location(lat=float(lat), lon=float(lon))
         self.add(field, "invalid", f"{field} must be one of {{adcode}}, {{address}} or {{lat, lon}}")
         return Location()
@@ -282,8 +310,11 @@ class _Errors:
 
     def departure_window(self, submitted_at: datetime | None, departure_at: datetime | None) -> None:
         if submitted_at and departure_at and abs(departure_at - submitted_at) > DEPARTURE_WINDOW:
-            self.add("departure_at", "out_of_window",
-                     f"departure_at must be within {DEPARTURE_WINDOW.days} days of submitted_at")
+            self.add(
+                "departure_at",
+                "out_of_window",
+                f"departure_at must be within {DEPARTURE_WINDOW.days} days of submitted_at",
+            )
 
     def cargo(self, obj: dict) -> list[CargoItem]:
         """The cargo lines, at most MAX_CARGO_LINES; a line that is not an object is left out."""
@@ -308,8 +339,12 @@ class _Errors:
         if isinstance(qty, bool) or not isinstance(qty, (int, float)) or not qty > 0:
             self.add(f"{path}.quantity", "invalid", f"{path}.quantity must be a positive number")
             qty = 0
-        return CargoItem(hs, self.text(item, "description", f"{path}.description", required=False),
-                         float(qty), self.text(item, "unit", f"{path}.unit", required=False))
+        return CargoItem(
+            hs,
+            self.text(item, "description", f"{path}.description", required=False),
+            float(qty),
+            self.text(item, "unit", f"{path}.unit", required=False),
+        )
 
     def member(self, obj: dict, field: str, shape: str) -> dict:
         """The object at `field` (the vehicle, the driver), or {} when it is missing or empty."""
@@ -380,7 +415,7 @@ def parse_request(obj: dict[str, Any], *, fallback_id: str | None = None) -> tup
     phone = e.phone(driver)
     trip = e.trip(obj)
 
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     request = ShipmentRequest(
         shipment_id=sid,
         submitted_at=submitted_at or epoch,
@@ -440,8 +475,15 @@ def parse_scan(obj: dict[str, Any]) -> CheckpointScan:
     if problems:
         raise Unparseable("; ".join(problems))
     assert kind is not None and scanned_at is not None  # else `problems` named them
-    return CheckpointScan(obj["scan_id"].strip(), obj["checkpoint_id"].strip(), pass_id, token,
-                          normalise_plate(obj["plate"]), kind, scanned_at)
+    return CheckpointScan(
+        obj["scan_id"].strip(),
+        obj["checkpoint_id"].strip(),
+        pass_id,
+        token,
+        normalise_plate(obj["plate"]),
+        kind,
+        scanned_at,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,8 +498,9 @@ RISK_LEVELS = ("low", "medium", "high")
 LEVEL_RANK = {level: rank for rank, level in enumerate(RISK_LEVELS)}
 
 
-def parse_risk(obj: dict[str, Any], *, timestamp_ms: int | None = None,
-               is_region: Callable[[str], bool] | None = None) -> RegionRisk:
+def parse_risk(
+    obj: dict[str, Any], *, timestamp_ms: int | None = None, is_region: Callable[[str], bool] | None = None
+) -> RegionRisk:
     """A risk entry; `timestamp_ms` (its record time) stands in for a missing `effective_at`, and
     `is_region`, when given, says whether the adcode names a region (e.g. the gazetteer's)."""
     code = str(obj.get("adcode", ""))

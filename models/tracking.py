@@ -7,11 +7,11 @@ publishes the events these functions return.
 from __future__ import annotations
 
 import heapq
-from sys import intern
 from collections import deque
 from collections.abc import Container, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
+from sys import intern
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -19,8 +19,8 @@ from routing import Place
 
 from .decide import Decider
 from .keyring import Keyring
-from .passes import (ACTIVE, PassState, PassStatusKind as S, on_scan, refusal, status_event, token_refusal, transition,
-                     verify_token)
+from .passes import ACTIVE, PassState, on_scan, refusal, status_event, token_refusal, transition, verify_token
+from .passes import PassStatusKind as S
 from .records import CheckpointScan, EnterpriseEntry, RegionRisk, format_time, parse_time
 
 __all__ = ["Tracker", "PassIndex", "Lifetimes", "CheckpointBoard", "board_row", "epoch_seconds"]
@@ -52,21 +52,31 @@ class Tracker:
         return found
 
     def issued(self, state: PassState, decided_at: str) -> dict:
-        return status_event(state, S.ISSUED, decided_at, cause=f"decision:{state.shipment_id}",
-                            dwell_target=self.dwell_target)
+        return status_event(
+            state, S.ISSUED, decided_at, cause=f"decision:{state.shipment_id}", dwell_target=self.dwell_target
+        )
 
     def scan(self, state: PassState | None, scan: CheckpointScan, pass_id: str) -> tuple[PassState | None, dict]:
         """The new state (None: unknown pass, nothing stored) and the event answering the scan.
         A redelivered scan is the caller's to answer, with the answer it stored."""
-        token_error = token_refusal(scan.token, pass_id, scan.plate, self._claims, at=scan.scanned_at,
-                                    withdrawn=self.keyring.withdrawn)
+        token_error = token_refusal(
+            scan.token, pass_id, scan.plate, self._claims, at=scan.scanned_at, withdrawn=self.keyring.withdrawn
+        )
         if state is None:
-            reason = refusal(None, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=scan.scanned_at,
-                             token_error=token_error)
-            return None, {"pass_id": pass_id, "shipment_id": None, "status": str(S.HELD),
-                          "at": format_time(scan.scanned_at), "checkpoint_id": scan.checkpoint_id,
-                          "reason": reason, "dwell_seconds": None,
-                          "dwell_exceeded": False, "cause": f"scan:{scan.scan_id}"}
+            reason = refusal(
+                None, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=scan.scanned_at, token_error=token_error
+            )
+            return None, {
+                "pass_id": pass_id,
+                "shipment_id": None,
+                "status": str(S.HELD),
+                "at": format_time(scan.scanned_at),
+                "checkpoint_id": scan.checkpoint_id,
+                "reason": reason,
+                "dwell_seconds": None,
+                "dwell_exceeded": False,
+                "cause": f"scan:{scan.scan_id}",
+            }
         new, event = on_scan(state, scan, token_error=token_error, dwell_target=self.dwell_target)
         return new, event
 
@@ -77,8 +87,14 @@ class Tracker:
             return state, None
         transition(S(state.status), S.EXPIRED)
         new = replace(state, status=S.EXPIRED)
-        return new, status_event(state, S.EXPIRED, state.valid_until, reason="validity_ended",
-                                 cause=f"clock:{state.valid_until}", dwell_target=self.dwell_target)
+        return new, status_event(
+            state,
+            S.EXPIRED,
+            state.valid_until,
+            reason="validity_ended",
+            cause=f"clock:{state.valid_until}",
+            dwell_target=self.dwell_target,
+        )
 
     def risk_changed(self, state: PassState, risk: RegionRisk) -> tuple[PassState, dict | None]:
         """Re-evaluate one pass after a risk change: keep, reroute, suspend or reinstate.
@@ -105,7 +121,7 @@ class Tracker:
         passed = None if state.trip == "multi" else self._passed(state)
         # Prefecture keys in the route are the graph's node keys (adcode[:4]); the ends are
         # counties, whose node may differ (municipalities), hence node_of.
-        ahead = {d.graph.node_of(a) for a in state.route["adcodes"][passed[1] + 1 if passed else 0:]}
+        ahead = {d.graph.node_of(a) for a in state.route["adcodes"][passed[1] + 1 if passed else 0 :]}
         if status is not S.SUSPENDED and not ((ahead - ends) & blocked):
             return state, None
         route_dict = self._replan(state, passed, blocked, at)
@@ -120,8 +136,16 @@ class Tracker:
         token = signer.token(_claims_of(state, route_dict))
         new = replace(state, status=S.REROUTED, route=route_dict, kid=signer.key_id)
         reason = "reinstated_safe_route" if status is S.SUSPENDED else "route_crossed_high_risk_region"
-        return new, status_event(new, S.REROUTED, at, reason=reason, cause=cause, route=route_dict, token=token,
-                                 dwell_target=self.dwell_target)
+        return new, status_event(
+            new,
+            S.REROUTED,
+            at,
+            reason=reason,
+            cause=cause,
+            route=route_dict,
+            token=token,
+            dwell_target=self.dwell_target,
+        )
 
     def regions_of(self, state: PassState) -> frozenset[str]:
         """The regions (graph nodes) whose risk can change what a pass may do: those of its route
@@ -130,8 +154,10 @@ class Tracker:
         g = self.decider.graph
         # Interned: a busy partition files 100,000s of passes under a few hundred regions, and a
         # slice is a new string each time (about 0.6 kB a pass).
-        return frozenset({intern(a[:4]) for a in state.route["adcodes"]}
-                         | {intern(g.node_of(state.origin)), intern(g.node_of(state.destination))})
+        return frozenset(
+            {intern(a[:4]) for a in state.route["adcodes"]}
+            | {intern(g.node_of(state.origin)), intern(g.node_of(state.destination))}
+        )
 
     @staticmethod
     def _passed(state: PassState) -> tuple[int, int] | None:
@@ -148,14 +174,14 @@ class Tracker:
         at = adcodes.index(region) if region in adcodes else len(adcodes) - 1
         return k, at
 
-    def _replan(self, state: PassState, passed: tuple[int, int] | None, blocked: frozenset[str],
-                at) -> dict | None:
+    def _replan(self, state: PassState, passed: tuple[int, int] | None, blocked: frozenset[str], at) -> dict | None:
         """The route avoiding `blocked` from where the vehicle is; None when there is none."""
         d = self.decider
         destination = self._place(state.destination)
         if passed is None:
-            route = d.planner.plan(self._place(state.origin), destination, blocked=blocked,
-                                   departure=parse_time(state.departure_at))
+            route = d.planner.plan(
+                self._place(state.origin), destination, blocked=blocked, departure=parse_time(state.departure_at)
+            )
             return None if route is None else route.to_dict()
         k, i = passed
         adcodes, checkpoints = state.route["adcodes"], state.route["checkpoints"]
@@ -169,8 +195,12 @@ class Tracker:
         rest = route.to_dict()
         # The distance already driven, from the planned time to the checkpoint at the planner's speed.
         hours = (parse_time(checkpoints[k]["eta"]) - parse_time(state.departure_at)).total_seconds() / 3600
-        return {"adcodes": adcodes[:i] + rest["adcodes"], "checkpoints": checkpoints[:k + 1] + rest["checkpoints"],
-                "distance_km": round(hours * d.planner.speed_kmh + rest["distance_km"], 1), "eta": rest["eta"]}
+        return {
+            "adcodes": adcodes[:i] + rest["adcodes"],
+            "checkpoints": checkpoints[: k + 1] + rest["checkpoints"],
+            "distance_km": round(hours * d.planner.speed_kmh + rest["distance_km"], 1),
+            "eta": rest["eta"],
+        }
 
     def _place(self, adcode: str) -> Place:
         """The place of an adcode of a pass (its origin, destination or a region of its route): one
@@ -200,9 +230,17 @@ class Tracker:
         if signer is None:
             return self._suspend(state, at, "key_withdrawn", cause)
         new = replace(state, kid=signer.key_id)
-        return new, status_event(state, status, at, reason="token_reissued", checkpoint_id=state.checkpoint_id,
-                                 cause=cause, route=state.route, token=signer.token(_claims_of(state, state.route)),
-                                 dwell_target=self.dwell_target)
+        return new, status_event(
+            state,
+            status,
+            at,
+            reason="token_reissued",
+            checkpoint_id=state.checkpoint_id,
+            cause=cause,
+            route=state.route,
+            token=signer.token(_claims_of(state, state.route)),
+            dwell_target=self.dwell_target,
+        )
 
     def reissued(self, state: PassState, applied: Container[str]) -> tuple[PassState, list[dict]]:
         """A pass just signed (issued, rerouted, reissued) by a key whose withdrawal was `applied`
@@ -210,8 +248,9 @@ class Tracker:
         after it. The reissues it would have had, had it been there when the withdrawal was (what a
         replay in event-time order does)."""
         events = []
-        while (state.kid is not None and state.kid in applied
-               and (at := self.keyring.withdrawn_at(state.kid)) is not None):
+        while (
+            state.kid is not None and state.kid in applied and (at := self.keyring.withdrawn_at(state.kid)) is not None
+        ):
             state, event = self.key_withdrawn(state, state.kid, at)
             if event is None:
                 break
@@ -231,15 +270,26 @@ class Tracker:
             return state, None
         transition(S(state.status), S.REVOKED)
         new = replace(state, status=S.REVOKED)
-        return new, status_event(new, S.REVOKED, at, reason="key_enterprise_removed",
-                                 cause=f"enterprise:{entry.credit_code}:remove:{format_time(at)}",
-                                 dwell_target=self.dwell_target)
+        return new, status_event(
+            new,
+            S.REVOKED,
+            at,
+            reason="key_enterprise_removed",
+            cause=f"enterprise:{entry.credit_code}:remove:{format_time(at)}",
+            dwell_target=self.dwell_target,
+        )
 
 
 def _claims_of(state: PassState, route: dict) -> dict:
     """What a pass's token says (and `models.decide` signs first): the pass, its plate, validity and route."""
-    return {"pid": state.pass_id, "plate": state.plate, "nbf": state.valid_from, "exp": state.valid_until,
-            "rt": route["adcodes"], "cp": [c["checkpoint_id"] for c in route["checkpoints"]]}
+    return {
+        "pid": state.pass_id,
+        "plate": state.plate,
+        "nbf": state.valid_from,
+        "exp": state.valid_until,
+        "rt": route["adcodes"],
+        "cp": [c["checkpoint_id"] for c in route["checkpoints"]],
+    }
 
 
 class PassIndex:
@@ -403,9 +453,10 @@ class CheckpointBoard:
             self._dwells.setdefault(checkpoint, deque(maxlen=self.window)).append(event["dwell_seconds"])
 
     def snapshot(self) -> list[dict]:
-        return [board_row(checkpoint, len(self._present.get(checkpoint, ())), self._dwells.get(checkpoint, ()),
-                          self.target)
-                for checkpoint in sorted(set(self._present) | set(self._dwells))]
+        return [
+            board_row(checkpoint, len(self._present.get(checkpoint, ())), self._dwells.get(checkpoint, ()), self.target)
+            for checkpoint in sorted(set(self._present) | set(self._dwells))
+        ]
 
 
 def board_row(checkpoint: str, present: int, dwells, target: float) -> dict:
@@ -413,5 +464,10 @@ def board_row(checkpoint: str, present: int, dwells, target: float) -> dict:
     (the upper one of an even count) and whether that is over the target."""
     dwells = sorted(dwells)
     median = dwells[len(dwells) // 2] if dwells else None
-    return {"checkpoint_id": checkpoint, "vehicles_present": present, "recent_departures": len(dwells),
-            "median_dwell_seconds": median, "over_target": median is not None and median > target}
+    return {
+        "checkpoint_id": checkpoint,
+        "vehicles_present": present,
+        "recent_departures": len(dwells),
+        "median_dwell_seconds": median,
+        "over_target": median is not None and median > target,
+    }

@@ -82,8 +82,7 @@ def _read_packaged_rows() -> Iterator[tuple[str, str, float | None, float | None
     with io.TextIOWrapper(resource.open("rb"), encoding="utf-8", newline="") as fh:
         for row in csv.DictReader(fh):
             lat, lon = row["latitude"].strip(), row["longitude"].strip()
-            yield (row["adcode"], row["name"].strip(),
-                   float(lat) if lat else None, float(lon) if lon else None)
+            yield (row["adcode"], row["name"].strip(), float(lat) if lat else None, float(lon) if lon else None)
 
 
 class Gazetteer:
@@ -97,7 +96,7 @@ class Gazetteer:
         """Load (adcode, name, lat, lon) rows; by default cpca's packaged table."""
         names: dict[str, str] = {}
         coords: dict[str, tuple[float, float]] = {}
-        for adcode, name, lat, lon in (_read_packaged_rows() if rows is None else rows):
+        for adcode, name, lat, lon in _read_packaged_rows() if rows is None else rows:
             code = _normalize(adcode)
             if code is None:
                 continue
@@ -116,23 +115,25 @@ class Gazetteer:
                     members[code[:2] + "0000"].append(point)
             for parent, points in members.items():
                 if parent in names and parent not in coords:
-                    coords[parent] = (sum(p[0] for p in points) / len(points),
-                                      sum(p[1] for p in points) / len(points))
+                    coords[parent] = (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points))
 
         self._places: dict[str, Place] = {
-            code: Place(code, self._display_name(code), lat, lon)
-            for code, (lat, lon) in sorted(coords.items())
+            code: Place(code, self._display_name(code), lat, lon) for code, (lat, lon) in sorted(coords.items())
         }
         self._counties = tuple(p for p in self._places.values() if p.is_county)
         # Prefecture-level cities with no county level beneath them (东莞市, 中山市, 嘉峪关市, 儋州市):
         # their own code is the finest there is, so they stand where a county would.
         with_counties = {p.prefecture for p in self._counties}
-        self._finest = tuple(p for p in self._places.values() if p.is_county or (
-            not p.adcode.endswith("0000") and p.prefecture not in with_counties))
+        self._finest = tuple(
+            p
+            for p in self._places.values()
+            if p.is_county or (not p.adcode.endswith("0000") and p.prefecture not in with_counties)
+        )
         self._finest_codes = frozenset(p.adcode for p in self._finest)
         if self._finest:
-            self._tree = cKDTree(_unit_vectors(np.array([p.lat for p in self._finest]),
-                                               np.array([p.lon for p in self._finest])))
+            self._tree = cKDTree(
+                _unit_vectors(np.array([p.lat for p in self._finest]), np.array([p.lon for p in self._finest]))
+            )
         else:
             self._tree = None
 
@@ -246,8 +247,11 @@ class OfflineGeocoder(Geocoder):
     def _location(self, place: Place | None, exactly_one: bool):
         if place is None:
             return None
-        location = Location(self.gazetteer.name(place.adcode), (place.lat, place.lon),
-                            {"adcode": place.adcode, "name": place.name, "lat": place.lat, "lon": place.lon})
+        location = Location(
+            self.gazetteer.name(place.adcode),
+            (place.lat, place.lon),
+            {"adcode": place.adcode, "name": place.name, "lat": place.lat, "lon": place.lon},
+        )
         return location if exactly_one else [location]
 
     def geocode(self, query: str, exactly_one: bool = True, timeout=DEFAULT_SENTINEL):

@@ -11,7 +11,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Set
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from geographiclib.geodesic import Geodesic
@@ -22,8 +22,13 @@ from .graph import RegionGraph
 __all__ = ["Checkpoint", "Route", "RoutePlanner"]
 
 # Autonomous regions drop their ethnic designation in the short form; others just the suffix.
-_SHORT_PROVINCE = {"内蒙古自治区": "内蒙古", "广西壮族自治区": "广西", "西藏自治区": "西藏",
-                   "宁夏回族自治区": "宁夏", "新疆维吾尔自治区": "新疆"}
+_SHORT_PROVINCE = {
+    "内蒙古自治区": "内蒙古",
+    "广西壮族自治区": "广西",
+    "西藏自治区": "西藏",
+    "宁夏回族自治区": "宁夏",
+    "新疆维吾尔自治区": "新疆",
+}
 _WGS84 = Geodesic.WGS84
 
 
@@ -31,7 +36,7 @@ def _rfc3339(value: datetime) -> str:
     # A naive datetime is taken to be UTC, the project's wire time zone.
     # isoformat is several times faster than strftime; a route has a time per checkpoint.
     if value.tzinfo is not None and value.utcoffset():
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat() + "Z"
 
 
@@ -47,8 +52,14 @@ class Checkpoint:
     eta: datetime
 
     def to_dict(self) -> dict[str, Any]:
-        return {"checkpoint_id": self.checkpoint_id, "name": self.name, "adcode": self.adcode,
-                "lat": round(self.lat, 6), "lon": round(self.lon, 6), "eta": _rfc3339(self.eta)}
+        return {
+            "checkpoint_id": self.checkpoint_id,
+            "name": self.name,
+            "adcode": self.adcode,
+            "lat": round(self.lat, 6),
+            "lon": round(self.lon, 6),
+            "eta": _rfc3339(self.eta),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +78,12 @@ class Route:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; times as RFC 3339 UTC strings."""
-        return {"adcodes": list(self.adcodes), "checkpoints": [c.to_dict() for c in self.checkpoints],
-                "distance_km": self.distance_km, "eta": _rfc3339(self.eta)}
+        return {
+            "adcodes": list(self.adcodes),
+            "checkpoints": [c.to_dict() for c in self.checkpoints],
+            "distance_km": self.distance_km,
+            "eta": _rfc3339(self.eta),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +163,9 @@ class RoutePlanner:
         self._cache.clear()
         self._hits = self._misses = 0
 
-    def plan(self, origin: Place, destination: Place, *, blocked: frozenset[str] = frozenset(),
-             departure: datetime) -> Route | None:
+    def plan(
+        self, origin: Place, destination: Place, *, blocked: frozenset[str] = frozenset(), departure: datetime
+    ) -> Route | None:
         """The shortest route avoiding `blocked` node keys (the end nodes are always allowed).
 
         None when every route is blocked or a place lies outside the graph. Routes are cached
@@ -239,8 +255,9 @@ class RoutePlanner:
         factor = graph.road_factor
         regions = [graph.region(k) for k in path]
         # The trip starts and ends at the counties, not at their nodes' centroids.
-        points = [(origin.lat, origin.lon)] + [(r.lat, r.lon) for r in regions[1:-1]] + [
-            (destination.lat, destination.lon)]
+        points = (
+            [(origin.lat, origin.lon)] + [(r.lat, r.lon) for r in regions[1:-1]] + [(destination.lat, destination.lon)]
+        )
         legs = []
         for i in range(len(points) - 1):
             if 0 < i < len(points) - 2:
@@ -259,14 +276,29 @@ class RoutePlanner:
             if i < len(path) - 1 and graph.is_border(path[i], path[i + 1]):
                 a, b = regions[i], regions[i + 1]
                 low, high = sorted((path[i], path[i + 1]))
-                stops.append((f"BX-{low}-{high}",
-                              f"{self._short[a.province]}—{self._short[b.province]} border ({a.name}→{b.name})",
-                              b.adcode, (a.lat + b.lat) / 2.0, (a.lon + b.lon) / 2.0,
-                              offset(travelled + leg / 2.0)))
+                stops.append(
+                    (
+                        f"BX-{low}-{high}",
+                        f"{self._short[a.province]}—{self._short[b.province]} border ({a.name}→{b.name})",
+                        b.adcode,
+                        (a.lat + b.lat) / 2.0,
+                        (a.lon + b.lon) / 2.0,
+                        offset(travelled + leg / 2.0),
+                    )
+                )
             travelled += leg
-        stops.append((f"DST-{destination.adcode}", graph.gazetteer.name(destination.adcode)
-                      if graph.gazetteer.locate(destination.adcode) else destination.name,
-                      destination.adcode, destination.lat, destination.lon, offset(travelled)))
+        stops.append(
+            (
+                f"DST-{destination.adcode}",
+                graph.gazetteer.name(destination.adcode)
+                if graph.gazetteer.locate(destination.adcode)
+                else destination.name,
+                destination.adcode,
+                destination.lat,
+                destination.lon,
+                offset(travelled),
+            )
+        )
 
         adcodes = [origin.adcode] + [r.adcode for r in regions[1:-1]] + [destination.adcode]
         adcodes = [c for i, c in enumerate(adcodes) if i == 0 or c != adcodes[i - 1]]

@@ -21,28 +21,42 @@ from .settings import Settings
 __all__ = ["build_decider", "build_pipeline", "with_fresh_reference", "reference_handlers"]
 
 
-def build_decider(settings: Settings, *, signer: Signer | Keyring | None = None,
-                  catalog: Catalog | None = None) -> Decider:
+def build_decider(
+    settings: Settings, *, signer: Signer | Keyring | None = None, catalog: Catalog | None = None
+) -> Decider:
     """The decider with empty risk levels and key-enterprise list (the reference topics fill them).
     `signer` defaults to the key folder's keyring (`GC_KEY_DIR`)."""
     catalog = catalog or load_catalog(settings.catalog)
     graph = RegionGraph.default()
     if signer is None:
         from .keys import KeyDir  # reads (and on first run writes) the key folder
+
         signer = KeyDir(settings.keys_path).seeded()
-    return Decider(catalog=catalog, gazetteer=Gazetteer.default(), graph=graph,
-                   planner=RoutePlanner(graph, speed_kmh=float(catalog.rules.get("speed_kmh", 60))),
-                   risk=RiskBook(), enterprises=EnterpriseBook(), signer=signer, geocoder=_geocoder(settings))
+    return Decider(
+        catalog=catalog,
+        gazetteer=Gazetteer.default(),
+        graph=graph,
+        planner=RoutePlanner(graph, speed_kmh=float(catalog.rules.get("speed_kmh", 60))),
+        risk=RiskBook(),
+        enterprises=EnterpriseBook(),
+        signer=signer,
+        geocoder=_geocoder(settings),
+    )
 
 
-def build_pipeline(settings: Settings, *, signer: Signer | Keyring | None = None, keys=None,
-                   partitions: int | None = None) -> Pipeline:
+def build_pipeline(
+    settings: Settings, *, signer: Signer | Keyring | None = None, keys=None, partitions: int | None = None
+) -> Pipeline:
     """The decision core with its catalog, routing and signing keyring (which key signs when, the
     keys topic says). `keys` verify pass tokens at scans (default: the keyring's public keys)."""
     decider = build_decider(settings, signer=signer)
-    return Pipeline(decider, Tracker(decider, keys), Topics.with_prefix(settings.topic_prefix),
-                    partitions=partitions or settings.partitions,
-                    retention=timedelta(days=settings.pass_retention_days))
+    return Pipeline(
+        decider,
+        Tracker(decider, keys),
+        Topics.with_prefix(settings.topic_prefix),
+        partitions=partitions or settings.partitions,
+        retention=timedelta(days=settings.pass_retention_days),
+    )
 
 
 def with_fresh_reference(pipeline: Pipeline) -> Pipeline:
@@ -50,11 +64,19 @@ def with_fresh_reference(pipeline: Pipeline) -> Pipeline:
     that signs as any of its keys ever did: the audit's scratch pipeline for deciding a request
     again with only the reference data known at some earlier time."""
     d = pipeline.decider
-    decider = Decider(catalog=d.catalog, gazetteer=d.gazetteer, graph=d.graph, planner=d.planner,
-                      risk=RiskBook(), enterprises=EnterpriseBook(), signer=d.keyring.since_ever(),
-                      geocoder=d.geocoder)
-    return Pipeline(decider, pipeline.tracker, pipeline.topics, partitions=pipeline.partitions,
-                    retention=pipeline.retention)
+    decider = Decider(
+        catalog=d.catalog,
+        gazetteer=d.gazetteer,
+        graph=d.graph,
+        planner=d.planner,
+        risk=RiskBook(),
+        enterprises=EnterpriseBook(),
+        signer=d.keyring.since_ever(),
+        geocoder=d.geocoder,
+    )
+    return Pipeline(
+        decider, pipeline.tracker, pipeline.topics, partitions=pipeline.partitions, retention=pipeline.retention
+    )
 
 
 def reference_handlers(pipeline: Pipeline) -> dict:
@@ -67,4 +89,5 @@ def _geocoder(settings: Settings):
     if settings.geocoder == "offline":
         return None
     from geopy.geocoders import get_geocoder_for_service
+
     return get_geocoder_for_service(settings.geocoder)(user_agent=settings.geocoder_user_agent)

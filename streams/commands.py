@@ -17,16 +17,25 @@ import orjson
 
 from models.keyring import KeyEntry, parse_key_entry
 from models.passes import PassState
-from models.records import (CheckpointScan, EnterpriseEntry, RegionRisk, canonical, format_time, parse_scan,
-                            parse_time)
+from models.records import CheckpointScan, EnterpriseEntry, RegionRisk, canonical, format_time, parse_scan, parse_time
 
-__all__ = ["Command", "RekeyedScan", "RiskChanged", "EnterpriseChanged", "KeyChanged", "ClockTick", "LegacyIssue",
-           "encode", "decode"]
+__all__ = [
+    "Command",
+    "RekeyedScan",
+    "RiskChanged",
+    "EnterpriseChanged",
+    "KeyChanged",
+    "ClockTick",
+    "LegacyIssue",
+    "encode",
+    "decode",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class RekeyedScan:
     """A scan that arrived on another partition than its pass's, sent there (keyed by its pass number)."""
+
     KIND: ClassVar[str] = "scan"
     pass_id: str
     scan: CheckpointScan
@@ -44,6 +53,7 @@ class RekeyedScan:
 @dataclass(frozen=True, slots=True)
 class RiskChanged:
     """A region's risk level, to every partition: its passes in the region are re-evaluated."""
+
     KIND: ClassVar[str] = "risk"
     risk: RegionRisk
 
@@ -59,24 +69,33 @@ class RiskChanged:
 @dataclass(frozen=True, slots=True)
 class EnterpriseChanged:
     """A key-list entry, to every partition (the worker sends removals): the firm's passes are re-evaluated."""
+
     KIND: ClassVar[str] = "enterprise"
     entry: EnterpriseEntry
 
     def wire(self) -> dict[str, Any]:
         e = self.entry
-        return {"credit_code": e.credit_code, "name": e.name, "action": e.action,
-                "effective_at": format_time(e.effective_at)}
+        return {
+            "credit_code": e.credit_code,
+            "name": e.name,
+            "action": e.action,
+            "effective_at": format_time(e.effective_at),
+        }
 
     @classmethod
     def from_wire(cls, command: dict[str, Any]) -> EnterpriseChanged:
-        return cls(EnterpriseEntry(command["credit_code"], command["name"], command["action"],
-                                   parse_time(command["effective_at"])))
+        return cls(
+            EnterpriseEntry(
+                command["credit_code"], command["name"], command["action"], parse_time(command["effective_at"])
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class KeyChanged:
     """A signing key made active or withdrawn, to every partition: each worker's ring learns it, and
     a withdrawal reissues the passes the key signed."""
+
     KIND: ClassVar[str] = "key"
     entry: KeyEntry
 
@@ -91,6 +110,7 @@ class KeyChanged:
 @dataclass(frozen=True, slots=True)
 class ClockTick:
     """A tick of the channel's clock, to one partition: `at` (RFC 3339, as written) is now there."""
+
     KIND: ClassVar[str] = "clock"
     at: str
 
@@ -108,6 +128,7 @@ class LegacyIssue:
     it any more, and the audit reads only clock ticks from the internal topic; it is read still
     because one may be left unconsumed on the topic when such a worker is replaced (the README's
     "State left by an older worker"). Decoded only: never encoded."""
+
     KIND: ClassVar[str] = "issue"
     state: PassState
     command: dict[str, Any]  # as received: a collision's dead letter holds it, and `decided_at` is read from it
@@ -124,7 +145,8 @@ class LegacyIssue:
 Command = RekeyedScan | RiskChanged | EnterpriseChanged | KeyChanged | ClockTick | LegacyIssue
 
 _DECODERS: dict[str, Callable[[dict[str, Any]], Command]] = {
-    c.KIND: c.from_wire for c in (RekeyedScan, RiskChanged, EnterpriseChanged, KeyChanged, ClockTick, LegacyIssue)}
+    c.KIND: c.from_wire for c in (RekeyedScan, RiskChanged, EnterpriseChanged, KeyChanged, ClockTick, LegacyIssue)
+}
 
 
 def encode(command: RekeyedScan | RiskChanged | EnterpriseChanged | KeyChanged | ClockTick) -> bytes:

@@ -46,24 +46,34 @@ class Connection:
 
     def __post_init__(self) -> None:
         if self.security_protocol not in PROTOCOLS:
-            raise ConnectionSettingsError(f"GC_KAFKA_SECURITY_PROTOCOL={self.security_protocol!r}: expected one of "
-                                  + ", ".join(PROTOCOLS))
+            raise ConnectionSettingsError(
+                f"GC_KAFKA_SECURITY_PROTOCOL={self.security_protocol!r}: expected one of " + ", ".join(PROTOCOLS)
+            )
         if not self.secure:
             return
         if self.sasl_mechanism not in MECHANISMS:
-            raise ConnectionSettingsError(f"GC_KAFKA_SASL_MECHANISM={self.sasl_mechanism!r}: expected one of "
-                                  + ", ".join(MECHANISMS))
+            raise ConnectionSettingsError(
+                f"GC_KAFKA_SASL_MECHANISM={self.sasl_mechanism!r}: expected one of " + ", ".join(MECHANISMS)
+            )
         if not self.username or not self.password:
-            raise ConnectionSettingsError("GC_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs GC_KAFKA_USERNAME and GC_KAFKA_PASSWORD "
-                                  "(the client files written by `greenchannel broker --kind kafka --secure`)")
+            raise ConnectionSettingsError(
+                "GC_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs GC_KAFKA_USERNAME and GC_KAFKA_PASSWORD "
+                "(the client files written by `greenchannel broker --kind kafka --secure`)"
+            )
 
     @classmethod
     def from_settings(cls, settings) -> Connection:
         password = settings.kafka_password
         if password is None and settings.kafka_password_file is not None:
             password = read_password(settings.kafka_password_file)
-        return cls(settings.bootstrap, settings.kafka_security_protocol.upper(), settings.kafka_sasl_mechanism.upper(),
-                   settings.kafka_username, password, settings.kafka_ca_file)
+        return cls(
+            settings.bootstrap,
+            settings.kafka_security_protocol.upper(),
+            settings.kafka_sasl_mechanism.upper(),
+            settings.kafka_username,
+            password,
+            settings.kafka_ca_file,
+        )
 
     @property
     def secure(self) -> bool:
@@ -72,12 +82,15 @@ class Connection:
     def ssl_context(self) -> ssl.SSLContext:
         """Verifies the broker's certificate and host name against GC_KAFKA_CA_FILE (or the system's CAs)."""
         from aiokafka.helpers import create_ssl_context
+
         if self.ca_file is None:
             return create_ssl_context()
         try:
             Path(self.ca_file).read_bytes()
         except OSError as exc:
-            raise ConnectionSettingsError(f"GC_KAFKA_CA_FILE={self.ca_file}: cannot read it ({exc.strerror or exc})") from None
+            raise ConnectionSettingsError(
+                f"GC_KAFKA_CA_FILE={self.ca_file}: cannot read it ({exc.strerror or exc})"
+            ) from None
         try:
             return create_ssl_context(cafile=str(self.ca_file))
         except ssl.SSLError as exc:
@@ -87,24 +100,38 @@ class Connection:
         """The keyword arguments of AIOKafkaProducer, AIOKafkaConsumer and AIOKafkaAdminClient."""
         if not self.secure:
             return {"bootstrap_servers": self.bootstrap}
-        return {"bootstrap_servers": self.bootstrap, "security_protocol": self.security_protocol,
-                "sasl_mechanism": self.sasl_mechanism, "sasl_plain_username": self.username,
-                "sasl_plain_password": self.password, "ssl_context": self.ssl_context()}
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.username,
+            "sasl_plain_password": self.password,
+            "ssl_context": self.ssl_context(),
+        }
 
     def faust_credentials(self):
         """The Faust app's `broker_credentials` (None: plain text)."""
         if not self.secure:
             return None
         import faust
-        return faust.SASLCredentials(username=self.username, password=self.password, mechanism=self.sasl_mechanism,
-                                     ssl_context=self.ssl_context())
+
+        return faust.SASLCredentials(
+            username=self.username,
+            password=self.password,
+            mechanism=self.sasl_mechanism,
+            ssl_context=self.ssl_context(),
+        )
 
     def env(self) -> dict[str, str]:
         """The GC_* settings that give this connection back (Settings -> from_settings)."""
         env = {"GC_BROKER_URL": ";".join(f"kafka://{host}" for host in self.bootstrap.split(","))}
         if self.secure:
-            env.update(GC_KAFKA_SECURITY_PROTOCOL=self.security_protocol, GC_KAFKA_SASL_MECHANISM=self.sasl_mechanism,
-                       GC_KAFKA_USERNAME=self.username, GC_KAFKA_PASSWORD=self.password)
+            env.update(
+                GC_KAFKA_SECURITY_PROTOCOL=self.security_protocol,
+                GC_KAFKA_SASL_MECHANISM=self.sasl_mechanism,
+                GC_KAFKA_USERNAME=self.username,
+                GC_KAFKA_PASSWORD=self.password,
+            )
             if self.ca_file is not None:
                 env["GC_KAFKA_CA_FILE"] = str(Path(self.ca_file).resolve())
         return env
@@ -112,6 +139,7 @@ class Connection:
     def as_user(self, username: str, password: str) -> Connection:
         """The same cluster, another principal."""
         from dataclasses import replace
+
         return replace(self, username=username, password=password)
 
     def __repr__(self) -> str:  # never the password

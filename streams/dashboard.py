@@ -26,7 +26,7 @@ import logging
 import signal
 import time
 from collections import Counter, deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -35,12 +35,20 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlmodel import Session, select
 
-from models.store.db import (active_pass_places, checkpoint_board, count_by, decisions_per_hour, find_passes,
-                       get_pass_events, make_engine, rejections_by_reason)
 from models.mapregions import feature_levels
 from models.passes import ACTIVE
 from models.records import Unparseable, format_time, load_object, parse_risk
 from models.reference import RiskBook
+from models.store.db import (
+    active_pass_places,
+    checkpoint_board,
+    count_by,
+    decisions_per_hour,
+    find_passes,
+    get_pass_events,
+    make_engine,
+    rejections_by_reason,
+)
 from models.store.tables import Checkpoint, Pass, Shipment
 from routing import Gazetteer
 
@@ -92,13 +100,20 @@ class Dashboard:
     # --- risk levels and dead letters, from the topics -------------------------------------------------
     async def follow_topics(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(**s.connection.kwargs(), enable_auto_commit=False,
-                                    isolation_level=s.isolation_level, fetch_max_wait_ms=s.fetch_wait_ms)
+        consumer = AIOKafkaConsumer(
+            **s.connection.kwargs(),
+            enable_auto_commit=False,
+            isolation_level=s.isolation_level,
+            fetch_max_wait_ms=s.fetch_wait_ms,
+        )
         await consumer.start()
         try:
             await refresh_metadata(consumer)
-            parts = [TopicPartition(t, p) for t in (self.topics.risk, self.topics.deadletter)
-                     for p in consumer.partitions_for_topic(t) or ()]
+            parts = [
+                TopicPartition(t, p)
+                for t in (self.topics.risk, self.topics.deadletter)
+                for p in consumer.partitions_for_topic(t) or ()
+            ]
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             while True:
@@ -139,12 +154,14 @@ class Dashboard:
 
     def recolour(self) -> None:
         """Publish the map regions whose level changed (and the declared levels)."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         levels = feature_levels(self.book, self.features, now)
         changed = {f: n for f, n in levels.items() if self.levels.get(f) != n}
         self.levels = levels
-        self.declared = [{"adcode": a, "level": lv, "name": self.gazetteer.region_name(a) or a}
-                         for a, lv in self.book.snapshot(now).items()]
+        self.declared = [
+            {"adcode": a, "level": lv, "name": self.gazetteer.region_name(a) or a}
+            for a, lv in self.book.snapshot(now).items()
+        ]
         if changed:
             self.hub.publish("levels", {"changed": changed, "declared": self.declared, "sent": time.time()})
 
@@ -168,11 +185,15 @@ class Dashboard:
             checkpoints = {c.checkpoint_id: c for c in session.exec(select(Checkpoint))}
             return {
                 "passes": self._places(active_pass_places(session, ACTIVE), checkpoints),
-                "checkpoints": [[c.checkpoint_id, c.name, round(c.lon, 4), round(c.lat, 4)]
-                                for c in checkpoints.values()],
+                "checkpoints": [
+                    [c.checkpoint_id, c.name, round(c.lon, 4), round(c.lat, 4)] for c in checkpoints.values()
+                ],
                 "board": checkpoint_board(session),
-                "flow": {"hours": decisions_per_hour(session), "rejections": rejections_by_reason(session),
-                         "statuses": {k or "none": n for k, n in count_by(session, Pass.status).items()}},
+                "flow": {
+                    "hours": decisions_per_hour(session),
+                    "rejections": rejections_by_reason(session),
+                    "statuses": {k or "none": n for k, n in count_by(session, Pass.status).items()},
+                },
             }
 
     def _places(self, rows, checkpoints: dict) -> list[list]:
@@ -188,8 +209,10 @@ class Dashboard:
     # --- consumer lag, from the broker ---------------------------------------------------------------
     async def follow_lag(self, every: float = 2.0) -> None:
         s, t = self.settings, self.topics
-        groups = {s.app_id: [t.requests, t.scans, t.risk, t.enterprises, t.keys],
-                  projector_group(s): [t.decisions, t.status, t.risk, t.enterprises]}
+        groups = {
+            s.app_id: [t.requests, t.scans, t.risk, t.enterprises, t.keys],
+            projector_group(s): [t.decisions, t.status, t.risk, t.enterprises],
+        }
         admin = AIOKafkaAdminClient(**s.connection.kwargs())
         consumer = AIOKafkaConsumer(**s.connection.kwargs(), enable_auto_commit=False)
         await admin.start()
@@ -236,19 +259,39 @@ class Dashboard:
         route = p.route or {}
         return {
             "shipment": _shipment(shipment) if shipment else None,
-            "pass": {"pass_id": p.pass_id, "plate": p.plate, "priority": p.priority, "status": p.status,
-                     "valid_from": _iso(p.valid_from), "valid_until": _iso(p.valid_until), "trip": p.trip,
-                     "route": [self.gazetteer.region_name(a) or a for a in route.get("adcodes", ())],
-                     "distance_km": route.get("distance_km")},
-            "events": [{"at": _iso(e.at), "status": e.status, "checkpoint_id": e.checkpoint_id, "reason": e.reason,
-                        "dwell_seconds": e.dwell_seconds, "dwell_exceeded": e.dwell_exceeded}
-                       for e in get_pass_events(session, pass_id=p.pass_id)],
+            "pass": {
+                "pass_id": p.pass_id,
+                "plate": p.plate,
+                "priority": p.priority,
+                "status": p.status,
+                "valid_from": _iso(p.valid_from),
+                "valid_until": _iso(p.valid_until),
+                "trip": p.trip,
+                "route": [self.gazetteer.region_name(a) or a for a in route.get("adcodes", ())],
+                "distance_km": route.get("distance_km"),
+            },
+            "events": [
+                {
+                    "at": _iso(e.at),
+                    "status": e.status,
+                    "checkpoint_id": e.checkpoint_id,
+                    "reason": e.reason,
+                    "dwell_seconds": e.dwell_seconds,
+                    "dwell_exceeded": e.dwell_exceeded,
+                }
+                for e in get_pass_events(session, pass_id=p.pass_id)
+            ],
         }
 
 
 def _shipment(s: Shipment) -> dict:
-    return {"shipment_id": s.shipment_id, "decision": s.decision, "priority": s.priority,
-            "decided_at": _iso(s.decided_at), "reasons": [r.get("text") for r in s.reasons or ()]}
+    return {
+        "shipment_id": s.shipment_id,
+        "decision": s.decision,
+        "priority": s.priority,
+        "decided_at": _iso(s.decided_at),
+        "reasons": [r.get("text") for r in s.reasons or ()],
+    }
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -261,6 +304,7 @@ def _lonlat(gazetteer: Gazetteer, adcode: str | None) -> tuple[float, float] | N
 
 
 # --- the web app -------------------------------------------------------------------------------------------
+
 
 def make_app(board: Dashboard, *, host: str, token: str | None) -> web.Application:
     app = web.Application(middlewares=[token_guard(host, token)])
@@ -286,15 +330,25 @@ def make_app(board: Dashboard, *, host: str, token: str | None) -> web.Applicati
     return app
 
 
-async def serve(settings: Settings, *, host: str, port: int, token: str | None,
-                started=lambda url: None, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    token: str | None,
+    started=lambda url: None,
+    stop: asyncio.Event | None = None,
+) -> None:
     """Run the dashboard until `stop` is set (or forever); `started(url)` once it listens."""
     board = Dashboard(settings)
     app = make_app(board, host=host, token=token)  # refuses beyond loopback without a token
     t = board.topics
-    await ensure_topics(settings.connection, [t.risk, t.deadletter, t.requests, t.scans, t.enterprises,
-                                             t.decisions, t.status], partitions=settings.partitions,
-                        replication_factor=settings.replication_factor)
+    await ensure_topics(
+        settings.connection,
+        [t.risk, t.deadletter, t.requests, t.scans, t.enterprises, t.decisions, t.status],
+        partitions=settings.partitions,
+        replication_factor=settings.replication_factor,
+    )
     runner = await start_site(app, host, port)
     tasks = [asyncio.create_task(c) for c in (board.follow_topics(), board.follow_database(), board.follow_lag())]
     started(site_url(host, runner.addresses[0][1], token))
@@ -317,8 +371,14 @@ def cmd_dashboard(settings: Settings, args) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, host=args.host, port=args.port, token=token, stop=stop,
-                    started=lambda url: print(f"dashboard at {url}", flush=True))
+        await serve(
+            settings,
+            host=args.host,
+            port=args.port,
+            token=token,
+            stop=stop,
+            started=lambda url: print(f"dashboard at {url}", flush=True),
+        )
 
     try:
         asyncio.run(main())

@@ -40,20 +40,24 @@ out, err = Console(), Console(stderr=True)
 
 def add_arguments(sub) -> None:
     request = sub.add_parser("request", help="firms: send shipment requests").add_subparsers(
-        dest="request_command", required=True)
+        dest="request_command", required=True
+    )
     submit = request.add_parser("submit", help="send a request and wait for its decision")
     source = submit.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", help="a ShipmentRequest JSON file, or - for standard input")
     source.add_argument("--batch", metavar="FILE.jsonl", type=Path, help="one request per line")
-    submit.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
-                        help="how long to wait for the decisions (default 30)")
+    submit.add_argument(
+        "--wait", type=float, default=30.0, metavar="SECONDS", help="how long to wait for the decisions (default 30)"
+    )
 
 
 def schema_errors(request) -> list[str]:
     """What the published schema says is wrong with `request` (empty when valid)."""
     validator = _validator()
-    return [f"{'.'.join(str(p) for p in e.absolute_path) or '(request)'}: {e.message}"
-            for e in sorted(validator.iter_errors(request), key=lambda e: list(map(str, e.absolute_path)))]
+    return [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '(request)'}: {e.message}"
+        for e in sorted(validator.iter_errors(request), key=lambda e: list(map(str, e.absolute_path)))
+    ]
 
 
 @functools.cache
@@ -63,7 +67,7 @@ def _validator() -> Draft202012Validator:
 
 @dataclass(slots=True)
 class Submission:
-    requests: dict[str, dict] = field(default_factory=dict)      # shipment id -> request
+    requests: dict[str, dict] = field(default_factory=dict)  # shipment id -> request
     invalid: list[tuple[str, list[str]]] = field(default_factory=list)  # (where, errors)
     decisions: dict[str, dict] = field(default_factory=dict)
 
@@ -71,8 +75,11 @@ class Submission:
 def read_requests(text: str, *, lines: bool, where: str) -> Submission:
     """Requests from JSON text (one, or one per line), each validated against the schema."""
     sub = Submission()
-    items = [(f"{where}:{n}", line) for n, line in enumerate(text.splitlines(), 1) if line.strip()] \
-        if lines else [(where, text)]
+    items = (
+        [(f"{where}:{n}", line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if lines
+        else [(where, text)]
+    )
     for place, raw in items:
         try:
             request = orjson.loads(raw)
@@ -92,14 +99,19 @@ def read_requests(text: str, *, lines: bool, where: str) -> Submission:
 async def exchange(settings: Settings, sub: Submission, *, wait: float, progress: bool = False) -> None:
     """Publish the requests and collect their decisions until all are in or `wait` runs out."""
     topics = Topics.with_prefix(settings.topic_prefix)
-    consumer = AIOKafkaConsumer(**settings.connection.kwargs(), enable_auto_commit=False,
-                                isolation_level=settings.isolation_level)
+    consumer = AIOKafkaConsumer(
+        **settings.connection.kwargs(), enable_auto_commit=False, isolation_level=settings.isolation_level
+    )
     producer = AIOKafkaProducer(**settings.connection.kwargs(), linger_ms=5, acks="all")
     await consumer.start()
     await producer.start()
     try:
-        parts = sorted({TopicPartition(topics.decisions, kafka_partition(sid.encode(), settings.partitions))
-                        for sid in sub.requests})
+        parts = sorted(
+            {
+                TopicPartition(topics.decisions, kafka_partition(sid.encode(), settings.partitions))
+                for sid in sub.requests
+            }
+        )
         consumer.assign(parts)
         ends = await consumer.end_offsets(parts)  # before sending: the answers come after these
         for tp, end in ends.items():
@@ -127,17 +139,22 @@ async def exchange(settings: Settings, sub: Submission, *, wait: float, progress
 
 def describe(decision: dict, gazetteer: Gazetteer) -> list[str]:
     """A decision in plain words: outcome, pass, class, route, validity and each reason."""
-    lines = [f"{decision['shipment_id']}: {decision['decision'].upper()}"
-             + (f", class {decision['priority']}" if decision.get("priority") else "")]
+    lines = [
+        f"{decision['shipment_id']}: {decision['decision'].upper()}"
+        + (f", class {decision['priority']}" if decision.get("priority") else "")
+    ]
     p = decision.get("pass")
     if p:
         route = p["route"]
         names = [gazetteer.region_name(code) or code for code in route["adcodes"]]
-        lines += [f"  pass number {p['pass_id']} for {p['plate']} ({p['trip']} trip"
-                  + (", toll exempt" if p.get("toll_exempt") else "") + ")",
-                  f"  valid {p['valid_from']} to {p['valid_until']}",
-                  f"  route {' → '.join(names)}: {route['distance_km']} km, arriving about {route['eta']}",
-                  f"  checkpoints: {', '.join(c['checkpoint_id'] for c in route['checkpoints'])}"]
+        lines += [
+            f"  pass number {p['pass_id']} for {p['plate']} ({p['trip']} trip"
+            + (", toll exempt" if p.get("toll_exempt") else "")
+            + ")",
+            f"  valid {p['valid_from']} to {p['valid_until']}",
+            f"  route {' → '.join(names)}: {route['distance_km']} km, arriving about {route['eta']}",
+            f"  checkpoints: {', '.join(c['checkpoint_id'] for c in route['checkpoints'])}",
+        ]
     for reason in decision.get("reasons", ()):
         lines.append(f"  - {reason['text']}")
     return lines
@@ -190,8 +207,12 @@ def report(sub: Submission, *, batch: bool, wait: float) -> None:
         if sub.invalid:
             table.add_row("invalid, not sent", "—", str(len(sub.invalid)))
         out.print(table)
-        reasons = Counter(code for d in sub.decisions.values() if d["decision"] != "approved"
-                          for code in {r["code"] for r in d["reasons"]})  # requests rejected for each
+        reasons = Counter(
+            code
+            for d in sub.decisions.values()
+            if d["decision"] != "approved"
+            for code in {r["code"] for r in d["reasons"]}
+        )  # requests rejected for each
         if reasons:
             out.print("rejections by reason: " + ", ".join(f"{code} {n}" for code, n in reasons.most_common()))
     for sid in missing:

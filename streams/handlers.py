@@ -17,19 +17,56 @@ import orjson
 
 from models.decide import Decider, Decision
 from models.keyring import WITHDRAWN, parse_key_entry
-from models.passes import (ACTIVE, PassState, allocate_pass_id, claimed_pass_id, kafka_partition, legacy_answers,
-                           unverified_claims)
-from models.records import (CheckpointScan, Unparseable, canonical, format_time, kept, load_object, parse_enterprise,
-                            parse_request, parse_risk, parse_scan, parse_time, record_time)
+from models.passes import (
+    ACTIVE,
+    PassState,
+    allocate_pass_id,
+    claimed_pass_id,
+    kafka_partition,
+    legacy_answers,
+    unverified_claims,
+)
+from models.records import (
+    CheckpointScan,
+    Unparseable,
+    canonical,
+    format_time,
+    kept,
+    load_object,
+    parse_enterprise,
+    parse_request,
+    parse_risk,
+    parse_scan,
+    parse_time,
+    record_time,
+)
 from models.tracking import CheckpointBoard, Lifetimes, PassIndex, Tracker, epoch_seconds
 
-from .commands import (ClockTick, Command, EnterpriseChanged, KeyChanged, LegacyIssue, RekeyedScan, RiskChanged, decode,
-                       encode)
+from .commands import (
+    ClockTick,
+    Command,
+    EnterpriseChanged,
+    KeyChanged,
+    LegacyIssue,
+    RekeyedScan,
+    RiskChanged,
+    decode,
+    encode,
+)
 from .metrics import Meter
 from .wire import status_ce_id
 
-__all__ = ["Out", "RecordMeta", "Topics", "Tables", "PassHolders", "Pipeline", "clock_command", "cloudevent_headers",
-           "STALE_REQUEST"]
+__all__ = [
+    "Out",
+    "RecordMeta",
+    "Topics",
+    "Tables",
+    "PassHolders",
+    "Pipeline",
+    "clock_command",
+    "cloudevent_headers",
+    "STALE_REQUEST",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,18 +83,35 @@ class Topics:
 
     @classmethod
     def with_prefix(cls, prefix: str = "gc.") -> Topics:
-        return cls(f"{prefix}shipment.requests", f"{prefix}enterprises", f"{prefix}region.risk",
-                   f"{prefix}pass.decisions", f"{prefix}checkpoint.scans", f"{prefix}pass.status",
-                   f"{prefix}deadletter", f"{prefix}pass.events", f"{prefix}pass.keys")
+        return cls(
+            f"{prefix}shipment.requests",
+            f"{prefix}enterprises",
+            f"{prefix}region.risk",
+            f"{prefix}pass.decisions",
+            f"{prefix}checkpoint.scans",
+            f"{prefix}pass.status",
+            f"{prefix}deadletter",
+            f"{prefix}pass.events",
+            f"{prefix}pass.keys",
+        )
 
     def public(self) -> list[str]:
-        return [self.requests, self.enterprises, self.risk, self.decisions, self.scans, self.status, self.deadletter,
-                self.keys]
+        return [
+            self.requests,
+            self.enterprises,
+            self.risk,
+            self.decisions,
+            self.scans,
+            self.status,
+            self.deadletter,
+            self.keys,
+        ]
 
 
 @dataclass(frozen=True, slots=True)
 class RecordMeta:
     """Where an input record was read: its topic, partition and offset, and its record time."""
+
     topic: str
     partition: int
     offset: int
@@ -74,8 +128,14 @@ class Out:
 
 
 def cloudevent_headers(ce_id: str, ce_type: str, source: str, time: str) -> tuple[tuple[str, bytes], ...]:
-    return (("ce_specversion", b"1.0"), ("ce_id", ce_id.encode()), ("ce_source", source.encode()),
-            ("ce_type", ce_type.encode()), ("ce_time", time.encode()), ("content-type", b"application/json"))
+    return (
+        ("ce_specversion", b"1.0"),
+        ("ce_id", ce_id.encode()),
+        ("ce_source", source.encode()),
+        ("ce_type", ce_type.encode()),
+        ("ce_time", time.encode()),
+        ("content-type", b"application/json"),
+    )
 
 
 # In the dead letter of a request older than anything held (Pipeline._stale): the replay finds them by it.
@@ -94,10 +154,11 @@ def _text(raw: bytes | None) -> str | None:
 @dataclass(frozen=True, slots=True)
 class Tables:
     """The worker's state, per partition: Faust tables in the worker, dicts in tests and replay."""
-    decided: MutableMapping[str, bytes]   # shipment id -> the decision published
-    serials: MutableMapping[str, bytes]   # pass number -> shipment id holding it
-    passes: MutableMapping[str, bytes]    # pass number -> PassState JSON
-    answers: MutableMapping[str, bytes]   # "pass_id/scan_id" -> the status event that answered the scan
+
+    decided: MutableMapping[str, bytes]  # shipment id -> the decision published
+    serials: MutableMapping[str, bytes]  # pass number -> shipment id holding it
+    passes: MutableMapping[str, bytes]  # pass number -> PassState JSON
+    answers: MutableMapping[str, bytes]  # "pass_id/scan_id" -> the status event that answered the scan
     clocks: MutableMapping[str, bytes] = field(default_factory=dict)  # partition -> the clock's last tick
     # Derived, never stored: per partition, its active passes by region and firm (PassIndex) and
     # when its entries expire and leave (Lifetimes), each built from the tables on first use and
@@ -153,8 +214,15 @@ class Pipeline:
     """The worker's handlers: each input record, or command on the internal pass topic, in; the records
     it makes out (`Out`), with the state in `Tables`."""
 
-    def __init__(self, decider: Decider, tracker: Tracker, topics: Topics, *, partitions: int,
-                 retention: timedelta = timedelta(days=7)) -> None:
+    def __init__(
+        self,
+        decider: Decider,
+        tracker: Tracker,
+        topics: Topics,
+        *,
+        partitions: int,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
         self.decider = decider
         self.tracker = tracker
         self.topics = topics
@@ -173,16 +241,24 @@ class Pipeline:
         topic, partition, offset = meta.topic, meta.partition, meta.offset
         self.meter.dead_letter(topic)
         body = {
-            "topic": topic, "partition": partition, "offset": offset,
-            "key": _text(key), "error": error, "at": format_time(record_time(meta.timestamp_ms)),
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "key": _text(key),
+            "error": error,
+            "at": format_time(record_time(meta.timestamp_ms)),
         }
         try:
             body["value"] = value.decode("utf-8") if value is not None else None
         except UnicodeDecodeError:
             body["value"], body["value_base64"] = None, base64.b64encode(value).decode()
         ce_id = f"deadletter/{topic}/{partition}/{offset}"
-        return Out(self.topics.deadletter, key or b"", canonical(body),
-                   cloudevent_headers(ce_id, "cn.greenchannel.deadletter", "/greenchannel/worker", body["at"]))
+        return Out(
+            self.topics.deadletter,
+            key or b"",
+            canonical(body),
+            cloudevent_headers(ce_id, "cn.greenchannel.deadletter", "/greenchannel/worker", body["at"]),
+        )
 
     # --- shipment requests ----------------------------------------------------------------------
     def on_request(self, key: bytes | None, value: bytes | None, meta: RecordMeta, *, tables: Tables) -> list[Out]:
@@ -202,12 +278,16 @@ class Pipeline:
         earlier = tables.decided.get(sid)
         if earlier is not None:
             return [self._decision_out(sid, earlier)]
-        decided_at = request.submitted_at if not any(e.field == "submitted_at" for e in errors) \
+        decided_at = (
+            request.submitted_at
+            if not any(e.field == "submitted_at" for e in errors)
             else record_time(meta.timestamp_ms)
+        )
         if (stale := self._stale(tables, partition, sid, decided_at)) is not None:
             return [self.dead_letter(meta, key, value, stale)]
-        decision = self.decider.decide(request, errors, decided_at=decided_at,
-                                       allocate=self._allocator(sid, partition, tables.serials))
+        decision = self.decider.decide(
+            request, errors, decided_at=decided_at, allocate=self._allocator(sid, partition, tables.serials)
+        )
         return self._file_decision(tables, partition, sid, decision)
 
     def _file_decision(self, tables: Tables, partition: int, sid: str, decision: Decision) -> list[Out]:
@@ -237,10 +317,12 @@ class Pipeline:
         tick = tables.clocks.get(str(partition))
         if tick is None or epoch_seconds(decided_at) + self._retention_s >= epoch_seconds(tick.decode()):
             return None
-        return (f"shipment {sid} was submitted at {format_time(decided_at)}, {STALE_REQUEST} "
-                f"({self.retention.days} days) before the channel's clock ({tick.decode()}): a decision made for "
-                f"it then has left the worker's state; it is on {self.topics.decisions} (key {sid}) and in the "
-                f"database (the dashboard's search, greenchannel pass show)")
+        return (
+            f"shipment {sid} was submitted at {format_time(decided_at)}, {STALE_REQUEST} "
+            f"({self.retention.days} days) before the channel's clock ({tick.decode()}): a decision made for "
+            f"it then has left the worker's state; it is on {self.topics.decisions} (key {sid}) and in the "
+            f"database (the dashboard's search, greenchannel pass show)"
+        )
 
     @property
     def _retention_s(self) -> int:
@@ -251,15 +333,19 @@ class Pipeline:
             owner = serials.get(pass_id)
             return None if owner is None else owner.decode()
 
-        return lambda issuer: allocate_pass_id(issuer, sid, partition=partition, partitions=self.partitions,
-                                               holder=holder)
+        return lambda issuer: allocate_pass_id(
+            issuer, sid, partition=partition, partitions=self.partitions, holder=holder
+        )
 
     def _decision_out(self, sid: str, body: bytes, decided_at: str | None = None) -> Out:
         if decided_at is None:  # a stored decision: its time is a fixed field of the canonical bytes
             decided_at = _decided_at(body)
-        return Out(self.topics.decisions, sid.encode(), body,
-                   cloudevent_headers(f"decision/{sid}", "cn.greenchannel.pass.decision", "/greenchannel/decider",
-                                      decided_at))
+        return Out(
+            self.topics.decisions,
+            sid.encode(),
+            body,
+            cloudevent_headers(f"decision/{sid}", "cn.greenchannel.pass.decision", "/greenchannel/decider", decided_at),
+        )
 
     # --- checkpoint scans -----------------------------------------------------------------------
     def on_scan(self, key: bytes | None, value: bytes | None, meta: RecordMeta, *, tables: Tables) -> list[Out]:
@@ -303,8 +389,9 @@ class Pipeline:
     def on_risk(self, key: bytes | None, value: bytes | None, meta: RecordMeta) -> list[Out]:
         """Apply a risk level and ask every tracker partition to re-evaluate its passes."""
         try:
-            risk = parse_risk(load_object(value), timestamp_ms=meta.timestamp_ms,
-                              is_region=self.decider.gazetteer.names_region)
+            risk = parse_risk(
+                load_object(value), timestamp_ms=meta.timestamp_ms, is_region=self.decider.gazetteer.names_region
+            )
         except Unparseable as exc:
             return [self.dead_letter(meta, key, value, str(exc))]
         self.decider.risk.apply(risk)
@@ -370,8 +457,9 @@ class Pipeline:
         if entry.status != WITHDRAWN:
             return []
         signed = self.index(partition, tables).signed_by(entry.kid)
-        outs = self._each_pass(tables, partition, signed,
-                               lambda s: self.tracker.key_withdrawn(s, entry.kid, entry.effective_at))
+        outs = self._each_pass(
+            tables, partition, signed, lambda s: self.tracker.key_withdrawn(s, entry.kid, entry.effective_at)
+        )
         self.withdrawals_applied.add(entry.kid)
         return outs
 
@@ -527,12 +615,26 @@ class Pipeline:
         """The dead letter of a legacy `issue` whose pass number another shipment holds."""
         state = command.state
         self.meter.dead_letter(self.topics.pass_events)
-        body = canonical({"topic": self.topics.pass_events, "key": state.pass_id, "value": command.command,
-                          "error": f"pass_id {state.pass_id} already belongs to another shipment",
-                          "at": command.decided_at})
-        return Out(self.topics.deadletter, state.pass_id.encode(), body,
-                   cloudevent_headers(f"deadletter/collision/{state.shipment_id}", "cn.greenchannel.deadletter",
-                                      "/greenchannel/tracker", command.decided_at))
+        body = canonical(
+            {
+                "topic": self.topics.pass_events,
+                "key": state.pass_id,
+                "value": command.command,
+                "error": f"pass_id {state.pass_id} already belongs to another shipment",
+                "at": command.decided_at,
+            }
+        )
+        return Out(
+            self.topics.deadletter,
+            state.pass_id.encode(),
+            body,
+            cloudevent_headers(
+                f"deadletter/collision/{state.shipment_id}",
+                "cn.greenchannel.deadletter",
+                "/greenchannel/tracker",
+                command.decided_at,
+            ),
+        )
 
     def _status_out(self, event: dict) -> Out:
         self.board.observe(event)
@@ -542,14 +644,26 @@ class Pipeline:
     def _status_out_bytes(self, pass_id: str, body: bytes, event: dict | None = None) -> Out:
         if event is None:  # a stored answer: read it back from the bytes
             event = orjson.loads(body)
-        return Out(self.topics.status, pass_id.encode(), body,
-                   cloudevent_headers(status_ce_id(pass_id, event["cause"]), "cn.greenchannel.pass.status",
-                                      "/greenchannel/tracker", event["at"]))
+        return Out(
+            self.topics.status,
+            pass_id.encode(),
+            body,
+            cloudevent_headers(
+                status_ce_id(pass_id, event["cause"]),
+                "cn.greenchannel.pass.status",
+                "/greenchannel/tracker",
+                event["at"],
+            ),
+        )
 
     # Each command's handler, by the command's type (streams.commands), as a message bus dispatches.
     _COMMAND_HANDLERS: ClassVar[dict[type[Command], Callable[..., list[Out]]]] = {
-        RekeyedScan: _on_rekeyed_scan, RiskChanged: _on_risk_changed, EnterpriseChanged: _on_enterprise_changed,
-        KeyChanged: _on_key_changed, ClockTick: _on_clock_tick, LegacyIssue: _on_legacy_issue,
+        RekeyedScan: _on_rekeyed_scan,
+        RiskChanged: _on_risk_changed,
+        EnterpriseChanged: _on_enterprise_changed,
+        KeyChanged: _on_key_changed,
+        ClockTick: _on_clock_tick,
+        LegacyIssue: _on_legacy_issue,
     }
 
 
@@ -562,5 +676,5 @@ def _decided_at(body: bytes) -> str:
     """A stored decision's time: `decided_at` sorts first among its keys, so the canonical bytes
     begin with it (`models.records.canonical`); read it without decoding the decision."""
     if body.startswith(_DECIDED_AT):
-        return body[len(_DECIDED_AT):body.index(b'"', len(_DECIDED_AT))].decode()
+        return body[len(_DECIDED_AT) : body.index(b'"', len(_DECIDED_AT))].decode()
     return orjson.loads(body)["decided_at"]

@@ -16,12 +16,23 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .connection import Connection
 from models.keyring import ACTIVE, Keyring, key_id, public_pem
 from models.passes import Signer
 
-__all__ = ["KeyDir", "load_signer", "load_public_key", "load_keyring", "key_id", "public_pem", "key_record",
-           "publish_public_key", "PRIVATE_NAME", "PUBLIC_NAME"]
+from .connection import Connection
+
+__all__ = [
+    "KeyDir",
+    "load_signer",
+    "load_public_key",
+    "load_keyring",
+    "key_id",
+    "public_pem",
+    "key_record",
+    "publish_public_key",
+    "PRIVATE_NAME",
+    "PUBLIC_NAME",
+]
 
 PRIVATE_NAME = "pass-signing.key"
 PUBLIC_NAME = "pass-signing.pub"
@@ -87,8 +98,7 @@ def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
     """Write-then-link, mode 0600, so two workers starting together never read half a key and an
     existing key is never overwritten."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -135,12 +145,14 @@ def load_keyring(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
 def key_record(signer: Signer) -> bytes:
     """What a worker publishes on the keys topic (keyed by key id) for its first key, as before the
     ring: no status, no time (active since ever)."""
-    return orjson.dumps({"kid": signer.key_id, "algorithm": "Ed25519",
-                         "public_key": public_pem(signer.public_key).decode()})
+    return orjson.dumps(
+        {"kid": signer.key_id, "algorithm": "Ed25519", "public_key": public_pem(signer.public_key).decode()}
+    )
 
 
 async def publish_public_key(connection: Connection, topic: str, signer: Signer) -> None:
     from aiokafka import AIOKafkaProducer
+
     producer = AIOKafkaProducer(**connection.kwargs(), acks="all")
     await producer.start()
     try:

@@ -19,11 +19,26 @@ import asyncio
 import logging
 
 from aiohttp import web
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
-                               generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
-__all__ = ["Meter", "PrometheusMeter", "new_registry", "add_metrics_route", "metrics_app", "sample_lag",
-           "CONTENT_TYPE", "render"]
+__all__ = [
+    "Meter",
+    "PrometheusMeter",
+    "new_registry",
+    "add_metrics_route",
+    "metrics_app",
+    "sample_lag",
+    "CONTENT_TYPE",
+    "render",
+]
 
 log = logging.getLogger("greenchannel.metrics")
 CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0]  # aiohttp wants the charset apart
@@ -52,16 +67,28 @@ def new_registry() -> CollectorRegistry:
 class PrometheusMeter(Meter):
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._decisions = Counter("gc_decisions", "Decisions published, by outcome and class",
-                                  ["outcome", "priority"], registry=registry)
-        self._statuses = Counter("gc_pass_statuses", "Pass status events published, by kind", ["status"],
-                                 registry=registry)
-        self._dead = Counter("gc_dead_letters", "Inputs dead-lettered, by the topic they came from", ["topic"],
-                             registry=registry)
-        self._latency = Histogram("gc_handler_seconds", "Time to handle one input, by topic", ["topic"],
-                                  buckets=LATENCY_BUCKETS, registry=registry)
-        self.lag = Gauge("gc_consumer_lag", "Records not yet consumed, per input partition",
-                         ["topic", "partition"], registry=registry)
+        self._decisions = Counter(
+            "gc_decisions", "Decisions published, by outcome and class", ["outcome", "priority"], registry=registry
+        )
+        self._statuses = Counter(
+            "gc_pass_statuses", "Pass status events published, by kind", ["status"], registry=registry
+        )
+        self._dead = Counter(
+            "gc_dead_letters", "Inputs dead-lettered, by the topic they came from", ["topic"], registry=registry
+        )
+        self._latency = Histogram(
+            "gc_handler_seconds",
+            "Time to handle one input, by topic",
+            ["topic"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "gc_consumer_lag",
+            "Records not yet consumed, per input partition",
+            ["topic", "partition"],
+            registry=registry,
+        )
         self._children: dict[tuple, object] = {}
 
     def _child(self, metric, *labels):
@@ -91,6 +118,7 @@ def render(registry: CollectorRegistry) -> bytes:
 
 def add_metrics_route(app: web.Application, registry: CollectorRegistry, path: str = "/metrics") -> None:
     """GET `path` on an aiohttp app answers the registry's series in the Prometheus text format."""
+
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=render(registry), content_type=CONTENT_TYPE, charset="utf-8")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -21,8 +21,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 from models.keyring import ACTIVE, Keyring, key_entry, parse_key_entry
-from models.operators import (EntryError, enterprise_csv, enterprise_entry, key_withdrawal, read_enterprise_csv,
-                              risk_entry)
+from models.operators import (
+    EntryError,
+    enterprise_csv,
+    enterprise_entry,
+    key_withdrawal,
+    read_enterprise_csv,
+    risk_entry,
+)
 from models.records import RISK_LEVELS, format_time, load_object, parse_enterprise, parse_risk, parse_time
 from models.reference import EnterpriseBook, RiskBook
 from routing import Gazetteer
@@ -38,8 +44,9 @@ PROGRESS_FROM = 500  # rows: a file this big gets a progress bar
 
 
 def add_arguments(sub) -> None:
-    risk = sub.add_parser("risk", help="region risk levels (gc.region.risk)").add_subparsers(dest="risk_command",
-                                                                                             required=True)
+    risk = sub.add_parser("risk", help="region risk levels (gc.region.risk)").add_subparsers(
+        dest="risk_command", required=True
+    )
     set_ = risk.add_parser("set", help="declare a region's risk level")
     set_.add_argument("adcode", help="2-digit province, 4-digit prefecture or 6-digit county code")
     set_.add_argument("level", choices=RISK_LEVELS)
@@ -49,7 +56,8 @@ def add_arguments(sub) -> None:
     listing.add_argument("--at", metavar="TIME", help="RFC 3339 time (default: now)")
 
     ent = sub.add_parser("enterprises", help="the key-enterprise list (gc.enterprises)").add_subparsers(
-        dest="enterprises_command", required=True)
+        dest="enterprises_command", required=True
+    )
     add = ent.add_parser("add", help="put a firm on the list")
     add.add_argument("credit_code")
     add.add_argument("name")
@@ -67,13 +75,20 @@ def add_arguments(sub) -> None:
 
 
 def _add_key_arguments(sub) -> None:
-    keys = sub.add_parser("keys", help="the pass-signing keyring (gc.pass.keys); alone: make the first key pair "
-                                       "if needed and print its public key path")
+    keys = sub.add_parser(
+        "keys",
+        help="the pass-signing keyring (gc.pass.keys); alone: make the first key pair "
+        "if needed and print its public key path",
+    )
     key_sub = keys.add_subparsers(dest="keys_command")
-    rotate = key_sub.add_parser("rotate", help="a new signing key into GC_KEY_DIR, published active: new passes "
-                                               "are signed with it")
-    withdraw = key_sub.add_parser("withdraw", help="mark a key compromised: its tokens are held at the next scan, "
-                                                   "its active passes reissued with the key in force")
+    rotate = key_sub.add_parser(
+        "rotate", help="a new signing key into GC_KEY_DIR, published active: new passes are signed with it"
+    )
+    withdraw = key_sub.add_parser(
+        "withdraw",
+        help="mark a key compromised: its tokens are held at the next scan, "
+        "its active passes reissued with the key in force",
+    )
     withdraw.add_argument("kid")
     listing = key_sub.add_parser("list", help="the ring and each key's status (read from the topic)")
     for p, when in ((rotate, "it takes effect"), (withdraw, "it takes effect"), (listing, "of the statuses")):
@@ -82,7 +97,7 @@ def _add_key_arguments(sub) -> None:
 
 def _when(text: str | None) -> datetime:
     if text is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     try:
         return parse_time(text)
     except ValueError as exc:
@@ -139,6 +154,7 @@ def cmd_risk(settings: Settings, args) -> int:
 def read_books(settings: Settings) -> tuple[RiskBook, EnterpriseBook]:
     """The whole risk and key-list topics, read as the worker reads them at start."""
     from .worker.reference import read_whole_topics
+
     topics = Topics.with_prefix(settings.topic_prefix)
     risk, enterprises, is_region = RiskBook(), EnterpriseBook(), Gazetteer.default().names_region
 
@@ -191,6 +207,7 @@ def read_keyring(settings: Settings) -> Keyring:
     """The keys topic, read whole as the worker reads it at start (a record it dead-letters is not
     on the ring), with the private keys of GC_KEY_DIR."""
     from .worker.reference import read_whole_topics
+
     ring = Keyring(KeyDir(settings.keys_path).signer)
 
     def apply(topic: str, partition: int, m) -> None:
@@ -232,9 +249,11 @@ def _rotate(settings: Settings, key_dir: KeyDir, at: datetime) -> int:
     entry = key_entry(signer.public_key, ACTIVE, at=at)
     asyncio.run(publish(settings, topic, [(signer.key_id, entry)]))
     _sent(topic, entry)
-    print(f"new key {signer.key_id}: passes decided from {format_time(at)} are signed with it. Its private key is "
-          f"{key_dir.path / (signer.key_id + '.key')}: every worker's GC_KEY_DIR needs it by then (a worker "
-          "without it waits for it)")
+    print(
+        f"new key {signer.key_id}: passes decided from {format_time(at)} are signed with it. Its private key is "
+        f"{key_dir.path / (signer.key_id + '.key')}: every worker's GC_KEY_DIR needs it by then (a worker "
+        "without it waits for it)"
+    )
     return 0
 
 
@@ -245,17 +264,32 @@ def _withdraw(settings: Settings, kid: str, at: datetime) -> int:
     asyncio.run(publish(settings, topic, [(entry["kid"], entry)]))
     _sent(topic, entry)
     ring.apply(parse_key_entry(entry))
-    print(f"from {format_time(at)} tokens of key {entry['kid']} are held at every scan (key_withdrawn); its active "
-          f"passes get new tokens signed by {ring.signing_kid(at)} (status events, reason token_reissued)")
+    print(
+        f"from {format_time(at)} tokens of key {entry['kid']} are held at every scan (key_withdrawn); its active "
+        f"passes get new tokens signed by {ring.signing_kid(at)} (status events, reason token_reissued)"
+    )
     return 0
 
 
 def _print_keyring(ring: Keyring, at: datetime) -> None:
-    table = Table("kid", "active from", "withdrawn from", "status", "signs", "private key here",
-                  title=f"{len(ring)} pass-signing keys at {at:%Y-%m-%d %H:%M} UTC")
+    table = Table(
+        "kid",
+        "active from",
+        "withdrawn from",
+        "status",
+        "signs",
+        "private key here",
+        title=f"{len(ring)} pass-signing keys at {at:%Y-%m-%d %H:%M} UTC",
+    )
     for row in ring.rows(at):
-        table.add_row(row["kid"], row["active_from"] or "—", row["withdrawn_from"] or "", row["status"],
-                      "✓" if row["signs"] else "", "yes" if row["private_key_here"] else "no")
+        table.add_row(
+            row["kid"],
+            row["active_from"] or "—",
+            row["withdrawn_from"] or "",
+            row["status"],
+            "✓" if row["signs"] else "",
+            "yes" if row["private_key_here"] else "no",
+        )
     Console(width=160).print(table)
 
 
@@ -269,11 +303,16 @@ def _import(settings: Settings, path: Path, *, dry_run: bool, at: datetime) -> i
         err.print(f"[red]{path}:{line}: {why}[/red]")
     topic = Topics.with_prefix(settings.topic_prefix).enterprises
     if rows.good and not dry_run:
-        asyncio.run(publish(settings, topic, [(e["credit_code"], e) for _, e in rows.good],
-                            progress=len(rows.good) >= PROGRESS_FROM))
+        asyncio.run(
+            publish(
+                settings, topic, [(e["credit_code"], e) for _, e in rows.good], progress=len(rows.good) >= PROGRESS_FROM
+            )
+        )
     verb = "would send" if dry_run else "sent"
-    print(f"{verb} {len(rows.good)} firm{'' if len(rows.good) == 1 else 's'} to {topic}; {len(rows.bad)} bad rows"
-          + (f" (lines {', '.join(str(line) for line, _ in rows.bad)})" if rows.bad else ""))
+    print(
+        f"{verb} {len(rows.good)} firm{'' if len(rows.good) == 1 else 's'} to {topic}; {len(rows.bad)} bad rows"
+        + (f" (lines {', '.join(str(line) for line, _ in rows.bad)})" if rows.bad else "")
+    )
     for line, entry in rows.good[:5] if len(rows.good) > 5 else rows.good:
         print(f"  line {line}: {entry['credit_code']} {entry['name']}")
     if len(rows.good) > 5:

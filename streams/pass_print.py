@@ -25,9 +25,13 @@ __all__ = ["pass_from_decision", "pass_from_database", "render_pass", "cmd_pass_
 
 WIDTH, HEIGHT = 1240, 1754  # A4 at 150 dpi
 GREEN, INK, GREY, GOLD = (11, 90, 42), (29, 31, 33), (95, 99, 104), (253, 226, 147)
-_FONT_PATHS = ["/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-               "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "/System/Library/Fonts/PingFang.ttc",
-               "C:/Windows/Fonts/msyh.ttc"]
+_FONT_PATHS = [
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/System/Library/Fonts/PingFang.ttc",
+    "C:/Windows/Fonts/msyh.ttc",
+]
 
 
 @functools.cache  # fc-match is a process: once, not once per font size
@@ -56,14 +60,24 @@ def pass_from_database(url: str, pass_id: str) -> dict | None:
     from sqlmodel import Session
 
     from models.store.db import get_pass, make_engine
+
     with Session(make_engine(url)) as session:
         row = get_pass(session, pass_id=pass_id)
         if row is None or not row.token:
             return None
-        return {"pass_id": row.pass_id, "shipment_id": row.shipment_id, "plate": row.plate, "priority": row.priority,
-                "toll_exempt": row.toll_exempt, "valid_from": format_time(row.valid_from),
-                "valid_until": format_time(row.valid_until), "trip": row.trip, "route": row.route, "token": row.token,
-                "issuer": row.issuer}
+        return {
+            "pass_id": row.pass_id,
+            "shipment_id": row.shipment_id,
+            "plate": row.plate,
+            "priority": row.priority,
+            "toll_exempt": row.toll_exempt,
+            "valid_from": format_time(row.valid_from),
+            "valid_until": format_time(row.valid_until),
+            "trip": row.trip,
+            "route": row.route,
+            "token": row.token,
+            "issuer": row.issuer,
+        }
 
 
 def _beijing(value: str) -> str:
@@ -119,12 +133,17 @@ def render_pass(p: dict) -> Image.Image:
     y = max(y, 210 + qr.height + 30)
     trip = "多次有效 multi-trip" if p.get("trip") == "multi" else "单次有效 single trip"
     d.text((60, y), "有效期 Valid (北京时间 UTC+8)", font=_font(28), fill=GREY)
-    d.text((60, y + 38), f"{_beijing(p['valid_from'])}  →  {_beijing(p['valid_until'])}   {trip}",
-           font=_font(40), fill=INK)
+    d.text(
+        (60, y + 38), f"{_beijing(p['valid_from'])}  →  {_beijing(p['valid_until'])}   {trip}", font=_font(40), fill=INK
+    )
     y += 120
     d.line([60, y, WIDTH - 60, y], fill=(221, 225, 228), width=3)
-    d.text((60, y + 20), f"路线与检查站 Route and checkpoints  ({p['route'].get('distance_km', '?')} km)",
-           font=_font(30), fill=GREY)
+    d.text(
+        (60, y + 20),
+        f"路线与检查站 Route and checkpoints  ({p['route'].get('distance_km', '?')} km)",
+        font=_font(30),
+        fill=GREY,
+    )
     y += 70
     font, small = _font(32), _font(26)
     for i, cp in enumerate(p["route"]["checkpoints"], 1):
@@ -135,10 +154,18 @@ def render_pass(p: dict) -> Image.Image:
             d.text((70, y), "…", font=font, fill=INK)
             break
     d.rectangle([0, HEIGHT - 110, WIDTH, HEIGHT], fill=(242, 244, 243))
-    d.text((60, HEIGHT - 92), "人、车、证一致方可通行 · Driver, vehicle and pass must match. 检查站扫码离线核验",
-           font=_font(28), fill=INK)
-    d.text((60, HEIGHT - 50), f"签发 issuer {p.get('issuer', '')} · shipment {p.get('shipment_id') or ''}",
-           font=_font(24), fill=GREY)
+    d.text(
+        (60, HEIGHT - 92),
+        "人、车、证一致方可通行 · Driver, vehicle and pass must match. 检查站扫码离线核验",
+        font=_font(28),
+        fill=INK,
+    )
+    d.text(
+        (60, HEIGHT - 50),
+        f"签发 issuer {p.get('issuer', '')} · shipment {p.get('shipment_id') or ''}",
+        font=_font(24),
+        fill=GREY,
+    )
     img.paste(qr, (WIDTH - qr.width - 50, 210))  # last: nothing may cover the code
     return img
 

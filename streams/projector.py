@@ -32,15 +32,15 @@ from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 from sqlmodel import Session
 
-from models.store.db import init_db, make_engine, project_batch
 from models.records import Unparseable, format_time, load_object, parse_enterprise, parse_risk
+from models.store.db import init_db, make_engine, project_batch
 from routing import Gazetteer
 
 from .dev.broker import ensure_topics
 from .handlers import Topics
 from .metrics import metrics_app, new_registry
-from .web import start_site
 from .settings import Settings
+from .web import start_site
 
 __all__ = ["Item", "Shaped", "Written", "shape", "write", "Projector", "run_projector", "group_id"]
 
@@ -55,18 +55,20 @@ def group_id(settings: Settings) -> str:
 
 # --- the batch shape ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Item:
     """What `project_batch` takes of one record, and where the record was (for the log)."""
-    kind: str   # one of KINDS
-    row: Any    # the message; (ce_id, message) for a status
+
+    kind: str  # one of KINDS
+    row: Any  # the message; (ce_id, message) for a status
     where: str
 
 
 @dataclass(slots=True)
 class Shaped:
     items: list[Item] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)   # "where: why" of each record not projected
+    skipped: list[str] = field(default_factory=list)  # "where: why" of each record not projected
 
 
 def shape(topics: Topics, records: Iterable) -> Shaped:
@@ -86,8 +88,9 @@ def shape(topics: Topics, records: Iterable) -> Shaped:
 
 def _usable(topics: Topics, r) -> tuple[str, Any]:
     if r.topic == topics.risk:  # what the worker dead-letters is not projected
-        return "risks", _as_of(parse_risk(load_object(r.value), timestamp_ms=_timestamp_ms(r),
-                                          is_region=Gazetteer.default().names_region))
+        return "risks", _as_of(
+            parse_risk(load_object(r.value), timestamp_ms=_timestamp_ms(r), is_region=Gazetteer.default().names_region)
+        )
     if r.topic == topics.enterprises:
         return "enterprises", _as_of(parse_enterprise(load_object(r.value), timestamp_ms=_timestamp_ms(r)))
     if r.topic == topics.decisions:
@@ -116,6 +119,7 @@ def ce_id(r) -> str:
 
 
 # --- writing -------------------------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class Written:
@@ -155,9 +159,10 @@ def bad_record(exc: Exception) -> bool:
 
 # --- the group member ----------------------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class Stats:
-    records: int = 0    # written
+    records: int = 0  # written
     skipped: int = 0
     batches: int = 0
 
@@ -189,13 +194,20 @@ class ProjectorMetrics:
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
+
         self.registry = new_registry()
-        self.records = Counter("gc_projected_records", "Records projected into the database, by topic",
-                               ["topic"], registry=self.registry)
-        self.seconds = Histogram("gc_projector_batch_seconds", "Time to write and commit one batch",
-                                 registry=self.registry)
-        self.lag = Gauge("gc_consumer_lag", "Records not yet projected, per partition", ["topic", "partition"],
-                         registry=self.registry)
+        self.records = Counter(
+            "gc_projected_records", "Records projected into the database, by topic", ["topic"], registry=self.registry
+        )
+        self.seconds = Histogram(
+            "gc_projector_batch_seconds", "Time to write and commit one batch", registry=self.registry
+        )
+        self.lag = Gauge(
+            "gc_consumer_lag",
+            "Records not yet projected, per partition",
+            ["topic", "partition"],
+            registry=self.registry,
+        )
 
     def batch(self, consumer: AIOKafkaConsumer, batch: dict, seconds: float) -> None:
         self.seconds.observe(seconds)
@@ -225,11 +237,17 @@ class Projector:
         s = self.settings
         session_ms = int(s.session_timeout * 1000)
         return AIOKafkaConsumer(
-            **s.connection.kwargs(), group_id=group_id(s), client_id="greenchannel-projector",
-            enable_auto_commit=False, auto_offset_reset="earliest",
+            **s.connection.kwargs(),
+            group_id=group_id(s),
+            client_id="greenchannel-projector",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
             isolation_level=s.isolation_level,
-            session_timeout_ms=session_ms, heartbeat_interval_ms=min(3000, session_ms // 3),
-            fetch_max_wait_ms=s.fetch_wait_ms, max_partition_fetch_bytes=4 * 1024 * 1024)
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=min(3000, session_ms // 3),
+            fetch_max_wait_ms=s.fetch_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
 
     async def run(self, stop: asyncio.Event) -> Stats:
         """Until `stop` is set; the batch in hand is written and committed first."""
@@ -245,8 +263,12 @@ class Projector:
         consumer = self.consumer()
         consumer.subscribe(self.subscription(), listener=_Revocation(self))
         await consumer.start()
-        log.info("projector in group %s at %s, into %s", group_id(self.settings), self.settings.bootstrap,
-                 engine.url.render_as_string(hide_password=True))
+        log.info(
+            "projector in group %s at %s, into %s",
+            group_id(self.settings),
+            self.settings.bootstrap,
+            engine.url.render_as_string(hide_password=True),
+        )
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_size)
@@ -299,7 +321,7 @@ class Projector:
 async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
     try:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     return True
 
@@ -315,11 +337,17 @@ def run_projector(settings: Settings, *, batch_size: int = 5000) -> int:
             loop.add_signal_handler(sig, stop.set)
         projector = Projector(settings, batch_size=batch_size)
         if settings.metrics_port:
-            site = await start_site(metrics_app(projector.metrics.registry), settings.metrics_bind, settings.metrics_port)
+            site = await start_site(
+                metrics_app(projector.metrics.registry), settings.metrics_bind, settings.metrics_port
+            )
             log.info("projector metrics at http://%s:%d/metrics", settings.metrics_bind, site.addresses[0][1])
         # A topic missing at subscription would be seen only at the next metadata refresh (minutes).
-        await ensure_topics(settings.connection, projector.subscription(), partitions=settings.partitions,
-                            replication_factor=settings.replication_factor)
+        await ensure_topics(
+            settings.connection,
+            projector.subscription(),
+            partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+        )
         return await projector.run(stop)
 
     log.info("projector stopped: %s", asyncio.run(main()))

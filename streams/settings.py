@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     def connection(self):
         """The connection every client opens (streams.connection.Connection)."""
         from .connection import Connection
+
         return Connection.from_settings(self)
 
     @property

@@ -18,15 +18,23 @@ import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from models.keyring import ACTIVE, Keyring, KeyEntry, parse_key_entry
-from models.passes import REFUSALS, InvalidToken, PassTerms, claimed_pass_id, scan_refusal, unverified_claims, verify_token
+from models.keyring import ACTIVE, KeyEntry, Keyring, parse_key_entry
+from models.passes import (
+    REFUSALS,
+    InvalidToken,
+    PassTerms,
+    claimed_pass_id,
+    scan_refusal,
+    unverified_claims,
+    verify_token,
+)
 from models.policy import CLASS_NAMES
 from models.records import CheckpointScan, format_time, normalise_plate, parse_time
 
@@ -39,8 +47,8 @@ __all__ = ["Store", "Link", "Station", "check", "keyring_of", "station_path"]
 
 log = logging.getLogger("greenchannel.station")
 
-ARRIVALS_AHEAD = timedelta(hours=12)   # "expected arrivals": due within this
-ARRIVALS_LATE = timedelta(hours=2)     # and those this late, not yet seen here
+ARRIVALS_AHEAD = timedelta(hours=12)  # "expected arrivals": due within this
+ARRIVALS_LATE = timedelta(hours=2)  # and those this late, not yet seen here
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pass (
@@ -90,8 +98,9 @@ class Store:
         # was and a second station at the same checkpoint (another lane) still reads everything.
         self.db.execute("INSERT OR IGNORE INTO station VALUES ('uid', ?)", (uuid.uuid4().hex[:12],))
         self.uid = self.db.execute("SELECT value FROM station WHERE name = 'uid'").fetchone()[0]
-        for r in self.db.execute("SELECT pass_id, route FROM pass WHERE pass_id NOT IN (SELECT pass_id FROM stop)"
-                                 ).fetchall():  # a file kept before stops were
+        for r in self.db.execute(
+            "SELECT pass_id, route FROM pass WHERE pass_id NOT IN (SELECT pass_id FROM stop)"
+        ).fetchall():  # a file kept before stops were
             self._stops(r["pass_id"], orjson.loads(r["route"]))
 
     def crosses(self, route: dict) -> bool:
@@ -103,11 +112,24 @@ class Store:
         if d.get("decision") != "approved" or not p or not self.crosses(p["route"]):
             return False
         if self.db.execute(
-                "INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL) ON CONFLICT (pass_id) DO NOTHING",
-                (p["pass_id"], p["plate"], p.get("priority"), int(bool(p.get("toll_exempt"))), p["valid_from"],
-                 p["valid_until"], p.get("trip"), orjson.dumps(p["route"]).decode(), p["token"],
-                 self._place(p["route"]["adcodes"][0]), p["route"]["checkpoints"][-1]["name"], "issued", None,
-                 None)).rowcount:
+            "INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL) ON CONFLICT (pass_id) DO NOTHING",
+            (
+                p["pass_id"],
+                p["plate"],
+                p.get("priority"),
+                int(bool(p.get("toll_exempt"))),
+                p["valid_from"],
+                p["valid_until"],
+                p.get("trip"),
+                orjson.dumps(p["route"]).decode(),
+                p["token"],
+                self._place(p["route"]["adcodes"][0]),
+                p["route"]["checkpoints"][-1]["name"],
+                "issued",
+                None,
+                None,
+            ),
+        ).rowcount:
             self._stops(p["pass_id"], p["route"])
         return True
 
@@ -121,22 +143,36 @@ class Store:
             self._take_route(e)
         changed = self.db.execute(
             "UPDATE pass SET status = ?, status_at = ?, reason = ?, last_checkpoint = coalesce(?, last_checkpoint)"
-            " WHERE pass_id = ?", (e["status"], e.get("at"), e.get("reason"), e.get("checkpoint_id"), e["pass_id"])).rowcount
+            " WHERE pass_id = ?",
+            (e["status"], e.get("at"), e.get("reason"), e.get("checkpoint_id"), e["pass_id"]),
+        ).rowcount
         return bool(changed) or cause.startswith("scan:")
 
     def _take_route(self, e: dict) -> None:
         route = orjson.dumps(e["route"]).decode()
-        if self.db.execute("UPDATE pass SET route = ?, token = ? WHERE pass_id = ?",
-                           (route, e["token"], e["pass_id"])).rowcount:
+        if self.db.execute(
+            "UPDATE pass SET route = ?, token = ? WHERE pass_id = ?", (route, e["token"], e["pass_id"])
+        ).rowcount:
             self._stops(e["pass_id"], e["route"])
             return
         if not self.crosses(e["route"]):
             return
         claims = unverified_claims(e["token"])
-        self.db.execute("INSERT INTO pass (pass_id, plate, valid_from, valid_until, route, token, origin, destination,"
-                        " status) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (e["pass_id"], claims["plate"], claims["nbf"], claims["exp"], route, e["token"],
-                         self._place(e["route"]["adcodes"][0]), e["route"]["checkpoints"][-1]["name"], e["status"]))
+        self.db.execute(
+            "INSERT INTO pass (pass_id, plate, valid_from, valid_until, route, token, origin, destination,"
+            " status) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                e["pass_id"],
+                claims["plate"],
+                claims["nbf"],
+                claims["exp"],
+                route,
+                e["token"],
+                self._place(e["route"]["adcodes"][0]),
+                e["route"]["checkpoints"][-1]["name"],
+                e["status"],
+            ),
+        )
         self._stops(e["pass_id"], e["route"])
 
     def _stops(self, pass_id: str, route: dict) -> None:
@@ -144,9 +180,13 @@ class Store:
         ETA, and where the pass's last checkpoint lies on its route (derived from the route, kept
         with it)."""
         self.db.execute("DELETE FROM stop WHERE pass_id = ?", (pass_id,))
-        self.db.executemany("INSERT INTO stop VALUES (?,?,?,?,?,?)",
-                            [(pass_id, n, c["checkpoint_id"], c.get("name"), c["eta"], parse_time(c["eta"]).timestamp())
-                             for n, c in enumerate(route["checkpoints"])])
+        self.db.executemany(
+            "INSERT INTO stop VALUES (?,?,?,?,?,?)",
+            [
+                (pass_id, n, c["checkpoint_id"], c.get("name"), c["eta"], parse_time(c["eta"]).timestamp())
+                for n, c in enumerate(route["checkpoints"])
+            ],
+        )
 
     def _place(self, adcode: str) -> str:
         try:
@@ -166,8 +206,9 @@ class Store:
 
     def by_plate(self, plate: str) -> str | None:
         """The pass of `plate` that runs longest (a vehicle has one pass at a time)."""
-        found = self.db.execute("SELECT pass_id FROM pass WHERE plate = ? ORDER BY valid_until DESC LIMIT 1",
-                                (plate,)).fetchone()
+        found = self.db.execute(
+            "SELECT pass_id FROM pass WHERE plate = ? ORDER BY valid_until DESC LIMIT 1", (plate,)
+        ).fetchone()
         return found and found["pass_id"]
 
     def expected(self, now: datetime) -> list[dict]:
@@ -182,16 +223,21 @@ class Store:
             f" AND p.status NOT IN ('delivered','revoked','expired','suspended')"
             f" AND s.position > coalesce((SELECT min(r.position) FROM stop r WHERE r.pass_id = p.pass_id"
             f"                            AND r.checkpoint_id = p.last_checkpoint), -1)"
-            f" AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.pass_id = s.pass_id AND o.checkpoint_id = s.checkpoint_id)"
+            f" AND NOT EXISTS (SELECT 1 FROM outbox o"
+            f" WHERE o.pass_id = s.pass_id AND o.checkpoint_id = s.checkpoint_id)"
             f" ORDER BY s.eta_s, s.pass_id",
-            (*self.ids, (now - ARRIVALS_LATE).timestamp(), (now + ARRIVALS_AHEAD).timestamp()))
+            (*self.ids, (now - ARRIVALS_LATE).timestamp(), (now + ARRIVALS_AHEAD).timestamp()),
+        )
         return [{**dict(r), "toll_exempt": bool(r["toll_exempt"])} for r in rows]
 
     def checkpoint_names(self) -> dict[str, str]:
         names = {i: i for i in self.ids}
         marks = ",".join("?" * len(self.ids))
-        for r in self.db.execute(f"SELECT checkpoint_id, max(name) name FROM stop WHERE checkpoint_id IN ({marks})"
-                                 f" AND name IS NOT NULL GROUP BY checkpoint_id", self.ids):
+        for r in self.db.execute(
+            f"SELECT checkpoint_id, max(name) name FROM stop WHERE checkpoint_id IN ({marks})"
+            f" AND name IS NOT NULL GROUP BY checkpoint_id",
+            self.ids,
+        ):
             names[r["checkpoint_id"]] = r["name"]
         return names
 
@@ -212,20 +258,34 @@ class Store:
         """Every key cached (a key given as a file, or taken before withdrawals were recorded: active
         since ever), with each status the keys topic gave it."""
         from cryptography.hazmat.primitives import serialization
+
         ring = Keyring()
         for r in self.db.execute("SELECT * FROM key"):
             ring.add(r["kid"], serialization.load_pem_public_key(r["pem"]), ACTIVE)
         for r in self.db.execute("SELECT * FROM key_status"):
-            ring.add(r["kid"], ring.public_keys[r["kid"]], r["status"],
-                     parse_time(r["effective_at"]) if r["effective_at"] else None)
+            ring.add(
+                r["kid"],
+                ring.public_keys[r["kid"]],
+                r["status"],
+                parse_time(r["effective_at"]) if r["effective_at"] else None,
+            )
         return ring
 
     # --- the outbox ----------------------------------------------------------------------------------
     def record(self, scan: dict) -> None:
-        self.db.execute("INSERT INTO outbox (scan_id, pass_id, checkpoint_id, kind, plate, scanned_at, body)"
-                        " VALUES (?,?,?,?,?,?,?)",
-                        (scan["scan_id"], scan["pass_id"], scan["checkpoint_id"], scan["kind"], scan["plate"],
-                         scan["scanned_at"], orjson.dumps(scan)))
+        self.db.execute(
+            "INSERT INTO outbox (scan_id, pass_id, checkpoint_id, kind, plate, scanned_at, body)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (
+                scan["scan_id"],
+                scan["pass_id"],
+                scan["checkpoint_id"],
+                scan["kind"],
+                scan["plate"],
+                scan["scanned_at"],
+                orjson.dumps(scan),
+            ),
+        )
 
     def next_unsent(self) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT 1").fetchone()
@@ -240,18 +300,31 @@ class Store:
         """Vehicles whose last scan here was an arrival: at the checkpoint now."""
         rows = self.db.execute(
             "SELECT o.* FROM outbox o JOIN (SELECT max(seq) seq FROM outbox GROUP BY pass_id, checkpoint_id) m"
-            " ON o.seq = m.seq WHERE o.kind = 'arrival' ORDER BY o.seq")
+            " ON o.seq = m.seq WHERE o.kind = 'arrival' ORDER BY o.seq"
+        )
         return [{k: r[k] for k in ("pass_id", "plate", "checkpoint_id", "scanned_at")} for r in rows]
 
     def arrival(self, pass_id: str, checkpoint_id: str) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM outbox WHERE pass_id = ? AND checkpoint_id = ? ORDER BY seq DESC LIMIT 1",
-                               (pass_id, checkpoint_id)).fetchone()
+        return self.db.execute(
+            "SELECT * FROM outbox WHERE pass_id = ? AND checkpoint_id = ? ORDER BY seq DESC LIMIT 1",
+            (pass_id, checkpoint_id),
+        ).fetchone()
 
     def recent(self, limit: int = 12) -> list[dict]:
         rows = self.db.execute("SELECT * FROM outbox ORDER BY seq DESC LIMIT ?", (limit,))
-        return [{"scan_id": r["scan_id"], "pass_id": r["pass_id"], "plate": r["plate"], "kind": r["kind"],
-                 "checkpoint_id": r["checkpoint_id"], "scanned_at": r["scanned_at"], "sent": r["sent_at"] is not None,
-                 "answer": r["answer"] and orjson.loads(r["answer"])} for r in rows]
+        return [
+            {
+                "scan_id": r["scan_id"],
+                "pass_id": r["pass_id"],
+                "plate": r["plate"],
+                "kind": r["kind"],
+                "checkpoint_id": r["checkpoint_id"],
+                "scanned_at": r["scanned_at"],
+                "sent": r["sent_at"] is not None,
+                "answer": r["answer"] and orjson.loads(r["answer"]),
+            }
+            for r in rows
+        ]
 
     def transaction(self):
         return _Transaction(self.db)
@@ -270,10 +343,12 @@ class _Transaction:
 
 # --- the check: the core's verification over the station's store -------------------------------------
 
+
 def _claims_with(keys):
     def claims(token: str) -> tuple:
         c = verify_token(token, keys)
         return c.get("pid"), c.get("plate"), c.get("kid")
+
     return claims
 
 
@@ -282,8 +357,15 @@ def keyring_of(keys: Keyring | dict) -> Keyring:
     return keys if isinstance(keys, Keyring) else Keyring.of(keys)
 
 
-def check(store: Store, keys: Keyring | dict, *, checkpoint_id: str, at: datetime, token: str | None = None,
-          plate: str | None = None) -> dict:
+def check(
+    store: Store,
+    keys: Keyring | dict,
+    *,
+    checkpoint_id: str,
+    at: datetime,
+    token: str | None = None,
+    plate: str | None = None,
+) -> dict:
     """GREEN or GREY for the vehicle `plate` showing `token` (or, with no token, the pass of its
     plate) at `checkpoint_id`: `scan_refusal`, the tracker's rule, over the store's last status and
     the keyring (a token of a key withdrawn by `at` is refused, `key_withdrawn`)."""
@@ -300,12 +382,22 @@ def check(store: Store, keys: Keyring | dict, *, checkpoint_id: str, at: datetim
     terms = _terms(row) if row else _token_terms(token, ring.public_keys)
     scan = CheckpointScan("check", checkpoint_id, pass_id, token, plate or "", "arrival", at)
     reason = scan_refusal(terms, scan, pass_id or "", _claims_with(ring.public_keys), ring.withdrawn)
-    return {"green": reason is None, "reason": reason, **_reason_text(reason, row), "pass_id": pass_id,
-            "plate": plate, "token": token, "checkpoint_id": checkpoint_id, "pass": row and _shown(row, checkpoint_id)}
+    return {
+        "green": reason is None,
+        "reason": reason,
+        **_reason_text(reason, row),
+        "pass_id": pass_id,
+        "plate": plate,
+        "token": token,
+        "checkpoint_id": checkpoint_id,
+        "pass": row and _shown(row, checkpoint_id),
+    }
 
 
 def _terms(row: dict) -> PassTerms:
-    return PassTerms(row["status"], row["plate"], row["valid_from"], row["valid_until"], tuple(_route_ids(row["route"])))
+    return PassTerms(
+        row["status"], row["plate"], row["valid_from"], row["valid_until"], tuple(_route_ids(row["route"]))
+    )
 
 
 def _token_terms(token: str | None, keys: dict) -> PassTerms | None:
@@ -337,19 +429,37 @@ def _reason_text(reason: str | None, row: dict | None) -> dict:
 
 def _shown(row: dict, checkpoint_id: str) -> dict:
     zh, en = CLASS_NAMES.get(row["priority"], ("", ""))
-    return {"pass_id": row["pass_id"], "plate": row["plate"], "priority": row["priority"],
-            "class_name": f"{zh} {en}".strip(),
-            "toll_exempt": row["toll_exempt"], "valid_from": row["valid_from"], "valid_until": row["valid_until"],
-            "trip": row["trip"], "status": row["status"], "origin": row["origin"], "destination": row["destination"],
-            "checkpoints": [{"checkpoint_id": c["checkpoint_id"], "name": c["name"], "eta": c["eta"],
-                             "here": c["checkpoint_id"] == checkpoint_id} for c in row["route"]["checkpoints"]]}
+    return {
+        "pass_id": row["pass_id"],
+        "plate": row["plate"],
+        "priority": row["priority"],
+        "class_name": f"{zh} {en}".strip(),
+        "toll_exempt": row["toll_exempt"],
+        "valid_from": row["valid_from"],
+        "valid_until": row["valid_until"],
+        "trip": row["trip"],
+        "status": row["status"],
+        "origin": row["origin"],
+        "destination": row["destination"],
+        "checkpoints": [
+            {
+                "checkpoint_id": c["checkpoint_id"],
+                "name": c["name"],
+                "eta": c["eta"],
+                "here": c["checkpoint_id"] == checkpoint_id,
+            }
+            for c in row["route"]["checkpoints"]
+        ],
+    }
 
 
 # --- the link to the broker --------------------------------------------------------------------------
 
+
 @dataclass
 class Link:
     """What the page shows of the connection: reachable or not, and why not."""
+
     online: bool = False
     error: str | None = None
     since: float = field(default_factory=time.time)
@@ -365,8 +475,16 @@ class Link:
 class Station:
     """The station process: store, keys, the broker links (consumer, forwarder, probe) and a clock."""
 
-    def __init__(self, settings: Settings, checkpoint_ids: list[str], store: Store, keys: Keyring | dict, *,
-                 clock_start: datetime | None = None, dwell_target: int = 900) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        checkpoint_ids: list[str],
+        store: Store,
+        keys: Keyring | dict,
+        *,
+        clock_start: datetime | None = None,
+        dwell_target: int = 900,
+    ) -> None:
         self.settings = settings
         self.ids = checkpoint_ids
         self.store = store
@@ -375,20 +493,22 @@ class Station:
         self.hub = Hub()
         self.link = Link()
         self.dwell_target = dwell_target
-        self._offset = (clock_start - datetime.now(timezone.utc)) if clock_start else timedelta(0)
+        self._offset = (clock_start - datetime.now(UTC)) if clock_start else timedelta(0)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc) + self._offset
+        return datetime.now(UTC) + self._offset
 
     # --- what the page asks -------------------------------------------------------------------------
     def check(self, checkpoint_id: str, token: str | None, plate: str | None) -> dict:
-        return check(self.store, self.keys, checkpoint_id=self._here(checkpoint_id), at=self.now(),
-                     token=token, plate=plate)
+        return check(
+            self.store, self.keys, checkpoint_id=self._here(checkpoint_id), at=self.now(), token=token, plate=plate
+        )
 
-    def scan(self, kind: str, checkpoint_id: str, pass_id: str, plate: str | None = None,
-             token: str | None = None) -> dict:
+    def scan(
+        self, kind: str, checkpoint_id: str, pass_id: str, plate: str | None = None, token: str | None = None
+    ) -> dict:
         """Record an arrival or departure in the outbox (the forwarder publishes it)."""
         if kind not in ("arrival", "departure"):
             raise ValueError("kind must be arrival or departure")
@@ -398,8 +518,14 @@ class Station:
         if not plate or not pass_id:
             raise ValueError("a scan needs the pass and the plate")
         at = self.now()
-        body = {"scan_id": f"{checkpoint_id}-{uuid.uuid4().hex[:20]}", "checkpoint_id": checkpoint_id,
-                "pass_id": pass_id, "plate": plate, "kind": kind, "scanned_at": format_time(at)}
+        body = {
+            "scan_id": f"{checkpoint_id}-{uuid.uuid4().hex[:20]}",
+            "checkpoint_id": checkpoint_id,
+            "pass_id": pass_id,
+            "plate": plate,
+            "kind": kind,
+            "scanned_at": format_time(at),
+        }
         if token:
             body["token"] = token
         self.store.record(body)
@@ -418,10 +544,17 @@ class Station:
         return checkpoint_id
 
     def state(self) -> dict:
-        return {"checkpoints": self.store.checkpoint_names(), "now": format_time(self.now()),
-                "online": self.link.online, "error": self.link.error, "queued": self.store.queued(),
-                "dwell_target": self.dwell_target, "present": self.store.present(),
-                "recent": self.store.recent(), "arrivals": self.store.expected(self.now())}
+        return {
+            "checkpoints": self.store.checkpoint_names(),
+            "now": format_time(self.now()),
+            "online": self.link.online,
+            "error": self.link.error,
+            "queued": self.store.queued(),
+            "dwell_target": self.dwell_target,
+            "present": self.store.present(),
+            "recent": self.store.recent(),
+            "arrivals": self.store.expected(self.now()),
+        }
 
     def publish(self) -> None:
         if self.hub.subscribers:
@@ -457,10 +590,18 @@ class Station:
 
     async def _consume(self) -> None:
         s = self.settings
-        consumer = await self._started(lambda: AIOKafkaConsumer(
-            self.topics.decisions, self.topics.status, self.topics.keys, **s.connection.kwargs(),
-            group_id=f"{s.app_id}-station-{'+'.join(sorted(self.ids))}-{self.store.uid}", enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level=s.isolation_level))
+        consumer = await self._started(
+            lambda: AIOKafkaConsumer(
+                self.topics.decisions,
+                self.topics.status,
+                self.topics.keys,
+                **s.connection.kwargs(),
+                group_id=f"{s.app_id}-station-{'+'.join(sorted(self.ids))}-{self.store.uid}",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level=s.isolation_level,
+            )
+        )
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
@@ -495,9 +636,14 @@ class Station:
         s = self.settings
         # Idempotence (no duplicate on the producer's own retries) needs a broker with producer ids:
         # Apache Kafka, where the system runs exactly_once; Tansu has none.
-        producer = await self._started(lambda: AIOKafkaProducer(
-            **s.connection.kwargs(), acks="all", request_timeout_ms=15000,
-            enable_idempotence=s.processing_guarantee == "exactly_once"))
+        producer = await self._started(
+            lambda: AIOKafkaProducer(
+                **s.connection.kwargs(),
+                acks="all",
+                request_timeout_ms=15000,
+                enable_idempotence=s.processing_guarantee == "exactly_once",
+            )
+        )
         try:
             while True:
                 item = self.store.next_unsent()
@@ -505,17 +651,18 @@ class Station:
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), 1.0)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     continue
                 try:
-                    await producer.send_and_wait(self.topics.scans, item["body"], key=item["pass_id"].encode(),
-                                                 headers=list(_scan_headers(item)))
+                    await producer.send_and_wait(
+                        self.topics.scans, item["body"], key=item["pass_id"].encode(), headers=list(_scan_headers(item))
+                    )
                 except KafkaError as exc:
                     self._offline(exc)
                     await asyncio.sleep(1)
                     continue
-                self.store.mark_sent(item["seq"], format_time(datetime.now(timezone.utc)))
+                self.store.mark_sent(item["seq"], format_time(datetime.now(UTC)))
                 self.link.set(True)
                 self.publish()
         finally:
@@ -541,8 +688,12 @@ def _fatal(task: asyncio.Task) -> None:
 
 
 def _scan_headers(item) -> tuple:
-    return cloudevent_headers(f"scan/{item['scan_id']}", "cn.greenchannel.checkpoint.scan",
-                              f"/greenchannel/station/{item['checkpoint_id']}", item["scanned_at"])
+    return cloudevent_headers(
+        f"scan/{item['scan_id']}",
+        "cn.greenchannel.checkpoint.scan",
+        f"/greenchannel/station/{item['checkpoint_id']}",
+        item["scanned_at"],
+    )
 
 
 async def _reachable(bootstrap: str) -> bool:
@@ -550,9 +701,8 @@ async def _reachable(bootstrap: str) -> bool:
         host, _, port = server.rpartition(":")
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1.0)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             continue
         writer.close()
         return True
     return False
-

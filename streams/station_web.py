@@ -1,10 +1,10 @@
 """The station's page and its API: served by the station from its own files (no CDN).
 
-    GET  /                 the page (streams/static/station/)
-    GET  /api/state        checkpoints, clock, connection, queue, vehicles here, expected arrivals
-    GET  /api/events       the same state, live (server-sent events)
-    POST /api/check        {token?, plate?, checkpoint_id?} or a form with a QR `photo`: GREEN or GREY
-    POST /api/scan         {kind: arrival|departure, pass_id, plate?, token?, checkpoint_id?}: into the outbox
+GET  /                 the page (streams/static/station/)
+GET  /api/state        checkpoints, clock, connection, queue, vehicles here, expected arrivals
+GET  /api/events       the same state, live (server-sent events)
+POST /api/check        {token?, plate?, checkpoint_id?} or a form with a QR `photo`: GREEN or GREY
+POST /api/scan         {kind: arrival|departure, pass_id, plate?, token?, checkpoint_id?}: into the outbox
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def decode_qr(image_bytes: bytes) -> str | None:
     """The text of the first QR code in a photo, decoded here (zxing-cpp), None if there is none."""
     import zxingcpp
     from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes))).convert("L")
     except (UnidentifiedImageError, OSError):
@@ -39,7 +40,7 @@ def decode_qr(image_bytes: bytes) -> str | None:
 
 
 def make_app(station: Station, *, host: str = "127.0.0.1", token: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[token_guard(host, token)], client_max_size=20 * 1024 ** 2)
+    app = web.Application(middlewares=[token_guard(host, token)], client_max_size=20 * 1024**2)
 
     async def state(request: web.Request) -> web.Response:
         return web.json_response(station.state())
@@ -63,8 +64,15 @@ def make_app(station: Station, *, host: str = "127.0.0.1", token: str | None = N
     async def scan(request: web.Request) -> web.Response:
         form = await _form(request)
         try:
-            return web.json_response(station.scan(form.get("kind"), form.get("checkpoint_id"), form.get("pass_id"),
-                                                  form.get("plate"), form.get("token")))
+            return web.json_response(
+                station.scan(
+                    form.get("kind"),
+                    form.get("checkpoint_id"),
+                    form.get("pass_id"),
+                    form.get("plate"),
+                    form.get("token"),
+                )
+            )
         except ValueError as exc:
             return _bad(str(exc))
 
@@ -106,8 +114,16 @@ def announced_url(log_path: Path, alive, timeout: float = 60) -> str:
     return text.split(READY, 1)[1].split()[0]
 
 
-def run_station(settings, checkpoint_ids: list[str], *, host: str, port: int, token: str | None,
-                key_paths: list[Path], clock_start=None) -> int:
+def run_station(
+    settings,
+    checkpoint_ids: list[str],
+    *,
+    host: str,
+    port: int,
+    token: str | None,
+    key_paths: list[Path],
+    clock_start=None,
+) -> int:
     """`greenchannel checkpoint`: the station until SIGINT/SIGTERM; prints its URL once serving."""
     import signal
 
@@ -121,16 +137,18 @@ def run_station(settings, checkpoint_ids: list[str], *, host: str, port: int, to
     store.cache_keys(load_keyring([p for p in key_paths if p.exists()]))
     keys = store.keyring()  # the keys given now, every key cached before (offline restarts), and the topic's
     if not keys:
-        print(f"no public key in {', '.join(map(str, key_paths))} nor cached yet: every token is refused until "
-              "the workers' key arrives on the keys topic", flush=True)
+        print(
+            f"no public key in {', '.join(map(str, key_paths))} nor cached yet: every token is refused until "
+            "the workers' key arrives on the keys topic",
+            flush=True,
+        )
     dwell_target = int(load_catalog(settings.catalog).rules.get("dwell_target_seconds", 900))
 
     async def serve() -> None:
         station = Station(settings, checkpoint_ids, store, keys, clock_start=clock_start, dwell_target=dwell_target)
         station.start()
         runner = await start_site(make_app(station, host=host, token=token), host, port)
-        print(f"station {'+'.join(checkpoint_ids)} {READY}{site_url(host, runner.addresses[0][1], token)}",
-              flush=True)
+        print(f"station {'+'.join(checkpoint_ids)} {READY}{site_url(host, runner.addresses[0][1], token)}", flush=True)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -147,7 +147,7 @@ async def sse(request: web.Request, hub: Hub, first: Iterable[tuple[str, dict | 
         while True:
             try:
                 frame = await asyncio.wait_for(queue.get(), 15)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 frame = b": keep-alive\n\n"
             if frame is None:  # dropped for falling behind
                 break

@@ -21,9 +21,26 @@ from sqlmodel import Session, col, create_engine, select
 from ..records import parse_time
 from .tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
 
-__all__ = ["make_engine", "init_db", "upgrade", "alembic_config", "project_decisions", "project_statuses",
-           "project_risks", "project_enterprises", "project_batch", "get_pass", "get_pass_events", "checkpoint_dwell", "count_by",
-           "checkpoint_board", "decisions_per_hour", "rejections_by_reason", "active_pass_places", "find_passes"]
+__all__ = [
+    "make_engine",
+    "init_db",
+    "upgrade",
+    "alembic_config",
+    "project_decisions",
+    "project_statuses",
+    "project_risks",
+    "project_enterprises",
+    "project_batch",
+    "get_pass",
+    "get_pass_events",
+    "checkpoint_dwell",
+    "count_by",
+    "checkpoint_board",
+    "decisions_per_hour",
+    "rejections_by_reason",
+    "active_pass_places",
+    "find_passes",
+]
 
 
 def make_engine(url: str) -> Engine:
@@ -89,9 +106,11 @@ def init_db(engine: Engine) -> None:
     """
     with _migration_lock(engine) as connection:
         config = alembic_config(connection=connection)
-        if (MigrationContext.configure(connection).get_current_revision() is None
-                # sqlmodel types __tablename__ str | Callable (a declared_attr); on a table class it is the str.
-                and inspect(connection).has_table(Shipment.__tablename__)):  # type: ignore[arg-type]
+        if (
+            MigrationContext.configure(connection).get_current_revision() is None
+            # sqlmodel types __tablename__ str | Callable (a declared_attr); on a table class it is the str.
+            and inspect(connection).has_table(Shipment.__tablename__)  # type: ignore[arg-type]
+        ):
             command.stamp(config, BASELINE)
         command.upgrade(config, "head")
 
@@ -105,8 +124,16 @@ def upgrade(url: str) -> None:
         engine.dispose()
 
 
-def _upsert(session: Session, table, rows: Sequence[dict], *, keys: list[str], update: Sequence[str] | None,
-            keep: Sequence[str] = (), only_if=None) -> None:
+def _upsert(
+    session: Session,
+    table,
+    rows: Sequence[dict],
+    *,
+    keys: list[str],
+    update: Sequence[str] | None,
+    keep: Sequence[str] = (),
+    only_if=None,
+) -> None:
     """Insert rows; on a key conflict overwrite `update` columns and fill `keep` columns only if empty.
 
     One statement, executed once per row by the driver (executemany: sqlite3's, psycopg's pipeline),
@@ -141,26 +168,54 @@ def project_decisions(session: Session, decisions: Iterable[dict]) -> None:
     checkpoints: list[dict] = []
     for d in decisions:
         the_pass = d.get("pass")
-        shipments.append({
-            "shipment_id": d["shipment_id"], "decision": d["decision"], "priority": d.get("priority"),
-            "rules_version": d["rules_version"], "decided_at": parse_time(d["decided_at"]),
-            "pass_id": the_pass["pass_id"] if the_pass else None, "reasons": d["reasons"]})
+        shipments.append(
+            {
+                "shipment_id": d["shipment_id"],
+                "decision": d["decision"],
+                "priority": d.get("priority"),
+                "rules_version": d["rules_version"],
+                "decided_at": parse_time(d["decided_at"]),
+                "pass_id": the_pass["pass_id"] if the_pass else None,
+                "reasons": d["reasons"],
+            }
+        )
         if the_pass:
-            passes.append({
-                "pass_id": the_pass["pass_id"], "shipment_id": d["shipment_id"], "plate": the_pass["plate"],
-                "priority": the_pass["priority"], "issuer": the_pass["issuer"],
-                "valid_from": parse_time(the_pass["valid_from"]), "valid_until": parse_time(the_pass["valid_until"]),
-                "trip": the_pass["trip"], "toll_exempt": the_pass["toll_exempt"], "route": the_pass["route"],
-                "token": the_pass["token"]})
-            checkpoints.extend({k: c[k] for k in ("checkpoint_id", "name", "adcode", "lat", "lon")}
-                               for c in the_pass["route"]["checkpoints"])
-    _upsert(session, Shipment, _last_per_key(shipments, "shipment_id"), keys=["shipment_id"],
-            update=["decision", "priority", "rules_version", "decided_at", "pass_id", "reasons"])
+            passes.append(
+                {
+                    "pass_id": the_pass["pass_id"],
+                    "shipment_id": d["shipment_id"],
+                    "plate": the_pass["plate"],
+                    "priority": the_pass["priority"],
+                    "issuer": the_pass["issuer"],
+                    "valid_from": parse_time(the_pass["valid_from"]),
+                    "valid_until": parse_time(the_pass["valid_until"]),
+                    "trip": the_pass["trip"],
+                    "toll_exempt": the_pass["toll_exempt"],
+                    "route": the_pass["route"],
+                    "token": the_pass["token"],
+                }
+            )
+            checkpoints.extend(
+                {k: c[k] for k in ("checkpoint_id", "name", "adcode", "lat", "lon")}
+                for c in the_pass["route"]["checkpoints"]
+            )
+    _upsert(
+        session,
+        Shipment,
+        _last_per_key(shipments, "shipment_id"),
+        keys=["shipment_id"],
+        update=["decision", "priority", "rules_version", "decided_at", "pass_id", "reasons"],
+    )
     # The status columns belong to the status stream, which may have been projected first;
     # so does a rerouted route and its token, which the decision's must not overwrite.
-    _upsert(session, Pass, _last_per_key(passes, "pass_id"), keys=["pass_id"],
-            update=["shipment_id", "plate", "priority", "issuer", "valid_from", "valid_until", "trip",
-                    "toll_exempt"], keep=["route", "token"])
+    _upsert(
+        session,
+        Pass,
+        _last_per_key(passes, "pass_id"),
+        keys=["pass_id"],
+        update=["shipment_id", "plate", "priority", "issuer", "valid_from", "valid_until", "trip", "toll_exempt"],
+        keep=["route", "token"],
+    )
     # A border checkpoint has one id for both directions but a route entry (name, adcode) per
     # direction: keep the entry that sorts first, so the row does not depend on the order in
     # which decisions are projected (the live projector's batches, a rebuild from the log).
@@ -169,8 +224,14 @@ def project_decisions(session: Session, decisions: Iterable[dict]) -> None:
         seen = first.get(c["checkpoint_id"])
         if seen is None or (c["adcode"], c["name"]) < (seen["adcode"], seen["name"]):
             first[c["checkpoint_id"]] = c
-    _upsert(session, Checkpoint, list(first.values()), keys=["checkpoint_id"], update=["name", "adcode", "lat", "lon"],
-            only_if=lambda new, old: or_(new.adcode < old.adcode, and_(new.adcode == old.adcode, new.name < old.name)))
+    _upsert(
+        session,
+        Checkpoint,
+        list(first.values()),
+        keys=["checkpoint_id"],
+        update=["name", "adcode", "lat", "lon"],
+        only_if=lambda new, old: or_(new.adcode < old.adcode, and_(new.adcode == old.adcode, new.name < old.name)),
+    )
 
 
 def project_statuses(session: Session, events: Iterable[tuple[str, dict]]) -> None:
@@ -178,25 +239,45 @@ def project_statuses(session: Session, events: Iterable[tuple[str, dict]]) -> No
     history, current = [], []
     for event_id, e in events:
         at = parse_time(e["at"])
-        history.append({"event_id": event_id, "pass_id": e["pass_id"], "status": e["status"], "at": at,
-                        "checkpoint_id": e.get("checkpoint_id"), "reason": e.get("reason"),
-                        "dwell_seconds": e.get("dwell_seconds"), "dwell_exceeded": bool(e.get("dwell_exceeded"))})
-        row = {"pass_id": e["pass_id"], "status": e["status"], "status_at": at,
-               "checkpoint_id": e.get("checkpoint_id")}
+        history.append(
+            {
+                "event_id": event_id,
+                "pass_id": e["pass_id"],
+                "status": e["status"],
+                "at": at,
+                "checkpoint_id": e.get("checkpoint_id"),
+                "reason": e.get("reason"),
+                "dwell_seconds": e.get("dwell_seconds"),
+                "dwell_exceeded": bool(e.get("dwell_exceeded")),
+            }
+        )
+        row = {"pass_id": e["pass_id"], "status": e["status"], "status_at": at, "checkpoint_id": e.get("checkpoint_id")}
         if e.get("route"):
             row["route"], row["token"] = e["route"], e["token"]
         current.append(row)
     _upsert(session, PassEvent, history, keys=["event_id"], update=None)
     rerouted = _last_per_key((r for r in current if "route" in r), "pass_id")
-    plain = _last_per_key(({k: r[k] for k in ("pass_id", "status", "status_at", "checkpoint_id")} for r in current),
-                          "pass_id")
+    plain = _last_per_key(
+        ({k: r[k] for k in ("pass_id", "status", "status_at", "checkpoint_id")} for r in current), "pass_id"
+    )
     _upsert(session, Pass, plain, keys=["pass_id"], update=["status", "status_at", "checkpoint_id"])
-    _upsert(session, Pass, [{"pass_id": r["pass_id"], "route": r["route"], "token": r["token"]} for r in rerouted],
-            keys=["pass_id"], update=["route", "token"])
+    _upsert(
+        session,
+        Pass,
+        [{"pass_id": r["pass_id"], "route": r["route"], "token": r["token"]} for r in rerouted],
+        keys=["pass_id"],
+        update=["route", "token"],
+    )
 
 
-def project_batch(session: Session, *, decisions: Iterable[dict] = (), statuses: Iterable[tuple[str, dict]] = (),
-                  risks: Iterable[dict] = (), enterprises: Iterable[dict] = ()) -> None:
+def project_batch(
+    session: Session,
+    *,
+    decisions: Iterable[dict] = (),
+    statuses: Iterable[tuple[str, dict]] = (),
+    risks: Iterable[dict] = (),
+    enterprises: Iterable[dict] = (),
+) -> None:
     """One projector batch in one transaction: decisions before the statuses that follow them."""
     project_decisions(session, decisions)
     project_statuses(session, statuses)
@@ -206,16 +287,27 @@ def project_batch(session: Session, *, decisions: Iterable[dict] = (), statuses:
 
 
 def project_risks(session: Session, risks: Iterable[dict]) -> None:
-    rows = [{"adcode": r["adcode"], "level": r["level"], "effective_at": parse_time(r["effective_at"])}
-            for r in risks]
+    rows = [{"adcode": r["adcode"], "level": r["level"], "effective_at": parse_time(r["effective_at"])} for r in risks]
     _upsert(session, Region, _last_per_key(rows, "adcode"), keys=["adcode"], update=["level", "effective_at"])
 
 
 def project_enterprises(session: Session, entries: Iterable[dict]) -> None:
-    rows = [{"credit_code": e["credit_code"], "name": e.get("name", ""), "listed": e["action"] == "add",
-             "effective_at": parse_time(e["effective_at"])} for e in entries]
-    _upsert(session, Enterprise, _last_per_key(rows, "credit_code"), keys=["credit_code"],
-            update=["name", "listed", "effective_at"])
+    rows = [
+        {
+            "credit_code": e["credit_code"],
+            "name": e.get("name", ""),
+            "listed": e["action"] == "add",
+            "effective_at": parse_time(e["effective_at"]),
+        }
+        for e in entries
+    ]
+    _upsert(
+        session,
+        Enterprise,
+        _last_per_key(rows, "credit_code"),
+        keys=["credit_code"],
+        update=["name", "listed", "effective_at"],
+    )
 
 
 def get_pass(session: Session, *, pass_id: str) -> Pass | None:
@@ -223,16 +315,23 @@ def get_pass(session: Session, *, pass_id: str) -> Pass | None:
 
 
 def get_pass_events(session: Session, *, pass_id: str) -> list[PassEvent]:
-    return list(session.exec(select(PassEvent).where(PassEvent.pass_id == pass_id).order_by(col(PassEvent.at), col(PassEvent.id))))
+    return list(
+        session.exec(
+            select(PassEvent).where(PassEvent.pass_id == pass_id).order_by(col(PassEvent.at), col(PassEvent.id))
+        )
+    )
 
 
 def checkpoint_dwell(session: Session) -> list[tuple[str | None, int, float, int]]:
     """(checkpoint, departures with a dwell, mean dwell seconds, dwells over target) per checkpoint."""
     # PostgreSQL casts a boolean to integer or text only; a CASE counts on every database.
     over = func.sum(case((col(PassEvent.dwell_exceeded), 1), else_=0))
-    q = (select(PassEvent.checkpoint_id, func.count(), func.avg(PassEvent.dwell_seconds), over)
-         .where(col(PassEvent.dwell_seconds).is_not(None)).group_by(PassEvent.checkpoint_id)
-         .order_by(PassEvent.checkpoint_id))
+    q = (
+        select(PassEvent.checkpoint_id, func.count(), func.avg(PassEvent.dwell_seconds), over)
+        .where(col(PassEvent.dwell_seconds).is_not(None))
+        .group_by(PassEvent.checkpoint_id)
+        .order_by(PassEvent.checkpoint_id)
+    )
     return [(c, n, float(avg), int(o or 0)) for c, n, avg, o in session.exec(q)]
 
 
@@ -242,24 +341,40 @@ def count_by(session: Session, column) -> dict:
 
 # --- the operators' dashboard (streams.dashboard) ------------------------------------------------------
 
+
 def checkpoint_board(session: Session, *, window: int = 50, target_seconds: float = 900) -> list[dict]:
     """Each checkpoint with the vehicles there now and the median dwell of its last `window`
     departures, flagged over `target_seconds` (the rule of `models.tracking.board_row`)."""
     from ..tracking import board_row
-    present: dict[str, int] = dict(session.execute(select(Pass.checkpoint_id, func.count()).where(
-        col(Pass.status).in_(("at_checkpoint", "held")), col(Pass.checkpoint_id).is_not(None)).group_by(
-        Pass.checkpoint_id)).all())
-    recent = (select(PassEvent.checkpoint_id, PassEvent.dwell_seconds,
-                     func.row_number().over(partition_by=PassEvent.checkpoint_id,
-                                            order_by=(col(PassEvent.at).desc(), col(PassEvent.id).desc())).label("n"))
-              .where(col(PassEvent.dwell_seconds).is_not(None)).subquery())
+
+    present: dict[str, int] = dict(
+        session.execute(
+            select(Pass.checkpoint_id, func.count())
+            .where(col(Pass.status).in_(("at_checkpoint", "held")), col(Pass.checkpoint_id).is_not(None))
+            .group_by(Pass.checkpoint_id)
+        ).all()
+    )
+    recent = (
+        select(
+            PassEvent.checkpoint_id,
+            PassEvent.dwell_seconds,
+            func.row_number()
+            .over(partition_by=PassEvent.checkpoint_id, order_by=(col(PassEvent.at).desc(), col(PassEvent.id).desc()))
+            .label("n"),
+        )
+        .where(col(PassEvent.dwell_seconds).is_not(None))
+        .subquery()
+    )
     dwells: dict[str, list[float]] = {}
-    for checkpoint, dwell in session.execute(select(recent.c.checkpoint_id, recent.c.dwell_seconds).where(
-            recent.c.n <= window)):
+    for checkpoint, dwell in session.execute(
+        select(recent.c.checkpoint_id, recent.c.dwell_seconds).where(recent.c.n <= window)
+    ):
         dwells.setdefault(checkpoint, []).append(dwell)
     names = dict(session.execute(select(Checkpoint.checkpoint_id, Checkpoint.name)).all())
-    return [{**board_row(c, present.get(c, 0), dwells.get(c, ()), target_seconds), "name": names.get(c, "")}
-            for c in sorted(set(present) | set(dwells))]
+    return [
+        {**board_row(c, present.get(c, 0), dwells.get(c, ()), target_seconds), "name": names.get(c, "")}
+        for c in sorted(set(present) | set(dwells))
+    ]
 
 
 def _hour(session: Session, column):
@@ -271,8 +386,11 @@ def _hour(session: Session, column):
 def decisions_per_hour(session: Session) -> list[tuple[str, str, str, int]]:
     """(hour, decision, class or '', count), by hour of the decision time (UTC)."""
     hour = _hour(session, Shipment.decided_at).label("hour")
-    q = (select(hour, Shipment.decision, Shipment.priority, func.count())
-         .group_by(hour, Shipment.decision, col(Shipment.priority)).order_by(hour))
+    q = (
+        select(hour, Shipment.decision, Shipment.priority, func.count())
+        .group_by(hour, Shipment.decision, col(Shipment.priority))
+        .order_by(hour)
+    )
     return [(h, d, p or "", n) for h, d, p, n in session.exec(q)]
 
 
@@ -287,14 +405,21 @@ def rejections_by_reason(session: Session) -> dict[str, int]:
 
 def active_pass_places(session: Session, active: Iterable[str]) -> list[tuple[str | None, str | None, int]]:
     """(last checkpoint, issuing county, passes) of the active passes: where they are on the map."""
-    q = (select(Pass.checkpoint_id, Pass.issuer, func.count()).where(col(Pass.status).in_(tuple(active)))
-         .group_by(col(Pass.checkpoint_id), col(Pass.issuer)))
+    q = (
+        select(Pass.checkpoint_id, Pass.issuer, func.count())
+        .where(col(Pass.status).in_(tuple(active)))
+        .group_by(col(Pass.checkpoint_id), col(Pass.issuer))
+    )
     return [(c, i, n) for c, i, n in session.exec(q)]
 
 
 def find_passes(session: Session, text: str, *, limit: int = 10) -> list[Pass]:
     """Passes whose pass id, shipment id or plate is `text` (plates without '·' or spaces)."""
     plate = text.replace("·", "").replace(" ", "").upper()
-    q = (select(Pass).where(or_(col(Pass.pass_id) == text, col(Pass.shipment_id) == text, col(Pass.plate) == plate))
-         .order_by(col(Pass.valid_from).desc()).limit(limit))
+    q = (
+        select(Pass)
+        .where(or_(col(Pass.pass_id) == text, col(Pass.shipment_id) == text, col(Pass.plate) == plate))
+        .order_by(col(Pass.valid_from).desc())
+        .limit(limit)
+    )
     return list(session.exec(q))

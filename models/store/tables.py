@@ -14,8 +14,18 @@ from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field, SQLModel
 
 __all__ = [
-    "Shipment", "ShipmentBase", "Pass", "PassBase", "PassEvent", "PassEventBase", "Region", "RegionBase",
-    "Enterprise", "EnterpriseBase", "Checkpoint", "CheckpointBase",
+    "Shipment",
+    "ShipmentBase",
+    "Pass",
+    "PassBase",
+    "PassEvent",
+    "PassEventBase",
+    "Region",
+    "RegionBase",
+    "Enterprise",
+    "EnterpriseBase",
+    "Checkpoint",
+    "CheckpointBase",
 ]
 
 

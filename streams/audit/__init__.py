@@ -68,5 +68,16 @@ from .rebuild import RebuildRefused, rebuild_database
 from .replayer import Replayer
 from .run import run_replay
 
-__all__ = ["Position", "parse_position", "Record", "Replayer", "compare", "Comparison", "Mismatch", "run_replay",
-           "rebuild_database", "RebuildRefused", "pass_history"]
+__all__ = [
+    "Position",
+    "parse_position",
+    "Record",
+    "Replayer",
+    "compare",
+    "Comparison",
+    "Mismatch",
+    "run_replay",
+    "rebuild_database",
+    "RebuildRefused",
+    "pass_history",
+]

@@ -23,6 +23,7 @@ __all__ = ["Mismatch", "Comparison", "compare", "orphans", "resolve", "stale_req
 @dataclass
 class Mismatch:
     """One finding of the audit (its kind, what the log recorded and what the replay produced, why)."""
+
     kind: str
     shipment_id: str | None = None
     pass_id: str | None = None
@@ -56,28 +57,60 @@ def _shown(raw: bytes | None) -> Any:
     return obj if obj is not None else {"raw": raw.decode("utf-8", "replace")}
 
 
-def _decision_mismatch(kind: str, sid: str, recorded: bytes | None, replayed: bytes | None,
-                       where: Record | None = None, explanation: str = "") -> Mismatch:
+def _decision_mismatch(
+    kind: str,
+    sid: str,
+    recorded: bytes | None,
+    replayed: bytes | None,
+    where: Record | None = None,
+    explanation: str = "",
+) -> Mismatch:
     rec, rep = _shown(recorded), _shown(replayed)
-    pass_id = next((o["pass"]["pass_id"] for o in (rec, rep)
-                    if isinstance(o, dict) and isinstance(o.get("pass"), dict) and "pass_id" in o["pass"]), None)
-    return Mismatch(kind, sid, pass_id, rec, rep, reason_codes(rec), reason_codes(rep),
-                    _diff_paths(rec, rep) if rec is not None and rep is not None else [], explanation,
-                    where.where() if where else None)
+    pass_id = next(
+        (
+            o["pass"]["pass_id"]
+            for o in (rec, rep)
+            if isinstance(o, dict) and isinstance(o.get("pass"), dict) and "pass_id" in o["pass"]
+        ),
+        None,
+    )
+    return Mismatch(
+        kind,
+        sid,
+        pass_id,
+        rec,
+        rep,
+        reason_codes(rec),
+        reason_codes(rep),
+        _diff_paths(rec, rep) if rec is not None and rep is not None else [],
+        explanation,
+        where.where() if where else None,
+    )
 
 
-def _status_mismatch(kind: str, pid: str, recorded: bytes | None, replayed: bytes | None, where: Record | None,
-                     explanation: str) -> Mismatch:
+def _status_mismatch(
+    kind: str, pid: str, recorded: bytes | None, replayed: bytes | None, where: Record | None, explanation: str
+) -> Mismatch:
     rec, rep = _shown(recorded), _shown(replayed)
     sid = next((o.get("shipment_id") for o in (rec, rep) if isinstance(o, dict) and o.get("shipment_id")), None)
-    return Mismatch(kind, sid, pid, rec, rep, reason_codes(rec), reason_codes(rep),
-                    _diff_paths(rec, rep) if rec is not None and rep is not None else [], explanation,
-                    where.where() if where else None)
+    return Mismatch(
+        kind,
+        sid,
+        pid,
+        rec,
+        rep,
+        reason_codes(rec),
+        reason_codes(rep),
+        _diff_paths(rec, rep) if rec is not None and rep is not None else [],
+        explanation,
+        where.where() if where else None,
+    )
 
 
 @dataclass
 class Comparison:
     """The findings, the counts, and what the look-back and the timelines need."""
+
     mismatches: list[Mismatch] = field(default_factory=list)
     decisions_matched: int = 0
     decisions_recorded: int = 0
@@ -88,8 +121,15 @@ class Comparison:
     recorded_status: dict[str, list[Record]] = field(default_factory=dict)  # pass id -> records (scope + watched)
 
 
-def compare(rep: Replayer, decisions: Iterable[Record], statuses: Iterable[Record], *, until_ms: int | None = None,
-            full: bool = True, watch: Iterable[str] = ()) -> Comparison:
+def compare(
+    rep: Replayer,
+    decisions: Iterable[Record],
+    statuses: Iterable[Record],
+    *,
+    until_ms: int | None = None,
+    full: bool = True,
+    watch: Iterable[str] = (),
+) -> Comparison:
     """Compare what the replay produced with what the log recorded (see the module doc of `streams.audit`)."""
     c = Comparison()
     _compare_decisions(c, rep, decisions, until_ms)
@@ -113,9 +153,16 @@ def _compare_decisions(c: Comparison, rep: Replayer, decisions: Iterable[Record]
     for sid, body in rep.decisions.items():
         recs = recorded.pop(sid, None)
         if not recs:
-            c.mismatches.append(_decision_mismatch(
-                "decision_missing", sid, None, body, rep.request_of.get(sid),
-                "the request is in the log but no decision for it was recorded (is the worker behind?)"))
+            c.mismatches.append(
+                _decision_mismatch(
+                    "decision_missing",
+                    sid,
+                    None,
+                    body,
+                    rep.request_of.get(sid),
+                    "the request is in the log but no decision for it was recorded (is the worker behind?)",
+                )
+            )
             continue
         bad = False
         seen: set[bytes] = set()
@@ -124,8 +171,9 @@ def _compare_decisions(c: Comparison, rep: Replayer, decisions: Iterable[Record]
                 continue
             seen.add(r.value)
             bad = True
-            c.mismatches.append(_decision_mismatch("decision_differs", sid, r.value, body, r,
-                                                   explain_decision(rep, sid, r)))
+            c.mismatches.append(
+                _decision_mismatch("decision_differs", sid, r.value, body, r, explain_decision(rep, sid, r))
+            )
         c.decisions_matched += not bad
     for sid, recs in recorded.items():
         if until_ms is None or any(r.timestamp_ms <= until_ms for r in recs):
@@ -155,8 +203,11 @@ def _compare_pass(c: Comparison, pid: str, mine: dict[str, bytes], until_ms: int
     for ce_id, body in mine.items():
         recs = theirs.pop(ce_id, None)
         if not recs:
-            c.mismatches.append(_status_mismatch("status_missing", pid, None, body, None,
-                                                 "the replay answers this cause; the log has no such event"))
+            c.mismatches.append(
+                _status_mismatch(
+                    "status_missing", pid, None, body, None, "the replay answers this cause; the log has no such event"
+                )
+            )
             continue
         bad = False
         seen: set[bytes] = set()
@@ -164,15 +215,25 @@ def _compare_pass(c: Comparison, pid: str, mine: dict[str, bytes], until_ms: int
             if r.value != body and r.value not in seen:
                 seen.add(r.value)
                 bad = True
-                c.mismatches.append(_status_mismatch(
-                    "status_differs", pid, r.value, body, r,
-                    "same cause, another answer: arrival order differed from event time, or the event was altered"))
+                c.mismatches.append(
+                    _status_mismatch(
+                        "status_differs",
+                        pid,
+                        r.value,
+                        body,
+                        r,
+                        "same cause, another answer: arrival order differed from event time, or the event was altered",
+                    )
+                )
         c.statuses_matched += not bad
-    for ce_id, recs in theirs.items():
+    for recs in theirs.values():
         if until_ms is None or any(r.timestamp_ms <= until_ms for r in recs):
             r = recs[0]
-            c.mismatches.append(_status_mismatch("status_unexpected", pid, r.value, None, r,
-                                                 "recorded, but no input in the window causes it"))
+            c.mismatches.append(
+                _status_mismatch(
+                    "status_unexpected", pid, r.value, None, r, "recorded, but no input in the window causes it"
+                )
+            )
 
 
 def orphans(candidates: dict[str, list[Record]]) -> list[Mismatch]:
@@ -183,8 +244,11 @@ def orphans(candidates: dict[str, list[Record]]) -> list[Mismatch]:
         for r in recs:
             if r.value not in seen:
                 seen.add(r.value)
-                out.append(_decision_mismatch("orphan_decision", sid, r.value, None, r,
-                                              "a decision on the topic with no request in the log"))
+                out.append(
+                    _decision_mismatch(
+                        "orphan_decision", sid, r.value, None, r, "a decision on the topic with no request in the log"
+                    )
+                )
     return out
 
 
@@ -214,8 +278,9 @@ def resolve(rep: Replayer, c: Comparison, requests: list[Record]) -> list[Mismat
     return out
 
 
-def stale_requests(dead_letters: Iterable[Record], ticks: Iterable[Record], requests: Iterable[Record],
-                   retention: timedelta) -> set[tuple[int, int]]:
+def stale_requests(
+    dead_letters: Iterable[Record], ticks: Iterable[Record], requests: Iterable[Record], retention: timedelta
+) -> set[tuple[int, int]]:
     """(partition, offset) of the requests the worker dead-lettered as older than the retention
     whose claim the log bears out: a clock tick on their partition, logged before the dead letter,
     had put the clock more than the retention past the request's time. The worker judged them by
@@ -223,6 +288,7 @@ def stale_requests(dead_letters: Iterable[Record], ticks: Iterable[Record], requ
     from models.tracking import epoch_seconds
 
     from ..handlers import STALE_REQUEST
+
     clocks: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for tick in ticks:
         clocks[tick.partition].append((tick.timestamp_ms, epoch_seconds(decode(tick.value)["at"])))
@@ -234,7 +300,9 @@ def stale_requests(dead_letters: Iterable[Record], ticks: Iterable[Record], requ
         if request is None or STALE_REQUEST not in str(obj.get("error")):
             continue
         at = event_us(decode(request.value), "submitted_at", request.timestamp_ms) // 1_000_000
-        if any(logged <= dead.timestamp_ms and now > at + retention.total_seconds()
-               for logged, now in clocks[request.partition]):
+        if any(
+            logged <= dead.timestamp_ms and now > at + retention.total_seconds()
+            for logged, now in clocks[request.partition]
+        ):
             found.add((request.partition, request.offset))
     return found

@@ -60,9 +60,11 @@ def explain_decision(rep: Replayer, sid: str, recorded: Record) -> str:
         late = _late_reference(rep, request, recorded)
         if late is not None:
             n, seconds = late
-            return (f"late_reference_data: reproduced without the {n} reference record(s) logged after the decision "
-                    f"or less than {seconds:.1f} s before it: an update effective before the request reached the "
-                    "worker's books only after the decision (the decision was taken on stale reference data)")
+            return (
+                f"late_reference_data: reproduced without the {n} reference record(s) logged after the decision "
+                f"or less than {seconds:.1f} s before it: an update effective before the request reached the "
+                "worker's books only after the decision (the decision was taken on stale reference data)"
+            )
     if not notes:
         notes.append("the rules would not produce the recorded decision (altered or injected)")
     return "; ".join(notes)
@@ -84,8 +86,10 @@ def timeline(rep: Replayer, comparison: Comparison, pass_id: str) -> dict:
             match = "replay_only"
         else:
             match = "same" if recorded_values == [mine[ce_id]] else "differs"
-        row = {k: base.get(k) for k in ("at", "status", "checkpoint_id", "reason", "dwell_seconds",
-                                        "dwell_exceeded", "cause")}
+        row = {
+            k: base.get(k)
+            for k in ("at", "status", "checkpoint_id", "reason", "dwell_seconds", "dwell_exceeded", "cause")
+        }
         row["match"] = match
         if match == "differs":
             row["recorded"] = {k: recorded.get(k) for k in ("at", "status", "checkpoint_id", "reason", "dwell_seconds")}
@@ -94,20 +98,33 @@ def timeline(rep: Replayer, comparison: Comparison, pass_id: str) -> dict:
         rows.append(row)
     rows.sort(key=lambda row: (row["at"] or "", row["cause"] or ""))
     state = rep.passes.get(pass_id)
-    sid = orjson.loads(state)["shipment_id"] if state else next(
-        (row.get("shipment_id") for row in (decode(mine[k]) for k in mine) if row and row.get("shipment_id")), None)
+    sid = (
+        orjson.loads(state)["shipment_id"]
+        if state
+        else next(
+            (row.get("shipment_id") for row in (decode(mine[k]) for k in mine) if row and row.get("shipment_id")), None
+        )
+    )
     decision = decode(rep.decisions.get(sid)) if sid else None
-    return {"pass_id": pass_id, "shipment_id": sid,
-            "decision": summary(decision) if decision else None,
-            "final_status": orjson.loads(state)["status"] if state else (rows[-1]["status"] if rows else None),
-            "events": rows}
+    return {
+        "pass_id": pass_id,
+        "shipment_id": sid,
+        "decision": summary(decision) if decision else None,
+        "final_status": orjson.loads(state)["status"] if state else (rows[-1]["status"] if rows else None),
+        "events": rows,
+    }
 
 
 def summary(d: dict) -> dict:
     """A decision in brief: its class, reasons, pass, validity and route."""
     p = d.get("pass") if isinstance(d.get("pass"), dict) else None
-    return {"shipment_id": d.get("shipment_id"), "decision": d.get("decision"), "priority": d.get("priority"),
-            "reasons": reason_codes(d), "decided_at": d.get("decided_at"),
-            "pass_id": p.get("pass_id") if p else None,
-            "valid": f"{p.get('valid_from')} → {p.get('valid_until')}" if p else None,
-            "route": (p.get("route") or {}).get("adcodes") if p else None}
+    return {
+        "shipment_id": d.get("shipment_id"),
+        "decision": d.get("decision"),
+        "priority": d.get("priority"),
+        "reasons": reason_codes(d),
+        "decided_at": d.get("decided_at"),
+        "pass_id": p.get("pass_id") if p else None,
+        "valid": f"{p.get('valid_from')} → {p.get('valid_until')}" if p else None,
+        "route": (p.get("route") or {}).get("adcodes") if p else None,
+    }

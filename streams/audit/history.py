@@ -16,13 +16,19 @@ async def pass_history(settings, pass_id: str) -> dict | None:
 
     t = Topics.with_prefix(settings.topic_prefix)
     pid = pass_id.encode()
-    found = await read_log(settings, [
-        Spec(t.status, keep=lambda m: m.key == pid or (m.key is None and m.value is not None and pid in m.value)),
-        Spec(t.decisions, keep=lambda m: m.value is not None and pid in m.value),
-        Spec(t.scans, keep=lambda m: m.key == pid or (m.value is not None and pid in m.value)),
-    ])
-    decisions = [(r, obj) for r in found[t.decisions] if (obj := decode(r.value))
-                 and isinstance(obj.get("pass"), dict) and obj["pass"].get("pass_id") == pass_id]
+    found = await read_log(
+        settings,
+        [
+            Spec(t.status, keep=lambda m: m.key == pid or (m.key is None and m.value is not None and pid in m.value)),
+            Spec(t.decisions, keep=lambda m: m.value is not None and pid in m.value),
+            Spec(t.scans, keep=lambda m: m.key == pid or (m.value is not None and pid in m.value)),
+        ],
+    )
+    decisions = [
+        (r, obj)
+        for r in found[t.decisions]
+        if (obj := decode(r.value)) and isinstance(obj.get("pass"), dict) and obj["pass"].get("pass_id") == pass_id
+    ]
     statuses = [(r, obj) for r in found[t.status] if (obj := decode(r.value)) and obj.get("pass_id") == pass_id]
     scans = {}
     for r in found[t.scans]:
@@ -34,8 +40,11 @@ async def pass_history(settings, pass_id: str) -> dict | None:
     sids = list(dict.fromkeys(obj["shipment_id"] for _, obj in decisions))
     requests = await _requests(settings, t.requests, sids)
     events, answered = _events(statuses, scans)
-    unanswered = [{k: obj.get(k) for k in ("scan_id", "checkpoint_id", "kind", "scanned_at")}
-                  for sid, (r, obj) in scans.items() if sid not in answered]
+    unanswered = [
+        {k: obj.get(k) for k in ("scan_id", "checkpoint_id", "kind", "scanned_at")}
+        for sid, (r, obj) in scans.items()
+        if sid not in answered
+    ]
     dwells = [e["dwell_seconds"] for e in events if e["dwell_seconds"] is not None]
     return {
         "pass_id": pass_id,
@@ -57,8 +66,10 @@ async def _requests(settings, topic: str, sids: list[str]) -> list[tuple[Record,
     if not sids:
         return []
     wanted = [s.encode() for s in sids]
-    got = await read_log(settings, [Spec(topic, keep=lambda m: m.key in wanted or (
-        m.value is not None and any(s in m.value for s in wanted)))])
+    got = await read_log(
+        settings,
+        [Spec(topic, keep=lambda m: m.key in wanted or (m.value is not None and any(s in m.value for s in wanted)))],
+    )
     return [(r, obj) for r in got[topic] if (obj := decode(r.value)) and request_sid(obj, r.key) in sids]
 
 
@@ -67,9 +78,16 @@ def _events(statuses: list[tuple[Record, dict]], scans: dict[str, tuple[Record, 
     events, answered = [], set()
     for r, obj in statuses:
         cause = obj.get("cause") or ""
-        row = {"at": obj.get("at"), "status": obj.get("status"), "checkpoint_id": obj.get("checkpoint_id"),
-               "reason": obj.get("reason"), "dwell_seconds": obj.get("dwell_seconds"),
-               "dwell_exceeded": obj.get("dwell_exceeded"), "cause": cause, "logged": r.where()["timestamp"]}
+        row = {
+            "at": obj.get("at"),
+            "status": obj.get("status"),
+            "checkpoint_id": obj.get("checkpoint_id"),
+            "reason": obj.get("reason"),
+            "dwell_seconds": obj.get("dwell_seconds"),
+            "dwell_exceeded": obj.get("dwell_exceeded"),
+            "cause": cause,
+            "logged": r.where()["timestamp"],
+        }
         if cause.startswith("scan:") and cause[5:] in scans:
             answered.add(cause[5:])
             row["scan"] = {k: scans[cause[5:]][1].get(k) for k in ("scan_id", "kind", "scanned_at", "plate")}
@@ -86,11 +104,17 @@ def print_pass_history(console, story: dict) -> None:
     console.print(f"[bold]Pass {story['pass_id']}[/bold] — final status [bold]{story['final_status']}[/bold]")
     req = story["request"]
     if req:
-        cargo = ", ".join(f"{c.get('description')} ×{c.get('quantity')} {c.get('unit')}" for c in req.get("cargo") or [])
-        console.print(f"request {req.get('shipment_id')} submitted {req.get('submitted_at')} "
-                      f"(logged {story['requested']['timestamp']})")
-        console.print(f"  {(req.get('shipper') or {}).get('name')} → {(req.get('consignee') or {}).get('name')}; "
-                      f"{cargo}; plate {(req.get('vehicle') or {}).get('plate')}")
+        cargo = ", ".join(
+            f"{c.get('description')} ×{c.get('quantity')} {c.get('unit')}" for c in req.get("cargo") or []
+        )
+        console.print(
+            f"request {req.get('shipment_id')} submitted {req.get('submitted_at')} "
+            f"(logged {story['requested']['timestamp']})"
+        )
+        console.print(
+            f"  {(req.get('shipper') or {}).get('name')} → {(req.get('consignee') or {}).get('name')}; "
+            f"{cargo}; plate {(req.get('vehicle') or {}).get('plate')}"
+        )
         console.print(f"  from {req.get('origin')} to {req.get('destination')}, departing {req.get('departure_at')}")
     else:
         console.print("[yellow]no request for this pass in the log[/yellow]")
@@ -100,7 +124,9 @@ def print_pass_history(console, story: dict) -> None:
         console.print(f"[red]{story['distinct_decisions']} different decisions name this pass[/red]")
     table = Table("at", "status", "checkpoint", "reason", "dwell s", "scan", "cause")
     for e in story["events"]:
-        dwell = "" if e["dwell_seconds"] is None else f"{e['dwell_seconds']:.0f}" + (" ⚠" if e["dwell_exceeded"] else "")
+        dwell = (
+            "" if e["dwell_seconds"] is None else f"{e['dwell_seconds']:.0f}" + (" ⚠" if e["dwell_exceeded"] else "")
+        )
         scan = f"{e['scan']['kind']} {e['scan']['scan_id']}" if e.get("scan") else ""
         reason = e["reason"] or ""
         if e.get("route"):
@@ -108,8 +134,12 @@ def print_pass_history(console, story: dict) -> None:
         table.add_row(e["at"] or "", e["status"] or "", e["checkpoint_id"] or "", reason, dwell, scan, e["cause"])
     console.print(table)
     for s in story["unanswered_scans"]:
-        console.print(f"[yellow]scan {s['scan_id']} ({s['kind']} at {s['checkpoint_id']}, {s['scanned_at']}) "
-                      f"has no status answer in the log[/yellow]")
-    console.print(f"{story['scans']} scans, {story['reroutes']} reroutes, mean dwell "
-                  f"{story['mean_dwell_seconds'] if story['mean_dwell_seconds'] is not None else '—'} s; "
-                  f"final status {story['final_status']}")
+        console.print(
+            f"[yellow]scan {s['scan_id']} ({s['kind']} at {s['checkpoint_id']}, {s['scanned_at']}) "
+            f"has no status answer in the log[/yellow]"
+        )
+    console.print(
+        f"{story['scans']} scans, {story['reroutes']} reroutes, mean dwell "
+        f"{story['mean_dwell_seconds'] if story['mean_dwell_seconds'] is not None else '—'} s; "
+        f"final status {story['final_status']}"
+    )

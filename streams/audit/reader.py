@@ -10,7 +10,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,18 +22,30 @@ from ..wire import request_sid, status_ce_id
 if TYPE_CHECKING:  # the decision core is imported when a command runs, not when the CLI parses arguments
     from ..handlers import RecordMeta, Topics
 
-__all__ = ["Position", "parse_position", "Record", "Spec", "read_log", "Event", "merge", "decode", "event_us",
-           "recorded_by_cause"]
+__all__ = [
+    "Position",
+    "parse_position",
+    "Record",
+    "Spec",
+    "read_log",
+    "Event",
+    "merge",
+    "decode",
+    "event_us",
+    "recorded_by_cause",
+]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
 # --- positions in the log ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Position:
     """A bound of the window: an offset on every partition, or a record timestamp (ms)."""
+
     offset: int | None = None
     time_ms: int | None = None
 
@@ -68,6 +80,7 @@ def parse_position(text: str | None) -> Position | None:
 @dataclass(slots=True)
 class Record:
     """One log record as read (the bytes are never re-encoded)."""
+
     topic: str
     partition: int
     offset: int
@@ -84,6 +97,7 @@ class Record:
     def meta(self) -> RecordMeta:
         """Where the record was read, as the handlers take it."""
         from ..handlers import RecordMeta
+
         return RecordMeta(self.topic, self.partition, self.offset, self.timestamp_ms)
 
     def header(self, name: str) -> str | None:
@@ -93,8 +107,12 @@ class Record:
         return None
 
     def where(self) -> dict:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
-                "timestamp": format_time(_EPOCH + timedelta(milliseconds=self.timestamp_ms))}
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp": format_time(_EPOCH + timedelta(milliseconds=self.timestamp_ms)),
+        }
 
 
 def decode(value: bytes | None) -> dict | None:
@@ -114,8 +132,7 @@ def event_us(obj: dict | None, field_name: str, timestamp_ms: int) -> int:
     none); else (unreadable) the record time."""
     if obj is not None:
         try:
-            at = (effective_time(obj, timestamp_ms) if field_name == "effective_at"
-                  else parse_time(obj.get(field_name)))
+            at = effective_time(obj, timestamp_ms) if field_name == "effective_at" else parse_time(obj.get(field_name))
             return (at - _EPOCH) // _US
         except ValueError:
             pass
@@ -132,17 +149,20 @@ def recorded_by_cause(pid: str, records: Iterable[Record]) -> dict[str, list[Rec
 
 # --- reading the log -----------------------------------------------------------------------------
 
+
 @dataclass
 class Spec:
     """One topic range to read, and which of its records to keep."""
+
     topic: str
-    start: Position | None = None   # None: the beginning of the topic
-    stop: Position | None = None    # None: the end of the log when reading starts (else inclusive)
+    start: Position | None = None  # None: the beginning of the topic
+    stop: Position | None = None  # None: the end of the log when reading starts (else inclusive)
     keep: Callable[[Any], bool] | None = None
 
 
-async def read_log(settings, specs: list[Spec], *, progress=None, label: str = "reading",
-                   idle_timeout: float = 60.0) -> dict[str, list[Record]]:
+async def read_log(
+    settings, specs: list[Spec], *, progress=None, label: str = "reading", idle_timeout: float = 60.0
+) -> dict[str, list[Record]]:
     """Read topic ranges outside any consumer group (assign + seek), up to the end of the log.
 
     The end is where a fetch round past the broker's end offset brings nothing more (records
@@ -157,10 +177,16 @@ async def read_log(settings, specs: list[Spec], *, progress=None, label: str = "
     out: dict[str, list[Record]] = {s.topic: [] for s in specs}
     began_ms = int(time.time() * 1000)
     consumer = AIOKafkaConsumer(
-        **settings.connection.kwargs(), enable_auto_commit=False, group_id=None,
-        client_id="greenchannel-replay", auto_offset_reset="earliest", fetch_max_wait_ms=100,
+        **settings.connection.kwargs(),
+        enable_auto_commit=False,
+        group_id=None,
+        client_id="greenchannel-replay",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
         isolation_level=settings.isolation_level,
-        fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024)
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
     await consumer.start()
     try:
         existing = await consumer.topics()
@@ -195,8 +221,10 @@ class _Reading:
     def __init__(self, consumer, spec_of: dict[Any, Spec], out: dict[str, list[Record]], began_ms: int) -> None:
         self.consumer, self.spec_of, self.out, self.began_ms = consumer, spec_of, out, began_ms
         self.parts = list(spec_of)
-        self.bounds = {tp: ((s.start.time_ms if s.start else None), (s.stop.time_ms if s.stop else None))
-                       for tp, s in spec_of.items()}
+        self.bounds = {
+            tp: ((s.start.time_ms if s.start else None), (s.stop.time_ms if s.stop else None))
+            for tp, s in spec_of.items()
+        }
 
     async def seek(self) -> None:
         """Each partition's first offset (its beginning, an offset or the first record at a time),
@@ -207,7 +235,9 @@ class _Reading:
         lo = self.lo = {tp: begin[tp] for tp in parts}
         stop: dict[Any, int | None] = {tp: None for tp in parts}
         self.stop = stop
-        timed = {tp: s.start.time_ms for tp, s in spec_of.items() if s.start is not None and s.start.time_ms is not None}
+        timed = {
+            tp: s.start.time_ms for tp, s in spec_of.items() if s.start is not None and s.start.time_ms is not None
+        }
         if timed:
             found = await consumer.offsets_for_times(timed)
             for tp, at in found.items():
@@ -227,8 +257,11 @@ class _Reading:
     async def run(self, progress, label: str, idle_timeout: float) -> None:
         """Fetch rounds until every partition is past its end (see `read_log`)."""
         consumer, pending, hint, stop, lo = self.consumer, self.pending, self.hint, self.stop, self.lo
-        task = progress.add_task(label, total=sum(max(0, min(hint[tp], stop[tp] or hint[tp]) - lo[tp])
-                                                  for tp in pending)) if progress else None
+        task = (
+            progress.add_task(label, total=sum(max(0, min(hint[tp], stop[tp] or hint[tp]) - lo[tp]) for tp in pending))
+            if progress
+            else None
+        )
         last_progress = time.monotonic()
         while pending:
             position = {tp: await consumer.position(tp) for tp in pending}
@@ -266,16 +299,19 @@ class _Reading:
                     continue
                 if spec.keep is not None and not spec.keep(m):
                     continue
-                records.append(Record(tp.topic, tp.partition, m.offset, m.timestamp, m.key, m.value,
-                                      tuple(m.headers or ())))
+                records.append(
+                    Record(tp.topic, tp.partition, m.offset, m.timestamp, m.key, m.value, tuple(m.headers or ()))
+                )
         return n
 
 
 # --- event-time order ----------------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class Event:
     """An input record at its event time, with its rank among topics (and its shipment id, for a request)."""
+
     at_us: int
     rank: int
     record: Record
@@ -290,7 +326,11 @@ def merge(records: Iterable[Record], topics: Topics) -> list[Event]:
     """Input records in event-time order, ties by topic, partition, offset (each value decoded once)."""
     order = [topics.enterprises, topics.risk, topics.keys, topics.requests, topics.scans, topics.pass_events]
     rank = {name: n for n, name in enumerate(order)}
-    when = {topics.requests: "submitted_at", topics.scans: "scanned_at", topics.pass_events: "at"}  # pass events: the clock
+    when = {
+        topics.requests: "submitted_at",
+        topics.scans: "scanned_at",
+        topics.pass_events: "at",
+    }  # pass events: the clock
     events = []
     for r in records:
         obj = decode(r.value)

@@ -25,8 +25,15 @@ def _row_counts(engine, tables) -> dict[str, int]:
         return {tb.__tablename__: session.execute(select(func.count()).select_from(tb)).scalar_one() for tb in tables}
 
 
-async def rebuild_database(settings, database_url: str, *, since: Position | None = None,
-                           until: Position | None = None, batch_size: int = 5000, progress: bool = False) -> dict:
+async def rebuild_database(
+    settings,
+    database_url: str,
+    *,
+    since: Position | None = None,
+    until: Position | None = None,
+    batch_size: int = 5000,
+    progress: bool = False,
+) -> dict:
     """Project decisions, statuses, risk and enterprises from the log into an empty database, with
     the projector's own batch shape and writes (`streams.projector.shape`, `write`)."""
     from models.store.db import init_db, make_engine
@@ -41,7 +48,9 @@ async def rebuild_database(settings, database_url: str, *, since: Position | Non
         init_db(engine)
         filled = [name for name, n in _row_counts(engine, tables).items() if n]
         if filled:
-            raise RebuildRefused(f"{database_url} is not empty (rows in {', '.join(filled)}): rebuild needs an empty database")
+            raise RebuildRefused(
+                f"{database_url} is not empty (rows in {', '.join(filled)}): rebuild needs an empty database"
+            )
         t = Topics.with_prefix(settings.topic_prefix)
         started = time.perf_counter()
         with progress_bar(progress) as bar:
@@ -50,14 +59,18 @@ async def rebuild_database(settings, database_url: str, *, since: Position | Non
             ordered = _in_projector_order(read, projected)
             task = bar.add_task("projecting", total=len(ordered))
             for i in range(0, len(ordered), batch_size):
-                chunk = ordered[i:i + batch_size]
+                chunk = ordered[i : i + batch_size]
                 write(engine, shape(t, chunk).items)  # what the projector skips is skipped here too
                 bar.advance(task, len(chunk))
         rows = _row_counts(engine, tables)
     finally:
         engine.dispose()
-    return {"database": database_url, "records": len(ordered), "rows": rows,
-            "seconds": round(time.perf_counter() - started, 3)}
+    return {
+        "database": database_url,
+        "records": len(ordered),
+        "rows": rows,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def _in_projector_order(read: dict[str, list[Record]], topics: list[str]) -> list[Record]:
@@ -68,5 +81,9 @@ def _in_projector_order(read: dict[str, list[Record]], topics: list[str]) -> lis
     for records in read.values():
         for r in records:
             streams[(r.topic, r.partition)].append(r)
-    return list(heapq.merge(*(sorted(s, key=lambda r: r.offset) for s in streams.values()),
-                            key=lambda r: (r.timestamp_ms, rank[r.topic], r.partition)))
+    return list(
+        heapq.merge(
+            *(sorted(s, key=lambda r: r.offset) for s in streams.values()),
+            key=lambda r: (r.timestamp_ms, rank[r.topic], r.partition),
+        )
+    )

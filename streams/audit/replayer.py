@@ -24,10 +24,11 @@ class Replayer:
         self.topics = pipeline.topics
         self.advance = advance
         from ..handlers import Tables
-        self.tables = Tables.empty()                # the worker's tables, all partitions in one
+
+        self.tables = Tables.empty()  # the worker's tables, all partitions in one
         self.decided, self.serials, self.passes = self.tables.decided, self.tables.serials, self.tables.passes
-        self.decisions: dict[str, bytes] = {}      # shipment id -> decision bytes, in event-time order
-        self.request_of: dict[str, Record] = {}    # shipment id -> the request that was decided
+        self.decisions: dict[str, bytes] = {}  # shipment id -> decision bytes, in event-time order
+        self.request_of: dict[str, Record] = {}  # shipment id -> the request that was decided
         self.statuses: dict[str, dict[str, bytes]] = {}  # pass id -> CloudEvents id -> status bytes
         self.reference: list[Record] = []
         self.events = Counter()
@@ -36,7 +37,8 @@ class Replayer:
         self.stale = 0  # requests the worker dead-lettered as older than the retention, the log bearing it out
         self.diagnoses = 50  # mismatched decisions re-decided with older reference data (costly: capped)
 
-    # Every input is handled as `streams.worker.runtime.Runtime.guarded` does: an unexpected error dead-letters it. A key
+    # Every input is handled as `streams.worker.runtime.Runtime.guarded` does: an unexpected error
+    # dead-letters it. A key
     # the ring says signs, and whose private key is not in GC_KEY_DIR, stops the replay (the worker
     # waits for it): the audit cannot reproduce a signature without it.
     def _call(self, handler, r: Record, **kw) -> list[Out]:
@@ -59,8 +61,9 @@ class Replayer:
             n += 1
         return n
 
-    def replay(self, records: Iterable[Record], *, held: Iterable[Record] = (),
-               stale: set[tuple[int, int]] = frozenset()) -> int:
+    def replay(
+        self, records: Iterable[Record], *, held: Iterable[Record] = (), stale: set[tuple[int, int]] = frozenset()
+    ) -> int:
         """Handle the window's input records in event-time order; returns how many were handled.
 
         `held`: for a window, the decisions recorded before its end. The pass numbers their approvals
@@ -97,6 +100,7 @@ class Replayer:
 
     def _reference_handlers(self) -> dict:
         from ..bootstrap import reference_handlers
+
         return reference_handlers(self.pipeline)
 
     def _tick(self, r: Record) -> list[Out]:
@@ -136,8 +140,7 @@ class Replayer:
                     self.stale += 1  # dead-lettered live, by the clock of its arrival (see stale_requests)
                     ahead[id(e)] = []
                     continue
-                ahead[id(e)] = None if repeat else self._call(self.pipeline.on_request, e.record,
-                                                              tables=self.tables)
+                ahead[id(e)] = None if repeat else self._call(self.pipeline.on_request, e.record, tables=self.tables)
             return ahead.pop(id(event))
 
         return decide
@@ -154,7 +157,10 @@ class Replayer:
         t = self.topics
         if out.topic == t.pass_events:
             from models.passes import kafka_partition
-            partition = out.partition if out.partition is not None else kafka_partition(out.key, self.pipeline.partitions)
+
+            partition = (
+                out.partition if out.partition is not None else kafka_partition(out.key, self.pipeline.partitions)
+            )
             try:
                 more = self.pipeline.on_pass_event(out.value, partition=partition, tables=self.tables)
             except SigningKeyMissing:
@@ -184,6 +190,7 @@ class Replayer:
     def _scratch(self):
         """Tables for a second opinion: this replay's pass numbers held, nothing of it changed."""
         from ..handlers import Tables
+
         return Tables({}, ChainMap({}, self.serials), {}, {})
 
     def decide_as_known_at(self, request: Record, timestamp_ms: int) -> bytes | None:

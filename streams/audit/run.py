@@ -25,6 +25,7 @@ __all__ = ["run_replay", "is_clock_tick"]
 @dataclass(slots=True)
 class _Window:
     """The inputs read for the window: by topic, the reference data up to its end, and what is replayed."""
+
     read: dict[str, list[Record]]
     reference: list[Record]
     inputs: list[Record]
@@ -33,18 +34,27 @@ class _Window:
 @dataclass(slots=True)
 class _Recorded:
     """What the log recorded for the window, and what the replay needs of it before it starts."""
+
     decisions: list[Record]
     statuses: list[Record]
-    held: Iterable[Record]           # the decisions before the window's end (pass numbers held)
-    stale: set[tuple[int, int]]      # requests dead-lettered live as older than the retention
+    held: Iterable[Record]  # the decisions before the window's end (pass numbers held)
+    stale: set[tuple[int, int]]  # requests dead-lettered live as older than the retention
     until_ms: int | None
 
 
-async def run_replay(settings, *, since: Position | None = None, until: Position | None = None,
-                     passes: Iterable[str] = (), progress: bool = False, pipeline: Pipeline | None = None) -> dict:
+async def run_replay(
+    settings,
+    *,
+    since: Position | None = None,
+    until: Position | None = None,
+    passes: Iterable[str] = (),
+    progress: bool = False,
+    pipeline: Pipeline | None = None,
+) -> dict:
     """Read, re-decide, compare; the audit report as a JSON-ready dict (`report["ok"]`)."""
     if pipeline is None:
         from ..bootstrap import build_pipeline
+
         pipeline = build_pipeline(settings)
     t = pipeline.topics
     watch = list(dict.fromkeys(passes))
@@ -65,28 +75,39 @@ async def run_replay(settings, *, since: Position | None = None, until: Position
             c.mismatches += await _look_back(settings, rep, c, t.requests, since, bar)
     elapsed = time.perf_counter() - started
     n_inputs = len(window.inputs)
-    timing = {"seconds": round(elapsed, 3), "read_seconds": round(read_done - started, 3),
-              "replay_seconds": round(replay_done - read_done, 3),
-              "events_per_second": round(n_inputs / elapsed, 1) if elapsed else None,
-              "replay_events_per_second": round(n_inputs / (replay_done - read_done), 1)
-              if replay_done > read_done else None}
+    timing = {
+        "seconds": round(elapsed, 3),
+        "read_seconds": round(read_done - started, 3),
+        "replay_seconds": round(replay_done - read_done, 3),
+        "events_per_second": round(n_inputs / elapsed, 1) if elapsed else None,
+        "replay_events_per_second": round(n_inputs / (replay_done - read_done), 1) if replay_done > read_done else None,
+    }
     return _report(settings, rep, c, window, watch, since, until, timing)
 
 
 async def _read_window(settings, t: Topics, since: Position | None, until: Position | None, bar) -> _Window:
     """The inputs of the window, and all reference data up to `until` (as-of histories)."""
-    read = await read_log(settings, [Spec(t.requests, since, until), Spec(t.scans, since, until),
-                                     Spec(t.risk, None, until), Spec(t.enterprises, None, until),
-                                     Spec(t.keys, None, until),
-                                     Spec(t.pass_events, since, until, keep=is_clock_tick)],
-                          progress=bar, label="reading")
+    read = await read_log(
+        settings,
+        [
+            Spec(t.requests, since, until),
+            Spec(t.scans, since, until),
+            Spec(t.risk, None, until),
+            Spec(t.enterprises, None, until),
+            Spec(t.keys, None, until),
+            Spec(t.pass_events, since, until, keep=is_clock_tick),
+        ],
+        progress=bar,
+        label="reading",
+    )
     reference = read[t.risk] + read[t.enterprises] + read[t.keys]
     in_window = [r for r in reference if _inside(r, since)]
     return _Window(read, reference, read[t.requests] + read[t.scans] + in_window + read[t.pass_events])
 
 
-async def _read_recorded(settings, pipeline: Pipeline, window: _Window, since: Position | None,
-                         until: Position | None, full: bool, bar) -> _Recorded:
+async def _read_recorded(
+    settings, pipeline: Pipeline, window: _Window, since: Position | None, until: Position | None, full: bool, bar
+) -> _Recorded:
     """What the log recorded, from the window's start to the end of the log. A window also needs
     the approvals before it, for the pass numbers held when it begins: the same read."""
     from ..handlers import STALE_REQUEST
@@ -103,29 +124,51 @@ async def _read_recorded(settings, pipeline: Pipeline, window: _Window, since: P
     decision_spec = Spec(t.decisions, out_since) if full else Spec(t.decisions, None, keep=recorded_or_approved)
     marked = STALE_REQUEST.encode()
     stale_spec = Spec(t.deadletter, out_since, keep=lambda m: m.value is not None and marked in m.value)
-    recorded = await read_log(settings, [decision_spec, Spec(t.status, out_since), stale_spec], progress=bar,
-                              label="recorded")
-    stale = stale_requests(recorded[t.deadletter], window.read[t.pass_events], window.read[t.requests],
-                           pipeline.retention)
+    recorded = await read_log(
+        settings, [decision_spec, Spec(t.status, out_since), stale_spec], progress=bar, label="recorded"
+    )
+    stale = stale_requests(
+        recorded[t.deadletter], window.read[t.pass_events], window.read[t.requests], pipeline.retention
+    )
     until_ms = _until_ms(until, window.inputs)
     held = () if full else [r for r in recorded[t.decisions] if until_ms is None or r.timestamp_ms <= until_ms]
     decisions = [r for r in recorded[t.decisions] if _inside(r, out_since)]
     return _Recorded(decisions, recorded[t.status], held, stale, until_ms)
 
 
-async def _look_back(settings, rep: Replayer, c: Comparison, requests_topic: str, since: Position | None,
-                     bar) -> list:
+async def _look_back(settings, rep: Replayer, c: Comparison, requests_topic: str, since: Position | None, bar) -> list:
     """Decisions recorded in the window whose request came before it: find and re-decide them."""
     wanted = {sid.encode() for sid in c.candidates}
     needles = list(wanted)
-    before = await read_log(settings, [Spec(requests_topic, None, None, keep=lambda m: not _inside_msg(m, since) and (
-        m.key in wanted or (m.value is not None and any(s in m.value for s in needles))))],
-        progress=bar, label="look-back")
+    before = await read_log(
+        settings,
+        [
+            Spec(
+                requests_topic,
+                None,
+                None,
+                keep=lambda m: (
+                    not _inside_msg(m, since)
+                    and (m.key in wanted or (m.value is not None and any(s in m.value for s in needles)))
+                ),
+            )
+        ],
+        progress=bar,
+        label="look-back",
+    )
     return resolve(rep, c, before[requests_topic])
 
 
-def _report(settings, rep: Replayer, c: Comparison, window: _Window, watch: list[str], since: Position | None,
-            until: Position | None, timing: dict) -> dict:
+def _report(
+    settings,
+    rep: Replayer,
+    c: Comparison,
+    window: _Window,
+    watch: list[str],
+    since: Position | None,
+    until: Position | None,
+    timing: dict,
+) -> dict:
     """The audit report (JSON-ready), with a timeline for each watched pass and each mismatched one (up to 100)."""
     t = rep.topics
     decisions, statuses = _counts(rep)
@@ -135,16 +178,30 @@ def _report(settings, rep: Replayer, c: Comparison, window: _Window, watch: list
         timelines[pid] = timeline(rep, c, pid)
     return {
         "ok": not c.mismatches,
-        "window": {"since": str(since) if since else "beginning", "until": str(until) if until else "end of log",
-                   "topic_prefix": settings.topic_prefix},
-        "events": {"requests": rep.events[t.requests], "scans": rep.events[t.scans],
-                   "risk": rep.events[t.risk], "enterprises": rep.events[t.enterprises], "keys": rep.events[t.keys],
-                   "clock_ticks": rep.events[t.pass_events], "total": len(window.inputs),
-                   "reference_loaded": len(window.reference)},
+        "window": {
+            "since": str(since) if since else "beginning",
+            "until": str(until) if until else "end of log",
+            "topic_prefix": settings.topic_prefix,
+        },
+        "events": {
+            "requests": rep.events[t.requests],
+            "scans": rep.events[t.scans],
+            "risk": rep.events[t.risk],
+            "enterprises": rep.events[t.enterprises],
+            "keys": rep.events[t.keys],
+            "clock_ticks": rep.events[t.pass_events],
+            "total": len(window.inputs),
+            "reference_loaded": len(window.reference),
+        },
         "timing": timing,
         "decisions": {**decisions, "recorded": c.decisions_recorded, "matched": c.decisions_matched},
-        "statuses": {"passes_compared": c.passes_compared, "events_replayed": sum(map(len, rep.statuses.values())),
-                     "recorded": c.statuses_recorded, "matched": c.statuses_matched, "by_status": statuses},
+        "statuses": {
+            "passes_compared": c.passes_compared,
+            "events_replayed": sum(map(len, rep.statuses.values())),
+            "recorded": c.statuses_recorded,
+            "matched": c.statuses_matched,
+            "by_status": statuses,
+        },
         "mismatch_counts": dict(Counter(m.kind for m in c.mismatches)),
         "mismatches": [m.to_dict() for m in c.mismatches],
         "timelines": timelines,

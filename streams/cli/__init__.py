@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..connection import ConnectionSettingsError
     from ..settings import get_settings
+
     try:
         return run(args, get_settings())
     except ConnectionSettingsError as exc:  # a missing password, an unreadable CA or password file

@@ -28,16 +28,31 @@ def add_arguments(sub) -> None:
 
 def add_replay_options(parser: argparse.ArgumentParser) -> None:
     """The options of `greenchannel replay`."""
-    parser.add_argument("--since", metavar="POS",
-                        help="start of the window: RFC 3339 time (record timestamp) or offset:N (default: beginning)")
-    parser.add_argument("--until", metavar="POS",
-                        help="end of the window, inclusive: RFC 3339 time or offset:N (default: end of the log now)")
-    parser.add_argument("--pass", dest="pass_ids", metavar="PASS_ID", action="append", default=[],
-                        help="add this pass's timeline (replayed and recorded) to the report; repeatable")
+    parser.add_argument(
+        "--since",
+        metavar="POS",
+        help="start of the window: RFC 3339 time (record timestamp) or offset:N (default: beginning)",
+    )
+    parser.add_argument(
+        "--until",
+        metavar="POS",
+        help="end of the window, inclusive: RFC 3339 time or offset:N (default: end of the log now)",
+    )
+    parser.add_argument(
+        "--pass",
+        dest="pass_ids",
+        metavar="PASS_ID",
+        action="append",
+        default=[],
+        help="add this pass's timeline (replayed and recorded) to the report; repeatable",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the audit report as JSON to FILE ('-' for stdout)")
     parser.add_argument("--html", metavar="FILE", help="write a static HTML report with a timeline per pass")
-    parser.add_argument("--rebuild", metavar="DATABASE_URL",
-                        help="instead of auditing, rebuild the database projections from the log into this empty database")
+    parser.add_argument(
+        "--rebuild",
+        metavar="DATABASE_URL",
+        help="instead of auditing, rebuild the database projections from the log into this empty database",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -54,22 +69,28 @@ def cmd_replay(settings, args) -> int:
     console = Console(stderr=True) if args.json == "-" else Console()
     if args.rebuild:
         try:
-            result = asyncio.run(rebuild_database(settings, args.rebuild, since=since, until=until,
-                                                  progress=not args.no_progress))
+            result = asyncio.run(
+                rebuild_database(settings, args.rebuild, since=since, until=until, progress=not args.no_progress)
+            )
         except RebuildRefused as exc:
             err.print(f"[red]{exc}[/red]")
             return 2
-        console.print(f"rebuilt {result['database']} from {result['records']:,} records in {result['seconds']} s: "
-                      + ", ".join(f"{k} {v}" for k, v in result["rows"].items()))
+        console.print(
+            f"rebuilt {result['database']} from {result['records']:,} records in {result['seconds']} s: "
+            + ", ".join(f"{k} {v}" for k, v in result["rows"].items())
+        )
         if args.json:
             _write(args.json, orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
         return 0
     try:
-        report = asyncio.run(run_replay(settings, since=since, until=until, passes=args.pass_ids,
-                                        progress=not args.no_progress))
+        report = asyncio.run(
+            run_replay(settings, since=since, until=until, passes=args.pass_ids, progress=not args.no_progress)
+        )
     except SigningKeyMissing as exc:
-        err.print(f"[red]{exc} ({settings.keys_path}): the replay signs what the worker signed, with the same "
-                  "keys; give it GC_KEY_DIR with every private key of the ring[/red]")
+        err.print(
+            f"[red]{exc} ({settings.keys_path}): the replay signs what the worker signed, with the same "
+            "keys; give it GC_KEY_DIR with every private key of the ring[/red]"
+        )
         return 2
     if args.json:
         _write(args.json, report_json(report))

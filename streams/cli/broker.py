@@ -15,12 +15,24 @@ def add_arguments(sub) -> None:
     broker.add_argument("--kind", choices=["tansu", "kafka"], default="tansu")
     broker.add_argument("--nodes", type=int, default=1, help="Apache Kafka nodes (kind kafka)")
     broker.add_argument("--port", type=int, default=9092, help="node 0's port (0: any free one; default 9092)")
-    broker.add_argument("--secure", action="store_true",
-                        help="Apache Kafka with SASL_SSL (SCRAM-SHA-512) and ACLs; prints where the clients' files are")
-    broker.add_argument("--secure-dir", type=Path, default=None,
-                        help="certificates, credentials and client files (default: GC_DATA_DIR/secure)")
-    broker.add_argument("--principal", action="append", default=[], metavar="NAME",
-                        help="one more principal, e.g. firm-acme or checkpoint-zj (repeat for several)")
+    broker.add_argument(
+        "--secure",
+        action="store_true",
+        help="Apache Kafka with SASL_SSL (SCRAM-SHA-512) and ACLs; prints where the clients' files are",
+    )
+    broker.add_argument(
+        "--secure-dir",
+        type=Path,
+        default=None,
+        help="certificates, credentials and client files (default: GC_DATA_DIR/secure)",
+    )
+    broker.add_argument(
+        "--principal",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="one more principal, e.g. firm-acme or checkpoint-zj (repeat for several)",
+    )
 
 
 def wait_for_stop() -> None:
@@ -32,12 +44,14 @@ def wait_for_stop() -> None:
 
 def cmd_broker(settings, args) -> int:
     if args.secure and args.kind != "kafka":
-        raise SystemExit("--secure needs --kind kafka: the embedded Tansu is a loopback development broker "
-                         "without authentication")
+        raise SystemExit(
+            "--secure needs --kind kafka: the embedded Tansu is a loopback development broker without authentication"
+        )
     if args.kind == "kafka":
         broker = kafka_cluster(settings, args)
     else:
         from ..dev.broker import TansuBroker
+
         broker = TansuBroker(args.port)
     broker.start()
     try:
@@ -53,10 +67,12 @@ def cmd_broker(settings, args) -> int:
 def kafka_cluster(settings, args):
     """An Apache Kafka cluster of `args.nodes` nodes, with SASL_SSL and the ACL table if `args.secure`."""
     from ..dev.kafka import KafkaCluster
+
     secure, acls = None, None
     if args.secure:
         from ..dev.secure import SecureDir, SecureSetupError
         from ..dev.secure import acls as acl_table
+
         try:
             secure = SecureDir(args.secure_dir or settings.data_dir / "secure").ensure(tuple(args.principal))
             acls = acl_table(secure.principals(), settings.topic_prefix, settings.app_id)
@@ -70,13 +86,23 @@ def secure_topics(broker, settings) -> None:
     where each principal's client files are."""
     from ..dev.broker import ensure_topics
     from ..handlers import Topics
+
     topics = Topics.with_prefix(settings.topic_prefix)
-    asyncio.run(ensure_topics(broker.connection, topics.public() + [topics.pass_events],
-                              partitions=settings.partitions, replication_factor=min(3, broker.nodes)))
+    asyncio.run(
+        ensure_topics(
+            broker.connection,
+            topics.public() + [topics.pass_events],
+            partitions=settings.partitions,
+            replication_factor=min(3, broker.nodes),
+        )
+    )
     clients = broker.secure.path / "clients"
-    print(f"client settings, one file per principal, in {clients.resolve()}/: "
-          + ", ".join(p + ".env" for p in broker.secure.principals())
-          + " (set -a; . FILE), and beside them .properties (Kafka's tools) and .kcat.conf (kcat -F)", flush=True)
+    print(
+        f"client settings, one file per principal, in {clients.resolve()}/: "
+        + ", ".join(p + ".env" for p in broker.secure.principals())
+        + " (set -a; . FILE), and beside them .properties (Kafka's tools) and .kcat.conf (kcat -F)",
+        flush=True,
+    )
 
 
 COMMANDS = {"broker": cmd_broker}

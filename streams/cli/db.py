@@ -15,6 +15,7 @@ def cmd_db(settings, args) -> int:
     from sqlalchemy.engine import make_url
 
     from models.store.db import upgrade
+
     upgrade(settings.database_url)  # alembic upgrade head, under the migration lock
     print(f"schema up to date at {make_url(settings.database_url).render_as_string(hide_password=True)}")
     return 0

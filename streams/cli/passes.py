@@ -18,8 +18,12 @@ def add_arguments(sub) -> None:
     out = printed.add_mutually_exclusive_group()
     out.add_argument("--png", metavar="FILE", type=Path)
     out.add_argument("--pdf", metavar="FILE", type=Path)
-    printed.add_argument("--from-decision", metavar="FILE", type=Path,
-                         help="read the pass from this decision JSON instead of the database")
+    printed.add_argument(
+        "--from-decision",
+        metavar="FILE",
+        type=Path,
+        help="read the pass from this decision JSON instead of the database",
+    )
     history = pass_sub.add_parser("history", help="a pass's full story from the log (not the database)")
     history.add_argument("pass_id")
     history.add_argument("--json", metavar="FILE", help="also write the story as JSON (FILE or '-')")
@@ -28,9 +32,11 @@ def add_arguments(sub) -> None:
 def cmd_pass(settings, args) -> int:
     if args.pass_command == "print":
         from ..pass_print import cmd_pass_print
+
         return cmd_pass_print(settings, args)
     if args.pass_command == "history":
         from .audit import cmd_pass_history
+
         return cmd_pass_history(settings, args)
     return cmd_pass_show(settings, args.pass_id)
 
@@ -48,10 +54,13 @@ def cmd_pass_show(settings, pass_id: str) -> int:
         if found is None:
             console.print(f"[red]no pass {pass_id} in {settings.database_url}[/red]")
             return 1
-        console.print(f"[bold]Pass {found.pass_id}[/bold]  shipment {found.shipment_id}  plate {found.plate}  "
-                      f"priority {found.priority}  status [bold]{found.status}[/bold]")
-        console.print(f"valid {found.valid_from} → {found.valid_until}  trip {found.trip}  "
-                      f"toll exempt {found.toll_exempt}")
+        console.print(
+            f"[bold]Pass {found.pass_id}[/bold]  shipment {found.shipment_id}  plate {found.plate}  "
+            f"priority {found.priority}  status [bold]{found.status}[/bold]"
+        )
+        console.print(
+            f"valid {found.valid_from} → {found.valid_until}  trip {found.trip}  toll exempt {found.toll_exempt}"
+        )
         if found.route:
             console.print("route: " + " → ".join(found.route["adcodes"]) + f"  ({found.route['distance_km']} km)")
         table = Table("at", "status", "checkpoint", "reason", "dwell s")

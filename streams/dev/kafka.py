@@ -51,23 +51,17 @@ import threading
 import time
 import weakref
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from ..connection import Connection
 
 if TYPE_CHECKING:
     from .secure import SecureDir
 
-__all__ = [
-    "KAFKA_VERSION",
-    "KafkaCluster",
-    "KafkaError",
-    "ensure_jars",
-    "kafka_home",
-    "main",
-]
+__all__ = ["KAFKA_VERSION", "KafkaCluster", "KafkaError", "ensure_jars", "kafka_home", "main"]
 
 POM = Path(__file__).with_name("kafka-pom.xml")
 _POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
@@ -161,13 +155,18 @@ def ensure_jars(home: Path | None = None, *, mvn: str | None = None) -> Path:
         staging = home / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)
         cmd = [
-            mvn, "-q", "-B", "-f", str(POM),
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
             "dependency:copy-dependencies",
             f"-DoutputDirectory={staging}",
             "-DincludeScope=runtime",
         ]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, text=True)
+        proc = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+        )
         if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
             tail = "\n".join(proc.stdout.splitlines()[-30:])
             raise KafkaError(f"resolving Kafka jars failed ({' '.join(cmd)}):\n{tail}")
@@ -287,12 +286,12 @@ class _Reader:
         n = self.take(">h")
         if n < 0:
             return None
-        s = self.data[self.pos:self.pos + n].decode()
+        s = self.data[self.pos : self.pos + n].decode()
         self.pos += n
         return s
 
 
-def broker_ids(host: str, port: int, timeout: float = 2.0, login: "ScramLogin | None" = None) -> set[int]:
+def broker_ids(host: str, port: int, timeout: float = 2.0, login: ScramLogin | None = None) -> set[int]:
     """Node ids of the live brokers in ``host:port``'s cluster metadata (over TLS with a SCRAM
     login on a secure cluster).
 
@@ -346,12 +345,14 @@ def _bytes_field(data: bytes) -> bytes:
 @dataclass(frozen=True)
 class ScramLogin:
     """A SCRAM-SHA-512 login over TLS for the readiness probe (RFC 5802, as Kafka speaks it)."""
+
     username: str
     password: str
     ca_file: Path
 
     def wrap(self, sock: socket.socket, host: str):
         import ssl
+
         return ssl.create_default_context(cafile=str(self.ca_file)).wrap_socket(sock, server_hostname=host)
 
     def _exchange(self, sock, corr: int, payload: bytes) -> bytes:
@@ -360,10 +361,11 @@ class ScramLogin:
         if err:
             raise ConnectionError(f"SASL authentication failed ({err}): {message}")
         n = r.take(">i")
-        return r.data[r.pos:r.pos + n]
+        return r.data[r.pos : r.pos + n]
 
     def authenticate(self, sock) -> None:
         import hmac
+
         mech = b"SCRAM-SHA-512"
         r = _Reader(_request(sock, _API_SASL_HANDSHAKE, 1, 10, struct.pack(">h", len(mech)) + mech))
         if r.take(">h"):
@@ -408,11 +410,12 @@ _LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def secure_listeners(secure: "SecureDir", port: int, controller_port: int) -> dict[str, object]:
+def secure_listeners(secure: SecureDir, port: int, controller_port: int) -> dict[str, object]:
     """SASL_SSL everywhere: clients and brokers with SCRAM-SHA-512 (the admin, a super user, between
     brokers), the controllers with PLAIN (KRaft controllers cannot use SCRAM), the
     StandardAuthorizer denying whatever no ACL allows. There is no plain-text listener."""
     from .secure import CONTROLLER_USER, SUPER_USER
+
     creds = secure.credentials()
     admin, controller = creds["users"][SUPER_USER], creds["controller"]
     scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
@@ -427,12 +430,14 @@ def secure_listeners(secure: "SecureDir", port: int, controller_port: int) -> di
         "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
         "sasl.mechanism.controller.protocol": "PLAIN",
         "listener.name.sasl_ssl.sasl.enabled.mechanisms": "SCRAM-SHA-512",
-        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
-            f'{scram} required username="{SUPER_USER}" password="{admin}";',
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+            f'{scram} required username="{SUPER_USER}" password="{admin}";'
+        ),
         "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
-        "listener.name.controller.plain.sasl.jaas.config":
+        "listener.name.controller.plain.sasl.jaas.config": (
             f'{plain} required username="{CONTROLLER_USER}" password="{controller}" '
-            f'user_{CONTROLLER_USER}="{controller}";',
+            f'user_{CONTROLLER_USER}="{controller}";'
+        ),
         "ssl.keystore.type": "PEM",
         "ssl.keystore.location": str(secure.keystore.resolve()),
         "ssl.truststore.type": "PEM",
@@ -474,7 +479,7 @@ class _Node:
         return self.proc is not None and self.proc.poll() is None
 
 
-_LIVE: "weakref.WeakSet[KafkaCluster]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[KafkaCluster] = weakref.WeakSet()
 
 
 @atexit.register
@@ -499,9 +504,15 @@ class KafkaCluster:
     keeps working with one node down (a 2-node one does not).
     """
 
-    def __init__(self, nodes: int = 1, port: int | None = None,
-                 workdir: Path | None = None, log_dir: Path | None = None,
-                 secure: "SecureDir | None" = None, acls: "list | None" = None) -> None:
+    def __init__(
+        self,
+        nodes: int = 1,
+        port: int | None = None,
+        workdir: Path | None = None,
+        log_dir: Path | None = None,
+        secure: SecureDir | None = None,
+        acls: list | None = None,
+    ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
         self.nodes = nodes
@@ -532,19 +543,21 @@ class KafkaCluster:
         return "kafka://" + self.bootstrap
 
     @property
-    def connection(self) -> "Connection":
+    def connection(self) -> Connection:
         """How a client reaches the cluster: plain text, or on a secure cluster as the admin."""
         from .secure import SUPER_USER
+
         return self.connection_as(SUPER_USER) if self.secure else Connection(self.bootstrap)
 
-    def connection_as(self, principal: str, password: str | None = None) -> "Connection":
+    def connection_as(self, principal: str, password: str | None = None) -> Connection:
         """The secure cluster as `principal` (its own password unless another is given)."""
         if self.secure is None:
             raise KafkaError("not a secure cluster: there are no principals")
         return self.secure.connection(self.bootstrap, principal, password)
 
-    def _login(self) -> "ScramLogin | None":
+    def _login(self) -> ScramLogin | None:
         from .secure import SUPER_USER
+
         if self.secure is None:
             return None
         return ScramLogin(SUPER_USER, self.secure.password(SUPER_USER), self.secure.ca)
@@ -621,10 +634,17 @@ class KafkaCluster:
     def _java_cmd(self, node: _Node, main: str, *args: str, heap: str | None = None) -> list[str]:
         heap = heap if heap is not None else os.environ.get("GC_KAFKA_HEAP_OPTS", DEFAULT_HEAP_OPTS)
         jvm = os.environ.get("GC_KAFKA_JVM_OPTS", DEFAULT_JVM_OPTS)
-        return [_java(), *heap.split(), *jvm.split(),
-                f"-Dkafka.logs.dir={node.log_dir}",
-                f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.xml'}",
-                "-cp", f"{self._libs}/*", main, *args]
+        return [
+            _java(),
+            *heap.split(),
+            *jvm.split(),
+            f"-Dkafka.logs.dir={node.log_dir}",
+            f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.xml'}",
+            "-cp",
+            f"{self._libs}/*",
+            main,
+            *args,
+        ]
 
     def _format(self, node: _Node) -> None:
         """Format one node's log dir (skipped when already formatted).
@@ -635,16 +655,32 @@ class KafkaCluster:
         """
         if (node.data_dir / "meta.properties").exists():
             return
-        scram = [] if self.secure is None else [
-            arg for user, password in sorted(self.secure.credentials()["users"].items())
-            for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")]
-        cmd = self._java_cmd(node, STORAGE_TOOL_MAIN, "format", "--ignore-formatted",
-                             "--cluster-id", self.cluster_id, "--config", str(node.config),
-                             *scram, heap="-Xmx128m")
+        scram = (
+            []
+            if self.secure is None
+            else [
+                arg
+                for user, password in sorted(self.secure.credentials()["users"].items())
+                for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")
+            ]
+        )
+        cmd = self._java_cmd(
+            node,
+            STORAGE_TOOL_MAIN,
+            "format",
+            "--ignore-formatted",
+            "--cluster-id",
+            self.cluster_id,
+            "--config",
+            str(node.config),
+            *scram,
+            heap="-Xmx128m",
+        )
         cmd.insert(1, "-Dkafka.log.file=format.log")
         node.log_dir.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, text=True, cwd=node.dir)
+        proc = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, cwd=node.dir
+        )
         if proc.returncode != 0:
             raise KafkaError(f"formatting node {node.index} failed:\n{proc.stdout[-4000:]}")
 
@@ -682,8 +718,10 @@ class KafkaCluster:
                 state = json.loads(state_file.read_text())
         formatted = self.workdir / "node-0" / "data" / "meta.properties"
         if state and state.get("nodes") != self.nodes:
-            raise KafkaError(f"{self.workdir} holds a {state.get('nodes')}-node cluster, "
-                             f"not a {self.nodes}-node one: use another workdir")
+            raise KafkaError(
+                f"{self.workdir} holds a {state.get('nodes')}-node cluster, "
+                f"not a {self.nodes}-node one: use another workdir"
+            )
         self.cluster_id = state.get("cluster_id") or _meta_cluster_id(formatted) or new_uuid()
 
         # Ports: node 0's broker port if given; earlier ports when free; else new.
@@ -700,7 +738,7 @@ class KafkaCluster:
         fresh = iter(_free_ports(wanted.count(None), avoid=[p for p in wanted if p]))
         ports = [p if p is not None else next(fresh) for p in wanted]
 
-        log_root = (self._given_log_dir.resolve() if self._given_log_dir else None)
+        log_root = self._given_log_dir.resolve() if self._given_log_dir else None
         self._nodes = []
         for i in range(self.nodes):
             ndir = self.workdir / f"node-{i}"
@@ -708,16 +746,22 @@ class KafkaCluster:
             ldir = (log_root / f"node-{i}") if log_root else ndir / "logs"
             ldir.mkdir(parents=True, exist_ok=True)
             self._nodes.append(_Node(i, ports[i], ports[self.nodes + i], ndir, ldir))
-        state_file.write_text(json.dumps({
-            "kafka_version": KAFKA_VERSION,
-            "cluster_id": self.cluster_id,
-            "nodes": self.nodes,
-            "ports": ports[:self.nodes],
-            "controller_ports": ports[self.nodes:],
-        }, indent=2) + "\n")
+        state_file.write_text(
+            json.dumps(
+                {
+                    "kafka_version": KAFKA_VERSION,
+                    "cluster_id": self.cluster_id,
+                    "nodes": self.nodes,
+                    "ports": ports[: self.nodes],
+                    "controller_ports": ports[self.nodes :],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         (self.workdir / "log4j2.xml").write_text(_LOG4J2_XML)
 
-    def start(self, timeout: float = 120) -> "KafkaCluster":
+    def start(self, timeout: float = 120) -> KafkaCluster:
         """Resolve jars, format, start every node; return when all are live."""
         with self._lock:
             if any(n.running() for n in self._nodes):
@@ -745,14 +789,27 @@ class KafkaCluster:
         """streams/dev/SecureSetup.java as the admin: creates `acls` (streams.dev.secure.Acl; those already
         there stay as they are), returns once the brokers apply them."""
         from .secure import SUPER_USER
+
         node = self._nodes[0]
-        cmd = self._java_cmd(node, str(Path(__file__).with_name("SecureSetup.java")),
-                             str(self.secure.client_properties(SUPER_USER)), str(self.nodes), heap="-Xmx256m")
+        cmd = self._java_cmd(
+            node,
+            str(Path(__file__).with_name("SecureSetup.java")),
+            str(self.secure.client_properties(SUPER_USER)),
+            str(self.nodes),
+            heap="-Xmx256m",
+        )
         cmd.insert(1, "-Dkafka.log.file=acls.log")
         lines = "".join(acl.line() + "\n" for acl in acls)
         try:
-            proc = subprocess.run(cmd, input=lines, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=max(timeout, 30), cwd=self.workdir)
+            proc = subprocess.run(
+                cmd,
+                input=lines,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=max(timeout, 30),
+                cwd=self.workdir,
+            )
         except subprocess.TimeoutExpired:
             raise KafkaError(f"creating the ACLs took over {max(timeout, 30):.0f} s") from None
         if proc.returncode != 0:
@@ -764,8 +821,7 @@ class KafkaCluster:
         cmd = self._java_cmd(node, SERVER_MAIN, str(node.config))
         # Same process group as the caller on purpose: whatever ends the
         # caller's group (Ctrl-C, a CI runner's cleanup) ends the JVMs too.
-        node.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=node.dir)
+        node.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=node.dir)
         node.out = out
 
     def _died(self, node: _Node) -> KafkaError:
@@ -776,7 +832,8 @@ class KafkaCluster:
             f"kafka node {node.index} exited with code {code}\n"
             f"--- {node.stdout_log} ---\n{_tail(node.stdout_log, 20)}\n"
             f"--- errors in {node.server_log} ---\n" + "\n".join(errors) + "\n"
-            f"--- last lines of {node.server_log} ---\n" + "\n".join(log[-30:]))
+            f"--- last lines of {node.server_log} ---\n" + "\n".join(log[-30:])
+        )
 
     def wait_for_brokers(self, ids: Iterable[int], timeout: float = 60) -> None:
         """Wait until every running node's metadata lists exactly ``ids``.
@@ -808,8 +865,7 @@ class KafkaCluster:
             if seen_all:
                 return
             if time.monotonic() >= deadline:
-                raise KafkaError(f"timed out waiting for brokers {sorted(want)} "
-                                 f"({last}); logs under {self.workdir}")
+                raise KafkaError(f"timed out waiting for brokers {sorted(want)} ({last}); logs under {self.workdir}")
             time.sleep(0.2)
 
     def _running_ids(self) -> set[int]:
@@ -884,21 +940,23 @@ class KafkaCluster:
 
     # -- conveniences -------------------------------------------------------
 
-    async def astart(self, timeout: float = 120) -> "KafkaCluster":
+    async def astart(self, timeout: float = 120) -> KafkaCluster:
         import asyncio
+
         return await asyncio.to_thread(self.start, timeout)
 
     async def astop(self, timeout: float = 30) -> None:
         import asyncio
+
         await asyncio.to_thread(self.stop, timeout)
 
-    def __enter__(self) -> "KafkaCluster":
+    def __enter__(self) -> KafkaCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    async def __aenter__(self) -> "KafkaCluster":
+    async def __aenter__(self) -> KafkaCluster:
         return await self.astart()
 
     async def __aexit__(self, *exc) -> None:
@@ -915,16 +973,19 @@ class KafkaCluster:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Start a cluster, print its bootstrap servers, run until SIGTERM/SIGINT."""
-    ap = argparse.ArgumentParser(prog="python -m streams.dev.kafka",
-                                 description="Run Apache Kafka (KRaft) on 127.0.0.1.")
+    ap = argparse.ArgumentParser(
+        prog="python -m streams.dev.kafka", description="Run Apache Kafka (KRaft) on 127.0.0.1."
+    )
     ap.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
     ap.add_argument("--port", type=int, default=None, help="broker port of node 0")
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="config+data dir, kept (default: a temporary dir, removed)")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="config+data dir, kept (default: a temporary dir, removed)"
+    )
     ap.add_argument("--log-dir", type=Path, default=None, help="where node logs go")
     ap.add_argument("--timeout", type=float, default=120, help="start timeout, seconds")
-    ap.add_argument("--resolve-only", action="store_true",
-                    help="only resolve the jars into the cache and print its libs dir")
+    ap.add_argument(
+        "--resolve-only", action="store_true", help="only resolve the jars into the cache and print its libs dir"
+    )
     args = ap.parse_args(argv)
 
     if args.resolve_only:
@@ -954,13 +1015,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             starting[0] = False
         print(cluster.bootstrap, flush=True)
-        print(f"kafka {KAFKA_VERSION}: {args.nodes} node(s) up in {time.monotonic() - t0:.1f}s, "
-              f"{cluster.url}, workdir {cluster.workdir}", file=sys.stderr, flush=True)
+        print(
+            f"kafka {KAFKA_VERSION}: {args.nodes} node(s) up in {time.monotonic() - t0:.1f}s, "
+            f"{cluster.url}, workdir {cluster.workdir}",
+            file=sys.stderr,
+            flush=True,
+        )
         while not stop.wait(1.0):
             dead = [i for i in range(args.nodes) if not cluster.is_running(i)]
             if dead:
-                print(f"kafka: node(s) {dead} exited; see {cluster.node_log(dead[0])}",
-                      file=sys.stderr, flush=True)
+                print(f"kafka: node(s) {dead} exited; see {cluster.node_log(dead[0])}", file=sys.stderr, flush=True)
                 return 1
         return 0
     finally:

@@ -30,21 +30,26 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
     from aiokafka import AIOKafkaProducer
 
     from ..bootstrap import build_pipeline
-    from .broker import ensure_topics
     from ..handlers import RecordMeta, Topics
+    from .broker import ensure_topics
     from .simulator import Scenario
 
     t = Topics.with_prefix(settings.topic_prefix)
-    await ensure_topics(settings.connection, t.public() + [t.pass_events], partitions=settings.partitions,
-                        replication_factor=settings.replication_factor)
+    await ensure_topics(
+        settings.connection,
+        t.public() + [t.pass_events],
+        partitions=settings.partitions,
+        replication_factor=settings.replication_factor,
+    )
     scenario = Scenario(seed=seed)
     reference = _reference(t, scenario, n)
     pipeline = build_pipeline(settings)
     for i, (topic, key, value) in enumerate(reference):
         (pipeline.on_risk if topic == t.risk else pipeline.on_enterprise)(key, value, RecordMeta(topic, 0, i, 0))
     inputs, count, requests = _inputs(settings, t, scenario, pipeline, reference, n, random.Random(seed))
-    producer = AIOKafkaProducer(**settings.connection.kwargs(), linger_ms=50, max_batch_size=1024 * 1024,
-                                max_request_size=8 * 1024 * 1024)
+    producer = AIOKafkaProducer(
+        **settings.connection.kwargs(), linger_ms=50, max_batch_size=1024 * 1024, max_request_size=8 * 1024 * 1024
+    )
     await producer.start()
     sent = Counter()
     try:
@@ -59,19 +64,26 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
 def _reference(t, scenario, n: int) -> list[tuple[str, bytes, bytes]]:
     """The key enterprises, and each block of requests' province raised to high risk and lowered 6 hours later."""
     reference: list[tuple[str, bytes, bytes]] = [
-        (t.enterprises, e["credit_code"].encode(), orjson.dumps(e)) for e in scenario.enterprise_entries()]
+        (t.enterprises, e["credit_code"].encode(), orjson.dumps(e)) for e in scenario.enterprise_entries()
+    ]
     planned = n // 5 + _PER_BLOCK
     for k in range(0, planned // _PER_BLOCK + 1):
         adcode = _PROVINCES[k % len(_PROVINCES)]
         high = scenario.start + timedelta(minutes=k * _PER_BLOCK + 600)
         for level, at in (("high", high), ("low", high + timedelta(hours=6))):
-            reference.append((t.risk, adcode.encode(),
-                              orjson.dumps({"adcode": adcode, "level": level, "effective_at": format_time(at)})))
+            reference.append(
+                (
+                    t.risk,
+                    adcode.encode(),
+                    orjson.dumps({"adcode": adcode, "level": level, "effective_at": format_time(at)}),
+                )
+            )
     return reference
 
 
-def _inputs(settings, t, scenario, pipeline, reference: list, n: int,
-            rng: random.Random) -> tuple[list[tuple[str, bytes, bytes]], int, int]:
+def _inputs(
+    settings, t, scenario, pipeline, reference: list, n: int, rng: random.Random
+) -> tuple[list[tuple[str, bytes, bytes]], int, int]:
     """The reference entries, then requests and the scans of each approved one's truck, until `n`
     input events; with how many events and requests."""
     from models.passes import kafka_partition

@@ -88,16 +88,18 @@ class SecureDir:
                 raise ValueError("users must be an object, controller a string")
             return data
         except FileNotFoundError:
-            raise SecureSetupError(f"{self.credentials_file}: missing (run `greenchannel broker --kind kafka "
-                                   f"--secure` once to make it)") from None
+            raise SecureSetupError(
+                f"{self.credentials_file}: missing (run `greenchannel broker --kind kafka --secure` once to make it)"
+            ) from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SecureSetupError(f"{self.credentials_file}: unreadable ({exc})") from None
 
     def password(self, principal: str) -> str:
         users = self.credentials()["users"]
         if principal not in users:
-            raise SecureSetupError(f"no principal {principal!r} in {self.credentials_file} "
-                                   f"(known: {', '.join(sorted(users))})")
+            raise SecureSetupError(
+                f"no principal {principal!r} in {self.credentials_file} (known: {', '.join(sorted(users))})"
+            )
         return users[principal]
 
     def ensure(self, principals: tuple[str, ...] = ()) -> SecureDir:
@@ -106,8 +108,11 @@ class SecureDir:
         os.chmod(self.path, 0o700)
         if not (self.ca.exists() and self.keystore.exists()):
             self._make_certificates()
-        data = self.credentials() if self.credentials_file.exists() else {
-            "controller": secrets.token_urlsafe(24), "users": {}}
+        data = (
+            self.credentials()
+            if self.credentials_file.exists()
+            else {"controller": secrets.token_urlsafe(24), "users": {}}
+        )
         wanted = [check_principal(p) for p in (*BASE_PRINCIPALS, *principals)]
         if any(p not in data["users"] for p in wanted):
             for p in wanted:
@@ -125,30 +130,50 @@ class SecureDir:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-        now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         until = now + dt.timedelta(days=_CERT_DAYS)
 
         def name(cn: str) -> x509.Name:
-            return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "greenchannel"),
-                              x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+            return x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "greenchannel"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                ]
+            )
 
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_cert = (x509.CertificateBuilder().subject_name(name("greenchannel local CA")).issuer_name(
-            name("greenchannel local CA")).public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(until)
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(name("greenchannel local CA"))
+            .issuer_name(name("greenchannel local CA"))
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(until)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(ca_key, hashes.SHA256()))
+            .sign(ca_key, hashes.SHA256())
+        )
         key = ec.generate_private_key(ec.SECP256R1())
-        sans = [x509.DNSName(h) for h in ("localhost", *self.hosts)] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca_cert.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now).not_valid_after(until)
-                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
+        sans = [x509.DNSName(h) for h in ("localhost", *self.hosts)] + [
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+        ]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name("localhost"))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(until)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
         pem = serialization.Encoding.PEM
         # The CA's key is not kept: nothing here signs another certificate later (a new broker
         # certificate comes with a new CA: delete the directory's ca.pem and broker.pem).
@@ -159,8 +184,14 @@ class SecureDir:
     # --- client files -----------------------------------------------------------------------
     def connection(self, bootstrap: str, principal: str, password: str | None = None) -> Connection:
         """The cluster at `bootstrap` as `principal` (its own password unless another is given)."""
-        return Connection(bootstrap, "SASL_SSL", "SCRAM-SHA-512", principal,
-                          password if password is not None else self.password(principal), self.ca)
+        return Connection(
+            bootstrap,
+            "SASL_SSL",
+            "SCRAM-SHA-512",
+            principal,
+            password if password is not None else self.password(principal),
+            self.ca,
+        )
 
     def write_client_files(self, bootstrap: str) -> Path:
         """clients/<principal>.env (GC_* settings, for `set -a; . FILE`), .properties (Kafka's tools)
@@ -168,26 +199,47 @@ class SecureDir:
         users = self.credentials()["users"]
         for principal, password in sorted(users.items()):
             env = self.connection(bootstrap, principal).env()
-            _write_secret(self.client_env(principal), "\n".join([
-                f"# {principal} on the secure cluster (greenchannel broker --kind kafka --secure)",
-                *(f"{k}={v}" for k, v in env.items()), ""]))
-            _write_secret(self.client_properties(principal), "\n".join([
-                f"# {principal}: for Kafka's own tools (--command-config FILE)",
-                f"bootstrap.servers={bootstrap}",
-                "security.protocol=SASL_SSL",
-                "sasl.mechanism=SCRAM-SHA-512",
-                f"sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-                f'username="{principal}" password="{password}";',
-                "ssl.truststore.type=PEM",
-                f"ssl.truststore.location={self.ca.resolve()}", ""]))
-            _write_secret(self.client_kcat(principal), "\n".join([
-                f"# {principal}: for kcat and other librdkafka clients (kcat -F FILE)",
-                f"bootstrap.servers={bootstrap}",
-                "security.protocol=SASL_SSL",
-                "sasl.mechanisms=SCRAM-SHA-512",
-                f"sasl.username={principal}",
-                f"sasl.password={password}",
-                f"ssl.ca.location={self.ca.resolve()}", ""]))
+            _write_secret(
+                self.client_env(principal),
+                "\n".join(
+                    [
+                        f"# {principal} on the secure cluster (greenchannel broker --kind kafka --secure)",
+                        *(f"{k}={v}" for k, v in env.items()),
+                        "",
+                    ]
+                ),
+            )
+            _write_secret(
+                self.client_properties(principal),
+                "\n".join(
+                    [
+                        f"# {principal}: for Kafka's own tools (--command-config FILE)",
+                        f"bootstrap.servers={bootstrap}",
+                        "security.protocol=SASL_SSL",
+                        "sasl.mechanism=SCRAM-SHA-512",
+                        f"sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+                        f'username="{principal}" password="{password}";',
+                        "ssl.truststore.type=PEM",
+                        f"ssl.truststore.location={self.ca.resolve()}",
+                        "",
+                    ]
+                ),
+            )
+            _write_secret(
+                self.client_kcat(principal),
+                "\n".join(
+                    [
+                        f"# {principal}: for kcat and other librdkafka clients (kcat -F FILE)",
+                        f"bootstrap.servers={bootstrap}",
+                        "security.protocol=SASL_SSL",
+                        "sasl.mechanisms=SCRAM-SHA-512",
+                        f"sasl.username={principal}",
+                        f"sasl.password={password}",
+                        f"ssl.ca.location={self.ca.resolve()}",
+                        "",
+                    ]
+                ),
+            )
         return self.path / "clients"
 
     def write_password_files(self) -> Path:
@@ -204,15 +256,18 @@ def acl_tool_args(table: list[Acl]) -> list[str]:
     for acl in table:
         grouped.setdefault((acl.principal, acl.resource, acl.pattern, acl.name), []).append(acl.operation)
     option = {"TOPIC": "--topic", "GROUP": "--group", "TRANSACTIONAL_ID": "--transactional-id"}
-    return [f"--allow-principal User:{who} {option[resource]} {name} --resource-pattern-type {pattern.lower()} "
-            + " ".join(f"--operation {op.title().replace('_', '')}" for op in ops)
-            for (who, resource, pattern, name), ops in grouped.items()]
+    return [
+        f"--allow-principal User:{who} {option[resource]} {name} --resource-pattern-type {pattern.lower()} "
+        + " ".join(f"--operation {op.title().replace('_', '')}" for op in ops)
+        for (who, resource, pattern, name), ops in grouped.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m streams.dev.secure DIR --host kafka-1 …`: the secure directory for a deployment
     (docker/compose.yml reads docker/secrets); `--acl-args`: the ACL table as kafka-acls.sh arguments."""
     import argparse
+
     ap = argparse.ArgumentParser(prog="python -m streams.dev.secure")
     ap.add_argument("dir", type=Path, nargs="?", help="the secure directory to make (kept when there)")
     ap.add_argument("--host", action="append", default=[], help="a broker host name for the certificate")
@@ -252,10 +307,19 @@ class Acl:
 def acls(principals: list[str], prefix: str = "gc.", app_id: str = "greenchannel") -> list[Acl]:
     """Every ALLOW entry (anything not allowed is denied: allow.everyone.if.no.acl.found=false)."""
     from ..handlers import Topics  # the one place topic names are made
+
     topics = Topics.with_prefix(prefix)
-    t = {"shipment.requests": topics.requests, "pass.decisions": topics.decisions, "checkpoint.scans": topics.scans,
-         "pass.status": topics.status, "enterprises": topics.enterprises, "region.risk": topics.risk,
-         "pass.keys": topics.keys, "deadletter": topics.deadletter, "pass.events": topics.pass_events}
+    t = {
+        "shipment.requests": topics.requests,
+        "pass.decisions": topics.decisions,
+        "checkpoint.scans": topics.scans,
+        "pass.status": topics.status,
+        "enterprises": topics.enterprises,
+        "region.risk": topics.risk,
+        "pass.keys": topics.keys,
+        "deadletter": topics.deadletter,
+        "pass.events": topics.pass_events,
+    }
     out: list[Acl] = []
 
     def allow(who: str, resource: str, pattern: str, name: str, *ops: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -67,17 +67,36 @@ PLACES = [
 
 # (class, HS code, description, unit) — drawn from the catalog's classes, plus goods outside it.
 GOODS = {
-    "P0": [("901920", "呼吸机 ventilators", "units"), ("630790", "医用口罩 medical masks", "boxes"),
-           ("621010", "医用防护服 protective suits", "pieces"), ("560311", "熔喷布 melt-blown fabric", "tonnes"),
-           ("300490", "治疗药品 medicines", "cases"), ("901811", "心电监护仪 ECG monitors", "units")],
-    "P1": [("310210", "尿素化肥 urea fertiliser", "tonnes"), ("392010", "农膜 agricultural film", "rolls"),
-           ("843280", "农机零部件 farm machinery parts", "sets"), ("100630", "大米 rice", "tonnes"),
-           ("040120", "牛奶 milk", "tonnes"), ("340111", "肥皂 soap", "cases")],
-    "P2": [("870829", "汽车零部件 auto parts", "pallets"), ("854231", "集成电路 integrated circuits", "reels"),
-           ("850760", "锂离子电池 lithium-ion batteries", "pallets"), ("854143", "光伏组件 PV modules", "pallets"),
-           ("847950", "工业机器人 industrial robots", "units"), ("845811", "数控机床 CNC lathes", "units")],
-    "P3": [("842952", "挖掘机 excavators", "units"), ("252329", "水泥 cement", "tonnes"),
-           ("721049", "镀锌钢板 galvanised steel", "tonnes"), ("842619", "起重机 cranes", "units")],
+    "P0": [
+        ("901920", "呼吸机 ventilators", "units"),
+        ("630790", "医用口罩 medical masks", "boxes"),
+        ("621010", "医用防护服 protective suits", "pieces"),
+        ("560311", "熔喷布 melt-blown fabric", "tonnes"),
+        ("300490", "治疗药品 medicines", "cases"),
+        ("901811", "心电监护仪 ECG monitors", "units"),
+    ],
+    "P1": [
+        ("310210", "尿素化肥 urea fertiliser", "tonnes"),
+        ("392010", "农膜 agricultural film", "rolls"),
+        ("843280", "农机零部件 farm machinery parts", "sets"),
+        ("100630", "大米 rice", "tonnes"),
+        ("040120", "牛奶 milk", "tonnes"),
+        ("340111", "肥皂 soap", "cases"),
+    ],
+    "P2": [
+        ("870829", "汽车零部件 auto parts", "pallets"),
+        ("854231", "集成电路 integrated circuits", "reels"),
+        ("850760", "锂离子电池 lithium-ion batteries", "pallets"),
+        ("854143", "光伏组件 PV modules", "pallets"),
+        ("847950", "工业机器人 industrial robots", "units"),
+        ("845811", "数控机床 CNC lathes", "units"),
+    ],
+    "P3": [
+        ("842952", "挖掘机 excavators", "units"),
+        ("252329", "水泥 cement", "tonnes"),
+        ("721049", "镀锌钢板 galvanised steel", "tonnes"),
+        ("842619", "起重机 cranes", "units"),
+    ],
     "none": [("950300", "玩具 toys", "cartons"), ("710812", "黄金 gold", "kg"), ("940161", "沙发 sofas", "pieces")],
 }
 
@@ -85,18 +104,19 @@ GOODS = {
 @dataclass
 class Scenario:
     """A seeded population of firms and the requests they send."""
+
     seed: int = 2020
-    start: datetime = datetime(2020, 2, 25, 8, 0, tzinfo=timezone.utc)
+    start: datetime = datetime(2020, 2, 25, 8, 0, tzinfo=UTC)
     key_enterprises: list[tuple[str, str]] = field(default_factory=list)
     suppliers: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         if not self.key_enterprises:
-            self.key_enterprises = [(make_credit_code(self.rng, p[0]), f"重点企业{i:02d}")
-                                    for i, p in enumerate(PLACES)]
-            self.suppliers = [(make_credit_code(self.rng, p[0]), f"中小供应商{i:02d}")
-                              for i, p in enumerate(PLACES)]
+            self.key_enterprises = [
+                (make_credit_code(self.rng, p[0]), f"重点企业{i:02d}") for i, p in enumerate(PLACES)
+            ]
+            self.suppliers = [(make_credit_code(self.rng, p[0]), f"中小供应商{i:02d}") for i, p in enumerate(PLACES)]
 
     def enterprise_entries(self) -> list[dict]:
         at = format_time(self.start - timedelta(days=1))
@@ -108,14 +128,25 @@ class Scenario:
         rng = self.rng
         if kind is None:
             roll = rng.random()
-            kind = ("P0" if roll < 0.25 else "P1" if roll < 0.5 else "P2" if roll < 0.75 else "P3" if roll < 0.9
-                    else rng.choice(["none", "unlisted", "bad_fields"]))
+            kind = (
+                "P0"
+                if roll < 0.25
+                else "P1"
+                if roll < 0.5
+                else "P2"
+                if roll < 0.75
+                else "P3"
+                if roll < 0.9
+                else rng.choice(["none", "unlisted", "bad_fields"])
+            )
         origin, destination = rng.sample(PLACES, 2)
         goods_class = "P2" if kind in ("unlisted", "bad_fields") else kind
         items = [rng.choice(GOODS[goods_class]) for _ in range(rng.randint(1, 2))]
         if kind == "unlisted":
-            shipper, consignee = self.suppliers[rng.randrange(len(self.suppliers))], \
-                self.suppliers[rng.randrange(len(self.suppliers))]
+            shipper, consignee = (
+                self.suppliers[rng.randrange(len(self.suppliers))],
+                self.suppliers[rng.randrange(len(self.suppliers))],
+            )
         else:
             # A small supplier shipping to a key enterprise qualifies through that link (§4).
             shipper = self.suppliers[rng.randrange(len(self.suppliers))]
@@ -129,6 +160,7 @@ class Scenario:
             if style < 0.8:
                 return {"address": place[1]}
             from routing import Gazetteer
+
             p = Gazetteer.default().locate(place[0])
             return {"lat": round(p.lat, 5), "lon": round(p.lon, 5)}
 
@@ -137,19 +169,27 @@ class Scenario:
             "submitted_at": format_time(submitted),
             "shipper": {"credit_code": shipper[0], "name": shipper[1]},
             "consignee": {"credit_code": consignee[0], "name": consignee[1]},
-            "cargo": [{"hs_code": hs, "description": d, "quantity": rng.randint(1, 400), "unit": u}
-                      for hs, d, u in items],
-            "vehicle": {"plate": f"{origin[2]}{rng.choice('ABCDEFG')}{rng.randrange(10000, 99999)}",
-                        "type": rng.choice(["heavy truck", "van", "refrigerated truck"])},
-            "driver": {"name": rng.choice(["张伟", "王芳", "李强", "刘洋", "陈杰"]),
-                       "id_number": make_id_number(rng, origin[0]), "phone": f"13{rng.randrange(10**8, 10**9)}"},
+            "cargo": [
+                {"hs_code": hs, "description": d, "quantity": rng.randint(1, 400), "unit": u} for hs, d, u in items
+            ],
+            "vehicle": {
+                "plate": f"{origin[2]}{rng.choice('ABCDEFG')}{rng.randrange(10000, 99999)}",
+                "type": rng.choice(["heavy truck", "van", "refrigerated truck"]),
+            },
+            "driver": {
+                "name": rng.choice(["张伟", "王芳", "李强", "刘洋", "陈杰"]),
+                "id_number": make_id_number(rng, origin[0]),
+                "phone": f"13{rng.randrange(10**8, 10**9)}",
+            },
             "origin": where(origin),
             "destination": where(destination),
             "departure_at": format_time(submitted + timedelta(hours=2)),
             "trip": rng.choice(["single", "single", "multi"]),
         }
         if kind == "bad_fields":
-            body["driver"]["id_number"] = body["driver"]["id_number"][:-1] + ("0" if body["driver"]["id_number"][-1] != "0" else "1")
+            body["driver"]["id_number"] = body["driver"]["id_number"][:-1] + (
+                "0" if body["driver"]["id_number"][-1] != "0" else "1"
+            )
             body["cargo"][0]["hs_code"] = "12"
         return body
 
@@ -172,10 +212,23 @@ def scans_for(decision: dict, rng: random.Random, *, mismatch: bool = False) -> 
         if mismatch and i == 0:
             plate = plate[:-1] + ("1" if plate[-1] != "1" else "2")
         base = {"checkpoint_id": cp["checkpoint_id"], "pass_id": the_pass["pass_id"], "plate": plate}
-        scans.append({**base, "scan_id": f"{the_pass['pass_id']}-{i}-a", "kind": "arrival",
-                      "token": the_pass["token"], "scanned_at": format_time(eta)})
+        scans.append(
+            {
+                **base,
+                "scan_id": f"{the_pass['pass_id']}-{i}-a",
+                "kind": "arrival",
+                "token": the_pass["token"],
+                "scanned_at": format_time(eta),
+            }
+        )
         if i < len(the_pass["route"]["checkpoints"]) - 1:
             dwell = timedelta(seconds=rng.randint(120, 1500))
-            scans.append({**base, "scan_id": f"{the_pass['pass_id']}-{i}-d", "kind": "departure",
-                          "scanned_at": format_time(eta + dwell)})
+            scans.append(
+                {
+                    **base,
+                    "scan_id": f"{the_pass['pass_id']}-{i}-d",
+                    "kind": "departure",
+                    "scanned_at": format_time(eta + dwell),
+                }
+            )
     return scans

@@ -10,7 +10,8 @@ pass's partition.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from functools import partial
 
 import faust
 
@@ -19,8 +20,15 @@ from ..metrics import sample_lag
 from .reference import load_reference_data
 from .runtime import Runtime, meta
 
-__all__ = ["register_reference_load", "register_decide", "register_scan", "register_reference_data",
-           "register_track", "register_clock", "register_consumer_lag"]
+__all__ = [
+    "register_reference_load",
+    "register_decide",
+    "register_scan",
+    "register_reference_data",
+    "register_track",
+    "register_clock",
+    "register_consumer_lag",
+]
 
 log = logging.getLogger("greenchannel")
 
@@ -47,8 +55,11 @@ def register_decide(app: faust.App, runtime: Runtime, requests: faust.TopicT) ->
         await runtime.ready.wait()
         async for event in stream.events():
             async with in_flight():
-                await guarded(names.requests, event, lambda: pipeline.on_request(
-                    event.key, event.value, meta(event), tables=tables))
+                await guarded(
+                    names.requests,
+                    event,
+                    partial(pipeline.on_request, event.key, event.value, meta(event), tables=tables),
+                )
 
 
 def register_scan(app: faust.App, runtime: Runtime, scans: faust.TopicT) -> None:
@@ -60,8 +71,9 @@ def register_scan(app: faust.App, runtime: Runtime, scans: faust.TopicT) -> None
     async def scan(stream):
         async for event in stream.events():
             async with in_flight():
-                await guarded(names.scans, event, lambda: pipeline.on_scan(
-                    event.key, event.value, meta(event), tables=tables))
+                await guarded(
+                    names.scans, event, partial(pipeline.on_scan, event.key, event.value, meta(event), tables=tables)
+                )
 
 
 def register_reference_data(app: faust.App, runtime: Runtime, reference: faust.TopicT) -> None:
@@ -75,7 +87,7 @@ def register_reference_data(app: faust.App, runtime: Runtime, reference: faust.T
         async for event in stream.events():
             handler = handlers[event.message.topic]
             async with in_flight():
-                await guarded(event.message.topic, event, lambda: handler(event.key, event.value, meta(event)))
+                await guarded(event.message.topic, event, partial(handler, event.key, event.value, meta(event)))
 
 
 def register_track(app: faust.App, runtime: Runtime, pass_events: faust.TopicT) -> None:
@@ -89,8 +101,11 @@ def register_track(app: faust.App, runtime: Runtime, pass_events: faust.TopicT) 
         await runtime.ready.wait()
         async for event in stream.events():
             async with in_flight():
-                await guarded(names.pass_events, event, lambda: pipeline.on_pass_event(
-                    event.value, partition=event.message.partition, tables=tables))
+                await guarded(
+                    names.pass_events,
+                    event,
+                    partial(pipeline.on_pass_event, event.value, partition=event.message.partition, tables=tables),
+                )
 
 
 def register_clock(app: faust.App, runtime: Runtime, seconds: float) -> None:
@@ -102,7 +117,7 @@ def register_clock(app: faust.App, runtime: Runtime, seconds: float) -> None:
     async def clock() -> None:
         """The channel's clock: a tick of the time now to each pass partition this worker owns.
         Ticks go through the log, so expiry and retention are replayed as they happened."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == names.pass_events)
         for out in (pipeline.clock_tick(now, p) for p in owned):  # a few a minute: each delivery awaited
             await app.producer.send_and_wait(out.topic, out.key, out.value, out.partition, None, None)
@@ -115,8 +130,12 @@ def register_consumer_lag(app: faust.App, runtime: Runtime) -> None:
     @app.task
     async def consumer_lag() -> None:
         """gc_consumer_lag per assigned partition: its high watermark less the consumer's position."""
+
         async def lags() -> dict:
             consumer = app.consumer
-            return {(tp.topic, tp.partition): max(0, consumer.highwater(tp) - (await consumer.position(tp) or 0))
-                    for tp in consumer.assignment()}
+            return {
+                (tp.topic, tp.partition): max(0, consumer.highwater(tp) - (await consumer.position(tp) or 0))
+                for tp in consumer.assignment()
+            }
+
         await sample_lag(meter.lag, lags)

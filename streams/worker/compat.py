@@ -40,11 +40,21 @@ from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-__all__ = ["set_fetch_wait", "seek_before_resume", "ask_highwaters", "DirectTable", "wrap_commit",
-           "transactional_id", "send_in_partition_transaction", "refresh_metadata", "learn_partitions"]
+__all__ = [
+    "set_fetch_wait",
+    "seek_before_resume",
+    "ask_highwaters",
+    "DirectTable",
+    "wrap_commit",
+    "transactional_id",
+    "send_in_partition_transaction",
+    "refresh_metadata",
+    "learn_partitions",
+]
 
 
 # --- the worker consumer's fetch wait ---------------------------------------------------------
+
 
 def set_fetch_wait(fetch_wait_ms: int) -> None:
     """Make Faust's worker consumer use `fetch_wait_ms` (this process; idempotent)."""
@@ -110,6 +120,7 @@ def seek_before_resume() -> None:
 
 # --- table recovery: where each changelog ends ----------------------------------------------------
 
+
 async def _highwaters_from_the_broker(self, partitions):
     """The end of each partition as the broker answers it now: under read_committed (exactly_once)
     its last stable offset, as Faust's cached value would be once known."""
@@ -127,6 +138,7 @@ def ask_highwaters() -> None:
 
 
 # --- table writes ---------------------------------------------------------------------------------
+
 
 class DirectTable(MutableMapping):
     """A Faust table, written straight to its store, its changelog records kept in `pending`
@@ -172,6 +184,7 @@ class DirectTable(MutableMapping):
 
 # --- exactly_once: commits, table writes and outputs --------------------------------------------
 
+
 def wrap_commit(consumer, around) -> None:
     """Route every offset commit of Faust's `consumer` through `around(commit, *args, **kwargs)`."""
     commit = consumer.commit
@@ -192,13 +205,18 @@ async def send_in_partition_transaction(app, event, outs: list) -> None:
     """Publish `outs` (streams.handlers.Out: outputs and changelog records) in the transaction of
     `event`'s partition; delivered before the event is acked."""
     tid = transactional_id(app, event.message.topic, event.message.partition)
-    sent = [await app.producer.send(out.topic, out.key, out.value, out.partition, None, list(out.headers),
-                                    transactional_id=tid) for out in outs]
+    sent = [
+        await app.producer.send(
+            out.topic, out.key, out.value, out.partition, None, list(out.headers), transactional_id=tid
+        )
+        for out in outs
+    ]
     # A failed send fails the agent, never silently.
     await asyncio.gather(*sent)
 
 
 # --- metadata ------------------------------------------------------------------------------------
+
 
 async def refresh_metadata(consumer) -> None:
     """Fetch every topic's metadata into the client `consumer.partitions_for_topic` reads.

@@ -63,8 +63,11 @@ class Runtime:
             meter.handled(topic, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 — the message is kept, with the error
             log.exception("failed on %s@%s", topic, event.message.offset)
-            outs = [pipeline.dead_letter(meta(event), event.key, event.value,
-                                         f"internal error: {type(exc).__name__}: {exc}")]
+            outs = [
+                pipeline.dead_letter(
+                    meta(event), event.key, event.value, f"internal error: {type(exc).__name__}: {exc}"
+                )
+            ]
         outs = self.table_writes(event) + outs  # taken before any await: the next event's are its own
         if self.exactly_once:  # the event's table writes and outputs, in its partition's transaction
             await send_in_partition_transaction(self.app, event, outs)

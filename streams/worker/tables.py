@@ -26,21 +26,31 @@ log = logging.getLogger("greenchannel")
 
 def raw_topic(app: faust.App, settings: Settings, *topic_names: str) -> faust.TopicT:
     """A topic of raw bytes, keys and values, with the channel's partition count."""
-    return app.topic(*topic_names, key_type=bytes, value_type=bytes, key_serializer="raw",
-                     value_serializer="raw", partitions=settings.partitions)
+    return app.topic(
+        *topic_names,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
 
 
 def open_tables(app: faust.App, settings: Settings, changelog: list[tuple[str, bytes, bytes]]) -> Tables:
     """The pass, decision, answer and clock tables, their changelog records left in `changelog`."""
 
     def table(name: str) -> DirectTable:
-        return DirectTable(app.Table(name, key_type=str, value_type=bytes, partitions=settings.partitions),
-                           changelog)
+        return DirectTable(app.Table(name, key_type=str, value_type=bytes, partitions=settings.partitions), changelog)
 
     passes = table("passes")
     # Pass numbers held: read from the pass states (PassHolders), one changelog write fewer per approval.
-    return Tables(decided=table("decided"), serials=PassHolders(passes), passes=passes, answers=table("answers"),
-                  clocks=table("clock"))
+    return Tables(
+        decided=table("decided"),
+        serials=PassHolders(passes),
+        passes=passes,
+        answers=table("answers"),
+        clocks=table("clock"),
+    )
 
 
 def forget_moved_partitions(app: faust.App, tables: Tables) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import faust
 import orjson
@@ -52,7 +52,7 @@ def register_keys_view(app: faust.App, runtime: Runtime) -> None:
     async def keys_view(web, request):
         """This worker's signing keyring now: each key's times and status, which one signs, and
         whether its private key is in GC_KEY_DIR (a worker without it waits: `runtime.signed`)."""
-        return web.json({"keys": pipeline.decider.keyring.rows(datetime.now(timezone.utc))})
+        return web.json({"keys": pipeline.decider.keyring.rows(datetime.now(UTC))})
 
 
 def register_checkpoints_view(app: faust.App, runtime: Runtime) -> None:

@@ -54,8 +54,15 @@ DOCKERIGNORE = DOCKER / "Dockerfile.dockerignore"
 HEALTHCHECK_SCRIPT = DOCKER / "healthcheck.py"
 
 EXPECTED_TOPICS = [
-    "gc.shipment.requests", "gc.enterprises", "gc.region.risk", "gc.pass.decisions",
-    "gc.checkpoint.scans", "gc.pass.status", "gc.deadletter", "gc.pass.keys", "gc.pass.events",
+    "gc.shipment.requests",
+    "gc.enterprises",
+    "gc.region.risk",
+    "gc.pass.decisions",
+    "gc.checkpoint.scans",
+    "gc.pass.status",
+    "gc.deadletter",
+    "gc.pass.keys",
+    "gc.pass.events",
 ]
 # COPY sources allowed to match nothing (BuildKit skips an empty wildcard match).
 OPTIONAL_COPY_GLOBS = {"README.m[d]"}
@@ -64,6 +71,7 @@ OPTIONAL_COPY_GLOBS = {"README.m[d]"}
 # ------------------------------------------------------------------------------------------------
 # Loading and small parsers
 # ------------------------------------------------------------------------------------------------
+
 
 def load_compose() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
@@ -116,8 +124,14 @@ def mounts_of(service: dict) -> list[dict]:
             kind = "bind" if source and (source.startswith((".", "/", "~"))) else "volume"
             out.append({"type": kind, "source": source, "target": target, "read_only": "ro" in mode.split(",")})
         else:
-            out.append({"type": v["type"], "source": v.get("source"), "target": v["target"],
-                        "read_only": bool(v.get("read_only", False))})
+            out.append(
+                {
+                    "type": v["type"],
+                    "source": v.get("source"),
+                    "target": v["target"],
+                    "read_only": bool(v.get("read_only", False)),
+                }
+            )
     return out
 
 
@@ -210,7 +224,7 @@ def greenchannel_invocations(argv: list[str]) -> list[list[str]]:
         i += 1
     if i == len(argv):
         return []
-    program, args = argv[i], argv[i + 1:]
+    program, args = argv[i], argv[i + 1 :]
     if is_greenchannel(program):
         return [args]
     if posixpath.basename(program) in _SHELLS and "-c" in args[:-1]:
@@ -229,8 +243,10 @@ def parse_cli(args: list[str]):
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             return build_parser().parse_args(args)
     except SystemExit as exc:
-        raise AssertionError(f"`greenchannel {shlex.join(args)}` is rejected by streams.cli.build_parser() "
-                             f"(exit {exc.code}): {err.getvalue().strip()}") from None
+        raise AssertionError(
+            f"`greenchannel {shlex.join(args)}` is rejected by streams.cli.build_parser() "
+            f"(exit {exc.code}): {err.getvalue().strip()}"
+        ) from None
 
 
 def uses_project_image(service: dict) -> bool:
@@ -268,6 +284,7 @@ def effective_argvs(service: dict) -> list[list[str]]:
 # Fixtures
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def raw_compose() -> dict:
     return load_compose()
@@ -285,8 +302,11 @@ def services(compose) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def kafka_nodes(services) -> dict[str, dict]:
-    return {name: s for name, s in services.items()
-            if str(s.get("image", "")).startswith("apache/kafka") and "KAFKA_NODE_ID" in env_of(s)}
+    return {
+        name: s
+        for name, s in services.items()
+        if str(s.get("image", "")).startswith("apache/kafka") and "KAFKA_NODE_ID" in env_of(s)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -297,6 +317,7 @@ def schema() -> dict:
 def settings_from(env: dict[str, str]):
     """The project's Settings built from a service's GC_* variables (types validated)."""
     from streams.settings import Settings
+
     fields = {k[3:].lower(): v for k, v in env.items() if k.startswith("GC_")}
     return Settings(_env_file=None, **fields)
 
@@ -304,6 +325,7 @@ def settings_from(env: dict[str, str]):
 # ------------------------------------------------------------------------------------------------
 # Compose Specification schema
 # ------------------------------------------------------------------------------------------------
+
 
 def test_vendored_schema_is_the_compose_specification(schema):
     jsonschema.Draft7Validator.check_schema(schema)
@@ -359,6 +381,7 @@ def test_every_variable_has_a_default(raw_compose):
 # greenchannel invocations against streams.cli.build_parser()
 # ------------------------------------------------------------------------------------------------
 
+
 def test_compose_greenchannel_commands_parse(services):
     seen, failures = {}, []
     for name, service in services.items():
@@ -391,7 +414,9 @@ def test_dockerfile_entrypoint_and_cmd_parse():
 
 def test_invocation_finder_and_parser_catch_mistakes():
     assert greenchannel_invocations(["sh", "-c", "greenchannel keys && exec greenchannel db upgrade"]) == [
-        ["keys"], ["db", "upgrade"]]
+        ["keys"],
+        ["db", "upgrade"],
+    ]
     assert greenchannel_invocations(["/opt/venv/bin/greenchannel", "pass", "show", "P-1"]) == [["pass", "show", "P-1"]]
     assert greenchannel_invocations(["env", "GC_PARTITIONS=12", "greenchannel", "topics"]) == [["topics"]]
     assert greenchannel_invocations(["sh", "-c", "pg_isready -U greenchannel -d greenchannel"]) == []
@@ -404,6 +429,7 @@ def test_invocation_finder_and_parser_catch_mistakes():
 # ------------------------------------------------------------------------------------------------
 # Dockerfile
 # ------------------------------------------------------------------------------------------------
+
 
 def _arg_defaults() -> dict[str, str]:
     defaults = {}
@@ -483,13 +509,14 @@ def test_healthcheck_runs_the_copied_script():
     final = stages()[-1]
     checks = [a for i, a in final if i == "HEALTHCHECK"]
     assert len(checks) == 1 and not checks[0].upper().startswith("NONE")
-    argv = json.loads(checks[0][checks[0].index("CMD") + 3:].strip())  # after the --interval etc. flags
+    argv = json.loads(checks[0][checks[0].index("CMD") + 3 :].strip())  # after the --interval etc. flags
     destinations = {dest for sources, dest in _copies() if "docker/healthcheck.py" in sources}
     assert destinations and destinations & set(argv), "HEALTHCHECK must run the script COPY'd from docker/"
     assert argv[0].startswith("/opt/venv/bin/python")
 
 
 # --- docker/Dockerfile.dockerignore ---------------------------------------------------------------
+
 
 def _ignore_rules() -> list[tuple[bool, re.Pattern]]:
     """(is_exception, regex) per line, following moby/patternmatcher semantics closely enough
@@ -515,7 +542,7 @@ def _ignore_rules() -> list[tuple[bool, re.Pattern]]:
                 regex, i = regex + "[^/]", i + 1
             elif c == "[":
                 end = pattern.index("]", i)
-                regex, i = regex + pattern[i:end + 1], end + 1
+                regex, i = regex + pattern[i : end + 1], end + 1
             else:
                 regex, i = regex + re.escape(c), i + 1
         rules.append((exception, re.compile(regex + r"\Z")))
@@ -547,14 +574,21 @@ def test_dockerignore_keeps_every_copy_source_and_drops_local_state():
                     if not _sent_to_builder(rel, rules):
                         missing.append(rel)
     assert not missing, f"ignored by docker/Dockerfile.dockerignore but needed by COPY: {missing}"
-    for local in (".venv/pyvenv.cfg", ".git/HEAD", "tests/conftest.py", "streams/__pycache__/cli.cpython-311.pyc",
-                  ".greenchannel/greenchannel.db", "greenchannel.egg-info/PKG-INFO"):
+    for local in (
+        ".venv/pyvenv.cfg",
+        ".git/HEAD",
+        "tests/conftest.py",
+        "streams/__pycache__/cli.cpython-311.pyc",
+        ".greenchannel/greenchannel.db",
+        "greenchannel.egg-info/PKG-INFO",
+    ):
         assert not _sent_to_builder(local, rules), f"{local} would be sent to the builder"
 
 
 # ------------------------------------------------------------------------------------------------
 # docker/healthcheck.py
 # ------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def healthcheck():
@@ -599,17 +633,24 @@ def test_healthcheck_web_probe(healthcheck, capsys):
         assert healthcheck.main({"GC_WEB_ENABLED": "true", "GC_WEB_PORT": str(port)}) == 0
     with http_server(503) as port:
         assert healthcheck.main({"GC_WEB_ENABLED": "1", "GC_WEB_PORT": str(port)}) == 1
-    assert healthcheck.main({"GC_WEB_ENABLED": "yes", "GC_WEB_PORT": str(_free_port()),
-                             "GC_HEALTHCHECK_TIMEOUT": "1"}) == 1
+    assert (
+        healthcheck.main({"GC_WEB_ENABLED": "yes", "GC_WEB_PORT": str(_free_port()), "GC_HEALTHCHECK_TIMEOUT": "1"})
+        == 1
+    )
 
 
 def test_healthcheck_as_the_container_runs_it():
     """Exit status of `python -I docker/healthcheck.py`, as the HEALTHCHECK instruction runs it."""
     with http_server(200) as port:
-        env = {"GC_WEB_ENABLED": "true", "GC_WEB_PORT": str(port), "HTTP_PROXY": "http://192.0.2.1:9",
-               "http_proxy": "http://192.0.2.1:9"}
-        done = subprocess.run([sys.executable, "-I", str(HEALTHCHECK_SCRIPT)], env=env,
-                              capture_output=True, text=True, timeout=30)
+        env = {
+            "GC_WEB_ENABLED": "true",
+            "GC_WEB_PORT": str(port),
+            "HTTP_PROXY": "http://192.0.2.1:9",
+            "http_proxy": "http://192.0.2.1:9",
+        }
+        done = subprocess.run(
+            [sys.executable, "-I", str(HEALTHCHECK_SCRIPT)], env=env, capture_output=True, text=True, timeout=30
+        )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -635,6 +676,7 @@ def test_healthcheck_process_fallback(healthcheck, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Kafka cluster
 # ------------------------------------------------------------------------------------------------
+
 
 def _listeners(value: str) -> dict[str, tuple[str, int]]:
     out = {}
@@ -705,13 +747,15 @@ def test_kafka_health_and_storage(kafka_nodes, compose):
 # greenchannel services
 # ------------------------------------------------------------------------------------------------
 
+
 def test_worker_scaling_and_guarantees(services, kafka_nodes):
     worker = services["worker"]
     assert uses_project_image(worker)
     assert int(worker["deploy"]["replicas"]) >= 2
     assert "container_name" not in worker, "a fixed container name prevents replicas"
-    assert not [p for p in worker.get("ports") or [] if ":" in str(p) or isinstance(p, dict)], \
+    assert not [p for p in worker.get("ports") or [] if ":" in str(p) or isinstance(p, dict)], (
         "replicas cannot share a published host port"
+    )
     assert (worker.get("healthcheck") or {}).get("disable") is not True
     env = env_of(worker)
     assert env["GC_PROCESSING_GUARANTEE"] == "exactly_once"
@@ -720,8 +764,10 @@ def test_worker_scaling_and_guarantees(services, kafka_nodes):
     settings = settings_from(env)
     assert settings.web_enabled, "the image's health check needs the Faust web port"
     assert settings.replication_factor <= len(kafka_nodes)
-    advertised = {":".join(map(str, _listeners(env_of(s)["KAFKA_ADVERTISED_LISTENERS"])["SASL_SSL"]))
-                  for s in kafka_nodes.values()}
+    advertised = {
+        ":".join(map(str, _listeners(env_of(s)["KAFKA_ADVERTISED_LISTENERS"])["SASL_SSL"]))
+        for s in kafka_nodes.values()
+    }
     assert set(settings.bootstrap.split(",")) == advertised, "GC_BROKER_URL must name all three brokers"
     assert settings.partitions == int(env_of(next(iter(kafka_nodes.values())))["KAFKA_NUM_PARTITIONS"])
 
@@ -759,8 +805,9 @@ def test_projector_runs_beside_the_worker(services):
     assert "entrypoint" not in projector, "the image's ENTRYPOINT (greenchannel) runs the command"
     assert int(projector["deploy"]["replicas"]) >= 2, "a second projector shares the partitions / stands by"
     assert "container_name" not in projector, "a fixed container name prevents replicas"
-    assert not [p for p in projector.get("ports") or [] if ":" in str(p) or isinstance(p, dict)], \
+    assert not [p for p in projector.get("ports") or [] if ":" in str(p) or isinstance(p, dict)], (
         "replicas cannot share a published host port"
+    )
     assert projector.get("restart") == worker.get("restart") == "unless-stopped"
     assert projector.get("init") is worker.get("init") is True, "SIGTERM must reach the projector (it commits then)"
     assert projector.get("stop_grace_period"), "time to write and commit the batch in hand"
@@ -768,15 +815,26 @@ def test_projector_runs_beside_the_worker(services):
 
 def test_projector_shares_the_workers_settings(services, monkeypatch, made_secrets, compose):
     from streams import projector as projector_module
+
     projector_env, worker_env = env_of(services["projector"]), env_of(services["worker"])
-    for key in ("GC_BROKER_URL", "GC_DATABASE_URL", "GC_APP_ID", "GC_TOPIC_PREFIX", "GC_PARTITIONS",
-                "GC_PROCESSING_GUARANTEE"):
+    for key in (
+        "GC_BROKER_URL",
+        "GC_DATABASE_URL",
+        "GC_APP_ID",
+        "GC_TOPIC_PREFIX",
+        "GC_PARTITIONS",
+        "GC_PROCESSING_GUARANTEE",
+    ):
         assert projector_env.get(key) == worker_env.get(key), key
     assert "GC_APP_ID" in projector_env, "set the app id explicitly: the projector group is named after it"
     settings = mounted(settings_from(projector_env), services["projector"], compose, made_secrets)
     worker_settings = settings_from(worker_env)
     assert (settings.bootstrap, settings.database_url, settings.app_id, settings.topic_prefix) == (
-        worker_settings.bootstrap, worker_settings.database_url, worker_settings.app_id, worker_settings.topic_prefix)
+        worker_settings.bootstrap,
+        worker_settings.database_url,
+        worker_settings.app_id,
+        worker_settings.topic_prefix,
+    )
     assert settings.processing_guarantee == worker_settings.processing_guarantee == "exactly_once"
     # What the projector would do with these settings (the consumer is recorded, not started).
     monkeypatch.setattr(projector_module, "AIOKafkaConsumer", lambda **kwargs: kwargs)
@@ -814,6 +872,7 @@ def test_projector_health_check_needs_no_web_port(services, healthcheck, tmp_pat
 
 def test_topics_job_creates_the_expected_topics(services):
     from streams.handlers import Topics
+
     topics_env, worker_env = env_of(services["topics"]), env_of(services["worker"])
     for key in ("GC_BROKER_URL", "GC_PARTITIONS", "GC_REPLICATION_FACTOR"):
         assert topics_env[key] == worker_env[key], key
@@ -825,6 +884,7 @@ def test_topics_job_creates_the_expected_topics(services):
 
 def test_postgres_and_database_url(services):
     from sqlalchemy.engine import make_url
+
     postgres = services["postgres"]
     assert postgres["image"] == "postgres:16"
     test = postgres["healthcheck"]["test"]
@@ -836,12 +896,16 @@ def test_postgres_and_database_url(services):
         assert url.drivername == "postgresql+psycopg", name
         assert (url.host, url.port) == ("postgres", 5432)
         assert (url.username, url.password, url.database) == (
-            pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"])
+            pg_env["POSTGRES_USER"],
+            pg_env["POSTGRES_PASSWORD"],
+            pg_env["POSTGRES_DB"],
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # Prometheus
 # ------------------------------------------------------------------------------------------------
+
 
 def test_prometheus_scrapes_every_worker_and_projector_where_they_serve_metrics(compose, services):
     prometheus = services["prometheus"]
@@ -851,8 +915,10 @@ def test_prometheus_scrapes_every_worker_and_projector_where_they_serve_metrics(
     scrape = yaml.safe_load(compose["configs"][config["source"]]["content"])
     jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
     assert set(jobs) == {"worker", "projector"}
-    ports = {"worker": int(env_of(services["worker"])["GC_WEB_PORT"]),
-             "projector": int(env_of(services["projector"])["GC_METRICS_PORT"])}
+    ports = {
+        "worker": int(env_of(services["worker"])["GC_WEB_PORT"]),
+        "projector": int(env_of(services["projector"])["GC_METRICS_PORT"]),
+    }
     for name, job in jobs.items():
         [sd] = job["dns_sd_configs"]
         assert sd["names"] == [name] and sd["type"] == "A" and sd["port"] == ports[name], name
@@ -869,6 +935,7 @@ def test_prometheus_scrapes_every_worker_and_projector_where_they_serve_metrics(
 # Security: SASL_SSL listeners only, credentials as secrets, the ACLs of streams/dev/secure.py
 # ------------------------------------------------------------------------------------------------
 
+
 def kafka_properties(env: dict[str, str]) -> dict[str, str]:
     """A node's KAFKA_* variables as the server properties docker/kafka-secure.sh writes."""
     out = {}
@@ -883,8 +950,24 @@ def kafka_properties(env: dict[str, str]) -> dict[str, str]:
 def made_secrets(tmp_path_factory) -> Path:
     """What `python -m streams.dev.secure DIR --host kafka-1 …` makes: the secrets' files."""
     target = tmp_path_factory.mktemp("docker") / "secrets"
-    done = subprocess.run([sys.executable, "-m", "streams.dev.secure", str(target), "--host", "kafka-1", "--host",
-                           "kafka-2", "--host", "kafka-3"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.dev.secure",
+            str(target),
+            "--host",
+            "kafka-1",
+            "--host",
+            "kafka-2",
+            "--host",
+            "kafka-3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return target
 
@@ -925,24 +1008,36 @@ def test_kafka_listens_on_sasl_ssl_only_with_the_authorizer(kafka_nodes):
         assert props["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
         assert set(props["super.users"].split(";")) == {"User:admin", "User:controller"}
         assert props["ssl.keystore.type"] == props["ssl.truststore.type"] == "PEM"
-        assert {props["ssl.keystore.location"], props["ssl.truststore.location"]} == {
-            f"/run/secrets/{s}" for s in ("kafka-keystore", "kafka-ca")} <= {f"/run/secrets/{s}" for s in node["secrets"]}
+        assert (
+            {props["ssl.keystore.location"], props["ssl.truststore.location"]}
+            == {f"/run/secrets/{s}" for s in ("kafka-keystore", "kafka-ca")}
+            <= {f"/run/secrets/{s}" for s in node["secrets"]}
+        )
 
 
 def test_kafka_nodes_match_the_local_secure_cluster(kafka_nodes, made_secrets):
     """The compose nodes and `greenchannel broker --kind kafka --secure` configure security alike."""
     from streams.dev.kafka import secure_listeners
     from streams.dev.secure import SecureDir
+
     local = secure_listeners(SecureDir(made_secrets), 9092, 9093)
-    host_bound = {"listeners", "advertised.listeners", "ssl.keystore.location", "ssl.truststore.location",
-                  "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config", "listener.name.controller.plain.sasl.jaas.config"}
+    host_bound = {
+        "listeners",
+        "advertised.listeners",
+        "ssl.keystore.location",
+        "ssl.truststore.location",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config",
+        "listener.name.controller.plain.sasl.jaas.config",
+    }
     for name, node in kafka_nodes.items():
         props = kafka_properties(env_of(node))
         differ = {k: (v, props.get(k)) for k, v in local.items() if k not in host_bound and props.get(k) != str(v)}
         assert not differ, f"{name}: {differ}"
         script = (DOCKER / "kafka-secure.sh").read_text()
-        for jaas in ("listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config",
-                     "listener.name.controller.plain.sasl.jaas.config"):
+        for jaas in (
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config",
+            "listener.name.controller.plain.sasl.jaas.config",
+        ):
             assert f"{jaas}=" in script, f"docker/kafka-secure.sh does not write {jaas}"
 
 
@@ -954,8 +1049,22 @@ def test_kafka_scripts_parse():
 
 def test_acl_arguments_are_the_table_of_streams_secure(services):
     env = env_of(services["worker"])
-    done = subprocess.run([sys.executable, "-m", "streams.dev.secure", "--acl-args",
-                           "--prefix", env.get("GC_TOPIC_PREFIX", "gc."), "--app-id", env["GC_APP_ID"]], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.dev.secure",
+            "--acl-args",
+            "--prefix",
+            env.get("GC_TOPIC_PREFIX", "gc."),
+            "--app-id",
+            env["GC_APP_ID"],
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     lines = [line for line in (DOCKER / "acls.args").read_text().splitlines() if line and not line.startswith("#")]
     assert lines == done.stdout.splitlines(), "docker/acls.args is stale: python -m streams.dev.secure --acl-args"
@@ -969,6 +1078,7 @@ def test_acl_arguments_are_the_table_of_streams_secure(services):
 
 def test_every_kafka_client_service_is_its_own_principal(services, compose, made_secrets):
     from streams.connection import Connection
+
     principals = {}
     for name, service in services.items():
         env = env_of(service)
@@ -992,8 +1102,12 @@ def test_secrets_stay_out_of_the_repository(compose):
 
 def test_the_made_secrets_are_private_and_name_the_broker_hosts(made_secrets):
     from cryptography import x509
-    for path in [made_secrets / "broker.pem", made_secrets / "credentials.json",
-                 *(made_secrets / "passwords").iterdir()]:
+
+    for path in [
+        made_secrets / "broker.pem",
+        made_secrets / "credentials.json",
+        *(made_secrets / "passwords").iterdir(),
+    ]:
         assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
     cert = x509.load_pem_x509_certificates((made_secrets / "broker.pem").read_bytes())[0]
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -35,15 +35,27 @@ from aiokafka.admin import AIOKafkaAdminClient
 from streams.connection import Connection
 from streams.dev.simulator import Scenario
 from tests.support.factories import until
-from tests.support.faults import (DECIDE_TIMEOUT, Load, assert_passes_clean, decided_now, decision_counts,
-                                  load_enterprises, pass_figures, record, settle, tally, worker_alive,
-                                  worker_killed_mid_stream)
+from tests.support.faults import (
+    DECIDE_TIMEOUT,
+    Load,
+    assert_passes_clean,
+    decided_now,
+    decision_counts,
+    load_enterprises,
+    pass_figures,
+    record,
+    settle,
+    tally,
+    worker_alive,
+    worker_killed_mid_stream,
+)
 from tests.support.system import System, make_broker, start_system
 
 pytestmark = [
     pytest.mark.kafka,
-    pytest.mark.skipif(not (shutil.which("java") and shutil.which("mvn")),
-                       reason="needs java and mvn on PATH to run real Kafka"),
+    pytest.mark.skipif(
+        not (shutil.which("java") and shutil.which("mvn")), reason="needs java and mvn on PATH to run real Kafka"
+    ),
     pytest.mark.timeout(900),
 ]
 
@@ -119,8 +131,12 @@ async def test_single_broker_restart_keeps_every_request(cluster1, tmp_path, fig
         await load_enterprises(system, scenario)
         count = 400
         load = Load(system, scenario, count).start()
-        await until(lambda: decided_now(system, load) >= count // 4, DECIDE_TIMEOUT,
-                    "a quarter of the decisions before the restart", worker_alive(system))
+        await until(
+            lambda: decided_now(system, load) >= count // 4,
+            DECIDE_TIMEOUT,
+            "a quarter of the decisions before the restart",
+            worker_alive(system),
+        )
         await load.pause()  # every request counted as sent has been acknowledged by the broker
         before = list(load.sent)
         decided_at_stop = decided_now(system, load)
@@ -133,23 +149,37 @@ async def test_single_broker_restart_keeps_every_request(cluster1, tmp_path, fig
         await asyncio.to_thread(cluster1.start_node, 0)  # same config and data dir
         restart_s = time.monotonic() - t0
 
-        await until(lambda: len(decision_counts(system, before)) == len(before), DECIDE_TIMEOUT,
-                    f"a decision for each of the {len(before)} requests sent before the stop", worker_alive(system))
+        await until(
+            lambda: len(decision_counts(system, before)) == len(before),
+            DECIDE_TIMEOUT,
+            f"a decision for each of the {len(before)} requests sent before the stop",
+            worker_alive(system),
+        )
         load.resume()
         await load.finished()
-        await until(lambda: len(decision_counts(system, load.sent)) == count, DECIDE_TIMEOUT,
-                    f"a decision for each of {count} requests", worker_alive(system))
+        await until(
+            lambda: len(decision_counts(system, load.sent)) == count,
+            DECIDE_TIMEOUT,
+            f"a decision for each of {count} requests",
+            worker_alive(system),
+        )
         await settle(system, worker_alive(system))
 
         early = tally(decision_counts(system, before), before)
         everything = tally(decision_counts(system, load.sent), load.sent)
         figures = {
-            "nodes": 1, "stop_seconds": round(stop_s, 1), "restart_seconds": round(restart_s, 1),
-            "requests_sent_before_stop": early["sent"], "decided_before_stop": decided_at_stop,
-            "decisions_received_for_those": early["received"], "duplicates_among_those": early["duplicates"],
+            "nodes": 1,
+            "stop_seconds": round(stop_s, 1),
+            "restart_seconds": round(restart_s, 1),
+            "requests_sent_before_stop": early["sent"],
+            "decided_before_stop": decided_at_stop,
+            "decisions_received_for_those": early["received"],
+            "duplicates_among_those": early["duplicates"],
             "missing_among_those": early["missing"],
-            "requests_sent": everything["sent"], "decisions_received": everything["received"],
-            "duplicates": everything["duplicates"], "missing": everything["missing"],
+            "requests_sent": everything["sent"],
+            "decisions_received": everything["received"],
+            "duplicates": everything["duplicates"],
+            "missing": everything["missing"],
             **pass_figures(system, load.sent),
         }
         record(figures_file, "single_broker_restart", figures)
@@ -184,8 +214,12 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
         await load_enterprises(system, scenario)
         count = 400
         load = Load(system, scenario, count, scans=True).start()
-        await until(lambda: decided_now(system, load) >= count // 4, DECIDE_TIMEOUT,
-                    "a quarter of the decisions before the fault", worker_alive(system))
+        await until(
+            lambda: decided_now(system, load) >= count // 4,
+            DECIDE_TIMEOUT,
+            "a quarter of the decisions before the fault",
+            worker_alive(system),
+        )
 
         # The node that coordinates the worker's consumer group (and so holds the leaders of
         # its offsets): the most disruptive one to lose.
@@ -198,14 +232,19 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
         await load.finished()
         after_stop = load.sent[sent_at_stop:]
         deadline = time.monotonic() + DECIDE_TIMEOUT
-        while len(decision_counts(system, load.sent)) < count and time.monotonic() < deadline \
-                and worker_alive(system)():
+        while (
+            len(decision_counts(system, load.sent)) < count and time.monotonic() < deadline and worker_alive(system)()
+        ):
             await asyncio.sleep(0.2)  # polling a condition with a deadline
         all_decided = len(decision_counts(system, load.sent)) == count
         if all_decided:
             await load.send_scans_for(load.approved_unscanned())
-            await until(lambda: len(scan_answer_counts(system, load.scans_sent)) == len(load.scans_sent),
-                        DECIDE_TIMEOUT, f"an answer to each of {len(load.scans_sent)} scans", worker_alive(system))
+            await until(
+                lambda: len(scan_answer_counts(system, load.scans_sent)) == len(load.scans_sent),
+                DECIDE_TIMEOUT,
+                f"an answer to each of {len(load.scans_sent)} scans",
+                worker_alive(system),
+            )
             await settle(system, worker_alive(system))
         else:
             await load.cancel()
@@ -215,13 +254,20 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
         requests = tally(decision_counts(system, load.sent), load.sent)
         scans = tally(scan_answer_counts(system, load.scans_sent), load.scans_sent)
         figures = {
-            "nodes": 3, "stopped_node": stopped, "stop_seconds": round(stop_s, 1),
-            "requests_sent": requests["sent"], "decisions_received": requests["received"],
-            "duplicates": requests["duplicates"], "missing": requests["missing"],
-            "requests_sent_before_stop": sent_at_stop, "decided_before_stop": decided_at_stop,
+            "nodes": 3,
+            "stopped_node": stopped,
+            "stop_seconds": round(stop_s, 1),
+            "requests_sent": requests["sent"],
+            "decisions_received": requests["received"],
+            "duplicates": requests["duplicates"],
+            "missing": requests["missing"],
+            "requests_sent_before_stop": sent_at_stop,
+            "decided_before_stop": decided_at_stop,
             "requests_sent_after_stop": len(after_stop),
-            "scans_sent": scans["sent"], "scan_answers_received": scans["received"],
-            "scan_duplicates": scans["duplicates"], "scans_missing": scans["missing"],
+            "scans_sent": scans["sent"],
+            "scan_answers_received": scans["received"],
+            "scan_duplicates": scans["duplicates"],
+            "scans_missing": scans["missing"],
             **pass_figures(system, load.sent),
         }
         record(figures_file, "three_nodes_broker_stop", figures)
@@ -247,5 +293,3 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
 async def test_worker_killed_mid_stream_decides_each_request_exactly_once(cluster3, tmp_path, figures_file):
     system = await start_system(cluster3, tmp_path, kind="kafka3", prefix=f"fc{uuid.uuid4().hex[:4]}.")
     await worker_killed_mid_stream(system, figures_file, nodes=3)
-
-

@@ -25,14 +25,15 @@ from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
 from streams.connection import Connection
 from streams.settings import Settings
-from tests.support.system import ROOT, Client, Tap, make_broker, start_station, start_system, stop_processes
-from tests.support.faults import worker_killed_mid_stream
 from tests.support.factories import station_request, until
+from tests.support.faults import worker_killed_mid_stream
+from tests.support.system import ROOT, Client, Tap, make_broker, start_station, start_system, stop_processes
 
 pytestmark = [
     pytest.mark.secure,
-    pytest.mark.skipif(not (shutil.which("java") and shutil.which("mvn")),
-                       reason="needs java and mvn on PATH to run real Kafka"),
+    pytest.mark.skipif(
+        not (shutil.which("java") and shutil.which("mvn")), reason="needs java and mvn on PATH to run real Kafka"
+    ),
     pytest.mark.timeout(900),
 ]
 
@@ -74,17 +75,25 @@ async def test_a_plain_text_client_is_refused(broker, secure_system):
 
 async def test_a_tls_client_without_credentials_is_refused(broker, secure_system):
     tls = broker.connection_as("operator")
-    await refused_at_connect({**Connection(broker.bootstrap).kwargs(), "security_protocol": "SSL",
-                              "ssl_context": tls.ssl_context()})
+    await refused_at_connect(
+        {**Connection(broker.bootstrap).kwargs(), "security_protocol": "SSL", "ssl_context": tls.ssl_context()}
+    )
     # The TLS handshake itself was good: the same client with its credentials is let in.
-    await send_as(tls, secure_system.topics.risk, {"adcode": "11", "level": "low",
-                                                   "effective_at": "2020-01-01T00:00:00Z"}, key="11")
+    await send_as(
+        tls,
+        secure_system.topics.risk,
+        {"adcode": "11", "level": "low", "effective_at": "2020-01-01T00:00:00Z"},
+        key="11",
+    )
 
 
 async def test_a_wrong_password_is_refused(broker, secure_system):
     await refused_at_connect(broker.connection_as("firm-demo", password="not-the-password").kwargs())
-    await until(broker_log_has(broker, "invalid credentials with SASL mechanism SCRAM-SHA-512"), 30,
-                "the broker's log of the failed authentication")
+    await until(
+        broker_log_has(broker, "invalid credentials with SASL mechanism SCRAM-SHA-512"),
+        30,
+        "the broker's log of the failed authentication",
+    )
 
 
 # --- the ACLs ----------------------------------------------------------------------------------
@@ -125,8 +134,14 @@ async def test_a_checkpoint_cannot_submit_requests(broker, secure_system):
 
 async def test_a_firm_cannot_mark_a_pass_scanned(broker, secure_system):
     s = secure_system
-    scan = {"scan_id": f"forged-{uuid.uuid4().hex[:6]}", "checkpoint_id": "DST-440305", "pass_id": "330106000001",
-            "plate": "浙A12345", "kind": "arrival", "scanned_at": "2020-02-25T07:52:00Z"}
+    scan = {
+        "scan_id": f"forged-{uuid.uuid4().hex[:6]}",
+        "checkpoint_id": "DST-440305",
+        "pass_id": "330106000001",
+        "plate": "浙A12345",
+        "kind": "arrival",
+        "scanned_at": "2020-02-25T07:52:00Z",
+    }
     with pytest.raises(TopicAuthorizationFailedError):
         await send_as(broker.connection_as("firm-demo"), s.topics.scans, scan, key=scan["pass_id"])
 
@@ -140,13 +155,17 @@ async def test_the_pipeline_end_to_end_with_every_component_authenticated(broker
     request_file.write_text(json.dumps(body, ensure_ascii=False))
     submitted = s.cli("request", "submit", str(request_file), "--wait", str(TIMEOUT), principal="firm-demo")
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    decision = (await s.tap.wait_for(s.topics.decisions, lambda m: m.key == body["shipment_id"].encode(),
-                                     timeout=TIMEOUT))[0].json
+    decision = (
+        await s.tap.wait_for(s.topics.decisions, lambda m: m.key == body["shipment_id"].encode(), timeout=TIMEOUT)
+    )[0].json
     assert decision["decision"] == "approved", decision
     pass_ = decision["pass"]
     assert pass_["pass_id"] in submitted.stdout
-    await s.tap.wait_for(s.topics.status, lambda m: m.json["pass_id"] == pass_["pass_id"]
-                         and m.json["status"] == "issued", timeout=TIMEOUT)
+    await s.tap.wait_for(
+        s.topics.status,
+        lambda m: m.json["pass_id"] == pass_["pass_id"] and m.json["status"] == "issued",
+        timeout=TIMEOUT,
+    )
 
     # A checkpoint station, as checkpoint-demo, reads the pass and records the truck's arrival.
     checkpoint_id = pass_["route"]["checkpoints"][0]["checkpoint_id"]
@@ -157,11 +176,20 @@ async def test_the_pipeline_end_to_end_with_every_component_authenticated(broker
 
             async def station_knows_the_pass():
                 return any(a.get("pass_id") == pass_["pass_id"] for a in (await client.state())["arrivals"])
+
             await until(station_knows_the_pass, TIMEOUT, "the pass at the station", lambda: station.proc.poll() is None)
-            scan = await client.post("api/scan", {"kind": "arrival", "pass_id": pass_["pass_id"],
-                                                  "plate": pass_["plate"], "checkpoint_id": checkpoint_id})
-        status = await s.tap.wait_for(s.topics.status, lambda m: m.json["cause"] == f"scan:{scan['scan_id']}",
-                                      timeout=TIMEOUT)
+            scan = await client.post(
+                "api/scan",
+                {
+                    "kind": "arrival",
+                    "pass_id": pass_["pass_id"],
+                    "plate": pass_["plate"],
+                    "checkpoint_id": checkpoint_id,
+                },
+            )
+        status = await s.tap.wait_for(
+            s.topics.status, lambda m: m.json["cause"] == f"scan:{scan['scan_id']}", timeout=TIMEOUT
+        )
         assert status[0].json["status"] == "at_checkpoint", status[0].json
     finally:
         stop_processes([station.proc])
@@ -170,8 +198,13 @@ async def test_the_pipeline_end_to_end_with_every_component_authenticated(broker
     async def projected():
         shown = await asyncio.to_thread(s.cli, "pass", "show", pass_["pass_id"])
         return shown.returncode == 0 and "at_checkpoint" in shown.stdout
-    await until(projected, TIMEOUT, "the pass and its scan in the projector's database",
-                lambda: all(p.poll() is None for p in s.projectors))
+
+    await until(
+        projected,
+        TIMEOUT,
+        "the pass and its scan in the projector's database",
+        lambda: all(p.poll() is None for p in s.projectors),
+    )
 
 
 # --- a fault, on a secure cluster --------------------------------------------------------------
@@ -195,23 +228,37 @@ async def test_worker_killed_mid_stream_on_a_secure_cluster(secure3, tmp_path, t
 async def test_the_secure_broker_command_writes_client_files_that_work(tmp_path):
     """`greenchannel broker --kind kafka --secure`: the client files it names connect each principal
     with its own rights; a second run reuses the credentials."""
+
     def run_broker(log_name: str) -> subprocess.Popen:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GC_")} | {"GC_DATA_DIR": str(tmp_path)}
         with open(tmp_path / log_name, "wb") as log:
-            return subprocess.Popen([sys.executable, "-m", "streams.cli", "broker", "--kind", "kafka", "--secure",
-                                     "--port", "0"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "broker", "--kind", "kafka", "--secure", "--port", "0"],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def settings_of(principal: str) -> Settings:
         lines = (tmp_path / "secure" / "clients" / f"{principal}.env").read_text().splitlines()
-        return Settings(_env_file=None, **{k[3:].lower(): v for k, v in (line.split("=", 1) for line in lines
-                                                                         if line and not line.startswith("#"))})
+        return Settings(
+            _env_file=None,
+            **{
+                k[3:].lower(): v for k, v in (line.split("=", 1) for line in lines if line and not line.startswith("#"))
+            },
+        )
 
     passwords = []
     for attempt in ("broker1.log", "broker2.log"):
         proc = run_broker(attempt)
         try:
-            await until(lambda: "broker ready at" in (tmp_path / attempt).read_text(errors="replace"), TIMEOUT,
-                        "the secure broker", lambda: proc.poll() is None)
+            await until(
+                lambda attempt=attempt: "broker ready at" in (tmp_path / attempt).read_text(errors="replace"),
+                TIMEOUT,
+                "the secure broker",
+                lambda proc=proc: proc.poll() is None,
+            )
             assert "client settings, one file per principal, in" in (tmp_path / attempt).read_text()
             firm, operator = settings_of("firm-demo"), settings_of("operator")
             assert os.stat(tmp_path / "secure" / "clients" / "firm-demo.env").st_mode & 0o077 == 0

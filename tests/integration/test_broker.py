@@ -8,15 +8,20 @@ import sys
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.dev.broker import free_port
 from streams.connection import Connection
+from streams.dev.broker import free_port
 from tests.support.system import ROOT
 
 
 def test_broker_command_serves_kafka_and_stops_cleanly():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "broker", "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "broker", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # blocks until the command says it is ready
         assert line.strip() == f"broker ready at kafka://127.0.0.1:{port}", line
@@ -26,8 +31,9 @@ def test_broker_command_serves_kafka_and_stops_cleanly():
             await producer.start()
             await producer.send_and_wait("probe", b"hello", key=b"k")
             await producer.stop()
-            consumer = AIOKafkaConsumer("probe", **Connection(f"127.0.0.1:{port}").kwargs(),
-                                        auto_offset_reset="earliest")
+            consumer = AIOKafkaConsumer(
+                "probe", **Connection(f"127.0.0.1:{port}").kwargs(), auto_offset_reset="earliest"
+            )
             await consumer.start()
             try:
                 message = await asyncio.wait_for(consumer.getone(), 30)

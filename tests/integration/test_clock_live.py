@@ -7,19 +7,17 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.passes import kafka_partition
 from models.records import parse_time
-from streams.handlers import clock_command
 from streams.dev.simulator import Scenario
-
-from tests.support.system import PARTITIONS, start_system
+from streams.handlers import clock_command
 from tests.support.factories import until
-
+from tests.support.system import PARTITIONS, start_system
 
 RETENTION = timedelta(days=7)  # the default (GC_PASS_RETENTION_DAYS)
 
@@ -32,8 +30,7 @@ def wuhan_to_guangzhou(n: int) -> dict:
 
 async def tick(system, at: datetime, partition: int) -> None:
     """What a worker's clock sends (GC_CLOCK_SECONDS), at a time of the scenario's."""
-    await system.producer.send_and_wait(system.topics.pass_events, clock_command(at), key=b"clock",
-                                        partition=partition)
+    await system.producer.send_and_wait(system.topics.pass_events, clock_command(at), key=b"clock", partition=partition)
 
 
 def pass_view(system, pass_id: str) -> tuple[int, dict]:
@@ -57,11 +54,15 @@ async def test_a_pass_expires_by_the_clock_leaves_after_the_retention_and_the_re
     assert pid.encode() in {m.key for m in s.tap.where(s.topics.status)}  # issued
 
     await tick(s, ends + timedelta(seconds=1), home)
-    [expired] = await s.tap.wait_for(s.topics.status, lambda m: m.key == pid.encode()
-                                     and orjson.loads(m.value)["status"] == "expired")
+    [expired] = await s.tap.wait_for(
+        s.topics.status, lambda m: m.key == pid.encode() and orjson.loads(m.value)["status"] == "expired"
+    )
     event = orjson.loads(expired.value)
-    assert (event["reason"], event["at"], event["cause"]) == ("validity_ended", the_pass["valid_until"],
-                                                              f"clock:{the_pass['valid_until']}")
+    assert (event["reason"], event["at"], event["cause"]) == (
+        "validity_ended",
+        the_pass["valid_until"],
+        f"clock:{the_pass['valid_until']}",
+    )
     assert dict(expired.headers)["ce_id"].startswith(f"status/{pid}/".encode())
     code, state = await asyncio.to_thread(pass_view, s, pid)
     assert (code, state["status"]) == (200, "expired")
@@ -97,7 +98,7 @@ async def test_a_pass_expires_by_the_clock_leaves_after_the_retention_and_the_re
 async def test_the_worker_clock_ticks_every_partition_it_owns(broker, tmp_path):
     """A worker with GC_CLOCK_SECONDS set sends a tick of the time now to each partition it owns."""
     s = await start_system(broker, tmp_path, prefix="clockticks.", env={"GC_CLOCK_SECONDS": "0.5"})
-    started = datetime.now(timezone.utc) - timedelta(seconds=1)
+    started = datetime.now(UTC) - timedelta(seconds=1)
     consumer = AIOKafkaConsumer(**s.connection.kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
@@ -115,7 +116,7 @@ async def test_the_worker_clock_ticks_every_partition_it_owns(broker, tmp_path):
                         continue
                     assert command["kind"] == "clock" and r.key == b"clock"
                     ticked[tp.partition] = parse_time(command["at"])
-        assert all(started <= at <= datetime.now(timezone.utc) for at in ticked.values())
+        assert all(started <= at <= datetime.now(UTC) for at in ticked.values())
     finally:
         await consumer.stop()
         await s.close()

@@ -25,13 +25,17 @@ def system(own_system):
 async def test_import_publishes_exactly_the_good_rows_and_names_the_bad_ones(system, tmp_path):
     a, b, c, d = codes(uuid.uuid4().int, 4)
     path = tmp_path / "key-list.csv"
-    path.write_text("credit_code,name\n"
-                    f"{a},甲厂\n{bad_check(b)},乙厂\n{c},丙厂\n{a},甲厂又一行\n{d},丁厂\n", encoding="utf-8-sig")
+    path.write_text(
+        f"credit_code,name\n{a},甲厂\n{bad_check(b)},乙厂\n{c},丙厂\n{a},甲厂又一行\n{d},丁厂\n", encoding="utf-8-sig"
+    )
     dry = system.cli("enterprises", "import", str(path), "--dry-run")
     assert dry.returncode == 1 and "would send 3 firms" in dry.stdout
     done = system.cli("enterprises", "import", str(path))
     assert done.returncode == 1, done.stderr
-    assert f"{path}:3: credit_code check character" in done.stderr and f"{path}:5: credit_code {a} repeats line 2" in done.stderr
+    assert (
+        f"{path}:3: credit_code check character" in done.stderr
+        and f"{path}:5: credit_code {a} repeats line 2" in done.stderr
+    )
     assert "sent 3 firms" in done.stdout and "(lines 3, 5)" in done.stdout
     await system.tap.caught_up([system.topics.enterprises])
     mine = {a, b, bad_check(b), c, d}
@@ -95,8 +99,14 @@ async def test_request_submit_exits_0_approved_1_rejected_2_invalid(system, tmp_
     assert "route " in yes.stdout and "valid 2020-" in yes.stdout
     no = system.cli("request", "submit", str(tmp_path / "rejected.json"))
     assert no.returncode == 1 and "REJECTED" in no.stdout and "outside every priority class" in no.stdout, no.stdout
-    again = subprocess.run([sys.executable, "-m", "streams.cli", "request", "submit", "-"], input=orjson.dumps(approved),
-                           env=system.env, cwd=ROOT, capture_output=True, timeout=120)  # from standard input
+    again = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "request", "submit", "-"],
+        input=orjson.dumps(approved),
+        env=system.env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )  # from standard input
     assert again.returncode == 0 and f"pass number {decision['pass']['pass_id']}".encode() in again.stdout
     bad = system.cli("request", "submit", str(tmp_path / "invalid.json"))
     assert bad.returncode == 2 and "'driver' is a required property" in bad.stderr

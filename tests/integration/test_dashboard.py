@@ -34,8 +34,13 @@ async def dashboard(system):
     port = free_port()
     log_path = system.data_dir / "dashboard.log"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "dashboard", "--port", str(port)],
-                                env=system.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "dashboard", "--port", str(port)],
+            env=system.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while True:
@@ -75,7 +80,8 @@ async def test_the_map_draws_the_regions_and_wuhan_turns_high_risk_without_a_rel
     regions = await page.evaluate("gc.map.getOption().series[0].data.length")
     assert regions > 360
     painted = await page.evaluate("""() => {
-      const c = gc.map.getDom().querySelector('canvas'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      const c = gc.map.getDom().querySelector('canvas');
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
       let n = 0; for (let i = 3; i < d.length; i += 4 * 7) if (d[i] > 0) n++; return n; }""")
     assert painted > 10_000  # regions drawn on the canvas, not an empty one
     await page.evaluate("window.__sameDocument = true")
@@ -88,7 +94,7 @@ async def test_the_map_draws_the_regions_and_wuhan_turns_high_risk_without_a_rel
     await page.wait_for_function("gc.levels['420100'] === 2", timeout=30_000)
     wuhan = await page.evaluate(WUHAN_VISUAL)
     assert wuhan["value"] == 2 and wuhan["colour"] == HIGH, wuhan
-    assert abs(wuhan["pixel"][0] - 0xd7) < 12 and abs(wuhan["pixel"][1] - 0x30) < 12, wuhan  # red on screen
+    assert abs(wuhan["pixel"][0] - 0xD7) < 12 and abs(wuhan["pixel"][1] - 0x30) < 12, wuhan  # red on screen
     assert await page.evaluate("window.__sameDocument === true")  # no reload happened
     assert "武汉市" in await page.inner_text("#declared")
 
@@ -109,14 +115,26 @@ async def test_the_board_shows_the_dwell_after_scans_and_search_shows_the_timeli
     cp = the_pass["route"]["checkpoints"][0]
     eta = datetime.fromisoformat(cp["eta"])
     base = {"checkpoint_id": cp["checkpoint_id"], "pass_id": the_pass["pass_id"], "plate": the_pass["plate"]}
-    scans = [{**base, "scan_id": f"{the_pass['pass_id']}-a", "kind": "arrival", "token": the_pass["token"],
-              "scanned_at": format_time(eta)},
-             {**base, "scan_id": f"{the_pass['pass_id']}-d", "kind": "departure",
-              "scanned_at": format_time(eta + timedelta(minutes=20))}]
+    scans = [
+        {
+            **base,
+            "scan_id": f"{the_pass['pass_id']}-a",
+            "kind": "arrival",
+            "token": the_pass["token"],
+            "scanned_at": format_time(eta),
+        },
+        {
+            **base,
+            "scan_id": f"{the_pass['pass_id']}-d",
+            "kind": "departure",
+            "scanned_at": format_time(eta + timedelta(minutes=20)),
+        },
+    ]
     for scan in scans:
         await system.send(system.topics.scans, scan, key=the_pass["pass_id"])
-    await system.tap.wait_for(system.topics.status, lambda m: m.key == the_pass["pass_id"].encode()
-                              and m.json.get("dwell_seconds") == 1200.0)
+    await system.tap.wait_for(
+        system.topics.status, lambda m: m.key == the_pass["pass_id"].encode() and m.json.get("dwell_seconds") == 1200.0
+    )
 
     await open_dashboard(page, dashboard)
     row = f'#board tr[data-checkpoint="{cp["checkpoint_id"]}"]'
@@ -132,8 +150,16 @@ async def test_the_board_shows_the_dwell_after_scans_and_search_shows_the_timeli
     card = f'#result .pass-card:has-text("{the_pass["pass_id"]}")'
     await page.wait_for_selector(card, timeout=10_000)
     text = await page.inner_text(card)
-    for expected in ("issued", "at_checkpoint", "in_transit", cp["checkpoint_id"], "20.0 min", "over 15 min",
-                     body["shipment_id"], "拉萨市"):
+    for expected in (
+        "issued",
+        "at_checkpoint",
+        "in_transit",
+        cp["checkpoint_id"],
+        "20.0 min",
+        "over 15 min",
+        body["shipment_id"],
+        "拉萨市",
+    ):
         assert expected in text, (expected, text)
     for query in (the_pass["pass_id"], body["shipment_id"]):
         await page.fill("#q", query)
@@ -144,9 +170,24 @@ async def test_the_board_shows_the_dwell_after_scans_and_search_shows_the_timeli
 async def test_beyond_loopback_the_page_and_its_assets_open_with_the_token_only(page, system):
     port, log_path = free_port(), system.data_dir / "dashboard-token.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "dashboard", "--host", "0.0.0.0", "--port",
-                                 str(port), "--token", "s3cret"], env=system.env, cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streams.cli",
+                "dashboard",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(port),
+                "--token",
+                "s3cret",
+            ],
+            env=system.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         said = f"dashboard at http://0.0.0.0:{port}/?token=s3cret"
         deadline = time.monotonic() + 60

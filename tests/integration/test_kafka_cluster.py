@@ -23,10 +23,12 @@ from tests.support.system import BROKER_KIND
 
 pytestmark = [
     pytest.mark.kafka,
-    pytest.mark.skipif(not (shutil.which("java") and shutil.which("mvn")),
-                       reason="needs java and mvn on PATH to run real Kafka"),
-    pytest.mark.skipif(BROKER_KIND == "kafka3", reason="starts Apache Kafka clusters of its own: runs once, "
-                                                         "in the kafka lane"),
+    pytest.mark.skipif(
+        not (shutil.which("java") and shutil.which("mvn")), reason="needs java and mvn on PATH to run real Kafka"
+    ),
+    pytest.mark.skipif(
+        BROKER_KIND == "kafka3", reason="starts Apache Kafka clusters of its own: runs once, in the kafka lane"
+    ),
 ]
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
@@ -60,12 +62,16 @@ async def until(predicate, timeout: float, what: str, interval: float = 0.2):
         await asyncio.sleep(interval)
 
 
-async def consume(bootstrap: str, topic: str, count: int, timeout: float = 30,
-                  **kwargs) -> list[bytes]:
+async def consume(bootstrap: str, topic: str, count: int, timeout: float = 30, **kwargs) -> list[bytes]:
     """Read ``count`` values of ``topic`` from the beginning (own group)."""
     consumer = AIOKafkaConsumer(
-        topic, **Connection(bootstrap).kwargs(), auto_offset_reset="earliest",
-        group_id=f"g-{uuid.uuid4().hex[:8]}", enable_auto_commit=False, **kwargs)
+        topic,
+        **Connection(bootstrap).kwargs(),
+        auto_offset_reset="earliest",
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        **kwargs,
+    )
     await consumer.start()
     values: list[bytes] = []
     try:
@@ -133,7 +139,6 @@ class TestSingleNode:
             await producer.stop()
         assert await consume(single.bootstrap, "plain", 5) == [f"m{i}".encode() for i in range(5)]
 
-
     async def test_transactions(self, single):
         bootstrap = single.bootstrap
         admin = AIOKafkaAdminClient(**Connection(bootstrap).kwargs())
@@ -154,11 +159,17 @@ class TestSingleNode:
         # Consume-transform-produce as Faust's exactly_once does: output records
         # and the input offsets commit in one transaction.
         group = "tx-group"
-        consumer = AIOKafkaConsumer("tx-in", **Connection(bootstrap).kwargs(), group_id=group,
-                                    auto_offset_reset="earliest", enable_auto_commit=False,
-                                    isolation_level="read_committed")
-        producer = AIOKafkaProducer(**Connection(bootstrap).kwargs(), transactional_id="gc-tx-1",
-                                    enable_idempotence=True)
+        consumer = AIOKafkaConsumer(
+            "tx-in",
+            **Connection(bootstrap).kwargs(),
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        producer = AIOKafkaProducer(
+            **Connection(bootstrap).kwargs(), transactional_id="gc-tx-1", enable_idempotence=True
+        )
         await consumer.start()
         await producer.start()
         try:
@@ -190,8 +201,7 @@ class TestSingleNode:
         got = await consume(bootstrap, "tx-out", 4, isolation_level="read_committed")
         assert got == [b"out0", b"out1", b"out2", b"last"]
 
-        check = AIOKafkaConsumer(**Connection(bootstrap).kwargs(), group_id=group,
-                                 enable_auto_commit=False)
+        check = AIOKafkaConsumer(**Connection(bootstrap).kwargs(), group_id=group, enable_auto_commit=False)
         await check.start()
         try:
             assert await check.committed(TopicPartition("tx-in", 0)) == 3
@@ -214,9 +224,19 @@ async def run_main(workdir: Path, *args: str):
     """``python -m streams.dev.kafka``: return (process, bootstrap line)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streams.dev.kafka", "--nodes", "1", "--workdir", str(workdir),
-        *args, cwd=REPO, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "streams.dev.kafka",
+        "--nodes",
+        "1",
+        "--workdir",
+        str(workdir),
+        *args,
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     line = await asyncio.wait_for(proc.stdout.readline(), 120)
     bootstrap = line.decode().strip()
     if not bootstrap.startswith("127.0.0.1:"):
@@ -282,16 +302,15 @@ async def test_three_nodes_survive_one_node_down(jars):
                 (topic,) = await admin.describe_topics(["rep3"])
                 parts = topic["partitions"]
                 return len(parts) == 3 and all(
-                    sorted(p["replicas"]) == [0, 1, 2] and sorted(p["isr"]) == [0, 1, 2]
-                    for p in parts)
+                    sorted(p["replicas"]) == [0, 1, 2] and sorted(p["isr"]) == [0, 1, 2] for p in parts
+                )
 
             await until(fully_replicated, 30, "rep3 to have 3 in-sync replicas")
         finally:
             await admin.close()
 
         async def produce(values):
-            producer = AIOKafkaProducer(**Connection(bootstrap).kwargs(), acks="all",
-                                        enable_idempotence=True)
+            producer = AIOKafkaProducer(**Connection(bootstrap).kwargs(), acks="all", enable_idempotence=True)
             await producer.start()
             try:
                 for v in values:

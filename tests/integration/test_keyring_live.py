@@ -10,7 +10,7 @@ import json
 import re
 import urllib.request
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 import orjson
@@ -19,9 +19,8 @@ from models.passes import unverified_claims, verify_token
 from models.records import format_time
 from streams.dev.broker import free_port
 from streams.keys import KeyDir, load_keyring
-
-from tests.support.system import start_station, stop_processes
 from tests.support.factories import STATION_TIMEOUT, decided, station_request, until
+from tests.support.system import start_station, stop_processes
 
 
 def keys_view(system) -> list[dict]:
@@ -34,12 +33,22 @@ def keys_view(system) -> list[dict]:
 async def scanned(system, the_pass: dict, token: str) -> dict:
     """An arrival at the pass's first checkpoint now, showing `token`; the worker's answer."""
     scan_id = f"kr-{uuid.uuid4().hex[:10]}"
-    await system.send(system.topics.scans, {
-        "scan_id": scan_id, "checkpoint_id": the_pass["route"]["checkpoints"][0]["checkpoint_id"],
-        "pass_id": the_pass["pass_id"], "plate": the_pass["plate"], "kind": "arrival",
-        "scanned_at": format_time(datetime.now(timezone.utc)), "token": token}, key=the_pass["pass_id"])
-    [answer] = await system.tap.wait_for(system.topics.status, lambda m: m.json["cause"] == f"scan:{scan_id}",
-                                         timeout=STATION_TIMEOUT)
+    await system.send(
+        system.topics.scans,
+        {
+            "scan_id": scan_id,
+            "checkpoint_id": the_pass["route"]["checkpoints"][0]["checkpoint_id"],
+            "pass_id": the_pass["pass_id"],
+            "plate": the_pass["plate"],
+            "kind": "arrival",
+            "scanned_at": format_time(datetime.now(UTC)),
+            "token": token,
+        },
+        key=the_pass["pass_id"],
+    )
+    [answer] = await system.tap.wait_for(
+        system.topics.status, lambda m: m.json["cause"] == f"scan:{scan_id}", timeout=STATION_TIMEOUT
+    )
     return answer.json
 
 
@@ -62,10 +71,13 @@ async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own
     new_kid = re.search(r"new key ([0-9a-f]{16})", rotated.stdout).group(1)
     assert (keys / f"{new_kid}.key").exists()
     # The worker signs with it once its ring has the record (requests after it are decided as of now).
-    await until(lambda: any(k["kid"] == new_kid and k["signs"] for k in keys_view(system)), STATION_TIMEOUT,
-                "the worker's ring to take the rotated key")
+    await until(
+        lambda: any(k["kid"] == new_kid and k["signs"] for k in keys_view(system)),
+        STATION_TIMEOUT,
+        "the worker's ring to take the rotated key",
+    )
     body = station_request("P0")
-    body["submitted_at"] = format_time(datetime.now(timezone.utc))
+    body["submitted_at"] = format_time(datetime.now(UTC))
     new = (await decided(system, body))["pass"]
     ring = load_keyring([keys])
     assert verify_token(new["token"], ring)["kid"] == new_kid
@@ -76,8 +88,9 @@ async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own
     withdrawn = system.cli("keys", "withdraw", first)
     assert withdrawn.returncode == 0, withdrawn.stderr
     cause = f"key:{first}:withdrawn:"
-    reissues = await system.tap.wait_for(system.topics.status, lambda m: m.json["cause"].startswith(cause),
-                                         timeout=STATION_TIMEOUT)
+    reissues = await system.tap.wait_for(
+        system.topics.status, lambda m: m.json["cause"].startswith(cause), timeout=STATION_TIMEOUT
+    )
     assert {m.json["pass_id"] for m in reissues} == {old["pass_id"]}  # the other pass has the new key
     reissue = reissues[0].json
     assert (reissue["status"], reissue["reason"]) == ("at_checkpoint", "token_reissued")
@@ -91,8 +104,11 @@ async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own
     here = old["route"]["checkpoints"][0]["checkpoint_id"]
     station = start_station(system.env, tmp_path, [here], keys / "pass-signing.pub").ready()
     try:
-        answer = await until(_refused(station.url, old["token"], here), STATION_TIMEOUT,
-                             "the station to refuse the withdrawn key's token")
+        answer = await until(
+            _refused(station.url, old["token"], here),
+            STATION_TIMEOUT,
+            "the station to refuse the withdrawn key's token",
+        )
         assert answer["reason"] == "key_withdrawn"
     finally:
         stop_processes([station.proc])
@@ -117,4 +133,5 @@ def _refused(url: str, token: str, checkpoint_id: str):
     async def check():
         answer = await station_says(url, token, checkpoint_id)
         return answer if answer["reason"] == "key_withdrawn" else None
+
     return check

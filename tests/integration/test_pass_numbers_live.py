@@ -12,13 +12,13 @@ from collections import Counter
 import orjson
 from sqlmodel import Session, select
 
-from models.store.db import make_engine
 from models.passes import kafka_partition
 from models.records import parse_time
+from models.store.db import make_engine
 from models.store.tables import Pass
 from streams.dev.simulator import Scenario
-from tests.support.system import PARTITIONS, ROOT
 from tests.support.factories import CITIES_WITHOUT_COUNTIES
+from tests.support.system import PARTITIONS, ROOT
 
 
 def _requests(origin: str, count: int, seed: int, **over) -> list[dict]:
@@ -62,15 +62,20 @@ async def test_two_thousand_requests_from_one_county_get_distinct_passes(system)
     pass_ids = {p["pass_id"] for p in passes.values()}
     assert len(pass_ids) == 2000
     # Each pass lives on its request's partition.
-    assert all(kafka_partition(p["pass_id"].encode(), PARTITIONS) == kafka_partition(sid.encode(), PARTITIONS)
-               for sid, p in passes.items())
+    assert all(
+        kafka_partition(p["pass_id"].encode(), PARTITIONS) == kafka_partition(sid.encode(), PARTITIONS)
+        for sid, p in passes.items()
+    )
 
     wanted = {pid.encode() for pid in pass_ids}
-    await system.tap.wait_for(system.topics.status, lambda m: m.key in wanted and m.json["status"] == "issued",
-                              2000, timeout=300)
+    await system.tap.wait_for(
+        system.topics.status, lambda m: m.key in wanted and m.json["status"] == "issued", 2000, timeout=300
+    )
     await system.tap.caught_up([system.topics.status, system.topics.deadletter])
-    issued = Counter(m.key.decode() for m in system.tap.where(
-        system.topics.status, lambda m: m.key in wanted and m.json["status"] == "issued"))
+    issued = Counter(
+        m.key.decode()
+        for m in system.tap.where(system.topics.status, lambda m: m.key in wanted and m.json["status"] == "issued")
+    )
     assert set(issued) == pass_ids and set(issued.values()) == {1}
     assert not system.tap.where(system.topics.deadletter, lambda m: m.key in wanted)
 
@@ -82,9 +87,16 @@ async def test_two_thousand_requests_from_one_county_get_distinct_passes(system)
         await asyncio.sleep(0.2)  # polling a condition with a deadline
     for sid, p in passes.items():
         row = rows[p["pass_id"]]
-        assert (row.shipment_id, row.plate, row.priority, row.issuer, row.trip, row.toll_exempt, row.token,
-                row.route) == (sid, p["plate"], p["priority"], p["issuer"], p["trip"], p["toll_exempt"], p["token"],
-                               p["route"])
+        assert (
+            row.shipment_id,
+            row.plate,
+            row.priority,
+            row.issuer,
+            row.trip,
+            row.toll_exempt,
+            row.token,
+            row.route,
+        ) == (sid, p["plate"], p["priority"], p["issuer"], p["trip"], p["toll_exempt"], p["token"], p["route"])
         assert _same_instant(row.valid_from, p["valid_from"]) and _same_instant(row.valid_until, p["valid_until"])
 
 
@@ -104,8 +116,9 @@ async def test_requests_from_and_to_each_city_without_counties_are_approved(syst
 
 async def test_a_worker_refuses_a_partition_count_other_than_the_topics(system):
     env = {**system.env, "GC_PARTITIONS": str(PARTITIONS + 1)}
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "topics"], env=env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "topics"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1
     assert f"GC_PARTITIONS={PARTITIONS + 1}, but the topics have other partition counts" in result.stderr
     assert f"{system.topics.requests} {PARTITIONS}" in result.stderr

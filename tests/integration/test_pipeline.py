@@ -13,11 +13,9 @@ import pytest
 
 from models.passes import verify_token
 from models.records import format_time, parse_time
-from streams.keys import load_public_key
 from streams.dev.simulator import Scenario, scans_for
-
+from streams.keys import load_public_key
 from tests.support.factories import load_key_enterprises
-
 
 CE_HEADERS = {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "content-type"}
 
@@ -48,13 +46,15 @@ async def test_every_request_ends_as_exactly_one_decision_or_dead_letter(system,
     # A malformed value ends as a dead letter, or as a rejection naming its fields when it is
     # a JSON object and the key gives the shipment id: one or the other, exactly once.
     bad = {k.encode() for k in bad_keys}
-    await system.tap.wait_for(None, lambda m: m.key in bad and m.topic in (system.topics.deadletter,
-                                                                          system.topics.decisions), len(bad))
+    await system.tap.wait_for(
+        None, lambda m: m.key in bad and m.topic in (system.topics.deadletter, system.topics.decisions), len(bad)
+    )
     decided = decisions_for(system, ids)
 
     assert Counter(m.key for m in decided) == Counter(i.encode() for i in ids)  # exactly one each
-    answers = system.tap.where(None, lambda m: m.key in bad and m.topic in (system.topics.deadletter,
-                                                                             system.topics.decisions))
+    answers = system.tap.where(
+        None, lambda m: m.key in bad and m.topic in (system.topics.deadletter, system.topics.decisions)
+    )
     assert Counter(m.key for m in answers) == Counter(bad)
     dead = [m for m in answers if m.topic == system.topics.deadletter]
     assert dead and all(m.json["topic"] == system.topics.requests and m.json["error"] for m in dead)
@@ -116,8 +116,9 @@ def statuses(system, pass_id):
 
 
 async def test_checkpoint_scans_drive_the_pass_to_delivered(system, scenario):
-    decision = await approved(system, scenario, 1100, origin={"adcode": "420111"},
-                              destination={"adcode": "440106"}, trip="single")
+    decision = await approved(
+        system, scenario, 1100, origin={"adcode": "420111"}, destination={"adcode": "440106"}, trip="single"
+    )
     pass_id = decision["pass"]["pass_id"]
     scans = scans_for(decision, random.Random(1))
     for scan in scans:
@@ -151,9 +152,15 @@ def shuttle(the_pass: dict, legs: int) -> list[tuple[dict, str, int]]:
     for leg in range(legs):
         for kind, cp in out if leg % 2 == 0 else back:
             when += timedelta(minutes=30)
-            scan = {"scan_id": f"{the_pass['pass_id']}-{len(scans)}", "checkpoint_id": cp,
-                    "pass_id": the_pass["pass_id"], "plate": the_pass["plate"], "kind": kind,
-                    "token": the_pass["token"], "scanned_at": format_time(when)}
+            scan = {
+                "scan_id": f"{the_pass['pass_id']}-{len(scans)}",
+                "checkpoint_id": cp,
+                "pass_id": the_pass["pass_id"],
+                "plate": the_pass["plate"],
+                "kind": kind,
+                "token": the_pass["token"],
+                "scanned_at": format_time(when),
+            }
             scans.append((scan, "in_transit" if kind == "departure" else "at_checkpoint", trip))
         trip += leg % 2 == 0  # an arrival at the destination ends the trip
     return scans
@@ -162,8 +169,9 @@ def shuttle(the_pass: dict, legs: int) -> list[tuple[dict, str, int]]:
 async def test_a_multi_trip_pass_runs_out_back_and_out_again_until_it_expires(system, scenario):
     import urllib.request
 
-    decision = await approved(system, scenario, 1110, origin={"adcode": "420111"},
-                              destination={"adcode": "440106"}, trip="multi")
+    decision = await approved(
+        system, scenario, 1110, origin={"adcode": "420111"}, destination={"adcode": "440106"}, trip="multi"
+    )
     the_pass = decision["pass"]
     pass_id, destination = the_pass["pass_id"], the_pass["route"]["checkpoints"][-1]["checkpoint_id"]
     assert the_pass["trip"] == "multi" and len(the_pass["route"]["checkpoints"]) >= 2
@@ -172,13 +180,22 @@ async def test_a_multi_trip_pass_runs_out_back_and_out_again_until_it_expires(sy
     # After valid_until: the pass has ended (during trip 3), and stays so.
     late = parse_time(the_pass["valid_until"]) + timedelta(minutes=1)
     first = the_pass["route"]["checkpoints"][0]["checkpoint_id"]
-    expired = [{**planned[0][0], "scan_id": f"{pass_id}-late{i}", "checkpoint_id": cp,
-                "scanned_at": format_time(late + timedelta(minutes=i))} for i, cp in enumerate((first, destination))]
+    expired = [
+        {
+            **planned[0][0],
+            "scan_id": f"{pass_id}-late{i}",
+            "checkpoint_id": cp,
+            "scanned_at": format_time(late + timedelta(minutes=i)),
+        }
+        for i, cp in enumerate((first, destination))
+    ]
     scans = [scan for scan, _, _ in planned] + expired
     for scan in scans:
         await system.send(system.topics.scans, scan, key=pass_id)
-    events = [m.json for m in await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode(),
-                                                        1 + len(scans))]
+    events = [
+        m.json
+        for m in await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode(), 1 + len(scans))
+    ]
     assert len(events) == 1 + len(scans)
     assert (events[0]["status"], events[0]["trip"]) == ("issued", 1)
     answers = {e["cause"].removeprefix("scan:"): e for e in events[1:]}
@@ -194,7 +211,9 @@ async def test_a_multi_trip_pass_runs_out_back_and_out_again_until_it_expires(sy
     assert [(d["trip"], d["dwell_seconds"]) for d in departures if d["checkpoint_id"] == destination] == [(2, None)]
     late_answers = [answers[s["scan_id"]] for s in expired]
     assert [(e["status"], e["reason"], e["trip"]) for e in late_answers] == [
-        ("expired", "validity_ended", 3), ("expired", "pass_expired", 3)]
+        ("expired", "validity_ended", 3),
+        ("expired", "pass_expired", 3),
+    ]
 
     # The live state: ended, with the two trips it completed.
     url = f"http://127.0.0.1:{system.env['GC_WEB_PORT']}/passes/{pass_id}/"
@@ -214,8 +233,12 @@ async def test_plate_mismatch_and_forged_token_hold_the_vehicle(system, scenario
     await system.send(system.topics.scans, first, key=pass_id)
     await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode(), 2)
     # Without a key: the pass is found from the token, which is forged.
-    forged = {**first, "scan_id": first["scan_id"] + "-forged", "plate": decision["pass"]["plate"],
-              "token": decision["pass"]["token"][:-4] + "AAAA"}
+    forged = {
+        **first,
+        "scan_id": first["scan_id"] + "-forged",
+        "plate": decision["pass"]["plate"],
+        "token": decision["pass"]["token"][:-4] + "AAAA",
+    }
     del forged["pass_id"]
     await system.send(system.topics.scans, forged)
     events = await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode(), 3)
@@ -225,8 +248,14 @@ async def test_plate_mismatch_and_forged_token_hold_the_vehicle(system, scenario
 
 
 async def test_scan_for_unknown_pass_is_held_and_garbage_scan_is_dead_lettered(system):
-    scan = {"scan_id": "u1", "checkpoint_id": "DST-440106", "pass_id": "999999000001", "plate": "粤A12345",
-            "kind": "arrival", "scanned_at": "2020-02-25T10:00:00Z"}
+    scan = {
+        "scan_id": "u1",
+        "checkpoint_id": "DST-440106",
+        "pass_id": "999999000001",
+        "plate": "粤A12345",
+        "kind": "arrival",
+        "scanned_at": "2020-02-25T10:00:00Z",
+    }
     await system.send(system.topics.scans, scan)
     [m] = await system.tap.wait_for(system.topics.status, lambda m: m.key == b"999999000001")
     assert m.json["status"] == "held" and m.json["reason"] == "unknown_pass"
@@ -241,20 +270,23 @@ async def test_risk_change_reroutes_or_suspends_active_passes(system, scenario):
     through = [a for a in the_pass["route"]["adcodes"][1:-1] if a[:2] == "43"]
     assert through, the_pass["route"]["adcodes"]
     # A P3 pass into Changsha, which is about to become high risk.
-    p3 = await approved(system, scenario, 1201, kind="P3", origin={"adcode": "420111"},
-                        destination={"adcode": "430104"})
+    p3 = await approved(
+        system, scenario, 1201, kind="P3", origin={"adcode": "420111"}, destination={"adcode": "430104"}
+    )
 
     at = format_time(parse_time(decision["decided_at"]) + timedelta(minutes=1))
     risk = {"adcode": "430000", "level": "high", "effective_at": at}
     await system.send(system.topics.risk, risk, key="430000")
 
-    [rerouted] = await system.tap.wait_for(system.topics.status, lambda m: m.key == the_pass["pass_id"].encode()
-                                           and m.json["status"] == "rerouted")
+    [rerouted] = await system.tap.wait_for(
+        system.topics.status, lambda m: m.key == the_pass["pass_id"].encode() and m.json["status"] == "rerouted"
+    )
     new_route = rerouted.json["route"]["adcodes"]
     assert not any(a[:2] == "43" for a in new_route[1:-1])
     assert verify_token(rerouted.json["token"], load_public_key(system.public_key_path))["rt"] == new_route
-    [suspended] = await system.tap.wait_for(system.topics.status, lambda m: m.key == p3["pass"]["pass_id"].encode()
-                                            and m.json["status"] == "suspended")
+    [suspended] = await system.tap.wait_for(
+        system.topics.status, lambda m: m.key == p3["pass"]["pass_id"].encode() and m.json["status"] == "suspended"
+    )
     assert suspended.json["reason"] == "high_risk_region"
 
     # After the change, a P2 request into Hunan is refused; a P0 one is approved.
@@ -268,18 +300,26 @@ async def test_risk_change_reroutes_or_suspends_active_passes(system, scenario):
     # Lowering the risk again reinstates the suspended pass on a route.
     lower = {"adcode": "430000", "level": "low", "effective_at": format_time(parse_time(later) + timedelta(minutes=5))}
     await system.send(system.topics.risk, lower, key="430000")
-    await system.tap.wait_for(system.topics.status, lambda m: m.key == p3["pass"]["pass_id"].encode()
-                              and m.json["status"] == "rerouted" and m.json["reason"] == "reinstated_safe_route")
+    await system.tap.wait_for(
+        system.topics.status,
+        lambda m: (
+            m.key == p3["pass"]["pass_id"].encode()
+            and m.json["status"] == "rerouted"
+            and m.json["reason"] == "reinstated_safe_route"
+        ),
+    )
 
 
 async def test_pass_show_prints_the_pass_and_its_history_from_the_database(system, scenario):
-    decision = await approved(system, scenario, 1300, origin={"adcode": "310115"}, destination={"adcode": "320506"},
-                              trip="single")
+    decision = await approved(
+        system, scenario, 1300, origin={"adcode": "310115"}, destination={"adcode": "320506"}, trip="single"
+    )
     pass_id = decision["pass"]["pass_id"]
     for scan in scans_for(decision, random.Random(3)):
         await system.send(system.topics.scans, scan, key=pass_id)
-    await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode()
-                              and m.json["status"] == "delivered")
+    await system.tap.wait_for(
+        system.topics.status, lambda m: m.key == pass_id.encode() and m.json["status"] == "delivered"
+    )
     # The projection is asynchronous: poll the CLI until the history is complete.
     deadline = time.monotonic() + 30
     while True:
@@ -300,8 +340,9 @@ async def test_web_views_show_a_pass_and_checkpoint_waiting_times(system, scenar
     scans = scans_for(decision, random.Random(4))
     for scan in scans[:2]:  # arrival and departure at the first border checkpoint
         await system.send(system.topics.scans, scan, key=pass_id)
-    await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode()
-                              and m.json["status"] == "in_transit")
+    await system.tap.wait_for(
+        system.topics.status, lambda m: m.key == pass_id.encode() and m.json["status"] == "in_transit"
+    )
     base = f"http://127.0.0.1:{system.env['GC_WEB_PORT']}"
 
     def get(path):

@@ -26,19 +26,30 @@ from sqlalchemy.engine import make_url
 
 from models.store.db import upgrade
 from models.store.tables import Enterprise, Pass, PassEvent, Region, Shipment
-from streams.dev.broker import ensure_topics
 from streams.connection import Connection
+from streams.dev.broker import ensure_topics
 from streams.handlers import Topics
-from tests.support.projections import (FIRM_A, FIRM_B, approved, ce, decision, fresh_postgres_database, issued,
-                                       pass_id, rows, status, table)
-from tests.support.system import ON_KAFKA, PARTITIONS, replication_factor, start_projector, stop_processes
-from tests.support.system import system_env
+from tests.support.projections import (
+    FIRM_A,
+    FIRM_B,
+    approved,
+    ce,
+    decision,
+    fresh_postgres_database,
+    issued,
+    pass_id,
+    rows,
+    status,
+    table,
+)
+from tests.support.system import ON_KAFKA, PARTITIONS, replication_factor, start_projector, stop_processes, system_env
 
 SUMMARY = re.compile(r"projector stopped: (\d+) records written, (\d+) skipped")
 ASSIGNED = re.compile(r"projector assigned \d+ partitions: (.*)$", re.M)
 
 
 # --- a lane of topics, a database and projector processes ------------------------------------------
+
 
 @pytest.fixture
 def database(tmp_path):
@@ -53,13 +64,14 @@ def database(tmp_path):
 @dataclass
 class Lane:
     """Fresh topics, a database and a producer writing as the worker does; projectors on them."""
+
     connection: Connection
     topics: Topics
     env: dict
     data_dir: Path
     producer: AIOKafkaProducer
-    procs: list = field(default_factory=list)    # every projector started, stopped ones too
-    ends: dict = field(default_factory=dict)   # TopicPartition -> the offset after the last one produced
+    procs: list = field(default_factory=list)  # every projector started, stopped ones too
+    ends: dict = field(default_factory=dict)  # TopicPartition -> the offset after the last one produced
 
     @property
     def database_url(self) -> str:
@@ -72,8 +84,9 @@ class Lane:
     async def publish(self, topic: str, value, key: str | None = None, headers=None, partition: int | None = None):
         if isinstance(value, dict):
             value = orjson.dumps(value)
-        meta = await self.producer.send_and_wait(topic, value, key=key.encode() if key else None,
-                                                 headers=headers, partition=partition)
+        meta = await self.producer.send_and_wait(
+            topic, value, key=key.encode() if key else None, headers=headers, partition=partition
+        )
         self.ends[TopicPartition(topic, meta.partition)] = meta.offset + 1
         return meta
 
@@ -128,8 +141,11 @@ class Lane:
         return await self.committed() == self.ends
 
     def counts(self) -> dict[str, int]:
-        counted = rows(self.database_url, lambda s, t: s.scalar(select(func.count()).select_from(t)),
-                       (Shipment, PassEvent, Region, Enterprise))
+        counted = rows(
+            self.database_url,
+            lambda s, t: s.scalar(select(func.count()).select_from(t)),
+            (Shipment, PassEvent, Region, Enterprise),
+        )
         return {t.__tablename__: n for t, n in counted.items()}
 
 
@@ -141,8 +157,12 @@ async def _pause() -> None:
 async def lane(broker, database, tmp_path):
     prefix = f"pj{uuid.uuid4().hex[:6]}."
     topics = Topics.with_prefix(prefix)
-    await ensure_topics(broker.connection, [topics.decisions, topics.status, topics.risk, topics.enterprises],
-                        partitions=PARTITIONS, replication_factor=replication_factor())
+    await ensure_topics(
+        broker.connection,
+        [topics.decisions, topics.status, topics.risk, topics.enterprises],
+        partitions=PARTITIONS,
+        replication_factor=replication_factor(),
+    )
     upgrade(database)  # the schema exists before the tests read it (the projector upgrades too)
     env = system_env(broker.bootstrap, tmp_path, f"gc-pj-{uuid.uuid4().hex[:6]}")
     env.update(GC_TOPIC_PREFIX=prefix, GC_DATABASE_URL=database)
@@ -164,6 +184,7 @@ async def publish_passes(lane: Lane, numbers: range) -> None:
 
 # --- (a) rows out ------------------------------------------------------------------------------------
 
+
 async def test_a_projector_fills_the_database_from_the_topics(lane):
     t = lane.topics
     for n in range(4):
@@ -177,11 +198,15 @@ async def test_a_projector_fills_the_database_from_the_topics(lane):
     for n in (1, 2):
         ce_id = f"status/{pass_id(n)}/scan-a"
         events[ce_id] = "at_checkpoint"
-        await lane.status(ce_id, status(pass_id(n), "at_checkpoint", "2020-02-20T09:00:00+08:00",
-                                        checkpoint_id="BX-4403-0001"))
+        await lane.status(
+            ce_id, status(pass_id(n), "at_checkpoint", "2020-02-20T09:00:00+08:00", checkpoint_id="BX-4403-0001")
+        )
     # A status without CloudEvents headers is kept under its place in the log.
-    bare = await lane.publish(t.status, status(pass_id(3), "in_transit", "2020-02-20T10:00:00+08:00",
-                                               checkpoint_id="BX-4403-0001", dwell=600.0), pass_id(3))
+    bare = await lane.publish(
+        t.status,
+        status(pass_id(3), "in_transit", "2020-02-20T10:00:00+08:00", checkpoint_id="BX-4403-0001", dwell=600.0),
+        pass_id(3),
+    )
     events[f"{t.status}/{bare.partition}/{bare.offset}"] = "in_transit"
     at = "2020-02-20T00:00:00+08:00"
     await lane.publish(t.risk, {"adcode": "4201", "level": "high", "effective_at": at}, "4201")
@@ -190,24 +215,35 @@ async def test_a_projector_fills_the_database_from_the_topics(lane):
     await lane.publish(t.risk, {"adcode": "4403", "level": "extreme", "effective_at": at}, "4403")  # dead-lettered
     await lane.publish(t.enterprises, {"credit_code": FIRM_A, "name": "A", "action": "add", "effective_at": at}, FIRM_A)
     await lane.publish(t.enterprises, {"credit_code": FIRM_B, "name": "B", "action": "add", "effective_at": at}, FIRM_B)
-    await lane.publish(t.enterprises, {"credit_code": FIRM_B, "name": "B", "action": "remove",
-                                       "effective_at": "2020-02-21T00:00:00Z"}, FIRM_B)
+    await lane.publish(
+        t.enterprises,
+        {"credit_code": FIRM_B, "name": "B", "action": "remove", "effective_at": "2020-02-21T00:00:00Z"},
+        FIRM_B,
+    )
     await lane.publish(t.enterprises, {"credit_code": "123", "name": "?", "action": "add", "effective_at": at}, "123")
 
     proc = lane.start()
-    await lane.until(lambda: lane.counts() == {"shipment": 6, "pass_event": len(events), "region": 2,
-                                               "enterprise": 2}, "complete projection")
+    await lane.until(
+        lambda: lane.counts() == {"shipment": 6, "pass_event": len(events), "region": 2, "enterprise": 2},
+        "complete projection",
+    )
     await lane.until(lane.all_committed, "offsets committed")
     assert lane.stop(proc) == (6 + len(events) + 3 + 3, 2)
 
     url = lane.database_url
     shipments = table(url, Shipment)
     assert {sid: (s.decision, s.pass_id) for sid, s in shipments.items()} == {
-        **{f"S-{n:05d}": ("approved", pass_id(n)) for n in range(4)}, "S-R1": ("rejected", None),
-        "S-R2": ("rejected", None)}
+        **{f"S-{n:05d}": ("approved", pass_id(n)) for n in range(4)},
+        "S-R1": ("rejected", None),
+        "S-R2": ("rejected", None),
+    }
     passes = table(url, Pass)
     assert {pid: p.status for pid, p in passes.items()} == {
-        pass_id(0): "issued", pass_id(1): "at_checkpoint", pass_id(2): "at_checkpoint", pass_id(3): "in_transit"}
+        pass_id(0): "issued",
+        pass_id(1): "at_checkpoint",
+        pass_id(2): "at_checkpoint",
+        pass_id(3): "in_transit",
+    }
     assert passes[pass_id(1)].plate == "粤B12345" and passes[pass_id(1)].token == "Y2xhaW1zQQ.c2lnQQ"
     assert {e: row.status for e, row in table(url, PassEvent).items()} == events
     assert {a: r.level for a, r in table(url, Region).items()} == {"4201": "high", "4403": "low"}
@@ -216,6 +252,7 @@ async def test_a_projector_fills_the_database_from_the_topics(lane):
 
 # --- (b) a group of projectors ---------------------------------------------------------------------------
 
+
 def assignments(lane: Lane) -> list[set[str]]:
     """Each projector's partitions, from its latest assignment."""
     found = [ASSIGNED.findall(p.log_path.read_text(errors="replace")) for p in lane.procs]
@@ -223,8 +260,11 @@ def assignments(lane: Lane) -> list[set[str]]:
 
 
 def shared(lane: Lane) -> bool:
-    every = {f"{topic}/{p}" for topic in (lane.topics.decisions, lane.topics.status, lane.topics.risk,
-                                          lane.topics.enterprises) for p in range(PARTITIONS)}
+    every = {
+        f"{topic}/{p}"
+        for topic in (lane.topics.decisions, lane.topics.status, lane.topics.risk, lane.topics.enterprises)
+        for p in range(PARTITIONS)
+    }
     a, b = assignments(lane)
     return bool(a) and bool(b) and not (a & b) and a | b == every
 
@@ -244,6 +284,7 @@ async def test_two_projectors_share_the_partitions_and_write_each_record_once(la
 
 # --- (c) stop and restart ---------------------------------------------------------------------------------
 
+
 async def test_a_restarted_projector_resumes_from_its_committed_offsets(lane):
     await publish_passes(lane, range(300))
     first = lane.start("--batch-size", "50")
@@ -262,20 +303,24 @@ async def test_a_restarted_projector_resumes_from_its_committed_offsets(lane):
 
 # --- (d) malformed records ---------------------------------------------------------------------------------
 
+
 async def test_malformed_records_are_skipped_and_the_projector_goes_on(lane):
     t = lane.topics
     await publish_passes(lane, range(10))
     await lane.publish(t.decisions, b"not json", "BAD-1")
     await lane.publish(t.decisions, b"[1, 2]", "BAD-2")
-    await lane.publish(t.decisions, {"shipment_id": "BAD-3", "decision": "approved"}, "BAD-3")   # fields missing
-    await lane.publish(t.decisions, {**decision("BAD-4", pass_id(99)), "pass": {**approved(99)["pass"],
-                                                                                "plate": {"not": "text"}}}, "BAD-4")
+    await lane.publish(t.decisions, {"shipment_id": "BAD-3", "decision": "approved"}, "BAD-3")  # fields missing
+    await lane.publish(
+        t.decisions,
+        {**decision("BAD-4", pass_id(99)), "pass": {**approved(99)["pass"], "plate": {"not": "text"}}},
+        "BAD-4",
+    )
     await lane.publish(t.status, {**issued(98)[1], "at": "yesterday"}, pass_id(98), ce("status/bad-time"))
-    await lane.publish(t.status, None, pass_id(97))   # a tombstone
+    await lane.publish(t.status, None, pass_id(97))  # a tombstone
     await lane.publish(t.risk, {"adcode": "4403", "level": "extreme", "effective_at": "2020-02-20T00:00:00Z"}, "4403")
     await publish_passes(lane, range(10, 20))
 
-    proc = lane.start()   # everything is waiting: the bad records are in the projector's first batches
+    proc = lane.start()  # everything is waiting: the bad records are in the projector's first batches
     await lane.until(lambda: lane.counts()["shipment"] == 20 and lane.counts()["pass_event"] == 20, "the good rows")
     await lane.until(lane.all_committed, "offsets committed past the bad records")
     assert proc.poll() is None
@@ -287,6 +332,7 @@ async def test_malformed_records_are_skipped_and_the_projector_goes_on(lane):
 
 # --- read_committed on Apache Kafka ------------------------------------------------------------------------
 
+
 @pytest.mark.skipif(not ON_KAFKA, reason="Tansu has no transactions (GC_TEST_BROKER=kafka runs this)")
 async def test_on_kafka_an_aborted_transaction_never_reaches_the_database(lane):
     producer = AIOKafkaProducer(**lane.connection.kwargs(), transactional_id=f"pj-{uuid.uuid4().hex[:8]}")
@@ -294,12 +340,13 @@ async def test_on_kafka_an_aborted_transaction_never_reaches_the_database(lane):
     try:
         for sid, commit in (("S-ABORTED", False), ("S-COMMITTED", True)):
             await producer.begin_transaction()
-            await producer.send_and_wait(lane.topics.decisions, orjson.dumps(decision(sid, None)), key=sid.encode(),
-                                         partition=0)
+            await producer.send_and_wait(
+                lane.topics.decisions, orjson.dumps(decision(sid, None)), key=sid.encode(), partition=0
+            )
             await (producer.commit_transaction() if commit else producer.abort_transaction())
     finally:
         await producer.stop()
-    await lane.decision(decision("S-AFTER", None))   # the same partition could hold it: read past both
+    await lane.decision(decision("S-AFTER", None))  # the same partition could hold it: read past both
     proc = lane.start()
     await lane.until(lambda: {"S-COMMITTED", "S-AFTER"} <= set(table(lane.database_url, Shipment)), "committed rows")
     assert lane.env["GC_PROCESSING_GUARANTEE"] == "exactly_once"

@@ -11,28 +11,34 @@ import json
 import random
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from models.records import format_time
 from streams.audit import parse_position, rebuild_database, run_replay
-from streams.settings import Settings
 from streams.dev.simulator import Scenario, scans_for
+from streams.settings import Settings
 
-START = datetime(2020, 3, 1, 8, 0, tzinfo=timezone.utc)
+START = datetime(2020, 3, 1, 8, 0, tzinfo=UTC)
 WUHAN, GUANGZHOU, CHANGSHA = {"adcode": "420111"}, {"adcode": "440106"}, {"adcode": "430104"}
 
 
 def settings_for(system) -> Settings:
     env = system.env
-    return Settings(broker_url=env["GC_BROKER_URL"], data_dir=Path(env["GC_DATA_DIR"]), app_id=env["GC_APP_ID"],
-                    database_url=env["GC_DATABASE_URL"], partitions=int(env["GC_PARTITIONS"]), topic_prefix="gc.")
+    return Settings(
+        broker_url=env["GC_BROKER_URL"],
+        data_dir=Path(env["GC_DATA_DIR"]),
+        app_id=env["GC_APP_ID"],
+        database_url=env["GC_DATABASE_URL"],
+        partitions=int(env["GC_PARTITIONS"]),
+        topic_prefix="gc.",
+    )
 
 
 def now_text() -> str:
-    return format_time(datetime.now(timezone.utc))
+    return format_time(datetime.now(UTC))
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +58,26 @@ async def firms(system) -> Scenario:
         probes = []
         for code, name in pending:
             body = base.request(n, kind="P2")
-            body.update(shipment_id=f"PROBE-{uuid.uuid4().hex[:12]}", consignee={"credit_code": code, "name": name},
-                        origin={"adcode": "420111"}, destination={"adcode": "330106"})
+            body.update(
+                shipment_id=f"PROBE-{uuid.uuid4().hex[:12]}",
+                consignee={"credit_code": code, "name": name},
+                origin={"adcode": "420111"},
+                destination={"adcode": "330106"},
+            )
             probes.append(body)
             n += 1
         decided = await publish(system, base, probes)
-        pending = [firm for firm, body in zip(pending, probes) if decided[body["shipment_id"]]["decision"] != "approved"]
+        pending = [
+            firm for firm, body in zip(pending, probes) if decided[body["shipment_id"]]["decision"] != "approved"
+        ]
         assert time.monotonic() < deadline, f"{len(pending)} key enterprises not applied by the worker"
     return base
 
 
 def scenario_for(firms: Scenario, seed: int, days: int) -> Scenario:
-    return Scenario(seed=seed, start=START + timedelta(days=days), key_enterprises=firms.key_enterprises,
-                    suppliers=firms.suppliers)
+    return Scenario(
+        seed=seed, start=START + timedelta(days=days), key_enterprises=firms.key_enterprises, suppliers=firms.suppliers
+    )
 
 
 async def publish(system, scenario: Scenario, bodies: list[dict]) -> dict[str, dict]:
@@ -76,8 +89,9 @@ async def publish(system, scenario: Scenario, bodies: list[dict]) -> dict[str, d
     ids = {b["shipment_id"].encode() for b in bodies}
     found = await system.tap.wait_for(system.topics.decisions, lambda m: m.key in ids, len(ids), timeout=120)
     passes = {m.json["pass"]["pass_id"].encode() for m in found if m.json["pass"]}
-    await system.tap.wait_for(system.topics.status, lambda m: m.key in passes and m.json["status"] == "issued",
-                              len(passes), timeout=120)
+    await system.tap.wait_for(
+        system.topics.status, lambda m: m.key in passes and m.json["status"] == "issued", len(passes), timeout=120
+    )
     return {m.key.decode(): m.json for m in found}
 
 
@@ -98,15 +112,20 @@ def failure(result, report_path: Path | None = None) -> str:
         report = json.loads(text)
     except ValueError:
         return result.stdout[-3000:] + result.stderr[-3000:]
-    return "\n".join(f"{m['kind']} {m['shipment_id']} {m['pass_id']}: {m['explanation']} {m['differing_fields']}\n"
-                     f"  recorded {m['recorded']}\n  replayed {m['replayed']}" for m in report["mismatches"][:6])
+    return "\n".join(
+        f"{m['kind']} {m['shipment_id']} {m['pass_id']}: {m['explanation']} {m['differing_fields']}\n"
+        f"  recorded {m['recorded']}\n  replayed {m['replayed']}"
+        for m in report["mismatches"][:6]
+    )
 
 
 async def test_a_clean_replay_proves_every_decision_and_status(system, firms, tmp_path):
     scenario = scenario_for(firms, 601, 0)
     since = now_text()
-    bodies = [scenario.request(n) for n in range(40)] + [scenario.request(40, kind="bad_fields"),
-                                                         scenario.request(41, kind="none")]
+    bodies = [scenario.request(n) for n in range(40)] + [
+        scenario.request(40, kind="bad_fields"),
+        scenario.request(41, kind="none"),
+    ]
     decided = await publish(system, scenario, bodies)
     await system.send(system.topics.requests, bodies[0], key=bodies[0]["shipment_id"])  # a repeat
     bad_key = f"bad-{uuid.uuid4().hex[:8]}"
@@ -120,8 +139,9 @@ async def test_a_clean_replay_proves_every_decision_and_status(system, firms, tm
     pass_id = driven[0]["pass"]["pass_id"]
 
     json_path, html_path = tmp_path / "audit.json", tmp_path / "audit.html"
-    result = system.cli("replay", "--since", since, "--json", str(json_path), "--html", str(html_path),
-                        "--pass", pass_id)
+    result = system.cli(
+        "replay", "--since", since, "--json", str(json_path), "--html", str(html_path), "--pass", pass_id
+    )
     assert result.returncode == 0, failure(result, json_path)
     report = json.loads(json_path.read_text())
     assert report["ok"] and report["mismatches"] == []
@@ -147,9 +167,11 @@ async def test_a_clean_replay_proves_every_decision_and_status(system, firms, tm
     second = await run_replay(settings, since=parse_position(since))
     assert first["ok"] and second["ok"]
     assert first["replayed_decisions"] == second["replayed_decisions"]
-    assert {k: v for k, v in first["replayed_decisions"].items()} == \
-        {m.key.decode(): m.value for m in system.tap.where(system.topics.decisions)
-         if m.key.decode() in first["replayed_decisions"]}
+    assert {k: v for k, v in first["replayed_decisions"].items()} == {
+        m.key.decode(): m.value
+        for m in system.tap.where(system.topics.decisions)
+        if m.key.decode() in first["replayed_decisions"]
+    }
 
     # The whole log from offset 0 (other tests' records included) proves this test's decisions too.
     whole = system.cli("replay", "--since", "offset:0", "--json", "-", "--no-progress")
@@ -179,9 +201,17 @@ async def test_a_tampered_and_an_orphan_decision_fail_the_replay(system, firms):
     approved = decided[bodies[0]["shipment_id"]]
     assert rejected["decision"] == "rejected" and approved["decision"] == "approved"
     # An approval injected by hand, and a decision for a shipment nobody requested.
-    forged = {**rejected, "decision": "approved", "priority": "P0", "reasons": [],
-              "pass": {**approved["pass"], "pass_id": "990000" + str(602000 + 1)[-6:],
-                       "token": approved["pass"]["token"].split(".")[0] + ".AAAA"}}
+    forged = {
+        **rejected,
+        "decision": "approved",
+        "priority": "P0",
+        "reasons": [],
+        "pass": {
+            **approved["pass"],
+            "pass_id": "990000" + str(602000 + 1)[-6:],
+            "token": approved["pass"]["token"].split(".")[0] + ".AAAA",
+        },
+    }
     orphan_id = f"SHP-NOBODY-{uuid.uuid4().hex[:8]}"
     orphan = {**approved, "shipment_id": orphan_id, "pass": {**approved["pass"], "pass_id": "990000602002"}}
     await system.send(system.topics.decisions, forged, key=rejected["shipment_id"])
@@ -210,8 +240,12 @@ async def test_a_risk_change_mid_stream_replays_each_decision_with_the_level_of_
     def made(n, kind, origin, destination, hours):
         body = scenario.request(n, kind=kind)
         when = start + timedelta(hours=hours, minutes=n)
-        body.update(origin=origin, destination=destination, submitted_at=format_time(when),
-                    departure_at=format_time(when + timedelta(hours=2)))
+        body.update(
+            origin=origin,
+            destination=destination,
+            submitted_at=format_time(when),
+            departure_at=format_time(when + timedelta(hours=2)),
+        )
         return body
 
     before = [made(0, "P0", WUHAN, GUANGZHOU, 0), made(1, "P3", WUHAN, CHANGSHA, 0), made(2, "P2", WUHAN, CHANGSHA, 0)]
@@ -223,15 +257,25 @@ async def test_a_risk_change_mid_stream_replays_each_decision_with_the_level_of_
 
     high = {"adcode": "430000", "level": "high", "effective_at": format_time(start + timedelta(hours=2))}
     await system.send(system.topics.risk, high, key="430000")
-    await system.tap.wait_for(system.topics.status, lambda m: m.key == through["pass_id"].encode()
-                              and m.json["status"] == "rerouted", timeout=120)
+    await system.tap.wait_for(
+        system.topics.status,
+        lambda m: m.key == through["pass_id"].encode() and m.json["status"] == "rerouted",
+        timeout=120,
+    )
     # Each partition re-evaluates its passes when the broadcast reaches it: wait for every pass
     # the change moves, not only the first, before the window closes.
     for moved in (into, also_into):
-        await system.tap.wait_for(system.topics.status, lambda m: m.key == moved["pass_id"].encode()
-                                  and m.json["status"] == "suspended", timeout=120)
+        await system.tap.wait_for(
+            system.topics.status,
+            lambda m, moved=moved: m.key == moved["pass_id"].encode() and m.json["status"] == "suspended",
+            timeout=120,
+        )
 
-    after = [made(20, "P0", WUHAN, GUANGZHOU, 3), made(21, "P3", WUHAN, CHANGSHA, 3), made(22, "P2", WUHAN, CHANGSHA, 3)]
+    after = [
+        made(20, "P0", WUHAN, GUANGZHOU, 3),
+        made(21, "P3", WUHAN, CHANGSHA, 3),
+        made(22, "P2", WUHAN, CHANGSHA, 3),
+    ]
     second = await publish(system, scenario, after)
     assert second[after[0]["shipment_id"]]["decision"] == "approved"
     assert not any(a[:2] == "43" for a in second[after[0]["shipment_id"]]["pass"]["route"]["adcodes"][1:-1])
@@ -241,12 +285,16 @@ async def test_a_risk_change_mid_stream_replays_each_decision_with_the_level_of_
     low = {"adcode": "430000", "level": "low", "effective_at": format_time(start + timedelta(hours=4))}
     await system.send(system.topics.risk, low, key="430000")
     for moved in (into, also_into):
-        await system.tap.wait_for(system.topics.status, lambda m: m.key == moved["pass_id"].encode()
-                                  and m.json["status"] == "rerouted", timeout=120)
+        await system.tap.wait_for(
+            system.topics.status,
+            lambda m, moved=moved: m.key == moved["pass_id"].encode() and m.json["status"] == "rerouted",
+            timeout=120,
+        )
 
     until = now_text()
-    result = system.cli("replay", "--since", since, "--until", until, "--json", "-", "--pass", through["pass_id"],
-                        "--no-progress")
+    result = system.cli(
+        "replay", "--since", since, "--until", until, "--json", "-", "--pass", through["pass_id"], "--no-progress"
+    )
     assert result.returncode == 0, failure(result)
     report = json.loads(result.stdout)
     assert report["ok"] and report["mismatches"] == []
@@ -265,16 +313,26 @@ def snapshot(url: str) -> dict:
 
     def plain(value):
         if isinstance(value, datetime) and value.tzinfo is not None:
-            return value.astimezone(timezone.utc).replace(tzinfo=None)
+            return value.astimezone(UTC).replace(tzinfo=None)
         return value
 
     engine = make_engine(url)
     try:
         with Session(engine) as session:
-            return {table.__tablename__: {getattr(row, key): {k: plain(v) for k, v in row.model_dump(exclude={"id"}).items()}
-                                          for row in session.exec(select(table))}
-                    for table, key in ((Shipment, "shipment_id"), (Pass, "pass_id"), (PassEvent, "event_id"),
-                                       (Region, "adcode"), (Enterprise, "credit_code"), (Checkpoint, "checkpoint_id"))}
+            return {
+                table.__tablename__: {
+                    getattr(row, key): {k: plain(v) for k, v in row.model_dump(exclude={"id"}).items()}
+                    for row in session.exec(select(table))
+                }
+                for table, key in (
+                    (Shipment, "shipment_id"),
+                    (Pass, "pass_id"),
+                    (PassEvent, "event_id"),
+                    (Region, "adcode"),
+                    (Enterprise, "credit_code"),
+                    (Checkpoint, "checkpoint_id"),
+                )
+            }
     finally:
         engine.dispose()
 
@@ -286,8 +344,10 @@ def differences(live: dict, rebuilt: dict) -> str:
         only_live, only_rebuilt = set(a) - set(b), set(b) - set(a)
         changed = [k for k in set(a) & set(b) if a[k] != b[k]]
         if only_live or only_rebuilt or changed:
-            lines.append(f"{table}: {len(only_live)} only live, {len(only_rebuilt)} only rebuilt, {len(changed)} differ; "
-                         f"e.g. {[(a[k], b[k]) for k in changed[:1]]} {sorted(only_live)[:3]} {sorted(only_rebuilt)[:3]}")
+            lines.append(
+                f"{table}: {len(only_live)} only live, {len(only_rebuilt)} only rebuilt, {len(changed)} differ; "
+                f"e.g. {[(a[k], b[k]) for k in changed[:1]]} {sorted(only_live)[:3]} {sorted(only_rebuilt)[:3]}"
+            )
     return "\n".join(lines)
 
 
@@ -297,9 +357,11 @@ async def test_rebuild_makes_the_same_tables_as_the_live_projection(system, firm
     decided = await publish(system, scenario, bodies)
     for i, d in enumerate([d for d in decided.values() if d["pass"]][:2]):
         await drive(system, d, seed=i)
-    await system.send(system.topics.risk, {"adcode": "610000", "level": "medium",
-                                           "effective_at": format_time(scenario.start + timedelta(hours=1))},
-                      key="610000")
+    await system.send(
+        system.topics.risk,
+        {"adcode": "610000", "level": "medium", "effective_at": format_time(scenario.start + timedelta(hours=1))},
+        key="610000",
+    )
 
     url = f"sqlite:///{tmp_path}/rebuilt-0.db"
     result = system.cli("replay", "--rebuild", url)

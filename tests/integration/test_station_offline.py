@@ -17,15 +17,18 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from tests.support.factories import decided, until
+from tests.support.factories import station_request as a_request
 from tests.support.system import BROKER_KIND, Client, make_broker, start_station, start_system, stop_processes
-from tests.support.factories import decided, station_request as a_request, until
 
 pytestmark = [
     pytest.mark.kafka,
-    pytest.mark.skipif(not (shutil.which("java") and shutil.which("mvn")),
-                       reason="needs java and mvn on PATH to run real Kafka"),
-    pytest.mark.skipif(BROKER_KIND == "kafka3", reason="starts a 1-node Apache Kafka of its own: runs once, "
-                                                         "in the kafka lane"),
+    pytest.mark.skipif(
+        not (shutil.which("java") and shutil.which("mvn")), reason="needs java and mvn on PATH to run real Kafka"
+    ),
+    pytest.mark.skipif(
+        BROKER_KIND == "kafka3", reason="starts a 1-node Apache Kafka of its own: runs once, in the kafka lane"
+    ),
     pytest.mark.timeout(900),
 ]
 
@@ -43,8 +46,9 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 async def system(cluster, tmp_path_factory):
-    sysm = await start_system(cluster, tmp_path_factory.mktemp("station-system"), kind="kafka",
-                              prefix=f"so{uuid.uuid4().hex[:4]}.")
+    sysm = await start_system(
+        cluster, tmp_path_factory.mktemp("station-system"), kind="kafka", prefix=f"so{uuid.uuid4().hex[:4]}."
+    )
     yield sysm
     await sysm.close()
 
@@ -59,8 +63,9 @@ async def record(client: Client, passes: list[dict], checkpoint_id: str) -> list
     ids = []
     for p in passes:
         for kind in ("arrival", "departure"):
-            scan = await client.post("api/scan", {"kind": kind, "pass_id": p["pass_id"], "plate": p["plate"],
-                                                  "checkpoint_id": checkpoint_id})
+            scan = await client.post(
+                "api/scan", {"kind": kind, "pass_id": p["pass_id"], "plate": p["plate"], "checkpoint_id": checkpoint_id}
+            )
             ids.append(scan["scan_id"])
     return ids
 
@@ -72,18 +77,28 @@ async def answered_once(system, scan_ids: list[str]) -> dict:
     def answers():
         return [m for m in system.tap.where(system.topics.status) if m.json["cause"][5:] in wanted]
 
-    await until(lambda: len({m.json["cause"] for m in answers()}) >= len(wanted), ANSWER_TIMEOUT,
-                f"answers to {len(wanted)} scans")
+    await until(
+        lambda: len({m.json["cause"] for m in answers()}) >= len(wanted),
+        ANSWER_TIMEOUT,
+        f"answers to {len(wanted)} scans",
+    )
     await system.tap.caught_up()
     causes = Counter(m.json["cause"][5:] for m in answers())
     published = [m for m in system.tap.where(system.topics.scans) if m.json["scan_id"] in wanted]
     order_kept = all(
-        [m.json["scan_id"] for m in published if m.partition == part] ==
-        [s for s in scan_ids if s in {m.json["scan_id"] for m in published if m.partition == part}]
-        for part in {m.partition for m in published})
-    return {"recorded": len(scan_ids), "answered": len(causes), "duplicates": sum(n - 1 for n in causes.values()),
-            "missing": len(wanted - set(causes)), "published": len(published),
-            "published_twice": len(published) - len({m.json["scan_id"] for m in published}), "order_kept": order_kept}
+        [m.json["scan_id"] for m in published if m.partition == part]
+        == [s for s in scan_ids if s in {m.json["scan_id"] for m in published if m.partition == part}]
+        for part in {m.partition for m in published}
+    )
+    return {
+        "recorded": len(scan_ids),
+        "answered": len(causes),
+        "duplicates": sum(n - 1 for n in causes.values()),
+        "missing": len(wanted - set(causes)),
+        "published": len(published),
+        "published_twice": len(published) - len({m.json["scan_id"] for m in published}),
+        "order_kept": order_kept,
+    }
 
 
 async def offline(client: Client) -> bool:
@@ -103,8 +118,10 @@ async def test_fifty_scans_recorded_offline_are_each_answered_once(cluster, syst
             await asyncio.to_thread(cluster.stop_node, 0)
             try:
                 await until(lambda: offline(client), 30, "the station to see the broker gone")
-                checked = await client.post("api/check", {"token": passes[1]["token"], "plate": passes[1]["plate"],
-                                                          "checkpoint_id": checkpoint_id})
+                checked = await client.post(
+                    "api/check",
+                    {"token": passes[1]["token"], "plate": passes[1]["plate"], "checkpoint_id": checkpoint_id},
+                )
                 scan_ids = await record(client, passes[1:], checkpoint_id)
                 queued = (await client.state())["queued"]
             finally:
@@ -116,8 +133,15 @@ async def test_fifty_scans_recorded_offline_are_each_answered_once(cluster, syst
     print("\nstation offline:", json.dumps({**figures, "queued_while_offline": queued}))
     assert checked["green"], checked
     assert queued == SCANS
-    assert figures == {"recorded": SCANS, "answered": SCANS, "duplicates": 0, "missing": 0, "published": SCANS,
-                       "published_twice": 0, "order_kept": True}
+    assert figures == {
+        "recorded": SCANS,
+        "answered": SCANS,
+        "duplicates": 0,
+        "missing": 0,
+        "published": SCANS,
+        "published_twice": 0,
+        "order_kept": True,
+    }
 
 
 async def test_a_station_killed_while_offline_loses_nothing(cluster, system, tmp_path):
@@ -131,15 +155,18 @@ async def test_a_station_killed_while_offline_loses_nothing(cluster, system, tmp
             await asyncio.to_thread(cluster.stop_node, 0)
             try:
                 await until(lambda: offline(client), 30, "the station to see the broker gone")
-                before = await record(client, passes[:SCANS // 4], checkpoint_id)
+                before = await record(client, passes[: SCANS // 4], checkpoint_id)
                 station.proc.kill()  # SIGKILL: nothing flushed, nothing said
                 station.proc.wait()
-                again = start_station(system.env, tmp_path, [checkpoint_id], system.public_key_path,
-                                      "station-restarted").ready()
+                again = start_station(
+                    system.env, tmp_path, [checkpoint_id], system.public_key_path, "station-restarted"
+                ).ready()
                 client = Client(session, again.url)
-                checked = await client.post("api/check", {"token": passes[-1]["token"], "plate": passes[-1]["plate"],
-                                                          "checkpoint_id": checkpoint_id})
-                after = await record(client, passes[SCANS // 4:], checkpoint_id)
+                checked = await client.post(
+                    "api/check",
+                    {"token": passes[-1]["token"], "plate": passes[-1]["plate"], "checkpoint_id": checkpoint_id},
+                )
+                after = await record(client, passes[SCANS // 4 :], checkpoint_id)
                 queued = (await client.state())["queued"]
             finally:
                 await asyncio.to_thread(cluster.start_node, 0)
@@ -147,15 +174,25 @@ async def test_a_station_killed_while_offline_loses_nothing(cluster, system, tmp
             await until(_async_state(client, lambda s: s["online"] and s["queued"] == 0), 60, "the outbox drained")
     finally:
         stop_processes([station.proc] + ([again.proc] if again else []))
-    print("\nstation killed offline:", json.dumps({**figures, "queued_while_offline": queued,
-                                                   "recorded_before_kill": len(before)}))
+    print(
+        "\nstation killed offline:",
+        json.dumps({**figures, "queued_while_offline": queued, "recorded_before_kill": len(before)}),
+    )
     assert checked["green"], checked
     assert queued == SCANS
-    assert figures == {"recorded": SCANS, "answered": SCANS, "duplicates": 0, "missing": 0, "published": SCANS,
-                       "published_twice": 0, "order_kept": True}
+    assert figures == {
+        "recorded": SCANS,
+        "answered": SCANS,
+        "duplicates": 0,
+        "missing": 0,
+        "published": SCANS,
+        "published_twice": 0,
+        "order_kept": True,
+    }
 
 
 def _async_state(client: Client, pred):
     async def cond():
         return pred(await client.state())
+
     return cond

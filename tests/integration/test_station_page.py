@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -23,10 +23,11 @@ import pytest
 
 from models.records import format_time
 from tests.support.browser import ARTIFACTS
-from tests.support.system import ROOT, StationProcess, start_station, stop_processes
-from tests.support.factories import STATION_SCENARIO as SCENARIO, STATION_TIMEOUT as TIMEOUT, decided, forged
-from tests.support.factories import load_key_enterprises
+from tests.support.factories import STATION_SCENARIO as SCENARIO
+from tests.support.factories import STATION_TIMEOUT as TIMEOUT
+from tests.support.factories import decided, forged, load_key_enterprises
 from tests.support.factories import station_request as a_request
+from tests.support.system import ROOT, StationProcess, start_station, stop_processes
 
 
 @dataclass
@@ -107,9 +108,24 @@ async def test_a_valid_pass_is_green_with_its_class_toll_mark_and_route(page, wo
 async def test_a_printed_pass_photographed_is_green(page, world, tmp_path):
     the_pass = world.first["pass"]
     (tmp_path / "decision.json").write_bytes(orjson.dumps(world.first))
-    printed = subprocess.run([sys.executable, "-m", "streams.cli", "pass", "print", the_pass["pass_id"], "--png",
-                              str(tmp_path / "pass.png"), "--from-decision", str(tmp_path / "decision.json")],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    printed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "pass",
+            "print",
+            the_pass["pass_id"],
+            "--png",
+            str(tmp_path / "pass.png"),
+            "--from-decision",
+            str(tmp_path / "decision.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert printed.returncode == 0, printed.stderr
     await open_station(page, world)
     await check(page, plate=the_pass["plate"], photo=tmp_path / "pass.png")
@@ -145,11 +161,14 @@ async def test_a_pass_suspended_by_a_risk_change_is_grey(page, world, system):
     await check(page, key_industry["pass"]["token"], key_industry["pass"]["plate"])
     assert await page.locator("#card").get_attribute("class") == "card green"
     # The destination's prefecture becomes high risk: a P2 pass may not go there any more.
-    at = format_time(datetime.now(timezone.utc))
+    at = format_time(datetime.now(UTC))
     await system.send(system.topics.risk, {"adcode": "3605", "level": "high", "effective_at": at}, key="3605")
     try:
-        await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode()
-                                  and m.json["status"] == "suspended", timeout=TIMEOUT)
+        await system.tap.wait_for(
+            system.topics.status,
+            lambda m: m.key == pass_id.encode() and m.json["status"] == "suspended",
+            timeout=TIMEOUT,
+        )
         # The station saw it when the pass leaves its expected arrivals (a live update).
         await page.wait_for_selector(f"#arrivals tr[data-pass='{pass_id}']", state="detached", timeout=TIMEOUT * 1000)
         await check(page, key_industry["pass"]["token"], key_industry["pass"]["plate"])
@@ -157,7 +176,7 @@ async def test_a_pass_suspended_by_a_risk_change_is_grey(page, world, system):
         assert "暂停" in await page.locator("#reason-zh").inner_text()
         assert "suspended" in await page.locator("#reason-en").inner_text()
     finally:
-        low = format_time(datetime.now(timezone.utc) + timedelta(seconds=1))
+        low = format_time(datetime.now(UTC) + timedelta(seconds=1))
         await system.send(system.topics.risk, {"adcode": "3605", "level": "low", "effective_at": low}, key="3605")
 
 
@@ -170,7 +189,8 @@ async def test_arrival_then_departure_shows_the_dwell_and_the_system_answers(pag
     await here.wait_for()
     # The dwell timer runs: wait until it has counted two seconds.
     await page.wait_for_function(
-        f"document.querySelector(\"#present li[data-pass='{the_pass['pass_id']}'] .timer\").textContent >= '0:02'")
+        f"document.querySelector(\"#present li[data-pass='{the_pass['pass_id']}'] .timer\").textContent >= '0:02'"
+    )
     await page.screenshot(path=str(ARTIFACTS / "station-vehicle-at-checkpoint.png"), full_page=True)
     await here.locator("button.depart").click()
     await page.wait_for_selector("#departed:not([hidden])")
@@ -178,9 +198,15 @@ async def test_arrival_then_departure_shows_the_dwell_and_the_system_answers(pag
     assert shown >= 2 and "停留 dwell 0:0" in await page.locator("#departed").inner_text()
     await here.wait_for(state="detached")
 
-    answers = await system.tap.wait_for(system.topics.status, lambda m: m.key == the_pass["pass_id"].encode()
-                                        and m.json["cause"].startswith(f"scan:{world.checkpoint_id}-")
-                                        and m.json["status"] == "in_transit", timeout=TIMEOUT)
+    answers = await system.tap.wait_for(
+        system.topics.status,
+        lambda m: (
+            m.key == the_pass["pass_id"].encode()
+            and m.json["cause"].startswith(f"scan:{world.checkpoint_id}-")
+            and m.json["status"] == "in_transit"
+        ),
+        timeout=TIMEOUT,
+    )
     assert len(answers) == 1 and answers[0].json["dwell_seconds"] == pytest.approx(shown, abs=0.2)
     assert answers[0].json["checkpoint_id"] == world.checkpoint_id
     # The page hears the answers too: both scans sent, the departure answered in transit.
@@ -197,8 +223,9 @@ async def test_a_station_without_a_key_file_verifies_with_the_key_the_worker_pub
         deadline = time.monotonic() + TIMEOUT
         async with aiohttp.ClientSession() as http:
             while True:
-                async with http.post(station.url + "api/check", json={"token": the_pass["token"],
-                                                                      "plate": the_pass["plate"]}) as r:
+                async with http.post(
+                    station.url + "api/check", json={"token": the_pass["token"], "plate": the_pass["plate"]}
+                ) as r:
                     answer = await r.json()
                 if answer["green"]:
                     break

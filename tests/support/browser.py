@@ -31,6 +31,7 @@ async def chromium():
     if why:
         pytest.skip(why)
     from playwright.async_api import async_playwright
+
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         yield browser

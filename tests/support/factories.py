@@ -3,32 +3,30 @@ schema validators."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from jsonschema import Draft202012Validator, FormatChecker
-
 import asyncio
 import base64
 import inspect
+import json
 import random
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jsonschema import Draft202012Validator, FormatChecker
 
 from models.keyring import Keyring
 from models.passes import PassState, Signer, kafka_partition, unverified_claims
-from models.tracking import Tracker
 from models.records import format_time
+from models.tracking import Tracker
 from streams.bootstrap import build_pipeline
+from streams.dev.simulator import Scenario, make_credit_code
 from streams.handlers import Pipeline, RecordMeta, Tables, Topics
 from streams.settings import Settings
-from streams.dev.simulator import Scenario, make_credit_code
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -36,16 +34,23 @@ T = Topics.with_prefix("gc.")
 
 
 def validator(name):
-    return Draft202012Validator(json.loads((SCHEMAS / f"{name}.schema.json").read_text()),
-                                format_checker=FormatChecker())
+    return Draft202012Validator(
+        json.loads((SCHEMAS / f"{name}.schema.json").read_text()), format_checker=FormatChecker()
+    )
 
 
-DEPARTURE = datetime(2020, 2, 25, 8, 0, tzinfo=timezone.utc)
+DEPARTURE = datetime(2020, 2, 25, 8, 0, tzinfo=UTC)
 
 
 # The core as the tests wire it: set here, not read from GC_ variables a lane may export.
-SETTINGS = Settings(_env_file=None, topic_prefix="gc.", partitions=4, catalog="catalog-2020.02-v1.json",
-                    geocoder="offline", pass_retention_days=7.0)
+SETTINGS = Settings(
+    _env_file=None,
+    topic_prefix="gc.",
+    partitions=4,
+    catalog="catalog-2020.02-v1.json",
+    geocoder="offline",
+    pass_retention_days=7.0,
+)
 
 
 def make_tracker(signer: Signer | Keyring | None = None, keys=None) -> Tracker:
@@ -65,11 +70,21 @@ def wuhan_to_guangzhou(tracker: Tracker, **fields) -> PassState:
     DEPARTURE; `fields` override any of its fields."""
     d = tracker.decider
     route = d.planner.plan(d.gazetteer.locate("420111"), d.gazetteer.locate("440106"), departure=DEPARTURE)
-    base = dict(pass_id="420111000001", shipment_id="S-1", plate="鄂A12345", priority="P1",
-                shipper="91420100MA4K0000X1", consignee="91440101MA5C0000X2", origin="420111",
-                destination="440106", trip="one_way", valid_from=format_time(DEPARTURE),
-                valid_until=format_time(DEPARTURE + timedelta(hours=48)),
-                departure_at=format_time(DEPARTURE), route=route.to_dict())
+    base = dict(
+        pass_id="420111000001",
+        shipment_id="S-1",
+        plate="鄂A12345",
+        priority="P1",
+        shipper="91420100MA4K0000X1",
+        consignee="91440101MA5C0000X2",
+        origin="420111",
+        destination="440106",
+        trip="one_way",
+        valid_from=format_time(DEPARTURE),
+        valid_until=format_time(DEPARTURE + timedelta(hours=48)),
+        departure_at=format_time(DEPARTURE),
+        route=route.to_dict(),
+    )
     return PassState(**{**base, **fields})
 
 
@@ -90,10 +105,15 @@ STATION_TIMEOUT = 120.0  # seconds: exactly_once on Apache Kafka makes a decisio
 def station_request(kind: str) -> dict:
     """A `kind` (P0…P3) request departing a quarter of an hour ago, single trip, a fresh plate."""
     body = STATION_SCENARIO.request(_RNG.randrange(10**6), kind=kind)
-    now = datetime.now(timezone.utc)
-    body.update(shipment_id=f"STN-{uuid.uuid4().hex[:10]}", submitted_at=format_time(now - timedelta(minutes=20)),
-                departure_at=format_time(now - timedelta(minutes=15)), origin={"adcode": "330106"},
-                destination={"adcode": "360502"}, trip="single")
+    now = datetime.now(UTC)
+    body.update(
+        shipment_id=f"STN-{uuid.uuid4().hex[:10]}",
+        submitted_at=format_time(now - timedelta(minutes=20)),
+        departure_at=format_time(now - timedelta(minutes=15)),
+        origin={"adcode": "330106"},
+        destination={"adcode": "360502"},
+        trip="single",
+    )
     body["vehicle"]["plate"] = f"浙{_RNG.choice('ABCDEFG')}{_RNG.randrange(10000, 99999)}"
     return body
 
@@ -101,8 +121,9 @@ def station_request(kind: str) -> dict:
 async def decided(system, body: dict) -> dict:
     """Send `body` as a firm would and return its decision, which must be an approval."""
     await system.send(system.topics.requests, body, key=body["shipment_id"])
-    found = await system.tap.wait_for(system.topics.decisions, lambda m: m.key == body["shipment_id"].encode(),
-                                      timeout=STATION_TIMEOUT)
+    found = await system.tap.wait_for(
+        system.topics.decisions, lambda m, body=body: m.key == body["shipment_id"].encode(), timeout=STATION_TIMEOUT
+    )
     decision = found[0].json
     assert decision["decision"] == "approved", decision
     return decision
@@ -120,8 +141,9 @@ async def load_key_enterprises(system, scenario: Scenario, probe: Callable[[int]
     while True:
         body = probe(n)
         await system.send(system.topics.requests, body, key=body["shipment_id"])
-        [m] = await system.tap.wait_for(system.topics.decisions, lambda m: m.key == body["shipment_id"].encode(),
-                                        timeout=STATION_TIMEOUT)
+        [m] = await system.tap.wait_for(
+            system.topics.decisions, lambda m, body=body: m.key == body["shipment_id"].encode(), timeout=STATION_TIMEOUT
+        )
         if m.json["decision"] == "approved":
             return
         assert time.monotonic() < deadline, "the key-enterprise list never reached the worker"
@@ -148,6 +170,7 @@ async def until(predicate, timeout: float, what: str, alive=lambda: True):
 def allocated(make) -> tuple[int, object]:
     """Bytes allocated (and still held) by what `make()` returns, as tracemalloc counts them."""
     import tracemalloc
+
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -169,9 +192,11 @@ def run_requests(pipeline, messages, tables=None):
     outs = []
     for offset, (key, value) in enumerate(messages):
         partition = kafka_partition(key, pipeline.partitions) if key else 0
-        outs.append(pipeline.on_request(key, value,
-                                        RecordMeta(pipeline.topics.requests, partition, offset, 1582617600000),
-                                        tables=tables))
+        outs.append(
+            pipeline.on_request(
+                key, value, RecordMeta(pipeline.topics.requests, partition, offset, 1582617600000), tables=tables
+            )
+        )
     return outs
 
 
@@ -192,14 +217,17 @@ def bad_check(code: str) -> str:
 
 def good_request(**over):
     body = {
-        "shipment_id": "S1", "submitted_at": "2020-02-25T08:00:00+08:00",
+        "shipment_id": "S1",
+        "submitted_at": "2020-02-25T08:00:00+08:00",
         "shipper": {"credit_code": REAL_CREDIT_CODES[0], "name": "A"},
         "consignee": {"credit_code": REAL_CREDIT_CODES[1], "name": "B"},
         "cargo": [{"hs_code": "6307.90", "description": "口罩", "quantity": 10, "unit": "boxes"}],
         "vehicle": {"plate": "鄂A·12345", "type": "van"},
         "driver": {"name": "张伟", "id_number": "11010519491231002X", "phone": "13800138000"},
-        "origin": {"adcode": "420111"}, "destination": {"address": "广州市天河区"},
-        "departure_at": "2020-02-25T10:00:00Z", "trip": "single",
+        "origin": {"adcode": "420111"},
+        "destination": {"address": "广州市天河区"},
+        "departure_at": "2020-02-25T10:00:00Z",
+        "trip": "single",
     }
     body.update(over)
     return body

@@ -37,16 +37,17 @@ class Load:
     """A steady stream of shipment requests, each shipment_id once, and (optionally) for every
     approved decision the checkpoint scans of its trip."""
 
-    def __init__(self, system: System, scenario: Scenario, count: int, *, first: int = 0,
-                 rate: float = RATE, scans: bool = False) -> None:
+    def __init__(
+        self, system: System, scenario: Scenario, count: int, *, first: int = 0, rate: float = RATE, scans: bool = False
+    ) -> None:
         self.system, self.scenario = system, scenario
         self.count, self.first, self.rate, self.with_scans = count, first, rate, scans
-        self.sent: list[str] = []          # shipment_ids whose send the broker acknowledged
-        self.scans_sent: list[str] = []    # scan_ids likewise
-        self.scanned: set[str] = set()     # shipment_ids whose scans were sent
-        self.gate = asyncio.Event()        # closed: the sender pauses before its next request
+        self.sent: list[str] = []  # shipment_ids whose send the broker acknowledged
+        self.scans_sent: list[str] = []  # scan_ids likewise
+        self.scanned: set[str] = set()  # shipment_ids whose scans were sent
+        self.gate = asyncio.Event()  # closed: the sender pauses before its next request
         self.gate.set()
-        self.idle = asyncio.Event()        # set while the sender waits at a closed gate
+        self.idle = asyncio.Event()  # set while the sender waits at a closed gate
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> Load:
@@ -127,8 +128,13 @@ def decision_counts(system: System, ids: list[str]) -> Counter:
 def issued_counts(system: System, ids: list[str]) -> tuple[list[str], Counter]:
     """The approved shipments among `ids`, and how many `issued` events each pass got."""
     wanted = {i.encode() for i in ids}
-    approved = sorted({m.key.decode() for m in system.tap.where(system.topics.decisions, lambda m: m.key in wanted)
-                       if m.json["decision"] == "approved"})
+    approved = sorted(
+        {
+            m.key.decode()
+            for m in system.tap.where(system.topics.decisions, lambda m: m.key in wanted)
+            if m.json["decision"] == "approved"
+        }
+    )
     causes = {f"decision:{sid}" for sid in approved}
     counts: Counter = Counter()
     for m in system.tap.where(system.topics.status):
@@ -140,17 +146,24 @@ def issued_counts(system: System, ids: list[str]) -> tuple[list[str], Counter]:
 
 def internal_errors(system: System) -> list[str]:
     """Dead letters other than the probes and markers the tests send on purpose."""
-    return [m.value.decode(errors="replace")[:300] for m in system.tap.where(system.topics.deadletter)
-            if not m.key.startswith((b"probe-", b"marker-"))]
+    return [
+        m.value.decode(errors="replace")[:300]
+        for m in system.tap.where(system.topics.deadletter)
+        if not m.key.startswith((b"probe-", b"marker-"))
+    ]
 
 
 def pass_figures(system: System, sent: list[str]) -> dict:
     """What every fault test also counts: `issued` events per approved pass, internal errors."""
     approved, issued = issued_counts(system, sent)
     issued_tally = tally(issued, approved)
-    return {"passes_approved": len(approved), "issued_events": issued_tally["received"],
-            "issued_duplicates": issued_tally["duplicates"], "issued_missing": issued_tally["missing"],
-            "internal_errors": len(internal_errors(system))}
+    return {
+        "passes_approved": len(approved),
+        "issued_events": issued_tally["received"],
+        "issued_duplicates": issued_tally["duplicates"],
+        "issued_missing": issued_tally["missing"],
+        "internal_errors": len(internal_errors(system)),
+    }
 
 
 def assert_passes_clean(system: System, figures: dict) -> None:
@@ -160,9 +173,12 @@ def assert_passes_clean(system: System, figures: dict) -> None:
 
 
 def tally(counts: Counter, ids: list[str]) -> dict:
-    return {"sent": len(ids), "received": sum(counts[i] for i in ids),
-            "duplicates": sum(counts[i] - 1 for i in ids if counts[i] > 1),
-            "missing": sum(1 for i in ids if counts[i] == 0)}
+    return {
+        "sent": len(ids),
+        "received": sum(counts[i] for i in ids),
+        "duplicates": sum(counts[i] - 1 for i in ids if counts[i] > 1),
+        "missing": sum(1 for i in ids if counts[i] == 0),
+    }
 
 
 async def settle(system: System, alive=lambda: True) -> None:
@@ -173,8 +189,12 @@ async def settle(system: System, alive=lambda: True) -> None:
     keys = [f"marker-{tag}-{p}".encode() for p in range(PARTITIONS)]
     for p, key in enumerate(keys):
         await system.producer.send_and_wait(system.topics.requests, b"marker: not json", key=key, partition=p)
-    await until(lambda: {m.key for m in system.tap.where(system.topics.deadletter)} >= set(keys),
-                DECIDE_TIMEOUT, "the markers of every request partition", alive)
+    await until(
+        lambda: {m.key for m in system.tap.where(system.topics.deadletter)} >= set(keys),
+        DECIDE_TIMEOUT,
+        "the markers of every request partition",
+        alive,
+    )
     await system.tap.caught_up([system.topics.decisions, system.topics.status, system.topics.deadletter])
 
 
@@ -202,8 +222,12 @@ async def worker_killed_mid_stream(system: System, figures_file: Path, nodes: in
         count = 500
         load = Load(system, scenario, count).start()
         first = system.workers[0]
-        await until(lambda: decided_now(system, load) >= count // 4, DECIDE_TIMEOUT,
-                    "a quarter of the decisions before the kill", worker_alive(system))
+        await until(
+            lambda: decided_now(system, load) >= count // 4,
+            DECIDE_TIMEOUT,
+            "a quarter of the decisions before the kill",
+            worker_alive(system),
+        )
         first.kill()  # SIGKILL: no commit, no flush, an open transaction left behind
         first.wait()
         sent_at_kill, decided_at_kill = len(load.sent), decided_now(system, load)
@@ -215,8 +239,7 @@ async def worker_killed_mid_stream(system: System, figures_file: Path, nodes: in
         second = system.start_worker()
         await load.finished()
         deadline = time.monotonic() + DECIDE_TIMEOUT
-        while len(decision_counts(system, load.sent)) < count and time.monotonic() < deadline \
-                and second.poll() is None:
+        while len(decision_counts(system, load.sent)) < count and time.monotonic() < deadline and second.poll() is None:
             await asyncio.sleep(0.2)  # polling a condition with a deadline
         all_decided = len(decision_counts(system, load.sent)) == count
         takeover_s = time.monotonic() - t0
@@ -229,8 +252,9 @@ async def worker_killed_mid_stream(system: System, figures_file: Path, nodes: in
         again = []
         if all_decided:
             await system.send(system.topics.requests, early, key=early_sid)
-            again = await system.tap.wait_for(system.topics.decisions, lambda m: m.key == early_sid.encode(), 2,
-                                              DECIDE_TIMEOUT)
+            again = await system.tap.wait_for(
+                system.topics.decisions, lambda m: m.key == early_sid.encode(), 2, DECIDE_TIMEOUT
+            )
             await settle(system, worker_alive(system))
         else:
             await system.tap.caught_up([system.topics.decisions, system.topics.status, system.topics.deadletter])
@@ -240,9 +264,13 @@ async def worker_killed_mid_stream(system: System, figures_file: Path, nodes: in
             counts[early_sid] -= 1  # the resend above, answered on purpose
         requests = tally(counts, load.sent)
         figures = {
-            "nodes": nodes, "requests_sent": requests["sent"], "decisions_received": requests["received"],
-            "duplicates": requests["duplicates"], "missing": requests["missing"],
-            "requests_sent_before_kill": sent_at_kill, "decided_before_kill": decided_at_kill,
+            "nodes": nodes,
+            "requests_sent": requests["sent"],
+            "decisions_received": requests["received"],
+            "duplicates": requests["duplicates"],
+            "missing": requests["missing"],
+            "requests_sent_before_kill": sent_at_kill,
+            "decided_before_kill": decided_at_kill,
             "seconds_from_restart_to_last_decision": round(takeover_s, 1),
             "killed_worker_exit": first.returncode,
             "resend_after_restart_same_decision": bool(again) and again[0].value == again[-1].value,

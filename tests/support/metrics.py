@@ -9,8 +9,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 def samples(text: str) -> dict[tuple, float]:
     """{(sample name, sorted labels): value} of an exposition."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def http_get(url: str) -> tuple[str, str]:

@@ -29,42 +29,106 @@ CP_SZ, CP_DG, CP_GZ = "BX-4403-0001", "BX-4419-0002", "DST-440106"
 
 
 def checkpoint(checkpoint_id: str, adcode: str, lat: float, lon: float, eta: str) -> dict:
-    return {"checkpoint_id": checkpoint_id, "name": f"{checkpoint_id} gate", "adcode": adcode, "lat": lat,
-            "lon": lon, "eta": eta}
+    return {
+        "checkpoint_id": checkpoint_id,
+        "name": f"{checkpoint_id} gate",
+        "adcode": adcode,
+        "lat": lat,
+        "lon": lon,
+        "eta": eta,
+    }
 
 
-ROUTE_A = {"adcodes": [SHENZHEN, GUANGZHOU], "distance_km": 140.5, "eta": "2020-02-20T12:00:00+08:00",
-           "checkpoints": [checkpoint(CP_SZ, SHENZHEN, 22.54, 113.93, "2020-02-20T09:00:00+08:00"),
-                           checkpoint(CP_GZ, GUANGZHOU, 23.13, 113.32, "2020-02-20T12:00:00+08:00")]}
-ROUTE_B = {"adcodes": [SHENZHEN, DONGGUAN, GUANGZHOU], "distance_km": 162.0, "eta": "2020-02-20T13:00:00+08:00",
-           "checkpoints": [checkpoint(CP_SZ, SHENZHEN, 22.54, 113.93, "2020-02-20T09:00:00+08:00"),
-                           checkpoint(CP_DG, DONGGUAN, 23.02, 113.75, "2020-02-20T11:00:00+08:00"),
-                           checkpoint(CP_GZ, GUANGZHOU, 23.13, 113.32, "2020-02-20T13:00:00+08:00")]}
+ROUTE_A = {
+    "adcodes": [SHENZHEN, GUANGZHOU],
+    "distance_km": 140.5,
+    "eta": "2020-02-20T12:00:00+08:00",
+    "checkpoints": [
+        checkpoint(CP_SZ, SHENZHEN, 22.54, 113.93, "2020-02-20T09:00:00+08:00"),
+        checkpoint(CP_GZ, GUANGZHOU, 23.13, 113.32, "2020-02-20T12:00:00+08:00"),
+    ],
+}
+ROUTE_B = {
+    "adcodes": [SHENZHEN, DONGGUAN, GUANGZHOU],
+    "distance_km": 162.0,
+    "eta": "2020-02-20T13:00:00+08:00",
+    "checkpoints": [
+        checkpoint(CP_SZ, SHENZHEN, 22.54, 113.93, "2020-02-20T09:00:00+08:00"),
+        checkpoint(CP_DG, DONGGUAN, 23.02, 113.75, "2020-02-20T11:00:00+08:00"),
+        checkpoint(CP_GZ, GUANGZHOU, 23.13, 113.32, "2020-02-20T13:00:00+08:00"),
+    ],
+}
 
 
-def decision(shipment_id: str, pass_id: str | None, *, plate: str = "粤B12345", priority: str = "P1",
-             route: dict = ROUTE_A, token: str = "Y2xhaW1zQQ.c2lnQQ", rules_version: str = "2020.02-v1") -> dict:
+def decision(
+    shipment_id: str,
+    pass_id: str | None,
+    *,
+    plate: str = "粤B12345",
+    priority: str = "P1",
+    route: dict = ROUTE_A,
+    token: str = "Y2xhaW1zQQ.c2lnQQ",
+    rules_version: str = "2020.02-v1",
+) -> dict:
     """An approved decision with its pass, or (pass_id None) a rejection."""
     if pass_id is None:
-        d = {"shipment_id": shipment_id, "decision": "rejected", "priority": None,
-             "reasons": [{"code": "not_essential", "text": "cargo is not on the essential list", "field": "cargo"}],
-             "rules_version": rules_version, "decided_at": "2020-02-20T07:59:00+08:00", "pass": None}
+        d = {
+            "shipment_id": shipment_id,
+            "decision": "rejected",
+            "priority": None,
+            "reasons": [{"code": "not_essential", "text": "cargo is not on the essential list", "field": "cargo"}],
+            "rules_version": rules_version,
+            "decided_at": "2020-02-20T07:59:00+08:00",
+            "pass": None,
+        }
     else:
-        d = {"shipment_id": shipment_id, "decision": "approved", "priority": priority,
-             "reasons": [{"code": "medical", "text": "medical supplies"}], "rules_version": rules_version,
-             "decided_at": "2020-02-20T08:00:00+08:00",
-             "pass": {"pass_id": pass_id, "issuer": pass_id[:6], "plate": plate, "priority": priority,
-                      "valid_from": "2020-02-20T08:00:00+08:00", "valid_until": "2020-02-27T08:00:00+08:00",
-                      "trip": "single", "toll_exempt": True, "route": route, "token": token}}
+        d = {
+            "shipment_id": shipment_id,
+            "decision": "approved",
+            "priority": priority,
+            "reasons": [{"code": "medical", "text": "medical supplies"}],
+            "rules_version": rules_version,
+            "decided_at": "2020-02-20T08:00:00+08:00",
+            "pass": {
+                "pass_id": pass_id,
+                "issuer": pass_id[:6],
+                "plate": plate,
+                "priority": priority,
+                "valid_from": "2020-02-20T08:00:00+08:00",
+                "valid_until": "2020-02-27T08:00:00+08:00",
+                "trip": "single",
+                "toll_exempt": True,
+                "route": route,
+                "token": token,
+            },
+        }
     DECISION_SCHEMA.validate(d)
     return d
 
 
-def status(pass_id: str, state: str, at: str, *, checkpoint_id: str | None = None, dwell: float | None = None,
-           exceeded: bool = False, route: dict | None = None, token: str | None = None,
-           reason: str | None = None) -> dict:
-    s = {"pass_id": pass_id, "shipment_id": None, "status": state, "at": at, "checkpoint_id": checkpoint_id,
-         "reason": reason, "dwell_seconds": dwell, "dwell_exceeded": exceeded, "cause": f"test:{state}"}
+def status(
+    pass_id: str,
+    state: str,
+    at: str,
+    *,
+    checkpoint_id: str | None = None,
+    dwell: float | None = None,
+    exceeded: bool = False,
+    route: dict | None = None,
+    token: str | None = None,
+    reason: str | None = None,
+) -> dict:
+    s = {
+        "pass_id": pass_id,
+        "shipment_id": None,
+        "status": state,
+        "at": at,
+        "checkpoint_id": checkpoint_id,
+        "reason": reason,
+        "dwell_seconds": dwell,
+        "dwell_exceeded": exceeded,
+        "cause": f"test:{state}",
+    }
     if route is not None:
         s["route"], s["token"] = route, token
     STATUS_SCHEMA.validate(s)
@@ -87,7 +151,7 @@ def fresh_postgres_database(server_url: str) -> Iterator[str]:
 
 
 # --- numbered passes, and the rows they become -------------------------------------------------------
-FIRM_A, FIRM_B = "91330100799655058B", "9144030071526726XG"   # valid unified social credit codes
+FIRM_A, FIRM_B = "91330100799655058B", "9144030071526726XG"  # valid unified social credit codes
 
 
 def pass_id(n: int) -> str:
@@ -109,8 +173,13 @@ def rows(url: str, query, tables) -> dict:
 
 def table(url: str, model) -> dict:
     """Every row of `model`, by its natural key."""
-    key = {Shipment: "shipment_id", Pass: "pass_id", PassEvent: "event_id", Region: "adcode",
-           Enterprise: "credit_code"}[model]
+    key = {
+        Shipment: "shipment_id",
+        Pass: "pass_id",
+        PassEvent: "event_id",
+        Region: "adcode",
+        Enterprise: "credit_code",
+    }[model]
     return rows(url, lambda s, t: {getattr(r, key): r for r in s.scalars(select(t))}, (model,))[model]
 
 

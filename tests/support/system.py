@@ -23,8 +23,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.dev.broker import TansuBroker, ensure_topics, free_port
 from streams.connection import Connection
+from streams.dev.broker import TansuBroker, ensure_topics, free_port
 from streams.handlers import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,10 +42,12 @@ def pytest_collection_modifyitems(config, items):
     """Tests marked `kafka` start Apache Kafka themselves: only in the Kafka lanes; tests marked
     `secure` need the secure cluster: only in the secure lane. No test is ever rerun: a test that
     fails once is a bug to fix at its cause."""
-    skip_kafka = pytest.mark.skip(reason="starts Apache Kafka: runs with GC_TEST_BROKER=kafka or kafka3 "
-                                         "(tests/services/lanes.sh)")
-    skip_secure = pytest.mark.skip(reason="needs the secure Apache Kafka: runs with GC_TEST_BROKER=kafka-secure "
-                                          "(tests/services/lanes.sh secure)")
+    skip_kafka = pytest.mark.skip(
+        reason="starts Apache Kafka: runs with GC_TEST_BROKER=kafka or kafka3 (tests/services/lanes.sh)"
+    )
+    skip_secure = pytest.mark.skip(
+        reason="needs the secure Apache Kafka: runs with GC_TEST_BROKER=kafka-secure (tests/services/lanes.sh secure)"
+    )
     for item in items:
         if item.get_closest_marker("kafka") is not None and not ON_KAFKA:
             item.add_marker(skip_kafka)
@@ -68,10 +70,13 @@ def make_broker(kind: str, workdir: Path):
     if kind in ("kafka-secure", "kafka3-secure"):
         from streams.dev.kafka import KafkaCluster
         from streams.dev.secure import SecureDir
-        cluster = KafkaCluster(nodes=3 if kind == "kafka3-secure" else 1, workdir=workdir,
-                               secure=SecureDir(workdir / "secure").ensure())
+
+        cluster = KafkaCluster(
+            nodes=3 if kind == "kafka3-secure" else 1, workdir=workdir, secure=SecureDir(workdir / "secure").ensure()
+        )
     elif kind.startswith("kafka"):
         from streams.dev.kafka import KafkaCluster
+
         cluster = KafkaCluster(nodes=3 if kind == "kafka3" else 1, workdir=workdir)
     else:
         cluster = TansuBroker(log_path=workdir / "tansu.log")
@@ -104,14 +109,16 @@ class Message:
 @dataclass
 class Tap:
     """Reads topics from the beginning, outside any consumer group, into a list."""
+
     connection: Connection
     topics: list[str]
     messages: list[Message] = field(default_factory=list)
     isolation_level: str = field(default_factory=isolation_level)
 
     async def start(self) -> Tap:
-        self._consumer = AIOKafkaConsumer(**self.connection.kwargs(), enable_auto_commit=False,
-                                          isolation_level=self.isolation_level)
+        self._consumer = AIOKafkaConsumer(
+            **self.connection.kwargs(), enable_auto_commit=False, isolation_level=self.isolation_level
+        )
         await self._consumer.start()
         parts = [TopicPartition(t, p) for t in self.topics for p in range(PARTITIONS)]
         self._consumer.assign(parts)
@@ -124,8 +131,9 @@ class Tap:
             batch = await self._consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
                 for r in records:
-                    self.messages.append(Message(tp.topic, r.key, r.value, dict(r.headers or ()), tp.partition,
-                                                 r.offset))
+                    self.messages.append(
+                        Message(tp.topic, r.key, r.value, dict(r.headers or ()), tp.partition, r.offset)
+                    )
 
     async def stop(self) -> None:
         self._task.cancel()
@@ -148,8 +156,14 @@ class Tap:
     def where(self, topic: str | None = None, pred: Callable[[Message], bool] = lambda m: True) -> list[Message]:
         return [m for m in list(self.messages) if (topic is None or m.topic == topic) and pred(m)]
 
-    async def wait_for(self, topic: str, pred: Callable[[Message], bool], count: int = 1,
-                       timeout: float = 60.0, alive: Callable[[], bool] = lambda: True) -> list[Message]:
+    async def wait_for(
+        self,
+        topic: str,
+        pred: Callable[[Message], bool],
+        count: int = 1,
+        timeout: float = 60.0,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> list[Message]:
         """Wait until `count` messages of `topic` match; fail with what was seen otherwise."""
         deadline = time.monotonic() + timeout
         while True:
@@ -165,8 +179,13 @@ def start_projector(env: dict, data_dir: Path, name: str = "projector", *args: s
     """`greenchannel projector` as a process with `env`, its log in data_dir/NAME.log."""
     log_path = data_dir / f"{name}.log"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "projector", *args], env=env, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "projector", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     proc.log_path = log_path
     return proc
 
@@ -174,26 +193,30 @@ def start_projector(env: dict, data_dir: Path, name: str = "projector", *args: s
 @dataclass
 class StationProcess:
     """`greenchannel checkpoint` as a process; `url` once it serves."""
+
     proc: subprocess.Popen
     log_path: Path
     url: str = ""
 
     def ready(self, timeout: float = 60) -> StationProcess:
         from streams.station_web import announced_url
+
         self.url = announced_url(self.log_path, lambda: self.proc.poll() is None, timeout)
         return self
 
 
-def start_station(env: dict, data_dir: Path, ids: list[str], public_key: Path, name: str = "station",
-                  *args: str) -> StationProcess:
+def start_station(
+    env: dict, data_dir: Path, ids: list[str], public_key: Path, name: str = "station", *args: str
+) -> StationProcess:
     """A checkpoint station for `ids` on a free port, its state in data_dir, its log in data_dir/NAME.log."""
     log_path = data_dir / f"{name}.log"
     cmd = [sys.executable, "-m", "streams.cli", "checkpoint", "--port", "0", "--public-key", str(public_key), *args]
     for checkpoint_id in ids:
         cmd += ["--id", checkpoint_id]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env={**env, "GC_DATA_DIR": str(data_dir)}, cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, env={**env, "GC_DATA_DIR": str(data_dir)}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
     return StationProcess(proc, log_path)
 
 
@@ -229,6 +252,7 @@ def stop_processes(procs: list[subprocess.Popen], timeout: float = 30) -> None:
 @dataclass
 class System:
     """A running worker and its projector, the way firms, checkpoints and operators reach them."""
+
     connection: Connection
     topics: Topics
     env: dict
@@ -257,15 +281,25 @@ class System:
         return self.data_dir / "keys" / "pass-signing.pub"
 
     def cli(self, *args: str, principal: str = "operator") -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "streams.cli", *args],
-                              env={**self.env_as(principal), "COLUMNS": "200"}, cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "streams.cli", *args],
+            env={**self.env_as(principal), "COLUMNS": "200"},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def start_worker(self) -> subprocess.Popen:
         log_path = self.data_dir / f"worker{len(self.workers)}.log"
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env_as("worker"), cwd=ROOT,
-                                    stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=self.env_as("worker"),
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         proc.log_path = log_path
         self.workers.append(proc)
         return proc
@@ -276,8 +310,12 @@ class System:
         probe = f"probe-{uuid.uuid4().hex}"
         await self.send(self.topics.requests, b"not json", key=probe)
         try:
-            await self.tap.wait_for(self.topics.deadletter, lambda m: m.key == probe.encode(), timeout=timeout,
-                                    alive=lambda: proc.poll() is None)
+            await self.tap.wait_for(
+                self.topics.deadletter,
+                lambda m: m.key == probe.encode(),
+                timeout=timeout,
+                alive=lambda: proc.poll() is None,
+            )
         except AssertionError:
             log = proc.log_path.read_text(errors="replace")[-3000:]
             raise AssertionError(f"worker did not come up; log tail:\n{log}") from None
@@ -305,6 +343,7 @@ def system_database(data_dir: Path, name: str) -> str:
         return f"sqlite:///{data_dir}/greenchannel.db"
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
+
     url = make_url(base)
     own = f"{url.database}_{name}"[:63]
     admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
@@ -319,33 +358,49 @@ def system_database(data_dir: Path, name: str) -> str:
 def system_env(bootstrap: str, data_dir: Path, app_id: str, kind: str = BROKER_KIND) -> dict:
     database = system_database(data_dir, app_id.replace("-", "_"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("GC_")}
-    env.update({
-        "GC_BROKER_URL": f"kafka://{bootstrap}", "GC_DATA_DIR": str(data_dir), "GC_APP_ID": app_id,
-        "GC_DATABASE_URL": database, "GC_PARTITIONS": str(PARTITIONS), "PYTHONPATH": str(ROOT),
-        "GC_WEB_ENABLED": "true", "GC_WEB_PORT": str(free_port()),
-        "GC_REPLICATION_FACTOR": str(replication_factor(kind)),
-        # A killed worker's partitions move on within seconds, not half a minute.
-        "GC_SESSION_TIMEOUT": "10",
-        # The scenarios' days are in February 2020: ticks of the wall clock would expire every pass
-        # (and dead-letter every request as older than the retention). Tests tick as they need.
-        "GC_CLOCK_SECONDS": "0",
-    })
+    env.update(
+        {
+            "GC_BROKER_URL": f"kafka://{bootstrap}",
+            "GC_DATA_DIR": str(data_dir),
+            "GC_APP_ID": app_id,
+            "GC_DATABASE_URL": database,
+            "GC_PARTITIONS": str(PARTITIONS),
+            "PYTHONPATH": str(ROOT),
+            "GC_WEB_ENABLED": "true",
+            "GC_WEB_PORT": str(free_port()),
+            "GC_REPLICATION_FACTOR": str(replication_factor(kind)),
+            # A killed worker's partitions move on within seconds, not half a minute.
+            "GC_SESSION_TIMEOUT": "10",
+            # The scenarios' days are in February 2020: ticks of the wall clock would expire every pass
+            # (and dead-letter every request as older than the retention). Tests tick as they need.
+            "GC_CLOCK_SECONDS": "0",
+        }
+    )
     if kind.startswith("kafka"):  # Apache Kafka has transactions: Tansu has none
         env["GC_PROCESSING_GUARANTEE"] = "exactly_once"
     return env
 
 
-async def start_system(broker, data_dir: Path, kind: str = BROKER_KIND, prefix: str = "gc.",
-                       env: dict | None = None) -> System:
+async def start_system(
+    broker, data_dir: Path, kind: str = BROKER_KIND, prefix: str = "gc.", env: dict | None = None
+) -> System:
     """Topics, a client producer, a tap, one ready worker and one projector beside it on `broker`
     (`env`: settings of its own, over those of `system_env`)."""
     topics = Topics.with_prefix(prefix)
-    await ensure_topics(broker.connection, topics.public() + [topics.pass_events], partitions=PARTITIONS,
-                        replication_factor=replication_factor(kind))
-    env = {**system_env(broker.bootstrap, data_dir, f"gc-test-{uuid.uuid4().hex[:6]}", kind),
-           "GC_TOPIC_PREFIX": prefix, **(env or {})}
+    await ensure_topics(
+        broker.connection,
+        topics.public() + [topics.pass_events],
+        partitions=PARTITIONS,
+        replication_factor=replication_factor(kind),
+    )
+    env = {
+        **system_env(broker.bootstrap, data_dir, f"gc-test-{uuid.uuid4().hex[:6]}", kind),
+        "GC_TOPIC_PREFIX": prefix,
+        **(env or {}),
+    }
     if getattr(broker, "secure", None) is not None:  # the system's own ACLs: its topic prefix, its app id
         from streams.dev.secure import acls
+
         await asyncio.to_thread(broker.create_acls, acls(broker.secure.principals(), prefix, env["GC_APP_ID"]))
     # On Kafka the clients write as a careful firm would: every replica, no duplicates on retry.
     durable = {"acks": "all", "enable_idempotence": True} if kind.startswith("kafka") else {}
@@ -379,4 +434,3 @@ async def own_system(broker, tmp_path_factory, request):
     sysm = await start_system(broker, tmp_path_factory.mktemp(prefix.rstrip(".")), prefix=prefix)
     yield sysm
     await sysm.close()
-

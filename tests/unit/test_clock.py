@@ -10,9 +10,8 @@ import pytest
 
 from models.passes import kafka_partition
 from models.records import parse_time
-from streams.handlers import RecordMeta, Tables
 from streams.dev.simulator import Scenario, scans_for
-
+from streams.handlers import RecordMeta, Tables
 from tests.support.factories import T, make_pipeline, validator
 
 RETENTION = timedelta(days=7)
@@ -26,9 +25,12 @@ def request(n: int, **fields) -> dict:
 
 def decide(pipeline, tables, body: dict) -> list:
     key = body["shipment_id"].encode()
-    return pipeline.on_request(key, orjson.dumps(body),
-                               RecordMeta(pipeline.topics.requests, kafka_partition(key, pipeline.partitions), 0, 0),
-                               tables=tables)
+    return pipeline.on_request(
+        key,
+        orjson.dumps(body),
+        RecordMeta(pipeline.topics.requests, kafka_partition(key, pipeline.partitions), 0, 0),
+        tables=tables,
+    )
 
 
 def issue(pipeline, tables, n: int) -> dict:
@@ -90,8 +92,11 @@ def test_a_delivered_pass_is_not_expired_and_leaves_after_the_retention_with_its
     tick(pipeline, tables, "2020-01-01T00:00:00Z", p)
     answers = []
     for scan in scans_for(decision, random.Random(1)):
-        answers += statuses(pipeline.on_scan(pid.encode(), orjson.dumps(scan),
-                                             RecordMeta(pipeline.topics.scans, p, 0, 0), tables=tables))
+        answers += statuses(
+            pipeline.on_scan(
+                pid.encode(), orjson.dumps(scan), RecordMeta(pipeline.topics.scans, p, 0, 0), tables=tables
+            )
+        )
     assert answers[-1]["status"] == "delivered" and len(tables.answers) == len(answers) > 1
     assert tick(pipeline, tables, until + timedelta(hours=1), p) == []  # nothing to expire
     assert tick(pipeline, tables, until + RETENTION, p) == []
@@ -137,6 +142,7 @@ def test_a_request_older_than_the_retention_is_dead_lettered_naming_where_its_de
 def test_lifetimes_built_from_the_tables_give_what_the_live_ones_give(forget):
     """A worker that (re)gets a partition builds its lifetimes from the tables at the first tick:
     the same expiries and departures as a worker that kept them from the first write."""
+
     def run(clock_first: bool):
         pipeline, tables = make_pipeline(), Tables.empty()
         if clock_first:
@@ -146,9 +152,12 @@ def test_lifetimes_built_from_the_tables_give_what_the_live_ones_give(forget):
         for n, the_pass in enumerate(passes[:3]):
             decision = {"shipment_id": "", "pass": the_pass}
             scan = scans_for(decision, random.Random(n))[0]
-            pipeline.on_scan(b"", orjson.dumps(scan),
-                             RecordMeta(pipeline.topics.scans, home(pipeline, the_pass["pass_id"]), 0, 0),
-                             tables=tables)
+            pipeline.on_scan(
+                b"",
+                orjson.dumps(scan),
+                RecordMeta(pipeline.topics.scans, home(pipeline, the_pass["pass_id"]), 0, 0),
+                tables=tables,
+            )
         if forget:
             tables.forget(range(4))
         ends = sorted(parse_time(p["valid_until"]) for p in passes)

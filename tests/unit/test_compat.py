@@ -21,7 +21,8 @@ from faust.assignor.partition_assignor import PartitionAssignor
 from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, TransactionManager
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer as FaustAIOKafkaProducer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 
 from streams.worker import compat
 from streams.worker.eos import CommitGate
@@ -34,6 +35,7 @@ def test_the_pinned_versions_are_installed():
 
 
 # --- fetch wait -----------------------------------------------------------------------------------
+
 
 async def worker_consumer():
     app = faust.App("gc-test-fetchwait", broker="kafka://127.0.0.1:1")
@@ -57,6 +59,7 @@ async def test_worker_consumer_uses_the_fetch_wait_setting():
 
 # --- recovery: seek before resume -------------------------------------------------------------------
 
+
 class RecordingConsumer:
     def __init__(self, fail_seek: bool = False) -> None:
         self.calls: list = []
@@ -73,6 +76,7 @@ class RecordingConsumer:
 
 def faust_order(*, seek: bool = True):
     """What Faust's two methods do: resume the stream partitions, then seek them."""
+
     async def method(self):
         consumer = self.app.consumer
         consumer.resume_partitions({"requests-0", "requests-1"})
@@ -81,6 +85,7 @@ def faust_order(*, seek: bool = True):
             await consumer.perform_seek()
         consumer.calls.append(("after",))
         return "done"
+
     return method
 
 
@@ -92,8 +97,7 @@ async def test_seek_comes_before_resume():
     consumer = RecordingConsumer()
     wrapped = compat._seek_before_resume(faust_order())
     assert await wrapped(owner(consumer)) == "done"
-    assert consumer.calls == [("between",), ("seek",), ("resume", frozenset({"requests-0", "requests-1"})),
-                              ("after",)]
+    assert consumer.calls == [("between",), ("seek",), ("resume", frozenset({"requests-0", "requests-1"})), ("after",)]
     # the consumer's own methods are back
     assert "resume_partitions" not in vars(consumer) and "perform_seek" not in vars(consumer)
 
@@ -125,6 +129,7 @@ def test_install_patches_faust_once():
 
 
 # --- exactly_once: commits, table writes, transactions -----------------------------------------------
+
 
 def test_premise_every_faust_commit_goes_through_consumer_commit():
     # The timer and the rebalance paths call self.commit(): wrapping it gates them all.
@@ -160,14 +165,14 @@ def test_transactional_id_is_the_one_faust_keeps_for_the_source_partition():
     # The premises: Faust names its per-partition transactions with this format, and its
     # producer sends into the one named.
     assert TransactionManager.transactional_id_format == "{group_id}-{tpg.group}-{tpg.partition}"
-    assert "self.transactional_id_format.format(" in inspect.getsource(
-        TransactionManager._tps_to_transactional_ids)
+    assert "self.transactional_id_format.format(" in inspect.getsource(TransactionManager._tps_to_transactional_ids)
     assert "transactional_id" in inspect.signature(FaustAIOKafkaProducer.send).parameters
     assert "self._transaction_producers.get(transactional_id)" in inspect.getsource(FaustAIOKafkaProducer.send)
     assert callable(PartitionAssignor.group_for_topic)
 
 
 # --- metadata -----------------------------------------------------------------------------------------
+
 
 def test_premise_metadata_refresh_and_the_faust_producers_client():
     # force_metadata_update returns an awaitable (a shielded future) that the synchroniser resolves.
@@ -179,24 +184,28 @@ def test_premise_metadata_refresh_and_the_faust_producers_client():
 
 # --- at_least_once outputs, straight to the producer (streams.worker.runtime.Runtime.send_all) ---------
 
+
 def test_faust_flushes_the_producer_before_it_commits_offsets_without_transactions():
     """The worker sends its outputs with `app.producer.send` and does not await their delivery:
     safe only because Faust's commit, outside a transaction, flushes the producer first."""
     source = inspect.getsource(Consumer._commit_offsets)
-    flush, commit = source.index("await self.app.producer.flush()"), source.index("await self._commit(committable_offsets)")
+    flush, commit = (
+        source.index("await self.app.producer.flush()"),
+        source.index("await self._commit(committable_offsets)"),
+    )
     assert flush < commit
     assert "async def send" in inspect.getsource(FaustAIOKafkaProducer.send)
 
 
 # --- table writes straight to the store (streams.worker.compat.DirectTable) --------------------------------
 
+
 def test_a_direct_table_write_is_what_faust_would_store_and_recover():
     """The worker writes a table's store itself and sends the changelog record Faust would have
     sent (its own serializers); Faust's recovery decodes that record back to the same entry."""
+    from faust.tables.table import Table
     from faust.types import Message
     from mode.utils.collections import ManagedUserDict
-
-    from faust.tables.table import Table
 
     app = faust.App("gc-test-direct", broker="kafka://127.0.0.1:1")
     table = app.Table("t", key_type=str, value_type=bytes, partitions=4)
@@ -207,8 +216,17 @@ def test_a_direct_table_write_is_what_faust_would_store_and_recover():
     assert direct.get("nothing") is None and list(direct) == ["420111000001"] and len(direct) == 1
     [(topic, key, value)] = pending
     assert topic == table.changelog_topic.get_topic_name() == "gc-test-direct-t-changelog"
-    record = Message(topic=topic, partition=0, offset=0, timestamp=0.0, timestamp_type=0, headers=[],
-                     key=key, value=value, checksum=None)
+    record = Message(
+        topic=topic,
+        partition=0,
+        offset=0,
+        timestamp=0.0,
+        timestamp_type=0,
+        headers=[],
+        key=key,
+        value=value,
+        checksum=None,
+    )
     schema = table.changelog_topic.schema
     assert schema.loads_key(app, record, serializer=table.key_serializer) == "420111000001"
     assert schema.loads_value(app, record, serializer=table.value_serializer) == b'{"status":"issued"}'
@@ -224,12 +242,14 @@ def test_a_direct_table_write_is_what_faust_would_store_and_recover():
     del direct["420111000001"]
     assert "420111000001" not in table.data and pending[-1] == (topic, key, None)
     from faust.stores.memory import Store
+
     iterator = inspect.getsource(Store._create_batch_iterator)
     assert "if event.message.value is None:" in iterator and "mark_as_delete(key)" in iterator
     assert "delete_key(key, None)" in inspect.getsource(Store.apply_changelog_batch)
 
 
 # --- table recovery: where each changelog ends ---------------------------------------------------
+
 
 def test_premise_faust_takes_recovery_highwaters_from_the_cached_last_stable_offset_under_transactions():
     """If an upgrade stops doing this, streams.worker.compat.ask_highwaters can go."""
@@ -241,9 +261,10 @@ def test_premise_faust_takes_recovery_highwaters_from_the_cached_last_stable_off
 
 async def test_premise_a_consumer_knows_no_last_stable_offset_before_it_fetched():
     from aiokafka import AIOKafkaConsumer, TopicPartition
+
     consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", isolation_level="read_committed")
     tp = TopicPartition("t", 0)
-    consumer._subscription.assign_from_user({tp})   # assigned, nothing fetched yet
+    consumer._subscription.assign_from_user({tp})  # assigned, nothing fetched yet
     assert consumer.last_stable_offset(tp) is None  # Faust reads None as -1: an empty changelog
 
 

@@ -31,27 +31,50 @@ def test_the_defaults_add_nothing_to_the_bootstrap_servers():
 
 def test_a_secure_connection_gives_aiokafka_and_faust_the_same_credentials(secure_dir):
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
-    connection = settings(broker_url="kafka://127.0.0.1:9093", kafka_security_protocol="sasl_ssl",
-                          kafka_username="worker", kafka_password="pw", kafka_ca_file=secure_dir.ca).connection
+
+    connection = settings(
+        broker_url="kafka://127.0.0.1:9093",
+        kafka_security_protocol="sasl_ssl",
+        kafka_username="worker",
+        kafka_password="pw",
+        kafka_ca_file=secure_dir.ca,
+    ).connection
     kwargs = connection.kwargs()
     assert {k: v for k, v in kwargs.items() if k != "ssl_context"} == {
-        "bootstrap_servers": "127.0.0.1:9093", "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_plain_username": "worker", "sasl_plain_password": "pw"}
+        "bootstrap_servers": "127.0.0.1:9093",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "worker",
+        "sasl_plain_password": "pw",
+    }
     assert kwargs["ssl_context"].check_hostname and kwargs["ssl_context"].verify_mode.name == "CERT_REQUIRED"
     faust_auth = credentials_to_aiokafka_auth(connection.faust_credentials())
     assert {k: v for k, v in faust_auth.items() if k != "ssl_context"} == {
-        k: v for k, v in kwargs.items() if k not in ("ssl_context", "bootstrap_servers")}
+        k: v for k, v in kwargs.items() if k not in ("ssl_context", "bootstrap_servers")
+    }
     assert "pw" not in repr(connection)
 
 
-@pytest.mark.parametrize("fields, says", [
-    ({"kafka_security_protocol": "SSL"}, "expected one of PLAINTEXT, SASL_SSL"),
-    ({"kafka_security_protocol": "SASL_SSL"}, "needs GC_KAFKA_USERNAME and GC_KAFKA_PASSWORD"),
-    ({"kafka_security_protocol": "SASL_SSL", "kafka_username": "u", "kafka_password": "p",
-      "kafka_sasl_mechanism": "GSSAPI"}, "GC_KAFKA_SASL_MECHANISM='GSSAPI'"),
-    ({"kafka_security_protocol": "SASL_SSL", "kafka_username": "u", "kafka_password_file": "/nonexistent/pw"},
-     "GC_KAFKA_PASSWORD_FILE=/nonexistent/pw: cannot read it"),
-])
+@pytest.mark.parametrize(
+    "fields, says",
+    [
+        ({"kafka_security_protocol": "SSL"}, "expected one of PLAINTEXT, SASL_SSL"),
+        ({"kafka_security_protocol": "SASL_SSL"}, "needs GC_KAFKA_USERNAME and GC_KAFKA_PASSWORD"),
+        (
+            {
+                "kafka_security_protocol": "SASL_SSL",
+                "kafka_username": "u",
+                "kafka_password": "p",
+                "kafka_sasl_mechanism": "GSSAPI",
+            },
+            "GC_KAFKA_SASL_MECHANISM='GSSAPI'",
+        ),
+        (
+            {"kafka_security_protocol": "SASL_SSL", "kafka_username": "u", "kafka_password_file": "/nonexistent/pw"},
+            "GC_KAFKA_PASSWORD_FILE=/nonexistent/pw: cannot read it",
+        ),
+    ],
+)
 def test_bad_settings_are_refused_saying_which(fields, says):
     with pytest.raises(ConnectionSettingsError, match=says.replace("(", r"\(")):
         settings(**fields).connection.kwargs()
@@ -64,7 +87,7 @@ def test_a_password_file_and_a_ca_file(tmp_path, secure_dir):
     base = {"kafka_security_protocol": "SASL_SSL", "kafka_username": "u"}
     assert settings(**base, kafka_password_file=tmp_path / "pw").connection.password == "s3cret"
     with pytest.raises(ConnectionSettingsError, match="the file is empty"):
-        settings(**base, kafka_password_file=tmp_path / "empty").connection
+        _ = settings(**base, kafka_password_file=tmp_path / "empty").connection
     for ca, says in ((tmp_path / "missing.pem", "cannot read it"), (tmp_path / "not-pem", "not a PEM certificate")):
         with pytest.raises(ConnectionSettingsError, match=says):
             settings(**base, kafka_password="p", kafka_ca_file=ca).connection.kwargs()
@@ -77,7 +100,8 @@ def test_the_secure_directory_is_private_and_reused(secure_dir):
     before = {p.name: p.read_bytes() for p in (secure_dir.ca, secure_dir.keystore, secure_dir.credentials_file)}
     again = SecureDir(secure_dir.path).ensure(("firm-acme",))
     assert {p.name: p.read_bytes() for p in (again.ca, again.keystore)} == {
-        k: v for k, v in before.items() if k != "credentials.json"}
+        k: v for k, v in before.items() if k != "credentials.json"
+    }
     users = again.credentials()["users"]
     assert set(users) == {*BASE_PRINCIPALS, "firm-acme"}
     assert {p: users[p] for p in BASE_PRINCIPALS} == json.loads(before["credentials.json"])["users"]
@@ -86,16 +110,22 @@ def test_the_secure_directory_is_private_and_reused(secure_dir):
 
 def test_client_files_per_principal(secure_dir):
     secure_dir.write_client_files("127.0.0.1:19093")
-    env = dict(line.split("=", 1) for line in secure_dir.client_env("firm-demo").read_text().splitlines()
-               if line and not line.startswith("#"))
+    env = dict(
+        line.split("=", 1)
+        for line in secure_dir.client_env("firm-demo").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     connection = Connection.from_settings(settings(**{k[3:].lower(): v for k, v in env.items()}))
     assert connection == secure_dir.connection("127.0.0.1:19093", "firm-demo")
     properties = secure_dir.client_properties("firm-demo").read_text()
     assert "security.protocol=SASL_SSL" in properties and f'password="{connection.password}"' in properties
     kcat = secure_dir.client_kcat("firm-demo").read_text()
     assert "sasl.username=firm-demo" in kcat and f"sasl.password={connection.password}" in kcat
-    for path in (secure_dir.client_env("firm-demo"), secure_dir.client_properties("firm-demo"),
-                 secure_dir.client_kcat("firm-demo")):
+    for path in (
+        secure_dir.client_env("firm-demo"),
+        secure_dir.client_properties("firm-demo"),
+        secure_dir.client_kcat("firm-demo"),
+    ):
         assert os.stat(path).st_mode & 0o777 == 0o600, path
 
 

@@ -29,6 +29,7 @@ def test_every_map_region_shows_a_region_of_the_gazetteer():
 def test_a_prefecture_level_colours_its_map_region_and_no_other():
     from models.mapregions import feature_levels
     from models.records import RegionRisk
+
     book, at = RiskBook(), parse_time("2020-02-25T00:00:00Z")
     book.apply(RegionRisk("4201", "high", at))
     book.apply(RegionRisk("11", "medium", at))
@@ -37,11 +38,20 @@ def test_a_prefecture_level_colours_its_map_region_and_no_other():
     assert sorted(f for f, n in levels.items() if n) == ["110000", WUHAN]
 
 
-
-
 def test_bound_beyond_loopback_the_dashboard_wants_a_token(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "GC_DATA_DIR": str(tmp_path),
-           "GC_DATABASE_URL": f"sqlite:///{tmp_path}/gc.db", "GC_BROKER_URL": "kafka://127.0.0.1:9"}
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "dashboard", "--host", "0.0.0.0", "--port", "0"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+        "GC_DATA_DIR": str(tmp_path),
+        "GC_DATABASE_URL": f"sqlite:///{tmp_path}/gc.db",
+        "GC_BROKER_URL": "kafka://127.0.0.1:9",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "dashboard", "--host", "0.0.0.0", "--port", "0"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "beyond loopback: set a token" in done.stdout, done.stdout + done.stderr

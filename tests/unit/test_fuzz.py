@@ -14,25 +14,25 @@ import random
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from models.keyring import key_entry
 from models.passes import kafka_partition
 from models.records import MAX_CARGO_LINES, MAX_ID, MAX_MESSAGE_BYTES, MAX_TEXT, MAX_TOKEN, parse_time
-from streams.handlers import RecordMeta, Tables
 from streams.dev.simulator import Scenario, scans_for
+from streams.handlers import RecordMeta, Tables
 from tests.support.factories import SCHEMAS, make_pipeline, validator
 
 # hypothesis-jsonschema filters what it draws, and the extreme values are big, so those health
 # checks would only measure the generators. In `make test` the examples are derandomized (the
 # same ones every run: a red CI names a real bug, never a lucky draw); `long` draws afresh.
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=_QUIET,
-                          derandomize=True, database=None)
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, suppress_health_check=_QUIET, derandomize=True, database=None
+)
 settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
@@ -40,8 +40,13 @@ PIPELINE = make_pipeline()
 TOPICS = PIPELINE.topics
 PARTITIONS = PIPELINE.partitions
 # The topic each handler reads (what its records' metadata names).
-TOPIC_OF = {"on_request": TOPICS.requests, "on_scan": TOPICS.scans, "on_risk": TOPICS.risk,
-            "on_enterprise": TOPICS.enterprises, "on_key": TOPICS.keys}
+TOPIC_OF = {
+    "on_request": TOPICS.requests,
+    "on_scan": TOPICS.scans,
+    "on_risk": TOPICS.risk,
+    "on_enterprise": TOPICS.enterprises,
+    "on_key": TOPICS.keys,
+}
 VALID = {name: validator(name) for name in ("PassDecision", "PassStatus", "DeadLetter")}
 
 
@@ -51,13 +56,31 @@ def _schema(name: str) -> dict:
 
 # --- extreme values ---------------------------------------------------------------------------
 EXTREME_TIMES = [
-    "0001-01-01T00:00:00+00:00", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59+00:00",
-    "9999-12-31T23:59:59-12:00", "9999-12-31T23:59:59.999999Z", "1970-01-01T00:00:00Z",
-    "2020-02-30T00:00:00Z", "2020-02-25T25:00:00Z", "2020-02-25", "now", "",
+    "0001-01-01T00:00:00+00:00",
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59+00:00",
+    "9999-12-31T23:59:59-12:00",
+    "9999-12-31T23:59:59.999999Z",
+    "1970-01-01T00:00:00Z",
+    "2020-02-30T00:00:00Z",
+    "2020-02-25T25:00:00Z",
+    "2020-02-25",
+    "now",
+    "",
 ]
 EXTREME_NUMBERS = [0, -1, 1e-308, 5e-324, -1e308, 1e308, 10**30, -(10**30), 2**63, 2**64 + 1]
-EXTREME_STRINGS = ["", " ", "\x00", "\x00" * 64, "\u202e\u200b", "\ud7ff", "鄂A" * 5000, "x" * 100_000,
-                   "".join(chr(c) for c in range(32)), "😷" * 300]
+EXTREME_STRINGS = [
+    "",
+    " ",
+    "\x00",
+    "\x00" * 64,
+    "\u202e\u200b",
+    "\ud7ff",
+    "鄂A" * 5000,
+    "x" * 100_000,
+    "".join(chr(c) for c in range(32)),
+    "😷" * 300,
+]
 WRONG_TYPES = [None, True, [], {}, [1, [2, [3]]], {"a": {"b": {}}}]
 
 
@@ -68,8 +91,7 @@ def deep(depth: int) -> object:
     return value
 
 
-EXTREMES = st.sampled_from(EXTREME_TIMES + EXTREME_NUMBERS + EXTREME_STRINGS + WRONG_TYPES
-                           + [deep(200), deep(600)])
+EXTREMES = st.sampled_from(EXTREME_TIMES + EXTREME_NUMBERS + EXTREME_STRINGS + WRONG_TYPES + [deep(200), deep(600)])
 
 
 def paths(obj, prefix=()):
@@ -118,9 +140,9 @@ def _issued_pass() -> tuple[dict, Tables]:
     tables = Tables.empty()
     for body in REQUESTS:
         key = body["shipment_id"].encode()
-        outs = PIPELINE.on_request(key, orjson.dumps(body),
-                                   RecordMeta(TOPICS.requests, kafka_partition(key, PARTITIONS), 0, 0),
-                                   tables=tables)
+        outs = PIPELINE.on_request(
+            key, orjson.dumps(body), RecordMeta(TOPICS.requests, kafka_partition(key, PARTITIONS), 0, 0), tables=tables
+        )
         decision = orjson.loads(outs[0].value)
         if decision["decision"] == "approved":
             return decision, tables
@@ -133,8 +155,11 @@ SCANS = scans_for(DECISION, random.Random(3))
 RISK = {"adcode": "420100", "level": "high", "effective_at": "2020-02-25T08:00:00+08:00"}
 ENTERPRISE = dict(SCENARIO.enterprise_entries()[0])
 # A key of no one's, withdrawn: valid, it changes nothing here (no pass is signed by it).
-KEY_RECORD = key_entry(Ed25519PrivateKey.from_private_bytes(bytes(range(5, 37))).public_key(), "withdrawn",
-                       at=parse_time("2020-02-25T08:00:00Z"))
+KEY_RECORD = key_entry(
+    Ed25519PrivateKey.from_private_bytes(bytes(range(5, 37))).public_key(),
+    "withdrawn",
+    at=parse_time("2020-02-25T08:00:00Z"),
+)
 
 
 # --- the invariant ----------------------------------------------------------------------------
@@ -147,8 +172,9 @@ def no_internal_error(out) -> None:
 
 def answered_request(value: bytes, key: bytes | None) -> None:
     partition = kafka_partition(key, PARTITIONS) if key else 0
-    outs = PIPELINE.on_request(key, value, RecordMeta(TOPICS.requests, partition, 7, 1582617600000),
-                               tables=Tables.empty())
+    outs = PIPELINE.on_request(
+        key, value, RecordMeta(TOPICS.requests, partition, 7, 1582617600000), tables=Tables.empty()
+    )
     assert outs and outs[0].topic in (TOPICS.decisions, TOPICS.deadletter)
     no_internal_error(outs[0])
     if outs[0].topic == TOPICS.decisions:
@@ -207,7 +233,8 @@ def test_any_bytes_as_risk_and_enterprise_entries_and_key_records(value):
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
-    max_leaves=30)
+    max_leaves=30,
+)
 
 
 @given(JSON_VALUES, ANY_KEY)
@@ -287,9 +314,12 @@ def test_nesting_deeper_than_the_parser_goes_is_a_dead_letter(handler):
 def test_a_request_at_the_ends_of_the_calendar_is_rejected_naming_the_field(field, when):
     body = dict(REQUESTS[0], **{field: when})
     key = body["shipment_id"].encode()
-    outs = PIPELINE.on_request(key, orjson.dumps(body),
-                               RecordMeta(TOPICS.requests, kafka_partition(key, PARTITIONS), 0, 1582617600000),
-                               tables=Tables.empty())
+    outs = PIPELINE.on_request(
+        key,
+        orjson.dumps(body),
+        RecordMeta(TOPICS.requests, kafka_partition(key, PARTITIONS), 0, 1582617600000),
+        tables=Tables.empty(),
+    )
     decision = orjson.loads(outs[0].value)
     assert decision["decision"] == "rejected", decision
     assert field in {r.get("field") for r in decision["reasons"]}, decision["reasons"]
@@ -298,9 +328,12 @@ def test_a_request_at_the_ends_of_the_calendar_is_rejected_naming_the_field(fiel
 # --- limits -----------------------------------------------------------------------------------
 def decide(body: dict) -> dict:
     key = body["shipment_id"].encode()
-    outs = PIPELINE.on_request(key, orjson.dumps(body),
-                               RecordMeta(TOPICS.requests, kafka_partition(key, PARTITIONS), 0, 1582617600000),
-                               tables=Tables.empty())
+    outs = PIPELINE.on_request(
+        key,
+        orjson.dumps(body),
+        RecordMeta(TOPICS.requests, kafka_partition(key, PARTITIONS), 0, 1582617600000),
+        tables=Tables.empty(),
+    )
     return orjson.loads(outs[0].value)
 
 
@@ -310,8 +343,13 @@ def reasons(decision: dict) -> set[tuple[str, str | None]]:
 
 def test_a_message_over_the_size_limit_is_a_dead_letter_saying_so():
     body = dict(REQUESTS[0], padding="x" * MAX_MESSAGE_BYTES)
-    for handler, extra in (("on_request", {"tables": Tables.empty()}), ("on_scan", {"tables": Tables.empty()}),
-                           ("on_risk", {}), ("on_enterprise", {}), ("on_key", {})):
+    for handler, extra in (
+        ("on_request", {"tables": Tables.empty()}),
+        ("on_scan", {"tables": Tables.empty()}),
+        ("on_risk", {}),
+        ("on_enterprise", {}),
+        ("on_key", {}),
+    ):
         (out,) = getattr(PIPELINE, handler)(b"k", orjson.dumps(body), RecordMeta(TOPIC_OF[handler], 0, 0, 0), **extra)
         assert out.topic == TOPICS.deadletter
         assert orjson.loads(out.value)["error"].startswith("too_large:")
@@ -342,12 +380,15 @@ def test_an_overlong_text_field_is_rejected_naming_it():
 
 def test_an_overlong_shipment_id_or_scan_field_is_a_dead_letter_saying_so():
     body = dict(REQUESTS[0], shipment_id="S" * (MAX_ID + 1))
-    (out,) = PIPELINE.on_request(b"k", orjson.dumps(body), RecordMeta(TOPICS.requests, 0, 0, 0),
-                                 tables=Tables.empty())
+    (out,) = PIPELINE.on_request(b"k", orjson.dumps(body), RecordMeta(TOPICS.requests, 0, 0, 0), tables=Tables.empty())
     assert orjson.loads(out.value)["error"].startswith("too_long: shipment_id")
     for field, value in (("checkpoint_id", "C" * (MAX_ID + 1)), ("token", "t" * (MAX_TOKEN + 1))):
-        (out,) = PIPELINE.on_scan(PASS_ID.encode(), orjson.dumps(dict(SCANS[0], **{field: value})),
-                                  RecordMeta(TOPICS.scans, 0, 0, 0), tables=TABLES)
+        (out,) = PIPELINE.on_scan(
+            PASS_ID.encode(),
+            orjson.dumps(dict(SCANS[0], **{field: value})),
+            RecordMeta(TOPICS.scans, 0, 0, 0),
+            tables=TABLES,
+        )
         assert out.topic == TOPICS.deadletter and f"too_long: {field}" in orjson.loads(out.value)["error"]
 
 

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC
 
 import orjson
 import pytest
 
 from models.passes import kafka_partition
 from models.records import canonical
-from streams.handlers import RecordMeta, Tables
 from streams.dev.simulator import Scenario, scans_for
-
+from streams.handlers import RecordMeta, Tables
 from tests.support.factories import T, feed_reference, make_pipeline, run_requests, validator
 
 
 def scan_on_its_partition(pipeline, scan: dict, tables) -> list:
     """A scan keyed by its pass number, as a checkpoint publishes it: applied where it lands."""
     pid = scan["pass_id"]
-    return pipeline.on_scan(pid.encode(), orjson.dumps(scan),
-                            RecordMeta(pipeline.topics.scans, kafka_partition(pid.encode(), pipeline.partitions), 0, 0),
-                            tables=tables)
+    return pipeline.on_scan(
+        pid.encode(),
+        orjson.dumps(scan),
+        RecordMeta(pipeline.topics.scans, kafka_partition(pid.encode(), pipeline.partitions), 0, 0),
+        tables=tables,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +57,14 @@ def test_outputs_match_the_published_schemas(scenario_messages):
     pipeline = make_pipeline()
     feed_reference(pipeline, scenario)
     decision_schema, dead_schema = validator("PassDecision"), validator("DeadLetter")
-    request_schema, scan_schema, status_schema = (validator("ShipmentRequest"), validator("CheckpointScan"),
-                                                  validator("PassStatus"))
+    request_schema, scan_schema, status_schema = (
+        validator("ShipmentRequest"),
+        validator("CheckpointScan"),
+        validator("PassStatus"),
+    )
     tables = Tables.empty()
     statuses = []
-    for (key, value), outs in zip(messages, run_requests(pipeline, messages, tables)):
+    for (_key, value), outs in zip(messages, run_requests(pipeline, messages, tables)):
         for out in outs:
             body = orjson.loads(out.value)
             if out.topic == T.decisions:
@@ -92,8 +98,10 @@ def test_decisions_are_byte_identical_across_runs_and_interleavings(scenario_mes
 
 def test_reference_data_order_does_not_change_decisions(scenario_messages):
     scenario, messages = scenario_messages
-    risk = [{"adcode": "43", "level": "high", "effective_at": "2020-02-25T08:30:00Z"},
-            {"adcode": "43", "level": "low", "effective_at": "2020-02-25T09:00:00Z"}]
+    risk = [
+        {"adcode": "43", "level": "high", "effective_at": "2020-02-25T08:30:00Z"},
+        {"adcode": "43", "level": "low", "effective_at": "2020-02-25T09:00:00Z"},
+    ]
     results = []
     for order in (risk, risk[::-1]):
         pipeline = make_pipeline()
@@ -133,8 +141,9 @@ def test_a_scan_landing_on_another_partition_is_re_keyed_to_its_pass_and_applied
     pid = scan["pass_id"]
     home = kafka_partition(pid.encode(), pipeline.partitions)
     elsewhere = (home + 1) % pipeline.partitions
-    [forwarded] = pipeline.on_scan(b"some-plate", orjson.dumps(scan),
-                                   RecordMeta(pipeline.topics.scans, elsewhere, 0, 0), tables=tables)
+    [forwarded] = pipeline.on_scan(
+        b"some-plate", orjson.dumps(scan), RecordMeta(pipeline.topics.scans, elsewhere, 0, 0), tables=tables
+    )
     assert (forwarded.topic, forwarded.key) == (T.pass_events, pid.encode()) and not tables.answers
     assert kafka_partition(forwarded.key, pipeline.partitions) == home
     [status] = pipeline.on_pass_event(forwarded.value, partition=home, tables=tables)
@@ -184,24 +193,33 @@ def test_a_risk_change_visits_only_the_passes_on_the_regions_it_touches():
 
 # --- reference entries on the wire --------------------------------------------------------------
 
+
 def test_an_entry_without_effective_at_takes_effect_from_its_record_time():
-    from datetime import datetime, timezone
+    from datetime import datetime
+
     pipeline = make_pipeline()
-    record_ms = int(datetime(2020, 2, 25, 9, 0, tzinfo=timezone.utc).timestamp() * 1000)
-    outs = pipeline.on_risk(b"4201", orjson.dumps({"adcode": "4201", "level": "high"}),
-                            RecordMeta(pipeline.topics.risk, 0, 0, record_ms))
+    record_ms = int(datetime(2020, 2, 25, 9, 0, tzinfo=UTC).timestamp() * 1000)
+    outs = pipeline.on_risk(
+        b"4201", orjson.dumps({"adcode": "4201", "level": "high"}), RecordMeta(pipeline.topics.risk, 0, 0, record_ms)
+    )
     assert [o.topic for o in outs] == [T.pass_events] * 4
     assert orjson.loads(outs[0].value)["effective_at"] == "2020-02-25T09:00:00Z"
     book = pipeline.decider.risk
-    assert book.level_at("420111", datetime(2020, 2, 25, 8, 59, tzinfo=timezone.utc)) == "low"
-    assert book.level_at("420111", datetime(2020, 2, 25, 9, 0, tzinfo=timezone.utc)) == "high"
+    assert book.level_at("420111", datetime(2020, 2, 25, 8, 59, tzinfo=UTC)) == "low"
+    assert book.level_at("420111", datetime(2020, 2, 25, 9, 0, tzinfo=UTC)) == "high"
 
     code = Scenario(seed=1).key_enterprises[0][0]
-    assert pipeline.on_enterprise(code.encode(), orjson.dumps({"credit_code": code, "action": "add"}),
-                                  RecordMeta(pipeline.topics.enterprises, 0, 1, record_ms)) == []
+    assert (
+        pipeline.on_enterprise(
+            code.encode(),
+            orjson.dumps({"credit_code": code, "action": "add"}),
+            RecordMeta(pipeline.topics.enterprises, 0, 1, record_ms),
+        )
+        == []
+    )
     books = pipeline.decider.enterprises
-    assert not books.is_listed(code, datetime(2020, 2, 25, 8, 59, tzinfo=timezone.utc))
-    assert books.is_listed(code, datetime(2020, 2, 25, 9, 0, tzinfo=timezone.utc))
+    assert not books.is_listed(code, datetime(2020, 2, 25, 8, 59, tzinfo=UTC))
+    assert books.is_listed(code, datetime(2020, 2, 25, 9, 0, tzinfo=UTC))
 
 
 @pytest.mark.parametrize("adcode", ["999999", "99", "4299", "420199"])

@@ -11,24 +11,23 @@ import stat
 import subprocess
 import sys
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
-from jsonschema import ValidationError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jsonschema import ValidationError
 
 from models.keyring import ACTIVE, WITHDRAWN, Keyring, SigningKeyMissing, key_entry, key_id, parse_key_entry
 from models.operators import EntryError, key_withdrawal
 from models.passes import PassState, Signer, kafka_partition, unverified_claims, verify_token
 from models.records import RegionRisk, Unparseable, format_time, parse_time
-from streams.handlers import Out, RecordMeta, Tables
-from streams.keys import KeyDir, key_record, load_keyring
 from streams.audit import Record, Replayer, compare
 from streams.dev.simulator import Scenario
+from streams.handlers import Out, RecordMeta, Tables
+from streams.keys import KeyDir, key_record, load_keyring
 from streams.station import Store, check
-
 from tests.support.factories import KEY, T, make_pipeline, make_tracker, validator, wuhan_to_guangzhou
 
 K1 = KEY  # the ring's first key (support's), active since ever
@@ -36,8 +35,8 @@ K2 = Ed25519PrivateKey.from_private_bytes(bytes(range(2, 34)))
 K3 = Ed25519PrivateKey.from_private_bytes(bytes(range(3, 35)))
 SIGNERS = {key_id(k.public_key()): Signer(k, key_id(k.public_key())) for k in (K1, K2, K3)}
 KID1, KID2, KID3 = SIGNERS
-START = datetime(2020, 2, 25, 8, 0, tzinfo=timezone.utc)
-ROTATED = START + timedelta(hours=6)      # K2 active from here
+START = datetime(2020, 2, 25, 8, 0, tzinfo=UTC)
+ROTATED = START + timedelta(hours=6)  # K2 active from here
 WITHDRAWN_AT = START + timedelta(hours=10)  # K1 withdrawn from here
 SCENARIO = Scenario(seed=313, start=START)
 TS = 1582617600000  # the records' time (the keys records carry their own times)
@@ -64,8 +63,9 @@ class World:
     def __init__(self, signers=SIGNERS) -> None:
         self.pipeline = make_pipeline(Keyring(signers.get))
         for i, entry in enumerate(SCENARIO.enterprise_entries()):
-            self.pipeline.on_enterprise(None, orjson.dumps(entry),
-                                        RecordMeta(self.pipeline.topics.enterprises, 0, i, TS))
+            self.pipeline.on_enterprise(
+                None, orjson.dumps(entry), RecordMeta(self.pipeline.topics.enterprises, 0, i, TS)
+            )
         self.tables = Tables.empty()
         self.offset = 0
 
@@ -104,9 +104,15 @@ class World:
     def scan(self, decision: dict, at: datetime, *, token: str | None = None, n: int = 0, last: bool = False) -> dict:
         the_pass = decision["pass"]
         checkpoint = the_pass["route"]["checkpoints"][-1 if last else 0]["checkpoint_id"]
-        body = {"scan_id": f"{the_pass['pass_id']}-{n}", "checkpoint_id": checkpoint, "pass_id": the_pass["pass_id"],
-                "plate": the_pass["plate"], "kind": "arrival", "scanned_at": format_time(at),
-                "token": token or the_pass["token"]}
+        body = {
+            "scan_id": f"{the_pass['pass_id']}-{n}",
+            "checkpoint_id": checkpoint,
+            "pass_id": the_pass["pass_id"],
+            "plate": the_pass["plate"],
+            "kind": "arrival",
+            "scanned_at": format_time(at),
+            "token": token or the_pass["token"],
+        }
         (out,) = self.send(T.scans, the_pass["pass_id"].encode(), orjson.dumps(body))
         return orjson.loads(out.value)
 
@@ -115,8 +121,13 @@ def request(n: int, at: datetime) -> dict:
     """A P0 request from Wuhan to Guangzhou submitted at `at` (so decided as of then), departing
     two hours later; the same for the same `n`."""
     body = Scenario(seed=313 + n, start=START).request(n, kind="P0")
-    body.update(submitted_at=format_time(at), departure_at=format_time(at + timedelta(hours=2)), trip="single",
-                origin={"adcode": "420111"}, destination={"adcode": "440106"})
+    body.update(
+        submitted_at=format_time(at),
+        departure_at=format_time(at + timedelta(hours=2)),
+        trip="single",
+        origin={"adcode": "420111"},
+        destination={"adcode": "440106"},
+    )
     return body
 
 
@@ -133,20 +144,48 @@ def kid_of(token: str) -> str:
 
 # --- the ring as of a time ----------------------------------------------------------------------
 
+
 def test_the_key_that_signs_is_the_newest_active_at_the_time_in_any_order_of_records():
-    records = [record(KID1), record(KID2, ACTIVE, ROTATED), record(KID3, ACTIVE, ROTATED + timedelta(days=1)),
-               record(KID3, WITHDRAWN, ROTATED + timedelta(days=2))]
+    records = [
+        record(KID1),
+        record(KID2, ACTIVE, ROTATED),
+        record(KID3, ACTIVE, ROTATED + timedelta(days=1)),
+        record(KID3, WITHDRAWN, ROTATED + timedelta(days=2)),
+    ]
     for ring in (ring_of(*records), ring_of(*reversed(records), *records)):
-        assert [ring.signing_kid(at) for at in (START, ROTATED - timedelta(microseconds=1), ROTATED,
-                                                ROTATED + timedelta(days=1), ROTATED + timedelta(days=2))] == \
-            [KID1, KID1, KID2, KID3, KID2]
-        assert ring.status_at(KID3, ROTATED) == "pending" and ring.status_at(KID3, ROTATED + timedelta(days=2)) == WITHDRAWN
+        assert [
+            ring.signing_kid(at)
+            for at in (
+                START,
+                ROTATED - timedelta(microseconds=1),
+                ROTATED,
+                ROTATED + timedelta(days=1),
+                ROTATED + timedelta(days=2),
+            )
+        ] == [KID1, KID1, KID2, KID3, KID2]
+        assert (
+            ring.status_at(KID3, ROTATED) == "pending"
+            and ring.status_at(KID3, ROTATED + timedelta(days=2)) == WITHDRAWN
+        )
         assert ring.kids() == [KID1, KID2, KID3] and ring.activated_at(KID1) is None and ring.ever_active(KID1)
     assert ring.rows(ROTATED)[:2] == [  # what `keys list` and the worker's /keys/ show
-        {"kid": KID1, "active_from": "always", "status": ACTIVE, "withdrawn_from": None, "signs": False,
-         "private_key_here": True},
-        {"kid": KID2, "active_from": format_time(ROTATED), "status": ACTIVE, "withdrawn_from": None, "signs": True,
-         "private_key_here": True}]
+        {
+            "kid": KID1,
+            "active_from": "always",
+            "status": ACTIVE,
+            "withdrawn_from": None,
+            "signs": False,
+            "private_key_here": True,
+        },
+        {
+            "kid": KID2,
+            "active_from": format_time(ROTATED),
+            "status": ACTIVE,
+            "withdrawn_from": None,
+            "signs": True,
+            "private_key_here": True,
+        },
+    ]
     twice = ring_of(record(KID1))
     assert not twice.apply(parse_key_entry(orjson.loads(record(KID1))))  # a redelivery changes nothing
     # A later activation of a key never moves it: its earliest stands.
@@ -161,9 +200,13 @@ def test_two_keys_active_since_ever_are_ordered_by_kid_not_by_arrival():
 
 # --- rotation -----------------------------------------------------------------------------------
 
+
 def test_new_passes_use_the_rotated_key_and_older_ones_verify_until_they_expire(tmp_path):
     world = rotated_world()
-    old, new = world.decide(request(1, START + timedelta(hours=1))), world.decide(request(2, ROTATED + timedelta(hours=1)))
+    old, new = (
+        world.decide(request(1, START + timedelta(hours=1))),
+        world.decide(request(2, ROTATED + timedelta(hours=1))),
+    )
     assert (old["decision"], new["decision"]) == ("approved", "approved")
     assert (kid_of(old["pass"]["token"]), kid_of(new["pass"]["token"])) == (KID1, KID2)
     assert verify_token(new["pass"]["token"], world.ring.public_keys)["kid"] == KID2
@@ -174,7 +217,9 @@ def test_new_passes_use_the_rotated_key_and_older_ones_verify_until_they_expire(
     # A station with the same records says the same of the older key's token.
     store = station_store(tmp_path, old, [record(KID1), record(KID2, ACTIVE, ROTATED)])
     at = end - timedelta(minutes=1)
-    assert check(store, store.keyring(), checkpoint_id=first_checkpoint(old), at=at, token=old["pass"]["token"])["green"]
+    assert check(store, store.keyring(), checkpoint_id=first_checkpoint(old), at=at, token=old["pass"]["token"])[
+        "green"
+    ]
 
 
 def station_store(tmp_path, decision: dict, records: list[bytes], statuses: list[dict] = ()) -> Store:
@@ -192,6 +237,7 @@ def first_checkpoint(decision: dict) -> str:
 
 
 # --- withdrawal ---------------------------------------------------------------------------------
+
 
 def test_a_withdrawn_key_is_refused_at_a_scan_after_its_withdrawal_and_not_before(tmp_path):
     world = rotated_world()
@@ -218,8 +264,10 @@ def test_a_withdrawn_key_is_refused_at_a_scan_after_its_withdrawal_and_not_befor
     elsewhere = Store(tmp_path / "other.db", [here])
     for r in records:
         elsewhere.take_key(orjson.loads(r), timestamp_ms=TS)
-    assert check(elsewhere, elsewhere.keyring(), checkpoint_id=here, at=after,
-                 token=old["pass"]["token"])["reason"] == "key_withdrawn"
+    assert (
+        check(elsewhere, elsewhere.keyring(), checkpoint_id=here, at=after, token=old["pass"]["token"])["reason"]
+        == "key_withdrawn"
+    )
 
 
 def test_an_unknown_kid_is_refused_by_the_tracker_and_the_station(tmp_path):
@@ -229,11 +277,14 @@ def test_an_unknown_kid_is_refused_by_the_tracker_and_the_station(tmp_path):
     stranger = Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(9, 41))), "0123456789abcdef")
     token = stranger.token(unverified_claims(the_pass["token"]))
     refused = world.scan(decision, START + timedelta(hours=4), token=token)
-    assert (refused["status"], refused["reason"]) == ("held", "bad_token: token signed with an unknown key "
-                                                               "(kid 0123456789abcdef)")
+    assert (refused["status"], refused["reason"]) == (
+        "held",
+        "bad_token: token signed with an unknown key (kid 0123456789abcdef)",
+    )
     store = station_store(tmp_path, decision, [record(KID1), record(KID2, ACTIVE, ROTATED)])
-    grey = check(store, store.keyring(), checkpoint_id=first_checkpoint(decision), at=START + timedelta(hours=4),
-                 token=token)
+    grey = check(
+        store, store.keyring(), checkpoint_id=first_checkpoint(decision), at=START + timedelta(hours=4), token=token
+    )
     assert grey["reason"] == refused["reason"]
 
 
@@ -245,17 +296,24 @@ def test_a_withdrawal_reissues_exactly_the_active_passes_its_key_signed(monkeypa
     assert world.scan(d, START + timedelta(hours=9), last=True)["status"] == "delivered"  # nothing can change it
     visited = []
     real = world.pipeline.tracker.key_withdrawn
-    monkeypatch.setattr(world.pipeline.tracker, "key_withdrawn",
-                        lambda s, kid, at: (visited.append(s.pass_id), real(s, kid, at))[1])
+    monkeypatch.setattr(
+        world.pipeline.tracker, "key_withdrawn", lambda s, kid, at: (visited.append(s.pass_id), real(s, kid, at))[1]
+    )
     events = world.key(record(KID1, WITHDRAWN, WITHDRAWN_AT))
     ids = sorted(x["pass"]["pass_id"] for x in (a, b))
     assert sorted(visited) == ids  # the index: neither C (another key) nor D (delivered) is visited
     assert sorted(e["pass_id"] for e in events) == ids
     status = validator("PassStatus")
-    for event, decision in zip(sorted(events, key=lambda e: e["pass_id"]), sorted((a, b), key=lambda x: x["pass"]["pass_id"])):
+    for event, decision in zip(
+        sorted(events, key=lambda e: e["pass_id"]), sorted((a, b), key=lambda x: x["pass"]["pass_id"])
+    ):
         status.validate(event)
         assert (event["status"], event["reason"], event["cause"], event["at"]) == (
-            "issued", "token_reissued", f"key:{KID1}:withdrawn:{format_time(WITHDRAWN_AT)}", format_time(WITHDRAWN_AT))
+            "issued",
+            "token_reissued",
+            f"key:{KID1}:withdrawn:{format_time(WITHDRAWN_AT)}",
+            format_time(WITHDRAWN_AT),
+        )
         assert event["route"] == decision["pass"]["route"]
         claims = verify_token(event["token"], world.ring.public_keys)
         assert claims["kid"] == KID2 and claims | {"kid": KID1} == unverified_claims(decision["pass"]["token"])
@@ -311,6 +369,7 @@ def test_a_pass_stored_before_the_keyring_is_found_by_its_decisions_token():
 
 # --- determinism: the same log, the same bytes; and the replay's ---------------------------------
 
+
 def keyring_log() -> list[tuple[str, bytes, bytes]]:
     inputs = [(T.enterprises, e["credit_code"].encode(), orjson.dumps(e)) for e in SCENARIO.enterprise_entries()]
     inputs += [(T.keys, KID1.encode(), record(KID1)), (T.keys, KID2.encode(), record(KID2, ACTIVE, ROTATED))]
@@ -318,9 +377,15 @@ def keyring_log() -> list[tuple[str, bytes, bytes]]:
     inputs += [(T.requests, b["shipment_id"].encode(), orjson.dumps(b)) for b in bodies]
     # The first pass is scanned before the withdrawal: its reissue says where the vehicle is then.
     the_pass = rotated_world().decide(bodies[0])["pass"]
-    scan = {"scan_id": "kr-1", "checkpoint_id": the_pass["route"]["checkpoints"][0]["checkpoint_id"],
-            "pass_id": the_pass["pass_id"], "plate": the_pass["plate"], "kind": "arrival",
-            "scanned_at": format_time(WITHDRAWN_AT - timedelta(hours=1)), "token": the_pass["token"]}
+    scan = {
+        "scan_id": "kr-1",
+        "checkpoint_id": the_pass["route"]["checkpoints"][0]["checkpoint_id"],
+        "pass_id": the_pass["pass_id"],
+        "plate": the_pass["plate"],
+        "kind": "arrival",
+        "scanned_at": format_time(WITHDRAWN_AT - timedelta(hours=1)),
+        "token": the_pass["token"],
+    }
     inputs.append((T.scans, the_pass["pass_id"].encode(), orjson.dumps(scan)))
     inputs.append((T.keys, KID1.encode(), record(KID1, WITHDRAWN, WITHDRAWN_AT)))
     inputs.append((T.keys, b"garbage", b'{"kid": "x", "public_key": "not a key", "algorithm": "Ed25519"}'))
@@ -331,8 +396,9 @@ def test_the_same_log_gives_the_same_bytes_twice_and_in_the_replay():
     runs = []
     for _ in range(2):
         world = rotated_world()
-        runs.append([(o.topic, o.key, o.value) for topic, key, value in keyring_log()
-                     for o in world.send(topic, key, value)])
+        runs.append(
+            [(o.topic, o.key, o.value) for topic, key, value in keyring_log() for o in world.send(topic, key, value)]
+        )
     assert runs[0] == runs[1]
     reissues = [orjson.loads(v) for t, _, v in runs[0] if t == T.status and b"token_reissued" in v]
     assert len(reissues) == 5 and {r["status"] for r in reissues} == {"issued", "at_checkpoint"}  # 1-5: K1
@@ -341,8 +407,9 @@ def test_the_same_log_gives_the_same_bytes_twice_and_in_the_replay():
     world, records, recorded = rotated_world(), [], []
     for n, (topic, key, value) in enumerate(keyring_log()):
         records.append(Record(topic, kafka_partition(key, 4), n, TS + n, key, value))
-        recorded += [Record(o.topic, 0, len(recorded), TS + n, o.key, o.value, o.headers)
-                     for o in world.send(topic, key, value)]
+        recorded += [
+            Record(o.topic, 0, len(recorded), TS + n, o.key, o.value, o.headers) for o in world.send(topic, key, value)
+        ]
     rep = Replayer(make_pipeline(Keyring(SIGNERS.get)))
     reference = [r for r in records if r.topic in (T.keys, T.enterprises)]
     rep.load_reference(reference)
@@ -353,6 +420,7 @@ def test_the_same_log_gives_the_same_bytes_twice_and_in_the_replay():
 
 
 # --- bad input -----------------------------------------------------------------------------------
+
 
 def other_pem() -> str:
     return orjson.loads(record(KID2))["public_key"]
@@ -381,6 +449,7 @@ def test_a_malformed_key_record_is_dead_lettered_by_the_worker_and_skipped_by_a_
 
     from streams.settings import Settings
     from streams.station import Station
+
     store = Store(tmp_path / "station.db", ["BX-0000-0000"])
     station = Station(Settings(), ["BX-0000-0000"], store, {})
 
@@ -406,6 +475,7 @@ def test_the_records_match_the_passkey_schema():
 
 # --- a worker without the private key --------------------------------------------------------------
 
+
 def test_a_worker_without_the_private_key_signs_nothing_and_changes_nothing_until_it_has_it():
     here = {KID1: SIGNERS[KID1]}  # K2's private key is not in this worker's folder
     world = rotated_world(signers=here)
@@ -425,6 +495,7 @@ def test_a_worker_without_the_private_key_signs_nothing_and_changes_nothing_unti
 
 async def test_the_worker_waits_for_a_missing_private_key_and_then_handles_the_event(caplog):
     from streams.worker.runtime import signed
+
     tries = []
 
     def handle():
@@ -439,6 +510,7 @@ async def test_the_worker_waits_for_a_missing_private_key_and_then_handles_the_e
 
 
 # --- the key folder and the commands' checks ------------------------------------------------------
+
 
 def test_the_key_folder_keeps_its_first_key_and_finds_keys_added_later(tmp_path):
     folder = KeyDir(tmp_path / "keys")
@@ -457,8 +529,14 @@ def test_the_key_folder_keeps_its_first_key_and_finds_keys_added_later(tmp_path)
 
 
 def test_greenchannel_keys_alone_still_makes_and_names_the_first_key(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "keys"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "GC_KEY_DIR": str(tmp_path)})
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "keys"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GC_KEY_DIR": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{tmp_path / 'pass-signing.pub'} (key id {KeyDir(tmp_path).first().key_id})"
 

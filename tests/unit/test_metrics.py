@@ -9,9 +9,9 @@ import orjson
 from aiohttp import web
 
 from models.passes import kafka_partition
+from streams.dev.simulator import Scenario
 from streams.handlers import RecordMeta, Tables
 from streams.metrics import PrometheusMeter, add_metrics_route, new_registry, render
-from streams.dev.simulator import Scenario
 from streams.web import start_site
 from tests.support.factories import T, make_pipeline
 from tests.support.metrics import http_get, samples
@@ -25,8 +25,9 @@ def test_the_pipeline_counts_decisions_statuses_dead_letters_and_times_handlers(
     for n, kind in enumerate(("P0", "P0", "none")):
         key = f"SHP-M-{n}".encode()
         body = {**scenario.request(n, kind=kind), "shipment_id": key.decode()}
-        pipeline.on_request(key, orjson.dumps(body),
-                            RecordMeta(pipeline.topics.requests, kafka_partition(key, 4), n, 0), tables=tables)
+        pipeline.on_request(
+            key, orjson.dumps(body), RecordMeta(pipeline.topics.requests, kafka_partition(key, 4), n, 0), tables=tables
+        )
     pipeline.on_request(b"x", b"not json", RecordMeta(pipeline.topics.requests, 0, 9, 0), tables=tables)
     meter.handled(T.requests, 0.0003)
     got = samples(render(meter.registry).decode())
@@ -48,6 +49,8 @@ async def test_any_aiohttp_app_can_serve_its_metrics():
     try:
         url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
         body, kind = await asyncio.to_thread(http_get, url)
-        assert kind.startswith("text/plain") and samples(body)[("gc_pass_statuses_total", (("status", "delivered"),))] == 1
+        assert (
+            kind.startswith("text/plain") and samples(body)[("gc_pass_statuses_total", (("status", "delivered"),))] == 1
+        )
     finally:
         await runner.cleanup()

@@ -15,17 +15,22 @@ AT = parse_time("2020-02-25T08:00:00Z")
 
 def test_the_csv_reader_names_each_bad_row_by_line_and_keeps_the_good_ones():
     a, b, c = codes(1, 3)
-    text = ("\ufeffcredit_code,name,contact\n"
-            f"{a},武汉某口罩厂,张\n"
-            f"{bad_check(b)},坏校验码公司,李\n"
-            "\n"
-            f"{c},某汽车零部件厂,\n"
-            f"{a},重复的公司,王\n"
-            f"{b},,赵\n")
+    text = (
+        "\ufeffcredit_code,name,contact\n"
+        f"{a},武汉某口罩厂,张\n"
+        f"{bad_check(b)},坏校验码公司,李\n"
+        "\n"
+        f"{c},某汽车零部件厂,\n"
+        f"{a},重复的公司,王\n"
+        f"{b},,赵\n"
+    )
     rows = read_enterprise_csv(text, at=AT)
-    assert [(line, e["credit_code"], e["name"]) for line, e in rows.good] == [(2, a, "武汉某口罩厂"), (5, c, "某汽车零部件厂")]
+    assert [(line, e["credit_code"], e["name"]) for line, e in rows.good] == [
+        (2, a, "武汉某口罩厂"),
+        (5, c, "某汽车零部件厂"),
+    ]
     assert [line for line, _ in rows.bad] == [3, 6, 7]
-    assert "check character" in rows.bad[0][1] and f"repeats line 2" in rows.bad[1][1]
+    assert "check character" in rows.bad[0][1] and "repeats line 2" in rows.bad[1][1]
     assert rows.bad[2][1] == "name must not be empty"
     again = read_enterprise_csv(enterprise_csv([(e["credit_code"], e["name"]) for _, e in rows.good]), at=AT)
     assert [e for _, e in again.good] == [e for _, e in rows.good] and again.bad == []

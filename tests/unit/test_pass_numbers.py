@@ -11,8 +11,8 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from models.passes import SERIALS, allocate_pass_id, kafka_partition, murmur2, serial_start
-from streams.handlers import RecordMeta, Tables
 from streams.dev.simulator import Scenario
+from streams.handlers import RecordMeta, Tables
 from tests.support.factories import CITIES_WITHOUT_COUNTIES, T, feed_reference, make_pipeline, run_requests
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2: the Java client's own vectors.
@@ -34,8 +34,9 @@ def test_murmur2_is_the_java_clients():
 def test_partition_is_the_one_aiokafka_produces_to(partitions):
     keys = [os.urandom(n % 23) for n in range(3000)] + [f"420111{n:06d}".encode() for n in range(3000)]
     everything = list(range(partitions))
-    assert [kafka_partition(k, partitions) for k in keys] == [DefaultPartitioner()(k, everything, everything)
-                                                              for k in keys]
+    assert [kafka_partition(k, partitions) for k in keys] == [
+        DefaultPartitioner()(k, everything, everything) for k in keys
+    ]
 
 
 def _nobody(pass_id: str) -> None:
@@ -108,12 +109,10 @@ def test_a_repeated_request_keeps_its_number_among_many():
     messages = [_from("420111", n, scenario) for n in range(3000)]
     tables = Tables.empty()
     first = [o.value for outs in run_requests(pipeline, messages, tables) for o in outs if o.topic == T.decisions]
-    again = [o.value for outs in run_requests(pipeline, messages[::-1], tables) for o in outs
-             if o.topic == T.decisions]
+    again = [o.value for outs in run_requests(pipeline, messages[::-1], tables) for o in outs if o.topic == T.decisions]
     assert again[::-1] == first
     # Decided afresh elsewhere (another worker after recovery: the tables came back from the changelog).
-    other = [o.value for outs in run_requests(make_pipeline(), messages) for o in outs
-             if o.topic == T.decisions]
+    other = [o.value for outs in run_requests(make_pipeline(), messages) for o in outs if o.topic == T.decisions]
     assert other == first
 
 
@@ -136,8 +135,12 @@ def test_a_city_without_counties_is_an_origin_and_a_destination(adcode):
     other = "420111" if adcode != "420111" else "440106"
     out_key, out_value = _from(adcode, 1, scenario, destination={"adcode": other})
     in_key, in_value = _from(other, 2, scenario, destination={"adcode": adcode})
-    answers = [orjson.loads(o.value) for outs in run_requests(pipeline, [(out_key, out_value), (in_key, in_value)])
-               for o in outs if o.topic == T.decisions]
+    answers = [
+        orjson.loads(o.value)
+        for outs in run_requests(pipeline, [(out_key, out_value), (in_key, in_value)])
+        for o in outs
+        if o.topic == T.decisions
+    ]
     assert [a["decision"] for a in answers] == ["approved", "approved"], [a["reasons"] for a in answers]
     leaving, arriving = (a["pass"] for a in answers)
     assert leaving["issuer"] == adcode and leaving["pass_id"].startswith(adcode)
@@ -152,7 +155,7 @@ def test_a_city_without_counties_is_found_by_address_and_by_coordinates():
 
     g = Gazetteer.default()
     assert g.from_address("广东省东莞市长安镇").adcode == "441900"
-    assert g.nearest(22.52, 113.39).adcode == "442000"   # 中山市 itself, not a county across the river
+    assert g.nearest(22.52, 113.39).adcode == "442000"  # 中山市 itself, not a county across the river
     assert g.is_finest(g.locate("620200")) and not g.is_finest(g.locate("420100"))
 
 
@@ -191,8 +194,12 @@ def test_the_worker_reads_held_pass_numbers_from_its_pass_states():
     live = [o.value for outs in run_requests(make_pipeline(), messages, worker) for o in outs if o.topic == T.decisions]
     table = [o.value for outs in run_requests(make_pipeline(), messages) for o in outs if o.topic == T.decisions]
     assert live == table and len(passes) == 3000
-    again = [o.value for outs in run_requests(make_pipeline(), messages[::-1], worker) for o in outs
-             if o.topic == T.decisions]
+    again = [
+        o.value
+        for outs in run_requests(make_pipeline(), messages[::-1], worker)
+        for o in outs
+        if o.topic == T.decisions
+    ]
     assert again[::-1] == live
     pid = orjson.loads(live[0])["pass"]["pass_id"]
     assert worker.serials.get(pid) == orjson.loads(live[0])["shipment_id"].encode()

@@ -1,14 +1,23 @@
 """Tokens and the status state machine (pass numbers: tests/unit/test_pass_numbers.py)."""
 
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from models.passes import (TRANSITIONS, IllegalTransition, InvalidToken, PassState, PassStatusKind as S, Signer,
-                           on_scan, transition, verify_token)
+from models.passes import (
+    TRANSITIONS,
+    IllegalTransition,
+    InvalidToken,
+    PassState,
+    Signer,
+    on_scan,
+    transition,
+    verify_token,
+)
+from models.passes import PassStatusKind as S
 from models.records import CheckpointScan
 
 
@@ -46,16 +55,29 @@ def test_every_state_is_in_the_table():
 
 def state():
     return PassState(
-        pass_id="420111000001", shipment_id="S1", plate="鄂A12345", priority="P0", shipper="a", consignee="b",
-        origin="420111", destination="440106", trip="single", valid_from="2020-02-25T00:00:00Z",
-        valid_until="2020-02-28T00:00:00Z", departure_at="2020-02-25T00:00:00Z",
-        route={"adcodes": ["420111", "430600", "440106"],
-               "checkpoints": [{"checkpoint_id": "BX-4212-4306"}, {"checkpoint_id": "DST-440106"}]})
+        pass_id="420111000001",
+        shipment_id="S1",
+        plate="鄂A12345",
+        priority="P0",
+        shipper="a",
+        consignee="b",
+        origin="420111",
+        destination="440106",
+        trip="single",
+        valid_from="2020-02-25T00:00:00Z",
+        valid_until="2020-02-28T00:00:00Z",
+        departure_at="2020-02-25T00:00:00Z",
+        route={
+            "adcodes": ["420111", "430600", "440106"],
+            "checkpoints": [{"checkpoint_id": "BX-4212-4306"}, {"checkpoint_id": "DST-440106"}],
+        },
+    )
 
 
 def scan(kind, cp="BX-4212-4306", hour=5, plate="鄂A12345", sid=None):
-    return CheckpointScan(sid or f"{kind}{hour}", cp, "420111000001", None, plate, kind,
-                          datetime(2020, 2, 25, hour, tzinfo=timezone.utc))
+    return CheckpointScan(
+        sid or f"{kind}{hour}", cp, "420111000001", None, plate, kind, datetime(2020, 2, 25, hour, tzinfo=UTC)
+    )
 
 
 def test_journey_arrival_departure_with_dwell_then_delivery():
@@ -70,10 +92,9 @@ def test_journey_arrival_departure_with_dwell_then_delivery():
     assert s5 is s4 and e["status"] == "delivered"
 
 
-@pytest.mark.parametrize("kw,reason", [
-    ({"plate": "鄂B00000"}, "plate_mismatch"),
-    ({"cp": "BX-1101-1301"}, "checkpoint_not_on_route"),
-])
+@pytest.mark.parametrize(
+    "kw,reason", [({"plate": "鄂B00000"}, "plate_mismatch"), ({"cp": "BX-1101-1301"}, "checkpoint_not_on_route")]
+)
 def test_mismatch_holds(kw, reason):
     s, e = on_scan(state(), scan("arrival", **kw), token_error=None)
     assert s.status == S.HELD and e["reason"] == reason
@@ -82,8 +103,11 @@ def test_mismatch_holds(kw, reason):
 def test_bad_token_holds_and_late_scan_expires():
     s, e = on_scan(state(), scan("arrival"), token_error="bad_token: forged")
     assert s.status == S.HELD
-    s, e = on_scan(state(), CheckpointScan("late", "BX-4212-4306", None, None, "鄂A12345", "arrival",
-                                           datetime(2020, 3, 1, tzinfo=timezone.utc)), token_error=None)
+    s, e = on_scan(
+        state(),
+        CheckpointScan("late", "BX-4212-4306", None, None, "鄂A12345", "arrival", datetime(2020, 3, 1, tzinfo=UTC)),
+        token_error=None,
+    )
     assert s.status == S.EXPIRED
 
 
@@ -94,6 +118,7 @@ def test_state_round_trips_through_json():
 
 def test_checkpoint_board_tracks_queue_and_median_dwell():
     from models.tracking import CheckpointBoard
+
     board = CheckpointBoard(window=3, target_seconds=900)
     for pid in ("a", "b", "c"):
         board.observe({"pass_id": pid, "status": "at_checkpoint", "checkpoint_id": "X"})
@@ -111,13 +136,18 @@ CP_A, CP_B, DST = "BX-4212-4306", "BX-4306-4401", "DST-440106"
 
 
 def multi_state():
-    return replace(state(), trip="multi", route={
-        "adcodes": ["420111", "421200", "430600", "440106"],
-        "checkpoints": [{"checkpoint_id": CP_A}, {"checkpoint_id": CP_B}, {"checkpoint_id": DST}]})
+    return replace(
+        state(),
+        trip="multi",
+        route={
+            "adcodes": ["420111", "421200", "430600", "440106"],
+            "checkpoints": [{"checkpoint_id": CP_A}, {"checkpoint_id": CP_B}, {"checkpoint_id": DST}],
+        },
+    )
 
 
 def at(day, hour, minute=0):
-    return datetime(2020, 2, day, hour, minute, tzinfo=timezone.utc)
+    return datetime(2020, 2, day, hour, minute, tzinfo=UTC)
 
 
 def scan_at(kind, cp, when, sid, plate="鄂A12345"):
@@ -135,9 +165,13 @@ def drive(s, scans):
 
 
 def test_multi_trip_pass_runs_out_back_and_out_again_until_it_expires():
-    out1 = [("arrival", CP_A, at(25, 2)), ("departure", CP_A, at(25, 2, 10)),
-            ("arrival", CP_B, at(25, 4)), ("departure", CP_B, at(25, 4, 5)),
-            ("arrival", DST, at(25, 6))]
+    out1 = [
+        ("arrival", CP_A, at(25, 2)),
+        ("departure", CP_A, at(25, 2, 10)),
+        ("arrival", CP_B, at(25, 4)),
+        ("departure", CP_B, at(25, 4, 5)),
+        ("arrival", DST, at(25, 6)),
+    ]
     states, events = drive(multi_state(), out1)
     assert [e["status"] for e in events] == ["at_checkpoint", "in_transit"] * 2 + ["at_checkpoint"]
     assert [e["trip"] for e in events] == [1] * 5
@@ -150,8 +184,12 @@ def test_multi_trip_pass_runs_out_back_and_out_again_until_it_expires():
 
     # Scanned again before leaving: no second trip, and the arrival time stays the first one.
     s, e = on_scan(s, scan_at("arrival", DST, at(25, 6, 30), "again"), token_error=None)
-    assert (s.status, s.trips, s.arrived_at, e["reason"]) == (S.AT_CHECKPOINT, 1, "2020-02-25T06:00:00Z",
-                                                              "already_at_destination")
+    assert (s.status, s.trips, s.arrived_at, e["reason"]) == (
+        S.AT_CHECKPOINT,
+        1,
+        "2020-02-25T06:00:00Z",
+        "already_at_destination",
+    )
 
     # The way back: the departure from the destination and the border checkpoints in reverse
     # order belong to trip 2, verified like the way out (a wrong plate holds the vehicle).
@@ -159,15 +197,22 @@ def test_multi_trip_pass_runs_out_back_and_out_again_until_it_expires():
     states, events = drive(s, back)
     assert [(e["status"], e["trip"]) for e in events] == [("in_transit", 2), ("at_checkpoint", 2)]
     assert events[0]["dwell_seconds"] is None and events[0]["checkpoint_id"] == DST  # unloading, not a queue
-    s, held = on_scan(states[-1], scan_at("departure", CP_B, at(25, 10, 5), "wrong-plate", plate="鄂B00000"),
-                      token_error=None)
+    s, held = on_scan(
+        states[-1], scan_at("departure", CP_B, at(25, 10, 5), "wrong-plate", plate="鄂B00000"), token_error=None
+    )
     assert (s.status, held["status"], held["reason"], held["trip"]) == (S.HELD, "held", "plate_mismatch", 2)
-    rest = [("arrival", CP_B, at(25, 10, 20)), ("departure", CP_B, at(25, 10, 30)),
-            ("arrival", CP_A, at(25, 12)), ("departure", CP_A, at(25, 12, 20)),
-            # at the origin (no checkpoint), then out again
-            ("arrival", CP_A, at(25, 20)), ("departure", CP_A, at(25, 20, 15)),
-            ("arrival", CP_B, at(25, 22)), ("departure", CP_B, at(25, 22, 15)),
-            ("arrival", DST, at(26, 0))]
+    rest = [
+        ("arrival", CP_B, at(25, 10, 20)),
+        ("departure", CP_B, at(25, 10, 30)),
+        ("arrival", CP_A, at(25, 12)),
+        ("departure", CP_A, at(25, 12, 20)),
+        # at the origin (no checkpoint), then out again
+        ("arrival", CP_A, at(25, 20)),
+        ("departure", CP_A, at(25, 20, 15)),
+        ("arrival", CP_B, at(25, 22)),
+        ("departure", CP_B, at(25, 22, 15)),
+        ("arrival", DST, at(26, 0)),
+    ]
     states, events = drive(s, rest)
     assert [e["status"] for e in events] == ["at_checkpoint", "in_transit"] * 4 + ["at_checkpoint"]
     assert all(e["reason"] is None for e in events[:-1]) and [e["trip"] for e in events] == [2] * 9
@@ -190,18 +235,34 @@ def test_multi_trip_scans_are_checked_as_on_the_first_trip():
     s, _ = drive(multi_state(), [("arrival", DST, at(25, 6)), ("departure", DST, at(25, 7))])
     s = s[-1]
     for scan, token_error, reason in (
-            (scan_at("arrival", "BX-1101-1301", at(25, 9), "off"), None, "checkpoint_not_on_route"),
-            (scan_at("arrival", CP_B, at(25, 9), "forged"), "bad_token: forged", "bad_token: forged"),
-            (scan_at("arrival", CP_B, at(24, 9), "early"), None, "not_yet_valid")):
+        (scan_at("arrival", "BX-1101-1301", at(25, 9), "off"), None, "checkpoint_not_on_route"),
+        (scan_at("arrival", CP_B, at(25, 9), "forged"), "bad_token: forged", "bad_token: forged"),
+        (scan_at("arrival", CP_B, at(24, 9), "early"), None, "not_yet_valid"),
+    ):
         held, e = on_scan(s, scan, token_error=token_error)
         assert (held.status, e["reason"], e["trip"], held.trips) == (S.HELD, reason, 2, 1)
 
 
 def test_single_trip_arrival_delivers_and_its_events_carry_no_trip():
-    keys = {"pass_id", "shipment_id", "status", "at", "checkpoint_id", "reason", "dwell_seconds", "dwell_exceeded",
-            "cause"}
-    states, events = drive(state(), [("arrival", "BX-4212-4306", at(25, 2)), ("departure", "BX-4212-4306", at(25, 3)),
-                                     ("arrival", "DST-440106", at(25, 6))])
+    keys = {
+        "pass_id",
+        "shipment_id",
+        "status",
+        "at",
+        "checkpoint_id",
+        "reason",
+        "dwell_seconds",
+        "dwell_exceeded",
+        "cause",
+    }
+    states, events = drive(
+        state(),
+        [
+            ("arrival", "BX-4212-4306", at(25, 2)),
+            ("departure", "BX-4212-4306", at(25, 3)),
+            ("arrival", "DST-440106", at(25, 6)),
+        ],
+    )
     assert [set(e) for e in events] == [keys] * 3
     assert (states[-1].status, states[-1].trips, events[-1]["reason"]) == (S.DELIVERED, 0, "arrived_at_destination")
 
@@ -220,6 +281,7 @@ def test_state_json_of_an_older_version_loads_and_trips_round_trip():
 
 def test_state_of_a_worker_that_kept_scan_answers_in_it_loads_and_gives_them_up():
     from models.passes import legacy_answers
+
     stored = orjson.dumps({**orjson.loads(state().to_json()), "scans": {"s1": '{"status":"at_checkpoint"}'}})
     assert PassState.from_json(stored) == state()
     assert legacy_answers(stored) == {"s1": b'{"status":"at_checkpoint"}'}
@@ -228,8 +290,13 @@ def test_state_of_a_worker_that_kept_scan_answers_in_it_loads_and_gives_them_up(
 
 
 def test_a_multi_trip_vehicle_held_at_its_destination_completes_no_second_trip_there():
-    out = [("arrival", CP_A, at(25, 2)), ("departure", CP_A, at(25, 2, 10)), ("arrival", CP_B, at(25, 4)),
-           ("departure", CP_B, at(25, 4, 10)), ("arrival", DST, at(25, 6))]
+    out = [
+        ("arrival", CP_A, at(25, 2)),
+        ("departure", CP_A, at(25, 2, 10)),
+        ("arrival", CP_B, at(25, 4)),
+        ("departure", CP_B, at(25, 4, 10)),
+        ("arrival", DST, at(25, 6)),
+    ]
     states, _ = drive(multi_state(), out)
     s = states[-1]
     assert (s.status, s.trips) == (S.AT_CHECKPOINT, 1)

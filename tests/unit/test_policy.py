@@ -1,29 +1,32 @@
 """The catalog and the eligibility rules of the guidance."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from models.policy import load_catalog, assess
+from models.policy import assess, load_catalog
 from models.records import CargoItem, EnterpriseEntry, parse_request
 from models.reference import EnterpriseBook
 from tests.support.factories import REAL_CREDIT_CODES, good_request
 
-AT = datetime(2020, 2, 25, tzinfo=timezone.utc)
+AT = datetime(2020, 2, 25, tzinfo=UTC)
 catalog = load_catalog()
 
 
-@pytest.mark.parametrize("hs,description,expected", [
-    ("901920", "", "P0"),           # ventilator (§2)
-    ("560311", "", "P0"),           # melt-blown fabric: an input of masks (§2 whole chain)
-    ("310210", "", "P1"),           # fertiliser (§5)
-    ("100630", "", "P1"),           # rice
-    ("870829", "", "P2"),           # auto parts (§6)
-    ("842952", "", "P3"),           # excavator (§7)
-    ("392310", "", "P2"),           # food packaging material (§6 supporting industries)
-    ("9999", "一次性医用口罩", "P0"),  # unknown HS, keyword decides
-    ("9999", "食品包装材料", "P2"),     # the longer keyword wins over 食品
-])
+@pytest.mark.parametrize(
+    "hs,description,expected",
+    [
+        ("901920", "", "P0"),  # ventilator (§2)
+        ("560311", "", "P0"),  # melt-blown fabric: an input of masks (§2 whole chain)
+        ("310210", "", "P1"),  # fertiliser (§5)
+        ("100630", "", "P1"),  # rice
+        ("870829", "", "P2"),  # auto parts (§6)
+        ("842952", "", "P3"),  # excavator (§7)
+        ("392310", "", "P2"),  # food packaging material (§6 supporting industries)
+        ("9999", "一次性医用口罩", "P0"),  # unknown HS, keyword decides
+        ("9999", "食品包装材料", "P2"),  # the longer keyword wins over 食品
+    ],
+)
 def test_classification(hs, description, expected):
     assert catalog.classify(CargoItem(hs, description, 1, "x"))[0] == expected
 
@@ -56,8 +59,14 @@ def listed(*codes):
 
 
 def run(request, enterprises=None, origin="low", destination="low"):
-    return assess(request, catalog=catalog, enterprises=enterprises or EnterpriseBook(), origin_level=origin,
-                  destination_level=destination, at=AT)
+    return assess(
+        request,
+        catalog=catalog,
+        enterprises=enterprises or EnterpriseBook(),
+        origin_level=origin,
+        destination_level=destination,
+        at=AT,
+    )
 
 
 def test_medical_needs_no_key_enterprise_and_is_toll_exempt():

@@ -9,9 +9,9 @@ from sqlalchemy import exc as sa_exc
 
 from models.store.db import make_engine, upgrade
 from models.store.tables import Shipment
+from streams.audit import Record
 from streams.handlers import Topics
 from streams.projector import bad_record, shape, write
-from streams.audit import Record
 from tests.support.projections import FIRM_A, approved, ce, pass_id, status, table
 
 T = Topics.with_prefix("gc.")
@@ -25,28 +25,42 @@ def record(topic: str, value, offset: int = 0, *, partition: int = 1, headers=()
 def test_shape_takes_each_record_as_project_batch_does_and_counts_the_unusable():
     d = approved(1)
     s = status(pass_id(1), "issued", "2020-02-20T08:00:00+08:00")
-    shaped = shape(T, [
-        record(T.decisions, d, 0),
-        record(T.status, s, 1, headers=ce("status/x/1")),
-        record(T.status, s, 2),   # no ce_id: its place in the log
-        record(T.risk, {"adcode": "4403", "level": "high", "effective_at": "2020-02-20T08:00:00+08:00"}, 3),
-        record(T.enterprises, {"credit_code": FIRM_A.lower(), "name": "A", "action": "add",
-                               "effective_at": "2020-02-20T00:00:00Z"}, 4),
-        record(T.risk, {"adcode": "4403", "level": "extreme", "effective_at": "2020-02-20T00:00:00Z"}, 5),
-        record(T.decisions, b"not json", 6),
-        record(T.status, None, 7),
-        record(T.requests, {"shipment_id": "X"}, 8),
-    ])
+    shaped = shape(
+        T,
+        [
+            record(T.decisions, d, 0),
+            record(T.status, s, 1, headers=ce("status/x/1")),
+            record(T.status, s, 2),  # no ce_id: its place in the log
+            record(T.risk, {"adcode": "4403", "level": "high", "effective_at": "2020-02-20T08:00:00+08:00"}, 3),
+            record(
+                T.enterprises,
+                {"credit_code": FIRM_A.lower(), "name": "A", "action": "add", "effective_at": "2020-02-20T00:00:00Z"},
+                4,
+            ),
+            record(T.risk, {"adcode": "4403", "level": "extreme", "effective_at": "2020-02-20T00:00:00Z"}, 5),
+            record(T.decisions, b"not json", 6),
+            record(T.status, None, 7),
+            record(T.requests, {"shipment_id": "X"}, 8),
+        ],
+    )
     assert [(i.kind, i.where) for i in shaped.items] == [
-        ("decisions", "gc.pass.decisions/1@0"), ("statuses", "gc.pass.status/1@1"),
-        ("statuses", "gc.pass.status/1@2"), ("risks", "gc.region.risk/1@3"), ("enterprises", "gc.enterprises/1@4")]
+        ("decisions", "gc.pass.decisions/1@0"),
+        ("statuses", "gc.pass.status/1@1"),
+        ("statuses", "gc.pass.status/1@2"),
+        ("risks", "gc.region.risk/1@3"),
+        ("enterprises", "gc.enterprises/1@4"),
+    ]
     assert shaped.items[0].row == d
     assert [i.row[0] for i in shaped.items[1:3]] == ["status/x/1", "gc.pass.status/1/2"]
     # Reference records as the worker reads them: the credit code normalised, times in UTC.
     assert shaped.items[3].row == {"adcode": "4403", "level": "high", "effective_at": "2020-02-20T00:00:00Z"}
     assert shaped.items[4].row["credit_code"] == FIRM_A
     assert [why.split(":")[0] for why in shaped.skipped] == [
-        "gc.region.risk/1@5", "gc.pass.decisions/1@6", "gc.pass.status/1@7", "gc.shipment.requests/1@8"]
+        "gc.region.risk/1@5",
+        "gc.pass.decisions/1@6",
+        "gc.pass.status/1@7",
+        "gc.shipment.requests/1@8",
+    ]
 
 
 def test_write_skips_only_the_records_the_database_cannot_take(tmp_path):
@@ -80,13 +94,17 @@ class _ServerError(Exception):
         self.sqlstate = sqlstate
 
 
-@pytest.mark.parametrize("error, ours", [
-    (KeyError("rules_version"), True),
-    (sa_exc.DataError("INSERT", {}, _ServerError("22001")), True),     # value too long
-    (sa_exc.IntegrityError("INSERT", {}, _ServerError("23502")), True),
-    (sa_exc.ProgrammingError("INSERT", {}, _ServerError(None)), True),  # a value the driver cannot bind
-    (sa_exc.ProgrammingError("INSERT", {}, _ServerError("42P01")), False),  # no such table: the schema's fault
-    (sa_exc.OperationalError("INSERT", {}, _ServerError("08006")), False),  # connection lost
-], ids=["missing-field", "data", "integrity", "unbindable", "undefined-table", "connection"])
+@pytest.mark.parametrize(
+    "error, ours",
+    [
+        (KeyError("rules_version"), True),
+        (sa_exc.DataError("INSERT", {}, _ServerError("22001")), True),  # value too long
+        (sa_exc.IntegrityError("INSERT", {}, _ServerError("23502")), True),
+        (sa_exc.ProgrammingError("INSERT", {}, _ServerError(None)), True),  # a value the driver cannot bind
+        (sa_exc.ProgrammingError("INSERT", {}, _ServerError("42P01")), False),  # no such table: the schema's fault
+        (sa_exc.OperationalError("INSERT", {}, _ServerError("08006")), False),  # connection lost
+    ],
+    ids=["missing-field", "data", "integrity", "unbindable", "undefined-table", "connection"],
+)
 def test_bad_record_tells_a_record_from_the_database(error, ours):
     assert bad_record(error) is ours

@@ -3,20 +3,32 @@
 import orjson
 import pytest
 
+from models.records import (
+    Unparseable,
+    canonical,
+    check_credit_code,
+    check_id_number,
+    load_object,
+    parse_request,
+    parse_risk,
+    parse_scan,
+)
 from tests.support.factories import REAL_CREDIT_CODES, allocated, good_request
-from models.records import (Unparseable, canonical, check_credit_code, check_id_number, load_object, parse_request, parse_risk,
-                            parse_scan)
+
 
 @pytest.mark.parametrize("code", REAL_CREDIT_CODES)
 def test_real_credit_codes_pass(code):
     assert check_credit_code(code) is None
 
 
-@pytest.mark.parametrize("code,problem", [
-    ("91330100799655058C", "check character"),
-    ("9133010079965505", "18 characters"),
-    ("91330100799655058I", "outside GB 32100"),
-])
+@pytest.mark.parametrize(
+    "code,problem",
+    [
+        ("91330100799655058C", "check character"),
+        ("9133010079965505", "18 characters"),
+        ("91330100799655058I", "outside GB 32100"),
+    ],
+)
 def test_bad_credit_codes_say_why(code, problem):
     assert problem in check_credit_code(code)
 
@@ -37,14 +49,24 @@ def test_valid_request_parses_clean():
 
 
 def test_every_bad_field_is_named():
-    body = good_request(submitted_at="yesterday", trip="twice",
-                        vehicle={"plate": "XX12345"}, driver={"name": "x", "id_number": "110105194912310021",
-                                                             "phone": "123"})
+    body = good_request(
+        submitted_at="yesterday",
+        trip="twice",
+        vehicle={"plate": "XX12345"},
+        driver={"name": "x", "id_number": "110105194912310021", "phone": "123"},
+    )
     body["shipper"]["credit_code"] = "91330100799655058C"
     body["cargo"][0]["hs_code"] = "63"
     _, errors = parse_request(body)
-    assert {e.field for e in errors} == {"submitted_at", "trip", "vehicle.plate", "driver.id_number",
-                                         "driver.phone", "shipper.credit_code", "cargo[0].hs_code"}
+    assert {e.field for e in errors} == {
+        "submitted_at",
+        "trip",
+        "vehicle.plate",
+        "driver.id_number",
+        "driver.phone",
+        "shipper.credit_code",
+        "cargo[0].hs_code",
+    }
 
 
 def test_request_without_any_id_is_unparseable():
@@ -71,15 +93,24 @@ def test_risk_prefixes_normalised():
 
 def test_scan_needs_pass_or_token():
     with pytest.raises(Unparseable, match="pass_id or token"):
-        parse_scan({"scan_id": "x", "checkpoint_id": "c", "plate": "鄂A12345", "kind": "arrival",
-                    "scanned_at": "2020-02-25T00:00:00Z"})
+        parse_scan(
+            {
+                "scan_id": "x",
+                "checkpoint_id": "c",
+                "plate": "鄂A12345",
+                "kind": "arrival",
+                "scanned_at": "2020-02-25T00:00:00Z",
+            }
+        )
 
 
 # --- bytes a table keeps -------------------------------------------------------------------------
 
+
 def test_orjson_output_holds_more_than_its_length_and_kept_holds_its_own():
     """The premise of `kept`: orjson returns its output in the buffer it grew while writing."""
     from models.records import kept
+
     state = {f"field{i}": "湖北省武汉市" * 4 for i in range(60)}
     size, raw = allocated(lambda: canonical(state))
     assert size > 2 * len(raw)
@@ -90,9 +121,8 @@ def test_orjson_output_holds_more_than_its_length_and_kept_holds_its_own():
 def test_what_the_worker_tables_keep_takes_about_its_length():
     """A worker's 100,000 passes took 2 GB of memory kept as orjson returned them (0.4 GB recovered
     from the changelog): the tables keep right-sized copies."""
-    from streams.handlers import RecordMeta, Tables
     from streams.dev.simulator import Scenario
-
+    from streams.handlers import RecordMeta, Tables
     from tests.support.factories import make_pipeline
 
     pipeline, scenario = make_pipeline(), Scenario(seed=3)

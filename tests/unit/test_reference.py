@@ -1,13 +1,13 @@
 """Risk levels and the key-enterprise list as of a moment."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from models.records import EnterpriseEntry, RegionRisk
 from models.reference import EnterpriseBook, RiskBook
 
 
 def t(day, hour=0):
-    return datetime(2020, 2, day, hour, tzinfo=timezone.utc)
+    return datetime(2020, 2, day, hour, tzinfo=UTC)
 
 
 def test_unknown_region_is_low():
@@ -27,8 +27,10 @@ def test_prefix_applies_to_counties_inside_and_levels_take_the_maximum():
 def test_levels_are_as_of_the_time_asked_whatever_the_arrival_order():
     early, late = RegionRisk("4201", "high", t(21)), RegionRisk("4201", "low", t(23))
     a, b = RiskBook(), RiskBook()
-    a.apply(early); a.apply(late)
-    b.apply(late); b.apply(early)
+    a.apply(early)
+    a.apply(late)
+    b.apply(late)
+    b.apply(early)
     for book in (a, b):
         assert [book.level_at("420111", t(d)) for d in (20, 22, 24)] == ["low", "high", "low"]
 
@@ -43,7 +45,10 @@ def test_redelivery_changes_nothing():
 def test_blocked_nodes_are_cached_per_interval():
     book = RiskBook()
     book.apply(RegionRisk("4201", "high", t(21)))
-    nodes = lambda prefix: {prefix[:4]}
+
+    def nodes(prefix):
+        return {prefix[:4]}
+
     first = book.blocked_at(t(22), nodes)
     assert first == {"4201"}
     assert book.blocked_at(t(23), nodes) is first

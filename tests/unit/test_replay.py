@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
 from models.passes import kafka_partition
 from models.records import format_time
-from streams.handlers import Pipeline, RecordMeta, Tables
 from streams.audit import Record, Replayer, compare, parse_position
 from streams.dev.simulator import Scenario, scans_for
+from streams.handlers import Pipeline, RecordMeta, Tables
 from tests.support.factories import T, make_pipeline
 
-START = datetime(2020, 3, 1, 8, 0, tzinfo=timezone.utc)
+START = datetime(2020, 3, 1, 8, 0, tzinfo=UTC)
 WUHAN, GUANGZHOU, CHANGSHA = {"adcode": "420111"}, {"adcode": "440106"}, {"adcode": "430104"}
 
 
@@ -59,9 +59,13 @@ def run_worker(pipeline: Pipeline, log: FakeLog, inputs: list[tuple[str, bytes |
     for topic, key, value in inputs:
         r = log.append(topic, key, value)
         meta = RecordMeta(r.topic, r.partition, r.offset, r.timestamp_ms)
-        outs = pipeline.on_request(key, value, meta, tables=tables) if topic == T.requests \
-            else pipeline.on_scan(key, value, meta, tables=tables) if topic == T.scans \
+        outs = (
+            pipeline.on_request(key, value, meta, tables=tables)
+            if topic == T.requests
+            else pipeline.on_scan(key, value, meta, tables=tables)
+            if topic == T.scans
             else handlers[topic](key, value, meta)
+        )
         for out in outs:
             route(out)
 
@@ -71,7 +75,7 @@ def scenario_inputs(seed: int = 31) -> tuple[list[tuple[str, bytes | None, bytes
     scenario = Scenario(seed=seed, start=START)
     pipeline = make_pipeline()
     inputs = [(T.enterprises, e["credit_code"].encode(), orjson.dumps(e)) for e in scenario.enterprise_entries()]
-    for topic, key, value in inputs:
+    for _topic, key, value in inputs:
         pipeline.on_enterprise(key, value, RecordMeta(pipeline.topics.enterprises, 0, 0, 0))
     bodies = [scenario.request(n) for n in range(60)]
     for n, kind in ((60, "P0"), (61, "P3"), (62, "P2")):
@@ -82,8 +86,12 @@ def scenario_inputs(seed: int = 31) -> tuple[list[tuple[str, bytes | None, bytes
     for n in range(63, 70):
         body = scenario.request(n, kind="P2" if n % 2 else "P0")
         at = START + timedelta(hours=5, minutes=n)
-        body.update(origin=WUHAN, destination=CHANGSHA, submitted_at=format_time(at),
-                    departure_at=format_time(at + timedelta(hours=2)))
+        body.update(
+            origin=WUHAN,
+            destination=CHANGSHA,
+            submitted_at=format_time(at),
+            departure_at=format_time(at + timedelta(hours=2)),
+        )
         later.append(body)
     risk = {"adcode": "430000", "level": "high", "effective_at": format_time(START + timedelta(hours=4))}
     decisions, tables = [], Tables.empty()
@@ -94,8 +102,12 @@ def scenario_inputs(seed: int = 31) -> tuple[list[tuple[str, bytes | None, bytes
         value = orjson.dumps(body)
         inputs.append((T.requests, body["shipment_id"].encode(), value))
         key = body["shipment_id"].encode()
-        outs = pipeline.on_request(key, value, RecordMeta(pipeline.topics.requests, kafka_partition(key, 4), 0, 0),
-                                   tables=Tables({}, tables.serials, {}, {}))
+        outs = pipeline.on_request(
+            key,
+            value,
+            RecordMeta(pipeline.topics.requests, kafka_partition(key, 4), 0, 0),
+            tables=Tables({}, tables.serials, {}, {}),
+        )
         decisions.append(orjson.loads(outs[0].value))
     inputs.append((T.requests, b"bad-1", b"{not json"))
     inputs.append((T.requests, bodies[0]["shipment_id"].encode(), orjson.dumps(bodies[0])))  # a repeat
@@ -109,6 +121,7 @@ def scenario_inputs(seed: int = 31) -> tuple[list[tuple[str, bytes | None, bytes
 
 def event_order(inputs):
     """Arrival in event-time order, as a real system sees it (scans after their pass is issued)."""
+
     def at(item):
         topic, _, value = item
         try:
@@ -116,6 +129,7 @@ def event_order(inputs):
         except orjson.JSONDecodeError:
             return ""
         return obj.get({T.requests: "submitted_at", T.scans: "scanned_at"}.get(topic, "effective_at"), "")
+
     return sorted(inputs, key=at)
 
 
@@ -130,8 +144,11 @@ def live_log():
 def replay_log(log: FakeLog, inputs: list[Record] | None = None) -> Replayer:
     rep = Replayer(make_pipeline())
     rep.load_reference(log.topic(T.risk) + log.topic(T.enterprises))
-    rep.replay(inputs if inputs is not None else [r for r in log.records if r.topic in (T.requests, T.scans, T.risk,
-                                                                                         T.enterprises)])
+    rep.replay(
+        inputs
+        if inputs is not None
+        else [r for r in log.records if r.topic in (T.requests, T.scans, T.risk, T.enterprises)]
+    )
     return rep
 
 
@@ -145,7 +162,9 @@ def test_replay_reproduces_a_clean_log_without_a_broker(live_log):
     assert c.passes_compared > 20 and c.statuses_matched > 100
     statuses = [orjson.loads(v)["status"] for events in rep.statuses.values() for v in events.values()]
     assert {"issued", "at_checkpoint", "in_transit", "delivered", "rerouted", "suspended"} <= set(statuses)
-    rejected_after = [d for d in decisions if d["decision"] == "rejected" and d["reasons"][0]["code"] == "high_risk_region"]
+    rejected_after = [
+        d for d in decisions if d["decision"] == "rejected" and d["reasons"][0]["code"] == "high_risk_region"
+    ]
     assert rejected_after  # the P2 requests into Changsha after the risk change
 
 
@@ -168,8 +187,11 @@ def test_tampered_orphan_and_altered_records_are_mismatches(live_log):
     recorded = list(log.topic(T.decisions))
     rejected = next(d for d in decisions if d["decision"] == "rejected")
     approved = next(d for d in decisions if d["decision"] == "approved")
-    forged_pass = {**approved["pass"], "pass_id": "990000000001",
-                   "token": approved["pass"]["token"].split(".")[0] + ".AAAA"}
+    forged_pass = {
+        **approved["pass"],
+        "pass_id": "990000000001",
+        "token": approved["pass"]["token"].split(".")[0] + ".AAAA",
+    }
     forged = {**rejected, "decision": "approved", "priority": "P0", "reasons": [], "pass": forged_pass}
     recorded.append(Record(T.decisions, 0, 10**6, 1, rejected["shipment_id"].encode(), orjson.dumps(forged)))
     orphan = {**approved, "shipment_id": "SHP-NOBODY-1"}
@@ -177,13 +199,25 @@ def test_tampered_orphan_and_altered_records_are_mismatches(live_log):
     statuses = list(log.topic(T.status))
     i = next(i for i, r in enumerate(statuses) if orjson.loads(r.value)["status"] == "in_transit")
     altered = {**orjson.loads(statuses[i].value), "dwell_seconds": 60.0, "dwell_exceeded": False}
-    statuses[i] = Record(T.status, statuses[i].partition, statuses[i].offset, statuses[i].timestamp_ms,
-                         statuses[i].key, orjson.dumps(altered), statuses[i].headers)
+    statuses[i] = Record(
+        T.status,
+        statuses[i].partition,
+        statuses[i].offset,
+        statuses[i].timestamp_ms,
+        statuses[i].key,
+        orjson.dumps(altered),
+        statuses[i].headers,
+    )
 
     c = compare(rep, recorded, statuses)
     kinds = sorted((m.kind, m.shipment_id) for m in c.mismatches)
-    assert kinds == sorted([("decision_differs", rejected["shipment_id"]), ("orphan_decision", "SHP-NOBODY-1"),
-                            ("status_differs", altered["shipment_id"])])
+    assert kinds == sorted(
+        [
+            ("decision_differs", rejected["shipment_id"]),
+            ("orphan_decision", "SHP-NOBODY-1"),
+            ("status_differs", altered["shipment_id"]),
+        ]
+    )
     tampered = next(m for m in c.mismatches if m.kind == "decision_differs")
     assert tampered.recorded["decision"] == "approved" and tampered.replayed["decision"] == "rejected"
     assert tampered.replayed_reasons == [r["code"] for r in rejected["reasons"]] and tampered.recorded_reasons == []
@@ -200,9 +234,12 @@ def test_a_late_reference_update_is_explained_not_just_flagged():
     body.update(origin=WUHAN, destination=CHANGSHA)
     risk = {"adcode": "43", "level": "high", "effective_at": format_time(START - timedelta(hours=1))}
     log = FakeLog()
-    run_worker(make_pipeline(), log, [(T.enterprises, e["credit_code"].encode(), orjson.dumps(e))
-                                      for e in scenario.enterprise_entries()]
-               + [(T.requests, body["shipment_id"].encode(), orjson.dumps(body)), (T.risk, b"43", orjson.dumps(risk))])
+    run_worker(
+        make_pipeline(),
+        log,
+        [(T.enterprises, e["credit_code"].encode(), orjson.dumps(e)) for e in scenario.enterprise_entries()]
+        + [(T.requests, body["shipment_id"].encode(), orjson.dumps(body)), (T.risk, b"43", orjson.dumps(risk))],
+    )
     live = orjson.loads(log.topic(T.decisions)[-1].value)
     assert live["decision"] == "approved"
     rep = replay_log(log)
@@ -239,8 +276,12 @@ def _colliding_requests(count: int) -> list[dict]:
     for i, sid in enumerate(group):
         body = scenario.request(i, kind="P0")
         # Submitted in the reverse of their log order: event time and offset order disagree.
-        body.update(shipment_id=sid, origin=WUHAN, destination=GUANGZHOU,
-                    submitted_at=format_time(START + timedelta(minutes=10 - i)))
+        body.update(
+            shipment_id=sid,
+            origin=WUHAN,
+            destination=GUANGZHOU,
+            submitted_at=format_time(START + timedelta(minutes=10 - i)),
+        )
         bodies.append(body)
     return bodies
 
@@ -277,8 +318,12 @@ def test_a_risk_entry_without_effective_at_is_replayed_at_its_record_time():
     for n in range(12):
         body = scenario.request(n, kind="P2")
         at = START + timedelta(hours=2 + n)  # two before the change, the rest from its instant on
-        body.update(origin=WUHAN, destination=CHANGSHA, submitted_at=format_time(at),
-                    departure_at=format_time(at + timedelta(hours=1)))
+        body.update(
+            origin=WUHAN,
+            destination=CHANGSHA,
+            submitted_at=format_time(at),
+            departure_at=format_time(at + timedelta(hours=1)),
+        )
         bodies.append(body)
     requests = [(T.requests, b["shipment_id"].encode(), orjson.dumps(b)) for b in bodies]
     change = (T.risk, b"43", orjson.dumps({"adcode": "43", "level": "high"}))
@@ -297,8 +342,9 @@ def test_a_risk_entry_without_effective_at_is_replayed_at_its_record_time():
     live = {orjson.loads(r.value)["shipment_id"]: orjson.loads(r.value) for r in log.topic(T.decisions)}
     outcome = [live[b["shipment_id"]]["decision"] for b in bodies]
     assert outcome == ["approved"] * 2 + ["rejected"] * 10, outcome
-    suspended = {orjson.loads(r.value)["pass_id"] for r in log.topic(T.status)
-                 if orjson.loads(r.value)["status"] == "suspended"}
+    suspended = {
+        orjson.loads(r.value)["pass_id"] for r in log.topic(T.status) if orjson.loads(r.value)["status"] == "suspended"
+    }
     assert len(suspended) == 2  # the two passes issued before it, into a region now high risk
     rep = replay_log(log)
     c = compare(rep, log.topic(T.decisions), log.topic(T.status))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import networkx as nx
 import orjson
@@ -12,7 +12,7 @@ from geopy.location import Location
 
 from routing import Checkpoint, Gazetteer, OfflineGeocoder, Place, RegionGraph, Route, RoutePlanner
 
-DEPARTURE = datetime(2020, 2, 20, 8, 0, tzinfo=timezone.utc)
+DEPARTURE = datetime(2020, 2, 20, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +42,13 @@ def tianhe(gazetteer) -> Place:
 
 # --- gazetteer -------------------------------------------------------------------------------
 
+
 def test_public_surface():
     import routing
+
     assert sorted(routing.__all__) == sorted(
-        ["Place", "Gazetteer", "OfflineGeocoder", "RegionGraph", "Checkpoint", "Route", "RoutePlanner"])
+        ["Place", "Gazetteer", "OfflineGeocoder", "RegionGraph", "Checkpoint", "Route", "RoutePlanner"]
+    )
 
 
 def test_locate_accepts_6_and_12_digits(gazetteer):
@@ -119,6 +122,7 @@ def test_offline_geocoder(gazetteer):
 
 # --- region graph ----------------------------------------------------------------------------
 
+
 def test_graph_is_connected_and_covers_every_county(gazetteer, graph):
     g = graph.graph
     assert nx.is_connected(g)
@@ -145,7 +149,7 @@ def test_graph_special_regions(graph):
 
 
 def test_graph_edges(graph):
-    for a, b, data in graph.graph.edges(data=True):
+    for _a, _b, data in graph.graph.edges(data=True):
         assert data["weight"] == pytest.approx(data["km"] * graph.road_factor)
         assert data["km"] <= graph.max_edge_km or data["kind"] != "delaunay"
 
@@ -169,6 +173,7 @@ def test_is_border(graph):
 
 
 # --- planner ---------------------------------------------------------------------------------
+
 
 def test_wuhan_to_guangzhou(planner, wuhan, tianhe):
     route = planner.plan(wuhan, tianhe, blocked=frozenset(), departure=DEPARTURE)
@@ -244,8 +249,9 @@ def test_same_node_trip(planner, gazetteer, wuhan):
 
 
 def test_hainan_goes_by_ferry(planner, gazetteer):
-    route = planner.plan(gazetteer.locate("460105"), gazetteer.locate("110101"), blocked=frozenset(),
-                         departure=DEPARTURE)
+    route = planner.plan(
+        gazetteer.locate("460105"), gazetteer.locate("110101"), blocked=frozenset(), departure=DEPARTURE
+    )
     assert route.nodes[:2] == ("4601", "4408")
     assert route.checkpoints[0].checkpoint_id == "BX-4408-4601"
 
@@ -289,7 +295,8 @@ def test_etas_follow_departure(planner, wuhan, tianhe):
     later = planner.plan(wuhan, tianhe, blocked=frozenset(), departure=DEPARTURE + timedelta(hours=3))
     assert planner.stats.hits == 1
     assert [c.eta - early_c.eta for c, early_c in zip(later.checkpoints, early.checkpoints)] == [
-        timedelta(hours=3)] * len(early.checkpoints)
+        timedelta(hours=3)
+    ] * len(early.checkpoints)
     assert isinstance(later.checkpoints[0], Checkpoint)
 
 
@@ -304,5 +311,4 @@ def test_deterministic(graph, gazetteer):
     rebuilt = RegionGraph(gazetteer)
     assert sorted(rebuilt.graph.edges) == sorted(graph.graph.edges)
     o, d = gazetteer.locate("420111"), gazetteer.locate("440106")
-    assert RoutePlanner(rebuilt).plan(o, d, departure=DEPARTURE) == RoutePlanner(graph).plan(o, d,
-                                                                                            departure=DEPARTURE)
+    assert RoutePlanner(rebuilt).plan(o, d, departure=DEPARTURE) == RoutePlanner(graph).plan(o, d, departure=DEPARTURE)

@@ -1,7 +1,7 @@
-"""The station's verification is the tracker's, and a printed pass verifies there: for every reason the tracker holds a vehicle (or
-keeps a pass that cannot move), the station's check of the same pass, token, plate, checkpoint and
-time is GREY with that very reason; a scan the tracker lets through is GREEN. No broker: the
-station's own SQLite store, fed the decision and status events the worker publishes."""
+"""The station's verification is the tracker's, and a printed pass verifies there: for every reason
+the tracker holds a vehicle (or keeps a pass that cannot move), the station's check of the same
+pass, token, plate, checkpoint and time is GREY with that very reason; a scan the tracker lets
+through is GREEN. No broker: the station's own SQLite store, fed the decision and status events the worker publishes."""
 
 from __future__ import annotations
 
@@ -19,15 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
 from sqlmodel import Session
 
-from models.store.db import init_db, make_engine, project_batch
 from models.passes import REFUSALS, PassState, Signer, kafka_partition
 from models.records import CheckpointScan, format_time
+from models.store.db import init_db, make_engine, project_batch
+from streams.dev.simulator import Scenario
+from streams.handlers import RecordMeta, Tables
 from streams.keys import key_id
 from streams.pass_print import find_cjk_font, pass_from_decision, render_pass
-from streams.handlers import RecordMeta, Tables
-from streams.dev.simulator import Scenario
 from streams.station import Store, check
-
 from tests.support.factories import DEPARTURE, forged, make_pipeline, make_tracker, wuhan_to_guangzhou
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -47,15 +46,35 @@ def the_pass(tracker) -> PassState:
 
 
 def token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:
-    return signer.token({"pid": state.pass_id, "plate": state.plate, "nbf": state.valid_from,
-                         "exp": state.valid_until, "rt": state.route["adcodes"], "cp": state.checkpoint_ids, **claims})
+    return signer.token(
+        {
+            "pid": state.pass_id,
+            "plate": state.plate,
+            "nbf": state.valid_from,
+            "exp": state.valid_until,
+            "rt": state.route["adcodes"],
+            "cp": state.checkpoint_ids,
+            **claims,
+        }
+    )
 
 
 def decision_of(state: PassState) -> dict:
-    return {"decision": "approved", "shipment_id": state.shipment_id, "pass": {
-        "pass_id": state.pass_id, "plate": state.plate, "priority": state.priority, "toll_exempt": True,
-        "valid_from": state.valid_from, "valid_until": state.valid_until, "trip": state.trip,
-        "route": state.route, "token": token_of(state)}}
+    return {
+        "decision": "approved",
+        "shipment_id": state.shipment_id,
+        "pass": {
+            "pass_id": state.pass_id,
+            "plate": state.plate,
+            "priority": state.priority,
+            "toll_exempt": True,
+            "valid_from": state.valid_from,
+            "valid_until": state.valid_until,
+            "trip": state.trip,
+            "route": state.route,
+            "token": token_of(state),
+        },
+    }
 
 
 FAR = timedelta(hours=49)
@@ -63,18 +82,49 @@ FAR = timedelta(hours=49)
 # (after departure), checkpoint (None: the first of the route), the reason both must give)
 CASES = {
     "valid": ("issued", token_of, None, timedelta(hours=4), None, None),
-    "forged_token": ("issued", lambda s: forged(token_of(s)), None, timedelta(hours=4), None,
-                     "bad_token: token signature does not verify"),
-    "garbled_token": ("issued", lambda s: "garbage", "鄂A12345", timedelta(hours=4), None,
-                      "bad_token: token is not two base64url parts"),
-    "unknown_key": ("issued", lambda s: token_of(s, Signer(OTHER, key_id(OTHER.public_key()))), None,
-                    timedelta(hours=4), None, f"bad_token: token signed with an unknown key (kid {key_id(OTHER.public_key())})"),
-    "token_for_another_pass": ("issued", lambda s: token_of(replace(s, pass_id="420111000009")), "鄂A12345",
-                               timedelta(hours=4), None, "token_for_another_pass"),
+    "forged_token": (
+        "issued",
+        lambda s: forged(token_of(s)),
+        None,
+        timedelta(hours=4),
+        None,
+        "bad_token: token signature does not verify",
+    ),
+    "garbled_token": (
+        "issued",
+        lambda s: "garbage",
+        "鄂A12345",
+        timedelta(hours=4),
+        None,
+        "bad_token: token is not two base64url parts",
+    ),
+    "unknown_key": (
+        "issued",
+        lambda s: token_of(s, Signer(OTHER, key_id(OTHER.public_key()))),
+        None,
+        timedelta(hours=4),
+        None,
+        f"bad_token: token signed with an unknown key (kid {key_id(OTHER.public_key())})",
+    ),
+    "token_for_another_pass": (
+        "issued",
+        lambda s: token_of(replace(s, pass_id="420111000009")),
+        "鄂A12345",
+        timedelta(hours=4),
+        None,
+        "token_for_another_pass",
+    ),
     "plate_mismatch": ("issued", token_of, "鄂B99999", timedelta(hours=4), None, "plate_mismatch"),
     "not_yet_valid": ("issued", token_of, None, -timedelta(hours=1), None, "not_yet_valid"),
     "validity_ended": ("in_transit", token_of, None, FAR, None, "validity_ended"),
-    "checkpoint_not_on_route": ("issued", token_of, None, timedelta(hours=4), "BX-1111-2222", "checkpoint_not_on_route"),
+    "checkpoint_not_on_route": (
+        "issued",
+        token_of,
+        None,
+        timedelta(hours=4),
+        "BX-1111-2222",
+        "checkpoint_not_on_route",
+    ),
     "pass_suspended": ("suspended", token_of, None, timedelta(hours=4), None, "pass_suspended"),
     "pass_revoked": ("revoked", token_of, None, timedelta(hours=4), None, "pass_revoked"),
     "pass_delivered": ("delivered", token_of, None, timedelta(hours=4), None, "pass_delivered"),
@@ -105,7 +155,9 @@ def test_the_station_says_what_the_tracker_says(name, tracker, the_pass, tmp_pat
 def test_an_unknown_pass_is_grey_at_both(tracker, the_pass, tmp_path):
     """No genuine token and no pass of that plate: the tracker knows no such pass, nor does the station."""
     checkpoint = the_pass.checkpoint_ids[0]
-    scan = CheckpointScan("s-1", checkpoint, "420111000777", None, "鄂C00000", "arrival", DEPARTURE + timedelta(hours=4))
+    scan = CheckpointScan(
+        "s-1", checkpoint, "420111000777", None, "鄂C00000", "arrival", DEPARTURE + timedelta(hours=4)
+    )
     assert tracker.scan(None, scan, scan.pass_id)[1]["reason"] == "unknown_pass"
     store = Store(tmp_path / "station.db", [checkpoint])
     store.take_decision(decision_of(the_pass))
@@ -126,7 +178,10 @@ def test_a_genuine_pass_the_station_never_stored_is_checked_by_its_token(the_pas
 
 def test_a_pass_rerouted_away_is_grey_at_both(tracker, the_pass, tmp_path):
     old_first = the_pass.checkpoint_ids[0]
-    new_route = {**the_pass.route, "checkpoints": [c for c in the_pass.route["checkpoints"] if c["checkpoint_id"] != old_first]}
+    new_route = {
+        **the_pass.route,
+        "checkpoints": [c for c in the_pass.route["checkpoints"] if c["checkpoint_id"] != old_first],
+    }
     rerouted = replace(the_pass, status="rerouted", route=new_route)
     at = DEPARTURE + timedelta(hours=4)
     scan = CheckpointScan("s-1", old_first, the_pass.pass_id, token_of(the_pass), the_pass.plate, "arrival", at)
@@ -134,8 +189,16 @@ def test_a_pass_rerouted_away_is_grey_at_both(tracker, the_pass, tmp_path):
     store = Store(tmp_path / "station.db", [old_first])
     store.take_decision(decision_of(the_pass))
     assert check(store, KEYS, checkpoint_id=old_first, at=at, token=scan.token, plate=scan.plate)["green"]
-    store.take_status({"pass_id": the_pass.pass_id, "status": "rerouted", "at": format_time(at), "cause": "risk:43",
-                       "route": new_route, "token": token_of(rerouted)})
+    store.take_status(
+        {
+            "pass_id": the_pass.pass_id,
+            "status": "rerouted",
+            "at": format_time(at),
+            "cause": "risk:43",
+            "route": new_route,
+            "token": token_of(rerouted),
+        }
+    )
     answer = check(store, KEYS, checkpoint_id=old_first, at=at, token=scan.token, plate=scan.plate)
     assert (answer["green"], answer["reason"]) == (False, "checkpoint_not_on_route")
     assert "改道" in answer["text_zh"] and "rerouted away" in answer["text_en"]
@@ -169,21 +232,51 @@ def test_a_printed_pass_decodes_and_verifies_green(the_pass, tmp_path):
     here = the_pass.checkpoint_ids[0]
     store = Store(tmp_path / "station.db", [here])
     store.take_decision(decision)
-    answer = check(store, KEYS, checkpoint_id=here, at=DEPARTURE + timedelta(hours=4), token=codes[0].text,
-                   plate=the_pass.plate)
+    answer = check(
+        store, KEYS, checkpoint_id=here, at=DEPARTURE + timedelta(hours=4), token=codes[0].text, plate=the_pass.plate
+    )
     assert (answer["green"], answer["pass_id"], answer["pass"]["toll_exempt"]) == (True, the_pass.pass_id, True)
 
 
 def test_the_command_writes_png_and_pdf_from_a_decision_file(the_pass, tmp_path):
     (tmp_path / "decision.json").write_bytes(orjson.dumps(decision_of(the_pass)))
     for flag, name, magic in (("--png", "pass.png", b"\x89PNG"), ("--pdf", "pass.pdf", b"%PDF")):
-        done = subprocess.run([sys.executable, "-m", "streams.cli", "pass", "print", the_pass.pass_id, flag,
-                               str(tmp_path / name), "--from-decision", str(tmp_path / "decision.json")],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "streams.cli",
+                "pass",
+                "print",
+                the_pass.pass_id,
+                flag,
+                str(tmp_path / name),
+                "--from-decision",
+                str(tmp_path / "decision.json"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         assert (tmp_path / name).read_bytes().startswith(magic)
-    wrong = subprocess.run([sys.executable, "-m", "streams.cli", "pass", "print", "999999000000", "--from-decision",
-                            str(tmp_path / "decision.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    wrong = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "pass",
+            "print",
+            "999999000000",
+            "--from-decision",
+            str(tmp_path / "decision.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert wrong.returncode != 0 and "holds pass" in wrong.stderr
 
 
@@ -194,9 +287,12 @@ def test_the_command_prints_a_pass_from_the_database_the_projector_writes(tmp_pa
         pipeline.on_enterprise(None, orjson.dumps(entry), RecordMeta(pipeline.topics.enterprises, 0, 0, 0))
     body = scenario.request(0)
     key = body["shipment_id"].encode()
-    outs = pipeline.on_request(key, orjson.dumps(body),
-                               RecordMeta(pipeline.topics.requests, kafka_partition(key, pipeline.partitions), 0, 0),
-                               tables=Tables.empty())
+    outs = pipeline.on_request(
+        key,
+        orjson.dumps(body),
+        RecordMeta(pipeline.topics.requests, kafka_partition(key, pipeline.partitions), 0, 0),
+        tables=Tables.empty(),
+    )
     decision = orjson.loads(outs[0].value)
     url = f"sqlite:///{tmp_path}/greenchannel.db"
     engine = make_engine(url)
@@ -205,9 +301,23 @@ def test_the_command_prints_a_pass_from_the_database_the_projector_writes(tmp_pa
         project_batch(session, decisions=[decision])
         session.commit()
     engine.dispose()
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "pass", "print", decision["pass"]["pass_id"], "--png",
-                           str(tmp_path / "pass.png")], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "GC_DATABASE_URL": url})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "pass",
+            "print",
+            decision["pass"]["pass_id"],
+            "--png",
+            str(tmp_path / "pass.png"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GC_DATABASE_URL": url},
+    )
     assert done.returncode == 0, done.stderr
     codes = zxingcpp.read_barcodes(Image.open(tmp_path / "pass.png"))
     assert [c.text for c in codes] == [decision["pass"]["token"]]
@@ -218,6 +328,7 @@ def test_a_chinese_font_is_found_here():
 
 
 # --- the station's HTTP side, served for real (no broker needed for it) ------------------------
+
 
 async def test_beyond_loopback_the_page_wants_its_token_and_decodes_a_photo(the_pass, tmp_path):
     import aiohttp
@@ -269,8 +380,7 @@ def test_expected_arrivals_are_those_still_to_reach_the_station(the_pass, tmp_pa
     assert store.expected(eta) == []  # the system saw it here: no longer expected
 
 
-def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_arrive_or_turn_away(
-        the_pass, tmp_path):
+def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_arrive_or_turn_away(the_pass, tmp_path):
     """Due from 2 h late to 12 h ahead, by ETA; not once suspended, scanned here by the station,
     or rerouted away; a reroute brings its new ETA."""
     here = the_pass.checkpoint_ids[1]
@@ -279,9 +389,13 @@ def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_
 
     def a_pass(n: int, hours: float, route=None) -> str:
         route = route or the_pass.route
-        shifted = {**route, "checkpoints": [
-            {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=hours))}
-            for c in route["checkpoints"]]}
+        shifted = {
+            **route,
+            "checkpoints": [
+                {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=hours))}
+                for c in route["checkpoints"]
+            ],
+        }
         state = replace(the_pass, pass_id=f"42011100{n:04d}", plate=f"鄂A{n:05d}", route=shifted)
         store.take_decision(decision_of(state))
         return state.pass_id
@@ -290,20 +404,43 @@ def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_
     a_pass(3, -2.5), a_pass(4, 12.5)  # 2.5 h late; 12.5 h ahead
     suspended, scanned, rerouted, away = a_pass(5, 2), a_pass(6, 3), a_pass(7, 0.5), a_pass(8, 0.25)
     store.take_status({"pass_id": suspended, "status": "suspended", "cause": "risk:x"})
-    store.record({"scan_id": "s1", "pass_id": scanned, "checkpoint_id": here, "kind": "arrival", "plate": "鄂A00006",
-                  "scanned_at": format_time(now)})
-    moved = {**the_pass.route, "checkpoints": [
-        {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=6))}
-        for c in the_pass.route["checkpoints"]]}
+    store.record(
+        {
+            "scan_id": "s1",
+            "pass_id": scanned,
+            "checkpoint_id": here,
+            "kind": "arrival",
+            "plate": "鄂A00006",
+            "scanned_at": format_time(now),
+        }
+    )
+    moved = {
+        **the_pass.route,
+        "checkpoints": [
+            {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=6))}
+            for c in the_pass.route["checkpoints"]
+        ],
+    }
     store.take_status({"pass_id": rerouted, "status": "rerouted", "cause": "risk:y", "route": moved, "token": "t"})
-    elsewhere = {**the_pass.route, "checkpoints": [c for c in the_pass.route["checkpoints"] if c["checkpoint_id"] != here]}
+    elsewhere = {
+        **the_pass.route,
+        "checkpoints": [c for c in the_pass.route["checkpoints"] if c["checkpoint_id"] != here],
+    }
     store.take_status({"pass_id": away, "status": "rerouted", "cause": "risk:y", "route": elsewhere, "token": "t"})
 
     due = store.expected(now)
     assert [(a["pass_id"], a["checkpoint_id"]) for a in due] == [(soon, here), (later, here), (rerouted, here)]
-    assert due[0] == {"pass_id": soon, "plate": "鄂A00001", "priority": the_pass.priority, "toll_exempt": True,
-                      "origin": due[0]["origin"], "destination": the_pass.route["checkpoints"][-1]["name"],
-                      "checkpoint_id": here, "eta": format_time(now + timedelta(hours=1)), "status": "issued"}
+    assert due[0] == {
+        "pass_id": soon,
+        "plate": "鄂A00001",
+        "priority": the_pass.priority,
+        "toll_exempt": True,
+        "origin": due[0]["origin"],
+        "destination": the_pass.route["checkpoints"][-1]["name"],
+        "checkpoint_id": here,
+        "eta": format_time(now + timedelta(hours=1)),
+        "status": "issued",
+    }
     assert due[2]["eta"] == format_time(now + timedelta(hours=6))
     assert store.checkpoint_names() == {here: the_pass.route["checkpoints"][1]["name"]}
 
@@ -330,5 +467,6 @@ def test_the_key_record_matches_its_schema():
     from jsonschema import Draft202012Validator
 
     from streams.keys import key_record
+
     schema = json.loads((ROOT / "schemas" / "PassKey.schema.json").read_text())
     Draft202012Validator(schema).validate(orjson.loads(key_record(SIGNER)))

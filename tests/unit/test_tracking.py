@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from models.passes import PassState, Signer, verify_token
 from models.records import CheckpointScan, RegionRisk, format_time, parse_risk, parse_time
 from models.tracking import Tracker
-
 from tests.support.factories import DEPARTURE, KEY, allocated, make_tracker, wuhan_to_guangzhou
 
 
@@ -32,9 +31,15 @@ def a_pass(tracker: Tracker) -> PassState:
 def scanned_at_first_checkpoint(tracker: Tracker, state: PassState) -> PassState:
     first = state.route["checkpoints"][0]
     for kind, minutes in (("arrival", 240), ("departure", 250)):
-        scan = CheckpointScan(scan_id=f"s-{kind}", checkpoint_id=first["checkpoint_id"], pass_id=state.pass_id,
-                              plate=state.plate, kind=kind, scanned_at=DEPARTURE + timedelta(minutes=minutes),
-                              token=None)
+        scan = CheckpointScan(
+            scan_id=f"s-{kind}",
+            checkpoint_id=first["checkpoint_id"],
+            pass_id=state.pass_id,
+            plate=state.plate,
+            kind=kind,
+            scanned_at=DEPARTURE + timedelta(minutes=minutes),
+            token=None,
+        )
         state, event = tracker.scan(state, scan, state.pass_id)
         assert event["status"] in ("at_checkpoint", "in_transit"), event
     return state
@@ -68,8 +73,12 @@ def test_a_vehicle_past_a_checkpoint_is_rerouted_from_there(tracker):
     # The rest of the trip is the planner's route from the region past the checkpoint, leaving
     # at the time of the change (not the trip from the origin, timed from the departure).
     d = tracker.decider
-    rest = d.planner.plan(d.gazetteer.locate("360900"), d.gazetteer.locate("440106"),
-                          blocked=d.risk.blocked_at(at, d.graph.prefectures_in), departure=at).to_dict()
+    rest = d.planner.plan(
+        d.gazetteer.locate("360900"),
+        d.gazetteer.locate("440106"),
+        blocked=d.risk.blocked_at(at, d.graph.prefectures_in),
+        departure=at,
+    ).to_dict()
     assert route["adcodes"][2:] == rest["adcodes"]
     assert route["checkpoints"][1:] == rest["checkpoints"] and route["eta"] == rest["eta"]
     claims = verify_token(event["token"], KEY.public_key())
@@ -77,8 +86,15 @@ def test_a_vehicle_past_a_checkpoint_is_rerouted_from_there(tracker):
     assert claims["cp"] == [c["checkpoint_id"] for c in route["checkpoints"]]
     # The vehicle's next scans are on the new route: the checkpoint it left still verifies too.
     nxt = route["checkpoints"][1]["checkpoint_id"]
-    scan = CheckpointScan(scan_id="s-next", checkpoint_id=nxt, pass_id=new.pass_id, plate=new.plate,
-                          kind="arrival", scanned_at=at + timedelta(hours=1), token=event["token"])
+    scan = CheckpointScan(
+        scan_id="s-next",
+        checkpoint_id=nxt,
+        pass_id=new.pass_id,
+        plate=new.plate,
+        kind="arrival",
+        scanned_at=at + timedelta(hours=1),
+        token=event["token"],
+    )
     _, answer = tracker.scan(new, scan, new.pass_id)
     assert answer["status"] == "at_checkpoint", answer
 
@@ -134,8 +150,15 @@ def test_a_multi_trip_pass_scanned_through_its_route_completes_trips(tracker):
     events = []
     for n, (kind, cp) in enumerate(out + back + out):
         when += timedelta(minutes=30)
-        scan = CheckpointScan(scan_id=f"m-{n}", checkpoint_id=cp, pass_id=state.pass_id, plate=state.plate,
-                              kind=kind, scanned_at=when, token=None)
+        scan = CheckpointScan(
+            scan_id=f"m-{n}",
+            checkpoint_id=cp,
+            pass_id=state.pass_id,
+            plate=state.plate,
+            kind=kind,
+            scanned_at=when,
+            token=None,
+        )
         state, event = tracker.scan(state, scan, state.pass_id)
         events.append(event)
     assert when < parse_time(state.valid_until)
@@ -153,11 +176,22 @@ def test_the_pass_index_files_active_passes_by_region_and_firm_and_follows_their
     from models.tracking import PassIndex
 
     def state(pid, adcodes, status="issued", shipper="S1", consignee="C1"):
-        return PassState(pass_id=pid, shipment_id=f"s{pid}", plate="鄂A00001", priority="P0", shipper=shipper,
-                         consignee=consignee, origin=adcodes[0], destination=adcodes[-1], trip="single",
-                         valid_from="2020-02-25T00:00:00Z", valid_until="2020-02-26T00:00:00Z",
-                         departure_at="2020-02-25T00:00:00Z", route={"adcodes": adcodes, "checkpoints": []},
-                         status=status)
+        return PassState(
+            pass_id=pid,
+            shipment_id=f"s{pid}",
+            plate="鄂A00001",
+            priority="P0",
+            shipper=shipper,
+            consignee=consignee,
+            origin=adcodes[0],
+            destination=adcodes[-1],
+            trip="single",
+            valid_from="2020-02-25T00:00:00Z",
+            valid_until="2020-02-26T00:00:00Z",
+            departure_at="2020-02-25T00:00:00Z",
+            route={"adcodes": adcodes, "checkpoints": []},
+            status=status,
+        )
 
     index = PassIndex(lambda s: frozenset(a[:4] for a in s.route["adcodes"]))
     a, b = state("a", ["420111", "430102"]), state("b", ["110105", "120101"], shipper="S2")

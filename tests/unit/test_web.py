@@ -20,8 +20,10 @@ def test_bound_beyond_loopback_without_a_token_is_refused():
 
 async def _serve(guard) -> tuple[web.AppRunner, str]:
     app = web.Application(middlewares=[guard])
+
     async def ok(request):
         return web.Response(text="ok")
+
     app.router.add_get("/", ok)
     runner = await start_site(app, "127.0.0.1", 0)
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/"
@@ -51,8 +53,10 @@ async def test_on_loopback_the_guard_lets_everything_through():
 async def test_a_page_gets_the_first_events_then_what_is_published():
     hub = Hub()
     app = web.Application()
+
     async def events(request):
         return await sse(request, hub, first=[("hello", {"n": 0})])
+
     app.router.add_get("/events", events)
     runner = await start_site(app, "127.0.0.1", 0)
     try:
@@ -63,8 +67,10 @@ async def test_a_page_gets_the_first_events_then_what_is_published():
                 while hub.subscribers == 0:
                     await asyncio.sleep(0.01)  # polling a condition with a deadline
             hub.publish("risk", {"adcode": "420100", "level": "high"})
-            assert await response.content.readuntil(b"\n\n") == \
-                b'event: risk\ndata: {"adcode":"420100","level":"high"}\n\n'
+            assert (
+                await response.content.readuntil(b"\n\n")
+                == b'event: risk\ndata: {"adcode":"420100","level":"high"}\n\n'
+            )
             response.close()
     finally:
         await runner.cleanup()
@@ -97,8 +103,10 @@ async def test_a_page_carries_the_token_it_was_opened_with_to_its_assets(tmp_pat
         async with ClientSession() as http:
             url = site_url("127.0.0.1", runner.addresses[0][1], "s3 cret")
             assert "token" not in url  # on loopback no token is needed
-            assert await (await http.get(url + "?token=s3%20cret")).text() == \
-                '<script src="static/app.js?token=s3+cret"></script>'
+            assert (
+                await (await http.get(url + "?token=s3%20cret")).text()
+                == '<script src="static/app.js?token=s3+cret"></script>'
+            )
             assert await (await http.get(url)).text() == '<script src="static/app.js"></script>'
     finally:
         await stop_site(runner)

@@ -7,20 +7,29 @@ import pytest
 
 from models.passes import kafka_partition
 from models.records import Unparseable, parse_request
-from streams.handlers import RecordMeta, Tables
 from streams.dev.simulator import Scenario
+from streams.handlers import RecordMeta, Tables
 from streams.wire import request_sid, status_ce_id
-
 from tests.support.factories import T, make_pipeline
 
 
-@pytest.mark.parametrize("obj, key", [
-    ({"shipment_id": " S-1 "}, b"K-1"), ({"shipment_id": ""}, b"K-1"), ({"shipment_id": 7}, b" K-2 "),
-    ({}, None), ({}, b""), ({"shipment_id": "S" * 129}, b"K-1"), ({}, "中".encode() * 50),
-])
+@pytest.mark.parametrize(
+    "obj, key",
+    [
+        ({"shipment_id": " S-1 "}, b"K-1"),
+        ({"shipment_id": ""}, b"K-1"),
+        ({"shipment_id": 7}, b" K-2 "),
+        ({}, None),
+        ({}, b""),
+        ({"shipment_id": "S" * 129}, b"K-1"),
+        ({}, "中".encode() * 50),
+    ],
+)
 def test_the_audit_reads_a_requests_shipment_id_as_parse_request_does(obj, key):
     try:
-        expected = parse_request(obj, fallback_id=None if key is None else key.decode("utf-8", "replace"))[0].shipment_id
+        expected = parse_request(obj, fallback_id=None if key is None else key.decode("utf-8", "replace"))[
+            0
+        ].shipment_id
     except Unparseable:
         expected = None
     assert request_sid(obj, key) == expected

@@ -19,17 +19,28 @@ from streams.worker.runtime import Runtime, meta
 
 
 def worker_app(tmp_path, **fields):
-    settings = Settings(_env_file=None, broker_url="kafka://127.0.0.1:1", data_dir=tmp_path, topic_prefix="gc.",
-                        partitions=4, catalog="catalog-2020.02-v1.json", geocoder="offline", **fields)
+    settings = Settings(
+        _env_file=None,
+        broker_url="kafka://127.0.0.1:1",
+        data_dir=tmp_path,
+        topic_prefix="gc.",
+        partitions=4,
+        catalog="catalog-2020.02-v1.json",
+        geocoder="offline",
+        **fields,
+    )
     return create_app(settings)
 
 
 def test_the_worker_registers_its_agents_on_raw_topics(tmp_path):
     app = worker_app(tmp_path)
     topics = {name.rsplit(".", 1)[-1]: list(agent.channel.topics) for name, agent in app.agents.items()}
-    assert topics == {"decide": ["gc.shipment.requests"], "scan": ["gc.checkpoint.scans"],
-                      "reference_data": ["gc.region.risk", "gc.enterprises", "gc.pass.keys"],
-                      "track": ["gc.pass.events"]}
+    assert topics == {
+        "decide": ["gc.shipment.requests"],
+        "scan": ["gc.checkpoint.scans"],
+        "reference_data": ["gc.region.risk", "gc.enterprises", "gc.pass.keys"],
+        "track": ["gc.pass.events"],
+    }
     for agent in app.agents.values():
         assert (agent.channel.key_serializer, agent.channel.value_serializer) == ("raw", "raw")
         assert agent.channel.partitions == 4
@@ -38,8 +49,12 @@ def test_the_worker_registers_its_agents_on_raw_topics(tmp_path):
 def test_the_worker_tables_tasks_and_views(tmp_path):
     app = worker_app(tmp_path)
     assert list(app.tables) == ["passes", "decided", "answers", "clock"]
-    assert [task.__name__ for task in app._app_tasks] == ["bootstrap", "learn_table_partitions", "clock",
-                                                          "consumer_lag"]
+    assert [task.__name__ for task in app._app_tasks] == [
+        "bootstrap",
+        "learn_table_partitions",
+        "clock",
+        "consumer_lag",
+    ]
     assert list(app.web.views) == ["/passes/{pass_id}/", "/metrics", "/keys/", "/checkpoints/"]
     assert app.pipeline.meter is not None
     with warnings.catch_warnings():
@@ -55,6 +70,7 @@ def test_no_clock_timer_without_a_clock_interval(tmp_path, seconds):
 
 
 # --- one event through Runtime.guarded ------------------------------------------------------------
+
 
 class FakeProducer:
     def __init__(self) -> None:
@@ -86,8 +102,11 @@ def fake_event(partition: int = 2, offset: int = 7):
 
 
 def runtime_of(guarantee: str) -> Runtime:
-    app = SimpleNamespace(producer=FakeProducer(), conf=SimpleNamespace(id="gc-test"),
-                          assignor=SimpleNamespace(group_for_topic=lambda topic: 0))
+    app = SimpleNamespace(
+        producer=FakeProducer(),
+        conf=SimpleNamespace(id="gc-test"),
+        assignor=SimpleNamespace(group_for_topic=lambda topic: 0),
+    )
     settings = Settings(_env_file=None, processing_guarantee=guarantee, key_dir="/keys")
     return Runtime(app, settings, FakePipeline(), tables=None, meter=FakeMeter(), changelog=[])
 
@@ -102,8 +121,10 @@ async def test_an_events_table_writes_go_out_before_its_outputs_on_its_partition
 
     await runtime.guarded("gc.shipment.requests", fake_event(), handle)
     tid = "gc-test-0-2" if guarantee == "exactly_once" else None
-    assert runtime.app.producer.sent == [("gc-test-passes-changelog", b"p1", b"state", 2, tid),
-                                         ("gc.pass.decisions", b"s1", b"decision", None, tid)]
+    assert runtime.app.producer.sent == [
+        ("gc-test-passes-changelog", b"p1", b"state", 2, tid),
+        ("gc.pass.decisions", b"s1", b"decision", None, tid),
+    ]
     assert runtime.changelog == [] and runtime.meter.handled_topics == ["gc.shipment.requests"]
 
 

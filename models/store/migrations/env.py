@@ -37,23 +37,34 @@ def database_url() -> str:
     """The URL of the database to migrate when the caller handed over no connection."""
     url = config.get_main_option("sqlalchemy.url") or os.environ.get("GC_DATABASE_URL")
     if not url:
-        raise RuntimeError("no database URL: set sqlalchemy.url in the Alembic config "
-                           "(models.store.db.alembic_config(url)) or GC_DATABASE_URL")
+        raise RuntimeError(
+            "no database URL: set sqlalchemy.url in the Alembic config "
+            "(models.store.db.alembic_config(url)) or GC_DATABASE_URL"
+        )
     return url
 
 
 def run_migrations(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True,
-                      # SQLite cannot ALTER most things: copy-and-move the table instead.
-                      render_as_batch=connection.dialect.name == "sqlite")
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        # SQLite cannot ALTER most things: copy-and-move the table instead.
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_offline() -> None:
     url = database_url()
-    context.configure(url=url, target_metadata=target_metadata, literal_binds=True,
-                      dialect_opts={"paramstyle": "named"}, render_as_batch=url.startswith("sqlite"))
+    context.configure(
+        url=url,
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        render_as_batch=url.startswith("sqlite"),
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -64,6 +75,7 @@ def run_online() -> None:
         run_migrations(connection)
         return
     from models.store.db import make_engine
+
     engine = make_engine(database_url())
     try:
         with engine.connect() as connection:

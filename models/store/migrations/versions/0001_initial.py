@@ -8,6 +8,7 @@ Revises:
 Create Date: 2026-11-27 05:56:04.837689
 
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -15,90 +16,96 @@ import sqlmodel.sql.sqltypes  # noqa: F401  (autogenerate renders sqlmodel.sql.s
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = '0001'
+revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table('checkpoint',
-    sa.Column('checkpoint_id', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('adcode', sqlmodel.sql.sqltypes.AutoString(length=6), nullable=False),
-    sa.Column('lat', sa.Float(), nullable=False),
-    sa.Column('lon', sa.Float(), nullable=False),
-    sa.PrimaryKeyConstraint('checkpoint_id')
+    op.create_table(
+        "checkpoint",
+        sa.Column("checkpoint_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("adcode", sqlmodel.sql.sqltypes.AutoString(length=6), nullable=False),
+        sa.Column("lat", sa.Float(), nullable=False),
+        sa.Column("lon", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("checkpoint_id"),
     )
-    op.create_table('enterprise',
-    sa.Column('credit_code', sqlmodel.sql.sqltypes.AutoString(length=18), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('listed', sa.Boolean(), nullable=False),
-    sa.Column('effective_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('credit_code')
+    op.create_table(
+        "enterprise",
+        sa.Column("credit_code", sqlmodel.sql.sqltypes.AutoString(length=18), nullable=False),
+        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("listed", sa.Boolean(), nullable=False),
+        sa.Column("effective_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("credit_code"),
     )
-    op.create_table('pass',
-    sa.Column('pass_id', sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
-    sa.Column('shipment_id', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
-    sa.Column('plate', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
-    sa.Column('priority', sqlmodel.sql.sqltypes.AutoString(length=2), nullable=True),
-    sa.Column('issuer', sqlmodel.sql.sqltypes.AutoString(length=6), nullable=True),
-    sa.Column('valid_from', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('valid_until', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('trip', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=True),
-    sa.Column('toll_exempt', sa.Boolean(), nullable=True),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
-    sa.Column('checkpoint_id', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
-    sa.Column('status_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('route', sa.JSON(), nullable=True),
-    sa.Column('token', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.PrimaryKeyConstraint('pass_id')
+    op.create_table(
+        "pass",
+        sa.Column("pass_id", sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
+        sa.Column("shipment_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
+        sa.Column("plate", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
+        sa.Column("priority", sqlmodel.sql.sqltypes.AutoString(length=2), nullable=True),
+        sa.Column("issuer", sqlmodel.sql.sqltypes.AutoString(length=6), nullable=True),
+        sa.Column("valid_from", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("valid_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("trip", sqlmodel.sql.sqltypes.AutoString(length=8), nullable=True),
+        sa.Column("toll_exempt", sa.Boolean(), nullable=True),
+        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
+        sa.Column("checkpoint_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+        sa.Column("status_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("route", sa.JSON(), nullable=True),
+        sa.Column("token", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.PrimaryKeyConstraint("pass_id"),
     )
-    op.create_index(op.f('ix_pass_shipment_id'), 'pass', ['shipment_id'], unique=False)
-    op.create_index(op.f('ix_pass_status'), 'pass', ['status'], unique=False)
-    op.create_table('pass_event',
-    sa.Column('pass_id', sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('checkpoint_id', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
-    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('dwell_seconds', sa.Float(), nullable=True),
-    sa.Column('dwell_exceeded', sa.Boolean(), nullable=False),
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('event_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('event_id')
+    op.create_index(op.f("ix_pass_shipment_id"), "pass", ["shipment_id"], unique=False)
+    op.create_index(op.f("ix_pass_status"), "pass", ["status"], unique=False)
+    op.create_table(
+        "pass_event",
+        sa.Column("pass_id", sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
+        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("checkpoint_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+        sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("dwell_seconds", sa.Float(), nullable=True),
+        sa.Column("dwell_exceeded", sa.Boolean(), nullable=False),
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("event_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("event_id"),
     )
-    op.create_index(op.f('ix_pass_event_checkpoint_id'), 'pass_event', ['checkpoint_id'], unique=False)
-    op.create_index(op.f('ix_pass_event_pass_id'), 'pass_event', ['pass_id'], unique=False)
-    op.create_table('region',
-    sa.Column('adcode', sqlmodel.sql.sqltypes.AutoString(length=6), nullable=False),
-    sa.Column('level', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
-    sa.Column('effective_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('adcode')
+    op.create_index(op.f("ix_pass_event_checkpoint_id"), "pass_event", ["checkpoint_id"], unique=False)
+    op.create_index(op.f("ix_pass_event_pass_id"), "pass_event", ["pass_id"], unique=False)
+    op.create_table(
+        "region",
+        sa.Column("adcode", sqlmodel.sql.sqltypes.AutoString(length=6), nullable=False),
+        sa.Column("level", sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
+        sa.Column("effective_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("adcode"),
     )
-    op.create_table('shipment',
-    sa.Column('shipment_id', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('decision', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('priority', sqlmodel.sql.sqltypes.AutoString(length=2), nullable=True),
-    sa.Column('rules_version', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('decided_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('pass_id', sqlmodel.sql.sqltypes.AutoString(length=12), nullable=True),
-    sa.Column('reasons', sa.JSON(), nullable=True),
-    sa.PrimaryKeyConstraint('shipment_id')
+    op.create_table(
+        "shipment",
+        sa.Column("shipment_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("decision", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("priority", sqlmodel.sql.sqltypes.AutoString(length=2), nullable=True),
+        sa.Column("rules_version", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("pass_id", sqlmodel.sql.sqltypes.AutoString(length=12), nullable=True),
+        sa.Column("reasons", sa.JSON(), nullable=True),
+        sa.PrimaryKeyConstraint("shipment_id"),
     )
-    op.create_index(op.f('ix_shipment_pass_id'), 'shipment', ['pass_id'], unique=False)
+    op.create_index(op.f("ix_shipment_pass_id"), "shipment", ["pass_id"], unique=False)
 
 
 def downgrade() -> None:
-    op.drop_index(op.f('ix_shipment_pass_id'), table_name='shipment')
-    op.drop_table('shipment')
-    op.drop_table('region')
-    op.drop_index(op.f('ix_pass_event_pass_id'), table_name='pass_event')
-    op.drop_index(op.f('ix_pass_event_checkpoint_id'), table_name='pass_event')
-    op.drop_table('pass_event')
-    op.drop_index(op.f('ix_pass_status'), table_name='pass')
-    op.drop_index(op.f('ix_pass_shipment_id'), table_name='pass')
-    op.drop_table('pass')
-    op.drop_table('enterprise')
-    op.drop_table('checkpoint')
+    op.drop_index(op.f("ix_shipment_pass_id"), table_name="shipment")
+    op.drop_table("shipment")
+    op.drop_table("region")
+    op.drop_index(op.f("ix_pass_event_pass_id"), table_name="pass_event")
+    op.drop_index(op.f("ix_pass_event_checkpoint_id"), table_name="pass_event")
+    op.drop_table("pass_event")
+    op.drop_index(op.f("ix_pass_status"), table_name="pass")
+    op.drop_index(op.f("ix_pass_shipment_id"), table_name="pass")
+    op.drop_table("pass")
+    op.drop_table("enterprise")
+    op.drop_table("checkpoint")
