@@ -74,18 +74,7 @@ def _decision_mismatch(
         ),
         None,
     )
-    return Mismatch(
-        kind,
-        sid,
-        pass_id,
-        rec,
-        rep,
-        reason_codes(rec),
-        reason_codes(rep),
-        _diff_paths(rec, rep) if rec is not None and rep is not None else [],
-        explanation,
-        where.where() if where else None,
-    )
+    return _mismatch(kind, sid, pass_id, rec, rep, where, explanation)
 
 
 def _status_mismatch(
@@ -93,10 +82,17 @@ def _status_mismatch(
 ) -> Mismatch:
     rec, rep = _shown(recorded), _shown(replayed)
     sid = next((o.get("shipment_id") for o in (rec, rep) if isinstance(o, dict) and o.get("shipment_id")), None)
+    return _mismatch(kind, sid, pid, rec, rep, where, explanation)
+
+
+def _mismatch(
+    kind: str, sid: str | None, pass_id: str | None, rec: Any, rep: Any, where: Record | None, explanation: str
+) -> Mismatch:
+    """A mismatch of the recorded and the replayed output, shown (`_shown`) side by side."""
     return Mismatch(
         kind,
         sid,
-        pid,
+        pass_id,
         rec,
         rep,
         reason_codes(rec),
