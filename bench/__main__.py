@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -22,8 +22,19 @@ from rich.console import Console
 from . import workload
 from .harness import OUT_DIR, ROOT
 from .report import Row, markdown_table, print_table, summary, write_chart, write_json
-from .suites import (Context, framework_run, handlers_in_process, latency_runs, limit_run, pipeline_run,
-                     replay_runs, risk_change_runs, routing_runs, scan_run, state_runs)
+from .suites import (
+    Context,
+    framework_run,
+    handlers_in_process,
+    latency_runs,
+    limit_run,
+    pipeline_run,
+    replay_runs,
+    risk_change_runs,
+    routing_runs,
+    scan_run,
+    state_runs,
+)
 
 SUITES = ("limit", "framework", "pipeline", "scans", "scale", "latency", "routing", "replay", "handlers", "risk",
           "state", "profile", "py-spy")
@@ -106,7 +117,7 @@ def _cpu_model() -> str:
 
 
 def conditions(broker: str) -> dict:
-    return {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+    return {"at": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
             "cpu_model": _cpu_model(), "load_average": os.getloadavg(), "java_processes": _java_processes(),
             "python": platform.python_version(), "platform": platform.platform(), "broker": broker}
 

@@ -13,17 +13,17 @@ projected with the projector's own code; an embedded Tansu broker carries the ri
 from __future__ import annotations
 
 import argparse
-import random
 import asyncio
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -31,19 +31,19 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.store.db import init_db, make_engine, project_batch  # noqa: E402
+from sqlmodel import Session  # noqa: E402
+
 from models.operators import risk_entry  # noqa: E402
 from models.passes import kafka_partition  # noqa: E402
+from models.store.db import init_db, make_engine, project_batch  # noqa: E402
 from routing import Gazetteer  # noqa: E402
-from sqlmodel import Session  # noqa: E402
 from streams.bootstrap import build_pipeline  # noqa: E402
-from streams.dev.broker import TansuBroker, ensure_topics, free_port  # noqa: E402
+from streams.dev.broker import TansuBroker, free_port  # noqa: E402
+from streams.dev.simulator import Scenario, scans_for  # noqa: E402
 from streams.handlers import RecordMeta, Tables, Topics  # noqa: E402
 from streams.operators import publish  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.dev.simulator import Scenario, scans_for  # noqa: E402
-
-
+from streams.topics import ensure_topics  # noqa: E402
 
 RISKS = [{"adcode": a, "level": lv, "effective_at": "2020-02-24T00:00:00Z"}
          for a, lv in (("4202", "medium"), ("4211", "high"), ("4403", "medium"), ("3301", "medium"), ("2102", "medium"))]
@@ -53,7 +53,7 @@ def fill(settings: Settings, passes: int) -> int:
     """Decide requests until `passes` are approved; project decisions, statuses and first scans."""
     pipeline = build_pipeline(settings)
     topics = pipeline.topics
-    tables, scenario, rng = Tables.empty(), Scenario(seed=99, start=datetime(2020, 2, 25, tzinfo=timezone.utc)), random.Random(5)
+    tables, scenario, rng = Tables.empty(), Scenario(seed=99, start=datetime(2020, 2, 25, tzinfo=UTC)), random.Random(5)
     for entry in scenario.enterprise_entries():  # the key list, so P2/P3 requests can qualify
         pipeline.on_enterprise(entry["credit_code"].encode(), orjson.dumps(entry),
                                RecordMeta(topics.enterprises, 0, 0, 0))
@@ -102,7 +102,7 @@ async def measure(url: str, settings: Settings, changes: int, screenshot: Path |
         latencies = []
         for i in range(changes):
             level = "high" if i % 2 == 0 else "low"
-            entry = risk_entry("4201", level, at=datetime.now(timezone.utc), is_region=Gazetteer.default().names_region)
+            entry = risk_entry("4201", level, at=datetime.now(UTC), is_region=Gazetteer.default().names_region)
             sent = time.time()
             await publish(settings, topic, [("4201", entry)])
             await page.wait_for_function(f"gc.levels['420100'] === {2 if level == 'high' else 0} && gc.lastLevels"
@@ -158,7 +158,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-        result.update(passes=args.passes, at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        result.update(passes=args.passes, at=datetime.now(UTC).isoformat(timespec="seconds"),
                       load=os.getloadavg())
         print(json.dumps(result, indent=2))
         out = ROOT / "bench" / "out"

@@ -17,8 +17,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.dev.broker import ensure_topics
 from streams.connection import Connection
+from streams.topics import ensure_topics
 from streams.worker.compat import refresh_metadata
 
 from .workload import Message

@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -28,18 +28,27 @@ from aiokafka.admin import AIOKafkaAdminClient
 from models.records import format_time, parse_time
 from streams.connection import Connection
 from streams.handlers import Topics
+from streams.metrics import group_lag
 
 from . import workload
 from .__main__ import conditions, start_broker
 from .harness import OUT_DIR, ROOT, Proc, run_id, start_process
 from .report import write_json
-from .suites import (TIMED_WORKER, Context, _cleanup, _prepare_system, _Receiver, pipeline_run, worker_env,
-                     workload_scans)
+from .suites import (
+    TIMED_WORKER,
+    Context,
+    _cleanup,
+    _prepare_system,
+    _Receiver,
+    pipeline_run,
+    worker_env,
+    workload_scans,
+)
 from .timed_worker import marks
 
 # The workload's day: request n is submitted n/rate seconds after it, and the risk changes take
 # effect at the same clock, so the scenario's time runs at the wall clock's pace.
-SCENARIO_START = datetime(2020, 2, 25, 8, 0, tzinfo=timezone.utc)
+SCENARIO_START = datetime(2020, 2, 25, 8, 0, tzinfo=UTC)
 # Sanmenxia (Henan), on the Xi'an–Zhengzhou corridor: on about 6% of the workload's routes and never
 # an end of one, so a raise reroutes the active passes through it and nothing is refused outright.
 REGION = "4112"
@@ -237,11 +246,11 @@ def risk_escapes(changes: list[dict], tally: Tally) -> list[dict]:
     after the raise was on the broker (their decision record is later than its send); and passes
     decided through the region while it was high (event time), which the decider should never issue."""
     out = []
-    bounds = [parse_time(c["effective_at"]) for c in changes] + [datetime.max.replace(tzinfo=timezone.utc)]
+    bounds = [parse_time(c["effective_at"]) for c in changes] + [datetime.max.replace(tzinfo=UTC)]
     for k, change in enumerate(changes):
         if change["level"] != "high":
             continue
-        since = bounds[k - 1] if k else datetime.min.replace(tzinfo=timezone.utc)
+        since = bounds[k - 1] if k else datetime.min.replace(tzinfo=UTC)
         visited = tally.risk_passes.get(change["cause"], set())
         before = [(p, ms) for p, (at, ms) in tally.through.items()
                   if since <= parse_time(at) < bounds[k] and p not in visited]
@@ -270,10 +279,8 @@ class Watch:
 
     async def lag(self) -> tuple[int, int]:
         """(records on the worker's inputs not yet committed by its group, the group's committed total)."""
-        ends = await self.consumer.end_offsets(self.parts)
-        committed = await self.admin.list_consumer_group_offsets(self.group, partitions=self.parts)
-        done = {tp: max(0, m.offset) for tp, m in committed.items()}
-        return sum(end - done.get(tp, 0) for tp, end in ends.items()), sum(done.values())
+        lag = await group_lag(self.admin, self.consumer, self.group, self.parts)
+        return sum(behind for behind, _ in lag.values()), sum(done for _, done in lag.values())
 
     async def sample(self, t: float, worker: Proc | None, load: Load, reader: AnswerReader) -> dict:
         try:

@@ -14,20 +14,19 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.dev.broker import ensure_topics
 from streams.connection import Connection
 from streams.handlers import RecordMeta, Topics
 from streams.settings import Settings
+from streams.topics import ensure_topics
 
 from . import workload
-from .harness import (OUT_DIR, Proc, Stamp, delete_topics, fill, rate_of, rss_bytes, run_id, start_process,
-                      topic_records)
+from .harness import OUT_DIR, Proc, Stamp, delete_topics, fill, rate_of, run_id, start_process, topic_records
 from .workload import Message
 
 __all__ = ["Context", "limit_run", "framework_run", "pipeline_run", "scan_run", "latency_runs", "routing_runs",
@@ -513,7 +512,7 @@ def routing_runs(routes: int, runs: int, *, seed: int = 2020) -> dict:
     graph = RegionGraph.default()
     counties = list(Gazetteer.default().counties())
     blocked = graph.prefectures_in("4201")
-    departure = datetime(2020, 2, 25, 10, 0, tzinfo=timezone.utc)
+    departure = datetime(2020, 2, 25, 10, 0, tzinfo=UTC)
     cold, warm, found = [], [], []
     for run in range(runs):
         rng = random.Random(seed + run)

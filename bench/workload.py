@@ -8,11 +8,11 @@ Huangshi, Shenzhen, Hangzhou medium, so some routes have to go around Wuhan.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-import itertools
 
 import orjson
 

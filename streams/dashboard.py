@@ -52,10 +52,11 @@ from models.store.db import (
 from models.store.tables import Checkpoint, Pass, Shipment
 from routing import Gazetteer
 
-from .dev.broker import ensure_topics
 from .handlers import Topics
+from .metrics import group_lag
 from .projector import group_id as projector_group
 from .settings import Settings
+from .topics import ensure_topics
 from .web import Hub, html_page, site_url, sse, start_site, stop_site, token_guard
 from .worker.compat import refresh_metadata
 
@@ -236,12 +237,9 @@ class Dashboard:
     @staticmethod
     async def _lag(admin, consumer, group: str, names: list[str]) -> dict[str, int]:
         parts = [TopicPartition(n, p) for n in names for p in consumer.partitions_for_topic(n) or ()]
-        ends = await consumer.end_offsets(parts)
-        committed = await admin.list_consumer_group_offsets(group, partitions=parts)
         lag: Counter[str] = Counter({n: 0 for n in names})
-        for tp, end in ends.items():
-            done = committed.get(tp)
-            lag[tp.topic] += max(0, end - (done.offset if done is not None and done.offset >= 0 else 0))
+        for tp, (behind, _) in (await group_lag(admin, consumer, group, parts)).items():
+            lag[tp.topic] += behind
         return dict(lag)
 
     # --- search ---------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "add_metrics_route",
     "metrics_app",
     "sample_lag",
+    "group_lag",
     "CONTENT_TYPE",
     "render",
 ]
@@ -140,3 +141,17 @@ async def sample_lag(gauge: Gauge, lags, every: float = 5.0) -> None:
         except Exception as exc:  # noqa: BLE001 — a rebalance in progress: sample at the next tick
             log.debug("lag not sampled: %s", exc)
         await asyncio.sleep(every)  # a sampling period, not a synchronisation
+
+
+async def group_lag(admin, consumer, group: str, parts: list) -> dict:
+    """{partition: (records behind, committed offset)} of consumer group `group` on `parts`, asked of the
+    broker: the log's end (`consumer`) less the group's committed offset (`admin`), never below 0 (Tansu
+    can report an end a little behind a commit). Nothing committed yet counts from offset 0."""
+    ends = await consumer.end_offsets(parts)
+    committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+    lag = {}
+    for tp, end in ends.items():
+        done = committed.get(tp)
+        offset = done.offset if done is not None and done.offset >= 0 else 0
+        lag[tp] = (max(0, end - offset), offset)
+    return lag

@@ -36,10 +36,10 @@ from models.records import Unparseable, format_time, load_object, parse_enterpri
 from models.store.db import init_db, make_engine, project_batch
 from routing import Gazetteer
 
-from .dev.broker import ensure_topics
 from .handlers import Topics
 from .metrics import metrics_app, new_registry
 from .settings import Settings
+from .topics import ensure_topics
 from .web import start_site
 
 __all__ = ["Item", "Shaped", "Written", "shape", "write", "Projector", "run_projector", "group_id"]

@@ -84,8 +84,8 @@ def kafka_cluster(settings, args):
 def secure_topics(broker, settings) -> None:
     """On a secure cluster the admin makes the public topics (no other principal may), then says
     where each principal's client files are."""
-    from ..dev.broker import ensure_topics
     from ..handlers import Topics
+    from ..topics import ensure_topics
 
     topics = Topics.with_prefix(settings.topic_prefix)
     asyncio.run(

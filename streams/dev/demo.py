@@ -40,7 +40,8 @@ from ..handlers import Topics, clock_command
 from ..keys import load_public_key
 from ..settings import Settings
 from ..station_web import announced_url
-from .broker import TansuBroker, ensure_topics, free_port
+from ..topics import ensure_topics
+from .broker import TansuBroker, free_port
 from .simulator import Scenario
 
 __all__ = ["run_demo"]

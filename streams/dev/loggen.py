@@ -31,7 +31,7 @@ async def generate_log(settings, n: int, *, seed: int = 2020, outputs: bool = Tr
 
     from ..bootstrap import build_pipeline
     from ..handlers import RecordMeta, Topics
-    from .broker import ensure_topics
+    from ..topics import ensure_topics
     from .simulator import Scenario
 
     t = Topics.with_prefix(settings.topic_prefix)

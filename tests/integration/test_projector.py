@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 from models.store.db import upgrade
 from models.store.tables import Enterprise, Pass, PassEvent, Region, Shipment
 from streams.connection import Connection
-from streams.dev.broker import ensure_topics
 from streams.handlers import Topics
+from streams.topics import ensure_topics
 from tests.support.projections import (
     FIRM_A,
     FIRM_B,

@@ -24,8 +24,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.connection import Connection
-from streams.dev.broker import TansuBroker, ensure_topics, free_port
+from streams.dev.broker import TansuBroker, free_port
 from streams.handlers import Topics
+from streams.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
