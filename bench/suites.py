@@ -26,7 +26,7 @@ from streams.handlers import RecordMeta, Topics
 from streams.settings import Settings
 
 from . import workload
-from .harness import (OUT_DIR, Proc, Stamp, delete_topics, fill, rate_of, rss_bytes, run_id, start_process,
+from .harness import (OUT_DIR, Proc, Stamp, delete_topics, fill, rate_of, run_id, start_process,
                       topic_records)
 from .workload import Message
 
@@ -400,12 +400,8 @@ async def latency_runs(ctx: Context, rate: float, seconds: float, runs: int, *, 
     topics = Topics.with_prefix(prefix)
     firms, risks = workload.reference(seed)
     await _prepare_system(ctx, topics, firms, risks)
-    env = worker_env(ctx, rid, prefix)
-    env["GC_PROCESSING_GUARANTEE"] = guarantee
-    if fetch_wait_ms is not None:
-        env["GC_FETCH_WAIT_MS"] = str(fetch_wait_ms)
+    env = _latency_worker_env(ctx, rid, prefix, guarantee, fetch_wait_ms)
     procs = start_workers(ctx, env, rid, 1)
-    alive = procs[0].alive
     producer = AIOKafkaProducer(**ctx.connection.kwargs(), linger_ms=0)
     await producer.start()
     decisions = _Receiver(ctx.connection, [topics.decisions, topics.deadletter], ctx.partitions)
@@ -417,54 +413,13 @@ async def latency_runs(ctx: Context, rate: float, seconds: float, runs: int, *, 
     try:
         await decisions.start()
         await statuses.start()
-        # Ready when a warm-up batch is answered (start-up, group join, route cache of the mix),
-        # then a pause for the tracker and the projections to catch up with it.
-        warm = workload.requests(max(50, int(rate * 2)), seed=seed, tag="W")
-        sent: dict[str, float] = {}
-        await _paced(producer, topics.requests, [(m.key.decode(), m.key, m.value) for m in warm], rate, sent)
-        await _wait_answers(decisions, list(sent), ctx.timeout, alive)
-        await asyncio.sleep(3)
+        await _warm_up(ctx, producer, topics, decisions, procs[0], rate, seed)
         count = max(10, int(rate * seconds))
         for run in range(runs):
             batch = workload.requests(count, seed=seed, start=run * count, tag=f"L{run}")
-            sent = {}
-            cpu0, t0 = procs[0].cpu_seconds(), time.perf_counter()
-            await _paced(producer, topics.requests, [(m.key.decode(), m.key, m.value) for m in batch], rate, sent)
-            await _wait_answers(decisions, list(sent), 60, alive)
-            req_busy = (procs[0].cpu_seconds() - cpu0) / (time.perf_counter() - t0)
-            req_ms = [(decisions.got[i][0] - t) * 1000 for i, t in sent.items()]
-            approved = []
-            for i in sent:
-                _, topic, value = decisions.got[i]
-                if topic == topics.decisions:
-                    body = orjson.loads(value)
-                    if body.get("pass"):
-                        approved.append(body)
-            scans = []
-            for body in approved:
-                for scan in workload_scans(body, rng):
-                    scans.append((scan["scan_id"], body["pass"]["pass_id"].encode(), orjson.dumps(scan)))
-            # Trucks scan in route order; interleave the passes so each pass's scans keep their order.
-            scans = _interleave(scans)[:count]
-            sent_scans: dict[str, float] = {}
-            cpu0, t0 = procs[0].cpu_seconds(), time.perf_counter()
-            await _paced(producer, topics.scans, scans, rate, sent_scans)
-            await _wait_answers(statuses, list(sent_scans), 60, alive)
-            scan_busy = (procs[0].cpu_seconds() - cpu0) / (time.perf_counter() - t0)
-            scan_ms = [(statuses.got[i][0] - t) * 1000 for i, t in sent_scans.items()]
-            result["runs"].append({"request_decision_ms": percentiles(req_ms), "scan_status_ms": percentiles(scan_ms),
-                                   "requests": len(req_ms), "scans": len(scan_ms),
-                                   # a queue that grows through the phase shows as a later quarter much slower
-                                   "request_p50_by_quarter_ms": _quarters(req_ms),
-                                   "scan_p50_by_quarter_ms": _quarters(scan_ms),
-                                   "worker_cpu_busy": {"requests": round(req_busy, 3), "scans": round(scan_busy, 3)},
-                                   "samples": {"request_decision_ms": req_ms, "scan_status_ms": scan_ms}})
-            last = result["runs"][-1]
-            ctx.log(f"  latency run {run + 1}/{runs}: request→decision p50/p99 "
-                    f"{last['request_decision_ms']['p50']:.0f}/{last['request_decision_ms']['p99']:.0f} ms "
-                    f"(p50 by quarter {last['request_p50_by_quarter_ms']}), scan→status p50/p99 "
-                    f"{last['scan_status_ms']['p50']:.0f}/{last['scan_status_ms']['p99']:.0f} ms; "
-                    f"worker CPU {req_busy:.0%} / {scan_busy:.0%} of a core")
+            row, busy = await _latency_run(producer, topics, decisions, statuses, procs[0], batch, rate, rng)
+            result["runs"].append(row)
+            _log_latency_run(ctx, run, runs, row, busy)
     finally:
         await decisions.stop()
         await statuses.stop()
@@ -473,6 +428,86 @@ async def latency_runs(ctx: Context, rate: float, seconds: float, runs: int, *, 
             p.stop()
     await _cleanup(ctx, prefix, f"bench-{rid}")
     return result
+
+
+def _latency_worker_env(ctx: Context, rid: str, prefix: str, guarantee: str, fetch_wait_ms: int | None) -> dict:
+    """The worker's environment for the latency runs: its guarantee and, if given, its fetch wait."""
+    env = worker_env(ctx, rid, prefix)
+    env["GC_PROCESSING_GUARANTEE"] = guarantee
+    if fetch_wait_ms is not None:
+        env["GC_FETCH_WAIT_MS"] = str(fetch_wait_ms)
+    return env
+
+
+async def _warm_up(ctx: Context, producer: AIOKafkaProducer, topics: Topics, decisions: _Receiver, worker: Proc,
+                   rate: float, seed: int) -> None:
+    """Ready when a warm-up batch is answered (start-up, group join, route cache of the mix),
+    then a pause for the tracker and the projections to catch up with it."""
+    warm = workload.requests(max(50, int(rate * 2)), seed=seed, tag="W")
+    sent: dict[str, float] = {}
+    await _paced(producer, topics.requests, [(m.key.decode(), m.key, m.value) for m in warm], rate, sent)
+    await _wait_answers(decisions, list(sent), ctx.timeout, worker.alive)
+    await asyncio.sleep(3)
+
+
+async def _latency_run(producer: AIOKafkaProducer, topics: Topics, decisions: _Receiver, statuses: _Receiver,
+                       worker: Proc, batch: list[Message], rate: float, rng: random.Random) -> tuple[dict, tuple]:
+    """One run: `batch` of requests at `rate`/s, then as many scans of the passes they got.
+    (The run's figures; the worker's CPU busy share in each phase.)"""
+    items = [(m.key.decode(), m.key, m.value) for m in batch]
+    sent, req_ms, req_busy = await _timed_phase(producer, topics.requests, items, rate, decisions, worker)
+    scans = _scans_of(_approved(decisions, sent, topics.decisions), rng)[:len(batch)]
+    _, scan_ms, scan_busy = await _timed_phase(producer, topics.scans, scans, rate, statuses, worker)
+    return {"request_decision_ms": percentiles(req_ms), "scan_status_ms": percentiles(scan_ms),
+            "requests": len(req_ms), "scans": len(scan_ms),
+            # a queue that grows through the phase shows as a later quarter much slower
+            "request_p50_by_quarter_ms": _quarters(req_ms),
+            "scan_p50_by_quarter_ms": _quarters(scan_ms),
+            "worker_cpu_busy": {"requests": round(req_busy, 3), "scans": round(scan_busy, 3)},
+            "samples": {"request_decision_ms": req_ms, "scan_status_ms": scan_ms}}, (req_busy, scan_busy)
+
+
+async def _timed_phase(producer: AIOKafkaProducer, topic: str, items: list[tuple[str, bytes, bytes]], rate: float,
+                       receiver: _Receiver, worker: Proc) -> tuple[list[str], list[float], float]:
+    """Send `items` at `rate`/s and wait for their answers: (their idents in send order, their
+    latencies in ms, the worker's CPU busy share meanwhile)."""
+    sent: dict[str, float] = {}
+    cpu0, t0 = worker.cpu_seconds(), time.perf_counter()
+    await _paced(producer, topic, items, rate, sent)
+    await _wait_answers(receiver, list(sent), 60, worker.alive)
+    busy = (worker.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
+    return list(sent), [(receiver.got[i][0] - t) * 1000 for i, t in sent.items()], busy
+
+
+def _approved(decisions: _Receiver, idents: list[str], decisions_topic: str) -> list[dict]:
+    """The decisions, among the answers to `idents`, that issued a pass."""
+    approved = []
+    for i in idents:
+        _, topic, value = decisions.got[i]
+        if topic == decisions_topic:
+            body = orjson.loads(value)
+            if body.get("pass"):
+                approved.append(body)
+    return approved
+
+
+def _scans_of(approved: list[dict], rng: random.Random) -> list[tuple[str, bytes, bytes]]:
+    """The workload's scans of the passes issued, as (ident, key, value), in an order trucks could scan in."""
+    scans = []
+    for body in approved:
+        for scan in workload_scans(body, rng):
+            scans.append((scan["scan_id"], body["pass"]["pass_id"].encode(), orjson.dumps(scan)))
+    # Trucks scan in route order; interleave the passes so each pass's scans keep their order.
+    return _interleave(scans)
+
+
+def _log_latency_run(ctx: Context, run: int, runs: int, last: dict, busy: tuple[float, float]) -> None:
+    req_busy, scan_busy = busy
+    ctx.log(f"  latency run {run + 1}/{runs}: request→decision p50/p99 "
+            f"{last['request_decision_ms']['p50']:.0f}/{last['request_decision_ms']['p99']:.0f} ms "
+            f"(p50 by quarter {last['request_p50_by_quarter_ms']}), scan→status p50/p99 "
+            f"{last['scan_status_ms']['p50']:.0f}/{last['scan_status_ms']['p99']:.0f} ms; "
+            f"worker CPU {req_busy:.0%} / {scan_busy:.0%} of a core")
 
 
 def _quarters(samples: list[float]) -> list[float]:
@@ -752,50 +787,72 @@ def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
     the time to re-evaluate, beside the same change with a tenth of the untouched passes (equal
     when untouched passes cost nothing), the one-off index build after a (re)assignment, and
     what visiting every pass (the design before) costs. Also bytes per active pass and memory."""
-    import gc
-    from collections import Counter as _Counter
-
-    from models.passes import PassState
     from models.records import RegionRisk, parse_time
     from streams.commands import RiskChanged, encode
     from streams.handlers import Pipeline
 
     base, tables = _templates()
     pipeline = Pipeline(base.decider, base.tracker, base.topics, partitions=1)  # one partition holds them all
-    states = {pid: PassState.from_json(raw) for pid, raw in tables.passes.items()}
-    regions = {pid: base.tracker.regions_of(state) for pid, state in states.items()}
-    # The changed region: the busiest one that is on routes but is rarely an end.
-    node_of = base.decider.graph.node_of
-    ends = _Counter(r for state in states.values() for r in (node_of(state.origin), node_of(state.destination)))
-    crossing = _Counter(r for rs in regions.values() for r in rs)
-    region = max(crossing, key=lambda r: crossing[r] - 3 * ends[r])
-    inside = [tables.passes[p] for p, rs in regions.items() if region in rs]
-    outside = [tables.passes[p] for p, rs in regions.items() if region not in rs]
+    region, inside, outside = _changed_region(base, tables)
     touched = int(total * share)
     change = encode(RiskChanged(RegionRisk(region.ljust(6, "0"), "high", parse_time("2020-02-25T06:00:00Z"))))
     result = {"total": total, "touched": touched, "region": region, "runs": []}
     for _ in range(runs):
         row = {}
         for label, n in (("full", total), ("tenth", touched + (total - touched) // 10)):
-            state = _clone_tables(tables, inside, outside, n, touched)
-            gc.collect()
-            t = time.perf_counter()
-            pipeline.index(0, state)
-            row[f"index_build_ms_{label}"] = (time.perf_counter() - t) * 1000
-            # The steady state of a worker: the index was built at the first change after the
-            # partition was assigned, and the collector has since looked at it once. (The first
-            # change pays the build and that one full collection, ~0.1 s per 100,000 passes.)
-            gc.collect()
-            t = time.perf_counter()
-            outs = pipeline.on_pass_event(change, partition=0, tables=state)
-            row[f"change_ms_{label}"] = (time.perf_counter() - t) * 1000
-            row[f"events_{label}"] = len(outs)
-            pipeline.decider.risk = type(pipeline.decider.risk)()  # the next run starts from no risk
+            row |= _risk_change_run(pipeline, _clone_tables(tables, inside, outside, n, touched), change, label)
         result["runs"].append(row)
-    # Bytes per active pass in the worker's tables, and the memory they and the index take: what
-    # Python allocated for them (tracemalloc), not the RSS, which the earlier runs' freed memory
-    # hides (the allocator reuses it without growing the process).
+    result |= _state_memory(pipeline, tables, inside, outside, total, touched)
+    result["visit_every_pass_us_per_pass"] = _visit_every_pass_us(pipeline, tables, inside, outside, region)
+    return result
+
+
+def _changed_region(base, tables) -> tuple[str, list, list]:
+    """The changed region: the busiest one that is on routes but is rarely an end; (it, the
+    template passes crossing it, those that do not)."""
+    from collections import Counter as _Counter
+
+    from models.passes import PassState
+
+    states = {pid: PassState.from_json(raw) for pid, raw in tables.passes.items()}
+    regions = {pid: base.tracker.regions_of(state) for pid, state in states.items()}
+    node_of = base.decider.graph.node_of
+    ends = _Counter(r for state in states.values() for r in (node_of(state.origin), node_of(state.destination)))
+    crossing = _Counter(r for rs in regions.values() for r in rs)
+    region = max(crossing, key=lambda r: crossing[r] - 3 * ends[r])
+    inside = [tables.passes[p] for p, rs in regions.items() if region in rs]
+    outside = [tables.passes[p] for p, rs in regions.items() if region not in rs]
+    return region, inside, outside
+
+
+def _risk_change_run(pipeline, state, change: bytes, label: str) -> dict:
+    """The index build and the change on the active passes `state`, timed; the risk is reset after."""
+    import gc
+
+    row = {}
+    gc.collect()
+    t = time.perf_counter()
+    pipeline.index(0, state)
+    row[f"index_build_ms_{label}"] = (time.perf_counter() - t) * 1000
+    # The steady state of a worker: the index was built at the first change after the
+    # partition was assigned, and the collector has since looked at it once. (The first
+    # change pays the build and that one full collection, ~0.1 s per 100,000 passes.)
+    gc.collect()
+    t = time.perf_counter()
+    outs = pipeline.on_pass_event(change, partition=0, tables=state)
+    row[f"change_ms_{label}"] = (time.perf_counter() - t) * 1000
+    row[f"events_{label}"] = len(outs)
+    pipeline.decider.risk = type(pipeline.decider.risk)()  # the next run starts from no risk
+    return row
+
+
+def _state_memory(pipeline, tables, inside: list, outside: list, total: int, touched: int) -> dict:
+    """Bytes per active pass in the worker's tables, and the memory they and the index take: what
+    Python allocated for them (tracemalloc), not the RSS, which the earlier runs' freed memory
+    hides (the allocator reuses it without growing the process)."""
+    import gc
     import tracemalloc
+
     gc.collect()
     tracemalloc.start()
     state = _clone_tables(tables, inside, outside, total, touched)
@@ -803,21 +860,26 @@ def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
     gc.collect()
     allocated, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    result["memory_per_100k_mb"] = allocated / 1e6 * 100_000 / total
-    result["bytes_per_pass"] = sum(len(k) + len(v) for t in (state.passes, state.serials, state.decided)
-                                   for k, v in t.items()) / total
-    result["indexed"] = len(index)
-    # The design before: decode and re-evaluate every pass of the partition.
-    sample = _clone_tables(tables, inside, outside, 10_000, 100)
+    return {"memory_per_100k_mb": allocated / 1e6 * 100_000 / total,
+            "bytes_per_pass": sum(len(k) + len(v) for t in (state.passes, state.serials, state.decided)
+                                  for k, v in t.items()) / total,
+            "indexed": len(index)}
+
+
+def _visit_every_pass_us(pipeline, tables, inside: list, outside: list, region: str) -> float:
+    """The design before: decode and re-evaluate every pass of the partition; µs per pass."""
+    from models.passes import PassState
     from models.records import RegionRisk, parse_time
+
+    sample = _clone_tables(tables, inside, outside, 10_000, 100)
     risk = RegionRisk(region.ljust(6, "0"), "high", parse_time("2020-02-25T06:00:00Z"))
     pipeline.decider.risk.apply(risk)
     t = time.perf_counter()
     for pid in sorted(sample.passes):
         pipeline.tracker.risk_changed(PassState.from_json(sample.passes[pid]), risk)
-    result["visit_every_pass_us_per_pass"] = (time.perf_counter() - t) * 1e6 / 10_000
+    us = (time.perf_counter() - t) * 1e6 / 10_000
     pipeline.decider.risk = type(pipeline.decider.risk)()
-    return result
+    return us
 
 
 # --- the worker's state, in a real worker: memory and a restart's recovery -------------------------------
