@@ -341,7 +341,6 @@ async def soak(ctx: Context, args, rate: float) -> dict:
     def spawn() -> Proc:
         return start_process(list(TIMED_WORKER), env, ctx.out_dir / rid / f"worker{len(procs)}.log")
 
-    seconds = args.minutes * 60
     isolation = "read_committed" if args.guarantee == "exactly_once" else "read_uncommitted"
     producer = AIOKafkaProducer(**ctx.connection.kwargs(), linger_ms=5)
     watch = Watch(ctx.connection, env["GC_APP_ID"], [topics.requests, topics.scans, topics.risk, topics.pass_events],
@@ -353,49 +352,7 @@ async def soak(ctx: Context, args, rate: float) -> dict:
         await watch.start()
         procs.append(spawn())
         await _ready(ctx, producer, topics, procs[-1], isolation)
-        t0, wall0 = time.monotonic(), time.time()
-        tally = Tally(wall0, args.sample)
-        load = Load(producer, topics, rate, rate * args.scan_ratio, t0, t0 + seconds, args.sample,
-                    queue_cap=int(60 * rate * args.scan_ratio))
-        reader = AnswerReader(ctx.connection, topics, ctx.partitions, tally, load.on_pass, isolation, args.region)
-        await reader.start()
-        ctx.log(f"soak: {rate:,.0f} requests/s and {rate * args.scan_ratio:,.0f} scans/s for {args.minutes:g} min, "
-                f"a risk change every {args.risk_every:g} s, a {args.restart} restart at {seconds / 120:g} min")
-        changes: list[dict] = []
-        notes: dict = {}
-        restarting = asyncio.Event()
-
-        async def sampling():
-            while True:
-                row = await watch.sample(time.monotonic() - t0, procs[-1], load, reader)
-                if len(watch.samples) % 12 == 0:
-                    ctx.log(f"  {row['t'] / 60:5.1f} min: sent {row['sent_requests']:,}/{row['sent_scans']:,}, "
-                            f"answered {row['answered_requests']:,}/{row['answered_scans']:,}, lag {row['lag']}, "
-                            f"RSS {row['rss_mb'] or 0:,.0f} MB")
-                if not procs[-1].alive() and not restarting.is_set():
-                    raise RuntimeError(f"the worker died:\n{procs[-1].tail(2000)}")
-                if (row["rss_mb"] or 0) > args.max_rss_mb and time.monotonic() < load.until:
-                    load.until = time.monotonic()
-                    notes["stopped_early"] = f"worker RSS {row['rss_mb']:,.0f} MB > {args.max_rss_mb:,} MB at {row['t']:.0f} s"
-                    ctx.log(f"[stopping the load: {notes['stopped_early']}]")
-                await asyncio.sleep(args.sample - (time.monotonic() - t0) % args.sample)
-
-        sender = asyncio.create_task(load.run())
-        tasks = [sender, asyncio.create_task(sampling()),
-                 asyncio.create_task(risk_changes(producer, topics.risk, args.region, args.risk_every, load, changes,
-                                                  ctx.log))]
-        await _watch_tasks(tasks, seconds=seconds / 2)
-        restarting.set()
-        restarted = await restart(procs, args.restart, spawn, t0, ctx.log)
-        restarting.clear()
-        await _watch_tasks(tasks, until=sender)
-        tasks[2].cancel()
-        drained = await _drain(load, tally, args.drain, procs[-1], ctx.log)
-        await asyncio.sleep(args.sample + 5)   # late duplicates and a last lag sample after the drain
-        tasks[1].cancel()
-        await reader.stop()
-        restarted |= _recovery(procs[-1], restarted.pop("started_at"), wall0)
-        return _result(rid, args, rate, seconds, load, tally, watch, changes, restarted, drained, reader) | notes
+        return await _load_with_restart(ctx, args, rate, rid, topics, producer, watch, procs, spawn, tasks, isolation)
     finally:
         for task in tasks:
             task.cancel()
@@ -404,6 +361,62 @@ async def soak(ctx: Context, args, rate: float) -> dict:
         await watch.stop()
         await producer.stop()
         await _cleanup(ctx, prefix, f"bench-{rid}")
+
+
+async def _load_with_restart(ctx: Context, args, rate: float, rid: str, topics: Topics, producer: AIOKafkaProducer,
+                             watch: Watch, procs: list[Proc], spawn, tasks: list[asyncio.Task],
+                             isolation: str) -> dict:
+    """The load on the ready worker, its restart halfway, the drain: the soak's result. The tasks
+    started go into `tasks` (the caller cancels them), the new workers into `procs`."""
+    seconds = args.minutes * 60
+    t0, wall0 = time.monotonic(), time.time()
+    tally = Tally(wall0, args.sample)
+    load = Load(producer, topics, rate, rate * args.scan_ratio, t0, t0 + seconds, args.sample,
+                queue_cap=int(60 * rate * args.scan_ratio))
+    reader = AnswerReader(ctx.connection, topics, ctx.partitions, tally, load.on_pass, isolation, args.region)
+    await reader.start()
+    ctx.log(f"soak: {rate:,.0f} requests/s and {rate * args.scan_ratio:,.0f} scans/s for {args.minutes:g} min, "
+            f"a risk change every {args.risk_every:g} s, a {args.restart} restart at {seconds / 120:g} min")
+    changes: list[dict] = []
+    notes: dict = {}
+    restarting = asyncio.Event()
+    sender = asyncio.create_task(load.run())
+    tasks.extend([sender,
+                  asyncio.create_task(_sampling(ctx, args, watch, procs, load, reader, t0, restarting, notes)),
+                  asyncio.create_task(risk_changes(producer, topics.risk, args.region, args.risk_every, load,
+                                                   changes, ctx.log))])
+    await _watch_tasks(tasks, seconds=seconds / 2)
+    restarting.set()
+    restarted = await restart(procs, args.restart, spawn, t0, ctx.log)
+    restarting.clear()
+    await _watch_tasks(tasks, until=sender)
+    tasks[2].cancel()
+    drained = await _drain(load, tally, args.drain, procs[-1], ctx.log)
+    await asyncio.sleep(args.sample + 5)   # late duplicates and a last lag sample after the drain
+    tasks[1].cancel()
+    await reader.stop()
+    restarted |= _recovery(procs[-1], restarted.pop("started_at"), wall0)
+    return _result(rid, args, rate, seconds, load, tally, watch, changes, restarted, drained, reader) | notes
+
+
+async def _sampling(ctx: Context, args, watch: Watch, procs: list[Proc], load: Load, reader: AnswerReader,
+                    t0: float, restarting: asyncio.Event, notes: dict) -> None:
+    """Every `args.sample` s, a sample of the current worker; fails when the worker dies outside a
+    restart, and ends the load early (noted in `notes`) when its RSS passes `args.max_rss_mb`."""
+    while True:
+        row = await watch.sample(time.monotonic() - t0, procs[-1], load, reader)
+        if len(watch.samples) % 12 == 0:
+            ctx.log(f"  {row['t'] / 60:5.1f} min: sent {row['sent_requests']:,}/{row['sent_scans']:,}, "
+                    f"answered {row['answered_requests']:,}/{row['answered_scans']:,}, lag {row['lag']}, "
+                    f"RSS {row['rss_mb'] or 0:,.0f} MB")
+        if not procs[-1].alive() and not restarting.is_set():
+            raise RuntimeError(f"the worker died:\n{procs[-1].tail(2000)}")
+        if (row["rss_mb"] or 0) > args.max_rss_mb and time.monotonic() < load.until:
+            load.until = time.monotonic()
+            notes["stopped_early"] = (f"worker RSS {row['rss_mb']:,.0f} MB > {args.max_rss_mb:,} MB "
+                                      f"at {row['t']:.0f} s")
+            ctx.log(f"[stopping the load: {notes['stopped_early']}]")
+        await asyncio.sleep(args.sample - (time.monotonic() - t0) % args.sample)
 
 
 async def _watch_tasks(tasks: list[asyncio.Task], *, until: asyncio.Task | None = None,
