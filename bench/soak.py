@@ -133,7 +133,8 @@ class AnswerReader(_Receiver):
 
     def dead_letter(self, body: dict, timestamp_ms: int) -> None:
         if body["error"].startswith(INTERNAL):
-            self.tally.internal_errors.append({k: body.get(k) for k in ("topic", "partition", "offset", "key", "error")})
+            self.tally.internal_errors.append({k: body.get(k)
+                                               for k in ("topic", "partition", "offset", "key", "error")})
         if body["topic"] == self.names.requests:
             self.tally.count("request", body["key"] or "", timestamp_ms)
         elif body["topic"] == self.names.scans:
@@ -248,7 +249,8 @@ def risk_escapes(changes: list[dict], tally: Tally) -> list[dict]:
         during = [p for p, (at, _) in tally.through.items() if bounds[k] <= parse_time(at) < bounds[k + 1]]
         late = [(p, (ms - change["sent_ms"]) / 1000) for p, ms in before if ms > change["sent_ms"]]
         out.append({"change": change["cause"], "not_reevaluated": len(before), "decided_after_the_raise": len(late),
-                    "decided_after_s_median": _median([s for _, s in late]), "examples": late[:5], "decided_while_high": len(during), "while_high_examples": during[:5]})
+                    "decided_after_s_median": _median([s for _, s in late]), "examples": late[:5],
+                    "decided_while_high": len(during), "while_high_examples": during[:5]})
     return out
 
 
