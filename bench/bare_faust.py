@@ -37,8 +37,9 @@ app = faust.App(
 
 
 def _raw(name: str) -> faust.TopicT:
-    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-                     partitions=PARTITIONS)
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=PARTITIONS
+    )
 
 
 source = _raw(os.environ.get("BENCH_IN", "bench.in"))

@@ -32,8 +32,9 @@ def _partition(total: int, due: int):
     tables = Tables.empty()
     for i in range(total):
         template = states[i % len(states)]
-        state = replace(template, pass_id=f"{i:012d}", shipment_id=f"clock-{i}",
-                        valid_until=format_time(end) if i < due else later)
+        state = replace(
+            template, pass_id=f"{i:012d}", shipment_id=f"clock-{i}", valid_until=format_time(end) if i < due else later
+        )
         tables.passes[state.pass_id] = state.to_json()
         tables.decided[state.shipment_id] = templates.decided[template.shipment_id]
     pipeline = Pipeline(base.decider, base.tracker, base.topics, partitions=1, retention=base.retention)

@@ -45,8 +45,10 @@ from streams.operators import publish  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
-RISKS = [{"adcode": a, "level": lv, "effective_at": "2020-02-24T00:00:00Z"}
-         for a, lv in (("4202", "medium"), ("4211", "high"), ("4403", "medium"), ("3301", "medium"), ("2102", "medium"))]
+RISKS = [
+    {"adcode": a, "level": lv, "effective_at": "2020-02-24T00:00:00Z"}
+    for a, lv in (("4202", "medium"), ("4211", "high"), ("4403", "medium"), ("3301", "medium"), ("2102", "medium"))
+]
 
 
 def fill(settings: Settings, passes: int) -> int:
@@ -55,8 +57,9 @@ def fill(settings: Settings, passes: int) -> int:
     topics = pipeline.topics
     tables, scenario, rng = Tables.empty(), Scenario(seed=99, start=datetime(2020, 2, 25, tzinfo=UTC)), random.Random(5)
     for entry in scenario.enterprise_entries():  # the key list, so P2/P3 requests can qualify
-        pipeline.on_enterprise(entry["credit_code"].encode(), orjson.dumps(entry),
-                               RecordMeta(topics.enterprises, 0, 0, 0))
+        pipeline.on_enterprise(
+            entry["credit_code"].encode(), orjson.dumps(entry), RecordMeta(topics.enterprises, 0, 0, 0)
+        )
     for entry in RISKS:
         pipeline.on_risk(entry["adcode"].encode(), orjson.dumps(entry), RecordMeta(topics.risk, 0, 0, 0))
     decisions, statuses, approved, n = [], [], 0, 0
@@ -72,9 +75,13 @@ def fill(settings: Settings, passes: int) -> int:
         if decision["pass"]:
             approved += 1
             if approved % 3 == 0:  # a third of them wait at, or have left, their first checkpoint
-                for scan in scans_for(decision, rng)[:1 + approved % 2]:
-                    for o in pipeline.on_scan(decision["pass"]["pass_id"].encode(), orjson.dumps(scan),
-                                              RecordMeta(topics.scans, partition, n, 0), tables=tables):
+                for scan in scans_for(decision, rng)[: 1 + approved % 2]:
+                    for o in pipeline.on_scan(
+                        decision["pass"]["pass_id"].encode(),
+                        orjson.dumps(scan),
+                        RecordMeta(topics.scans, partition, n, 0),
+                        tables=tables,
+                    ):
                         statuses.append((dict(o.headers)["ce_id"].decode(), orjson.loads(o.value)))
     engine = make_engine(settings.database_url)
     init_db(engine)
@@ -86,9 +93,11 @@ def fill(settings: Settings, passes: int) -> int:
 
 async def measure(url: str, settings: Settings, changes: int, screenshot: Path | None = None) -> dict:
     from playwright.async_api import async_playwright
+
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=os.environ.get("GC_CHROMIUM", "/usr/bin/chromium"),
-                                           args=["--no-sandbox"])
+        browser = await pw.chromium.launch(
+            executable_path=os.environ.get("GC_CHROMIUM", "/usr/bin/chromium"), args=["--no-sandbox"]
+        )
         page = await (await browser.new_context(viewport={"width": 1400, "height": 900})).new_page()
         started = time.perf_counter()
         await page.goto(url)
@@ -105,17 +114,24 @@ async def measure(url: str, settings: Settings, changes: int, screenshot: Path |
             entry = risk_entry("4201", level, at=datetime.now(UTC), is_region=Gazetteer.default().names_region)
             sent = time.time()
             await publish(settings, topic, [("4201", entry)])
-            await page.wait_for_function(f"gc.levels['420100'] === {2 if level == 'high' else 0} && gc.lastLevels"
-                                         f" && gc.lastLevels.painted", timeout=30_000)
+            await page.wait_for_function(
+                f"gc.levels['420100'] === {2 if level == 'high' else 0} && gc.lastLevels && gc.lastLevels.painted",
+                timeout=30_000,
+            )
             painted = await page.evaluate("gc.lastLevels.painted")
             latencies.append((painted - sent) * 1000)
             await page.evaluate("gc.lastLevels = null")
         if screenshot:
             await page.screenshot(path=str(screenshot))
         await browser.close()
-    return {"first_paint_ms": round(first), "load_to_painted_wall_ms": round(wall * 1000),
-            "active_passes_on_map": shown, "places_on_map": places, "risk_change_ms": [round(x) for x in latencies],
-            "risk_change_median_ms": round(statistics.median(latencies))}
+    return {
+        "first_paint_ms": round(first),
+        "load_to_painted_wall_ms": round(wall * 1000),
+        "active_passes_on_map": shown,
+        "places_on_map": places,
+        "risk_change_ms": [round(x) for x in latencies],
+        "risk_change_median_ms": round(statistics.median(latencies)),
+    }
 
 
 def main() -> None:
@@ -127,8 +143,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gc-dashboard-bench-"))
     broker = TansuBroker(log_path=work / "tansu.log").start()
     try:
-        settings = Settings(broker_url=broker.url, database_url=f"sqlite:///{work}/gc.db", data_dir=work,
-                            partitions=4, app_id="bench-dashboard")
+        settings = Settings(
+            broker_url=broker.url,
+            database_url=f"sqlite:///{work}/gc.db",
+            data_dir=work,
+            partitions=4,
+            app_id="bench-dashboard",
+        )
         topics = Topics.with_prefix(settings.topic_prefix)
         asyncio.run(ensure_topics(settings.connection, topics.public(), partitions=4))
         t = time.perf_counter()
@@ -136,11 +157,23 @@ def main() -> None:
         asyncio.run(publish(settings, topics.risk, [(e["adcode"], e) for e in RISKS]))  # as the worker saw them
         print(f"{args.passes} active passes from {requests} requests in the database ({time.perf_counter() - t:.0f} s)")
         port = free_port()
-        env = {**os.environ, "GC_BROKER_URL": settings.broker_url, "GC_DATABASE_URL": settings.database_url,
-               "GC_DATA_DIR": str(work), "GC_PARTITIONS": "4", "GC_APP_ID": settings.app_id, "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            "GC_BROKER_URL": settings.broker_url,
+            "GC_DATABASE_URL": settings.database_url,
+            "GC_DATA_DIR": str(work),
+            "GC_PARTITIONS": "4",
+            "GC_APP_ID": settings.app_id,
+            "PYTHONPATH": str(ROOT),
+        }
         with open(work / "dashboard.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "dashboard", "--port", str(port)], env=env,
-                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "dashboard", "--port", str(port)],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             url = f"http://127.0.0.1:{port}/"
             deadline = time.monotonic() + 60
@@ -158,8 +191,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-        result.update(passes=args.passes, at=datetime.now(UTC).isoformat(timespec="seconds"),
-                      load=os.getloadavg())
+        result.update(passes=args.passes, at=datetime.now(UTC).isoformat(timespec="seconds"), load=os.getloadavg())
         print(json.dumps(result, indent=2))
         out = ROOT / "bench" / "out"
         out.mkdir(exist_ok=True)

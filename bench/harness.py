@@ -23,11 +23,26 @@ from streams.worker.compat import refresh_metadata
 
 from .workload import Message
 
-__all__ = ["ROOT", "OUT_DIR", "Stamp", "fill", "wait_for_count", "topic_records", "read_stamps", "rate_of", "Proc",
-           "start_process", "delete_topics", "run_id", "rss_bytes", "postgres_server", "fresh_database"]
+__all__ = [
+    "ROOT",
+    "OUT_DIR",
+    "Stamp",
+    "fill",
+    "wait_for_count",
+    "topic_records",
+    "read_stamps",
+    "rate_of",
+    "Proc",
+    "start_process",
+    "delete_topics",
+    "run_id",
+    "rss_bytes",
+    "postgres_server",
+    "fresh_database",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT_DIR = ROOT / "bench" / "out"   # working directories and worker logs (git-ignored)
+OUT_DIR = ROOT / "bench" / "out"  # working directories and worker logs (git-ignored)
 
 log = logging.getLogger("bench")
 
@@ -39,18 +54,20 @@ def run_id() -> str:
 @dataclass(frozen=True, slots=True)
 class Stamp:
     """One output record: where it is and when its producer sent it (CreateTime, ms)."""
+
     topic: str
     partition: int
     key: bytes | None
     timestamp_ms: int
-    kind: str = ""   # what the suite needs to know of the value (e.g. an approved decision)
+    kind: str = ""  # what the suite needs to know of the value (e.g. an approved decision)
 
 
 async def fill(connection: Connection, topic: str, messages: Iterable[Message], *, partitions: int) -> int:
     """Produce messages as fast as the client goes, wait for every acknowledgement."""
     await ensure_topics(connection, [topic], partitions=partitions)
-    producer = AIOKafkaProducer(**connection.kwargs(), linger_ms=5, max_batch_size=256 * 1024,
-                                max_request_size=4 * 1024 * 1024)
+    producer = AIOKafkaProducer(
+        **connection.kwargs(), linger_ms=5, max_batch_size=256 * 1024, max_request_size=4 * 1024 * 1024
+    )
     await producer.start()
     count = 0
     try:
@@ -78,8 +95,9 @@ async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list
     return parts
 
 
-async def wait_for_count(connection: Connection, topics: Sequence[str], count: int, *, timeout: float,
-                         alive=lambda: True, poll: float = 0.25) -> float:
+async def wait_for_count(
+    connection: Connection, topics: Sequence[str], count: int, *, timeout: float, alive=lambda: True, poll: float = 0.25
+) -> float:
     """Wait until the topics' end offsets add up to `count` (cheap: offsets only, no records).
 
     Returns the monotonic time it was seen. Raises TimeoutError with the count so far.
@@ -96,8 +114,10 @@ async def wait_for_count(connection: Connection, topics: Sequence[str], count: i
                 if total >= count:
                     return time.monotonic()
             if time.monotonic() > deadline or not alive():
-                raise TimeoutError(f"{total}/{count} records on {', '.join(topics)} after "
-                                   f"{time.monotonic() - deadline + timeout:.0f}s (worker alive: {alive()})")
+                raise TimeoutError(
+                    f"{total}/{count} records on {', '.join(topics)} after "
+                    f"{time.monotonic() - deadline + timeout:.0f}s (worker alive: {alive()})"
+                )
             await asyncio.sleep(poll)  # polling a counter with a deadline
     finally:
         await consumer.stop()
@@ -119,8 +139,12 @@ async def topic_records(connection: Connection, select) -> dict[str, int]:
 
 async def read_stamps(connection: Connection, topics: Sequence[str]) -> list[Stamp]:
     """Every record now on the topics, from the beginning, with its producer timestamp."""
-    consumer = AIOKafkaConsumer(**connection.kwargs(), enable_auto_commit=False,
-                                max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        **connection.kwargs(),
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+    )
     await consumer.start()
     stamps: list[Stamp] = []
     try:
@@ -176,6 +200,7 @@ def rss_bytes(pid: int | str = "self") -> int:
 @dataclass
 class Proc:
     """A child process with its log file."""
+
     popen: subprocess.Popen
     log_path: Path
 
@@ -223,8 +248,9 @@ def postgres_server() -> tuple[str | None, str]:
     """(URL, "") of the tests' private PostgreSQL on loopback (tests/services/postgres.sh starts or
     reuses it), or (None, why not)."""
     try:
-        done = subprocess.run(["bash", str(ROOT / "tests" / "services" / "postgres.sh")], capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            ["bash", str(ROOT / "tests" / "services" / "postgres.sh")], capture_output=True, text=True, timeout=600
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"tests/services/postgres.sh: {exc}"
     url = done.stdout.strip()

@@ -19,8 +19,14 @@ from streams.settings import Settings
 
 async def passthrough(bootstrap: str, source: str, target: str, group: str) -> None:
     connection = Connection.from_settings(Settings(broker_url=f"kafka://{bootstrap}"))  # GC_KAFKA_* from the env
-    consumer = AIOKafkaConsumer(source, **connection.kwargs(), group_id=group, enable_auto_commit=True,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        source,
+        **connection.kwargs(),
+        group_id=group,
+        enable_auto_commit=True,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=1024 * 1024,
+    )
     producer = AIOKafkaProducer(**connection.kwargs(), linger_ms=1)
     await consumer.start()
     await producer.start()

@@ -63,11 +63,17 @@ def profile_handlers(requests: list[Message], *, top: int = 15, out: Path = OUT_
             walk(child, stack | {label})
 
     walk(root, frozenset())
-    return {"tool": "pyinstrument", "requests": len(requests), "seconds": round(elapsed, 2),
-            "requests_per_second_under_profiler": round(len(requests) / elapsed, 1), "report": str(out),
-            "top_self": [{"function": k, "share": round(v / total, 4)} for k, v in own.most_common(top)],
-            "top_inclusive": [{"function": k, "share": round(v / total, 4)} for k, v in incl.most_common(top * 3)
-                              if v / total < 0.999][:top * 2]}
+    return {
+        "tool": "pyinstrument",
+        "requests": len(requests),
+        "seconds": round(elapsed, 2),
+        "requests_per_second_under_profiler": round(len(requests) / elapsed, 1),
+        "report": str(out),
+        "top_self": [{"function": k, "share": round(v / total, 4)} for k, v in own.most_common(top)],
+        "top_inclusive": [
+            {"function": k, "share": round(v / total, 4)} for k, v in incl.most_common(top * 3) if v / total < 0.999
+        ][: top * 2],
+    }
 
 
 def _collapsed(path: Path):
@@ -95,29 +101,46 @@ def summarize_collapsed(path: Path, *, top: int = 15) -> dict:
                 incl[f] += count
     if not total:
         return {"samples": 0, "top_self": [], "top_inclusive": []}
-    return {"samples": total,
-            "top_self": [{"function": k, "share": round(v / total, 4)} for k, v in own.most_common(top)],
-            "top_inclusive": [{"function": k, "share": round(v / total, 4)} for k, v in incl.most_common(top * 4)
-                              if v / total < 0.95][:top * 2]}
+    return {
+        "samples": total,
+        "top_self": [{"function": k, "share": round(v / total, 4)} for k, v in own.most_common(top)],
+        "top_inclusive": [
+            {"function": k, "share": round(v / total, 4)} for k, v in incl.most_common(top * 4) if v / total < 0.95
+        ][: top * 2],
+    }
 
 
 # Where a worker's samples go, in priority order: the first rule matching any frame of a stack
 # takes the whole sample. Idle samples (the event loop waiting in select) are counted apart.
 CATEGORIES = (
-    ("logging: debug records built and filtered (Faust's spinner lowers the root logger to DEBUG)",
-     ("Logger.debug", "Logger._log", "Logger.handle")),
-    ("table writes (streams.worker.compat.DirectTable: the store, and the changelog record's bytes)",
-     ("DirectTable.",)),
-    ("handlers: decisions and issue (Pipeline.on_request: parse, locate, assess, route, sign)",
-     ("Pipeline.on_request",)),
-    ("handlers: scans and re-evaluation (Pipeline.on_scan, Pipeline.on_pass_event)",
-     ("Pipeline.on_pass_event", "Pipeline.on_scan")),
-    ("send path (send_all → app.producer.send, Faust's thin wrapper of aiokafka's)", ("send_all",
-                                                                                      "send_in_partition_transaction")),
-    ("aiokafka producer: batches, produce requests, socket writes", ("Sender.", "SendProduceReqHandler",
-                                                                    "MessageAccumulator")),
-    ("aiokafka consumer: fetch requests and record decoding", ("Fetcher.", "_proc_fetch", "Consumer.getmany",
-                                                              "AIOKafkaConsumer.", "_drain_messages")),
+    (
+        "logging: debug records built and filtered (Faust's spinner lowers the root logger to DEBUG)",
+        ("Logger.debug", "Logger._log", "Logger.handle"),
+    ),
+    (
+        "table writes (streams.worker.compat.DirectTable: the store, and the changelog record's bytes)",
+        ("DirectTable.",),
+    ),
+    (
+        "handlers: decisions and issue (Pipeline.on_request: parse, locate, assess, route, sign)",
+        ("Pipeline.on_request",),
+    ),
+    (
+        "handlers: scans and re-evaluation (Pipeline.on_scan, Pipeline.on_pass_event)",
+        ("Pipeline.on_pass_event", "Pipeline.on_scan"),
+    ),
+    (
+        "send path (send_all → app.producer.send, Faust's thin wrapper of aiokafka's)",
+        ("send_all", "send_in_partition_transaction"),
+    ),
+    (
+        "aiokafka producer: batches, produce requests, socket writes",
+        ("Sender.", "SendProduceReqHandler", "MessageAccumulator"),
+    ),
+    (
+        "aiokafka consumer: fetch requests and record decoding",
+        ("Fetcher.", "_proc_fetch", "Consumer.getmany", "AIOKafkaConsumer.", "_drain_messages"),
+    ),
     ("Faust/mode stream and agent machinery (per-event iteration, acks, callbacks)", ("(faust/", "(mode/")),
     ("asyncio event loop", ("(asyncio/",)),
 )
@@ -130,8 +153,11 @@ def categorize_collapsed(path: Path) -> dict:
     for stack, count in _collapsed(path):
         total += count
         frames = stack.split(";")
-        if frames[-1].startswith(("EpollSelector.select", "select (selectors", "_worker (concurrent")) or \
-                "Condition.wait" in frames[-1] or "Event.wait" in frames[-1]:
+        if (
+            frames[-1].startswith(("EpollSelector.select", "select (selectors", "_worker (concurrent"))
+            or "Condition.wait" in frames[-1]
+            or "Event.wait" in frames[-1]
+        ):
             idle += count
             continue
         for name, needles in CATEGORIES:
@@ -141,13 +167,18 @@ def categorize_collapsed(path: Path) -> dict:
         else:
             counts["other (imports, threads, GC, …)"] += count
     busy = total - idle
-    return {"samples": total, "idle_share": round(idle / total, 4) if total else None,
-            "busy_by_category": [{"category": k, "share_of_busy": round(v / busy, 4)}
-                                 for k, v in counts.most_common()] if busy else []}
+    return {
+        "samples": total,
+        "idle_share": round(idle / total, 4) if total else None,
+        "busy_by_category": [{"category": k, "share_of_busy": round(v / busy, 4)} for k, v in counts.most_common()]
+        if busy
+        else [],
+    }
 
 
-async def profile_worker(ctx, requests: list[Message], firms, risks, *, seconds: float = 15.0,
-                         out: Path = OUT_DIR / "profile-worker.txt") -> dict:
+async def profile_worker(
+    ctx, requests: list[Message], firms, risks, *, seconds: float = 15.0, out: Path = OUT_DIR / "profile-worker.txt"
+) -> dict:
     """py-spy record on one worker, from its first output for `seconds`, at 200 Hz."""
     from streams.handlers import Topics
 
@@ -164,20 +195,43 @@ async def profile_worker(ctx, requests: list[Message], firms, risks, *, seconds:
     await fill(ctx.connection, topics.requests, requests, partitions=ctx.partitions)
     [proc] = start_workers(ctx, worker_env(ctx, rid, prefix), rid, 1)
     try:
-        await wait_for_count(ctx.connection, [topics.decisions, topics.deadletter], 1, timeout=ctx.timeout,
-                             alive=proc.alive, poll=0.1)
+        await wait_for_count(
+            ctx.connection, [topics.decisions, topics.deadletter], 1, timeout=ctx.timeout, alive=proc.alive, poll=0.1
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         done = await asyncio.to_thread(
-            subprocess.run, [spy, "record", "-p", str(proc.popen.pid), "-d", str(int(seconds)), "-r", "200",
-                             "-f", "raw", "-o", str(out), "--nonblocking"],
-            capture_output=True, text=True, timeout=seconds + 60)
+            subprocess.run,
+            [
+                spy,
+                "record",
+                "-p",
+                str(proc.popen.pid),
+                "-d",
+                str(int(seconds)),
+                "-r",
+                "200",
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+                "--nonblocking",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        )
         if done.returncode != 0 or not out.exists():
             return {"tool": "py-spy", "error": (done.stderr or done.stdout).strip()[-500:]}
     finally:
         proc.stop()
         await _cleanup(ctx, prefix, f"bench-{rid}")
-    return {"tool": "py-spy record (--nonblocking, 200 Hz)", "seconds": seconds, "report": str(out),
-            **summarize_collapsed(out), "categories": categorize_collapsed(out)}
+    return {
+        "tool": "py-spy record (--nonblocking, 200 Hz)",
+        "seconds": seconds,
+        "report": str(out),
+        **summarize_collapsed(out),
+        "categories": categorize_collapsed(out),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         from streams.dev.broker import TansuBroker
 
         from .suites import Context
+
         broker = None
         if args.broker_url:
             url = args.broker_url
@@ -208,8 +263,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             ctx = Context(broker_url=url)
             firms, risks = workload.reference()
-            console.print(asyncio.run(profile_worker(ctx, workload.requests(int(args.worker_seconds * 1000)),
-                                                     firms, risks, seconds=args.worker_seconds)))
+            console.print(
+                asyncio.run(
+                    profile_worker(
+                        ctx,
+                        workload.requests(int(args.worker_seconds * 1000)),
+                        firms,
+                        risks,
+                        seconds=args.worker_seconds,
+                    )
+                )
+            )
         finally:
             if broker:
                 broker.stop()

@@ -51,10 +51,18 @@ class Row:
         return f"×{factor:.1f} short" if self.higher_is_better else f"×{factor:.1f} over"
 
     def to_dict(self) -> dict:
-        return {"key": self.key, "label": self.label, "unit": self.unit, **self.stats, "target": self.target,
-                "target_is": (">=" if self.higher_is_better else "<=") if self.target is not None else None,
-                "verdict": self.verdict, "gap": self.gap or None, "note": self.note or None,
-                "available": self.available}
+        return {
+            "key": self.key,
+            "label": self.label,
+            "unit": self.unit,
+            **self.stats,
+            "target": self.target,
+            "target_is": (">=" if self.higher_is_better else "<=") if self.target is not None else None,
+            "verdict": self.verdict,
+            "gap": self.gap or None,
+            "note": self.note or None,
+            "available": self.available,
+        }
 
 
 def _fmt(v: float | None, unit: str) -> str:
@@ -79,9 +87,15 @@ def print_table(rows: list[Row], title: str, caption: str, console=None) -> None
 
     console = console or Console()
     table = Table(title=title, caption=caption, caption_justify="left")
-    for col, kw in (("measure", {}), ("median", {"justify": "right"}), ("min", {"justify": "right"}),
-                    ("max", {"justify": "right"}), ("unit", {}), ("target", {"justify": "right"}),
-                    ("verdict", {})):
+    for col, kw in (
+        ("measure", {}),
+        ("median", {"justify": "right"}),
+        ("min", {"justify": "right"}),
+        ("max", {"justify": "right"}),
+        ("unit", {}),
+        ("target", {"justify": "right"}),
+        ("verdict", {}),
+    ):
         table.add_column(col, **kw)
     for row in rows:
         s = row.stats
@@ -89,10 +103,18 @@ def print_table(rows: list[Row], title: str, caption: str, console=None) -> None
             table.add_row(row.label, "not available", "", "", row.unit, _target(row), row.note)
             continue
         verdict = row.verdict
-        styled = "" if verdict is None else ("[green]met[/green]" if verdict == "met"
-                                             else f"[red]missed {row.gap}[/red]")
-        table.add_row(row.label, _fmt(s["median"], row.unit), _fmt(s["min"], row.unit), _fmt(s["max"], row.unit),
-                      row.unit, _target(row), styled)
+        styled = (
+            "" if verdict is None else ("[green]met[/green]" if verdict == "met" else f"[red]missed {row.gap}[/red]")
+        )
+        table.add_row(
+            row.label,
+            _fmt(s["median"], row.unit),
+            _fmt(s["min"], row.unit),
+            _fmt(s["max"], row.unit),
+            row.unit,
+            _target(row),
+            styled,
+        )
     console.print(table)
 
 
@@ -104,8 +126,10 @@ def markdown_table(rows: list[Row]) -> str:
             lines.append(f"| {row.label} | not available | | | {row.unit} | {_target(row)} | {row.note} |")
             continue
         verdict = "" if row.verdict is None else ("met" if row.verdict == "met" else f"missed ({row.gap})")
-        lines.append(f"| {row.label} | {_fmt(s['median'], row.unit)} | {_fmt(s['min'], row.unit)} | "
-                     f"{_fmt(s['max'], row.unit)} | {row.unit} | {_target(row)} | {verdict} |")
+        lines.append(
+            f"| {row.label} | {_fmt(s['median'], row.unit)} | {_fmt(s['min'], row.unit)} | "
+            f"{_fmt(s['max'], row.unit)} | {row.unit} | {_target(row)} | {verdict} |"
+        )
     return "\n".join(lines)
 
 
@@ -113,9 +137,18 @@ def rows_from_json(data: dict) -> list[Row]:
     """The table rows of a results.json, to re-print them (`python -m bench.report [FILE]`)."""
     rows = []
     for r in data["rows"]:
-        rows.append(Row(r["key"], r["label"], r["unit"], r.get("runs") or [], target=r.get("target"),
-                        higher_is_better=r.get("target_is") != "<=", note=r.get("note") or "",
-                        available=r.get("available", True)))
+        rows.append(
+            Row(
+                r["key"],
+                r["label"],
+                r["unit"],
+                r.get("runs") or [],
+                target=r.get("target"),
+                higher_is_better=r.get("target_is") != "<=",
+                note=r.get("note") or "",
+                available=r.get("available", True),
+            )
+        )
     return rows
 
 
@@ -125,6 +158,7 @@ def write_json(path: Path, data: dict) -> None:
 
 def write_chart(path: Path, bars: list[Row], latency_samples: dict[str, list[float]], title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -135,14 +169,22 @@ def write_chart(path: Path, bars: list[Row], latency_samples: dict[str, list[flo
     med = np.array([r.stats["median"] for r in shown])
     low = med - np.array([r.stats["min"] for r in shown])
     high = np.array([r.stats["max"] for r in shown]) - med
-    colors = ["#8da0cb" if r.key.startswith(("limit", "framework")) else
-              "#66c2a5" if r.key.startswith(("pipeline", "handlers")) else
-              "#e78ac3" if r.key.startswith("projector") else "#fc8d62" for r in shown]
+    colors = [
+        "#8da0cb"
+        if r.key.startswith(("limit", "framework"))
+        else "#66c2a5"
+        if r.key.startswith(("pipeline", "handlers"))
+        else "#e78ac3"
+        if r.key.startswith("projector")
+        else "#fc8d62"
+        for r in shown
+    ]
     x = np.arange(len(shown))
     left.bar(x, med, yerr=[low, high], capsize=4, color=colors)
     for i, r in enumerate(shown):
-        left.annotate(f"{med[i]:,.0f}", (x[i], med[i]), textcoords="offset points", xytext=(0, 4), ha="center",
-                      fontsize=8)
+        left.annotate(
+            f"{med[i]:,.0f}", (x[i], med[i]), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8
+        )
         if r.target is not None:
             left.plot([x[i] - 0.4, x[i] + 0.4], [r.target, r.target], color="red", linestyle="--", linewidth=1)
     left.set_yscale("log")
@@ -166,6 +208,7 @@ def write_chart(path: Path, bars: list[Row], latency_samples: dict[str, list[flo
     right.grid(alpha=0.3, which="both")
     right.legend(loc="lower right", fontsize=8)
     import textwrap
+
     fig.suptitle("\n".join(textwrap.fill(line, 160) for line in title.splitlines()), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

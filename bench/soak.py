@@ -60,23 +60,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=30.0, help="minutes of load (default 30)")
     p.add_argument("--rate", type=float, help="requests/s (default: --load × the measured maximum)")
     p.add_argument("--load", type=float, default=0.5, help="share of the measured maximum (default 0.5)")
-    p.add_argument("--max-requests", type=int, default=6000,
-                   help="requests of each pipeline run that measures the maximum (default 6000)")
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=6000,
+        help="requests of each pipeline run that measures the maximum (default 6000)",
+    )
     p.add_argument("--max-runs", type=int, default=3, help="pipeline runs measuring the maximum (median; default 3)")
     p.add_argument("--scan-ratio", type=float, default=0.25, help="scans sent per request sent (default 0.25)")
-    p.add_argument("--broker", choices=["kafka", "tansu"], default="kafka",
-                   help="a 1-node Apache Kafka on disk (default) or the embedded Tansu, which keeps its log in memory")
+    p.add_argument(
+        "--broker",
+        choices=["kafka", "tansu"],
+        default="kafka",
+        help="a 1-node Apache Kafka on disk (default) or the embedded Tansu, which keeps its log in memory",
+    )
     p.add_argument("--broker-url", help="kafka://host:port of a running broker instead")
     p.add_argument("--guarantee", choices=["at_least_once", "exactly_once"], default="at_least_once")
-    p.add_argument("--restart", choices=["graceful", "kill"], default="graceful",
-                   help="halfway: SIGTERM and a new worker once it has exited (default), or SIGKILL and a new one")
+    p.add_argument(
+        "--restart",
+        choices=["graceful", "kill"],
+        default="graceful",
+        help="halfway: SIGTERM and a new worker once it has exited (default), or SIGKILL and a new one",
+    )
     p.add_argument("--risk-every", type=float, default=60.0, help="seconds between risk changes (default 60)")
     p.add_argument("--region", default=REGION, help=f"the prefecture whose risk changes (default {REGION})")
     p.add_argument("--sample", type=float, default=5.0, help="seconds between RSS and lag samples (default 5)")
-    p.add_argument("--drain", type=float, default=300.0,
-                   help="seconds after the load to wait for the last answers (default 300)")
-    p.add_argument("--max-rss-mb", type=int, default=12000,
-                   help="end the load early if the worker's RSS passes this (default 12000: the machine has 24 GB)")
+    p.add_argument(
+        "--drain", type=float, default=300.0, help="seconds after the load to wait for the last answers (default 300)"
+    )
+    p.add_argument(
+        "--max-rss-mb",
+        type=int,
+        default=12000,
+        help="end the load early if the worker's RSS passes this (default 12000: the machine has 24 GB)",
+    )
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--json", type=Path, default=OUT_DIR / "soak.json")
     p.add_argument("--png", type=Path, default=ROOT / "bench" / "soak.png")
@@ -85,18 +102,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # --- what came back, by input id --------------------------------------------------------------------
 
+
 @dataclass
 class Tally:
     """Answers per input id, and the outputs that answer no input of ours."""
-    t0: float                                        # unix time of the first send
+
+    t0: float  # unix time of the first send
     bin_s: float
-    requests: collections.Counter = field(default_factory=collections.Counter)   # request id -> answers
-    scans: collections.Counter = field(default_factory=collections.Counter)      # scan id -> answers
-    issued: collections.Counter = field(default_factory=collections.Counter)     # pass id -> issued statuses
+    requests: collections.Counter = field(default_factory=collections.Counter)  # request id -> answers
+    scans: collections.Counter = field(default_factory=collections.Counter)  # scan id -> answers
+    issued: collections.Counter = field(default_factory=collections.Counter)  # pass id -> issued statuses
     risk_events: collections.Counter = field(default_factory=collections.Counter)  # risk cause -> statuses
     risk_passes: dict = field(default_factory=lambda: collections.defaultdict(set))  # risk cause -> pass ids
     through: dict = field(default_factory=dict)  # pass id -> (decided_at, record ms): issued on a route via the region
-    other: collections.Counter = field(default_factory=collections.Counter)      # outputs of anything else
+    other: collections.Counter = field(default_factory=collections.Counter)  # outputs of anything else
     internal_errors: list = field(default_factory=list)
     answered_bins: collections.Counter = field(default_factory=collections.Counter)  # (kind, bin) -> answers
 
@@ -111,10 +130,23 @@ class AnswerReader(_Receiver):
     """Reads the decisions, dead letters and statuses from their start, counting each answer by the
     id of the input it answers; passes issued for the first time go to `on_pass`."""
 
-    def __init__(self, connection: Connection, topics: Topics, partitions: int, tally: Tally, on_pass,
-                 isolation: str, region: str):
-        super().__init__(connection, [topics.decisions, topics.deadletter, topics.status], partitions,
-                         fetch_wait_ms=100, isolation_level=isolation)
+    def __init__(
+        self,
+        connection: Connection,
+        topics: Topics,
+        partitions: int,
+        tally: Tally,
+        on_pass,
+        isolation: str,
+        region: str,
+    ):
+        super().__init__(
+            connection,
+            [topics.decisions, topics.deadletter, topics.status],
+            partitions,
+            fetch_wait_ms=100,
+            isolation_level=isolation,
+        )
         self.names, self.tally, self.on_pass, self.region = topics, tally, on_pass, region
         self.records = 0
 
@@ -142,7 +174,9 @@ class AnswerReader(_Receiver):
 
     def dead_letter(self, body: dict, timestamp_ms: int) -> None:
         if body["error"].startswith(INTERNAL):
-            self.tally.internal_errors.append({k: body.get(k) for k in ("topic", "partition", "offset", "key", "error")})
+            self.tally.internal_errors.append(
+                {k: body.get(k) for k in ("topic", "partition", "offset", "key", "error")}
+            )
         if body["topic"] == self.names.requests:
             self.tally.count("request", body["key"] or "", timestamp_ms)
         elif body["topic"] == self.names.scans:
@@ -172,23 +206,25 @@ def _scan_id(dead_letter: dict) -> str:
 
 # --- the load -------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Load:
     """Open-loop senders: requests at `rate`, scans at `scan_rate` from the passes issued so far."""
+
     producer: AIOKafkaProducer
     topics: Topics
     rate: float
     scan_rate: float
-    t0: float                                    # monotonic start
-    until: float                                 # monotonic end (brought forward if the worker outgrows its memory)
+    t0: float  # monotonic start
+    until: float  # monotonic end (brought forward if the worker outgrows its memory)
     bin_s: float
-    queue_cap: int                               # pending scans at most (passes beyond it are not scanned)
+    queue_cap: int  # pending scans at most (passes beyond it are not scanned)
     sent_requests: set = field(default_factory=set)
     sent_scans: set = field(default_factory=set)
     pending: collections.deque = field(default_factory=collections.deque)
     passes_scanned: int = 0
     passes_not_scanned: int = 0
-    scan_slots_empty: int = 0                    # a scan was due and no issued pass had one left
+    scan_slots_empty: int = 0  # a scan was due and no issued pass had one left
     sent_bins: collections.Counter = field(default_factory=collections.Counter)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
 
@@ -220,12 +256,13 @@ class Load:
                 await self.producer.send(self.topics.scans, value, key=key)
                 self.sent_scans.add(ident)
                 self.sent_bins["scan", bin_] += 1
-            await asyncio.sleep(0.02)   # the next slice of sends is due in 20 ms
+            await asyncio.sleep(0.02)  # the next slice of sends is due in 20 ms
         await self.producer.flush()
 
 
-async def risk_changes(producer: AIOKafkaProducer, topic: str, region: str, every: float, load: Load,
-                       changes: list[dict], log) -> None:
+async def risk_changes(
+    producer: AIOKafkaProducer, topic: str, region: str, every: float, load: Load, changes: list[dict], log
+) -> None:
     """An operator's entry every `every` seconds, raising the region to high, then lowering it to low;
     the first after a quarter period (so that none falls on the restart, at half the run)."""
     while (at := load.t0 + every * (len(changes) + 0.25)) < load.until:
@@ -235,8 +272,15 @@ async def risk_changes(producer: AIOKafkaProducer, topic: str, region: str, ever
         body = {"adcode": region, "level": level, "effective_at": effective, "note": "bench.soak"}
         sent_ms = time.time() * 1000
         await producer.send_and_wait(topic, orjson.dumps(body), key=region.encode())
-        changes.append({"t": time.monotonic() - load.t0, "level": level, "effective_at": effective, "sent_ms": sent_ms,
-                        "cause": f"risk:{region}:{level}:{effective}"})
+        changes.append(
+            {
+                "t": time.monotonic() - load.t0,
+                "level": level,
+                "effective_at": effective,
+                "sent_ms": sent_ms,
+                "cause": f"risk:{region}:{level}:{effective}",
+            }
+        )
         log(f"  risk change {len(changes)}: {region} {level}")
 
 
@@ -252,16 +296,27 @@ def risk_escapes(changes: list[dict], tally: Tally) -> list[dict]:
             continue
         since = bounds[k - 1] if k else datetime.min.replace(tzinfo=UTC)
         visited = tally.risk_passes.get(change["cause"], set())
-        before = [(p, ms) for p, (at, ms) in tally.through.items()
-                  if since <= parse_time(at) < bounds[k] and p not in visited]
+        before = [
+            (p, ms) for p, (at, ms) in tally.through.items() if since <= parse_time(at) < bounds[k] and p not in visited
+        ]
         during = [p for p, (at, _) in tally.through.items() if bounds[k] <= parse_time(at) < bounds[k + 1]]
         late = [(p, (ms - change["sent_ms"]) / 1000) for p, ms in before if ms > change["sent_ms"]]
-        out.append({"change": change["cause"], "not_reevaluated": len(before), "decided_after_the_raise": len(late),
-                    "decided_after_s_median": _median([s for _, s in late]), "examples": late[:5], "decided_while_high": len(during), "while_high_examples": during[:5]})
+        out.append(
+            {
+                "change": change["cause"],
+                "not_reevaluated": len(before),
+                "decided_after_the_raise": len(late),
+                "decided_after_s_median": _median([s for _, s in late]),
+                "examples": late[:5],
+                "decided_while_high": len(during),
+                "while_high_examples": during[:5],
+            }
+        )
     return out
 
 
 # --- watching the worker -------------------------------------------------------------------------------
+
 
 class Watch:
     """Every `every` s: the worker's RSS, its group's lag, what was sent and answered so far."""
@@ -292,10 +347,18 @@ class Watch:
         except Exception as exc:  # noqa: BLE001 — a sample missed is reported as missing, not fatal
             lag = committed = None
             print(f"lag sample failed: {exc}", file=sys.stderr)
-        row = {"t": round(t, 1), "rss_mb": rss, "lag": lag, "committed": committed,
-               "sent_requests": len(load.sent_requests), "sent_scans": len(load.sent_scans),
-               "answered_requests": len(reader.tally.requests), "answered_scans": len(reader.tally.scans),
-               "pending_scans": len(load.pending), "worker_cpu_s": worker.cpu_seconds() if worker else None}
+        row = {
+            "t": round(t, 1),
+            "rss_mb": rss,
+            "lag": lag,
+            "committed": committed,
+            "sent_requests": len(load.sent_requests),
+            "sent_scans": len(load.sent_scans),
+            "answered_requests": len(reader.tally.requests),
+            "answered_scans": len(reader.tally.scans),
+            "pending_scans": len(load.pending),
+            "worker_cpu_s": worker.cpu_seconds() if worker else None,
+        }
         self.samples.append(row)
         return row
 
@@ -306,17 +369,21 @@ class Watch:
 
 # --- the run -----------------------------------------------------------------------------------------------
 
+
 async def measure_max(ctx: Context, args) -> dict:
     """Decisions/s of one worker on a pre-filled requests topic (the bench's pipeline run) on this
     broker: the median of `--max-runs` runs (the shared machine's load moves a single one a lot)."""
     firms, risks = workload.reference()
     rates = []
     for n in range(args.max_runs):
-        run = await pipeline_run(ctx, workload.requests(args.max_requests, tag=f"M{n}"), firms, risks,
-                                 guarantee=args.guarantee)
+        run = await pipeline_run(
+            ctx, workload.requests(args.max_requests, tag=f"M{n}"), firms, risks, guarantee=args.guarantee
+        )
         rates.append(run.rate)
-        ctx.log(f"maximum, run {n + 1}/{args.max_runs}: {run.rate:,.0f} decisions/s over {run.seconds:.1f} s "
-                f"({run.outputs:,} requests, {run.cpu_ms_per_output:.2f} ms CPU/decision)")
+        ctx.log(
+            f"maximum, run {n + 1}/{args.max_runs}: {run.rate:,.0f} decisions/s over {run.seconds:.1f} s "
+            f"({run.outputs:,} requests, {run.cpu_ms_per_output:.2f} ms CPU/decision)"
+        )
     return {"median": statistics.median(rates), "runs": rates}
 
 
@@ -333,8 +400,14 @@ async def restart(procs: list[Proc], how: str, spawn, t0: float, log) -> dict:
     started_at = time.time()
     procs.append(spawn())
     log(f"  worker restarted ({how}): old one gone after {stopped - began:.1f} s, exit code {old.popen.returncode}")
-    return {"how": how, "t": began - t0, "stop_s": stopped - began, "exit_code": old.popen.returncode,
-            "started_at": started_at, "new_started_t": stopped - t0}
+    return {
+        "how": how,
+        "t": began - t0,
+        "stop_s": stopped - began,
+        "exit_code": old.popen.returncode,
+        "started_at": started_at,
+        "new_started_t": stopped - t0,
+    }
 
 
 async def soak(ctx: Context, args, rate: float) -> dict:
@@ -348,11 +421,14 @@ async def soak(ctx: Context, args, rate: float) -> dict:
     def spawn() -> Proc:
         return start_process(list(TIMED_WORKER), env, ctx.out_dir / rid / f"worker{len(procs)}.log")
 
-    seconds = args.minutes * 60
     isolation = "read_committed" if args.guarantee == "exactly_once" else "read_uncommitted"
     producer = AIOKafkaProducer(**ctx.connection.kwargs(), linger_ms=5)
-    watch = Watch(ctx.connection, env["GC_APP_ID"], [topics.requests, topics.scans, topics.risk, topics.pass_events],
-                  ctx.partitions)
+    watch = Watch(
+        ctx.connection,
+        env["GC_APP_ID"],
+        [topics.requests, topics.scans, topics.risk, topics.pass_events],
+        ctx.partitions,
+    )
     procs: list[Proc] = []
     tasks: list[asyncio.Task] = []
     try:
@@ -360,49 +436,7 @@ async def soak(ctx: Context, args, rate: float) -> dict:
         await watch.start()
         procs.append(spawn())
         await _ready(ctx, producer, topics, procs[-1], isolation)
-        t0, wall0 = time.monotonic(), time.time()
-        tally = Tally(wall0, args.sample)
-        load = Load(producer, topics, rate, rate * args.scan_ratio, t0, t0 + seconds, args.sample,
-                    queue_cap=int(60 * rate * args.scan_ratio))
-        reader = AnswerReader(ctx.connection, topics, ctx.partitions, tally, load.on_pass, isolation, args.region)
-        await reader.start()
-        ctx.log(f"soak: {rate:,.0f} requests/s and {rate * args.scan_ratio:,.0f} scans/s for {args.minutes:g} min, "
-                f"a risk change every {args.risk_every:g} s, a {args.restart} restart at {seconds / 120:g} min")
-        changes: list[dict] = []
-        notes: dict = {}
-        restarting = asyncio.Event()
-
-        async def sampling():
-            while True:
-                row = await watch.sample(time.monotonic() - t0, procs[-1], load, reader)
-                if len(watch.samples) % 12 == 0:
-                    ctx.log(f"  {row['t'] / 60:5.1f} min: sent {row['sent_requests']:,}/{row['sent_scans']:,}, "
-                            f"answered {row['answered_requests']:,}/{row['answered_scans']:,}, lag {row['lag']}, "
-                            f"RSS {row['rss_mb'] or 0:,.0f} MB")
-                if not procs[-1].alive() and not restarting.is_set():
-                    raise RuntimeError(f"the worker died:\n{procs[-1].tail(2000)}")
-                if (row["rss_mb"] or 0) > args.max_rss_mb and time.monotonic() < load.until:
-                    load.until = time.monotonic()
-                    notes["stopped_early"] = f"worker RSS {row['rss_mb']:,.0f} MB > {args.max_rss_mb:,} MB at {row['t']:.0f} s"
-                    ctx.log(f"[stopping the load: {notes['stopped_early']}]")
-                await asyncio.sleep(args.sample - (time.monotonic() - t0) % args.sample)
-
-        sender = asyncio.create_task(load.run())
-        tasks = [sender, asyncio.create_task(sampling()),
-                 asyncio.create_task(risk_changes(producer, topics.risk, args.region, args.risk_every, load, changes,
-                                                  ctx.log))]
-        await _watch_tasks(tasks, seconds=seconds / 2)
-        restarting.set()
-        restarted = await restart(procs, args.restart, spawn, t0, ctx.log)
-        restarting.clear()
-        await _watch_tasks(tasks, until=sender)
-        tasks[2].cancel()
-        drained = await _drain(load, tally, args.drain, procs[-1], ctx.log)
-        await asyncio.sleep(args.sample + 5)   # late duplicates and a last lag sample after the drain
-        tasks[1].cancel()
-        await reader.stop()
-        restarted |= _recovery(procs[-1], restarted.pop("started_at"), wall0)
-        return _result(rid, args, rate, seconds, load, tally, watch, changes, restarted, drained, reader) | notes
+        return await _load_with_restart(ctx, args, rate, rid, topics, producer, watch, procs, spawn, tasks, isolation)
     finally:
         for task in tasks:
             task.cancel()
@@ -413,8 +447,100 @@ async def soak(ctx: Context, args, rate: float) -> dict:
         await _cleanup(ctx, prefix, f"bench-{rid}")
 
 
-async def _watch_tasks(tasks: list[asyncio.Task], *, until: asyncio.Task | None = None,
-                       seconds: float | None = None) -> None:
+async def _load_with_restart(
+    ctx: Context,
+    args,
+    rate: float,
+    rid: str,
+    topics: Topics,
+    producer: AIOKafkaProducer,
+    watch: Watch,
+    procs: list[Proc],
+    spawn,
+    tasks: list[asyncio.Task],
+    isolation: str,
+) -> dict:
+    """The load on the ready worker, its restart halfway, the drain: the soak's result. The tasks
+    started go into `tasks` (the caller cancels them), the new workers into `procs`."""
+    seconds = args.minutes * 60
+    t0, wall0 = time.monotonic(), time.time()
+    tally = Tally(wall0, args.sample)
+    load = Load(
+        producer,
+        topics,
+        rate,
+        rate * args.scan_ratio,
+        t0,
+        t0 + seconds,
+        args.sample,
+        queue_cap=int(60 * rate * args.scan_ratio),
+    )
+    reader = AnswerReader(ctx.connection, topics, ctx.partitions, tally, load.on_pass, isolation, args.region)
+    await reader.start()
+    ctx.log(
+        f"soak: {rate:,.0f} requests/s and {rate * args.scan_ratio:,.0f} scans/s for {args.minutes:g} min, "
+        f"a risk change every {args.risk_every:g} s, a {args.restart} restart at {seconds / 120:g} min"
+    )
+    changes: list[dict] = []
+    notes: dict = {}
+    restarting = asyncio.Event()
+    sender = asyncio.create_task(load.run())
+    tasks.extend(
+        [
+            sender,
+            asyncio.create_task(_sampling(ctx, args, watch, procs, load, reader, t0, restarting, notes)),
+            asyncio.create_task(
+                risk_changes(producer, topics.risk, args.region, args.risk_every, load, changes, ctx.log)
+            ),
+        ]
+    )
+    await _watch_tasks(tasks, seconds=seconds / 2)
+    restarting.set()
+    restarted = await restart(procs, args.restart, spawn, t0, ctx.log)
+    restarting.clear()
+    await _watch_tasks(tasks, until=sender)
+    tasks[2].cancel()
+    drained = await _drain(load, tally, args.drain, procs[-1], ctx.log)
+    await asyncio.sleep(args.sample + 5)  # late duplicates and a last lag sample after the drain
+    tasks[1].cancel()
+    await reader.stop()
+    restarted |= _recovery(procs[-1], restarted.pop("started_at"), wall0)
+    return _result(rid, args, rate, seconds, load, tally, watch, changes, restarted, drained, reader) | notes
+
+
+async def _sampling(
+    ctx: Context,
+    args,
+    watch: Watch,
+    procs: list[Proc],
+    load: Load,
+    reader: AnswerReader,
+    t0: float,
+    restarting: asyncio.Event,
+    notes: dict,
+) -> None:
+    """Every `args.sample` s, a sample of the current worker; fails when the worker dies outside a
+    restart, and ends the load early (noted in `notes`) when its RSS passes `args.max_rss_mb`."""
+    while True:
+        row = await watch.sample(time.monotonic() - t0, procs[-1], load, reader)
+        if len(watch.samples) % 12 == 0:
+            ctx.log(
+                f"  {row['t'] / 60:5.1f} min: sent {row['sent_requests']:,}/{row['sent_scans']:,}, "
+                f"answered {row['answered_requests']:,}/{row['answered_scans']:,}, lag {row['lag']}, "
+                f"RSS {row['rss_mb'] or 0:,.0f} MB"
+            )
+        if not procs[-1].alive() and not restarting.is_set():
+            raise RuntimeError(f"the worker died:\n{procs[-1].tail(2000)}")
+        if (row["rss_mb"] or 0) > args.max_rss_mb and time.monotonic() < load.until:
+            load.until = time.monotonic()
+            notes["stopped_early"] = f"worker RSS {row['rss_mb']:,.0f} MB > {args.max_rss_mb:,} MB at {row['t']:.0f} s"
+            ctx.log(f"[stopping the load: {notes['stopped_early']}]")
+        await asyncio.sleep(args.sample - (time.monotonic() - t0) % args.sample)
+
+
+async def _watch_tasks(
+    tasks: list[asyncio.Task], *, until: asyncio.Task | None = None, seconds: float | None = None
+) -> None:
     """Wait for the task `until`, or `seconds`; a task of `tasks` failing meanwhile (the sampler
     seeing the worker dead) raises its error."""
     deadline = None if seconds is None else time.monotonic() + seconds
@@ -434,9 +560,11 @@ async def _watch_tasks(tasks: list[asyncio.Task], *, until: asyncio.Task | None 
 async def _ready(ctx: Context, producer: AIOKafkaProducer, topics: Topics, worker: Proc, isolation: str) -> None:
     """The worker answers a warm-up request (started, group joined): the soak starts on a live worker."""
     from .suites import _wait_answers
+
     probe = workload.approvable(1, tag="W")[0]
-    answers = _Receiver(ctx.connection, [topics.decisions], ctx.partitions, fetch_wait_ms=200,
-                        isolation_level=isolation)
+    answers = _Receiver(
+        ctx.connection, [topics.decisions], ctx.partitions, fetch_wait_ms=200, isolation_level=isolation
+    )
     await answers.start()
     try:
         await producer.send_and_wait(topics.requests, probe.value, key=probe.key)
@@ -467,45 +595,75 @@ def _recovery(worker: Proc, started_at: float, wall0: float) -> dict:
     return out
 
 
-def _result(rid, args, rate, seconds, load: Load, tally: Tally, watch: Watch, changes, restarted, drained,
-            reader) -> dict:
+def _result(
+    rid, args, rate, seconds, load: Load, tally: Tally, watch: Watch, changes, restarted, drained, reader
+) -> dict:
     def exact(sent: set, answers: collections.Counter) -> dict:
         dup = [i for i, n in answers.items() if n > 1 and i in sent]
         missing = sorted(sent - answers.keys())
         unexpected = sorted(answers.keys() - sent)
-        return {"sent": len(sent), "answered": len(sent & answers.keys()), "answers": sum(answers.values()),
-                "duplicates": len(dup), "duplicate_answers": sum(answers[i] - 1 for i in dup),
-                "missing": len(missing), "unexpected": len(unexpected),
-                "examples": {"duplicates": dup[:10], "missing": missing[:10], "unexpected": unexpected[:10]}}
+        return {
+            "sent": len(sent),
+            "answered": len(sent & answers.keys()),
+            "answers": sum(answers.values()),
+            "duplicates": len(dup),
+            "duplicate_answers": sum(answers[i] - 1 for i in dup),
+            "missing": len(missing),
+            "unexpected": len(unexpected),
+            "examples": {"duplicates": dup[:10], "missing": missing[:10], "unexpected": unexpected[:10]},
+        }
 
     for change in changes:
         change["statuses"] = tally.risk_events.get(change["cause"], 0)
     samples = watch.samples
     bins = sorted({b for _, b in load.sent_bins} | {b for _, b in tally.answered_bins})
-    rates = [{"t": b * args.sample, **{f"{d}_{k}": c[k, b] / args.sample for d, c in
-                                       (("sent", load.sent_bins), ("answered", tally.answered_bins))
-                                       for k in ("request", "scan")},
-              "approvals": tally.answered_bins["approval", b] / args.sample} for b in bins if b >= 0]
+    rates = [
+        {
+            "t": b * args.sample,
+            **{
+                f"{d}_{k}": c[k, b] / args.sample
+                for d, c in (("sent", load.sent_bins), ("answered", tally.answered_bins))
+                for k in ("request", "scan")
+            },
+            "approvals": tally.answered_bins["approval", b] / args.sample,
+        }
+        for b in bins
+        if b >= 0
+    ]
     rss = [s["rss_mb"] for s in samples if s["rss_mb"] is not None]
     after = [s["lag"] for s in samples if s["lag"] is not None and s["t"] >= restarted["t"]]
     return {
-        "run": rid, "minutes": args.minutes, "rate": rate, "scan_rate": rate * args.scan_ratio,
-        "requests": exact(load.sent_requests, tally.requests), "scans": exact(load.sent_scans, tally.scans),
-        "internal_errors": len(tally.internal_errors), "internal_error_examples": tally.internal_errors[:10],
+        "run": rid,
+        "minutes": args.minutes,
+        "rate": rate,
+        "scan_rate": rate * args.scan_ratio,
+        "requests": exact(load.sent_requests, tally.requests),
+        "scans": exact(load.sent_scans, tally.scans),
+        "internal_errors": len(tally.internal_errors),
+        "internal_error_examples": tally.internal_errors[:10],
         "issued": {"passes": len(tally.issued), "issued_twice": sum(1 for n in tally.issued.values() if n > 1)},
         "approvals": sum(n for (kind, _), n in tally.answered_bins.items() if kind == "approval"),
-        "passes_scanned": load.passes_scanned, "passes_not_scanned": load.passes_not_scanned,
-        "scan_slots_empty": load.scan_slots_empty, "other_outputs": dict(tally.other),
-        "risk_changes": changes, "risk_escapes": risk_escapes(changes, tally), "restart": restarted,
+        "passes_scanned": load.passes_scanned,
+        "passes_not_scanned": load.passes_not_scanned,
+        "scan_slots_empty": load.scan_slots_empty,
+        "other_outputs": dict(tally.other),
+        "risk_changes": changes,
+        "risk_escapes": risk_escapes(changes, tally),
+        "restart": restarted,
         "drain": drained,
         "rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None, "peak": max(rss, default=None)},
-        "lag": {"peak": max((s["lag"] for s in samples if s["lag"] is not None), default=None),
-                "peak_after_restart": max(after, default=None),
-                "end_of_load": next((s["lag"] for s in samples if s["t"] >= seconds and s["lag"] is not None), None),
-                "last": after[-1] if after else None},
-        "answered_per_s_median": {k: _median([r[f"answered_{k}"] for r in rates if r["t"] < seconds])
-                                  for k in ("request", "scan")},
-        "samples": samples, "rates": rates, "records_read": reader.records,
+        "lag": {
+            "peak": max((s["lag"] for s in samples if s["lag"] is not None), default=None),
+            "peak_after_restart": max(after, default=None),
+            "end_of_load": next((s["lag"] for s in samples if s["t"] >= seconds and s["lag"] is not None), None),
+            "last": after[-1] if after else None,
+        },
+        "answered_per_s_median": {
+            k: _median([r[f"answered_{k}"] for r in rates if r["t"] < seconds]) for k in ("request", "scan")
+        },
+        "samples": samples,
+        "rates": rates,
+        "records_read": reader.records,
     }
 
 
@@ -515,44 +673,69 @@ def _median(values: list[float]) -> float | None:
 
 # --- the report ---------------------------------------------------------------------------------------------
 
+
 def table_rows(res: dict) -> list[tuple[str, str]]:
     """(figure, value) for the console and the README."""
+
     def inputs(name: str) -> list[tuple[str, str]]:
         x = res[name]
-        return [(f"{name} sent / answered", f"{x['sent']:,} / {x['answered']:,}"),
-                (f"{name} answered twice (duplicates) / missing", f"{x['duplicates']:,} / {x['missing']:,}")]
+        return [
+            (f"{name} sent / answered", f"{x['sent']:,} / {x['answered']:,}"),
+            (f"{name} answered twice (duplicates) / missing", f"{x['duplicates']:,} / {x['missing']:,}"),
+        ]
 
     rss, lag, rs = res["rss_mb"], res["lag"], res["restart"]
     per_s = res["answered_per_s_median"]
     changes = res["risk_changes"]
     escapes = res["risk_escapes"]
     maximum = res.get("measured_max_per_s")
-    return [("maximum measured (median of runs)", f"{maximum['median']:,.0f} decisions/s "
-             f"({', '.join(f'{x:,.0f}' for x in maximum['runs'])})" if maximum else "not measured (--rate)"),
-            ("load", f"{res['rate']:,.0f} requests/s + {res['scan_rate']:,.0f} scans/s for {res['minutes']:g} min"
-             + (f"; stopped early: {res['stopped_early']}" if res.get("stopped_early") else "")),
-            *inputs("requests"), *inputs("scans"),
-            ("internal errors (dead letters)", f"{res['internal_errors']:,}"),
-            ("approved decisions; passes issued (issued twice)",
-             f"{res['approvals']:,}; {res['issued']['passes']:,} ({res['issued']['issued_twice']:,})"),
-            ("risk changes (statuses they caused)",
-             f"{len(changes)} ({', '.join(str(c['statuses']) for c in changes)})"),
-            ("raises: passes via the region not re-evaluated (decided after the raise was sent)",
-             ", ".join(f"{e['not_reevaluated']} ({e['decided_after_the_raise']})" for e in escapes) or "none"),
-            ("passes decided via the region while it was high", f"{sum(e['decided_while_high'] for e in escapes)}"),
-            ("restart", f"{rs['how']} at {rs['t'] / 60:.1f} min: stopped in {rs['stop_s']:.1f} s; new worker "
-                        f"assigned {rs.get('assigned_s', float('nan')):.1f} s, recovered "
-                        f"{rs.get('recovered_s', float('nan')):.1f} s after its start"),
-            ("worker RSS start → end (peak)", f"{rss['start']:,.0f} → {rss['end']:,.0f} MB ({rss['peak']:,.0f})"),
-            ("consumer lag peak / after the restart / at the end",
-             f"{lag['peak']:,} / {lag['peak_after_restart']:,} / {lag['last']:,} records"),
-            ("answered per s, median of 5-s bins (requests / scans)",
-             f"{per_s['request'] or 0:,.0f} / {per_s['scan'] or 0:,.0f}"),
-            ("drain after the load", f"{res['drain']['seconds']:.0f} s, complete: {res['drain']['complete']}")]
+    return [
+        (
+            "maximum measured (median of runs)",
+            f"{maximum['median']:,.0f} decisions/s ({', '.join(f'{x:,.0f}' for x in maximum['runs'])})"
+            if maximum
+            else "not measured (--rate)",
+        ),
+        (
+            "load",
+            f"{res['rate']:,.0f} requests/s + {res['scan_rate']:,.0f} scans/s for {res['minutes']:g} min"
+            + (f"; stopped early: {res['stopped_early']}" if res.get("stopped_early") else ""),
+        ),
+        *inputs("requests"),
+        *inputs("scans"),
+        ("internal errors (dead letters)", f"{res['internal_errors']:,}"),
+        (
+            "approved decisions; passes issued (issued twice)",
+            f"{res['approvals']:,}; {res['issued']['passes']:,} ({res['issued']['issued_twice']:,})",
+        ),
+        ("risk changes (statuses they caused)", f"{len(changes)} ({', '.join(str(c['statuses']) for c in changes)})"),
+        (
+            "raises: passes via the region not re-evaluated (decided after the raise was sent)",
+            ", ".join(f"{e['not_reevaluated']} ({e['decided_after_the_raise']})" for e in escapes) or "none",
+        ),
+        ("passes decided via the region while it was high", f"{sum(e['decided_while_high'] for e in escapes)}"),
+        (
+            "restart",
+            f"{rs['how']} at {rs['t'] / 60:.1f} min: stopped in {rs['stop_s']:.1f} s; new worker "
+            f"assigned {rs.get('assigned_s', float('nan')):.1f} s, recovered "
+            f"{rs.get('recovered_s', float('nan')):.1f} s after its start",
+        ),
+        ("worker RSS start → end (peak)", f"{rss['start']:,.0f} → {rss['end']:,.0f} MB ({rss['peak']:,.0f})"),
+        (
+            "consumer lag peak / after the restart / at the end",
+            f"{lag['peak']:,} / {lag['peak_after_restart']:,} / {lag['last']:,} records",
+        ),
+        (
+            "answered per s, median of 5-s bins (requests / scans)",
+            f"{per_s['request'] or 0:,.0f} / {per_s['scan'] or 0:,.0f}",
+        ),
+        ("drain after the load", f"{res['drain']['seconds']:.0f} s, complete: {res['drain']['complete']}"),
+    ]
 
 
 def plot(res: dict, path: Path, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -564,10 +747,16 @@ def plot(res: dict, path: Path, title: str) -> None:
     axes[1].plot(minutes, [x["lag"] for x in s], color="tab:red")
     axes[1].set_ylabel("consumer lag, records")
     t = [x["t"] / 60 for x in r]
-    for key, style in (("sent_request", "tab:gray"), ("answered_request", "tab:blue"), ("approvals", "tab:cyan"),
-                       ("sent_scan", "tab:olive"), ("answered_scan", "tab:green")):
-        axes[2].plot(t, [x[key] for x in r], label=key.replace("_", " ").removesuffix("s") + "s/s", color=style,
-                     linewidth=0.9)
+    for key, style in (
+        ("sent_request", "tab:gray"),
+        ("answered_request", "tab:blue"),
+        ("approvals", "tab:cyan"),
+        ("sent_scan", "tab:olive"),
+        ("answered_scan", "tab:green"),
+    ):
+        axes[2].plot(
+            t, [x[key] for x in r], label=key.replace("_", " ").removesuffix("s") + "s/s", color=style, linewidth=0.9
+        )
     axes[2].set_ylabel("per second (5-s bins)")
     axes[2].set_xlabel("minutes")
     axes[2].legend(loc="upper right", fontsize=8, ncol=4)
@@ -576,8 +765,9 @@ def plot(res: dict, path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.axvline(restart, color="black", linewidth=1.5)
         for c in res["risk_changes"]:
-            ax.axvline(c["t"] / 60, color="tab:red" if c["level"] == "high" else "tab:green", linewidth=0.9,
-                       linestyle=":")
+            ax.axvline(
+                c["t"] / 60, color="tab:red" if c["level"] == "high" else "tab:green", linewidth=0.9, linestyle=":"
+            )
     axes[0].text(restart, axes[0].get_ylim()[1], f" {res['restart']['how']} restart", va="top", fontsize=8)
     axes[0].set_title(title + "\nrisk changes: red dotted raise, green dotted lower", fontsize=9)
     fig.tight_layout()
@@ -608,8 +798,12 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     write_json(args.json, res)
-    plot(res, args.png, f"greenchannel soak, {before['at']}: {kind}, {args.guarantee}; "
-                        f"{res['rate']:,.0f} requests/s + {res['scan_rate']:,.0f} scans/s")
+    plot(
+        res,
+        args.png,
+        f"greenchannel soak, {before['at']}: {kind}, {args.guarantee}; "
+        f"{res['rate']:,.0f} requests/s + {res['scan_rate']:,.0f} scans/s",
+    )
     log(f"wrote {args.json}, {args.png}")
     ok = not (res["requests"]["missing"] or res["scans"]["missing"] or res["internal_errors"])
     return 0 if ok else 1

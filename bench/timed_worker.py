@@ -25,6 +25,7 @@ log = logging.getLogger("bench")
 
 def _marked(method, name: str, *, after: bool):
     """`method` (a coroutine), logging the mark `name` as it is called or, `after`, once it returns."""
+
     @functools.wraps(method)
     async def wrapper(*args, **kwargs):
         if not after:
@@ -33,6 +34,7 @@ def _marked(method, name: str, *, after: bool):
         if after:
             log.warning("bench-mark %s %.3f", name, time.time())
         return result
+
     return wrapper
 
 

@@ -39,8 +39,9 @@ def requests(count: int, *, seed: int = 2020, start: int = 0, tag: str = "") -> 
     return list(itertools.islice(request_stream(seed=seed, start=start, tag=tag), count))
 
 
-def request_stream(*, seed: int = 2020, start: int = 0, tag: str = "",
-                   submitted: Callable[[int], datetime] | None = None) -> Iterator[Message]:
+def request_stream(
+    *, seed: int = 2020, start: int = 0, tag: str = "", submitted: Callable[[int], datetime] | None = None
+) -> Iterator[Message]:
     """`requests` without an end: number start, start+1, ... of one scenario. `submitted(n)`, when
     given, replaces request n's `submitted_at` (the scenario's is its start + n minutes) and moves its
     departure with it (a departure more than 366 days after the submission is refused)."""
@@ -74,8 +75,9 @@ def reference(seed: int = 2020) -> tuple[list[Message], list[Message]]:
     scenario = Scenario(seed=seed)
     firms = [Message(e["credit_code"].encode(), orjson.dumps(e)) for e in scenario.enterprise_entries()]
     opening = format_time(scenario.start - timedelta(hours=1))
-    risks = [Message(a.encode(), orjson.dumps({"adcode": a, "level": lv, "effective_at": opening}))
-             for a, lv in OPENING_RISK]
+    risks = [
+        Message(a.encode(), orjson.dumps({"adcode": a, "level": lv, "effective_at": opening})) for a, lv in OPENING_RISK
+    ]
     return firms, risks
 
 
@@ -91,7 +93,7 @@ def projection_log(count: int, *, seed: int = 2020) -> list[tuple[str, Message]]
     queues = [_statuses(d) for _, d in decisions if d["pass"]]
     depth = 0
     while len(out) < count and any(depth < len(q) for q in queues):
-        out += [("statuses", q[depth]) for q in queues if depth < len(q)][:count - len(out)]
+        out += [("statuses", q[depth]) for q in queues if depth < len(q)][: count - len(out)]
         depth += 1
     return out
 
@@ -100,6 +102,7 @@ def projection_log(count: int, *, seed: int = 2020) -> list[tuple[str, Message]]
 def _decider():
     """The bench's decision core (fixed signing key, the workload's reference data)."""
     from .suites import build_bench_pipeline
+
     return build_bench_pipeline().decider
 
 
@@ -108,11 +111,15 @@ def _decided(n: int, request: Message) -> tuple[Message, dict]:
     from streams.handlers import cloudevent_headers
 
     parsed, errors = parse_request(load_object(request.value))
-    decision = _decider().decide(parsed, errors, decided_at=parsed.submitted_at,
-                                 allocate=lambda issuer: f"{issuer}{n:06d}").message
+    decision = (
+        _decider()
+        .decide(parsed, errors, decided_at=parsed.submitted_at, allocate=lambda issuer: f"{issuer}{n:06d}")
+        .message
+    )
     sid = decision["shipment_id"]
-    headers = cloudevent_headers(f"decision/{sid}", "cn.greenchannel.pass.decision", "/greenchannel/decider",
-                                 decision["decided_at"])
+    headers = cloudevent_headers(
+        f"decision/{sid}", "cn.greenchannel.pass.decision", "/greenchannel/decider", decision["decided_at"]
+    )
     return Message(sid.encode(), canonical(decision), headers), decision
 
 
@@ -123,22 +130,47 @@ def _statuses(decision: dict) -> list[Message]:
     out = [_status(the_pass["pass_id"], sid, "issued", decision["decided_at"], f"decision:{sid}")]
     for i, cp in enumerate(the_pass["route"]["checkpoints"]):
         arrived, left = parse_time(cp["eta"]), parse_time(cp["eta"]) + timedelta(minutes=5 + 3 * i)
-        out.append(_status(the_pass["pass_id"], sid, "at_checkpoint", format_time(arrived), f"scan:{sid}-{i}a",
-                           cp["checkpoint_id"]))
-        out.append(_status(the_pass["pass_id"], sid, "in_transit", format_time(left), f"scan:{sid}-{i}d",
-                           cp["checkpoint_id"], (left - arrived).total_seconds()))
+        out.append(
+            _status(
+                the_pass["pass_id"], sid, "at_checkpoint", format_time(arrived), f"scan:{sid}-{i}a", cp["checkpoint_id"]
+            )
+        )
+        out.append(
+            _status(
+                the_pass["pass_id"],
+                sid,
+                "in_transit",
+                format_time(left),
+                f"scan:{sid}-{i}d",
+                cp["checkpoint_id"],
+                (left - arrived).total_seconds(),
+            )
+        )
     return out
 
 
-def _status(pass_id: str, sid: str, status: str, at: str, cause: str, checkpoint: str | None = None,
-            dwell: float | None = None) -> Message:
+def _status(
+    pass_id: str, sid: str, status: str, at: str, cause: str, checkpoint: str | None = None, dwell: float | None = None
+) -> Message:
     import hashlib
 
     from models.records import canonical
     from streams.handlers import cloudevent_headers
 
-    body = {"pass_id": pass_id, "shipment_id": sid, "status": status, "at": at, "checkpoint_id": checkpoint,
-            "reason": None, "dwell_seconds": dwell, "dwell_exceeded": bool(dwell and dwell > 900), "cause": cause}
+    body = {
+        "pass_id": pass_id,
+        "shipment_id": sid,
+        "status": status,
+        "at": at,
+        "checkpoint_id": checkpoint,
+        "reason": None,
+        "dwell_seconds": dwell,
+        "dwell_exceeded": bool(dwell and dwell > 900),
+        "cause": cause,
+    }
     ce_id = f"status/{pass_id}/{hashlib.sha1(cause.encode()).hexdigest()[:16]}"
-    return Message(pass_id.encode(), canonical(body),
-                   cloudevent_headers(ce_id, "cn.greenchannel.pass.status", "/greenchannel/tracker", at))
+    return Message(
+        pass_id.encode(),
+        canonical(body),
+        cloudevent_headers(ce_id, "cn.greenchannel.pass.status", "/greenchannel/tracker", at),
+    )
