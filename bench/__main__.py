@@ -61,6 +61,14 @@ SUITES += ("clock",)
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    _broker_options(p)
+    _size_options(p)
+    _selection_options(p)
+    return p.parse_args(argv)
+
+
+def _broker_options(p: argparse.ArgumentParser) -> None:
+    """Which broker, how many runs and partitions."""
     p.add_argument(
         "--broker-url", help="kafka://host:port[;host:port] of a running broker (default: start the embedded Tansu)"
     )
@@ -73,6 +81,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--runs", type=int, default=3, help="runs per figure; the median is reported (default 3)")
     p.add_argument("--partitions", type=int, default=4)
+
+
+def _size_options(p: argparse.ArgumentParser) -> None:
+    """How big each suite's runs are."""
     p.add_argument("--events", type=int, default=20000, help="events per limit/framework run (default 20000)")
     p.add_argument("--requests", type=int, default=8000, help="requests per pipeline run (default 8000)")
     p.add_argument("--scale-requests", type=int, help="requests per two-worker run (default: 2 × --requests)")
@@ -115,6 +127,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--handler-requests", type=int, default=3000, help="requests per in-process handler run")
     p.add_argument("--profile-requests", type=int, default=20000, help="requests profiled in process (pyinstrument)")
     p.add_argument("--py-spy-seconds", type=float, default=15.0, help="py-spy record on a worker (0: skip)")
+
+
+def _selection_options(p: argparse.ArgumentParser) -> None:
+    """Which suites run, their time limit, and where the results go."""
     p.add_argument(
         "--skip", nargs="*", default=[], choices=SUITES, metavar="SUITE", help=f"suites to skip: {', '.join(SUITES)}"
     )
@@ -135,7 +151,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json")
     p.add_argument("--chart", type=Path, default=ROOT / "bench" / "chart.png")
-    return p.parse_args(argv)
 
 
 def _cpu_times() -> tuple[float, float]:

@@ -156,41 +156,7 @@ def main() -> None:
         requests = fill(settings, args.passes)
         asyncio.run(publish(settings, topics.risk, [(e["adcode"], e) for e in RISKS]))  # as the worker saw them
         print(f"{args.passes} active passes from {requests} requests in the database ({time.perf_counter() - t:.0f} s)")
-        port = free_port()
-        env = {
-            **os.environ,
-            "GC_BROKER_URL": settings.broker_url,
-            "GC_DATABASE_URL": settings.database_url,
-            "GC_DATA_DIR": str(work),
-            "GC_PARTITIONS": "4",
-            "GC_APP_ID": settings.app_id,
-            "PYTHONPATH": str(ROOT),
-        }
-        with open(work / "dashboard.log", "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "dashboard", "--port", str(port)],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            deadline = time.monotonic() + 60
-            while True:  # up, and its first database read done (the state then holds the passes)
-                try:
-                    with urllib.request.urlopen(url + "state", timeout=5) as answer:
-                        if json.loads(answer.read())["passes"]:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit((work / "dashboard.log").read_text()[-2000:])
-                time.sleep(0.2)  # polling a condition with a deadline
-            result = asyncio.run(measure(url, settings, args.changes, args.screenshot))
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        result = _measure_a_dashboard(settings, work, args)
         result.update(passes=args.passes, at=datetime.now(UTC).isoformat(timespec="seconds"), load=os.getloadavg())
         print(json.dumps(result, indent=2))
         out = ROOT / "bench" / "out"
@@ -198,6 +164,50 @@ def main() -> None:
         (out / "dashboard.json").write_text(json.dumps(result, indent=2) + "\n")
     finally:
         broker.stop()
+
+
+def _measure_a_dashboard(settings: Settings, work: Path, args) -> dict:
+    """Start `greenchannel dashboard` on the filled database, wait for its first read, measure it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "GC_BROKER_URL": settings.broker_url,
+        "GC_DATABASE_URL": settings.database_url,
+        "GC_DATA_DIR": str(work),
+        "GC_PARTITIONS": "4",
+        "GC_APP_ID": settings.app_id,
+        "PYTHONPATH": str(ROOT),
+    }
+    with open(work / "dashboard.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "dashboard", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_for_first_read(url, work)
+        return asyncio.run(measure(url, settings, args.changes, args.screenshot))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _wait_for_first_read(url: str, work: Path) -> None:
+    """Up, and its first database read done (the state then holds the passes)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "state", timeout=5) as answer:
+                if json.loads(answer.read())["passes"]:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit((work / "dashboard.log").read_text()[-2000:])
+        time.sleep(0.2)  # polling a condition with a deadline
 
 
 if __name__ == "__main__":

@@ -595,29 +595,27 @@ def _recovery(worker: Proc, started_at: float, wall0: float) -> dict:
     return out
 
 
-def _result(
-    rid, args, rate, seconds, load: Load, tally: Tally, watch: Watch, changes, restarted, drained, reader
-) -> dict:
-    def exact(sent: set, answers: collections.Counter) -> dict:
-        dup = [i for i, n in answers.items() if n > 1 and i in sent]
-        missing = sorted(sent - answers.keys())
-        unexpected = sorted(answers.keys() - sent)
-        return {
-            "sent": len(sent),
-            "answered": len(sent & answers.keys()),
-            "answers": sum(answers.values()),
-            "duplicates": len(dup),
-            "duplicate_answers": sum(answers[i] - 1 for i in dup),
-            "missing": len(missing),
-            "unexpected": len(unexpected),
-            "examples": {"duplicates": dup[:10], "missing": missing[:10], "unexpected": unexpected[:10]},
-        }
+def _exactly_once(sent: set, answers: collections.Counter) -> dict:
+    """How the answers match what was sent: each answered once, none missing, none unexpected."""
+    dup = [i for i, n in answers.items() if n > 1 and i in sent]
+    missing = sorted(sent - answers.keys())
+    unexpected = sorted(answers.keys() - sent)
+    return {
+        "sent": len(sent),
+        "answered": len(sent & answers.keys()),
+        "answers": sum(answers.values()),
+        "duplicates": len(dup),
+        "duplicate_answers": sum(answers[i] - 1 for i in dup),
+        "missing": len(missing),
+        "unexpected": len(unexpected),
+        "examples": {"duplicates": dup[:10], "missing": missing[:10], "unexpected": unexpected[:10]},
+    }
 
-    for change in changes:
-        change["statuses"] = tally.risk_events.get(change["cause"], 0)
-    samples = watch.samples
+
+def _rates(args, load: Load, tally: Tally) -> list[dict]:
+    """Requests and scans sent and answered, and approvals, per second in each sampling bin."""
     bins = sorted({b for _, b in load.sent_bins} | {b for _, b in tally.answered_bins})
-    rates = [
+    return [
         {
             "t": b * args.sample,
             **{
@@ -630,15 +628,34 @@ def _result(
         for b in bins
         if b >= 0
     ]
-    rss = [s["rss_mb"] for s in samples if s["rss_mb"] is not None]
+
+
+def _lag_figures(samples: list[dict], seconds: float, restarted: dict) -> dict:
+    """The worker group's lag: its peak, its peak after the restart, at the end of the load, last."""
     after = [s["lag"] for s in samples if s["lag"] is not None and s["t"] >= restarted["t"]]
+    return {
+        "peak": max((s["lag"] for s in samples if s["lag"] is not None), default=None),
+        "peak_after_restart": max(after, default=None),
+        "end_of_load": next((s["lag"] for s in samples if s["t"] >= seconds and s["lag"] is not None), None),
+        "last": after[-1] if after else None,
+    }
+
+
+def _result(
+    rid, args, rate, seconds, load: Load, tally: Tally, watch: Watch, changes, restarted, drained, reader
+) -> dict:
+    for change in changes:
+        change["statuses"] = tally.risk_events.get(change["cause"], 0)
+    samples = watch.samples
+    rates = _rates(args, load, tally)
+    rss = [s["rss_mb"] for s in samples if s["rss_mb"] is not None]
     return {
         "run": rid,
         "minutes": args.minutes,
         "rate": rate,
         "scan_rate": rate * args.scan_ratio,
-        "requests": exact(load.sent_requests, tally.requests),
-        "scans": exact(load.sent_scans, tally.scans),
+        "requests": _exactly_once(load.sent_requests, tally.requests),
+        "scans": _exactly_once(load.sent_scans, tally.scans),
         "internal_errors": len(tally.internal_errors),
         "internal_error_examples": tally.internal_errors[:10],
         "issued": {"passes": len(tally.issued), "issued_twice": sum(1 for n in tally.issued.values() if n > 1)},
@@ -652,12 +669,7 @@ def _result(
         "restart": restarted,
         "drain": drained,
         "rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None, "peak": max(rss, default=None)},
-        "lag": {
-            "peak": max((s["lag"] for s in samples if s["lag"] is not None), default=None),
-            "peak_after_restart": max(after, default=None),
-            "end_of_load": next((s["lag"] for s in samples if s["t"] >= seconds and s["lag"] is not None), None),
-            "last": after[-1] if after else None,
-        },
+        "lag": _lag_figures(samples, seconds, restarted),
         "answered_per_s_median": {
             k: _median([r[f"answered_{k}"] for r in rates if r["t"] < seconds]) for k in ("request", "scan")
         },
