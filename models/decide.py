@@ -166,59 +166,30 @@ class Decider:
         allocate: Callable[[str], str | None],
     ) -> Decision:
         """The pass on `route`, numbered by `allocate` and signed by the key in force at `decided_at`."""
-        valid_from = request.departure_at
-        drive = route.eta - valid_from + _ROUTE_MARGIN
-        hours = max(verdict.validity_hours, math.ceil(drive.total_seconds() / 3600))
-        valid_until = valid_from + timedelta(hours=hours)
         signer = self.keyring.signer_at(decided_at)  # SigningKeyMissing: the worker waits for the key
         if signer is None:
-            return self._reject(
-                request,
-                decided_at,
-                [
-                    Reason(
-                        "no_signing_key",
-                        "no pass-signing key is in force at the decision time (every key on the ring "
-                        "is withdrawn); the request may be sent again under another shipment id once a key is",
-                    )
-                ],
-                verdict.priority,
-            )
+            return self._reject(request, decided_at, [_NO_SIGNING_KEY], verdict.priority)
         pass_id = allocate(origin.adcode)
         if pass_id is None:
-            return self._reject(
-                request,
-                decided_at,
-                [
-                    Reason(
-                        "serials_exhausted",
-                        f"issuer {origin.adcode} has no pass number left on this partition; "
-                        "the request may be sent again under another shipment id",
-                    )
-                ],
-                verdict.priority,
-            )
+            return self._reject(request, decided_at, [_serials_exhausted(origin.adcode)], verdict.priority)
+        return self._issue(request, verdict, origin, destination, route, pass_id, signer, decided_at)
+
+    def _issue(
+        self,
+        request: ShipmentRequest,
+        verdict,
+        origin: Place,
+        destination: Place,
+        route,
+        pass_id: str,
+        signer: Signer,
+        decided_at: datetime,
+    ) -> Decision:
+        """The approval carrying pass `pass_id`, signed by `signer`, and the tracker's initial state of that pass."""
         route_dict = route.to_dict()
-        claims = {
-            "pid": pass_id,
-            "plate": request.plate,
-            "nbf": format_time(valid_from),
-            "exp": format_time(valid_until),
-            "rt": route_dict["adcodes"],
-            "cp": [c["checkpoint_id"] for c in route_dict["checkpoints"]],
-        }
-        the_pass = {
-            "pass_id": pass_id,
-            "issuer": origin.adcode,
-            "plate": request.plate,
-            "priority": verdict.priority,
-            "valid_from": claims["nbf"],
-            "valid_until": claims["exp"],
-            "trip": request.trip,
-            "toll_exempt": verdict.toll_exempt,
-            "route": route_dict,
-            "token": signer.token(claims),
-        }
+        valid_from, valid_until = _pass_validity(request, verdict, route)
+        claims = _token_claims(pass_id, request, valid_from, valid_until, route_dict)
+        the_pass = _pass_document(pass_id, origin, request, verdict, claims, route_dict, signer.token(claims))
         message = {
             "shipment_id": request.shipment_id,
             "decision": "approved",
@@ -228,20 +199,90 @@ class Decider:
             "decided_at": format_time(decided_at),
             "pass": the_pass,
         }
-        state = PassState(
-            pass_id=pass_id,
-            shipment_id=request.shipment_id,
-            plate=request.plate,
-            priority=verdict.priority,
-            shipper=request.shipper.credit_code,
-            consignee=request.consignee.credit_code,
-            origin=origin.adcode,
-            destination=destination.adcode,
-            trip=request.trip,
-            valid_from=claims["nbf"],
-            valid_until=claims["exp"],
-            departure_at=format_time(request.departure_at),
-            route=route_dict,
-            kid=signer.key_id,
-        )
+        state = _initial_state(pass_id, request, verdict, origin, destination, claims, route_dict, signer.key_id)
         return Decision(message, state)
+
+
+_NO_SIGNING_KEY = Reason(
+    "no_signing_key",
+    "no pass-signing key is in force at the decision time (every key on the ring "
+    "is withdrawn); the request may be sent again under another shipment id once a key is",
+)
+
+
+def _serials_exhausted(issuer: str) -> Reason:
+    return Reason(
+        "serials_exhausted",
+        f"issuer {issuer} has no pass number left on this partition; "
+        "the request may be sent again under another shipment id",
+    )
+
+
+def _pass_validity(request: ShipmentRequest, verdict, route) -> tuple[datetime, datetime]:
+    """(valid from, valid until) of the pass: from departure, for the class's validity or the drive
+    with its margin, whichever is longer, in whole hours."""
+    valid_from = request.departure_at
+    drive = route.eta - valid_from + _ROUTE_MARGIN
+    hours = max(verdict.validity_hours, math.ceil(drive.total_seconds() / 3600))
+    return valid_from, valid_from + timedelta(hours=hours)
+
+
+def _token_claims(
+    pass_id: str, request: ShipmentRequest, valid_from: datetime, valid_until: datetime, route_dict: dict
+) -> dict:
+    """What the pass's signed token asserts: number, plate, validity, regions and checkpoints of the route."""
+    return {
+        "pid": pass_id,
+        "plate": request.plate,
+        "nbf": format_time(valid_from),
+        "exp": format_time(valid_until),
+        "rt": route_dict["adcodes"],
+        "cp": [c["checkpoint_id"] for c in route_dict["checkpoints"]],
+    }
+
+
+def _pass_document(
+    pass_id: str, origin: Place, request: ShipmentRequest, verdict, claims: dict, route_dict: dict, token: str
+) -> dict:
+    """The pass as the approval carries it, issued by the origin's county."""
+    return {
+        "pass_id": pass_id,
+        "issuer": origin.adcode,
+        "plate": request.plate,
+        "priority": verdict.priority,
+        "valid_from": claims["nbf"],
+        "valid_until": claims["exp"],
+        "trip": request.trip,
+        "toll_exempt": verdict.toll_exempt,
+        "route": route_dict,
+        "token": token,
+    }
+
+
+def _initial_state(
+    pass_id: str,
+    request: ShipmentRequest,
+    verdict,
+    origin: Place,
+    destination: Place,
+    claims: dict,
+    route_dict: dict,
+    kid: str,
+) -> PassState:
+    """The tracker's state of the pass as issued."""
+    return PassState(
+        pass_id=pass_id,
+        shipment_id=request.shipment_id,
+        plate=request.plate,
+        priority=verdict.priority,
+        shipper=request.shipper.credit_code,
+        consignee=request.consignee.credit_code,
+        origin=origin.adcode,
+        destination=destination.adcode,
+        trip=request.trip,
+        valid_from=claims["nbf"],
+        valid_until=claims["exp"],
+        departure_at=format_time(request.departure_at),
+        route=route_dict,
+        kid=kid,
+    )

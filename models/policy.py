@@ -142,6 +142,32 @@ def assess(
     A pass covers the whole vehicle, so its class is that of its least-priority cargo line:
     one box of masks cannot carry a truck of steel into a high-risk region.
     """
+    classes, reasons = _classify_cargo(request, catalog)
+    if len(classes) < len(request.cargo):
+        return Assessment(False, None, tuple(r for r in reasons if r.code == "not_in_catalog"))
+    priority = max(classes)
+
+    if catalog.classes[priority].needs_key_enterprise:
+        listed, reason = _key_enterprise(request, priority, enterprises, at)
+        if not listed:
+            return Assessment(False, priority, (reason,))
+        reasons.append(reason)
+
+    worst = max(origin_level, destination_level, key=LEVEL_RANK.__getitem__)
+    refusal = _high_risk_refusal(priority, origin_level, worst, catalog)
+    if refusal is not None:
+        return Assessment(False, priority, (refusal,))
+    note = _risk_level_note(priority, worst)
+    if note is not None:
+        reasons.append(note)
+
+    toll_exempt = priority in catalog.rules["toll_exempt"]
+    return Assessment(True, priority, tuple(reasons), catalog.validity_hours(request.trip, worst), toll_exempt)
+
+
+def _classify_cargo(request: ShipmentRequest, catalog: Catalog) -> tuple[list[str], list[Reason]]:
+    """The priority class of each cargo line the catalog covers, and one reason per line: its class
+    and basis, or that it is outside the catalog."""
     reasons: list[Reason] = []
     classes: list[str] = []
     for i, item in enumerate(request.cargo):
@@ -160,51 +186,48 @@ def assess(
             reasons.append(
                 Reason(f"class_{hit[0]}", f"cargo[{i}] {hit[1]}: {catalog.classes[hit[0]].title}", f"cargo[{i}]")
             )
-    if len(classes) < len(request.cargo):
-        return Assessment(False, None, tuple(r for r in reasons if r.code == "not_in_catalog"))
-    priority = max(classes)
+    return classes, reasons
 
-    if catalog.classes[priority].needs_key_enterprise:
-        listed = [p for p in (request.shipper, request.consignee) if enterprises.is_listed(p.credit_code, at)]
-        if not listed:
-            return Assessment(
-                False,
-                priority,
-                (
-                    Reason(
-                        "no_key_enterprise",
-                        f"{priority} goods need the shipper or the consignee on the key-enterprise list (§6, §9); "
-                        f"neither {request.shipper.credit_code} nor {request.consignee.credit_code} is listed",
-                    ),
-                ),
-            )
-        role = "shipper" if listed[0] is request.shipper else "consignee"
-        reasons.append(
-            Reason(
-                "key_enterprise",
-                f"{role} {listed[0].credit_code} is on the key-enterprise list"
-                + (" (supply-chain link, §4)" if role == "consignee" else ""),
-            )
+
+def _key_enterprise(
+    request: ShipmentRequest, priority: str, enterprises: EnterpriseBook, at: datetime
+) -> tuple[bool, Reason]:
+    """Whether the shipper or, failing it, the consignee is on the key-enterprise list at `at`, and
+    the reason: which one is (the consignee through the supply-chain link), or that neither is."""
+    listed = [p for p in (request.shipper, request.consignee) if enterprises.is_listed(p.credit_code, at)]
+    if not listed:
+        return False, Reason(
+            "no_key_enterprise",
+            f"{priority} goods need the shipper or the consignee on the key-enterprise list (§6, §9); "
+            f"neither {request.shipper.credit_code} nor {request.consignee.credit_code} is listed",
         )
+    role = "shipper" if listed[0] is request.shipper else "consignee"
+    return True, Reason(
+        "key_enterprise",
+        f"{role} {listed[0].credit_code} is on the key-enterprise list"
+        + (" (supply-chain link, §4)" if role == "consignee" else ""),
+    )
 
-    worst = max(origin_level, destination_level, key=LEVEL_RANK.__getitem__)
+
+def _high_risk_refusal(priority: str, origin_level: str, worst: str, catalog: Catalog) -> Reason | None:
+    """Why `priority` goods may not move when the riskier end of the trip is at level `worst`: a
+    high-risk region admits only some priority classes. None when they may."""
+    if worst != "high":
+        return None
+    allowed = catalog.rules["high_risk_allows"]
+    if priority in allowed:
+        return None
+    where = "origin" if origin_level == "high" else "destination"
+    return Reason(
+        "high_risk_region", f"{where} is a high-risk region: only {', '.join(allowed)} goods are approved (§10)"
+    )
+
+
+def _risk_level_note(priority: str, worst: str) -> Reason | None:
+    """What the risk level `worst` of the trip's riskier end means for goods it admits: at high, that
+    their class may move there; at medium, a shorter validity; None at low risk."""
     if worst == "high":
-        allowed = catalog.rules["high_risk_allows"]
-        if priority not in allowed:
-            where = "origin" if origin_level == "high" else "destination"
-            return Assessment(
-                False,
-                priority,
-                (
-                    Reason(
-                        "high_risk_region",
-                        f"{where} is a high-risk region: only {', '.join(allowed)} goods are approved (§10)",
-                    ),
-                ),
-            )
-        reasons.append(Reason("high_risk_region_allowed", f"{priority} goods may move to or from a high-risk region"))
-    elif worst == "medium":
-        reasons.append(Reason("medium_risk_short_validity", "origin or destination is medium risk: shorter validity"))
-
-    toll_exempt = priority in catalog.rules["toll_exempt"]
-    return Assessment(True, priority, tuple(reasons), catalog.validity_hours(request.trip, worst), toll_exempt)
+        return Reason("high_risk_region_allowed", f"{priority} goods may move to or from a high-risk region")
+    if worst == "medium":
+        return Reason("medium_risk_short_validity", "origin or destination is medium risk: shorter validity")
+    return None
