@@ -432,6 +432,92 @@ def status_event(
     return event
 
 
+@dataclass(frozen=True)
+class _ScanAtCheckpoint:
+    """One scan applied to one pass: what an answer to the checkpoint is made of."""
+
+    state: PassState
+    scan: CheckpointScan
+    current: S
+    dwell_target: int
+
+    @property
+    def at(self) -> datetime:
+        return self.scan.scanned_at
+
+    @property
+    def staying(self) -> str | None:
+        """When the pass arrived at the scanning checkpoint, if it is still there (waiting, or held)."""
+        return self.state.arrived_at if self.state.checkpoint_id == self.scan.checkpoint_id else None
+
+    @property
+    def at_destination(self) -> bool:
+        return self.scan.checkpoint_id == self.state.checkpoint_ids[-1]
+
+    def event(self, status: S, reason: str | None, dwell_seconds: float | None = None) -> dict:
+        return status_event(
+            self.state,
+            status,
+            self.at,
+            reason=reason,
+            checkpoint_id=self.scan.checkpoint_id,
+            cause=f"scan:{self.scan.scan_id}",
+            dwell_target=self.dwell_target,
+            dwell_seconds=dwell_seconds,
+        )
+
+    def keep(self, reason: str) -> tuple[PassState, dict]:
+        """The pass unchanged, and an event saying why."""
+        return self.state, self.event(self.current, reason)
+
+    def move(self, new: S, reason: str | None = None, dwell_seconds: float | None = None) -> tuple[PassState, dict]:
+        """The pass moved to `new` at the scanning checkpoint."""
+        transition(self.current, new)
+        arrived = format_time(self.at) if new is S.AT_CHECKPOINT else self.staying if new is S.HELD else None
+        moved = replace(self.state, status=new, checkpoint_id=self.scan.checkpoint_id, arrived_at=arrived)
+        return moved, self.event(new, reason, dwell_seconds)
+
+
+def _refused_scan(step: _ScanAtCheckpoint, refused: str) -> tuple[PassState, dict]:
+    """A refused scan: a pass already at its end stays so, an ended validity expires it, anything
+    else holds the truck at the checkpoint."""
+    if refused in ("pass_delivered", "pass_revoked", "pass_expired", "pass_suspended"):
+        return step.keep(refused)
+    if refused == "validity_ended":
+        return step.move(S.EXPIRED, refused)
+    return step.move(S.HELD, refused)
+
+
+def _arrival_at_destination(step: _ScanAtCheckpoint) -> tuple[PassState, dict]:
+    """A single-trip pass is delivered; a multi-trip one completes a trip, once per stay."""
+    if step.state.trip != "multi":
+        return step.move(S.DELIVERED, "arrived_at_destination")
+    staying = step.staying
+    if staying is not None:
+        # Scanned again before leaving, or released from a hold there: the trip is completed
+        # already, and the arrival time stays the first one.
+        if step.current is S.AT_CHECKPOINT:
+            return step.keep("already_at_destination")
+        new, event = step.move(S.AT_CHECKPOINT, "already_at_destination")
+        return replace(new, arrived_at=staying), event
+    new, event = step.move(S.AT_CHECKPOINT, "trip_completed")
+    return replace(new, trips=step.state.trips + 1), event
+
+
+def _dwell_seconds(step: _ScanAtCheckpoint) -> float | None:
+    """The wait at a checkpoint, from arrival to departure. Leaving the destination (a multi-trip
+    truck's way back) follows unloading, not a queue: no dwell there."""
+    state = step.state
+    if (
+        step.current is S.AT_CHECKPOINT
+        and state.checkpoint_id == step.scan.checkpoint_id
+        and state.arrived_at
+        and not step.at_destination
+    ):
+        return round((step.at - parse_time(state.arrived_at)).total_seconds(), 3)
+    return None
+
+
 def on_scan(
     state: PassState, scan: CheckpointScan, *, token_error: str | None, dwell_target: int = 900
 ) -> tuple[PassState, dict]:
@@ -446,65 +532,12 @@ def on_scan(
     valid in either direction, and each scan is verified as on the first trip. It ends when a
     scan comes after `valid_until` (`expired`).
     """
-    at = scan.scanned_at
-    cause = f"scan:{scan.scan_id}"
-    current = S(state.status)
-
-    def keep(reason: str) -> tuple[PassState, dict]:
-        return state, status_event(
-            state, current, at, reason=reason, checkpoint_id=scan.checkpoint_id, cause=cause, dwell_target=dwell_target
-        )
-
-    # Still at the checkpoint it arrived at (waiting there, or held there by a scan).
-    staying = state.arrived_at if state.checkpoint_id == scan.checkpoint_id else None
-
-    def move(new: S, reason: str | None = None, **kw) -> tuple[PassState, dict]:
-        transition(current, new)
-        arrived = format_time(at) if new is S.AT_CHECKPOINT else staying if new is S.HELD else None
-        return (
-            replace(state, status=new, checkpoint_id=scan.checkpoint_id, arrived_at=arrived),
-            status_event(
-                state,
-                new,
-                at,
-                reason=reason,
-                checkpoint_id=scan.checkpoint_id,
-                cause=cause,
-                dwell_target=dwell_target,
-                **kw,
-            ),
-        )
-
-    refused = refusal(state.terms, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=at, token_error=token_error)
-    if refused in ("pass_delivered", "pass_revoked", "pass_expired", "pass_suspended"):
-        return keep(refused)
-    if refused == "validity_ended":
-        return move(S.EXPIRED, refused)
+    step = _ScanAtCheckpoint(state, scan, S(state.status), dwell_target)
+    refused = refusal(
+        state.terms, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=scan.scanned_at, token_error=token_error
+    )
     if refused:
-        return move(S.HELD, refused)
-
+        return _refused_scan(step, refused)
     if scan.kind == "arrival":
-        if scan.checkpoint_id == state.checkpoint_ids[-1]:
-            if state.trip != "multi":
-                return move(S.DELIVERED, "arrived_at_destination")
-            if staying is not None:
-                # Scanned again before leaving, or released from a hold there: the trip is completed
-                # already, and the arrival time stays the first one.
-                if current is S.AT_CHECKPOINT:
-                    return keep("already_at_destination")
-                new, event = move(S.AT_CHECKPOINT, "already_at_destination")
-                return replace(new, arrived_at=staying), event
-            new, event = move(S.AT_CHECKPOINT, "trip_completed")
-            return replace(new, trips=state.trips + 1), event
-        return move(S.AT_CHECKPOINT)
-    dwell = None
-    # The wait at a checkpoint, from arrival to departure. Leaving the destination (a multi-trip
-    # truck's way back) follows unloading, not a queue: no dwell there.
-    if (
-        current is S.AT_CHECKPOINT
-        and state.checkpoint_id == scan.checkpoint_id
-        and state.arrived_at
-        and scan.checkpoint_id != state.checkpoint_ids[-1]
-    ):
-        dwell = round((at - parse_time(state.arrived_at)).total_seconds(), 3)
-    return move(S.IN_TRANSIT, dwell_seconds=dwell)
+        return _arrival_at_destination(step) if step.at_destination else step.move(S.AT_CHECKPOINT)
+    return step.move(S.IN_TRANSIT, dwell_seconds=_dwell_seconds(step))

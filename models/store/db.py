@@ -162,43 +162,62 @@ def _last_per_key(rows: Iterable[dict], key: str) -> list[dict]:
     return list({row[key]: row for row in rows}.values())
 
 
+def _shipment_row(d: dict) -> dict:
+    the_pass = d.get("pass")
+    return {
+        "shipment_id": d["shipment_id"],
+        "decision": d["decision"],
+        "priority": d.get("priority"),
+        "rules_version": d["rules_version"],
+        "decided_at": parse_time(d["decided_at"]),
+        "pass_id": the_pass["pass_id"] if the_pass else None,
+        "reasons": d["reasons"],
+    }
+
+
+def _pass_row(shipment_id: str, the_pass: dict) -> dict:
+    return {
+        "pass_id": the_pass["pass_id"],
+        "shipment_id": shipment_id,
+        "plate": the_pass["plate"],
+        "priority": the_pass["priority"],
+        "issuer": the_pass["issuer"],
+        "valid_from": parse_time(the_pass["valid_from"]),
+        "valid_until": parse_time(the_pass["valid_until"]),
+        "trip": the_pass["trip"],
+        "toll_exempt": the_pass["toll_exempt"],
+        "route": the_pass["route"],
+        "token": the_pass["token"],
+    }
+
+
+def _route_checkpoint_rows(the_pass: dict) -> list[dict]:
+    return [
+        {k: c[k] for k in ("checkpoint_id", "name", "adcode", "lat", "lon")} for c in the_pass["route"]["checkpoints"]
+    ]
+
+
+def _first_entry_per_checkpoint(checkpoints: Iterable[dict]) -> list[dict]:
+    """A border checkpoint has one id for both directions but a route entry (name, adcode) per
+    direction: keep the entry that sorts first, so the row does not depend on the order in
+    which decisions are projected (the live projector's batches, a rebuild from the log)."""
+    first: dict[str, dict] = {}
+    for c in checkpoints:
+        seen = first.get(c["checkpoint_id"])
+        if seen is None or (c["adcode"], c["name"]) < (seen["adcode"], seen["name"]):
+            first[c["checkpoint_id"]] = c
+    return list(first.values())
+
+
 def project_decisions(session: Session, decisions: Iterable[dict]) -> None:
     shipments: list[dict] = []
     passes: list[dict] = []
     checkpoints: list[dict] = []
     for d in decisions:
-        the_pass = d.get("pass")
-        shipments.append(
-            {
-                "shipment_id": d["shipment_id"],
-                "decision": d["decision"],
-                "priority": d.get("priority"),
-                "rules_version": d["rules_version"],
-                "decided_at": parse_time(d["decided_at"]),
-                "pass_id": the_pass["pass_id"] if the_pass else None,
-                "reasons": d["reasons"],
-            }
-        )
-        if the_pass:
-            passes.append(
-                {
-                    "pass_id": the_pass["pass_id"],
-                    "shipment_id": d["shipment_id"],
-                    "plate": the_pass["plate"],
-                    "priority": the_pass["priority"],
-                    "issuer": the_pass["issuer"],
-                    "valid_from": parse_time(the_pass["valid_from"]),
-                    "valid_until": parse_time(the_pass["valid_until"]),
-                    "trip": the_pass["trip"],
-                    "toll_exempt": the_pass["toll_exempt"],
-                    "route": the_pass["route"],
-                    "token": the_pass["token"],
-                }
-            )
-            checkpoints.extend(
-                {k: c[k] for k in ("checkpoint_id", "name", "adcode", "lat", "lon")}
-                for c in the_pass["route"]["checkpoints"]
-            )
+        shipments.append(_shipment_row(d))
+        if the_pass := d.get("pass"):
+            passes.append(_pass_row(d["shipment_id"], the_pass))
+            checkpoints.extend(_route_checkpoint_rows(the_pass))
     _upsert(
         session,
         Shipment,
@@ -216,18 +235,10 @@ def project_decisions(session: Session, decisions: Iterable[dict]) -> None:
         update=["shipment_id", "plate", "priority", "issuer", "valid_from", "valid_until", "trip", "toll_exempt"],
         keep=["route", "token"],
     )
-    # A border checkpoint has one id for both directions but a route entry (name, adcode) per
-    # direction: keep the entry that sorts first, so the row does not depend on the order in
-    # which decisions are projected (the live projector's batches, a rebuild from the log).
-    first: dict[str, dict] = {}
-    for c in checkpoints:
-        seen = first.get(c["checkpoint_id"])
-        if seen is None or (c["adcode"], c["name"]) < (seen["adcode"], seen["name"]):
-            first[c["checkpoint_id"]] = c
     _upsert(
         session,
         Checkpoint,
-        list(first.values()),
+        _first_entry_per_checkpoint(checkpoints),
         keys=["checkpoint_id"],
         update=["name", "adcode", "lat", "lon"],
         only_if=lambda new, old: or_(new.adcode < old.adcode, and_(new.adcode == old.adcode, new.name < old.name)),

@@ -127,43 +127,13 @@ class Scenario:
         enterprise on either side), 'bad_fields'; None draws the realistic mix."""
         rng = self.rng
         if kind is None:
-            roll = rng.random()
-            kind = (
-                "P0"
-                if roll < 0.25
-                else "P1"
-                if roll < 0.5
-                else "P2"
-                if roll < 0.75
-                else "P3"
-                if roll < 0.9
-                else rng.choice(["none", "unlisted", "bad_fields"])
-            )
+            kind = _draw_kind(rng)
         origin, destination = rng.sample(PLACES, 2)
         goods_class = "P2" if kind in ("unlisted", "bad_fields") else kind
         items = [rng.choice(GOODS[goods_class]) for _ in range(rng.randint(1, 2))]
-        if kind == "unlisted":
-            shipper, consignee = (
-                self.suppliers[rng.randrange(len(self.suppliers))],
-                self.suppliers[rng.randrange(len(self.suppliers))],
-            )
-        else:
-            # A small supplier shipping to a key enterprise qualifies through that link (§4).
-            shipper = self.suppliers[rng.randrange(len(self.suppliers))]
-            consignee = self.key_enterprises[rng.randrange(len(self.key_enterprises))]
+        shipper, consignee = self._parties(kind)
         submitted = self.start + timedelta(minutes=n)
-
-        def where(place):
-            style = rng.random()
-            if style < 0.4:
-                return {"adcode": place[0]}
-            if style < 0.8:
-                return {"address": place[1]}
-            from routing import Gazetteer
-
-            p = Gazetteer.default().locate(place[0])
-            return {"lat": round(p.lat, 5), "lon": round(p.lon, 5)}
-
+        # The draws below happen in the order the body's fields are written: keep it.
         body = {
             "shipment_id": f"SHP-{self.seed}-{n:07d}",
             "submitted_at": format_time(submitted),
@@ -172,26 +142,25 @@ class Scenario:
             "cargo": [
                 {"hs_code": hs, "description": d, "quantity": rng.randint(1, 400), "unit": u} for hs, d, u in items
             ],
-            "vehicle": {
-                "plate": f"{origin[2]}{rng.choice('ABCDEFG')}{rng.randrange(10000, 99999)}",
-                "type": rng.choice(["heavy truck", "van", "refrigerated truck"]),
-            },
-            "driver": {
-                "name": rng.choice(["张伟", "王芳", "李强", "刘洋", "陈杰"]),
-                "id_number": make_id_number(rng, origin[0]),
-                "phone": f"13{rng.randrange(10**8, 10**9)}",
-            },
-            "origin": where(origin),
-            "destination": where(destination),
+            "vehicle": _vehicle(rng, origin),
+            "driver": _driver(rng, origin),
+            "origin": _place_as_given(rng, origin),
+            "destination": _place_as_given(rng, destination),
             "departure_at": format_time(submitted + timedelta(hours=2)),
             "trip": rng.choice(["single", "single", "multi"]),
         }
         if kind == "bad_fields":
-            body["driver"]["id_number"] = body["driver"]["id_number"][:-1] + (
-                "0" if body["driver"]["id_number"][-1] != "0" else "1"
-            )
-            body["cargo"][0]["hs_code"] = "12"
+            _spoil_fields(body)
         return body
+
+    def _parties(self, kind: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """Shipper and consignee: two small suppliers for 'unlisted', else a supplier shipping to a
+        key enterprise, which qualifies through that link (§4)."""
+        rng = self.rng
+        shipper = self.suppliers[rng.randrange(len(self.suppliers))]
+        if kind == "unlisted":
+            return shipper, self.suppliers[rng.randrange(len(self.suppliers))]
+        return shipper, self.key_enterprises[rng.randrange(len(self.key_enterprises))]
 
     def malformed(self, n: int) -> bytes:
         return self.rng.choice([b"{not json", b"[1, 2, 3]", b"\xff\xfe binary", b'{"cargo": []}'])
@@ -199,6 +168,57 @@ class Scenario:
     @staticmethod
     def encode(body: dict) -> bytes:
         return orjson.dumps(body)
+
+
+def _draw_kind(rng: random.Random) -> str:
+    """The realistic mix: a quarter each of P0, P1, P2, 15% P3, the rest odd requests."""
+    roll = rng.random()
+    if roll < 0.25:
+        return "P0"
+    if roll < 0.5:
+        return "P1"
+    if roll < 0.75:
+        return "P2"
+    if roll < 0.9:
+        return "P3"
+    return rng.choice(["none", "unlisted", "bad_fields"])
+
+
+def _vehicle(rng: random.Random, origin: tuple[str, str, str]) -> dict:
+    """A truck registered in the origin's province."""
+    return {
+        "plate": f"{origin[2]}{rng.choice('ABCDEFG')}{rng.randrange(10000, 99999)}",
+        "type": rng.choice(["heavy truck", "van", "refrigerated truck"]),
+    }
+
+
+def _driver(rng: random.Random, origin: tuple[str, str, str]) -> dict:
+    """A driver born in the origin's county."""
+    return {
+        "name": rng.choice(["张伟", "王芳", "李强", "刘洋", "陈杰"]),
+        "id_number": make_id_number(rng, origin[0]),
+        "phone": f"13{rng.randrange(10**8, 10**9)}",
+    }
+
+
+def _place_as_given(rng: random.Random, place: tuple[str, str, str]) -> dict:
+    """A place as a firm gives it: its adcode, its address, or its coordinates."""
+    style = rng.random()
+    if style < 0.4:
+        return {"adcode": place[0]}
+    if style < 0.8:
+        return {"address": place[1]}
+    from routing import Gazetteer
+
+    p = Gazetteer.default().locate(place[0])
+    return {"lat": round(p.lat, 5), "lon": round(p.lon, 5)}
+
+
+def _spoil_fields(body: dict) -> None:
+    """A 'bad_fields' request: the driver's ID loses its check character, the first HS code is cut short."""
+    id_number = body["driver"]["id_number"]
+    body["driver"]["id_number"] = id_number[:-1] + ("0" if id_number[-1] != "0" else "1")
+    body["cargo"][0]["hs_code"] = "12"
 
 
 def scans_for(decision: dict, rng: random.Random, *, mismatch: bool = False) -> list[dict]:
