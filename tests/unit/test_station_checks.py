@@ -26,7 +26,8 @@ from streams.dev.simulator import Scenario
 from streams.handlers import RecordMeta, Tables
 from streams.keys import key_id
 from streams.pass_print import find_cjk_font, pass_from_decision, render_pass
-from streams.station import Store, check
+from streams.station.checks import check
+from streams.station.store import Store
 from tests.support.factories import DEPARTURE, forged, make_pipeline, make_tracker, wuhan_to_guangzhou
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -334,8 +335,8 @@ async def test_beyond_loopback_the_page_wants_its_token_and_decodes_a_photo(the_
     import aiohttp
 
     from streams.settings import Settings
-    from streams.station import Station
-    from streams.station_web import make_app
+    from streams.station.link import Station
+    from streams.station.web import make_app
     from streams.web import start_site
 
     here = the_pass.checkpoint_ids[0]
