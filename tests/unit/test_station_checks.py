@@ -381,6 +381,17 @@ def test_expected_arrivals_are_those_still_to_reach_the_station(the_pass, tmp_pa
     assert store.expected(eta) == []  # the system saw it here: no longer expected
 
 
+def _shifted(route: dict, hours: float) -> dict:
+    """The route with every ETA `hours` later."""
+    return {
+        **route,
+        "checkpoints": [
+            {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=hours))}
+            for c in route["checkpoints"]
+        ],
+    }
+
+
 def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_arrive_or_turn_away(the_pass, tmp_path):
     """Due from 2 h late to 12 h ahead, by ETA; not once suspended, scanned here by the station,
     or rerouted away; a reroute brings its new ETA."""
@@ -388,15 +399,8 @@ def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_
     store = Store(tmp_path / "station.db", [here])
     now = datetime.fromisoformat(the_pass.route["checkpoints"][1]["eta"])
 
-    def a_pass(n: int, hours: float, route=None) -> str:
-        route = route or the_pass.route
-        shifted = {
-            **route,
-            "checkpoints": [
-                {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=hours))}
-                for c in route["checkpoints"]
-            ],
-        }
+    def a_pass(n: int, hours: float) -> str:
+        shifted = _shifted(the_pass.route, hours)
         state = replace(the_pass, pass_id=f"42011100{n:04d}", plate=f"鄂A{n:05d}", route=shifted)
         store.take_decision(decision_of(state))
         return state.pass_id
@@ -415,13 +419,7 @@ def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_
             "scanned_at": format_time(now),
         }
     )
-    moved = {
-        **the_pass.route,
-        "checkpoints": [
-            {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=6))}
-            for c in the_pass.route["checkpoints"]
-        ],
-    }
+    moved = _shifted(the_pass.route, 6)
     store.take_status({"pass_id": rerouted, "status": "rerouted", "cause": "risk:y", "route": moved, "token": "t"})
     elsewhere = {
         **the_pass.route,
