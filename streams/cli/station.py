@@ -38,7 +38,7 @@ def cmd_checkpoint(settings, args) -> int:
 
     from models.records import parse_time
 
-    from ..station_web import run_station
+    from ..station.web import run_station
 
     clock = parse_time(args.clock) if args.clock else None
     return run_station(

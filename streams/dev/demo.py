@@ -39,7 +39,7 @@ from routing import Gazetteer
 from ..handlers import Topics, clock_command
 from ..keys import load_public_key
 from ..settings import Settings
-from ..station_web import announced_url
+from ..station.web import announced_url
 from ..topics import ensure_topics
 from .broker import TansuBroker, free_port
 from .simulator import Scenario

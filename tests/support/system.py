@@ -200,7 +200,7 @@ class StationProcess:
     url: str = ""
 
     def ready(self, timeout: float = 60) -> StationProcess:
-        from streams.station_web import announced_url
+        from streams.station.web import announced_url
 
         self.url = announced_url(self.log_path, lambda: self.proc.poll() is None, timeout)
         return self

@@ -27,7 +27,8 @@ from streams.audit import Record, Replayer, compare
 from streams.dev.simulator import Scenario
 from streams.handlers import Out, RecordMeta, Tables
 from streams.keys import KeyDir, key_record, load_keyring
-from streams.station import Store, check
+from streams.station.checks import check
+from streams.station.store import Store
 from tests.support.factories import KEY, T, make_pipeline, make_tracker, validator, wuhan_to_guangzhou
 
 K1 = KEY  # the ring's first key (support's), active since ever
@@ -448,7 +449,7 @@ def test_a_malformed_key_record_is_dead_lettered_by_the_worker_and_skipped_by_a_
     assert set(world.ring.public_keys) == {KID1} and not world.ring.withdrawn_at(KID2)
 
     from streams.settings import Settings
-    from streams.station import Station
+    from streams.station.link import Station
 
     store = Store(tmp_path / "station.db", ["BX-0000-0000"])
     station = Station(Settings(), ["BX-0000-0000"], store, {})

@@ -26,7 +26,8 @@ from streams.dev.simulator import Scenario
 from streams.handlers import RecordMeta, Tables
 from streams.keys import key_id
 from streams.pass_print import find_cjk_font, pass_from_decision, render_pass
-from streams.station import Store, check
+from streams.station.checks import check
+from streams.station.store import Store
 from tests.support.factories import DEPARTURE, forged, make_pipeline, make_tracker, wuhan_to_guangzhou
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -334,8 +335,8 @@ async def test_beyond_loopback_the_page_wants_its_token_and_decodes_a_photo(the_
     import aiohttp
 
     from streams.settings import Settings
-    from streams.station import Station
-    from streams.station_web import make_app
+    from streams.station.link import Station
+    from streams.station.web import make_app
     from streams.web import start_site
 
     here = the_pass.checkpoint_ids[0]
@@ -380,6 +381,17 @@ def test_expected_arrivals_are_those_still_to_reach_the_station(the_pass, tmp_pa
     assert store.expected(eta) == []  # the system saw it here: no longer expected
 
 
+def _shifted(route: dict, hours: float) -> dict:
+    """The route with every ETA `hours` later."""
+    return {
+        **route,
+        "checkpoints": [
+            {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=hours))}
+            for c in route["checkpoints"]
+        ],
+    }
+
+
 def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_arrive_or_turn_away(the_pass, tmp_path):
     """Due from 2 h late to 12 h ahead, by ETA; not once suspended, scanned here by the station,
     or rerouted away; a reroute brings its new ETA."""
@@ -387,15 +399,8 @@ def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_
     store = Store(tmp_path / "station.db", [here])
     now = datetime.fromisoformat(the_pass.route["checkpoints"][1]["eta"])
 
-    def a_pass(n: int, hours: float, route=None) -> str:
-        route = route or the_pass.route
-        shifted = {
-            **route,
-            "checkpoints": [
-                {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=hours))}
-                for c in route["checkpoints"]
-            ],
-        }
+    def a_pass(n: int, hours: float) -> str:
+        shifted = _shifted(the_pass.route, hours)
         state = replace(the_pass, pass_id=f"42011100{n:04d}", plate=f"鄂A{n:05d}", route=shifted)
         store.take_decision(decision_of(state))
         return state.pass_id
@@ -414,13 +419,7 @@ def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_
             "scanned_at": format_time(now),
         }
     )
-    moved = {
-        **the_pass.route,
-        "checkpoints": [
-            {**c, "eta": format_time(datetime.fromisoformat(c["eta"]) + timedelta(hours=6))}
-            for c in the_pass.route["checkpoints"]
-        ],
-    }
+    moved = _shifted(the_pass.route, 6)
     store.take_status({"pass_id": rerouted, "status": "rerouted", "cause": "risk:y", "route": moved, "token": "t"})
     elsewhere = {
         **the_pass.route,

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .station import Station
-from .web import html_page, site_url, sse, start_site, stop_site, token_guard
+from ..web import html_page, site_url, sse, start_site, stop_site, token_guard
+from .link import Station
 
 __all__ = ["make_app", "decode_qr", "announced_url", "run_station", "STATIC"]
 
-STATIC = Path(__file__).parent / "static" / "station"
+STATIC = Path(__file__).parents[1] / "static" / "station"
 
 
 def decode_qr(image_bytes: bytes) -> str | None:
@@ -130,8 +130,8 @@ def run_station(
     from models.policy import load_catalog
     from routing import Gazetteer
 
-    from .keys import load_keyring
-    from .station import Store, station_path
+    from ..keys import load_keyring
+    from .store import Store, station_path
 
     store = Store(station_path(settings.data_dir, checkpoint_ids), checkpoint_ids, names=Gazetteer.default().name)
     store.cache_keys(load_keyring([p for p in key_paths if p.exists()]))

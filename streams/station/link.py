@@ -1,0 +1,283 @@
+"""The station process and its link to the broker: a consumer of the decisions, status events and
+keys into the store, a forwarder publishing the outbox in order (each scan marked sent once the broker
+acknowledged it), a probe of the connection, and the clock; what the page asks goes through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from models.keyring import Keyring
+from models.records import format_time, normalise_plate, parse_time
+
+from ..handlers import Topics, cloudevent_headers
+from ..settings import Settings
+from ..web import Hub
+from .checks import check, keyring_of
+from .store import Store
+
+__all__ = ["Link", "Station"]
+
+log = logging.getLogger("greenchannel.station")
+
+
+@dataclass
+class Link:
+    """What the page shows of the connection: reachable or not, and why not."""
+
+    online: bool = False
+    error: str | None = None
+    since: float = field(default_factory=time.time)
+
+    def set(self, online: bool, error: str | None = None) -> bool:
+        changed = online != self.online
+        if changed:
+            self.since = time.time()
+        self.online, self.error = online, error
+        return changed
+
+
+class Station:
+    """The station process: store, keys, the broker links (consumer, forwarder, probe) and a clock."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        checkpoint_ids: list[str],
+        store: Store,
+        keys: Keyring | dict,
+        *,
+        clock_start: datetime | None = None,
+        dwell_target: int = 900,
+    ) -> None:
+        self.settings = settings
+        self.ids = checkpoint_ids
+        self.store = store
+        self.keys = keyring_of(keys)
+        self.topics = Topics.with_prefix(settings.topic_prefix)
+        self.hub = Hub()
+        self.link = Link()
+        self.dwell_target = dwell_target
+        self._offset = (clock_start - datetime.now(UTC)) if clock_start else timedelta(0)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self._offset
+
+    # --- what the page asks -------------------------------------------------------------------------
+    def check(self, checkpoint_id: str, token: str | None, plate: str | None) -> dict:
+        return check(
+            self.store, self.keys, checkpoint_id=self._here(checkpoint_id), at=self.now(), token=token, plate=plate
+        )
+
+    def scan(
+        self, kind: str, checkpoint_id: str, pass_id: str, plate: str | None = None, token: str | None = None
+    ) -> dict:
+        """Record an arrival or departure in the outbox (the forwarder publishes it)."""
+        if kind not in ("arrival", "departure"):
+            raise ValueError("kind must be arrival or departure")
+        checkpoint_id = self._here(checkpoint_id)
+        before = self.store.arrival(pass_id, checkpoint_id)
+        plate = normalise_plate(plate) if plate else (before["plate"] if before else None)
+        if not plate or not pass_id:
+            raise ValueError("a scan needs the pass and the plate")
+        at = self.now()
+        body = {
+            "scan_id": f"{checkpoint_id}-{uuid.uuid4().hex[:20]}",
+            "checkpoint_id": checkpoint_id,
+            "pass_id": pass_id,
+            "plate": plate,
+            "kind": kind,
+            "scanned_at": format_time(at),
+        }
+        if token:
+            body["token"] = token
+        self.store.record(body)
+        self._wake.set()
+        self.publish()
+        dwell = None
+        if kind == "departure" and before is not None and before["kind"] == "arrival":
+            dwell = round((at - parse_time(before["scanned_at"])).total_seconds(), 1)
+        return {**body, "dwell_seconds": dwell, "dwell_exceeded": dwell is not None and dwell > self.dwell_target}
+
+    def _here(self, checkpoint_id: str | None) -> str:
+        if not checkpoint_id:
+            return self.ids[0]
+        if checkpoint_id not in self.ids:
+            raise ValueError(f"this station is {', '.join(self.ids)}, not {checkpoint_id}")
+        return checkpoint_id
+
+    def state(self) -> dict:
+        return {
+            "checkpoints": self.store.checkpoint_names(),
+            "now": format_time(self.now()),
+            "online": self.link.online,
+            "error": self.link.error,
+            "queued": self.store.queued(),
+            "dwell_target": self.dwell_target,
+            "present": self.store.present(),
+            "recent": self.store.recent(),
+            "arrivals": self.store.expected(self.now()),
+        }
+
+    def publish(self) -> None:
+        if self.hub.subscribers:
+            self.hub.publish("state", self.state())
+
+    # --- the broker ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(c) for c in (self._consume(), self._forward(), self._probe())]
+        for task in self._tasks:
+            task.add_done_callback(_fatal)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _started(self, make):
+        """A started aiokafka client, retried until the broker answers."""
+        while True:
+            client = make()
+            try:
+                await client.start()
+                return client
+            except KafkaError as exc:
+                self._offline(exc)
+                await client.stop()
+                await asyncio.sleep(1)
+
+    def _offline(self, exc: Exception) -> None:
+        if self.link.set(False, f"{type(exc).__name__}: {exc}"):
+            self.publish()
+
+    async def _consume(self) -> None:
+        s = self.settings
+        consumer = await self._started(
+            lambda: AIOKafkaConsumer(
+                self.topics.decisions,
+                self.topics.status,
+                self.topics.keys,
+                **s.connection.kwargs(),
+                group_id=f"{s.app_id}-station-{'+'.join(sorted(self.ids))}-{self.store.uid}",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level=s.isolation_level,
+            )
+        )
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+                if not batch:
+                    continue
+                self._take(batch)
+                try:
+                    await consumer.commit()
+                except KafkaError as exc:  # read again after a restart: the store's writes are idempotent
+                    log.warning("offsets not committed: %s", exc)
+                self.publish()
+        finally:
+            await consumer.stop()
+
+    def _take(self, batch: dict) -> None:
+        with self.store.transaction():
+            for tp, records in batch.items():
+                for r in records:
+                    try:
+                        obj = orjson.loads(r.value)
+                        if tp.topic == self.topics.decisions:
+                            self.store.take_decision(obj)
+                        elif tp.topic == self.topics.keys:
+                            self.keys.apply(self.store.take_key(obj, timestamp_ms=r.timestamp))
+                        else:
+                            self.store.take_status(obj)
+                    except (ValueError, KeyError, TypeError, AttributeError, sqlite3.IntegrityError) as exc:
+                        log.warning("skipped %s/%s@%s: %r", tp.topic, tp.partition, r.offset, exc)
+
+    async def _forward(self) -> None:
+        """Publish the outbox in order, one scan at a time, each marked sent once acknowledged."""
+        s = self.settings
+        # Idempotence (no duplicate on the producer's own retries) needs a broker with producer ids:
+        # Apache Kafka, where the system runs exactly_once; Tansu has none.
+        producer = await self._started(
+            lambda: AIOKafkaProducer(
+                **s.connection.kwargs(),
+                acks="all",
+                request_timeout_ms=15000,
+                enable_idempotence=s.processing_guarantee == "exactly_once",
+            )
+        )
+        try:
+            while True:
+                item = self.store.next_unsent()
+                if item is None:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), 1.0)
+                    except TimeoutError:
+                        pass
+                    continue
+                try:
+                    await producer.send_and_wait(
+                        self.topics.scans, item["body"], key=item["pass_id"].encode(), headers=list(_scan_headers(item))
+                    )
+                except KafkaError as exc:
+                    self._offline(exc)
+                    await asyncio.sleep(1)
+                    continue
+                self.store.mark_sent(item["seq"], format_time(datetime.now(UTC)))
+                self.link.set(True)
+                self.publish()
+        finally:
+            await producer.stop()
+
+    async def _probe(self) -> None:
+        """Online is: a bootstrap server accepts a connection and the last send did not fail."""
+        while True:
+            reachable = await _reachable(self.settings.bootstrap)
+            if not reachable:
+                self._offline(ConnectionError("broker unreachable"))
+            elif not self.link.online and self.store.queued() == 0:
+                self.link.set(True)
+                self.publish()
+            await asyncio.sleep(1.0)
+
+
+def _fatal(task: asyncio.Task) -> None:
+    """A link task that dies would leave the page saying nothing: end the station, loudly."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("station task failed", exc_info=task.exception())
+        raise SystemExit(1)
+
+
+def _scan_headers(item) -> tuple:
+    return cloudevent_headers(
+        f"scan/{item['scan_id']}",
+        "cn.greenchannel.checkpoint.scan",
+        f"/greenchannel/station/{item['checkpoint_id']}",
+        item["scanned_at"],
+    )
+
+
+async def _reachable(bootstrap: str) -> bool:
+    for server in bootstrap.split(","):
+        host, _, port = server.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1.0)
+        except (TimeoutError, OSError):
+            continue
+        writer.close()
+        return True
+    return False

@@ -1,0 +1,313 @@
+"""The station's offline store: one SQLite file of the passes crossing its checkpoints, the keys it
+was given and the scan outbox (each scan recorded here first, sent by the forwarder in order).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+from models.keyring import ACTIVE, KeyEntry, Keyring, parse_key_entry
+from models.passes import unverified_claims
+from models.records import format_time, parse_time
+
+from ..keys import public_pem
+
+__all__ = ["Store", "station_path", "route_ids", "ARRIVALS_AHEAD", "ARRIVALS_LATE"]
+
+ARRIVALS_AHEAD = timedelta(hours=12)  # "expected arrivals": due within this
+ARRIVALS_LATE = timedelta(hours=2)  # and those this late, not yet seen here
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pass (
+    pass_id TEXT PRIMARY KEY, plate TEXT NOT NULL, priority TEXT, toll_exempt INTEGER,
+    valid_from TEXT NOT NULL, valid_until TEXT NOT NULL, trip TEXT, route TEXT NOT NULL, token TEXT,
+    origin TEXT, destination TEXT, status TEXT NOT NULL, status_at TEXT, reason TEXT, last_checkpoint TEXT);
+CREATE INDEX IF NOT EXISTS pass_plate ON pass (plate);
+CREATE TABLE IF NOT EXISTS stop (
+    pass_id TEXT NOT NULL, position INTEGER NOT NULL, checkpoint_id TEXT NOT NULL, name TEXT, eta TEXT NOT NULL,
+    eta_s REAL NOT NULL, PRIMARY KEY (pass_id, position));
+CREATE INDEX IF NOT EXISTS stop_due ON stop (checkpoint_id, eta_s);
+CREATE INDEX IF NOT EXISTS stop_of_pass ON stop (pass_id, checkpoint_id);
+CREATE TABLE IF NOT EXISTS key (kid TEXT PRIMARY KEY, pem BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS key_status (
+    kid TEXT NOT NULL, status TEXT NOT NULL, effective_at TEXT NOT NULL, PRIMARY KEY (kid, status, effective_at));
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, scan_id TEXT UNIQUE NOT NULL, pass_id TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL, kind TEXT NOT NULL, plate TEXT NOT NULL, scanned_at TEXT NOT NULL,
+    body BLOB NOT NULL, sent_at TEXT, answer TEXT);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent_at, seq);
+CREATE INDEX IF NOT EXISTS outbox_of_pass ON outbox (pass_id, checkpoint_id, seq);
+CREATE TABLE IF NOT EXISTS station (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def station_path(data_dir: Path, checkpoint_ids: list[str]) -> Path:
+    return Path(data_dir) / "stations" / f"{'+'.join(sorted(checkpoint_ids))}.db"
+
+
+def route_ids(route: dict) -> list[str]:
+    return [c["checkpoint_id"] for c in route["checkpoints"]]
+
+
+class Store:
+    """The station's SQLite file: passes crossing its checkpoints, cached keys, the scan outbox."""
+
+    def __init__(self, path: Path, checkpoint_ids: list[str], names=None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # a recorded scan survives the machine too
+        self.db.executescript(_SCHEMA)
+        self.ids = list(checkpoint_ids)
+        self._names = names or (lambda adcode: adcode)
+        # This station's own id, made once: its consumer group, so that a restart resumes where it
+        # was and a second station at the same checkpoint (another lane) still reads everything.
+        self.db.execute("INSERT OR IGNORE INTO station VALUES ('uid', ?)", (uuid.uuid4().hex[:12],))
+        self.uid = self.db.execute("SELECT value FROM station WHERE name = 'uid'").fetchone()[0]
+        for r in self.db.execute(
+            "SELECT pass_id, route FROM pass WHERE pass_id NOT IN (SELECT pass_id FROM stop)"
+        ).fetchall():  # a file kept before stops were
+            self._stops(r["pass_id"], orjson.loads(r["route"]))
+
+    def crosses(self, route: dict) -> bool:
+        return any(c in self.ids for c in route_ids(route))
+
+    # --- what the broker tells the station ------------------------------------------------------
+    def take_decision(self, d: dict) -> bool:
+        p = d.get("pass")
+        if d.get("decision") != "approved" or not p or not self.crosses(p["route"]):
+            return False
+        if self.db.execute(
+            "INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL) ON CONFLICT (pass_id) DO NOTHING",
+            (
+                p["pass_id"],
+                p["plate"],
+                p.get("priority"),
+                int(bool(p.get("toll_exempt"))),
+                p["valid_from"],
+                p["valid_until"],
+                p.get("trip"),
+                orjson.dumps(p["route"]).decode(),
+                p["token"],
+                self._place(p["route"]["adcodes"][0]),
+                p["route"]["checkpoints"][-1]["name"],
+                "issued",
+                None,
+                None,
+            ),
+        ).rowcount:
+            self._stops(p["pass_id"], p["route"])
+        return True
+
+    def take_status(self, e: dict) -> bool:
+        """The pass's status as the tracker last said; a reroute brings its new route and token
+        (and a pass rerouted onto this station, known from its token's claims)."""
+        cause = e.get("cause") or ""
+        if cause.startswith("scan:"):
+            self.db.execute("UPDATE outbox SET answer = ? WHERE scan_id = ?", (orjson.dumps(e).decode(), cause[5:]))
+        if e.get("route") and e.get("token"):
+            self._take_route(e)
+        changed = self.db.execute(
+            "UPDATE pass SET status = ?, status_at = ?, reason = ?, last_checkpoint = coalesce(?, last_checkpoint)"
+            " WHERE pass_id = ?",
+            (e["status"], e.get("at"), e.get("reason"), e.get("checkpoint_id"), e["pass_id"]),
+        ).rowcount
+        return bool(changed) or cause.startswith("scan:")
+
+    def _take_route(self, e: dict) -> None:
+        route = orjson.dumps(e["route"]).decode()
+        if self.db.execute(
+            "UPDATE pass SET route = ?, token = ? WHERE pass_id = ?", (route, e["token"], e["pass_id"])
+        ).rowcount:
+            self._stops(e["pass_id"], e["route"])
+            return
+        if not self.crosses(e["route"]):
+            return
+        claims = unverified_claims(e["token"])
+        self.db.execute(
+            "INSERT INTO pass (pass_id, plate, valid_from, valid_until, route, token, origin, destination,"
+            " status) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                e["pass_id"],
+                claims["plate"],
+                claims["nbf"],
+                claims["exp"],
+                route,
+                e["token"],
+                self._place(e["route"]["adcodes"][0]),
+                e["route"]["checkpoints"][-1]["name"],
+                e["status"],
+            ),
+        )
+        self._stops(e["pass_id"], e["route"])
+
+    def _stops(self, pass_id: str, route: dict) -> None:
+        """The pass's checkpoints in route order with their ETAs: what "expected arrivals" reads by
+        ETA, and where the pass's last checkpoint lies on its route (derived from the route, kept
+        with it)."""
+        self.db.execute("DELETE FROM stop WHERE pass_id = ?", (pass_id,))
+        self.db.executemany(
+            "INSERT INTO stop VALUES (?,?,?,?,?,?)",
+            [
+                (pass_id, n, c["checkpoint_id"], c.get("name"), c["eta"], parse_time(c["eta"]).timestamp())
+                for n, c in enumerate(route["checkpoints"])
+            ],
+        )
+
+    def _place(self, adcode: str) -> str:
+        try:
+            return self._names(adcode)
+        except KeyError:
+            return adcode
+
+    # --- what the station reads ------------------------------------------------------------------
+    def row(self, pass_id: str | None) -> dict | None:
+        found = self.db.execute("SELECT * FROM pass WHERE pass_id = ?", (pass_id,)).fetchone()
+        if found is None:
+            return None
+        row = dict(found)
+        row["route"] = orjson.loads(row["route"])
+        row["toll_exempt"] = bool(row["toll_exempt"])
+        return row
+
+    def by_plate(self, plate: str) -> str | None:
+        """The pass of `plate` that runs longest (a vehicle has one pass at a time)."""
+        found = self.db.execute(
+            "SELECT pass_id FROM pass WHERE plate = ? ORDER BY valid_until DESC LIMIT 1", (plate,)
+        ).fetchone()
+        return found and found["pass_id"]
+
+    def expected(self, now: datetime) -> list[dict]:
+        """Passes due at one of the station's checkpoints from ARRIVALS_LATE ago to ARRIVALS_AHEAD on,
+        not ended or suspended, and neither scanned there by the station nor seen there or beyond
+        by the system, by ETA: read through the ETA index, whatever the store holds."""
+        marks = ",".join("?" * len(self.ids))
+        rows = self.db.execute(
+            f"SELECT p.pass_id, p.plate, p.priority, p.toll_exempt, p.origin, p.destination, s.checkpoint_id, s.eta,"
+            f" p.status FROM stop s JOIN pass p ON p.pass_id = s.pass_id"
+            f" WHERE s.checkpoint_id IN ({marks}) AND s.eta_s BETWEEN ? AND ?"
+            f" AND p.status NOT IN ('delivered','revoked','expired','suspended')"
+            f" AND s.position > coalesce((SELECT min(r.position) FROM stop r WHERE r.pass_id = p.pass_id"
+            f"                            AND r.checkpoint_id = p.last_checkpoint), -1)"
+            f" AND NOT EXISTS (SELECT 1 FROM outbox o"
+            f" WHERE o.pass_id = s.pass_id AND o.checkpoint_id = s.checkpoint_id)"
+            f" ORDER BY s.eta_s, s.pass_id",
+            (*self.ids, (now - ARRIVALS_LATE).timestamp(), (now + ARRIVALS_AHEAD).timestamp()),
+        )
+        return [{**dict(r), "toll_exempt": bool(r["toll_exempt"])} for r in rows]
+
+    def checkpoint_names(self) -> dict[str, str]:
+        names = {i: i for i in self.ids}
+        marks = ",".join("?" * len(self.ids))
+        for r in self.db.execute(
+            f"SELECT checkpoint_id, max(name) name FROM stop WHERE checkpoint_id IN ({marks})"
+            f" AND name IS NOT NULL GROUP BY checkpoint_id",
+            self.ids,
+        ):
+            names[r["checkpoint_id"]] = r["name"]
+        return names
+
+    # --- keys ----------------------------------------------------------------------------------------
+    def cache_keys(self, ring: dict) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO key VALUES (?, ?)", [(k, public_pem(v)) for k, v in ring.items()])
+
+    def take_key(self, record: dict, timestamp_ms: int | None = None) -> KeyEntry:
+        """A record of the keys topic (a key active, or withdrawn, from a time), read as the worker
+        reads it (`models.keyring.parse_key_entry`: ValueError unless its kid is its key's own), cached."""
+        entry = parse_key_entry(record, timestamp_ms=timestamp_ms)
+        self.cache_keys({entry.kid: entry.public_key})
+        since = "" if entry.effective_at is None else format_time(entry.effective_at)  # "": since ever
+        self.db.execute("INSERT OR IGNORE INTO key_status VALUES (?, ?, ?)", (entry.kid, entry.status, since))
+        return entry
+
+    def keyring(self) -> Keyring:
+        """Every key cached (a key given as a file, or taken before withdrawals were recorded: active
+        since ever), with each status the keys topic gave it."""
+        from cryptography.hazmat.primitives import serialization
+
+        ring = Keyring()
+        for r in self.db.execute("SELECT * FROM key"):
+            ring.add(r["kid"], serialization.load_pem_public_key(r["pem"]), ACTIVE)
+        for r in self.db.execute("SELECT * FROM key_status"):
+            ring.add(
+                r["kid"],
+                ring.public_keys[r["kid"]],
+                r["status"],
+                parse_time(r["effective_at"]) if r["effective_at"] else None,
+            )
+        return ring
+
+    # --- the outbox ----------------------------------------------------------------------------------
+    def record(self, scan: dict) -> None:
+        self.db.execute(
+            "INSERT INTO outbox (scan_id, pass_id, checkpoint_id, kind, plate, scanned_at, body)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (
+                scan["scan_id"],
+                scan["pass_id"],
+                scan["checkpoint_id"],
+                scan["kind"],
+                scan["plate"],
+                scan["scanned_at"],
+                orjson.dumps(scan),
+            ),
+        )
+
+    def next_unsent(self) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT 1").fetchone()
+
+    def mark_sent(self, seq: int, at: str) -> None:
+        self.db.execute("UPDATE outbox SET sent_at = ? WHERE seq = ?", (at, seq))
+
+    def queued(self) -> int:
+        return self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+
+    def present(self) -> list[dict]:
+        """Vehicles whose last scan here was an arrival: at the checkpoint now."""
+        rows = self.db.execute(
+            "SELECT o.* FROM outbox o JOIN (SELECT max(seq) seq FROM outbox GROUP BY pass_id, checkpoint_id) m"
+            " ON o.seq = m.seq WHERE o.kind = 'arrival' ORDER BY o.seq"
+        )
+        return [{k: r[k] for k in ("pass_id", "plate", "checkpoint_id", "scanned_at")} for r in rows]
+
+    def arrival(self, pass_id: str, checkpoint_id: str) -> sqlite3.Row | None:
+        return self.db.execute(
+            "SELECT * FROM outbox WHERE pass_id = ? AND checkpoint_id = ? ORDER BY seq DESC LIMIT 1",
+            (pass_id, checkpoint_id),
+        ).fetchone()
+
+    def recent(self, limit: int = 12) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM outbox ORDER BY seq DESC LIMIT ?", (limit,))
+        return [
+            {
+                "scan_id": r["scan_id"],
+                "pass_id": r["pass_id"],
+                "plate": r["plate"],
+                "kind": r["kind"],
+                "checkpoint_id": r["checkpoint_id"],
+                "scanned_at": r["scanned_at"],
+                "sent": r["sent_at"] is not None,
+                "answer": r["answer"] and orjson.loads(r["answer"]),
+            }
+            for r in rows
+        ]
+
+    def transaction(self):
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
