@@ -28,7 +28,6 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -45,6 +44,7 @@ from tests.support.faults import (
     pass_figures,
     record,
     settle,
+    status_counts_by_cause,
     tally,
     worker_alive,
     worker_killed_mid_stream,
@@ -90,13 +90,7 @@ def figures_file(tmp_path_factory) -> Path:
 
 
 def scan_answer_counts(system: System, scan_ids: list[str]) -> Counter:
-    causes = {f"scan:{s}" for s in scan_ids}
-    counts: Counter = Counter()
-    for m in system.tap.where(system.topics.status):
-        cause = orjson.loads(m.value).get("cause")
-        if cause in causes:
-            counts[cause[5:]] += 1
-    return counts
+    return status_counts_by_cause(system, "scan", scan_ids)
 
 
 async def topic_replicas(connection: Connection, prefixes: tuple[str, ...]) -> dict[str, set[int]]:

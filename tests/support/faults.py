@@ -135,13 +135,18 @@ def issued_counts(system: System, ids: list[str]) -> tuple[list[str], Counter]:
             if m.json["decision"] == "approved"
         }
     )
-    causes = {f"decision:{sid}" for sid in approved}
+    return approved, status_counts_by_cause(system, "decision", approved)
+
+
+def status_counts_by_cause(system: System, kind: str, ids: list[str]) -> Counter:
+    """How many status events each of `ids` caused, by their cause `kind:id` (decision or scan)."""
+    causes = {f"{kind}:{i}" for i in ids}
     counts: Counter = Counter()
     for m in system.tap.where(system.topics.status):
         cause = orjson.loads(m.value).get("cause")
         if cause in causes:
-            counts[cause[9:]] += 1
-    return approved, counts
+            counts[cause[len(kind) + 1 :]] += 1
+    return counts
 
 
 def internal_errors(system: System) -> list[str]:
