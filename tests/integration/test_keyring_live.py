@@ -100,25 +100,29 @@ async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own
     assert (await scanned(system, old, reissue["token"]))["status"] == "at_checkpoint"
 
     # A station takes the ring from the topic; restarted with no broker at all, it still refuses
-    # the withdrawn key's token and lets the reissued one through.
+    # the withdrawn key's token and lets the reissued one through. The keys topic is keyed by kid,
+    # so the withdrawal and the rotated key's record sit in different partitions and may reach the
+    # station in either order: it has caught up once it knows both.
     here = old["route"]["checkpoints"][0]["checkpoint_id"]
     station = start_station(system.env, tmp_path, [here], keys / "pass-signing.pub").ready()
     try:
-        answer = await until(
-            _refused(station.url, old["token"], here),
+        await until(
+            _caught_up(station.url, here, refused=old["token"], green=reissue["token"]),
             STATION_TIMEOUT,
-            "the station to refuse the withdrawn key's token",
+            "the station to refuse the withdrawn key's token and take the rotated key's",
         )
-        assert answer["reason"] == "key_withdrawn"
     finally:
         stop_processes([station.proc])
     offline = {**system.env, "GC_BROKER_URL": f"kafka://127.0.0.1:{free_port()}"}
     station = start_station(offline, tmp_path, [here], tmp_path / "no-key-file.pub", "offline").ready()
     try:
-        assert (await station_says(station.url, old["token"], here))["reason"] == "key_withdrawn"
-        assert (await station_says(station.url, reissue["token"], here))["green"]
+        answer = await station_says(station.url, old["token"], here)
+        assert answer["reason"] == "key_withdrawn", answer
+        answer = await station_says(station.url, reissue["token"], here)
+        assert answer["green"], answer
         assert new["route"]["checkpoints"][0]["checkpoint_id"] == here  # the same route: Hangzhou to Xinyu
-        assert (await station_says(station.url, new["token"], here))["green"]
+        answer = await station_says(station.url, new["token"], here)
+        assert answer["green"], answer
     finally:
         stop_processes([station.proc])
 
@@ -129,9 +133,11 @@ async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own
     assert report["decisions"]["matched"] == report["decisions"]["recorded"] >= 2
 
 
-def _refused(url: str, token: str, checkpoint_id: str):
+def _caught_up(url: str, checkpoint_id: str, *, refused: str, green: str):
+    """True once the station refuses `refused` (key_withdrawn) and lets `green` through."""
+
     async def check():
-        answer = await station_says(url, token, checkpoint_id)
-        return answer if answer["reason"] == "key_withdrawn" else None
+        withdrawn = (await station_says(url, refused, checkpoint_id))["reason"] == "key_withdrawn"
+        return withdrawn and (await station_says(url, green, checkpoint_id))["green"]
 
     return check
