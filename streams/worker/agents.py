@@ -10,8 +10,10 @@ pass's partition.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import faust
 
@@ -47,65 +49,77 @@ def register_reference_load(app: faust.App, runtime: Runtime) -> None:
 
 def register_decide(app: faust.App, runtime: Runtime, requests: faust.TopicT) -> None:
     """Decide each pass request (and issue its pass), once the reference data is loaded."""
-    pipeline, tables, guarded, in_flight = runtime.pipeline, runtime.tables, runtime.guarded, runtime.in_flight
-    names = pipeline.topics
-
-    @app.agent(requests)
-    async def decide(stream):
-        await runtime.ready.wait()
-        async for event in stream.events():
-            async with in_flight():
-                await guarded(
-                    names.requests,
-                    event,
-                    partial(pipeline.on_request, event.key, event.value, meta(event), tables=tables),
-                )
+    pipeline, tables = runtime.pipeline, runtime.tables
+    _register_guarded(
+        app,
+        runtime,
+        requests,
+        "decide",
+        lambda event: partial(pipeline.on_request, event.key, event.value, meta(event), tables=tables),
+    )
 
 
 def register_scan(app: faust.App, runtime: Runtime, scans: faust.TopicT) -> None:
-    """Apply each checkpoint scan."""
-    pipeline, tables, guarded, in_flight = runtime.pipeline, runtime.tables, runtime.guarded, runtime.in_flight
-    names = pipeline.topics
-
-    @app.agent(scans)
-    async def scan(stream):
-        async for event in stream.events():
-            async with in_flight():
-                await guarded(
-                    names.scans, event, partial(pipeline.on_scan, event.key, event.value, meta(event), tables=tables)
-                )
+    """Apply each checkpoint scan (re-keyed to its pass: no reference data needed, so no wait)."""
+    pipeline, tables = runtime.pipeline, runtime.tables
+    _register_guarded(
+        app,
+        runtime,
+        scans,
+        "scan",
+        lambda event: partial(pipeline.on_scan, event.key, event.value, meta(event), tables=tables),
+        after_ready=False,
+    )
 
 
 def register_reference_data(app: faust.App, runtime: Runtime, reference: faust.TopicT) -> None:
     """Apply each risk-level, key-enterprise and key record, after the whole topics were loaded."""
-    guarded, in_flight = runtime.guarded, runtime.in_flight
     handlers = reference_handlers(runtime.pipeline)
-
-    @app.agent(reference)
-    async def reference_data(stream):
-        await runtime.ready.wait()
-        async for event in stream.events():
-            handler = handlers[event.message.topic]
-            async with in_flight():
-                await guarded(event.message.topic, event, partial(handler, event.key, event.value, meta(event)))
+    _register_guarded(
+        app,
+        runtime,
+        reference,
+        "reference_data",
+        lambda event: partial(handlers[event.message.topic], event.key, event.value, meta(event)),
+    )
 
 
 def register_track(app: faust.App, runtime: Runtime, pass_events: faust.TopicT) -> None:
-    """Apply each pass event on its pass's partition."""
-    pipeline, tables, guarded, in_flight = runtime.pipeline, runtime.tables, runtime.guarded, runtime.in_flight
-    names = pipeline.topics
+    """Apply each pass event on its pass's partition: re-keyed scans and the risk, key-list and
+    keyring broadcasts."""
+    pipeline, tables = runtime.pipeline, runtime.tables
+    _register_guarded(
+        app,
+        runtime,
+        pass_events,
+        "track",
+        lambda event: partial(pipeline.on_pass_event, event.value, partition=event.message.partition, tables=tables),
+    )
 
-    @app.agent(pass_events)
-    async def track(stream):
-        """Re-keyed scans and the risk, key-list and keyring broadcasts, on each pass's partition."""
-        await runtime.ready.wait()
+
+def _register_guarded(
+    app: faust.App,
+    runtime: Runtime,
+    channel: faust.TopicT,
+    name: str,
+    handler_for: Callable[[Any], Callable[[], list]],
+    *,
+    after_ready: bool = True,
+) -> None:
+    """The agent `name` on `channel`: each event, one at a time, goes to `handler_for(event)` through
+    `Runtime.guarded` (its table writes and outputs sent before the next event); with `after_ready`,
+    once the reference data is loaded."""
+    guarded, in_flight, ready = runtime.guarded, runtime.in_flight, runtime.ready
+
+    async def agent(stream) -> None:
+        if after_ready:
+            await ready.wait()
         async for event in stream.events():
             async with in_flight():
-                await guarded(
-                    names.pass_events,
-                    event,
-                    partial(pipeline.on_pass_event, event.value, partition=event.message.partition, tables=tables),
-                )
+                await guarded(event, handler_for(event))
+
+    agent.__name__ = agent.__qualname__ = name
+    app.agent(channel, name=f"{__name__}.{name}")(agent)
 
 
 def register_clock(app: faust.App, runtime: Runtime, seconds: float) -> None:

@@ -54,9 +54,10 @@ class Runtime:
         self.gate.install(self.app.consumer)
         return self.gate.event()
 
-    async def guarded(self, topic: str, event, handle) -> None:
-        """An agent never dies on a message: an unexpected error dead-letters it instead."""
-        pipeline, meter = self.pipeline, self.meter
+    async def guarded(self, event, handle) -> None:
+        """`handle()` for one event, and its table writes and outputs sent (under exactly_once, in its
+        partition's transaction). An agent never dies on a message: an unexpected error dead-letters it."""
+        pipeline, meter, topic = self.pipeline, self.meter, event.message.topic
         started = time.perf_counter()
         try:
             outs = await signed(handle, where=self.settings.keys_path)

@@ -119,7 +119,7 @@ async def test_an_events_table_writes_go_out_before_its_outputs_on_its_partition
         runtime.changelog.append(("gc-test-passes-changelog", b"p1", b"state"))
         return [Out("gc.pass.decisions", b"s1", b"decision")]
 
-    await runtime.guarded("gc.shipment.requests", fake_event(), handle)
+    await runtime.guarded(fake_event(), handle)
     tid = "gc-test-0-2" if guarantee == "exactly_once" else None
     assert runtime.app.producer.sent == [
         ("gc-test-passes-changelog", b"p1", b"state", 2, tid),
@@ -134,7 +134,7 @@ async def test_an_unexpected_error_dead_letters_the_event():
     def handle():
         raise ValueError("boom")
 
-    await runtime.guarded("gc.shipment.requests", fake_event(), handle)
+    await runtime.guarded(fake_event(), handle)
     [(topic, key, value, partition, _)] = runtime.app.producer.sent
     assert (topic, key, value) == ("gc.dead-letters", b"dead", b"gc.shipment.requests internal error: ValueError: boom")
     assert runtime.meter.handled_topics == []
