@@ -37,7 +37,7 @@ from sqlmodel import Session, select
 
 from models.mapregions import feature_levels
 from models.passes import ACTIVE
-from models.records import Unparseable, format_time, load_object, parse_risk
+from models.records import LEVEL_RANK, Unparseable, format_time, load_object, parse_risk
 from models.reference import RiskBook
 from models.store.db import (
     active_pass_places,
@@ -160,7 +160,7 @@ class Dashboard:
         changed = {f: n for f, n in levels.items() if self.levels.get(f) != n}
         self.levels = levels
         self.declared = [
-            {"adcode": a, "level": lv, "name": self.gazetteer.region_name(a) or a}
+            {"adcode": a, "level": lv, "rank": LEVEL_RANK[lv], "name": self.gazetteer.region_name(a) or a}
             for a, lv in self.book.snapshot(now).items()
         ]
         if changed:

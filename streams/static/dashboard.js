@@ -1,6 +1,7 @@
 // The operators' live page: the state arrives as the first server-sent event, then each panel's
 // changes as events of their own (streams/dashboard.py). No page reloads, no CDN.
 "use strict";
+// By rank (models.records.LEVEL_RANK): the server sends ranks, never level names to compare.
 const LEVEL = [{label: "低 low", color: "#b7dfb9"}, {label: "中 medium", color: "#f6b54a"}, {label: "高 high", color: "#d7301f"}];
 const TOKEN = new URLSearchParams(location.search).get("token");
 const withToken = (path) => TOKEN ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(TOKEN)}` : path;
@@ -56,8 +57,8 @@ function paintLevels(changed) {
 }
 
 function paintDeclared(declared) {
-  $("#declared").innerHTML = declared.filter((d) => d.level !== "low").map((d) =>
-    `<li><b style="color:${LEVEL[["low", "medium", "high"].indexOf(d.level)].color}">${esc(d.level)}</b>${esc(d.name)} <small>${esc(d.adcode)}</small></li>`
+  $("#declared").innerHTML = declared.filter((d) => d.rank > 0).map((d) =>
+    `<li><b style="color:${LEVEL[d.rank].color}">${esc(d.level)}</b>${esc(d.name)} <small>${esc(d.adcode)}</small></li>`
   ).join("") || "<li>no region above low risk</li>";
 }
 

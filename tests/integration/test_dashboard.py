@@ -97,6 +97,11 @@ async def test_the_map_draws_the_regions_and_wuhan_turns_high_risk_without_a_rel
     assert abs(wuhan["pixel"][0] - 0xD7) < 12 and abs(wuhan["pixel"][1] - 0x30) < 12, wuhan  # red on screen
     assert await page.evaluate("window.__sameDocument === true")  # no reload happened
     assert "武汉市" in await page.inner_text("#declared")
+    declared = await page.evaluate(
+        """() => [...document.querySelectorAll('#declared li')].filter((li) => li.textContent.includes('武汉市'))
+                 .map((li) => [li.querySelector('b').textContent, li.querySelector('b').style.color])"""
+    )
+    assert declared == [["high", "rgb(215, 48, 31)"]], declared  # the high colour, #d7301f
 
 
 def _tibet_to_qinghai(n: int) -> dict:
