@@ -26,10 +26,12 @@ from models.tracking import Tracker
 from streams.bootstrap import build_pipeline
 from streams.dev.simulator import Scenario, make_credit_code
 from streams.handlers import Pipeline, RecordMeta, Tables, Topics
+from streams.keys import key_id
 from streams.settings import Settings
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+SIGNER = Signer(KEY, key_id(KEY.public_key()))  # the test key under its real key id
 T = Topics.with_prefix("gc.")
 
 
@@ -86,6 +88,40 @@ def wuhan_to_guangzhou(tracker: Tracker, **fields) -> PassState:
         route=route.to_dict(),
     )
     return PassState(**{**base, **fields})
+
+
+def token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:
+    """The token `signer` gives `state` (its claims as the worker makes them; `claims` override them)."""
+    return signer.token(
+        {
+            "pid": state.pass_id,
+            "plate": state.plate,
+            "nbf": state.valid_from,
+            "exp": state.valid_until,
+            "rt": state.route["adcodes"],
+            "cp": state.checkpoint_ids,
+            **claims,
+        }
+    )
+
+
+def decision_of(state: PassState) -> dict:
+    """An approval of `state`, as the decisions topic carries it, its token signed by SIGNER."""
+    return {
+        "decision": "approved",
+        "shipment_id": state.shipment_id,
+        "pass": {
+            "pass_id": state.pass_id,
+            "plate": state.plate,
+            "priority": state.priority,
+            "toll_exempt": True,
+            "valid_from": state.valid_from,
+            "valid_until": state.valid_until,
+            "trip": state.trip,
+            "route": state.route,
+            "token": token_of(state),
+        },
+    }
 
 
 def forged(token: str) -> str:

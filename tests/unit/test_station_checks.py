@@ -28,12 +28,20 @@ from streams.keys import key_id
 from streams.pass_print import find_cjk_font, pass_from_decision, render_pass
 from streams.station.checks import check
 from streams.station.store import Store
-from tests.support.factories import DEPARTURE, forged, make_pipeline, make_tracker, wuhan_to_guangzhou
+from tests.support.factories import (
+    DEPARTURE,
+    KEY,
+    SIGNER,
+    decision_of,
+    forged,
+    make_pipeline,
+    make_tracker,
+    token_of,
+    wuhan_to_guangzhou,
+)
 
-KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 KEYS = {key_id(KEY.public_key()): KEY.public_key()}
-SIGNER = Signer(KEY, key_id(KEY.public_key()))
 
 
 @pytest.fixture(scope="module")
@@ -44,38 +52,6 @@ def tracker():
 @pytest.fixture(scope="module")
 def the_pass(tracker) -> PassState:
     return wuhan_to_guangzhou(tracker, priority="P0", trip="single")
-
-
-def token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:
-    return signer.token(
-        {
-            "pid": state.pass_id,
-            "plate": state.plate,
-            "nbf": state.valid_from,
-            "exp": state.valid_until,
-            "rt": state.route["adcodes"],
-            "cp": state.checkpoint_ids,
-            **claims,
-        }
-    )
-
-
-def decision_of(state: PassState) -> dict:
-    return {
-        "decision": "approved",
-        "shipment_id": state.shipment_id,
-        "pass": {
-            "pass_id": state.pass_id,
-            "plate": state.plate,
-            "priority": state.priority,
-            "toll_exempt": True,
-            "valid_from": state.valid_from,
-            "valid_until": state.valid_until,
-            "trip": state.trip,
-            "route": state.route,
-            "token": token_of(state),
-        },
-    }
 
 
 FAR = timedelta(hours=49)
