@@ -178,18 +178,50 @@ class Station:
             )
         )
         try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-                if not batch:
-                    continue
-                self._take(batch)
-                try:
-                    await consumer.commit()
-                except KafkaError as exc:  # read again after a restart: the store's writes are idempotent
-                    log.warning("offsets not committed: %s", exc)
-                self.publish()
+            await self.read(consumer)
         finally:
             await consumer.stop()
+
+    async def read(self, consumer: AIOKafkaConsumer) -> None:
+        """Take what `consumer` reads of decisions, statuses and keys into the store, for good,
+        committing after each batch."""
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+            if not batch:
+                continue
+            await self._take_in_order(consumer, batch)
+            try:
+                await consumer.commit()
+            except KafkaError as exc:  # read again after a restart: the store's writes are idempotent
+                log.warning("offsets not committed: %s", exc)
+            self.publish()
+
+    async def _take_in_order(self, consumer: AIOKafkaConsumer, batch: dict) -> None:
+        """Take a batch, its statuses last, once the decisions are read up to where they ended when
+        the statuses had been fetched. A status follows its pass's decision in time (under
+        exactly_once, in the same transaction or a later one), but on another topic, read at its own
+        pace: a status taken before its decision would match no pass here and be lost, and the
+        decision then taken as `issued` (a pass revoked before a fresh station started, shown GREEN).
+        Decisions read to catch up are taken as they come, so a station reading the whole log from
+        the beginning holds at most one batch of statuses."""
+        statuses = {tp: rs for tp, rs in batch.items() if tp.topic == self.topics.status}
+        self._take({tp: rs for tp, rs in batch.items() if tp.topic != self.topics.status})
+        if not statuses:
+            return
+        decisions = [tp for tp in consumer.assignment() if tp.topic == self.topics.decisions]
+        ends = await self._end_offsets(consumer, decisions)
+        while behind := [tp for tp in decisions if await consumer.position(tp) < ends[tp]]:
+            self._take(await consumer.getmany(*behind, timeout_ms=500, max_records=2000))
+        self._take(statuses)
+
+    async def _end_offsets(self, consumer: AIOKafkaConsumer, partitions: list) -> dict:
+        """Their end offsets (last stable, reading committed), asked again while the broker is away."""
+        while True:
+            try:
+                return await consumer.end_offsets(partitions)
+            except KafkaError as exc:
+                self._offline(exc)
+                await asyncio.sleep(1)  # the broker is away: ask again, as _started does
 
     def _take(self, batch: dict) -> None:
         with self.store.transaction():
