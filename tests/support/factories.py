@@ -10,7 +10,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -186,6 +186,25 @@ async def until(predicate, timeout: float, what: str, alive=lambda: True):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.1)  # polling a condition with a deadline
+
+
+async def handled(system, topic: str, partitions: Iterable[int], timeout: float = STATION_TIMEOUT, alive=lambda: True):
+    """Wait until the worker has handled every record sent so far to `partitions` of `topic`, and
+    the tap has read what it wrote meanwhile: a malformed marker sent to each partition is
+    dead-lettered after every earlier record of that partition (the worker handles a partition in
+    order), whose outputs were committed with or before the marker's dead letter."""
+    tag, partitions, keys = uuid.uuid4().hex[:8], sorted(partitions), set()
+    for p in partitions:
+        key = f"marker-{tag}-{p}".encode()
+        await system.producer.send_and_wait(topic, b"marker: not json", key=key, partition=p)
+        keys.add(key)
+    await until(
+        lambda: {m.key for m in system.tap.where(system.topics.deadletter)} >= keys,
+        timeout,
+        f"the markers of {topic} partitions {partitions}",
+        alive,
+    )
+    await system.tap.caught_up([system.topics.decisions, system.topics.status, system.topics.deadletter])
 
 
 def allocated(make) -> tuple[int, object]:
