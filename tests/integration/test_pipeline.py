@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
 from datetime import timedelta
 
@@ -15,7 +14,7 @@ from models.passes import verify_token
 from models.records import format_time, parse_time
 from streams.dev.simulator import Scenario, scans_for
 from streams.keys import load_public_key
-from tests.support.factories import load_key_enterprises
+from tests.support.factories import load_key_enterprises, until
 
 CE_HEADERS = {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "content-type"}
 
@@ -320,15 +319,16 @@ async def test_pass_show_prints_the_pass_and_its_history_from_the_database(syste
     await system.tap.wait_for(
         system.topics.status, lambda m: m.key == pass_id.encode() and m.json["status"] == "delivered"
     )
-    # The projection is asynchronous: poll the CLI until the history is complete.
-    deadline = time.monotonic() + 30
-    while True:
-        result = system.cli("pass", "show", pass_id)
-        if result.returncode == 0 and "delivered" in result.stdout and "arrived_at_destination" in result.stdout:
-            break
-        assert time.monotonic() < deadline, result.stdout + result.stderr
-    assert decision["pass"]["plate"] in result.stdout
-    assert "issued" in result.stdout
+    # The projection is asynchronous, and the pass's row may have its statuses (one topic) before
+    # its decision's columns, the plate among them (another topic): poll the CLI until it shows
+    # all that is asserted.
+    wanted = (decision["pass"]["plate"], "issued", "delivered", "arrived_at_destination")
+
+    async def shown() -> bool:
+        result = await asyncio.to_thread(system.cli, "pass", "show", pass_id)
+        return result.returncode == 0 and all(w in result.stdout for w in wanted)
+
+    await until(shown, 30, f"`pass show {pass_id}` with {', '.join(wanted)}")
 
 
 async def test_web_views_show_a_pass_and_checkpoint_waiting_times(system, scenario):

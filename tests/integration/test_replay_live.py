@@ -20,6 +20,7 @@ from models.records import format_time
 from streams.audit import parse_position, rebuild_database, run_replay
 from streams.dev.simulator import Scenario, scans_for
 from streams.settings import Settings
+from tests.support.factories import load_key_enterprises, publish
 
 START = datetime(2020, 3, 1, 8, 0, tzinfo=UTC)
 WUHAN, GUANGZHOU, CHANGSHA = {"adcode": "420111"}, {"adcode": "440106"}, {"adcode": "430104"}
@@ -51,26 +52,13 @@ async def firms(system) -> Scenario:
     is proven applied by a P2 probe request that needs it, re-sent until approved.
     """
     base = Scenario(seed=600, start=START - timedelta(days=1))
-    for entry in base.enterprise_entries():
-        await system.send(system.topics.enterprises, entry, key=entry["credit_code"])
-    pending, deadline, n = list(base.key_enterprises), time.monotonic() + 120, 0
-    while pending:
-        probes = []
-        for code, name in pending:
-            body = base.request(n, kind="P2")
-            body.update(
-                shipment_id=f"PROBE-{uuid.uuid4().hex[:12]}",
-                consignee={"credit_code": code, "name": name},
-                origin={"adcode": "420111"},
-                destination={"adcode": "330106"},
-            )
-            probes.append(body)
-            n += 1
-        decided = await publish(system, base, probes)
-        pending = [
-            firm for firm, body in zip(pending, probes) if decided[body["shipment_id"]]["decision"] != "approved"
-        ]
-        assert time.monotonic() < deadline, f"{len(pending)} key enterprises not applied by the worker"
+
+    def probe(n: int) -> dict:
+        body = base.request(n, kind="P2")
+        body.update(origin={"adcode": "420111"}, destination={"adcode": "330106"})
+        return body
+
+    await load_key_enterprises(system, base, probe)
     return base
 
 
@@ -78,21 +66,6 @@ def scenario_for(firms: Scenario, seed: int, days: int) -> Scenario:
     return Scenario(
         seed=seed, start=START + timedelta(days=days), key_enterprises=firms.key_enterprises, suppliers=firms.suppliers
     )
-
-
-async def publish(system, scenario: Scenario, bodies: list[dict]) -> dict[str, dict]:
-    """Send the requests and wait for one decision each, and for the `issued` status of each
-    pass approved (on Kafka it commits in a transaction of its own, often after the decision's:
-    a replay started in between would miss it); {shipment_id: decision}."""
-    for body in bodies:
-        await system.send(system.topics.requests, body, key=body["shipment_id"])
-    ids = {b["shipment_id"].encode() for b in bodies}
-    found = await system.tap.wait_for(system.topics.decisions, lambda m: m.key in ids, len(ids), timeout=120)
-    passes = {m.json["pass"]["pass_id"].encode() for m in found if m.json["pass"]}
-    await system.tap.wait_for(
-        system.topics.status, lambda m: m.key in passes and m.json["status"] == "issued", len(passes), timeout=120
-    )
-    return {m.key.decode(): m.json for m in found}
 
 
 async def drive(system, decision: dict, seed: int = 1) -> list[dict]:
@@ -126,7 +99,7 @@ async def test_a_clean_replay_proves_every_decision_and_status(system, firms, tm
         scenario.request(40, kind="bad_fields"),
         scenario.request(41, kind="none"),
     ]
-    decided = await publish(system, scenario, bodies)
+    decided = await publish(system, bodies)
     await system.send(system.topics.requests, bodies[0], key=bodies[0]["shipment_id"])  # a repeat
     bad_key = f"bad-{uuid.uuid4().hex[:8]}"
     await system.send(system.topics.requests, b"{not json", key=bad_key)
@@ -196,7 +169,7 @@ async def test_a_tampered_and_an_orphan_decision_fail_the_replay(system, firms):
     scenario = scenario_for(firms, 602, 1)
     since = now_text()
     bodies = [scenario.request(n, kind="P0") for n in range(3)] + [scenario.request(n, kind="none") for n in (3, 4)]
-    decided = await publish(system, scenario, bodies)
+    decided = await publish(system, bodies)
     rejected = decided[bodies[3]["shipment_id"]]
     approved = decided[bodies[0]["shipment_id"]]
     assert rejected["decision"] == "rejected" and approved["decision"] == "approved"
@@ -250,7 +223,7 @@ async def test_a_risk_change_mid_stream_replays_each_decision_with_the_level_of_
 
     before = [made(0, "P0", WUHAN, GUANGZHOU, 0), made(1, "P3", WUHAN, CHANGSHA, 0), made(2, "P2", WUHAN, CHANGSHA, 0)]
     before += [made(n, None, {"adcode": "420111"}, {"adcode": "330106"}, 0) for n in range(3, 12)]
-    first = await publish(system, scenario, before)
+    first = await publish(system, before)
     through, into = first[before[0]["shipment_id"]]["pass"], first[before[1]["shipment_id"]]["pass"]
     also_into = first[before[2]["shipment_id"]]["pass"]
     assert through and into and first[before[2]["shipment_id"]]["decision"] == "approved"
@@ -276,7 +249,7 @@ async def test_a_risk_change_mid_stream_replays_each_decision_with_the_level_of_
         made(21, "P3", WUHAN, CHANGSHA, 3),
         made(22, "P2", WUHAN, CHANGSHA, 3),
     ]
-    second = await publish(system, scenario, after)
+    second = await publish(system, after)
     assert second[after[0]["shipment_id"]]["decision"] == "approved"
     assert not any(a[:2] == "43" for a in second[after[0]["shipment_id"]]["pass"]["route"]["adcodes"][1:-1])
     for b in after[1:]:
@@ -354,7 +327,7 @@ def differences(live: dict, rebuilt: dict) -> str:
 async def test_rebuild_makes_the_same_tables_as_the_live_projection(system, firms, tmp_path):
     scenario = scenario_for(firms, 604, 3)
     bodies = [scenario.request(n) for n in range(12)]
-    decided = await publish(system, scenario, bodies)
+    decided = await publish(system, bodies)
     for i, d in enumerate([d for d in decided.values() if d["pass"]][:2]):
         await drive(system, d, seed=i)
     await system.send(

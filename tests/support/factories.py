@@ -10,7 +10,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -165,25 +165,46 @@ async def decided(system, body: dict) -> dict:
     return decision
 
 
-async def load_key_enterprises(system, scenario: Scenario, probe: Callable[[int], dict], timeout: float = 60) -> None:
-    """Send `scenario`'s key-enterprise list as operators do, and wait until the deciding agent
-    has it: the list reaches it through another topic than the requests, so a request sent at
-    once may be decided first. Ready when a key-industry request `probe(n)` that needs the list is
-    approved (probes have ids of their own, outside the tests')."""
+async def publish(system, bodies: list[dict], timeout: float = STATION_TIMEOUT) -> dict[str, dict]:
+    """Send the requests and wait for one decision each, and for the `issued` status of each
+    pass approved (on Kafka it commits in a transaction of its own, often after the decision's:
+    a reader started in between, such as a replay's window, would miss it); {shipment_id: decision}."""
+    for body in bodies:
+        await system.send(system.topics.requests, body, key=body["shipment_id"])
+    ids = {b["shipment_id"].encode() for b in bodies}
+    found = await system.tap.wait_for(system.topics.decisions, lambda m: m.key in ids, len(ids), timeout=timeout)
+    passes = {m.json["pass"]["pass_id"].encode() for m in found if m.json["pass"]}
+    await system.tap.wait_for(
+        system.topics.status, lambda m: m.key in passes and m.json["status"] == "issued", len(passes), timeout=timeout
+    )
+    return {m.key.decode(): m.json for m in found}
+
+
+async def load_key_enterprises(system, scenario: Scenario, probe: Callable[[int], dict], timeout: float = 120) -> None:
+    """Send `scenario`'s key-enterprise list as operators do, and wait until the worker has
+    applied every entry. The list reaches it through another topic than the requests (each entry
+    on the partition of its credit code), so a request sent at once may be decided before the
+    entry it needs is in the books. Each entry is proven applied by a probe: a key-industry
+    request `probe(n)` with that enterprise as its consignee (and an id of its own, PROBE-…,
+    outside the tests'), re-sent until approved. Probes are real requests: approved ones have
+    passes, whose `issued` status is out too before this returns."""
     for entry in scenario.enterprise_entries():
         await system.send(system.topics.enterprises, entry, key=entry["credit_code"])
-    deadline = time.monotonic() + timeout
-    n = 0
-    while True:
-        body = probe(n)
-        await system.send(system.topics.requests, body, key=body["shipment_id"])
-        [m] = await system.tap.wait_for(
-            system.topics.decisions, lambda m, body=body: m.key == body["shipment_id"].encode(), timeout=STATION_TIMEOUT
-        )
-        if m.json["decision"] == "approved":
-            return
-        assert time.monotonic() < deadline, "the key-enterprise list never reached the worker"
-        n += 1
+    pending, deadline, n = list(scenario.key_enterprises), time.monotonic() + timeout, 0
+    while pending:
+        probes = []
+        for code, name in pending:
+            body = probe(n)
+            body.update(shipment_id=f"PROBE-{uuid.uuid4().hex[:12]}", consignee={"credit_code": code, "name": name})
+            probes.append(body)
+            n += 1
+        answers = await publish(system, probes)
+        refused = [(firm, answers[body["shipment_id"]]) for firm, body in zip(pending, probes)]
+        refused = [(firm, d) for firm, d in refused if d["decision"] != "approved"]
+        others = [d for _, d in refused if d["reasons"][0]["code"] != "no_key_enterprise"]
+        assert not others, f"a probe was refused for another reason than its missing entry: {others[0]}"
+        pending = [firm for firm, _ in refused]
+        assert not pending or time.monotonic() < deadline, f"{len(pending)} key enterprises not applied by the worker"
 
 
 async def until(predicate, timeout: float, what: str, alive=lambda: True):
@@ -201,6 +222,25 @@ async def until(predicate, timeout: float, what: str, alive=lambda: True):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.1)  # polling a condition with a deadline
+
+
+async def handled(system, topic: str, partitions: Iterable[int], timeout: float = STATION_TIMEOUT, alive=lambda: True):
+    """Wait until the worker has handled every record sent so far to `partitions` of `topic`, and
+    the tap has read what it wrote meanwhile: a malformed marker sent to each partition is
+    dead-lettered after every earlier record of that partition (the worker handles a partition in
+    order), whose outputs were committed with or before the marker's dead letter."""
+    tag, partitions, keys = uuid.uuid4().hex[:8], sorted(partitions), set()
+    for p in partitions:
+        key = f"marker-{tag}-{p}".encode()
+        await system.producer.send_and_wait(topic, b"marker: not json", key=key, partition=p)
+        keys.add(key)
+    await until(
+        lambda: {m.key for m in system.tap.where(system.topics.deadletter)} >= keys,
+        timeout,
+        f"the markers of {topic} partitions {partitions}",
+        alive,
+    )
+    await system.tap.caught_up([system.topics.decisions, system.topics.status, system.topics.deadletter])
 
 
 def allocated(make) -> tuple[int, object]:
