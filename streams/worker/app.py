@@ -13,7 +13,7 @@ from ..bootstrap import build_pipeline
 from ..metrics import PrometheusMeter, new_registry
 from ..settings import Settings
 from . import agents
-from .compat import ask_highwaters, seek_before_resume, set_fetch_wait
+from .compat import ask_highwaters, fetch_what_was_asked, seek_before_resume, set_fetch_wait
 from .runtime import Runtime
 from .tables import forget_moved_partitions, open_tables, raw_topic, register_table_partitions
 from .views import register_views
@@ -24,6 +24,7 @@ __all__ = ["create_app"]
 def create_app(settings: Settings) -> faust.App:
     """The worker's app, its core built by `streams.bootstrap`, its agents, tasks and views registered."""
     seek_before_resume()  # a worker taking over a backlog processes each record once (streams.worker.compat)
+    fetch_what_was_asked()  # nothing fetched is skipped unhandled (streams.worker.compat)
     ask_highwaters()  # a worker taking over recovers its tables whole under exactly_once (streams.worker.compat)
     set_fetch_wait(settings.fetch_wait_ms)
     app = faust.App(settings.app_id, **app_config(settings))

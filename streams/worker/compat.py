@@ -23,6 +23,13 @@ so an upgrade that changes one fails there first, by name. Each touch:
   from aiokafka's cached last stable offset, None until the consumer's first fetch of that
   partition, which Faust reads as -1: a worker taking over could recover none of its tables (a
   resent shipment's pass issued a second time). Ask the broker (`end_offsets`) instead.
+* `fetch_what_was_asked`: Faust hands its live set of active partitions to the fetch that runs in
+  its consumer thread, and aiokafka reads an empty set as "every partition". Recovery pauses the
+  changelogs and (`seek_before_resume`) resumes the streams only after the seek: a fetch in flight
+  then drained the stream partitions' records, Faust skipped them as not active, and a partition
+  the seek had already passed stayed at the end, its records never handled (a takeover stall).
+  Fetch only a snapshot of the set (nothing when empty), and seek back any partition whose records
+  are no longer wanted when the fetch returns.
 * `refresh_metadata`: aiokafka's consumer answers `partitions_for_topic` from the client's
   metadata, which Apache Kafka's bootstrap answer leaves without topics.
 * `learn_partitions`: the pass view's `table_route` reads the changelog's partitions from the
@@ -33,12 +40,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import MutableMapping
 from types import SimpleNamespace
 
+from aiokafka.errors import IllegalStateError
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "set_fetch_wait",
@@ -48,6 +59,7 @@ __all__ = [
     "wrap_commit",
     "transactional_id",
     "send_in_partition_transaction",
+    "fetch_what_was_asked",
     "refresh_metadata",
     "learn_partitions",
 ]
@@ -135,6 +147,41 @@ def ask_highwaters() -> None:
     if not getattr(AIOKafkaConsumerThread._highwaters, "__gc_ask_highwaters__", False):
         _highwaters_from_the_broker.__wrapped__ = AIOKafkaConsumerThread._highwaters
         AIOKafkaConsumerThread._highwaters = _highwaters_from_the_broker
+
+
+# --- fetching: only the partitions asked for -------------------------------------------------------
+
+
+def _fetch_asked(fetch_records):
+    @functools.wraps(fetch_records)
+    async def wrapper(self, consumer, active_partitions, timeout=None, max_records=None):
+        if active_partitions is None:  # a client-only app: every partition, as Faust means it
+            return await fetch_records(self, consumer, None, timeout=timeout, max_records=max_records)
+        asked = frozenset(active_partitions)  # a snapshot: the live set changes while we wait
+        if not asked:
+            return {}
+        records = await fetch_records(self, consumer, asked, timeout=timeout, max_records=max_records)
+        # Paused while the fetch waited: Faust would skip these records, and aiokafka's position is
+        # already past them. Put it back (no await since the fetch returned: nothing moved it).
+        wanted = self.consumer._active_partitions or set()
+        buffered = self.consumer._buffered_partitions
+        for tp in [tp for tp in records if tp not in wanted and tp not in buffered]:
+            first = records.pop(tp)[0].offset
+            try:
+                consumer.seek(tp, first)
+            except IllegalStateError:  # revoked meanwhile: its next owner starts from the commit
+                continue
+            logger.warning("Fetched %s from offset %s after it was paused: seeking back there", tp, first)
+        return records
+
+    wrapper.__gc_fetch_what_was_asked__ = True
+    return wrapper
+
+
+def fetch_what_was_asked() -> None:
+    """Make Faust's consumer thread fetch only the partitions active when it asks (idempotent)."""
+    if not getattr(AIOKafkaConsumerThread._fetch_records, "__gc_fetch_what_was_asked__", False):
+        AIOKafkaConsumerThread._fetch_records = _fetch_asked(AIOKafkaConsumerThread._fetch_records)
 
 
 # --- table writes ---------------------------------------------------------------------------------

@@ -284,3 +284,77 @@ async def test_recovery_highwaters_are_asked_of_the_broker():
     thread = SimpleNamespace(_ensure_consumer=lambda: Broker(), consumer=SimpleNamespace(in_transaction=True))
     got = await AIOKafkaConsumerThread._highwaters(thread, ["changelog-0", "changelog-1"])
     assert got == {"changelog-0": 41, "changelog-1": 42}
+
+
+# --- fetching: only the partitions asked for ---------------------------------------------------------
+
+
+def test_premise_faust_fetches_with_its_live_active_set_and_aiokafka_reads_empty_as_every_partition():
+    """If an upgrade changes either, streams.worker.compat.fetch_what_was_asked should be revisited."""
+    from aiokafka.consumer.fetcher import Fetcher
+
+    assert "tps = self._active_partitions" in inspect.getsource(Consumer._get_active_partitions)
+    assert "active_partitions = self._get_active_partitions()" in inspect.getsource(Consumer._wait_next_records)
+    assert "if partitions and tp not in partitions:" in inspect.getsource(Fetcher.fetched_records)
+    # and Faust skips, without a seek, what it fetched for a partition no longer active
+    assert "or tp in active_partitions" in inspect.getsource(Consumer.getmany)
+    # the fetch the wrapper replaces: called in the consumer thread with the set, as wrapped
+    assert "self._fetch_records," in inspect.getsource(AIOKafkaConsumerThread.getmany)
+    original = inspect.unwrap(AIOKafkaConsumerThread._fetch_records)
+    assert list(inspect.signature(original).parameters) == [
+        "self",
+        "consumer",
+        "active_partitions",
+        "timeout",
+        "max_records",
+    ]
+
+
+class Record(SimpleNamespace):
+    pass
+
+
+class PausingFetch:
+    """What aiokafka did: while the fetch waited, Faust emptied its live active set (recovery paused
+    the changelogs; the streams resume after the seek), and the fetch drained every partition."""
+
+    def __init__(self, live: set, paused_meanwhile: set) -> None:
+        self.live, self.paused_meanwhile, self.asked = live, paused_meanwhile, []
+
+    async def __call__(self, thread, consumer, active_partitions, timeout=None, max_records=None):
+        self.asked.append(active_partitions)
+        self.live -= self.paused_meanwhile
+        return {tp: [Record(offset=40), Record(offset=41)] for tp in (active_partitions or {"requests-1"})}
+
+
+class Seeks:
+    def __init__(self) -> None:
+        self.seeks = []
+
+    def seek(self, tp, offset) -> None:
+        self.seeks.append((tp, offset))
+
+
+async def test_a_fetch_takes_a_snapshot_and_seeks_back_what_was_paused_meanwhile():
+    live = {"changelog-0", "changelog-1"}
+    fetch = PausingFetch(live, paused_meanwhile={"changelog-1"})
+    thread = SimpleNamespace(consumer=SimpleNamespace(_active_partitions=live, _buffered_partitions=set()))
+    consumer = Seeks()
+    got = await compat._fetch_asked(fetch)(thread, consumer, live, timeout=1.0)
+    assert fetch.asked == [frozenset({"changelog-0", "changelog-1"})]  # not the live set
+    assert got == {"changelog-0": [Record(offset=40), Record(offset=41)]}
+    assert consumer.seeks == [("changelog-1", 40)]  # fetched after its pause: back where it was
+
+
+async def test_nothing_is_fetched_when_nothing_is_active():
+    fetch = PausingFetch(set(), paused_meanwhile=set())
+    thread = SimpleNamespace(consumer=SimpleNamespace(_active_partitions=set(), _buffered_partitions=set()))
+    assert await compat._fetch_asked(fetch)(thread, Seeks(), set(), timeout=1.0) == {}
+    assert fetch.asked == []  # aiokafka would have read the empty set as every partition
+
+
+def test_fetch_what_was_asked_patches_faust_once():
+    compat.fetch_what_was_asked()
+    first = AIOKafkaConsumerThread._fetch_records
+    compat.fetch_what_was_asked()
+    assert AIOKafkaConsumerThread._fetch_records is first and first.__gc_fetch_what_was_asked__
