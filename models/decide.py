@@ -1,8 +1,14 @@
 """From a shipment request to a pass decision: locate, assess, route, sign.
 
-`Decider.decide` depends only on the request, the catalog, and the reference data as of the
-decision time (the signing key too: `models.keyring`), so the live worker and an audit replay
-produce the same bytes.
+`Decider.decide` depends only on the request, its decision time, the catalog, and the reference
+data the decider knows (the signing key too: `models.keyring`). The decision records what that was
+(`known`: how far each reference topic had been applied), and `Decider.as_known` rebuilds a decider
+that knew exactly that, so the live worker and an audit replay produce the same bytes.
+
+A decision looks from its decision time to the end of the pass's validity: a region high at any
+moment of that window is avoided (or, at an end, refuses the classes that may not go there), and a
+key enterprise must stay listed throughout. An earlier decision time therefore never gives a more
+favourable decision, only a longer window (tests/unit/test_fuzz.py).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from .keyring import Keyring
 from .passes import PassState, Signer
 from .policy import Catalog, Reason, assess
 from .records import FieldError, Location, ShipmentRequest, format_time
-from .reference import EnterpriseBook, RiskBook
+from .reference import EnterpriseBook, RiskBook, Vector
 
 __all__ = ["Decider", "Decision"]
 
@@ -59,6 +65,36 @@ class Decider:
         self.geocoder = geocoder
         self._located: dict[Location, Place | None] = {}
 
+    def known(self) -> dict[str, dict[str, int]]:
+        """How far each reference topic had been applied to this decider's books: per topic, per
+        partition, the next offset (the decision's `known`)."""
+        books = (
+            ("enterprises", self.enterprises.provenance),
+            ("keys", self.keyring.provenance),
+            ("risk", self.risk.provenance),
+        )
+        return {name: {str(p): o for p, o in sorted(prov.known.items())} for name, prov in books}
+
+    def as_known(self, known: dict[str, dict[str, int]]) -> Decider:
+        """A decider that knows what a decision's `known` names, and nothing after it: the same
+        catalog, routes and locations, its books rebuilt from this one's."""
+
+        def vector(name: str) -> Vector:
+            return {int(p): int(o) for p, o in known.get(name, {}).items()}
+
+        other = Decider(
+            catalog=self.catalog,
+            gazetteer=self.gazetteer,
+            graph=self.graph,
+            planner=self.planner,
+            risk=self.risk.as_known(vector("risk")),
+            enterprises=self.enterprises.as_known(vector("enterprises")),
+            signer=self.keyring.as_known(vector("keys")),
+            geocoder=self.geocoder,
+        )
+        other._located = self._located
+        return other
+
     def locate(self, location: Location) -> Place | None:
         # Firms ship from the same depots again and again: locating is a cache lookup.
         try:
@@ -91,6 +127,7 @@ class Decider:
                 "reasons": [r.to_dict() for r in reasons],
                 "rules_version": self.catalog.version,
                 "decided_at": format_time(decided_at),
+                "known": self.known(),
                 "pass": None,
             },
             None,
@@ -129,22 +166,20 @@ class Decider:
             return self._reject(request, decided_at, problems)
         origin, destination = ends
 
-        at = decided_at
-        origin_level = self.risk.level_at(origin.adcode, at)
-        destination_level = self.risk.level_at(destination.adcode, at)
+        at, until = decided_at, self._horizon(request)
         verdict = assess(
             request,
             catalog=self.catalog,
             enterprises=self.enterprises,
-            origin_level=origin_level,
-            destination_level=destination_level,
+            origin_level=self.risk.level_during(origin.adcode, at, until),
+            destination_level=self.risk.level_during(destination.adcode, at, until),
             at=at,
+            until=until,
         )
         if not verdict.approved:
             return self._reject(request, decided_at, verdict.reasons, verdict.priority)
 
-        blocked = self.risk.blocked_at(at, self.graph.prefectures_in)
-        route = self.planner.plan(origin, destination, blocked=blocked, departure=request.departure_at)
+        route = self._route(request, verdict, origin, destination, at, until)
         if route is None:
             return self._reject(
                 request,
@@ -153,6 +188,28 @@ class Decider:
                 verdict.priority,
             )
         return self._approve(request, verdict, origin, destination, route, decided_at=decided_at, allocate=allocate)
+
+    def _horizon(self, request: ShipmentRequest) -> datetime:
+        """The end of the window a decision looks at: the departure plus the longest validity its
+        trip can have (a drive longer than that is checked again in `_route`)."""
+        longest = max(int(h) for h in self.catalog.rules["validity_hours"][request.trip].values())
+        return request.departure_at + timedelta(hours=longest)
+
+    def _route(self, request: ShipmentRequest, verdict, origin: Place, destination: Place, at, until):
+        """The route around every region high at some moment from `at` until the pass's validity
+        ends; None when there is none. A route whose pass outlasts `until` is planned again around
+        what is high until its own end, until that changes nothing."""
+        route = None
+        for _ in range(4):
+            blocked = self.risk.blocked_during(at, until, self.graph.prefectures_in)
+            route = self.planner.plan(origin, destination, blocked=blocked, departure=request.departure_at)
+            if route is None:
+                return None
+            ends = _pass_validity(request, verdict, route)[1]
+            if ends <= until or self.risk.blocked_during(at, ends, self.graph.prefectures_in) is blocked:
+                return route
+            until = ends
+        return route
 
     def _approve(
         self,
@@ -197,6 +254,7 @@ class Decider:
             "reasons": [r.to_dict() for r in verdict.reasons],
             "rules_version": self.catalog.version,
             "decided_at": format_time(decided_at),
+            "known": self.known(),
             "pass": the_pass,
         }
         state = _initial_state(pass_id, request, verdict, origin, destination, claims, route_dict, signer.key_id)

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .passes import Signer
 from .records import Unparseable, effective_time, format_time
+from .reference import Provenance, Source, Vector
 
 __all__ = [
     "ACTIVE",
@@ -128,6 +129,8 @@ class Keyring:
         self._activated: dict[str, datetime] = {}
         self._withdrawn: dict[str, datetime] = {}
         self._signers = signers
+        # Where each key record came from (models.reference.Provenance): what a decision knew of the ring.
+        self.provenance: Provenance[tuple[str, Ed25519PublicKey, str, datetime | None]] = Provenance()
 
     @classmethod
     def single(cls, signer: Signer) -> Keyring:
@@ -152,11 +155,24 @@ class Keyring:
                 ring.add(kid, self.public_keys[kid], ACTIVE)
         return ring
 
-    def apply(self, entry: KeyEntry) -> bool:
-        """Record a keys-topic entry; False when it changes nothing (a redelivery, a later repeat)."""
-        return self.add(entry.kid, entry.public_key, entry.status, entry.effective_at)
+    def apply(self, entry: KeyEntry, source: Source | None = None) -> bool:
+        """Record a keys-topic entry read at `source`; False when it changes nothing (a redelivery,
+        a later repeat)."""
+        return self.add(entry.kid, entry.public_key, entry.status, entry.effective_at, source=source)
 
-    def add(self, kid: str, public: Ed25519PublicKey, status: str, at: datetime | None = None) -> bool:
+    def as_known(self, vector: Vector) -> Keyring:
+        """This ring as a reader knew it who had applied `vector` of the keys topic (the keys it
+        was built with, which no record brought, included); the same private keys."""
+        ring = Keyring(self._signers)
+        for source, (kid, public, status, at) in self.provenance.within(vector):
+            ring.add(kid, public, status, at, source=source)
+        ring.provenance.known = dict(vector)
+        return ring
+
+    def add(
+        self, kid: str, public: Ed25519PublicKey, status: str, at: datetime | None = None, *, source: Source | None = None
+    ) -> bool:
+        self.provenance.note(source, (kid, public, status, at))
         known = kid in self.public_keys
         self.public_keys.setdefault(kid, public)
         book = self._activated if status == ACTIVE else self._withdrawn

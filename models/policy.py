@@ -136,8 +136,11 @@ def assess(
     origin_level: str,
     destination_level: str,
     at: datetime,
+    until: datetime | None = None,
 ) -> Assessment:
-    """Apply the guidance to a well-formed request whose origin and destination are known.
+    """Apply the guidance to a well-formed request whose origin and destination are known, at `at`
+    and through `until` (a key enterprise must stay listed throughout; the levels given are the
+    highest of that window).
 
     A pass covers the whole vehicle, so its class is that of its least-priority cargo line:
     one box of masks cannot carry a truck of steel into a high-risk region.
@@ -148,7 +151,7 @@ def assess(
     priority = max(classes)
 
     if catalog.classes[priority].needs_key_enterprise:
-        listed, reason = _key_enterprise(request, priority, enterprises, at)
+        listed, reason = _key_enterprise(request, priority, enterprises, at, until or at)
         if not listed:
             return Assessment(False, priority, (reason,))
         reasons.append(reason)
@@ -190,11 +193,14 @@ def _classify_cargo(request: ShipmentRequest, catalog: Catalog) -> tuple[list[st
 
 
 def _key_enterprise(
-    request: ShipmentRequest, priority: str, enterprises: EnterpriseBook, at: datetime
+    request: ShipmentRequest, priority: str, enterprises: EnterpriseBook, at: datetime, until: datetime
 ) -> tuple[bool, Reason]:
-    """Whether the shipper or, failing it, the consignee is on the key-enterprise list at `at`, and
-    the reason: which one is (the consignee through the supply-chain link), or that neither is."""
-    listed = [p for p in (request.shipper, request.consignee) if enterprises.is_listed(p.credit_code, at)]
+    """Whether the shipper or, failing it, the consignee is on the key-enterprise list from `at`
+    through `until`, and the reason: which one is (the consignee through the supply-chain link), or
+    that neither is."""
+    listed = [
+        p for p in (request.shipper, request.consignee) if enterprises.listed_throughout(p.credit_code, at, until)
+    ]
     if not listed:
         return False, Reason(
             "no_key_enterprise",

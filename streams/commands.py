@@ -18,6 +18,7 @@ import orjson
 from models.keyring import KeyEntry, parse_key_entry
 from models.passes import PassState
 from models.records import CheckpointScan, EnterpriseEntry, RegionRisk, canonical, format_time, parse_scan, parse_time
+from models.reference import Source
 
 __all__ = [
     "Command",
@@ -56,14 +57,17 @@ class RiskChanged:
 
     KIND: ClassVar[str] = "risk"
     risk: RegionRisk
+    source: Source | None = None  # where the worker read it on the risk topic (partition, offset)
 
     def wire(self) -> dict[str, Any]:
         risk = self.risk
-        return {"adcode": risk.adcode, "level": risk.level, "effective_at": format_time(risk.effective_at)}
+        body = {"adcode": risk.adcode, "level": risk.level, "effective_at": format_time(risk.effective_at)}
+        return _with_source(body, self.source)
 
     @classmethod
     def from_wire(cls, command: dict[str, Any]) -> RiskChanged:
-        return cls(RegionRisk(command["adcode"], command["level"], parse_time(command["effective_at"])))
+        risk = RegionRisk(command["adcode"], command["level"], parse_time(command["effective_at"]))
+        return cls(risk, _source(command))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,23 +76,24 @@ class EnterpriseChanged:
 
     KIND: ClassVar[str] = "enterprise"
     entry: EnterpriseEntry
+    source: Source | None = None  # where the worker read it on the key-enterprise topic
 
     def wire(self) -> dict[str, Any]:
         e = self.entry
-        return {
+        body = {
             "credit_code": e.credit_code,
             "name": e.name,
             "action": e.action,
             "effective_at": format_time(e.effective_at),
         }
+        return _with_source(body, self.source)
 
     @classmethod
     def from_wire(cls, command: dict[str, Any]) -> EnterpriseChanged:
-        return cls(
-            EnterpriseEntry(
-                command["credit_code"], command["name"], command["action"], parse_time(command["effective_at"])
-            )
+        entry = EnterpriseEntry(
+            command["credit_code"], command["name"], command["action"], parse_time(command["effective_at"])
         )
+        return cls(entry, _source(command))
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +103,14 @@ class KeyChanged:
 
     KIND: ClassVar[str] = "key"
     entry: KeyEntry
+    source: Source | None = None  # where the worker read it on the keys topic
 
     def wire(self) -> dict[str, Any]:
-        return self.entry.to_record()
+        return _with_source(self.entry.to_record(), self.source)
 
     @classmethod
     def from_wire(cls, command: dict[str, Any]) -> KeyChanged:
-        return cls(parse_key_entry(command))
+        return cls(parse_key_entry({k: v for k, v in command.items() if k != "source"}), _source(command))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +146,19 @@ class LegacyIssue:
     @classmethod
     def from_wire(cls, command: dict[str, Any]) -> LegacyIssue:
         return cls(PassState.from_json(orjson.dumps(command["state"])), command)
+
+
+def _with_source(body: dict[str, Any], source: Source | None) -> dict[str, Any]:
+    """A reference broadcast's body with where its record was read (since 0.6: additive; a pass
+    partition's books note it, so a decision can say how far each reference topic was applied)."""
+    return body if source is None else {**body, "source": list(source)}
+
+
+def _source(command: dict[str, Any]) -> Source | None:
+    source = command.get("source")
+    if isinstance(source, list) and len(source) == 2 and all(type(n) is int and n >= 0 for n in source):
+        return source[0], source[1]
+    return None
 
 
 Command = RekeyedScan | RiskChanged | EnterpriseChanged | KeyChanged | ClockTick | LegacyIssue

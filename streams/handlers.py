@@ -66,6 +66,7 @@ __all__ = [
     "clock_command",
     "cloudevent_headers",
     "STALE_REQUEST",
+    "decision_time",
 ]
 
 
@@ -145,6 +146,17 @@ STALE_REQUEST = "more than the pass retention"
 def clock_command(at: datetime) -> bytes:
     """A tick of the channel's clock (on the internal pass topic, to one partition): `at` is now."""
     return encode(ClockTick(format_time(at)))
+
+
+def decision_time(claimed: datetime | None, now: datetime | None, meta: RecordMeta) -> datetime:
+    """When a request is judged: the firm's `submitted_at` (`claimed`) bounded by the channel's
+    time `now`. A firm may state an earlier time, which only lengthens the window its decision
+    looks at (`models.decide`), never a later one. Without `now` (a caller of the core with no
+    clock: tests, a replay of a request with no recorded decision) the claim stands; without a
+    valid claim, the record's time."""
+    if claimed is None:
+        return now if now is not None else record_time(meta.timestamp_ms)
+    return claimed if now is None or claimed <= now else now
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -234,6 +246,7 @@ class Pipeline:
         # replay knows all of those before it decides anything, and applies each in event-time order.
         self.withdrawals_applied: set[str] = set()
         self.meter = Meter()  # the worker sets a PrometheusMeter (streams.metrics)
+        self._known_deciders: dict[bytes, Decider] = {}
 
     # --- dead letters -------------------------------------------------------------------------
     def dead_letter(self, meta: RecordMeta, key: bytes | None, value: bytes | None, error: str) -> Out:
@@ -261,8 +274,22 @@ class Pipeline:
         )
 
     # --- shipment requests ----------------------------------------------------------------------
-    def on_request(self, key: bytes | None, value: bytes | None, meta: RecordMeta, *, tables: Tables) -> list[Out]:
+    def on_request(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        meta: RecordMeta,
+        *,
+        tables: Tables,
+        now: datetime | None = None,
+        known: dict | None = None,
+    ) -> list[Out]:
         """One decision (or one dead letter) per request; a repeat gets the first answer again.
+
+        `now` is the channel's time as the worker decides (its clock, never a field a firm wrote):
+        the decision time is the firm's `submitted_at` when that is earlier, else `now`
+        (`decision_time`). `known` (a replay's): decide with only the reference data a recorded
+        decision says it knew (`Decider.as_known`); by default, with all this worker knows.
 
         On approval the pass is issued from the same event: its state is stored and its `issued`
         status follows the decision. The pass number is allocated on the request's partition,
@@ -278,17 +305,26 @@ class Pipeline:
         earlier = tables.decided.get(sid)
         if earlier is not None:
             return [self._decision_out(sid, earlier)]
-        decided_at = (
-            request.submitted_at
-            if not any(e.field == "submitted_at" for e in errors)
-            else record_time(meta.timestamp_ms)
-        )
+        claimed = None if any(e.field == "submitted_at" for e in errors) else request.submitted_at
+        decided_at = decision_time(claimed, now, meta)
         if (stale := self._stale(tables, partition, sid, decided_at)) is not None:
             return [self.dead_letter(meta, key, value, stale)]
-        decision = self.decider.decide(
+        decider = self.decider if known is None else self._as_known(known)
+        decision = decider.decide(
             request, errors, decided_at=decided_at, allocate=self._allocator(sid, partition, tables.serials)
         )
         return self._file_decision(tables, partition, sid, decision)
+
+    def _as_known(self, known: dict) -> Decider:
+        """The decider that knew what `known` names (one kept per distinct `known`: a replay's
+        decisions share a few)."""
+        key = canonical(known)
+        decider = self._known_deciders.get(key)
+        if decider is None:
+            if len(self._known_deciders) > 64:
+                self._known_deciders.clear()
+            decider = self._known_deciders[key] = self.decider.as_known(known)
+        return decider
 
     def _file_decision(self, tables: Tables, partition: int, sid: str, decision: Decision) -> list[Out]:
         """Keep the decision and, on approval, store its pass: the decision and the pass's statuses out."""
@@ -394,18 +430,18 @@ class Pipeline:
             )
         except Unparseable as exc:
             return [self.dead_letter(meta, key, value, str(exc))]
-        self.decider.risk.apply(risk)
-        return self._broadcast(risk.adcode, RiskChanged(risk))
+        source = (meta.partition, meta.offset)
+        self.decider.risk.apply(risk, source)
+        return self._broadcast(risk.adcode, RiskChanged(risk, source))
 
     def on_enterprise(self, key: bytes | None, value: bytes | None, meta: RecordMeta) -> list[Out]:
         try:
             entry = parse_enterprise(load_object(value), timestamp_ms=meta.timestamp_ms)
         except Unparseable as exc:
             return [self.dead_letter(meta, key, value, str(exc))]
-        self.decider.enterprises.apply(entry)
-        if entry.action != "remove":
-            return []
-        return self._broadcast(entry.credit_code, EnterpriseChanged(entry))
+        source = (meta.partition, meta.offset)
+        self.decider.enterprises.apply(entry, source)
+        return self._broadcast(entry.credit_code, EnterpriseChanged(entry, source))
 
     def on_key(self, key: bytes | None, value: bytes | None, meta: RecordMeta) -> list[Out]:
         """A pass-signing key made active or withdrawn (`gc.pass.keys`): into the ring, and to every
@@ -415,8 +451,9 @@ class Pipeline:
             entry = parse_key_entry(load_object(value), timestamp_ms=meta.timestamp_ms)
         except Unparseable as exc:
             return [self.dead_letter(meta, key, value, str(exc))]
-        self.decider.keyring.apply(entry)
-        return self._broadcast(entry.kid, KeyChanged(entry))
+        source = (meta.partition, meta.offset)
+        self.decider.keyring.apply(entry, source)
+        return self._broadcast(entry.kid, KeyChanged(entry, source))
 
     def _broadcast(self, key: str, command: RiskChanged | EnterpriseChanged | KeyChanged) -> list[Out]:
         """A reference change to every partition of the internal pass topic."""
@@ -430,35 +467,48 @@ class Pipeline:
         command = decode(value)
         return self._COMMAND_HANDLERS[type(command)](self, tables, partition, command)
 
+    def follow(self, value: bytes, *, partition: int, tables: Tables, pass_id: str) -> list[Out]:
+        """A reference broadcast (`value`, a risk, key-list or keyring change) applied to the one pass
+        `pass_id` of `partition`: what the broadcast did to that pass when it reached the partition
+        after the pass's decision, which had not known of it (the audit replay's catch-up)."""
+        command = decode(value)
+        if not isinstance(command, RiskChanged | EnterpriseChanged | KeyChanged):
+            raise TypeError(f"{type(command).__name__} is not a reference change")
+        return self._COMMAND_HANDLERS[type(command)](self, tables, partition, command, only=(pass_id,))
+
     def _on_rekeyed_scan(self, tables: Tables, partition: int, command: RekeyedScan) -> list[Out]:
         """A scan sent here from the partition it arrived on, applied as `on_scan` would have."""
         return [self._apply_scan(tables, partition, command.pass_id, command.scan)]
 
-    def _on_risk_changed(self, tables: Tables, partition: int, command: RiskChanged) -> list[Out]:
+    def _on_risk_changed(self, tables: Tables, partition: int, command: RiskChanged, only=None) -> list[Out]:
         """The worker that consumed the risk topic applied it already; another worker's book learns it
         here, so re-evaluation never runs on a stale book. Visits the passes the region touches."""
         risk = command.risk
-        self.decider.risk.apply(risk)
+        self.decider.risk.apply(risk, command.source)
         touched = self.index(partition, tables).touched_by_risk(self.decider.graph.prefectures_in(risk.adcode))
-        return self._each_pass(tables, partition, touched, lambda s: self.tracker.risk_changed(s, risk))
+        return self._each_pass(tables, partition, touched, lambda s: self.tracker.risk_changed(s, risk), only)
 
-    def _on_enterprise_changed(self, tables: Tables, partition: int, command: EnterpriseChanged) -> list[Out]:
+    def _on_enterprise_changed(
+        self, tables: Tables, partition: int, command: EnterpriseChanged, only=None
+    ) -> list[Out]:
         """The key-list entry into this worker's book; the firm's passes on `partition` re-evaluated."""
         entry = command.entry
-        self.decider.enterprises.apply(entry)
+        self.decider.enterprises.apply(entry, command.source)
+        if entry.action != "remove":
+            return []
         firms = self.index(partition, tables).of_firm(entry.credit_code)
-        return self._each_pass(tables, partition, firms, lambda s: self.tracker.enterprise_changed(s, entry))
+        return self._each_pass(tables, partition, firms, lambda s: self.tracker.enterprise_changed(s, entry), only)
 
-    def _on_key_changed(self, tables: Tables, partition: int, command: KeyChanged) -> list[Out]:
+    def _on_key_changed(self, tables: Tables, partition: int, command: KeyChanged, only=None) -> list[Out]:
         """The ring learns the key (another worker consumed its record); a withdrawal visits the
         partition's active passes that key signed, and only those, and reissues them."""
         entry = command.entry
-        self.decider.keyring.apply(entry)
+        self.decider.keyring.apply(entry, command.source)
         if entry.status != WITHDRAWN:
             return []
         signed = self.index(partition, tables).signed_by(entry.kid)
         outs = self._each_pass(
-            tables, partition, signed, lambda s: self.tracker.key_withdrawn(s, entry.kid, entry.effective_at)
+            tables, partition, signed, lambda s: self.tracker.key_withdrawn(s, entry.kid, entry.effective_at), only
         )
         self.withdrawals_applied.add(entry.kid)
         return outs
@@ -556,12 +606,13 @@ class Pipeline:
             lifetimes.add_pass(state.pass_id, state.valid_until, command.decided_at)
         return [self._status_out(self.tracker.issued(state, command.decided_at))]
 
-    def _each_pass(self, tables: Tables, partition: int, pass_ids: list[str], change) -> list[Out]:
-        """`change` each pass (and reissue what it signed with a key withdrawn since: `Tracker.reissued`).
+    def _each_pass(self, tables: Tables, partition: int, pass_ids: list[str], change, only=None) -> list[Out]:
+        """`change` each pass (of those in `only`, when given) (and reissue what it signed with a key
+        withdrawn since: `Tracker.reissued`).
         Every change is worked out before any is stored, so a signing key missing here
         (SigningKeyMissing: the worker waits for it and tries again) leaves the partition as it was."""
         changed = []
-        for pass_id in pass_ids:
+        for pass_id in pass_ids if only is None else [p for p in pass_ids if p in only]:
             new, event = change(self._load(tables, pass_id))
             if event is not None:
                 new, reissues = self.tracker.reissued(new, self.withdrawals_applied)

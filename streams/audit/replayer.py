@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import ChainMap, Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -13,7 +14,28 @@ from .reader import Event, Record, decode, merge
 if TYPE_CHECKING:  # the decision core is imported when a command runs, not when the CLI parses arguments
     from ..handlers import Out, Pipeline
 
-__all__ = ["Replayer"]
+__all__ = ["Replayer", "as_recorded"]
+
+
+def as_recorded(decisions: Iterable[Record]) -> dict[str, dict]:
+    """Per shipment id, the first recorded decision's time and what it knew, as `Pipeline.on_request`
+    takes them (`now`, `known`); a decision before `known` was recorded gives only its time."""
+    from models.records import parse_time
+
+    out: dict[str, dict] = {}
+    for r in sorted(decisions, key=lambda r: r.log_position):
+        obj = decode(r.value)
+        sid = obj.get("shipment_id") if obj else None
+        if not isinstance(sid, str) or sid in out:
+            continue
+        try:
+            given: dict = {"now": parse_time(obj.get("decided_at"))}
+        except (TypeError, ValueError):
+            continue
+        if isinstance(obj.get("known"), dict):
+            given["known"] = obj["known"]
+        out[sid] = given
+    return out
 
 
 class Replayer:
@@ -36,6 +58,12 @@ class Replayer:
         self.repeats = 0
         self.stale = 0  # requests the worker dead-lettered as older than the retention, the log bearing it out
         self.diagnoses = 50  # mismatched decisions re-decided with older reference data (costly: capped)
+        self.as_recorded: dict[str, dict] = {}  # shipment id -> its recorded decision's time and knowledge
+        # The reference records this walk has handled, per (topic, partition) by offset: (offset,
+        # step of the walk, the broadcast's bytes).
+        self.walked: dict[tuple[str, int], list[tuple[int, int, bytes]]] = {}
+        t = self.topics
+        self._short = {t.risk: "risk", t.enterprises: "enterprises", t.keys: "keys"}
 
     # Every input is handled as `streams.worker.runtime.Runtime.guarded` does: an unexpected error
     # dead-letters it. A key
@@ -62,14 +90,23 @@ class Replayer:
         return n
 
     def replay(
-        self, records: Iterable[Record], *, held: Iterable[Record] = (), stale: set[tuple[int, int]] = frozenset()
+        self,
+        records: Iterable[Record],
+        *,
+        recorded: Iterable[Record] = (),
+        held: Iterable[Record] = (),
+        stale: set[tuple[int, int]] = frozenset(),
     ) -> int:
         """Handle the window's input records in event-time order; returns how many were handled.
 
+        `recorded`: the decisions on the log. Each request is decided again at the time its recorded
+        decision was taken and with what that decision says it knew (`as_recorded`): the log says
+        what the worker knew, and the replay proves the decision followed from it.
         `held`: for a window, the decisions recorded before its end. The pass numbers their approvals
         hold, for shipments the window does not decide, were given by requests before it, so the
         window's allocation starts with them."""
         t, p = self.topics, self.pipeline
+        self.as_recorded = as_recorded(recorded)
         events = merge(records, t)
         self._hold_serials(held, except_for={e.sid for e in events if e.sid is not None})
         decide = self._decider([e for e in events if e.record.topic == t.requests], stale)
@@ -92,6 +129,8 @@ class Replayer:
                 outs = self._tick(r)
             else:  # a risk/enterprise/key update: its broadcast re-evaluates each partition's passes
                 outs = self._call(handlers[r.topic], r)
+                if outs and outs[0].topic == t.pass_events:
+                    insort(self.walked.setdefault((self._short[r.topic], r.partition), []), (r.offset, step, outs[0].value))
             for out in outs:
                 self._emit(out, r)
         if self.advance is not None and step % 1000:
@@ -140,10 +179,41 @@ class Replayer:
                     self.stale += 1  # dead-lettered live, by the clock of its arrival (see stale_requests)
                     ahead[id(e)] = []
                     continue
-                ahead[id(e)] = None if repeat else self._call(self.pipeline.on_request, e.record, tables=self.tables)
+                ahead[id(e)] = None if repeat else self._decide_and_follow(e.record, e.sid)
             return ahead.pop(id(event))
 
         return decide
+
+    def _decide_and_follow(self, request: Record, sid: str | None) -> list[Out]:
+        """The request's outputs, then what the reference changes its decision did not know of, and
+        which this walk has handled already, did to its pass. Live, each of those reached the
+        pass's partition after the decision (the worker never decides knowing less than its
+        partition has applied), and re-evaluated the pass there."""
+        outs = self._decide(request, self.tables, sid)
+        known = self.as_recorded.get(sid or "", {}).get("known")
+        decided = next((o for o in outs if o.topic == self.topics.decisions), None)
+        the_pass = (decode(decided.value) or {}).get("pass") if decided is not None else None
+        if known is None or not isinstance(the_pass, dict):
+            return outs
+        from models.passes import kafka_partition
+
+        pass_id = str(the_pass.get("pass_id"))
+        partition = kafka_partition(pass_id.encode(), self.pipeline.partitions)
+        missed = []
+        for (name, p), walked in self.walked.items():
+            missed += walked[bisect_left(walked, (known.get(name, {}).get(str(p), 0),)) :]
+        for _offset, _step, value in sorted(missed, key=lambda m: m[1]):  # in walk order
+            try:
+                outs += self.pipeline.follow(value, partition=partition, tables=self.tables, pass_id=pass_id)
+            except SigningKeyMissing:
+                raise
+            except Exception:  # noqa: BLE001 — the live agent dead-letters it
+                self.dead_letters += 1
+        return outs
+
+    def _decide(self, request: Record, tables, sid: str | None) -> list[Out]:
+        """The outputs of `request` (shipment `sid`), decided at its recorded decision's time with what it knew."""
+        return self._call(self.pipeline.on_request, request, tables=tables, **self.as_recorded.get(sid or "", {}))
 
     def _hold_serials(self, decisions: Iterable[Record], *, except_for: set[str]) -> None:
         for r in decisions:
@@ -184,7 +254,9 @@ class Replayer:
     # --- second opinions, for mismatches only -----------------------------------------------------
     def decide_again(self, request: Record) -> bytes | None:
         """The decision for one request with this replay's books, outside the replay's tables."""
-        outs = self._call(self.pipeline.on_request, request, tables=self._scratch())
+        obj = decode(request.value)
+        sid = obj.get("shipment_id") if obj else None
+        outs = self._decide(request, self._scratch(), sid if isinstance(sid, str) else None)
         return next((o.value for o in outs if o.topic == self.topics.decisions), None)
 
     def _scratch(self):

@@ -26,15 +26,17 @@ from streams.commands import (
 from streams.handlers import RecordMeta, Tables, clock_command
 from tests.support.factories import T, make_pipeline, wuhan_to_guangzhou
 
-RISK_BYTES = b'{"adcode":"4201","effective_at":"2020-02-25T00:00:00Z","kind":"risk","level":"high"}'
+RISK_BYTES = b'{"adcode":"4201","effective_at":"2020-02-25T00:00:00Z","kind":"risk","level":"high","source":[0,0]}'
+# What a worker before 0.6 sent: no source (it still decodes; its entry is known to every decision).
+OLD_RISK_BYTES = b'{"adcode":"4201","effective_at":"2020-02-25T00:00:00Z","kind":"risk","level":"high"}'
 ENTERPRISE_BYTES = (
     b'{"action":"remove","credit_code":"91330100799655058B","effective_at":"2020-02-25T01:30:00Z",'
-    b'"kind":"enterprise","name":"\xe9\x98\xbf\xe9\x87\x8c\xe5\xb7\xb4\xe5\xb7\xb4"}'
+    b'"kind":"enterprise","name":"\xe9\x98\xbf\xe9\x87\x8c\xe5\xb7\xb4\xe5\xb7\xb4","source":[0,0]}'
 )
 KEY_BYTES = (
     b'{"algorithm":"Ed25519","effective_at":"2020-02-25T08:00:00Z","kid":"824e1b86505a03b4","kind":"key",'
     b'"public_key":"-----BEGIN PUBLIC KEY-----\\nMCowBQYDK2VwAyEAyZ4rN96TAC32gyanhUk81KpIfRpF+iEXqhBQSJI794E=\\n'
-    b'-----END PUBLIC KEY-----\\n","status":"withdrawn"}'
+    b'-----END PUBLIC KEY-----\\n","source":[0,0],"status":"withdrawn"}'
 )
 CLOCK_BYTES = b'{"at":"2020-02-25T12:00:00Z","kind":"clock"}'
 SCAN_BYTES = (
@@ -66,7 +68,10 @@ def test_a_risk_level_is_broadcast_as_the_same_bytes_to_every_partition():
     assert [(o.topic, o.key, o.value, o.partition) for o in outs] == [
         (T.pass_events, b"4201", RISK_BYTES, p) for p in range(pipeline.partitions)
     ]
-    assert encode(RiskChanged(RegionRisk("4201", "high", parse_time("2020-02-25T00:00:00Z")))) == RISK_BYTES
+    risk = RegionRisk("4201", "high", parse_time("2020-02-25T00:00:00Z"))
+    assert encode(RiskChanged(risk, (0, 0))) == RISK_BYTES
+    assert decode(RISK_BYTES) == RiskChanged(risk, (0, 0))
+    assert decode(OLD_RISK_BYTES) == RiskChanged(risk, None)
 
 
 def test_a_key_list_removal_is_broadcast_as_its_bytes():
@@ -111,12 +116,13 @@ def test_a_scan_keyed_elsewhere_is_rekeyed_as_received():
 
 # --- the bytes read ---------------------------------------------------------------------------
 def test_each_kind_decodes_to_its_command():
-    assert decode(RISK_BYTES) == RiskChanged(RegionRisk("4201", "high", parse_time("2020-02-25T00:00:00Z")))
+    assert decode(RISK_BYTES) == RiskChanged(RegionRisk("4201", "high", parse_time("2020-02-25T00:00:00Z")), (0, 0))
     assert decode(ENTERPRISE_BYTES) == EnterpriseChanged(
-        EnterpriseEntry("91330100799655058B", "阿里巴巴", "remove", parse_time("2020-02-25T01:30:00Z"))
+        EnterpriseEntry("91330100799655058B", "阿里巴巴", "remove", parse_time("2020-02-25T01:30:00Z")), (0, 0)
     )
     key = decode(KEY_BYTES)
     assert isinstance(key, KeyChanged) and (key.entry.kid, key.entry.status) == ("824e1b86505a03b4", "withdrawn")
+    assert key.source == (0, 0)
     assert decode(CLOCK_BYTES) == ClockTick("2020-02-25T12:00:00Z")
     assert decode(SCAN_BYTES) == RekeyedScan("420111000001", parse_scan(SCAN), SCAN)
     for raw in (RISK_BYTES, ENTERPRISE_BYTES, KEY_BYTES, CLOCK_BYTES, SCAN_BYTES):

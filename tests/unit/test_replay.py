@@ -147,7 +147,8 @@ def replay_log(log: FakeLog, inputs: list[Record] | None = None) -> Replayer:
     rep.replay(
         inputs
         if inputs is not None
-        else [r for r in log.records if r.topic in (T.requests, T.scans, T.risk, T.enterprises)]
+        else [r for r in log.records if r.topic in (T.requests, T.scans, T.risk, T.enterprises)],
+        recorded=log.topic(T.decisions),
     )
     return rep
 
@@ -226,9 +227,11 @@ def test_tampered_orphan_and_altered_records_are_mismatches(live_log):
     assert status.differing_fields == ["dwell_seconds"] or "dwell_seconds" in status.differing_fields
 
 
-def test_a_late_reference_update_is_explained_not_just_flagged():
-    """A risk change effective before a request but received after its decision: the live
-    decision used the level it knew; the replay, with all reference data as of, differs."""
+def test_a_late_reference_update_is_reproduced_from_what_the_decision_knew_and_followed():
+    """A risk change effective before a request but read after its decision: the live decision used
+    what it knew, and says so (`known`); the change then reached the pass's partition and suspended
+    the pass. The replay decides as the decision knew, then applies the change it did not know to
+    that pass: both reproduce byte for byte."""
     scenario = Scenario(seed=41, start=START)
     body = scenario.request(1, kind="P2")
     body.update(origin=WUHAN, destination=CHANGSHA)
@@ -241,12 +244,20 @@ def test_a_late_reference_update_is_explained_not_just_flagged():
         + [(T.requests, body["shipment_id"].encode(), orjson.dumps(body)), (T.risk, b"43", orjson.dumps(risk))],
     )
     live = orjson.loads(log.topic(T.decisions)[-1].value)
-    assert live["decision"] == "approved"
+    assert live["decision"] == "approved" and live["known"]["risk"] == {}
+    statuses = [orjson.loads(r.value) for r in log.topic(T.status)]
+    assert [(s["status"], s["reason"]) for s in statuses] == [("issued", None), ("suspended", "high_risk_region")]
     rep = replay_log(log)
-    assert orjson.loads(rep.decisions[body["shipment_id"]])["reasons"][0]["code"] == "high_risk_region"
-    c = compare(rep, log.topic(T.decisions), [])
-    [m] = [m for m in c.mismatches if m.kind == "decision_differs"]
-    assert m.explanation.startswith("late_reference_data: reproduced without the 1 reference record(s)")
+    assert rep.decisions[body["shipment_id"]] == log.topic(T.decisions)[-1].value
+    c = compare(rep, log.topic(T.decisions), log.topic(T.status))
+    assert c.mismatches == [] and c.statuses_matched == 2
+    # The suspension is the change's: a replay that does not walk it records one status fewer.
+    alone = Replayer(make_pipeline())
+    alone.load_reference(log.topic(T.risk) + log.topic(T.enterprises))
+    alone.replay([r for r in log.records if r.topic == T.requests], recorded=log.topic(T.decisions))
+    assert [m.kind for m in compare(alone, log.topic(T.decisions), log.topic(T.status)).mismatches] == [
+        "status_unexpected"
+    ]
 
 
 def test_positions_parse():
@@ -304,7 +315,7 @@ def test_colliding_serials_are_allocated_and_replayed_in_the_partitions_offset_o
     alone.replay(window)
     assert orjson.loads(alone.decisions[bodies[-1]["shipment_id"]])["pass"]["pass_id"] != pass_ids[-1]
     held = Replayer(make_pipeline())
-    held.replay(window, held=log.topic(T.decisions))
+    held.replay(window, recorded=log.topic(T.decisions), held=log.topic(T.decisions))
     assert held.decisions[bodies[-1]["shipment_id"]] == log.topic(T.decisions)[-1].value
 
 
