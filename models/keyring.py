@@ -170,7 +170,13 @@ class Keyring:
         return ring
 
     def add(
-        self, kid: str, public: Ed25519PublicKey, status: str, at: datetime | None = None, *, source: Source | None = None
+        self,
+        kid: str,
+        public: Ed25519PublicKey,
+        status: str,
+        at: datetime | None = None,
+        *,
+        source: Source | None = None,
     ) -> bool:
         self.provenance.note(source, (kid, public, status, at))
         known = kid in self.public_keys

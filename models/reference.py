@@ -114,7 +114,9 @@ class RiskBook:
         """The highest level `adcode` has at any moment from `start` to `end`."""
         return max((self.level_at(adcode, t) for t in self._moments(start, end)), key=LEVEL_RANK.__getitem__)
 
-    def blocked_during(self, start: datetime, end: datetime, nodes_of: Callable[[str], Iterable[str]]) -> frozenset[str]:
+    def blocked_during(
+        self, start: datetime, end: datetime, nodes_of: Callable[[str], Iterable[str]]
+    ) -> frozenset[str]:
         """Route-graph nodes high risk at any moment from `start` to `end` (cached per pair of
         intervals, the same object for every window between the same changes, as `blocked_at`)."""
         key = (bisect_right(self._changes, start), bisect_right(self._changes, end))

@@ -67,6 +67,7 @@ __all__ = [
     "cloudevent_headers",
     "STALE_REQUEST",
     "decision_time",
+    "ReferenceBehind",
 ]
 
 
@@ -148,6 +149,16 @@ def clock_command(at: datetime) -> bytes:
     return encode(ClockTick(format_time(at)))
 
 
+class ReferenceBehind(LookupError):
+    """This worker's books know less of a reference topic than the partition it decides on has
+    applied (it took the partition over from a worker that had read further). The worker reads the
+    reference topics again and tries once more: nothing was written."""
+
+    def __init__(self, partition: int, topic: str) -> None:
+        super().__init__(f"partition {partition} has applied more of the {topic} topic than this worker has read")
+        self.partition, self.topic = partition, topic
+
+
 def decision_time(claimed: datetime | None, now: datetime | None, meta: RecordMeta) -> datetime:
     """When a request is judged: the firm's `submitted_at` (`claimed`) bounded by the channel's
     time `now`. A firm may state an earlier time, which only lengthens the window its decision
@@ -172,6 +183,11 @@ class Tables:
     passes: MutableMapping[str, bytes]  # pass number -> PassState JSON
     answers: MutableMapping[str, bytes]  # "pass_id/scan_id" -> the status event that answered the scan
     clocks: MutableMapping[str, bytes] = field(default_factory=dict)  # partition -> the clock's last tick
+    # partition -> how far each reference topic's broadcasts have been applied there (a decision's
+    # `known` shape): a worker that takes the partition over must know at least that before it
+    # decides there (`ReferenceBehind`), or a change the partition has passed would never visit
+    # the passes it decides.
+    applied: MutableMapping[str, bytes] = field(default_factory=dict)
     # Derived, never stored: per partition, its active passes by region and firm (PassIndex) and
     # when its entries expire and leave (Lifetimes), each built from the tables on first use and
     # kept up to date by every write through the Pipeline.
@@ -309,6 +325,8 @@ class Pipeline:
         decided_at = decision_time(claimed, now, meta)
         if (stale := self._stale(tables, partition, sid, decided_at)) is not None:
             return [self.dead_letter(meta, key, value, stale)]
+        if known is None and (behind := self._behind(tables, partition)) is not None:
+            raise ReferenceBehind(partition, behind)
         decider = self.decider if known is None else self._as_known(known)
         decision = decider.decide(
             request, errors, decided_at=decided_at, allocate=self._allocator(sid, partition, tables.serials)
@@ -325,6 +343,33 @@ class Pipeline:
                 self._known_deciders.clear()
             decider = self._known_deciders[key] = self.decider.as_known(known)
         return decider
+
+    def _books(self) -> dict:
+        d = self.decider
+        return {"enterprises": d.enterprises.provenance, "keys": d.keyring.provenance, "risk": d.risk.provenance}
+
+    def _behind(self, tables: Tables, partition: int) -> str | None:
+        """The reference topic (if any) of which `partition` has applied more than this worker's books."""
+        raw = tables.applied.get(str(partition))
+        if raw is None:
+            return None
+        books = self._books()
+        for name, vector in orjson.loads(raw).items():
+            if books[name].behind({int(p): o for p, o in vector.items()}):
+                return name
+        return None
+
+    def _note_applied(self, tables: Tables, partition: int, name: str, source) -> None:
+        """`source` of reference topic `name` has been applied on `partition`."""
+        if source is None:
+            return
+        raw = tables.applied.get(str(partition))
+        applied = orjson.loads(raw) if raw is not None else {}
+        vector = applied.setdefault(name, {})
+        p, next_offset = str(source[0]), source[1] + 1
+        if vector.get(p, 0) < next_offset:
+            vector[p] = next_offset
+            tables.applied[str(partition)] = canonical(applied)
 
     def _file_decision(self, tables: Tables, partition: int, sid: str, decision: Decision) -> list[Out]:
         """Keep the decision and, on approval, store its pass: the decision and the pass's statuses out."""
@@ -485,6 +530,7 @@ class Pipeline:
         here, so re-evaluation never runs on a stale book. Visits the passes the region touches."""
         risk = command.risk
         self.decider.risk.apply(risk, command.source)
+        self._note_applied(tables, partition, "risk", command.source)
         touched = self.index(partition, tables).touched_by_risk(self.decider.graph.prefectures_in(risk.adcode))
         return self._each_pass(tables, partition, touched, lambda s: self.tracker.risk_changed(s, risk), only)
 
@@ -494,6 +540,7 @@ class Pipeline:
         """The key-list entry into this worker's book; the firm's passes on `partition` re-evaluated."""
         entry = command.entry
         self.decider.enterprises.apply(entry, command.source)
+        self._note_applied(tables, partition, "enterprises", command.source)
         if entry.action != "remove":
             return []
         firms = self.index(partition, tables).of_firm(entry.credit_code)
@@ -504,6 +551,7 @@ class Pipeline:
         partition's active passes that key signed, and only those, and reissues them."""
         entry = command.entry
         self.decider.keyring.apply(entry, command.source)
+        self._note_applied(tables, partition, "keys", command.source)
         if entry.status != WITHDRAWN:
             return []
         signed = self.index(partition, tables).signed_by(entry.kid)

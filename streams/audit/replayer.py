@@ -130,7 +130,9 @@ class Replayer:
             else:  # a risk/enterprise/key update: its broadcast re-evaluates each partition's passes
                 outs = self._call(handlers[r.topic], r)
                 if outs and outs[0].topic == t.pass_events:
-                    insort(self.walked.setdefault((self._short[r.topic], r.partition), []), (r.offset, step, outs[0].value))
+                    insort(
+                        self.walked.setdefault((self._short[r.topic], r.partition), []), (r.offset, step, outs[0].value)
+                    )
             for out in outs:
                 self._emit(out, r)
         if self.advance is not None and step % 1000:

@@ -55,7 +55,14 @@ def register_decide(app: faust.App, runtime: Runtime, requests: faust.TopicT) ->
         runtime,
         requests,
         "decide",
-        lambda event: partial(pipeline.on_request, event.key, event.value, meta(event), tables=tables),
+        lambda event: partial(
+            pipeline.on_request,
+            event.key,
+            event.value,
+            meta(event),
+            tables=tables,
+            now=runtime.now(event.message.partition),
+        ),
     )
 
 

@@ -12,12 +12,14 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import faust
 
 from models.keyring import SigningKeyMissing
+from models.records import parse_time
 
-from ..handlers import Out, Pipeline, RecordMeta, Tables
+from ..handlers import Out, Pipeline, RecordMeta, ReferenceBehind, Tables
 from ..metrics import PrometheusMeter
 from ..settings import Settings
 from .compat import send_in_partition_transaction
@@ -47,6 +49,17 @@ class Runtime:
     def __post_init__(self) -> None:
         self.exactly_once = self.settings.processing_guarantee == "exactly_once"
 
+    def now(self, partition: int) -> datetime:
+        """The channel's time for a decision on `partition`: the worker's wall clock (UTC). A worker
+        with no wall clock of its own (GC_CLOCK_SECONDS=0: an operator's simulated clock ticks the
+        log, as the demo's day in 2020 does) takes its partition's clock as last ticked, and the wall
+        clock before the first tick. Never a time a firm wrote (`streams.handlers.decision_time`)."""
+        wall = datetime.now(UTC)
+        if self.settings.clock_seconds > 0:
+            return wall
+        ticked = self.tables.clocks.get(str(partition))
+        return wall if ticked is None else min(wall, parse_time(ticked.decode()))
+
     def in_flight(self):
         """exactly_once: Faust commits offsets only between events (see streams.worker.eos)."""
         if not self.exactly_once:
@@ -60,7 +73,7 @@ class Runtime:
         pipeline, meter, topic = self.pipeline, self.meter, event.message.topic
         started = time.perf_counter()
         try:
-            outs = await signed(handle, where=self.settings.keys_path)
+            outs = await signed(handle, where=self.settings.keys_path, refresh=self.read_reference_again)
             meter.handled(topic, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 — the message is kept, with the error
             log.exception("failed on %s@%s", topic, event.message.offset)
@@ -74,6 +87,13 @@ class Runtime:
             await send_in_partition_transaction(self.app, event, outs)
         else:
             await self.send_all(outs)
+
+    async def read_reference_again(self) -> None:
+        """Read the whole reference topics into this worker's books again (`ReferenceBehind`)."""
+        from .reference import load_reference_data
+
+        n = await load_reference_data(self.pipeline, self.settings)
+        log.info("reference data read again: %d records", n)
 
     def table_writes(self, event) -> list[Out]:
         """The changelog records of the table writes just made, on the event's partition."""
@@ -95,14 +115,24 @@ def meta(event) -> RecordMeta:
     return RecordMeta(m.topic, m.partition, m.offset, int(m.timestamp * 1000))
 
 
-async def signed(handle, *, where, wait: float = KEY_WAIT_SECONDS) -> list[Out]:
+async def signed(handle, *, where, wait: float = KEY_WAIT_SECONDS, refresh=None) -> list[Out]:
     """`handle()`, waiting while the key that must sign is one whose private key is not in the key
     folder `where`: never signed with another key. The handlers write nothing before they sign, so
     trying again is safe; the event, and those behind it in its agent, wait (consumer lag shows it),
-    each try reading the folder again."""
+    each try reading the folder again. When the worker's books know less than the event's
+    partition has applied (`ReferenceBehind`), `refresh()` reads the reference topics again first."""
+    reads = 0
     while True:
         try:
             return handle()
         except SigningKeyMissing as missing:
             log.warning("%s (%s): waiting for it, looking again in %s s", missing, where, wait)
             await asyncio.sleep(wait)  # a retry interval: the key is an operator's to copy there
+        except ReferenceBehind as behind:
+            if refresh is None:
+                raise
+            log.warning("%s: reading the reference topics again", behind)
+            if reads:  # read once already and still behind: the records are still on their way
+                await asyncio.sleep(wait)  # a retry interval, as for a key
+            reads += 1
+            await refresh()

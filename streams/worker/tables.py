@@ -37,7 +37,8 @@ def raw_topic(app: faust.App, settings: Settings, *topic_names: str) -> faust.To
 
 
 def open_tables(app: faust.App, settings: Settings, changelog: list[tuple[str, bytes, bytes]]) -> Tables:
-    """The pass, decision, answer and clock tables, their changelog records left in `changelog`."""
+    """The pass, decision, answer, clock and applied-reference tables, their changelog records left in
+    `changelog`."""
 
     def table(name: str) -> DirectTable:
         return DirectTable(app.Table(name, key_type=str, value_type=bytes, partitions=settings.partitions), changelog)
@@ -50,6 +51,7 @@ def open_tables(app: faust.App, settings: Settings, changelog: list[tuple[str, b
         passes=passes,
         answers=table("answers"),
         clocks=table("clock"),
+        applied=table("applied"),
     )
 
 

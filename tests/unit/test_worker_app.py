@@ -48,7 +48,7 @@ def test_the_worker_registers_its_agents_on_raw_topics(tmp_path):
 
 def test_the_worker_tables_tasks_and_views(tmp_path):
     app = worker_app(tmp_path)
-    assert list(app.tables) == ["passes", "decided", "answers", "clock"]
+    assert list(app.tables) == ["passes", "decided", "answers", "clock", "applied"]
     assert [task.__name__ for task in app._app_tasks] == [
         "bootstrap",
         "learn_table_partitions",
