@@ -13,7 +13,7 @@ import base64
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 import orjson
@@ -45,6 +45,9 @@ __all__ = [
     "refusal",
     "token_refusal",
     "scan_refusal",
+    "scan_time_refusal",
+    "SCAN_CLOCK_SKEW",
+    "SCAN_QUEUE_LIMIT",
 ]
 
 
@@ -319,12 +322,40 @@ REFUSALS: dict[str, tuple[str, str]] = {
         "通行证签名密钥已撤销，请出示重新签发的通行证",
         "the pass was signed with a withdrawn key: show the reissued pass",
     ),
+    "scan_time_ahead": (
+        "扫描时间晚于通道时间（检查站时钟有误）",
+        "the scan is dated after the channel's time: the station's clock is wrong",
+    ),
+    "scan_time_too_old": (
+        "扫描时间早于离线排队上限",
+        "the scan is dated earlier than a station may hold scans offline",
+    ),
 }
+# How far a scan's `scanned_at` (the checkpoint's claim) may lie from the channel's time when the
+# worker reads it: a station's clock may run this far ahead (SCAN_CLOCK_SKEW), and a station may hold
+# scans offline, forwarding them when it is back, for up to SCAN_QUEUE_LIMIT. A station offline
+# longer than that has also not seen a day of revocations and risk changes, so what it let through
+# offline is no longer the channel's to vouch for; the scan is answered held instead.
+SCAN_CLOCK_SKEW = timedelta(minutes=5)
+SCAN_QUEUE_LIMIT = timedelta(hours=24)
 _ENDED = (S.DELIVERED, S.REVOKED, S.EXPIRED)
 
 
 def _never(kid: str, at: datetime) -> bool:
     return False
+
+
+def scan_time_refusal(scanned_at: datetime, now: datetime | None) -> str | None:
+    """Why a scan dated `scanned_at` is not taken at that time by a channel whose time is `now`:
+    dated ahead of it by more than SCAN_CLOCK_SKEW, or behind it by more than SCAN_QUEUE_LIMIT.
+    None when it is taken (or no channel time was given: a replay of a scan answered in time)."""
+    if now is None:
+        return None
+    if scanned_at > now + SCAN_CLOCK_SKEW:
+        return "scan_time_ahead"
+    if scanned_at < now - SCAN_QUEUE_LIMIT:
+        return "scan_time_too_old"
+    return None
 
 
 def token_refusal(

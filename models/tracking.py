@@ -19,7 +19,17 @@ from routing import Place
 
 from .decide import Decider
 from .keyring import Keyring
-from .passes import ACTIVE, PassState, on_scan, refusal, status_event, token_refusal, transition, verify_token
+from .passes import (
+    ACTIVE,
+    PassState,
+    on_scan,
+    refusal,
+    scan_time_refusal,
+    status_event,
+    token_refusal,
+    transition,
+    verify_token,
+)
 from .passes import PassStatusKind as S
 from .records import CheckpointScan, EnterpriseEntry, RegionRisk, format_time, parse_time
 
@@ -56,9 +66,27 @@ class Tracker:
             state, S.ISSUED, decided_at, cause=f"decision:{state.shipment_id}", dwell_target=self.dwell_target
         )
 
-    def scan(self, state: PassState | None, scan: CheckpointScan, pass_id: str) -> tuple[PassState | None, dict]:
+    def scan(
+        self, state: PassState | None, scan: CheckpointScan, pass_id: str, now: datetime | None = None
+    ) -> tuple[PassState | None, dict]:
         """The new state (None: unknown pass, nothing stored) and the event answering the scan.
-        A redelivered scan is the caller's to answer, with the answer it stored."""
+        A redelivered scan is the caller's to answer, with the answer it stored. A scan dated too far
+        from the channel's time `now` (`scan_time_refusal`) is answered held and changes nothing;
+        its answer says when the channel received it (`received_at`)."""
+        late = scan_time_refusal(scan.scanned_at, now)
+        if late is not None and now is not None:
+            return state, {
+                "pass_id": pass_id,
+                "shipment_id": None if state is None else state.shipment_id,
+                "status": str(S.HELD),
+                "at": format_time(now),
+                "checkpoint_id": scan.checkpoint_id,
+                "reason": late,
+                "dwell_seconds": None,
+                "dwell_exceeded": False,
+                "cause": f"scan:{scan.scan_id}",
+                "received_at": format_time(now),
+            }
         token_error = token_refusal(
             scan.token, pass_id, scan.plate, self._claims, at=scan.scanned_at, withdrawn=self.keyring.withdrawn
         )

@@ -41,14 +41,16 @@ class RekeyedScan:
     pass_id: str
     scan: CheckpointScan
     body: dict[str, Any]  # the scan as it was received: it travels as it is
+    received_at: str | None = None  # the channel's time where it arrived (since 0.6), as written
 
     def wire(self) -> dict[str, Any]:
-        return {"pass_id": self.pass_id, "scan": self.body}
+        body = {"pass_id": self.pass_id, "scan": self.body}
+        return body if self.received_at is None else {**body, "received_at": self.received_at}
 
     @classmethod
     def from_wire(cls, command: dict[str, Any]) -> RekeyedScan:
-        pass_id = command["pass_id"]
-        return cls(pass_id, parse_scan(command["scan"]), command["scan"])
+        pass_id, received_at = command["pass_id"], command.get("received_at")
+        return cls(pass_id, parse_scan(command["scan"]), command["scan"], received_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -429,9 +429,14 @@ class Pipeline:
         )
 
     # --- checkpoint scans -----------------------------------------------------------------------
-    def on_scan(self, key: bytes | None, value: bytes | None, meta: RecordMeta, *, tables: Tables) -> list[Out]:
+    def on_scan(
+        self, key: bytes | None, value: bytes | None, meta: RecordMeta, *, tables: Tables, now: datetime | None = None
+    ) -> list[Out]:
         """Apply a scan on its pass's partition; a scan that arrived elsewhere (keyed by something
-        other than its pass number) is re-keyed there through the internal pass topic."""
+        other than its pass number) is re-keyed there through the internal pass topic, with the
+        channel's time `now` it arrived at. A scan dated too far from `now` is answered held
+        (`models.passes.scan_time_refusal`); without `now` (a replay of a scan answered in time)
+        its date is taken."""
         try:
             obj = load_object(value)
             scan = parse_scan(obj)
@@ -444,10 +449,13 @@ class Pipeline:
                 return [self.dead_letter(meta, key, value, "token names no pass and the scan has no pass_id")]
         home = kafka_partition(pass_id.encode(), self.partitions)
         if home == meta.partition:
-            return [self._apply_scan(tables, home, pass_id, scan)]
-        return [Out(self.topics.pass_events, pass_id.encode(), encode(RekeyedScan(pass_id, scan, obj)))]
+            return [self._apply_scan(tables, home, pass_id, scan, now)]
+        received = None if now is None else format_time(now)
+        return [Out(self.topics.pass_events, pass_id.encode(), encode(RekeyedScan(pass_id, scan, obj, received)))]
 
-    def _apply_scan(self, tables: Tables, partition: int, pass_id: str, scan: CheckpointScan) -> Out:
+    def _apply_scan(
+        self, tables: Tables, partition: int, pass_id: str, scan: CheckpointScan, now: datetime | None = None
+    ) -> Out:
         answer_key = f"{pass_id}/{scan.scan_id}"
         answered = tables.answers.get(answer_key)
         if answered is not None:  # redelivered: the first answer again
@@ -455,7 +463,7 @@ class Pipeline:
         state = self._load(tables, pass_id)
         if state is not None and (answered := tables.answers.get(answer_key)) is not None:
             return self._status_out_bytes(pass_id, answered)  # answered by a worker before 0.4
-        new, event = self.tracker.scan(state, scan, pass_id)
+        new, event = self.tracker.scan(state, scan, pass_id, now)
         out = self._status_out(event)
         if new is not None:
             if new != state:
@@ -523,7 +531,8 @@ class Pipeline:
 
     def _on_rekeyed_scan(self, tables: Tables, partition: int, command: RekeyedScan) -> list[Out]:
         """A scan sent here from the partition it arrived on, applied as `on_scan` would have."""
-        return [self._apply_scan(tables, partition, command.pass_id, command.scan)]
+        now = None if command.received_at is None else parse_time(command.received_at)
+        return [self._apply_scan(tables, partition, command.pass_id, command.scan, now)]
 
     def _on_risk_changed(self, tables: Tables, partition: int, command: RiskChanged, only=None) -> list[Out]:
         """The worker that consumed the risk topic applied it already; another worker's book learns it

@@ -5,6 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import ChainMap, Counter, defaultdict
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from models.keyring import SigningKeyMissing
@@ -14,7 +15,23 @@ from .reader import Event, Record, decode, merge
 if TYPE_CHECKING:  # the decision core is imported when a command runs, not when the CLI parses arguments
     from ..handlers import Out, Pipeline
 
-__all__ = ["Replayer", "as_recorded"]
+__all__ = ["Replayer", "as_recorded", "received_times"]
+
+
+def received_times(statuses: Iterable[Record]) -> dict[tuple[str, str], datetime]:
+    """(pass id, cause) -> `received_at` of each recorded answer that has one (a scan held for its date)."""
+    from models.records import parse_time
+
+    out = {}
+    for r in statuses:
+        obj = decode(r.value) or {}
+        if "received_at" not in obj:
+            continue
+        try:
+            out[(str(obj.get("pass_id")), str(obj.get("cause")))] = parse_time(obj.get("received_at"))
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 def as_recorded(decisions: Iterable[Record]) -> dict[str, dict]:
@@ -59,6 +76,9 @@ class Replayer:
         self.stale = 0  # requests the worker dead-lettered as older than the retention, the log bearing it out
         self.diagnoses = 50  # mismatched decisions re-decided with older reference data (costly: capped)
         self.as_recorded: dict[str, dict] = {}  # shipment id -> its recorded decision's time and knowledge
+        self.received: dict[
+            tuple[str, str], datetime
+        ] = {}  # (pass id, cause) -> when a scan answered held for its date came
         # The reference records this walk has handled, per (topic, partition) by offset: (offset,
         # step of the walk, the broadcast's bytes).
         self.walked: dict[tuple[str, int], list[tuple[int, int, bytes]]] = {}
@@ -94,6 +114,7 @@ class Replayer:
         records: Iterable[Record],
         *,
         recorded: Iterable[Record] = (),
+        answers: Iterable[Record] = (),
         held: Iterable[Record] = (),
         stale: set[tuple[int, int]] = frozenset(),
     ) -> int:
@@ -102,11 +123,14 @@ class Replayer:
         `recorded`: the decisions on the log. Each request is decided again at the time its recorded
         decision was taken and with what that decision says it knew (`as_recorded`): the log says
         what the worker knew, and the replay proves the decision followed from it.
+        `answers`: the status events on the log; a scan answered held for its date says when the
+        channel received it (`received_at`), and is replayed at that time.
         `held`: for a window, the decisions recorded before its end. The pass numbers their approvals
         hold, for shipments the window does not decide, were given by requests before it, so the
         window's allocation starts with them."""
         t, p = self.topics, self.pipeline
         self.as_recorded = as_recorded(recorded)
+        self.received = received_times(answers)
         events = merge(records, t)
         self._hold_serials(held, except_for={e.sid for e in events if e.sid is not None})
         decide = self._decider([e for e in events if e.record.topic == t.requests], stale)
@@ -124,7 +148,7 @@ class Replayer:
                     self.repeats += 1  # answered live with the first decision again: nothing new
                     continue
             elif r.topic == t.scans:
-                outs = self._call(p.on_scan, r, tables=self.tables)
+                outs = self._call(p.on_scan, r, tables=self.tables, now=self._received(r))
             elif r.topic == t.pass_events:  # a clock tick, on the partition the worker handled it
                 outs = self._tick(r)
             else:  # a risk/enterprise/key update: its broadcast re-evaluates each partition's passes
@@ -185,6 +209,16 @@ class Replayer:
             return ahead.pop(id(event))
 
         return decide
+
+    def _received(self, scan: Record):
+        """When the channel received `scan`, if its recorded answer says (None: it was taken at its date)."""
+        if not self.received:
+            return None
+        from models.passes import claimed_pass_id
+
+        obj = decode(scan.value) or {}
+        pass_id = obj.get("pass_id") or (claimed_pass_id(obj["token"]) if isinstance(obj.get("token"), str) else None)
+        return self.received.get((str(pass_id), f"scan:{obj.get('scan_id')}"))
 
     def _decide_and_follow(self, request: Record, sid: str | None) -> list[Out]:
         """The request's outputs, then what the reference changes its decision did not know of, and

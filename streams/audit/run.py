@@ -68,7 +68,13 @@ async def run_replay(
         task = bar.add_task("replaying", total=len(window.inputs))
         rep = Replayer(pipeline, advance=lambda n: bar.advance(task, n))
         rep.load_reference(window.reference)
-        rep.replay(window.inputs, recorded=recorded.decisions, held=recorded.held, stale=recorded.stale)
+        rep.replay(
+            window.inputs,
+            recorded=recorded.decisions,
+            answers=recorded.statuses,
+            held=recorded.held,
+            stale=recorded.stale,
+        )
         replay_done = time.perf_counter()
         c = compare(rep, recorded.decisions, recorded.statuses, until_ms=recorded.until_ms, full=full, watch=watch)
         if c.candidates:

@@ -61,7 +61,7 @@ def register_decide(app: faust.App, runtime: Runtime, requests: faust.TopicT) ->
             event.value,
             meta(event),
             tables=tables,
-            now=runtime.now(event.message.partition),
+            now=runtime.decision_now(event.message.partition),
         ),
     )
 
@@ -74,7 +74,14 @@ def register_scan(app: faust.App, runtime: Runtime, scans: faust.TopicT) -> None
         runtime,
         scans,
         "scan",
-        lambda event: partial(pipeline.on_scan, event.key, event.value, meta(event), tables=tables),
+        lambda event: partial(
+            pipeline.on_scan,
+            event.key,
+            event.value,
+            meta(event),
+            tables=tables,
+            now=runtime.now(event.message.partition),
+        ),
         after_ready=False,
     )
 

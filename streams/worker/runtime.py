@@ -49,16 +49,23 @@ class Runtime:
     def __post_init__(self) -> None:
         self.exactly_once = self.settings.processing_guarantee == "exactly_once"
 
-    def now(self, partition: int) -> datetime:
-        """The channel's time for a decision on `partition`: the worker's wall clock (UTC). A worker
-        with no wall clock of its own (GC_CLOCK_SECONDS=0: an operator's simulated clock ticks the
-        log, as the demo's day in 2020 does) takes its partition's clock as last ticked, and the wall
-        clock before the first tick. Never a time a firm wrote (`streams.handlers.decision_time`)."""
+    def now(self, partition: int) -> datetime | None:
+        """The channel's time on `partition`: the worker's wall clock (UTC). A worker with no wall
+        clock of its own (GC_CLOCK_SECONDS=0: an operator's simulated clock ticks the log, as the
+        demo's day in 2020 does) takes its partition's clock as last ticked: None before the first
+        tick. Never a time a firm or a checkpoint wrote."""
         wall = datetime.now(UTC)
         if self.settings.clock_seconds > 0:
             return wall
         ticked = self.tables.clocks.get(str(partition))
-        return wall if ticked is None else min(wall, parse_time(ticked.decode()))
+        return None if ticked is None else min(wall, parse_time(ticked.decode()))
+
+    def decision_now(self, partition: int) -> datetime:
+        """The channel's time a request on `partition` is judged by (`now`), bounded by the wall
+        clock before a simulated clock's first tick: a firm's claim is never later than either
+        (`streams.handlers.decision_time`)."""
+        now = self.now(partition)
+        return datetime.now(UTC) if now is None else now
 
     def in_flight(self):
         """exactly_once: Faust commits offsets only between events (see streams.worker.eos)."""
