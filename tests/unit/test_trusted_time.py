@@ -58,6 +58,8 @@ class Channel:
         p = self.pipeline
         if topic == T.requests:
             outs = p.on_request(key, value, meta, tables=self.tables, now=now)
+        elif topic == T.scans:
+            outs = p.on_scan(key, value, meta, tables=self.tables, now=now)
         else:
             outs = {T.risk: p.on_risk, T.enterprises: p.on_enterprise, T.keys: p.on_key}[topic](key, value, meta)
         return self._route(outs, hold)
@@ -110,11 +112,11 @@ class Channel:
     def replayed(self) -> list:
         """The audit replay of this channel's log: its mismatches."""
         rep = Replayer(make_pipeline())
-        reference = [r for r in self.records if r.topic != T.requests]
+        reference = [r for r in self.records if r.topic in (T.risk, T.enterprises, T.keys)]
         rep.load_reference(reference)
         decisions = [self._logged(o, n) for n, o in enumerate(self.outs) if o.topic == T.decisions]
-        rep.replay(self.records, recorded=decisions)
         statuses = [self._logged(o, n) for n, o in enumerate(self.outs) if o.topic == T.status]
+        rep.replay(self.records, recorded=decisions, answers=statuses)
         return compare(rep, decisions, statuses).mismatches
 
     @staticmethod
@@ -237,6 +239,43 @@ def test_a_partition_that_applied_more_than_the_workers_books_is_not_decided_on(
         behind.pipeline.on_risk(record.key, record.value, RecordMeta(T.risk, record.partition, record.offset, None))
     decided = behind.send(T.requests, key, body)[0]
     assert decided["known"]["risk"] == orjson.loads(ahead.tables.applied[str(partition)])["risk"]
+
+
+# --- scans: the checkpoint's date, bounded by the channel's time ---------------------------------
+@pytest.mark.parametrize(
+    ("dated", "answer"),
+    [
+        (timedelta(minutes=10), ("held", "scan_time_ahead")),
+        (timedelta(minutes=4), ("at_checkpoint", None)),  # within the clock skew
+        (-timedelta(hours=23), ("at_checkpoint", None)),  # held offline by the station, then sent
+        (-timedelta(hours=25), ("held", "scan_time_too_old")),
+    ],
+)
+@pytest.mark.parametrize("rekeyed", [False, True])
+def test_a_scan_is_taken_at_its_date_only_within_the_bounds_of_the_channels_time(dated, answer, rekeyed):
+    channel = Channel()
+    decision = channel.request(1, kind="P1", submitted=NOW)
+    the_pass = decision["pass"]
+    checkpoint = the_pass["route"]["checkpoints"][0]
+    received = datetime.fromisoformat(checkpoint["eta"]) - dated  # the channel's time as it arrives
+    scan = {
+        "scan_id": "s-1",
+        "pass_id": the_pass["pass_id"],
+        "checkpoint_id": checkpoint["checkpoint_id"],
+        "plate": the_pass["plate"],
+        "kind": "arrival",
+        "token": the_pass["token"],
+        "scanned_at": checkpoint["eta"],
+    }
+    key = b"a plate, not the pass" if rekeyed else the_pass["pass_id"].encode()
+    (event,) = channel.send(T.scans, key, scan, now=received)
+    assert (event["status"], event["reason"]) == answer
+    assert ("received_at" in event) == (answer[0] == "held")
+    if answer[0] == "held":
+        assert event["received_at"] == event["at"] == format_time(received)
+        assert channel.status_of(decision) == "issued"  # nothing changed
+    assert channel.send(T.scans, key, scan, now=received + timedelta(days=3)) == [event]  # the first answer again
+    assert channel.replayed() == []
 
 
 # --- the property: an earlier claimed time never gives a more favourable decision ----------------
