@@ -18,7 +18,7 @@ from routing import Gazetteer, RegionGraph, RoutePlanner
 from .handlers import Pipeline, Topics
 from .settings import Settings
 
-__all__ = ["build_decider", "build_pipeline", "with_fresh_reference", "reference_handlers"]
+__all__ = ["build_decider", "build_pipeline", "with_fresh_reference"]
 
 
 def build_decider(
@@ -77,12 +77,6 @@ def with_fresh_reference(pipeline: Pipeline) -> Pipeline:
     return Pipeline(
         decider, pipeline.tracker, pipeline.topics, partitions=pipeline.partitions, retention=pipeline.retention
     )
-
-
-def reference_handlers(pipeline: Pipeline) -> dict:
-    """The handler of each reference topic: risk levels, the key-enterprise list, the signing keyring."""
-    topics = pipeline.topics
-    return {topics.risk: pipeline.on_risk, topics.enterprises: pipeline.on_enterprise, topics.keys: pipeline.on_key}
 
 
 def _geocoder(settings: Settings):

@@ -514,20 +514,17 @@ class Pipeline:
         return [Out(self.topics.pass_events, key.encode(), value, partition=p) for p in range(self.partitions)]
 
     # --- the internal pass topic ------------------------------------------------------------------
-    def on_pass_event(self, value: bytes, *, partition: int, tables: Tables) -> list[Out]:
+    def on_pass_event(self, value: bytes, *, partition: int, tables: Tables, only=None) -> list[Out]:
         """A command on the internal pass topic (`streams.commands`), for the passes of `partition`,
-        handled by its type. Bytes that hold no command raise (see `streams.commands.decode`)."""
+        handled by its type. Bytes that hold no command raise (see `streams.commands.decode`).
+        `only` (the audit replay's catch-up): a reference change applied to those passes alone, as
+        it reached their partition after their decision, which had not known of it."""
         command = decode(value)
-        return self._COMMAND_HANDLERS[type(command)](self, tables, partition, command)
-
-    def follow(self, value: bytes, *, partition: int, tables: Tables, pass_id: str) -> list[Out]:
-        """A reference broadcast (`value`, a risk, key-list or keyring change) applied to the one pass
-        `pass_id` of `partition`: what the broadcast did to that pass when it reached the partition
-        after the pass's decision, which had not known of it (the audit replay's catch-up)."""
-        command = decode(value)
+        if only is None:
+            return self._COMMAND_HANDLERS[type(command)](self, tables, partition, command)
         if not isinstance(command, RiskChanged | EnterpriseChanged | KeyChanged):
             raise TypeError(f"{type(command).__name__} is not a reference change")
-        return self._COMMAND_HANDLERS[type(command)](self, tables, partition, command, only=(pass_id,))
+        return self._COMMAND_HANDLERS[type(command)](self, tables, partition, command, only=only)
 
     def _on_rekeyed_scan(self, tables: Tables, partition: int, command: RekeyedScan) -> list[Out]:
         """A scan sent here from the partition it arrived on, applied as `on_scan` would have."""

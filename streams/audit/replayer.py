@@ -8,11 +8,10 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from models.keyring import SigningKeyMissing
-
 from .reader import Event, Record, decode, merge
 
 if TYPE_CHECKING:  # the decision core is imported when a command runs, not when the CLI parses arguments
+    from ..dispatch import Given
     from ..handlers import Out, Pipeline
 
 __all__ = ["Replayer", "as_recorded", "received_times"]
@@ -62,8 +61,11 @@ class Replayer:
         self.pipeline = pipeline
         self.topics = pipeline.topics
         self.advance = advance
+        from .. import dispatch
         from ..handlers import Tables
 
+        self._dispatch = dispatch  # the worker's own table of topic -> handler, and its guard
+        self._table = dispatch.handlers(pipeline)
         self.tables = Tables.empty()  # the worker's tables, all partitions in one
         self.decided, self.serials, self.passes = self.tables.decided, self.tables.serials, self.tables.passes
         self.decisions: dict[str, bytes] = {}  # shipment id -> decision bytes, in event-time order
@@ -85,26 +87,24 @@ class Replayer:
         t = self.topics
         self._short = {t.risk: "risk", t.enterprises: "enterprises", t.keys: "keys"}
 
-    # Every input is handled as `streams.worker.runtime.Runtime.guarded` does: an unexpected error
-    # dead-letters it. A key
-    # the ring says signs, and whose private key is not in GC_KEY_DIR, stops the replay (the worker
-    # waits for it): the audit cannot reproduce a signature without it.
-    def _call(self, handler, r: Record, **kw) -> list[Out]:
-        try:
-            return handler(r.key, r.value, r.meta, **kw)
-        except SigningKeyMissing:
-            raise
-        except Exception as exc:  # noqa: BLE001 — as the live agent does
-            return [self.pipeline.dead_letter(r.meta, r.key, r.value, f"internal error: {type(exc).__name__}: {exc}")]
+    # Every input goes through the worker's own dispatch and guard (`streams.dispatch.handle`): an
+    # unexpected error dead-letters it. A key the ring says signs, and whose private key is not in
+    # GC_KEY_DIR, stops the replay (the worker waits for it): the audit cannot reproduce a signature
+    # without it.
+    def _handle(self, r: Record, given: Given) -> list[Out]:
+        return self._dispatch.handle(self.pipeline, self._table, r.key, r.value, r.meta, given)
+
+    def _given(self, tables=None, **kw) -> Given:
+        """What the replay gives a handler: its tables, and what the log says the worker had."""
+        return self._dispatch.Given(self.tables if tables is None else tables, **kw)
 
     def load_reference(self, records: Iterable[Record]) -> int:
         """Apply every reference record to the as-of books and the keyring (order does not matter;
         sorted anyway)."""
         t = self.topics
-        handlers = self._reference_handlers()
         n = 0
         for r in sorted(records, key=lambda r: (r.topic != t.enterprises, r.topic, r.partition, r.offset)):
-            self._call(handlers[r.topic], r)
+            self._handle(r, self._given())
             self.reference.append(r)
             n += 1
         return n
@@ -128,13 +128,12 @@ class Replayer:
         `held`: for a window, the decisions recorded before its end. The pass numbers their approvals
         hold, for shipments the window does not decide, were given by requests before it, so the
         window's allocation starts with them."""
-        t, p = self.topics, self.pipeline
+        t = self.topics
         self.as_recorded = as_recorded(recorded)
         self.received = received_times(answers)
         events = merge(records, t)
         self._hold_serials(held, except_for={e.sid for e in events if e.sid is not None})
         decide = self._decider([e for e in events if e.record.topic == t.requests], stale)
-        handlers = self._reference_handlers()
         step = 0
         for e in events:
             r = e.record
@@ -148,11 +147,11 @@ class Replayer:
                     self.repeats += 1  # answered live with the first decision again: nothing new
                     continue
             elif r.topic == t.scans:
-                outs = self._call(p.on_scan, r, tables=self.tables, now=self._received(r))
+                outs = self._handle(r, self._given(now=self._received(r)))
             elif r.topic == t.pass_events:  # a clock tick, on the partition the worker handled it
-                outs = self._tick(r)
+                outs = self._handle(r, self._given())
             else:  # a risk/enterprise/key update: its broadcast re-evaluates each partition's passes
-                outs = self._call(handlers[r.topic], r)
+                outs = self._handle(r, self._given())
                 if outs and outs[0].topic == t.pass_events:
                     insort(
                         self.walked.setdefault((self._short[r.topic], r.partition), []), (r.offset, step, outs[0].value)
@@ -162,20 +161,6 @@ class Replayer:
         if self.advance is not None and step % 1000:
             self.advance(step % 1000)
         return step
-
-    def _reference_handlers(self) -> dict:
-        from ..bootstrap import reference_handlers
-
-        return reference_handlers(self.pipeline)
-
-    def _tick(self, r: Record) -> list[Out]:
-        try:
-            return self.pipeline.on_pass_event(r.value, partition=r.partition, tables=self.tables)
-        except SigningKeyMissing:
-            raise
-        except Exception:  # noqa: BLE001 — the live agent dead-letters it
-            self.dead_letters += 1
-            return []
 
     def _decider(self, requests: list[Event], stale: set[tuple[int, int]]) -> Callable[[Event], list[Out] | None]:
         """`decide(event)`: the outputs of a request as the worker produced them (None for a repeat of a
@@ -238,18 +223,15 @@ class Replayer:
         missed = []
         for (name, p), walked in self.walked.items():
             missed += walked[bisect_left(walked, (known.get(name, {}).get(str(p), 0),)) :]
+        given = self._given(only=(pass_id,))
         for _offset, _step, value in sorted(missed, key=lambda m: m[1]):  # in walk order
-            try:
-                outs += self.pipeline.follow(value, partition=partition, tables=self.tables, pass_id=pass_id)
-            except SigningKeyMissing:
-                raise
-            except Exception:  # noqa: BLE001 — the live agent dead-letters it
-                self.dead_letters += 1
+            broadcast = Record(self.topics.pass_events, partition, -1, request.timestamp_ms, None, value)
+            outs += self._handle(broadcast, given)
         return outs
 
     def _decide(self, request: Record, tables, sid: str | None) -> list[Out]:
         """The outputs of `request` (shipment `sid`), decided at its recorded decision's time with what it knew."""
-        return self._call(self.pipeline.on_request, request, tables=tables, **self.as_recorded.get(sid or "", {}))
+        return self._handle(request, self._given(tables, **self.as_recorded.get(sid or "", {})))
 
     def _hold_serials(self, decisions: Iterable[Record], *, except_for: set[str]) -> None:
         for r in decisions:
@@ -267,14 +249,8 @@ class Replayer:
             partition = (
                 out.partition if out.partition is not None else kafka_partition(out.key, self.pipeline.partitions)
             )
-            try:
-                more = self.pipeline.on_pass_event(out.value, partition=partition, tables=self.tables)
-            except SigningKeyMissing:
-                raise
-            except Exception:  # noqa: BLE001 — the live agent dead-letters it
-                self.dead_letters += 1
-                return
-            for o in more:
+            internal = Record(t.pass_events, partition, -1, r.timestamp_ms, out.key, out.value)
+            for o in self._handle(internal, self._given()):
                 self._emit(o, r)
         elif out.topic == t.decisions:
             sid = out.key.decode()
@@ -303,15 +279,12 @@ class Replayer:
 
     def decide_as_known_at(self, request: Record, timestamp_ms: int) -> bytes | None:
         """The decision with only the reference records the log held at `timestamp_ms`."""
-        from ..bootstrap import reference_handlers, with_fresh_reference
+        from ..bootstrap import with_fresh_reference
 
-        other = with_fresh_reference(self.pipeline)
-        handlers = reference_handlers(other)
+        other, handle = with_fresh_reference(self.pipeline), self._dispatch.handle
+        table, scratch = self._dispatch.handlers(other), self._given(self._scratch())
         for r in self.reference:
             if r.timestamp_ms <= timestamp_ms:
-                try:
-                    handlers[r.topic](r.key, r.value, r.meta)
-                except Exception:  # noqa: BLE001
-                    pass
-        outs = other.on_request(request.key, request.value, request.meta, tables=self._scratch())
+                handle(other, table, r.key, r.value, r.meta, scratch)
+        outs = handle(other, table, request.key, request.value, request.meta, scratch)
         return next((o.value for o in outs if o.topic == self.topics.decisions), None)

@@ -12,15 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import faust
 
-from ..bootstrap import reference_handlers
+from ..dispatch import Given
 from ..metrics import sample_lag
 from .reference import load_reference_data
-from .runtime import Runtime, meta
+from .runtime import Runtime
 
 __all__ = [
     "register_reference_load",
@@ -48,67 +47,38 @@ def register_reference_load(app: faust.App, runtime: Runtime) -> None:
 
 
 def register_decide(app: faust.App, runtime: Runtime, requests: faust.TopicT) -> None:
-    """Decide each pass request (and issue its pass), once the reference data is loaded."""
-    pipeline, tables = runtime.pipeline, runtime.tables
+    """Decide each pass request (and issue its pass) at the channel's time, once the reference data is loaded."""
+    tables = runtime.tables
     _register_guarded(
-        app,
-        runtime,
-        requests,
-        "decide",
-        lambda event: partial(
-            pipeline.on_request,
-            event.key,
-            event.value,
-            meta(event),
-            tables=tables,
-            now=runtime.decision_now(event.message.partition),
-        ),
+        app, runtime, requests, "decide", lambda event: Given(tables, now=runtime.decision_now(event.message.partition))
     )
 
 
 def register_scan(app: faust.App, runtime: Runtime, scans: faust.TopicT) -> None:
-    """Apply each checkpoint scan (re-keyed to its pass: no reference data needed, so no wait)."""
-    pipeline, tables = runtime.pipeline, runtime.tables
+    """Apply each checkpoint scan, its date bounded by the channel's time (re-keyed to its pass: no
+    reference data needed, so no wait)."""
+    tables = runtime.tables
     _register_guarded(
         app,
         runtime,
         scans,
         "scan",
-        lambda event: partial(
-            pipeline.on_scan,
-            event.key,
-            event.value,
-            meta(event),
-            tables=tables,
-            now=runtime.now(event.message.partition),
-        ),
+        lambda event: Given(tables, now=runtime.now(event.message.partition)),
         after_ready=False,
     )
 
 
 def register_reference_data(app: faust.App, runtime: Runtime, reference: faust.TopicT) -> None:
     """Apply each risk-level, key-enterprise and key record, after the whole topics were loaded."""
-    handlers = reference_handlers(runtime.pipeline)
-    _register_guarded(
-        app,
-        runtime,
-        reference,
-        "reference_data",
-        lambda event: partial(handlers[event.message.topic], event.key, event.value, meta(event)),
-    )
+    tables = runtime.tables
+    _register_guarded(app, runtime, reference, "reference_data", lambda event: Given(tables))
 
 
 def register_track(app: faust.App, runtime: Runtime, pass_events: faust.TopicT) -> None:
-    """Apply each pass event on its pass's partition: re-keyed scans and the risk, key-list and
-    keyring broadcasts."""
-    pipeline, tables = runtime.pipeline, runtime.tables
-    _register_guarded(
-        app,
-        runtime,
-        pass_events,
-        "track",
-        lambda event: partial(pipeline.on_pass_event, event.value, partition=event.message.partition, tables=tables),
-    )
+    """Apply each pass event on its pass's partition: re-keyed scans, the risk, key-list and
+    keyring broadcasts, and the clock's ticks."""
+    tables = runtime.tables
+    _register_guarded(app, runtime, pass_events, "track", lambda event: Given(tables))
 
 
 def _register_guarded(
@@ -116,13 +86,13 @@ def _register_guarded(
     runtime: Runtime,
     channel: faust.TopicT,
     name: str,
-    handler_for: Callable[[Any], Callable[[], list]],
+    given_for: Callable[[Any], Given],
     *,
     after_ready: bool = True,
 ) -> None:
-    """The agent `name` on `channel`: each event, one at a time, goes to `handler_for(event)` through
-    `Runtime.guarded` (its table writes and outputs sent before the next event); with `after_ready`,
-    once the reference data is loaded."""
+    """The agent `name` on `channel`: each event, one at a time, goes through the one dispatch
+    (`Runtime.guarded`) with what the worker gives it (`given_for(event)`), its table writes and
+    outputs sent before the next event; with `after_ready`, once the reference data is loaded."""
     guarded, in_flight, ready = runtime.guarded, runtime.in_flight, runtime.ready
 
     async def agent(stream) -> None:
@@ -130,7 +100,7 @@ def _register_guarded(
             await ready.wait()
         async for event in stream.events():
             async with in_flight():
-                await guarded(event, handler_for(event))
+                await guarded(event, given_for(event))
 
     agent.__name__ = agent.__qualname__ = name
     app.agent(channel, name=f"{__name__}.{name}")(agent)

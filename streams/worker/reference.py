@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ..bootstrap import reference_handlers
 from ..connection import Connection
-from ..handlers import Pipeline, RecordMeta
+from ..dispatch import Given, handle, handlers
+from ..handlers import Pipeline, RecordMeta, Tables
 from ..settings import Settings
 from .compat import refresh_metadata
 
@@ -23,12 +23,12 @@ async def load_reference_data(pipeline: Pipeline, settings: Settings) -> int:
     Every worker needs all of them, not just its partitions, so this reads outside the
     consumer group; later updates reach each worker through the pass-event broadcast.
     """
-    handlers = reference_handlers(pipeline)
+    t, table, given = pipeline.topics, handlers(pipeline), Given(Tables.empty())
 
-    def apply(topic: str, partition: int, m) -> None:
-        handlers[topic](m.key, m.value, RecordMeta(topic, partition, m.offset, m.timestamp))
+    def apply(topic: str, partition: int, m) -> None:  # its broadcast is not sent: this worker's books only
+        handle(pipeline, table, m.key, m.value, RecordMeta(topic, partition, m.offset, m.timestamp), given)
 
-    return await read_whole_topics(settings.connection, list(handlers), apply)
+    return await read_whole_topics(settings.connection, [t.risk, t.enterprises, t.keys], apply)
 
 
 async def read_whole_topics(connection: Connection, names: list[str], apply) -> int:

@@ -19,6 +19,7 @@ import faust
 from models.keyring import SigningKeyMissing
 from models.records import parse_time
 
+from ..dispatch import Given, Handler, handle, handlers
 from ..handlers import Out, Pipeline, RecordMeta, ReferenceBehind, Tables
 from ..metrics import PrometheusMeter
 from ..settings import Settings
@@ -45,9 +46,11 @@ class Runtime:
     gate: CommitGate = field(default_factory=CommitGate)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     exactly_once: bool = field(init=False)
+    dispatch: dict[str, Handler] = field(init=False)
 
     def __post_init__(self) -> None:
         self.exactly_once = self.settings.processing_guarantee == "exactly_once"
+        self.dispatch = handlers(self.pipeline)  # the audit replay runs the same table
 
     def now(self, partition: int) -> datetime | None:
         """The channel's time on `partition`: the worker's wall clock (UTC). A worker with no wall
@@ -74,21 +77,20 @@ class Runtime:
         self.gate.install(self.app.consumer)
         return self.gate.event()
 
-    async def guarded(self, event, handle) -> None:
-        """`handle()` for one event, and its table writes and outputs sent (under exactly_once, in its
-        partition's transaction). An agent never dies on a message: an unexpected error dead-letters it."""
-        pipeline, meter, topic = self.pipeline, self.meter, event.message.topic
+    async def guarded(self, event, given: Given) -> None:
+        """The event through the one dispatch and guard (`streams.dispatch.handle`: an agent never
+        dies on a message, an unexpected error dead-letters it), with what the worker gives it
+        (`given`), and its table writes and outputs sent (under exactly_once, in its partition's
+        transaction). A missing private key is waited for; a partition ahead of this worker's books
+        has the reference topics read again first (`signed`)."""
+        pipeline, topic = self.pipeline, event.message.topic
         started = time.perf_counter()
-        try:
-            outs = await signed(handle, where=self.settings.keys_path, refresh=self.read_reference_again)
-            meter.handled(topic, time.perf_counter() - started)
-        except Exception as exc:  # noqa: BLE001 — the message is kept, with the error
-            log.exception("failed on %s@%s", topic, event.message.offset)
-            outs = [
-                pipeline.dead_letter(
-                    meta(event), event.key, event.value, f"internal error: {type(exc).__name__}: {exc}"
-                )
-            ]
+        outs = await signed(
+            lambda: handle(pipeline, self.dispatch, event.key, event.value, meta(event), given),
+            where=self.settings.keys_path,
+            refresh=self.read_reference_again,
+        )
+        self.meter.handled(topic, time.perf_counter() - started)
         outs = self.table_writes(event) + outs  # taken before any await: the next event's are its own
         if self.exactly_once:  # the event's table writes and outputs, in its partition's transaction
             await send_in_partition_transaction(self.app, event, outs)
@@ -142,4 +144,7 @@ async def signed(handle, *, where, wait: float = KEY_WAIT_SECONDS, refresh=None)
             if reads:  # read once already and still behind: the records are still on their way
                 await asyncio.sleep(wait)  # a retry interval, as for a key
             reads += 1
-            await refresh()
+            try:
+                await refresh()
+            except Exception:  # noqa: BLE001 — the broker away: read again after the interval
+                log.exception("reading the reference topics again failed")

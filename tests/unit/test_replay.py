@@ -360,3 +360,30 @@ def test_a_risk_entry_without_effective_at_is_replayed_at_its_record_time():
     rep = replay_log(log)
     c = compare(rep, log.topic(T.decisions), log.topic(T.status))
     assert c.mismatches == [] and c.decisions_matched == 12
+
+
+def test_the_worker_and_the_replay_run_one_dispatch_and_one_guard(monkeypatch):
+    """The replay hands each record to the worker's own table and guard (`streams.dispatch`): a
+    handler that fails dead-letters the record in the replay exactly as the worker's agent does."""
+    from streams import dispatch
+
+    pipeline = make_pipeline()
+    rep = Replayer(pipeline)
+    t = pipeline.topics
+    assert (
+        set(rep._table)
+        == set(dispatch.handlers(pipeline))
+        == {t.requests, t.scans, t.risk, t.enterprises, t.keys, t.pass_events}
+    )
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(pipeline, "on_scan", broken)
+    scan = Record(T.scans, 1, 5, 1_700_000_000_000, b"420111000001", b'{"scan_id": "x"}')
+    live = dispatch.handle(
+        pipeline, dispatch.handlers(pipeline), scan.key, scan.value, scan.meta, dispatch.Given(Tables.empty())
+    )
+    assert [o.topic for o in live] == [T.deadletter] and b"internal error: ValueError: boom" in live[0].value
+    rep.replay([scan])
+    assert rep.dead_letters == 1 and rep.events[T.scans] == 1

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams.handlers import Out, RecordMeta
+from streams.dispatch import Given
+from streams.handlers import Out, RecordMeta, Tables, Topics
 from streams.settings import Settings
 from streams.worker.app import create_app
 from streams.worker.runtime import Runtime, meta
@@ -92,6 +93,8 @@ class FakeMeter:
 
 
 class FakePipeline:
+    topics = Topics.with_prefix("gc.")
+
     def dead_letter(self, meta: RecordMeta, key, value, error: str) -> Out:
         return Out("gc.dead-letters", b"dead", f"{meta.topic} {error}".encode())
 
@@ -111,6 +114,12 @@ def runtime_of(guarantee: str) -> Runtime:
     return Runtime(app, settings, FakePipeline(), tables=None, meter=FakeMeter(), changelog=[])
 
 
+def handling_requests_with(runtime: Runtime, handle) -> Given:
+    """The runtime's dispatch of the requests topic made `handle()`; what to give it."""
+    runtime.dispatch[runtime.pipeline.topics.requests] = lambda key, value, meta, given: handle()
+    return Given(Tables.empty())
+
+
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_an_events_table_writes_go_out_before_its_outputs_on_its_partition(guarantee):
     runtime = runtime_of(guarantee)
@@ -119,7 +128,7 @@ async def test_an_events_table_writes_go_out_before_its_outputs_on_its_partition
         runtime.changelog.append(("gc-test-passes-changelog", b"p1", b"state"))
         return [Out("gc.pass.decisions", b"s1", b"decision")]
 
-    await runtime.guarded(fake_event(), handle)
+    await runtime.guarded(fake_event(), handling_requests_with(runtime, handle))
     tid = "gc-test-0-2" if guarantee == "exactly_once" else None
     assert runtime.app.producer.sent == [
         ("gc-test-passes-changelog", b"p1", b"state", 2, tid),
@@ -134,10 +143,10 @@ async def test_an_unexpected_error_dead_letters_the_event():
     def handle():
         raise ValueError("boom")
 
-    await runtime.guarded(fake_event(), handle)
+    await runtime.guarded(fake_event(), handling_requests_with(runtime, handle))
     [(topic, key, value, partition, _)] = runtime.app.producer.sent
     assert (topic, key, value) == ("gc.dead-letters", b"dead", b"gc.shipment.requests internal error: ValueError: boom")
-    assert runtime.meter.handled_topics == []
+    assert runtime.meter.handled_topics == ["gc.shipment.requests"]  # handled: into the dead letters
 
 
 def test_record_metadata_of_an_event():
