@@ -125,7 +125,9 @@ class Tracker:
         )
 
     def risk_changed(self, state: PassState, risk: RegionRisk) -> tuple[PassState, dict | None]:
-        """Re-evaluate one pass after a risk change: keep, reroute, suspend or reinstate.
+        """Re-evaluate one pass after a risk change: keep, reroute, suspend or reinstate. A change
+        effective once the pass's validity has ended leaves it alone (in any order: a replay may
+        meet it before a later-decided pass that it never touched live).
 
         A vehicle already scanned at a checkpoint of its route is rerouted from there: the
         regions behind it stay as they were, and only those ahead of it need to be safe. A
@@ -133,8 +135,8 @@ class Tracker:
         of it lies ahead, and a new route is planned from the origin.
         """
         status = S(state.status)
-        if status not in ACTIVE:
-            return state, None
+        if status not in ACTIVE or parse_time(state.valid_until) <= risk.effective_at:
+            return state, None  # a change effective once the pass has ended is not the pass's
         d = self.decider
         ends = {d.graph.node_of(state.origin), d.graph.node_of(state.destination)}
         if status is not S.SUSPENDED and not (d.graph.prefectures_in(risk.adcode) & self.regions_of(state)):
@@ -288,6 +290,8 @@ class Tracker:
     def enterprise_changed(self, state: PassState, entry: EnterpriseEntry) -> tuple[PassState, dict | None]:
         """A removal from the key-enterprise list revokes the P2/P3 passes that relied on it."""
         if entry.action != "remove" or S(state.status) not in ACTIVE:
+            return state, None
+        if parse_time(state.valid_until) <= entry.effective_at:  # effective once the pass has ended
             return state, None
         if entry.credit_code not in (state.shipper, state.consignee):
             return state, None

@@ -183,9 +183,18 @@ def test_a_raise_effective_during_the_pass_is_avoided_at_the_decision():
     channel.risk(XIANNING, "high", NOW + timedelta(hours=8))
     decision = channel.request(1, kind="P1", submitted=NOW)
     assert decision["decision"] == "approved" and XIANNING not in channel.route_of(decision)
-    after_the_pass = Channel()
-    after_the_pass.risk(XIANNING, "high", NOW + timedelta(days=30))  # long after the pass ends
-    assert XIANNING in after_the_pass.route_of(after_the_pass.request(1, kind="P1", submitted=NOW))
+    assert channel.replayed() == []
+
+
+def test_a_change_effective_after_the_pass_has_ended_is_not_the_pass_s_in_any_order():
+    """Known first, effective long after the pass ends: the decision does not avoid it, and the
+    change does not touch the pass, neither live nor in a replay that meets it after the request."""
+    channel = Channel()
+    channel.risk(XIANNING, "high", NOW + timedelta(days=30))
+    decision = channel.request(1, kind="P1", submitted=NOW)
+    assert XIANNING in channel.route_of(decision)
+    assert channel.risk(XIANNING, "high", NOW + timedelta(days=31)) == []  # read after it: nothing either
+    assert channel.replayed() == []
 
 
 def test_a_region_lowered_before_the_request_is_open_to_it_and_not_to_a_backdated_one():
