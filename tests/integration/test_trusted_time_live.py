@@ -3,8 +3,8 @@ window from its claimed time to the end of its pass, by the channel's clock; req
 raise are routed around it whatever time they claim; and the replay proves every decision and status
 from the log (without a broker: tests/unit/test_trusted_time.py).
 
-These run in the channel's own present (the wall clock, 2026 and on), not the scenario's 2020: the
-raises here are in force from now, so no other test's decisions, all dated in 2020, see them.
+These run in the channel's own present (the wall clock, 2026 and on), not the scenario's 2020, on
+a system of their own (`own_system`: topics of their own), so the shared log stays 2020's.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ XIAN, ZHENGZHOU = "610113", "410102"
 
 
 @pytest.fixture(scope="module")
-async def firms(system) -> Scenario:
+async def firms(own_system) -> Scenario:
     """Key enterprises the worker has applied (each proven by a probe), listed since 2020."""
     base = Scenario(seed=2300, start=datetime(2020, 2, 20, tzinfo=UTC))
 
@@ -33,7 +33,7 @@ async def firms(system) -> Scenario:
         body.update(origin={"adcode": "420111"}, destination={"adcode": "330106"})
         return body
 
-    await load_key_enterprises(system, base, probe)
+    await load_key_enterprises(own_system, base, probe)
     return base
 
 
@@ -63,9 +63,10 @@ def replay_since(system, since: str) -> dict:
     return json.loads(result.stdout)
 
 
-async def test_a_backdated_request_is_judged_by_the_channels_window_not_the_time_it_claims(system, firms):
+async def test_a_backdated_request_is_judged_by_the_channels_window_not_the_time_it_claims(own_system, firms):
     """The issue's first probe: Shiyan raised a minute ago; the same P2 request into Shiyan, honest
     and dated yesterday, is rejected both ways (before, the backdated one was approved)."""
+    system = own_system
     since = format_time(datetime.now(UTC) - timedelta(seconds=1))
     now = datetime.now(UTC)
     await raise_to_high(system, SHIYAN, now - timedelta(minutes=1))
@@ -93,10 +94,11 @@ async def test_a_backdated_request_is_judged_by_the_channels_window_not_the_time
     assert report["ok"] and report["decisions"]["matched"] >= 4
 
 
-async def test_requests_read_after_a_raise_are_routed_around_it_whatever_time_they_claim(system, firms):
+async def test_requests_read_after_a_raise_are_routed_around_it_whatever_time_they_claim(own_system, firms):
     """The issue's second probe: Sanmenxia raised now; a pass decided before it is rerouted, and
     eight requests read after it, saying they were submitted 30 minutes ago on the same road
     (Xi'an -> Zhengzhou), are routed around it. The replay proves all of it."""
+    system = own_system
     since = format_time(datetime.now(UTC) - timedelta(seconds=1))
     before = request(firms, 10, kind="P1", origin=XIAN, destination=ZHENGZHOU, submitted=datetime.now(UTC))
     first = (await publish(system, [before]))[before["shipment_id"]]
