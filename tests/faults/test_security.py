@@ -176,7 +176,7 @@ async def test_the_pipeline_end_to_end_with_every_component_authenticated(broker
     station = start_station(s.env_as("checkpoint-demo"), tmp_path, [checkpoint_id], s.public_key_path).ready()
     try:
         async with aiohttp.ClientSession() as session:
-            client = Client(session, station.url)
+            client = Client(session, station)
 
             async def station_knows_the_pass():
                 return any(a.get("pass_id") == pass_["pass_id"] for a in (await client.state())["arrivals"])

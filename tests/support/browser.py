@@ -40,12 +40,17 @@ async def chromium():
 
 @pytest.fixture
 async def page(chromium, request):
-    """A fresh browser page; on teardown its screenshot goes to tests/artifacts/TEST.png."""
+    """A fresh browser page (a context of its own: no cookie of another test's page); on teardown its
+    screenshot goes to tests/artifacts/TEST.png, and the test fails if the page broke its
+    Content-Security-Policy (an inline script or style, an eval, a request elsewhere)."""
     context = await chromium.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
     pg = await context.new_page()
+    violations: list[str] = []
+    pg.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
     yield pg
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         await pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
     finally:
         await context.close()
+    assert violations == [], f"the page broke its Content-Security-Policy: {violations}"
