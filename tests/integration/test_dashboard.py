@@ -17,6 +17,7 @@ import pytest
 from models.records import format_time
 from streams.dev.broker import free_port
 from streams.dev.simulator import Scenario
+from tests.support.browser import wait_for_js
 from tests.support.system import ROOT
 
 HIGH = "#d7301f"  # LEVEL[2] of dashboard.js
@@ -65,7 +66,7 @@ async def dashboard(system):
 
 async def open_dashboard(page, url: str) -> None:
     await page.goto(url)
-    await page.wait_for_function("window.gc && window.gc.ready", timeout=30_000)
+    await wait_for_js(page, "window.gc && window.gc.ready")
 
 
 WUHAN_VISUAL = """() => {
@@ -92,10 +93,10 @@ async def test_the_map_draws_the_regions_and_wuhan_turns_high_risk_without_a_rel
 
     low = system.cli("risk", "set", "4201", "low")
     assert low.returncode == 0, low.stderr
-    await page.wait_for_function("gc.levels['420100'] === 0", timeout=30_000)
+    await wait_for_js(page, "gc.levels['420100'] === 0")
     high = system.cli("risk", "set", "4201", "high", "--note", "武汉封城")
     assert high.returncode == 0, high.stderr
-    await page.wait_for_function("gc.levels['420100'] === 2", timeout=30_000)
+    await wait_for_js(page, "gc.levels['420100'] === 2")
     wuhan = await page.evaluate(WUHAN_VISUAL)
     assert wuhan["value"] == 2 and wuhan["colour"] == HIGH, wuhan
     assert abs(wuhan["pixel"][0] - 0xD7) < 12 and abs(wuhan["pixel"][1] - 0x30) < 12, wuhan  # red on screen
@@ -197,7 +198,7 @@ async def test_the_page_opens_with_its_token_once_then_by_its_cookie_and_refuses
         cookies = await page.context.cookies()
         assert [(c["httpOnly"], c["sameSite"], c["value"]) for c in cookies] == [(True, "Strict", "s3cret-of-the-file")]
         await page.reload()
-        await page.wait_for_function("window.gc && window.gc.ready", timeout=30_000)  # by the cookie alone
+        await wait_for_js(page, "window.gc && window.gc.ready")  # by the cookie alone
         async with aiohttp.ClientSession() as http:
             rebound = await http.get(
                 f"http://127.0.0.1:{port}/state",

@@ -22,7 +22,7 @@ import pytest
 
 from models.passes import kafka_partition
 from models.records import format_time
-from tests.support.browser import ARTIFACTS
+from tests.support.browser import ARTIFACTS, wait_for_js
 from tests.support.factories import STATION_SCENARIO as SCENARIO
 from tests.support.factories import STATION_TIMEOUT as TIMEOUT
 from tests.support.factories import decided, forged, handled, load_key_enterprises
@@ -192,8 +192,8 @@ async def test_arrival_then_departure_shows_the_dwell_and_the_system_answers(pag
     here = page.locator(f"#present li[data-pass='{the_pass['pass_id']}']")
     await here.wait_for()
     # The dwell timer runs: wait until it has counted two seconds.
-    await page.wait_for_function(
-        f"document.querySelector(\"#present li[data-pass='{the_pass['pass_id']}'] .timer\").textContent >= '0:02'"
+    await wait_for_js(
+        page, f"document.querySelector(\"#present li[data-pass='{the_pass['pass_id']}'] .timer\").textContent >= '0:02'"
     )
     await page.screenshot(path=str(ARTIFACTS / "station-vehicle-at-checkpoint.png"), full_page=True)
     await here.locator("button.depart").click()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,14 @@ async def page(chromium, request):
     finally:
         await context.close()
     assert violations == [], f"the page broke its Content-Security-Policy: {violations}"
+
+
+async def wait_for_js(page, expression: str, timeout: float = 30):
+    """Wait until `expression` is truthy in the page and return its value. Playwright's own
+    wait_for_function evaluates its predicate with eval inside the page, which the pages'
+    Content-Security-Policy refuses (no 'unsafe-eval'); page.evaluate goes through the debugger."""
+    deadline = time.monotonic() + timeout
+    while not (value := await page.evaluate(expression)):
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {expression}"
+        await asyncio.sleep(0.05)  # polling a condition with a deadline
+    return value
