@@ -15,8 +15,8 @@ Where each panel reads from:
   the topics hold no index by plate or shipment.
 
 Live updates are server-sent events (`streams.web.sse`); the page ships its own assets, ECharts
-4.9.0 and its maps included (`scripts/vendor-echarts.sh`). Bound beyond loopback it asks for a
-token (`streams.web.token_guard`).
+4.9.0 and its maps included (`scripts/vendor-echarts.sh`). It asks every request for its token and
+refuses foreign Hosts and cross-site requests (`streams.web.secure_app`, `streams.web.Access`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from .metrics import group_lag
 from .projector import group_id as projector_group
 from .settings import Settings
 from .topics import ensure_topics
-from .web import Hub, html_page, site_url, sse, start_site, stop_site, token_guard
+from .web import CSP, Access, Hub, announced, html_page, secure_app, sse, start_site, stop_site
 from .worker.compat import refresh_metadata
 
 __all__ = ["Dashboard", "make_app", "cmd_dashboard", "VENDOR"]
@@ -304,8 +304,13 @@ def _lonlat(gazetteer: Gazetteer, adcode: str | None) -> tuple[float, float] | N
 # --- the web app -------------------------------------------------------------------------------------------
 
 
-def make_app(board: Dashboard, *, host: str, token: str | None) -> web.Application:
-    app = web.Application(middlewares=[token_guard(host, token)])
+# ECharts writes style attributes into its tooltips: styles inline are let in, scripts never.
+DASHBOARD_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+
+
+def make_app(board: Dashboard, access: Access) -> web.Application:
+    """The page and its reads (GET only: the dashboard changes nothing) behind `access`."""
+    app = secure_app(access, csp=DASHBOARD_CSP)
 
     async def events(request: web.Request) -> web.StreamResponse:
         return await sse(request, board.hub, first=[("state", board.state())])
@@ -333,13 +338,13 @@ async def serve(
     *,
     host: str,
     port: int,
-    token: str | None,
+    access: Access,
     started=lambda url: None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run the dashboard until `stop` is set (or forever); `started(url)` once it listens."""
     board = Dashboard(settings)
-    app = make_app(board, host=host, token=token)  # refuses beyond loopback without a token
+    app = make_app(board, access)
     t = board.topics
     await ensure_topics(
         settings.connection,
@@ -349,7 +354,7 @@ async def serve(
     )
     runner = await start_site(app, host, port)
     tasks = [asyncio.create_task(c) for c in (board.follow_topics(), board.follow_database(), board.follow_lag())]
-    started(site_url(host, runner.addresses[0][1], token))
+    started(announced(access, host, runner.addresses[0][1]))
     try:
         await (stop or asyncio.Event()).wait()
     finally:
@@ -360,9 +365,8 @@ async def serve(
         board.engine.dispose()
 
 
-def cmd_dashboard(settings: Settings, args) -> int:
+def cmd_dashboard(settings: Settings, args, access: Access) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    token = args.token or settings.dashboard_token
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -373,14 +377,10 @@ def cmd_dashboard(settings: Settings, args) -> int:
             settings,
             host=args.host,
             port=args.port,
-            token=token,
+            access=access,
             stop=stop,
             started=lambda url: print(f"dashboard at {url}", flush=True),
         )
 
-    try:
-        asyncio.run(main())
-    except ValueError as exc:  # beyond loopback without a token
-        print(f"greenchannel dashboard: {exc}", flush=True)
-        return 2
+    asyncio.run(main())
     return 0

@@ -52,8 +52,16 @@ class Settings(BaseSettings):
     # own on the Faust web server (web_enabled, web_port).
     metrics_port: int = 0
     metrics_bind: str = "127.0.0.1"
-    # `greenchannel dashboard`: asked of every request when it binds beyond loopback.
+    # The pages' tokens (streams.web.Access): asked of every request, loopback too. Each from the
+    # variable or, preferred, a file (its first line); neither: a token made per run and printed once
+    # with the page's URL. Never on the command line, which `ps` shows to every user.
     dashboard_token: str | None = None
+    dashboard_token_file: Path | None = None
+    station_token: str | None = None
+    station_token_file: Path | None = None
+    # Host names (or addresses) the pages answer to beside their bind address, 127.0.0.1, localhost
+    # and ::1, comma-separated: e.g. the name a tablet uses for the station. Others get 400 (DNS rebinding).
+    page_hosts: str = ""
     # The worker's asyncio event loop: "uvloop" (libuv; less CPU per event) or "aio" (the standard one).
     event_loop: str = "uvloop"
     # The channel's clock: every this many seconds each worker sends a tick (the time now) to each

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .dashboard import add_token_arguments, page_access
+
 __all__ = ["add_arguments", "COMMANDS"]
 
 
@@ -20,8 +22,8 @@ def add_arguments(sub) -> None:
         help="a checkpoint this station is (repeat for a few)",
     )
     station.add_argument("--port", type=int, default=8077, help="the page's port (0: any free one)")
-    station.add_argument("--host", default="127.0.0.1", help="bind address; beyond loopback --token is needed")
-    station.add_argument("--token", help="the page's access token (or GC_STATION_TOKEN)")
+    station.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    add_token_arguments(station, "GC_STATION_TOKEN")
     station.add_argument(
         "--public-key",
         action="append",
@@ -34,8 +36,6 @@ def add_arguments(sub) -> None:
 
 
 def cmd_checkpoint(settings, args) -> int:
-    import os
-
     from models.records import parse_time
 
     from ..station.web import run_station
@@ -46,7 +46,9 @@ def cmd_checkpoint(settings, args) -> int:
         args.ids,
         host=args.host,
         port=args.port,
-        token=args.token or os.environ.get("GC_STATION_TOKEN"),
+        access=page_access(
+            settings, args, settings.station_token, settings.station_token_file, "greenchannel checkpoint"
+        ),
         key_paths=args.public_key or [settings.keys_path],
         clock_start=clock,
     )

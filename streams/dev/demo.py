@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -460,7 +462,7 @@ def _start_station(
     args = ["--port", "0", "--clock", format_time(clock)] + [a for cp in ids for a in ("--id", cp)]
     proc = _start("checkpoint", env, data_dir, console, *args)
     url = announced_url(data_dir / "checkpoint.log", lambda: proc.poll() is None)
-    return proc, Page(f"checkpoint station {' + '.join(ids)}", url)
+    return proc, Page(f"checkpoint station {' + '.join(ids)}", url + "?token=" + quote(env["GC_STATION_TOKEN"]))
 
 
 def run_demo(
@@ -487,7 +489,7 @@ def run_demo(
     pages: list[Page] = []  # each page the demo serves: one line each to add another
     port = free_port()
     procs["dashboard"] = _start("dashboard", env, data_dir, console, "--port", str(port))
-    pages.append(Page("operators' dashboard", f"http://127.0.0.1:{port}/"))
+    pages.append(Page("operators' dashboard", f"http://127.0.0.1:{port}/?token={quote(env['GC_DASHBOARD_TOKEN'])}"))
     console.print(f"[bold]dashboard at {pages[0].url}[/bold] (open it while the demo runs)")
 
     def start_pages(routes: list[dict]) -> None:
@@ -521,7 +523,7 @@ def _fresh_data_dir(settings: Settings) -> Path:
 def _process_env(settings: Settings, data_dir: Path) -> dict:
     """The environment of the demo's worker, projector and pages."""
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ("GC_DASHBOARD_TOKEN_FILE", "GC_STATION_TOKEN_FILE")},
         "GC_BROKER_URL": settings.broker_url,
         "GC_DATABASE_URL": settings.database_url,
         "GC_APP_ID": settings.app_id,
@@ -531,6 +533,10 @@ def _process_env(settings: Settings, data_dir: Path) -> dict:
         "PYTHONPATH": str(ROOT),
         # The demo's day is in February 2020: it moves the channel's clock itself (DemoDay.play).
         "GC_CLOCK_SECONDS": "0",
+        # The pages' tokens, made here so that the demo prints addresses a person can click (each
+        # page takes it once from the URL, then from its cookie); in the environment, not in `ps`.
+        "GC_DASHBOARD_TOKEN": secrets.token_urlsafe(32),
+        "GC_STATION_TOKEN": secrets.token_urlsafe(32),
     }
 
 

@@ -794,7 +794,7 @@ class KafkaCluster:
         cmd = self._java_cmd(
             node,
             str(Path(__file__).with_name("SecureSetup.java")),
-            str(self.secure.client_properties(SUPER_USER)),
+            str(self.secure.client_properties(SUPER_USER).absolute()),  # it runs in self.workdir
             str(self.nodes),
             heap="-Xmx256m",
         )

@@ -57,6 +57,14 @@ class SecureDir:
     path: Path
     hosts: tuple[str, ...] = ()  # host names the broker certificate names beside localhost and 127.0.0.1
 
+    def __post_init__(self) -> None:
+        # Absolute from the start: every path derived from it is handed to programs that run in
+        # other working directories (SecureSetup.java in the cluster's workdir, the brokers in
+        # their node's), and written into client files read from anywhere. A relative
+        # `.greenchannel/secure` (the default GC_DATA_DIR) made SecureSetup.java fail with
+        # FileNotFoundException, so no ACL was ever created.
+        object.__setattr__(self, "path", Path(self.path).absolute())
+
     @property
     def ca(self) -> Path:
         return self.path / "ca.pem"

@@ -3,8 +3,8 @@
 "use strict";
 // By rank (models.records.LEVEL_RANK): the server sends ranks, never level names to compare.
 const LEVEL = [{label: "低 low", color: "#b7dfb9"}, {label: "中 medium", color: "#f6b54a"}, {label: "高 high", color: "#d7301f"}];
-const TOKEN = new URLSearchParams(location.search).get("token");
-const withToken = (path) => TOKEN ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(TOKEN)}` : path;
+// The page's token is in its HttpOnly cookie (set by the first visit with ?token=…), sent with
+// every same-origin request; the script never sees it.
 const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 const minutes = (s) => s == null ? "—" : `${(s / 60).toFixed(1)} min`;
@@ -13,7 +13,7 @@ const gc = window.gc = {ready: false, levels: {}, labels: {}, board: [], sort: {
                         lastLevels: null, charts: {}};
 
 async function drawMap() {
-  const geo = await (await fetch(withToken("static/vendor/echarts-4.9.0/china-cities.json"))).json();
+  const geo = await (await fetch("static/vendor/echarts-4.9.0/china-cities.json")).json();
   for (const f of geo.features) {  // regions keyed by adcode: the page and the server speak adcodes
     gc.labels[f.id] = f.properties.name;
     f.properties.name = f.id;
@@ -154,7 +154,7 @@ function paintDead(dead) {
 }
 
 function connect() {
-  const source = new EventSource(withToken("events"));
+  const source = new EventSource("events");
   source.onopen = () => $("#live").className = "live on";
   source.onerror = () => $("#live").className = "live off";  // EventSource reconnects by itself
   source.addEventListener("state", (e) => {
@@ -184,7 +184,7 @@ $("#search").addEventListener("submit", async (e) => {
   e.preventDefault();
   const q = $("#q").value.trim();
   if (!q) return;
-  const answer = await (await fetch(withToken(`search?q=${encodeURIComponent(q)}`))).json();
+  const answer = await (await fetch(`search?q=${encodeURIComponent(q)}`)).json();
   $("#result").innerHTML = answer.found.length ? answer.found.map(story).join("") : `<p>nothing found for <b>${esc(q)}</b></p>`;
   $("#result-panel").classList.remove("hidden");
 });

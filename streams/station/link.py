@@ -15,10 +15,16 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
 from models.keyring import Keyring
-from models.records import format_time, normalise_plate, parse_time
+from models.records import MAX_MESSAGE_BYTES, Unparseable, format_time, normalise_plate, parse_scan, parse_time
 
 from ..handlers import Topics, cloudevent_headers
 from ..settings import Settings
@@ -26,9 +32,26 @@ from ..web import Hub
 from .checks import check, keyring_of
 from .store import Store
 
-__all__ = ["Link", "Station"]
+__all__ = ["Link", "Station", "NEVER_SENDABLE", "unsendable"]
 
 log = logging.getLogger("greenchannel.station")
+
+# What the broker (or the producer, before sending) says of a scan itself: sending it again can never
+# succeed, so the forwarder sets it aside and goes on with the queue. Every other error (the broker
+# away, credentials, ACLs) concerns every scan alike: the head waits, the page says offline and why.
+NEVER_SENDABLE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException)
+
+
+def unsendable(item) -> str | None:
+    """Why an outbox item can never be sent, found without the broker: over the message limit or
+    refused by the worker's own rules (an item recorded by a station before it checked them), else None."""
+    if len(item["body"]) > MAX_MESSAGE_BYTES:
+        return f"too_large: the scan is {len(item['body'])} bytes, more than {MAX_MESSAGE_BYTES}"
+    try:
+        parse_scan(orjson.loads(item["body"]))
+    except (Unparseable, ValueError, TypeError) as exc:
+        return f"refused by the input limits: {exc}"
+    return None
 
 
 @dataclass
@@ -49,6 +72,8 @@ class Link:
 
 class Station:
     """The station process: store, keys, the broker links (consumer, forwarder, probe) and a clock."""
+
+    producer = AIOKafkaProducer  # what the forwarder publishes with (a stand-in in the unit tests)
 
     def __init__(
         self,
@@ -84,7 +109,12 @@ class Station:
     def scan(
         self, kind: str, checkpoint_id: str, pass_id: str, plate: str | None = None, token: str | None = None
     ) -> dict:
-        """Record an arrival or departure in the outbox (the forwarder publishes it)."""
+        """Record an arrival or departure in the outbox (the forwarder publishes it). ValueError, and
+        nothing recorded, for a scan the worker would refuse (README "Input limits")."""
+        given = {"kind": kind, "checkpoint_id": checkpoint_id, "pass_id": pass_id, "plate": plate, "token": token}
+        for name, value in given.items():
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string")
         if kind not in ("arrival", "departure"):
             raise ValueError("kind must be arrival or departure")
         checkpoint_id = self._here(checkpoint_id)
@@ -103,6 +133,7 @@ class Station:
         }
         if token:
             body["token"] = token
+        _within_limits(body)
         self.store.record(body)
         self._wake.set()
         self.publish()
@@ -125,6 +156,7 @@ class Station:
             "online": self.link.online,
             "error": self.link.error,
             "queued": self.store.queued(),
+            "set_aside": self.store.set_aside_scans(),
             "dwell_target": self.dwell_target,
             "present": self.store.present(),
             "recent": self.store.recent(),
@@ -244,7 +276,7 @@ class Station:
         # Idempotence (no duplicate on the producer's own retries) needs a broker with producer ids:
         # Apache Kafka, where the system runs exactly_once; Tansu has none.
         producer = await self._started(
-            lambda: AIOKafkaProducer(
+            lambda: self.producer(
                 **s.connection.kwargs(),
                 acks="all",
                 request_timeout_ms=15000,
@@ -261,19 +293,33 @@ class Station:
                     except TimeoutError:
                         pass
                     continue
-                try:
-                    await producer.send_and_wait(
-                        self.topics.scans, item["body"], key=item["pass_id"].encode(), headers=list(_scan_headers(item))
-                    )
-                except KafkaError as exc:
-                    self._offline(exc)
-                    await asyncio.sleep(1)
-                    continue
-                self.store.mark_sent(item["seq"], format_time(datetime.now(UTC)))
-                self.link.set(True)
-                self.publish()
+                if await self._send(producer, item):
+                    self.publish()
         finally:
             await producer.stop()
+
+    async def _send(self, producer: AIOKafkaProducer, item) -> bool:
+        """Publish one outbox item: True once the broker acknowledged it or it was set aside (it can
+        never be sent: NEVER_SENDABLE, or `unsendable`), False when it is to be tried again."""
+        why = unsendable(item)
+        if why is None:
+            try:
+                await producer.send_and_wait(
+                    self.topics.scans, item["body"], key=item["pass_id"].encode(), headers=list(_scan_headers(item))
+                )
+            except NEVER_SENDABLE as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            except KafkaError as exc:
+                self._offline(exc)
+                await asyncio.sleep(1)  # a pause before trying the broker again
+                return False
+            else:
+                self.store.mark_sent(item["seq"], format_time(datetime.now(UTC)))
+                self.link.set(True)
+                return True
+        log.error("scan %s set aside, it can never be sent: %s", item["scan_id"], why)
+        self.store.set_aside(item["seq"], format_time(datetime.now(UTC)), why)
+        return True
 
     async def _probe(self) -> None:
         """Online is: a bootstrap server accepts a connection and the last send did not fail."""
@@ -285,6 +331,16 @@ class Station:
                 self.link.set(True)
                 self.publish()
             await asyncio.sleep(1.0)
+
+
+def _within_limits(body: dict) -> None:
+    """ValueError unless the worker would take `body` as a scan: its own parse and the message limit."""
+    try:
+        parse_scan(body)
+    except Unparseable as exc:
+        raise ValueError(f"not recorded: {exc}") from None
+    if len(orjson.dumps(body)) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"not recorded: too_large: the scan is over {MAX_MESSAGE_BYTES} bytes")
 
 
 def _fatal(task: asyncio.Task) -> None:

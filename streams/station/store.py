@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS key_status (
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, scan_id TEXT UNIQUE NOT NULL, pass_id TEXT NOT NULL,
     checkpoint_id TEXT NOT NULL, kind TEXT NOT NULL, plate TEXT NOT NULL, scanned_at TEXT NOT NULL,
-    body BLOB NOT NULL, sent_at TEXT, answer TEXT);
+    body BLOB NOT NULL, sent_at TEXT, answer TEXT, set_aside_at TEXT, set_aside TEXT);
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent_at, seq);
 CREATE INDEX IF NOT EXISTS outbox_of_pass ON outbox (pass_id, checkpoint_id, seq);
 CREATE TABLE IF NOT EXISTS station (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,6 +64,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a recorded scan survives the machine too
         self.db.executescript(_SCHEMA)
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(outbox)")}
+        for column in ("set_aside_at", "set_aside"):  # a file kept before scans could be set aside
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
         self.ids = list(checkpoint_ids)
         self._names = names or (lambda adcode: adcode)
         # This station's own id, made once: its consumer group, so that a restart resumes where it
@@ -260,13 +264,31 @@ class Store:
         )
 
     def next_unsent(self) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT 1").fetchone()
+        """The oldest scan neither sent nor set aside: the head of the queue."""
+        return self.db.execute(
+            "SELECT * FROM outbox WHERE sent_at IS NULL AND set_aside_at IS NULL ORDER BY seq LIMIT 1"
+        ).fetchone()
 
     def mark_sent(self, seq: int, at: str) -> None:
         self.db.execute("UPDATE outbox SET sent_at = ? WHERE seq = ?", (at, seq))
 
+    def set_aside(self, seq: int, at: str, reason: str) -> None:
+        """Take a scan that can never be sent out of the queue, with why (kept, shown on the page)."""
+        self.db.execute("UPDATE outbox SET set_aside_at = ?, set_aside = ? WHERE seq = ?", (at, reason, seq))
+
     def queued(self) -> int:
-        return self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND set_aside_at IS NULL").fetchone()[
+            0
+        ]
+
+    def set_aside_scans(self, limit: int = 20) -> list[dict]:
+        """The scans set aside, newest first, each with its reason."""
+        rows = self.db.execute(
+            "SELECT scan_id, pass_id, plate, kind, checkpoint_id, scanned_at, set_aside_at, set_aside FROM outbox"
+            " WHERE set_aside_at IS NOT NULL ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        )
+        return [{**dict(r), "reason": r["set_aside"]} for r in rows]
 
     def present(self) -> list[dict]:
         """Vehicles whose last scan here was an arrival: at the checkpoint now."""
@@ -293,6 +315,7 @@ class Store:
                 "checkpoint_id": r["checkpoint_id"],
                 "scanned_at": r["scanned_at"],
                 "sent": r["sent_at"] is not None,
+                "set_aside": r["set_aside"],
                 "answer": r["answer"] and orjson.loads(r["answer"]),
             }
             for r in rows

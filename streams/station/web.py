@@ -16,31 +16,71 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..web import html_page, site_url, sse, start_site, stop_site, token_guard
+from models.records import MAX_ID, MAX_TOKEN
+
+from ..web import Access, announced, html_page, json_body, secure_app, sse, start_site, stop_site
 from .link import Station
 
-__all__ = ["make_app", "decode_qr", "announced_url", "run_station", "STATIC"]
+__all__ = [
+    "make_app",
+    "decode_qr",
+    "announced_url",
+    "run_station",
+    "STATIC",
+    "PhotoRefused",
+    "PHOTO_FORMATS",
+    "MAX_PHOTO_BYTES",
+    "MAX_PHOTO_PIXELS",
+    "MAX_DECODES",
+]
 
 STATIC = Path(__file__).parents[1] / "static" / "station"
+PHOTO_FORMATS = ("PNG", "JPEG", "WEBP")  # what a phone or tablet camera saves; Pillow opens no other
+MAX_PHOTO_BYTES = 16 * 1024**2  # a 12-Mpx phone JPEG is 3-8 MB
+MAX_PHOTO_PIXELS = 40_000_000  # read from the header, before decoding: a 48-Mpx camera's binned 12 Mpx pass
+MAX_DECODES = 2  # photos decoded at once (each in a thread); a third upload meanwhile is told to retry
+FIELDS = {"token": MAX_TOKEN, "plate": MAX_ID, "checkpoint_id": MAX_ID, "pass_id": MAX_ID, "kind": MAX_ID}
+
+
+class PhotoRefused(ValueError):
+    """A photo not opened: its HTTP status (415: not PNG, JPEG or WebP; 413: too many pixels)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
 
 
 def decode_qr(image_bytes: bytes) -> str | None:
-    """The text of the first QR code in a photo, decoded here (zxing-cpp), None if there is none."""
+    """The text of the first QR code in a photo, decoded here (zxing-cpp), None if there is none.
+    PhotoRefused for a photo that is not PNG, JPEG or WebP (told by Pillow from its header, before
+    any decoding: no other decoder of Pillow's ever runs) or has more than MAX_PHOTO_PIXELS."""
     import zxingcpp
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        image = ImageOps.exif_transpose(Image.open(io.BytesIO(image_bytes))).convert("L")
-    except (UnidentifiedImageError, OSError):
-        return None  # not an image: no code in it
+        image = Image.open(io.BytesIO(image_bytes), formats=PHOTO_FORMATS)
+    except UnidentifiedImageError:
+        raise PhotoRefused(415, "a photo must be PNG, JPEG or WebP · 照片须为 PNG、JPEG 或 WebP 格式") from None
+    except Image.DecompressionBombError:
+        raise PhotoRefused(413, f"the photo has more than {MAX_PHOTO_PIXELS:,} pixels · 照片像素过多") from None
+    width, height = image.size
+    if width * height > MAX_PHOTO_PIXELS:
+        raise PhotoRefused(413, f"the photo has {width}×{height} pixels, more than {MAX_PHOTO_PIXELS:,} · 照片像素过多")
+    try:
+        image = ImageOps.exif_transpose(image).convert("L")
+    except (OSError, ValueError):
+        return None  # a broken image: no code in it
     for found in zxingcpp.read_barcodes(image):
         if found.text:
             return found.text
     return None
 
 
-def make_app(station: Station, *, host: str = "127.0.0.1", token: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[token_guard(host, token)], client_max_size=20 * 1024**2)
+def make_app(station: Station, access: Access) -> web.Application:
+    """The station's page and API behind `access` (streams.web.secure_app): JSON bodies of at most
+    64 KiB, but a photo of at most MAX_PHOTO_BYTES, as multipart."""
+    app = secure_app(access, client_max_size=MAX_PHOTO_BYTES + 64 * 1024)
+    decoding = asyncio.Semaphore(MAX_DECODES)
 
     async def state(request: web.Request) -> web.Response:
         return web.json_response(station.state())
@@ -49,32 +89,37 @@ def make_app(station: Station, *, host: str = "127.0.0.1", token: str | None = N
         return await sse(request, station.hub, first=[("state", station.state())])
 
     async def check(request: web.Request) -> web.Response:
-        form = await _form(request)
-        token = form.get("token")
-        photo = form.get("photo")
-        if photo is not None and not token:
-            token = await asyncio.to_thread(decode_qr, photo)
-            if token is None:
-                return _bad("no QR code found in the photo · 照片中未识别到二维码")
-        try:
-            return web.json_response(station.check(form.get("checkpoint_id"), token, form.get("plate")))
-        except ValueError as exc:
-            return _bad(str(exc))
+        if request.content_type == "multipart/form-data":
+            return await check_photo(request)
+        form = _fields(await json_body(request))
+        return _answer(lambda: station.check(form.get("checkpoint_id"), form.get("token"), form.get("plate")))
+
+    async def check_photo(request: web.Request) -> web.Response:
+        if decoding.locked():  # no await between this and taking it: no other upload gets in between
+            return _bad(f"{MAX_DECODES} photos are being read: try again · 正在识别其他照片，请重试", 503)
+        async with decoding:
+            if request.content_length is not None and request.content_length > MAX_PHOTO_BYTES + 64 * 1024:
+                return _bad(f"the photo is over {MAX_PHOTO_BYTES // 1024**2} MiB · 照片过大", 413)
+            form = await request.post()  # at most client_max_size, else 413
+            photo = form.get("photo")
+            if not isinstance(photo, web.FileField):
+                return _bad("a multipart body is for a QR photo: send its `photo` field, else JSON")
+            try:
+                token = await asyncio.to_thread(decode_qr, photo.file.read())
+            except PhotoRefused as exc:
+                return _bad(str(exc), exc.status)
+        if token is None:
+            return _bad("no QR code found in the photo · 照片中未识别到二维码")
+        fields = _fields({k: form.get(k) for k in ("plate", "checkpoint_id")})
+        return _answer(lambda: station.check(fields.get("checkpoint_id"), token, fields.get("plate")))
 
     async def scan(request: web.Request) -> web.Response:
-        form = await _form(request)
-        try:
-            return web.json_response(
-                station.scan(
-                    form.get("kind"),
-                    form.get("checkpoint_id"),
-                    form.get("pass_id"),
-                    form.get("plate"),
-                    form.get("token"),
-                )
+        form = _fields(await json_body(request))
+        return _answer(
+            lambda: station.scan(
+                form.get("kind"), form.get("checkpoint_id"), form.get("pass_id"), form.get("plate"), form.get("token")
             )
-        except ValueError as exc:
-            return _bad(str(exc))
+        )
 
     app.router.add_get("/", html_page(STATIC / "index.html"))
     app.router.add_get("/api/state", state)
@@ -85,19 +130,31 @@ def make_app(station: Station, *, host: str = "127.0.0.1", token: str | None = N
     return app
 
 
-async def _form(request: web.Request) -> dict:
-    """A JSON body or a form (a file field as its bytes)."""
-    if request.content_type == "application/json":
-        body = await request.json()
-        return body if isinstance(body, dict) else {}
+def _fields(form) -> dict:
+    """The fields the API knows, each a string within the input limits (README "Input limits"):
+    HTTPBadRequest naming the first that is not."""
     out = {}
-    for name, value in (await request.post()).items():
-        out[name] = value.file.read() if hasattr(value, "file") else (value or None)
+    for name, limit in FIELDS.items():
+        value = form.get(name)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise web.HTTPBadRequest(text=f"{name} must be a string")
+        if len(value) > limit:
+            raise web.HTTPBadRequest(text=f"too_long: {name} is longer than {limit} characters · {name} 过长")
+        out[name] = value
     return out
 
 
-def _bad(text: str) -> web.Response:
-    return web.json_response({"error": text}, status=400)
+def _answer(work) -> web.Response:
+    try:
+        return web.json_response(work())
+    except ValueError as exc:
+        return _bad(str(exc))
+
+
+def _bad(text: str, status: int = 400) -> web.Response:
+    return web.json_response({"error": text}, status=status, headers={"Retry-After": "1"} if status == 503 else None)
 
 
 READY = "ready at "  # what a station prints once serving, before its address
@@ -120,7 +177,7 @@ def run_station(
     *,
     host: str,
     port: int,
-    token: str | None,
+    access: Access,
     key_paths: list[Path],
     clock_start=None,
 ) -> int:
@@ -147,8 +204,10 @@ def run_station(
     async def serve() -> None:
         station = Station(settings, checkpoint_ids, store, keys, clock_start=clock_start, dwell_target=dwell_target)
         station.start()
-        runner = await start_site(make_app(station, host=host, token=token), host, port)
-        print(f"station {'+'.join(checkpoint_ids)} {READY}{site_url(host, runner.addresses[0][1], token)}", flush=True)
+        runner = await start_site(make_app(station, access), host, port)
+        print(
+            f"station {'+'.join(checkpoint_ids)} {READY}{announced(access, host, runner.addresses[0][1])}", flush=True
+        )
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -24,6 +27,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
 from streams.connection import Connection
+from streams.dev.broker import free_port
 from streams.settings import Settings
 from tests.support.factories import station_request, until
 from tests.support.faults import worker_killed_mid_stream
@@ -172,7 +176,7 @@ async def test_the_pipeline_end_to_end_with_every_component_authenticated(broker
     station = start_station(s.env_as("checkpoint-demo"), tmp_path, [checkpoint_id], s.public_key_path).ready()
     try:
         async with aiohttp.ClientSession() as session:
-            client = Client(session, station.url)
+            client = Client(session, station)
 
             async def station_knows_the_pass():
                 return any(a.get("pass_id") == pass_["pass_id"] for a in (await client.state())["arrivals"])
@@ -270,3 +274,140 @@ async def test_the_secure_broker_command_writes_client_files_that_work(tmp_path)
         finally:
             stop_processes([proc])
     assert passwords[0] == passwords[1], "a second run made new credentials"
+
+
+# --- the README's Security commands, as written ---------------------------------------------------
+def readme_commands(section: str) -> list[str]:
+    """The command lines of the first `sh` block of README section `section` (comments left out)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    block = body.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def kcat_why_not() -> str | None:
+    """Why the README's kcat line cannot run here (it needs librdkafka 2.6.1+), or None."""
+    if shutil.which("kcat") is None:
+        return "kcat is not installed"
+    said = subprocess.run(["kcat", "-V"], capture_output=True, text=True, timeout=30).stdout
+    found = re.search(r"librdkafka (\d+)\.(\d+)\.(\d+)", said)
+    if found is None or tuple(map(int, found.groups())) < (2, 6, 1):
+        return f"kcat's librdkafka is older than 2.6.1: {said.strip()[:200]}"
+    return None
+
+
+def kill_group(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM the process group this test started `proc` in (a subshell and what it runs), then
+    wait; SIGKILL after `timeout`."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+async def test_the_readme_security_commands_run_as_written_from_a_fresh_root(tmp_path):
+    """Every command of README "Security", run by bash from a directory laid out as a fresh clone's
+    root, with the default settings: no GC_* variable, so the data directory is the relative
+    `.greenchannel`. (The only change: a free port instead of 19093, which another run may hold.)
+    The broker's ACLs are made (a firm is refused what is not its own), the worker decides the
+    firm's request, and the operator sets a risk level."""
+    commands = readme_commands("Security")
+    assert commands[0].startswith("greenchannel broker --kind kafka --secure --port 19093"), commands[0]
+    root = tmp_path / "clone"
+    root.mkdir()
+    (root / "docs").symlink_to(ROOT / "docs")  # what the commands read of the clone: docs/request.json
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GC_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `greenchannel`, as installed
+    started: list[subprocess.Popen] = []
+
+    def background(n: int, line: str) -> subprocess.Popen:
+        log = open(tmp_path / f"command{n}.log", "wb")  # noqa: SIM115 — closed with the process below
+        proc = subprocess.Popen(
+            ["bash", "-c", line], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        proc.log_file = log
+        started.append(proc)
+        return proc
+
+    def logged(n: int) -> str:
+        return (tmp_path / f"command{n}.log").read_text(errors="replace")
+
+    broker_line = re.sub(r"\s*\[[^\]]*\]", "", commands[0]).replace("19093", str(port))  # [--nodes 3]: optional
+    broker = background(0, broker_line)
+    try:
+        try:
+            await until(
+                lambda: "broker ready at" in logged(0),
+                TIMEOUT,
+                "the README's secure broker",
+                lambda: broker.poll() is None,
+            )
+        except pytest.fail.Exception as exc:
+            pytest.fail(f"{exc}; its output ends:\n{logged(0)[-3000:]}")
+        assert (root / ".greenchannel" / "secure" / "clients" / "admin.properties").exists()
+        admin = Settings(_env_file=None, **_env_file(root / ".greenchannel" / "secure" / "clients" / "admin.env"))
+        deadletters = await Tap(admin.connection, ["gc.deadletter", "gc.pass.decisions"]).start()
+        try:
+            for n, line in enumerate(commands[1:], start=1):
+                if line.startswith("kcat "):
+                    why = kcat_why_not()
+                    if why is not None:
+                        print(f"README line {n} not run: {why}")
+                        continue
+                if line.rstrip().endswith("&"):
+                    proc = background(n, line.rstrip().removesuffix("&"))
+                    if "greenchannel worker" in line:
+                        await _worker_ready(admin, deadletters, proc)
+                    continue
+                done = subprocess.run(
+                    ["bash", "-c", line], cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT
+                )
+                assert done.returncode == 0, f"README line {n}: {line}\n{done.stdout}\n{done.stderr}"
+                if "request submit" in line:  # exit 0: approved; and the decision is on the topic
+                    decided = await deadletters.wait_for(
+                        "gc.pass.decisions", lambda m: m.key == b"README-SECURITY-0001", timeout=TIMEOUT
+                    )
+                    assert decided[0].json["decision"] == "approved", decided[0].json
+        finally:
+            await deadletters.stop()
+        # The ACLs are there: a firm may not set a risk level, as the operator just did.
+        refused = subprocess.run(
+            ["bash", "-c", "(set -a; . .greenchannel/secure/clients/firm-demo.env; greenchannel risk set 4201 low)"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert refused.returncode != 0 and "uthoriz" in refused.stdout + refused.stderr, refused
+    finally:
+        for proc in reversed(started):
+            kill_group(proc)
+            proc.log_file.close()
+
+
+def _env_file(path: Path) -> dict:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    return {k[3:].lower(): v for k, v in pairs}
+
+
+async def _worker_ready(admin: Settings, deadletters: Tap, worker: subprocess.Popen) -> None:
+    """The README's worker is up once it answers a probe (a request that is not JSON: dead-lettered)."""
+    probe = f"probe-{uuid.uuid4().hex}"
+    await send_raw(admin.connection, "gc.shipment.requests", b"not json", key=probe)
+    await deadletters.wait_for(
+        "gc.deadletter", lambda m: m.key == probe.encode(), timeout=TIMEOUT, alive=lambda: worker.poll() is None
+    )
+
+
+async def send_raw(connection: Connection, topic: str, value: bytes, key: str) -> None:
+    producer = AIOKafkaProducer(**connection.kwargs(), acks="all", request_timeout_ms=15000)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await producer.stop()

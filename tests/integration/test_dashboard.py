@@ -8,15 +8,16 @@ import asyncio
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from datetime import datetime, timedelta
 
+import aiohttp
 import pytest
 
 from models.records import format_time
 from streams.dev.broker import free_port
 from streams.dev.simulator import Scenario
+from tests.support.browser import wait_for_js
 from tests.support.system import ROOT
 
 HIGH = "#d7301f"  # LEVEL[2] of dashboard.js
@@ -29,31 +30,35 @@ def system(own_system):
     return own_system
 
 
-@pytest.fixture(scope="module")
-async def dashboard(system):
-    port = free_port()
-    log_path = system.data_dir / "dashboard.log"
+def start_dashboard(env: dict, log_path, *args: str) -> subprocess.Popen:
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "dashboard", "--port", str(port)],
-            env=system.env,
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "dashboard", *args],
+            env={k: v for k, v in env.items() if not k.startswith("GC_DASHBOARD_TOKEN")},
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}/"
+
+
+async def announced(proc: subprocess.Popen, log_path) -> str:
+    """The address the dashboard printed once serving (`dashboard at URL`)."""
     deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "state", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
+    while "dashboard at " not in (text := log_path.read_text(errors="replace")):
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
-            raise AssertionError(f"dashboard did not come up: {log_path.read_text(errors='replace')[-2000:]}")
+            raise AssertionError(f"dashboard did not come up: {text[-2000:]}")
         await asyncio.sleep(0.1)  # polling a condition with a deadline
+    return text.split("dashboard at ", 1)[1].split()[0]
+
+
+@pytest.fixture(scope="module")
+async def dashboard(system):
+    """The address with the token the dashboard made for this run, as a person opens it first."""
+    log_path = system.data_dir / "dashboard.log"
+    proc = start_dashboard(system.env, log_path, "--port", str(free_port()))
+    url = await announced(proc, log_path)
+    assert "?token=" in url
     yield url
     proc.terminate()
     proc.wait(30)
@@ -61,7 +66,7 @@ async def dashboard(system):
 
 async def open_dashboard(page, url: str) -> None:
     await page.goto(url)
-    await page.wait_for_function("window.gc && window.gc.ready", timeout=30_000)
+    await wait_for_js(page, "window.gc && window.gc.ready")
 
 
 WUHAN_VISUAL = """() => {
@@ -88,10 +93,10 @@ async def test_the_map_draws_the_regions_and_wuhan_turns_high_risk_without_a_rel
 
     low = system.cli("risk", "set", "4201", "low")
     assert low.returncode == 0, low.stderr
-    await page.wait_for_function("gc.levels['420100'] === 0", timeout=30_000)
+    await wait_for_js(page, "gc.levels['420100'] === 0")
     high = system.cli("risk", "set", "4201", "high", "--note", "武汉封城")
     assert high.returncode == 0, high.stderr
-    await page.wait_for_function("gc.levels['420100'] === 2", timeout=30_000)
+    await wait_for_js(page, "gc.levels['420100'] === 2")
     wuhan = await page.evaluate(WUHAN_VISUAL)
     assert wuhan["value"] == 2 and wuhan["colour"] == HIGH, wuhan
     assert abs(wuhan["pixel"][0] - 0xD7) < 12 and abs(wuhan["pixel"][1] - 0x30) < 12, wuhan  # red on screen
@@ -172,37 +177,40 @@ async def test_the_board_shows_the_dwell_after_scans_and_search_shows_the_timeli
         await page.wait_for_selector(card, timeout=10_000)
 
 
-async def test_beyond_loopback_the_page_and_its_assets_open_with_the_token_only(page, system):
-    port, log_path = free_port(), system.data_dir / "dashboard-token.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streams.cli",
-                "dashboard",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                str(port),
-                "--token",
-                "s3cret",
-            ],
-            env=system.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+async def test_the_page_opens_with_its_token_once_then_by_its_cookie_and_refuses_other_sites(page, system, tmp_path):
+    """Bound to every interface, its token in a file: refused without it; the first visit with
+    ?token= leaves it in a cookie and the address bar; the page, its script, map and events all
+    work from then on; a foreign Host is refused."""
+    (tmp_path / "token").write_text("s3cret-of-the-file\n")
+    log_path = system.data_dir / "dashboard-token.log"
+    port = free_port()
+    proc = start_dashboard(
+        system.env, log_path, "--host", "0.0.0.0", "--port", str(port), "--token-file", str(tmp_path / "token")
+    )
     try:
-        said = f"dashboard at http://0.0.0.0:{port}/?token=s3cret"
-        deadline = time.monotonic() + 60
-        while said not in log_path.read_text(errors="replace"):
-            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text(errors="replace")[-2000:]
-            await asyncio.sleep(0.1)  # polling a condition with a deadline
+        said = await announced(proc, log_path)
+        assert said == f"http://0.0.0.0:{port}/" and "s3cret" not in log_path.read_text()  # never printed
         refused = await page.goto(f"http://127.0.0.1:{port}/")
         assert refused.status == 401
-        await open_dashboard(page, f"http://127.0.0.1:{port}/?token=s3cret")  # script, map, events: all in
+        await open_dashboard(page, f"http://127.0.0.1:{port}/?token=s3cret-of-the-file")  # script, map, events: all in
+        assert page.url == f"http://127.0.0.1:{port}/"  # the token left the address bar
         assert await page.evaluate("gc.map.getOption().series[0].data.length") > 360
+        cookies = await page.context.cookies()
+        assert [(c["httpOnly"], c["sameSite"], c["value"]) for c in cookies] == [(True, "Strict", "s3cret-of-the-file")]
+        await page.reload()
+        await wait_for_js(page, "window.gc && window.gc.ready")  # by the cookie alone
+        async with aiohttp.ClientSession() as http:
+            rebound = await http.get(
+                f"http://127.0.0.1:{port}/state",
+                headers={"Authorization": "Bearer s3cret-of-the-file", "Host": "rebind.attacker.example"},
+            )
+            assert rebound.status == 400
+        status = await page.evaluate(
+            """async (port) => (await fetch(`http://127.0.0.1:${port}/state`, {method: "POST", body: "a=1",
+               headers: {"Content-Type": "application/x-www-form-urlencoded"}})).status""",
+            port,
+        )
+        assert status == 415
     finally:
         proc.terminate()
         proc.wait(30)

@@ -12,7 +12,6 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime
 
-import aiohttp
 import orjson
 
 from models.passes import unverified_claims, verify_token
@@ -20,7 +19,7 @@ from models.records import format_time
 from streams.dev.broker import free_port
 from streams.keys import KeyDir, load_keyring
 from tests.support.factories import STATION_TIMEOUT, decided, station_request, until
-from tests.support.system import start_station, stop_processes
+from tests.support.system import StationProcess, start_station, stop_processes
 
 
 def keys_view(system) -> list[dict]:
@@ -52,9 +51,9 @@ async def scanned(system, the_pass: dict, token: str) -> dict:
     return answer.json
 
 
-async def station_says(url: str, token: str, checkpoint_id: str) -> dict:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(url + "api/check", json={"token": token, "checkpoint_id": checkpoint_id}) as r:
+async def station_says(station: StationProcess, token: str, checkpoint_id: str) -> dict:
+    async with station.session() as http:
+        async with http.post(station.url + "api/check", json={"token": token, "checkpoint_id": checkpoint_id}) as r:
             assert r.status == 200, await r.text()
             return await r.json()
 
@@ -107,7 +106,7 @@ async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own
     station = start_station(system.env, tmp_path, [here], keys / "pass-signing.pub").ready()
     try:
         await until(
-            _caught_up(station.url, here, refused=old["token"], green=reissue["token"]),
+            _caught_up(station, here, refused=old["token"], green=reissue["token"]),
             STATION_TIMEOUT,
             "the station to refuse the withdrawn key's token and take the rotated key's",
         )
@@ -116,12 +115,12 @@ async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own
     offline = {**system.env, "GC_BROKER_URL": f"kafka://127.0.0.1:{free_port()}"}
     station = start_station(offline, tmp_path, [here], tmp_path / "no-key-file.pub", "offline").ready()
     try:
-        answer = await station_says(station.url, old["token"], here)
+        answer = await station_says(station, old["token"], here)
         assert answer["reason"] == "key_withdrawn", answer
-        answer = await station_says(station.url, reissue["token"], here)
+        answer = await station_says(station, reissue["token"], here)
         assert answer["green"], answer
         assert new["route"]["checkpoints"][0]["checkpoint_id"] == here  # the same route: Hangzhou to Xinyu
-        answer = await station_says(station.url, new["token"], here)
+        answer = await station_says(station, new["token"], here)
         assert answer["green"], answer
     finally:
         stop_processes([station.proc])
@@ -133,11 +132,11 @@ async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own
     assert report["decisions"]["matched"] == report["decisions"]["recorded"] >= 2
 
 
-def _caught_up(url: str, checkpoint_id: str, *, refused: str, green: str):
+def _caught_up(station: StationProcess, checkpoint_id: str, *, refused: str, green: str):
     """True once the station refuses `refused` (key_withdrawn) and lets `green` through."""
 
     async def check():
-        withdrawn = (await station_says(url, refused, checkpoint_id))["reason"] == "key_withdrawn"
-        return withdrawn and (await station_says(url, green, checkpoint_id))["green"]
+        withdrawn = (await station_says(station, refused, checkpoint_id))["reason"] == "key_withdrawn"
+        return withdrawn and (await station_says(station, green, checkpoint_id))["green"]
 
     return check

@@ -11,17 +11,15 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
-import aiohttp
-
 from models.records import format_time
 from streams.dev.simulator import make_credit_code
 from tests.support.factories import STATION_TIMEOUT, station_request, until
-from tests.support.system import start_station, stop_processes
+from tests.support.system import StationProcess, start_station, stop_processes
 
 
-async def station_says(url: str, token: str, checkpoint_id: str) -> dict:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(url + "api/check", json={"token": token, "checkpoint_id": checkpoint_id}) as r:
+async def station_says(station: StationProcess, token: str, checkpoint_id: str) -> dict:
+    async with station.session() as http:
+        async with http.post(station.url + "api/check", json={"token": token, "checkpoint_id": checkpoint_id}) as r:
             assert r.status == 200, await r.text()
             return await r.json()
 
@@ -64,16 +62,16 @@ async def test_a_station_started_after_a_revocation_refuses_the_revoked_passes(s
     try:
         for the_pass in passes:  # a lost status would leave the pass GREEN, as issued, for good
             answer = await until(
-                _refused(station.url, the_pass["token"], here), STATION_TIMEOUT, "the station to refuse the pass"
+                _refused(station, the_pass["token"], here), STATION_TIMEOUT, "the station to refuse the pass"
             )
             assert (answer["pass_id"], answer["pass"]["status"]) == (the_pass["pass_id"], "revoked")
     finally:
         stop_processes([station.proc])
 
 
-def _refused(url: str, token: str, checkpoint_id: str):
+def _refused(station: StationProcess, token: str, checkpoint_id: str):
     async def check():
-        answer = await station_says(url, token, checkpoint_id)
+        answer = await station_says(station, token, checkpoint_id)
         return answer if answer["reason"] == "pass_revoked" else None
 
     return check

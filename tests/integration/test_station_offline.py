@@ -110,7 +110,7 @@ async def test_fifty_scans_recorded_offline_are_each_answered_once(cluster, syst
     station = start_station(system.env, tmp_path, [checkpoint_id], system.public_key_path).ready()
     try:
         async with aiohttp.ClientSession() as session:
-            client = Client(session, station.url)
+            client = Client(session, station)
             await until(_async_state(client, lambda s: len(s["arrivals"]) >= len(passes)), 120, "the station's passes")
             warmup = await record(client, passes[:1], checkpoint_id)  # mid-shift: the link works
             await answered_once(system, warmup)
@@ -150,7 +150,7 @@ async def test_a_station_killed_while_offline_loses_nothing(cluster, system, tmp
     again = None
     try:
         async with aiohttp.ClientSession() as session:
-            client = Client(session, station.url)
+            client = Client(session, station)
             await until(_async_state(client, lambda s: len(s["arrivals"]) >= len(passes)), 120, "the station's passes")
             await asyncio.to_thread(cluster.stop_node, 0)
             try:
@@ -161,7 +161,7 @@ async def test_a_station_killed_while_offline_loses_nothing(cluster, system, tmp
                 again = start_station(
                     system.env, tmp_path, [checkpoint_id], system.public_key_path, "station-restarted"
                 ).ready()
-                client = Client(session, again.url)
+                client = Client(session, again)
                 checked = await client.post(
                     "api/check",
                     {"token": passes[-1]["token"], "plate": passes[-1]["plate"], "checkpoint_id": checkpoint_id},

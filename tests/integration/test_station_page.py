@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
 
 from models.passes import kafka_partition
 from models.records import format_time
-from tests.support.browser import ARTIFACTS
+from tests.support.browser import ARTIFACTS, wait_for_js
 from tests.support.factories import STATION_SCENARIO as SCENARIO
 from tests.support.factories import STATION_TIMEOUT as TIMEOUT
 from tests.support.factories import decided, forged, handled, load_key_enterprises
@@ -61,9 +60,10 @@ async def world(system, tmp_path_factory):
 async def until_known(station: StationProcess, pass_id: str) -> None:
     """Wait until the station has read the pass from the decisions topic."""
     deadline = time.monotonic() + TIMEOUT
-    async with aiohttp.ClientSession() as http:
+    async with station.session() as http:
         while True:
             async with http.get(station.url + "api/state") as r:
+                assert r.status == 200, await r.text()
                 if any(a["pass_id"] == pass_id for a in (await r.json())["arrivals"]):
                     return
             assert time.monotonic() < deadline, f"the station never read pass {pass_id}"
@@ -71,7 +71,10 @@ async def until_known(station: StationProcess, pass_id: str) -> None:
 
 
 async def open_station(page, world: World) -> None:
-    await page.goto(world.station.url)
+    """As a person does: the address the station printed, with its token, which the page trades for
+    its cookie (the address bar then shows no token)."""
+    await page.goto(world.station.first_visit)
+    assert page.url == world.station.url
     await page.wait_for_selector("#link.online", timeout=TIMEOUT * 1000)
 
 
@@ -189,8 +192,8 @@ async def test_arrival_then_departure_shows_the_dwell_and_the_system_answers(pag
     here = page.locator(f"#present li[data-pass='{the_pass['pass_id']}']")
     await here.wait_for()
     # The dwell timer runs: wait until it has counted two seconds.
-    await page.wait_for_function(
-        f"document.querySelector(\"#present li[data-pass='{the_pass['pass_id']}'] .timer\").textContent >= '0:02'"
+    await wait_for_js(
+        page, f"document.querySelector(\"#present li[data-pass='{the_pass['pass_id']}'] .timer\").textContent >= '0:02'"
     )
     await page.screenshot(path=str(ARTIFACTS / "station-vehicle-at-checkpoint.png"), full_page=True)
     await here.locator("button.depart").click()
@@ -227,7 +230,7 @@ async def test_a_station_without_a_key_file_verifies_with_the_key_the_worker_pub
     try:
         assert "every token is refused until" in station.log_path.read_text()
         deadline = time.monotonic() + TIMEOUT
-        async with aiohttp.ClientSession() as http:
+        async with station.session() as http:
             while True:
                 async with http.post(
                     station.url + "api/check", json={"token": the_pass["token"], "plate": the_pass["plate"]}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -40,12 +42,28 @@ async def chromium():
 
 @pytest.fixture
 async def page(chromium, request):
-    """A fresh browser page; on teardown its screenshot goes to tests/artifacts/TEST.png."""
+    """A fresh browser page (a context of its own: no cookie of another test's page); on teardown its
+    screenshot goes to tests/artifacts/TEST.png, and the test fails if the page broke its
+    Content-Security-Policy (an inline script or style, an eval, a request elsewhere)."""
     context = await chromium.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
     pg = await context.new_page()
+    violations: list[str] = []
+    pg.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
     yield pg
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         await pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
     finally:
         await context.close()
+    assert violations == [], f"the page broke its Content-Security-Policy: {violations}"
+
+
+async def wait_for_js(page, expression: str, timeout: float = 30):
+    """Wait until `expression` is truthy in the page and return its value. Playwright's own
+    wait_for_function evaluates its predicate with eval inside the page, which the pages'
+    Content-Security-Policy refuses (no 'unsafe-eval'); page.evaluate goes through the debugger."""
+    deadline = time.monotonic() + timeout
+    while not (value := await page.evaluate(expression)):
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {expression}"
+        await asyncio.sleep(0.05)  # polling a condition with a deadline
+    return value

@@ -193,17 +193,37 @@ def start_projector(env: dict, data_dir: Path, name: str = "projector", *args: s
 
 @dataclass
 class StationProcess:
-    """`greenchannel checkpoint` as a process; `url` once it serves."""
+    """`greenchannel checkpoint` as a process; once it serves, `url` (its address) and `token` (made
+    by the station and printed once with the address, as a person reads it), `auth` the header an
+    API client sends."""
 
     proc: subprocess.Popen
     log_path: Path
     url: str = ""
+    token: str = ""
 
     def ready(self, timeout: float = 60) -> StationProcess:
+        from urllib.parse import parse_qs, urlsplit
+
         from streams.station.web import announced_url
 
-        self.url = announced_url(self.log_path, lambda: self.proc.poll() is None, timeout)
+        announced = announced_url(self.log_path, lambda: self.proc.poll() is None, timeout)
+        self.url = announced.split("?", 1)[0]
+        self.token = parse_qs(urlsplit(announced).query)["token"][0]
         return self
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def first_visit(self) -> str:
+        """The address a person opens first: with the token, which the page trades for its cookie."""
+        return f"{self.url}?token={self.token}"
+
+    def session(self) -> aiohttp.ClientSession:
+        """An API client of the station (its token in every request)."""
+        return aiohttp.ClientSession(headers=self.auth)
 
 
 def start_station(
@@ -214,9 +234,10 @@ def start_station(
     cmd = [sys.executable, "-m", "streams.cli", "checkpoint", "--port", "0", "--public-key", str(public_key), *args]
     for checkpoint_id in ids:
         cmd += ["--id", checkpoint_id]
+    own = {k: v for k, v in env.items() if k not in ("GC_STATION_TOKEN", "GC_STATION_TOKEN_FILE")}  # it makes one
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            cmd, env={**env, "GC_DATA_DIR": str(data_dir)}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            cmd, env={**own, "GC_DATA_DIR": str(data_dir)}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
         )
     return StationProcess(proc, log_path)
 
@@ -224,16 +245,17 @@ def start_station(
 class Client:
     """The station's API, as its page uses it."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
-        self.session, self.url = session, url
+    def __init__(self, session: aiohttp.ClientSession, station: StationProcess) -> None:
+        self.session, self.url, self.auth = session, station.url, station.auth
 
     async def post(self, path: str, body: dict) -> dict:
-        async with self.session.post(self.url + path, json=body) as r:
+        async with self.session.post(self.url + path, json=body, headers=self.auth) as r:
             assert r.status == 200, await r.text()
             return await r.json()
 
     async def state(self) -> dict:
-        async with self.session.get(self.url + "api/state") as r:
+        async with self.session.get(self.url + "api/state", headers=self.auth) as r:
+            assert r.status == 200, await r.text()
             return await r.json()
 
 

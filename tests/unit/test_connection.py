@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,22 @@ def test_the_acl_table_gives_each_principal_only_its_own_writes():
     assert {name for who, name in writes if who == "operator"} == {"gc.enterprises", "gc.region.risk", "gc.pass.keys"}
     assert not {name for who, name in writes if who == "projector"}
     assert not [a for a in table if a.operation in ("ALL", "ALTER", "DELETE", "CLUSTER_ACTION")]
+
+
+def test_a_relative_secure_dir_hands_out_absolute_paths(tmp_path, monkeypatch):
+    """The default GC_DATA_DIR is relative (`.greenchannel`); the secure directory's paths go to
+    programs running elsewhere (SecureSetup.java in the cluster's workdir) and into client files
+    read from anywhere, so every one of them is absolute, whatever the working directory later."""
+    monkeypatch.chdir(tmp_path)
+    secure = SecureDir(Path(".greenchannel") / "secure").ensure()
+    assert secure.path == tmp_path / ".greenchannel" / "secure"
+    assert secure.client_properties("admin").is_absolute() and secure.ca.is_absolute()
+    secure.write_client_files("127.0.0.1:19093")
+    monkeypatch.chdir("/")  # another working directory, as SecureSetup.java's
+    assert secure.client_properties("admin").read_text().startswith("# admin")
+    truststore = next(
+        line.split("=", 1)[1]
+        for line in secure.client_properties("admin").read_text().splitlines()
+        if line.startswith("ssl.truststore.location=")
+    )
+    assert Path(truststore) == tmp_path / ".greenchannel" / "secure" / "ca.pem"

@@ -1,18 +1,13 @@
-"""The dashboard's parts without a broker: its map regions against the gazetteer's, and its refusal to serve
-beyond loopback without a token (in a real browser, against the running system:
-tests/integration/test_dashboard.py)."""
+"""The dashboard's parts without a broker: its map regions against the gazetteer's, and its web app's
+access rules (in a real browser, against the running system: tests/integration/test_dashboard.py)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 from models.mapregions import MAP_ALIASES, gazetteer_code
 from models.records import parse_time
 from models.reference import RiskBook
 from routing import Gazetteer
 from streams.dashboard import map_features
-from tests.support.system import ROOT
 
 WUHAN = "420100"
 
@@ -38,20 +33,36 @@ def test_a_prefecture_level_colours_its_map_region_and_no_other():
     assert sorted(f for f, n in levels.items() if n) == ["110000", WUHAN]
 
 
-def test_bound_beyond_loopback_the_dashboard_wants_a_token(tmp_path):
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(ROOT),
-        "GC_DATA_DIR": str(tmp_path),
-        "GC_DATABASE_URL": f"sqlite:///{tmp_path}/gc.db",
-        "GC_BROKER_URL": "kafka://127.0.0.1:9",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "dashboard", "--host", "0.0.0.0", "--port", "0"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2 and "beyond loopback: set a token" in done.stdout, done.stdout + done.stderr
+async def test_the_dashboard_wants_its_token_answers_only_its_hosts_and_sends_the_security_headers(tmp_path):
+    from aiohttp import ClientSession
+
+    from streams.dashboard import Dashboard, make_app
+    from streams.settings import Settings
+    from streams.web import Access, start_site, stop_site
+    from tests.unit.test_web import assert_secure_headers
+
+    board = Dashboard(Settings(_env_file=None, database_url=f"sqlite:///{tmp_path}/gc.db"))
+    runner = await start_site(make_app(board, Access.for_site("127.0.0.1", "s3cret")), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    bearer = {"Authorization": "Bearer s3cret"}
+    try:
+        async with ClientSession() as http:
+            for path in ("", "state", "search?q=x", "static/dashboard.js"):
+                refused = await http.get(url + path)
+                assert refused.status == 401, path
+                assert_secure_headers(refused)
+                rebound = await http.get(url + path, headers={**bearer, "Host": "rebind.attacker.example"})
+                assert rebound.status == 400, path
+            for path in ("", "state", "static/dashboard.js"):
+                answer = await http.get(url + path, headers=bearer)
+                assert answer.status == 200, path
+                assert_secure_headers(answer)
+            page = await (await http.get(url, headers=bearer)).text()
+            assert "<script>" not in page and "style=" not in page  # no inline script or style in the page
+            forged = await http.post(
+                url + "state", data="a=1", headers={**bearer, "Content-Type": "application/x-www-form-urlencoded"}
+            )
+            assert forged.status == 415
+    finally:
+        await stop_site(runner, board.hub)
+        board.engine.dispose()

@@ -307,39 +307,40 @@ def test_a_chinese_font_is_found_here():
 # --- the station's HTTP side, served for real (no broker needed for it) ------------------------
 
 
-async def test_beyond_loopback_the_page_wants_its_token_and_decodes_a_photo(the_pass, tmp_path):
+async def test_the_page_wants_its_token_and_decodes_a_photo(the_pass, tmp_path):
     import aiohttp
 
     from streams.settings import Settings
     from streams.station.link import Station
     from streams.station.web import make_app
-    from streams.web import start_site
+    from streams.web import Access, start_site
 
     here = the_pass.checkpoint_ids[0]
     store = Store(tmp_path / "station.db", [here])
     store.take_decision(decision_of(the_pass))
     station = Station(Settings(), [here], store, KEYS, clock_start=DEPARTURE + timedelta(hours=4))
-    runner = await start_site(make_app(station, host="0.0.0.0", token="s3cret"), "127.0.0.1", 0)
+    runner = await start_site(make_app(station, Access.for_site("0.0.0.0", "s3cret")), "127.0.0.1", 0)
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
     render_pass(pass_from_decision(decision_of(the_pass))).save(tmp_path / "pass.png")
+    bearer = {"Authorization": "Bearer s3cret"}
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(url) as r:
                 assert r.status == 401
-            async with http.get(url + "?token=s3cret") as r:
-                assert r.status == 200 and 'station.js?token=s3cret"' in await r.text()
-            async with http.get(url + "static/station.js?token=s3cret") as r:
-                assert r.status == 200
+            async with http.get(url + "static/station.js") as r:
+                assert r.status == 401
+            async with http.get(url, headers=bearer) as r:
+                assert r.status == 200 and 'src="static/station.js"' in await r.text()
             form = aiohttp.FormData()
             form.add_field("plate", the_pass.plate)
             form.add_field("photo", (tmp_path / "pass.png").read_bytes(), filename="pass.png")
-            async with http.post(url + "api/check", data=form, headers={"Authorization": "Bearer s3cret"}) as r:
+            async with http.post(url + "api/check", data=form, headers=bearer) as r:
                 answer = await r.json()
             assert (answer["green"], answer["pass_id"], answer["checkpoint_id"]) == (True, the_pass.pass_id, here)
             blank = aiohttp.FormData()
             blank.add_field("photo", b"not an image at all" * 3, filename="x.png")
-            async with http.post(url + "api/check", data=blank, headers={"Authorization": "Bearer s3cret"}) as r:
-                assert r.status == 400
+            async with http.post(url + "api/check", data=blank, headers=bearer) as r:
+                assert r.status == 415
     finally:
         await runner.cleanup()
 

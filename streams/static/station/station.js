@@ -1,13 +1,16 @@
 // The station's page: checks a pass, records arrivals and departures, shows the live state.
 "use strict";
-const KEY = new URLSearchParams(location.search).get("token");
+// The page's token is in its HttpOnly cookie (set by the first visit with ?token=…): every request
+// of this page, same-origin, carries it; the script never sees it.
 const $ = (sel) => document.querySelector(sel);
 let state = null, skew = 0, lastCheck = null;
 
-function api(path, init = {}) {
-  const headers = { ...(init.headers || {}) };
-  if (KEY) headers.Authorization = "Bearer " + KEY;
-  return fetch(path, { ...init, headers }).then(async (r) => ({ ok: r.ok, body: await r.json() }));
+async function api(path, init = {}) {
+  const r = await fetch(path, { ...init, credentials: "same-origin" });
+  const text = await r.text();
+  let body;
+  try { body = JSON.parse(text); } catch { body = { error: text || r.statusText }; }
+  return { ok: r.ok, body };
 }
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -42,6 +45,13 @@ function render(s) {
   renderPresent(s.present);
   renderArrivals(s.arrivals);
   renderRecent(s.recent);
+  renderSetAside(s.set_aside || []);
+}
+function renderSetAside(items) {
+  $("#set-aside-panel").hidden = items.length === 0;
+  $("#set-aside").replaceChildren(...items.map((r) => el("li", { "data-scan": r.scan_id },
+    `${hhmm(r.scanned_at)} ${r.kind === "arrival" ? "到达 arrival" : "离开 departure"} `, el("b", {}, r.plate), " ",
+    el("small", { class: "reason" }, r.reason))));
 }
 function renderPresent(present) {
   $("#present").replaceChildren(...present.map((p) => {
@@ -66,8 +76,12 @@ function renderRecent(recent) {
   $("#recent").replaceChildren(...recent.map((r) => {
     const answer = r.answer ? ` → ${r.answer.status}${r.answer.reason ? " (" + r.answer.reason + ")" : ""}` : "";
     return el("li", { "data-scan": r.scan_id }, `${hhmm(r.scanned_at)} ${r.kind === "arrival" ? "到达 arrival" : "离开 departure"} `,
-      el("b", {}, r.plate), " ", el("span", { class: r.sent ? "sent" : "queued" }, r.sent ? "已发送 sent" : "待发送 queued"), answer);
+      el("b", {}, r.plate), " ", sentMark(r), answer);
   }));
+}
+function sentMark(r) {
+  if (r.set_aside) return el("span", { class: "set-aside", title: r.set_aside }, "已搁置 set aside");
+  return el("span", { class: r.sent ? "sent" : "queued" }, r.sent ? "已发送 sent" : "待发送 queued");
 }
 function tick() {
   $("#clock").textContent = stationNow().toISOString().slice(0, 19).replace("T", " ") + "Z";
@@ -81,7 +95,7 @@ function tick() {
 setInterval(tick, 1000);
 
 function connect() {
-  const source = new EventSource("api/events" + (KEY ? "?token=" + encodeURIComponent(KEY) : ""));
+  const source = new EventSource("api/events");
   source.addEventListener("state", (e) => render(JSON.parse(e.data)));
   source.onerror = () => { $("#link").className = "link offline"; $("#link").textContent = "页面与检查站断开 page lost the station"; };
 }
@@ -89,15 +103,23 @@ function connect() {
 // --- check --------------------------------------------------------------------------------------
 $("#check-form").addEventListener("submit", async (e) => {
   e.preventDefault();
-  const form = new FormData();
-  form.append("checkpoint_id", here());
-  for (const name of ["token", "plate"]) if ($("#" + name).value.trim()) form.append(name, $("#" + name).value.trim());
-  if ($("#photo").files.length) form.append("photo", $("#photo").files[0]);
+  // JSON, or (a QR photo, and no token typed) multipart: the only bodies the station takes.
+  const fields = { checkpoint_id: here() };
+  for (const name of ["token", "plate"]) if ($("#" + name).value.trim()) fields[name] = $("#" + name).value.trim();
+  let init;
+  if ($("#photo").files.length && !fields.token) {
+    const form = new FormData();
+    for (const [k, v] of Object.entries(fields)) form.append(k, v);
+    form.append("photo", $("#photo").files[0]);
+    init = { method: "POST", body: form };
+  } else {
+    init = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(fields) };
+  }
   // The last vehicle's answer goes at once: an officer never reads it for the next one.
   const card = $("#card");
   card.className = "card empty";
   card.replaceChildren("核验中 checking…");
-  const { ok, body } = await api("api/check", { method: "POST", body: form });
+  const { ok, body } = await api("api/check", init);
   $("#form-error").hidden = ok;
   if (!ok) { $("#form-error").textContent = body.error; card.replaceChildren("未核验 not checked"); return; }
   lastCheck = body;
@@ -112,7 +134,7 @@ function renderCard(c) {
     el("dt", {}, "通行证号 Pass"), el("dd", {}, c.pass_id || "—"));
   if (p) {
     facts.append(el("dt", {}, "类别 Class"), el("dd", {}, el("span", { class: "badge" }, p.priority || "?"), p.class_name || "",
-                   p.toll_exempt ? el("span", { class: "badge toll", style: "margin-left:10px" }, "三不一优先 · 免收通行费 toll-exempt") : null),
+                   p.toll_exempt ? el("span", { class: "badge toll" }, "三不一优先 · 免收通行费 toll-exempt") : null),
                  el("dt", {}, "有效期 Valid"), el("dd", {}, `${hhmm(p.valid_from)} → ${hhmm(p.valid_until)} UTC`),
                  el("dt", {}, "起讫 From → to"), el("dd", {}, `${p.origin} → ${p.destination}`),
                  el("dt", {}, "状态 Status"), el("dd", {}, p.status));
