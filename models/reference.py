@@ -29,6 +29,7 @@ _HIGH = LEVEL_RANK["high"]
 Source = tuple[int, int]  # where a reference record was read: (partition, offset) on its topic
 Vector = Mapping[int, int]  # how far a topic was applied: partition -> the next offset
 E = TypeVar("E")
+B = TypeVar("B")
 
 
 class Provenance(Generic[E]):
@@ -60,6 +61,13 @@ class Provenance(Generic[E]):
     def within(self, vector: Vector) -> list[tuple[Source | None, E]]:
         """The entries a reader who had applied `vector` knew, in the order they were applied."""
         return [(s, e) for s, e in self.entries if s is None or s[1] < vector.get(s[0], 0)]
+
+    def rebuild(self, book: B, vector: Vector) -> B:
+        """`book` (empty) given the entries a reader who had applied `vector` knew, and that vector."""
+        for source, entry in self.within(vector):
+            book.apply(entry, source)  # type: ignore[attr-defined]
+        book.provenance.known = dict(vector)  # type: ignore[attr-defined]
+        return book
 
     def behind(self, vector: Vector) -> bool:
         """Whether `vector` names records this book has not applied."""
@@ -98,11 +106,7 @@ class RiskBook:
 
     def as_known(self, vector: Vector) -> RiskBook:
         """This book as a reader knew it who had applied `vector` of the risk topic."""
-        book = RiskBook()
-        for source, risk in self.provenance.within(vector):
-            book.apply(risk, source)
-        book.provenance.known = dict(vector)
-        return book
+        return self.provenance.rebuild(RiskBook(), vector)
 
     def _moments(self, start: datetime, end: datetime) -> list[datetime]:
         """`start` and every change after it up to `end`: the instants at which the levels of
@@ -204,11 +208,7 @@ class EnterpriseBook:
 
     def as_known(self, vector: Vector) -> EnterpriseBook:
         """This book as a reader knew it who had applied `vector` of the key-enterprise topic."""
-        book = EnterpriseBook()
-        for source, entry in self.provenance.within(vector):
-            book.apply(entry, source)
-        book.provenance.known = dict(vector)
-        return book
+        return self.provenance.rebuild(EnterpriseBook(), vector)
 
     def listed_at(self, at: datetime) -> list[tuple[str, str]]:
         """(credit code, name) of every firm on the list at `at`, by code."""

@@ -20,7 +20,7 @@ from models.records import format_time
 from streams.audit import parse_position, rebuild_database, run_replay
 from streams.dev.simulator import Scenario, scans_for
 from streams.settings import Settings
-from tests.support.factories import load_key_enterprises, publish
+from tests.support.factories import load_key_enterprises, publish, wuhan_to_hangzhou_probe
 
 START = datetime(2020, 3, 1, 8, 0, tzinfo=UTC)
 WUHAN, GUANGZHOU, CHANGSHA = {"adcode": "420111"}, {"adcode": "440106"}, {"adcode": "430104"}
@@ -52,13 +52,7 @@ async def firms(system) -> Scenario:
     is proven applied by a P2 probe request that needs it, re-sent until approved.
     """
     base = Scenario(seed=600, start=START - timedelta(days=1))
-
-    def probe(n: int) -> dict:
-        body = base.request(n, kind="P2")
-        body.update(origin={"adcode": "420111"}, destination={"adcode": "330106"})
-        return body
-
-    await load_key_enterprises(system, base, probe)
+    await load_key_enterprises(system, base, wuhan_to_hangzhou_probe(base))
     return base
 
 

@@ -17,7 +17,7 @@ import pytest
 from models.records import format_time
 from streams.dev.simulator import Scenario
 from tests.integration.test_replay_live import failure
-from tests.support.factories import load_key_enterprises, publish
+from tests.support.factories import load_key_enterprises, publish, wuhan_to_hangzhou_probe
 
 SHIYAN, SANMENXIA = "4203", "4112"
 XIAN, ZHENGZHOU = "610113", "410102"
@@ -27,13 +27,7 @@ XIAN, ZHENGZHOU = "610113", "410102"
 async def firms(own_system) -> Scenario:
     """Key enterprises the worker has applied (each proven by a probe), listed since 2020."""
     base = Scenario(seed=2300, start=datetime(2020, 2, 20, tzinfo=UTC))
-
-    def probe(n: int) -> dict:
-        body = base.request(n, kind="P2")
-        body.update(origin={"adcode": "420111"}, destination={"adcode": "330106"})
-        return body
-
-    await load_key_enterprises(own_system, base, probe)
+    await load_key_enterprises(own_system, base, wuhan_to_hangzhou_probe(base))
     return base
 
 

@@ -180,6 +180,17 @@ async def publish(system, bodies: list[dict], timeout: float = STATION_TIMEOUT) 
     return {m.key.decode(): m.json for m in found}
 
 
+def wuhan_to_hangzhou_probe(scenario: Scenario) -> Callable[[int], dict]:
+    """`load_key_enterprises`'s probe on a road no test raises: a P2 request Wuhan -> Hangzhou."""
+
+    def probe(n: int) -> dict:
+        body = scenario.request(n, kind="P2")
+        body.update(origin={"adcode": "420111"}, destination={"adcode": "330106"})
+        return body
+
+    return probe
+
+
 async def load_key_enterprises(system, scenario: Scenario, probe: Callable[[int], dict], timeout: float = 120) -> None:
     """Send `scenario`'s key-enterprise list as operators do, and wait until the worker has
     applied every entry. The list reaches it through another topic than the requests (each entry
