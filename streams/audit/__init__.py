@@ -9,16 +9,19 @@ compared per pass.
 
 Ordering (the design choice)
 ----------------------------
-* Reference data is an as-of history (`RiskBook`, `EnterpriseBook`): the live worker loads the
-  whole risk and enterprise topics at start and looks levels up *as of* each request's decision
-  time. The replay does the same: it applies ALL reference records up to `--until` (from the
-  beginning of their topics, whatever `--since` says) before re-deciding anything. A risk change
-  whose `effective_at` lies before requests decided earlier therefore changes nothing for them
-  *unless* it reached the live worker only after their decision: then the live decision was
-  taken on stale data, the replay differs, and the mismatch is explained as
-  `late_reference_data` (the request is re-decided once more with only the reference records
-  the log held when the decision was recorded).
-* The inputs inside the window are then merged in event-time order: requests by
+* The log says what the worker knew, and the replay proves each decision followed from it. Every
+  decision records its time (`decided_at`: the channel's, or the firm's earlier claim) and what it
+  knew (`known`: per reference topic and partition, the next offset applied to the worker's books).
+  The replay reads ALL reference records up to `--until` (from the beginning of their topics, with
+  their partitions and offsets), and decides each request again at its recorded time with the
+  books rebuilt as exactly its `known` names (`Decider.as_known`), through the worker's own
+  dispatch and guard (`streams.dispatch`). A decision an older worker recorded without `known` is
+  decided as of its time with all reference data, and a difference is explained as
+  `late_reference_data`.
+* A reference change the walk below meets before a request whose decision did not know it (the
+  worker read it late) reached the pass's partition after the decision live: it is applied to that
+  pass right after the decision (`Replayer._decide_and_follow`).
+* The inputs inside the window are merged in event-time order: requests by
   `submitted_at` (the record timestamp when that is invalid: the handler's own rule), risk and
   enterprise updates by `effective_at`, scans by `scanned_at`. Ties are broken by topic
   (enterprises, risk, requests, scans: an update effective at the very instant of a request is
