@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
@@ -151,3 +152,25 @@ async def test_an_unexpected_error_dead_letters_the_event():
 
 def test_record_metadata_of_an_event():
     assert meta(fake_event()) == RecordMeta("gc.shipment.requests", 2, 7, 1500)
+
+
+def test_the_channels_time_is_the_wall_clock_or_an_operators_tick_never_an_input():
+    """With a wall clock of its own the worker's time is now; with none (GC_CLOCK_SECONDS=0) its
+    partition's clock as last ticked, bounded by the wall clock, and nothing before the first tick
+    (a request is then bounded by the wall clock alone)."""
+    app = SimpleNamespace(producer=FakeProducer(), conf=SimpleNamespace(id="gc-test"))
+    tables = Tables.empty()
+
+    def runtime(clock_seconds: float) -> Runtime:
+        settings = Settings(_env_file=None, clock_seconds=clock_seconds, key_dir="/keys")
+        return Runtime(app, settings, FakePipeline(), tables=tables, meter=FakeMeter(), changelog=[])
+
+    before = datetime.now(UTC)
+    walled = runtime(60).now(3)
+    assert walled is not None and before <= walled <= datetime.now(UTC)
+    simulated = runtime(0)
+    assert simulated.now(3) is None and before <= simulated.decision_now(3) <= datetime.now(UTC)
+    tables.clocks["3"] = b"2020-02-25T12:00:00Z"
+    assert simulated.now(3) == simulated.decision_now(3) == datetime(2020, 2, 25, 12, tzinfo=UTC)
+    tables.clocks["3"] = b"2099-01-01T00:00:00Z"  # a tick ahead of the wall clock: the wall clock
+    assert simulated.now(3) <= datetime.now(UTC)
