@@ -103,6 +103,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --- what came back, by input id --------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Via:
+    """A pass issued on a route through the region: what decides whether a raise must re-evaluate it."""
+
+    decided_at: str
+    decided_ms: int  # the decision record's time
+    region_at: int  # the region's first index on the route
+    checkpoints: dict  # checkpoint id -> its index on the route
+    multi: bool  # a multi-trip pass drives its whole route again: every region stays ahead
+    valid_until: str
+
+    @classmethod
+    def of(cls, decision: dict, timestamp_ms: int, region: str) -> Via | None:
+        the_pass = decision["pass"]
+        adcodes = the_pass["route"]["adcodes"]
+        at = next((i for i, a in enumerate(adcodes) if a.startswith(region)), None)
+        if at is None:
+            return None
+        index = {a: i for i, a in enumerate(adcodes)}
+        checkpoints = {c["checkpoint_id"]: index.get(c["adcode"], -1) for c in the_pass["route"]["checkpoints"]}
+        return cls(
+            decision["decided_at"], timestamp_ms, at, checkpoints, the_pass["trip"] == "multi", the_pass["valid_until"]
+        )
+
+    def behind_it(self, road: list, effective: datetime, applied_ms: float) -> bool:
+        """Had the pass no more road through the region when the raise was applied (by `applied_ms`,
+        the record time of the raise's last status): its truck scanned at or past the region (a single
+        trip), or it ended; or had its validity ended when the raise took effect? Then the raise
+        rightly leaves it alone. (The soak's trucks report their scans at once, each dated at its
+        checkpoint's ETA: what the worker had read is what counts, not the scans' dates.)"""
+        if parse_time(self.valid_until) <= effective:
+            return True
+        for _at, index, ended, ms in road:
+            if ms <= applied_ms and (ended or (not self.multi and index >= self.region_at)):
+                return True
+        return False
+
+
 @dataclass
 class Tally:
     """Answers per input id, and the outputs that answer no input of ours."""
@@ -114,7 +152,11 @@ class Tally:
     issued: collections.Counter = field(default_factory=collections.Counter)  # pass id -> issued statuses
     risk_events: collections.Counter = field(default_factory=collections.Counter)  # risk cause -> statuses
     risk_passes: dict = field(default_factory=lambda: collections.defaultdict(set))  # risk cause -> pass ids
-    through: dict = field(default_factory=dict)  # pass id -> (decided_at, record ms): issued on a route via the region
+    through: dict = field(default_factory=dict)  # pass id -> Via: issued on a route via the region
+    # pass id (of `through`) -> [(at, route index of a checkpoint scanned there, or -1; ended)]: when its
+    # truck reached a checkpoint of its route, and when it ended (delivered, expired, revoked)
+    road: dict = field(default_factory=lambda: collections.defaultdict(list))
+    risk_applied_ms: dict = field(default_factory=dict)  # risk cause -> the record time of its last status
     other: collections.Counter = field(default_factory=collections.Counter)  # outputs of anything else
     internal_errors: list = field(default_factory=list)
     answered_bins: collections.Counter = field(default_factory=collections.Counter)  # (kind, bin) -> answers
@@ -164,9 +206,9 @@ class AnswerReader(_Receiver):
                 decision = orjson.loads(r.value)
                 self.tally.answered_bins["approval", int((r.timestamp / 1000 - self.tally.t0) // self.tally.bin_s)] += 1
                 self.on_pass(decision)
-                the_pass = decision["pass"]
-                if any(a.startswith(self.region) for a in the_pass["route"]["adcodes"]):
-                    self.tally.through[the_pass["pass_id"]] = (decision["decided_at"], r.timestamp)
+                via = Via.of(decision, r.timestamp, self.region)
+                if via is not None:
+                    self.tally.through[decision["pass"]["pass_id"]] = via
         elif topic == self.names.deadletter:
             self.dead_letter(orjson.loads(r.value), r.timestamp)
         else:
@@ -186,6 +228,12 @@ class AnswerReader(_Receiver):
 
     def status(self, body: dict, timestamp_ms: int) -> None:
         cause = body.get("cause") or ""
+        via = self.tally.through.get(body.get("pass_id"))
+        if via is not None:
+            ended = body.get("status") in ("delivered", "expired", "revoked")
+            index = via.checkpoints.get(body.get("checkpoint_id"), -1) if cause.startswith("scan:") else -1
+            if ended or index >= 0:
+                self.tally.road[body["pass_id"]].append((body["at"], index, ended, timestamp_ms))
         if cause.startswith("scan:"):
             self.tally.count("scan", cause[5:], timestamp_ms)
         elif cause.startswith("decision:"):
@@ -193,6 +241,7 @@ class AnswerReader(_Receiver):
         elif cause.startswith("risk:"):
             self.tally.risk_events[cause] += 1
             self.tally.risk_passes[cause].add(body["pass_id"])
+            self.tally.risk_applied_ms[cause] = max(self.tally.risk_applied_ms.get(cause, 0), timestamp_ms)
         else:
             self.tally.other[f"status {body.get('status')} ({cause.split(':', 1)[0]})"] += 1
 
@@ -285,10 +334,14 @@ async def risk_changes(
 
 
 def risk_escapes(changes: list[dict], tally: Tally) -> list[dict]:
-    """Per raise: the passes routed through the region, decided (event time) since the change before
-    it and before it took effect, that it did not re-evaluate; how many of those the worker decided
-    after the raise was on the broker (their decision record is later than its send); and passes
-    decided through the region while it was high (event time), which the decider should never issue."""
+    """Per raise, the passes it should have re-evaluated and did not: passes on a route through the
+    region, active with the region still ahead of them when the raise took effect (not ended, not
+    past it, still valid: `Via.behind_it`), that got no status of the raise. Those decided before it
+    took effect (`not_reevaluated`; how many of them the worker decided after the raise was on the
+    broker), and those decided while it was high (`decided_while_high_left`: decided without
+    knowing it and never rerouted after). `decided_while_high` counts every pass decided through
+    the region while it was high (event time), rerouted after or not; `left_alone_rightly`, the
+    passes the raise rightly did not touch."""
     out = []
     bounds = [parse_time(c["effective_at"]) for c in changes] + [datetime.max.replace(tzinfo=UTC)]
     for k, change in enumerate(changes):
@@ -296,20 +349,26 @@ def risk_escapes(changes: list[dict], tally: Tally) -> list[dict]:
             continue
         since = bounds[k - 1] if k else datetime.min.replace(tzinfo=UTC)
         visited = tally.risk_passes.get(change["cause"], set())
-        before = [
-            (p, ms) for p, (at, ms) in tally.through.items() if since <= parse_time(at) < bounds[k] and p not in visited
-        ]
-        during = [p for p, (at, _) in tally.through.items() if bounds[k] <= parse_time(at) < bounds[k + 1]]
-        late = [(p, (ms - change["sent_ms"]) / 1000) for p, ms in before if ms > change["sent_ms"]]
+        effective, applied_ms = bounds[k], tally.risk_applied_ms.get(change["cause"], change["sent_ms"])
+
+        def left(p: str, via: Via) -> bool:
+            return p not in visited and not via.behind_it(tally.road.get(p, []), effective, applied_ms)  # noqa: B023
+
+        before = [(p, v) for p, v in tally.through.items() if since <= parse_time(v.decided_at) < effective]
+        during = [(p, v) for p, v in tally.through.items() if effective <= parse_time(v.decided_at) < bounds[k + 1]]
+        escaped = [(p, v) for p, v in before if left(p, v)]
+        late = [(p, (v.decided_ms - change["sent_ms"]) / 1000) for p, v in escaped if v.decided_ms > change["sent_ms"]]
         out.append(
             {
                 "change": change["cause"],
-                "not_reevaluated": len(before),
+                "not_reevaluated": len(escaped),
                 "decided_after_the_raise": len(late),
                 "decided_after_s_median": _median([s for _, s in late]),
-                "examples": late[:5],
+                "examples": late[:5] or [(p, v.decided_at, tally.road.get(p, [])) for p, v in escaped[:5]],
+                "left_alone_rightly": sum(p not in visited for p, _ in before) - len(escaped),
                 "decided_while_high": len(during),
-                "while_high_examples": during[:5],
+                "decided_while_high_left": sum(left(p, v) for p, v in during),
+                "while_high_examples": [p for p, v in during if left(p, v)][:5],
             }
         )
     return out
@@ -500,7 +559,7 @@ async def _load_with_restart(
     restarting.clear()
     await _watch_tasks(tasks, until=sender)
     tasks[2].cancel()
-    drained = await _drain(load, tally, args.drain, procs[-1], ctx.log)
+    drained = await _drain(load, tally, args.drain, procs[-1], watch, ctx.log)
     await asyncio.sleep(args.sample + 5)  # late duplicates and a last lag sample after the drain
     tasks[1].cancel()
     await reader.stop()
@@ -573,15 +632,18 @@ async def _ready(ctx: Context, producer: AIOKafkaProducer, topics: Topics, worke
         await answers.stop()
 
 
-async def _drain(load: Load, tally: Tally, timeout: float, worker: Proc, log) -> dict:
-    """Wait until every request and scan sent has an answer (or `timeout`): seconds it took."""
+async def _drain(load: Load, tally: Tally, timeout: float, worker: Proc, watch: Watch, log) -> dict:
+    """Wait until every request and scan sent has an answer, and the worker has committed every input
+    (the risk changes' broadcasts on the pass topic too: a raise's re-evaluations are counted only
+    once they are done), or `timeout`: seconds it took."""
     began = time.monotonic()
     while True:
         missing = (len(load.sent_requests - tally.requests.keys()), len(load.sent_scans - tally.scans.keys()))
-        if missing == (0, 0) or time.monotonic() - began > timeout or not worker.alive():
-            log(f"drained in {time.monotonic() - began:.0f} s; unanswered requests/scans: {missing}")
-            return {"seconds": time.monotonic() - began, "complete": missing == (0, 0)}
-        await asyncio.sleep(1)
+        lag = (await watch.lag())[0] if missing == (0, 0) else None
+        if lag == 0 or time.monotonic() - began > timeout or not worker.alive():
+            log(f"drained in {time.monotonic() - began:.0f} s; unanswered requests/scans: {missing}; lag {lag}")
+            return {"seconds": time.monotonic() - began, "complete": missing == (0, 0), "lag": lag}
+        await asyncio.sleep(1)  # polling the answers and the group's lag, with a deadline
 
 
 def _recovery(worker: Proc, started_at: float, wall0: float) -> dict:
@@ -686,6 +748,26 @@ def _median(values: list[float]) -> float | None:
 # --- the report ---------------------------------------------------------------------------------------------
 
 
+def _risk_rows(changes: list[dict], escapes: list[dict]) -> list[tuple[str, str]]:
+    """The table's rows about the risk changes and the passes they should have re-evaluated."""
+    return [
+        ("risk changes (statuses they caused)", f"{len(changes)} ({', '.join(str(c['statuses']) for c in changes)})"),
+        (
+            "raises: passes via the region not re-evaluated (decided after the raise was sent)",
+            ", ".join(f"{e['not_reevaluated']} ({e['decided_after_the_raise']})" for e in escapes) or "none",
+        ),
+        (
+            "passes decided via the region while it was high (left there, never rerouted)",
+            f"{sum(e['decided_while_high'] for e in escapes)} ({sum(e['decided_while_high_left'] for e in escapes)})",
+        ),
+        (
+            "risk escapes: passes left on a route through the high region (passes rightly left alone)",
+            f"{sum(e['not_reevaluated'] + e['decided_while_high_left'] for e in escapes)} "
+            f"({sum(e['left_alone_rightly'] for e in escapes)})",
+        ),
+    ]
+
+
 def table_rows(res: dict) -> list[tuple[str, str]]:
     """(figure, value) for the console and the README."""
 
@@ -720,12 +802,7 @@ def table_rows(res: dict) -> list[tuple[str, str]]:
             "approved decisions; passes issued (issued twice)",
             f"{res['approvals']:,}; {res['issued']['passes']:,} ({res['issued']['issued_twice']:,})",
         ),
-        ("risk changes (statuses they caused)", f"{len(changes)} ({', '.join(str(c['statuses']) for c in changes)})"),
-        (
-            "raises: passes via the region not re-evaluated (decided after the raise was sent)",
-            ", ".join(f"{e['not_reevaluated']} ({e['decided_after_the_raise']})" for e in escapes) or "none",
-        ),
-        ("passes decided via the region while it was high", f"{sum(e['decided_while_high'] for e in escapes)}"),
+        *_risk_rows(changes, escapes),
         (
             "restart",
             f"{rs['how']} at {rs['t'] / 60:.1f} min: stopped in {rs['stop_s']:.1f} s; new worker "
