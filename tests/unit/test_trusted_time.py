@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.passes import kafka_partition
@@ -298,6 +298,7 @@ CHANGES = st.lists(
 )
 
 
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)  # as test_fuzz's `ci` profile
 @given(
     CHANGES,
     st.sampled_from(["P0", "P1", "P2", "P3", "unlisted"]),
