@@ -8,7 +8,7 @@ that knew exactly that, so the live worker and an audit replay produce the same 
 A decision looks from its decision time to the end of the pass's validity: a region high at any
 moment of that window is avoided (or, at an end, refuses the classes that may not go there), and a
 key enterprise must stay listed throughout. An earlier decision time therefore never gives a more
-favourable decision, only a longer window (tests/unit/test_fuzz.py).
+favourable decision, only a longer window (tests/unit/test_trusted_time.py).
 """
 
 from __future__ import annotations
