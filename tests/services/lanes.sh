@@ -103,6 +103,11 @@ for lane in "${lanes[@]}"; do
         database=${GC_TEST_DATABASE_URL:-}
         fresh=
         if [[ -z "$database" ]]; then
+            # A server this lane starts is stopped when the lanes end, whatever their result; one
+            # that already ran (a developer's) is left running.
+            if ! bash tests/services/postgres.sh running; then
+                trap 'bash tests/services/postgres.sh stop' EXIT
+            fi
             if server=$(bash tests/services/postgres.sh) && [[ -n "$server" ]]; then
                 # A database of this run's own: the live projection is compared with rebuilds,
                 # so rows left by an earlier run (signed with other keys) must not be there.

@@ -3,6 +3,7 @@
 #
 #   bash tests/services/postgres.sh [DIR]        start (or reuse) it; print its SQLAlchemy URL
 #   bash tests/services/postgres.sh stop [DIR]   stop it
+#   bash tests/services/postgres.sh running [DIR]  exit 0 if a server runs in DIR, 1 if not
 #
 # DIR defaults to ~/.cache/greenchannel/pg (as root, when the postgres user cannot reach
 # that, /var/tmp/greenchannel/pg). The cluster lives in DIR/data, trusts 127.0.0.1 only
@@ -20,8 +21,8 @@ action=start
 dir=
 for arg in "$@"; do
     case "$arg" in
-        stop|start) action=$arg ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+        stop|start|running) action=$arg ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
         *) [[ -z "$dir" ]] || die "one directory only (got '$dir' and '$arg')"; dir=$arg ;;
     esac
 done
@@ -72,9 +73,16 @@ log="$dir/postgres.log"
 exec 9>"$dir/.lock"
 flock -w 120 9 || die "another postgres.sh holds $dir/.lock for over 120 s"
 
+server_runs() { [[ -f "$data/postmaster.pid" ]] && kill -0 "$(head -n1 "$data/postmaster.pid")" 2>/dev/null; }
+
+if [[ "$action" == running ]]; then
+    server_runs
+    exit
+fi
+
 # --- stop -----------------------------------------------------------------------------------
 if [[ "$action" == stop ]]; then
-    if [[ -f "$data/postmaster.pid" ]] && kill -0 "$(head -n1 "$data/postmaster.pid")" 2>/dev/null; then
+    if server_runs; then
         bindir=$(find_bindir) || die "a server runs in $data but no pg_ctl is installed to stop it"
         as_owner "$bindir/pg_ctl" -D "$data" -m fast -w -t 60 stop >&2
     else
