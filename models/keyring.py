@@ -167,7 +167,7 @@ def root_verify(record: Mapping[str, Any], root: Ed25519PublicKey | None) -> Non
     try:
         raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
         root.verify(raw, record_body(record))
-    except (ValueError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature):  # TypeError: orjson's, for what JSON cannot hold
         raise Unparseable(f"the key record's root signature does not verify with root {root_kid}") from None
 
 
