@@ -128,7 +128,8 @@ async def signed(handle, *, where, wait: float = KEY_WAIT_SECONDS, refresh=None)
     """`handle()`. A live worker's handlers no longer raise SigningKeyMissing (a request whose key's
     private half is not in `where` is rejected `no_signing_key`); the wait for it stays only as a
     guard: the handlers write nothing before they sign, so trying again is safe. When the worker's
-    books know less than the event's partition has applied (`ReferenceBehind`), `refresh()` reads the reference topics again first."""
+    books know less than the event's partition has applied (`ReferenceBehind`), `refresh()` reads
+    the reference topics again first."""
     reads = 0
     while True:
         try:
