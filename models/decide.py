@@ -17,10 +17,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from routing import Gazetteer, Place, RegionGraph, RoutePlanner
 
-from .keyring import Keyring
+from .keyring import Keyring, SigningKeyMissing
 from .passes import PassState, Signer
 from .policy import Catalog, Reason, assess
 from .records import FieldError, Location, ShipmentRequest, format_time
@@ -75,7 +76,7 @@ class Decider:
         )
         return {name: {str(p): o for p, o in sorted(prov.known.items())} for name, prov in books}
 
-    def as_known(self, known: dict[str, dict[str, int]]) -> Decider:
+    def as_known(self, known: dict[str, Any]) -> Decider:
         """A decider that knows what a decision's `known` names, and nothing after it: the same
         catalog, routes and locations, its books rebuilt from this one's."""
 
@@ -89,7 +90,7 @@ class Decider:
             planner=self.planner,
             risk=self.risk.as_known(vector("risk")),
             enterprises=self.enterprises.as_known(vector("enterprises")),
-            signer=self.keyring.as_known(vector("keys")),
+            signer=self.keyring.as_known(vector("keys")).as_missing(frozenset(known.get("missing_keys", ()))),
             geocoder=self.geocoder,
         )
         other._located = self._located
@@ -118,7 +119,14 @@ class Decider:
             return self.gazetteer.nearest(location.lat, location.lon)
         return None
 
-    def _reject(self, request: ShipmentRequest, decided_at: datetime, reasons, priority=None) -> Decision:
+    def _reject(
+        self, request: ShipmentRequest, decided_at: datetime, reasons, priority=None, *, missing: str | None = None
+    ) -> Decision:
+        """A rejection. `missing`: the kid of the key in force whose private key was not at hand,
+        recorded in `known` (what the decision knew), so that a replay finds it missing too."""
+        known: dict[str, Any] = dict(self.known())
+        if missing is not None:
+            known["missing_keys"] = [missing]
         return Decision(
             {
                 "shipment_id": request.shipment_id,
@@ -127,7 +135,7 @@ class Decider:
                 "reasons": [r.to_dict() for r in reasons],
                 "rules_version": self.catalog.version,
                 "decided_at": format_time(decided_at),
-                "known": self.known(),
+                "known": known,
                 "pass": None,
             },
             None,
@@ -223,9 +231,15 @@ class Decider:
         allocate: Callable[[str], str | None],
     ) -> Decision:
         """The pass on `route`, numbered by `allocate` and signed by the key in force at `decided_at`."""
-        signer = self.keyring.signer_at(decided_at)  # SigningKeyMissing: the worker waits for the key
+        try:  # the key in force for the issuer (the pass number's first six digits are its adcode)
+            signer = self.keyring.signer_at(decided_at, origin.adcode)
+        except SigningKeyMissing as missing:
+            if not self.keyring.may_lack(missing.kid):
+                raise  # a replay without a key the worker had: the audit's to be given it
+            reason = Reason("no_signing_key", f"{missing}; the request may be sent again under another shipment id")
+            return self._reject(request, decided_at, [reason], verdict.priority, missing=missing.kid)
         if signer is None:
-            return self._reject(request, decided_at, [_NO_SIGNING_KEY], verdict.priority)
+            return self._reject(request, decided_at, [_no_signing_key(origin.adcode)], verdict.priority)
         pass_id = allocate(origin.adcode)
         if pass_id is None:
             return self._reject(request, decided_at, [_serials_exhausted(origin.adcode)], verdict.priority)
@@ -261,11 +275,13 @@ class Decider:
         return Decision(message, state)
 
 
-_NO_SIGNING_KEY = Reason(
-    "no_signing_key",
-    "no pass-signing key is in force at the decision time (every key on the ring "
-    "is withdrawn); the request may be sent again under another shipment id once a key is",
-)
+def _no_signing_key(issuer: str) -> Reason:
+    return Reason(
+        "no_signing_key",
+        f"no pass-signing key in force at the decision time may issue passes of {issuer} (none on the ring "
+        "covers it, or each that does is withdrawn or past its end); the request may be sent again under "
+        "another shipment id once one is",
+    )
 
 
 def _serials_exhausted(issuer: str) -> Reason:

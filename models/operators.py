@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from .keyring import ACTIVE, WITHDRAWN, Keyring, key_entry
 from .records import Unparseable, format_time, parse_enterprise, parse_risk
 
@@ -67,8 +69,8 @@ def enterprise_entry(credit_code: str, name: str, action: str, *, at: datetime) 
     return entry
 
 
-def key_withdrawal(ring: Keyring, kid: str, *, at: datetime) -> dict:
-    """The PassKey record withdrawing `kid` from `at`: a key on the ring, not withdrawn already, and
+def key_withdrawal(ring: Keyring, kid: str, *, at: datetime, root: Ed25519PrivateKey) -> dict:
+    """The PassKey record withdrawing `kid` from `at`, signed by `root`: a key on the ring, not withdrawn already, and
     another key in force then to reissue its passes with (else: `greenchannel keys rotate` first)."""
     kid = kid.strip()
     if kid not in ring:
@@ -81,7 +83,7 @@ def key_withdrawal(ring: Keyring, kid: str, *, at: datetime) -> dict:
             f"no other key is in force at {format_time(at)}: the passes {kid} signed could not be "
             "reissued, only suspended. Run greenchannel keys rotate first"
         )
-    return key_entry(ring.public_keys[kid], WITHDRAWN, at=at)
+    return key_entry(ring.public_keys[kid], WITHDRAWN, at=at, root=root)
 
 
 @dataclass(slots=True)

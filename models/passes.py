@@ -322,6 +322,14 @@ REFUSALS: dict[str, tuple[str, str]] = {
         "通行证签名密钥已撤销，请出示重新签发的通行证",
         "the pass was signed with a withdrawn key: show the reissued pass",
     ),
+    "key_not_valid": (
+        "通行证签名密钥不在有效期内（未生效或已过期）",
+        "the pass was signed with a key outside its validity",
+    ),
+    "key_outside_jurisdiction": (
+        "签名密钥无权签发该地区的通行证（越权签发）",
+        "the pass was signed with a key not allowed to issue passes of its region",
+    ),
     "scan_time_ahead": (
         "扫描时间晚于通道时间（检查站时钟有误）",
         "the scan is dated after the channel's time: the station's clock is wrong",
@@ -341,8 +349,8 @@ SCAN_QUEUE_LIMIT = timedelta(hours=24)
 _ENDED = (S.DELIVERED, S.REVOKED, S.EXPIRED)
 
 
-def _never(kid: str, at: datetime) -> bool:
-    return False
+def _any_key(kid: str, pass_id: object, at: datetime) -> str | None:
+    return None
 
 
 def scan_time_refusal(scanned_at: datetime, now: datetime | None) -> str | None:
@@ -365,20 +373,20 @@ def token_refusal(
     claims: Callable[[str], tuple],
     *,
     at: datetime | None = None,
-    withdrawn: Callable[[str, datetime], bool] = _never,
+    key_refusal: Callable[[str, object, datetime], str | None] = _any_key,
 ) -> str | None:
     """Why a shown token does not let `plate` through as pass `pass_id` at `at`; None if it does
     (or none was shown). `claims(token)` is the (pid, plate, kid) of a genuine token, else
-    InvalidToken; `withdrawn(kid, at)` says whether its key was withdrawn by then
-    (`models.keyring.Keyring.withdrawn`): a genuine token of a withdrawn key is refused."""
+    InvalidToken; `key_refusal(kid, pid, at)` says why its key may not vouch for that pass number
+    then (`models.keyring.Keyring.key_refusal`: withdrawn, outside its validity or jurisdiction)."""
     if token is None:
         return None
     try:
         pid, claimed_plate, kid = claims(token)
     except InvalidToken as exc:
         return f"bad_token: {exc}"
-    if at is not None and withdrawn(kid, at):
-        return "key_withdrawn"
+    if at is not None and (refused := key_refusal(kid, pid, at)):
+        return refused
     if pid != pass_id:
         return "token_for_another_pass"
     if claimed_plate != plate:
@@ -416,10 +424,10 @@ def scan_refusal(
     scan: CheckpointScan,
     pass_id: str,
     claims: Callable[[str], tuple],
-    withdrawn: Callable[[str, datetime], bool] = _never,
+    key_refusal: Callable[[str, object, datetime], str | None] = _any_key,
 ) -> str | None:
     """The whole verification of one scan: its token (and its key, as of the scan), then the pass's terms."""
-    token_error = token_refusal(scan.token, pass_id, scan.plate, claims, at=scan.scanned_at, withdrawn=withdrawn)
+    token_error = token_refusal(scan.token, pass_id, scan.plate, claims, at=scan.scanned_at, key_refusal=key_refusal)
     return refusal(
         terms, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=scan.scanned_at, token_error=token_error
     )

@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from routing import Place
 
 from .decide import Decider
-from .keyring import Keyring
+from .keyring import Keyring, SigningKeyMissing
 from .passes import (
     ACTIVE,
     PassState,
+    Signer,
     on_scan,
     refusal,
     scan_time_refusal,
@@ -88,7 +89,7 @@ class Tracker:
                 "received_at": format_time(now),
             }
         token_error = token_refusal(
-            scan.token, pass_id, scan.plate, self._claims, at=scan.scanned_at, withdrawn=self.keyring.withdrawn
+            scan.token, pass_id, scan.plate, self._claims, at=scan.scanned_at, key_refusal=self.keyring.key_refusal
         )
         if state is None:
             reason = refusal(
@@ -159,9 +160,9 @@ class Tracker:
             return self._suspend(state, at, "no_safe_route", cause)
         if status is not S.SUSPENDED and route_dict["adcodes"] == state.route["adcodes"]:
             return state, None
-        signer = self.keyring.signer_at(at)
-        if signer is None:  # a new route needs a new token, and no key is in force to sign it
-            return self._suspend(state, at, "no_signing_key", cause)
+        signer = self._signer(state, at)
+        if isinstance(signer, str):  # a new route needs a new token, and no key here may sign it
+            return self._suspend(state, at, signer, cause)
         transition(status, S.REROUTED)
         token = signer.token(_claims_of(state, route_dict))
         new = replace(state, status=S.REROUTED, route=route_dict, kid=signer.key_id)
@@ -240,6 +241,19 @@ class Tracker:
             raise KeyError(adcode)
         return place
 
+    def _signer(self, state: PassState, at: datetime) -> Signer | str:
+        """The signer of a new token for `state` at `at` (the key in force for its issuer, the pass
+        number's first six digits), or why there is none: `no_signing_key`, or, when that key's
+        private key is not here, `no_signing_key: KID` (the pass is suspended, never left waiting;
+        the reason names the key so that a replay finds it missing too)."""
+        try:
+            signer = self.keyring.signer_at(at, state.pass_id[:6])
+        except SigningKeyMissing as missing:
+            if not self.keyring.may_lack(missing.kid):
+                raise  # a replay without a key the worker had: the audit's to be given it
+            return f"no_signing_key: {missing.kid}"
+        return "no_signing_key" if signer is None else signer
+
     def _suspend(self, state: PassState, at, reason: str, cause: str) -> tuple[PassState, dict | None]:
         if state.status == S.SUSPENDED:
             return state, None
@@ -256,9 +270,9 @@ class Tracker:
         if status not in ACTIVE or state.kid != kid or parse_time(state.valid_until) < at:
             return state, None
         cause = f"key:{kid}:withdrawn:{format_time(at)}"
-        signer = self.keyring.signer_at(at)
-        if signer is None:
-            return self._suspend(state, at, "key_withdrawn", cause)
+        signer = self._signer(state, at)
+        if isinstance(signer, str):
+            return self._suspend(state, at, "key_withdrawn" if signer == "no_signing_key" else signer, cause)
         new = replace(state, kid=signer.key_id)
         return new, status_event(
             state,

@@ -29,9 +29,9 @@ def build_decider(
     catalog = catalog or load_catalog(settings.catalog)
     graph = RegionGraph.default()
     if signer is None:
-        from .keys import KeyDir  # reads (and on first run writes) the key folder
+        from .keys import KeyDir, pinned_root  # reads (and on first run writes) the key folder
 
-        signer = KeyDir(settings.keys_path).seeded()
+        signer = KeyDir(settings.keys_path).seeded(*pinned_root(settings, create=True))
     return Decider(
         catalog=catalog,
         gazetteer=Gazetteer.default(),

@@ -112,7 +112,9 @@ class KeyChanged:
 
     @classmethod
     def from_wire(cls, command: dict[str, Any]) -> KeyChanged:
-        return cls(parse_key_entry({k: v for k, v in command.items() if k != "source"}), _source(command))
+        # The worker that read it on the keys topic checked its root signature (`Pipeline.on_key`).
+        record = {k: v for k, v in command.items() if k != "source"}
+        return cls(parse_key_entry(record, None, verify=False), _source(command))
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,8 +38,10 @@ class Given:
 
 Handler = Callable[[bytes | None, bytes | None, RecordMeta, Given], list[Out]]
 
-# Raised by a handler that wrote nothing and must be tried again once the caller has waited (a
-# private key copied into the key folder) or read the reference topics again: never dead-lettered.
+# Raised by a handler that wrote nothing and must be tried again once the caller has read the
+# reference topics again, or, in an audit replay only, that lacks a private key the worker had
+# (SigningKeyMissing: the audit stops and names it; the live worker rejects `no_signing_key`
+# instead, `models.decide`): never dead-lettered.
 WAITS = (SigningKeyMissing, ReferenceBehind)
 
 

@@ -8,6 +8,7 @@ tables, so the same code serves the live worker, the tests of the core and a rep
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -16,7 +17,7 @@ from typing import ClassVar
 import orjson
 
 from models.decide import Decider, Decision
-from models.keyring import WITHDRAWN, parse_key_entry
+from models.keyring import WITHDRAWN
 from models.passes import (
     ACTIVE,
     PassState,
@@ -55,6 +56,8 @@ from .commands import (
 )
 from .metrics import Meter
 from .wire import status_ce_id
+
+log = logging.getLogger("greenchannel")
 
 __all__ = [
     "Out",
@@ -331,6 +334,8 @@ class Pipeline:
         decision = decider.decide(
             request, errors, decided_at=decided_at, allocate=self._allocator(sid, partition, tables.serials)
         )
+        if known is None and "missing_keys" in decision.message["known"]:  # loud: an operator must act
+            log.error("request %s rejected: %s", sid, decision.message["reasons"][0]["text"])
         return self._file_decision(tables, partition, sid, decision)
 
     def _as_known(self, known: dict) -> Decider:
@@ -499,9 +504,10 @@ class Pipeline:
     def on_key(self, key: bytes | None, value: bytes | None, meta: RecordMeta) -> list[Out]:
         """A pass-signing key made active or withdrawn (`gc.pass.keys`): into the ring, and to every
         tracker partition, where each worker's ring learns it and a withdrawal reissues the passes
-        that key signed. A record that is not a genuine key of its kid is dead-lettered."""
+        that key signed. A record the pinned root did not sign, or that is not a genuine key of its
+        kid, is dead-lettered with the reason."""
         try:
-            entry = parse_key_entry(load_object(value), timestamp_ms=meta.timestamp_ms)
+            entry = self.decider.keyring.take(load_object(value), timestamp_ms=meta.timestamp_ms)
         except Unparseable as exc:
             return [self.dead_letter(meta, key, value, str(exc))]
         source = (meta.partition, meta.offset)

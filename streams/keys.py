@@ -16,8 +16,9 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from models.keyring import ACTIVE, Keyring, key_id, public_pem
+from models.keyring import ACTIVE, Keyring, key_entry, key_id, parse_key_entry, public_pem
 from models.passes import Signer
+from models.records import Unparseable
 
 from .connection import Connection
 
@@ -32,10 +33,16 @@ __all__ = [
     "publish_public_key",
     "PRIVATE_NAME",
     "PUBLIC_NAME",
+    "RECORD_NAME",
+    "root_init",
+    "load_root_private",
+    "pinned_root",
 ]
 
 PRIVATE_NAME = "pass-signing.key"
 PUBLIC_NAME = "pass-signing.pub"
+RECORD_NAME = "pass-signing.record.json"  # the first key's root-signed record, which the worker publishes
+ROOT_PRIVATE_NAME, ROOT_PUBLIC_NAME = "root.key", "root.pub"
 
 
 class KeyDir:
@@ -84,14 +91,72 @@ class KeyDir:
         _write_public(self.path / f"{kid}.pub", key.public_key())
         return self.signer(kid)
 
-    def seeded(self) -> Keyring:
-        """The ring signing with this folder's keys, holding the first key (active since ever, as its
-        record says): what the worker and the replay start from before they read the keys topic."""
-        ring = Keyring(self.signer)
+    def first_record(self, root: Ed25519PublicKey | None, root_private: Ed25519PrivateKey | None) -> dict | None:
+        """The first key's record signed by `root` (active since ever, national): the one in
+        `pass-signing.record.json` (an operator's, made with the root), or, when the root's private
+        key is at hand (the development root), one made and kept there. None when there is neither."""
         first = self.first()
-        if first is not None:
-            ring.add(first.key_id, first.public_key, ACTIVE)
+        if first is None or root is None:
+            return None
+        path = self.path / RECORD_NAME
+        if path.exists():
+            try:
+                record = orjson.loads(path.read_bytes())
+                if parse_key_entry(record, root).kid == first.key_id:
+                    return record
+            except (orjson.JSONDecodeError, Unparseable, AttributeError):
+                pass  # another root's (a development root made again), or not a record: made again below
+        if root_private is None or key_id(root_private.public_key()) != key_id(root):
+            return None
+        record = key_entry(first.public_key, ACTIVE, at=None, root=root_private)
+        path.write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
+        return record
+
+    def seeded(self, root: Ed25519PublicKey | None = None, root_private: Ed25519PrivateKey | None = None) -> Keyring:
+        """The ring signing with this folder's keys, pinned to `root`, holding the first key when
+        the root signed its record (`first_record`): what the worker and the replay start from
+        before they read the keys topic."""
+        ring = Keyring(self.signer, root=root)
+        record = self.first_record(root, root_private)
+        if record is not None:
+            ring.apply(ring.take(record))
         return ring
+
+
+def root_init(out: Path) -> Ed25519PrivateKey:
+    """A new root key pair in `out`: root.key (0600, never on the broker) and root.pub (what the
+    workers and stations pin). An existing root.key is kept, never overwritten."""
+    _write_private(out / ROOT_PRIVATE_NAME, Ed25519PrivateKey.generate())
+    key = load_root_private(out / ROOT_PRIVATE_NAME)
+    _write_public(out / ROOT_PUBLIC_NAME, key.public_key())
+    return key
+
+
+def load_root_private(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def pinned_root(settings, *, create: bool = False) -> tuple[Ed25519PublicKey | None, Ed25519PrivateKey | None]:
+    """The pinned root public key (GC_ROOT_PUBLIC_KEY), and its private half when it lies beside it
+    (root.key: the development root; never so in production). `create`: with GC_ROOT_PUBLIC_KEY
+    unset, make the development root in DATA_DIR/root on first run. (None, None): no root pinned."""
+    path = settings.root_public_path
+    if create and settings.root_public_key is None and not path.exists():
+        root_init(path.parent)
+    if not path.exists():
+        return None, None
+    public = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(public, Ed25519PublicKey):
+        raise ValueError(f"{path} is not an Ed25519 public key")
+    beside = path.parent / ROOT_PRIVATE_NAME
+    try:
+        private = load_root_private(beside) if beside.exists() else None
+    except (OSError, ValueError):
+        private = None
+    return public, private
 
 
 def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
@@ -142,20 +207,18 @@ def load_keyring(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
     return ring
 
 
-def key_record(signer: Signer) -> bytes:
-    """What a worker publishes on the keys topic (keyed by key id) for its first key, as before the
-    ring: no status, no time (active since ever)."""
-    return orjson.dumps(
-        {"kid": signer.key_id, "algorithm": "Ed25519", "public_key": public_pem(signer.public_key).decode()}
-    )
+def key_record(record: dict) -> bytes:
+    """A root-signed key record's bytes, as a worker publishes it on the keys topic (keyed by key id)."""
+    return orjson.dumps(record)
 
 
-async def publish_public_key(connection: Connection, topic: str, signer: Signer) -> None:
+async def publish_public_key(connection: Connection, topic: str, record: dict) -> None:
+    """Publish the first key's root-signed record (`KeyDir.first_record`)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(**connection.kwargs(), acks="all")
     await producer.start()
     try:
-        await producer.send_and_wait(topic, key_record(signer), key=signer.key_id.encode())
+        await producer.send_and_wait(topic, key_record(record), key=record["kid"].encode())
     finally:
         await producer.stop()

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from models.keyring import ACTIVE, Keyring, key_entry, parse_key_entry
+from models.keyring import ACTIVE, NATIONAL, Keyring, key_entry, key_id, parse_key_entry
 from models.operators import (
     EntryError,
     enterprise_csv,
@@ -29,12 +31,12 @@ from models.operators import (
     read_enterprise_csv,
     risk_entry,
 )
-from models.records import RISK_LEVELS, format_time, load_object, parse_enterprise, parse_risk, parse_time
+from models.records import RISK_LEVELS, Unparseable, format_time, load_object, parse_enterprise, parse_risk, parse_time
 from models.reference import EnterpriseBook, RiskBook
 from routing import Gazetteer
 
 from .handlers import Topics
-from .keys import PUBLIC_NAME, KeyDir
+from .keys import PUBLIC_NAME, KeyDir, load_root_private, pinned_root, root_init
 from .settings import Settings
 
 __all__ = ["add_arguments", "cmd_risk", "cmd_enterprises", "cmd_keys", "publish", "set_risk", "read_keyring"]
@@ -82,17 +84,44 @@ def _add_key_arguments(sub) -> None:
     )
     key_sub = keys.add_subparsers(dest="keys_command")
     rotate = key_sub.add_parser(
-        "rotate", help="a new signing key into GC_KEY_DIR, published active: new passes are signed with it"
+        "rotate",
+        help="a new signing key into GC_KEY_DIR, its record signed by the root and published active: "
+        "new passes of its prefixes are signed with it",
     )
+    rotate.add_argument(
+        "--prefix",
+        action="append",
+        default=[],
+        metavar="ADCODE",
+        help="an adcode prefix (2, 4 or 6 digits) of the pass numbers it may issue; repeat (default: national, "
+        "every province)",
+    )
+    rotate.add_argument("--not-after", metavar="TIME", help="RFC 3339 end of its validity (default: --days)")
+    rotate.add_argument("--days", type=float, default=365.0, help="its validity from --at, in days (default 365)")
     withdraw = key_sub.add_parser(
         "withdraw",
         help="mark a key compromised: its tokens are held at the next scan, "
         "its active passes reissued with the key in force",
     )
     withdraw.add_argument("kid")
-    listing = key_sub.add_parser("list", help="the ring and each key's status (read from the topic)")
+    listing = key_sub.add_parser(
+        "list", help="the ring and each key's status, prefixes, validity (read from the topic, checked with the root)"
+    )
     for p, when in ((rotate, "it takes effect"), (withdraw, "it takes effect"), (listing, "of the statuses")):
         p.add_argument("--at", metavar="TIME", help=f"RFC 3339 time {when} (default: now)")
+    for p in (rotate, withdraw):
+        p.add_argument(
+            "--root-key",
+            type=Path,
+            metavar="FILE",
+            help="the root's private key (root.key), which signs the record (default: the development root "
+            "beside GC_ROOT_PUBLIC_KEY, when there is one)",
+        )
+    root = key_sub.add_parser("root", help="the root of trust: `root init --out DIR` makes root.key and root.pub")
+    root_sub = root.add_subparsers(dest="root_command", required=True)
+    init = root_sub.add_parser("init", help="a new root key pair in DIR: root.key (0600, keep offline) and root.pub")
+    init.add_argument("--out", type=Path, required=True, metavar="DIR")
+    init.add_argument("--print-seed", action="store_true", help="print the 32-byte seed in hex, for a paper backup")
 
 
 def _when(text: str | None) -> datetime:
@@ -203,21 +232,39 @@ def cmd_enterprises(settings: Settings, args) -> int:
     return 0
 
 
-def read_keyring(settings: Settings) -> Keyring:
-    """The keys topic, read whole as the worker reads it at start (a record it dead-letters is not
-    on the ring), with the private keys of GC_KEY_DIR."""
+def read_keyring(settings: Settings, refused: list[tuple[str, str]] | None = None) -> Keyring:
+    """The keys topic, read whole as the worker reads it at start (a record it dead-letters, one the
+    pinned root did not sign, is not on the ring: into `refused`, (kid, why)), with the private keys
+    of GC_KEY_DIR."""
     from .worker.reference import read_whole_topics
 
-    ring = Keyring(KeyDir(settings.keys_path).signer)
+    ring = Keyring(KeyDir(settings.keys_path).signer, root=pinned_root(settings)[0])
 
     def apply(topic: str, partition: int, m) -> None:
         try:
-            ring.apply(parse_key_entry(load_object(m.value), timestamp_ms=m.timestamp))
-        except ValueError:
-            pass
+            ring.apply(ring.take(load_object(m.value), timestamp_ms=m.timestamp))
+        except ValueError as exc:
+            if refused is not None:
+                kid = (orjson.loads(m.value) if m.value and m.value[:1] == b"{" else {}).get("kid")
+                refused.append((str(kid), str(exc)))
 
     asyncio.run(read_whole_topics(settings.connection, [Topics.with_prefix(settings.topic_prefix).keys], apply))
     return ring
+
+
+def _root_key(settings: Settings, path: Path | None) -> Ed25519PrivateKey:
+    """The root's private key: --root-key, else the development root beside the pinned public key."""
+    if path is None:
+        private = pinned_root(settings, create=True)[1]
+        if private is None:
+            raise EntryError(
+                f"no root private key beside {settings.root_public_path}: give --root-key FILE (the offline root)"
+            )
+        return private
+    try:
+        return load_root_private(path)
+    except (OSError, ValueError) as exc:
+        raise EntryError(f"--root-key {path}: {exc}") from None
 
 
 def cmd_keys(settings: Settings, args) -> int:
@@ -230,40 +277,71 @@ def cmd_keys(settings: Settings, args) -> int:
             return 1
         print(f"{settings.keys_path / PUBLIC_NAME} (key id {first.key_id})")
         return 0
+    if command == "root":
+        return _root_init(args.out, print_seed=args.print_seed)
     try:
         at = _when(args.at)
         if command == "rotate":
-            return _rotate(settings, key_dir, at)
+            return _rotate(settings, key_dir, at, args)
         if command == "withdraw":
-            return _withdraw(settings, args.kid, at)
+            return _withdraw(settings, args.kid, at, _root_key(settings, args.root_key))
     except EntryError as exc:
         err.print(f"[red]not sent: {exc}[/red]")
         return 1
-    _print_keyring(read_keyring(settings), at)
+    refused: list[tuple[str, str]] = []
+    _print_keyring(read_keyring(settings, refused), at)
+    for kid, why in refused:
+        err.print(f"[red]refused record of key {kid}: {why}[/red]")
     return 0
 
 
-def _rotate(settings: Settings, key_dir: KeyDir, at: datetime) -> int:
+def _root_init(out: Path, *, print_seed: bool) -> int:
+    if (out / "root.key").exists():
+        err.print(f"[red]{out / 'root.key'} exists: a root is never overwritten[/red]")
+        return 1
+    key = root_init(out)
+    print(
+        f"root {key_id(key.public_key())}: {out / 'root.key'} (keep offline, backed up) and {out / 'root.pub'} "
+        "(pin it: GC_ROOT_PUBLIC_KEY on every worker and station)"
+    )
+    if print_seed:
+        raw = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        print(f"seed (32 bytes, hex; write it down, keep it in two safes): {raw.hex()}")
+    return 0
+
+
+def _rotate(settings: Settings, key_dir: KeyDir, at: datetime, args) -> int:
     topic = Topics.with_prefix(settings.topic_prefix).keys
+    root = _root_key(settings, args.root_key)
+    not_after = _when(args.not_after) if args.not_after else at + timedelta(days=args.days)
+    prefixes = tuple(args.prefix) or NATIONAL
+    try:  # checked before a key is made
+        key_entry(root.public_key(), ACTIVE, at=at, root=root, prefixes=prefixes, not_after=not_after)
+    except Unparseable as exc:
+        raise EntryError(str(exc)) from None
     signer = key_dir.new_key()  # the private key is on disk before any worker can be asked to sign with it
-    entry = key_entry(signer.public_key, ACTIVE, at=at)
+    entry = key_entry(signer.public_key, ACTIVE, at=at, root=root, prefixes=prefixes, not_after=not_after)
+    (key_dir.path / f"{signer.key_id}.record.json").write_bytes(orjson.dumps(entry, option=orjson.OPT_INDENT_2))
     asyncio.run(publish(settings, topic, [(signer.key_id, entry)]))
     _sent(topic, entry)
     print(
-        f"new key {signer.key_id}: passes decided from {format_time(at)} are signed with it. Its private key is "
+        f"new key {signer.key_id}: passes of {','.join(prefixes)} decided from {format_time(at)} until "
+        f"{format_time(not_after)} are signed with it. Its private key is "
         f"{key_dir.path / (signer.key_id + '.key')}: every worker's GC_KEY_DIR needs it by then (a worker "
-        "without it waits for it)"
+        "without it rejects those requests, no_signing_key)"
     )
     return 0
 
 
-def _withdraw(settings: Settings, kid: str, at: datetime) -> int:
+def _withdraw(settings: Settings, kid: str, at: datetime, root: Ed25519PrivateKey) -> int:
     topic = Topics.with_prefix(settings.topic_prefix).keys
     ring = read_keyring(settings)
-    entry = key_withdrawal(ring, kid, at=at)
+    entry = key_withdrawal(ring, kid, at=at, root=root)
     asyncio.run(publish(settings, topic, [(entry["kid"], entry)]))
     _sent(topic, entry)
-    ring.apply(parse_key_entry(entry))
+    ring.apply(parse_key_entry(entry, root.public_key()))
     print(
         f"from {format_time(at)} tokens of key {entry['kid']} are held at every scan (key_withdrawn); its active "
         f"passes get new tokens signed by {ring.signing_kid(at)} (status events, reason token_reissued)"
@@ -275,16 +353,21 @@ def _print_keyring(ring: Keyring, at: datetime) -> None:
     table = Table(
         "kid",
         "active from",
+        "not after",
+        "prefixes",
         "withdrawn from",
         "status",
         "signs",
         "private key here",
-        title=f"{len(ring)} pass-signing keys at {at:%Y-%m-%d %H:%M} UTC",
+        title=f"{len(ring)} pass-signing keys at {at:%Y-%m-%d %H:%M} UTC, each record signed by root "
+        f"{key_id(ring.root) if ring.root else '(none pinned)'} (records it did not sign are listed below, refused)",
     )
     for row in ring.rows(at):
         table.add_row(
             row["kid"],
             row["active_from"] or "—",
+            row["not_after"] or "",
+            "any (a key file)" if row["prefixes"] is None else ",".join(row["prefixes"]),
             row["withdrawn_from"] or "",
             row["status"],
             "✓" if row["signs"] else "",

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     fetch_wait_ms: int = 100
     data_dir: Path = Path(".greenchannel")
     key_dir: Path | None = None
+    # The pinned root of trust (PEM public key): only key records it signed are taken, by the worker
+    # and the stations. Unset: the development root, DATA_DIR/root/root.pub, made on first run with
+    # its private half beside it (never in production: there the root's private key is offline).
+    root_public_key: Path | None = None
     catalog: str = "catalog-2020.02-v1.json"
     # "offline" uses the packaged gazetteer; any other value names a geopy geocoder
     # (e.g. "nominatim") used for address text.
@@ -76,6 +80,10 @@ class Settings(BaseSettings):
     @property
     def keys_path(self) -> Path:
         return self.key_dir or self.data_dir / "keys"
+
+    @property
+    def root_public_path(self) -> Path:
+        return self.root_public_key or self.data_dir / "root" / "root.pub"
 
     @property
     def isolation_level(self) -> str:

@@ -33,6 +33,17 @@ def received_times(statuses: Iterable[Record]) -> dict[tuple[str, str], datetime
     return out
 
 
+def missing_keys(statuses: Iterable[Record]) -> frozenset[str]:
+    """The kids the worker found without their private key when it had to sign a new token for a
+    pass (the pass suspended, reason `no_signing_key: KID`): not a fact of the log, so read from its answers."""
+    kids = set()
+    for r in statuses:
+        reason = (decode(r.value) or {}).get("reason")
+        if isinstance(reason, str) and reason.startswith("no_signing_key: "):
+            kids.add(reason.removeprefix("no_signing_key: "))
+    return frozenset(kids)
+
+
 def as_recorded(decisions: Iterable[Record]) -> dict[str, dict]:
     """Per shipment id, the first recorded decision's time and what it knew, as `Pipeline.on_request`
     takes them (`now`, `known`); a decision before `known` was recorded gives only its time."""
@@ -130,7 +141,11 @@ class Replayer:
         window's allocation starts with them."""
         t = self.topics
         self.as_recorded = as_recorded(recorded)
+        answers = list(answers)
         self.received = received_times(answers)
+        # Strict from here: a key the worker signed with must be here; one whose private key it lacked
+        # (a pass suspended `no_signing_key: KID`, its answer on the log) is missing here too.
+        self.pipeline.decider.keyring.missing = missing_keys(answers)
         events = merge(records, t)
         self._hold_serials(held, except_for={e.sid for e in events if e.sid is not None})
         decide = self._decider([e for e in events if e.record.topic == t.requests], stale)

@@ -32,6 +32,13 @@ def add_arguments(sub) -> None:
         metavar="PATH",
         help="a public key file or a folder of *.pub (default: GC_KEY_DIR); repeat for several",
     )
+    station.add_argument(
+        "--root-public-key",
+        type=Path,
+        metavar="PEM",
+        help="the pinned root public key the keys topic's records must be signed by (default: GC_ROOT_PUBLIC_KEY, "
+        "else the development root, DATA_DIR/root/root.pub)",
+    )
     station.add_argument("--clock", help="the station's time now, RFC 3339 (a replayed day, as in the demo)")
 
 
@@ -41,6 +48,8 @@ def cmd_checkpoint(settings, args) -> int:
     from ..station.web import run_station
 
     clock = parse_time(args.clock) if args.clock else None
+    if args.root_public_key is not None:
+        settings = settings.model_copy(update={"root_public_key": args.root_public_key})
     return run_station(
         settings,
         args.ids,

@@ -4,6 +4,7 @@ topics they need."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
 __all__ = ["add_arguments", "COMMANDS", "make_topics"]
 
@@ -58,14 +59,24 @@ def cmd_worker(settings, args) -> int:
     use_event_loop(settings.event_loop)  # before anything asks for the loop
     make_topics(settings)
     from ..handlers import Topics
-    from ..keys import KeyDir, publish_public_key
+    from ..keys import KeyDir, pinned_root, publish_public_key
 
-    # The ring's first key (active since ever; made on the first run): stations take the keys from the
-    # topic (they also accept files), so verifying needs no key copying. Rotated keys are on the
-    # topic already, with their times.
-    first = KeyDir(settings.keys_path).first()
-    if first is not None:
-        asyncio.run(publish_public_key(settings.connection, Topics.with_prefix(settings.topic_prefix).keys, first))
+    # The ring's first key (active since ever; made on the first run), in its root-signed record:
+    # stations take the keys from the topic (they also accept files), so verifying needs no key
+    # copying. Rotated keys are on the topic already, with their times.
+    root, root_private = pinned_root(settings, create=True)
+    record = KeyDir(settings.keys_path).first_record(root, root_private)
+    if record is not None:
+        asyncio.run(publish_public_key(settings.connection, Topics.with_prefix(settings.topic_prefix).keys, record))
+    else:
+        keys = Topics.with_prefix(settings.topic_prefix).keys
+        print(
+            f"no root-signed record of the first key in {settings.keys_path} (root: "
+            f"{settings.root_public_path if root else 'none pinned'}): this worker signs only with keys whose "
+            f"root-signed records are on {keys}; without one it rejects requests, no_signing_key",
+            file=sys.stderr,
+            flush=True,
+        )
     app = create_app(settings)
     worker = Worker(app, loglevel="warning", quiet=True)
     # Faust's terminal spinner sets the root logger to DEBUG so it can tick on every record: every

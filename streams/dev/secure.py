@@ -28,7 +28,11 @@ __all__ = ["SecureDir", "SecureSetupError", "Acl", "acls", "BASE_PRINCIPALS", "S
 
 SUPER_USER = "admin"
 CONTROLLER_USER = "controller"  # PLAIN, on the controller listener only (KRaft controllers cannot use SCRAM)
-BASE_PRINCIPALS = ("admin", "worker", "projector", "operator", "firm-demo", "checkpoint-demo")
+# `dashboard` reads only; `keyadmin` alone (and the worker, for its first key's record) writes gc.pass.keys,
+# and a key record counts only when the offline root signed it (models.keyring), whoever wrote it.
+BASE_PRINCIPALS = (
+    "admin", "worker", "projector", "operator", "dashboard", "keyadmin", "firm-demo", "checkpoint-demo",
+)  # fmt: skip
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _CERT_DAYS = 825
 
@@ -344,9 +348,13 @@ def acls(principals: list[str], prefix: str = "gc.", app_id: str = "greenchannel
             allow(p, "GROUP", "PREFIXED", f"{app_id}-station-", "READ")
     allow("operator", "TOPIC", "LITERAL", t["enterprises"], "WRITE")
     allow("operator", "TOPIC", "LITERAL", t["region.risk"], "WRITE")
-    allow("operator", "TOPIC", "LITERAL", t["pass.keys"], "WRITE")  # keys rotate / withdraw
     allow("operator", "TOPIC", "PREFIXED", prefix, "READ", "DESCRIBE")
-    allow("operator", "GROUP", "PREFIXED", app_id, "DESCRIBE")  # the dashboard's lag
+    allow("operator", "GROUP", "PREFIXED", app_id, "DESCRIBE")
+    # The dashboard: reads, writes nothing. Its stolen credential shows the channel, changes nothing.
+    allow("dashboard", "TOPIC", "PREFIXED", prefix, "READ", "DESCRIBE")
+    allow("dashboard", "GROUP", "PREFIXED", app_id, "DESCRIBE")  # the consumers' lag
+    # `keys rotate` / `withdraw` / `list`: the records it writes are the root's, signed offline.
+    allow("keyadmin", "TOPIC", "LITERAL", t["pass.keys"], "READ", "DESCRIBE", "WRITE")
     # The worker: reads the inputs, writes the outputs (and its first key), makes and uses its own
     # internal topics (Faust's changelogs and leader topic, GC_APP_ID-…), transactions per partition.
     # The public topics are the admin's to create (`greenchannel topics` as admin; the secure broker

@@ -48,7 +48,7 @@ def check(
 ) -> dict:
     """GREEN or GREY for the vehicle `plate` showing `token` (or, with no token, the pass of its
     plate) at `checkpoint_id`: `scan_refusal`, the tracker's rule, over the store's last status and
-    the keyring (a token of a key withdrawn by `at` is refused, `key_withdrawn`)."""
+    the keyring (a token of a key withdrawn by `at`, outside its validity or its jurisdiction is refused)."""
     ring = keyring_of(keys)
     token = (token or "").strip() or None
     plate = normalise_plate(plate) if plate and plate.strip() else None
@@ -61,7 +61,7 @@ def check(
     row = store.row(pass_id)
     terms = _terms(row) if row else _token_terms(token, ring.public_keys)
     scan = CheckpointScan("check", checkpoint_id, pass_id, token, plate or "", "arrival", at)
-    reason = scan_refusal(terms, scan, pass_id or "", _claims_with(ring.public_keys), ring.withdrawn)
+    reason = scan_refusal(terms, scan, pass_id or "", _claims_with(ring.public_keys), ring.key_refusal)
     return {
         "green": reason is None,
         "reason": reason,

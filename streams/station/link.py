@@ -264,7 +264,7 @@ class Station:
                         if tp.topic == self.topics.decisions:
                             self.store.take_decision(obj)
                         elif tp.topic == self.topics.keys:
-                            self.keys.apply(self.store.take_key(obj, timestamp_ms=r.timestamp))
+                            self.keys.apply(self.store.take_key(obj, self.keys.root, timestamp_ms=r.timestamp))
                         else:
                             self.store.take_status(obj)
                     except (ValueError, KeyError, TypeError, AttributeError, sqlite3.IntegrityError) as exc:

@@ -4,6 +4,7 @@ was given and the scan outbox (each scan recorded here first, sent by the forwar
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
 from datetime import datetime, timedelta
@@ -13,9 +14,11 @@ import orjson
 
 from models.keyring import ACTIVE, KeyEntry, Keyring, parse_key_entry
 from models.passes import unverified_claims
-from models.records import format_time, parse_time
+from models.records import parse_time
 
 from ..keys import public_pem
+
+log = logging.getLogger("greenchannel")
 
 __all__ = ["Store", "station_path", "route_ids", "ARRIVALS_AHEAD", "ARRIVALS_LATE"]
 
@@ -34,6 +37,7 @@ CREATE TABLE IF NOT EXISTS stop (
 CREATE INDEX IF NOT EXISTS stop_due ON stop (checkpoint_id, eta_s);
 CREATE INDEX IF NOT EXISTS stop_of_pass ON stop (pass_id, checkpoint_id);
 CREATE TABLE IF NOT EXISTS key (kid TEXT PRIMARY KEY, pem BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS key_record (body BLOB PRIMARY KEY, timestamp_ms INTEGER);
 CREATE TABLE IF NOT EXISTS key_status (
     kid TEXT NOT NULL, status TEXT NOT NULL, effective_at TEXT NOT NULL, PRIMARY KEY (kid, status, effective_at));
 CREATE TABLE IF NOT EXISTS outbox (
@@ -221,30 +225,28 @@ class Store:
     def cache_keys(self, ring: dict) -> None:
         self.db.executemany("INSERT OR IGNORE INTO key VALUES (?, ?)", [(k, public_pem(v)) for k, v in ring.items()])
 
-    def take_key(self, record: dict, timestamp_ms: int | None = None) -> KeyEntry:
+    def take_key(self, record: dict, root, timestamp_ms: int | None = None) -> KeyEntry:
         """A record of the keys topic (a key active, or withdrawn, from a time), read as the worker
-        reads it (`models.keyring.parse_key_entry`: ValueError unless its kid is its key's own), cached."""
-        entry = parse_key_entry(record, timestamp_ms=timestamp_ms)
-        self.cache_keys({entry.kid: entry.public_key})
-        since = "" if entry.effective_at is None else format_time(entry.effective_at)  # "": since ever
-        self.db.execute("INSERT OR IGNORE INTO key_status VALUES (?, ?, ?)", (entry.kid, entry.status, since))
+        reads it (`models.keyring.parse_key_entry`: Unparseable, a ValueError, unless the pinned
+        `root` signed it and its kid is its key's own), kept whole (checked again at each start)."""
+        entry = parse_key_entry(record, root, timestamp_ms=timestamp_ms)
+        self.db.execute("INSERT OR IGNORE INTO key_record VALUES (?, ?)", (orjson.dumps(record), timestamp_ms))
         return entry
 
-    def keyring(self) -> Keyring:
-        """Every key cached (a key given as a file, or taken before withdrawals were recorded: active
-        since ever), with each status the keys topic gave it."""
+    def keyring(self, root=None) -> Keyring:
+        """The keys given as files (active since ever, any pass number: the operator's own word),
+        and every record of the keys topic kept, checked again against the pinned `root` (a record of
+        another root, after the root is changed, is left out)."""
         from cryptography.hazmat.primitives import serialization
 
-        ring = Keyring()
+        ring = Keyring(root=root)
         for r in self.db.execute("SELECT * FROM key"):
             ring.add(r["kid"], serialization.load_pem_public_key(r["pem"]), ACTIVE)
-        for r in self.db.execute("SELECT * FROM key_status"):
-            ring.add(
-                r["kid"],
-                ring.public_keys[r["kid"]],
-                r["status"],
-                parse_time(r["effective_at"]) if r["effective_at"] else None,
-            )
+        for r in self.db.execute("SELECT * FROM key_record"):
+            try:
+                ring.apply(ring.take(orjson.loads(r["body"]), timestamp_ms=r["timestamp_ms"]))
+            except ValueError as exc:
+                log.warning("a cached key record is not taken: %s", exc)
         return ring
 
     # --- the outbox ----------------------------------------------------------------------------------

@@ -187,12 +187,15 @@ def run_station(
     from models.policy import load_catalog
     from routing import Gazetteer
 
-    from ..keys import load_keyring
+    from ..keys import load_keyring, pinned_root
     from .store import Store, station_path
 
     store = Store(station_path(settings.data_dir, checkpoint_ids), checkpoint_ids, names=Gazetteer.default().name)
     store.cache_keys(load_keyring([p for p in key_paths if p.exists()]))
-    keys = store.keyring()  # the keys given now, every key cached before (offline restarts), and the topic's
+    root, _ = pinned_root(settings)  # GC_ROOT_PUBLIC_KEY (--root-public-key): the topic's records must be its
+    if root is None:
+        print(f"no root public key at {settings.root_public_path}: the keys topic's records are ignored", flush=True)
+    keys = store.keyring(root)  # the keys given now, every key cached before (offline restarts), and the topic's
     if not keys:
         print(
             f"no public key in {', '.join(map(str, key_paths))} nor cached yet: every token is refused until "

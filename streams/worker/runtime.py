@@ -125,11 +125,11 @@ def meta(event) -> RecordMeta:
 
 
 async def signed(handle, *, where, wait: float = KEY_WAIT_SECONDS, refresh=None) -> list[Out]:
-    """`handle()`, waiting while the key that must sign is one whose private key is not in the key
-    folder `where`: never signed with another key. The handlers write nothing before they sign, so
-    trying again is safe; the event, and those behind it in its agent, wait (consumer lag shows it),
-    each try reading the folder again. When the worker's books know less than the event's
-    partition has applied (`ReferenceBehind`), `refresh()` reads the reference topics again first."""
+    """`handle()`. A live worker's handlers no longer raise SigningKeyMissing (a request whose key's
+    private half is not in `where` is rejected `no_signing_key`); the wait for it stays only as a
+    guard: the handlers write nothing before they sign, so trying again is safe. When the worker's
+    books know less than the event's partition has applied (`ReferenceBehind`), `refresh()` reads
+    the reference topics again first."""
     reads = 0
     while True:
         try:

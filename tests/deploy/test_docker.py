@@ -1090,7 +1090,7 @@ def test_every_kafka_client_service_is_its_own_principal(services, compose, made
         assert connection.kwargs()["ssl_context"].verify_mode.name == "CERT_REQUIRED", name
         assert connection.password == (made_secrets / "passwords" / connection.username).read_text().strip(), name
         principals[name] = connection.username
-    assert principals == {"topics": "admin", "worker": "worker", "projector": "projector", "keys": "operator"}
+    assert principals == {"topics": "admin", "worker": "worker", "projector": "projector", "keys": "keyadmin"}
 
 
 def test_secrets_stay_out_of_the_repository(compose):

@@ -128,6 +128,29 @@ async def test_a_firm_cannot_change_risk_levels_or_the_key_enterprise_list(broke
         await events.stop()
 
 
+async def test_only_the_key_admin_writes_keys_and_only_root_signed_records_count(broker, secure_system):
+    """The dashboard's principal reads only, and the operator's no longer writes gc.pass.keys; the key
+    admin may, but a record the root did not sign is dead-lettered by the worker all the same."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from models.keyring import ACTIVE, key_entry, key_id
+
+    s = secure_system
+    key = Ed25519PrivateKey.generate().public_key()
+    forged = key_entry(key, ACTIVE, at=None, root=Ed25519PrivateKey.generate())  # a root of its own
+    kid = key_id(key)
+    for principal in ("dashboard", "operator"):
+        with pytest.raises(TopicAuthorizationFailedError):
+            await send_as(broker.connection_as(principal), s.topics.keys, forged, key=kid)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await send_as(broker.connection_as("dashboard"), s.topics.risk, {"adcode": "11", "level": "low"}, key="11")
+    await send_as(broker.connection_as("keyadmin"), s.topics.keys, forged, key=kid)
+    [letter] = await s.tap.wait_for(s.topics.deadletter, lambda m: m.key == kid.encode(), timeout=TIMEOUT)
+    assert "not by the pinned root" in letter.json["error"]
+    listed = s.cli("keys", "list", principal="keyadmin")
+    assert listed.returncode == 0 and kid in listed.stderr and "refused" in listed.stderr, listed
+
+
 async def test_a_checkpoint_cannot_submit_requests(broker, secure_system):
     s, body = secure_system, station_request("P0")
     with pytest.raises(TopicAuthorizationFailedError):

@@ -140,3 +140,75 @@ def _caught_up(station: StationProcess, checkpoint_id: str, *, refused: str, gre
         return withdrawn and (await station_says(station, green, checkpoint_id))["green"]
 
     return check
+
+
+async def test_a_forged_key_record_is_dead_lettered_and_no_key_signs_outside_its_jurisdiction(own_system, tmp_path):
+    """Writing gc.pass.keys no longer mints passes: a record the pinned (development) root did not sign
+    is dead-lettered and its key verifies nothing, at the worker or at a station; and a key the root
+    did sign, for Guangdong (44) only, cannot vouch for a pass numbered elsewhere."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from models.keyring import ACTIVE, key_entry, key_id
+    from models.passes import Signer
+    from streams.keys import load_root_private
+    from streams.station.checks import check
+    from streams.station.store import Store
+
+    system = own_system
+    body = station_request("P0")
+    body["submitted_at"] = format_time(datetime.now(UTC))
+    decision = await decided(system, body)
+    the_pass = decision["pass"]
+    claims = {k: v for k, v in unverified_claims(the_pass["token"]).items() if k != "kid"}
+    assert not the_pass["pass_id"].startswith("44")
+
+    forged_key = Ed25519PrivateKey.generate()
+    forged = Signer(forged_key, key_id(forged_key.public_key()))
+    someone_elses_root = Ed25519PrivateKey.generate()
+    wrongly_signed = key_entry(forged.public_key, ACTIVE, at=None, root=someone_elses_root)
+    unsigned = {k: v for k, v in wrongly_signed.items() if k not in ("root_kid", "root_signature")}
+    for record in (unsigned, wrongly_signed):
+        await system.send(system.topics.keys, record, key=forged.key_id)
+    letters = await system.tap.wait_for(
+        system.topics.deadletter, lambda m: m.key == forged.key_id.encode(), count=2, timeout=STATION_TIMEOUT
+    )
+    errors = sorted(m.json["error"] for m in letters)
+    assert "not signed by a root key" in errors[0] + errors[1] and "not by the pinned root" in errors[0] + errors[1]
+
+    root = load_root_private(system.data_dir / "root" / "root.key")  # the development root, made on first run
+    guangdong_key = Ed25519PrivateKey.generate()
+    guangdong = Signer(guangdong_key, key_id(guangdong_key.public_key()))
+    granted = key_entry(guangdong.public_key, ACTIVE, at=datetime.now(UTC), root=root, prefixes=["44"])
+    await system.send(system.topics.keys, granted, key=guangdong.key_id)
+    await until(
+        lambda: any(k["kid"] == guangdong.key_id and k["prefixes"] == ["44"] for k in keys_view(system)),
+        STATION_TIMEOUT,
+        "the worker's ring to take Guangdong's key",
+    )
+    assert all(k["kid"] != forged.key_id for k in keys_view(system))
+
+    here = the_pass["route"]["checkpoints"][0]["checkpoint_id"]
+    forged_token, outside_token = forged.token(claims), guangdong.token(claims)
+    held = await scanned(system, the_pass, forged_token)
+    assert (held["status"], held["reason"].split(":")[0]) == ("held", "bad_token"), held
+    held = await scanned(system, the_pass, outside_token)
+    assert (held["status"], held["reason"]) == ("held", "key_outside_jurisdiction"), held
+
+    # A station takes the same records through its store (`Store.take_key`, as its link does): the
+    # forged ones are refused, the granted one taken with its prefixes.
+    store = Store(tmp_path / "jurisdiction.db", [here])
+    store.take_decision(decision)
+    root_public = root.public_key()
+    for path in sorted((system.data_dir / "keys").glob("*.record.json")):
+        store.take_key(orjson.loads(path.read_bytes()), root_public)
+    store.take_key(granted, root_public)
+    for record in (unsigned, wrongly_signed):
+        try:
+            store.take_key(record, root_public)
+        except ValueError:
+            continue
+        raise AssertionError("a station took a key record its root did not sign")
+    ring, now = store.keyring(root_public), datetime.now(UTC)
+    assert check(store, ring, checkpoint_id=here, at=now, token=forged_token)["reason"].startswith("bad_token")
+    assert check(store, ring, checkpoint_id=here, at=now, token=outside_token)["reason"] == "key_outside_jurisdiction"
+    assert check(store, ring, checkpoint_id=here, at=now, token=the_pass["token"])["green"]

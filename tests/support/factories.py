@@ -32,6 +32,7 @@ from streams.settings import Settings
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 SIGNER = Signer(KEY, key_id(KEY.public_key()))  # the test key under its real key id
+ROOT_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(100, 132)))  # the tests' root of trust
 T = Topics.with_prefix("gc.")
 
 
@@ -64,7 +65,10 @@ def make_tracker(signer: Signer | Keyring | None = None, keys=None) -> Tracker:
 def make_pipeline(signer: Signer | Keyring | None = None, keys=None) -> Pipeline:
     if keys is None and not isinstance(signer, Keyring):
         keys = KEY.public_key()
-    return build_pipeline(SETTINGS, signer=Signer(KEY, "test") if signer is None else signer, keys=keys)
+    pipeline = build_pipeline(SETTINGS, signer=Signer(KEY, "test") if signer is None else signer, keys=keys)
+    ring = pipeline.decider.keyring
+    ring.root = ring.root or ROOT_KEY.public_key()  # the keys topic's records are the tests' root's
+    return pipeline
 
 
 def wuhan_to_guangzhou(tracker: Tracker, **fields) -> PassState:
@@ -322,3 +326,10 @@ def good_request(**over):
 
 # Prefecture-level cities with no county below them: their passes end at the city.
 CITIES_WITHOUT_COUNTIES = {"441900": "东莞市", "442000": "中山市", "620200": "嘉峪关市", "460400": "儋州市"}
+
+
+def signed_key_record(public, status: str = "active", at: datetime | None = None, **grant) -> dict:
+    """A keys-topic record of `public` signed by the tests' root (`ROOT_KEY`); `at` None: since ever."""
+    from models.keyring import key_entry
+
+    return key_entry(public, status, at=at, root=ROOT_KEY, **grant)

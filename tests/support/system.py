@@ -235,6 +235,8 @@ def start_station(
     for checkpoint_id in ids:
         cmd += ["--id", checkpoint_id]
     own = {k: v for k, v in env.items() if k not in ("GC_STATION_TOKEN", "GC_STATION_TOKEN_FILE")}  # it makes one
+    if "GC_ROOT_PUBLIC_KEY" not in own and "GC_DATA_DIR" in env:  # the system's development root, pinned
+        own["GC_ROOT_PUBLIC_KEY"] = str(Path(env["GC_DATA_DIR"]) / "root" / "root.pub")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd, env={**own, "GC_DATA_DIR": str(data_dir)}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT

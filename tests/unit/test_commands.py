@@ -10,7 +10,6 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from models.keyring import key_entry
 from models.passes import kafka_partition
 from models.records import EnterpriseEntry, RegionRisk, canonical, parse_scan, parse_time
 from streams.commands import (
@@ -24,7 +23,7 @@ from streams.commands import (
     encode,
 )
 from streams.handlers import RecordMeta, Tables, clock_command
-from tests.support.factories import T, make_pipeline, wuhan_to_guangzhou
+from tests.support.factories import T, make_pipeline, signed_key_record, wuhan_to_guangzhou
 
 RISK_BYTES = b'{"adcode":"4201","effective_at":"2020-02-25T00:00:00Z","kind":"risk","level":"high","source":[0,0]}'
 # What a worker before 0.6 sent: no source (it still decodes; its entry is known to every decision).
@@ -36,7 +35,8 @@ ENTERPRISE_BYTES = (
 KEY_BYTES = (
     b'{"algorithm":"Ed25519","effective_at":"2020-02-25T08:00:00Z","kid":"824e1b86505a03b4","kind":"key",'
     b'"public_key":"-----BEGIN PUBLIC KEY-----\\nMCowBQYDK2VwAyEAyZ4rN96TAC32gyanhUk81KpIfRpF+iEXqhBQSJI794E=\\n'
-    b'-----END PUBLIC KEY-----\\n","source":[0,0],"status":"withdrawn"}'
+    b'-----END PUBLIC KEY-----\\n","root_kid":"5540ee3de4e09522","root_signature":"TAvTSGLJiy8OXSuYJ9n0Qe4vfnfXNTI6'
+    b'Y0yU-nS0dN2q_Xh4YGqwZge0ZKv5-TA5kPVgJvNBXNVab0bp3vlFDA","source":[0,0],"status":"withdrawn"}'
 )
 CLOCK_BYTES = b'{"at":"2020-02-25T12:00:00Z","kind":"clock"}'
 SCAN_BYTES = (
@@ -91,7 +91,7 @@ def test_a_key_list_removal_is_broadcast_as_its_bytes():
 
 def test_a_key_withdrawal_is_broadcast_as_its_bytes():
     pipeline = make_pipeline()
-    record = key_entry(WITHDRAWN_KEY, "withdrawn", at=parse_time("2020-02-25T08:00:00Z"))
+    record = signed_key_record(WITHDRAWN_KEY, "withdrawn", parse_time("2020-02-25T08:00:00Z"))
     outs = pipeline.on_key(b"k", orjson.dumps(record), meta(T.keys))
     assert {(o.key, o.value) for o in outs} == {(b"824e1b86505a03b4", KEY_BYTES)}
     assert len(outs) == pipeline.partitions

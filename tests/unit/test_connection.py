@@ -145,7 +145,7 @@ def test_the_acl_table_gives_each_principal_only_its_own_writes():
     writes = {(a.principal, a.name) for a in table if a.operation == "WRITE" and a.resource == "TOPIC"}
     assert {name for who, name in writes if who == "firm-demo"} == {"gc.shipment.requests"}
     assert {name for who, name in writes if who == "checkpoint-demo"} == {"gc.checkpoint.scans"}
-    assert {name for who, name in writes if who == "operator"} == {"gc.enterprises", "gc.region.risk", "gc.pass.keys"}
+    assert {name for who, name in writes if who == "operator"} == {"gc.enterprises", "gc.region.risk"}
     assert not {name for who, name in writes if who == "projector"}
     assert not [a for a in table if a.operation in ("ALL", "ALTER", "DELETE", "CLUSTER_ACTION")]
 

@@ -19,12 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from models.keyring import key_entry
 from models.passes import kafka_partition
 from models.records import MAX_CARGO_LINES, MAX_ID, MAX_MESSAGE_BYTES, MAX_TEXT, MAX_TOKEN, parse_time
 from streams.dev.simulator import Scenario, scans_for
 from streams.handlers import RecordMeta, Tables
-from tests.support.factories import SCHEMAS, make_pipeline, validator
+from tests.support.factories import SCHEMAS, make_pipeline, signed_key_record, validator
 
 # hypothesis-jsonschema filters what it draws, and the extreme values are big, so those health
 # checks would only measure the generators. In `make test` the examples are derandomized (the
@@ -155,10 +154,10 @@ SCANS = scans_for(DECISION, random.Random(3))
 RISK = {"adcode": "420100", "level": "high", "effective_at": "2020-02-25T08:00:00+08:00"}
 ENTERPRISE = dict(SCENARIO.enterprise_entries()[0])
 # A key of no one's, withdrawn: valid, it changes nothing here (no pass is signed by it).
-KEY_RECORD = key_entry(
+KEY_RECORD = signed_key_record(
     Ed25519PrivateKey.from_private_bytes(bytes(range(5, 37))).public_key(),
     "withdrawn",
-    at=parse_time("2020-02-25T08:00:00Z"),
+    parse_time("2020-02-25T08:00:00Z"),
 )
 
 

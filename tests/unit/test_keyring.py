@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema import ValidationError
 
-from models.keyring import ACTIVE, WITHDRAWN, Keyring, SigningKeyMissing, key_entry, key_id, parse_key_entry
+from models.keyring import ACTIVE, NATIONAL, WITHDRAWN, Keyring, SigningKeyMissing, key_entry, key_id, parse_key_entry
 from models.operators import EntryError, key_withdrawal
 from models.passes import PassState, Signer, kafka_partition, unverified_claims, verify_token
 from models.records import RegionRisk, Unparseable, format_time, parse_time
@@ -29,7 +29,7 @@ from streams.handlers import Out, RecordMeta, Tables
 from streams.keys import KeyDir, key_record, load_keyring
 from streams.station.checks import check
 from streams.station.store import Store
-from tests.support.factories import KEY, T, make_pipeline, make_tracker, validator, wuhan_to_guangzhou
+from tests.support.factories import KEY, ROOT_KEY, T, make_pipeline, make_tracker, validator, wuhan_to_guangzhou
 
 K1 = KEY  # the ring's first key (support's), active since ever
 K2 = Ed25519PrivateKey.from_private_bytes(bytes(range(2, 34)))
@@ -42,19 +42,19 @@ WITHDRAWN_AT = START + timedelta(hours=10)  # K1 withdrawn from here
 SCENARIO = Scenario(seed=313, start=START)
 TS = 1582617600000  # the records' time (the keys records carry their own times)
 ROOT = Path(__file__).resolve().parents[2]
+ROOT_PUB = ROOT_KEY.public_key()
 
 
-def record(kid: str, status: str = ACTIVE, at: datetime | None = None) -> bytes:
-    """A keys-topic record: the first key's as a worker publishes it (no time), or a timed one."""
-    if at is None:
-        return key_record(SIGNERS[kid])
-    return orjson.dumps(key_entry(SIGNERS[kid].public_key, status, at=at))
+def record(kid: str, status: str = ACTIVE, at: datetime | None = None, **grant) -> bytes:
+    """A keys-topic record signed by the tests' root: the first key's as a worker publishes it (no
+    time), or a timed one."""
+    return key_record(key_entry(SIGNERS[kid].public_key, status, at=at, root=ROOT_KEY, **grant))
 
 
 def ring_of(*records: bytes, signers=SIGNERS) -> Keyring:
-    ring = Keyring(signers.get)
+    ring = Keyring(signers.get, root=ROOT_KEY.public_key())
     for r in records:
-        ring.apply(parse_key_entry(orjson.loads(r), timestamp_ms=TS))
+        ring.apply(ring.take(orjson.loads(r), timestamp_ms=TS))
     return ring
 
 
@@ -169,7 +169,9 @@ def test_the_key_that_signs_is_the_newest_active_at_the_time_in_any_order_of_rec
             and ring.status_at(KID3, ROTATED + timedelta(days=2)) == WITHDRAWN
         )
         assert ring.kids() == [KID1, KID2, KID3] and ring.activated_at(KID1) is None and ring.ever_active(KID1)
-    assert ring.rows(ROTATED)[:2] == [  # what `keys list` and the worker's /keys/ show
+    rows = [{k: v for k, v in row.items() if k not in ("not_after", "prefixes")} for row in ring.rows(ROTATED)]
+    assert ring.rows(ROTATED)[0]["prefixes"] == list(NATIONAL) and ring.rows(ROTATED)[0]["not_after"] is None
+    assert rows[:2] == [  # what `keys list` and the worker's /keys/ show
         {
             "kid": KID1,
             "active_from": "always",
@@ -188,9 +190,9 @@ def test_the_key_that_signs_is_the_newest_active_at_the_time_in_any_order_of_rec
         },
     ]
     twice = ring_of(record(KID1))
-    assert not twice.apply(parse_key_entry(orjson.loads(record(KID1))))  # a redelivery changes nothing
+    assert not twice.apply(twice.take(orjson.loads(record(KID1))))  # a redelivery changes nothing
     # A later activation of a key never moves it: its earliest stands.
-    assert not twice.apply(parse_key_entry(orjson.loads(record(KID1, ACTIVE, ROTATED))))
+    assert not twice.apply(twice.take(orjson.loads(record(KID1, ACTIVE, ROTATED))))
     assert twice.signing_kid(START) == KID1
 
 
@@ -218,16 +220,16 @@ def test_new_passes_use_the_rotated_key_and_older_ones_verify_until_they_expire(
     # A station with the same records says the same of the older key's token.
     store = station_store(tmp_path, old, [record(KID1), record(KID2, ACTIVE, ROTATED)])
     at = end - timedelta(minutes=1)
-    assert check(store, store.keyring(), checkpoint_id=first_checkpoint(old), at=at, token=old["pass"]["token"])[
-        "green"
-    ]
+    assert check(
+        store, store.keyring(ROOT_PUB), checkpoint_id=first_checkpoint(old), at=at, token=old["pass"]["token"]
+    )["green"]
 
 
 def station_store(tmp_path, decision: dict, records: list[bytes], statuses: list[dict] = ()) -> Store:
     store = Store(tmp_path / "station.db", [first_checkpoint(decision)])
     store.take_decision(decision)
     for r in records:
-        store.take_key(orjson.loads(r), timestamp_ms=TS)
+        store.take_key(orjson.loads(r), ROOT_PUB, timestamp_ms=TS)
     for event in statuses:
         store.take_status(event)
     return store
@@ -254,7 +256,7 @@ def test_a_withdrawn_key_is_refused_at_a_scan_after_its_withdrawal_and_not_befor
 
     records = [record(KID1), record(KID2, ACTIVE, ROTATED), record(KID1, WITHDRAWN, WITHDRAWN_AT)]
     store = station_store(tmp_path, old, records, [reissue])
-    here, ring = first_checkpoint(old), store.keyring()
+    here, ring = first_checkpoint(old), store.keyring(ROOT_PUB)
     assert check(store, ring, checkpoint_id=here, at=before, token=old["pass"]["token"])["green"]
     grey = check(store, ring, checkpoint_id=here, at=after, token=old["pass"]["token"])
     assert (grey["green"], grey["reason"]) == (False, "key_withdrawn")
@@ -264,9 +266,11 @@ def test_a_withdrawn_key_is_refused_at_a_scan_after_its_withdrawal_and_not_befor
     # Offline, a pass the station never stored: refused on its signed claims alike.
     elsewhere = Store(tmp_path / "other.db", [here])
     for r in records:
-        elsewhere.take_key(orjson.loads(r), timestamp_ms=TS)
+        elsewhere.take_key(orjson.loads(r), ROOT_PUB, timestamp_ms=TS)
     assert (
-        check(elsewhere, elsewhere.keyring(), checkpoint_id=here, at=after, token=old["pass"]["token"])["reason"]
+        check(elsewhere, elsewhere.keyring(ROOT_PUB), checkpoint_id=here, at=after, token=old["pass"]["token"])[
+            "reason"
+        ]
         == "key_withdrawn"
     )
 
@@ -284,7 +288,11 @@ def test_an_unknown_kid_is_refused_by_the_tracker_and_the_station(tmp_path):
     )
     store = station_store(tmp_path, decision, [record(KID1), record(KID2, ACTIVE, ROTATED)])
     grey = check(
-        store, store.keyring(), checkpoint_id=first_checkpoint(decision), at=START + timedelta(hours=4), token=token
+        store,
+        store.keyring(ROOT_PUB),
+        checkpoint_id=first_checkpoint(decision),
+        at=START + timedelta(hours=4),
+        token=token,
     )
     assert grey["reason"] == refused["reason"]
 
@@ -472,7 +480,7 @@ def test_a_malformed_key_record_is_dead_lettered_by_the_worker_and_skipped_by_a_
 
     with caplog.at_level(logging.WARNING, logger="greenchannel.station"):
         station._take({Tp: [Rec]})
-    assert "skipped" in caplog.text and len(station.keys) == 0 and len(store.keyring()) == 0
+    assert "skipped" in caplog.text and len(station.keys) == 0 and len(store.keyring(ROOT_PUB)) == 0
 
 
 def test_the_records_match_the_passkey_schema():
@@ -486,21 +494,22 @@ def test_the_records_match_the_passkey_schema():
 # --- a worker without the private key --------------------------------------------------------------
 
 
-def test_a_worker_without_the_private_key_signs_nothing_and_changes_nothing_until_it_has_it():
+def test_a_worker_without_the_private_key_rejects_with_the_reason_and_keeps_answering():
     here = {KID1: SIGNERS[KID1]}  # K2's private key is not in this worker's folder
     world = rotated_world(signers=here)
     a = world.decide(request(1, START + timedelta(hours=1)))  # K1's time: signed
-    body = request(2, ROTATED + timedelta(hours=1))
-    with pytest.raises(SigningKeyMissing, match=KID2):
-        world.decide(body)
-    assert body["shipment_id"] not in world.tables.decided
-    before = dict(world.tables.passes)
-    with pytest.raises(SigningKeyMissing):  # the withdrawal's reissues need K2 too
-        world.key(record(KID1, WITHDRAWN, WITHDRAWN_AT))
-    assert world.tables.passes == before
-    here[KID2] = SIGNERS[KID2]  # the operator copies the key: the same event again now goes through
-    assert world.decide(body)["decision"] == "approved"
-    assert [e["pass_id"] for e in world.key(record(KID1, WITHDRAWN, WITHDRAWN_AT))] == [a["pass"]["pass_id"]]
+    rejected = world.decide(request(2, ROTATED + timedelta(hours=1)))  # K2's time: no waiting, a rejection
+    assert rejected["decision"] == "rejected" and rejected["pass"] is None
+    [reason] = rejected["reasons"]
+    assert reason["code"] == "no_signing_key" and KID2 in reason["text"] and "private key is not here" in reason["text"]
+    assert rejected["known"]["missing_keys"] == [KID2]  # what a replay needs to decide it alike
+    validator("PassDecision").validate(rejected)
+    # The withdrawal's reissue needs K2 too: the pass is suspended, naming the key, never left waiting.
+    [suspended] = world.key(record(KID1, WITHDRAWN, WITHDRAWN_AT))
+    assert (suspended["pass_id"], suspended["status"]) == (a["pass"]["pass_id"], "suspended")
+    assert suspended["reason"] == f"no_signing_key: {KID2}"
+    here[KID2] = SIGNERS[KID2]  # the operator copies the key: the next request is signed
+    assert world.decide(request(3, ROTATED + timedelta(hours=2)))["decision"] == "approved"
 
 
 async def test_the_worker_waits_for_a_missing_private_key_and_then_handles_the_event(caplog):
@@ -534,8 +543,12 @@ def test_the_key_folder_keeps_its_first_key_and_finds_keys_added_later(tmp_path)
     assert stat.S_IMODE(os.stat(tmp_path / "keys" / f"{new.key_id}.key").st_mode) == 0o600
     assert reader.signer(new.key_id).key_id == new.key_id and reader.signer("0" * 16) is None
     assert set(load_keyring([tmp_path / "keys"])) == {first.key_id, new.key_id}  # what a station is given
-    seeded = reader.seeded()
+    assert len(reader.seeded(ROOT_PUB)) == 0  # no record the root signed: the first key does not sign
+    seeded = reader.seeded(ROOT_PUB, ROOT_KEY)  # the development root at hand: it signs the first key's record
     assert seeded.signing_kid(START) == first.key_id and set(seeded.public_keys) == {first.key_id}
+    assert reader.first_record(ROOT_PUB, None)["kid"] == first.key_id  # kept beside the key, as the worker publishes it
+    other_root = Ed25519PrivateKey.from_private_bytes(bytes(range(40, 72)))
+    assert reader.first_record(other_root.public_key(), None) is None  # another root's record is not taken
 
 
 def test_greenchannel_keys_alone_still_makes_and_names_the_first_key(tmp_path):
@@ -554,13 +567,13 @@ def test_greenchannel_keys_alone_still_makes_and_names_the_first_key(tmp_path):
 def test_a_withdrawal_is_refused_for_an_unknown_key_a_withdrawn_one_or_the_last_in_force():
     ring = ring_of(record(KID1), record(KID2, ACTIVE, ROTATED))
     with pytest.raises(EntryError, match="no key"):
-        key_withdrawal(ring, KID3, at=WITHDRAWN_AT)
+        key_withdrawal(ring, KID3, at=WITHDRAWN_AT, root=ROOT_KEY)
     with pytest.raises(EntryError, match="rotate first"):
-        key_withdrawal(ring, KID1, at=START + timedelta(hours=1))  # K2 is not active yet then
-    entry = key_withdrawal(ring, KID1, at=WITHDRAWN_AT)
-    assert parse_key_entry(entry).status == WITHDRAWN
-    ring.apply(parse_key_entry(entry))
+        key_withdrawal(ring, KID1, at=START + timedelta(hours=1), root=ROOT_KEY)  # K2 is not active yet then
+    entry = key_withdrawal(ring, KID1, at=WITHDRAWN_AT, root=ROOT_KEY)
+    assert parse_key_entry(entry, ROOT_PUB).status == WITHDRAWN
+    ring.apply(parse_key_entry(entry, ROOT_PUB))
     with pytest.raises(EntryError, match="withdrawn already"):
-        key_withdrawal(ring, KID1, at=WITHDRAWN_AT + timedelta(hours=1))
-    with pytest.raises(Unparseable):
-        parse_key_entry({**entry, "effective_at": "1999-12-31T00:00:00Z"})  # outside the calendar window
+        key_withdrawal(ring, KID1, at=WITHDRAWN_AT + timedelta(hours=1), root=ROOT_KEY)
+    with pytest.raises(Unparseable):  # outside the calendar window (and no longer what the root signed)
+        parse_key_entry({**entry, "effective_at": "1999-12-31T00:00:00Z"}, ROOT_PUB, verify=False)

@@ -422,19 +422,20 @@ def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_
 
 
 def test_a_key_from_the_keys_topic_is_taken_only_under_its_own_id(the_pass, tmp_path):
-    from streams.keys import key_record
+    from tests.support.factories import ROOT_KEY, signed_key_record
 
+    root = ROOT_KEY.public_key()
     here = the_pass.checkpoint_ids[0]
     store = Store(tmp_path / "station.db", [here])
     store.take_decision(decision_of(the_pass))
     at = DEPARTURE + timedelta(hours=4)
     assert check(store, {}, checkpoint_id=here, at=at, token=token_of(the_pass))["reason"].startswith("bad_token")
-    store.take_key(orjson.loads(key_record(SIGNER)))
-    assert check(store, store.keyring(), checkpoint_id=here, at=at, token=token_of(the_pass))["green"]
-    assert set(Store(tmp_path / "station.db", [here]).keyring().public_keys) == set(KEYS)  # cached for a restart
-    lying = {**orjson.loads(key_record(Signer(OTHER, "x"))), "kid": SIGNER.key_id}
+    store.take_key(signed_key_record(SIGNER.public_key), root)
+    assert check(store, store.keyring(root), checkpoint_id=here, at=at, token=token_of(the_pass))["green"]
+    assert set(Store(tmp_path / "station.db", [here]).keyring(root).public_keys) == set(KEYS)  # cached for a restart
+    lying = {**signed_key_record(OTHER.public_key()), "kid": SIGNER.key_id}
     with pytest.raises(ValueError):
-        store.take_key(lying)
+        store.take_key(lying, root)
 
 
 def test_the_key_record_matches_its_schema():
@@ -442,7 +443,15 @@ def test_the_key_record_matches_its_schema():
 
     from jsonschema import Draft202012Validator
 
-    from streams.keys import key_record
+    from tests.support.factories import signed_key_record
 
     schema = json.loads((ROOT / "schemas" / "PassKey.schema.json").read_text())
-    Draft202012Validator(schema).validate(orjson.loads(key_record(SIGNER)))
+    end = DEPARTURE + timedelta(days=365)
+    for record in (
+        signed_key_record(SIGNER.public_key),
+        signed_key_record(SIGNER.public_key, "active", DEPARTURE, prefixes=["42", "4401"], not_after=end),
+        signed_key_record(SIGNER.public_key, "withdrawn", DEPARTURE),
+    ):
+        Draft202012Validator(schema).validate(record)
+    with pytest.raises(Exception, match="root_signature"):
+        Draft202012Validator(schema).validate({k: v for k, v in record.items() if k != "root_signature"})
