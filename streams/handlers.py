@@ -669,8 +669,8 @@ class Pipeline:
     def _each_pass(self, tables: Tables, partition: int, pass_ids: list[str], change, only=None) -> list[Out]:
         """`change` each pass (of those in `only`, when given) (and reissue what it signed with a key
         withdrawn since: `Tracker.reissued`).
-        Every change is worked out before any is stored, so a signing key missing here
-        (SigningKeyMissing: the worker waits for it and tries again) leaves the partition as it was."""
+        Every change is worked out before any is stored, so a handler that raises (in an audit, a
+        signing key missing there: SigningKeyMissing) leaves the partition as it was."""
         changed = []
         for pass_id in pass_ids if only is None else [p for p in pass_ids if p in only]:
             new, event = change(self._load(tables, pass_id))
