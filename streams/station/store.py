@@ -223,7 +223,12 @@ class Store:
 
     # --- keys ----------------------------------------------------------------------------------------
     def cache_keys(self, ring: dict) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO key VALUES (?, ?)", [(k, public_pem(v)) for k, v in ring.items()])
+        """The keys given as files at this start, and no other: a key file taken away is no longer
+        trusted, and a station file of before the root of trust, whose `key` table also held the keys
+        topic's unsigned keys, trusts none of them any more."""
+        with self.transaction():
+            self.db.execute("DELETE FROM key")
+            self.db.executemany("INSERT INTO key VALUES (?, ?)", [(k, public_pem(v)) for k, v in ring.items()])
 
     def take_key(self, record: dict, root, timestamp_ms: int | None = None) -> KeyEntry:
         """A record of the keys topic (a key active, or withdrawn, from a time), read as the worker

@@ -195,7 +195,7 @@ def run_station(
     root, _ = pinned_root(settings)  # GC_ROOT_PUBLIC_KEY (--root-public-key): the topic's records must be its
     if root is None:
         print(f"no root public key at {settings.root_public_path}: the keys topic's records are ignored", flush=True)
-    keys = store.keyring(root)  # the keys given now, every key cached before (offline restarts), and the topic's
+    keys = store.keyring(root)  # the keys given as files now, and the topic's root-signed records kept
     if not keys:
         print(
             f"no public key in {', '.join(map(str, key_paths))} nor cached yet: every token is refused until "
