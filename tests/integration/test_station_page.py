@@ -10,6 +10,7 @@ Screenshots go to tests/artifacts/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -19,10 +20,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from PIL import Image
 
 from models.passes import kafka_partition
 from models.records import format_time
-from tests.support.browser import ARTIFACTS, wait_for_js
+from tests.support.browser import ARTIFACTS, CHROMIUM, wait_for_js
+from tests.support.camera import camera_flags, write_y4m
 from tests.support.factories import STATION_SCENARIO as SCENARIO
 from tests.support.factories import STATION_TIMEOUT as TIMEOUT
 from tests.support.factories import decided, forged, handled, load_key_enterprises
@@ -109,9 +112,9 @@ async def test_a_valid_pass_is_green_with_its_class_toll_mark_and_route(page, wo
     assert await page.locator("#card .route li.here").inner_text() == the_pass["route"]["checkpoints"][0]["name"]
 
 
-async def test_a_printed_pass_photographed_is_green(page, world, tmp_path):
-    the_pass = world.first["pass"]
-    (tmp_path / "decision.json").write_bytes(orjson.dumps(world.first))
+def printed_pass(decision: dict, folder: Path) -> Path:
+    """The pass's page as `greenchannel pass print` makes it (a PNG), from the worker's decision."""
+    (folder / "decision.json").write_bytes(orjson.dumps(decision))
     printed = subprocess.run(
         [
             sys.executable,
@@ -119,11 +122,11 @@ async def test_a_printed_pass_photographed_is_green(page, world, tmp_path):
             "streams.cli",
             "pass",
             "print",
-            the_pass["pass_id"],
+            decision["pass"]["pass_id"],
             "--png",
-            str(tmp_path / "pass.png"),
+            str(folder / "pass.png"),
             "--from-decision",
-            str(tmp_path / "decision.json"),
+            str(folder / "decision.json"),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -131,10 +134,77 @@ async def test_a_printed_pass_photographed_is_green(page, world, tmp_path):
         timeout=120,
     )
     assert printed.returncode == 0, printed.stderr
+    return folder / "pass.png"
+
+
+async def test_a_printed_pass_photographed_is_green(page, world, tmp_path):
+    the_pass = world.first["pass"]
+    photo = printed_pass(world.first, tmp_path)
     await open_station(page, world)
-    await check(page, plate=the_pass["plate"], photo=tmp_path / "pass.png")
+    await check(page, plate=the_pass["plate"], photo=photo)
     assert await page.locator("#card").get_attribute("class") == "card green"
     assert the_pass["pass_id"] in await page.locator("#card").inner_text()
+
+
+@contextlib.asynccontextmanager
+async def filming(chromium, video: Path, name: str):
+    """A page of a Chromium whose camera films `video` (allowed without asking), its screenshot
+    going to tests/artifacts/NAME.png; fails, as the `page` fixture does, if the page broke its CSP."""
+    browser = await chromium.browser_type.launch(
+        executable_path=str(CHROMIUM), args=["--no-sandbox", *camera_flags(video)]
+    )
+    try:
+        context = await browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
+        pg = await context.new_page()
+        violations: list[str] = []
+        pg.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+        yield pg
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        assert violations == [], f"the page broke its Content-Security-Policy: {violations}"
+    finally:
+        await browser.close()
+
+
+async def test_the_camera_reads_a_printed_pass_and_checks_it(chromium, world, tmp_path):
+    """The officer types the plate and points the camera at the printed pass: the page reads the QR
+    in the browser (zxing-wasm here: Chromium on Linux has no BarcodeDetector), checks it as a typed
+    token and stops the camera."""
+    the_pass = world.first["pass"]
+    video = write_y4m(printed_pass(world.first, tmp_path), tmp_path / "pass.y4m")
+    async with filming(chromium, video, "station-camera-read") as page:
+        await open_station(page, world)
+        await page.fill("#plate", the_pass["plate"])
+        started = time.monotonic()
+        await page.click("#camera-start")
+        await page.wait_for_selector("#card.green, #card.grey", timeout=TIMEOUT * 1000)
+        reader = await page.evaluate("document.body.dataset.reader")
+        print(f"\ncamera: QR read by {reader} and checked in {time.monotonic() - started:.2f} s")
+        has_detector = await page.evaluate("'BarcodeDetector' in window")
+        assert reader == ("BarcodeDetector" if has_detector else "zxing-wasm")
+        assert await page.locator("#card").get_attribute("class") == "card green"
+        assert the_pass["pass_id"] in await page.locator("#card").inner_text()
+        assert await page.input_value("#token") == the_pass["token"]  # read whole, from the camera
+        # The camera stopped once the code was read: its tracks ended, its picture hidden.
+        assert await page.evaluate("document.body.dataset.camera") == "off"
+        assert await page.evaluate("document.querySelector('#camera').srcObject") is None
+        assert await page.locator("#camera").is_hidden()
+
+
+async def test_the_camera_films_until_the_officer_stops_it(chromium, world, tmp_path):
+    """A camera that sees no QR keeps filming, its picture shown, until 停止 Stop."""
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (640, 480), (240, 240, 235)).save(blank)
+    async with filming(chromium, write_y4m(blank, tmp_path / "blank.y4m", size=(640, 480)), "station-camera") as page:
+        await open_station(page, world)
+        await page.click("#camera-start")
+        await page.wait_for_selector("#camera:not([hidden])")
+        await wait_for_js(page, "document.querySelector('#camera').videoWidth === 640")
+        await page.screenshot(path=str(ARTIFACTS / "station-camera-filming.png"), full_page=True)
+        await page.click("#camera-stop")
+        assert await page.evaluate("document.body.dataset.camera") == "off"
+        assert await page.locator("#camera").is_hidden()
+        assert await page.locator("#card").get_attribute("class") == "card empty"
 
 
 async def test_a_forged_token_is_grey_with_the_reason(page, world):

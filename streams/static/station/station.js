@@ -153,6 +153,93 @@ function renderCard(c) {
     el("p", { id: "reason-en", class: "reason-en" }, c.text_en), facts, route, actions);
 }
 
+// --- camera -------------------------------------------------------------------------------------
+// The QR read live in the browser: the browser's BarcodeDetector where it reads QR codes (Android,
+// macOS, ChromeOS), else ZXing built to WebAssembly (zxing-wasm, vendored: vendor/zxing/), its .wasm
+// loaded from this station, never a CDN. A code read goes into the token field and is checked as a
+// typed one; the camera then stops. getUserMedia needs a secure context: https, or this machine's own
+// address (http://127.0.0.1, localhost).
+const SCAN_EVERY_MS = 200;  // at most 5 frames a second: enough for a QR held still, light on a tablet
+let camera = null;  // {stream, reader, timer} while the camera runs
+const canvas = document.createElement("canvas");
+
+async function qrReader() {
+  if ("BarcodeDetector" in window) {
+    try {
+      if ((await BarcodeDetector.getSupportedFormats()).includes("qr_code")) {
+        const detector = new BarcodeDetector({ formats: ["qr_code"] });
+        document.body.dataset.reader = "BarcodeDetector";
+        return async (image) => { const found = await detector.detect(image); return found.length ? found[0].rawValue : null; };
+      }
+    } catch { /* no detector here: ZXing below */ }
+  }
+  if (!window.ZXingWASM) throw new Error("未安装二维码识别组件 the QR reader is not installed (make env)");
+  const wasm = new URL("vendor/zxing/zxing_reader.wasm", document.baseURI).href;
+  ZXingWASM.prepareZXingModule({ overrides: { locateFile: (path, prefix) => (path.endsWith(".wasm") ? wasm : prefix + path) } });
+  const options = { formats: ["QRCode"], maxNumberOfSymbols: 1, tryHarder: true };
+  document.body.dataset.reader = "zxing-wasm";
+  return async (image) => {
+    const found = await ZXingWASM.readBarcodes(image, options);
+    return found.length && found[0].isValid ? found[0].text : null;
+  };
+}
+function cameraShown(on, status) {
+  document.body.dataset.camera = on ? "on" : "off";
+  $("#camera").hidden = !on;
+  $("#camera-start").hidden = on;
+  $("#camera-stop").hidden = !on;
+  $("#camera-status").textContent = status || "";
+}
+async function startCamera() {
+  if (camera) return;
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    cameraShown(false, "摄像头需要 https 或本机地址 the camera needs https or this machine's own address");
+    return;
+  }
+  try {
+    const reader = await qrReader();
+    const stream = await navigator.mediaDevices.getUserMedia(
+      { video: { facingMode: "environment", width: { ideal: 1920 }, height: { ideal: 1080 } }, audio: false });
+    camera = { stream, reader, timer: null };
+    $("#camera").srcObject = stream;
+    await $("#camera").play();
+    cameraShown(true, "对准二维码 point the camera at the QR");
+    camera.timer = setTimeout(scanFrame, SCAN_EVERY_MS);
+  } catch (err) {
+    stopCamera(`摄像头不可用 no camera: ${err.message || err}`);
+  }
+}
+function stopCamera(status) {
+  if (camera) {
+    clearTimeout(camera.timer);
+    for (const track of camera.stream.getTracks()) track.stop();
+    $("#camera").srcObject = null;
+    camera = null;
+  }
+  cameraShown(false, status);
+}
+async function scanFrame() {
+  const video = $("#camera"), running = camera;
+  if (!running) return;
+  let text = null;
+  if (video.videoWidth) {
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    const context = canvas.getContext("2d", { willReadFrequently: true });
+    context.drawImage(video, 0, 0);
+    try { text = await running.reader(context.getImageData(0, 0, canvas.width, canvas.height)); } catch { text = null; }
+  }
+  if (camera !== running) return;  // stopped meanwhile
+  if (!text) { running.timer = setTimeout(scanFrame, SCAN_EVERY_MS); return; }
+  stopCamera("已读取二维码 QR read");
+  $("#token").value = text;
+  $("#photo").value = "";
+  $("#check-form").requestSubmit();
+}
+$("#camera-start").addEventListener("click", startCamera);
+$("#camera-stop").addEventListener("click", () => stopCamera());
+cameraShown(false);
+
 // --- arrival / departure ---------------------------------------------------------------------------
 async function scan(kind, fields) {
   const { ok, body } = await api("api/scan", { method: "POST", headers: { "Content-Type": "application/json" },
