@@ -4,6 +4,7 @@
 // of this page, same-origin, carries it; the script never sees it.
 const $ = (sel) => document.querySelector(sel);
 let state = null, skew = 0, lastCheck = null;
+let freshness = null, freshnessAt = 0;  // the views' ages as the station last told them, and when (this page's clock)
 
 async function api(path, init = {}) {
   const r = await fetch(path, { ...init, credentials: "same-origin" });
@@ -42,10 +43,38 @@ function render(s) {
   link.className = "link " + (s.online ? "online" : "offline");
   link.textContent = (s.online ? "在线 online" : "离线 offline") + `, ${s.queued} 条扫描待发送 scans queued`;
   link.title = s.error || "";
+  renderFreshness(s.freshness);
   renderPresent(s.present);
   renderArrivals(s.arrivals);
   renderRecent(s.recent);
   renderSetAside(s.set_aside || []);
+}
+// How old the station's view of decisions, statuses and keys is (told every few seconds; counted on
+// here between): a view past its limit is marked, and every check then says so beside its verdict.
+const VIEW_NAMES = { decisions: "通行证 decisions", statuses: "状态 statuses", keys: "密钥 keys" };
+function renderFreshness(f) {
+  if (!f) return;
+  freshness = f;
+  freshnessAt = Date.now();
+  tickFreshness();
+}
+function ageText(seconds) {
+  const s = Math.floor(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 7200) return `${Math.floor(s / 60)} min`;
+  if (s < 172800) return `${Math.floor(s / 3600)} h`;
+  return `${Math.floor(s / 86400)} d`;
+}
+function tickFreshness() {
+  if (!freshness) return;
+  const since = (Date.now() - freshnessAt) / 1000;
+  $("#freshness").replaceChildren(...Object.entries(VIEW_NAMES).map(([view, name]) => {
+    const v = freshness[view];
+    const age = v.age_seconds === null ? null : v.age_seconds + since;
+    const stale = age === null || age > v.stale_after_seconds;
+    return el("span", { class: stale ? "stale" : "", "data-view": view },
+      `${name} ${age === null ? "从未同步 never" : ageText(age)}`);
+  }));
 }
 function renderSetAside(items) {
   $("#set-aside-panel").hidden = items.length === 0;
@@ -92,11 +121,12 @@ function tick() {
     timer.classList.toggle("over", state && seconds > state.dwell_target);
   }
 }
-setInterval(tick, 1000);
+setInterval(() => { tick(); tickFreshness(); }, 1000);
 
 function connect() {
   const source = new EventSource("api/events");
   source.addEventListener("state", (e) => render(JSON.parse(e.data)));
+  source.addEventListener("freshness", (e) => renderFreshness(JSON.parse(e.data)));
   source.onerror = () => { $("#link").className = "link offline"; $("#link").textContent = "页面与检查站断开 page lost the station"; };
 }
 
@@ -147,7 +177,10 @@ function renderCard(c) {
     arrive.onclick = () => scan("arrival", { pass_id: c.pass_id, plate: c.plate, token: c.token, checkpoint_id: c.checkpoint_id });
     actions.append(arrive);
   }
+  // A view past its limit: the verdict stands, and the officer is told to call in to confirm it.
+  const w = c.stale_warning;
   card.replaceChildren(
+    ...(w ? [el("p", { id: "stale-warning", class: "stale-warning" }, "⚠ " + w.text_zh, el("small", {}, w.text_en))] : []),
     el("div", { class: "verdict" }, c.green ? "放行" : "不予放行", el("small", {}, c.green ? "CLEARED" : "NOT CLEARED")),
     el("p", { id: "reason-zh", class: "reason-zh" }, c.text_zh),
     el("p", { id: "reason-en", class: "reason-en" }, c.text_en), facts, route, actions);
