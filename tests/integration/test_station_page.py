@@ -24,13 +24,14 @@ from PIL import Image
 
 from models.passes import kafka_partition
 from models.records import format_time
+from streams.station.store import Store, station_path
 from tests.support.browser import ARTIFACTS, CHROMIUM, wait_for_js
 from tests.support.camera import camera_flags, write_y4m
 from tests.support.factories import STATION_SCENARIO as SCENARIO
 from tests.support.factories import STATION_TIMEOUT as TIMEOUT
 from tests.support.factories import decided, forged, handled, load_key_enterprises
 from tests.support.factories import station_request as a_request
-from tests.support.system import PARTITIONS, ROOT, StationProcess, start_station, stop_processes
+from tests.support.system import PARTITIONS, ROOT, StationProcess, free_port, start_station, stop_processes
 
 
 @dataclass
@@ -313,3 +314,45 @@ async def test_a_station_without_a_key_file_verifies_with_the_key_the_worker_pub
                 await asyncio.sleep(0.1)  # polling a condition with a deadline
     finally:
         stop_processes([station.proc])
+
+
+async def test_a_station_whose_link_stopped_says_how_old_its_view_is(page, world, system, tmp_path):
+    """A station reads the log to the end, then loses its broker; twenty minutes on it is restarted,
+    still offline (its store kept when its view was last fresh). Its header marks the views as old,
+    and a check of a valid pass is still GREEN, with the warning to call in beside it."""
+    the_pass = (await decided(system, a_request("P0")))["pass"]  # its own: not yet scanned by another test
+    station = start_station(system.env, tmp_path, [world.checkpoint_id], system.public_key_path).ready()
+    try:
+        await until_known(station, the_pass["pass_id"])
+        async with station.session() as http:
+            deadline = time.monotonic() + TIMEOUT
+            while True:  # read to the end: every view fresh
+                async with http.get(station.url + "api/state") as r:
+                    fresh = (await r.json())["freshness"]
+                if not any(v["stale"] for v in fresh.values()):
+                    break
+                assert time.monotonic() < deadline, f"the station never caught up: {fresh}"
+                await asyncio.sleep(0.1)  # polling a condition with a deadline
+    finally:
+        stop_processes([station.proc])
+    store = Store(station_path(tmp_path, [world.checkpoint_id]), [world.checkpoint_id])
+    for view, at in store.fresh_as_of().items():  # twenty minutes pass
+        store.db.execute("UPDATE station SET value = ? WHERE name = ?", (repr(at - 20 * 60), f"fresh_as_of:{view}"))
+    store.db.close()
+
+    offline = {**system.env, "GC_BROKER_URL": f"kafka://127.0.0.1:{free_port()}"}  # nothing listens there
+    again = start_station(offline, tmp_path, [world.checkpoint_id], system.public_key_path, "again").ready()
+    try:
+        await page.goto(again.first_visit)
+        await page.wait_for_selector("#link.offline")
+        await page.wait_for_selector("#freshness span[data-view='statuses'].stale")
+        assert "20 min" in await page.locator("#freshness span[data-view='statuses']").inner_text()
+        assert await page.locator("#freshness span[data-view='keys'].stale").count() == 0  # within its day
+        await check(page, the_pass["token"], the_pass["plate"])
+        assert await page.locator("#card").get_attribute("class") == "card green"  # the verdict stands
+        warning = await page.locator("#stale-warning").inner_text()
+        assert "view of decisions, statuses is 20 min old: call in to confirm" in warning
+        assert "请电话核实" in warning
+        await page.screenshot(path=str(ARTIFACTS / "station-stale-view.png"), full_page=True)
+    finally:
+        stop_processes([again.proc])
