@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The dashboard's ECharts and map files, fetched from the npm registry (scripts/vendor-echarts.sh).
 ECHARTS := streams/static/vendor/echarts-4.9.0/.complete
+# The station's in-browser QR reader (zxing-wasm's reader build), likewise (scripts/vendor-zxing.sh).
+ZXING := streams/static/vendor/zxing-wasm-3.1.8/.complete
 
 .PHONY: demo test lint test-embedded test-kafka test-unit fuzz bench soak env clean
 
@@ -17,15 +19,18 @@ $(STAMP): pyproject.toml
 $(ECHARTS): scripts/vendor-echarts.sh
 	bash scripts/vendor-echarts.sh
 
-env: $(STAMP) $(ECHARTS)
+$(ZXING): scripts/vendor-zxing.sh
+	bash scripts/vendor-zxing.sh
 
-demo: $(STAMP) $(ECHARTS)
+env: $(STAMP) $(ECHARTS) $(ZXING)
+
+demo: $(STAMP) $(ECHARTS) $(ZXING)
 	$(BIN)/greenchannel demo
 
 # Every lane: embedded Tansu + SQLite, then Apache Kafka 1 node + PostgreSQL, Apache Kafka 3 nodes
 # with the fault tests and the secure 1-node Apache Kafka (SASL_SSL, ACLs) with tests/faults/test_security.py
 # (tests/services/lanes.sh; skipped, saying why, without java/mvn).
-test: lint $(ECHARTS)
+test: lint $(ECHARTS) $(ZXING)
 	bash tests/services/browser.sh
 	$(BIN)/python -m pytest
 	PYTHON=$(BIN)/python bash tests/services/lanes.sh
@@ -38,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python scripts/function_lengths.py
 
-test-embedded: $(STAMP) $(ECHARTS)
+test-embedded: $(STAMP) $(ECHARTS) $(ZXING)
 	bash tests/services/browser.sh
 	$(BIN)/python -m pytest
 

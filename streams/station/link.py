@@ -10,6 +10,7 @@ import logging
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -30,15 +31,18 @@ from ..handlers import Topics, cloudevent_headers
 from ..settings import Settings
 from ..web import Hub
 from .checks import check, keyring_of
+from .freshness import VIEWS, freshness, stale_warning
 from .store import Store
 
-__all__ = ["Link", "Station", "NEVER_SENDABLE", "unsendable"]
+__all__ = ["Link", "Station", "NEVER_SENDABLE", "unsendable", "NOTE_FRESH_EVERY", "FRESHNESS_EVERY"]
 
 log = logging.getLogger("greenchannel.station")
 
 # What the broker (or the producer, before sending) says of a scan itself: sending it again can never
 # succeed, so the forwarder sets it aside and goes on with the queue. Every other error (the broker
 # away, credentials, ACLs) concerns every scan alike: the head waits, the page says offline and why.
+NOTE_FRESH_EVERY = 10.0  # seconds: how often the store notes a view's freshness (a write; ages are minutes)
+FRESHNESS_EVERY = 5.0  # seconds: how often open pages hear the views' ages when nothing else changes
 NEVER_SENDABLE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException)
 
 
@@ -84,6 +88,7 @@ class Station:
         *,
         clock_start: datetime | None = None,
         dwell_target: int = 900,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.ids = checkpoint_ids
@@ -94,6 +99,13 @@ class Station:
         self.link = Link()
         self.dwell_target = dwell_target
         self._offset = (clock_start - datetime.now(UTC)) if clock_start else timedelta(0)
+        # Freshness (streams/station/freshness.py) is of the real time: `wall`, the consumer's own
+        # clock (aiokafka stamps its fetches with time.time()), not the station's replayed one.
+        self.wall = wall
+        self.fresh_as_of: dict[str, float | None] = {**dict.fromkeys(VIEWS), **store.fresh_as_of()}
+        self._noted = {v: at for v, at in self.fresh_as_of.items() if at is not None}
+        self._partition_fresh: dict = {}
+        self._told_freshness = 0.0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
@@ -102,9 +114,17 @@ class Station:
 
     # --- what the page asks -------------------------------------------------------------------------
     def check(self, checkpoint_id: str, token: str | None, plate: str | None) -> dict:
-        return check(
+        """The verdict (streams/station/checks.py), and beside it how old the view it rests on is:
+        `stale_view` and what to tell the officer when a view is past its limit."""
+        verdict = check(
             self.store, self.keys, checkpoint_id=self._here(checkpoint_id), at=self.now(), token=token, plate=plate
         )
+        fresh = self.freshness()
+        warning = stale_warning(fresh)
+        return {**verdict, "freshness": fresh, "stale_view": warning is not None, "stale_warning": warning}
+
+    def freshness(self) -> dict:
+        return freshness(self.fresh_as_of, self.wall())
 
     def scan(
         self, kind: str, checkpoint_id: str, pass_id: str, plate: str | None = None, token: str | None = None
@@ -161,11 +181,20 @@ class Station:
             "present": self.store.present(),
             "recent": self.store.recent(),
             "arrivals": self.store.expected(self.now()),
+            "freshness": self.freshness(),
         }
 
     def publish(self) -> None:
+        self._told_freshness = self.wall()
         if self.hub.subscribers:
             self.hub.publish("state", self.state())
+
+    def tell_freshness(self) -> None:
+        """Open pages hear the views' ages every FRESHNESS_EVERY seconds (their own clocks count between)."""
+        if self.wall() - self._told_freshness >= FRESHNESS_EVERY:
+            self._told_freshness = self.wall()
+            if self.hub.subscribers:
+                self.hub.publish("freshness", self.freshness())
 
     # --- the broker ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -220,13 +249,43 @@ class Station:
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=2000)
             if not batch:
+                await self.note_caught_up(consumer)
+                self.tell_freshness()
                 continue
             await self._take_in_order(consumer, batch)
+            await self.note_caught_up(consumer)
             try:
                 await consumer.commit()
             except KafkaError as exc:  # read again after a restart: the store's writes are idempotent
                 log.warning("offsets not committed: %s", exc)
             self.publish()
+
+    async def note_caught_up(self, consumer: AIOKafkaConsumer) -> None:
+        """Each view is fresh as of the last fetch after which every partition of its topic was read to
+        its end (the last stable offset, reading committed; else the high watermark), everything read
+        having been taken into the store. A record received says nothing of what waits behind it;
+        a fetch that finds nothing new, at the end, does (streams/station/freshness.py)."""
+        committed = self.settings.isolation_level == "read_committed"
+        assigned = consumer.assignment()
+        for tp in assigned:
+            polled = consumer.last_poll_timestamp(tp)
+            end = consumer.last_stable_offset(tp) if committed else None
+            if end is None or end < 0:  # not told (an older broker, or reading uncommitted)
+                end = consumer.highwater(tp)
+            if polled is not None and end is not None and await consumer.position(tp) >= end:
+                self._partition_fresh[tp] = polled / 1000
+        views = {self.topics.decisions: "decisions", self.topics.status: "statuses", self.topics.keys: "keys"}
+        for topic, view in views.items():
+            moments = [self._partition_fresh.get(tp) for tp in assigned if tp.topic == topic]
+            if not moments or None in moments:
+                continue
+            at = min(moments)
+            before = self.fresh_as_of[view]
+            if before is None or at > before:
+                self.fresh_as_of[view] = at
+                if at - self._noted.get(view, 0.0) >= NOTE_FRESH_EVERY:
+                    self.store.note_fresh(view, at)
+                    self._noted[view] = at
 
     async def _take_in_order(self, consumer: AIOKafkaConsumer, batch: dict) -> None:
         """Take a batch, its statuses last, once the decisions are read up to where they ended when

@@ -221,6 +221,20 @@ class Store:
             names[r["checkpoint_id"]] = r["name"]
         return names
 
+    # --- how fresh the view is (streams/station/freshness.py) --------------------------------------
+    def fresh_as_of(self) -> dict[str, float]:
+        """Each view's last noted moment of being read to the end (seconds since the epoch)."""
+        rows = self.db.execute("SELECT name, value FROM station WHERE name LIKE 'fresh_as_of:%'")
+        return {r["name"].removeprefix("fresh_as_of:"): float(r["value"]) for r in rows}
+
+    def note_fresh(self, view: str, at: float) -> None:
+        """Note that `view` was read to the end at `at`; an earlier moment than the one noted is ignored."""
+        self.db.execute(
+            "INSERT INTO station VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value "
+            "WHERE CAST(excluded.value AS REAL) > CAST(station.value AS REAL)",
+            (f"fresh_as_of:{view}", repr(float(at))),
+        )
+
     # --- keys ----------------------------------------------------------------------------------------
     def cache_keys(self, ring: dict) -> None:
         """The keys given as files at this start, and no other: a key file taken away is no longer

@@ -5,6 +5,7 @@ GET  /api/state        checkpoints, clock, connection, queue, vehicles here, exp
 GET  /api/events       the same state, live (server-sent events)
 POST /api/check        {token?, plate?, checkpoint_id?} or a form with a QR `photo`: GREEN or GREY
 POST /api/scan         {kind: arrival|departure, pass_id, plate?, token?, checkpoint_id?}: into the outbox
+GET  /vendor/zxing/    the in-browser QR reader (zxing-wasm, vendored by scripts/vendor-zxing.sh)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from models.records import MAX_ID, MAX_TOKEN
 
-from ..web import Access, announced, html_page, json_body, secure_app, sse, start_site, stop_site
+from ..web import CSP, Access, announced, html_page, json_body, secure_app, sse, start_site, stop_site
 from .link import Station
 
 __all__ = [
@@ -32,9 +33,17 @@ __all__ = [
     "MAX_PHOTO_BYTES",
     "MAX_PHOTO_PIXELS",
     "MAX_DECODES",
+    "STATION_CSP",
+    "ZXING",
 ]
 
 STATIC = Path(__file__).parents[1] / "static" / "station"
+ZXING = STATIC.parent / "vendor" / "zxing-wasm-3.1.8"  # the camera's QR reader (make env vendors it)
+# The common policy, and 'wasm-unsafe-eval': the camera's QR reader compiles its WebAssembly (from
+# this station's own file), which a script-src without it forbids. It allows compiling WebAssembly
+# only, not eval of JavaScript. The camera's stream plays through srcObject, which media-src does not
+# govern, and the decoding runs on the page's thread: no worker-src, no blob:.
+STATION_CSP = CSP.replace("script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'")
 PHOTO_FORMATS = ("PNG", "JPEG", "WEBP")  # what a phone or tablet camera saves; Pillow opens no other
 MAX_PHOTO_BYTES = 16 * 1024**2  # a 12-Mpx phone JPEG is 3-8 MB
 MAX_PHOTO_PIXELS = 40_000_000  # read from the header, before decoding: a 48-Mpx camera's binned 12 Mpx pass
@@ -79,7 +88,7 @@ def decode_qr(image_bytes: bytes) -> str | None:
 def make_app(station: Station, access: Access) -> web.Application:
     """The station's page and API behind `access` (streams.web.secure_app): JSON bodies of at most
     64 KiB, but a photo of at most MAX_PHOTO_BYTES, as multipart."""
-    app = secure_app(access, client_max_size=MAX_PHOTO_BYTES + 64 * 1024)
+    app = secure_app(access, csp=STATION_CSP, client_max_size=MAX_PHOTO_BYTES + 64 * 1024)
     decoding = asyncio.Semaphore(MAX_DECODES)
 
     async def state(request: web.Request) -> web.Response:
@@ -127,6 +136,8 @@ def make_app(station: Station, access: Access) -> web.Application:
     app.router.add_post("/api/check", check)
     app.router.add_post("/api/scan", scan)
     app.router.add_static("/static/", STATIC)
+    if ZXING.is_dir():  # else the camera says its reader is not installed; the photo upload still works
+        app.router.add_static("/vendor/zxing/", ZXING)
     return app
 
 

@@ -17,6 +17,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from models.records import parse_time
 from tests.support.factories import decided, until
 from tests.support.factories import station_request as a_request
 from tests.support.system import BROKER_KIND, Client, make_broker, start_station, start_system, stop_processes
@@ -114,6 +115,7 @@ async def test_fifty_scans_recorded_offline_are_each_answered_once(cluster, syst
             await until(_async_state(client, lambda s: len(s["arrivals"]) >= len(passes)), 120, "the station's passes")
             warmup = await record(client, passes[:1], checkpoint_id)  # mid-shift: the link works
             await answered_once(system, warmup)
+            await until(_async_state(client, all_fresh), 60, "the station to read every topic to its end")
 
             await asyncio.to_thread(cluster.stop_node, 0)
             try:
@@ -128,10 +130,19 @@ async def test_fifty_scans_recorded_offline_are_each_answered_once(cluster, syst
                 await asyncio.to_thread(cluster.start_node, 0)
             figures = await answered_once(system, scan_ids)
             await until(_async_state(client, lambda s: s["online"] and s["queued"] == 0), 60, "the outbox drained")
+            # Back online, the views are fresh again: read to the end after the outage, not before it.
+            offline_as_of = parse_time(checked["freshness"]["statuses"]["as_of"])
+            await until(
+                _async_state(client, lambda s: parse_time(s["freshness"]["statuses"]["as_of"]) > offline_as_of),
+                60,
+                "the station to read the statuses to their end again",
+            )
     finally:
         stop_processes([station.proc])
     print("\nstation offline:", json.dumps({**figures, "queued_while_offline": queued}))
     assert checked["green"], checked
+    # Offline for less than the views' limits: how old they are, and not stale (no warning) yet.
+    assert checked["stale_view"] is False and checked["freshness"]["statuses"]["age_seconds"] > 0, checked
     assert queued == SCANS
     assert figures == {
         "recorded": SCANS,
@@ -152,6 +163,7 @@ async def test_a_station_killed_while_offline_loses_nothing(cluster, system, tmp
         async with aiohttp.ClientSession() as session:
             client = Client(session, station)
             await until(_async_state(client, lambda s: len(s["arrivals"]) >= len(passes)), 120, "the station's passes")
+            await until(_async_state(client, all_fresh), 60, "the station to read every topic to its end")
             await asyncio.to_thread(cluster.stop_node, 0)
             try:
                 await until(lambda: offline(client), 30, "the station to see the broker gone")
@@ -179,6 +191,8 @@ async def test_a_station_killed_while_offline_loses_nothing(cluster, system, tmp
         json.dumps({**figures, "queued_while_offline": queued, "recorded_before_kill": len(before)}),
     )
     assert checked["green"], checked
+    # Restarted offline, it still knows when its view was last fresh (its store noted it).
+    assert checked["freshness"]["statuses"]["age_seconds"] is not None and not checked["stale_view"], checked
     assert queued == SCANS
     assert figures == {
         "recorded": SCANS,
@@ -189,6 +203,10 @@ async def test_a_station_killed_while_offline_loses_nothing(cluster, system, tmp
         "published_twice": 0,
         "order_kept": True,
     }
+
+
+def all_fresh(state: dict) -> bool:
+    return not any(view["stale"] for view in state["freshness"].values())
 
 
 def _async_state(client: Client, pred):

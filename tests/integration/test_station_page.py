@@ -10,6 +10,7 @@ Screenshots go to tests/artifacts/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -19,15 +20,18 @@ from pathlib import Path
 
 import orjson
 import pytest
+from PIL import Image
 
 from models.passes import kafka_partition
 from models.records import format_time
-from tests.support.browser import ARTIFACTS, wait_for_js
+from streams.station.store import Store, station_path
+from tests.support.browser import ARTIFACTS, CHROMIUM, wait_for_js
+from tests.support.camera import camera_flags, write_y4m
 from tests.support.factories import STATION_SCENARIO as SCENARIO
 from tests.support.factories import STATION_TIMEOUT as TIMEOUT
 from tests.support.factories import decided, forged, handled, load_key_enterprises
 from tests.support.factories import station_request as a_request
-from tests.support.system import PARTITIONS, ROOT, StationProcess, start_station, stop_processes
+from tests.support.system import PARTITIONS, ROOT, StationProcess, free_port, start_station, stop_processes
 
 
 @dataclass
@@ -109,9 +113,9 @@ async def test_a_valid_pass_is_green_with_its_class_toll_mark_and_route(page, wo
     assert await page.locator("#card .route li.here").inner_text() == the_pass["route"]["checkpoints"][0]["name"]
 
 
-async def test_a_printed_pass_photographed_is_green(page, world, tmp_path):
-    the_pass = world.first["pass"]
-    (tmp_path / "decision.json").write_bytes(orjson.dumps(world.first))
+def printed_pass(decision: dict, folder: Path) -> Path:
+    """The pass's page as `greenchannel pass print` makes it (a PNG), from the worker's decision."""
+    (folder / "decision.json").write_bytes(orjson.dumps(decision))
     printed = subprocess.run(
         [
             sys.executable,
@@ -119,11 +123,11 @@ async def test_a_printed_pass_photographed_is_green(page, world, tmp_path):
             "streams.cli",
             "pass",
             "print",
-            the_pass["pass_id"],
+            decision["pass"]["pass_id"],
             "--png",
-            str(tmp_path / "pass.png"),
+            str(folder / "pass.png"),
             "--from-decision",
-            str(tmp_path / "decision.json"),
+            str(folder / "decision.json"),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -131,10 +135,77 @@ async def test_a_printed_pass_photographed_is_green(page, world, tmp_path):
         timeout=120,
     )
     assert printed.returncode == 0, printed.stderr
+    return folder / "pass.png"
+
+
+async def test_a_printed_pass_photographed_is_green(page, world, tmp_path):
+    the_pass = world.first["pass"]
+    photo = printed_pass(world.first, tmp_path)
     await open_station(page, world)
-    await check(page, plate=the_pass["plate"], photo=tmp_path / "pass.png")
+    await check(page, plate=the_pass["plate"], photo=photo)
     assert await page.locator("#card").get_attribute("class") == "card green"
     assert the_pass["pass_id"] in await page.locator("#card").inner_text()
+
+
+@contextlib.asynccontextmanager
+async def filming(chromium, video: Path, name: str):
+    """A page of a Chromium whose camera films `video` (allowed without asking), its screenshot
+    going to tests/artifacts/NAME.png; fails, as the `page` fixture does, if the page broke its CSP."""
+    browser = await chromium.browser_type.launch(
+        executable_path=str(CHROMIUM), args=["--no-sandbox", *camera_flags(video)]
+    )
+    try:
+        context = await browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
+        pg = await context.new_page()
+        violations: list[str] = []
+        pg.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+        yield pg
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        assert violations == [], f"the page broke its Content-Security-Policy: {violations}"
+    finally:
+        await browser.close()
+
+
+async def test_the_camera_reads_a_printed_pass_and_checks_it(chromium, world, tmp_path):
+    """The officer types the plate and points the camera at the printed pass: the page reads the QR
+    in the browser (zxing-wasm here: Chromium on Linux has no BarcodeDetector), checks it as a typed
+    token and stops the camera."""
+    the_pass = world.first["pass"]
+    video = write_y4m(printed_pass(world.first, tmp_path), tmp_path / "pass.y4m")
+    async with filming(chromium, video, "station-camera-read") as page:
+        await open_station(page, world)
+        await page.fill("#plate", the_pass["plate"])
+        started = time.monotonic()
+        await page.click("#camera-start")
+        await page.wait_for_selector("#card.green, #card.grey", timeout=TIMEOUT * 1000)
+        reader = await page.evaluate("document.body.dataset.reader")
+        print(f"\ncamera: QR read by {reader} and checked in {time.monotonic() - started:.2f} s")
+        has_detector = await page.evaluate("'BarcodeDetector' in window")
+        assert reader == ("BarcodeDetector" if has_detector else "zxing-wasm")
+        assert await page.locator("#card").get_attribute("class") == "card green"
+        assert the_pass["pass_id"] in await page.locator("#card").inner_text()
+        assert await page.input_value("#token") == the_pass["token"]  # read whole, from the camera
+        # The camera stopped once the code was read: its tracks ended, its picture hidden.
+        assert await page.evaluate("document.body.dataset.camera") == "off"
+        assert await page.evaluate("document.querySelector('#camera').srcObject") is None
+        assert await page.locator("#camera").is_hidden()
+
+
+async def test_the_camera_films_until_the_officer_stops_it(chromium, world, tmp_path):
+    """A camera that sees no QR keeps filming, its picture shown, until 停止 Stop."""
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (640, 480), (240, 240, 235)).save(blank)
+    async with filming(chromium, write_y4m(blank, tmp_path / "blank.y4m", size=(640, 480)), "station-camera") as page:
+        await open_station(page, world)
+        await page.click("#camera-start")
+        await page.wait_for_selector("#camera:not([hidden])")
+        await wait_for_js(page, "document.querySelector('#camera').videoWidth === 640")
+        await page.screenshot(path=str(ARTIFACTS / "station-camera-filming.png"), full_page=True)
+        await page.click("#camera-stop")
+        assert await page.evaluate("document.body.dataset.camera") == "off"
+        assert await page.locator("#camera").is_hidden()
+        assert await page.locator("#card").get_attribute("class") == "card empty"
 
 
 async def test_a_forged_token_is_grey_with_the_reason(page, world):
@@ -243,3 +314,45 @@ async def test_a_station_without_a_key_file_verifies_with_the_key_the_worker_pub
                 await asyncio.sleep(0.1)  # polling a condition with a deadline
     finally:
         stop_processes([station.proc])
+
+
+async def test_a_station_whose_link_stopped_says_how_old_its_view_is(page, world, system, tmp_path):
+    """A station reads the log to the end, then loses its broker; twenty minutes on it is restarted,
+    still offline (its store kept when its view was last fresh). Its header marks the views as old,
+    and a check of a valid pass is still GREEN, with the warning to call in beside it."""
+    the_pass = (await decided(system, a_request("P0")))["pass"]  # its own: not yet scanned by another test
+    station = start_station(system.env, tmp_path, [world.checkpoint_id], system.public_key_path).ready()
+    try:
+        await until_known(station, the_pass["pass_id"])
+        async with station.session() as http:
+            deadline = time.monotonic() + TIMEOUT
+            while True:  # read to the end: every view fresh
+                async with http.get(station.url + "api/state") as r:
+                    fresh = (await r.json())["freshness"]
+                if not any(v["stale"] for v in fresh.values()):
+                    break
+                assert time.monotonic() < deadline, f"the station never caught up: {fresh}"
+                await asyncio.sleep(0.1)  # polling a condition with a deadline
+    finally:
+        stop_processes([station.proc])
+    store = Store(station_path(tmp_path, [world.checkpoint_id]), [world.checkpoint_id])
+    for view, at in store.fresh_as_of().items():  # twenty minutes pass
+        store.db.execute("UPDATE station SET value = ? WHERE name = ?", (repr(at - 20 * 60), f"fresh_as_of:{view}"))
+    store.db.close()
+
+    offline = {**system.env, "GC_BROKER_URL": f"kafka://127.0.0.1:{free_port()}"}  # nothing listens there
+    again = start_station(offline, tmp_path, [world.checkpoint_id], system.public_key_path, "again").ready()
+    try:
+        await page.goto(again.first_visit)
+        await page.wait_for_selector("#link.offline")
+        await page.wait_for_selector("#freshness span[data-view='statuses'].stale")
+        assert "20 min" in await page.locator("#freshness span[data-view='statuses']").inner_text()
+        assert await page.locator("#freshness span[data-view='keys'].stale").count() == 0  # within its day
+        await check(page, the_pass["token"], the_pass["plate"])
+        assert await page.locator("#card").get_attribute("class") == "card green"  # the verdict stands
+        warning = await page.locator("#stale-warning").inner_text()
+        assert "view of decisions, statuses is 20 min old: call in to confirm" in warning
+        assert "请电话核实" in warning
+        await page.screenshot(path=str(ARTIFACTS / "station-stale-view.png"), full_page=True)
+    finally:
+        stop_processes([again.proc])

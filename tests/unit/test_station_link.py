@@ -70,6 +70,15 @@ class StatusesFirst:
     async def commit(self) -> None:
         self.committed = dict(self.at)
 
+    def highwater(self, tp) -> int:
+        return len(self.logs[tp])
+
+    def last_stable_offset(self, tp) -> None:
+        return None
+
+    def last_poll_timestamp(self, tp) -> None:
+        return None  # no fetch to the end: the views stay as old as they were (tests/unit/test_station_freshness.py)
+
 
 async def test_a_status_handed_before_its_decision_is_taken_after_it(tmp_path):
     the_pass = wuhan_to_guangzhou(make_tracker(SIGNER, KEYS), priority="P0", trip="single")

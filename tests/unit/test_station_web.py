@@ -109,16 +109,32 @@ async def test_the_cross_origin_form_of_the_issue_is_not_recorded(station, the_p
     assert recorded(station) == 0
 
 
+STATION_SCRIPT = ("'self'", "'wasm-unsafe-eval'")  # the camera's QR reader compiles WebAssembly, no eval
+
+
 async def test_the_station_page_sends_the_security_headers(url):
     async with ClientSession() as http:
         for path in ("", "api/state", "static/station.js", "static/station.css"):
             answer = await http.get(url + path, headers=BEARER)
             assert answer.status == 200, path
-            assert_secure_headers(answer)
+            assert_secure_headers(answer, STATION_SCRIPT)
             assert "'unsafe-inline'" not in answer.headers["Content-Security-Policy"]  # styles too
         page = await (await http.get(url, headers=BEARER)).text()
         assert "<script>" not in page and "style=" not in page
-        assert_secure_headers(await http.get(url + "api/state"))  # 401
+        assert_secure_headers(await http.get(url + "api/state"), STATION_SCRIPT)  # 401
+
+
+@pytest.mark.skipif(not station_web.ZXING.is_dir(), reason="zxing-wasm not vendored: make env")
+async def test_the_station_serves_its_own_qr_reader(url):
+    """The camera's reader comes from the station (no CDN), its WebAssembly as application/wasm,
+    which the browser compiles as it streams in."""
+    async with ClientSession() as http:
+        wasm = await http.get(url + "vendor/zxing/zxing_reader.wasm", headers=BEARER)
+        assert wasm.status == 200 and wasm.content_type == "application/wasm"
+        assert (await wasm.read())[:4] == b"\0asm"
+        script = await http.get(url + "vendor/zxing/zxing-reader.js", headers=BEARER)
+        assert script.status == 200 and "ZXingWASM" in await script.text()
+        assert_secure_headers(script, STATION_SCRIPT)
 
 
 # --- photos ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 // of this page, same-origin, carries it; the script never sees it.
 const $ = (sel) => document.querySelector(sel);
 let state = null, skew = 0, lastCheck = null;
+let freshness = null, freshnessAt = 0;  // the views' ages as the station last told them, and when (this page's clock)
 
 async function api(path, init = {}) {
   const r = await fetch(path, { ...init, credentials: "same-origin" });
@@ -42,10 +43,38 @@ function render(s) {
   link.className = "link " + (s.online ? "online" : "offline");
   link.textContent = (s.online ? "在线 online" : "离线 offline") + `, ${s.queued} 条扫描待发送 scans queued`;
   link.title = s.error || "";
+  renderFreshness(s.freshness);
   renderPresent(s.present);
   renderArrivals(s.arrivals);
   renderRecent(s.recent);
   renderSetAside(s.set_aside || []);
+}
+// How old the station's view of decisions, statuses and keys is (told every few seconds; counted on
+// here between): a view past its limit is marked, and every check then says so beside its verdict.
+const VIEW_NAMES = { decisions: "通行证 decisions", statuses: "状态 statuses", keys: "密钥 keys" };
+function renderFreshness(f) {
+  if (!f) return;
+  freshness = f;
+  freshnessAt = Date.now();
+  tickFreshness();
+}
+function ageText(seconds) {
+  const s = Math.floor(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 7200) return `${Math.floor(s / 60)} min`;
+  if (s < 172800) return `${Math.floor(s / 3600)} h`;
+  return `${Math.floor(s / 86400)} d`;
+}
+function tickFreshness() {
+  if (!freshness) return;
+  const since = (Date.now() - freshnessAt) / 1000;
+  $("#freshness").replaceChildren(...Object.entries(VIEW_NAMES).map(([view, name]) => {
+    const v = freshness[view];
+    const age = v.age_seconds === null ? null : v.age_seconds + since;
+    const stale = age === null || age > v.stale_after_seconds;
+    return el("span", { class: stale ? "stale" : "", "data-view": view },
+      `${name} ${age === null ? "从未同步 never" : ageText(age)}`);
+  }));
 }
 function renderSetAside(items) {
   $("#set-aside-panel").hidden = items.length === 0;
@@ -92,11 +121,12 @@ function tick() {
     timer.classList.toggle("over", state && seconds > state.dwell_target);
   }
 }
-setInterval(tick, 1000);
+setInterval(() => { tick(); tickFreshness(); }, 1000);
 
 function connect() {
   const source = new EventSource("api/events");
   source.addEventListener("state", (e) => render(JSON.parse(e.data)));
+  source.addEventListener("freshness", (e) => renderFreshness(JSON.parse(e.data)));
   source.onerror = () => { $("#link").className = "link offline"; $("#link").textContent = "页面与检查站断开 page lost the station"; };
 }
 
@@ -147,11 +177,101 @@ function renderCard(c) {
     arrive.onclick = () => scan("arrival", { pass_id: c.pass_id, plate: c.plate, token: c.token, checkpoint_id: c.checkpoint_id });
     actions.append(arrive);
   }
+  // A view past its limit: the verdict stands, and the officer is told to call in to confirm it.
+  const w = c.stale_warning;
   card.replaceChildren(
+    ...(w ? [el("p", { id: "stale-warning", class: "stale-warning" }, "⚠ " + w.text_zh, el("small", {}, w.text_en))] : []),
     el("div", { class: "verdict" }, c.green ? "放行" : "不予放行", el("small", {}, c.green ? "CLEARED" : "NOT CLEARED")),
     el("p", { id: "reason-zh", class: "reason-zh" }, c.text_zh),
     el("p", { id: "reason-en", class: "reason-en" }, c.text_en), facts, route, actions);
 }
+
+// --- camera -------------------------------------------------------------------------------------
+// The QR read live in the browser: the browser's BarcodeDetector where it reads QR codes (Android,
+// macOS, ChromeOS), else ZXing built to WebAssembly (zxing-wasm, vendored: vendor/zxing/), its .wasm
+// loaded from this station, never a CDN. A code read goes into the token field and is checked as a
+// typed one; the camera then stops. getUserMedia needs a secure context: https, or this machine's own
+// address (http://127.0.0.1, localhost).
+const SCAN_EVERY_MS = 200;  // at most 5 frames a second: enough for a QR held still, light on a tablet
+let camera = null;  // {stream, reader, timer} while the camera runs
+const canvas = document.createElement("canvas");
+
+async function qrReader() {
+  if ("BarcodeDetector" in window) {
+    try {
+      if ((await BarcodeDetector.getSupportedFormats()).includes("qr_code")) {
+        const detector = new BarcodeDetector({ formats: ["qr_code"] });
+        document.body.dataset.reader = "BarcodeDetector";
+        return async (image) => { const found = await detector.detect(image); return found.length ? found[0].rawValue : null; };
+      }
+    } catch { /* no detector here: ZXing below */ }
+  }
+  if (!window.ZXingWASM) throw new Error("未安装二维码识别组件 the QR reader is not installed (make env)");
+  const wasm = new URL("vendor/zxing/zxing_reader.wasm", document.baseURI).href;
+  ZXingWASM.prepareZXingModule({ overrides: { locateFile: (path, prefix) => (path.endsWith(".wasm") ? wasm : prefix + path) } });
+  const options = { formats: ["QRCode"], maxNumberOfSymbols: 1, tryHarder: true };
+  document.body.dataset.reader = "zxing-wasm";
+  return async (image) => {
+    const found = await ZXingWASM.readBarcodes(image, options);
+    return found.length && found[0].isValid ? found[0].text : null;
+  };
+}
+function cameraShown(on, status) {
+  document.body.dataset.camera = on ? "on" : "off";
+  $("#camera").hidden = !on;
+  $("#camera-start").hidden = on;
+  $("#camera-stop").hidden = !on;
+  $("#camera-status").textContent = status || "";
+}
+async function startCamera() {
+  if (camera) return;
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    cameraShown(false, "摄像头需要 https 或本机地址 the camera needs https or this machine's own address");
+    return;
+  }
+  try {
+    const reader = await qrReader();
+    const stream = await navigator.mediaDevices.getUserMedia(
+      { video: { facingMode: "environment", width: { ideal: 1920 }, height: { ideal: 1080 } }, audio: false });
+    camera = { stream, reader, timer: null };
+    $("#camera").srcObject = stream;
+    await $("#camera").play();
+    cameraShown(true, "对准二维码 point the camera at the QR");
+    camera.timer = setTimeout(scanFrame, SCAN_EVERY_MS);
+  } catch (err) {
+    stopCamera(`摄像头不可用 no camera: ${err.message || err}`);
+  }
+}
+function stopCamera(status) {
+  if (camera) {
+    clearTimeout(camera.timer);
+    for (const track of camera.stream.getTracks()) track.stop();
+    $("#camera").srcObject = null;
+    camera = null;
+  }
+  cameraShown(false, status);
+}
+async function scanFrame() {
+  const video = $("#camera"), running = camera;
+  if (!running) return;
+  let text = null;
+  if (video.videoWidth) {
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    const context = canvas.getContext("2d", { willReadFrequently: true });
+    context.drawImage(video, 0, 0);
+    try { text = await running.reader(context.getImageData(0, 0, canvas.width, canvas.height)); } catch { text = null; }
+  }
+  if (camera !== running) return;  // stopped meanwhile
+  if (!text) { running.timer = setTimeout(scanFrame, SCAN_EVERY_MS); return; }
+  stopCamera("已读取二维码 QR read");
+  $("#token").value = text;
+  $("#photo").value = "";
+  $("#check-form").requestSubmit();
+}
+$("#camera-start").addEventListener("click", startCamera);
+$("#camera-stop").addEventListener("click", () => stopCamera());
+cameraShown(false);
 
 // --- arrival / departure ---------------------------------------------------------------------------
 async function scan(kind, fields) {
