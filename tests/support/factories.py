@@ -14,11 +14,14 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import base45
+import cbor2
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema import Draft202012Validator, FormatChecker
 
+from models.credential import PREFIX, legacy_sign
 from models.keyring import Keyring
 from models.passes import PassState, Signer, kafka_partition, unverified_claims
 from models.records import format_time
@@ -98,11 +101,25 @@ def token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:
             "plate": state.plate,
             "nbf": state.valid_from,
             "exp": state.valid_until,
-            "rt": state.route["adcodes"],
             "cp": state.checkpoint_ids,
+            "drv": state.driver_binding,
             **claims,
         }
     )
+
+
+def legacy_token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:
+    """The token of the format before COSE (base64url JSON claims + signature) `signer` gave `state`."""
+    body = {
+        "pid": state.pass_id,
+        "plate": state.plate,
+        "nbf": state.valid_from,
+        "exp": state.valid_until,
+        "rt": state.route["adcodes"],
+        "cp": state.checkpoint_ids,
+        **claims,
+    }
+    return legacy_sign(body, signer._key, signer.key_id)
 
 
 def decision_of(state: PassState) -> dict:
@@ -125,11 +142,18 @@ def decision_of(state: PassState) -> dict:
 
 
 def forged(token: str) -> str:
-    """The token with its validity stretched by a year, its signature kept."""
-    body, sig = token.split(".")
-    claims = unverified_claims(token)
-    claims["exp"] = str(int(claims["exp"][:4]) + 1) + claims["exp"][4:]
-    return base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=").decode() + "." + sig
+    """The token with its validity stretched by a year, its signature kept (either format)."""
+    if not token.startswith(PREFIX):
+        body, sig = token.split(".")
+        claims = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        claims["exp"] = str(int(claims["exp"][:4]) + 1) + claims["exp"][4:]
+        return base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=").decode() + "." + sig
+    message = cbor2.loads(base45.b45decode(token[len(PREFIX) :]))
+    protected, unprotected, payload, signature = message.value
+    claims = dict(cbor2.loads(payload))
+    claims[4] += 365 * 86400
+    stretched = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, cbor2.dumps(claims, canonical=True), signature]))
+    return PREFIX + base45.b45encode(stretched).decode()
 
 
 # --- the stations' tests: requests of today, from Hangzhou (330106) to Xinyu (360502) -----------

@@ -186,7 +186,9 @@ def test_a_plate_alone_finds_its_pass(the_pass, tmp_path):
     store = Store(tmp_path / "station.db", [checkpoint])
     store.take_decision(decision_of(the_pass))
     answer = check(store, KEYS, checkpoint_id=checkpoint, at=DEPARTURE + timedelta(hours=4), plate="鄂a12345")
-    assert (answer["green"], answer["pass_id"], answer["pass"]["toll_exempt"]) == (True, the_pass.pass_id, True)
+    assert (answer["green"], answer["pass_id"], answer["pass"]["toll_exempt"]) == (False, the_pass.pass_id, True)
+    assert (answer["verdict"], answer["reason"]) == ("check", "no_token")  # 待核验: listed, no QR shown
+    assert "身份证" in answer["text_zh"] and "check the driver's ID and call in" in answer["text_en"]
     assert check(store, KEYS, checkpoint_id=checkpoint, at=DEPARTURE, plate="鄂C00000")["reason"] == "unknown_pass"
 
 
@@ -397,12 +399,14 @@ def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_
         }
     )
     moved = _shifted(the_pass.route, 6)
-    store.take_status({"pass_id": rerouted, "status": "rerouted", "cause": "risk:y", "route": moved, "token": "t"})
+    token = token_of(replace(the_pass, pass_id=rerouted, plate="鄂A00007", route=moved))
+    store.take_status({"pass_id": rerouted, "status": "rerouted", "cause": "risk:y", "route": moved, "token": token})
     elsewhere = {
         **the_pass.route,
         "checkpoints": [c for c in the_pass.route["checkpoints"] if c["checkpoint_id"] != here],
     }
-    store.take_status({"pass_id": away, "status": "rerouted", "cause": "risk:y", "route": elsewhere, "token": "t"})
+    token = token_of(replace(the_pass, pass_id=away, plate="鄂A00008", route=elsewhere))
+    store.take_status({"pass_id": away, "status": "rerouted", "cause": "risk:y", "route": elsewhere, "token": token})
 
     due = store.expected(now)
     assert [(a["pass_id"], a["checkpoint_id"]) for a in due] == [(soon, here), (later, here), (rerouted, here)]
