@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from models.keyring import Keyring
 from models.credential import DriverBinding
+from models.keyring import Keyring
 from models.passes import (
     REFUSALS,
     Claims,

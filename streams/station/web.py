@@ -100,7 +100,9 @@ def make_app(station: Station, access: Access) -> web.Application:
             return await check_photo(request)
         form = _fields(await json_body(request))
         return _answer(
-            lambda: station.check(form.get("checkpoint_id"), form.get("token"), form.get("plate"), form.get("driver_id"))
+            lambda: station.check(
+                form.get("checkpoint_id"), form.get("token"), form.get("plate"), form.get("driver_id")
+            )
         )
 
     async def check_photo(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from models.credential import PREFIX, legacy_sign
 from models.keyring import Keyring
-from models.passes import PassState, Signer, kafka_partition, unverified_claims
+from models.passes import PassState, Signer, kafka_partition
 from models.records import format_time
 from models.tracking import Tracker
 from streams.bootstrap import build_pipeline
@@ -109,7 +109,9 @@ def token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:
 
 
 def legacy_token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:
-    """The token of the format before COSE (base64url JSON claims + signature) `signer` gave `state`."""
+    """The token of the format before COSE (base64url JSON claims + signature) `signer` gave `state`
+    (`claims` override its claims, `kid` too)."""
+    kid = claims.pop("kid", signer.key_id)
     body = {
         "pid": state.pass_id,
         "plate": state.plate,
@@ -119,7 +121,7 @@ def legacy_token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:
         "cp": state.checkpoint_ids,
         **claims,
     }
-    return legacy_sign(body, signer._key, signer.key_id)
+    return legacy_sign(body, signer._key, kid)
 
 
 def decision_of(state: PassState) -> dict:

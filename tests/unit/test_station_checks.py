@@ -34,6 +34,7 @@ from tests.support.factories import (
     SIGNER,
     decision_of,
     forged,
+    legacy_token_of,
     make_pipeline,
     make_tracker,
     token_of,
@@ -106,6 +107,26 @@ CASES = {
     "pass_revoked": ("revoked", token_of, None, timedelta(hours=4), None, "pass_revoked"),
     "pass_delivered": ("delivered", token_of, None, timedelta(hours=4), None, "pass_delivered"),
     "pass_expired": ("expired", token_of, None, timedelta(hours=4), None, "pass_expired"),
+    # A plate is not a credential: no QR is its own answer, never GREEN, never a release.
+    "no_token": ("held", lambda s: None, None, timedelta(hours=4), None, "no_token"),
+    "token_not_text": ("issued", lambda s: 42, None, timedelta(hours=4), None, "bad_token: token is not text but int"),
+    "mistyped_claims": (
+        "issued",
+        lambda s: legacy_token_of(s, kid=["x"]),
+        None,
+        timedelta(hours=4),
+        None,
+        "bad_token: token's key id is not text",
+    ),
+    "legacy_token": ("issued", legacy_token_of, None, timedelta(hours=4), None, None),
+    "legacy_forged": (
+        "issued",
+        lambda s: forged(legacy_token_of(s)),
+        None,
+        timedelta(hours=4),
+        None,
+        "bad_token: token signature does not verify",
+    ),
 }
 
 
@@ -120,12 +141,15 @@ def test_the_station_says_what_the_tracker_says(name, tracker, the_pass, tmp_pat
     scan = CheckpointScan("s-1", checkpoint, state.pass_id, shown, plate, "arrival", at)
     _, event = tracker.scan(state, scan, state.pass_id)
     assert event["reason"] == reason or (reason is None and event["status"] == "at_checkpoint"), event
+    if reason == "no_token":  # changes nothing: a held pass stays held
+        assert (event["status"], _) == (status, state)
 
     store = Store(tmp_path / "station.db", [checkpoint])
     store.take_decision(decision_of(the_pass))
     store.take_status({"pass_id": state.pass_id, "status": status, "at": format_time(DEPARTURE), "cause": "x"})
     answer = check(store, KEYS, checkpoint_id=checkpoint, at=at, token=shown, plate=plate)
     assert (answer["green"], answer["reason"]) == (reason is None, reason)
+    assert answer["verdict"] == ("green" if reason is None else "check" if reason == "no_token" else "grey")
     assert answer["text_zh"] and answer["text_en"]
 
 

@@ -220,7 +220,11 @@ def test_a_token_is_verified_once_and_a_forgery_of_it_never_passes(tracker, monk
     real = tracking.verify_token
     monkeypatch.setattr(tracking, "verify_token", lambda t, k: (calls.append(t), real(t, k))[1])
     claims = tracker._claims(token)
-    assert tracker._claims(token) is claims and (claims.pid, claims.plate, claims.kid) == (state.pass_id, state.plate, "test")
+    assert tracker._claims(token) is claims and (claims.pid, claims.plate, claims.kid) == (
+        state.pass_id,
+        state.plate,
+        "test",
+    )
     assert len(calls) == 1
     other = token_of(state, Signer(Ed25519PrivateKey.generate(), "test"), plate="鄂B99999")
     for bad in (other, forged(token), token[:-2] + ("AA" if token[-2:] != "AA" else "BB"), 42, ["test"]):
