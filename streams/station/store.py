@@ -237,9 +237,11 @@ class Store:
         return row
 
     def by_plate(self, plate: str) -> str | None:
-        """The pass of `plate` that runs longest (a vehicle has one pass at a time)."""
+        """The pass of `plate` that runs longest (a vehicle has one pass at a time), a verified one first
+        (a decision pending its key must not hide the plate's genuine pass)."""
         found = self.db.execute(
-            "SELECT pass_id FROM pass WHERE plate = ? ORDER BY valid_until DESC LIMIT 1", (plate,)
+            "SELECT pass_id FROM pass WHERE plate = ? ORDER BY coalesce(verified, 0) DESC, valid_until DESC LIMIT 1",
+            (plate,),
         ).fetchone()
         return found and found["pass_id"]
 

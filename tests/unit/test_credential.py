@@ -286,3 +286,16 @@ def test_a_genuine_token_of_a_long_route_the_station_never_stored_is_called_in(t
     store.take_decision(decision_of(state), KEYS)
     answer = check(store, KEYS, checkpoint_id=here, at=DEPARTURE + timedelta(hours=4), token=token_of(state))
     assert answer["verdict"] == "green"
+
+
+def test_a_decision_pending_its_key_does_not_hide_the_plate_s_genuine_pass(the_pass, tmp_path):
+    store, here = _station(tmp_path, the_pass)
+    other = Ed25519PrivateKey.from_private_bytes(bytes(range(3, 35)))
+    shadow = replace(the_pass, pass_id="420111000777", valid_until=format_time(DEPARTURE + timedelta(days=30)))
+    lying = decision_of(shadow)
+    lying["pass"]["token"] = token_of(shadow, Signer(other, key_id(other.public_key())))
+    store.take_decision(lying, KEYS)
+    assert store.row(shadow.pass_id)["verified"] == 0
+    at = DEPARTURE + timedelta(hours=4)
+    answer = check(store, KEYS, checkpoint_id=here, at=at, token=token_of(the_pass), plate=the_pass.plate)
+    assert (answer["verdict"], answer["pass_id"]) == ("green", the_pass.pass_id)
