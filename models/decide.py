@@ -13,6 +13,7 @@ favourable decision, only a longer window (tests/unit/test_trusted_time.py).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 from routing import Gazetteer, Place, RegionGraph, RoutePlanner
 
+from .credential import SALT_BYTES, DriverBinding
 from .keyring import Keyring, SigningKeyMissing
 from .passes import PassState, Signer
 from .policy import Catalog, Reason, assess
@@ -259,7 +261,7 @@ class Decider:
         """The approval carrying pass `pass_id`, signed by `signer`, and the tracker's initial state of that pass."""
         route_dict = route.to_dict()
         valid_from, valid_until = _pass_validity(request, verdict, route)
-        claims = _token_claims(pass_id, request, valid_from, valid_until, route_dict)
+        claims = _token_claims(pass_id, request, valid_from, valid_until, route_dict, driver_binding(request))
         the_pass = _pass_document(pass_id, origin, request, verdict, claims, route_dict, signer.token(claims))
         message = {
             "shipment_id": request.shipment_id,
@@ -301,17 +303,33 @@ def _pass_validity(request: ShipmentRequest, verdict, route) -> tuple[datetime, 
     return valid_from, valid_from + timedelta(hours=hours)
 
 
+def driver_binding(request: ShipmentRequest) -> DriverBinding | None:
+    """The driver the pass binds: the binding the firm computed (the ID number never sent), else one
+    of the ID number the request carries, salted by a hash of the shipment id (the same in a replay)."""
+    if request.driver_binding is not None:
+        return request.driver_binding
+    if not request.driver_id_number:
+        return None
+    salt = hashlib.sha256(f"greenchannel/driver/{request.shipment_id}".encode()).digest()[:SALT_BYTES]
+    return DriverBinding.of(request.driver_id_number, salt)
+
+
 def _token_claims(
-    pass_id: str, request: ShipmentRequest, valid_from: datetime, valid_until: datetime, route_dict: dict
+    pass_id: str,
+    request: ShipmentRequest,
+    valid_from: datetime,
+    valid_until: datetime,
+    route_dict: dict,
+    driver: DriverBinding | None,
 ) -> dict:
-    """What the pass's signed token asserts: number, plate, validity, regions and checkpoints of the route."""
+    """What the pass's signed token asserts: number, plate, validity, the route's checkpoints, the driver."""
     return {
         "pid": pass_id,
         "plate": request.plate,
         "nbf": format_time(valid_from),
         "exp": format_time(valid_until),
-        "rt": route_dict["adcodes"],
         "cp": [c["checkpoint_id"] for c in route_dict["checkpoints"]],
+        "drv": driver,
     }
 
 
@@ -359,4 +377,5 @@ def _initial_state(
         departure_at=format_time(request.departure_at),
         route=route_dict,
         kid=kid,
+        driver=None if claims["drv"] is None else claims["drv"].to_wire(),
     )

@@ -9,7 +9,6 @@ The state machine is a pure function from (state, scan) to (state, status event)
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -17,16 +16,18 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 import orjson
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .records import CheckpointScan, canonical, format_time, parse_time
+from . import credential
+from .credential import Claims, InvalidToken
+from .records import CheckpointScan, format_time, parse_time
 
 __all__ = [
     "PassStatusKind",
     "TRANSITIONS",
     "IllegalTransition",
     "InvalidToken",
+    "Claims",
     "PassState",
     "Signer",
     "SERIALS",
@@ -119,75 +120,39 @@ def allocate_pass_id(
 # --- tokens ---------------------------------------------------------------------------------
 
 
-class InvalidToken(ValueError):
-    pass
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 class Signer:
-    """Signs pass tokens; Ed25519 signatures are deterministic, so tokens are too."""
+    """Signs pass tokens (`models.credential`); Ed25519 signatures are deterministic, so tokens are too."""
 
     def __init__(self, private_key: Ed25519PrivateKey, key_id: str) -> None:
         self._key = private_key
         self.key_id = key_id
         self.public_key = private_key.public_key()
 
-    def token(self, claims: dict) -> str:
-        body = canonical({**claims, "kid": self.key_id})
-        return f"{_b64(body)}.{_b64(self._key.sign(body))}"
+    def token(self, claims: Mapping) -> str:
+        """The token of the worker's claims: pid, plate, nbf, exp, cp, and the driver binding `drv` if any."""
+        return credential.sign(claims, self._key, self.key_id)
 
 
-def verify_token(token: str, keys: Ed25519PublicKey | Mapping[str, Ed25519PublicKey]) -> dict:
-    """The claims of a genuine token; InvalidToken for anything forged, altered or garbled.
-
-    `keys` is one public key, or a keyring by key id: the token's `kid` picks the key, and a
-    kid the keyring does not hold is refused (a checkpoint accepts every key it was given)."""
-    try:
-        body_text, sig_text = token.split(".")
-        body, sig = _unb64(body_text), _unb64(sig_text)
-        claims = orjson.loads(body)
-    except (ValueError, AttributeError):
-        raise InvalidToken("token is not two base64url parts") from None
-    if not isinstance(claims, dict):
-        raise InvalidToken("token is not two base64url parts")
-    if isinstance(keys, Mapping):
-        kid = claims.get("kid")
-        key = keys.get(kid) if kid is not None else None
-        if key is None:
-            raise InvalidToken(f"token signed with an unknown key (kid {kid})")
-    else:
-        key = keys
-    try:
-        key.verify(sig, body)
-    except InvalidSignature:
-        raise InvalidToken("token signature does not verify") from None
-    return claims
+def verify_token(token: object, keys: Ed25519PublicKey | Mapping[str, Ed25519PublicKey]) -> Claims:
+    """The claims of a genuine token, of either format; InvalidToken for anything forged, altered,
+    garbled or mistyped (`models.credential.verify`)."""
+    return credential.verify(token, keys)
 
 
-def unverified_claims(token: str) -> dict:
-    """What a token says, its signature unchecked (ValueError when it is not a token at all)."""
-    claims = orjson.loads(_unb64(token.split(".")[0]))
-    if not isinstance(claims, dict):
-        raise ValueError("token claims are not an object")
-    return claims
+def unverified_claims(token: object) -> Claims:
+    """What a token says, its signature unchecked (InvalidToken, a ValueError, when it is not a token)."""
+    return credential.read_unverified(token)
 
 
-def claimed_pass_id(token: str | None) -> str | None:
+def claimed_pass_id(token: object) -> str | None:
     """The pass id a token claims, read without verifying (for routing a scan to its pass)."""
     if token is None:
         return None
     try:
-        pid = unverified_claims(token).get("pid")
-    except Exception:
+        pid = unverified_claims(token).pid
+    except InvalidToken:
         return None
-    return pid if isinstance(pid, str) and len(pid) == 12 and pid.isdigit() else None
+    return pid if len(pid) == 12 and pid.isdigit() else None
 
 
 # --- state machine ----------------------------------------------------------------------------
@@ -262,6 +227,9 @@ class PassState:
     # what a key's withdrawal looks it up by. None in a state stored before the keyring; the worker
     # reads it from the pass's decision then (`streams.handlers.Pipeline`).
     kid: str | None = None
+    # The driver its tokens bind ({salt, id_hash}, `models.credential.DriverBinding.to_wire`): a
+    # reroute's or reissue's token binds the same driver. None for a pass issued unbound.
+    driver: dict | None = None
     # The answers to its scans are not part of the state (the pass would re-encode every earlier
     # answer on each scan): the worker keeps them beside it, keyed `pass_id/scan_id`.
 
@@ -270,11 +238,15 @@ class PassState:
         return [c["checkpoint_id"] for c in self.route["checkpoints"]]
 
     @property
+    def driver_binding(self) -> credential.DriverBinding | None:
+        return None if self.driver is None else credential.DriverBinding.from_wire(self.driver)
+
+    @property
     def terms(self) -> PassTerms:
         return PassTerms(self.status, self.plate, self.valid_from, self.valid_until, tuple(self.checkpoint_ids))
 
     def to_json(self) -> bytes:
-        # `trips` is written only once a trip is completed, `kid` only when known: the state of every
+        # `trips` is written only once a trip is completed, `kid` and `driver` only when known: the state of every
         # other pass is stored as before the fields existed.
         data = {k: v for k in self.__dataclass_fields__ if (v := getattr(self, k)) or k not in _UNSET}
         return orjson.dumps(data)
@@ -288,7 +260,7 @@ class PassState:
         return cls(**data)
 
 
-_UNSET = frozenset({"trips", "kid"})  # fields a stored state leaves out while they are 0 / None
+_UNSET = frozenset({"trips", "kid", "driver"})  # fields a stored state leaves out while they are 0 / None
 
 
 # --- verification at a checkpoint: the tracker's and the station's one rule -------------------
@@ -318,6 +290,15 @@ REFUSALS: dict[str, tuple[str, str]] = {
     "pass_revoked": ("通行证已吊销", "the pass is revoked"),
     "pass_delivered": ("通行证已使用完毕（已送达）", "the pass is used up: delivered"),
     "pass_expired": ("通行证已失效", "the pass has expired"),
+    "no_token": (
+        "未出示通行证二维码：在册车辆，须核验驾驶员身份证并电话核实",
+        "listed, no QR shown: check the driver's ID and call in",
+    ),
+    "route_not_known_here": (
+        "通行证真实，但本站未收到其路线：请电话核实",
+        "the pass is genuine, its route is not known at this station: call in",
+    ),
+    "driver_mismatch": ("驾驶员身份证与通行证不符（人、车、证不一致）", "the driver's ID does not match the pass"),
     "key_withdrawn": (
         "通行证签名密钥已撤销，请出示重新签发的通行证",
         "the pass was signed with a withdrawn key: show the reissued pass",
@@ -367,29 +348,31 @@ def scan_time_refusal(scanned_at: datetime, now: datetime | None) -> str | None:
 
 
 def token_refusal(
-    token: str | None,
+    token: object,
     pass_id: str,
     plate: str,
-    claims: Callable[[str], tuple],
+    claims: Callable[[object], Claims],
     *,
     at: datetime | None = None,
     key_refusal: Callable[[str, object, datetime], str | None] = _any_key,
 ) -> str | None:
-    """Why a shown token does not let `plate` through as pass `pass_id` at `at`; None if it does
-    (or none was shown). `claims(token)` is the (pid, plate, kid) of a genuine token, else
-    InvalidToken; `key_refusal(kid, pid, at)` says why its key may not vouch for that pass number
-    then (`models.keyring.Keyring.key_refusal`: withdrawn, outside its validity or jurisdiction)."""
+    """Why a shown token does not let `plate` through as pass `pass_id` at `at`; None if it does.
+    No token at all is `no_token`: a plate is not a credential (a cloned plate is the fraud a pass
+    exists to stop). `claims(token)` is the Claims of a genuine token, else InvalidToken (a token
+    that is not text, or whose claims are mistyped, included); `key_refusal(kid, pid, at)` says why
+    its key may not vouch for that pass number then (`models.keyring.Keyring.key_refusal`:
+    withdrawn, outside its validity or its jurisdiction)."""
     if token is None:
-        return None
+        return "no_token"
     try:
-        pid, claimed_plate, kid = claims(token)
+        found = claims(token)
     except InvalidToken as exc:
         return f"bad_token: {exc}"
-    if at is not None and (refused := key_refusal(kid, pid, at)):
+    if at is not None and (refused := key_refusal(found.kid, found.pid, at)):
         return refused
-    if pid != pass_id:
+    if found.pid != pass_id:
         return "token_for_another_pass"
-    if claimed_plate != plate:
+    if found.plate != plate:
         return "plate_mismatch"
     return None
 
@@ -400,7 +383,7 @@ def refusal(
     """Why the vehicle `plate` may not pass `checkpoint_id` at `at`, in the order the tracker
     decides it; None when it may. `terms` is None for a pass unknown here."""
     if terms is None:
-        return token_error or "unknown_pass"
+        return "unknown_pass" if token_error in (None, "no_token") else token_error
     status = S(terms.status)
     if status in _ENDED:
         return f"pass_{status}"
@@ -423,7 +406,7 @@ def scan_refusal(
     terms: PassTerms | None,
     scan: CheckpointScan,
     pass_id: str,
-    claims: Callable[[str], tuple],
+    claims: Callable[[object], Claims],
     key_refusal: Callable[[str, object, datetime], str | None] = _any_key,
 ) -> str | None:
     """The whole verification of one scan: its token (and its key, as of the scan), then the pass's terms."""
@@ -519,12 +502,21 @@ class _ScanAtCheckpoint:
 
 def _refused_scan(step: _ScanAtCheckpoint, refused: str) -> tuple[PassState, dict]:
     """A refused scan: a pass already at its end stays so, an ended validity expires it, anything
-    else holds the truck at the checkpoint."""
-    if refused in ("pass_delivered", "pass_revoked", "pass_expired", "pass_suspended"):
+    else holds the truck at the checkpoint. A scan with no token changes nothing (`no_token`): it
+    proves nothing about the vehicle, so it can neither release a hold nor hold the pass's genuine
+    truck because a car with its plate cloned was stopped somewhere without a QR."""
+    if refused in ("pass_delivered", "pass_revoked", "pass_expired", "pass_suspended", "no_token"):
         return step.keep(refused)
     if refused == "validity_ended":
         return step.move(S.EXPIRED, refused)
     return step.move(S.HELD, refused)
+
+
+def _leaving_after_a_verified_arrival(step: _ScanAtCheckpoint) -> bool:
+    """A departure from the checkpoint where the pass stands `at_checkpoint`: its arrival there showed
+    a token that verified (a tokenless arrival changes nothing, a refused one holds it), so the
+    officer's "departed" needs no QR again. A held pass is never released without one."""
+    return step.scan.kind == "departure" and step.current is S.AT_CHECKPOINT and step.staying is not None
 
 
 def _arrival_at_destination(step: _ScanAtCheckpoint) -> tuple[PassState, dict]:
@@ -562,8 +554,9 @@ def on_scan(
 ) -> tuple[PassState, dict]:
     """Apply one verified-or-not scan; returns the new state and the status event to publish.
 
-    A scan that changes nothing (a terminal pass, a suspended one) still yields an event
-    saying so, so the checkpoint always gets an answer.
+    A scan that changes nothing (a terminal pass, a suspended one, a scan with no token) still
+    yields an event saying so, so the checkpoint always gets an answer. A departure needs no token
+    from a checkpoint whose arrival verified one (`_leaving_after_a_verified_arrival`).
 
     A single-trip pass ends `delivered` on arrival at the destination checkpoint (the route's
     last). A multi-trip pass completes a trip there instead (`at_checkpoint`, reason
@@ -572,6 +565,8 @@ def on_scan(
     scan comes after `valid_until` (`expired`).
     """
     step = _ScanAtCheckpoint(state, scan, S(state.status), dwell_target)
+    if token_error == "no_token" and _leaving_after_a_verified_arrival(step):
+        token_error = None
     refused = refusal(
         state.terms, checkpoint_id=scan.checkpoint_id, plate=scan.plate, at=scan.scanned_at, token_error=token_error
     )

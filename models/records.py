@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from .credential import DriverBinding
+
 __all__ = [
     "CargoItem",
     "CheckpointScan",
@@ -238,6 +240,9 @@ class ShipmentRequest:
     destination: Location
     departure_at: datetime
     trip: str
+    # The driver as the firm bound it, SHA-256(salt || ID number) (`models.credential.DriverBinding`),
+    # when it sent that instead of the ID number.
+    driver_binding: DriverBinding | None = None
 
 
 class _Errors:
@@ -361,11 +366,21 @@ class _Errors:
             self.add("vehicle.plate", "bad_plate", f"vehicle.plate {plate!r} is not a Chinese vehicle plate")
         return plate
 
-    def id_number(self, driver: dict) -> str:
-        id_number = self.text(driver, "id_number", "driver.id_number").upper() if driver else ""
+    def id_number(self, driver: dict, *, required: bool = True) -> str:
+        id_number = self.text(driver, "id_number", "driver.id_number", required=required).upper() if driver else ""
         if id_number and (problem := check_id_number(id_number)):
             self.add("driver.id_number", "bad_id_number", f"driver.id_number {problem}")
         return id_number
+
+    def binding(self, driver: dict) -> DriverBinding | None:
+        """The driver's binding the firm computed (its ID number then need not be sent at all)."""
+        if not driver or driver.get("binding") is None:
+            return None
+        try:
+            return DriverBinding.from_wire(driver["binding"])
+        except ValueError as exc:
+            self.add("driver.binding", "invalid", str(exc))
+            return None
 
     def phone(self, driver: dict) -> str:
         phone = self.text(driver, "phone", "driver.phone").replace(" ", "").replace("-", "") if driver else ""
@@ -410,8 +425,9 @@ def parse_request(obj: dict[str, Any], *, fallback_id: str | None = None) -> tup
     cargo = e.cargo(obj)
     vehicle = e.member(obj, "vehicle", "{plate, type}")
     plate = e.plate(vehicle)
-    driver = e.member(obj, "driver", "{name, id_number, phone}")
-    id_number = e.id_number(driver)
+    driver = e.member(obj, "driver", "{name, id_number or binding, phone}")
+    binding = e.binding(driver)
+    id_number = e.id_number(driver, required=binding is None and not (driver and "binding" in driver))
     phone = e.phone(driver)
     trip = e.trip(obj)
 
@@ -431,6 +447,7 @@ def parse_request(obj: dict[str, Any], *, fallback_id: str | None = None) -> tup
         destination=e.location(obj, "destination"),
         departure_at=departure_at or epoch,
         trip=trip,
+        driver_binding=binding,
     )
     return request, e.items
 
@@ -460,7 +477,9 @@ def parse_scan(obj: dict[str, Any]) -> CheckpointScan:
     if pass_id is not None and not (isinstance(pass_id, str) and re.fullmatch(r"\d{12}", pass_id)):
         problems.append("pass_id must be 12 digits")
         pass_id = None
-    if not isinstance(token, str):
+    if token is not None and not isinstance(token, str):
+        # A token is text (a QR code's); anything else is a malformed scan, never a scan without one.
+        problems.append(f"bad_token: token must be a string, not {type(token).__name__}")
         token = None
     if pass_id is None and token is None:
         problems.append("a scan needs pass_id or token")

@@ -21,6 +21,7 @@ from .decide import Decider
 from .keyring import Keyring, SigningKeyMissing
 from .passes import (
     ACTIVE,
+    Claims,
     PassState,
     Signer,
     on_scan,
@@ -47,16 +48,16 @@ class Tracker:
         self.keyring: Keyring = decider.keyring
         self.keys = self.keyring.public_keys if keys is None else keys
         self.dwell_target = int(decider.catalog.rules.get("dwell_target_seconds", 900))
-        # token -> (pass id, plate, kid) of tokens that verified: a truck shows the same token at every
+        # token -> the claims of tokens that verified: a truck shows the same token at every
         # checkpoint, and an Ed25519 verification costs ~130 µs, more than the rest of a scan.
-        self._verified: dict[str, tuple] = {}
+        self._verified: dict[str, Claims] = {}
 
-    def _claims(self, token: str) -> tuple:
-        """(pid, plate, kid) a genuine token claims; InvalidToken for anything else."""
-        found = self._verified.get(token)
+    def _claims(self, token: object) -> Claims:
+        """The claims of a genuine token; InvalidToken for anything else (a token not text included)."""
+        found = self._verified.get(token) if isinstance(token, str) else None
         if found is None:
-            claims = verify_token(token, self.keys)
-            found = (claims.get("pid"), claims.get("plate"), claims.get("kid"))
+            found = verify_token(token, self.keys)
+            assert isinstance(token, str)  # verify_token refuses anything else
             if len(self._verified) >= _VERIFIED_MAX:
                 del self._verified[next(iter(self._verified))]  # the oldest
             self._verified[token] = found
@@ -327,14 +328,15 @@ class Tracker:
 
 
 def _claims_of(state: PassState, route: dict) -> dict:
-    """What a pass's token says (and `models.decide` signs first): the pass, its plate, validity and route."""
+    """What a pass's token says (and `models.decide` signs first): the pass, its plate, validity, the
+    checkpoints of its route and its driver."""
     return {
         "pid": state.pass_id,
         "plate": state.plate,
         "nbf": state.valid_from,
         "exp": state.valid_until,
-        "rt": route["adcodes"],
         "cp": [c["checkpoint_id"] for c in route["checkpoints"]],
+        "drv": state.driver_binding,
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -25,7 +26,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from models.credential import SALT_BYTES, DriverBinding, normalise_id_number
 from models.passes import kafka_partition
+from models.records import check_id_number
 from routing import Gazetteer
 
 from .handlers import Topics
@@ -46,6 +49,12 @@ def add_arguments(sub) -> None:
     source = submit.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", help="a ShipmentRequest JSON file, or - for standard input")
     source.add_argument("--batch", metavar="FILE.jsonl", type=Path, help="one request per line")
+    submit.add_argument(
+        "--driver-id",
+        metavar="ID_NUMBER",
+        help="the driver's ID number, bound to the pass as a salted hash (default: the request's "
+        "driver.id_number); the ID number itself is never sent",
+    )
     submit.add_argument(
         "--wait", type=float, default=30.0, metavar="SECONDS", help="how long to wait for the decisions (default 30)"
     )
@@ -94,6 +103,36 @@ def read_requests(text: str, *, lines: bool, where: str) -> Submission:
         else:
             sub.requests[request["shipment_id"]] = request
     return sub
+
+
+def bind_driver(request: dict, id_number: str | None = None) -> str | None:
+    """Replace the request's driver ID number (or `id_number`) by its binding, a salted hash computed
+    here: the ID number never leaves this machine. Why it cannot be bound, else None."""
+    driver = request.get("driver") or {}
+    given = id_number or driver.get("id_number")
+    if given is None:
+        return None if "binding" in driver else "driver: give the driver's ID number (--driver-id)"
+    try:
+        number = normalise_id_number(given)
+    except ValueError as exc:
+        return f"driver ID number: {exc}"
+    if problem := check_id_number(number):
+        return f"driver ID number {problem}"
+    binding = DriverBinding.of(number, os.urandom(SALT_BYTES))
+    request["driver"] = {**{k: v for k, v in driver.items() if k != "id_number"}, "binding": binding.to_wire()}
+    return None
+
+
+def bind_drivers(sub: Submission, id_number: str | None) -> None:
+    """Bind the driver of every request (`bind_driver`); a request that cannot be is not sent."""
+    if id_number and len(sub.requests) > 1:
+        sub.invalid.append(("--driver-id", ["one driver ID for a whole batch: give each request its own"]))
+        sub.requests.clear()
+        return
+    for sid, request in list(sub.requests.items()):
+        if problem := bind_driver(request, id_number):
+            sub.invalid.append((sid, [problem]))
+            del sub.requests[sid]
 
 
 async def exchange(settings: Settings, sub: Submission, *, wait: float, progress: bool = False) -> None:
@@ -181,6 +220,7 @@ def cmd_request(settings: Settings, args) -> int:
             err.print(f"[red]{args.file}: {exc}[/red]")
             return INVALID
         sub = read_requests(text, lines=False, where="standard input" if args.file == "-" else args.file)
+    bind_drivers(sub, args.driver_id)
     for where, problems in sub.invalid:
         err.print(f"[red]{where}: not sent, it does not match the ShipmentRequest schema:[/red]")
         for problem in problems:

@@ -711,10 +711,10 @@ class Pipeline:
             return state
         decision = tables.decided.get(state.shipment_id)
         try:
-            kid = unverified_claims(orjson.loads(decision)["pass"]["token"]).get("kid")
+            kid = unverified_claims(orjson.loads(decision)["pass"]["token"]).kid
         except (TypeError, KeyError, ValueError):
             return state
-        return replace(state, kid=kid) if isinstance(kid, str) else state
+        return replace(state, kid=kid)
 
     def _store(self, tables: Tables, partition: int, state: PassState) -> None:
         tables.passes[state.pass_id] = kept(state.to_json())

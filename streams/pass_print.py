@@ -18,10 +18,11 @@ import orjson
 import segno
 from PIL import Image, ImageDraw, ImageFont
 
+from models.credential import PREFIX
 from models.policy import CLASS_NAMES
 from models.records import format_time, parse_time
 
-__all__ = ["pass_from_decision", "pass_from_database", "render_pass", "cmd_pass_print", "find_cjk_font"]
+__all__ = ["pass_qr", "pass_from_decision", "pass_from_database", "render_pass", "cmd_pass_print", "find_cjk_font"]
 
 WIDTH, HEIGHT = 1240, 1754  # A4 at 150 dpi
 GREEN, INK, GREY, GOLD = (11, 90, 42), (29, 31, 33), (95, 99, 104), (253, 226, 147)
@@ -84,8 +85,16 @@ def _beijing(value: str) -> str:
     return (parse_time(value) + timedelta(hours=8)).strftime("%Y-%m-%d %H:%M")
 
 
+def pass_qr(token: str) -> segno.QRCode:
+    """The pass's QR code as printed."""
+    # Level Q (25% of the code may be soiled or torn); boost_error off, so the version is the
+    # smallest that holds the token at Q: 10 for every GC1: token (models.credential.QR_CHARS).
+    mode = "alphanumeric" if token.startswith(PREFIX) else None
+    return segno.make(token, error="q", mode=mode, micro=False, boost_error=False)
+
+
 def _qr(token: str, size: int) -> Image.Image:
-    code = segno.make(token, error="m", micro=False)
+    code = pass_qr(token)
     buffer = io.BytesIO()
     code.save(buffer, kind="png", scale=max(1, size // (code.symbol_size()[0])), border=4)
     buffer.seek(0)

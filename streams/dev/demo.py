@@ -253,12 +253,13 @@ class DemoDay:
         return True
 
     async def scan(self, base: dict, suffix: str, kind: str, at) -> None:
+        """An arrival shows the pass's current token (a plate alone proves nothing: `no_token`); the
+        departure after it needs none."""
         self.scan_no += 1
-        await self.send(
-            self.topics.scans,
-            base["pass_id"],
-            {**base, "scan_id": f"d{self.scan_no}{suffix}", "kind": kind, "scanned_at": format_time(at)},
-        )
+        body = {**base, "scan_id": f"d{self.scan_no}{suffix}", "kind": kind, "scanned_at": format_time(at)}
+        if kind == "arrival":
+            body["token"] = self.obs.tokens[base["pass_id"]]
+        await self.send(self.topics.scans, base["pass_id"], body)
         self.scans_sent += 1
 
     async def drive(self, pass_id: str, decision_plate: str, limit: float) -> None:

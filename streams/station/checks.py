@@ -1,14 +1,17 @@
 """The station's check: the core's verification (`models.passes.scan_refusal`, the tracker's own
-rule) over the station's store and its cached keyring, GREEN or GREY, with no broker needed.
+rule) over the station's store and its cached keyring, GREEN, 待核验 (listed, no QR shown) or GREY,
+with no broker needed.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from models.credential import DriverBinding
 from models.keyring import Keyring
 from models.passes import (
     REFUSALS,
+    Claims,
     InvalidToken,
     PassTerms,
     claimed_pass_id,
@@ -17,17 +20,16 @@ from models.passes import (
     verify_token,
 )
 from models.policy import CLASS_NAMES
-from models.records import CheckpointScan, normalise_plate
+from models.records import CheckpointScan, format_time, normalise_plate
 
 from .store import Store, route_ids
 
-__all__ = ["check", "keyring_of"]
+__all__ = ["check", "keyring_of", "DRIVER_TEXT"]
 
 
 def _claims_with(keys):
-    def claims(token: str) -> tuple:
-        c = verify_token(token, keys)
-        return c.get("pid"), c.get("plate"), c.get("kid")
+    def claims(token: object) -> Claims:
+        return verify_token(token, keys)
 
     return claims
 
@@ -37,20 +39,40 @@ def keyring_of(keys: Keyring | dict) -> Keyring:
     return keys if isinstance(keys, Keyring) else Keyring.of(keys)
 
 
+# What the officer is told of the driver (人车证一致): (Chinese, English) by the `driver` field.
+DRIVER_TEXT = {
+    "matched": ("驾驶员身份证与通行证一致", "driver: the ID matches the pass"),
+    "not_matched": ("驾驶员身份证与通行证不符", "driver: the ID does not match the pass"),
+    "not_bound": ("通行证未绑定驾驶员：请对照纸质材料核验身份证", "driver not bound: check the ID against the paper"),
+    "not_checked": ("未核验驾驶员身份证", "driver: no ID typed"),
+}
+
+
+_CALL_IN = ("no_token", "route_not_known_here")  # 待核验: not refused, not verified here; the officer calls in
+
+
 def check(
     store: Store,
     keys: Keyring | dict,
     *,
     checkpoint_id: str,
     at: datetime,
-    token: str | None = None,
+    token: object = None,
     plate: str | None = None,
+    driver_id: str | None = None,
 ) -> dict:
-    """GREEN or GREY for the vehicle `plate` showing `token` (or, with no token, the pass of its
+    """The verdict for the vehicle `plate` showing `token` (or, with no token, the pass of its
     plate) at `checkpoint_id`: `scan_refusal`, the tracker's rule, over the store's last status and
-    the keyring (a token of a key withdrawn by `at`, outside its validity or its jurisdiction is refused)."""
+    the keyring (a token of a key withdrawn by `at`, outside its validity or its jurisdiction is refused).
+
+    `verdict` is green only for a token that verifies for that plate, pass, checkpoint and time;
+    `check` (待核验) for a listed plate shown with no QR: the officer checks the driver's ID and
+    calls in; grey for anything else. `driver` says whether the ID typed (`driver_id`) is the one
+    the pass binds. The pass's terms are its stored row's when its decision's token verified here,
+    else those the shown token signs."""
     ring = keyring_of(keys)
-    token = (token or "").strip() or None
+    if isinstance(token, str):
+        token = token.strip() or None
     plate = normalise_plate(plate) if plate and plate.strip() else None
     if plate is None and token is None:
         raise ValueError("give a token, a QR photo or a plate")
@@ -58,17 +80,30 @@ def check(
     pass_id = (plate and store.by_plate(plate)) or claimed_pass_id(token)
     if plate is None:  # the token alone: the plate it claims is the one to compare (shown to the officer)
         plate = _claimed_plate(token)
-    row = store.row(pass_id)
-    terms = _terms(row) if row else _token_terms(token, ring.public_keys)
-    scan = CheckpointScan("check", checkpoint_id, pass_id, token, plate or "", "arrival", at)
+    row = store.verified_row(pass_id, ring.public_keys)
+    shown = _genuine(token, ring.public_keys)
+    terms = _terms(row) if row else _token_terms(shown, store.row(pass_id))
+    scan = CheckpointScan("check", checkpoint_id, pass_id, token, plate or "", "arrival", at)  # type: ignore[arg-type]
     reason = scan_refusal(terms, scan, pass_id or "", _claims_with(ring.public_keys), ring.key_refusal)
+    if reason == "checkpoint_not_on_route" and row is None and shown and shown.cp is None:
+        reason = "route_not_known_here"  # a genuine token of a long route, by digest, and no decision stored here
+    binding = shown.driver if shown else _stored_binding(row)
+    driver = _driver(binding, driver_id)
+    if reason is None and driver == "not_matched":
+        reason = "driver_mismatch"
+    verdict = "green" if reason is None else "check" if reason in _CALL_IN else "grey"
+    zh, en = DRIVER_TEXT[driver]
     return {
-        "green": reason is None,
+        "green": verdict == "green",
+        "verdict": verdict,
         "reason": reason,
         **_reason_text(reason, row),
+        "driver": driver,
+        "driver_zh": zh,
+        "driver_en": en,
         "pass_id": pass_id,
         "plate": plate,
-        "token": token,
+        "token": token if isinstance(token, str) else None,
         "checkpoint_id": checkpoint_id,
         "pass": row and _shown(row, checkpoint_id),
     }
@@ -78,20 +113,43 @@ def _terms(row: dict) -> PassTerms:
     return PassTerms(row["status"], row["plate"], row["valid_from"], row["valid_until"], tuple(route_ids(row["route"])))
 
 
-def _token_terms(token: str | None, keys: dict) -> PassTerms | None:
-    """A genuine pass the store does not hold (not crossing here, or decided while offline), on
-    its signed claims; no status seen yet. None when there is no genuine token."""
+def _genuine(token: object, keys: dict) -> Claims | None:
+    """The claims of the shown token if it verifies, else None."""
     try:
-        claims = verify_token(token, keys) if token else None
+        return verify_token(token, keys) if token is not None else None
     except InvalidToken:
         return None
-    return claims and PassTerms("issued", claims["plate"], claims["nbf"], claims["exp"], tuple(claims["cp"]))
 
 
-def _claimed_plate(token: str) -> str | None:
+def _token_terms(claims: Claims | None, unverified: dict | None) -> PassTerms | None:
+    """A genuine pass the store holds no verified row of (not crossing here, decided while offline,
+    or its decision's key not known yet), on its signed claims; its status the store's, if any (a
+    status is never signed), else issued. None when there is no genuine token."""
+    if claims is None:
+        return None
+    status = unverified["status"] if unverified else "issued"
+    return PassTerms(status, claims.plate, format_time(claims.nbf), format_time(claims.exp), claims.cp or ())
+
+
+def _stored_binding(row: dict | None) -> DriverBinding | None:
     try:
-        return normalise_plate(unverified_claims(token).get("plate") or "")
-    except Exception:
+        return unverified_claims(row["token"]).driver if row else None  # the row verified: its token did
+    except InvalidToken:
+        return None
+
+
+def _driver(binding: DriverBinding | None, driver_id: str | None) -> str:
+    if binding is None:
+        return "not_bound"
+    if not driver_id or not driver_id.strip():
+        return "not_checked"
+    return "matched" if binding.matches(driver_id) else "not_matched"
+
+
+def _claimed_plate(token: object) -> str | None:
+    try:
+        return normalise_plate(unverified_claims(token).plate)
+    except (InvalidToken, ValueError):
         return None
 
 

@@ -113,11 +113,17 @@ class Station:
         return datetime.now(UTC) + self._offset
 
     # --- what the page asks -------------------------------------------------------------------------
-    def check(self, checkpoint_id: str, token: str | None, plate: str | None) -> dict:
+    def check(self, checkpoint_id: str, token: str | None, plate: str | None, driver_id: str | None = None) -> dict:
         """The verdict (streams/station/checks.py), and beside it how old the view it rests on is:
         `stale_view` and what to tell the officer when a view is past its limit."""
         verdict = check(
-            self.store, self.keys, checkpoint_id=self._here(checkpoint_id), at=self.now(), token=token, plate=plate
+            self.store,
+            self.keys,
+            checkpoint_id=self._here(checkpoint_id),
+            at=self.now(),
+            token=token,
+            plate=plate,
+            driver_id=driver_id,
         )
         fresh = self.freshness()
         warning = stale_warning(fresh)
@@ -321,11 +327,11 @@ class Station:
                     try:
                         obj = orjson.loads(r.value)
                         if tp.topic == self.topics.decisions:
-                            self.store.take_decision(obj)
+                            self.store.take_decision(obj, self.keys.public_keys)
                         elif tp.topic == self.topics.keys:
                             self.keys.apply(self.store.take_key(obj, self.keys.root, timestamp_ms=r.timestamp))
                         else:
-                            self.store.take_status(obj)
+                            self.store.take_status(obj, self.keys.public_keys)
                     except (ValueError, KeyError, TypeError, AttributeError, sqlite3.IntegrityError) as exc:
                         log.warning("skipped %s/%s@%s: %r", tp.topic, tp.partition, r.offset, exc)
 

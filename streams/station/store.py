@@ -7,20 +7,22 @@ from __future__ import annotations
 import logging
 import sqlite3
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from models.keyring import ACTIVE, KeyEntry, Keyring, parse_key_entry
-from models.passes import unverified_claims
-from models.records import parse_time
+from models.passes import InvalidToken, unverified_claims, verify_token
+from models.records import format_time, parse_time
 
 from ..keys import public_pem
 
-log = logging.getLogger("greenchannel")
-
 __all__ = ["Store", "station_path", "route_ids", "ARRIVALS_AHEAD", "ARRIVALS_LATE"]
+
+log = logging.getLogger("greenchannel.station")
 
 ARRIVALS_AHEAD = timedelta(hours=12)  # "expected arrivals": due within this
 ARRIVALS_LATE = timedelta(hours=2)  # and those this late, not yet seen here
@@ -29,7 +31,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pass (
     pass_id TEXT PRIMARY KEY, plate TEXT NOT NULL, priority TEXT, toll_exempt INTEGER,
     valid_from TEXT NOT NULL, valid_until TEXT NOT NULL, trip TEXT, route TEXT NOT NULL, token TEXT,
-    origin TEXT, destination TEXT, status TEXT NOT NULL, status_at TEXT, reason TEXT, last_checkpoint TEXT);
+    origin TEXT, destination TEXT, status TEXT NOT NULL, status_at TEXT, reason TEXT, last_checkpoint TEXT,
+    verified INTEGER);
 CREATE INDEX IF NOT EXISTS pass_plate ON pass (plate);
 CREATE TABLE IF NOT EXISTS stop (
     pass_id TEXT NOT NULL, position INTEGER NOT NULL, checkpoint_id TEXT NOT NULL, name TEXT, eta TEXT NOT NULL,
@@ -72,6 +75,9 @@ class Store:
         for column in ("set_aside_at", "set_aside"):  # a file kept before scans could be set aside
             if column not in columns:
                 self.db.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
+        if "verified" not in {r["name"] for r in self.db.execute("PRAGMA table_info(pass)")}:
+            self.db.execute("ALTER TABLE pass ADD COLUMN verified INTEGER")  # a file kept before: verified when read
+        self.refused = 0  # decisions and reroutes not stored: their token did not verify (logged)
         self.ids = list(checkpoint_ids)
         self._names = names or (lambda adcode: adcode)
         # This station's own id, made once: its consumer group, so that a restart resumes where it
@@ -87,12 +93,21 @@ class Store:
         return any(c in self.ids for c in route_ids(route))
 
     # --- what the broker tells the station ------------------------------------------------------
-    def take_decision(self, d: dict) -> bool:
+    def take_decision(self, d: dict, keys: Mapping[str, Ed25519PublicKey] | None = None) -> bool:
+        """Store an approval crossing the station, if its token is the pass's: signed by a key of `keys`
+        (default: the keys cached here) and naming the pass's number, plate and checkpoints. A token
+        of a key not known yet is stored pending (`verified` 0) and verified when read; anything
+        else is not stored (`refused`, logged)."""
         p = d.get("pass")
         if d.get("decision") != "approved" or not p or not self.crosses(p["route"]):
             return False
+        verified = self._verdict(p["token"], p["pass_id"], p["plate"], p["route"], keys)
+        if verified is None:
+            return False
         if self.db.execute(
-            "INSERT INTO pass VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL) ON CONFLICT (pass_id) DO NOTHING",
+            "INSERT INTO pass (pass_id, plate, priority, toll_exempt, valid_from, valid_until, trip, route, token,"
+            " origin, destination, status, verified) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (pass_id) DO NOTHING",
             (
                 p["pass_id"],
                 p["plate"],
@@ -106,21 +121,46 @@ class Store:
                 self._place(p["route"]["adcodes"][0]),
                 p["route"]["checkpoints"][-1]["name"],
                 "issued",
-                None,
-                None,
+                verified,
             ),
         ).rowcount:
             self._stops(p["pass_id"], p["route"])
         return True
 
-    def take_status(self, e: dict) -> bool:
+    def _verdict(
+        self, token: object, pass_id: str, plate: str | None, route: dict, keys: Mapping[str, Ed25519PublicKey] | None
+    ) -> int | None:
+        """1: `token` verifies and is pass `pass_id`'s (plate, when given, and route's checkpoints); 0:
+        it would be, and its key is not known here yet; None: it is not (counted and logged)."""
+        ring = self.keyring().public_keys if keys is None else keys
+        try:
+            claims = unverified_claims(token)
+            if claims.kid in ring:
+                verify_token(token, ring)
+        except InvalidToken as exc:
+            return self._refuse(pass_id, str(exc))
+        if claims.pid != pass_id or (plate is not None and claims.plate != plate):
+            return self._refuse(pass_id, "its token names another pass or plate")
+        if not claims.names_route(route_ids(route)):
+            return self._refuse(pass_id, "its token names other checkpoints than its route")
+        return int(claims.kid in ring)
+
+    def _refuse(self, pass_id: str, why: str) -> None:
+        self.refused += 1
+        log.warning("not stored: pass %s, %s", pass_id, why)
+        return None
+
+    def take_status(self, e: dict, keys: Mapping[str, Ed25519PublicKey] | None = None) -> bool:
         """The pass's status as the tracker last said; a reroute brings its new route and token
-        (and a pass rerouted onto this station, known from its token's claims)."""
+        (and a pass rerouted onto this station, known from its token's claims), stored only when
+        its token is the pass's (`take_decision`)."""
         cause = e.get("cause") or ""
         if cause.startswith("scan:"):
             self.db.execute("UPDATE outbox SET answer = ? WHERE scan_id = ?", (orjson.dumps(e).decode(), cause[5:]))
         if e.get("route") and e.get("token"):
-            self._take_route(e)
+            verified = self._verdict(e["token"], e["pass_id"], None, e["route"], keys)
+            if verified is not None:
+                self._take_route(e, verified)
         changed = self.db.execute(
             "UPDATE pass SET status = ?, status_at = ?, reason = ?, last_checkpoint = coalesce(?, last_checkpoint)"
             " WHERE pass_id = ?",
@@ -128,10 +168,11 @@ class Store:
         ).rowcount
         return bool(changed) or cause.startswith("scan:")
 
-    def _take_route(self, e: dict) -> None:
+    def _take_route(self, e: dict, verified: int) -> None:
         route = orjson.dumps(e["route"]).decode()
         if self.db.execute(
-            "UPDATE pass SET route = ?, token = ? WHERE pass_id = ?", (route, e["token"], e["pass_id"])
+            "UPDATE pass SET route = ?, token = ?, verified = ? WHERE pass_id = ?",
+            (route, e["token"], verified, e["pass_id"]),
         ).rowcount:
             self._stops(e["pass_id"], e["route"])
             return
@@ -140,20 +181,32 @@ class Store:
         claims = unverified_claims(e["token"])
         self.db.execute(
             "INSERT INTO pass (pass_id, plate, valid_from, valid_until, route, token, origin, destination,"
-            " status) VALUES (?,?,?,?,?,?,?,?,?)",
+            " status, verified) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 e["pass_id"],
-                claims["plate"],
-                claims["nbf"],
-                claims["exp"],
+                claims.plate,
+                format_time(claims.nbf),
+                format_time(claims.exp),
                 route,
                 e["token"],
                 self._place(e["route"]["adcodes"][0]),
                 e["route"]["checkpoints"][-1]["name"],
                 e["status"],
+                verified,
             ),
         )
         self._stops(e["pass_id"], e["route"])
+
+    def verified_row(self, pass_id: str | None, keys: Mapping[str, Ed25519PublicKey]) -> dict | None:
+        """The pass's row if its stored token verifies with `keys` (a row stored pending is verified
+        now, and marked so); None when there is no such row, or its token does not verify yet."""
+        row = self.row(pass_id)
+        if row is None or row["verified"] == 1:
+            return row
+        if self._verdict(row["token"], row["pass_id"], row["plate"], row["route"], keys) != 1:
+            return None
+        self.db.execute("UPDATE pass SET verified = 1 WHERE pass_id = ?", (row["pass_id"],))
+        return {**row, "verified": 1}
 
     def _stops(self, pass_id: str, route: dict) -> None:
         """The pass's checkpoints in route order with their ETAs: what "expected arrivals" reads by
@@ -185,9 +238,11 @@ class Store:
         return row
 
     def by_plate(self, plate: str) -> str | None:
-        """The pass of `plate` that runs longest (a vehicle has one pass at a time)."""
+        """The pass of `plate` that runs longest (a vehicle has one pass at a time), a verified one first
+        (a decision pending its key must not hide the plate's genuine pass)."""
         found = self.db.execute(
-            "SELECT pass_id FROM pass WHERE plate = ? ORDER BY valid_until DESC LIMIT 1", (plate,)
+            "SELECT pass_id FROM pass WHERE plate = ? ORDER BY coalesce(verified, 0) DESC, valid_until DESC LIMIT 1",
+            (plate,),
         ).fetchone()
         return found and found["pass_id"]
 

@@ -3,7 +3,7 @@
 GET  /                 the page (streams/static/station/)
 GET  /api/state        checkpoints, clock, connection, queue, vehicles here, expected arrivals
 GET  /api/events       the same state, live (server-sent events)
-POST /api/check        {token?, plate?, checkpoint_id?} or a form with a QR `photo`: GREEN or GREY
+POST /api/check        {token?, plate?, checkpoint_id?, driver_id?} or a form with a QR `photo`: green, check or grey
 POST /api/scan         {kind: arrival|departure, pass_id, plate?, token?, checkpoint_id?}: into the outbox
 GET  /vendor/zxing/    the in-browser QR reader (zxing-wasm, vendored by scripts/vendor-zxing.sh)
 """
@@ -48,7 +48,14 @@ PHOTO_FORMATS = ("PNG", "JPEG", "WEBP")  # what a phone or tablet camera saves; 
 MAX_PHOTO_BYTES = 16 * 1024**2  # a 12-Mpx phone JPEG is 3-8 MB
 MAX_PHOTO_PIXELS = 40_000_000  # read from the header, before decoding: a 48-Mpx camera's binned 12 Mpx pass
 MAX_DECODES = 2  # photos decoded at once (each in a thread); a third upload meanwhile is told to retry
-FIELDS = {"token": MAX_TOKEN, "plate": MAX_ID, "checkpoint_id": MAX_ID, "pass_id": MAX_ID, "kind": MAX_ID}
+FIELDS = {
+    "token": MAX_TOKEN,
+    "plate": MAX_ID,
+    "checkpoint_id": MAX_ID,
+    "pass_id": MAX_ID,
+    "kind": MAX_ID,
+    "driver_id": MAX_ID,  # the driver's ID number the officer typed: checked here against the pass, kept nowhere
+}
 
 
 class PhotoRefused(ValueError):
@@ -100,8 +107,10 @@ def make_app(station: Station, access: Access) -> web.Application:
     async def check(request: web.Request) -> web.Response:
         if request.content_type == "multipart/form-data":
             return await check_photo(request)
-        form = _fields(await json_body(request))
-        return _answer(lambda: station.check(form.get("checkpoint_id"), form.get("token"), form.get("plate")))
+        form, token = _check_fields(await json_body(request))
+        return _answer(
+            lambda: station.check(form.get("checkpoint_id"), token, form.get("plate"), form.get("driver_id"))
+        )
 
     async def check_photo(request: web.Request) -> web.Response:
         if decoding.locked():  # no await between this and taking it: no other upload gets in between
@@ -119,8 +128,10 @@ def make_app(station: Station, access: Access) -> web.Application:
                 return _bad(str(exc), exc.status)
         if token is None:
             return _bad("no QR code found in the photo · 照片中未识别到二维码")
-        fields = _fields({k: form.get(k) for k in ("plate", "checkpoint_id")})
-        return _answer(lambda: station.check(fields.get("checkpoint_id"), token, fields.get("plate")))
+        fields = _fields({k: form.get(k) for k in ("plate", "checkpoint_id", "driver_id")})
+        return _answer(
+            lambda: station.check(fields.get("checkpoint_id"), token, fields.get("plate"), fields.get("driver_id"))
+        )
 
     async def scan(request: web.Request) -> web.Response:
         form = _fields(await json_body(request))
@@ -139,6 +150,14 @@ def make_app(station: Station, access: Access) -> web.Application:
     if ZXING.is_dir():  # else the camera says its reader is not installed; the photo upload still works
         app.router.add_static("/vendor/zxing/", ZXING)
     return app
+
+
+def _check_fields(body: dict) -> tuple[dict, object]:
+    """A check's fields, and the token shown: one that is not text is the check's to refuse
+    (bad_token), as the worker's, not a 400."""
+    shown = body.get("token")
+    form = _fields({k: v for k, v in body.items() if k != "token" or isinstance(v, str)})
+    return form, form.get("token") if isinstance(shown, str) else shown
 
 
 def _fields(form) -> dict:

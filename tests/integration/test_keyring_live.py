@@ -63,7 +63,7 @@ async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own
     keys = system.data_dir / "keys"
     first = KeyDir(keys).first().key_id
     old = (await decided(system, station_request("P0")))["pass"]
-    assert unverified_claims(old["token"])["kid"] == first
+    assert unverified_claims(old["token"]).kid == first
 
     rotated = system.cli("keys", "rotate")
     assert rotated.returncode == 0, rotated.stderr
@@ -79,7 +79,7 @@ async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own
     body["submitted_at"] = format_time(datetime.now(UTC))
     new = (await decided(system, body))["pass"]
     ring = load_keyring([keys])
-    assert verify_token(new["token"], ring)["kid"] == new_kid
+    assert verify_token(new["token"], ring).kid == new_kid
     assert (await scanned(system, old, old["token"]))["status"] == "at_checkpoint"  # the older key still verifies
     listed = system.cli("keys", "list")
     assert listed.returncode == 0 and first in listed.stdout and new_kid in listed.stdout, listed.stdout + listed.stderr
@@ -93,7 +93,7 @@ async def test_rotate_then_withdraw_reissues_holds_the_old_token_and_replays(own
     assert {m.json["pass_id"] for m in reissues} == {old["pass_id"]}  # the other pass has the new key
     reissue = reissues[0].json
     assert (reissue["status"], reissue["reason"]) == ("at_checkpoint", "token_reissued")
-    assert verify_token(reissue["token"], ring)["kid"] == new_kid
+    assert verify_token(reissue["token"], ring).kid == new_kid
     held = await scanned(system, old, old["token"])
     assert (held["status"], held["reason"]) == ("held", "key_withdrawn")
     assert (await scanned(system, old, reissue["token"]))["status"] == "at_checkpoint"

@@ -82,13 +82,16 @@ async def open_station(page, world: World) -> None:
     await page.wait_for_selector("#link.online", timeout=TIMEOUT * 1000)
 
 
-async def check(page, token: str | None = None, plate: str | None = None, photo: Path | None = None) -> None:
+async def check(
+    page, token: str | None = None, plate: str | None = None, photo: Path | None = None, driver_id: str = ""
+) -> None:
     await page.fill("#token", token or "")
     await page.fill("#plate", plate or "")
+    await page.fill("#driver_id", driver_id)
     if photo:
         await page.set_input_files("#photo", str(photo))
     await page.click("#check")
-    await page.wait_for_selector("#card.green, #card.grey")
+    await page.wait_for_selector("#card.green, #card.grey, #card.check")
 
 
 async def test_the_expected_arrivals_fill_as_decisions_arrive(page, world, system):
@@ -111,6 +114,37 @@ async def test_a_valid_pass_is_green_with_its_class_toll_mark_and_route(page, wo
     assert "三不一优先" in text and "P0" in text and the_pass["pass_id"] in text
     assert "医疗防护物资" in text  # the class's name, as the printed pass gives it
     assert await page.locator("#card .route li.here").inner_text() == the_pass["route"]["checkpoints"][0]["name"]
+
+
+async def test_a_plate_with_no_qr_shown_is_to_be_checked_never_green(page, world):
+    """待核验: the pass of a listed plate, no QR shown: a cloned plate looks the same, so the officer
+    checks the driver's ID and calls in (amber, never GREEN)."""
+    await open_station(page, world)
+    the_pass = world.first["pass"]
+    await check(page, plate=the_pass["plate"])
+    card = page.locator("#card")
+    assert await card.get_attribute("class") == "card check"
+    text = await card.inner_text()
+    assert "待核验" in text and "CHECK ID" in text and "CLEARED" not in text
+    assert "check the driver's ID and call in" in await page.locator("#reason-en").inner_text()
+    await page.screenshot(path=str(ARTIFACTS / "station-no-qr-shown.png"), full_page=True)
+
+
+async def test_the_driver_s_id_typed_is_checked_against_the_pass(page, world, system):
+    """人车证一致: the ID the officer types is hashed here and compared with the pass's signed binding."""
+    request = a_request("P0")
+    decision = await decided(system, request)
+    await until_known(world.station, decision["pass"]["pass_id"])
+    await open_station(page, world)
+    the_pass, id_number = decision["pass"], request["driver"]["id_number"]
+    await check(page, the_pass["token"], the_pass["plate"], driver_id=id_number)
+    assert await page.locator("#card").get_attribute("class") == "card green"
+    assert "driver: the ID matches the pass" in await page.locator("#driver").inner_text()
+    await page.screenshot(path=str(ARTIFACTS / "station-driver-matched.png"), full_page=True)
+    other = id_number[:-1] + ("0" if id_number[-1] != "0" else "1")
+    await check(page, the_pass["token"], the_pass["plate"], driver_id=other)
+    assert await page.locator("#card").get_attribute("class") == "card grey"
+    assert "does not match" in await page.locator("#driver").inner_text()
 
 
 def printed_pass(decision: dict, folder: Path) -> Path:

@@ -14,13 +14,16 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import base45
+import cbor2
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema import Draft202012Validator, FormatChecker
 
+from models.credential import PREFIX, legacy_sign
 from models.keyring import Keyring
-from models.passes import PassState, Signer, kafka_partition, unverified_claims
+from models.passes import PassState, Signer, kafka_partition
 from models.records import format_time
 from models.tracking import Tracker
 from streams.bootstrap import build_pipeline
@@ -102,11 +105,27 @@ def token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:
             "plate": state.plate,
             "nbf": state.valid_from,
             "exp": state.valid_until,
-            "rt": state.route["adcodes"],
             "cp": state.checkpoint_ids,
+            "drv": state.driver_binding,
             **claims,
         }
     )
+
+
+def legacy_token_of(state: PassState, signer: Signer = SIGNER, **claims) -> str:
+    """The token of the format before COSE (base64url JSON claims + signature) `signer` gave `state`
+    (`claims` override its claims, `kid` too)."""
+    kid = claims.pop("kid", signer.key_id)
+    body = {
+        "pid": state.pass_id,
+        "plate": state.plate,
+        "nbf": state.valid_from,
+        "exp": state.valid_until,
+        "rt": state.route["adcodes"],
+        "cp": state.checkpoint_ids,
+        **claims,
+    }
+    return legacy_sign(body, signer._key, kid)
 
 
 def decision_of(state: PassState) -> dict:
@@ -129,11 +148,18 @@ def decision_of(state: PassState) -> dict:
 
 
 def forged(token: str) -> str:
-    """The token with its validity stretched by a year, its signature kept."""
-    body, sig = token.split(".")
-    claims = unverified_claims(token)
-    claims["exp"] = str(int(claims["exp"][:4]) + 1) + claims["exp"][4:]
-    return base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=").decode() + "." + sig
+    """The token with its validity stretched by a year, its signature kept (either format)."""
+    if not token.startswith(PREFIX):
+        body, sig = token.split(".")
+        claims = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        claims["exp"] = str(int(claims["exp"][:4]) + 1) + claims["exp"][4:]
+        return base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=").decode() + "." + sig
+    message = cbor2.loads(base45.b45decode(token[len(PREFIX) :]))
+    protected, unprotected, payload, signature = message.value
+    claims = dict(cbor2.loads(payload))
+    claims[4] += 365 * 86400
+    stretched = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, cbor2.dumps(claims, canonical=True), signature]))
+    return PREFIX + base45.b45encode(stretched).decode()
 
 
 # --- the stations' tests: requests of today, from Hangzhou (330106) to Xinyu (360502) -----------

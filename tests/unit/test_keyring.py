@@ -140,7 +140,7 @@ def rotated_world(signers=SIGNERS) -> World:
 
 
 def kid_of(token: str) -> str:
-    return unverified_claims(token)["kid"]
+    return unverified_claims(token).kid
 
 
 # --- the ring as of a time ----------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_new_passes_use_the_rotated_key_and_older_ones_verify_until_they_expire(
     )
     assert (old["decision"], new["decision"]) == ("approved", "approved")
     assert (kid_of(old["pass"]["token"]), kid_of(new["pass"]["token"])) == (KID1, KID2)
-    assert verify_token(new["pass"]["token"], world.ring.public_keys)["kid"] == KID2
+    assert verify_token(new["pass"]["token"], world.ring.public_keys).kid == KID2
     end = parse_time(old["pass"]["valid_until"])
     assert world.scan(old, end - timedelta(minutes=1))["status"] == "at_checkpoint"
     expired = world.scan(old, end + timedelta(minutes=1), n=1)
@@ -280,7 +280,7 @@ def test_an_unknown_kid_is_refused_by_the_tracker_and_the_station(tmp_path):
     decision = world.decide(request(1, START + timedelta(hours=1)))
     the_pass = decision["pass"]
     stranger = Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(9, 41))), "0123456789abcdef")
-    token = stranger.token(unverified_claims(the_pass["token"]))
+    token = stranger.token(unverified_claims(the_pass["token"]).signable())
     refused = world.scan(decision, START + timedelta(hours=4), token=token)
     assert (refused["status"], refused["reason"]) == (
         "held",
@@ -325,7 +325,7 @@ def test_a_withdrawal_reissues_exactly_the_active_passes_its_key_signed(monkeypa
         )
         assert event["route"] == decision["pass"]["route"]
         claims = verify_token(event["token"], world.ring.public_keys)
-        assert claims["kid"] == KID2 and claims | {"kid": KID1} == unverified_claims(decision["pass"]["token"])
+        assert claims.kid == KID2 and replace(claims, kid=KID1) == unverified_claims(decision["pass"]["token"])
         assert PassState.from_json(world.tables.passes[event["pass_id"]]).kid == KID2
     assert all(not world.pipeline.index(p, world.tables).signed_by(KID1) for p in range(4))
     assert world.key(record(KID1, WITHDRAWN, WITHDRAWN_AT)) == []  # a redelivered withdrawal: nothing again

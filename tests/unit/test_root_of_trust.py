@@ -136,7 +136,7 @@ def test_a_decision_is_signed_by_the_key_of_its_issuer_and_refused_where_none_co
     assert early["decision"] == "rejected" and early["reasons"][0]["code"] == "no_signing_key"
     assert "420111" in early["reasons"][0]["text"] and "missing_keys" not in early["known"]
     late = world.decide(request(2, ROTATED + timedelta(hours=1)))
-    assert late["decision"] == "approved" and unverified_claims(late["pass"]["token"])["kid"] == KID2
+    assert late["decision"] == "approved" and unverified_claims(late["pass"]["token"]).kid == KID2
 
 
 def test_a_token_outside_its_keys_jurisdiction_is_refused_by_the_worker_and_the_station(tmp_path):
@@ -147,8 +147,8 @@ def test_a_token_outside_its_keys_jurisdiction_is_refused_by_the_worker_and_the_
     decision = world.decide(request(1, START + timedelta(hours=1)))
     the_pass = decision["pass"]
     claims = unverified_claims(the_pass["token"])
-    assert claims["kid"] == KID1 and the_pass["pass_id"].startswith("42")
-    forged = SIGNERS[KID2].token({k: v for k, v in claims.items() if k != "kid"})
+    assert claims.kid == KID1 and the_pass["pass_id"].startswith("42")
+    forged = SIGNERS[KID2].token(claims.signable())
     at = START + timedelta(hours=4)
     held = world.scan(decision, at, token=forged)
     assert (held["status"], held["reason"]) == ("held", "key_outside_jurisdiction")
@@ -166,7 +166,7 @@ def test_a_station_ignores_a_record_its_root_did_not_sign_and_refuses_that_keys_
     world.key(record(KID1))
     decision = world.decide(request(1, START + timedelta(hours=1)))
     claims = unverified_claims(decision["pass"]["token"])
-    forged = FORGED_SIGNER.token({k: v for k, v in claims.items() if k != "kid"})
+    forged = FORGED_SIGNER.token(claims.signable())
     store = Store(tmp_path / "station.db", [first_checkpoint(decision)])
     store.take_decision(decision)
     store.take_key(orjson.loads(record(KID1)), ROOT_PUB)

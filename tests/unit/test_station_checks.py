@@ -34,6 +34,7 @@ from tests.support.factories import (
     SIGNER,
     decision_of,
     forged,
+    legacy_token_of,
     make_pipeline,
     make_tracker,
     token_of,
@@ -106,6 +107,26 @@ CASES = {
     "pass_revoked": ("revoked", token_of, None, timedelta(hours=4), None, "pass_revoked"),
     "pass_delivered": ("delivered", token_of, None, timedelta(hours=4), None, "pass_delivered"),
     "pass_expired": ("expired", token_of, None, timedelta(hours=4), None, "pass_expired"),
+    # A plate is not a credential: no QR is its own answer, never GREEN, never a release.
+    "no_token": ("held", lambda s: None, None, timedelta(hours=4), None, "no_token"),
+    "token_not_text": ("issued", lambda s: 42, None, timedelta(hours=4), None, "bad_token: token is not text but int"),
+    "mistyped_claims": (
+        "issued",
+        lambda s: legacy_token_of(s, kid=["x"]),
+        None,
+        timedelta(hours=4),
+        None,
+        "bad_token: token's key id is not text",
+    ),
+    "legacy_token": ("issued", legacy_token_of, None, timedelta(hours=4), None, None),
+    "legacy_forged": (
+        "issued",
+        lambda s: forged(legacy_token_of(s)),
+        None,
+        timedelta(hours=4),
+        None,
+        "bad_token: token signature does not verify",
+    ),
 }
 
 
@@ -120,12 +141,15 @@ def test_the_station_says_what_the_tracker_says(name, tracker, the_pass, tmp_pat
     scan = CheckpointScan("s-1", checkpoint, state.pass_id, shown, plate, "arrival", at)
     _, event = tracker.scan(state, scan, state.pass_id)
     assert event["reason"] == reason or (reason is None and event["status"] == "at_checkpoint"), event
+    if reason == "no_token":  # changes nothing: a held pass stays held
+        assert (event["status"], _) == (status, state)
 
     store = Store(tmp_path / "station.db", [checkpoint])
     store.take_decision(decision_of(the_pass))
     store.take_status({"pass_id": state.pass_id, "status": status, "at": format_time(DEPARTURE), "cause": "x"})
     answer = check(store, KEYS, checkpoint_id=checkpoint, at=at, token=shown, plate=plate)
     assert (answer["green"], answer["reason"]) == (reason is None, reason)
+    assert answer["verdict"] == ("green" if reason is None else "check" if reason == "no_token" else "grey")
     assert answer["text_zh"] and answer["text_en"]
 
 
@@ -186,7 +210,9 @@ def test_a_plate_alone_finds_its_pass(the_pass, tmp_path):
     store = Store(tmp_path / "station.db", [checkpoint])
     store.take_decision(decision_of(the_pass))
     answer = check(store, KEYS, checkpoint_id=checkpoint, at=DEPARTURE + timedelta(hours=4), plate="鄂a12345")
-    assert (answer["green"], answer["pass_id"], answer["pass"]["toll_exempt"]) == (True, the_pass.pass_id, True)
+    assert (answer["green"], answer["pass_id"], answer["pass"]["toll_exempt"]) == (False, the_pass.pass_id, True)
+    assert (answer["verdict"], answer["reason"]) == ("check", "no_token")  # 待核验: listed, no QR shown
+    assert "身份证" in answer["text_zh"] and "check the driver's ID and call in" in answer["text_en"]
     assert check(store, KEYS, checkpoint_id=checkpoint, at=DEPARTURE, plate="鄂C00000")["reason"] == "unknown_pass"
 
 
@@ -397,12 +423,14 @@ def test_expected_arrivals_are_by_eta_within_the_window_and_leave_as_passes_end_
         }
     )
     moved = _shifted(the_pass.route, 6)
-    store.take_status({"pass_id": rerouted, "status": "rerouted", "cause": "risk:y", "route": moved, "token": "t"})
+    token = token_of(replace(the_pass, pass_id=rerouted, plate="鄂A00007", route=moved))
+    store.take_status({"pass_id": rerouted, "status": "rerouted", "cause": "risk:y", "route": moved, "token": token})
     elsewhere = {
         **the_pass.route,
         "checkpoints": [c for c in the_pass.route["checkpoints"] if c["checkpoint_id"] != here],
     }
-    store.take_status({"pass_id": away, "status": "rerouted", "cause": "risk:y", "route": elsewhere, "token": "t"})
+    token = token_of(replace(the_pass, pass_id=away, plate="鄂A00008", route=elsewhere))
+    store.take_status({"pass_id": away, "status": "rerouted", "cause": "risk:y", "route": elsewhere, "token": token})
 
     due = store.expected(now)
     assert [(a["pass_id"], a["checkpoint_id"]) for a in due] == [(soon, here), (later, here), (rerouted, here)]

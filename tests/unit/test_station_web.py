@@ -24,7 +24,16 @@ from streams.station import web as station_web
 from streams.station.link import Station
 from streams.station.store import Store
 from streams.web import Access, start_site, stop_site
-from tests.support.factories import DEPARTURE, KEY, SIGNER, decision_of, make_tracker, until, wuhan_to_guangzhou
+from tests.support.factories import (
+    DEPARTURE,
+    KEY,
+    SIGNER,
+    decision_of,
+    legacy_token_of,
+    make_tracker,
+    until,
+    wuhan_to_guangzhou,
+)
 from tests.unit.test_web import assert_secure_headers
 
 KEYS = {key_id(KEY.public_key()): KEY.public_key()}
@@ -85,6 +94,19 @@ async def test_an_oversized_token_or_plate_is_refused_and_nothing_recorded(stati
         fine = await http.post(url + "api/scan", json=scan, headers=BEARER)
         assert fine.status == 200, await fine.text()
     assert recorded(station) == 1 and station.store.queued() == 1
+
+
+async def test_a_token_that_is_not_text_or_mistyped_is_a_grey_bad_token_never_a_500(station, the_pass, url):
+    """Issue 24, measured: a token whose kid was a JSON list was answered HTTP 500."""
+    mistyped = legacy_token_of(the_pass, kid=["x"])
+    async with ClientSession() as http:
+        for token in (["kid"], {"kid": ["x"]}, 42, mistyped):
+            answer = await http.post(url + "api/check", json={"token": token, "plate": the_pass.plate}, headers=BEARER)
+            assert answer.status == 200, await answer.text()
+            body = await answer.json()
+            assert (body["verdict"], body["green"]) == ("grey", False) and body["reason"].startswith("bad_token: ")
+        plate_only = await http.post(url + "api/check", json={"plate": the_pass.plate}, headers=BEARER)
+        assert (await plate_only.json())["verdict"] == "check"
 
 
 def test_the_station_itself_refuses_a_scan_over_the_limits(station, the_pass):

@@ -15,7 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from models.passes import PassState, Signer, verify_token
 from models.records import CheckpointScan, RegionRisk, format_time, parse_risk, parse_time
 from models.tracking import Tracker
-from tests.support.factories import DEPARTURE, KEY, allocated, make_tracker, wuhan_to_guangzhou
+from tests.support.factories import DEPARTURE, KEY, allocated, forged, make_tracker, token_of, wuhan_to_guangzhou
+
+TEST_SIGNER = Signer(KEY, "test")  # the key make_tracker signs and verifies with
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def scanned_at_first_checkpoint(tracker: Tracker, state: PassState) -> PassState
             plate=state.plate,
             kind=kind,
             scanned_at=DEPARTURE + timedelta(minutes=minutes),
-            token=None,
+            token=token_of(state, TEST_SIGNER),
         )
         state, event = tracker.scan(state, scan, state.pass_id)
         assert event["status"] in ("at_checkpoint", "in_transit"), event
@@ -82,8 +84,7 @@ def test_a_vehicle_past_a_checkpoint_is_rerouted_from_there(tracker):
     assert route["adcodes"][2:] == rest["adcodes"]
     assert route["checkpoints"][1:] == rest["checkpoints"] and route["eta"] == rest["eta"]
     claims = verify_token(event["token"], KEY.public_key())
-    assert claims["rt"] == route["adcodes"]
-    assert claims["cp"] == [c["checkpoint_id"] for c in route["checkpoints"]]
+    assert list(claims.cp) == [c["checkpoint_id"] for c in route["checkpoints"]]
     # The vehicle's next scans are on the new route: the checkpoint it left still verifies too.
     nxt = route["checkpoints"][1]["checkpoint_id"]
     scan = CheckpointScan(
@@ -138,7 +139,7 @@ def test_a_multi_trip_pass_is_rerouted_from_its_origin(tracker):
     assert (event["status"], event["reason"], event["trip"]) == ("rerouted", "route_crossed_high_risk_region", 1)
     assert new.route["adcodes"][0] == "420111" and "421200" not in new.route["adcodes"]
     assert new.route["checkpoints"][-1]["checkpoint_id"] == "DST-440106"
-    assert verify_token(event["token"], KEY.public_key())["rt"] == new.route["adcodes"]
+    assert list(verify_token(event["token"], KEY.public_key()).cp) == new.checkpoint_ids
 
 
 def test_a_multi_trip_pass_scanned_through_its_route_completes_trips(tracker):
@@ -157,7 +158,7 @@ def test_a_multi_trip_pass_scanned_through_its_route_completes_trips(tracker):
             plate=state.plate,
             kind=kind,
             scanned_at=when,
-            token=None,
+            token=token_of(state, TEST_SIGNER),
         )
         state, event = tracker.scan(state, scan, state.pass_id)
         events.append(event)
@@ -213,15 +214,20 @@ def test_a_token_is_verified_once_and_a_forgery_of_it_never_passes(tracker, monk
     import models.tracking as tracking
     from models.passes import InvalidToken
 
-    token = Signer(KEY, "test").token({"pid": "420111000001", "plate": "鄂A12345"})
+    state = a_pass(tracker)
+    token = token_of(state, TEST_SIGNER)
     calls = []
     real = tracking.verify_token
     monkeypatch.setattr(tracking, "verify_token", lambda t, k: (calls.append(t), real(t, k))[1])
-    assert tracker._claims(token) == tracker._claims(token) == ("420111000001", "鄂A12345", "test")
+    claims = tracker._claims(token)
+    assert tracker._claims(token) is claims and (claims.pid, claims.plate, claims.kid) == (
+        state.pass_id,
+        state.plate,
+        "test",
+    )
     assert len(calls) == 1
-    body, sig = token.split(".")
-    forged = Signer(Ed25519PrivateKey.generate(), "test").token({"pid": "420111000001", "plate": "鄂B99999"})
-    for bad in (forged, f"{forged.split('.')[0]}.{sig}", f"{body}.{sig[:-2]}AA"):
+    other = token_of(state, Signer(Ed25519PrivateKey.generate(), "test"), plate="鄂B99999")
+    for bad in (other, forged(token), token[:-2] + ("AA" if token[-2:] != "AA" else "BB"), 42, ["test"]):
         with pytest.raises(InvalidToken):
             tracker._claims(bad)
 

@@ -135,7 +135,7 @@ $("#check-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   // JSON, or (a QR photo, and no token typed) multipart: the only bodies the station takes.
   const fields = { checkpoint_id: here() };
-  for (const name of ["token", "plate"]) if ($("#" + name).value.trim()) fields[name] = $("#" + name).value.trim();
+  for (const name of ["token", "plate", "driver_id"]) if ($("#" + name).value.trim()) fields[name] = $("#" + name).value.trim();
   let init;
   if ($("#photo").files.length && !fields.token) {
     const form = new FormData();
@@ -155,9 +155,12 @@ $("#check-form").addEventListener("submit", async (e) => {
   lastCheck = body;
   renderCard(body);
 });
+const VERDICTS = { green: ["放行", "CLEARED"], check: ["待核验", "CHECK ID · CALL IN"], grey: ["不予放行", "NOT CLEARED"] };
 function renderCard(c) {
   const card = $("#card");
-  card.className = "card " + (c.green ? "green" : "grey");
+  // green: a token verified; check (待核验): a listed plate with no QR shown; grey: anything else.
+  const verdict = c.verdict || (c.green ? "green" : "grey");
+  card.className = "card " + verdict;
   const p = c.pass;
   const facts = el("dl", { class: "facts" },
     el("dt", {}, "车牌 Plate"), el("dd", { class: "big-plate" }, c.plate || "—"),
@@ -181,9 +184,11 @@ function renderCard(c) {
   const w = c.stale_warning;
   card.replaceChildren(
     ...(w ? [el("p", { id: "stale-warning", class: "stale-warning" }, "⚠ " + w.text_zh, el("small", {}, w.text_en))] : []),
-    el("div", { class: "verdict" }, c.green ? "放行" : "不予放行", el("small", {}, c.green ? "CLEARED" : "NOT CLEARED")),
+    el("div", { class: "verdict" }, ...VERDICTS[verdict].map((t, i) => i ? el("small", {}, t) : t)),
     el("p", { id: "reason-zh", class: "reason-zh" }, c.text_zh),
-    el("p", { id: "reason-en", class: "reason-en" }, c.text_en), facts, route, actions);
+    el("p", { id: "reason-en", class: "reason-en" }, c.text_en),
+    c.driver ? el("p", { id: "driver", class: "driver " + c.driver }, `${c.driver_zh} · ${c.driver_en}`) : null,
+    facts, route, actions);
 }
 
 // --- camera -------------------------------------------------------------------------------------
