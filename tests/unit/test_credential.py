@@ -150,7 +150,9 @@ def test_the_refusals_of_a_shown_token(the_pass):
     assert token_refusal(forged(token_of(the_pass)), pid, plate, claims) == "bad_token: token signature does not verify"
     assert token_refusal(token_of(the_pass), "420111000009", plate, claims) == "token_for_another_pass"
     assert token_refusal(token_of(the_pass), pid, "鄂B99999", claims) == "plate_mismatch"
-    withdrawn = token_refusal(token_of(the_pass), pid, plate, claims, at=DEPARTURE, key_refusal=lambda kid, pid, at: "key_withdrawn")
+    withdrawn = token_refusal(
+        token_of(the_pass), pid, plate, claims, at=DEPARTURE, key_refusal=lambda kid, pid, at: "key_withdrawn"
+    )
     assert withdrawn == "key_withdrawn"
 
 
