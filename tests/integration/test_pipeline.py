@@ -247,6 +247,23 @@ async def test_plate_mismatch_and_forged_token_hold_the_vehicle(system, scenario
     assert events[2].json["reason"].startswith("bad_token")
 
 
+async def test_a_scan_without_a_token_never_releases_a_hold(system, scenario):
+    """A plate is not a credential (a cloned plate looks the same): a held vehicle scanned again with
+    no token stays held, `no_token`; the genuine token then releases it."""
+    decision = await approved(system, scenario, 1102, origin={"adcode": "420111"}, destination={"adcode": "430104"})
+    pass_id = decision["pass"]["pass_id"]
+    [first] = scans_for(decision, random.Random(3), mismatch=True)[:1]
+    await system.send(system.topics.scans, first, key=pass_id)
+    tokenless = {**first, "scan_id": first["scan_id"] + "-no-qr", "plate": decision["pass"]["plate"]}
+    del tokenless["token"]
+    await system.send(system.topics.scans, tokenless, key=pass_id)
+    genuine = {**tokenless, "scan_id": first["scan_id"] + "-qr", "token": decision["pass"]["token"]}
+    await system.send(system.topics.scans, genuine, key=pass_id)
+    events = await system.tap.wait_for(system.topics.status, lambda m: m.key == pass_id.encode(), 4)
+    answers = [(m.json["status"], m.json["reason"]) for m in events]
+    assert answers == [("issued", None), ("held", "plate_mismatch"), ("held", "no_token"), ("at_checkpoint", None)]
+
+
 async def test_scan_for_unknown_pass_is_held_and_garbage_scan_is_dead_lettered(system):
     scan = {
         "scan_id": "u1",
