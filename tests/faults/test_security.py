@@ -211,6 +211,7 @@ async def test_the_pipeline_end_to_end_with_every_component_authenticated(broker
                     "kind": "arrival",
                     "pass_id": pass_["pass_id"],
                     "plate": pass_["plate"],
+                    "token": pass_["token"],  # the QR shown: a plate alone is `no_token`
                     "checkpoint_id": checkpoint_id,
                 },
             )
