@@ -13,7 +13,10 @@ so an upgrade that changes one fails there first, by name. Each touch:
   wraps it so a commit waits until no event is between its first write and its ack (streams.worker.eos).
 * `send_in_partition_transaction`: exactly_once publishes an event's outputs and changelog
   records (`DirectTable`) in the transaction of the event's own source partition (streams.worker.eos
-  says why).
+  says why), without awaiting their delivery.
+* `commit_transactions_concurrently`: Faust commits a worker's transactions one after another,
+  several round trips to the coordinator each; commit them concurrently, each only once the records
+  handed to it are delivered (aiokafka commits a transaction whose batch failed).
 * `DirectTable`: a table write in Faust builds a changelog message future, checks the source
   topic's partitions and queues the write for a background sender: most of a decision's cost
   after the handlers. The worker writes the table's store itself and sends the changelog record
@@ -48,6 +51,7 @@ from aiokafka.errors import IllegalStateError
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ __all__ = [
     "wrap_commit",
     "transactional_id",
     "send_in_partition_transaction",
+    "commit_transactions_concurrently",
     "fetch_what_was_asked",
     "refresh_metadata",
     "learn_partitions",
@@ -249,17 +254,66 @@ def transactional_id(app, topic: str, partition: int) -> str:
 
 
 async def send_in_partition_transaction(app, event, outs: list) -> None:
-    """Publish `outs` (streams.handlers.Out: outputs and changelog records) in the transaction of
-    `event`'s partition; delivered before the event is acked."""
+    """Hand `outs` (streams.handlers.Out: outputs and changelog records) to the transaction of
+    `event`'s partition. Their delivery is not awaited here: the transaction's commit waits for it
+    (`commit_transactions_concurrently`), before it commits the event's offset with them."""
     tid = transactional_id(app, event.message.topic, event.message.partition)
-    sent = [
-        await app.producer.send(
+    producer = app.producer
+    sent = _sent(producer).setdefault(tid, [])
+    for out in outs:
+        # The transaction's aiokafka producer, as Faust's send takes it (no await in between): a
+        # rebalance may replace it while the send waits for the transaction's lock.
+        txn = producer._transaction_producers.get(tid)
+        future = await producer.send(
             out.topic, out.key, out.value, out.partition, None, list(out.headers), transactional_id=tid
         )
-        for out in outs
-    ]
-    # A failed send fails the agent, never silently.
-    await asyncio.gather(*sent)
+        sent.append((txn, future))
+
+
+def _sent(producer) -> dict:
+    """What each transaction of Faust's `producer` was handed since it last committed:
+    transactional id -> [(its aiokafka producer then, the record's delivery future)]."""
+    return producer.__dict__.setdefault("_gc_sent", {})
+
+
+async def _delivered(producer, tid: str) -> None:
+    """Wait until every record handed to transaction `tid` is delivered; raise if one failed.
+
+    aiokafka's commit sends EndTxn(COMMIT) once the batches are done, failed or not: without this a
+    transaction could commit an event's offset without one of its records. A failure stays recorded,
+    so every later commit of `tid` raises too (the worker stops; the open transaction is aborted
+    when its next owner fences it). Records handed to a producer Faust has since stopped (the
+    partition was revoked: Faust dropped its acks; its transaction is aborted) are not waited for."""
+    sent = _sent(producer).get(tid)
+    if not sent:
+        return
+    current = producer._transaction_producers.get(tid)
+    n = len(sent)
+    futures = [future for txn, future in sent[:n] if txn is current]
+    await asyncio.gather(*futures)  # a failed delivery raises: the records stay, the commit is not made
+    del sent[:n]
+
+
+def _commit_each_when_delivered(commit_transactions):
+    @functools.wraps(commit_transactions)
+    async def wrapper(self, tid_to_offset_map, group_id, start_new_transaction=True):
+        async def commit_one(tid: str, offsets) -> None:
+            await _delivered(self, tid)
+            await commit_transactions(self, {tid: offsets}, group_id, start_new_transaction=start_new_transaction)
+
+        # Each transaction is its own producer, its own lock and its own offsets: concurrently.
+        await asyncio.gather(*(commit_one(tid, offsets) for tid, offsets in tid_to_offset_map.items()))
+
+    wrapper.__gc_commit_concurrently__ = True
+    return wrapper
+
+
+def commit_transactions_concurrently() -> None:
+    """Make Faust commit a worker's transactions concurrently, each once what it was handed is
+    delivered (idempotent). Faust 0.15 commits them one after another, several round trips each."""
+    commit = FaustAIOKafkaProducer.commit_transactions
+    if not getattr(commit, "__gc_commit_concurrently__", False):
+        FaustAIOKafkaProducer.commit_transactions = _commit_each_when_delivered(commit)
 
 
 # --- metadata ------------------------------------------------------------------------------------

@@ -15,9 +15,16 @@ things break "each input's outputs are committed exactly when its offset is":
 So, in exactly_once mode, an agent handles each event (or each batch it takes) inside
 `CommitGate.event()`: Faust's commit waits until no event is between its first write and its
 ack, and the gate is left right before the ack (no await in between). Inside,
-`streams.worker.compat.send_in_partition_transaction` publishes the table writes the event just made,
-then its outputs, all in the transaction of the event's own partition. Faust's commit of the
-offsets is left as it is.
+`streams.worker.compat.send_in_partition_transaction` hands the table writes the event just made,
+then its outputs, to the transaction of the event's own partition, without awaiting their
+delivery (one produce round trip per event was most of exactly_once's cost). Each commit then
+(`streams.worker.compat.commit_transactions_concurrently`) waits until every record handed to its
+transaction is delivered, a failed one failing the commit, and commits the transactions
+concurrently. aiokafka's commit of a transaction also sends every batch handed to it before the
+commit began; a record handed after that lands in the next transaction, which only an event in
+flight could do, and the gate keeps those out of a commit. So each event's records commit
+with its offset, in one transaction (tests/unit/test_compat.py holds the premises). Faust commits
+every `GC_TRANSACTION_INTERVAL_MS` (100 ms): a read_committed reader sees an output then.
 
 A worker taking over partitions with a backlog must also not fetch them before it has sought
 them to their committed offsets; `streams.worker.compat.seek_before_resume` sees to that
