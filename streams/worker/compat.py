@@ -13,7 +13,8 @@ so an upgrade that changes one fails there first, by name. Each touch:
   wraps it so a commit waits until no event is between its first write and its ack (streams.worker.eos).
 * `send_in_partition_transaction`: exactly_once publishes an event's outputs and changelog
   records (`DirectTable`) in the transaction of the event's own source partition (streams.worker.eos
-  says why), without awaiting their delivery.
+  says why), without awaiting their delivery; while a commit runs (`hold_transactions`,
+  `release_transactions`) they are kept, in order, for the transaction that follows.
 * `commit_transactions_concurrently`: Faust commits a worker's transactions one after another,
   several round trips to the coordinator each; commit them concurrently, each only once the records
   handed to it are delivered (aiokafka commits a transaction whose batch failed).
@@ -56,6 +57,8 @@ from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "hold_transactions",
+    "release_transactions",
     "set_fetch_wait",
     "seek_before_resume",
     "ask_highwaters",
@@ -255,10 +258,19 @@ def transactional_id(app, topic: str, partition: int) -> str:
 
 async def send_in_partition_transaction(app, event, outs: list) -> None:
     """Hand `outs` (streams.handlers.Out: outputs and changelog records) to the transaction of
-    `event`'s partition. Their delivery is not awaited here: the transaction's commit waits for it
+    `event`'s partition, or, while a commit holds the transactions (`hold_transactions`), keep them
+    for the next one. Their delivery is not awaited here: the transaction's commit waits for it
     (`commit_transactions_concurrently`), before it commits the event's offset with them."""
     tid = transactional_id(app, event.message.topic, event.message.partition)
-    producer = app.producer
+    held = _held(app.producer).get(tid)
+    if held is not None:  # a commit is taking the offsets: these wait for the next transaction, in order
+        held[1].extend(outs)
+        return
+    await _hand(app.producer, tid, outs)
+
+
+async def _hand(producer, tid: str, outs: list) -> None:
+    """Hand `outs` to Faust's `producer` in transaction `tid`, keeping their delivery futures."""
     sent = _sent(producer).setdefault(tid, [])
     for out in outs:
         # The transaction's aiokafka producer, as Faust's send takes it (no await in between): a
@@ -268,6 +280,36 @@ async def send_in_partition_transaction(app, event, outs: list) -> None:
             out.topic, out.key, out.value, out.partition, None, list(out.headers), transactional_id=tid
         )
         sent.append((txn, future))
+
+
+def _held(producer) -> dict:
+    """The records kept while a commit runs: transactional id -> (its aiokafka producer then, [Out])."""
+    return producer.__dict__.setdefault("_gc_held", {})
+
+
+def hold_transactions(producer) -> None:
+    """From now on, records for each of the worker's transactions are kept, in order, instead of
+    entering it (a commit is about to take the offsets acked so far). Raises while a hold is still
+    there: an earlier commit failed, and nothing of this worker may commit after it."""
+    held = _held(producer)
+    if held:
+        raise RuntimeError(f"an earlier commit of {', '.join(sorted(held))} failed: not committing again")
+    for tid, txn in producer._transaction_producers.items():
+        held[tid] = (txn, [])
+
+
+async def release_transactions(producer) -> None:
+    """After a commit (each transaction committed and the next begun): hand the kept records to their
+    transactions, in order, then let records through again. A transaction whose producer Faust has
+    replaced meanwhile (its partition revoked: Faust dropped the acks, the transaction is aborted)
+    drops what was kept for it: its next owner handles those events again."""
+    held = _held(producer)
+    for tid in list(held):
+        txn, outs = held[tid]
+        while outs and producer._transaction_producers.get(tid) is txn:
+            out = outs.pop(0)  # records kept while this one is handed join the same list, behind it
+            await _hand(producer, tid, [out])
+        del held[tid]
 
 
 def _sent(producer) -> dict:

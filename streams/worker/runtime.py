@@ -74,7 +74,7 @@ class Runtime:
         """exactly_once: Faust commits offsets only between events (see streams.worker.eos)."""
         if not self.exactly_once:
             return contextlib.nullcontext()
-        self.gate.install(self.app.consumer)
+        self.gate.install(self.app.consumer, self.app.producer)
         return self.gate.event()
 
     async def guarded(self, event, given: Given) -> None:

@@ -147,14 +147,80 @@ async def test_wrapped_commit_waits_for_the_event_in_flight():
             return True
 
     consumer, gate = Stub(), CommitGate()
-    gate.install(consumer)
-    gate.install(consumer)  # once per consumer
+    gate.install(consumer, TransactionProducers())
+    gate.install(consumer, TransactionProducers())  # once per consumer
     async with gate.event():
         pending = asyncio.ensure_future(consumer.commit("tp", start_new_transaction=False))
         await asyncio.sleep(0)  # let the commit reach the gate (a scheduling step, not a wait for time)
         assert not pending.done() and calls == []
     assert await asyncio.wait_for(pending, 5) is True
     assert calls == [("commit", ("tp",), {"start_new_transaction": False})]
+
+
+async def test_events_go_on_while_a_commit_runs_their_records_kept_for_the_next_transaction():
+    tid = "gc-test-2-3"
+    producer = TransactionProducers(tid)
+    app = partition_app(producer)
+    committing, may_end = asyncio.Event(), asyncio.Event()
+    handed_when_committing = []
+
+    class Consumer:
+        async def commit(self, topics=None, start_new_transaction=True):
+            handed_when_committing.append(len(producer.futures))
+            committing.set()
+            await may_end.wait()  # the transactions commit meanwhile
+            return True
+
+    consumer, gate = Consumer(), CommitGate()
+    gate.install(consumer, producer)
+    async with gate.event():
+        await compat.send_in_partition_transaction(app, event_on(3), outs(b"before"))
+    commit = asyncio.ensure_future(consumer.commit())
+    await asyncio.wait_for(committing.wait(), 5)
+
+    async def during() -> None:
+        async with gate.event():
+            await compat.send_in_partition_transaction(app, event_on(3), outs(b"during", b"during-2"))
+
+    await asyncio.wait_for(during(), 5)  # not blocked by the commit
+    assert producer.values == [b"before"]  # kept while the commit runs
+    may_end.set()
+    assert await asyncio.wait_for(commit, 5) is True
+    assert handed_when_committing == [1]
+    assert producer.values == [b"before", b"during", b"during-2"]  # handed after, in order
+    async with gate.event():
+        await compat.send_in_partition_transaction(app, event_on(3), outs(b"after"))
+    assert producer.values[-1] == b"after" and compat._held(producer) == {}
+
+
+async def test_a_failed_commit_keeps_the_hold_and_nothing_commits_again():
+    producer = TransactionProducers("gc-test-2-3")
+    app = partition_app(producer)
+
+    class Consumer:
+        async def commit(self, topics=None, start_new_transaction=True):
+            raise RuntimeError("EndTxn failed")
+
+    consumer, gate = Consumer(), CommitGate()
+    gate.install(consumer, producer)
+    with pytest.raises(RuntimeError, match="EndTxn failed"):
+        await consumer.commit()
+    async with gate.event():
+        await compat.send_in_partition_transaction(app, event_on(3), outs(b"kept"))
+    assert producer.values == []  # never handed: its offset must not commit either
+    with pytest.raises(RuntimeError, match="earlier commit"):
+        await consumer.commit()
+
+
+async def test_records_kept_for_a_transaction_replaced_meanwhile_are_dropped():
+    tid = "gc-test-2-3"
+    producer = TransactionProducers(tid)
+    app = partition_app(producer)
+    compat.hold_transactions(producer)
+    await compat.send_in_partition_transaction(app, event_on(3), outs(b"kept"))
+    producer._transaction_producers[tid] = object()  # revoked and assigned again: Faust's new producer
+    await compat.release_transactions(producer)
+    assert producer.values == [] and compat._held(producer) == {}
 
 
 def test_transactional_id_is_the_one_faust_keeps_for_the_source_partition():
@@ -439,11 +505,28 @@ class TransactionProducers:
     def __init__(self, *tids: str) -> None:
         self._transaction_producers = {tid: object() for tid in tids}
         self.futures: list[asyncio.Future] = []
+        self.values: list[bytes] = []
         self.committed: list[str] = []
 
     async def send(self, topic, key, value, partition, timestamp, headers, *, transactional_id):
         self.futures.append(asyncio.get_running_loop().create_future())
+        self.values.append(value)
         return self.futures[-1]
+
+
+def partition_app(producer) -> SimpleNamespace:
+    """An app whose requests are group 2: partition 3's transaction is "gc-test-2-3"."""
+    return SimpleNamespace(
+        producer=producer, conf=SimpleNamespace(id="gc-test"), assignor=SimpleNamespace(group_for_topic=lambda t: 2)
+    )
+
+
+def event_on(partition: int) -> SimpleNamespace:
+    return SimpleNamespace(message=SimpleNamespace(topic="gc.requests", partition=partition))
+
+
+def outs(*values: bytes) -> list:
+    return [SimpleNamespace(topic="gc.pass.decisions", key=b"k", value=v, partition=3, headers=()) for v in values]
 
 
 def records_of(producer, tid: str, n: int) -> list[asyncio.Future]:
@@ -465,12 +548,8 @@ def recording_commit(started: list, release: dict):
 async def test_send_in_partition_transaction_hands_the_records_over_without_awaiting_delivery():
     tid = "gc-test-2-3"
     producer = TransactionProducers(tid)
-    app = SimpleNamespace(
-        producer=producer, conf=SimpleNamespace(id="gc-test"), assignor=SimpleNamespace(group_for_topic=lambda topic: 2)
-    )
-    event = SimpleNamespace(message=SimpleNamespace(topic="gc.requests", partition=3))
-    outs = [SimpleNamespace(topic="gc.pass.decisions", key=b"k", value=b"v", partition=3, headers=())] * 2
-    await asyncio.wait_for(compat.send_in_partition_transaction(app, event, outs), 5)  # nothing delivered yet
+    sending = compat.send_in_partition_transaction(partition_app(producer), event_on(3), outs(b"a", b"b"))
+    await asyncio.wait_for(sending, 5)  # nothing delivered yet
     assert compat._sent(producer)[tid] == [(producer._transaction_producers[tid], f) for f in producer.futures]
 
 
