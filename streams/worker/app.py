@@ -74,6 +74,9 @@ def app_config(settings: Settings) -> dict:
     commits = {}
     if settings.processing_guarantee == "exactly_once":
         commits["broker_commit_interval"] = settings.transaction_interval_ms / 1000
+        # A transaction's records are handed over in bursts (those kept during a commit): batches of
+        # 16 kB (aiokafka's default) fill at once and each hand-over waits for a produce round trip.
+        commits["producer_max_batch_size"] = 256 * 1024
     return dict(
         broker=settings.broker_url,
         broker_credentials=settings.connection.faust_credentials(),

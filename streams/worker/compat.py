@@ -304,12 +304,15 @@ async def release_transactions(producer) -> None:
     replaced meanwhile (its partition revoked: Faust dropped the acks, the transaction is aborted)
     drops what was kept for it: its next owner handles those events again."""
     held = _held(producer)
-    for tid in list(held):
+
+    async def release(tid: str) -> None:
         txn, outs = held[tid]
         while outs and producer._transaction_producers.get(tid) is txn:
             out = outs.pop(0)  # records kept while this one is handed join the same list, behind it
             await _hand(producer, tid, [out])
         del held[tid]
+
+    await asyncio.gather(*(release(tid) for tid in list(held)))  # each its own producer: concurrently
 
 
 def _sent(producer) -> dict:

@@ -611,5 +611,6 @@ def test_exactly_once_commits_every_transaction_interval():
     from streams.worker.app import app_config
 
     eos = app_config(Settings(processing_guarantee="exactly_once", transaction_interval_ms=100))
-    assert eos["broker_commit_interval"] == 0.1
-    assert "broker_commit_interval" not in app_config(Settings())  # at_least_once: Faust's own
+    assert eos["broker_commit_interval"] == 0.1 and eos["producer_max_batch_size"] == 256 * 1024
+    alo = app_config(Settings())
+    assert "broker_commit_interval" not in alo and "producer_max_batch_size" not in alo  # Faust's own
