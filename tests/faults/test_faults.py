@@ -294,3 +294,46 @@ async def test_three_nodes_keep_deciding_when_a_broker_stops(cluster3, tmp_path,
 async def test_worker_killed_mid_stream_decides_each_request_exactly_once(cluster3, tmp_path, figures_file):
     system = await start_system(cluster3, tmp_path, kind="kafka3", prefix=f"fc{uuid.uuid4().hex[:4]}.")
     await worker_killed_mid_stream(system, figures_file, nodes=3)
+
+
+# --------------------------------------------------------------------------
+# (d) the worker is SIGKILLed in the middle of a burst: many records in open transactions
+
+
+async def test_worker_killed_in_a_burst_decides_each_request_exactly_once(cluster3, tmp_path, figures_file):
+    """A steady 20/s stream leaves a few requests in flight at a kill; a backlog of 1,500 leaves
+    hundreds, their records in open transactions, kept during a commit or not yet delivered
+    (exactly_once, batched: streams/worker/eos.py). Another worker takes over: each decided once."""
+    system = await start_system(cluster3, tmp_path, kind="kafka3", prefix=f"fk{uuid.uuid4().hex[:4]}.")
+    try:
+        scenario = Scenario(seed=35)
+        await load_enterprises(system, scenario)
+        burst = [scenario.request(i) for i in range(1500)]
+        await asyncio.gather(*(system.send(system.topics.requests, b, key=b["shipment_id"]) for b in burst))
+        ids = [b["shipment_id"] for b in burst]
+        await until(
+            lambda: len(decision_counts(system, ids)) >= 400, DECIDE_TIMEOUT, "400 decisions", worker_alive(system)
+        )
+        first = system.workers[0]
+        first.kill()  # SIGKILL: no commit, no flush
+        first.wait()
+        decided_at_kill = len(decision_counts(system, ids))
+        t0 = time.monotonic()
+        system.start_worker()
+        every = f"a decision for each of the {len(ids)} requests"
+        await until(lambda: len(decision_counts(system, ids)) == len(ids), DECIDE_TIMEOUT, every, worker_alive(system))
+        await settle(system, worker_alive(system))
+        requests = tally(decision_counts(system, ids), ids)
+        figures = {
+            "nodes": 3,
+            **{f"requests_{k}": v for k, v in requests.items()},
+            "decided_before_kill": decided_at_kill,
+            "seconds_from_restart_to_last_decision": round(time.monotonic() - t0, 1),
+            **pass_figures(system, ids),
+        }
+        record(figures_file, "worker_sigkill_in_a_burst", figures)
+        assert decided_at_kill < len(ids) - 100, "the kill was not in the burst"
+        assert requests["duplicates"] == requests["missing"] == 0, figures
+        assert_passes_clean(system, figures)
+    finally:
+        await system.close()
