@@ -194,7 +194,9 @@ def conditions(broker: str) -> dict:
     }
 
 
-THROUGHPUT = ("limit", "framework", "pipeline", "scans", "scale")  # the suites run in interleaved rounds
+# The suites run in interleaved rounds; "pipeline_eos" (the pipeline under exactly_once, beside
+# at_least_once's in the same round) runs with "pipeline" on a broker with transactions.
+THROUGHPUT = ("limit", "framework", "pipeline", "pipeline_eos", "scans", "scale")
 
 
 class Attempts:
@@ -238,7 +240,8 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
     attempts = Attempts(ctx.log)
     rounds = await throughput_rounds(ctx, args, skip, attempts, messages, firms, risks)
     median = statistics.median(rates(rounds, "pipeline")) if rates(rounds, "pipeline") else None
-    latency = await latency_suites(ctx, args, skip, attempts, median)
+    eos_median = statistics.median(rates(rounds, "pipeline_eos")) if rates(rounds, "pipeline_eos") else None
+    latency = await latency_suites(ctx, args, skip, attempts, median, eos_median)
     state = await state_suites(ctx, args, skip, attempts, firms, risks)
     component = await component_suites(ctx, args, skip, attempts, messages)
     profiles = await profile_suites(ctx, args, skip, attempts, firms, risks)
@@ -265,6 +268,8 @@ async def throughput_rounds(
     for r in range(args.runs):
         ctx.log(f"[bold]round {r + 1}/{args.runs}[/bold]")
         for name in THROUGHPUT:
+            if name == "pipeline_eos" and ("pipeline" in skip or not ctx.transactions):
+                continue
             if name not in skip:
                 run = await attempts.run(name, throughput_run(name, ctx, args, messages, firms, risks))
                 rounds[name].append(run)
@@ -280,6 +285,8 @@ def throughput_run(name: str, ctx: Context, args, messages, firms, risks):
         return framework_run(ctx, messages[: args.events])
     if name == "pipeline":
         return pipeline_run(ctx, messages[: args.requests], firms, risks, workers=1)
+    if name == "pipeline_eos":
+        return pipeline_run(ctx, messages[: args.requests], firms, risks, workers=1, guarantee="exactly_once")
     if name == "scans":
         return scan_run(ctx, messages[: args.scan_requests], firms, risks)
     n = args.scale_requests or 2 * args.requests
@@ -292,9 +299,10 @@ def round_line(name: str, run) -> str:
         return f"  limit (aiokafka passthrough): {run.rate:,.0f} events/s over {run.seconds:.1f} s"
     if name == "framework":
         return f"  framework (bare Faust): {run.rate:,.0f} events/s over {run.seconds:.1f} s"
-    if name == "pipeline":
+    if name in ("pipeline", "pipeline_eos"):
+        guarantee = ", exactly_once" if name == "pipeline_eos" else ""
         return (
-            f"  pipeline, 1 worker: {run.rate:,.0f} decisions/s over {run.seconds:.1f} s, "
+            f"  pipeline, 1 worker{guarantee}: {run.rate:,.0f} decisions/s over {run.seconds:.1f} s, "
             f"{run.cpu_ms_per_output:.2f} ms CPU/decision (decisions alone "
             f"{run.extra['decisions_only_rate']:,.0f}/s; first output {run.startup:.1f} s after start)"
         )
@@ -325,12 +333,16 @@ def per_round_ratios(rounds: dict[str, list]) -> dict[str, list[float]]:
         "pipeline/framework": per_round("pipeline", "framework"),
         "framework/limit": per_round("framework", "limit"),
         "scale": per_round("scale", "pipeline"),
+        "eos/alo": per_round("pipeline_eos", "pipeline"),
     }
 
 
-async def latency_suites(ctx: Context, args, skip: set[str], attempts: Attempts, pipeline_median: float | None) -> dict:
+async def latency_suites(
+    ctx: Context, args, skip: set[str], attempts: Attempts, pipeline_median: float | None, eos_median: float | None
+) -> dict:
     """Latency at a share of the pipeline's median rate; also with another fetch wait (--what-if-fetch-wait)
-    and with exactly_once (on a broker with transactions)."""
+    and with exactly_once (on a broker with transactions), at that share of exactly_once's own median
+    rate when it was measured."""
     found = {"latency": None, "latency_whatif": None, "latency_eos": None}
     if "latency" in skip or not pipeline_median:
         return found
@@ -347,9 +359,14 @@ async def latency_suites(ctx: Context, args, skip: set[str], attempts: Attempts,
             latency_runs(ctx, offered, args.latency_seconds, runs, fetch_wait_ms=args.what_if_fetch_wait),
         )
     if ctx.transactions:
-        ctx.log("[bold]latency, exactly_once[/bold]: the same load with transactions")
+        eos_offered = args.latency_load * (eos_median or pipeline_median)
+        whose = "exactly_once's own" if eos_median else "at_least_once's"
+        ctx.log(
+            f"[bold]latency, exactly_once[/bold]: {eos_offered:,.0f}/s ({args.latency_load:.0%} of "
+            f"{eos_median or pipeline_median:,.0f}, {whose} median), outputs read committed"
+        )
         found["latency_eos"] = await attempts.run(
-            "latency_eos", latency_runs(ctx, offered, args.latency_seconds, runs, guarantee="exactly_once")
+            "latency_eos", latency_runs(ctx, eos_offered, args.latency_seconds, runs, guarantee="exactly_once")
         )
     return found
 
@@ -477,6 +494,8 @@ def throughput_rows(res: dict) -> list[Row]:
             "decisions/s",
             [x.extra["decisions_only_rate"] for x in r["pipeline"] if x is not None],
         ),
+        Row("pipeline_eos", "Pipeline: 1 worker, exactly_once", "decisions/s", rates(r, "pipeline_eos")),
+        Row("ratio_eos", "  exactly_once / at_least_once", "×", pr["eos/alo"], target=0.8),
         Row("scans", "Scans: 1 worker", "status events/s", rates(r, "scans"), target=2_000),
         Row("pipeline2", "Pipeline: 2 workers (total)", "decisions/s", rates(r, "scale")),
         Row("ratio_limit", "pipeline / limit", "×", pr["pipeline/limit"]),
@@ -547,6 +566,7 @@ def eos_rows(eos: dict | None) -> list[Row]:
             f"  exactly_once: {name} {p}",
             "ms",
             [run[key][p] for run in eos["runs"]],
+            target=250 if p == "p99" else None,
             higher_is_better=False,
         )
         for key, name in LATENCIES

@@ -88,7 +88,12 @@ class Run:
 
 
 async def _collect(
-    ctx: Context, topics: list[str], procs: list[Proc], done, kind=lambda topic, value: ""
+    ctx: Context,
+    topics: list[str],
+    procs: list[Proc],
+    done,
+    kind=lambda topic, value: "",
+    isolation_level: str = "read_uncommitted",
 ) -> tuple[list[Stamp], float | None]:
     """Read the output topics from the beginning until `done(stamps)`; the records' timestamps.
 
@@ -103,6 +108,7 @@ async def _collect(
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=32 * 1024 * 1024,
         fetch_max_wait_ms=500,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     stamps: list[Stamp] = []
@@ -280,7 +286,8 @@ async def pipeline_run(
     workers: int = 1,
     guarantee: str = "at_least_once",
 ) -> Run:
-    """decisions/s from the first output to the last (decisions, dead letters, issued statuses)."""
+    """decisions/s from the first output to the last (decisions, dead letters, issued statuses); under
+    exactly_once the outputs are read committed, as a reader downstream would."""
     rid = run_id()
     prefix = f"bench-{rid}."
     topics = Topics.with_prefix(prefix)
@@ -291,7 +298,9 @@ async def pipeline_run(
     procs = start_workers(ctx, env, rid, workers)
     done = _PipelineDone(len(requests), topics)
     try:
-        stamps, cpu = await _collect(ctx, [topics.decisions, topics.deadletter, topics.status], procs, done, done.kind)
+        stamps, cpu = await _collect(
+            ctx, [topics.decisions, topics.deadletter, topics.status], procs, done, done.kind, isolation(guarantee)
+        )
     finally:
         for p in procs:
             p.stop()
@@ -456,6 +465,12 @@ async def _wait_answers(receiver: _Receiver, idents: list[str], timeout: float, 
         await asyncio.sleep(0.05)
 
 
+def isolation(guarantee: str) -> str:
+    """How a reader of the worker's outputs reads them: under exactly_once only what is committed
+    (an output counts when a reader downstream can see it)."""
+    return "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
+
+
 def percentiles(samples_ms: list[float]) -> dict:
     s = sorted(samples_ms)
     if not s:
@@ -491,8 +506,10 @@ async def latency_runs(
     procs = start_workers(ctx, env, rid, 1)
     producer = AIOKafkaProducer(**ctx.connection.kwargs(), linger_ms=0)
     await producer.start()
-    decisions = _Receiver(ctx.connection, [topics.decisions, topics.deadletter], ctx.partitions)
-    statuses = _StatusReceiver(ctx.connection, [topics.status], ctx.partitions)
+    decisions = _Receiver(
+        ctx.connection, [topics.decisions, topics.deadletter], ctx.partitions, isolation_level=isolation(guarantee)
+    )
+    statuses = _StatusReceiver(ctx.connection, [topics.status], ctx.partitions, isolation_level=isolation(guarantee))
     rng = random.Random(seed)
     wait = int(env.get("GC_FETCH_WAIT_MS") or Settings.model_fields["fetch_wait_ms"].default)
     result = {

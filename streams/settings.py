@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     app_id: str = "greenchannel"
     # Tansu has no transactions; set exactly_once on Apache Kafka.
     processing_guarantee: str = "at_least_once"
+    # exactly_once: how long each of the worker's transactions stays open before it commits (Faust's
+    # broker_commit_interval). A read_committed reader sees an output only once its transaction has
+    # committed, so this bounds each hop's latency; at_least_once keeps Faust's own interval.
+    transaction_interval_ms: int = 100
     store: str = "memory://"
     # Seconds without a heartbeat before the group gives a worker's partitions to others: how
     # long a crashed worker's partitions wait for a replacement.

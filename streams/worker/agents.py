@@ -2,7 +2,8 @@
 
 Agents are thin: each hands raw messages to `streams.handlers.Pipeline` (through
 `Runtime.guarded`) and sends what it returns. One event at a time: each event's table writes and
-outputs are sent (under exactly_once, in its partition's transaction) before the next is handled.
+outputs are handed to the producer (under exactly_once, to its partition's transaction) before the
+next is handled; their delivery is awaited by the commit of the event's offset, not by the event.
 A request is decided and its pass issued in one event; a scan is applied in one event on its
 pass's partition.
 """
@@ -92,7 +93,7 @@ def _register_guarded(
 ) -> None:
     """The agent `name` on `channel`: each event, one at a time, goes through the one dispatch
     (`Runtime.guarded`) with what the worker gives it (`given_for(event)`), its table writes and
-    outputs sent before the next event; with `after_ready`, once the reference data is loaded."""
+    outputs handed to the producer before the next event; with `after_ready`, once the reference data is loaded."""
     guarded, in_flight, ready = runtime.guarded, runtime.in_flight, runtime.ready
 
     async def agent(stream) -> None:

@@ -13,7 +13,13 @@ from ..bootstrap import build_pipeline
 from ..metrics import PrometheusMeter, new_registry
 from ..settings import Settings
 from . import agents
-from .compat import ask_highwaters, fetch_what_was_asked, seek_before_resume, set_fetch_wait
+from .compat import (
+    ask_highwaters,
+    commit_transactions_concurrently,
+    fetch_what_was_asked,
+    seek_before_resume,
+    set_fetch_wait,
+)
 from .runtime import Runtime
 from .tables import forget_moved_partitions, open_tables, raw_topic, register_table_partitions
 from .views import register_views
@@ -27,6 +33,7 @@ def create_app(settings: Settings) -> faust.App:
     fetch_what_was_asked()  # nothing fetched is skipped unhandled (streams.worker.compat)
     ask_highwaters()  # a worker taking over recovers its tables whole under exactly_once (streams.worker.compat)
     set_fetch_wait(settings.fetch_wait_ms)
+    commit_transactions_concurrently()  # exactly_once: each transaction once its records are delivered (compat)
     app = faust.App(settings.app_id, **app_config(settings))
     pipeline = build_pipeline(settings)
     names = pipeline.topics
@@ -62,7 +69,14 @@ def create_app(settings: Settings) -> faust.App:
 
 
 def app_config(settings: Settings) -> dict:
-    """Faust's configuration of the worker: broker, store, partitions, guarantee, web server."""
+    """Faust's configuration of the worker: broker, store, partitions, guarantee (under exactly_once,
+    how often its transactions commit), web server."""
+    commits = {}
+    if settings.processing_guarantee == "exactly_once":
+        commits["broker_commit_interval"] = settings.transaction_interval_ms / 1000
+        # A transaction's records are handed over in bursts (those kept during a commit): batches of
+        # 16 kB (aiokafka's default) fill at once and each hand-over waits for a produce round trip.
+        commits["producer_max_batch_size"] = 256 * 1024
     return dict(
         broker=settings.broker_url,
         broker_credentials=settings.connection.faust_credentials(),
@@ -79,4 +93,5 @@ def app_config(settings: Settings) -> dict:
         producer_linger_ms=1,
         stream_buffer_maxsize=8192,
         consumer_auto_offset_reset="earliest",
+        **commits,
     )

@@ -13,7 +13,11 @@ so an upgrade that changes one fails there first, by name. Each touch:
   wraps it so a commit waits until no event is between its first write and its ack (streams.worker.eos).
 * `send_in_partition_transaction`: exactly_once publishes an event's outputs and changelog
   records (`DirectTable`) in the transaction of the event's own source partition (streams.worker.eos
-  says why).
+  says why), without awaiting their delivery; while a commit runs (`hold_transactions`,
+  `release_transactions`) they are kept, in order, for the transaction that follows.
+* `commit_transactions_concurrently`: Faust commits a worker's transactions one after another,
+  several round trips to the coordinator each; commit them concurrently, each only once the records
+  handed to it are delivered (aiokafka commits a transaction whose batch failed).
 * `DirectTable`: a table write in Faust builds a changelog message future, checks the source
   topic's partitions and queues the write for a background sender: most of a decision's cost
   after the handlers. The worker writes the table's store itself and sends the changelog record
@@ -48,10 +52,13 @@ from aiokafka.errors import IllegalStateError
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "hold_transactions",
+    "release_transactions",
     "set_fetch_wait",
     "seek_before_resume",
     "ask_highwaters",
@@ -59,6 +66,7 @@ __all__ = [
     "wrap_commit",
     "transactional_id",
     "send_in_partition_transaction",
+    "commit_transactions_concurrently",
     "fetch_what_was_asked",
     "refresh_metadata",
     "learn_partitions",
@@ -249,17 +257,108 @@ def transactional_id(app, topic: str, partition: int) -> str:
 
 
 async def send_in_partition_transaction(app, event, outs: list) -> None:
-    """Publish `outs` (streams.handlers.Out: outputs and changelog records) in the transaction of
-    `event`'s partition; delivered before the event is acked."""
+    """Hand `outs` (streams.handlers.Out: outputs and changelog records) to the transaction of
+    `event`'s partition, or, while a commit holds the transactions (`hold_transactions`), keep them
+    for the next one. Their delivery is not awaited here: the transaction's commit waits for it
+    (`commit_transactions_concurrently`), before it commits the event's offset with them."""
     tid = transactional_id(app, event.message.topic, event.message.partition)
-    sent = [
-        await app.producer.send(
+    held = _held(app.producer).get(tid)
+    if held is not None:  # a commit is taking the offsets: these wait for the next transaction, in order
+        held[1].extend(outs)
+        return
+    await _hand(app.producer, tid, outs)
+
+
+async def _hand(producer, tid: str, outs: list) -> None:
+    """Hand `outs` to Faust's `producer` in transaction `tid`, keeping their delivery futures."""
+    sent = _sent(producer).setdefault(tid, [])
+    for out in outs:
+        # The transaction's aiokafka producer, as Faust's send takes it (no await in between): a
+        # rebalance may replace it while the send waits for the transaction's lock.
+        txn = producer._transaction_producers.get(tid)
+        future = await producer.send(
             out.topic, out.key, out.value, out.partition, None, list(out.headers), transactional_id=tid
         )
-        for out in outs
-    ]
-    # A failed send fails the agent, never silently.
-    await asyncio.gather(*sent)
+        sent.append((txn, future))
+
+
+def _held(producer) -> dict:
+    """The records kept while a commit runs: transactional id -> (its aiokafka producer then, [Out])."""
+    return producer.__dict__.setdefault("_gc_held", {})
+
+
+def hold_transactions(producer) -> None:
+    """From now on, records for each of the worker's transactions are kept, in order, instead of
+    entering it (a commit is about to take the offsets acked so far). Raises while a hold is still
+    there: an earlier commit failed, and nothing of this worker may commit after it."""
+    held = _held(producer)
+    if held:
+        raise RuntimeError(f"an earlier commit of {', '.join(sorted(held))} failed: not committing again")
+    for tid, txn in producer._transaction_producers.items():
+        held[tid] = (txn, [])
+
+
+async def release_transactions(producer) -> None:
+    """After a commit (each transaction committed and the next begun): hand the kept records to their
+    transactions, in order, then let records through again. A transaction whose producer Faust has
+    replaced meanwhile (its partition revoked: Faust dropped the acks, the transaction is aborted)
+    drops what was kept for it: its next owner handles those events again."""
+    held = _held(producer)
+
+    async def release(tid: str) -> None:
+        txn, outs = held[tid]
+        while outs and producer._transaction_producers.get(tid) is txn:
+            out = outs.pop(0)  # records kept while this one is handed join the same list, behind it
+            await _hand(producer, tid, [out])
+        del held[tid]
+
+    await asyncio.gather(*(release(tid) for tid in list(held)))  # each its own producer: concurrently
+
+
+def _sent(producer) -> dict:
+    """What each transaction of Faust's `producer` was handed since it last committed:
+    transactional id -> [(its aiokafka producer then, the record's delivery future)]."""
+    return producer.__dict__.setdefault("_gc_sent", {})
+
+
+async def _delivered(producer, tid: str) -> None:
+    """Wait until every record handed to transaction `tid` is delivered; raise if one failed.
+
+    aiokafka's commit sends EndTxn(COMMIT) once the batches are done, failed or not: without this a
+    transaction could commit an event's offset without one of its records. A failure stays recorded,
+    so every later commit of `tid` raises too (the worker stops; the open transaction is aborted
+    when its next owner fences it). Records handed to a producer Faust has since stopped (the
+    partition was revoked: Faust dropped its acks; its transaction is aborted) are not waited for."""
+    sent = _sent(producer).get(tid)
+    if not sent:
+        return
+    current = producer._transaction_producers.get(tid)
+    n = len(sent)
+    futures = [future for txn, future in sent[:n] if txn is current]
+    await asyncio.gather(*futures)  # a failed delivery raises: the records stay, the commit is not made
+    del sent[:n]
+
+
+def _commit_each_when_delivered(commit_transactions):
+    @functools.wraps(commit_transactions)
+    async def wrapper(self, tid_to_offset_map, group_id, start_new_transaction=True):
+        async def commit_one(tid: str, offsets) -> None:
+            await _delivered(self, tid)
+            await commit_transactions(self, {tid: offsets}, group_id, start_new_transaction=start_new_transaction)
+
+        # Each transaction is its own producer, its own lock and its own offsets: concurrently.
+        await asyncio.gather(*(commit_one(tid, offsets) for tid, offsets in tid_to_offset_map.items()))
+
+    wrapper.__gc_commit_concurrently__ = True
+    return wrapper
+
+
+def commit_transactions_concurrently() -> None:
+    """Make Faust commit a worker's transactions concurrently, each once what it was handed is
+    delivered (idempotent). Faust 0.15 commits them one after another, several round trips each."""
+    commit = FaustAIOKafkaProducer.commit_transactions
+    if not getattr(commit, "__gc_commit_concurrently__", False):
+        FaustAIOKafkaProducer.commit_transactions = _commit_each_when_delivered(commit)
 
 
 # --- metadata ------------------------------------------------------------------------------------

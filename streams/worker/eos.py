@@ -14,10 +14,20 @@ things break "each input's outputs are committed exactly when its offset is":
 
 So, in exactly_once mode, an agent handles each event (or each batch it takes) inside
 `CommitGate.event()`: Faust's commit waits until no event is between its first write and its
-ack, and the gate is left right before the ack (no await in between). Inside,
-`streams.worker.compat.send_in_partition_transaction` publishes the table writes the event just made,
-then its outputs, all in the transaction of the event's own partition. Faust's commit of the
-offsets is left as it is.
+ack (the gate is left right before the ack, no await in between), then takes the offsets acked so
+far. Inside, `streams.worker.compat.send_in_partition_transaction` hands the table writes the event
+just made, then its outputs, to the transaction of the event's own partition, without awaiting
+their delivery (one produce round trip per event was most of exactly_once's cost).
+
+A commit does not stop the agents: once no event is in flight, the gate holds every transaction
+(`streams.worker.compat.hold_transactions`) and lets events go on. Their records are kept, in
+order, and handed to the transactions that follow once the commit has ended them
+(`release_transactions`), so each event's records land in the transaction that will commit its
+offset. Each transaction's commit (`streams.worker.compat.commit_transactions_concurrently`) first
+waits until every record handed to it is delivered, a failed one failing the commit (and every
+commit after it), and the transactions commit concurrently. aiokafka's commit also sends every
+batch handed to the transaction before it (tests/unit/test_compat.py holds the premises). Faust
+commits every `GC_TRANSACTION_INTERVAL_MS` (100 ms): a read_committed reader sees an output then.
 
 A worker taking over partitions with a backlog must also not fetch them before it has sought
 them to their committed offsets; `streams.worker.compat.seek_before_resume` sees to that
@@ -28,13 +38,14 @@ from __future__ import annotations
 
 import asyncio
 
-from .compat import wrap_commit
+from .compat import hold_transactions, release_transactions, wrap_commit
 
 __all__ = ["CommitGate"]
 
 
 class CommitGate:
-    """Events in flight exclude Faust's offset commits (many events, or one commit, at a time)."""
+    """No event is in flight when Faust takes the offsets to commit; events go on while it commits,
+    their records kept for the next transactions."""
 
     def __init__(self) -> None:
         self._busy = 0
@@ -45,19 +56,24 @@ class CommitGate:
         self._commits = asyncio.Lock()
         self._consumer = None
 
-    def install(self, consumer) -> None:
-        """Make `consumer.commit` (every commit Faust makes goes through it) wait for the gate."""
+    def install(self, consumer, producer) -> None:
+        """Make `consumer.commit` (every commit Faust makes goes through it) wait for the gate, and
+        hold `producer`'s transactions while it commits."""
         if self._consumer is consumer:
             return
 
-        async def commit_between_events(commit, *args, **kwargs):
+        async def commit_between_events(commit, topics=None, start_new_transaction: bool = True):
             async with self._commits:
                 self._open.clear()  # no new event starts: the commit is not starved
                 try:
                     await self._idle.wait()
-                    return await commit(*args, **kwargs)
+                    hold_transactions(producer)  # raises if an earlier commit failed
                 finally:
-                    self._open.set()
+                    self._open.set()  # events go on; their records wait for the next transactions
+                committed = await commit(topics, start_new_transaction=start_new_transaction)
+                if start_new_transaction:  # (a failed commit raised: the holds stay, nothing commits again)
+                    await release_transactions(producer)
+                return committed
 
         wrap_commit(consumer, commit_between_events)
         self._consumer = consumer

@@ -74,7 +74,7 @@ class Runtime:
         """exactly_once: Faust commits offsets only between events (see streams.worker.eos)."""
         if not self.exactly_once:
             return contextlib.nullcontext()
-        self.gate.install(self.app.consumer)
+        self.gate.install(self.app.consumer, self.app.producer)
         return self.gate.event()
 
     async def guarded(self, event, given: Given) -> None:
@@ -92,7 +92,7 @@ class Runtime:
         )
         self.meter.handled(topic, time.perf_counter() - started)
         outs = self.table_writes(event) + outs  # taken before any await: the next event's are its own
-        if self.exactly_once:  # the event's table writes and outputs, in its partition's transaction
+        if self.exactly_once:  # in its partition's transaction, delivered before that commits
             await send_in_partition_transaction(self.app, event, outs)
         else:
             await self.send_all(outs)

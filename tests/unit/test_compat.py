@@ -147,14 +147,80 @@ async def test_wrapped_commit_waits_for_the_event_in_flight():
             return True
 
     consumer, gate = Stub(), CommitGate()
-    gate.install(consumer)
-    gate.install(consumer)  # once per consumer
+    gate.install(consumer, TransactionProducers())
+    gate.install(consumer, TransactionProducers())  # once per consumer
     async with gate.event():
         pending = asyncio.ensure_future(consumer.commit("tp", start_new_transaction=False))
         await asyncio.sleep(0)  # let the commit reach the gate (a scheduling step, not a wait for time)
         assert not pending.done() and calls == []
     assert await asyncio.wait_for(pending, 5) is True
     assert calls == [("commit", ("tp",), {"start_new_transaction": False})]
+
+
+async def test_events_go_on_while_a_commit_runs_their_records_kept_for_the_next_transaction():
+    tid = "gc-test-2-3"
+    producer = TransactionProducers(tid)
+    app = partition_app(producer)
+    committing, may_end = asyncio.Event(), asyncio.Event()
+    handed_when_committing = []
+
+    class Consumer:
+        async def commit(self, topics=None, start_new_transaction=True):
+            handed_when_committing.append(len(producer.futures))
+            committing.set()
+            await may_end.wait()  # the transactions commit meanwhile
+            return True
+
+    consumer, gate = Consumer(), CommitGate()
+    gate.install(consumer, producer)
+    async with gate.event():
+        await compat.send_in_partition_transaction(app, event_on(3), outs(b"before"))
+    commit = asyncio.ensure_future(consumer.commit())
+    await asyncio.wait_for(committing.wait(), 5)
+
+    async def during() -> None:
+        async with gate.event():
+            await compat.send_in_partition_transaction(app, event_on(3), outs(b"during", b"during-2"))
+
+    await asyncio.wait_for(during(), 5)  # not blocked by the commit
+    assert producer.values == [b"before"]  # kept while the commit runs
+    may_end.set()
+    assert await asyncio.wait_for(commit, 5) is True
+    assert handed_when_committing == [1]
+    assert producer.values == [b"before", b"during", b"during-2"]  # handed after, in order
+    async with gate.event():
+        await compat.send_in_partition_transaction(app, event_on(3), outs(b"after"))
+    assert producer.values[-1] == b"after" and compat._held(producer) == {}
+
+
+async def test_a_failed_commit_keeps_the_hold_and_nothing_commits_again():
+    producer = TransactionProducers("gc-test-2-3")
+    app = partition_app(producer)
+
+    class Consumer:
+        async def commit(self, topics=None, start_new_transaction=True):
+            raise RuntimeError("EndTxn failed")
+
+    consumer, gate = Consumer(), CommitGate()
+    gate.install(consumer, producer)
+    with pytest.raises(RuntimeError, match="EndTxn failed"):
+        await consumer.commit()
+    async with gate.event():
+        await compat.send_in_partition_transaction(app, event_on(3), outs(b"kept"))
+    assert producer.values == []  # never handed: its offset must not commit either
+    with pytest.raises(RuntimeError, match="earlier commit"):
+        await consumer.commit()
+
+
+async def test_records_kept_for_a_transaction_replaced_meanwhile_are_dropped():
+    tid = "gc-test-2-3"
+    producer = TransactionProducers(tid)
+    app = partition_app(producer)
+    compat.hold_transactions(producer)
+    await compat.send_in_partition_transaction(app, event_on(3), outs(b"kept"))
+    producer._transaction_producers[tid] = object()  # revoked and assigned again: Faust's new producer
+    await compat.release_transactions(producer)
+    assert producer.values == [] and compat._held(producer) == {}
 
 
 def test_transactional_id_is_the_one_faust_keeps_for_the_source_partition():
@@ -358,3 +424,193 @@ def test_fetch_what_was_asked_patches_faust_once():
     first = AIOKafkaConsumerThread._fetch_records
     compat.fetch_what_was_asked()
     assert AIOKafkaConsumerThread._fetch_records is first and first.__gc_fetch_what_was_asked__
+
+
+# --- exactly_once, batched: records handed to a transaction, delivered before it commits -------------
+
+
+def test_premise_aiokafka_sends_what_a_transaction_was_handed_before_it_ends_it():
+    """An event's records are handed to its transaction's producer and not awaited: safe because
+    aiokafka's commit first flushes every batch handed to it, then sends EndTxn."""
+    from aiokafka.producer.sender import Sender
+
+    source = inspect.getsource(Sender._do_txn_commit)
+    assert source.index("await self._message_accumulator.flush_for_commit()") < source.index("EndTxnHandler(")
+    # and Faust's commit of a transaction is aiokafka's: offsets, commit, the next one begun
+    commit = inspect.getsource(inspect.unwrap(FaustAIOKafkaProducer.commit_transactions))
+    assert "for transactional_id, offsets in tid_to_offset_map.items():" in commit
+    offsets, end, begin = (
+        commit.index("await transaction_producer.send_offsets_to_transaction("),
+        commit.index("await transaction_producer.commit_transaction()"),
+        commit.index("await transaction_producer.begin_transaction()"),
+    )
+    assert commit.index("async with self._trn_locks[transactional_id]:") < offsets < end < begin
+
+
+async def test_premise_a_transactions_commit_waits_for_its_batches_but_not_for_their_success():
+    """flush_for_commit waits for every batch handed to the transaction so far, closing them (a
+    record handed after that starts a batch of its own: the next transaction's); a failed batch
+    does not stop the commit. Hence `_delivered`: a transaction commits only once each record handed
+    to it is delivered."""
+    from aiokafka.errors import KafkaTimeoutError
+    from aiokafka.producer.message_accumulator import MessageAccumulator
+    from aiokafka.structs import TopicPartition
+
+    accumulator = MessageAccumulator(None, 16384, 0, 30)
+    tp = TopicPartition("gc.pass.decisions", 0)
+    handed = await accumulator.add_message(tp, b"k", b"v", timeout=1)
+    flushing = asyncio.ensure_future(accumulator.flush_for_commit())
+    await asyncio.sleep(0)  # a scheduling step: the flush reaches its wait
+    assert not flushing.done()
+    [batch] = accumulator._batches[tp]
+    assert batch.append(b"k2", b"v2", None) is None  # closed: a later record waits for a batch of its own
+    batch.failure(KafkaTimeoutError())
+    await asyncio.wait_for(flushing, 5)  # returned, no error raised: EndTxn(COMMIT) would follow
+    assert isinstance(handed.exception(), KafkaTimeoutError)
+
+
+def test_premise_a_record_sent_while_its_transaction_commits_lands_in_the_next():
+    """Faust sends into a transaction under the lock its commit holds from the offsets to the next
+    transaction's begin: a record of an event in flight during a commit would land in the next
+    transaction, apart from the offset just committed. The commit gate (streams.worker.eos) keeps
+    every event out of a commit's way."""
+    send = inspect.getsource(FaustAIOKafkaProducer.send)
+    assert "async with self._trn_locks[transactional_id]:" in send
+    assert "await transaction_producer.send(" in send
+
+
+def test_premise_faust_does_not_flush_its_producer_before_a_transactional_commit():
+    """Faust's own table writes go through the producer's buffer (send_soon), flushed before an
+    at_least_once commit but not before a transactional one: a write could land in the next
+    transaction, or none. The worker writes no table through Faust (`DirectTable`)."""
+    from faust.tables.base import Collection
+
+    source = inspect.getsource(Consumer._commit_offsets)
+    transactional, otherwise = source.index("if self.in_transaction:"), source.index("else:")
+    assert "flush()" not in source[transactional:otherwise]
+    assert "flush()" in source[otherwise:]
+    assert ".send_soon(" in inspect.getsource(Collection.send_changelog)
+
+    app = faust.App("gc-test-noflush", broker="kafka://127.0.0.1:1")
+    table = app.Table("t", key_type=str, value_type=bytes, partitions=4)
+    table.send_changelog = lambda *a, **k: pytest.fail("a table write went through Faust's buffer")
+    pending: list = []
+    compat.DirectTable(table, pending)["p"] = b"x"
+    assert len(pending) == 1
+
+
+class TransactionProducers:
+    """Faust's producer as the touches see it: a transaction's aiokafka producer by id, its sends."""
+
+    def __init__(self, *tids: str) -> None:
+        self._transaction_producers = {tid: object() for tid in tids}
+        self.futures: list[asyncio.Future] = []
+        self.values: list[bytes] = []
+        self.committed: list[str] = []
+
+    async def send(self, topic, key, value, partition, timestamp, headers, *, transactional_id):
+        self.futures.append(asyncio.get_running_loop().create_future())
+        self.values.append(value)
+        return self.futures[-1]
+
+
+def partition_app(producer) -> SimpleNamespace:
+    """An app whose requests are group 2: partition 3's transaction is "gc-test-2-3"."""
+    return SimpleNamespace(
+        producer=producer, conf=SimpleNamespace(id="gc-test"), assignor=SimpleNamespace(group_for_topic=lambda t: 2)
+    )
+
+
+def event_on(partition: int) -> SimpleNamespace:
+    return SimpleNamespace(message=SimpleNamespace(topic="gc.requests", partition=partition))
+
+
+def outs(*values: bytes) -> list:
+    return [SimpleNamespace(topic="gc.pass.decisions", key=b"k", value=v, partition=3, headers=()) for v in values]
+
+
+def records_of(producer, tid: str, n: int) -> list[asyncio.Future]:
+    futures = [asyncio.get_running_loop().create_future() for _ in range(n)]
+    compat._sent(producer).setdefault(tid, []).extend((producer._transaction_producers[tid], f) for f in futures)
+    return futures
+
+
+def recording_commit(started: list, release: dict):
+    async def commit_transactions(self, tid_to_offset_map, group_id, start_new_transaction=True):
+        [(tid, offsets)] = tid_to_offset_map.items()  # one transaction per call
+        started.append(tid)
+        await release.setdefault(tid, asyncio.Event()).wait()
+        self.committed.append(tid)
+
+    return commit_transactions
+
+
+async def test_send_in_partition_transaction_hands_the_records_over_without_awaiting_delivery():
+    tid = "gc-test-2-3"
+    producer = TransactionProducers(tid)
+    sending = compat.send_in_partition_transaction(partition_app(producer), event_on(3), outs(b"a", b"b"))
+    await asyncio.wait_for(sending, 5)  # nothing delivered yet
+    assert compat._sent(producer)[tid] == [(producer._transaction_producers[tid], f) for f in producer.futures]
+
+
+async def test_transactions_commit_concurrently_each_once_its_records_are_delivered():
+    producer = TransactionProducers("t-0", "t-1")
+    started, release = [], {}
+    commit = compat._commit_each_when_delivered(recording_commit(started, release))
+    [record] = records_of(producer, "t-0", 1)
+    committing = asyncio.ensure_future(commit(producer, {"t-0": {"tp0": 5}, "t-1": {"tp1": 7}}, "gc"))
+    await asyncio.sleep(0)  # scheduling steps: each commit reaches its wait
+    await asyncio.sleep(0)
+    assert started == ["t-1"]  # t-0 waits for its record; t-1 does not wait for t-0
+    record.set_result(None)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert started == ["t-1", "t-0"]  # both commits in progress at once
+    for event in release.values():
+        event.set()
+    await asyncio.wait_for(committing, 5)
+    assert sorted(producer.committed) == ["t-0", "t-1"] and compat._sent(producer)["t-0"] == []
+
+
+async def test_a_failed_delivery_fails_every_commit_of_its_transaction():
+    from aiokafka.errors import KafkaTimeoutError
+
+    producer = TransactionProducers("t-0")
+    started, release = [], {"t-0": asyncio.Event()}
+    release["t-0"].set()
+    commit = compat._commit_each_when_delivered(recording_commit(started, release))
+    [record] = records_of(producer, "t-0", 1)
+    record.set_exception(KafkaTimeoutError())
+    for _ in range(2):  # the timer's commit, then the one at shutdown: neither commits
+        with pytest.raises(KafkaTimeoutError):
+            await commit(producer, {"t-0": {"tp0": 5}}, "gc", start_new_transaction=False)
+    assert started == [] and producer.committed == []
+
+
+async def test_records_of_a_stopped_transaction_producer_are_not_waited_for():
+    producer = TransactionProducers("t-0")
+    started, release = [], {"t-0": asyncio.Event()}
+    release["t-0"].set()
+    commit = compat._commit_each_when_delivered(recording_commit(started, release))
+    records_of(producer, "t-0", 1)  # never delivered: its producer was stopped (the partition revoked)
+    producer._transaction_producers["t-0"] = object()  # a new producer for the partition assigned again
+    await asyncio.wait_for(commit(producer, {"t-0": {"tp0": 5}}, "gc"), 5)
+    assert producer.committed == ["t-0"]
+
+
+def test_commit_transactions_concurrently_patches_faust_once():
+    compat.commit_transactions_concurrently()
+    first = FaustAIOKafkaProducer.commit_transactions
+    compat.commit_transactions_concurrently()
+    assert FaustAIOKafkaProducer.commit_transactions is first and first.__gc_commit_concurrently__
+    assert not getattr(first.__wrapped__, "__gc_commit_concurrently__", False)
+
+
+def test_exactly_once_commits_every_transaction_interval():
+    from streams.settings import Settings
+    from streams.worker.app import app_config
+
+    eos = app_config(Settings(processing_guarantee="exactly_once", transaction_interval_ms=100))
+    assert eos["broker_commit_interval"] == 0.1 and eos["producer_max_batch_size"] == 256 * 1024
+    alo = app_config(Settings())
+    assert "broker_commit_interval" not in alo and "producer_max_batch_size" not in alo  # Faust's own

@@ -77,6 +77,7 @@ def test_no_clock_timer_without_a_clock_interval(tmp_path, seconds):
 class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple] = []
+        self._transaction_producers = {"gc-test-0-2": object()}  # Faust's, by transactional id
 
     async def send(self, topic, key, value, partition, timestamp, headers, transactional_id=None):
         self.sent.append((topic, key, value, partition, transactional_id))
