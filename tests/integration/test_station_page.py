@@ -25,7 +25,7 @@ from PIL import Image
 from models.passes import kafka_partition
 from models.records import format_time
 from streams.station.store import Store, station_path
-from tests.support.browser import ARTIFACTS, CHROMIUM, wait_for_js
+from tests.support.browser import ARTIFACTS, CHROMIUM, wait_for_js, watched_page
 from tests.support.camera import camera_flags, write_y4m
 from tests.support.factories import STATION_SCENARIO as SCENARIO
 from tests.support.factories import STATION_TIMEOUT as TIMEOUT
@@ -189,14 +189,8 @@ async def filming(chromium, video: Path, name: str):
         executable_path=str(CHROMIUM), args=["--no-sandbox", *camera_flags(video)]
     )
     try:
-        context = await browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
-        pg = await context.new_page()
-        violations: list[str] = []
-        pg.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
-        yield pg
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        await pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-        assert violations == [], f"the page broke its Content-Security-Policy: {violations}"
+        async with watched_page(browser, ARTIFACTS / f"{name}.png") as pg:
+            yield pg
     finally:
         await browser.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -40,22 +41,29 @@ async def chromium():
         await browser.close()
 
 
-@pytest.fixture
-async def page(chromium, request):
-    """A fresh browser page (a context of its own: no cookie of another test's page); on teardown its
-    screenshot goes to tests/artifacts/TEST.png, and the test fails if the page broke its
-    Content-Security-Policy (an inline script or style, an eval, a request elsewhere)."""
-    context = await chromium.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
+@contextlib.asynccontextmanager
+async def watched_page(browser, screenshot: Path):
+    """A fresh page of `browser` in a context of its own (no cookie of another page); on leaving, its
+    screenshot goes to `screenshot`, and it fails if the page broke its Content-Security-Policy (an
+    inline script or style, an eval, a request elsewhere)."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
     pg = await context.new_page()
     violations: list[str] = []
     pg.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
     yield pg
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
-        await pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+        await pg.screenshot(path=str(screenshot), full_page=True)
     finally:
         await context.close()
     assert violations == [], f"the page broke its Content-Security-Policy: {violations}"
+
+
+@pytest.fixture
+async def page(chromium, request):
+    """A fresh browser page (`watched_page`), its screenshot going to tests/artifacts/TEST.png."""
+    async with watched_page(chromium, ARTIFACTS / f"{request.node.name}.png") as pg:
+        yield pg
 
 
 async def wait_for_js(page, expression: str, timeout: float = 30):
