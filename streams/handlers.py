@@ -266,6 +266,9 @@ class Pipeline:
         self.withdrawals_applied: set[str] = set()
         self.meter = Meter()  # the worker sets a PrometheusMeter (streams.metrics)
         self._known_deciders: dict[bytes, Decider] = {}
+        # Per partition, the `applied` bytes last read and their vectors decoded: every request reads
+        # them, and they change only when a broadcast is applied (`_note_applied`).
+        self._applied_read: dict[int, tuple[bytes, dict[str, dict[int, int]]]] = {}
 
     # --- dead letters -------------------------------------------------------------------------
     def dead_letter(self, meta: RecordMeta, key: bytes | None, value: bytes | None, error: str) -> Out:
@@ -358,11 +361,12 @@ class Pipeline:
         raw = tables.applied.get(str(partition))
         if raw is None:
             return None
+        read = self._applied_read.get(partition)
+        if read is None or read[0] != raw:
+            vectors = {name: {int(p): o for p, o in v.items()} for name, v in orjson.loads(raw).items()}
+            read = self._applied_read[partition] = (raw, vectors)
         books = self._books()
-        for name, vector in orjson.loads(raw).items():
-            if books[name].behind({int(p): o for p, o in vector.items()}):
-                return name
-        return None
+        return next((name for name, vector in read[1].items() if books[name].behind(vector)), None)
 
     def _note_applied(self, tables: Tables, partition: int, name: str, source) -> None:
         """`source` of reference topic `name` has been applied on `partition`."""
