@@ -184,16 +184,24 @@ def test_a_station_ignores_a_record_its_root_did_not_sign_and_refuses_that_keys_
 # --- no usable key: a rejection, and the replay decides it alike ---------------------------------
 
 
-def test_without_the_private_key_the_worker_rejects_and_the_replay_with_every_key_reproduces_it():
-    here = {KID1: SIGNERS[KID1]}  # K2's private key never reached this worker
-    world, records, recorded = World(here), [], []
-    world.key(record(KID1))
-    world.key(record(KID2, ACTIVE, ROTATED))
+def run_keyring_log(world) -> tuple[list[Record], list[Record]]:
+    """The keyring log sent through `world`'s worker: its input records, and the records it wrote."""
+    records: list[Record] = []
+    recorded: list[Record] = []
     for n, (topic, key, value) in enumerate(keyring_log()):
         records.append(Record(topic, kafka_partition(key, 4), n + 1, TS + n, key, value))
         recorded += [
             Record(o.topic, 0, len(recorded), TS + n, o.key, o.value, o.headers) for o in world.send(topic, key, value)
         ]
+    return records, recorded
+
+
+def test_without_the_private_key_the_worker_rejects_and_the_replay_with_every_key_reproduces_it():
+    here = {KID1: SIGNERS[KID1]}  # K2's private key never reached this worker
+    world = World(here)
+    world.key(record(KID1))
+    world.key(record(KID2, ACTIVE, ROTATED))
+    records, recorded = run_keyring_log(world)
     decisions = [orjson.loads(r.value) for r in recorded if r.topic == T.decisions]
     assert [d["decision"] for d in decisions] == ["approved"] * 5 + ["rejected"] * 3  # 6 and after: K2's time
     assert all(d["known"]["missing_keys"] == [KID2] for d in decisions[5:])
@@ -217,14 +225,10 @@ def test_without_the_private_key_the_worker_rejects_and_the_replay_with_every_ke
 def test_a_replay_without_a_key_the_worker_had_stops_and_says_so():
     from models.keyring import SigningKeyMissing
 
-    world, records, recorded = World(), [], []
+    world = World()
     world.key(record(KID1))
     world.key(record(KID2, ACTIVE, ROTATED))
-    for n, (topic, key, value) in enumerate(keyring_log()):
-        records.append(Record(topic, kafka_partition(key, 4), n + 1, TS + n, key, value))
-        recorded += [
-            Record(o.topic, 0, len(recorded), TS + n, o.key, o.value, o.headers) for o in world.send(topic, key, value)
-        ]
+    records, recorded = run_keyring_log(world)
     rep = Replayer(make_pipeline(Keyring({KID1: SIGNERS[KID1]}.get)))  # the audit lacks K2
     reference = [r for r in records if r.topic in (T.keys, T.enterprises)]
     rep.load_reference(reference)
