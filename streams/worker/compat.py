@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import deque
 from collections.abc import MutableMapping
 from types import SimpleNamespace
 
@@ -283,7 +284,7 @@ async def _hand(producer, tid: str, outs: list) -> None:
 
 
 def _held(producer) -> dict:
-    """The records kept while a commit runs: transactional id -> (its aiokafka producer then, [Out])."""
+    """The records kept while a commit runs: transactional id -> (its aiokafka producer then, a deque of Out)."""
     return producer.__dict__.setdefault("_gc_held", {})
 
 
@@ -295,7 +296,7 @@ def hold_transactions(producer) -> None:
     if held:
         raise RuntimeError(f"an earlier commit of {', '.join(sorted(held))} failed: not committing again")
     for tid, txn in producer._transaction_producers.items():
-        held[tid] = (txn, [])
+        held[tid] = (txn, deque())
 
 
 async def release_transactions(producer) -> None:
@@ -308,7 +309,7 @@ async def release_transactions(producer) -> None:
     async def release(tid: str) -> None:
         txn, outs = held[tid]
         while outs and producer._transaction_producers.get(tid) is txn:
-            out = outs.pop(0)  # records kept while this one is handed join the same list, behind it
+            out = outs.popleft()  # records kept while this one is handed join the same queue, behind it
             await _hand(producer, tid, [out])
         del held[tid]
 
