@@ -260,7 +260,7 @@ class Keyring:
         self.root = root
         self.missing: frozenset[str] | None = None  # None: live; a set: a replay's recorded missing keys
         # Where each key record came from (models.reference.Provenance): what a decision knew of the ring.
-        self.provenance: Provenance[tuple[str, Ed25519PublicKey, str, datetime | None, Grant]] = Provenance()
+        self.provenance: Provenance[KeyEntry] = Provenance()
 
     @classmethod
     def single(cls, signer: Signer) -> Keyring:
@@ -303,11 +303,7 @@ class Keyring:
     def as_known(self, vector: Vector) -> Keyring:
         """This ring as a reader knew it who had applied `vector` of the keys topic (the keys it
         was built with, which no record brought, included); the same private keys."""
-        ring = self._empty()
-        for source, (kid, public, status, at, grant) in self.provenance.within(vector):
-            ring.add(kid, public, status, at, grant=grant, source=source)
-        ring.provenance.known = dict(vector)
-        return ring
+        return self.provenance.rebuild(self._empty(), vector)
 
     def as_missing(self, kids: frozenset[str]) -> Keyring:
         """This ring as a replay uses it: the kids a recorded decision found without their private
@@ -327,7 +323,7 @@ class Keyring:
         grant: Grant = ANY,
         source: Source | None = None,
     ) -> bool:
-        self.provenance.note(source, (kid, public, status, at, grant))
+        self.provenance.note(source, KeyEntry(kid, public, status, at, grant))
         known = kid in self.public_keys
         self.public_keys.setdefault(kid, public)
         book = self._activated if status == ACTIVE else self._withdrawn
