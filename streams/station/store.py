@@ -107,7 +107,13 @@ class Store:
         if self.db.execute(
             "INSERT INTO pass (pass_id, plate, priority, toll_exempt, valid_from, valid_until, trip, route, token,"
             " origin, destination, status, verified) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (pass_id) DO NOTHING",
+            # A pending row (its key not known yet: perhaps not the pass's at all) gives way to a
+            # verified decision of the same number; nothing else replaces a row.
+            " ON CONFLICT (pass_id) DO UPDATE SET plate = excluded.plate, priority = excluded.priority,"
+            " toll_exempt = excluded.toll_exempt, valid_from = excluded.valid_from,"
+            " valid_until = excluded.valid_until, trip = excluded.trip, route = excluded.route,"
+            " token = excluded.token, origin = excluded.origin, destination = excluded.destination,"
+            " verified = 1 WHERE pass.verified = 0 AND excluded.verified = 1",
             (
                 p["pass_id"],
                 p["plate"],

@@ -483,3 +483,24 @@ def test_the_key_record_matches_its_schema():
         Draft202012Validator(schema).validate(record)
     with pytest.raises(Exception, match="root_signature"):
         Draft202012Validator(schema).validate({k: v for k, v in record.items() if k != "root_signature"})
+
+
+def test_a_pending_decision_gives_way_to_the_verified_one_of_the_same_pass(the_pass, tmp_path):
+    """A decision whose key the station does not know yet is kept pending; a verified decision of
+    the same pass number replaces it (a pending row may be no pass's at all), never the other way."""
+    decision = decision_of(the_pass)
+    p = decision["pass"]
+    store = Store(tmp_path / "station.db", [the_pass.checkpoint_ids[0]])
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from models.passes import Signer, unverified_claims
+
+    stranger = Signer(Ed25519PrivateKey.generate(), "0123456789abcdef")  # a key no root vouched for
+    token = stranger.token(unverified_claims(p["token"]).signable())
+    impostor = {**decision, "pass": {**p, "valid_until": "2099-01-01T00:00:00Z", "token": token}}
+    assert store.take_decision(impostor, {})  # no key known yet: pending
+    assert store.take_decision(decision, KEYS)
+    row = store.verified_row(p["pass_id"], KEYS)
+    assert row is not None and row["valid_until"] == p["valid_until"]
+    assert store.take_decision(impostor, KEYS)  # pending again, and the verified row stays
+    assert store.verified_row(p["pass_id"], KEYS)["valid_until"] == p["valid_until"]
