@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # committed, so this bounds each hop's latency; at_least_once keeps Faust's own interval.
     transaction_interval_ms: int = 100
     store: str = "memory://"
+    # Faust's table_standby_replicas: how many other workers keep a copy of each partition's tables
+    # by following its changelog, so a worker taking a partition over (a SIGKILL, a restart) reads
+    # only the changelog's tail. 0: none; each standby costs its worker the memory of those tables.
+    standby_replicas: int = 0
     # Seconds without a heartbeat before the group gives a worker's partitions to others: how
     # long a crashed worker's partitions wait for a replacement.
     session_timeout: float = 30.0

@@ -17,6 +17,7 @@ from .compat import (
     ask_highwaters,
     commit_transactions_concurrently,
     fetch_what_was_asked,
+    keep_standby_tables,
     seek_before_resume,
     set_fetch_wait,
 )
@@ -33,6 +34,7 @@ def create_app(settings: Settings) -> faust.App:
     fetch_what_was_asked()  # nothing fetched is skipped unhandled (streams.worker.compat)
     ask_highwaters()  # a worker taking over recovers its tables whole under exactly_once (streams.worker.compat)
     set_fetch_wait(settings.fetch_wait_ms)
+    keep_standby_tables()  # a standby's memory tables survive a rebalance: a takeover reads the tail (compat)
     commit_transactions_concurrently()  # exactly_once: each transaction once its records are delivered (compat)
     app = faust.App(settings.app_id, **app_config(settings))
     pipeline = build_pipeline(settings)
@@ -81,6 +83,7 @@ def app_config(settings: Settings) -> dict:
         broker=settings.broker_url,
         broker_credentials=settings.connection.faust_credentials(),
         store=settings.store,
+        table_standby_replicas=settings.standby_replicas,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         processing_guarantee=settings.processing_guarantee,

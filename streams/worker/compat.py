@@ -34,6 +34,12 @@ so an upgrade that changes one fails there first, by name. Each touch:
   the seek had already passed stayed at the end, its records never handled (a takeover stall).
   Fetch only a snapshot of the set (nothing when empty), and seek back any partition whose records
   are no longer wanted when the fetch returns.
+* `keep_standby_tables`: Faust 0.15's memory store (`memory://`) drops, when a recovery completes,
+  every key of a partition it is not active for, standbys' too, and has no persisted offset: a
+  standby's copy was thrown away at each rebalance and a worker taking a partition over read its
+  changelog from the start. Keep the standbys' keys, and let a partition this worker has only ever
+  followed as a standby since its last recovery answer the offset it applied up to, so the takeover
+  reads only the tail. (The RocksDB store keeps both already.)
 * `refresh_metadata`: aiokafka's consumer answers `partitions_for_topic` from the client's
   metadata, which Apache Kafka's bootstrap answer leaves without topics.
 * `learn_partitions`: the pass view's `table_route` reads the changelog's partitions from the
@@ -50,6 +56,7 @@ from collections.abc import MutableMapping
 from types import SimpleNamespace
 
 from aiokafka.errors import IllegalStateError
+from faust.stores.memory import Store as MemoryStore
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -69,6 +76,7 @@ __all__ = [
     "send_in_partition_transaction",
     "commit_transactions_concurrently",
     "fetch_what_was_asked",
+    "keep_standby_tables",
     "refresh_metadata",
     "learn_partitions",
 ]
@@ -191,6 +199,70 @@ def fetch_what_was_asked() -> None:
     """Make Faust's consumer thread fetch only the partitions active when it asks (idempotent)."""
     if not getattr(AIOKafkaConsumerThread._fetch_records, "__gc_fetch_what_was_asked__", False):
         AIOKafkaConsumerThread._fetch_records = _fetch_asked(AIOKafkaConsumerThread._fetch_records)
+
+
+# --- standby replicas: memory tables -------------------------------------------------------------
+
+
+def _followed(store) -> dict:
+    """The memory store's standby partitions, each with the last changelog offset applied to it:
+    TP -> offset. Only partitions whose every key came from their changelog since the store's last
+    recovery (never written here as active: `DirectTable` writes carry no offset)."""
+    return store.__dict__.setdefault("_gc_followed", {})
+
+
+def _apply_following(apply):
+    @functools.wraps(apply)
+    def wrapper(self, batch, to_key, to_value):
+        batch = list(batch)
+        apply(self, batch, to_key, to_value)
+        followed = _followed(self)
+        for event in batch:  # offsets only grow within a partition's batch: the last one stands
+            tp = event.message.tp
+            if tp in followed:
+                followed[tp] = event.message.offset
+        return None
+
+    return wrapper
+
+
+def _persisted_if_followed(self, tp):
+    """The offset applied to standby partition `tp` (None: read its changelog from the start)."""
+    return _followed(self).get(tp)
+
+
+def _complete_keeping_standbys(on_recovery_completed):
+    @functools.wraps(on_recovery_completed)
+    async def wrapper(self, active_tps, standby_tps):
+        followed = _followed(self)
+        standby_partitions = {tp.partition for tp in standby_tps}
+        kept = {k: p for k, p in self._key_partition.items() if p in standby_partitions and k in self.data}
+        values = {k: self.data[k] for k in kept}
+        await on_recovery_completed(self, active_tps, standby_tps)  # drops all but the actives' keys
+        # Put the standbys' back (a partition is active or standby here, never both).
+        self.data.update(values)
+        self._key_partition.update(kept)
+        # An active partition is written here from now on (no offset); a standby keeps following
+        # from where it is, or from its changelog's start if it was not one before.
+        for tp in list(followed):
+            if tp not in standby_tps:
+                del followed[tp]
+        for tp in standby_tps:
+            followed.setdefault(tp, None)
+        return None
+
+    return wrapper
+
+
+def keep_standby_tables() -> None:
+    """Make Faust's memory store keep its standby partitions' tables and answer their offsets (idempotent)."""
+    if getattr(MemoryStore.on_recovery_completed, "__gc_keep_standbys__", False):
+        return
+    MemoryStore.apply_changelog_batch = _apply_following(MemoryStore.apply_changelog_batch)
+    MemoryStore.persisted_offset = _persisted_if_followed
+    completed = _complete_keeping_standbys(MemoryStore.on_recovery_completed)
+    completed.__gc_keep_standbys__ = True
+    MemoryStore.on_recovery_completed = completed
 
 
 # --- table writes ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ What is checked:
   PostgreSQL driver is installed, non-root user, a health check that runs the copied script;
 * docker/healthcheck.py against a loopback HTTP server and a fake /proc;
 * the Kafka cluster: three KRaft nodes sharing one CLUSTER_ID and one quorum voter list,
-  replication 3 / min ISR 2, 12 partitions; the worker: replicas >= 2, exactly_once, its
+  replication 3 / min ISR 2, 12 partitions; the worker: replicas >= 2 with standby replicas, exactly_once, its
   broker URL naming all three nodes, the shared key volume, start order; the one-shot jobs;
 * the projector (the only writer of the database): replicas >= 2 in one consumer group, the
   worker's broker, database, app id and processing guarantee (read_committed depends on it),
@@ -764,6 +764,9 @@ def test_worker_scaling_and_guarantees(services, kafka_nodes):
     settings = settings_from(env)
     assert settings.web_enabled, "the image's health check needs the Faust web port"
     assert settings.replication_factor <= len(kafka_nodes)
+    # Each partition's tables kept by another worker too (a takeover reads the changelog's tail):
+    # a standby needs a worker of its own beside the active one.
+    assert 1 <= settings.standby_replicas < int(worker["deploy"]["replicas"])
     advertised = {
         ":".join(map(str, _listeners(env_of(s)["KAFKA_ADVERTISED_LISTENERS"])["SASL_SSL"]))
         for s in kafka_nodes.values()

@@ -6,7 +6,8 @@
 #           its projections on PostgreSQL (tests/services/postgres.sh) when that starts, else
 #           on SQLite. The integration tests (tests/integration/, test_kafka_cluster.py among
 #           them) and tests/unit/test_db.py (on SQLite and PostgreSQL).
-#   kafka3  GC_TEST_BROKER=kafka3: 3 nodes, replication factor 3, exactly_once. The fault tests
+#   kafka3  GC_TEST_BROKER=kafka3: 3 nodes, replication factor 3, exactly_once, the workers with
+#           one standby replica (GC_STANDBY_REPLICAS=1, set by tests/support/system.py). The fault tests
 #           (tests/faults/test_faults.py, run first, with -s so their figures show), then the
 #           integration tests (tests/integration/).
 #   secure  GC_TEST_BROKER=kafka-secure: 1 node with SASL_SSL (SCRAM-SHA-512) and ACLs, every

@@ -403,6 +403,8 @@ def system_env(bootstrap: str, data_dir: Path, app_id: str, kind: str = BROKER_K
     )
     if kind.startswith("kafka"):  # Apache Kafka has transactions: Tansu has none
         env["GC_PROCESSING_GUARANTEE"] = "exactly_once"
+    if kind.startswith("kafka3"):  # as the 3-node compose: a second worker keeps each table too
+        env["GC_STANDBY_REPLICAS"] = "1"
     return env
 
 

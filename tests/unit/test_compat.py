@@ -614,3 +614,71 @@ def test_exactly_once_commits_every_transaction_interval():
     assert eos["broker_commit_interval"] == 0.1 and eos["producer_max_batch_size"] == 256 * 1024
     alo = app_config(Settings())
     assert "broker_commit_interval" not in alo and "producer_max_batch_size" not in alo  # Faust's own
+
+
+# --- standby replicas: memory tables ------------------------------------------------------------
+
+
+def changelog_event(tp, offset: int, key: str, value: bytes | None):
+    message = SimpleNamespace(tp=tp, topic=tp.topic, partition=tp.partition, offset=offset, key=key, value=value)
+    return SimpleNamespace(message=message, key=key, value=value)
+
+
+def memory_store():
+    from faust.stores.memory import Store as MemoryStore
+
+    app = faust.App("gc-test-standby", broker="kafka://127.0.0.1:1")
+    table = app.Table("t", key_type=str, value_type=bytes, partitions=2)
+    return MemoryStore("memory://", app, table)
+
+
+async def test_a_standby_keeps_its_memory_tables_and_answers_the_offset_it_applied():
+    from faust.types import TP
+
+    compat.keep_standby_tables()
+    compat.keep_standby_tables()  # idempotent: one wrapper
+    store = memory_store()
+    active, standby = TP("c", 0), TP("c", 1)
+    apply = lambda events: store.apply_changelog_batch(events, lambda k: k, lambda v: v)  # noqa: E731
+    apply([changelog_event(active, 0, "a", b"1"), changelog_event(standby, 0, "s", b"1")])
+    await store.on_recovery_completed({active}, {standby})
+    assert dict(store.data) == {"a": b"1", "s": b"1"}  # Faust's own drops "s"
+    # Applied before it was known as a standby: read again from the start (None), never skipped.
+    assert store.persisted_offset(standby) is None and store.persisted_offset(active) is None
+    apply([changelog_event(standby, 1, "s", b"2"), changelog_event(standby, 2, "t", b"3")])
+    apply([changelog_event(standby, 3, "t", None)])  # a tombstone
+    assert store.persisted_offset(standby) == 3 and dict(store.data) == {"a": b"1", "s": b"2"}
+    store["w"] = b"written as active"  # DirectTable: no offset
+    assert store.persisted_offset(active) is None
+    # A rebalance keeps the standby: still followed from where it was.
+    await store.on_recovery_completed({active}, {standby})
+    assert store.persisted_offset(standby) == 3 and store.data["s"] == b"2"
+    # The takeover: Faust's recovery starts from the offset (Recovery._add), then the partition is active.
+    await store.on_recovery_completed({active, standby}, set())
+    assert store.persisted_offset(standby) is None and store.data["s"] == b"2"
+    # No longer anything here: its keys go, as Faust's own does.
+    await store.on_recovery_completed({active}, set())
+    assert "s" not in store.data
+
+
+def test_keep_standby_tables_premises():
+    """Faust's memory store drops what it is not active for and has no offset; its recovery starts
+    an active partition from the store's persisted offset when there is one."""
+    from faust.stores.memory import Store as MemoryStore
+
+    completed = inspect.getsource(MemoryStore.on_recovery_completed.__wrapped__)
+    assert "partitions = {partition for _, partition in active_tps}" in completed
+    assert "self._key_partition" in inspect.getsource(MemoryStore._create_batch_iterator)
+    assert "persisted_offset = table.persisted_offset(tp)" in inspect.getsource(Recovery._add)
+    assert "destination[tp] = max(last_value, new_value)" in inspect.getsource(Recovery._build_offsets)
+    # the standby partitions are handed to the store on completion, and changelog batches reach it
+    assert "self.standbys_for_table[table]" in inspect.getsource(Recovery.on_recovery_completed)
+    assert "self.data.apply_changelog_batch(" in inspect.getsource(Collection.apply_changelog_batch)
+
+
+def test_standby_replicas_setting_reaches_faust():
+    from streams.settings import Settings
+    from streams.worker.app import app_config
+
+    assert app_config(Settings())["table_standby_replicas"] == 0
+    assert app_config(Settings(standby_replicas=1))["table_standby_replicas"] == 1
