@@ -57,6 +57,8 @@ SUITES = (
 SUITES += ("projector",)
 # What a tick of the channel's clock costs on a partition of many passes (bench.clock).
 SUITES += ("clock",)
+# A SIGKILL takeover by a second worker, with standby replicas and without (bench.takeover).
+SUITES += ("takeover",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -121,6 +123,12 @@ def _size_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="fills (and restarts) of the state suite, 2-5 minutes each at 100000 here (default 1)",
+    )
+    p.add_argument(
+        "--takeover-passes",
+        type=int,
+        default=30_000,
+        help="requests two workers decide before one is SIGKILLed, in the takeover suite (default 30000)",
     )
     p.add_argument("--routes", type=int, default=3000, help="county pairs per routing run (default 3000)")
     p.add_argument("--replay-events", type=int, default=4000, help="input events in the replayed log (default 4000)")
@@ -243,6 +251,7 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
     eos_median = statistics.median(rates(rounds, "pipeline_eos")) if rates(rounds, "pipeline_eos") else None
     latency = await latency_suites(ctx, args, skip, attempts, median, eos_median)
     state = await state_suites(ctx, args, skip, attempts, firms, risks)
+    state["takeover"] = await takeover_suite(ctx, args, skip, attempts, firms, risks)
     component = await component_suites(ctx, args, skip, attempts, messages)
     profiles = await profile_suites(ctx, args, skip, attempts, firms, risks)
     return {
@@ -401,6 +410,20 @@ async def state_suites(ctx: Context, args, skip: set[str], attempts: Attempts, f
     return found
 
 
+async def takeover_suite(ctx: Context, args, skip: set[str], attempts: Attempts, firms, risks) -> dict | None:
+    """A SIGKILL takeover by a second worker, with one standby replica and with none (bench.takeover)."""
+    if "takeover" in skip:
+        return None
+    from .takeover import takeover_runs
+
+    ctx.log(
+        f"[bold]takeover[/bold]: two workers decide {args.takeover_passes:,} requests, one is SIGKILLed; "
+        f"with 1 standby replica and with none, {args.runs} runs each"
+    )
+    requests = workload.requests(args.takeover_passes, tag="T")
+    return await attempts.run("takeover", takeover_runs(ctx, requests, firms, risks, args.runs))
+
+
 async def component_suites(ctx: Context, args, skip: set[str], attempts: Attempts, messages) -> dict:
     """One part each: routing (in process), the audit's replay, the projector's catch-up, and the
     handlers in process."""
@@ -472,6 +495,7 @@ def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
         *risk_rows(res.get("risk")),
         *clock_rows(res.get("clock")),
         *state_rows(res.get("state")),
+        *takeover_rows(res.get("takeover")),
         *whatif_rows(res.get("latency_whatif")),
         *routing_rows(res["routing"]),
         *replay_rows(res["replay"]),
@@ -749,6 +773,36 @@ def state_rows(st: dict | None) -> list[Row]:
     ]
 
 
+def takeover_rows(tk: dict | None) -> list[Row]:
+    """A SIGKILL takeover: kill to every partition answering, with standby replicas and without."""
+    if tk is None:
+        return []
+    target = tk["session_timeout_s"] + 10  # the issue's: within the session timeout plus 10 s
+    held = f"{tk['requests']:,} requests decided"
+    rows = []
+    for key, name in (("standby", "1 standby replica"), ("none", "no standby")):
+        runs = tk[key]
+        rows += [
+            Row(
+                f"takeover_{key}",
+                f"Takeover: SIGKILL to every partition answering, {name} ({held})",
+                "s",
+                [r["kill_to_all_answering_s"] for r in runs],
+                target=target,
+                higher_is_better=False,
+                note=f"session timeout {tk['session_timeout_s']:.0f} s",
+            ),
+            Row(
+                f"takeover_{key}_recovery",
+                "  the survivor's rebalance to its tables recovered (its log)",
+                "s",
+                [r["recovery_s"] for r in runs],
+                higher_is_better=False,
+            ),
+        ]
+    return rows
+
+
 def projector_rows(pj: dict | None) -> list[Row]:
     """The projector's catch-up into SQLite and PostgreSQL, rows/s and CPU per row (or why not)."""
     if pj is None:
@@ -917,6 +971,7 @@ def results_document(args, res: dict, rows: list[Row], samples: dict[str, list[f
         "risk": res.get("risk"),
         "clock": res.get("clock"),
         "state": res.get("state"),
+        "takeover": res.get("takeover"),
         "routing": res["routing"],
         "replay": res["replay"],
         "projector": res.get("projector"),

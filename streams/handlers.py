@@ -460,7 +460,8 @@ class Pipeline:
         if home == meta.partition:
             return [self._apply_scan(tables, home, pass_id, scan, now)]
         received = None if now is None else format_time(now)
-        return [Out(self.topics.pass_events, pass_id.encode(), encode(RekeyedScan(pass_id, scan, obj, received)))]
+        rekeyed = encode(RekeyedScan(pass_id, scan, obj, received))
+        return [Out(self.topics.pass_events, pass_id.encode(), rekeyed, partition=home)]  # no partitioner
 
     def _apply_scan(
         self, tables: Tables, partition: int, pass_id: str, scan: CheckpointScan, now: datetime | None = None

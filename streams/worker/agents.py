@@ -44,6 +44,7 @@ def register_reference_load(app: faust.App, runtime: Runtime) -> None:
         n = await load_reference_data(pipeline, settings)
         pipeline.withdrawals_in_the_past()  # a replay does not: it applies them in event-time order
         log.info("reference data loaded: %d records", n)
+        await runtime.learn_answer_partitions()  # answers on the event's partition (Runtime.named)
         ready.set()
 
 

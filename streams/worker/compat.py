@@ -43,7 +43,8 @@ so an upgrade that changes one fails there first, by name. Each touch:
 * `refresh_metadata`: aiokafka's consumer answers `partitions_for_topic` from the client's
   metadata, which Apache Kafka's bootstrap answer leaves without topics.
 * `learn_partitions`: the pass view's `table_route` reads the changelog's partitions from the
-  main producer's metadata, which under exactly_once never writes there.
+  main producer's metadata, which under exactly_once never writes there. `partitions_of` reads a
+  topic's partitions the same way (the worker names the partition of each answer it sends).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "hold_transactions",
     "release_transactions",
+    "drop_held_transactions",
     "set_fetch_wait",
     "seek_before_resume",
     "ask_highwaters",
@@ -79,6 +81,7 @@ __all__ = [
     "keep_standby_tables",
     "refresh_metadata",
     "learn_partitions",
+    "partitions_of",
 ]
 
 
@@ -246,7 +249,9 @@ def _complete_keeping_standbys(on_recovery_completed):
         # from where it is, or from its changelog's start if it was not one before.
         for tp in list(followed):
             if tp not in standby_tps:
-                del followed[tp]
+                offset = followed.pop(tp)
+                if tp in active_tps and offset is not None:
+                    logger.warning("%s taken over from its standby copy: changelog read on from offset %s", tp, offset)
         for tp in standby_tps:
             followed.setdefault(tp, None)
         return None
@@ -388,6 +393,15 @@ async def release_transactions(producer) -> None:
     await asyncio.gather(*(release(tid) for tid in list(held)))  # each its own producer: concurrently
 
 
+def drop_held_transactions(producer) -> None:
+    """After a commit that ended the transactions and began none (Faust's, as partitions are revoked
+    or the worker stops): drop the records kept meanwhile. Their events' offsets were not in that
+    commit, and no transaction of this worker follows it to commit them: the partitions' next owner
+    (this worker too, once assigned again: Faust seeks to the committed offsets) handles them again.
+    Left there, the hold would make every later commit fail (`hold_transactions`)."""
+    _held(producer).clear()
+
+
 def _sent(producer) -> dict:
     """What each transaction of Faust's `producer` was handed since it last committed:
     transactional id -> [(its aiokafka producer then, the record's delivery future)]."""
@@ -446,4 +460,9 @@ async def refresh_metadata(consumer) -> None:
 
 async def learn_partitions(app, topic: str) -> None:
     """Make the app's main producer learn `topic`'s partitions (raises while it has none)."""
-    await app.producer._ensure_producer().partitions_for(topic)
+    await partitions_of(app, topic)
+
+
+async def partitions_of(app, topic: str) -> set[int]:
+    """`topic`'s partitions, from the app's main producer's metadata (asked of the broker when unknown)."""
+    return await app.producer._ensure_producer().partitions_for(topic)

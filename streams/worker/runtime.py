@@ -23,10 +23,10 @@ from ..dispatch import Given, Handler, handle, handlers
 from ..handlers import Out, Pipeline, RecordMeta, ReferenceBehind, Tables
 from ..metrics import PrometheusMeter
 from ..settings import Settings
-from .compat import send_in_partition_transaction
+from .compat import partitions_of, send_in_partition_transaction
 from .eos import CommitGate
 
-__all__ = ["Runtime", "meta", "signed"]
+__all__ = ["Runtime", "meta", "signed", "on_partition"]
 
 log = logging.getLogger("greenchannel")
 KEY_WAIT_SECONDS = 5  # how often a worker waiting for a private key looks into GC_KEY_DIR again
@@ -47,6 +47,9 @@ class Runtime:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     exactly_once: bool = field(init=False)
     dispatch: dict[str, Handler] = field(init=False)
+    # The answer topics (decisions, status, dead letters) found with the worker's partition count
+    # (`learn_answer_partitions`): an event's answers go on its own partition, no partitioner.
+    named: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.exactly_once = self.settings.processing_guarantee == "exactly_once"
@@ -91,11 +94,35 @@ class Runtime:
             refresh=self.read_reference_again,
         )
         self.meter.handled(topic, time.perf_counter() - started)
-        outs = self.table_writes(event) + outs  # taken before any await: the next event's are its own
+        # Taken before any await: the next event's are its own.
+        outs = self.table_writes(event) + on_partition(outs, event.message.partition, self.named)
         if self.exactly_once:  # in its partition's transaction, delivered before that commits
             await send_in_partition_transaction(self.app, event, outs)
         else:
             await self.send_all(outs)
+
+    async def learn_answer_partitions(self) -> None:
+        """Name the answer topics whose partition count is the worker's (`named`). Another count
+        (a topic made by hand) keeps Kafka's partitioner for that topic, with a warning: the
+        event's partition may not exist there."""
+        names = self.pipeline.topics
+        named = set()
+        for topic in (names.decisions, names.status, names.deadletter):
+            try:
+                count = len(await partitions_of(self.app, topic))
+            except Exception:  # noqa: BLE001 — no metadata: the partitioner, as before
+                log.warning("%s: partitions unknown, its records are partitioned by key", topic, exc_info=True)
+                continue
+            if count == self.settings.partitions:
+                named.add(topic)
+            else:
+                log.warning(
+                    "%s has %d partitions, the worker's topics %d: its records are partitioned by key",
+                    topic,
+                    count,
+                    self.settings.partitions,
+                )
+        self.named = frozenset(named)
 
     async def read_reference_again(self) -> None:
         """Read the whole reference topics into this worker's books again (`ReferenceBehind`)."""
@@ -116,6 +143,20 @@ class Runtime:
         flushes the producer before it commits the offsets these outputs came from."""
         for out in outs:
             await self.app.producer.send(out.topic, out.key, out.value, out.partition, None, list(out.headers))
+
+
+def on_partition(outs: list[Out], partition: int, named: frozenset[str]) -> list[Out]:
+    """`outs` with each answer (a record of a topic in `named` with no partition of its own) on
+    `partition`, the event's: the one Kafka's partitioner gives its key when the event's producer
+    partitioned by the same key (a request by its shipment id; its pass number is allocated there,
+    `models.passes.allocate_pass_id`; a scan and a pass event are handled on their pass's
+    partition). See the README: Where a pass lives."""
+    return [
+        Out(out.topic, out.key, out.value, out.headers, partition)
+        if out.partition is None and out.topic in named
+        else out
+        for out in outs
+    ]
 
 
 def meta(event) -> RecordMeta:

@@ -32,6 +32,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.connection import Connection
+from streams.dev.broker import free_port
 from streams.dev.simulator import Scenario
 from tests.support.factories import until
 from tests.support.faults import (
@@ -49,6 +50,7 @@ from tests.support.faults import (
     worker_alive,
     worker_killed_mid_stream,
 )
+from tests.support.metrics import http_get, samples
 from tests.support.system import System, make_broker, start_system
 
 BURST = 50  # requests sent at once right before the broker stops (test_single_broker_restart_keeps_every_request)
@@ -336,4 +338,121 @@ async def test_worker_killed_in_a_burst_decides_each_request_exactly_once(cluste
         assert requests["duplicates"] == requests["missing"] == 0, figures
         assert_passes_clean(system, figures)
     finally:
+        await system.close()
+
+
+# --------------------------------------------------------------------------
+# (e) two workers, each the other's standby: one is SIGKILLed under load, the survivor takes over
+
+
+TAKEN_OVER = "taken over from its standby copy: changelog read on from offset "  # streams.worker.compat
+
+
+def assigned_changelogs(port: str) -> set[str]:
+    """The changelog partitions a worker samples the consumer lag of (its assignment, standbys too)."""
+    try:
+        text, _ = http_get(f"http://127.0.0.1:{port}/metrics")
+    except OSError:  # not serving yet
+        return set()
+    return {
+        f"{labels['topic']}/{labels['partition']}"
+        for (name, pairs) in samples(text)
+        if name == "gc_consumer_lag" and (labels := dict(pairs))["topic"].endswith("-changelog")
+    }
+
+
+def log_after(proc, start: int) -> str:
+    return proc.log_path.read_bytes()[start:].decode(errors="replace")
+
+
+async def test_standby_takes_over_a_killed_worker_each_request_once(cluster3, tmp_path, figures_file):
+    """Two workers with one standby replica (the kafka3 lane's GC_STANDBY_REPLICAS=1, as the 3-node
+    compose): each follows the changelogs of the other's partitions. The first is SIGKILLed under a
+    steady stream; the survivor takes its partitions over from its standby copies (it reads each
+    changelog on from the offset it had followed to, not from the start) and answers every request
+    once; a shipment decided before the kill, resent, gets its stored decision back."""
+    system = await start_system(cluster3, tmp_path, kind="kafka3", prefix=f"fs{uuid.uuid4().hex[:4]}.")
+    load = None
+    try:
+        assert system.env["GC_STANDBY_REPLICAS"] == "1"
+        first = system.workers[0]
+        system.env["GC_WEB_PORT"] = str(free_port())  # its own web server beside the first's
+        survivor = system.start_worker()
+        # In the group, with partitions of its own and the other's standbys: its consumer lag
+        # (sampled per assigned partition, changelogs too) names a changelog.
+        await until(
+            lambda: assigned_changelogs(system.env["GC_WEB_PORT"]),
+            DECIDE_TIMEOUT,
+            "the second worker assigned changelog partitions",
+            lambda: survivor.poll() is None,
+        )
+        scenario = Scenario(seed=36)
+        await load_enterprises(system, scenario)
+        count = 600
+        load = Load(system, scenario, count).start()
+        await until(
+            lambda: decided_now(system, load) >= count // 3,
+            DECIDE_TIMEOUT,
+            "a third of the decisions before the kill",
+            worker_alive(system),
+        )
+        marks = survivor.log_path.stat().st_size
+        first.kill()  # SIGKILL: no commit, no flush, an open transaction left behind
+        first.wait()
+        sent_at_kill, decided_at_kill = len(load.sent), decided_now(system, load)
+        early = list(load.sent[:40])  # decided before the kill, on both workers' partitions
+        decided_before = {m.key for m in system.tap.where(system.topics.decisions)}
+        await load.finished()
+        every = f"a decision for each of {count} requests"
+        await until(
+            lambda: len(decision_counts(system, load.sent)) == count, DECIDE_TIMEOUT, every, worker_alive(system)
+        )
+        # The survivor recovered the killed worker's tables: the early shipments, resent, are answered
+        # with their stored decisions, byte for byte.
+        for i, sid in enumerate(early):
+            again = scenario.request(i)
+            assert again["shipment_id"] == sid and sid.encode() in decided_before
+            await system.send(system.topics.requests, again, key=sid)
+        resent = {sid.encode() for sid in early}
+        await until(
+            lambda: (
+                all(n == 2 for n in decision_counts(system, early).values())
+                and len(decision_counts(system, early)) == len(early)
+            ),
+            DECIDE_TIMEOUT,
+            "the resent shipments answered",
+            worker_alive(system),
+        )
+        await settle(system, worker_alive(system))
+        answers = {}
+        for m in system.tap.where(system.topics.decisions, lambda m: m.key in resent):
+            answers.setdefault(m.key, []).append(m.value)
+        counts = decision_counts(system, load.sent)
+        for sid in early:
+            counts[sid] -= 1  # the resend, answered on purpose
+        requests = tally(counts, load.sent)
+        taken_over = [line for line in log_after(survivor, marks).splitlines() if TAKEN_OVER in line]
+        figures = {
+            "nodes": 3,
+            "workers": 2,
+            "standby_replicas": 1,
+            **{f"requests_{k}": v for k, v in requests.items()},
+            "requests_sent_before_kill": sent_at_kill,
+            "decided_before_kill": decided_at_kill,
+            "changelog_partitions_taken_over_from_standby": len(taken_over),
+            "resent_answered_with_the_stored_decision": sum(len(set(v)) == 1 for v in answers.values()),
+            **pass_figures(system, load.sent),
+        }
+        record(figures_file, "worker_sigkill_standby_takeover", figures)
+        assert first.returncode == -9 and survivor.poll() is None
+        assert decided_at_kill < sent_at_kill < count, "the kill was not mid-stream"
+        assert requests["duplicates"] == requests["missing"] == 0, figures
+        assert all(len(v) == 2 and v[0] == v[1] for v in answers.values()), "a resent shipment was decided anew"
+        # The standby followed the killed worker's changelogs: the takeover read on from where it was.
+        offsets = [int(line.rsplit(" ", 1)[-1]) for line in taken_over]
+        assert offsets and max(offsets) > 0, figures
+        assert_passes_clean(system, figures)
+    finally:
+        if load is not None:
+            await load.cancel()
         await system.close()

@@ -212,6 +212,40 @@ async def test_a_failed_commit_keeps_the_hold_and_nothing_commits_again():
         await consumer.commit()
 
 
+async def test_a_commit_ending_the_transactions_drops_what_was_kept_and_commits_go_on():
+    """Faust ends the transactions (commit, start_new_transaction=False) as partitions are revoked:
+    a rebalance, e.g. a second worker joining. Records kept meanwhile have no transaction to go to
+    (their events' offsets were not committed: handled again by the partitions' next owner), and
+    the next commit, after the rebalance, is not taken for one after a failure."""
+    tid = "gc-test-2-3"
+    producer = TransactionProducers(tid)
+    app = partition_app(producer)
+    committing, may_end = asyncio.Event(), asyncio.Event()
+    commits = []
+
+    class Ending:
+        async def commit(self, topics=None, start_new_transaction=True):
+            commits.append(start_new_transaction)
+            committing.set()
+            await may_end.wait()
+            return True
+
+    consumer, gate = Ending(), CommitGate()
+    gate.install(consumer, producer)
+    ending = asyncio.ensure_future(consumer.commit(start_new_transaction=False))
+    await asyncio.wait_for(committing.wait(), 5)
+    async with gate.event():
+        await compat.send_in_partition_transaction(app, event_on(3), outs(b"during"))
+    may_end.set()
+    assert await asyncio.wait_for(ending, 5) is True
+    assert producer.values == [] and compat._held(producer) == {}  # dropped, never handed
+    assert await asyncio.wait_for(consumer.commit(), 5) is True  # the next commit is made
+    assert commits == [False, True]
+    # The premise: Faust ends the transactions so when partitions are revoked, then starts new ones.
+    assert "await self.commit(start_new_transaction=False)" in inspect.getsource(Consumer.commit_and_end_transactions)
+    assert "self.commit_and_end_transactions" in inspect.getsource(Consumer.wait_empty)
+
+
 async def test_records_kept_for_a_transaction_replaced_meanwhile_are_dropped():
     tid = "gc-test-2-3"
     producer = TransactionProducers(tid)

@@ -7,17 +7,19 @@ this pins what the app is made of, so that a change to its wiring is seen here b
 from __future__ import annotations
 
 import asyncio
+import random
 import warnings
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
+import orjson
 import pytest
 
 from streams.dispatch import Given
 from streams.handlers import Out, RecordMeta, Tables, Topics
 from streams.settings import Settings
 from streams.worker.app import create_app
-from streams.worker.runtime import Runtime, meta
+from streams.worker.runtime import Runtime, meta, on_partition
 
 
 def worker_app(tmp_path, **fields):
@@ -175,3 +177,85 @@ def test_the_channels_time_is_the_wall_clock_or_an_operators_tick_never_an_input
     assert simulated.now(3) == simulated.decision_now(3) == datetime(2020, 2, 25, 12, tzinfo=UTC)
     tables.clocks["3"] = b"2099-01-01T00:00:00Z"  # a tick ahead of the wall clock: the wall clock
     assert simulated.now(3) <= datetime.now(UTC)
+
+
+# --- sends name their partition ---------------------------------------------------------------------
+
+
+def test_an_events_answers_go_on_its_partition_other_records_keep_theirs():
+    named = frozenset({"gc.pass.decisions", "gc.pass.status"})
+    outs = [
+        Out("gc.pass.decisions", b"s1", b"d"),
+        Out("gc.pass.status", b"p1", b"s", (("ce_id", b"x"),)),
+        Out("gc.pass.events", b"p1", b"broadcast", partition=3),
+        Out("gc.deadletter", b"k", b"dl"),  # not named: another partition count, Kafka's partitioner
+    ]
+    placed = on_partition(outs, 2, named)
+    assert [(o.topic, o.partition) for o in placed] == [
+        ("gc.pass.decisions", 2),
+        ("gc.pass.status", 2),
+        ("gc.pass.events", 3),
+        ("gc.deadletter", None),
+    ]
+    assert placed[1].headers == (("ce_id", b"x"),) and placed[1].value == b"s"
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_an_events_answers_are_sent_on_its_partition_once_named(guarantee):
+    runtime = runtime_of(guarantee)
+    runtime.named = frozenset({"gc.pass.decisions"})
+    runtime.dispatch[runtime.pipeline.topics.requests] = lambda *_: [Out("gc.pass.decisions", b"s1", b"decision")]
+    await runtime.guarded(fake_event(partition=2), Given(Tables.empty()))
+    [(topic, _, _, partition, _)] = runtime.app.producer.sent
+    assert (topic, partition) == ("gc.pass.decisions", 2)
+
+
+async def test_the_answer_topics_with_the_workers_partition_count_are_named():
+    runtime = runtime_of("at_least_once")
+    counts = {"gc.pass.decisions": 4, "gc.pass.status": 4, "gc.deadletter": 6}
+
+    class Metadata:
+        async def partitions_for(self, topic):
+            if topic not in counts:
+                raise LookupError(topic)
+            return set(range(counts[topic]))
+
+    runtime.app.producer._ensure_producer = Metadata
+    runtime.settings = Settings(_env_file=None, partitions=4)
+    await runtime.learn_answer_partitions()
+    assert runtime.named == {"gc.pass.decisions", "gc.pass.status"}  # the dead letters: 6, partitioned by key
+
+
+def test_the_named_partition_is_the_one_kafkas_partitioner_gives_the_key():
+    """A request on the partition its shipment id hashes to (a firm producing with Kafka's default
+    partitioner): its decision (keyed by shipment id) and status events (keyed by pass number,
+    allocated on that partition) hash there too, so naming it changes nothing a consumer sees;
+    a scan arriving elsewhere is re-keyed to its pass's partition, named."""
+    from models.passes import kafka_partition
+    from streams.dev.simulator import Scenario, scans_for
+    from tests.support.factories import make_pipeline
+
+    pipeline, tables = make_pipeline(), Tables.empty()
+    topics, scenario = pipeline.topics, Scenario(seed=5)
+    named = frozenset({topics.decisions, topics.status, topics.deadletter})
+    answers, approved = 0, []
+    for n in range(40):
+        body = scenario.request(n)
+        key = body["shipment_id"].encode()
+        p = kafka_partition(key, pipeline.partitions)
+        outs = pipeline.on_request(key, orjson.dumps(body), RecordMeta(topics.requests, p, n, 0), tables=tables)
+        for out in on_partition(outs, p, named):
+            if out.topic in named:
+                assert out.partition == p == kafka_partition(out.key, pipeline.partitions), out.topic
+                answers += 1
+            if out.topic == topics.decisions and orjson.loads(out.value)["decision"] == "approved":
+                approved.append(orjson.loads(out.value))
+    assert answers > 40 and approved
+    for decision in approved[:5]:
+        pass_id = decision["pass"]["pass_id"]
+        home = kafka_partition(pass_id.encode(), pipeline.partitions)
+        scan = next(iter(scans_for(decision, random.Random(pass_id))))
+        elsewhere = (home + 1) % pipeline.partitions
+        meta = RecordMeta(topics.scans, elsewhere, 0, 0)
+        [rekeyed] = pipeline.on_scan(pass_id.encode(), orjson.dumps(scan), meta, tables=tables)
+        assert (rekeyed.topic, rekeyed.partition) == (topics.pass_events, home)
