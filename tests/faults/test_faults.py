@@ -449,7 +449,7 @@ async def test_standby_takes_over_a_killed_worker_each_request_once(cluster3, tm
         assert requests["duplicates"] == requests["missing"] == 0, figures
         assert all(len(v) == 2 and v[0] == v[1] for v in answers.values()), "a resent shipment was decided anew"
         # The standby followed the killed worker's changelogs: the takeover read on from where it was.
-        offsets = [int(line.rsplit(" ", 1)[-1]) for line in taken_over]
+        offsets = [int(line.split(TAKEN_OVER, 1)[1].split()[0]) for line in taken_over]
         assert offsets and max(offsets) > 0, figures
         assert_passes_clean(system, figures)
     finally:
