@@ -26,8 +26,9 @@ order, and handed to the transactions that follow once the commit has ended them
 offset. A commit that ends the transactions (Faust's, when partitions are revoked or the worker
 stops) drops what was kept (`drop_held_transactions`): those events' offsets are not committed, so
 the partitions' next owner handles them again. Each transaction's commit
-(`streams.worker.compat.commit_transactions_concurrently`) first waits until every record handed to it is delivered, a failed one failing the commit (and every
-commit after it), and the transactions commit concurrently. aiokafka's commit also sends every
+(`streams.worker.compat.commit_transactions_concurrently`) first waits until every record handed
+to it is delivered, a failed one failing the commit (and every commit after it), and the
+transactions commit concurrently. aiokafka's commit also sends every
 batch handed to the transaction before it (tests/unit/test_compat.py holds the premises). Faust
 commits every `GC_TRANSACTION_INTERVAL_MS` (100 ms): a read_committed reader sees an output then.
 
