@@ -716,3 +716,34 @@ def test_standby_replicas_setting_reaches_faust():
 
     assert app_config(Settings())["table_standby_replicas"] == 0
     assert app_config(Settings(standby_replicas=1))["table_standby_replicas"] == 1
+
+
+# --- table recovery: its end seen promptly -------------------------------------------------------
+
+
+async def test_recovery_waits_on_its_changelog_queue_at_most_the_idle_seconds():
+    import faust.tables.recovery as recovery
+
+    compat.end_recovery_promptly()
+    compat.end_recovery_promptly()  # idempotent
+    assert recovery.asyncio.__gc_end_recovery_promptly__ and recovery.asyncio.Event is asyncio.Event
+    never = asyncio.get_running_loop().create_future()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(asyncio.TimeoutError):
+        await recovery.asyncio.wait_for(never, timeout=5.0)
+    assert asyncio.get_running_loop().time() - started < 5.0  # capped at RECOVERY_IDLE_SECONDS
+
+
+def test_end_recovery_promptly_premises():
+    """Faust's recovery waits 5 s on its changelog queue, twice idle before it looks for a partition
+    read past its end (a transaction marker under exactly_once); that wait is the module's only
+    `asyncio.wait_for`."""
+    import faust.tables.recovery as recovery
+
+    module = inspect.getsource(recovery)
+    slurp = module[module.index("async def _slurp_changelogs") : module.index("def flush_buffers")]
+    assert "asyncio.wait_for(\n                        changelog_queue.get(), timeout=5.0" in slurp
+    assert "timeout and self.app.in_transaction and timeout_count > 1" in slurp
+    assert "await self.app.consumer.position(tp)" in slurp and "offsets[tp] = highwater" in slurp
+    assert module.count("asyncio.wait_for(") == 1
+    assert "value - 1 if value is not None else -1" in inspect.getsource(Recovery._build_highwaters)
