@@ -46,6 +46,9 @@ so an upgrade that changes one fails there first, by name. Each touch:
   takes a partition whose consumer position is past that end as read (`detect_aborted_tx`):
   every recovery under exactly_once took at least 10 s, a takeover from a standby copy too. Wait
   `RECOVERY_IDLE_SECONDS` instead of 5 s (the same two idle waits, the same check).
+* `raw_producer`: at_least_once sends go to the aiokafka producer behind Faust's main producer:
+  Faust's `send` adds a signal and a header check per record (four records an approval). Faust's
+  commit still flushes that producer before it commits the offsets.
 * `refresh_metadata`: aiokafka's consumer answers `partitions_for_topic` from the client's
   metadata, which Apache Kafka's bootstrap answer leaves without topics.
 * `learn_partitions`: the pass view's `table_route` reads the changelog's partitions from the
@@ -89,6 +92,7 @@ __all__ = [
     "refresh_metadata",
     "learn_partitions",
     "partitions_of",
+    "raw_producer",
 ]
 
 
@@ -496,6 +500,11 @@ async def refresh_metadata(consumer) -> None:
 async def learn_partitions(app, topic: str) -> None:
     """Make the app's main producer learn `topic`'s partitions (raises while it has none)."""
     await partitions_of(app, topic)
+
+
+def raw_producer(app):
+    """The aiokafka producer behind Faust's main one (started with the app; raises before)."""
+    return app.producer._ensure_producer()
 
 
 async def partitions_of(app, topic: str) -> set[int]:

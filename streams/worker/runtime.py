@@ -19,11 +19,11 @@ import faust
 from models.keyring import SigningKeyMissing
 from models.records import parse_time
 
-from ..dispatch import Given, Handler, handle, handlers
+from ..dispatch import WAITS, Given, Handler, handle, handlers
 from ..handlers import Out, Pipeline, RecordMeta, ReferenceBehind, Tables
 from ..metrics import PrometheusMeter
 from ..settings import Settings
-from .compat import partitions_of, send_in_partition_transaction
+from .compat import partitions_of, raw_producer, send_in_partition_transaction
 from .eos import CommitGate
 
 __all__ = ["Runtime", "meta", "signed", "on_partition"]
@@ -86,16 +86,21 @@ class Runtime:
         (`given`), and its table writes and outputs sent (under exactly_once, in its partition's
         transaction). A missing private key is waited for; a partition ahead of this worker's books
         has the reference topics read again first (`signed`)."""
-        pipeline, topic = self.pipeline, event.message.topic
+        pipeline, message = self.pipeline, event.message
+        topic, partition = message.topic, message.partition
         started = time.perf_counter()
-        outs = await signed(
-            lambda: handle(pipeline, self.dispatch, event.key, event.value, meta(event), given),
-            where=self.settings.keys_path,
-            refresh=self.read_reference_again,
-        )
+        record = RecordMeta(topic, partition, message.offset, int(message.timestamp * 1000))
+        try:  # at once, as `signed` first tries it: no coroutine for the common case
+            outs = handle(pipeline, self.dispatch, event.key, event.value, record, given)
+        except WAITS:
+            outs = await signed(
+                lambda: handle(pipeline, self.dispatch, event.key, event.value, record, given),
+                where=self.settings.keys_path,
+                refresh=self.read_reference_again,
+            )
         self.meter.handled(topic, time.perf_counter() - started)
         # Taken before any await: the next event's are its own.
-        outs = self.table_writes(event) + on_partition(outs, event.message.partition, self.named)
+        outs = self.table_writes(event) + on_partition(outs, partition, self.named)
         if self.exactly_once:  # in its partition's transaction, delivered before that commits
             await send_in_partition_transaction(self.app, event, outs)
         else:
@@ -138,11 +143,13 @@ class Runtime:
         return writes
 
     async def send_all(self, outs: list[Out]) -> None:
-        """Straight to the producer: the values are bytes already, so Faust's topic layer (its
-        serializers and message futures) has nothing to add. Delivery is not awaited here; Faust
-        flushes the producer before it commits the offsets these outputs came from."""
+        """Straight to aiokafka's producer: the values are bytes already, so Faust's topic layer
+        (its serializers and message futures) and its send (a signal, a header check) have nothing
+        to add. Delivery is not awaited here; Faust flushes the producer before it commits the
+        offsets these outputs came from."""
+        send = raw_producer(self.app).send
         for out in outs:
-            await self.app.producer.send(out.topic, out.key, out.value, out.partition, None, list(out.headers))
+            await send(out.topic, out.value, key=out.key, partition=out.partition, headers=list(out.headers))
 
 
 def on_partition(outs: list[Out], partition: int, named: frozenset[str]) -> list[Out]:

@@ -747,3 +747,16 @@ def test_end_recovery_promptly_premises():
     assert "await self.app.consumer.position(tp)" in slurp and "offsets[tp] = highwater" in slurp
     assert module.count("asyncio.wait_for(") == 1
     assert "value - 1 if value is not None else -1" in inspect.getsource(Recovery._build_highwaters)
+
+
+def test_raw_producer_is_what_fausts_send_and_flush_use():
+    """at_least_once sends go to the aiokafka producer behind Faust's (`compat.raw_producer`): the
+    one Faust's own send hands a record to outside a transaction, and its flush (before each
+    offset commit) waits for."""
+    send = inspect.getsource(FaustAIOKafkaProducer.send)
+    assert "transaction_producer = self._ensure_producer()" in send
+    assert "await transaction_producer.send(" in send and "partition=partition" in send
+    assert "await self._producer.flush()" in inspect.getsource(FaustAIOKafkaProducer.flush)
+    assert "return self._producer" in inspect.getsource(FaustAIOKafkaProducer._ensure_producer)
+    app = SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: "the aiokafka producer"))
+    assert compat.raw_producer(app) == "the aiokafka producer"

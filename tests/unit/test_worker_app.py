@@ -77,6 +77,9 @@ def test_no_clock_timer_without_a_clock_interval(tmp_path, seconds):
 
 
 class FakeProducer:
+    """Faust's producer (exactly_once sends through it, in a transaction) and the aiokafka producer
+    behind it (at_least_once sends straight to that), recording alike."""
+
     def __init__(self) -> None:
         self.sent: list[tuple] = []
         self._transaction_producers = {"gc-test-0-2": object()}  # Faust's, by transactional id
@@ -86,6 +89,16 @@ class FakeProducer:
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
+
+    def _ensure_producer(self):
+        outer = self
+
+        class AIOKafkaProducer:
+            async def send(self, topic, value=None, key=None, partition=None, timestamp_ms=None, headers=None):
+                assert isinstance(headers, list)  # aiokafka's record builder takes a list
+                return await outer.send(topic, key, value, partition, timestamp_ms, headers)
+
+        return AIOKafkaProducer()
 
 
 class FakeMeter:
