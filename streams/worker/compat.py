@@ -77,7 +77,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "hold_transactions",
     "release_transactions",
-    "drop_held_transactions",
     "set_fetch_wait",
     "seek_before_resume",
     "ask_highwaters",
@@ -416,15 +415,19 @@ def hold_transactions(producer) -> None:
 
 
 async def release_transactions(producer) -> None:
-    """After a commit (each transaction committed and the next begun): hand the kept records to their
-    transactions, in order, then let records through again. A transaction whose producer Faust has
-    replaced meanwhile (its partition revoked: Faust dropped the acks, the transaction is aborted)
-    drops what was kept for it: its next owner handles those events again."""
+    """After a commit (each transaction committed and the next begun, or left open when it had no
+    offset to commit): hand the kept records to their transactions, in order, then let records
+    through again. A transaction whose producer Faust has replaced meanwhile (its partition revoked:
+    Faust dropped the acks, the transaction is aborted), or that the commit ended without beginning
+    the next (Faust's, as partitions are revoked or the worker stops), drops what was kept for it:
+    those events' offsets were not in that commit and no transaction of this worker commits them,
+    so the partition's next owner handles them again (this worker too: Faust seeks to the committed
+    offset). Kept, the hold would make every later commit fail (`hold_transactions`)."""
     held = _held(producer)
 
     async def release(tid: str) -> None:
         txn, outs = held[tid]
-        while outs and producer._transaction_producers.get(tid) is txn:
+        while outs and producer._transaction_producers.get(tid) is txn and _in_transaction(txn):
             out = outs.popleft()  # records kept while this one is handed join the same queue, behind it
             await _hand(producer, tid, [out])
         del held[tid]
@@ -432,13 +435,10 @@ async def release_transactions(producer) -> None:
     await asyncio.gather(*(release(tid) for tid in list(held)))  # each its own producer: concurrently
 
 
-def drop_held_transactions(producer) -> None:
-    """After a commit that ended the transactions and began none (Faust's, as partitions are revoked
-    or the worker stops): drop the records kept meanwhile. Their events' offsets were not in that
-    commit, and no transaction of this worker follows it to commit them: the partitions' next owner
-    (this worker too, once assigned again: Faust seeks to the committed offsets) handles them again.
-    Left there, the hold would make every later commit fail (`hold_transactions`)."""
-    _held(producer).clear()
+def _in_transaction(txn) -> bool:
+    """Whether aiokafka producer `txn` has a transaction open: one that Faust's commit ended and did
+    not begin again (as partitions are revoked, or the worker stops) takes nothing more."""
+    return txn._txn_manager.is_in_transaction()
 
 
 def _sent(producer) -> dict:

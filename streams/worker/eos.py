@@ -23,9 +23,9 @@ A commit does not stop the agents: once no event is in flight, the gate holds ev
 (`streams.worker.compat.hold_transactions`) and lets events go on. Their records are kept, in
 order, and handed to the transactions that follow once the commit has ended them
 (`release_transactions`), so each event's records land in the transaction that will commit its
-offset. A commit that ends the transactions (Faust's, when partitions are revoked or the worker
-stops) drops what was kept (`drop_held_transactions`): those events' offsets are not committed, so
-the partitions' next owner handles them again. Each transaction's commit
+offset. A commit that ends a transaction without beginning the next (Faust's, when partitions are revoked
+or the worker stops) drops what was kept for it: those events' offsets are not committed, so the
+partition's next owner handles them again. Each transaction's commit
 (`streams.worker.compat.commit_transactions_concurrently`) first waits until every record handed
 to it is delivered, a failed one failing the commit (and every commit after it), and the
 transactions commit concurrently. aiokafka's commit also sends every
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .compat import drop_held_transactions, hold_transactions, release_transactions, wrap_commit
+from .compat import hold_transactions, release_transactions, wrap_commit
 
 __all__ = ["CommitGate"]
 
@@ -74,11 +74,9 @@ class CommitGate:
                 finally:
                     self._open.set()  # events go on; their records wait for the next transactions
                 committed = await commit(topics, start_new_transaction=start_new_transaction)
-                # (A failed commit raised: the holds stay, nothing commits again.)
-                if start_new_transaction:
-                    await release_transactions(producer)
-                else:  # the transactions ended (a rebalance, a stop): no next one to hand the kept records to
-                    drop_held_transactions(producer)
+                # (A failed commit raised: the holds stay, nothing commits again.) A transaction it
+                # ended without beginning the next (a rebalance, a stop) drops what was kept for it.
+                await release_transactions(producer)
                 return committed
 
         wrap_commit(consumer, commit_between_events)

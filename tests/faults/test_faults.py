@@ -443,6 +443,11 @@ async def test_standby_takes_over_a_killed_worker_each_request_once(cluster3, tm
             "resent_answered_with_the_stored_decision": sum(len(set(v)) == 1 for v in answers.values()),
             **pass_figures(system, load.sent),
         }
+        twice = {sid for sid, n in counts.items() if n > 1}
+        figures["decided_twice"] = [
+            (m.key.decode(), m.partition, m.offset, m.json.get("decided_at"), (m.json.get("pass") or {}).get("pass_id"))
+            for m in system.tap.where(system.topics.decisions, lambda m: m.key.decode() in twice)
+        ]
         record(figures_file, "worker_sigkill_standby_takeover", figures)
         assert first.returncode == -9 and survivor.poll() is None
         assert decided_at_kill < sent_at_kill < count, "the kill was not mid-stream"

@@ -212,13 +212,14 @@ async def test_a_failed_commit_keeps_the_hold_and_nothing_commits_again():
         await consumer.commit()
 
 
-async def test_a_commit_ending_the_transactions_drops_what_was_kept_and_commits_go_on():
+async def test_a_commit_ending_a_transaction_drops_what_was_kept_for_it_and_commits_go_on():
     """Faust ends the transactions (commit, start_new_transaction=False) as partitions are revoked:
-    a rebalance, e.g. a second worker joining. Records kept meanwhile have no transaction to go to
-    (their events' offsets were not committed: handled again by the partitions' next owner), and
-    the next commit, after the rebalance, is not taken for one after a failure."""
-    tid = "gc-test-2-3"
-    producer = TransactionProducers(tid)
+    a rebalance, e.g. a second worker joining. Records kept meanwhile for a transaction it ended have
+    none to go to (their events' offsets were not committed: handled again by the partition's next
+    owner); one it left open (no offset of its own to commit) takes them. The next commit, after
+    the rebalance, is not taken for one after a failure."""
+    ended, left = "gc-test-2-3", "gc-test-2-1"
+    producer = TransactionProducers(ended, left)
     app = partition_app(producer)
     committing, may_end = asyncio.Event(), asyncio.Event()
     commits = []
@@ -228,6 +229,7 @@ async def test_a_commit_ending_the_transactions_drops_what_was_kept_and_commits_
             commits.append(start_new_transaction)
             committing.set()
             await may_end.wait()
+            producer._transaction_producers[ended]._txn_manager.is_in_transaction = lambda: False
             return True
 
     consumer, gate = Ending(), CommitGate()
@@ -235,15 +237,28 @@ async def test_a_commit_ending_the_transactions_drops_what_was_kept_and_commits_
     ending = asyncio.ensure_future(consumer.commit(start_new_transaction=False))
     await asyncio.wait_for(committing.wait(), 5)
     async with gate.event():
-        await compat.send_in_partition_transaction(app, event_on(3), outs(b"during"))
+        await compat.send_in_partition_transaction(app, event_on(3), outs(b"for the ended one"))
+    async with gate.event():
+        await compat.send_in_partition_transaction(app, event_on(1), outs(b"for the open one"))
     may_end.set()
     assert await asyncio.wait_for(ending, 5) is True
-    assert producer.values == [] and compat._held(producer) == {}  # dropped, never handed
-    assert await asyncio.wait_for(consumer.commit(), 5) is True  # the next commit is made
+    assert producer.values == [b"for the open one"] and compat._held(producer) == {}
+    may_end.clear()
+    committing.clear()
+    follow = asyncio.ensure_future(consumer.commit())
+    await asyncio.wait_for(committing.wait(), 5)
+    may_end.set()
+    assert await asyncio.wait_for(follow, 5) is True  # the next commit is made
     assert commits == [False, True]
-    # The premise: Faust ends the transactions so when partitions are revoked, then starts new ones.
+    # The premises: Faust ends the transactions so when partitions are revoked, and commits (ends)
+    # only those with offsets to commit; aiokafka's producer knows whether its transaction is open.
     assert "await self.commit(start_new_transaction=False)" in inspect.getsource(Consumer.commit_and_end_transactions)
     assert "self.commit_and_end_transactions" in inspect.getsource(Consumer.wait_empty)
+    assert "if commit_offsets:" in inspect.getsource(Consumer._commit_tps)
+    assert "return self.state == TransactionState.IN_TRANSACTION" in inspect.getsource(
+        aiokafka.producer.transaction_manager.TransactionManager.is_in_transaction
+    )
+    assert "self._txn_manager = TransactionManager(" in inspect.getsource(aiokafka.AIOKafkaProducer.__init__)
 
 
 async def test_records_kept_for_a_transaction_replaced_meanwhile_are_dropped():
@@ -252,7 +267,7 @@ async def test_records_kept_for_a_transaction_replaced_meanwhile_are_dropped():
     app = partition_app(producer)
     compat.hold_transactions(producer)
     await compat.send_in_partition_transaction(app, event_on(3), outs(b"kept"))
-    producer._transaction_producers[tid] = object()  # revoked and assigned again: Faust's new producer
+    producer._transaction_producers[tid] = transaction_producer()  # revoked and assigned again: Faust's new producer
     await compat.release_transactions(producer)
     assert producer.values == [] and compat._held(producer) == {}
 
@@ -533,11 +548,16 @@ def test_premise_faust_does_not_flush_its_producer_before_a_transactional_commit
     assert len(pending) == 1
 
 
+def transaction_producer(open_: bool = True) -> SimpleNamespace:
+    """An aiokafka producer as the touches see it: its transaction open or not."""
+    return SimpleNamespace(_txn_manager=SimpleNamespace(is_in_transaction=lambda: open_))
+
+
 class TransactionProducers:
     """Faust's producer as the touches see it: a transaction's aiokafka producer by id, its sends."""
 
     def __init__(self, *tids: str) -> None:
-        self._transaction_producers = {tid: object() for tid in tids}
+        self._transaction_producers = {tid: transaction_producer() for tid in tids}
         self.futures: list[asyncio.Future] = []
         self.values: list[bytes] = []
         self.committed: list[str] = []
