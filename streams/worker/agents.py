@@ -19,7 +19,6 @@ import faust
 
 from ..dispatch import Given
 from ..metrics import sample_lag
-from .compat import skip_if_stale
 from .reference import load_reference_data
 from .runtime import Runtime
 
@@ -103,8 +102,6 @@ def _register_guarded(
             await ready.wait()
         async for event in stream.events():
             async with in_flight():
-                if runtime.exactly_once and skip_if_stale(app, event):  # taken before a rebalance
-                    continue
                 await guarded(event, given_for(event))
 
     agent.__name__ = agent.__qualname__ = name

@@ -55,7 +55,6 @@ def create_app(settings: Settings) -> faust.App:
     tables = open_tables(app, settings, changelog)
     forget_moved_partitions(app, tables)
     runtime = Runtime(app, settings, pipeline, tables, meter, changelog)
-    app.on_partitions_assigned.connect(runtime.reopen_gate)  # exactly_once: after a rebalance (eos.CommitGate)
     agents.register_reference_load(app, runtime)
     register_table_partitions(app, tables.passes)
 

@@ -49,9 +49,6 @@ so an upgrade that changes one fails there first, by name. Each touch:
 * `raw_producer`: at_least_once sends go to the aiokafka producer behind Faust's main producer:
   Faust's `send` adds a signal and a header check per record (four records an approval). Faust's
   commit still flushes that producer before it commits the offsets.
-* `skip_if_stale`: exactly_once: an event an agent took before a rebalance (Faust skips only those
-  it has not handed out yet) is not handled after it, and is marked acked so that Faust's ack of it
-  counts nothing: the partition's owner has it delivered again from the committed offset.
 * `refresh_metadata`: aiokafka's consumer answers `partitions_for_topic` from the client's
   metadata, which Apache Kafka's bootstrap answer leaves without topics.
 * `learn_partitions`: the pass view's `table_route` reads the changelog's partitions from the
@@ -95,7 +92,6 @@ __all__ = [
     "learn_partitions",
     "partitions_of",
     "raw_producer",
-    "skip_if_stale",
 ]
 
 
@@ -437,16 +433,6 @@ async def release_transactions(producer) -> None:
         del held[tid]
 
     await asyncio.gather(*(release(tid) for tid in list(held)))  # each its own producer: concurrently
-
-
-def skip_if_stale(app, event) -> bool:
-    """True (and the event marked acked, so that Faust's ack of it counts nothing) if `event` is of a
-    consumer generation before the app's: taken before a rebalance, to be delivered again."""
-    message = event.message
-    if message.generation_id is None or message.generation_id == app.consumer_generation_id:
-        return False
-    message.acked = True
-    return True
 
 
 def _in_transaction(txn) -> bool:

@@ -32,12 +32,6 @@ transactions commit concurrently. aiokafka's commit also sends every
 batch handed to the transaction before it (tests/unit/test_compat.py holds the premises). Faust
 commits every `GC_TRANSACTION_INTERVAL_MS` (100 ms): a read_committed reader sees an output then.
 
-The commit Faust makes as partitions are revoked (or the worker stops) ends the transactions and
-begins none: the gate stays shut from then until the partitions are assigned again, and an event an
-agent took before that is of the old generation: skipped unhandled (`compat.skip_if_stale`), Faust
-delivers it again from the committed offset. Handled, its records could enter a transaction still
-open (its partition had no offset to commit) and its second delivery be answered again: a duplicate.
-
 A worker taking over partitions with a backlog must also not fetch them before it has sought
 them to their committed offsets; `streams.worker.compat.seek_before_resume` sees to that
 (tests/faults/test_faults.py kills a worker mid-stream and counts the decisions).
@@ -78,11 +72,7 @@ class CommitGate:
                     await self._idle.wait()
                     hold_transactions(producer)  # raises if an earlier commit failed
                 finally:
-                    if start_new_transaction:
-                        self._open.set()  # events go on; their records wait for the next transactions
-                    # Else Faust is ending the transactions (partitions revoked, or a stop): no event
-                    # starts before the partitions are assigned again (`reopen`), and those taken
-                    # before then are of the old generation, skipped (`compat.skip_if_stale`).
+                    self._open.set()  # events go on; their records wait for the next transactions
                 committed = await commit(topics, start_new_transaction=start_new_transaction)
                 # (A failed commit raised: the holds stay, nothing commits again.) A transaction it
                 # ended without beginning the next (a rebalance, a stop) drops what was kept for it.
@@ -91,10 +81,6 @@ class CommitGate:
 
         wrap_commit(consumer, commit_between_events)
         self._consumer = consumer
-
-    def reopen(self) -> None:
-        """The partitions are assigned again after a rebalance: events go on."""
-        self._open.set()
 
     def event(self) -> _InFlight:
         return _InFlight(self)

@@ -106,10 +106,6 @@ class Runtime:
         else:
             await self.send_all(outs)
 
-    async def reopen_gate(self, *args, **kwargs) -> None:
-        """Faust's on_partitions_assigned: events go on after a rebalance (`CommitGate.reopen`)."""
-        self.gate.reopen()
-
     async def learn_answer_partitions(self) -> None:
         """Name the answer topics whose partition count is the worker's (`named`). Another count
         (a topic made by hand) keeps Kafka's partitioner for that topic, with a warning: the
