@@ -65,8 +65,8 @@ $(VENV)/.bench-installed: $(STAMP)
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench
 
-# 30 minutes of steady load on one worker with risk changes and a restart (bench/soak.py; not in
-# make test). SOAK_ARGS passes options, e.g. make soak SOAK_ARGS="--minutes 3 --restart kill".
+# 30 minutes of steady load on one worker (exactly_once, RocksDB) with risk changes and restarts (bench/soak.py; not in
+# make test). SOAK_ARGS passes options, e.g. make soak SOAK_ARGS="--minutes 3 --restarts kill".
 soak: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
