@@ -211,7 +211,7 @@ class Dashboard:
     async def follow_lag(self, every: float = 2.0) -> None:
         s, t = self.settings, self.topics
         groups = {
-            s.app_id: [t.requests, t.scans, t.risk, t.enterprises, t.keys],
+            s.app_id: [t.requests, t.gateway_requests, t.scans, t.risk, t.enterprises, t.keys],
             projector_group(s): [t.decisions, t.status, t.risk, t.enterprises],
         }
         admin = AIOKafkaAdminClient(**s.connection.kwargs())

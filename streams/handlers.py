@@ -34,6 +34,7 @@ from models.records import (
     format_time,
     kept,
     load_object,
+    origin_refusal,
     parse_enterprise,
     parse_request,
     parse_risk,
@@ -85,6 +86,9 @@ class Topics:
     deadletter: str
     pass_events: str  # internal: everything about a pass, keyed by pass_id
     keys: str = "gc.pass.keys"  # the signing keyring: public keys with their status, keyed by key id
+    # Requests the firms' gateway publishes for the firms it authenticated: written by the gateway's
+    # principal only, so its `requested_by` is the channel's word (models.records.origin_refusal).
+    gateway_requests: str = "gc.gateway.requests"
 
     @classmethod
     def with_prefix(cls, prefix: str = "gc.") -> Topics:
@@ -98,7 +102,13 @@ class Topics:
             f"{prefix}deadletter",
             f"{prefix}pass.events",
             f"{prefix}pass.keys",
+            f"{prefix}gateway.requests",
         )
+
+    @property
+    def request_topics(self) -> tuple[str, str]:
+        """Where requests are read: the firms' Kafka route and the gateway's."""
+        return (self.requests, self.gateway_requests)
 
     def public(self) -> list[str]:
         return [
@@ -110,6 +120,7 @@ class Topics:
             self.status,
             self.deadletter,
             self.keys,
+            self.gateway_requests,
         ]
 
 
@@ -324,6 +335,8 @@ class Pipeline:
         except Unparseable as exc:
             return [self.dead_letter(meta, key, value, str(exc))]
         sid, partition = request.shipment_id, meta.partition
+        if (refusal := origin_refusal(obj, sid, via_gateway=meta.topic == self.topics.gateway_requests)) is not None:
+            return [self.dead_letter(meta, key, value, refusal)]
         earlier = tables.decided.get(sid)
         if earlier is not None:
             return [self._decision_out(sid, earlier)]

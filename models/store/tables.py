@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -26,6 +26,11 @@ __all__ = [
     "EnterpriseBase",
     "Checkpoint",
     "CheckpointBase",
+    "Firm",
+    "FirmBase",
+    "FirmKey",
+    "GatewayRequest",
+    "WebhookDelivery",
 ]
 
 
@@ -115,3 +120,64 @@ class CheckpointBase(SQLModel):
 
 class Checkpoint(CheckpointBase, table=True):
     pass
+
+
+# --- the firms' gateway: its firms, their keys, their requests, their webhook deliveries --------------
+# Written by the gateway and `greenchannel firms`, never by the projector.
+
+
+class FirmBase(SQLModel):
+    firm_id: str = Field(primary_key=True, max_length=32)  # models.firms.FIRM_ID
+    name: str = Field(max_length=256)
+    credit_code: str = Field(max_length=18)  # the firm's own
+    # Credit codes the firm may name as shipper: its own and the shippers it carries for.
+    acts_for: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    webhook_url: str | None = Field(default=None, max_length=512)
+    requests_per_minute: int = 600
+    created_at: datetime | None = _when()
+
+
+class Firm(FirmBase, table=True):
+    # The HMAC key of its webhook deliveries (models.firms.webhook_signature): shown once to the firm.
+    webhook_secret: str | None = Field(default=None, max_length=64)
+
+
+class FirmKey(SQLModel, table=True):
+    """A firm's API key: only the SHA-256 of its secret is kept (models.firms)."""
+
+    __tablename__ = "firm_key"
+    key_id: str = Field(primary_key=True, max_length=12)
+    firm_id: str = Field(max_length=32, index=True)
+    secret_sha256: str = Field(max_length=64)
+    created_at: datetime | None = _when()
+    revoked_at: datetime | None = _when()
+
+
+class GatewayRequest(SQLModel, table=True):
+    """A request a firm made through the gateway: its idempotency record."""
+
+    __tablename__ = "gateway_request"
+    shipment_id: str = Field(primary_key=True, max_length=128)  # the channel's: gw:<firm>:<client id>
+    firm_id: str = Field(max_length=32, index=True)
+    client_id: str = Field(max_length=128)  # the firm's own shipment id
+    body_sha256: str = Field(max_length=64)  # of the body as the firm sent it: a different body is a conflict
+    key_id: str = Field(max_length=12)
+    accepted_at: datetime | None = _when()
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """A notification for a firm's webhook, and how its delivery went."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (UniqueConstraint("firm_id", "event_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    firm_id: str = Field(max_length=32, index=True)
+    event_id: str = Field(max_length=80)
+    kind: str = Field(max_length=16)  # decision | status
+    shipment_id: str | None = Field(default=None, max_length=128)
+    pass_id: str | None = Field(default=None, max_length=12)
+    body: str
+    attempts: int = 0
+    next_at: datetime | None = _when(index=True)
+    delivered_at: datetime | None = _when()
+    last_error: str | None = Field(default=None, max_length=512)

@@ -31,7 +31,7 @@ CONTROLLER_USER = "controller"  # PLAIN, on the controller listener only (KRaft 
 # `dashboard` reads only; `keyadmin` alone (and the worker, for its first key's record) writes gc.pass.keys,
 # and a key record counts only when the offline root signed it (models.keyring), whoever wrote it.
 BASE_PRINCIPALS = (
-    "admin", "worker", "projector", "operator", "dashboard", "keyadmin", "firm-demo", "checkpoint-demo",
+    "admin", "worker", "projector", "operator", "dashboard", "keyadmin", "gateway", "firm-demo", "checkpoint-demo",
 )  # fmt: skip
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _CERT_DAYS = 825
@@ -323,6 +323,7 @@ def acls(principals: list[str], prefix: str = "gc.", app_id: str = "greenchannel
     topics = Topics.with_prefix(prefix)
     t = {
         "shipment.requests": topics.requests,
+        "gateway.requests": topics.gateway_requests,
         "pass.decisions": topics.decisions,
         "checkpoint.scans": topics.scans,
         "pass.status": topics.status,
@@ -359,7 +360,15 @@ def acls(principals: list[str], prefix: str = "gc.", app_id: str = "greenchannel
     # internal topics (Faust's changelogs and leader topic, GC_APP_ID-…), transactions per partition.
     # The public topics are the admin's to create (`greenchannel topics` as admin; the secure broker
     # command makes them at its start).
-    for name in ("shipment.requests", "checkpoint.scans", "region.risk", "enterprises", "pass.keys", "pass.events"):
+    for name in (
+        "shipment.requests",
+        "gateway.requests",
+        "checkpoint.scans",
+        "region.risk",
+        "enterprises",
+        "pass.keys",
+        "pass.events",
+    ):
         allow("worker", "TOPIC", "LITERAL", t[name], "READ")
     for name in ("pass.decisions", "pass.status", "deadletter", "pass.events", "pass.keys"):
         allow("worker", "TOPIC", "LITERAL", t[name], "WRITE")
@@ -369,6 +378,12 @@ def acls(principals: list[str], prefix: str = "gc.", app_id: str = "greenchannel
     for name in ("pass.decisions", "pass.status", "region.risk", "enterprises"):
         allow("projector", "TOPIC", "LITERAL", t[name], "READ")
     allow("projector", "GROUP", "LITERAL", f"{app_id}-projector", "READ")
+    # The firms' gateway: the only writer of its requests topic, whose `requested_by` the worker
+    # therefore takes as the channel's word; it reads the answers to tell each firm its own.
+    allow("gateway", "TOPIC", "LITERAL", t["gateway.requests"], "WRITE")
+    for name in ("pass.decisions", "pass.status"):
+        allow("gateway", "TOPIC", "LITERAL", t[name], "READ")
+    allow("gateway", "GROUP", "LITERAL", f"{app_id}-gateway", "READ")
     return out
 
 

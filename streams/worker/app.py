@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> faust.App:
     meter = pipeline.meter = PrometheusMeter(new_registry())
 
     # --- topics -------------------------------------------------------------------------------
-    requests = raw_topic(app, settings, names.requests)
+    requests = raw_topic(app, settings, names.requests, names.gateway_requests)
     scans = raw_topic(app, settings, names.scans)
     reference = raw_topic(app, settings, names.risk, names.enterprises, names.keys)
     pass_events = raw_topic(app, settings, names.pass_events)
