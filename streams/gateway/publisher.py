@@ -19,14 +19,19 @@ class KafkaPublisher:
     allocates its pass on), acks=all, each awaited: a 202 means the broker has the request."""
 
     def __init__(self, connection, topic: str) -> None:
-        self.topic = topic
-        self.producer = AIOKafkaProducer(**connection.kwargs(), acks="all", linger_ms=2, enable_idempotence=True)
+        self.connection, self.topic = connection, topic
+        self.producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
+        # A resend (after a timeout) may duplicate a record: the worker answers a shipment id once.
+        self.producer = AIOKafkaProducer(**self.connection.kwargs(), acks="all", linger_ms=2)
         await self.producer.start()
 
     async def stop(self) -> None:
-        await self.producer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
 
     async def publish(self, shipment_id: str, value: bytes) -> None:
+        if self.producer is None:
+            raise RuntimeError("the publisher is not started")
         await self.producer.send_and_wait(self.topic, value, key=shipment_id.encode())

@@ -32,13 +32,20 @@ def build(settings):
 
 
 def serve(settings, *, host: str, port: int) -> int:
+    """Serve until SIGINT or SIGTERM; port 0: any free one. Prints its address once it listens."""
+    import socket
+
     import uvicorn
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build(settings)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", server_header=False)
-    server = uvicorn.Server(config)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", server_header=False))
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"gateway at http://{shown}:{port}/ (API docs at http://{shown}:{port}/docs)", flush=True)
-    server.run()
+    print(f"gateway at http://{shown}:{bound}/ (API docs at http://{shown}:{bound}/docs)", flush=True)
+    server.run(sockets=[sock])
     return 0

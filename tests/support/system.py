@@ -244,6 +244,30 @@ def start_station(
     return StationProcess(proc, log_path)
 
 
+@dataclass
+class GatewayProcess:
+    """`greenchannel gateway` as a process; once it serves, `url` (its address, ending in /)."""
+
+    proc: subprocess.Popen
+    log_path: Path
+    url: str = ""
+
+    def ready(self, timeout: float = 60) -> GatewayProcess:
+        from streams.station.web import announced_url
+
+        self.url = announced_url(self.log_path, lambda: self.proc.poll() is None, timeout, prefix="gateway at ")
+        return self
+
+
+def start_gateway(env: dict, data_dir: Path, name: str = "gateway") -> GatewayProcess:
+    """The firms' gateway on a free loopback port, its log in data_dir/NAME.log."""
+    log_path = data_dir / f"{name}.log"
+    cmd = [sys.executable, "-m", "streams.cli", "gateway", "--port", "0"]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return GatewayProcess(proc, log_path)
+
+
 class Client:
     """The station's API, as its page uses it."""
 

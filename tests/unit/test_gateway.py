@@ -15,8 +15,8 @@ from models.firms import TokenBucket, channel_shipment_id, parse_api_key, webhoo
 from models.records import GATEWAY_PREFIX
 from models.store import firms as rows
 from models.store.db import init_db, make_engine, project_batch
-from streams.handlers import RecordMeta, Tables
 from streams.gateway.app import Gateway, create_gateway
+from streams.handlers import RecordMeta, Tables
 from tests.support.factories import REAL_CREDIT_CODES, good_request, make_pipeline
 
 ALIBABA, TENCENT, XIAOMI = REAL_CREDIT_CODES
@@ -39,7 +39,9 @@ class Channel:
         outs = self.pipeline.on_request(shipment_id.encode(), value, meta, tables=self.tables)
         t = self.pipeline.topics
         decisions = [orjson.loads(o.value) for o in outs if o.topic == t.decisions]
-        statuses = [(f"e{len(self.published)}-{i}", orjson.loads(o.value)) for i, o in enumerate(outs) if o.topic == t.status]
+        statuses = [
+            (f"e{len(self.published)}-{i}", orjson.loads(o.value)) for i, o in enumerate(outs) if o.topic == t.status
+        ]
         with Session(self.engine) as s:
             project_batch(s, decisions=decisions, statuses=statuses)
 
@@ -49,8 +51,12 @@ def gateway(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path}/gw.db")
     init_db(engine)
     with Session(engine) as s:
-        rows.create_firm(s, firm_id="sf-wuhan", name="顺丰武汉", credit_code=ALIBABA, acts_for=[], requests_per_minute=600, now=NOW)
-        rows.create_firm(s, firm_id="jd-hubei", name="京东湖北", credit_code=TENCENT, acts_for=[], requests_per_minute=600, now=NOW)
+        rows.create_firm(
+            s, firm_id="sf-wuhan", name="顺丰武汉", credit_code=ALIBABA, acts_for=[], requests_per_minute=600, now=NOW
+        )
+        rows.create_firm(
+            s, firm_id="jd-hubei", name="京东湖北", credit_code=TENCENT, acts_for=[], requests_per_minute=600, now=NOW
+        )
         keys = {f: rows.create_key(s, firm_id=f, now=NOW).text for f in ("sf-wuhan", "jd-hubei")}
     channel = Channel(engine)
     gw = Gateway(engine=engine, publisher=channel, now=lambda: NOW)
