@@ -38,6 +38,8 @@ from models.store.tables import Firm, GatewayRequest
 
 from ..firms import schema_errors
 from ..pass_print import pass_document, pass_from_row
+from .events import notification_routes
+from .notify import Hub
 from .publisher import Publisher
 from .requests import ClientRequest, RequestRefused, read_client_request
 from .views import Accepted, DecisionView, PassEventView, PassView, Problem, RequestList, RequestView
@@ -75,6 +77,7 @@ class Gateway:
     monotonic: Callable[[], float] = time.monotonic
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    hub: Hub = field(default_factory=Hub)
 
     def session(self) -> Session:
         return Session(self.engine)
@@ -99,6 +102,7 @@ def create_gateway(gateway: Gateway, *, lifespan=None) -> FastAPI:
     _errors(app)
     _requests_routes(app, gateway)
     _passes_routes(app, gateway)
+    notification_routes(app, gateway, Annotated[Caller, Depends(_caller(gateway))])
     return app
 
 
