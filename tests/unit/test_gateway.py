@@ -29,6 +29,7 @@ class Channel:
     def __init__(self, engine) -> None:
         self.pipeline, self.tables, self.engine = make_pipeline(), Tables.empty(), engine
         self.published: list[tuple[str, dict]] = []
+        self.pipeline_outs: list = []  # every output of the core, for the fuzz's check
         self.failing = False
 
     async def publish(self, shipment_id: str, value: bytes) -> None:
@@ -37,6 +38,7 @@ class Channel:
         self.published.append((shipment_id, orjson.loads(value)))
         meta = RecordMeta(self.pipeline.topics.gateway_requests, 0, len(self.published), 1582617600000)
         outs = self.pipeline.on_request(shipment_id.encode(), value, meta, tables=self.tables)
+        self.pipeline_outs.extend(outs)
         t = self.pipeline.topics
         decisions = [orjson.loads(o.value) for o in outs if o.topic == t.decisions]
         statuses = [
