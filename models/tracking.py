@@ -9,11 +9,11 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Container, Mapping
-from dataclasses import replace
 from datetime import datetime, timedelta
 from sys import intern
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from msgspec.structs import replace
 
 from routing import Place
 

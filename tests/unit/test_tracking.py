@@ -6,11 +6,11 @@ Wuhan (420111) → Guangzhou (440106) by the shortest path runs through Xianning
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from msgspec.structs import replace
 
 from models.passes import PassState, Signer, verify_token
 from models.records import CheckpointScan, RegionRisk, format_time, parse_risk, parse_time
@@ -171,7 +171,7 @@ def test_a_multi_trip_pass_scanned_through_its_route_completes_trips(tracker):
 
 
 def test_the_pass_index_files_active_passes_by_region_and_firm_and_follows_their_changes():
-    from dataclasses import replace as _replace
+    from msgspec.structs import replace as _replace
 
     from models.passes import PassState
     from models.tracking import PassIndex
