@@ -147,7 +147,7 @@ class WorkingState:
             ours = self._ours(partition)
             for pass_id, raw in tables.passes.items():
                 if ours(pass_id):
-                    index.put(self.with_kid(tables, load_pass(raw)))
+                    index.put(self.with_kid(tables, load_pass(raw)), pass_id)
         return index
 
     def lifetimes(self, tables, partition: int) -> Lifetimes:
