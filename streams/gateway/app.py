@@ -10,6 +10,7 @@ Thin adapter: rules in models.firms, rows in models.store.firms, the decision in
 """
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from models.store import db
 from models.store import firms as rows
 from models.store.tables import Firm, GatewayRequest
 
-from ..firms import schema_errors
+from ..firms import bind_driver, schema_errors
 from ..pass_print import pass_document, pass_from_row
 from .events import notification_routes
 from .notify import Hub
@@ -262,6 +263,8 @@ def _check(wanted: ClientRequest, who: Caller) -> None:
     refusal = shipper_refusal(who.acts_for, wanted.body["shipper"]["credit_code"])
     if refusal is not None:
         raise Refused(403, "not_acting_for", refusal, fields=[{"field": "shipper.credit_code", "message": refusal}])
+    if (problem := bind_driver(copy.deepcopy(wanted.body))) is not None:
+        raise Refused(422, "invalid", "the driver cannot be bound", fields=[{"field": "driver", "message": problem}])
 
 
 def _record(gateway: Gateway, wanted: ClientRequest, who: Caller) -> tuple[GatewayRequest, bool]:
@@ -280,7 +283,11 @@ def _record(gateway: Gateway, wanted: ClientRequest, who: Caller) -> tuple[Gatew
 
 
 async def _publish(gateway: Gateway, wanted: ClientRequest, who: Caller) -> None:
-    value = orjson.dumps(wanted.body | {"shipment_id": wanted.channel_id, "requested_by": who.firm_id})
+    """The request as the worker reads it: the channel's id, the firm that asked, and the driver's
+    ID number replaced by its salted binding (`bind_driver`): the number never enters Kafka."""
+    body = copy.deepcopy(wanted.body) | {"shipment_id": wanted.channel_id, "requested_by": who.firm_id}
+    bind_driver(body)
+    value = orjson.dumps(body)
     try:
         await asyncio.wait_for(gateway.publisher.publish(wanted.channel_id, value), timeout=15)
     except Exception as exc:  # noqa: BLE001 — the broker did not take it: the firm may send it again

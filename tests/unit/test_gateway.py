@@ -78,6 +78,7 @@ def test_a_firm_applies_and_follows_its_request_to_the_pass_and_prints_it(gatewa
     assert r.json() == {"shipment_id": "SO-1", "status": "accepted", "request_url": "/v1/requests/SO-1"}
     sid, sent = channel.published[0]
     assert sid == "gw:sf-wuhan:SO-1" and sent["requested_by"] == "sf-wuhan" and sent["shipment_id"] == sid
+    assert "id_number" not in sent["driver"] and sent["driver"]["binding"]  # the ID number stays out of Kafka
     view = client.get("/v1/requests/SO-1", headers=auth(keys["sf-wuhan"])).json()
     assert view["status"] == "approved" and view["shipment_id"] == "SO-1"
     pass_id = view["decision"]["pass_id"]
@@ -170,6 +171,16 @@ def test_only_the_hash_of_a_key_is_stored(gateway):
         (orjson.dumps(good_request(shipment_id="SO-6", requested_by="jd-hubei")), 422, "requested_by"),
         (orjson.dumps(good_request(shipment_id="SO-7", vehicle={"type": "van"})), 422, "vehicle"),
         (orjson.dumps(good_request(shipment_id="SO-8", cargo="masks")), 422, "cargo"),
+        (
+            orjson.dumps(
+                good_request(
+                    shipment_id="SO-9",
+                    driver={"name": "张伟", "id_number": "110105194912310021", "phone": "13800138000"},
+                )
+            ),
+            422,
+            "driver",
+        ),
     ],
 )
 def test_bad_bodies_get_one_clear_answer_and_nothing_is_sent(gateway, body, status, field):
