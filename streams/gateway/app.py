@@ -310,16 +310,23 @@ def _request_view(s: Session, row: GatewayRequest) -> RequestView:
             priority=decided.priority,
             reasons=decided.reasons,
             rules_version=decided.rules_version,
-            decided_at=decided.decided_at,
+            decided_at=_aware(decided.decided_at),
             pass_id=decided.pass_id,
         )
+    status = decided.decision if decided is not None else "dead_letter" if row.dead_letter else "pending"
     return RequestView(
         shipment_id=row.client_id,
-        status="pending" if decided is None else decided.decision,
-        accepted_at=row.accepted_at,
+        status=status,
+        error=row.dead_letter if decided is None else None,
+        accepted_at=_aware(row.accepted_at),
         decision=decision,
         pass_url=f"/v1/passes/{decided.pass_id}" if decided is not None and decided.pass_id else None,
     )
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    """A time read back from the database, in UTC (SQLite returns it without its zone)."""
+    return at if at is None or at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 # --- passes ------------------------------------------------------------------------------------------
@@ -333,10 +340,14 @@ def _passes_routes(app: FastAPI, gateway: Gateway) -> None:
         """A pass of yours: its terms now (a reroute changes them), its status and its history."""
         with gateway.session() as s:
             row, client_id = _own_pass(s, pass_id, who)
-            history = [
-                PassEventView.model_validate(e, from_attributes=True) for e in db.get_pass_events(s, pass_id=pass_id)
-            ]
-            view = {k: getattr(row, k) for k in PassView.model_fields if hasattr(row, k) and k != "shipment_id"}
+            events = db.get_pass_events(s, pass_id=pass_id)
+            history = [PassEventView.model_validate(e, from_attributes=True) for e in events]
+            for event in history:
+                event.at = _aware(event.at)
+            fields = (k for k in PassView.model_fields if hasattr(row, k) and k != "shipment_id")
+            view = {
+                k: _aware(v) if isinstance(v, datetime) else v for k in fields if (v := getattr(row, k)) is not None
+            }
         base = f"/v1/passes/{pass_id}"
         return PassView(
             **view,

@@ -17,6 +17,7 @@ from models.store import firms as rows
 from models.store.db import init_db, make_engine, project_batch
 from models.stored import load_decided
 from streams.gateway.app import Gateway, create_gateway
+from streams.gateway.notify import envelope_of, store_deliveries
 from streams.handlers import RecordMeta, Tables
 from tests.support.factories import REAL_CREDIT_CODES, good_request, make_pipeline
 
@@ -41,6 +42,8 @@ class Channel:
         outs = self.pipeline.on_request(shipment_id.encode(), value, meta, tables=self.tables)
         self.pipeline_outs.extend(outs)
         t = self.pipeline.topics
+        dead = [envelope_of("dead_letter", o.value, o.headers, "") for o in outs if o.topic == t.deadletter]
+        store_deliveries(self.engine, [e for e in dead if e is not None], NOW)  # as the gateway's feed does
         decisions = [orjson.loads(o.value) for o in outs if o.topic == t.decisions]
         statuses = [
             (f"e{len(self.published)}-{i}", orjson.loads(o.value)) for i, o in enumerate(outs) if o.topic == t.status
@@ -114,6 +117,18 @@ def test_two_firms_neither_sees_nor_takes_the_others_requests_or_passes(gateway)
         assert r.status_code == 404 and r.json()["error"] == "not_found"
     listed = client.get("/v1/requests", headers=jd).json()["requests"]
     assert [(v["shipment_id"], v["decision"]["pass_id"]) for v in listed] == [("SAME", jd_view["decision"]["pass_id"])]
+
+
+def test_a_request_the_worker_dead_letters_says_why_and_is_not_pending_forever(gateway):
+    client, keys, channel, _ = gateway
+    channel.tables.clocks["0"] = b"2021-02-25T08:00:00Z"  # a year on: a request of 2020 is past the retention
+    assert (
+        client.post("/v1/requests", json=good_request(shipment_id="OLD-1"), headers=auth(keys["sf-wuhan"])).status_code
+        == 202
+    )
+    view = client.get("/v1/requests/OLD-1", headers=auth(keys["sf-wuhan"])).json()
+    assert view["status"] == "dead_letter" and "more than the pass retention" in view["error"], view
+    assert view["accepted_at"].endswith("Z") or "+00:00" in view["accepted_at"]
 
 
 def test_a_repeat_is_accepted_once_and_a_different_body_under_the_same_id_conflicts(gateway):
