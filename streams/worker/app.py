@@ -19,6 +19,7 @@ from .compat import (
     fetch_what_was_asked,
     seek_before_resume,
     set_fetch_wait,
+    recover_whole_beyond_the_end,
     wipe_uncommitted_on_open,
 )
 from .runtime import Runtime
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> faust.App:
     set_fetch_wait(settings.fetch_wait_ms)
     commit_transactions_concurrently()  # exactly_once: each transaction once its records are delivered (compat)
     wipe_uncommitted_on_open()  # exactly_once on RocksDB: no write of an aborted transaction survives (compat)
+    recover_whole_beyond_the_end()  # RocksDB: a table ahead of its changelog is recovered anew, not a crash (compat)
     app = faust.App(settings.app_id, **app_config(settings))
     pipeline = build_pipeline(settings)
     names = pipeline.topics

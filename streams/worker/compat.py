@@ -82,6 +82,7 @@ __all__ = [
     "rocksdb_options",
     "persist_delivered",
     "wipe_uncommitted_on_open",
+    "recover_whole_beyond_the_end",
     "wrap_commit",
     "transactional_id",
     "send_in_partition_transaction",
@@ -398,6 +399,44 @@ def _wipe_uncommitted(open_for_partition):
 
     wrapper.__gc_wipe_uncommitted__ = True
     return wrapper
+
+
+def _recover_whole_beyond_the_end(build_offsets):
+    @functools.wraps(build_offsets)
+    async def wrapper(self, consumer, tps, destination, title):
+        await build_offsets(self, consumer, tps, destination, title)
+        if title != "active":
+            return
+        for tp in tps:
+            end, offset = self.active_highwaters.get(tp), destination.get(tp)
+            store = getattr(self.tp_to_table.get(tp), "data", None)
+            if end is None or offset is None or offset <= end or not _is_rocksdb(store):
+                continue
+            # Not this changelog's database (the topic was made anew), or its end misreported: start over.
+            logger.warning("%s: the local table is at %s, beyond the changelog's end %s: recovering it whole", tp, offset, end)
+            db = store._dbs.pop(tp.partition, None)
+            if db is not None:
+                db.close()
+            shutil.rmtree(store.partition_path(tp.partition), ignore_errors=True)
+            for table in _direct_tables(self.app).values():
+                if table.store is store:
+                    table.writes.pop(tp.partition, None)
+                    table.persisted.pop(tp.partition, None)
+            store._db_for_partition(tp.partition)
+            destination[tp] = -1  # from the start (Faust seeks -1 to 0: the earliest kept)
+
+    wrapper.__gc_recover_whole__ = True
+    return wrapper
+
+
+def recover_whole_beyond_the_end() -> None:
+    """Make Faust's recovery wipe and recover whole a RocksDB table partition whose persisted offset
+    is beyond its changelog's end, instead of raising ConsistencyError and stopping the worker
+    (faust-streaming#158: a changelog made anew, or a broker reporting a wrong end: Tansu after a
+    batch of several records answers an end offset inside it). The
+    offsets are built (and this runs) before Faust's consistency check (idempotent)."""
+    if not getattr(Recovery._build_offsets, "__gc_recover_whole__", False):
+        Recovery._build_offsets = _recover_whole_beyond_the_end(Recovery._build_offsets)
 
 
 def wipe_uncommitted_on_open() -> None:
