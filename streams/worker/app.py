@@ -17,9 +17,9 @@ from .compat import (
     ask_highwaters,
     commit_transactions_concurrently,
     fetch_what_was_asked,
+    recover_whole_beyond_the_end,
     seek_before_resume,
     set_fetch_wait,
-    recover_whole_beyond_the_end,
     wipe_uncommitted_on_open,
 )
 from .runtime import Runtime

@@ -413,7 +413,9 @@ def _recover_whole_beyond_the_end(build_offsets):
             if end is None or offset is None or offset <= end or not _is_rocksdb(store):
                 continue
             # Not this changelog's database (the topic was made anew), or its end misreported: start over.
-            logger.warning("%s: the local table is at %s, beyond the changelog's end %s: recovering it whole", tp, offset, end)
+            logger.warning(
+                "%s: the local table is at %s, beyond the changelog's end %s: recovering it whole", tp, offset, end
+            )
             db = store._dbs.pop(tp.partition, None)
             if db is not None:
                 db.close()

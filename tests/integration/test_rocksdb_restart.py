@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rocksdict import Options, Rdict
 
@@ -104,8 +103,7 @@ async def test_a_worker_restarted_on_its_own_disk_keeps_its_passes_and_reads_onl
         again = await decide(system, [{**body, "note": "resent"}], seen=1)
         assert [m.value for m in again[resent_sid]] == [first[resent_sid][0].value] * 2
         issued = Counter(
-            m.key.decode()
-            for m in system.tap.where(system.topics.status, lambda m: m.json.get("status") == "issued")
+            m.key.decode() for m in system.tap.where(system.topics.status, lambda m: m.json.get("status") == "issued")
         )
         assert issued[resent["pass"]["pass_id"]] == 1
 
