@@ -936,22 +936,29 @@ def _templates(count: int = 1500):
 def _clone_tables(tables, inside: list, outside: list, total: int, touched: int):
     """`total` active passes on one partition, `touched` of them cloned from passes through the
     changed region (`inside`), the others from passes not touching it."""
-    from dataclasses import replace as _replace
-
     from models.passes import PassState
-    from models.records import kept
     from streams.handlers import Tables
 
     inside, outside = ([PassState.from_json(raw) for raw in group] for group in (inside, outside))
     out = Tables.empty()
     for i in range(total):
         template = inside[i % len(inside)] if i < touched else outside[i % len(outside)]
-        state = _replace(template, pass_id=f"{i:012d}", shipment_id=f"bench-{i}")
-        out.passes[state.pass_id] = kept(state.to_json())  # as the worker stores it (models.records.kept)
-        out.serials[state.pass_id] = state.shipment_id.encode()
-        # A copy of its own: `bytes + b""` is the same object, and shared bytes would not count.
-        out.decided[state.shipment_id] = bytes(bytearray(tables.decided[template.shipment_id]))
+        pass_id, shipment_id = f"{i:012d}", f"bench-{i}"
+        out.passes[pass_id], out.decided[shipment_id] = clone_pass(tables, template, pass_id, shipment_id)
+        out.serials[pass_id] = shipment_id.encode()
     return out
+
+
+def clone_pass(tables, template, pass_id: str, shipment_id: str) -> tuple[bytes, bytes]:
+    """(pass state, decision) of a pass cloned from `template` (a PassState held in `tables`) with a
+    new pass number and shipment id: the bytes the worker's tables hold."""
+    from dataclasses import replace as _replace
+
+    from models.records import kept
+
+    state = _replace(template, pass_id=pass_id, shipment_id=shipment_id)
+    # A copy of its own: `bytes + b""` is the same object, and shared bytes would not count.
+    return kept(state.to_json()), bytes(bytearray(tables.decided[template.shipment_id]))
 
 
 def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
