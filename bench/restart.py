@@ -27,7 +27,7 @@ from models.passes import kafka_partition
 from . import workload
 from .harness import Proc, run_id, start_process
 from .suites import TIMED_WORKER, Context, _cleanup, _first_answer, _prepare_system, _templates, clone_pass, worker_env
-from .timed_worker import marks
+from .timed_worker import marks, tails
 from .workload import Message
 
 __all__ = ["restart_runs", "state_records"]
@@ -106,8 +106,11 @@ async def _start(ctx: Context, topics, probe: Message, procs: list[Proc], env: d
     first = await _first_answer(ctx, topics, probe, procs, lambda: start_process(list(TIMED_WORKER), env, log))
     found = marks(procs[-1].log_path)
     started_at = first.pop("started_at")
+    read = tails(procs[-1].log_path)
     return {
         **first,
+        "changelog_records_read": sum(n for n, _ in read),
+        "changelog_partitions_read": max((p for _, p in read), default=0),
         "assigned_s": found["assigned"][0] - started_at if found.get("assigned") else None,
         "recovered_s": found["recovered"][-1] - started_at if found.get("recovered") else None,
         "rss_mb": procs[-1].rss_bytes() / 1e6,
@@ -148,6 +151,8 @@ async def restart_runs(ctx: Context, firms: list[Message], risks: list[Message],
         finally:
             for p in procs:
                 p.stop(timeout=120)
+        for log in data.glob("*.log"):  # the workers' logs outlive the run's directory
+            (ctx.out_dir / f"restart-{rid}-{log.name}").write_bytes(log.read_bytes())
         await _cleanup(ctx, prefix, f"bench-{rid}")
         result["runs"].append(got)
         mem, first, again = got["memory"], got["rocksdb_first"], got["rocksdb"]

@@ -83,6 +83,7 @@ __all__ = [
     "persist_delivered",
     "wipe_uncommitted_on_open",
     "recover_whole_beyond_the_end",
+    "persist_recovered",
     "wrap_commit",
     "transactional_id",
     "send_in_partition_transaction",
@@ -439,6 +440,30 @@ def recover_whole_beyond_the_end() -> None:
     offsets are built (and this runs) before Faust's consistency check (idempotent)."""
     if not getattr(Recovery._build_offsets, "__gc_recover_whole__", False):
         Recovery._build_offsets = _recover_whole_beyond_the_end(Recovery._build_offsets)
+
+
+def _persist_recovered(on_recovery_completed):
+    @functools.wraps(on_recovery_completed)
+    async def wrapper(self, *args, **kwargs):
+        tables = _direct_tables(self.app)
+        for offsets in (self.active_offsets, self.standby_offsets):
+            for tp, offset in list(offsets.items()):
+                table = tables.get(tp.topic)
+                if table is not None and offset is not None and offset >= 0:
+                    table.persist(tp.partition, offset)
+        return await on_recovery_completed(self, *args, **kwargs)
+
+    wrapper.__gc_persist_recovered__ = True
+    return wrapper
+
+
+def persist_recovered() -> None:
+    """Make Faust's recovery, once complete, persist in each RocksDB table partition the offset it
+    read to (idempotent). Faust persists the last record it applied; under exactly_once a changelog
+    ends with a commit marker after it, so the next recovery would wait for a record that never
+    comes until Faust's fallback gives up on it (two 5 s timeouts: faust-streaming#47)."""
+    if not getattr(Recovery.on_recovery_completed, "__gc_persist_recovered__", False):
+        Recovery.on_recovery_completed = _persist_recovered(Recovery.on_recovery_completed)
 
 
 def wipe_uncommitted_on_open() -> None:

@@ -759,3 +759,29 @@ def test_wipe_uncommitted_patches_faust_once():
     patched = Store._open_for_partition
     compat.wipe_uncommitted_on_open()
     assert Store._open_for_partition is patched and patched.__gc_wipe_uncommitted__
+
+
+def test_premise_under_transactions_recovery_gives_up_on_a_trailing_marker_only_after_two_timeouts():
+    slurp = inspect.getsource(Recovery._slurp_changelogs.fun)  # a mode ServiceTask
+    assert "changelog_queue.get(), timeout=5.0" in slurp
+    assert "if timeout and self.app.in_transaction and timeout_count > 1:" in slurp
+    assert "offsets[tp] = highwater" in slurp  # the reading reached the end: the marker counts as read
+    assert "def on_recovery_completed" in inspect.getsource(Recovery)
+
+
+async def test_a_completed_recovery_persists_what_it_read_to(tmp_path):
+    compat.persist_recovered()
+    app, table = rocks_app(tmp_path, "exactly_once")
+    compat.DirectTable(table, [])
+    topic = table.changelog_topic.get_topic_name()
+    table.data._db_for_partition(0)
+    tp, other = faust.types.TP(topic, 0), faust.types.TP("gc.requests", 0)
+    calls = []
+
+    async def completed(self, generation_id=0):
+        calls.append(generation_id)
+
+    recovery = SimpleNamespace(app=app, active_offsets={tp: 12, other: 3}, standby_offsets={})
+    await compat._persist_recovered(completed)(recovery, 7)
+    assert table.data.persisted_offset(tp) == 12 and calls == [7]
+    assert Recovery.on_recovery_completed.__gc_persist_recovered__
