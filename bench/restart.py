@@ -111,7 +111,9 @@ async def _start(ctx: Context, topics, probe: Message, procs: list[Proc], env: d
         **first,
         "changelog_records_read": sum(n for n, _ in read),
         "changelog_partitions_read": max((p for _, p in read), default=0),
+        "rebalance_s": found["rebalance"][0] - started_at if found.get("rebalance") else None,
         "assigned_s": found["assigned"][0] - started_at if found.get("assigned") else None,
+        "rebalances": len(found.get("rebalance", [])),
         "recovered_s": found["recovered"][-1] - started_at if found.get("recovered") else None,
         "rss_mb": procs[-1].rss_bytes() / 1e6,
     }

@@ -4,6 +4,7 @@ The worker logs warnings only, so nothing in its log says where a restart spends
 as `python -m bench.timed_worker`, it is the same worker (`streams.cli worker`) with two passive
 marks, read back by `marks` (the state suite times a restarted worker with them):
 
+    bench-mark rebalance <unix time>   Faust's tables are handed an assignment (stores open after it)
     bench-mark assigned <unix time>    Faust's recovery is handed an assignment (after group join)
     bench-mark recovered <unix time>   the tables are read back from their changelogs
     bench-tail <records> <partitions>  changelog records (offsets, markers too) recovery has to read,
@@ -69,10 +70,12 @@ def marks(log_path: Path) -> dict[str, list[float]]:
 
 
 def main() -> int:
+    from faust.tables.manager import TableManager
     from faust.tables.recovery import Recovery
 
     from streams.cli import main as greenchannel
 
+    TableManager.on_rebalance = _marked(TableManager.on_rebalance, "rebalance", after=False)
     Recovery.on_rebalance = _marked(Recovery.on_rebalance, "assigned", after=False)
     Recovery.on_recovery_completed = _marked(Recovery.on_recovery_completed, "recovered", after=True)
     Recovery._seek_offsets = _tail_logged(Recovery._seek_offsets)
