@@ -40,11 +40,13 @@ so an upgrade that changes one fails there first, by name. Each touch:
   event's partition itself (the changelog record's bytes, what Faust's recovery would put there),
   and advances the persisted offset once the records are delivered (`persist_delivered`) or, under
   exactly_once, once their transaction committed (then to the commit marker's offset, so a
-  restart finds nothing to read). Under exactly_once a write whose transaction did not commit
-  (a SIGKILL, a revocation) may stay in the local database: a marker file beside it
-  (`<table>-<partition>.db.uncommitted`) is made before its first uncommitted write and removed
-  once its writes committed; a database opened with its marker still there is wiped first and
-  recovered whole from the (read_committed) changelog (`wipe_uncommitted_on_open`).
+  restart finds nothing to read). A write whose changelog record never made it (under exactly_once
+  its transaction did not commit: a SIGKILL, a revocation; under at_least_once it was not
+  delivered) may stay in the local database: a marker file beside it
+  (`<table>-<partition>.db.uncommitted`) is made before its first such write and removed once its
+  writes committed (at_least_once: once Faust's offset commit, which flushes the producer first,
+  came after them: `settle_on_commit`); a database opened with its marker still there is wiped
+  first and recovered whole from the (read_committed) changelog (`wipe_uncommitted_on_open`).
 * `refresh_metadata`: aiokafka's consumer answers `partitions_for_topic` from the client's
   metadata, which Apache Kafka's bootstrap answer leaves without topics.
 * `learn_partitions`: the pass view's `table_route` reads the changelog's partitions from the
@@ -68,7 +70,6 @@ from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
-from faust.types.enums import ProcessingGuarantee
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ __all__ = [
     "DirectTable",
     "rocksdb_options",
     "persist_delivered",
+    "settle_on_commit",
     "wipe_uncommitted_on_open",
     "recover_whole_beyond_the_end",
     "persist_recovered",
@@ -308,9 +310,9 @@ class _RocksWrites:
     def __init__(self, app, store, changelog: str) -> None:
         self.store = store
         self.changelog = changelog
-        self.exactly_once = app.conf.processing_guarantee == ProcessingGuarantee.EXACTLY_ONCE
         self.writes: dict[int, int] = {}  # partition -> writes since its marker was made
         self.persisted: dict[int, int] = {}  # partition -> the offset last persisted
+        self.failed: set[int] = set()  # partitions a changelog record of which was not delivered
         _direct_tables(app)[changelog] = self
 
     def put(self, raw_key: bytes, raw_value: bytes | None) -> None:
@@ -321,7 +323,7 @@ class _RocksWrites:
             raise RuntimeError(f"a write to {self.changelog} outside an event: no partition to write it to")
         partition = event.message.partition
         db = self.store._db_for_partition(partition)  # opened first: an open wipes what a marker marks
-        if self.exactly_once and partition not in self.writes:
+        if partition not in self.writes:
             self.marker(partition).touch()  # before the write: a SIGKILL after it finds the marker
         self.writes[partition] = self.writes.get(partition, 0) + 1
         if raw_value is None:
@@ -349,24 +351,51 @@ class _RocksWrites:
         a restart reads from there, and finds nothing. The partition's marker goes when no write
         came after the transaction was closed (`writes_before`)."""
         self.persist(partition, offset + 1)
-        if self.writes.get(partition) == writes_before:
+        self.settled(partition, writes_before)
+
+    def settled(self, partition: int, writes_before: int | None) -> None:
+        """The partition's writes up to `writes_before` are in its changelog (committed, or under
+        at_least_once delivered): its marker goes if no write came after, and no delivery failed."""
+        if self.writes.get(partition) == writes_before and partition not in self.failed:
             del self.writes[partition]
             self.marker(partition).unlink(missing_ok=True)
 
 
-def persist_delivered(app, topic: str, future) -> None:
-    """at_least_once: once the changelog record `future` is delivered, persist its offset in the
-    RocksDB database it was written to (nothing for other topics, or other stores)."""
+def persist_delivered(app, topic: str, partition: int, future) -> None:
+    """at_least_once: once the changelog record `future` (on `partition`) is delivered, persist its
+    offset in the RocksDB database it was written to (nothing for other topics, or other stores)."""
     table = _direct_tables(app).get(topic)
     if table is None:
         return
 
     def delivered(fut) -> None:
         if not fut.cancelled() and fut.exception() is None:
-            metadata = fut.result()
-            table.persist(metadata.partition, metadata.offset)
+            table.persist(partition, fut.result().offset)
+        else:  # its write stays marked: the partition is recovered whole at its next opening
+            table.failed.add(partition)
 
     future.add_done_callback(delivered)
+
+
+def settle_on_commit(consumer) -> None:
+    """at_least_once: make each of Faust's offset commits (it flushes the producer first, so every
+    changelog record sent before it is delivered) remove the markers of the RocksDB table partitions
+    written no more since it began (idempotent per consumer)."""
+    if consumer.__dict__.get("_gc_settles"):
+        return
+    commit, app = consumer.commit, consumer.app
+
+    async def commit_and_settle(*args, **kwargs):
+        tables = _direct_tables(app)
+        before = {(topic, p): n for topic, table in tables.items() for p, n in table.writes.items()}
+        committed = await commit(*args, **kwargs)
+        if committed:
+            for (topic, partition), n in before.items():
+                tables[topic].settled(partition, n)
+        return committed
+
+    consumer.commit = commit_and_settle
+    consumer.__dict__["_gc_settles"] = True
 
 
 def _persist_committed(app, delivered: list, writes_before: dict) -> None:

@@ -23,7 +23,7 @@ from ..dispatch import Given, Handler, handle, handlers
 from ..handlers import Out, Pipeline, RecordMeta, ReferenceBehind, Tables
 from ..metrics import PrometheusMeter
 from ..settings import Settings
-from .compat import persist_delivered, send_in_partition_transaction
+from .compat import persist_delivered, send_in_partition_transaction, settle_on_commit
 from .eos import CommitGate
 
 __all__ = ["Runtime", "meta", "signed"]
@@ -73,6 +73,7 @@ class Runtime:
     def in_flight(self):
         """exactly_once: Faust commits offsets only between events (see streams.worker.eos)."""
         if not self.exactly_once:
+            settle_on_commit(self.app.consumer)  # RocksDB tables: what is delivered is unmarked (compat)
             return contextlib.nullcontext()
         self.gate.install(self.app.consumer, self.app.producer)
         return self.gate.event()
@@ -118,7 +119,7 @@ class Runtime:
         producer = self.app.producer
         for out in outs:
             future = await producer.send(out.topic, out.key, out.value, out.partition, None, list(out.headers))
-            persist_delivered(self.app, out.topic, future)
+            persist_delivered(self.app, out.topic, out.partition, future)
 
 
 def meta(event) -> RecordMeta:

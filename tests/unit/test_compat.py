@@ -699,20 +699,55 @@ async def test_a_delivered_changelog_record_persists_its_offset(tmp_path):
     direct = compat.DirectTable(table, [])
     in_event(3)
     direct["k"] = b"v"
+    assert direct.rocks.marker(3).exists()  # at_least_once too: unmarked once delivered and committed
     topic = table.changelog_topic.get_topic_name()
     tp = faust.types.TP(topic, 3)
     for offset in (41, 40):  # a late callback never moves it back
         future = asyncio.get_running_loop().create_future()
-        compat.persist_delivered(app, topic, future)
+        compat.persist_delivered(app, topic, 3, future)
         future.set_result(SimpleNamespace(topic=topic, partition=3, offset=offset))
         await asyncio.sleep(0)
     assert table.data.persisted_offset(tp) == 41
     failed = asyncio.get_running_loop().create_future()
-    compat.persist_delivered(app, topic, failed)
+    compat.persist_delivered(app, topic, 3, failed)
     failed.set_exception(RuntimeError("not delivered"))
     await asyncio.sleep(0)
-    assert table.data.persisted_offset(tp) == 41
-    compat.persist_delivered(app, "gc.decisions", asyncio.get_running_loop().create_future())  # not a table: nothing
+    assert table.data.persisted_offset(tp) == 41 and direct.rocks.failed == {3}
+    compat.persist_delivered(app, "gc.decisions", 3, asyncio.get_running_loop().create_future())  # not a table
+
+
+async def test_at_least_once_a_commit_after_the_writes_removes_their_marker(tmp_path):
+    """Faust's offset commit flushes the producer first: every changelog record sent before it is
+    delivered, so the partitions written no more since are unmarked; a failed delivery keeps its mark."""
+    app, table = rocks_app(tmp_path)
+    direct = compat.DirectTable(table, [])
+    in_event(1)
+    direct["a"] = b"1"
+    in_event(2)
+    direct["b"] = b"2"
+    assert direct.rocks.marker(1).exists() and direct.rocks.marker(2).exists()
+    direct.rocks.failed.add(2)
+    results = [True]
+
+    async def commit(*args, **kwargs):
+        in_event(1)
+        direct["c"] = b"3"  # written while the commit flushes: not covered by it
+        return results.pop()
+
+    consumer = SimpleNamespace(app=app, commit=commit)
+    compat.settle_on_commit(consumer)
+    compat.settle_on_commit(consumer)  # once per consumer
+    assert await consumer.commit() is True
+    assert direct.rocks.marker(1).exists() and direct.rocks.marker(2).exists()
+
+    async def quiet(*args, **kwargs):
+        return True
+
+    consumer2 = SimpleNamespace(app=app, commit=quiet)
+    compat.settle_on_commit(consumer2)
+    assert await consumer2.commit() is True
+    assert not direct.rocks.marker(1).exists()  # "c" is delivered now
+    assert direct.rocks.marker(2).exists()  # its delivery failed: recovered whole at its next opening
 
 
 def test_exactly_once_a_committed_partition_persists_past_its_commit_marker_and_drops_its_marker(tmp_path):
