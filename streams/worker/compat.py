@@ -304,8 +304,8 @@ def _direct_tables(app) -> dict:
 
 
 class _RocksWrites:
-    """A table's writes to its RocksDB partition databases, their persisted offsets and, under
-    exactly_once, which partitions hold writes not yet committed (`UNCOMMITTED` markers)."""
+    """A table's writes to its RocksDB partition databases, their persisted offsets, and which
+    partitions hold writes not yet in their changelog (`UNCOMMITTED` markers)."""
 
     def __init__(self, app, store, changelog: str) -> None:
         self.store = store
@@ -425,6 +425,7 @@ def _wipe_uncommitted(open_for_partition):
                 if table.store is self:  # its writes there are gone: the next one makes the marker anew
                     table.writes.pop(partition, None)
                     table.persisted.pop(partition, None)
+                    table.failed.discard(partition)
         return open_for_partition(self, partition)
 
     wrapper.__gc_wipe_uncommitted__ = True
@@ -454,6 +455,7 @@ def _recover_whole_beyond_the_end(build_offsets):
                 if table.store is store:
                     table.writes.pop(tp.partition, None)
                     table.persisted.pop(tp.partition, None)
+                    table.failed.discard(tp.partition)
             store._db_for_partition(tp.partition)
             destination[tp] = -1  # from the start (Faust seeks -1 to 0: the earliest kept)
 
