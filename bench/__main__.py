@@ -407,7 +407,11 @@ async def state_suites(ctx: Context, args, skip: set[str], attempts: Attempts, f
         found["state"] = await attempts.run(
             "state", state_runs(ctx, workload.requests(args.state_passes), firms, risks, args.state_runs)
         )
-    if "restart" not in skip:
+    if "restart" not in skip and not ctx.transactions:
+        # Tansu answers an end offset inside a multi-record batch: a RocksDB table persisted at its
+        # true end looks ahead of its changelog there and is read whole (streams.worker.compat).
+        ctx.log("[bold]restart[/bold]: skipped, Apache Kafka only (--broker kafka)")
+    elif "restart" not in skip:
         from .restart import restart_runs
 
         ctx.log(
