@@ -161,7 +161,7 @@ def test_random_batches_with_redeliveries_keep_the_aggregates_exact(database_url
     checkpoints = (CP_SZ, CP_DG, CP_GZ, None)
     sent: list[dict] = []
     try:
-        for i in range(40):
+        for _ in range(40):
             if sent and rng.random() < 0.3:  # a batch read again, after later ones were written
                 batch = rng.choice(sent)
             else:
