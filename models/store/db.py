@@ -74,6 +74,8 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"
 # pg_advisory_xact_lock key serializing schema upgrades in a database ("gcmi").
 MIGRATION_LOCK = 0x67636D69
+# pg_advisory_xact_lock key serializing projector batches, for the aggregates they update ("gcag").
+AGGREGATES_LOCK = 0x67636167
 
 
 def alembic_config(url: str | None = None, *, connection: Connection | None = None) -> Config:
@@ -309,7 +311,14 @@ def project_batch(
     risks: Iterable[dict] = (),
     enterprises: Iterable[dict] = (),
 ) -> None:
-    """One projector batch in one transaction: decisions before the statuses that follow them."""
+    """One projector batch in one transaction: decisions before the statuses that follow them.
+
+    On PostgreSQL the batches of several projectors take turns (a transaction-scoped advisory
+    lock): each updates the same few rows of the dashboard's aggregates (migration 0002's
+    triggers), which would make them wait for each other row by row anyway, and deadlock when two
+    batches reach two counters in opposite orders."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().execute(text(f"SELECT pg_advisory_xact_lock({AGGREGATES_LOCK})"))
     project_decisions(session, decisions)
     project_statuses(session, statuses)
     project_risks(session, risks)

@@ -7,6 +7,7 @@ on SQLite and, when GC_TEST_DATABASE_URL names a server, PostgreSQL (tests/unit/
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 from alembic import command
 from sqlmodel import Session, select
@@ -215,5 +216,29 @@ def test_rows_rolled_back_take_their_counts_with_them(database_url):  # noqa: F8
             assert counted(session) == figures(session) != before  # seen inside the transaction
             session.rollback()
         assert assert_counted_is_grouped(engine) == before
+    finally:
+        engine.dispose()
+
+
+def test_two_projectors_writing_at_once_keep_the_aggregates_exact(database_url):  # noqa: F811
+    """Two projectors at once: one projecting new passes of counties A then B, the other the issue
+    of passes already decided, of counties B then A: their batches reach the same counters (passes
+    of no status, by county) in opposite orders. Every batch commits (none deadlocks) and the
+    counts stay exact."""
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    rounds, size = 8, 200
+    issued = [k for k in range(rounds * size) if k % 4 in (0, 1)]  # two counties (ISSUERS[0] and [1])
+    project(engine, {"decisions": [approved(k) for k in issued]})  # decided, not yet issued: no status
+    new = [[k + 10_000 for k in range(r * size, (r + 1) * size) if k % 4 in (0, 1)] for r in range(rounds)]
+    old = [sorted(issued[r::rounds], key=lambda k: -(k % 4)) for r in range(rounds)]  # county B first
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            a = pool.submit(lambda: [project(engine, {"decisions": [approved(k) for k in ks]}) for ks in new])
+            b = pool.submit(lambda: [project(engine, {"statuses": [st(k, "issued", 0) for k in ks]}) for ks in old])
+            a.result()
+            b.result()
+        final = assert_counted_is_grouped(engine)
+        assert final["statuses"] == {"issued": len(issued), None: len(issued)}
     finally:
         engine.dispose()
