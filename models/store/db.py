@@ -20,6 +20,7 @@ from sqlmodel import Session, col, create_engine, select
 
 from ..records import parse_time
 from .tables import (
+    RECENT_DWELLS,
     Checkpoint,
     DecisionHour,
     Enterprise,
@@ -382,7 +383,7 @@ def count_by(session: Session, column) -> dict:
 # --- the operators' dashboard (streams.dashboard) ------------------------------------------------------
 
 
-def checkpoint_board(session: Session, *, window: int = 50, target_seconds: float = 900) -> list[dict]:
+def checkpoint_board(session: Session, *, window: int = RECENT_DWELLS, target_seconds: float = 900) -> list[dict]:
     """Each checkpoint with the vehicles there now and the median dwell of its last `window`
     departures, flagged over `target_seconds` (the rule of `models.tracking.board_row`)."""
     present: dict[str, int] = dict(
@@ -491,7 +492,7 @@ def counted_places(session: Session, active: Iterable[str]) -> list[tuple[str | 
 
 
 def counted_board(session: Session, *, target_seconds: float = 900) -> list[dict]:
-    """`checkpoint_board(session, window=tables.RECENT_DWELLS, target_seconds=...)`."""
+    """`checkpoint_board(session, window=RECENT_DWELLS, target_seconds=...)`."""
     present: dict[str, int] = {
         c: int(n)
         for c, n in session.execute(
