@@ -1,13 +1,22 @@
-"""`python -m bench.dashboard`: the operators' page with many active passes, in headless Chromium.
+"""`python -m bench.dashboard`: the operators' page with many passes in the projector's database.
 
-Measures (not part of `make bench`, and asserted by no test):
-- time to first paint: from navigation to the page having drawn the map and every panel from
-  its first state event, with N active passes (default 10,000) in the projector's database;
-- risk-change latency: from just before `risk set`'s publish (streams.operators.publish) to the
-  frame after the page recoloured the region, for several changes of Wuhan (4201).
+For each `--passes` N (default 10,000) and each tree (this one, and each `--before DIR`, e.g. a
+`git worktree` of an older commit), on the same database:
+- the schema brought to that tree's head (`init_db`: at 1,000,000 passes, migration 0002's backfill);
+- the server's work per refresh: `Dashboard.read_database`, the first and the median of 6 more;
+- a projector batch of 2,000 new passes (their decisions and statuses) written by that tree's
+  `project_batch` (the triggers' cost);
+- cold first paint: from starting `greenchannel dashboard` to a page showing the database's passes;
+- first paint: a page opened on the running dashboard, from navigation to the state drawn;
+- the server's CPU while idle (its refreshes), as a share of one core, over 10 s;
+- risk-change latency: from just before `risk set`'s publish to the frame showing Wuhan's new level.
 
-The database is filled with real decisions and statuses of the decision core (build_pipeline),
-projected with the projector's own code; an embedded Tansu broker carries the risk changes.
+The database is filled fast: 2,000 passes decided for real by the decision core (build_pipeline),
+a third scanned at their first checkpoint and one request in five rejected, copied with new ids and
+times spread over a week, bulk-inserted as the rows `project_batch` makes, at revision 0001 (the
+schema both trees start from). An embedded Tansu broker carries the risk changes. Not part of
+`make bench` (a million passes take minutes to fill, and it drives Chromium); no test asserts its
+timings. Results: `--out` (bench/out/dashboard.json).
 """
 
 from __future__ import annotations
