@@ -57,6 +57,8 @@ SUITES = (
 SUITES += ("projector",)
 # What a tick of the channel's clock costs on a partition of many passes (bench.clock).
 SUITES += ("clock",)
+# A worker restarted holding many passes: RocksDB tables on its own disk against memory tables (bench.restart).
+SUITES += ("restart",)
 # The firms' gateway: requests/s from HTTP to decisions beside the Kafka route, its p99 to 202 (bench.gateway).
 SUITES += ("gateway",)
 
@@ -117,6 +119,13 @@ def _size_options(p: argparse.ArgumentParser) -> None:
         default=100_000,
         help="requests a worker decides into active passes (about 90%% approved) before its RSS is "
         "read and it is restarted (default 100000)",
+    )
+    p.add_argument(
+        "--restart-passes",
+        type=int,
+        default=100_000,
+        help="active passes put on the changelogs of the restart suite (memory against RocksDB tables; "
+        "the issue's goal: 1000000) (default 100000)",
     )
     p.add_argument(
         "--state-runs",
@@ -383,7 +392,7 @@ async def latency_suites(
 async def state_suites(ctx: Context, args, skip: set[str], attempts: Attempts, firms, risks) -> dict:
     """The tracker's state: a risk change and clock ticks on many active passes (in process), and a
     real worker's memory and restart."""
-    found = {"risk": None, "clock": None, "state": None}
+    found = {"risk": None, "clock": None, "state": None, "restart": None}
     runs = args.runs
     if "risk" not in skip:
         ctx.log(f"[bold]risk change[/bold]: 1% of {args.active_passes:,} active passes on one partition, in process")
@@ -406,6 +415,20 @@ async def state_suites(ctx: Context, args, skip: set[str], attempts: Attempts, f
         )
         found["state"] = await attempts.run(
             "state", state_runs(ctx, workload.requests(args.state_passes), firms, risks, args.state_runs)
+        )
+    if "restart" not in skip and not ctx.transactions:
+        # Tansu answers an end offset inside a multi-record batch: a RocksDB table persisted at its
+        # true end looks ahead of its changelog there and is read whole (streams.worker.compat).
+        ctx.log("[bold]restart[/bold]: skipped, Apache Kafka only (--broker kafka)")
+    elif "restart" not in skip:
+        from .restart import restart_runs
+
+        ctx.log(
+            f"[bold]restart[/bold]: a worker holding {args.restart_passes:,} active passes, memory tables "
+            f"against RocksDB restarted on its own disk, {args.state_runs} runs"
+        )
+        found["restart"] = await attempts.run(
+            "restart", restart_runs(ctx, firms, risks, args.restart_passes, args.state_runs)
         )
     return found
 
@@ -486,6 +509,7 @@ def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
         *risk_rows(res.get("risk")),
         *clock_rows(res.get("clock")),
         *state_rows(res.get("state")),
+        *restart_rows(res.get("restart")),
         *whatif_rows(res.get("latency_whatif")),
         *gateway_rows(res.get("gateway")),
         *routing_rows(res["routing"]),
@@ -806,6 +830,52 @@ def state_rows(st: dict | None) -> list[Row]:
     ]
 
 
+def restart_rows(rs: dict | None) -> list[Row]:
+    """A worker holding N active passes restarted: memory tables (the before) and RocksDB on its own disk."""
+    if rs is None:
+        return []
+    runs, n = rs["runs"], f"{rs['passes']:,}"
+
+    def of(store: str, key: str) -> list[float]:
+        return [r[store][key] for r in runs if r[store].get(key) is not None]
+
+    def row(key: str, label: str, unit: str, values: list[float]) -> Row:
+        return Row(key, label, unit, values, higher_is_better=False)
+
+    return [
+        row(
+            "restart_memory",
+            f"Restart holding {n} passes, memory tables: start to first answer",
+            "s",
+            of("memory", "first_answer_s"),
+        ),
+        row("restart_memory_recovered", "  start to tables recovered", "s", of("memory", "recovered_s")),
+        row("restart_memory_rss", "  worker RSS then", "MB", of("memory", "rss_mb")),
+        row(
+            "restart_rocksdb",
+            f"Restart holding {n} passes, RocksDB on its own disk: start to first answer",
+            "s",
+            of("rocksdb", "first_answer_s"),
+        ),
+        row("restart_rocksdb_assigned", "  start to partitions assigned", "s", of("rocksdb", "assigned_s")),
+        row("restart_rocksdb_recovered", "  start to tables recovered (the tail)", "s", of("rocksdb", "recovered_s")),
+        row("restart_rocksdb_rss", "  worker RSS then", "MB", of("rocksdb", "rss_mb")),
+        row(
+            "restart_rocksdb_first",
+            "  its first start (the changelogs read whole onto the disk)",
+            "s",
+            of("rocksdb_first", "first_answer_s"),
+        ),
+        row("restart_rocksdb_first_rss", "  worker RSS after that first start", "MB", of("rocksdb_first", "rss_mb")),
+        row(
+            "restart_disk_per_pass",
+            "  RocksDB bytes on disk per pass (its state and decision)",
+            "B",
+            [r["disk_bytes_per_pass"] for r in runs],
+        ),
+    ]
+
+
 def projector_rows(pj: dict | None) -> list[Row]:
     """The projector's catch-up into SQLite and PostgreSQL, rows/s and CPU per row (or why not)."""
     if pj is None:
@@ -974,6 +1044,7 @@ def results_document(args, res: dict, rows: list[Row], samples: dict[str, list[f
         "risk": res.get("risk"),
         "clock": res.get("clock"),
         "state": res.get("state"),
+        "restart": res.get("restart"),
         "routing": res["routing"],
         "replay": res["replay"],
         "projector": res.get("projector"),

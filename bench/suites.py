@@ -936,21 +936,29 @@ def _templates(count: int = 1500):
 def _clone_tables(tables, inside: list, outside: list, total: int, touched: int):
     """`total` active passes on one partition, `touched` of them cloned from passes through the
     changed region (`inside`), the others from passes not touching it."""
-    from msgspec.structs import replace as _replace
-
-    from models.stored import dump, load_decided, load_pass
+    from models.stored import load_pass
     from streams.handlers import Tables
 
     inside, outside = ([load_pass(raw) for raw in group] for group in (inside, outside))
     out = Tables.empty()
     for i in range(total):
         template = inside[i % len(inside)] if i < touched else outside[i % len(outside)]
-        state = _replace(template, pass_id=f"{i:012d}", shipment_id=f"bench-{i}")
-        out.passes[state.pass_id] = dump(state)  # as the worker stores it (models.stored)
-        out.serials[state.pass_id] = state.shipment_id.encode()
-        decided = load_decided(tables.decided[template.shipment_id])  # the body is a copy of its own
-        out.decided[state.shipment_id] = dump(_replace(decided, pass_id=state.pass_id))
+        pass_id, shipment_id = f"{i:012d}", f"bench-{i}"
+        out.passes[pass_id], out.decided[shipment_id] = clone_pass(tables, template, pass_id, shipment_id)
+        out.serials[pass_id] = shipment_id.encode()
     return out
+
+
+def clone_pass(tables, template, pass_id: str, shipment_id: str) -> tuple[bytes, bytes]:
+    """(pass state, decision) of a pass cloned from `template` (a PassState held in `tables`) with a
+    new pass number and shipment id: the bytes the worker's tables hold."""
+    from msgspec.structs import replace as _replace
+
+    from models.stored import dump, load_decided
+
+    state = _replace(template, pass_id=pass_id, shipment_id=shipment_id)
+    decided = load_decided(tables.decided[template.shipment_id])  # its body a copy of its own
+    return dump(state), dump(_replace(decided, pass_id=pass_id))  # as the worker stores them (models.stored)
 
 
 def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -31,6 +31,11 @@ __all__ = [
     "FirmKey",
     "GatewayRequest",
     "WebhookDelivery",
+    "PassCount",
+    "DecisionHour",
+    "RejectionCount",
+    "RecentDwell",
+    "RECENT_DWELLS",
 ]
 
 
@@ -120,6 +125,60 @@ class CheckpointBase(SQLModel):
 
 class Checkpoint(CheckpointBase, table=True):
     pass
+
+
+# --- the dashboard's aggregates ----------------------------------------------------------------------
+# Kept by database triggers (migration 0002) in the transaction that writes the rows they count, so
+# they cannot drift from them, whoever writes (the projector, a rebuild from the log) and however
+# often a row is rewritten: a trigger counts a row's change from its old values to its new ones.
+# Their sizes follow the reference data and the clock, not the number of passes. An empty part of a
+# key is '' (a key column cannot be NULL); the readers in models.store.db turn it back into None.
+
+
+class PassCount(SQLModel, table=True):
+    """Passes by (status, last checkpoint, issuing county): the map, the board's queues, the
+    status counts. A key whose count falls to 0 is deleted."""
+
+    __tablename__ = "pass_count"
+    status: str = Field(primary_key=True, max_length=16)
+    checkpoint_id: str = Field(primary_key=True, max_length=32)
+    issuer: str = Field(primary_key=True, max_length=6)
+    n: int
+
+
+class DecisionHour(SQLModel, table=True):
+    """Decisions by hour of the decision time (UTC, 'YYYY-MM-DDTHH:00Z'), decision and class: at most
+    a dozen rows an hour, about 100,000 a year."""
+
+    __tablename__ = "decision_hour"
+    hour: str = Field(primary_key=True, max_length=17)
+    decision: str = Field(primary_key=True, max_length=16)
+    priority: str = Field(primary_key=True, max_length=2)
+    n: int
+
+
+class RejectionCount(SQLModel, table=True):
+    """Rejected requests naming each reason code (a request counts once per code)."""
+
+    __tablename__ = "rejection_count"
+    code: str = Field(primary_key=True)
+    n: int
+
+
+# The board's median dwell is over each checkpoint's last RECENT_DWELLS departures with a dwell.
+RECENT_DWELLS = 50
+
+
+class RecentDwell(SQLModel, table=True):
+    """The last RECENT_DWELLS departures with a dwell time of each checkpoint (by time, then row id):
+    a copy of their pass_event rows, the older ones deleted as newer ones come in."""
+
+    __tablename__ = "recent_dwell"
+    __table_args__ = (Index("ix_recent_dwell_checkpoint_at", "checkpoint_id", "at", "id"),)
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})  # pass_event.id
+    checkpoint_id: str = Field(max_length=32)
+    at: datetime | None = _when()
+    dwell_seconds: float
 
 
 # --- the firms' gateway: its firms, their keys, their requests, their webhook deliveries --------------

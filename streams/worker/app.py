@@ -17,8 +17,11 @@ from .compat import (
     ask_highwaters,
     commit_transactions_concurrently,
     fetch_what_was_asked,
+    persist_recovered,
+    recover_whole_beyond_the_end,
     seek_before_resume,
     set_fetch_wait,
+    wipe_uncommitted_on_open,
 )
 from .runtime import Runtime
 from .tables import forget_moved_partitions, open_tables, raw_topic, register_table_partitions
@@ -34,6 +37,9 @@ def create_app(settings: Settings) -> faust.App:
     ask_highwaters()  # a worker taking over recovers its tables whole under exactly_once (streams.worker.compat)
     set_fetch_wait(settings.fetch_wait_ms)
     commit_transactions_concurrently()  # exactly_once: each transaction once its records are delivered (compat)
+    wipe_uncommitted_on_open()  # exactly_once on RocksDB: no write of an aborted transaction survives (compat)
+    recover_whole_beyond_the_end()  # RocksDB: a table ahead of its changelog is recovered anew, not a crash (compat)
+    persist_recovered()  # RocksDB: a recovery's end is persisted, commit marker included (compat)
     app = faust.App(settings.app_id, **app_config(settings))
     pipeline = build_pipeline(settings)
     names = pipeline.topics

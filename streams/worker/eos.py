@@ -55,6 +55,7 @@ class CommitGate:
         self._open.set()
         self._commits = asyncio.Lock()
         self._consumer = None
+        self._ended = False
 
     def install(self, consumer, producer) -> None:
         """Make `consumer.commit` (every commit Faust makes goes through it) wait for the gate, and
@@ -64,6 +65,8 @@ class CommitGate:
 
         async def commit_between_events(commit, topics=None, start_new_transaction: bool = True):
             async with self._commits:
+                if self._ended:  # the worker stops: its transactions are ended, nothing commits after
+                    return False
                 self._open.clear()  # no new event starts: the commit is not starved
                 try:
                     await self._idle.wait()
@@ -73,6 +76,8 @@ class CommitGate:
                 committed = await commit(topics, start_new_transaction=start_new_transaction)
                 if start_new_transaction:  # (a failed commit raised: the holds stay, nothing commits again)
                     await release_transactions(producer)
+                else:  # Faust's last commit as the worker stops: its timer may still fire, with nothing to commit
+                    self._ended = True
                 return committed
 
         wrap_commit(consumer, commit_between_events)

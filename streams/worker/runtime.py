@@ -23,7 +23,7 @@ from ..dispatch import Given, Handler, handle, handlers
 from ..handlers import Out, Pipeline, RecordMeta, ReferenceBehind, Tables
 from ..metrics import PrometheusMeter
 from ..settings import Settings
-from .compat import send_in_partition_transaction
+from .compat import persist_delivered, send_in_partition_transaction, settle_on_commit
 from .eos import CommitGate
 
 __all__ = ["Runtime", "meta", "signed"]
@@ -73,6 +73,7 @@ class Runtime:
     def in_flight(self):
         """exactly_once: Faust commits offsets only between events (see streams.worker.eos)."""
         if not self.exactly_once:
+            settle_on_commit(self.app.consumer)  # RocksDB tables: what is delivered is unmarked (compat)
             return contextlib.nullcontext()
         self.gate.install(self.app.consumer, self.app.producer)
         return self.gate.event()
@@ -113,9 +114,12 @@ class Runtime:
     async def send_all(self, outs: list[Out]) -> None:
         """Straight to the producer: the values are bytes already, so Faust's topic layer (its
         serializers and message futures) has nothing to add. Delivery is not awaited here; Faust
-        flushes the producer before it commits the offsets these outputs came from."""
+        flushes the producer before it commits the offsets these outputs came from. A changelog
+        record of a table on RocksDB has its offset persisted there once delivered."""
+        producer = self.app.producer
         for out in outs:
-            await self.app.producer.send(out.topic, out.key, out.value, out.partition, None, list(out.headers))
+            future = await producer.send(out.topic, out.key, out.value, out.partition, None, list(out.headers))
+            persist_delivered(self.app, out.topic, out.partition, future)
 
 
 def meta(event) -> RecordMeta:

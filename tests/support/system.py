@@ -33,6 +33,8 @@ PARTITIONS = 4
 
 
 BROKER_KIND = os.environ.get("GC_TEST_BROKER", "tansu")
+# The workers' table store: memory:// unless the lane says (the kafka lane runs rocksdb://).
+STORE = os.environ.get("GC_TEST_STORE", "memory://")
 if BROKER_KIND not in ("tansu", "kafka", "kafka3", "kafka-secure"):
     raise pytest.UsageError(f"GC_TEST_BROKER={BROKER_KIND!r}: expected tansu, kafka, kafka3 or kafka-secure")
 ON_KAFKA = BROKER_KIND.startswith("kafka")
@@ -427,6 +429,7 @@ def system_env(bootstrap: str, data_dir: Path, app_id: str, kind: str = BROKER_K
     )
     if kind.startswith("kafka"):  # Apache Kafka has transactions: Tansu has none
         env["GC_PROCESSING_GUARANTEE"] = "exactly_once"
+    env["GC_STORE"] = STORE
     return env
 
 
