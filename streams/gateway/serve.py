@@ -20,6 +20,8 @@ def build(settings):
     from .publisher import KafkaPublisher
 
     engine = make_engine(settings.database_url)
+    if engine.dialect.name == "sqlite":
+        _write_ahead(engine)
     init_db(engine)
     topics = Topics.with_prefix(settings.topic_prefix)
     publisher = KafkaPublisher(settings.connection, topics.gateway_requests)
@@ -53,6 +55,20 @@ def build(settings):
             await publisher.stop()
 
     return create_gateway(gateway, lifespan=lifespan)
+
+
+def _write_ahead(engine) -> None:
+    """SQLite (development) in write-ahead mode: the gateway's request rows and the reads beside
+    them do not wait on each other, and a commit does not wait for a sync of the whole file
+    (synchronous=NORMAL: a power cut may lose the last commits, never corrupt the file)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
 
 
 async def _kept(run) -> None:
