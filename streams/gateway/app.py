@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from models.firms import TokenBucket, channel_shipment_id, client_shipment_id, shipper_refusal
-from models.records import MAX_MESSAGE_BYTES
+from models.records import MAX_MESSAGE_BYTES, parse_request
 from models.store import db
 from models.store import firms as rows
 from models.store.tables import Firm, GatewayRequest
@@ -51,6 +51,8 @@ __all__ = ["Gateway", "Caller", "create_gateway"]
 
 log = logging.getLogger("greenchannel.gateway")
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "ShipmentRequest.schema.json"
+# The worker's input limits (models.records, README "Input limits"), refused here at once.
+LIMIT_CODES = frozenset({"too_long", "too_many_lines"})
 
 
 class Refused(Exception):
@@ -260,6 +262,9 @@ def _check(wanted: ClientRequest, who: Caller) -> None:
     fields = schema_fields(wanted.body)
     if fields:
         raise Refused(422, "invalid", "the request does not follow the ShipmentRequest schema", fields=fields)
+    limits = [{"field": e.field, "message": e.text} for e in parse_request(wanted.body)[1] if e.code in LIMIT_CODES]
+    if limits:
+        raise Refused(422, "too_long", "the request passes the worker's input limits", fields=limits)
     refusal = shipper_refusal(who.acts_for, wanted.body["shipper"]["credit_code"])
     if refusal is not None:
         raise Refused(403, "not_acting_for", refusal, fields=[{"field": "shipper.credit_code", "message": refusal}])

@@ -208,6 +208,17 @@ def test_bad_bodies_get_one_clear_answer_and_nothing_is_sent(gateway, body, stat
     assert channel.published == []
 
 
+def test_fields_past_the_workers_input_limits_are_refused_with_their_paths(gateway):
+    client, keys, channel, _ = gateway
+    long_name = good_request(shipment_id="SO-L1", consignee={"credit_code": TENCENT, "name": "名" * 300})
+    many = good_request(shipment_id="SO-L2", cargo=[good_request()["cargo"][0]] * 101)
+    for body, field in ((long_name, "consignee.name"), (many, "cargo")):
+        r = client.post("/v1/requests", json=body, headers=auth(keys["sf-wuhan"]))
+        assert r.status_code == 422 and r.json()["error"] == "too_long", r.text
+        assert [f["field"] for f in r.json()["fields"]] == [field]
+    assert channel.published == []
+
+
 def test_a_body_past_the_workers_limit_is_refused_unread(gateway):
     client, keys, channel, _ = gateway
     big = orjson.dumps(good_request(shipment_id="SO-9", filler="x" * 70_000))
