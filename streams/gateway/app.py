@@ -40,6 +40,7 @@ from ..firms import schema_errors
 from ..pass_print import pass_document, pass_from_row
 from .publisher import Publisher
 from .requests import ClientRequest, RequestRefused, read_client_request
+from .session import COOKIE, Sessions, csrf_refusal
 from .views import Accepted, DecisionView, PassEventView, PassView, Problem, RequestList, RequestView
 
 __all__ = ["Gateway", "Caller", "create_gateway"]
@@ -75,6 +76,7 @@ class Gateway:
     monotonic: Callable[[], float] = time.monotonic
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    sessions: Sessions = field(default_factory=Sessions)  # the portal's (streams.gateway.session)
 
     def session(self) -> Session:
         return Session(self.engine)
@@ -99,6 +101,9 @@ def create_gateway(gateway: Gateway, *, lifespan=None) -> FastAPI:
     _errors(app)
     _requests_routes(app, gateway)
     _passes_routes(app, gateway)
+    from .portal import add_portal  # the firms' web page, its sessions and look-ups (imports this module)
+
+    add_portal(app, gateway)
     return app
 
 
@@ -133,10 +138,18 @@ _bearer = HTTPBearer(auto_error=False, description="the firm's API key, gck_<key
 
 
 def _caller(gateway: Gateway):
-    async def caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> Caller:
-        if credentials is None:
+    async def caller(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+    ) -> Caller:
+        if credentials is not None:
+            found = await run_in_threadpool(_authenticate, gateway, credentials.credentials)
+        elif (key_id := gateway.sessions.key_of(request.cookies.get(COOKIE))) is not None:
+            origin = f"{request.url.scheme}://{request.headers.get('host', '')}"
+            if (why := csrf_refusal(request.method, request.headers, origin)) is not None:
+                raise Refused(403, "forbidden", why)
+            found = await run_in_threadpool(_authenticate_key_id, gateway, key_id)
+        else:
             raise Refused(401, "unauthorized", "an API key is needed: Authorization: Bearer gck_…", headers=_CHALLENGE)
-        found = await run_in_threadpool(_authenticate, gateway, credentials.credentials)
         if found is None:
             raise Refused(401, "unauthorized", "unknown or revoked API key", headers=_CHALLENGE)
         firm, key_id = found
@@ -159,6 +172,17 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 def _authenticate(gateway: Gateway, key_text: str) -> tuple[Firm, str] | None:
     with gateway.session() as s:
         found = rows.authenticate(s, key_text=key_text)
+        if found is None:
+            return None
+        firm, key = found
+        s.expunge(firm)
+        return firm, key.key_id
+
+
+def _authenticate_key_id(gateway: Gateway, key_id: str) -> tuple[Firm, str] | None:
+    """The firm of a portal session's key, looked up again: None once the key is revoked."""
+    with gateway.session() as s:
+        found = rows.active_key(s, key_id=key_id)
         if found is None:
             return None
         firm, key = found
