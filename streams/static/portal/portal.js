@@ -118,6 +118,7 @@ function translate() {
   document.querySelectorAll("[data-i18n-ph]").forEach((el) => { el.placeholder = t(el.dataset.i18nPh); });
   $("#lang").textContent = t("lang");
   paintLive();
+  paintFlash();
 }
 
 // --- the API ------------------------------------------------------------------------------------
@@ -160,9 +161,25 @@ function reasonText(r) {
   return named ? `${named}${r.field ? ` (${r.field})` : ""}` : r.text;
 }
 
-function flash(text, kind = "info") {
-  const el = $("#flash");
-  el.textContent = text; el.className = kind; el.hidden = !text;
+// A message at the top: a key of T and its arguments (said again in the other language on a switch),
+// or a text as it is (a server's, already explained).
+function flash(key, args = [], kind = "info") {
+  portal.flashed = key ? {key, args, kind} : null;
+  paintFlash();
+}
+
+function flashError(e) {
+  const b = e.body || {};
+  if (t(`errors.${b.error}`) != null) flash(`errors.${b.error}`, [b.retryAfter || ""], "error");
+  else flash("errors.other", [b.message || String(e)], "error");
+}
+
+function paintFlash() {
+  const el = $("#flash"), f = portal.flashed;
+  el.hidden = !f;
+  if (!f) return;
+  el.textContent = f.key.startsWith("=") ? f.key.slice(1) : t(f.key, ...f.args);
+  el.className = f.kind;
 }
 
 // --- sign in and out ------------------------------------------------------------------------------
@@ -184,7 +201,7 @@ async function signIn(ev) {
 async function signOut() {
   await api("/v1/session", {method: "DELETE"}).catch(() => null);
   signedOut();
-  flash(t("signed_out"));
+  flash("signed_out");
 }
 
 function signedOut() {
@@ -198,7 +215,7 @@ function signedOut() {
 function started() {
   $("#firm").textContent = `${portal.firm.name} (${portal.firm.firm_id})`;
   $("#nav").hidden = $("#signout").hidden = false;
-  flash("");
+  flash(null);
   fillShippers();
   startLive();
   route();
@@ -221,11 +238,17 @@ function route() {
   return loadRequests();
 }
 
-const fmtTime = (s) => s ? new Date(s).toLocaleString(portal.lang === "zh" ? "zh-CN" : "en-GB", {hour12: false}) : "—";
+// Times in the browser's own zone, one unambiguous shape in both languages: 2026-12-07 21:44.
+function fmtTime(s) {
+  if (!s) return "—";
+  const d = new Date(s), p = (n) => String(n).padStart(2, "0");
+  if (isNaN(d)) return s;
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
+}
 const badge = (status) => `<span class="badge ${esc(status)}">${esc(t(`status.${status}`) || status)}</span>`;
 
 async function loadRequests() {
-  const body = await api("/v1/requests?limit=100").catch((e) => { flash(explain(e).text, "error"); return null; });
+  const body = await api("/v1/requests?limit=100").catch((e) => { flashError(e); return null; });
   if (!body) return;
   for (const r of body.requests) announce(r);
   portal.requests = body.requests;
@@ -252,8 +275,8 @@ function announce(r) {
   const before = portal.known[r.shipment_id];
   portal.known[r.shipment_id] = r.status;
   if (before === "pending" && r.status !== "pending") {
-    flash(r.status === "approved" ? t("decided_approved", r.shipment_id, r.decision.pass_id) : t("decided_rejected", r.shipment_id),
-          r.status === "approved" ? "ok" : "error");
+    if (r.status === "approved") flash("decided_approved", [r.shipment_id, r.decision.pass_id], "ok");
+    else flash("decided_rejected", [r.shipment_id], "error");
   }
 }
 
@@ -405,7 +428,7 @@ async function submitRequest(ev) {
     portal.known[accepted.shipment_id] = "pending";
     form.reset(); form.elements["shipment_id"].value = "";
     location.hash = "#/";
-    flash(t("submitted", accepted.shipment_id));
+    flash("submitted", [accepted.shipment_id]);
   } catch (e) {
     showFormError(form, explain(e));
   } finally {
@@ -436,7 +459,7 @@ async function loadPass(passId) {
   try {
     p = await api(`/v1/passes/${encodeURIComponent(passId)}`);
   } catch (e) {
-    flash(explain(e).text, "error");
+    flashError(e);
     return;
   }
   portal.pass = p;
@@ -446,7 +469,7 @@ async function loadPass(passId) {
   const r = p.route || {};
   const terms = [
     ["t_shipment", esc(p.shipment_id)], ["t_status", badge(p.status)], ["t_plate", esc(p.plate)],
-    ["t_priority", esc(p.priority)], ["t_valid", `${esc(fmtTime(p.valid_from))} – ${esc(fmtTime(p.valid_until))}`],
+    ["t_priority", esc(t(`reasons.class_${p.priority}`) || p.priority)], ["t_valid", `${esc(fmtTime(p.valid_from))} – ${esc(fmtTime(p.valid_until))}`],
     ["t_trip", esc(t(`trip_${p.trip}`) || p.trip)], ["t_toll", esc(t(p.toll_exempt ? "t_toll_yes" : "t_toll_no"))],
     ["t_distance", r.distance_km != null ? `${esc(r.distance_km)} km` : "—"], ["t_eta", esc(fmtTime(r.eta))],
   ];
