@@ -17,6 +17,7 @@ import uuid
 import aiohttp
 import pytest
 
+from models.credential import DriverBinding
 from streams.dev.simulator import Scenario
 from tests.support.browser import ARTIFACTS, wait_for_js
 from tests.support.factories import STATION_TIMEOUT as TIMEOUT
@@ -92,8 +93,16 @@ async def test_a_firm_signs_in_applies_watches_the_decision_opens_and_prints_the
     await sign_in(page, firm)
     assert await page.evaluate("document.cookie") == ""  # the session's cookie is HttpOnly; no key kept
     assert firm["key"] not in await page.evaluate("JSON.stringify(localStorage) + JSON.stringify(sessionStorage)")
+    sent = []
+    page.on(
+        "request", lambda r: sent.append(r.post_data_json) if r.method == "POST" and "/v1/requests" in r.url else None
+    )
     sid = await apply(page, firm)
     await page.wait_for_selector("#view-list:not([hidden])")
+    [body] = sent
+    assert "id_number" not in body["driver"] and ID_NUMBER not in str(body)  # bound in the browser
+    assert DriverBinding.from_wire(body["driver"]["binding"]).matches(ID_NUMBER)
+    assert body["origin"] == {"adcode": "330106"} and body["destination"] == {"adcode": "360502"}
     row = f"#requests tr[data-shipment='{sid}']"
     await page.wait_for_selector(f"{row}[data-status='approved']", timeout=TIMEOUT * 1000)
     assert "已批准" in await page.inner_text(row) and "P0" in await page.inner_text(row)

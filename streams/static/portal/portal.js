@@ -284,26 +284,23 @@ function announce(r) {
 
 function startLive() {
   stopLive();
-  if (window.EventSource) {
-    const es = portal.events = new EventSource("/v1/events");
-    es.onopen = () => { portal.live = "sse"; stopPolling(); paintLive(); };
-    const changed = () => refresh();
-    es.addEventListener("decision", changed);
-    es.addEventListener("status", changed);
-    es.onerror = () => {  // no stream here (or it broke): poll, and try the stream again later
-      if (es.readyState === EventSource.CLOSED || portal.live !== "sse") {
-        es.close(); portal.events = null; startPolling();
-        setTimeout(() => { if (portal.firm && !portal.events && portal.live === "poll") startLive(); }, 60000);
-      }
-    };
-  } else {
+  if (!window.EventSource) return startPolling();
+  const es = portal.events = new EventSource("/v1/events");
+  es.onopen = () => { portal.live = "sse"; stopPolling(); paintLive(); refresh(); };
+  es.addEventListener("decision", refresh);
+  es.addEventListener("status", refresh);
+  es.onerror = () => {  // no stream here, or it broke: poll meanwhile
     startPolling();
-  }
+    if (es.readyState === EventSource.CLOSED) {  // the browser gave up (e.g. no /v1/events): retry later
+      es.close(); portal.events = null;
+      setTimeout(() => { if (portal.firm && !portal.events) startLive(); }, 60000);
+    }
+  };
 }
 
 function startPolling() {
-  if (portal.poller) return;
   portal.live = "poll"; paintLive();
+  if (portal.poller) return;
   portal.poller = setInterval(refresh, 3000);
 }
 
