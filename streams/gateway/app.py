@@ -328,7 +328,13 @@ def _request_view(s: Session, row: GatewayRequest) -> RequestView:
         accepted_at=row.accepted_at,
         decision=decision,
         pass_url=f"/v1/passes/{decided.pass_id}" if decided is not None and decided.pass_id else None,
+        pass_status=_pass_status(s, decided.pass_id if decided is not None else None),
     )
+
+
+def _pass_status(s: Session, pass_id: str | None) -> str | None:
+    row = db.get_pass(s, pass_id=pass_id) if pass_id else None
+    return None if row is None else row.status
 
 
 # --- passes ------------------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ import contextlib
 import http.server
 import threading
 import uuid
+from datetime import UTC, datetime
 
 import aiohttp
 import pytest
 
 from models.credential import DriverBinding
+from models.records import format_time
 from streams.dev.simulator import Scenario
 from tests.support.browser import ARTIFACTS, wait_for_js
 from tests.support.factories import STATION_TIMEOUT as TIMEOUT
@@ -83,13 +85,19 @@ async def apply(
     await page.fill("[name='driver.name']", "王芳")
     await page.fill("[name='driver.phone']", "13800138000")
     await page.fill("[name='driver.id_number']", ID_NUMBER)
+    # Departing a quarter of an hour ago (in the browser's own zone), so that the pass is valid now.
+    local = await page.evaluate(
+        "(() => { const d = new Date(Date.now() - 15 * 60000);"
+        " return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16); })()"
+    )
+    await page.fill("[name=departure_at]", local)
     sid = await page.input_value("[name=shipment_id]")
     await page.screenshot(path=str(ARTIFACTS / "portal-apply-form.png"), full_page=True)
     await page.click("#submit")
     return sid
 
 
-async def test_a_firm_signs_in_applies_watches_the_decision_opens_and_prints_the_pass(page, firm):
+async def test_a_firm_signs_in_applies_watches_the_decision_opens_and_prints_the_pass(page, firm, system):
     await sign_in(page, firm)
     assert await page.evaluate("document.cookie") == ""  # the session's cookie is HttpOnly; no key kept
     assert firm["key"] not in await page.evaluate("JSON.stringify(localStorage) + JSON.stringify(sessionStorage)")
@@ -104,7 +112,7 @@ async def test_a_firm_signs_in_applies_watches_the_decision_opens_and_prints_the
     assert DriverBinding.from_wire(body["driver"]["binding"]).matches(ID_NUMBER)
     assert body["origin"] == {"adcode": "330106"} and body["destination"] == {"adcode": "360502"}
     row = f"#requests tr[data-shipment='{sid}']"
-    await page.wait_for_selector(f"{row}[data-status='approved']", timeout=TIMEOUT * 1000)
+    await page.wait_for_selector(f"{row}[data-status='approved'][data-pass-status='issued']", timeout=TIMEOUT * 1000)
     assert "已批准" in await page.inner_text(row) and "P0" in await page.inner_text(row)
     assert "已批准" in await page.inner_text("#flash")
     await page.screenshot(path=str(ARTIFACTS / "portal-requests.png"), full_page=True)
@@ -118,6 +126,23 @@ async def test_a_firm_signs_in_applies_watches_the_decision_opens_and_prints_the
     assert "已签发" in await page.inner_text("#history")
     checkpoints = await page.locator("#checkpoints tbody tr").count()
     assert checkpoints >= 2  # a border crossing and the destination at least
+
+    # A checkpoint scans the truck: the pass page follows its status without being reloaded.
+    the_pass = await (await page.context.request.get(f"{firm['url']}v1/passes/{pass_id}")).json()
+    first = the_pass["route"]["checkpoints"][0]
+    scan = {
+        "scan_id": f"{pass_id}-portal",
+        "checkpoint_id": first["checkpoint_id"],
+        "pass_id": pass_id,
+        "plate": the_pass["plate"],
+        "kind": "arrival",
+        "token": the_pass["token"],
+        "scanned_at": format_time(datetime.now(UTC)),
+    }
+    await system.send(system.topics.scans, scan, key=pass_id)
+    await page.wait_for_selector("#history li:nth-child(2)", timeout=TIMEOUT * 1000)
+    assert "在检查站" in await page.inner_text("#pass-terms"), await page.inner_text("#history")
+    assert first["checkpoint_id"] in await page.inner_text("#history")
     await page.screenshot(path=str(ARTIFACTS / "portal-pass.png"), full_page=True)
 
     pdf = await page.context.request.get(firm["url"] + (await page.get_attribute("#print-pdf", "href")).lstrip("/"))
@@ -129,7 +154,7 @@ async def test_a_firm_signs_in_applies_watches_the_decision_opens_and_prints_the
     await page.click("#lang")
     await page.wait_for_selector("#view-pass:not([hidden]) #pass-terms dt")
     assert "Checkpoints and ETAs" in await page.inner_text("#view-pass")
-    assert "issued" in await page.inner_text("#pass-terms")
+    assert "at a checkpoint" in await page.inner_text("#pass-terms")
     await wait_for_js(page, f"window.portal.mapDrawn === '{pass_id}'", TIMEOUT)
     await page.screenshot(path=str(ARTIFACTS / "portal-pass-en.png"), full_page=True)
 

@@ -43,7 +43,8 @@ def test_the_session_applies_from_the_portal_only(gateway):  # noqa: F811
     r = client.post("/v1/requests", json=body, headers=PORTAL | {"Origin": "http://testserver"})
     assert r.status_code == 202, r.text
     assert channel.published[0][1]["requested_by"] == "sf-wuhan"
-    assert client.get("/v1/requests/WEB-1").json()["status"] == "approved"
+    view = client.get("/v1/requests/WEB-1").json()
+    assert view["status"] == "approved" and view["pass_status"] == "issued"
 
 
 def test_a_bearer_key_needs_no_portal_header(gateway):  # noqa: F811

@@ -259,10 +259,11 @@ function paintRequests() {
   if (portal.view !== "list") return;
   const rows = portal.requests.map((r) => {
     const d = r.decision;
-    const pass = d && d.pass_id ? `<a href="#/pass/${esc(d.pass_id)}" class="pass-link">${esc(d.pass_id)}</a>` : "—";
+    const pass = d && d.pass_id ? `<a href="#/pass/${esc(d.pass_id)}" class="pass-link">${esc(d.pass_id)}</a>${
+      r.pass_status ? ` ${badge(r.pass_status)}` : ""}` : "—";
     const notes = d ? d.reasons.filter((x) => d.decision !== "approved" || x.code.startsWith("class_"))
       .map((x) => `<li title="${esc(x.text)}">${esc(reasonText(x))}</li>`).join("") : "";
-    return `<tr data-shipment="${esc(r.shipment_id)}" data-status="${esc(r.status)}">
+    return `<tr data-shipment="${esc(r.shipment_id)}" data-status="${esc(r.status)}" data-pass-status="${esc(r.pass_status || "")}">
       <td>${esc(r.shipment_id)}</td><td>${esc(fmtTime(r.accepted_at))}</td><td>${badge(r.status)}${d && d.priority ? ` <b>${esc(d.priority)}</b>` : ""}</td>
       <td>${pass}</td><td><ul class="reasons">${notes}</ul></td></tr>`;
   });
@@ -473,8 +474,10 @@ async function loadPass(passId) {
   $("#pass-terms").innerHTML = terms.map(([k, v]) => `<dt>${esc(t(k))}</dt><dd>${v}</dd>`).join("");
   $("#checkpoints tbody").innerHTML = (r.checkpoints || []).map((c, i) =>
     `<tr><td>${i + 1}</td><td>${esc(c.name)} <small>${esc(c.checkpoint_id)}</small></td><td>${esc(fmtTime(c.eta))}</td></tr>`).join("");
+  const named = Object.fromEntries((r.checkpoints || []).map((c) => [c.checkpoint_id, c.name]));
+  const where = (id) => id ? ` · ${esc(named[id] || "")} <small>${esc(id)}</small>` : "";
   $("#history").innerHTML = (p.history || []).map((e) =>
-    `<li>${badge(e.status)} ${esc(fmtTime(e.at))}${e.checkpoint_id ? ` · ${esc(e.checkpoint_id)}` : ""}${e.reason ? ` · ${esc(e.reason)}` : ""}</li>`).join("");
+    `<li>${badge(e.status)} ${esc(fmtTime(e.at))}${where(e.checkpoint_id)}${e.reason ? ` · ${esc(e.reason)}` : ""}</li>`).join("");
   drawRoute(p).catch((e) => console.warn("map", e));
 }
 
