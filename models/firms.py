@@ -18,6 +18,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from .records import GATEWAY_PREFIX, MAX_ID
 
@@ -32,7 +33,10 @@ __all__ = [
     "parse_api_key",
     "secret_hash",
     "shipper_refusal",
+    "split_channel_id",
+    "max_client_id",
     "webhook_signature",
+    "webhook_url_refusal",
 ]
 
 # A firm's id: lower-case letters, digits and hyphens, as an operator types it (e.g. "sf-wuhan").
@@ -80,6 +84,14 @@ def client_shipment_id(firm_id: str, channel_id: str) -> str | None:
     return channel_id[len(prefix) :] if channel_id.startswith(prefix) else None
 
 
+def split_channel_id(channel_id: str) -> tuple[str, str] | None:
+    """(firm id, the firm's own id) of a gateway shipment id, or None for any other id."""
+    if not channel_id.startswith(GATEWAY_PREFIX):
+        return None
+    firm_id, sep, client_id = channel_id[len(GATEWAY_PREFIX) :].partition(":")
+    return (firm_id, client_id) if sep and FIRM_ID.match(firm_id) and client_id else None
+
+
 def max_client_id(firm_id: str) -> int:
     """How long a firm's own shipment id may be: the channel's id stays within MAX_ID."""
     return MAX_ID - len(channel_shipment_id(firm_id, ""))
@@ -93,6 +105,17 @@ def shipper_refusal(acts_for: frozenset[str], shipper_code: str) -> str | None:
         f"not_acting_for: this firm is not registered to act for shipper {shipper_code}; "
         "an operator adds the shippers a firm carries for (greenchannel firms acts-for)"
     )
+
+
+def webhook_url_refusal(url: str) -> str | None:
+    """Why the gateway will not POST to `url`, or None: https anywhere, plain http to loopback only
+    (a development receiver)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return "a webhook is an https:// URL (plain http only to this machine's loopback)"
 
 
 def webhook_signature(secret: str, timestamp: int, body: bytes) -> str:

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # (e.g. "nominatim") used for address text.
     geocoder: str = "offline"
     geocoder_user_agent: str = "greenchannel"
+    # The firms' gateway: seconds before a failed webhook delivery is tried again, doubling after
+    # each failure (at most an hour apart; 10 tries).
+    webhook_retry_seconds: float = 5.0
     web_port: int = 6066
     web_enabled: bool = False
     web_bind: str = "127.0.0.1"

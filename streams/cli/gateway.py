@@ -90,6 +90,11 @@ def _firms_other(s, args, now) -> int:
             print(f"{f.firm_id}\t{f.name}\tacts for {', '.join(f.acts_for)}\tkeys {', '.join(mine) or '-'}")
         return 0
     if args.firms_command == "webhook":
+        from models.firms import webhook_url_refusal
+
+        if args.url is not None and (refusal := webhook_url_refusal(args.url)) is not None:
+            print(f"greenchannel firms: {refusal}")
+            return 2
         found = rows.set_webhook(s, firm_id=args.firm_id, url=args.url)
         return _done(found, args.firm_id, lambda f: f"webhook {f[0].webhook_url}; signing secret (shown once): {f[1]}")
     if args.key_command == "new":

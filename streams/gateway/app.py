@@ -38,6 +38,8 @@ from models.store.tables import Firm, GatewayRequest
 
 from ..firms import schema_errors
 from ..pass_print import pass_document, pass_from_row
+from .events import notification_routes
+from .notify import Hub
 from .publisher import Publisher
 from .requests import ClientRequest, RequestRefused, read_client_request
 from .session import COOKIE, Sessions, csrf_refusal
@@ -76,6 +78,7 @@ class Gateway:
     monotonic: Callable[[], float] = time.monotonic
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    hub: Hub = field(default_factory=Hub)
     sessions: Sessions = field(default_factory=Sessions)  # the portal's (streams.gateway.session)
 
     def session(self) -> Session:
@@ -101,6 +104,7 @@ def create_gateway(gateway: Gateway, *, lifespan=None) -> FastAPI:
     _errors(app)
     _requests_routes(app, gateway)
     _passes_routes(app, gateway)
+    notification_routes(app, gateway, Annotated[Caller, Depends(_caller(gateway))])
     from .portal import add_portal  # the firms' web page, its sessions and look-ups (imports this module)
 
     add_portal(app, gateway)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -9,26 +10,62 @@ __all__ = ["build", "serve"]
 
 
 def build(settings):
-    """The gateway app for these settings, its publisher started and stopped with it."""
+    """The gateway app for these settings: its publisher, its two feeds and its webhook deliverer
+    started and stopped with it."""
     from models.store.db import init_db, make_engine
 
     from ..handlers import Topics
     from .app import Gateway, create_gateway
+    from .notify import Deliverer, Feed, store_deliveries
     from .publisher import KafkaPublisher
 
     engine = make_engine(settings.database_url)
     init_db(engine)
-    publisher = KafkaPublisher(settings.connection, Topics.with_prefix(settings.topic_prefix).gateway_requests)
+    topics = Topics.with_prefix(settings.topic_prefix)
+    publisher = KafkaPublisher(settings.connection, topics.gateway_requests)
+    gateway = Gateway(engine=engine, publisher=publisher)
+    deliverer = Deliverer(engine, retry_s=settings.webhook_retry_seconds)
+    isolation = "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"
+
+    async def deliveries(envelopes) -> None:
+        if await asyncio.to_thread(store_deliveries, engine, envelopes, gateway.now()):
+            deliverer.wake.set()
+
+    async def live(envelopes) -> None:
+        for envelope in envelopes:
+            gateway.hub.tell(envelope)
+
+    feeds = [
+        Feed(settings.connection, topics, group=f"{settings.app_id}-gateway", isolation=isolation, take=deliveries),
+        Feed(settings.connection, topics, group=None, isolation=isolation, take=live, ready=gateway.hub.ready),
+    ]
 
     @asynccontextmanager
     async def lifespan(app):
         await publisher.start()
+        tasks = [asyncio.create_task(_kept(t.run)) for t in (*feeds, deliverer)]
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await publisher.stop()
 
-    return create_gateway(Gateway(engine=engine, publisher=publisher), lifespan=lifespan)
+    return create_gateway(gateway, lifespan=lifespan)
+
+
+async def _kept(run) -> None:
+    """Run a background task again after it fails (the broker or the database away for a while),
+    its failure logged: webhooks and event streams resume by themselves."""
+    while True:
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logging.getLogger("greenchannel.gateway").exception("a gateway task failed; starting it again in 5 s")
+        await asyncio.sleep(5)  # a retry backoff, not a synchronisation
 
 
 def serve(settings, *, host: str, port: int) -> int:
@@ -43,6 +80,7 @@ def serve(settings, *, host: str, port: int) -> int:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # before the address is printed: a client that reads it and connects at once waits, not refused
     bound = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", server_header=False))
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host

@@ -87,3 +87,18 @@ class PassView(BaseModel):
     history: list[PassEventView] = []
     print_png_url: str
     print_pdf_url: str
+
+
+class DeliveryView(BaseModel):
+    event_id: str
+    kind: str
+    shipment_id: str | None = None
+    pass_id: str | None = None
+    attempts: int
+    delivered_at: datetime | None = None
+    next_at: datetime | None = Field(None, description="the next try; none once delivered or given up")
+    last_error: str | None = None
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[DeliveryView]

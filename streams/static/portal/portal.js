@@ -288,8 +288,8 @@ function startLive() {
   if (!window.EventSource) return startPolling();
   const es = portal.events = new EventSource("/v1/events");
   es.onopen = () => { portal.live = "sse"; stopPolling(); paintLive(); refresh(); };
-  es.addEventListener("decision", refresh);
-  es.addEventListener("status", refresh);
+  es.addEventListener("decision", (m) => applyEvent(JSON.parse(m.data)));
+  es.addEventListener("status", (m) => applyEvent(JSON.parse(m.data)));
   es.onerror = () => {  // no stream here, or it broke: poll meanwhile
     startPolling();
     if (es.readyState === EventSource.CLOSED) {  // the browser gave up (e.g. no /v1/events): retry later
@@ -297,6 +297,36 @@ function startLive() {
       setTimeout(() => { if (portal.firm && !portal.events) startLive(); }, 60000);
     }
   };
+}
+
+// An event shows at once; the page then reads the gateway's own view again, which comes from the
+// database the projector writes, a moment behind the topics the events come from.
+function applyEvent(ev) {
+  portal.eventsSeen = (portal.eventsSeen || 0) + 1;
+  const d = ev.data || {};
+  if (ev.type === "decision") {
+    const view = {shipment_id: ev.shipment_id, status: d.decision, accepted_at: null, pass_status: null,
+                  decision: {decision: d.decision, priority: d.priority, reasons: d.reasons || [],
+                             rules_version: d.rules_version, decided_at: d.decided_at, pass_id: ev.pass_id}};
+    const i = portal.requests.findIndex((r) => r.shipment_id === ev.shipment_id);
+    if (i >= 0) portal.requests[i] = {...portal.requests[i], ...view, accepted_at: portal.requests[i].accepted_at};
+    else portal.requests.unshift(view);
+    announce(view);
+  } else if (ev.type === "status") {
+    for (const r of portal.requests) if (r.decision && r.decision.pass_id === ev.pass_id) r.pass_status = d.status;
+    if (portal.view === "pass" && portal.pass && portal.pass.pass_id === ev.pass_id) {
+      const seen = (portal.pass.history || []).some((e) => e.status === d.status && e.at === d.at);
+      if (!seen) paintPass({...portal.pass, status: d.status, history: [...(portal.pass.history || []), d]});
+    }
+  }
+  paintRequests();
+  settle();
+}
+
+// Read the gateway's view again a little later, and once more, until the projection has caught up.
+function settle() {
+  clearTimeout(portal.settling);
+  portal.settling = setTimeout(() => { refresh(); portal.settling = setTimeout(refresh, 3000); }, 700);
 }
 
 function startPolling() {
@@ -460,6 +490,10 @@ async function loadPass(passId) {
     flashError(e);
     return;
   }
+  paintPass(p);
+}
+
+function paintPass(p) {
   portal.pass = p;
   $("#pass-id").textContent = p.pass_id;
   $("#print-pdf").href = p.print_pdf_url;
@@ -478,7 +512,11 @@ async function loadPass(passId) {
   const where = (id) => id ? ` · ${esc(named[id] || "")} <small>${esc(id)}</small>` : "";
   $("#history").innerHTML = (p.history || []).map((e) =>
     `<li>${badge(e.status)} ${esc(fmtTime(e.at))}${where(e.checkpoint_id)}${e.reason ? ` · ${esc(e.reason)}` : ""}</li>`).join("");
-  drawRoute(p).catch((e) => console.warn("map", e));
+  const mapKey = `${p.pass_id} ${portal.lang} ${JSON.stringify(p.route && p.route.adcodes)}`;
+  if (portal.mapKey !== mapKey) {  // drawn again for a reroute or the other language only
+    portal.mapKey = mapKey;
+    drawRoute(p).catch((e) => { portal.mapKey = null; console.warn("map", e); });
+  }
 }
 
 async function chinaMap() {
