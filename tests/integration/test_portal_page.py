@@ -101,6 +101,7 @@ async def test_a_firm_signs_in_applies_watches_the_decision_opens_and_prints_the
     await sign_in(page, firm)
     assert await page.evaluate("document.cookie") == ""  # the session's cookie is HttpOnly; no key kept
     assert firm["key"] not in await page.evaluate("JSON.stringify(localStorage) + JSON.stringify(sessionStorage)")
+    await wait_for_js(page, "window.portal.live === 'sse'", TIMEOUT)  # the gateway's event stream, by the cookie
     sent = []
     page.on(
         "request", lambda r: sent.append(r.post_data_json) if r.method == "POST" and "/v1/requests" in r.url else None
@@ -115,6 +116,7 @@ async def test_a_firm_signs_in_applies_watches_the_decision_opens_and_prints_the
     await page.wait_for_selector(f"{row}[data-status='approved'][data-pass-status='issued']", timeout=TIMEOUT * 1000)
     assert "已批准" in await page.inner_text(row) and "P0" in await page.inner_text(row)
     assert "已批准" in await page.inner_text("#flash")
+    assert await page.evaluate("window.portal.live === 'sse' && window.portal.eventsSeen > 0")  # pushed, not polled
     await page.screenshot(path=str(ARTIFACTS / "portal-requests.png"), full_page=True)
 
     await page.click(f"{row} a.pass-link")
