@@ -55,6 +55,7 @@ async def firm(system):
 async def sign_in(page, firm) -> None:
     await page.goto(firm["url"])
     await page.wait_for_selector("#view-signin:not([hidden])")
+    await page.screenshot(path=str(ARTIFACTS / "portal-sign-in.png"), full_page=True)
     await page.fill("#key", firm["key"])
     await page.click("#signin button[type=submit]")
     await page.wait_for_selector("#view-list:not([hidden])")
@@ -162,7 +163,10 @@ async def test_a_firm_signs_in_applies_watches_the_decision_opens_and_prints_the
 
 
 async def test_a_rejection_and_a_conflict_are_explained_in_both_languages(page, firm):
+    """With no event stream (blocked here), the page polls: the rejection still arrives."""
+    await page.route("**/v1/events", lambda route: route.abort())
     await sign_in(page, firm)
+    await wait_for_js(page, "window.portal.live === 'poll'", TIMEOUT)
     sid = await apply(page, firm, hs_code="0101", cargo_word=None)  # live horses: in no priority class
     row = f"#requests tr[data-shipment='{sid}']"
     await page.wait_for_selector(f"{row}[data-status='rejected']", timeout=TIMEOUT * 1000)
