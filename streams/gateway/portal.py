@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 
 from models.policy import load_catalog
 from models.store.tables import Firm
@@ -72,13 +73,7 @@ class CargoHit(BaseModel):
 def add_portal(app: FastAPI, gateway: Gateway) -> None:
     """Register the page, its assets, the session and the look-ups on the gateway's app."""
 
-    @app.middleware("http")
-    async def page_headers(request: Request, call_next):
-        response = await call_next(request)
-        path = request.url.path
-        if path == "/" or path.startswith(("/portal/", "/static/")):
-            response.headers.update(_PAGE_HEADERS)
-        return response
+    app.add_middleware(PageHeaders)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -88,6 +83,28 @@ def add_portal(app: FastAPI, gateway: Gateway) -> None:
     app.mount("/static/vendor", StaticFiles(directory=STATIC / "vendor"), name="vendor")
     _session_routes(app, gateway)
     _lookup_routes(app)
+
+
+class PageHeaders:
+    """The page's security headers on the page and its assets, not on the API (whose /docs loads
+    Swagger UI as FastAPI serves it). Plain ASGI: the API's responses, the event stream among them,
+    pass through untouched."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == "/" or path.startswith(("/portal/", "/static/"))):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(_PAGE_HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _session_routes(app: FastAPI, gateway: Gateway) -> None:
@@ -101,6 +118,7 @@ def _session_routes(app: FastAPI, gateway: Gateway) -> None:
         if found is None:
             raise Refused(401, "unauthorized", "unknown or revoked API key")
         firm, key_id = found
+        gateway.sessions.close(request.cookies.get(COOKIE))  # a session of before, if any, ends here
         response = JSONResponse(_signed_in(firm).model_dump())
         response.set_cookie(
             COOKIE,

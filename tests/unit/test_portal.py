@@ -111,3 +111,16 @@ def test_the_page_its_assets_and_the_lookups(gateway):  # noqa: F811
     cargo = client.get("/v1/cargo", params={"q": "口罩"}).json()
     assert cargo and cargo[0]["hs_code"] == "630790" and cargo[0]["priority"] == "P0"
     assert client.get("/v1/cargo", params={"q": "x" * 65}).status_code == 422
+
+
+def test_over_https_the_cookie_is_secure(gateway):  # noqa: F811
+    client, keys, _, _ = gateway
+    client.base_url = "https://testserver"
+    r = client.post("/v1/session", json={"key": keys["sf-wuhan"]}, headers=PORTAL | {"Origin": "https://testserver"})
+    assert r.status_code == 200 and "Secure" in r.headers["set-cookie"]
+    first = client.cookies.get(COOKIE)
+    client.post("/v1/session", json={"key": keys["sf-wuhan"]}, headers=PORTAL)
+    assert client.cookies.get(COOKIE) != first
+    client.cookies.clear()
+    client.cookies.set(COOKIE, first)
+    assert client.get("/v1/requests").status_code == 401  # signing in again ended the session before
