@@ -57,6 +57,8 @@ SUITES = (
 SUITES += ("projector",)
 # What a tick of the channel's clock costs on a partition of many passes (bench.clock).
 SUITES += ("clock",)
+# The firms' gateway: requests/s from HTTP to decisions beside the Kafka route, its p99 to 202 (bench.gateway).
+SUITES += ("gateway",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -147,6 +149,12 @@ def _selection_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=40000,
         help="decision and status records pre-filled for each projector run (default 40000)",
+    )
+    p.add_argument(
+        "--gateway-requests",
+        type=int,
+        default=3000,
+        help="requests sent through the gateway (and by Kafka beside it) in each gateway round (default 3000)",
     )
     p.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json")
@@ -255,6 +263,7 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
         "handlers": component["handlers"],
         "profiles": profiles,
         "projector": component["projector"],
+        "gateway": component["gateway"],
         "errors": attempts.errors,
         "wall_seconds": time.monotonic() - t_start,
     }
@@ -404,7 +413,7 @@ async def state_suites(ctx: Context, args, skip: set[str], attempts: Attempts, f
 async def component_suites(ctx: Context, args, skip: set[str], attempts: Attempts, messages) -> dict:
     """One part each: routing (in process), the audit's replay, the projector's catch-up, and the
     handlers in process."""
-    found = {"routing": None, "replay": None, "projector": None, "handlers": None}
+    found = {"routing": None, "replay": None, "projector": None, "handlers": None, "gateway": None}
     runs = args.runs
     if "routing" not in skip:
         ctx.log(f"[bold]routing[/bold]: {args.routes:,} random county pairs × {runs} runs, in process")
@@ -422,6 +431,11 @@ async def component_suites(ctx: Context, args, skip: set[str], attempts: Attempt
         found["projector"] = await attempts.run(
             "projector", projector_runs(ctx, workload.projection_log(args.projector_records), runs)
         )
+    if "gateway" not in skip:
+        from .gateway import gateway_runs
+
+        ctx.log(f"[bold]gateway[/bold]: {args.gateway_requests:,} requests over HTTP and by Kafka, {runs} rounds")
+        found["gateway"] = await attempts.run("gateway", gateway_runs(ctx, args.gateway_requests, runs))
     if "handlers" not in skip:
         ctx.log(f"[bold]handlers in process[/bold] (no Kafka): {args.handler_requests:,} requests × {runs}")
         found["handlers"] = handlers_in_process(messages[: args.handler_requests], runs)
@@ -473,6 +487,7 @@ def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
         *clock_rows(res.get("clock")),
         *state_rows(res.get("state")),
         *whatif_rows(res.get("latency_whatif")),
+        *gateway_rows(res.get("gateway")),
         *routing_rows(res["routing"]),
         *replay_rows(res["replay"]),
     ]
@@ -669,6 +684,48 @@ def clock_rows(ck: dict | None) -> list[Row]:
             "  due times built after a (re)assignment, once",
             "ms",
             [x["build_ms"] for x in runs],
+            higher_is_better=False,
+        ),
+    ]
+
+
+def gateway_rows(gw: dict | None) -> list[Row]:
+    """The firms' gateway: decisions/s through it and by Kafka, their ratio, its latency to 202."""
+    if not gw:
+        return []
+    r = gw["rounds"]
+    conc = gw["concurrency"]
+    return [
+        Row(
+            "gateway",
+            f"Gateway: decisions/s through HTTP ({conc} clients)",
+            "decisions/s",
+            [x["gateway_route_per_s"] for x in r],
+        ),
+        Row(
+            "gateway_kafka",
+            "  the same requests by Kafka (pre-filled)",
+            "decisions/s",
+            [x["kafka_route_per_s"] for x in r],
+        ),
+        Row(
+            "gateway_ratio",
+            "  gateway / Kafka route",
+            "×",
+            [x["gateway_route_per_s"] / x["kafka_route_per_s"] for x in r],
+        ),
+        Row(
+            "gateway_202_p50",
+            "  gateway p50 to 202",
+            "ms",
+            [x["accepted_ms"]["p50"] for x in r],
+            higher_is_better=False,
+        ),
+        Row(
+            "gateway_202_p99",
+            "  gateway p99 to 202",
+            "ms",
+            [x["accepted_ms"]["p99"] for x in r],
             higher_is_better=False,
         ),
     ]

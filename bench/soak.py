@@ -561,7 +561,7 @@ async def _load_with_restart(
     tasks: list[asyncio.Task],
     isolation: str,
 ) -> dict:
-    """The load on the ready worker, its restart halfway, the drain: the soak's result. The tasks
+    """The load on the ready worker, its restarts, the drain: the soak's result. The tasks
     started go into `tasks` (the caller cancels them), the new workers into `procs`."""
     seconds = args.minutes * 60
     t0, wall0 = time.monotonic(), time.time()
@@ -579,11 +579,7 @@ async def _load_with_restart(
     reader = AnswerReader(ctx.connection, topics, ctx.partitions, tally, load.on_pass, isolation, args.region)
     await reader.start()
     at = [seconds * (k + 1) / (len(args.restarts) + 1) for k in range(len(args.restarts))]
-    ctx.log(
-        f"soak: {rate:,.0f} requests/s and {rate * args.scan_ratio:,.0f} scans/s for {args.minutes:g} min, "
-        f"{args.guarantee}, {args.store} tables, a risk change every {args.risk_every:g} s, restarts: "
-        + (", ".join(f"{how} at {t / 60:.1f} min" for how, t in zip(args.restarts, at, strict=True)) or "none")
-    )
+    _announce(ctx, args, rate, at)
     changes: list[dict] = []
     notes: dict = {}
     restarting = asyncio.Event()
@@ -612,6 +608,14 @@ async def _load_with_restart(
     per_s = rate * (1 + args.scan_ratio)
     restarted = [_restart_figures(r, worker, tally, watch.samples, wall0, per_s) for r, worker in restarts]
     return _result(rid, args, rate, seconds, load, tally, watch, changes, restarted, drained, reader) | notes
+
+
+def _announce(ctx: Context, args, rate: float, at: list[float]) -> None:
+    ctx.log(
+        f"soak: {rate:,.0f} requests/s and {rate * args.scan_ratio:,.0f} scans/s for {args.minutes:g} min, "
+        f"{args.guarantee}, {args.store} tables, a risk change every {args.risk_every:g} s, restarts: "
+        + (", ".join(f"{how} at {t / 60:.1f} min" for how, t in zip(args.restarts, at, strict=True)) or "none")
+    )
 
 
 async def _sampling(

@@ -20,7 +20,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -492,6 +492,8 @@ def run_demo(
     procs["dashboard"] = _start("dashboard", env, data_dir, console, "--port", str(port))
     pages.append(Page("operators' dashboard", f"http://127.0.0.1:{port}/?token={quote(env['GC_DASHBOARD_TOKEN'])}"))
     console.print(f"[bold]dashboard at {pages[0].url}[/bold] (open it while the demo runs)")
+    procs["gateway"], page = _start_gateway(settings, env, data_dir, console, seed)
+    pages.append(page)
 
     def start_pages(routes: list[dict]) -> None:
         procs["checkpoint"], page = _start_station(
@@ -510,6 +512,39 @@ def run_demo(
     finally:
         _stop(procs, broker)
     return 0 if caught_up else 1
+
+
+DEMO_FIRM = "demo-logistics"
+
+
+def _start_gateway(settings: Settings, env: dict, data_dir: Path, console: Console, seed: int):
+    """The firms' gateway, with a demo firm that carries for the scenario's first shippers and a
+    key of its own, printed for a person to sign in to the portal or call the API with curl."""
+    from models.store import firms as rows
+    from models.store.db import init_db
+
+    scenario = Scenario(seed=seed)
+    shippers = list(dict.fromkeys(scenario.request(n)["shipper"]["credit_code"] for n in range(40)))[:8]
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    now = datetime.now(UTC)
+    with Session(engine) as s:
+        rows.create_firm(
+            s,
+            firm_id=DEMO_FIRM,
+            name="示范物流 Demo Logistics",
+            credit_code=shippers[0],
+            acts_for=shippers[1:],
+            requests_per_minute=600,
+            now=now,
+        )
+        key = rows.create_key(s, firm_id=DEMO_FIRM, now=now)
+    engine.dispose()
+    port = free_port()
+    proc = _start("gateway", env, data_dir, console, "--port", str(port))
+    url = f"http://127.0.0.1:{port}/"
+    console.print(f"[bold]firms' gateway at {url}[/bold] (API docs {url}docs); firm {DEMO_FIRM}'s API key: {key.text}")
+    return proc, Page(f"firms' gateway (firm {DEMO_FIRM}, key {key.text}; API docs {url}docs)", url)
 
 
 def _fresh_data_dir(settings: Settings) -> Path:

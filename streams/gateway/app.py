@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from models.firms import TokenBucket, channel_shipment_id, client_shipment_id, shipper_refusal
 from models.records import MAX_MESSAGE_BYTES
@@ -266,11 +267,14 @@ async def _body(request: Request) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > MAX_MESSAGE_BYTES:
         raise Refused(413, "too_large", f"a request is at most {MAX_MESSAGE_BYTES} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_MESSAGE_BYTES:
-            raise Refused(413, "too_large", f"a request is at most {MAX_MESSAGE_BYTES} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_MESSAGE_BYTES:
+                raise Refused(413, "too_large", f"a request is at most {MAX_MESSAGE_BYTES} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away mid-body: nothing was taken, no one to answer
+        raise Refused(400, "incomplete", "the body ended before it was whole") from None
     return b"".join(chunks)
 
 

@@ -14,6 +14,8 @@ __all__ = ["ClientRequest", "RequestRefused", "read_client_request", "CLIENT_ID"
 
 # A firm's own shipment id at the gateway: URL-safe characters only (it is a path segment).
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._~-]+$")
+# Nesting a request never needs (it has 3 levels): deeper is refused before anything re-encodes it.
+MAX_DEPTH = 32
 
 
 class RequestRefused(ValueError):
@@ -37,6 +39,8 @@ def read_client_request(raw: bytes, firm_id: str) -> ClientRequest:
         raise RequestRefused(400, "not_json", f"the body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise RequestRefused(422, "invalid", "the body must be a JSON object (a ShipmentRequest)")
+    if _depth(body) > MAX_DEPTH:
+        raise RequestRefused(422, "too_deep", f"the request nests deeper than {MAX_DEPTH} levels")
     client_id = body.get("shipment_id")
     longest = max_client_id(firm_id)
     if not isinstance(client_id, str) or not CLIENT_ID.match(client_id) or len(client_id) > longest:
@@ -49,3 +53,16 @@ def read_client_request(raw: bytes, firm_id: str) -> ClientRequest:
         )
     digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return ClientRequest(body, client_id, channel_shipment_id(firm_id, client_id), digest)
+
+
+def _depth(value) -> int:
+    """How deep `value` nests (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
