@@ -175,6 +175,14 @@ async def test_a_rejection_and_a_conflict_are_explained_in_both_languages(page, 
     await page.wait_for_selector("#apply-error:not([hidden])")
     assert "该运单号已用于另一份不同的申请" in await page.inner_text("#apply-error")
     await page.screenshot(path=str(ARTIFACTS / "portal-conflict.png"), full_page=True)
+    posts = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    await page.fill("[name=shipment_id]", f"{sid}-2")
+    await page.fill("[name='driver.id_number']", ID_NUMBER[:-1] + "1")  # its check digit wrong
+    await page.click("#submit")
+    await page.wait_for_selector("#apply-error:not([hidden]):has-text('校验位应为 X')")
+    assert posts == []  # told, and nothing sent
+    await page.screenshot(path=str(ARTIFACTS / "portal-bad-id.png"), full_page=True)
     await page.click("#lang")
     await page.click("nav a[href='#/']")
     await page.wait_for_selector(f"{row}[data-status='rejected']")
