@@ -239,6 +239,7 @@ function route() {
   if (pass) { show("pass"); return loadPass(pass[1]); }
   if (hash === "#/apply") { show("apply"); return prepareForm(); }
   show("list");
+  paintRequests();  // at once, in the page's language; then the gateway's view
   return loadRequests();
 }
 
@@ -475,8 +476,13 @@ async function submitRequest(ev) {
   button.disabled = true; button.textContent = t("submitting");
   try {
     const body = await buildRequest(form);
-    const accepted = await api("/v1/requests", {method: "POST", body});
-    portal.known[accepted.shipment_id] = "pending";
+    // Awaited from before it is sent: its decision's event may come before the POST's own answer.
+    const added = !(body.shipment_id in portal.known);
+    if (added) portal.known[body.shipment_id] = "pending";
+    const accepted = await api("/v1/requests", {method: "POST", body}).catch((e) => {
+      if (added) delete portal.known[body.shipment_id];
+      throw e;
+    });
     form.reset(); form.elements["shipment_id"].value = "";
     location.hash = "#/";
     flash("submitted", [accepted.shipment_id]);
