@@ -163,6 +163,8 @@ class GatewayRequest(SQLModel, table=True):
     body_sha256: str = Field(max_length=64)  # of the body as the firm sent it: a different body is a conflict
     key_id: str = Field(max_length=12)
     accepted_at: datetime | None = _when()
+    # Why the worker could not take it, when it dead-lettered the record (no decision will come).
+    dead_letter: str | None = Field(default=None, max_length=512)
 
 
 class WebhookDelivery(SQLModel, table=True):

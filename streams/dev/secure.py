@@ -384,7 +384,7 @@ def _readers(allow, t: dict, app_id: str) -> None:
     # The firms' gateway: the only writer of its requests topic, whose `requested_by` the worker
     # therefore takes as the channel's word; it reads the answers to tell each firm its own.
     allow("gateway", "TOPIC", "LITERAL", t["gateway.requests"], "WRITE")
-    for name in ("pass.decisions", "pass.status"):
+    for name in ("pass.decisions", "pass.status", "deadletter"):
         allow("gateway", "TOPIC", "LITERAL", t[name], "READ")
     allow("gateway", "GROUP", "LITERAL", f"{app_id}-gateway", "READ")
 

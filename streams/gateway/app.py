@@ -10,6 +10,7 @@ Thin adapter: rules in models.firms, rows in models.store.firms, the decision in
 """
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -37,7 +38,8 @@ from models.store import db
 from models.store import firms as rows
 from models.store.tables import Firm, GatewayRequest
 
-from ..firms import schema_errors
+from ..firms import bind_driver
+from ..firms import request_validator as schema_validator
 from ..pass_print import pass_document, pass_from_row
 from .events import notification_routes
 from .notify import Hub
@@ -279,13 +281,26 @@ async def _body(request: Request) -> bytes:
 
 
 def _check(wanted: ClientRequest, who: Caller) -> None:
-    problems = schema_errors(wanted.body)
-    if problems:
-        fields = [{"field": p.split(": ", 1)[0], "message": p.split(": ", 1)[-1]} for p in problems]
+    fields = schema_fields(wanted.body)
+    if fields:
         raise Refused(422, "invalid", "the request does not follow the ShipmentRequest schema", fields=fields)
     refusal = shipper_refusal(who.acts_for, wanted.body["shipper"]["credit_code"])
     if refusal is not None:
         raise Refused(403, "not_acting_for", refusal, fields=[{"field": "shipper.credit_code", "message": refusal}])
+    if (problem := bind_driver(copy.deepcopy(wanted.body))) is not None:
+        raise Refused(422, "invalid", "the driver cannot be bound", fields=[{"field": "driver", "message": problem}])
+
+
+def schema_fields(body: dict) -> list[dict]:
+    """Each problem the published schema finds, at its field's path (a missing field at its own)."""
+    fields = []
+    for e in sorted(schema_validator().iter_errors(body), key=lambda e: list(map(str, e.absolute_path))):
+        path = [str(p) for p in e.absolute_path]
+        if e.validator == "required" and isinstance(e.validator_value, list):
+            missing = next((f for f in e.validator_value if isinstance(e.instance, dict) and f not in e.instance), None)
+            path += [missing] if missing else []
+        fields.append({"field": ".".join(path) or "(request)", "message": e.message})
+    return fields
 
 
 def _record(gateway: Gateway, wanted: ClientRequest, who: Caller) -> tuple[GatewayRequest, bool]:
@@ -304,7 +319,11 @@ def _record(gateway: Gateway, wanted: ClientRequest, who: Caller) -> tuple[Gatew
 
 
 async def _publish(gateway: Gateway, wanted: ClientRequest, who: Caller) -> None:
-    value = orjson.dumps(wanted.body | {"shipment_id": wanted.channel_id, "requested_by": who.firm_id})
+    """The request as the worker reads it: the channel's id, the firm that asked, and the driver's
+    ID number replaced by its salted binding (`bind_driver`): the number never enters Kafka."""
+    body = copy.deepcopy(wanted.body) | {"shipment_id": wanted.channel_id, "requested_by": who.firm_id}
+    bind_driver(body)
+    value = orjson.dumps(body)
     try:
         await asyncio.wait_for(gateway.publisher.publish(wanted.channel_id, value), timeout=15)
     except Exception as exc:  # noqa: BLE001 — the broker did not take it: the firm may send it again
@@ -327,13 +346,15 @@ def _request_view(s: Session, row: GatewayRequest) -> RequestView:
             priority=decided.priority,
             reasons=decided.reasons,
             rules_version=decided.rules_version,
-            decided_at=decided.decided_at,
+            decided_at=_aware(decided.decided_at),
             pass_id=decided.pass_id,
         )
+    status = decided.decision if decided is not None else "dead_letter" if row.dead_letter else "pending"
     return RequestView(
         shipment_id=row.client_id,
-        status="pending" if decided is None else decided.decision,
-        accepted_at=row.accepted_at,
+        status=status,
+        error=row.dead_letter if decided is None else None,
+        accepted_at=_aware(row.accepted_at),
         decision=decision,
         pass_url=f"/v1/passes/{decided.pass_id}" if decided is not None and decided.pass_id else None,
         pass_status=_pass_status(s, decided.pass_id if decided is not None else None),
@@ -343,6 +364,11 @@ def _request_view(s: Session, row: GatewayRequest) -> RequestView:
 def _pass_status(s: Session, pass_id: str | None) -> str | None:
     row = db.get_pass(s, pass_id=pass_id) if pass_id else None
     return None if row is None else row.status
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    """A time read back from the database, in UTC (SQLite returns it without its zone)."""
+    return at if at is None or at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 # --- passes ------------------------------------------------------------------------------------------
@@ -356,10 +382,14 @@ def _passes_routes(app: FastAPI, gateway: Gateway) -> None:
         """A pass of yours: its terms now (a reroute changes them), its status and its history."""
         with gateway.session() as s:
             row, client_id = _own_pass(s, pass_id, who)
-            history = [
-                PassEventView.model_validate(e, from_attributes=True) for e in db.get_pass_events(s, pass_id=pass_id)
-            ]
-            view = {k: getattr(row, k) for k in PassView.model_fields if hasattr(row, k) and k != "shipment_id"}
+            events = db.get_pass_events(s, pass_id=pass_id)
+            history = [PassEventView.model_validate(e, from_attributes=True) for e in events]
+            for event in history:
+                event.at = _aware(event.at)
+            fields = (k for k in PassView.model_fields if hasattr(row, k) and k != "shipment_id")
+            view = {
+                k: _aware(v) if isinstance(v, datetime) else v for k in fields if (v := getattr(row, k)) is not None
+            }
         base = f"/v1/passes/{pass_id}"
         return PassView(
             **view,

@@ -29,8 +29,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from models.firms import split_channel_id, webhook_signature
-from models.store.tables import Firm, WebhookDelivery
+from models.firms import channel_shipment_id, split_channel_id, webhook_signature
+from models.store.tables import Firm, GatewayRequest, WebhookDelivery
 
 from ..worker.compat import refresh_metadata
 
@@ -46,7 +46,7 @@ class Envelope:
 
     firm_id: str
     event_id: str
-    kind: str  # decision | status
+    kind: str  # decision | status | dead_letter
     shipment_id: str  # the firm's own
     pass_id: str | None
     data: dict
@@ -64,11 +64,14 @@ class Envelope:
 
 
 def envelope_of(kind: str, value: bytes | None, headers, position: str) -> Envelope | None:
-    """The envelope of a decision or status record, or None: not JSON, or not a gateway firm's."""
+    """The envelope of a decision, status or dead-letter record, or None: not JSON, or not a
+    gateway firm's."""
     try:
         data = orjson.loads(value) if value is not None else None
     except orjson.JSONDecodeError:
         return None
+    if kind == "dead_letter":
+        return _dead_letter(data)
     if not isinstance(data, dict) or not isinstance(data.get("shipment_id"), str):
         return None
     owner = split_channel_id(data["shipment_id"])
@@ -83,6 +86,19 @@ def envelope_of(kind: str, value: bytes | None, headers, position: str) -> Envel
         pass_id = data.get("pass_id")
         event_id = ce or f"status:{position}"
     return Envelope(firm_id, event_id, kind, client_id, pass_id, data | {"shipment_id": client_id})
+
+
+def _dead_letter(data) -> Envelope | None:
+    """A request of the gateway's the worker could not take (its key is the channel's id): the
+    firm is told why, not shown the record (it has it)."""
+    if not isinstance(data, dict) or not str(data.get("topic", "")).endswith("gateway.requests"):
+        return None
+    owner = split_channel_id(data.get("key") or "")
+    if owner is None:
+        return None
+    firm_id, client_id = owner
+    told = {"shipment_id": client_id, "error": str(data.get("error"))[:512], "at": data.get("at")}
+    return Envelope(firm_id, f"dead_letter:{data['key']}", "dead_letter", client_id, None, told)
 
 
 def retry_after(attempts: int, base: float) -> float | None:
@@ -140,7 +156,7 @@ class Feed:
         take: Callable,
         ready: asyncio.Event | None = None,
     ) -> None:
-        self.kinds = {topics.decisions: "decision", topics.status: "status"}
+        self.kinds = {topics.decisions: "decision", topics.status: "status", topics.deadletter: "dead_letter"}
         self.connection, self.group, self.isolation, self.take = connection, group, isolation, take
         self.consumer: AIOKafkaConsumer | None = None
         self.ready = ready  # set once positioned (no group: at the end of every partition)
@@ -188,9 +204,16 @@ class Feed:
 
 
 def store_deliveries(engine: Engine, envelopes: Iterable[Envelope], now: datetime) -> int:
-    """A delivery row for each envelope of a firm with a webhook (once per firm and event)."""
+    """A delivery row for each envelope of a firm with a webhook (once per firm and event); a dead
+    letter is also kept on its request, which will have no decision."""
     envelopes = list(envelopes)
     with Session(engine) as s:
+        for e in envelopes:
+            if e.kind == "dead_letter" and (
+                row := s.get(GatewayRequest, channel_shipment_id(e.firm_id, e.shipment_id))
+            ):
+                row.dead_letter = e.data["error"]
+                s.add(row)
         firms = {f.firm_id for f in s.exec(select(Firm).where(col(Firm.firm_id).in_({e.firm_id for e in envelopes})))
                  if f.webhook_url}  # fmt: skip
         wanted = [e for e in envelopes if e.firm_id in firms]

@@ -50,7 +50,11 @@ class DecisionView(BaseModel):
 
 class RequestView(BaseModel):
     shipment_id: str
-    status: str = Field(description="pending (not decided yet), approved or rejected")
+    status: str = Field(
+        description="pending (not decided yet), approved, rejected, or dead_letter: the worker could not "
+        "take the request (see error); no decision will come"
+    )
+    error: str | None = None
     accepted_at: datetime | None = None
     decision: DecisionView | None = None
     pass_url: str | None = None

@@ -17,6 +17,7 @@ from models.store import firms as rows
 from models.store.db import init_db, make_engine, project_batch
 from models.stored import load_decided
 from streams.gateway.app import Gateway, create_gateway
+from streams.gateway.notify import envelope_of, store_deliveries
 from streams.handlers import RecordMeta, Tables
 from tests.support.factories import REAL_CREDIT_CODES, good_request, make_pipeline
 
@@ -41,6 +42,8 @@ class Channel:
         outs = self.pipeline.on_request(shipment_id.encode(), value, meta, tables=self.tables)
         self.pipeline_outs.extend(outs)
         t = self.pipeline.topics
+        dead = [envelope_of("dead_letter", o.value, o.headers, "") for o in outs if o.topic == t.deadletter]
+        store_deliveries(self.engine, [e for e in dead if e is not None], NOW)  # as the gateway's feed does
         decisions = [orjson.loads(o.value) for o in outs if o.topic == t.decisions]
         statuses = [
             (f"e{len(self.published)}-{i}", orjson.loads(o.value)) for i, o in enumerate(outs) if o.topic == t.status
@@ -78,6 +81,7 @@ def test_a_firm_applies_and_follows_its_request_to_the_pass_and_prints_it(gatewa
     assert r.json() == {"shipment_id": "SO-1", "status": "accepted", "request_url": "/v1/requests/SO-1"}
     sid, sent = channel.published[0]
     assert sid == "gw:sf-wuhan:SO-1" and sent["requested_by"] == "sf-wuhan" and sent["shipment_id"] == sid
+    assert "id_number" not in sent["driver"] and sent["driver"]["binding"]  # the ID number stays out of Kafka
     view = client.get("/v1/requests/SO-1", headers=auth(keys["sf-wuhan"])).json()
     assert view["status"] == "approved" and view["shipment_id"] == "SO-1"
     pass_id = view["decision"]["pass_id"]
@@ -113,6 +117,18 @@ def test_two_firms_neither_sees_nor_takes_the_others_requests_or_passes(gateway)
         assert r.status_code == 404 and r.json()["error"] == "not_found"
     listed = client.get("/v1/requests", headers=jd).json()["requests"]
     assert [(v["shipment_id"], v["decision"]["pass_id"]) for v in listed] == [("SAME", jd_view["decision"]["pass_id"])]
+
+
+def test_a_request_the_worker_dead_letters_says_why_and_is_not_pending_forever(gateway):
+    client, keys, channel, _ = gateway
+    channel.tables.clocks["0"] = b"2021-02-25T08:00:00Z"  # a year on: a request of 2020 is past the retention
+    assert (
+        client.post("/v1/requests", json=good_request(shipment_id="OLD-1"), headers=auth(keys["sf-wuhan"])).status_code
+        == 202
+    )
+    view = client.get("/v1/requests/OLD-1", headers=auth(keys["sf-wuhan"])).json()
+    assert view["status"] == "dead_letter" and "more than the pass retention" in view["error"], view
+    assert view["accepted_at"].endswith("Z") or "+00:00" in view["accepted_at"]
 
 
 def test_a_repeat_is_accepted_once_and_a_different_body_under_the_same_id_conflicts(gateway):
@@ -168,8 +184,18 @@ def test_only_the_hash_of_a_key_is_stored(gateway):
         (orjson.dumps(good_request(shipment_id="a/b")), 422, "shipment_id"),
         (orjson.dumps(good_request(shipment_id="x" * 200)), 422, "shipment_id"),
         (orjson.dumps(good_request(shipment_id="SO-6", requested_by="jd-hubei")), 422, "requested_by"),
-        (orjson.dumps(good_request(shipment_id="SO-7", vehicle={"type": "van"})), 422, "vehicle"),
+        (orjson.dumps(good_request(shipment_id="SO-7", vehicle={"type": "van"})), 422, "vehicle.plate"),
         (orjson.dumps(good_request(shipment_id="SO-8", cargo="masks")), 422, "cargo"),
+        (
+            orjson.dumps(
+                good_request(
+                    shipment_id="SO-9",
+                    driver={"name": "张伟", "id_number": "110105194912310021", "phone": "13800138000"},
+                )
+            ),
+            422,
+            "driver",
+        ),
     ],
 )
 def test_bad_bodies_get_one_clear_answer_and_nothing_is_sent(gateway, body, status, field):

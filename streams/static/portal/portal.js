@@ -25,10 +25,10 @@ const T = {
     col_checkpoint: "检查站", col_eta: "预计到达", history: "状态记录", view_pass: "查看",
     t_plate: "车牌", t_priority: "优先级", t_status: "状态", t_valid: "有效期", t_trip: "行程", t_toll: "通行费",
     t_toll_yes: "免收", t_toll_no: "照常收取", t_distance: "里程", t_eta: "预计到达", t_shipment: "运单号", t_issuer: "签发地",
-    submitted: "已提交：{0}，等待审核结果…", decided_approved: "{0} 已批准，通行证 {1}", decided_rejected: "{0} 未获批准",
+    submitted: "已提交：{0}，等待审核结果…", decided_dead_letter: "{0} 无法受理：系统无法处理该申请，不会有审核结果（原因见列表）", decided_approved: "{0} 已批准，通行证 {1}", decided_rejected: "{0} 未获批准",
     live_sse: "实时", live_poll: "轮询", live_off: "离线", signed_out: "已退出登录。", field: "字段",
     origin_map: "起点", destination_map: "终点",
-    status: {pending: "审核中", approved: "已批准", rejected: "未批准", issued: "已签发", at_checkpoint: "在检查站",
+    status: {pending: "审核中", approved: "已批准", rejected: "未批准", dead_letter: "无法受理", issued: "已签发", at_checkpoint: "在检查站",
              in_transit: "在途", held: "被拦停", delivered: "已送达", rerouted: "已改道", suspended: "已暂停",
              revoked: "已吊销", expired: "已过期"},
     errors: {
@@ -73,10 +73,10 @@ const T = {
     col_checkpoint: "Checkpoint", col_eta: "ETA", history: "Status history", view_pass: "Open",
     t_plate: "Plate", t_priority: "Priority", t_status: "Status", t_valid: "Valid", t_trip: "Trip", t_toll: "Tolls",
     t_toll_yes: "exempt", t_toll_no: "payable", t_distance: "Distance", t_eta: "Arrival", t_shipment: "Shipment", t_issuer: "Issued at",
-    submitted: "Sent: {0}. Waiting for the decision…", decided_approved: "{0} approved: pass {1}", decided_rejected: "{0} not approved",
+    submitted: "Sent: {0}. Waiting for the decision…", decided_dead_letter: "{0} was not taken: the channel could not handle it and no decision will come (the reason is in the list)", decided_approved: "{0} approved: pass {1}", decided_rejected: "{0} not approved",
     live_sse: "live", live_poll: "polling", live_off: "offline", signed_out: "Signed out.", field: "field",
     origin_map: "origin", destination_map: "destination",
-    status: {pending: "pending", approved: "approved", rejected: "rejected", issued: "issued", at_checkpoint: "at a checkpoint",
+    status: {pending: "pending", approved: "approved", rejected: "rejected", dead_letter: "not taken", issued: "issued", at_checkpoint: "at a checkpoint",
              in_transit: "in transit", held: "held", delivered: "delivered", rerouted: "rerouted", suspended: "suspended",
              revoked: "revoked", expired: "expired"},
     errors: {
@@ -267,7 +267,8 @@ function paintRequests() {
     const pass = d && d.pass_id ? `<a href="#/pass/${esc(d.pass_id)}" class="pass-link">${esc(d.pass_id)}</a>${
       r.pass_status ? ` ${badge(r.pass_status)}` : ""}` : "—";
     const notes = d ? d.reasons.filter((x) => d.decision !== "approved" || x.code.startsWith("class_"))
-      .map((x) => `<li title="${esc(x.text)}">${esc(reasonText(x))}</li>`).join("") : "";
+      .map((x) => `<li title="${esc(x.text)}">${esc(reasonText(x))}</li>`).join("")
+      : r.error ? `<li>${esc(r.error)}</li>` : "";
     return `<tr data-shipment="${esc(r.shipment_id)}" data-status="${esc(r.status)}" data-pass-status="${esc(r.pass_status || "")}">
       <td>${esc(r.shipment_id)}</td><td>${esc(fmtTime(r.accepted_at))}</td><td>${badge(r.status)}${d && d.priority ? ` <b>${esc(d.priority)}</b>` : ""}</td>
       <td>${pass}</td><td><ul class="reasons">${notes}</ul></td></tr>`;
@@ -282,6 +283,7 @@ function announce(r) {
   portal.known[r.shipment_id] = r.status;
   if (before === "pending" && r.status !== "pending") {
     if (r.status === "approved") flash("decided_approved", [r.shipment_id, r.decision.pass_id], "ok");
+    else if (r.status === "dead_letter") flash("decided_dead_letter", [r.shipment_id], "error");
     else flash("decided_rejected", [r.shipment_id], "error");
   }
 }
@@ -295,6 +297,7 @@ function startLive() {
   es.onopen = () => { portal.live = "sse"; stopPolling(); paintLive(); refresh(); };
   es.addEventListener("decision", (m) => applyEvent(JSON.parse(m.data)));
   es.addEventListener("status", (m) => applyEvent(JSON.parse(m.data)));
+  es.addEventListener("dead_letter", (m) => applyEvent(JSON.parse(m.data)));
   es.onerror = () => {  // no stream here, or it broke: poll meanwhile
     startPolling();
     if (es.readyState === EventSource.CLOSED) {  // the browser gave up (e.g. no /v1/events): retry later
@@ -316,6 +319,11 @@ function applyEvent(ev) {
     const i = portal.requests.findIndex((r) => r.shipment_id === ev.shipment_id);
     if (i >= 0) portal.requests[i] = {...portal.requests[i], ...view, accepted_at: portal.requests[i].accepted_at};
     else portal.requests.unshift(view);
+    announce(view);
+  } else if (ev.type === "dead_letter") {
+    const view = {shipment_id: ev.shipment_id, status: "dead_letter", error: d.error, decision: null, pass_status: null};
+    const i = portal.requests.findIndex((r) => r.shipment_id === ev.shipment_id);
+    if (i >= 0) portal.requests[i] = {...portal.requests[i], ...view};
     announce(view);
   } else if (ev.type === "status") {
     for (const r of portal.requests) if (r.decision && r.decision.pass_id === ev.pass_id) r.pass_status = d.status;

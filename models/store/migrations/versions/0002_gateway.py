@@ -54,6 +54,7 @@ def upgrade() -> None:
         sa.Column("body_sha256", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("key_id", sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
         sa.Column("accepted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("dead_letter", sqlmodel.sql.sqltypes.AutoString(length=512), nullable=True),
         sa.PrimaryKeyConstraint("shipment_id"),
     )
     with op.batch_alter_table("gateway_request", schema=None) as batch_op:
