@@ -25,6 +25,7 @@ __all__ = [
     "revoke_key",
     "list_keys",
     "authenticate",
+    "active_key",
     "add_request",
     "forget_request",
     "get_request",
@@ -132,6 +133,15 @@ def authenticate(session: Session, *, key_text: str) -> tuple[Firm, FirmKey] | N
     if row is None or row.revoked_at is not None:
         return None
     if not hmac.compare_digest(row.secret_sha256, secret_hash(key.secret)):
+        return None
+    firm = session.get(Firm, row.firm_id)
+    return None if firm is None else (firm, row)
+
+
+def active_key(session: Session, *, key_id: str) -> tuple[Firm, FirmKey] | None:
+    """The firm and key of a key id not revoked (a portal session's key, proved when it opened)."""
+    row = session.get(FirmKey, key_id)
+    if row is None or row.revoked_at is not None:
         return None
     firm = session.get(Firm, row.firm_id)
     return None if firm is None else (firm, row)

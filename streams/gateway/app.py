@@ -45,6 +45,7 @@ from .events import notification_routes
 from .notify import Hub
 from .publisher import Publisher
 from .requests import ClientRequest, RequestRefused, read_client_request
+from .session import COOKIE, Sessions, csrf_refusal
 from .views import Accepted, DecisionView, PassEventView, PassView, Problem, RequestList, RequestView
 
 __all__ = ["Gateway", "Caller", "create_gateway"]
@@ -83,6 +84,7 @@ class Gateway:
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     hub: Hub = field(default_factory=Hub)
+    sessions: Sessions = field(default_factory=Sessions)  # the portal's (streams.gateway.session)
 
     def session(self) -> Session:
         return Session(self.engine)
@@ -108,6 +110,9 @@ def create_gateway(gateway: Gateway, *, lifespan=None) -> FastAPI:
     _requests_routes(app, gateway)
     _passes_routes(app, gateway)
     notification_routes(app, gateway, Annotated[Caller, Depends(_caller(gateway))])
+    from .portal import add_portal  # the firms' web page, its sessions and look-ups (imports this module)
+
+    add_portal(app, gateway)
     return app
 
 
@@ -142,10 +147,18 @@ _bearer = HTTPBearer(auto_error=False, description="the firm's API key, gck_<key
 
 
 def _caller(gateway: Gateway):
-    async def caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> Caller:
-        if credentials is None:
+    async def caller(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+    ) -> Caller:
+        if credentials is not None:
+            found = await run_in_threadpool(_authenticate, gateway, credentials.credentials)
+        elif (key_id := gateway.sessions.key_of(request.cookies.get(COOKIE))) is not None:
+            origin = f"{request.url.scheme}://{request.headers.get('host', '')}"
+            if (why := csrf_refusal(request.method, request.headers, origin)) is not None:
+                raise Refused(403, "forbidden", why)
+            found = await run_in_threadpool(_authenticate_key_id, gateway, key_id)
+        else:
             raise Refused(401, "unauthorized", "an API key is needed: Authorization: Bearer gck_…", headers=_CHALLENGE)
-        found = await run_in_threadpool(_authenticate, gateway, credentials.credentials)
         if found is None:
             raise Refused(401, "unauthorized", "unknown or revoked API key", headers=_CHALLENGE)
         firm, key_id = found
@@ -168,6 +181,17 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 def _authenticate(gateway: Gateway, key_text: str) -> tuple[Firm, str] | None:
     with gateway.session() as s:
         found = rows.authenticate(s, key_text=key_text)
+        if found is None:
+            return None
+        firm, key = found
+        s.expunge(firm)
+        return firm, key.key_id
+
+
+def _authenticate_key_id(gateway: Gateway, key_id: str) -> tuple[Firm, str] | None:
+    """The firm of a portal session's key, looked up again: None once the key is revoked."""
+    with gateway.session() as s:
+        found = rows.active_key(s, key_id=key_id)
         if found is None:
             return None
         firm, key = found
@@ -338,7 +362,13 @@ def _request_view(s: Session, row: GatewayRequest) -> RequestView:
         accepted_at=_aware(row.accepted_at),
         decision=decision,
         pass_url=f"/v1/passes/{decided.pass_id}" if decided is not None and decided.pass_id else None,
+        pass_status=_pass_status(s, decided.pass_id if decided is not None else None),
     )
+
+
+def _pass_status(s: Session, pass_id: str | None) -> str | None:
+    row = db.get_pass(s, pass_id=pass_id) if pass_id else None
+    return None if row is None else row.status
 
 
 def _aware(at: datetime | None) -> datetime | None:

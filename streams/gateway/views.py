@@ -58,6 +58,7 @@ class RequestView(BaseModel):
     accepted_at: datetime | None = None
     decision: DecisionView | None = None
     pass_url: str | None = None
+    pass_status: str | None = Field(None, description="the pass's status now (issued, rerouted, suspended, …)")
 
 
 class RequestList(BaseModel):
