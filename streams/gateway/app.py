@@ -54,6 +54,8 @@ log = logging.getLogger("greenchannel.gateway")
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "ShipmentRequest.schema.json"
 # The worker's input limits (models.records, README "Input limits"), refused here at once.
 LIMIT_CODES = frozenset({"too_long", "too_many_lines"})
+# How long a request waits for the broker to take it before the firm is told 503 (send it again).
+PUBLISH_TIMEOUT_S = 30.0
 
 
 class Refused(Exception):
@@ -330,7 +332,7 @@ async def _publish(gateway: Gateway, wanted: ClientRequest, who: Caller) -> None
     bind_driver(body)
     value = orjson.dumps(body)
     try:
-        await asyncio.wait_for(gateway.publisher.publish(wanted.channel_id, value), timeout=15)
+        await asyncio.wait_for(gateway.publisher.publish(wanted.channel_id, value), timeout=PUBLISH_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 — the broker did not take it: the firm may send it again
         log.warning("could not publish %s: %s", wanted.channel_id, exc)
         await run_in_threadpool(_forget, gateway, wanted.channel_id)

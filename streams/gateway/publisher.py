@@ -26,6 +26,7 @@ class KafkaPublisher:
         # A resend (after a timeout) may duplicate a record: the worker answers a shipment id once.
         self.producer = AIOKafkaProducer(**self.connection.kwargs(), acks="all", linger_ms=2)
         await self.producer.start()
+        await self.producer.partitions_for(self.topic)  # its metadata now, not on the first firm's request
 
     async def stop(self) -> None:
         if self.producer is not None:
