@@ -129,13 +129,10 @@ def authenticate(session: Session, *, key_text: str) -> tuple[Firm, FirmKey] | N
         key = parse_api_key(key_text)
     except NotAnApiKey:
         return None
-    row = session.get(FirmKey, key.key_id)
-    if row is None or row.revoked_at is not None:
+    found = active_key(session, key_id=key.key_id)
+    if found is None or not hmac.compare_digest(found[1].secret_sha256, secret_hash(key.secret)):
         return None
-    if not hmac.compare_digest(row.secret_sha256, secret_hash(key.secret)):
-        return None
-    firm = session.get(Firm, row.firm_id)
-    return None if firm is None else (firm, row)
+    return found
 
 
 def active_key(session: Session, *, key_id: str) -> tuple[Firm, FirmKey] | None:

@@ -181,19 +181,18 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def _authenticate(gateway: Gateway, key_text: str) -> tuple[Firm, str] | None:
-    with gateway.session() as s:
-        found = rows.authenticate(s, key_text=key_text)
-        if found is None:
-            return None
-        firm, key = found
-        s.expunge(firm)
-        return firm, key.key_id
+    return _firm_of(gateway, lambda s: rows.authenticate(s, key_text=key_text))
 
 
 def _authenticate_key_id(gateway: Gateway, key_id: str) -> tuple[Firm, str] | None:
     """The firm of a portal session's key, looked up again: None once the key is revoked."""
+    return _firm_of(gateway, lambda s: rows.active_key(s, key_id=key_id))
+
+
+def _firm_of(gateway: Gateway, find) -> tuple[Firm, str] | None:
+    """The firm and key id `find(session)` finds, the firm detached from the session."""
     with gateway.session() as s:
-        found = rows.active_key(s, key_id=key_id)
+        found = find(s)
         if found is None:
             return None
         firm, key = found
