@@ -56,6 +56,7 @@ from models.store.db import (  # noqa: E402
     _route_checkpoint_rows,
     _shipment_row,
     alembic_config,
+    history_row,
     make_engine,
 )
 from models.store.tables import Checkpoint, Pass, PassEvent, Shipment  # noqa: E402
@@ -189,19 +190,8 @@ def _rows(t: Template) -> tuple[list[dict], list[dict], list[dict]]:
         row.update(status=None, status_at=None, checkpoint_id=None)
     events = []
     for ce_id, e in t.statuses:
-        at = parse_time(e["at"])
-        events.append(
-            {
-                "event_id": ce_id,
-                "pass_id": e["pass_id"],
-                "status": e["status"],
-                "at": at,
-                "checkpoint_id": e.get("checkpoint_id"),
-                "reason": e.get("reason"),
-                "dwell_seconds": e.get("dwell_seconds"),
-                "dwell_exceeded": bool(e.get("dwell_exceeded")),
-            }
-        )
+        events.append(history_row(ce_id, e))  # the projector's own row
+        at = events[-1]["at"]
         passes[e["pass_id"]].update(status=e["status"], status_at=at, checkpoint_id=e.get("checkpoint_id"))
     return shipments, list(passes.values()), events
 

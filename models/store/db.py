@@ -40,6 +40,7 @@ __all__ = [
     "alembic_config",
     "project_decisions",
     "project_statuses",
+    "history_row",
     "project_risks",
     "project_enterprises",
     "project_batch",
@@ -268,23 +269,26 @@ def project_decisions(session: Session, decisions: Iterable[dict]) -> None:
     )
 
 
+def history_row(event_id: str, e: dict) -> dict:
+    """The `pass_event` row of a PassStatus event `e` whose CloudEvents id is `event_id`."""
+    return {
+        "event_id": event_id,
+        "pass_id": e["pass_id"],
+        "status": e["status"],
+        "at": parse_time(e["at"]),
+        "checkpoint_id": e.get("checkpoint_id"),
+        "reason": e.get("reason"),
+        "dwell_seconds": e.get("dwell_seconds"),
+        "dwell_exceeded": bool(e.get("dwell_exceeded")),
+    }
+
+
 def project_statuses(session: Session, events: Iterable[tuple[str, dict]]) -> None:
     """`events` are (event id, PassStatus); the history keeps each event once."""
     history, current = [], []
     for event_id, e in events:
-        at = parse_time(e["at"])
-        history.append(
-            {
-                "event_id": event_id,
-                "pass_id": e["pass_id"],
-                "status": e["status"],
-                "at": at,
-                "checkpoint_id": e.get("checkpoint_id"),
-                "reason": e.get("reason"),
-                "dwell_seconds": e.get("dwell_seconds"),
-                "dwell_exceeded": bool(e.get("dwell_exceeded")),
-            }
-        )
+        history.append(history_row(event_id, e))
+        at = history[-1]["at"]
         row = {"pass_id": e["pass_id"], "status": e["status"], "status_at": at, "checkpoint_id": e.get("checkpoint_id")}
         if e.get("route"):
             row["route"], row["token"] = e["route"], e["token"]
