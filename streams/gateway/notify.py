@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from models.firms import channel_shipment_id, split_channel_id, webhook_signature
+from models.records import GATEWAY_PREFIX
 from models.store.tables import Firm, GatewayRequest, WebhookDelivery
 
 from ..worker.compat import refresh_metadata
@@ -38,6 +39,7 @@ __all__ = ["Envelope", "envelope_of", "Hub", "Feed", "Deliverer", "store_deliver
 
 log = logging.getLogger("greenchannel.gateway")
 MAX_ATTEMPTS = 10
+_GATEWAY_KEY = GATEWAY_PREFIX.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +182,8 @@ class Feed:
                     e
                     for tp, records in batch.items()
                     for r in records
-                    if (
+                    if self._maybe_ours(tp.topic, r.key)
+                    and (
                         e := envelope_of(
                             self.kinds[tp.topic], r.value, r.headers, f"{tp.topic}:{tp.partition}:{r.offset}"
                         )
@@ -192,6 +195,12 @@ class Feed:
                     await self.consumer.commit()
         finally:
             await self.consumer.stop()
+
+    def _maybe_ours(self, topic: str, key: bytes | None) -> bool:
+        """Whether a record may be a gateway firm's, from its key alone: a decision and a dead
+        letter of the gateway's requests are keyed by the channel's shipment id (`gw:…`), so the
+        rest of the country's records are not decoded. A status is keyed by its pass: decoded."""
+        return self.kinds[topic] == "status" or (key is not None and key.startswith(_GATEWAY_KEY))
 
     async def _at_the_end(self) -> None:
         """Every partition of the topics assigned and positioned at its end, now."""
