@@ -25,7 +25,7 @@ $(ZXING): scripts/vendor-zxing.sh
 env: $(STAMP) $(ECHARTS) $(ZXING)
 
 demo: $(STAMP) $(ECHARTS) $(ZXING)
-	$(BIN)/greenchannel demo
+	$(BIN)/greenchannel demo --serve
 
 # Every lane: embedded Tansu + SQLite, then Apache Kafka 1 node + PostgreSQL, Apache Kafka 3 nodes
 # with the fault tests and the secure 1-node Apache Kafka (SASL_SSL, ACLs) with tests/faults/test_security.py
