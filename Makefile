@@ -25,7 +25,7 @@ $(ZXING): scripts/vendor-zxing.sh
 env: $(STAMP) $(ECHARTS) $(ZXING)
 
 demo: $(STAMP) $(ECHARTS) $(ZXING)
-	$(BIN)/greenchannel demo
+	$(BIN)/greenchannel demo --serve
 
 # Every lane: embedded Tansu + SQLite, then Apache Kafka 1 node + PostgreSQL, Apache Kafka 3 nodes
 # with the fault tests and the secure 1-node Apache Kafka (SASL_SSL, ACLs) with tests/faults/test_security.py
@@ -65,8 +65,8 @@ $(VENV)/.bench-installed: $(STAMP)
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench
 
-# 30 minutes of steady load on one worker with risk changes and a restart (bench/soak.py; not in
-# make test). SOAK_ARGS passes options, e.g. make soak SOAK_ARGS="--minutes 3 --restart kill".
+# 30 minutes of steady load on one worker (exactly_once, RocksDB) with risk changes and restarts (bench/soak.py; not in
+# make test). SOAK_ARGS passes options, e.g. make soak SOAK_ARGS="--minutes 3 --restarts kill".
 soak: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 

@@ -59,6 +59,10 @@ SUITES += ("projector",)
 SUITES += ("clock",)
 # A SIGKILL takeover by a second worker, with standby replicas and without (bench.takeover).
 SUITES += ("takeover",)
+# A worker restarted holding many passes: RocksDB tables on its own disk against memory tables (bench.restart).
+SUITES += ("restart",)
+# The firms' gateway: requests/s from HTTP to decisions beside the Kafka route, its p99 to 202 (bench.gateway).
+SUITES += ("gateway",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -119,6 +123,13 @@ def _size_options(p: argparse.ArgumentParser) -> None:
         "read and it is restarted (default 100000)",
     )
     p.add_argument(
+        "--restart-passes",
+        type=int,
+        default=100_000,
+        help="active passes put on the changelogs of the restart suite (memory against RocksDB tables; "
+        "the issue's goal: 1000000) (default 100000)",
+    )
+    p.add_argument(
         "--state-runs",
         type=int,
         default=1,
@@ -155,6 +166,12 @@ def _selection_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=40000,
         help="decision and status records pre-filled for each projector run (default 40000)",
+    )
+    p.add_argument(
+        "--gateway-requests",
+        type=int,
+        default=3000,
+        help="requests sent through the gateway (and by Kafka beside it) in each gateway round (default 3000)",
     )
     p.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json")
@@ -264,6 +281,7 @@ async def run_all(ctx: Context, args, console: Console) -> dict:
         "handlers": component["handlers"],
         "profiles": profiles,
         "projector": component["projector"],
+        "gateway": component["gateway"],
         "errors": attempts.errors,
         "wall_seconds": time.monotonic() - t_start,
     }
@@ -383,7 +401,7 @@ async def latency_suites(
 async def state_suites(ctx: Context, args, skip: set[str], attempts: Attempts, firms, risks) -> dict:
     """The tracker's state: a risk change and clock ticks on many active passes (in process), and a
     real worker's memory and restart."""
-    found = {"risk": None, "clock": None, "state": None}
+    found = {"risk": None, "clock": None, "state": None, "restart": None}
     runs = args.runs
     if "risk" not in skip:
         ctx.log(f"[bold]risk change[/bold]: 1% of {args.active_passes:,} active passes on one partition, in process")
@@ -407,6 +425,20 @@ async def state_suites(ctx: Context, args, skip: set[str], attempts: Attempts, f
         found["state"] = await attempts.run(
             "state", state_runs(ctx, workload.requests(args.state_passes), firms, risks, args.state_runs)
         )
+    if "restart" not in skip and not ctx.transactions:
+        # Tansu answers an end offset inside a multi-record batch: a RocksDB table persisted at its
+        # true end looks ahead of its changelog there and is read whole (streams.worker.compat).
+        ctx.log("[bold]restart[/bold]: skipped, Apache Kafka only (--broker kafka)")
+    elif "restart" not in skip:
+        from .restart import restart_runs
+
+        ctx.log(
+            f"[bold]restart[/bold]: a worker holding {args.restart_passes:,} active passes, memory tables "
+            f"against RocksDB restarted on its own disk, {args.state_runs} runs"
+        )
+        found["restart"] = await attempts.run(
+            "restart", restart_runs(ctx, firms, risks, args.restart_passes, args.state_runs)
+        )
     return found
 
 
@@ -427,7 +459,7 @@ async def takeover_suite(ctx: Context, args, skip: set[str], attempts: Attempts,
 async def component_suites(ctx: Context, args, skip: set[str], attempts: Attempts, messages) -> dict:
     """One part each: routing (in process), the audit's replay, the projector's catch-up, and the
     handlers in process."""
-    found = {"routing": None, "replay": None, "projector": None, "handlers": None}
+    found = {"routing": None, "replay": None, "projector": None, "handlers": None, "gateway": None}
     runs = args.runs
     if "routing" not in skip:
         ctx.log(f"[bold]routing[/bold]: {args.routes:,} random county pairs × {runs} runs, in process")
@@ -445,6 +477,11 @@ async def component_suites(ctx: Context, args, skip: set[str], attempts: Attempt
         found["projector"] = await attempts.run(
             "projector", projector_runs(ctx, workload.projection_log(args.projector_records), runs)
         )
+    if "gateway" not in skip:
+        from .gateway import gateway_runs
+
+        ctx.log(f"[bold]gateway[/bold]: {args.gateway_requests:,} requests over HTTP and by Kafka, {runs} rounds")
+        found["gateway"] = await attempts.run("gateway", gateway_runs(ctx, args.gateway_requests, runs))
     if "handlers" not in skip:
         ctx.log(f"[bold]handlers in process[/bold] (no Kafka): {args.handler_requests:,} requests × {runs}")
         found["handlers"] = handlers_in_process(messages[: args.handler_requests], runs)
@@ -496,7 +533,9 @@ def build_rows(res: dict, args) -> tuple[list[Row], list[Row]]:
         *clock_rows(res.get("clock")),
         *state_rows(res.get("state")),
         *takeover_rows(res.get("takeover")),
+        *restart_rows(res.get("restart")),
         *whatif_rows(res.get("latency_whatif")),
+        *gateway_rows(res.get("gateway")),
         *routing_rows(res["routing"]),
         *replay_rows(res["replay"]),
     ]
@@ -698,6 +737,48 @@ def clock_rows(ck: dict | None) -> list[Row]:
     ]
 
 
+def gateway_rows(gw: dict | None) -> list[Row]:
+    """The firms' gateway: decisions/s through it and by Kafka, their ratio, its latency to 202."""
+    if not gw:
+        return []
+    r = gw["rounds"]
+    conc = gw["concurrency"]
+    return [
+        Row(
+            "gateway",
+            f"Gateway: decisions/s through HTTP ({conc} clients)",
+            "decisions/s",
+            [x["gateway_route_per_s"] for x in r],
+        ),
+        Row(
+            "gateway_kafka",
+            "  the same requests by Kafka (pre-filled)",
+            "decisions/s",
+            [x["kafka_route_per_s"] for x in r],
+        ),
+        Row(
+            "gateway_ratio",
+            "  gateway / Kafka route",
+            "×",
+            [x["gateway_route_per_s"] / x["kafka_route_per_s"] for x in r],
+        ),
+        Row(
+            "gateway_202_p50",
+            "  gateway p50 to 202",
+            "ms",
+            [x["accepted_ms"]["p50"] for x in r],
+            higher_is_better=False,
+        ),
+        Row(
+            "gateway_202_p99",
+            "  gateway p99 to 202",
+            "ms",
+            [x["accepted_ms"]["p99"] for x in r],
+            higher_is_better=False,
+        ),
+    ]
+
+
 def routing_rows(rt: dict | None) -> list[Row]:
     """Routing in process, cold and warm (rows without figures when it did not run)."""
     return [
@@ -801,6 +882,52 @@ def takeover_rows(tk: dict | None) -> list[Row]:
             ),
         ]
     return rows
+
+
+def restart_rows(rs: dict | None) -> list[Row]:
+    """A worker holding N active passes restarted: memory tables (the before) and RocksDB on its own disk."""
+    if rs is None:
+        return []
+    runs, n = rs["runs"], f"{rs['passes']:,}"
+
+    def of(store: str, key: str) -> list[float]:
+        return [r[store][key] for r in runs if r[store].get(key) is not None]
+
+    def row(key: str, label: str, unit: str, values: list[float]) -> Row:
+        return Row(key, label, unit, values, higher_is_better=False)
+
+    return [
+        row(
+            "restart_memory",
+            f"Restart holding {n} passes, memory tables: start to first answer",
+            "s",
+            of("memory", "first_answer_s"),
+        ),
+        row("restart_memory_recovered", "  start to tables recovered", "s", of("memory", "recovered_s")),
+        row("restart_memory_rss", "  worker RSS then", "MB", of("memory", "rss_mb")),
+        row(
+            "restart_rocksdb",
+            f"Restart holding {n} passes, RocksDB on its own disk: start to first answer",
+            "s",
+            of("rocksdb", "first_answer_s"),
+        ),
+        row("restart_rocksdb_assigned", "  start to partitions assigned", "s", of("rocksdb", "assigned_s")),
+        row("restart_rocksdb_recovered", "  start to tables recovered (the tail)", "s", of("rocksdb", "recovered_s")),
+        row("restart_rocksdb_rss", "  worker RSS then", "MB", of("rocksdb", "rss_mb")),
+        row(
+            "restart_rocksdb_first",
+            "  its first start (the changelogs read whole onto the disk)",
+            "s",
+            of("rocksdb_first", "first_answer_s"),
+        ),
+        row("restart_rocksdb_first_rss", "  worker RSS after that first start", "MB", of("rocksdb_first", "rss_mb")),
+        row(
+            "restart_disk_per_pass",
+            "  RocksDB bytes on disk per pass (its state and decision)",
+            "B",
+            [r["disk_bytes_per_pass"] for r in runs],
+        ),
+    ]
 
 
 def projector_rows(pj: dict | None) -> list[Row]:
@@ -972,6 +1099,7 @@ def results_document(args, res: dict, rows: list[Row], samples: dict[str, list[f
         "clock": res.get("clock"),
         "state": res.get("state"),
         "takeover": res.get("takeover"),
+        "restart": res.get("restart"),
         "routing": res["routing"],
         "replay": res["replay"],
         "projector": res.get("projector"),

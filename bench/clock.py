@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import replace
 from datetime import timedelta
 
-from models.passes import PassState
+from msgspec.structs import replace
+
 from models.records import format_time, parse_time
+from models.stored import dump, load_pass
 
 from .suites import _templates
 
@@ -26,7 +27,7 @@ def _partition(total: int, due: int):
     from streams.handlers import Pipeline, Tables
 
     base, templates = _templates()
-    states = [PassState.from_json(raw) for raw in templates.passes.values()]
+    states = [load_pass(raw) for raw in templates.passes.values()]
     end = max(parse_time(s.valid_until) for s in states)
     later = format_time(end + timedelta(days=30))
     tables = Tables.empty()
@@ -35,7 +36,7 @@ def _partition(total: int, due: int):
         state = replace(
             template, pass_id=f"{i:012d}", shipment_id=f"clock-{i}", valid_until=format_time(end) if i < due else later
         )
-        tables.passes[state.pass_id] = state.to_json()
+        tables.passes[state.pass_id] = dump(state)
         tables.decided[state.shipment_id] = templates.decided[template.shipment_id]
     pipeline = Pipeline(base.decider, base.tracker, base.topics, partitions=1, retention=base.retention)
     return pipeline, tables, end

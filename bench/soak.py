@@ -3,8 +3,10 @@
 Requests at a fixed rate (by default half the maximum a short pipeline run measures on the same
 broker first), the checkpoint scans of issued passes at a fixed share of that rate, a risk change
 every minute (an operator raising, then lowering, a prefecture that about 6% of the routes cross)
-and a worker restart halfway. Every request and scan is counted by its id: each must end as
-exactly one decision, status or dead letter. Writes bench/out/soak.json and bench/soak.png.
+and worker restarts spread over the run (by default a SIGKILL at a third, a graceful restart at two
+thirds). By default the production configuration: Apache Kafka, exactly_once, RocksDB tables. Every
+request and scan is counted by its id: each must end as exactly one decision, status or dead letter.
+Writes bench/out/soak.json and bench/soak.png.
 """
 
 from __future__ import annotations
@@ -75,12 +77,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a 1-node Apache Kafka on disk (default) or the embedded Tansu, which keeps its log in memory",
     )
     p.add_argument("--broker-url", help="kafka://host:port of a running broker instead")
-    p.add_argument("--guarantee", choices=["at_least_once", "exactly_once"], default="at_least_once")
+    p.add_argument("--guarantee", choices=["at_least_once", "exactly_once"], default="exactly_once")
+    p.add_argument("--store", default="rocksdb://", help="the worker's tables (GC_STORE; default rocksdb://)")
     p.add_argument(
-        "--restart",
-        choices=["graceful", "kill"],
-        default="graceful",
-        help="halfway: SIGTERM and a new worker once it has exited (default), or SIGKILL and a new one",
+        "--restarts",
+        type=_restarts,
+        default=("kill", "graceful"),
+        help="worker restarts, evenly spread over the load, comma-separated: kill (SIGKILL and a new one) or "
+        "graceful (SIGTERM, a new one once it has exited); default kill,graceful; none: no restart",
     )
     p.add_argument("--risk-every", type=float, default=60.0, help="seconds between risk changes (default 60)")
     p.add_argument("--region", default=REGION, help=f"the prefecture whose risk changes (default {REGION})")
@@ -98,6 +102,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=OUT_DIR / "soak.json")
     p.add_argument("--png", type=Path, default=ROOT / "bench" / "soak.png")
     return p.parse_args(argv)
+
+
+def _restarts(text: str) -> tuple[str, ...]:
+    hows = tuple(h.strip() for h in text.split(",") if h.strip() and h.strip() != "none")
+    bad = [h for h in hows if h not in ("kill", "graceful")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"not kill or graceful: {', '.join(bad)}")
+    return hows
 
 
 # --- what came back, by input id --------------------------------------------------------------------
@@ -160,10 +172,15 @@ class Tally:
     other: collections.Counter = field(default_factory=collections.Counter)  # outputs of anything else
     internal_errors: list = field(default_factory=list)
     answered_bins: collections.Counter = field(default_factory=collections.Counter)  # (kind, bin) -> answers
+    # unix time a restarted worker started -> the record time (ms) of the first answer made after it
+    first_after: dict = field(default_factory=dict)
 
     def count(self, kind: str, ident: str, timestamp_ms: int) -> int:
         table = self.requests if kind == "request" else self.scans
         table[ident] += 1
+        for started, first in self.first_after.items():
+            if first is None and timestamp_ms >= started * 1000:
+                self.first_after[started] = timestamp_ms
         self.answered_bins[kind, int((timestamp_ms / 1000 - self.t0) // self.bin_s)] += 1
         return table[ident]
 
@@ -446,8 +463,9 @@ async def measure_max(ctx: Context, args) -> dict:
     return {"median": statistics.median(rates), "runs": rates}
 
 
-async def restart(procs: list[Proc], how: str, spawn, t0: float, log) -> dict:
-    """Stop the worker (SIGTERM and wait for its exit, or SIGKILL) and start a new one."""
+async def restart(procs: list[Proc], how: str, spawn, t0: float, tally: Tally, log) -> dict:
+    """Stop the worker (SIGTERM and wait for its exit, or SIGKILL) and start a new one on the same
+    data directory; the tally notes the new worker's first answer."""
     old = procs[-1]
     began = time.monotonic()
     if how == "kill":
@@ -457,6 +475,7 @@ async def restart(procs: list[Proc], how: str, spawn, t0: float, log) -> dict:
         await asyncio.to_thread(old.stop, 60)
     stopped = time.monotonic()
     started_at = time.time()
+    tally.first_after[started_at] = None
     procs.append(spawn())
     log(f"  worker restarted ({how}): old one gone after {stopped - began:.1f} s, exit code {old.popen.returncode}")
     return {
@@ -469,13 +488,36 @@ async def restart(procs: list[Proc], how: str, spawn, t0: float, log) -> dict:
     }
 
 
+def _restart_figures(
+    restarted: dict, worker: Proc, tally: Tally, samples: list[dict], wall0: float, per_s: float
+) -> dict:
+    """A restart's figures once the run is over: the new worker's log marks, its first answer (the
+    record time of the first answer made after it started) and its catch-up: the first sample after
+    that answer whose lag is back to its level before the restart (twice the median lag of the
+    minute before, and at least a second of inputs, `per_s`)."""
+    started_at = restarted.pop("started_at")
+    out = restarted | _recovery(worker, started_at, wall0)
+    first = tally.first_after.get(started_at)
+    out["first_answer_s"] = None if first is None else first / 1000 - started_at
+    t, since = restarted["t"], restarted["new_started_t"]
+    before = [s["lag"] for s in samples if t - 60 <= s["t"] < t and s["lag"] is not None]
+    normal = out["lag_before"] = max(2 * statistics.median(before or [0]), per_s)
+    answered = None if first is None else since + out["first_answer_s"]
+    back = None
+    if answered is not None:
+        late = (s for s in samples if s["t"] >= answered and s["lag"] is not None and s["lag"] <= normal)
+        back = next((s["t"] for s in late), None)
+    out["caught_up_s"] = None if back is None else back - since
+    return out
+
+
 async def soak(ctx: Context, args, rate: float) -> dict:
     rid = run_id()
     prefix = f"bench-{rid}."
     topics = Topics.with_prefix(prefix)
     firms, risks = workload.reference()
     await _prepare_system(ctx, topics, firms, risks)
-    env = worker_env(ctx, rid, prefix) | {"GC_PROCESSING_GUARANTEE": args.guarantee}
+    env = worker_env(ctx, rid, prefix) | {"GC_PROCESSING_GUARANTEE": args.guarantee, "GC_STORE": args.store}
 
     def spawn() -> Proc:
         return start_process(list(TIMED_WORKER), env, ctx.out_dir / rid / f"worker{len(procs)}.log")
@@ -519,7 +561,7 @@ async def _load_with_restart(
     tasks: list[asyncio.Task],
     isolation: str,
 ) -> dict:
-    """The load on the ready worker, its restart halfway, the drain: the soak's result. The tasks
+    """The load on the ready worker, its restarts, the drain: the soak's result. The tasks
     started go into `tasks` (the caller cancels them), the new workers into `procs`."""
     seconds = args.minutes * 60
     t0, wall0 = time.monotonic(), time.time()
@@ -536,10 +578,8 @@ async def _load_with_restart(
     )
     reader = AnswerReader(ctx.connection, topics, ctx.partitions, tally, load.on_pass, isolation, args.region)
     await reader.start()
-    ctx.log(
-        f"soak: {rate:,.0f} requests/s and {rate * args.scan_ratio:,.0f} scans/s for {args.minutes:g} min, "
-        f"a risk change every {args.risk_every:g} s, a {args.restart} restart at {seconds / 120:g} min"
-    )
+    at = [seconds * (k + 1) / (len(args.restarts) + 1) for k in range(len(args.restarts))]
+    _announce(ctx, args, rate, at)
     changes: list[dict] = []
     notes: dict = {}
     restarting = asyncio.Event()
@@ -553,18 +593,29 @@ async def _load_with_restart(
             ),
         ]
     )
-    await _watch_tasks(tasks, seconds=seconds / 2)
-    restarting.set()
-    restarted = await restart(procs, args.restart, spawn, t0, ctx.log)
-    restarting.clear()
+    restarts = []
+    for how, t in zip(args.restarts, at, strict=True):
+        await _watch_tasks(tasks, seconds=t0 + t - time.monotonic())
+        restarting.set()
+        restarts.append((await restart(procs, how, spawn, t0, tally, ctx.log), procs[-1]))
+        restarting.clear()
     await _watch_tasks(tasks, until=sender)
     tasks[2].cancel()
     drained = await _drain(load, tally, args.drain, procs[-1], watch, ctx.log)
     await asyncio.sleep(args.sample + 5)  # late duplicates and a last lag sample after the drain
     tasks[1].cancel()
     await reader.stop()
-    restarted |= _recovery(procs[-1], restarted.pop("started_at"), wall0)
+    per_s = rate * (1 + args.scan_ratio)
+    restarted = [_restart_figures(r, worker, tally, watch.samples, wall0, per_s) for r, worker in restarts]
     return _result(rid, args, rate, seconds, load, tally, watch, changes, restarted, drained, reader) | notes
+
+
+def _announce(ctx: Context, args, rate: float, at: list[float]) -> None:
+    ctx.log(
+        f"soak: {rate:,.0f} requests/s and {rate * args.scan_ratio:,.0f} scans/s for {args.minutes:g} min, "
+        f"{args.guarantee}, {args.store} tables, a risk change every {args.risk_every:g} s, restarts: "
+        + (", ".join(f"{how} at {t / 60:.1f} min" for how, t in zip(args.restarts, at, strict=True)) or "none")
+    )
 
 
 async def _sampling(
@@ -692,9 +743,10 @@ def _rates(args, load: Load, tally: Tally) -> list[dict]:
     ]
 
 
-def _lag_figures(samples: list[dict], seconds: float, restarted: dict) -> dict:
-    """The worker group's lag: its peak, its peak after the restart, at the end of the load, last."""
-    after = [s["lag"] for s in samples if s["lag"] is not None and s["t"] >= restarted["t"]]
+def _lag_figures(samples: list[dict], seconds: float, restarted: list[dict]) -> dict:
+    """The worker group's lag: its peak, its peak after the first restart, at the end of the load, last."""
+    first = restarted[0]["t"] if restarted else 0.0
+    after = [s["lag"] for s in samples if s["lag"] is not None and s["t"] >= first]
     return {
         "peak": max((s["lag"] for s in samples if s["lag"] is not None), default=None),
         "peak_after_restart": max(after, default=None),
@@ -728,7 +780,7 @@ def _result(
         "other_outputs": dict(tally.other),
         "risk_changes": changes,
         "risk_escapes": risk_escapes(changes, tally),
-        "restart": restarted,
+        "restarts": restarted,
         "drain": drained,
         "rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None, "peak": max(rss, default=None)},
         "lag": _lag_figures(samples, seconds, restarted),
@@ -768,6 +820,10 @@ def _risk_rows(changes: list[dict], escapes: list[dict]) -> list[tuple[str, str]
     ]
 
 
+def _s(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.1f} s"
+
+
 def table_rows(res: dict) -> list[tuple[str, str]]:
     """(figure, value) for the console and the README."""
 
@@ -778,7 +834,7 @@ def table_rows(res: dict) -> list[tuple[str, str]]:
             (f"{name} answered twice (duplicates) / missing", f"{x['duplicates']:,} / {x['missing']:,}"),
         ]
 
-    rss, lag, rs = res["rss_mb"], res["lag"], res["restart"]
+    rss, lag = res["rss_mb"], res["lag"]
     per_s = res["answered_per_s_median"]
     changes = res["risk_changes"]
     escapes = res["risk_escapes"]
@@ -803,15 +859,19 @@ def table_rows(res: dict) -> list[tuple[str, str]]:
             f"{res['approvals']:,}; {res['issued']['passes']:,} ({res['issued']['issued_twice']:,})",
         ),
         *_risk_rows(changes, escapes),
-        (
-            "restart",
-            f"{rs['how']} at {rs['t'] / 60:.1f} min: stopped in {rs['stop_s']:.1f} s; new worker "
-            f"assigned {rs.get('assigned_s', float('nan')):.1f} s, recovered "
-            f"{rs.get('recovered_s', float('nan')):.1f} s after its start",
-        ),
+        *[
+            (
+                f"restart {n}: {rs['how']} at {rs['t'] / 60:.1f} min",
+                f"stopped in {rs['stop_s']:.1f} s; new worker assigned {_s(rs.get('assigned_s'))}, recovered "
+                f"{_s(rs.get('recovered_s'))}, first answer {_s(rs.get('first_answer_s'))} after its start; "
+                f"caught up {_s(rs.get('caught_up_s'))} after its start "
+                f"(lag ≤ {rs['lag_before']:,.0f}: its level before)",
+            )
+            for n, rs in enumerate(res["restarts"], 1)
+        ],
         ("worker RSS start → end (peak)", f"{rss['start']:,.0f} → {rss['end']:,.0f} MB ({rss['peak']:,.0f})"),
         (
-            "consumer lag peak / after the restart / at the end",
+            "consumer lag peak / after the first restart / at the end",
             f"{lag['peak']:,} / {lag['peak_after_restart']:,} / {lag['last']:,} records",
         ),
         (
@@ -849,15 +909,16 @@ def plot(res: dict, path: Path, title: str) -> None:
     axes[2].set_ylabel("per second (5-s bins)")
     axes[2].set_xlabel("minutes")
     axes[2].legend(loc="upper right", fontsize=8, ncol=4)
-    restart = res["restart"]["t"] / 60
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.axvline(restart, color="black", linewidth=1.5)
+        for rs in res["restarts"]:
+            ax.axvline(rs["t"] / 60, color="black", linewidth=1.5)
         for c in res["risk_changes"]:
             ax.axvline(
                 c["t"] / 60, color="tab:red" if c["level"] == "high" else "tab:green", linewidth=0.9, linestyle=":"
             )
-    axes[0].text(restart, axes[0].get_ylim()[1], f" {res['restart']['how']} restart", va="top", fontsize=8)
+    for rs in res["restarts"]:
+        axes[0].text(rs["t"] / 60, axes[0].get_ylim()[1], f" {rs['how']} restart", va="top", fontsize=8)
     axes[0].set_title(title + "\nrisk changes: red dotted raise, green dotted lower", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -890,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(
         res,
         args.png,
-        f"greenchannel soak, {before['at']}: {kind}, {args.guarantee}; "
+        f"greenchannel soak, {before['at']}: {kind}, {args.guarantee}, {args.store} tables; "
         f"{res['rate']:,.0f} requests/s + {res['scan_rate']:,.0f} scans/s",
     )
     log(f"wrote {args.json}, {args.png}")

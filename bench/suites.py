@@ -936,22 +936,29 @@ def _templates(count: int = 1500):
 def _clone_tables(tables, inside: list, outside: list, total: int, touched: int):
     """`total` active passes on one partition, `touched` of them cloned from passes through the
     changed region (`inside`), the others from passes not touching it."""
-    from dataclasses import replace as _replace
-
-    from models.passes import PassState
-    from models.records import kept
+    from models.stored import load_pass
     from streams.handlers import Tables
 
-    inside, outside = ([PassState.from_json(raw) for raw in group] for group in (inside, outside))
+    inside, outside = ([load_pass(raw) for raw in group] for group in (inside, outside))
     out = Tables.empty()
     for i in range(total):
         template = inside[i % len(inside)] if i < touched else outside[i % len(outside)]
-        state = _replace(template, pass_id=f"{i:012d}", shipment_id=f"bench-{i}")
-        out.passes[state.pass_id] = kept(state.to_json())  # as the worker stores it (models.records.kept)
-        out.serials[state.pass_id] = state.shipment_id.encode()
-        # A copy of its own: `bytes + b""` is the same object, and shared bytes would not count.
-        out.decided[state.shipment_id] = bytes(bytearray(tables.decided[template.shipment_id]))
+        pass_id, shipment_id = f"{i:012d}", f"bench-{i}"
+        out.passes[pass_id], out.decided[shipment_id] = clone_pass(tables, template, pass_id, shipment_id)
+        out.serials[pass_id] = shipment_id.encode()
     return out
+
+
+def clone_pass(tables, template, pass_id: str, shipment_id: str) -> tuple[bytes, bytes]:
+    """(pass state, decision) of a pass cloned from `template` (a PassState held in `tables`) with a
+    new pass number and shipment id: the bytes the worker's tables hold."""
+    from msgspec.structs import replace as _replace
+
+    from models.stored import dump, load_decided
+
+    state = _replace(template, pass_id=pass_id, shipment_id=shipment_id)
+    decided = load_decided(tables.decided[template.shipment_id])  # its body a copy of its own
+    return dump(state), dump(_replace(decided, pass_id=pass_id))  # as the worker stores them (models.stored)
 
 
 def risk_change_runs(total: int, runs: int, *, share: float = 0.01) -> dict:
@@ -984,9 +991,9 @@ def _changed_region(base, tables) -> tuple[str, list, list]:
     template passes crossing it, those that do not)."""
     from collections import Counter as _Counter
 
-    from models.passes import PassState
+    from models.stored import load_pass
 
-    states = {pid: PassState.from_json(raw) for pid, raw in tables.passes.items()}
+    states = {pid: load_pass(raw) for pid, raw in tables.passes.items()}
     regions = {pid: base.tracker.regions_of(state) for pid, state in states.items()}
     node_of = base.decider.graph.node_of
     ends = _Counter(r for state in states.values() for r in (node_of(state.origin), node_of(state.destination)))
@@ -1044,15 +1051,15 @@ def _state_memory(pipeline, tables, inside: list, outside: list, total: int, tou
 
 def _visit_every_pass_us(pipeline, tables, inside: list, outside: list, region: str) -> float:
     """The design before: decode and re-evaluate every pass of the partition; µs per pass."""
-    from models.passes import PassState
     from models.records import RegionRisk, parse_time
+    from models.stored import load_pass
 
     sample = _clone_tables(tables, inside, outside, 10_000, 100)
     risk = RegionRisk(region.ljust(6, "0"), "high", parse_time("2020-02-25T06:00:00Z"))
     pipeline.decider.risk.apply(risk)
     t = time.perf_counter()
     for pid in sorted(sample.passes):
-        pipeline.tracker.risk_changed(PassState.from_json(sample.passes[pid]), risk)
+        pipeline.tracker.risk_changed(load_pass(sample.passes[pid]), risk)
     us = (time.perf_counter() - t) * 1e6 / 10_000
     pipeline.decider.risk = type(pipeline.decider.risk)()
     return us

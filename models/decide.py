@@ -129,19 +129,17 @@ class Decider:
         known: dict[str, Any] = dict(self.known())
         if missing is not None:
             known["missing_keys"] = [missing]
-        return Decision(
-            {
-                "shipment_id": request.shipment_id,
-                "decision": "rejected",
-                "priority": priority,
-                "reasons": [r.to_dict() for r in reasons],
-                "rules_version": self.catalog.version,
-                "decided_at": format_time(decided_at),
-                "known": known,
-                "pass": None,
-            },
-            None,
-        )
+        message = {
+            "shipment_id": request.shipment_id,
+            "decision": "rejected",
+            "priority": priority,
+            "reasons": [r.to_dict() for r in reasons],
+            "rules_version": self.catalog.version,
+            "decided_at": format_time(decided_at),
+            "known": known,
+            "pass": None,
+        }
+        return Decision(_asked_by(message, request), None)
 
     def decide(
         self,
@@ -273,8 +271,15 @@ class Decider:
             "known": self.known(),
             "pass": the_pass,
         }
+        message = _asked_by(message, request)
         state = _initial_state(pass_id, request, verdict, origin, destination, claims, route_dict, signer.key_id)
         return Decision(message, state)
+
+
+def _asked_by(message: dict, request: ShipmentRequest) -> dict:
+    """The decision names the firm that asked when the gateway authenticated one (and only then:
+    the Kafka route's decisions keep their bytes)."""
+    return message if request.requested_by is None else message | {"requested_by": request.requested_by}
 
 
 def _no_signing_key(issuer: str) -> Reason:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+import msgspec
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from msgspec.structs import replace
 
 from . import credential
 from .credential import Claims, InvalidToken
@@ -200,9 +202,10 @@ def transition(current: S, new: S) -> S:
     return new
 
 
-@dataclass(frozen=True)
-class PassState:
-    """What the tracker knows of one pass (stored as JSON in the pass table)."""
+class PassState(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+    """What the tracker knows of one pass. The worker stores it as MessagePack, its fields in this
+    order (`models.stored`; a new field goes last, with a default); JSON is its form on the web and
+    a worker's before 0.5 in its table (`from_json`)."""
 
     pass_id: str
     shipment_id: str
@@ -248,7 +251,7 @@ class PassState:
     def to_json(self) -> bytes:
         # `trips` is written only once a trip is completed, `kid` and `driver` only when known: the state of every
         # other pass is stored as before the fields existed.
-        data = {k: v for k in self.__dataclass_fields__ if (v := getattr(self, k)) or k not in _UNSET}
+        data = {k: v for k in self.__struct_fields__ if (v := getattr(self, k)) or k not in _UNSET}
         return orjson.dumps(data)
 
     @classmethod

@@ -37,6 +37,8 @@ __all__ = [
     "load_object",
     "parse_request",
     "request_shipment_id",
+    "origin_refusal",
+    "GATEWAY_PREFIX",
     "parse_scan",
     "parse_enterprise",
     "parse_risk",
@@ -66,6 +68,9 @@ MAX_TEXT = 256  # too_long: any text field of a request (names, addresses, descr
 MAX_ID = 128  # too_long: shipment, scan and checkpoint ids and plates
 MAX_TOKEN = 4096  # too_long: a pass token (about 400 characters today)
 MAX_CARGO_LINES = 100  # too_many_lines
+# Shipment ids the firms' gateway gives its firms' requests (`gw:<firm id>:<the firm's own id>`),
+# which only the gateway's topic may carry (`origin_refusal`).
+GATEWAY_PREFIX = "gw:"
 
 
 def load_object(raw: bytes | None) -> dict[str, Any]:
@@ -243,6 +248,9 @@ class ShipmentRequest:
     # The driver as the firm bound it, SHA-256(salt || ID number) (`models.credential.DriverBinding`),
     # when it sent that instead of the ID number.
     driver_binding: DriverBinding | None = None
+    # The firm that asked, as the gateway authenticated it (None: the firms' Kafka route, which
+    # names no one the channel could vouch for).
+    requested_by: str | None = None
 
 
 class _Errors:
@@ -448,8 +456,26 @@ def parse_request(obj: dict[str, Any], *, fallback_id: str | None = None) -> tup
         departure_at=departure_at or epoch,
         trip=trip,
         driver_binding=binding,
+        requested_by=obj.get("requested_by") if isinstance(obj.get("requested_by"), str) else None,
     )
     return request, e.items
+
+
+def origin_refusal(obj: dict[str, Any], shipment_id: str, *, via_gateway: bool) -> str | None:
+    """Why a request cannot be taken from where it came, or None. `requested_by` names the firm the
+    gateway authenticated, so only the gateway's topic may carry it, and the gateway's shipment ids
+    (`GATEWAY_PREFIX`) are its firms' own: a request on the firms' topic naming either would claim
+    another firm's identity or take its id first."""
+    requested_by = obj.get("requested_by")
+    if not via_gateway:
+        if shipment_id.startswith(GATEWAY_PREFIX):
+            return f"reserved: shipment ids beginning {GATEWAY_PREFIX!r} are given by the firms' gateway"
+        if requested_by is not None:
+            return "requested_by: written only by the firms' gateway, for the firm it authenticated"
+        return None
+    if not isinstance(requested_by, str) or not shipment_id.startswith(f"{GATEWAY_PREFIX}{requested_by}:"):
+        return "requested_by: a gateway request names its firm, and its shipment id is that firm's"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Container, Mapping
-from dataclasses import replace
 from datetime import datetime, timedelta
 from sys import intern
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from msgspec.structs import replace
 
 from routing import Place
 
@@ -348,35 +348,43 @@ class PassIndex:
     A risk change visits the passes on the regions it touches, plus the suspended ones (any
     change may reinstate them); an enterprise removal, the passes of that firm; a key's
     withdrawal, the passes that key signed. Passes that are delivered, revoked or expired are
-    not filed: nothing can change them any more. Costs one set entry per region and firm of
-    each active pass, and one for its key.
+    not filed: nothing can change them any more.
+
+    Passes are filed by their shape, the sorted tuple of their regions, one shared by every pass
+    of the same regions (many passes run the same corridors), and each shape under its regions.
+    So an active pass costs a set entry for its shape, one per firm and one for its key, and the
+    tuple of what it is filed under: about 0.3 kB, whatever its route's length.
     """
 
     def __init__(self, regions_of) -> None:
         self._regions_of = regions_of
-        self._by_region: dict[str, set[str]] = {}
+        self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], set[str]]] = {}  # shape -> (it, its passes)
+        self._by_region: dict[str, set[tuple[str, ...]]] = {}  # region -> the shapes through it
         self._by_firm: dict[str, set[str]] = {}
         self._by_kid: dict[str, set[str]] = {}
         self._suspended: set[str] = set()
-        # What each pass is filed under: its regions as a sorted tuple (a quarter of a frozenset's
-        # memory, and compared as exactly), its firms, its key.
-        self._filed: dict[str, tuple[tuple[str, ...], tuple[str, str], str | None]] = {}
+        # What each pass is filed under: its shape, its firms, its key.
+        self._filed: dict[str, tuple[tuple[str, ...], str, str, str | None]] = {}
 
     def __len__(self) -> int:
         return len(self._filed)
 
-    def put(self, state: PassState) -> None:
-        """File the pass as its new state says (or unfile it, once it cannot change any more)."""
-        pass_id = state.pass_id
+    def put(self, state: PassState, pass_id: str | None = None) -> None:
+        """File the pass as its new state says (or unfile it, once it cannot change any more).
+        `pass_id`: the state's, as an object already held (the table's key), to share it."""
+        pass_id = state.pass_id if pass_id is None else pass_id
         status = S(state.status)
         if status not in ACTIVE:
             self.remove(pass_id)
             return
+        regions = tuple(sorted(self._regions_of(state)))
+        shape = self._shapes.get(regions)
         kid = None if state.kid is None else intern(state.kid)
-        filed = (tuple(sorted(self._regions_of(state))), (intern(state.shipper), intern(state.consignee)), kid)
+        filed = (regions if shape is None else shape[0], intern(state.shipper), intern(state.consignee), kid)
         if self._filed.get(pass_id) != filed:
             self.remove(pass_id)
             self._filed[pass_id] = filed
+            self._shape(filed[0]).add(pass_id)
             for key, book in self._entries(filed):
                 book.setdefault(key, set()).add(pass_id)
         if status is S.SUSPENDED:
@@ -384,28 +392,41 @@ class PassIndex:
         else:
             self._suspended.discard(pass_id)
 
+    def _shape(self, regions: tuple[str, ...]) -> set[str]:
+        """The passes of a shape, the shape filed under its regions when new."""
+        shape = self._shapes.get(regions)
+        if shape is None:
+            shape = self._shapes[regions] = (regions, set())
+            for region in regions:
+                self._by_region.setdefault(region, set()).add(regions)
+        return shape[1]
+
     def remove(self, pass_id: str) -> None:
         filed = self._filed.pop(pass_id, None)
         if filed is None:
             return
+        regions = filed[0]
+        _, passes = self._shapes[regions]
+        passes.discard(pass_id)
+        if not passes:
+            del self._shapes[regions]
+            for region in regions:
+                _discard(self._by_region, region, regions)
         for key, book in self._entries(filed):
-            ids = book.get(key)
-            if ids is not None:
-                ids.discard(pass_id)
-                if not ids:
-                    del book[key]
+            _discard(book, key, pass_id)
         self._suspended.discard(pass_id)
 
     def _entries(self, filed) -> list[tuple[str, dict[str, set[str]]]]:
-        regions, firms, kid = filed
-        entries = [(r, self._by_region) for r in regions] + [(f, self._by_firm) for f in firms]
-        return entries if kid is None else entries + [(kid, self._by_kid)]
+        _, shipper, consignee, kid = filed
+        entries = [(shipper, self._by_firm), (consignee, self._by_firm)]
+        return entries if kid is None else [*entries, (kid, self._by_kid)]
 
     def touched_by_risk(self, regions: frozenset[str] | set[str]) -> list[str]:
         """The passes a risk change on `regions` may change, in pass-id order (deterministic)."""
+        shapes = set().union(*(self._by_region.get(region, ()) for region in regions))
         found = set(self._suspended)
-        for region in regions:
-            found |= self._by_region.get(region, set())
+        for shape in shapes:
+            found |= self._shapes[shape][1]
         return sorted(found)
 
     def of_firm(self, credit_code: str) -> list[str]:
@@ -414,6 +435,15 @@ class PassIndex:
     def signed_by(self, kid: str) -> list[str]:
         """The active passes whose current token key `kid` signed, in pass-id order."""
         return sorted(self._by_kid.get(kid, ()))
+
+
+def _discard(book: dict, key, member) -> None:
+    """`member` out of `book[key]`, and the key out of `book` once its set is empty."""
+    members = book.get(key)
+    if members is not None:
+        members.discard(member)
+        if not members:
+            del book[key]
 
 
 def epoch_seconds(at: datetime | str) -> int:
@@ -432,47 +462,73 @@ class Lifetimes:
       which is what lets a request be told apart as older than anything held
       (`streams.handlers.Pipeline._stale`).
 
-    Heaps with entries checked when they come due (a pass delivered early is skipped by the
-    expiry, for instance), so an entry costs one push and one pop, whatever the partition holds.
+    Entries are checked when they come due (a pass delivered early is skipped by the expiry, for
+    instance), so an entry costs one append and is taken once, whatever the partition holds. They
+    are kept by the second they come due (`_Due`): validity ends on the hour, so a second holds many
+    passes, and an entry costs a list slot.
     """
 
     PASS, ANSWER, DECISION = 0, 1, 2
 
     def __init__(self, retention: timedelta) -> None:
         self.retention = int(retention.total_seconds())
-        self._expiring: list[tuple[int, str]] = []
-        self._leaving: list[tuple[int, int, str]] = []
+        self._expiring = _Due()
+        self._leaving = (_Due(), _Due(), _Due())  # by kind: PASS, ANSWER, DECISION
 
     def __len__(self) -> int:
-        return len(self._leaving)
+        return sum(len(due) for due in self._leaving)
 
     def add_pass(self, pass_id: str, valid_until: str, decided_at: str) -> None:
         """A pass expires at the end of its validity and leaves `retention` after that, or after its
         decision if that is later (a departure before submission): never before its decision could."""
         end = epoch_seconds(valid_until)
-        heapq.heappush(self._expiring, (end, pass_id))
-        heapq.heappush(self._leaving, (max(end, epoch_seconds(decided_at)) + self.retention, self.PASS, pass_id))
+        self._expiring.add(end, pass_id)
+        self._leaving[self.PASS].add(max(end, epoch_seconds(decided_at)) + self.retention, pass_id)
 
     def add_answer(self, answer_key: str, valid_until: str) -> None:
-        heapq.heappush(self._leaving, (epoch_seconds(valid_until) + self.retention, self.ANSWER, answer_key))
+        self._leaving[self.ANSWER].add(epoch_seconds(valid_until) + self.retention, answer_key)
 
     def add_decision(self, shipment_id: str, decided_at: str) -> None:
-        heapq.heappush(self._leaving, (epoch_seconds(decided_at) + self.retention, self.DECISION, shipment_id))
+        self._leaving[self.DECISION].add(epoch_seconds(decided_at) + self.retention, shipment_id)
 
     def expiring(self, now: int) -> list[str]:
         """The passes whose validity ended by `now`, in (end, pass id) order; each once."""
-        return [entry[1] for entry in _pop_due(self._expiring, now)]
+        return [key for _, key in self._expiring.pop_due(now)]
 
     def leaving(self, now: int) -> list[tuple[int, str]]:
         """(kind, key) of the entries due to leave by `now`, in (due, kind, key) order; each once."""
-        return [entry[1:] for entry in _pop_due(self._leaving, now)]
+        due = [(at, kind, key) for kind, book in enumerate(self._leaving) for at, key in book.pop_due(now)]
+        return [(kind, key) for _, kind, key in sorted(due)]
 
 
-def _pop_due(heap: list, now: int) -> list[tuple]:
-    due = []
-    while heap and heap[0][0] <= now:
-        due.append(heapq.heappop(heap))
-    return due
+class _Due:
+    """Keys by the second they come due: a heap of the seconds, and the keys of each."""
+
+    def __init__(self) -> None:
+        self._seconds: list[int] = []
+        self._keys: dict[int, list[str]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, at: int, key: str) -> None:
+        keys = self._keys.get(at)
+        if keys is None:
+            keys = self._keys[at] = []
+            heapq.heappush(self._seconds, at)
+        keys.append(key)
+        self._count += 1
+
+    def pop_due(self, now: int) -> list[tuple[int, str]]:
+        """(second, key) of every key due by `now`, in that order."""
+        due = []
+        while self._seconds and self._seconds[0] <= now:
+            at = heapq.heappop(self._seconds)
+            keys = self._keys.pop(at)
+            self._count -= len(keys)
+            due += [(at, key) for key in sorted(keys)]
+        return due
 
 
 class CheckpointBoard:

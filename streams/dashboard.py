@@ -11,8 +11,10 @@ Where each panel reads from:
   projector's `$GC_APP_ID-projector`) against the end of each input topic.
 - **Everything else** (passes and their places on the map, the checkpoint board, the flow
   counts, search): the database the projector fills (`GC_DATABASE_URL`), read every second;
-  a panel's event goes out only when its figures changed. History and search need the database:
-  the topics hold no index by plate or shipment.
+  a panel's event goes out only when its figures changed. The panels read the aggregates the
+  database keeps as the projector writes (`models.store.db.counted_*`, migration 0002), so a
+  refresh costs the same at 10,000 passes as at a million. History and search need the
+  database: the topics hold no index by plate or shipment.
 
 Live updates are server-sent events (`streams.web.sse`); the page ships its own assets, ECharts
 4.9.0 and its maps included (`scripts/vendor-echarts.sh`). It asks every request for its token and
@@ -40,14 +42,14 @@ from models.passes import ACTIVE
 from models.records import LEVEL_RANK, Unparseable, format_time, load_object, parse_risk
 from models.reference import RiskBook
 from models.store.db import (
-    active_pass_places,
-    checkpoint_board,
-    count_by,
-    decisions_per_hour,
+    counted_board,
+    counted_hours,
+    counted_places,
+    counted_rejections,
+    counted_statuses,
     find_passes,
     get_pass_events,
     make_engine,
-    rejections_by_reason,
 )
 from models.store.tables import Checkpoint, Pass, Shipment
 from routing import Gazetteer
@@ -185,15 +187,15 @@ class Dashboard:
         with Session(self.engine) as session:
             checkpoints = {c.checkpoint_id: c for c in session.exec(select(Checkpoint))}
             return {
-                "passes": self._places(active_pass_places(session, ACTIVE), checkpoints),
+                "passes": self._places(counted_places(session, ACTIVE), checkpoints),
                 "checkpoints": [
                     [c.checkpoint_id, c.name, round(c.lon, 4), round(c.lat, 4)] for c in checkpoints.values()
                 ],
-                "board": checkpoint_board(session),
+                "board": counted_board(session),
                 "flow": {
-                    "hours": decisions_per_hour(session),
-                    "rejections": rejections_by_reason(session),
-                    "statuses": {k or "none": n for k, n in count_by(session, Pass.status).items()},
+                    "hours": counted_hours(session),
+                    "rejections": counted_rejections(session),
+                    "statuses": {k or "none": n for k, n in counted_statuses(session).items()},
                 },
             }
 
@@ -211,7 +213,7 @@ class Dashboard:
     async def follow_lag(self, every: float = 2.0) -> None:
         s, t = self.settings, self.topics
         groups = {
-            s.app_id: [t.requests, t.scans, t.risk, t.enterprises, t.keys],
+            s.app_id: [t.requests, t.gateway_requests, t.scans, t.risk, t.enterprises, t.keys],
             projector_group(s): [t.decisions, t.status, t.risk, t.enterprises],
         }
         admin = AIOKafkaAdminClient(**s.connection.kwargs())

@@ -50,6 +50,7 @@ def handlers(pipeline: Pipeline) -> dict[str, Handler]:
     p, t = pipeline, pipeline.topics
     return {
         t.requests: lambda k, v, m, g: p.on_request(k, v, m, tables=g.tables, now=g.now, known=g.known),
+        t.gateway_requests: lambda k, v, m, g: p.on_request(k, v, m, tables=g.tables, now=g.now, known=g.known),
         t.scans: lambda k, v, m, g: p.on_scan(k, v, m, tables=g.tables, now=g.now),
         t.risk: lambda k, v, m, g: p.on_risk(k, v, m),
         t.enterprises: lambda k, v, m, g: p.on_enterprise(k, v, m),

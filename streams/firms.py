@@ -62,7 +62,7 @@ def add_arguments(sub) -> None:
 
 def schema_errors(request) -> list[str]:
     """What the published schema says is wrong with `request` (empty when valid)."""
-    validator = _validator()
+    validator = request_validator()
     return [
         f"{'.'.join(str(p) for p in e.absolute_path) or '(request)'}: {e.message}"
         for e in sorted(validator.iter_errors(request), key=lambda e: list(map(str, e.absolute_path)))
@@ -70,7 +70,7 @@ def schema_errors(request) -> list[str]:
 
 
 @functools.cache
-def _validator() -> Draft202012Validator:
+def request_validator() -> Draft202012Validator:
     return Draft202012Validator(json.loads(SCHEMA.read_text()), format_checker=FormatChecker())
 
 

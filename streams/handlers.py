@@ -10,30 +10,20 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-import orjson
-
 from models.decide import Decider, Decision
 from models.keyring import WITHDRAWN
-from models.passes import (
-    ACTIVE,
-    PassState,
-    allocate_pass_id,
-    claimed_pass_id,
-    kafka_partition,
-    legacy_answers,
-    unverified_claims,
-)
+from models.passes import allocate_pass_id, claimed_pass_id, kafka_partition
 from models.records import (
     CheckpointScan,
     Unparseable,
     canonical,
     format_time,
-    kept,
     load_object,
+    origin_refusal,
     parse_enterprise,
     parse_request,
     parse_risk,
@@ -41,6 +31,7 @@ from models.records import (
     parse_time,
     record_time,
 )
+from models.stored import Answer, Applied, Decided, load_applied, load_holder
 from models.tracking import CheckpointBoard, Lifetimes, PassIndex, Tracker, epoch_seconds
 
 from .commands import (
@@ -55,6 +46,7 @@ from .commands import (
     encode,
 )
 from .metrics import Meter
+from .state import WorkingState
 from .wire import status_ce_id
 
 log = logging.getLogger("greenchannel")
@@ -85,6 +77,9 @@ class Topics:
     deadletter: str
     pass_events: str  # internal: everything about a pass, keyed by pass_id
     keys: str = "gc.pass.keys"  # the signing keyring: public keys with their status, keyed by key id
+    # Requests the firms' gateway publishes for the firms it authenticated: written by the gateway's
+    # principal only, so its `requested_by` is the channel's word (models.records.origin_refusal).
+    gateway_requests: str = "gc.gateway.requests"
 
     @classmethod
     def with_prefix(cls, prefix: str = "gc.") -> Topics:
@@ -98,7 +93,13 @@ class Topics:
             f"{prefix}deadletter",
             f"{prefix}pass.events",
             f"{prefix}pass.keys",
+            f"{prefix}gateway.requests",
         )
+
+    @property
+    def request_topics(self) -> tuple[str, str]:
+        """Where requests are read: the firms' Kafka route and the gateway's."""
+        return (self.requests, self.gateway_requests)
 
     def public(self) -> list[str]:
         return [
@@ -110,6 +111,7 @@ class Topics:
             self.status,
             self.deadletter,
             self.keys,
+            self.gateway_requests,
         ]
 
 
@@ -179,12 +181,14 @@ def _text(raw: bytes | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    """The worker's state, per partition: Faust tables in the worker, dicts in tests and replay."""
+    """The worker's state, per partition: Faust tables in the worker, dicts in tests and replay.
+    Values are stored typed (`models.stored`, MessagePack; JSON from a worker before 0.5), read and
+    written through `streams.state.WorkingState`."""
 
-    decided: MutableMapping[str, bytes]  # shipment id -> the decision published
+    decided: MutableMapping[str, bytes]  # shipment id -> Decided: its fields and the decision published
     serials: MutableMapping[str, bytes]  # pass number -> shipment id holding it
-    passes: MutableMapping[str, bytes]  # pass number -> PassState JSON
-    answers: MutableMapping[str, bytes]  # "pass_id/scan_id" -> the status event that answered the scan
+    passes: MutableMapping[str, bytes]  # pass number -> PassState
+    answers: MutableMapping[str, bytes]  # "pass_id/scan_id" -> Answer: the status event that answered the scan
     clocks: MutableMapping[str, bytes] = field(default_factory=dict)  # partition -> the clock's last tick
     # partition -> how far each reference topic's broadcasts have been applied there (a decision's
     # `known` shape): a worker that takes the partition over must know at least that before it
@@ -193,7 +197,7 @@ class Tables:
     applied: MutableMapping[str, bytes] = field(default_factory=dict)
     # Derived, never stored: per partition, its active passes by region and firm (PassIndex) and
     # when its entries expire and leave (Lifetimes), each built from the tables on first use and
-    # kept up to date by every write through the Pipeline.
+    # kept up to date by every write (`streams.state.WorkingState`).
     indexes: dict[int, PassIndex] = field(default_factory=dict)
     lifetimes: dict[int, Lifetimes] = field(default_factory=dict)
 
@@ -226,7 +230,7 @@ class PassHolders(MutableMapping):
 
     def get(self, pass_id: str, default=None):
         raw = self._passes.get(pass_id)
-        return default if raw is None else orjson.loads(raw)["shipment_id"].encode()
+        return default if raw is None else load_holder(raw).encode()
 
     def __setitem__(self, pass_id: str, shipment_id: bytes) -> None:
         pass
@@ -259,6 +263,7 @@ class Pipeline:
         self.topics = topics
         self.partitions = partitions
         self.retention = retention  # how long a pass stays in the working state after its validity
+        self.state = WorkingState(tracker.regions_of, retention, partitions)
         self.board = CheckpointBoard(target_seconds=tracker.dwell_target)
         # Keys whose withdrawal has been applied here (their passes reissued): a pass signed later
         # by one of them is reissued at once (`Tracker.reissued`). Not the ring's withdrawals: a
@@ -268,7 +273,7 @@ class Pipeline:
         self._known_deciders: dict[bytes, Decider] = {}
         # Per partition, the `applied` bytes last read and their vectors decoded: every request reads
         # them, and they change only when a broadcast is applied (`_note_applied`).
-        self._applied_read: dict[int, tuple[bytes, dict[str, dict[int, int]]]] = {}
+        self._applied_read: dict[int, tuple[bytes, Applied]] = {}
 
     # --- dead letters -------------------------------------------------------------------------
     def dead_letter(self, meta: RecordMeta, key: bytes | None, value: bytes | None, error: str) -> Out:
@@ -324,9 +329,11 @@ class Pipeline:
         except Unparseable as exc:
             return [self.dead_letter(meta, key, value, str(exc))]
         sid, partition = request.shipment_id, meta.partition
-        earlier = tables.decided.get(sid)
+        if (refusal := origin_refusal(obj, sid, via_gateway=meta.topic == self.topics.gateway_requests)) is not None:
+            return [self.dead_letter(meta, key, value, refusal)]
+        earlier = self.state.decided(tables, sid)
         if earlier is not None:
-            return [self._decision_out(sid, earlier)]
+            return [self._decision_out(sid, earlier.body, earlier.decided_at)]
         claimed = None if any(e.field == "submitted_at" for e in errors) else request.submitted_at
         decided_at = decision_time(claimed, now, meta)
         if (stale := self._stale(tables, partition, sid, decided_at)) is not None:
@@ -363,8 +370,7 @@ class Pipeline:
             return None
         read = self._applied_read.get(partition)
         if read is None or read[0] != raw:
-            vectors = {name: {int(p): o for p, o in v.items()} for name, v in orjson.loads(raw).items()}
-            read = self._applied_read[partition] = (raw, vectors)
+            read = self._applied_read[partition] = (raw, load_applied(raw))
         books = self._books()
         return next((name for name, vector in read[1].items() if books[name].behind(vector)), None)
 
@@ -372,33 +378,30 @@ class Pipeline:
         """`source` of reference topic `name` has been applied on `partition`."""
         if source is None:
             return
-        raw = tables.applied.get(str(partition))
-        applied = orjson.loads(raw) if raw is not None else {}
+        applied = self.state.applied(tables, partition)
         vector = applied.setdefault(name, {})
-        p, next_offset = str(source[0]), source[1] + 1
+        p, next_offset = source[0], source[1] + 1
         if vector.get(p, 0) < next_offset:
             vector[p] = next_offset
-            tables.applied[str(partition)] = canonical(applied)
+            self.state.put_applied(tables, partition, applied)
 
     def _file_decision(self, tables: Tables, partition: int, sid: str, decision: Decision) -> list[Out]:
         """Keep the decision and, on approval, store its pass: the decision and the pass's statuses out."""
         state, reissues = decision.state, []
         if state is not None:  # signed by a key withdrawn since: reissued at once (nothing is written before)
             state, reissues = self.tracker.reissued(state, self.withdrawals_applied)
-        body = kept(canonical(decision.message))  # the table keeps it (and it goes out as it is)
+        body, decided_at = canonical(decision.message), decision.message["decided_at"]
         self.meter.decision(decision.message["decision"], decision.message["priority"])
-        tables.decided[sid] = body
-        outs = [self._decision_out(sid, body, decision.message["decided_at"])]
-        lifetimes = tables.lifetimes.get(partition)
+        issued = decision.state  # as issued: its key signed the decision's token
+        pass_id, kid = (None, None) if issued is None else (issued.pass_id, issued.kid)
+        filed = Decided(decided_at, pass_id, kid, body)
+        self.state.put_decision(tables, partition, sid, filed)
+        outs = [self._decision_out(sid, body, decided_at)]
         if state is not None:
             tables.serials[state.pass_id] = sid.encode()
-            self._store(tables, partition, state)
-            outs.append(self._status_out(self.tracker.issued(state, decision.message["decided_at"])))
+            self.state.put_pass(tables, partition, state)
+            outs.append(self._status_out(self.tracker.issued(state, decided_at)))
             outs += [self._status_out(event) for event in reissues]
-            if lifetimes is not None:
-                lifetimes.add_pass(state.pass_id, state.valid_until, decision.message["decided_at"])
-        elif lifetimes is not None:
-            lifetimes.add_decision(sid, decision.message["decided_at"])
         return outs
 
     def _stale(self, tables: Tables, partition: int, sid: str, decided_at: datetime) -> str | None:
@@ -427,9 +430,7 @@ class Pipeline:
             issuer, sid, partition=partition, partitions=self.partitions, holder=holder
         )
 
-    def _decision_out(self, sid: str, body: bytes, decided_at: str | None = None) -> Out:
-        if decided_at is None:  # a stored decision: its time is a fixed field of the canonical bytes
-            decided_at = _decided_at(body)
+    def _decision_out(self, sid: str, body: bytes, decided_at: str) -> Out:
         return Out(
             self.topics.decisions,
             sid.encode(),
@@ -467,21 +468,18 @@ class Pipeline:
         self, tables: Tables, partition: int, pass_id: str, scan: CheckpointScan, now: datetime | None = None
     ) -> Out:
         answer_key = f"{pass_id}/{scan.scan_id}"
-        answered = tables.answers.get(answer_key)
+        answered = self.state.answer(tables, answer_key)
         if answered is not None:  # redelivered: the first answer again
-            return self._status_out_bytes(pass_id, answered)
-        state = self._load(tables, pass_id)
-        if state is not None and (answered := tables.answers.get(answer_key)) is not None:
-            return self._status_out_bytes(pass_id, answered)  # answered by a worker before 0.4
+            return self._status_out_bytes(pass_id, answered, scan.scan_id)
+        state = self.state.pass_state(tables, pass_id)
+        if state is not None and (answered := self.state.answer(tables, answer_key)) is not None:
+            return self._status_out_bytes(pass_id, answered, scan.scan_id)  # answered by a worker before 0.4
         new, event = self.tracker.scan(state, scan, pass_id, now)
         out = self._status_out(event)
         if new is not None:
             if new != state:
-                self._store(tables, partition, new)
-            tables.answers[answer_key] = kept(out.value)
-            lifetimes = tables.lifetimes.get(partition)
-            if lifetimes is not None:
-                lifetimes.add_answer(answer_key, new.valid_until)
+                self.state.put_pass(tables, partition, new)
+            self.state.put_answer(tables, partition, answer_key, Answer(event["at"], out.value), new.valid_until)
         return out
 
     # --- reference data -------------------------------------------------------------------------
@@ -602,73 +600,28 @@ class Pipeline:
         lifetimes = self.lifetimes(partition, tables)
         outs = []
         for pass_id in lifetimes.expiring(now - 1):  # valid until the end of its validity: strictly before now
-            state = self._load(tables, pass_id)
+            state = self.state.pass_state(tables, pass_id)
             new, event = (None, None) if state is None else self.tracker.expired(state)
             if event is not None:
-                self._store(tables, partition, new)
+                self.state.put_pass(tables, partition, new)
                 outs.append(self._status_out(event))
         for kind, key in lifetimes.leaving(now - 1):
-            self._retire(tables, kind, key)
+            self.state.retire(tables, partition, kind, key)
         return outs
 
-    def _retire(self, tables: Tables, kind: int, key: str) -> None:
-        if kind == Lifetimes.ANSWER:
-            if tables.answers.get(key) is not None:
-                del tables.answers[key]
-        elif kind == Lifetimes.DECISION:
-            decided = tables.decided.get(key)
-            if decided is not None and _NO_PASS in decided:
-                del tables.decided[key]
-        else:
-            raw = tables.passes.get(key)
-            if raw is None:
-                return
-            state = PassState.from_json(raw)
-            if state.status in ACTIVE:  # cannot be: it expired at this tick or before
-                raise ValueError(f"pass {key} is {state.status} and due to leave")
-            del tables.passes[key]
-            tables.serials.pop(key, None)  # its number is free again (the worker's serials are the passes)
-            if tables.decided.get(state.shipment_id) is not None:
-                del tables.decided[state.shipment_id]
-
     def lifetimes(self, partition: int, tables: Tables) -> Lifetimes:
-        """When `partition`'s entries expire and leave, built from its tables on first use after
-        the partition was (re)assigned (as `index` is), and kept up to date by every write after."""
-        lifetimes = tables.lifetimes.get(partition)
-        if lifetimes is not None:
-            return lifetimes
-        lifetimes = tables.lifetimes[partition] = Lifetimes(self.retention)
-        ours = lambda key: kafka_partition(key.encode(), self.partitions) == partition  # noqa: E731
-        ends = {}
-        for pass_id, raw in tables.passes.items():
-            if ours(pass_id):
-                state = PassState.from_json(raw)
-                decision = tables.decided.get(state.shipment_id)
-                ends[pass_id] = state.valid_until
-                lifetimes.add_pass(pass_id, state.valid_until, _decided_at(decision) if decision else state.valid_until)
-        for answer_key in tables.answers:
-            pass_id = answer_key.partition("/")[0]
-            if ours(pass_id):  # an answer whose pass has left leaves at the next tick
-                lifetimes.add_answer(answer_key, ends.get(pass_id, _LONG_AGO))
-        for sid, raw in tables.decided.items():
-            # A decision without a pass, filed on the partition Kafka's default partitioner gives its
-            # shipment id (the key requests carry). See the README: Where a pass lives.
-            if _NO_PASS in raw and ours(sid):
-                lifetimes.add_decision(sid, _decided_at(raw))
-        return lifetimes
+        """When `partition`'s entries expire and leave (`streams.state.WorkingState.lifetimes`)."""
+        return self.state.lifetimes(tables, partition)
 
     def _on_legacy_issue(self, tables: Tables, partition: int, command: LegacyIssue) -> list[Out]:
         """Store and issue a pass a worker before 0.4 sent (see `streams.commands.LegacyIssue`), once."""
         state = command.state
         stored = tables.passes.get(state.pass_id)
         if stored is not None:
-            if PassState.from_json(stored).shipment_id != state.shipment_id:
+            if load_holder(stored) != state.shipment_id:
                 return [self._collision(command)]
             return []  # redelivered: the pass exists already
-        self._store(tables, partition, self._with_kid(tables, state))
-        lifetimes = tables.lifetimes.get(partition)
-        if lifetimes is not None:
-            lifetimes.add_pass(state.pass_id, state.valid_until, command.decided_at)
+        self.state.put_pass(tables, partition, self.state.with_kid(tables, state))
         return [self._status_out(self.tracker.issued(state, command.decided_at))]
 
     def _each_pass(self, tables: Tables, partition: int, pass_ids: list[str], change, only=None) -> list[Out]:
@@ -678,54 +631,20 @@ class Pipeline:
         signing key missing there: SigningKeyMissing) leaves the partition as it was."""
         changed = []
         for pass_id in pass_ids if only is None else [p for p in pass_ids if p in only]:
-            new, event = change(self._load(tables, pass_id))
+            new, event = change(self.state.pass_state(tables, pass_id))
             if event is not None:
                 new, reissues = self.tracker.reissued(new, self.withdrawals_applied)
                 changed.append((new, [event, *reissues]))
         outs = []
         for new, events in changed:
-            self._store(tables, partition, new)
+            self.state.put_pass(tables, partition, new)
             outs += [self._status_out(event) for event in events]
         return outs
 
     # --- pass state and its index -------------------------------------------------------------------
     def index(self, partition: int, tables: Tables) -> PassIndex:
-        """The index of `partition`'s active passes, built from the pass table on first use after
-        the partition was (re)assigned, and kept up to date by every write after that."""
-        index = tables.indexes.get(partition)
-        if index is None:
-            index = tables.indexes[partition] = PassIndex(self.tracker.regions_of)
-            for pass_id, raw in tables.passes.items():
-                if kafka_partition(pass_id.encode(), self.partitions) == partition:
-                    index.put(self._with_kid(tables, PassState.from_json(raw)))
-        return index
-
-    def _load(self, tables: Tables, pass_id: str) -> PassState | None:
-        raw = tables.passes.get(pass_id)
-        if raw is None:
-            return None
-        for scan_id, answer in legacy_answers(raw).items():  # a worker before 0.4 kept them in the state
-            tables.answers.setdefault(f"{pass_id}/{scan_id}", answer)
-        return self._with_kid(tables, PassState.from_json(raw))
-
-    @staticmethod
-    def _with_kid(tables: Tables, state: PassState) -> PassState:
-        """A state stored before the keyring names no key: its worker had one key, which signed
-        every token of the pass, and its decision's token names it."""
-        if state.kid is not None:
-            return state
-        decision = tables.decided.get(state.shipment_id)
-        try:
-            kid = unverified_claims(orjson.loads(decision)["pass"]["token"]).kid
-        except (TypeError, KeyError, ValueError):
-            return state
-        return replace(state, kid=kid)
-
-    def _store(self, tables: Tables, partition: int, state: PassState) -> None:
-        tables.passes[state.pass_id] = kept(state.to_json())
-        index = tables.indexes.get(partition)
-        if index is not None:
-            index.put(state)
+        """The index of `partition`'s active passes (`streams.state.WorkingState.index`)."""
+        return self.state.index(tables, partition)
 
     def _collision(self, command: LegacyIssue) -> Out:
         """The dead letter of a legacy `issue` whose pass number another shipment holds."""
@@ -755,20 +674,19 @@ class Pipeline:
     def _status_out(self, event: dict) -> Out:
         self.board.observe(event)
         self.meter.status(event["status"])
-        return self._status_out_bytes(event["pass_id"], canonical(event), event)
+        return self._status_out_of(event["pass_id"], canonical(event), event["cause"], event["at"])
 
-    def _status_out_bytes(self, pass_id: str, body: bytes, event: dict | None = None) -> Out:
-        if event is None:  # a stored answer: read it back from the bytes
-            event = orjson.loads(body)
+    def _status_out_bytes(self, pass_id: str, answer: Answer, scan_id: str) -> Out:
+        """A stored answer to scan `scan_id` again."""
+        return self._status_out_of(pass_id, answer.body, f"scan:{scan_id}", answer.at)
+
+    def _status_out_of(self, pass_id: str, body: bytes, cause: str, at: str) -> Out:
         return Out(
             self.topics.status,
             pass_id.encode(),
             body,
             cloudevent_headers(
-                status_ce_id(pass_id, event["cause"]),
-                "cn.greenchannel.pass.status",
-                "/greenchannel/tracker",
-                event["at"],
+                status_ce_id(pass_id, cause), "cn.greenchannel.pass.status", "/greenchannel/tracker", at
             ),
         )
 
@@ -781,16 +699,3 @@ class Pipeline:
         ClockTick: _on_clock_tick,
         LegacyIssue: _on_legacy_issue,
     }
-
-
-_DECIDED_AT = b'{"decided_at":"'
-_NO_PASS = b'"pass":null'  # a decision that issued no pass (canonical bytes: no spaces)
-_LONG_AGO = "1970-01-01T00:00:00Z"
-
-
-def _decided_at(body: bytes) -> str:
-    """A stored decision's time: `decided_at` sorts first among its keys, so the canonical bytes
-    begin with it (`models.records.canonical`); read it without decoding the decision."""
-    if body.startswith(_DECIDED_AT):
-        return body[len(_DECIDED_AT) : body.index(b'"', len(_DECIDED_AT))].decode()
-    return orjson.loads(body)["decided_at"]

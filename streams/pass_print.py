@@ -22,7 +22,16 @@ from models.credential import PREFIX
 from models.policy import CLASS_NAMES
 from models.records import format_time, parse_time
 
-__all__ = ["pass_qr", "pass_from_decision", "pass_from_database", "render_pass", "cmd_pass_print", "find_cjk_font"]
+__all__ = [
+    "pass_qr",
+    "pass_from_decision",
+    "pass_from_database",
+    "pass_from_row",
+    "pass_document",
+    "render_pass",
+    "cmd_pass_print",
+    "find_cjk_font",
+]
 
 WIDTH, HEIGHT = 1240, 1754  # A4 at 150 dpi
 GREEN, INK, GREY, GOLD = (11, 90, 42), (29, 31, 33), (95, 99, 104), (253, 226, 147)
@@ -64,21 +73,24 @@ def pass_from_database(url: str, pass_id: str) -> dict | None:
 
     with Session(make_engine(url)) as session:
         row = get_pass(session, pass_id=pass_id)
-        if row is None or not row.token:
-            return None
-        return {
-            "pass_id": row.pass_id,
-            "shipment_id": row.shipment_id,
-            "plate": row.plate,
-            "priority": row.priority,
-            "toll_exempt": row.toll_exempt,
-            "valid_from": format_time(row.valid_from),
-            "valid_until": format_time(row.valid_until),
-            "trip": row.trip,
-            "route": row.route,
-            "token": row.token,
-            "issuer": row.issuer,
-        }
+        return None if row is None or not row.token else pass_from_row(row)
+
+
+def pass_from_row(row) -> dict:
+    """The pass of a projected `Pass` row (one with a token), as `render_pass` draws it."""
+    return {
+        "pass_id": row.pass_id,
+        "shipment_id": row.shipment_id,
+        "plate": row.plate,
+        "priority": row.priority,
+        "toll_exempt": row.toll_exempt,
+        "valid_from": format_time(row.valid_from),
+        "valid_until": format_time(row.valid_until),
+        "trip": row.trip,
+        "route": row.route,
+        "token": row.token,
+        "issuer": row.issuer,
+    }
 
 
 def _beijing(value: str) -> str:
@@ -188,12 +200,17 @@ def cmd_pass_print(settings, args) -> int:
         the_pass = pass_from_database(settings.database_url, args.pass_id)
         if the_pass is None:
             raise SystemExit(f"no pass {args.pass_id} with a token in the database")
-    image = render_pass(the_pass)
-    if args.pdf:
-        image.save(args.pdf, "PDF", resolution=150)
-        out = args.pdf
-    else:
-        out = args.png or Path(f"pass-{args.pass_id}.png")
-        image.save(out, "PNG", optimize=True)
+    out = args.pdf or args.png or Path(f"pass-{args.pass_id}.png")
+    out.write_bytes(pass_document(the_pass, "pdf" if args.pdf else "png"))
     print(out)
     return 0
+
+
+def pass_document(the_pass: dict, kind: str) -> bytes:
+    """The printed pass as a PNG or a one-page PDF (150 dpi): what `pass print` and the gateway give."""
+    image, buffer = render_pass(the_pass), io.BytesIO()
+    if kind == "pdf":
+        image.save(buffer, "PDF", resolution=150)
+    else:
+        image.save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()

@@ -35,11 +35,21 @@ class Settings(BaseSettings):
     # broker_commit_interval). A read_committed reader sees an output only once its transaction has
     # committed, so this bounds each hop's latency; at_least_once keeps Faust's own interval.
     transaction_interval_ms: int = 100
+    # Where the worker keeps its tables: "memory://" (rebuilt from their changelogs at every start)
+    # or "rocksdb://" (on disk under data_dir, so a restart reads only the changelogs' tail).
     store: str = "memory://"
     # Faust's table_standby_replicas: how many other workers keep a copy of each partition's tables
     # by following its changelog, so a worker taking a partition over (a SIGKILL, a restart) reads
     # only the changelog's tail. 0: none; each standby costs its worker the memory of those tables.
     standby_replicas: int = 0
+    # rocksdb://: each table partition is its own database, with its own block cache (reads) and
+    # write buffers (writes before they reach disk). Memory held by them, at most:
+    # tables (5) × partitions held × (block_cache_mb + write_buffer_mb × write_buffers) MiB.
+    rocksdb_block_cache_mb: int = 4
+    rocksdb_write_buffer_mb: int = 2
+    rocksdb_write_buffers: int = 2
+    # Open files (SST tables) per database; Faust's default is 90 % of the process's limit, each.
+    rocksdb_max_open_files: int = 64
     # Seconds without a heartbeat before the group gives a worker's partitions to others: how
     # long a crashed worker's partitions wait for a replacement.
     session_timeout: float = 30.0
@@ -56,6 +66,9 @@ class Settings(BaseSettings):
     # (e.g. "nominatim") used for address text.
     geocoder: str = "offline"
     geocoder_user_agent: str = "greenchannel"
+    # The firms' gateway: seconds before a failed webhook delivery is tried again, doubling after
+    # each failure (at most an hour apart; 10 tries).
+    webhook_retry_seconds: float = 5.0
     web_port: int = 6066
     web_enabled: bool = False
     web_bind: str = "127.0.0.1"
@@ -84,6 +97,20 @@ class Settings(BaseSettings):
     pass_retention_days: float = 7.0
     batch_size: int = 500
     batch_window: float = 0.005
+
+    @property
+    def table_options(self) -> dict | None:
+        """The `options=` of each table: RocksDB's memory bounds (None on other stores)."""
+        if not self.store.startswith("rocksdb:"):
+            return None
+        from .worker.compat import rocksdb_options
+
+        return rocksdb_options(
+            block_cache_mb=self.rocksdb_block_cache_mb,
+            write_buffer_mb=self.rocksdb_write_buffer_mb,
+            write_buffers=self.rocksdb_write_buffers,
+            max_open_files=self.rocksdb_max_open_files,
+        )
 
     @property
     def keys_path(self) -> Path:

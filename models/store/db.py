@@ -19,7 +19,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, create_engine, select
 
 from ..records import parse_time
-from .tables import Checkpoint, Enterprise, Pass, PassEvent, Region, Shipment
+from .tables import (
+    RECENT_DWELLS,
+    Checkpoint,
+    DecisionHour,
+    Enterprise,
+    Pass,
+    PassCount,
+    PassEvent,
+    RecentDwell,
+    Region,
+    RejectionCount,
+    Shipment,
+)
 
 __all__ = [
     "make_engine",
@@ -28,6 +40,7 @@ __all__ = [
     "alembic_config",
     "project_decisions",
     "project_statuses",
+    "history_row",
     "project_risks",
     "project_enterprises",
     "project_batch",
@@ -40,7 +53,16 @@ __all__ = [
     "rejections_by_reason",
     "active_pass_places",
     "find_passes",
+    "PRESENT",
+    "counted_statuses",
+    "counted_places",
+    "counted_board",
+    "counted_hours",
+    "counted_rejections",
 ]
+
+# The statuses of a vehicle standing at its last checkpoint: the board's queue.
+PRESENT = ("at_checkpoint", "held")
 
 
 def make_engine(url: str) -> Engine:
@@ -54,6 +76,8 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"
 # pg_advisory_xact_lock key serializing schema upgrades in a database ("gcmi").
 MIGRATION_LOCK = 0x67636D69
+# pg_advisory_xact_lock key serializing projector batches, for the aggregates they update ("gcag").
+AGGREGATES_LOCK = 0x67636167
 
 
 def alembic_config(url: str | None = None, *, connection: Connection | None = None) -> Config:
@@ -245,23 +269,26 @@ def project_decisions(session: Session, decisions: Iterable[dict]) -> None:
     )
 
 
+def history_row(event_id: str, e: dict) -> dict:
+    """The `pass_event` row of a PassStatus event `e` whose CloudEvents id is `event_id`."""
+    return {
+        "event_id": event_id,
+        "pass_id": e["pass_id"],
+        "status": e["status"],
+        "at": parse_time(e["at"]),
+        "checkpoint_id": e.get("checkpoint_id"),
+        "reason": e.get("reason"),
+        "dwell_seconds": e.get("dwell_seconds"),
+        "dwell_exceeded": bool(e.get("dwell_exceeded")),
+    }
+
+
 def project_statuses(session: Session, events: Iterable[tuple[str, dict]]) -> None:
     """`events` are (event id, PassStatus); the history keeps each event once."""
     history, current = [], []
     for event_id, e in events:
-        at = parse_time(e["at"])
-        history.append(
-            {
-                "event_id": event_id,
-                "pass_id": e["pass_id"],
-                "status": e["status"],
-                "at": at,
-                "checkpoint_id": e.get("checkpoint_id"),
-                "reason": e.get("reason"),
-                "dwell_seconds": e.get("dwell_seconds"),
-                "dwell_exceeded": bool(e.get("dwell_exceeded")),
-            }
-        )
+        history.append(history_row(event_id, e))
+        at = history[-1]["at"]
         row = {"pass_id": e["pass_id"], "status": e["status"], "status_at": at, "checkpoint_id": e.get("checkpoint_id")}
         if e.get("route"):
             row["route"], row["token"] = e["route"], e["token"]
@@ -289,7 +316,14 @@ def project_batch(
     risks: Iterable[dict] = (),
     enterprises: Iterable[dict] = (),
 ) -> None:
-    """One projector batch in one transaction: decisions before the statuses that follow them."""
+    """One projector batch in one transaction: decisions before the statuses that follow them.
+
+    On PostgreSQL the batches of several projectors take turns (a transaction-scoped advisory
+    lock): each updates the same few rows of the dashboard's aggregates (migration 0002's
+    triggers), which would make them wait for each other row by row anyway, and deadlock when two
+    batches reach two counters in opposite orders."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().execute(text(f"SELECT pg_advisory_xact_lock({AGGREGATES_LOCK})"))
     project_decisions(session, decisions)
     project_statuses(session, statuses)
     project_risks(session, risks)
@@ -353,15 +387,13 @@ def count_by(session: Session, column) -> dict:
 # --- the operators' dashboard (streams.dashboard) ------------------------------------------------------
 
 
-def checkpoint_board(session: Session, *, window: int = 50, target_seconds: float = 900) -> list[dict]:
+def checkpoint_board(session: Session, *, window: int = RECENT_DWELLS, target_seconds: float = 900) -> list[dict]:
     """Each checkpoint with the vehicles there now and the median dwell of its last `window`
     departures, flagged over `target_seconds` (the rule of `models.tracking.board_row`)."""
-    from ..tracking import board_row
-
     present: dict[str, int] = dict(
         session.execute(
             select(Pass.checkpoint_id, func.count())
-            .where(col(Pass.status).in_(("at_checkpoint", "held")), col(Pass.checkpoint_id).is_not(None))
+            .where(col(Pass.status).in_(PRESENT), col(Pass.checkpoint_id).is_not(None))
             .group_by(Pass.checkpoint_id)
         ).all()
     )
@@ -381,9 +413,15 @@ def checkpoint_board(session: Session, *, window: int = 50, target_seconds: floa
         select(recent.c.checkpoint_id, recent.c.dwell_seconds).where(recent.c.n <= window)
     ):
         dwells.setdefault(checkpoint, []).append(dwell)
+    return _board(session, present, dwells, target_seconds)
+
+
+def _board(session: Session, present: dict[str, int], dwells: dict[str, list[float]], target: float) -> list[dict]:
+    from ..tracking import board_row
+
     names = dict(session.execute(select(Checkpoint.checkpoint_id, Checkpoint.name)).all())
     return [
-        {**board_row(c, present.get(c, 0), dwells.get(c, ()), target_seconds), "name": names.get(c, "")}
+        {**board_row(c, present.get(c, 0), dwells.get(c, ()), target), "name": names.get(c, "")}
         for c in sorted(set(present) | set(dwells))
     ]
 
@@ -434,3 +472,55 @@ def find_passes(session: Session, text: str, *, limit: int = 10) -> list[Pass]:
         .limit(limit)
     )
     return list(session.exec(q))
+
+
+# --- the same figures from the aggregates the triggers keep (migration 0002) ----------------------------
+# Each reads a table whose size follows the reference data (statuses, checkpoints, counties, reason
+# codes) or the clock (hours), never the number of passes; tests/unit/test_aggregates.py holds each
+# equal to its GROUP BY above. '' in a key is a NULL of the counted rows.
+
+
+def counted_statuses(session: Session) -> dict[str | None, int]:
+    """`count_by(session, Pass.status)`."""
+    q = select(PassCount.status, func.sum(PassCount.n)).group_by(PassCount.status)
+    return {status or None: int(n) for status, n in session.exec(q) if n}
+
+
+def counted_places(session: Session, active: Iterable[str]) -> list[tuple[str | None, str | None, int]]:
+    """`active_pass_places(session, active)`."""
+    q = select(PassCount.checkpoint_id, PassCount.issuer, func.sum(PassCount.n)).where(
+        col(PassCount.status).in_(tuple(active))
+    )
+    q = q.group_by(PassCount.checkpoint_id, PassCount.issuer)
+    return [(c or None, i or None, int(n)) for c, i, n in session.exec(q) if n]
+
+
+def counted_board(session: Session, *, target_seconds: float = 900) -> list[dict]:
+    """`checkpoint_board(session, window=RECENT_DWELLS, target_seconds=...)`."""
+    present: dict[str, int] = {
+        c: int(n)
+        for c, n in session.execute(
+            select(PassCount.checkpoint_id, func.sum(PassCount.n))
+            .where(col(PassCount.status).in_(PRESENT), PassCount.checkpoint_id != "")
+            .group_by(PassCount.checkpoint_id)
+        )
+        if n
+    }
+    dwells: dict[str, list[float]] = {}
+    for checkpoint, dwell in session.execute(select(RecentDwell.checkpoint_id, RecentDwell.dwell_seconds)):
+        dwells.setdefault(checkpoint, []).append(dwell)
+    return _board(session, present, dwells, target_seconds)
+
+
+def counted_hours(session: Session) -> list[tuple[str, str, str, int]]:
+    """`decisions_per_hour(session)`, in the order of hour, decision and class."""
+    q = select(DecisionHour.hour, DecisionHour.decision, DecisionHour.priority, DecisionHour.n).order_by(
+        col(DecisionHour.hour), col(DecisionHour.decision), col(DecisionHour.priority)
+    )
+    return [(h, d, p, n) for h, d, p, n in session.exec(q) if n]
+
+
+def counted_rejections(session: Session) -> dict[str, int]:
+    """`rejections_by_reason(session)`, the most named first (ties by code)."""
+    q = select(RejectionCount.code, RejectionCount.n).order_by(col(RejectionCount.n).desc(), col(RejectionCount.code))
+    return {code: n for code, n in session.exec(q) if n}

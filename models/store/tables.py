@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -26,6 +26,16 @@ __all__ = [
     "EnterpriseBase",
     "Checkpoint",
     "CheckpointBase",
+    "Firm",
+    "FirmBase",
+    "FirmKey",
+    "GatewayRequest",
+    "WebhookDelivery",
+    "PassCount",
+    "DecisionHour",
+    "RejectionCount",
+    "RecentDwell",
+    "RECENT_DWELLS",
 ]
 
 
@@ -115,3 +125,120 @@ class CheckpointBase(SQLModel):
 
 class Checkpoint(CheckpointBase, table=True):
     pass
+
+
+# --- the dashboard's aggregates ----------------------------------------------------------------------
+# Kept by database triggers (migration 0002) in the transaction that writes the rows they count, so
+# they cannot drift from them, whoever writes (the projector, a rebuild from the log) and however
+# often a row is rewritten: a trigger counts a row's change from its old values to its new ones.
+# Their sizes follow the reference data and the clock, not the number of passes. An empty part of a
+# key is '' (a key column cannot be NULL); the readers in models.store.db turn it back into None.
+
+
+class PassCount(SQLModel, table=True):
+    """Passes by (status, last checkpoint, issuing county): the map, the board's queues, the
+    status counts. A key whose count falls to 0 is deleted."""
+
+    __tablename__ = "pass_count"
+    status: str = Field(primary_key=True, max_length=16)
+    checkpoint_id: str = Field(primary_key=True, max_length=32)
+    issuer: str = Field(primary_key=True, max_length=6)
+    n: int
+
+
+class DecisionHour(SQLModel, table=True):
+    """Decisions by hour of the decision time (UTC, 'YYYY-MM-DDTHH:00Z'), decision and class: at most
+    a dozen rows an hour, about 100,000 a year."""
+
+    __tablename__ = "decision_hour"
+    hour: str = Field(primary_key=True, max_length=17)
+    decision: str = Field(primary_key=True, max_length=16)
+    priority: str = Field(primary_key=True, max_length=2)
+    n: int
+
+
+class RejectionCount(SQLModel, table=True):
+    """Rejected requests naming each reason code (a request counts once per code)."""
+
+    __tablename__ = "rejection_count"
+    code: str = Field(primary_key=True)
+    n: int
+
+
+# The board's median dwell is over each checkpoint's last RECENT_DWELLS departures with a dwell.
+RECENT_DWELLS = 50
+
+
+class RecentDwell(SQLModel, table=True):
+    """The last RECENT_DWELLS departures with a dwell time of each checkpoint (by time, then row id):
+    a copy of their pass_event rows, the older ones deleted as newer ones come in."""
+
+    __tablename__ = "recent_dwell"
+    __table_args__ = (Index("ix_recent_dwell_checkpoint_at", "checkpoint_id", "at", "id"),)
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})  # pass_event.id
+    checkpoint_id: str = Field(max_length=32)
+    at: datetime | None = _when()
+    dwell_seconds: float
+
+
+# --- the firms' gateway: its firms, their keys, their requests, their webhook deliveries --------------
+# Written by the gateway and `greenchannel firms`, never by the projector.
+
+
+class FirmBase(SQLModel):
+    firm_id: str = Field(primary_key=True, max_length=32)  # models.firms.FIRM_ID
+    name: str = Field(max_length=256)
+    credit_code: str = Field(max_length=18)  # the firm's own
+    # Credit codes the firm may name as shipper: its own and the shippers it carries for.
+    acts_for: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    webhook_url: str | None = Field(default=None, max_length=512)
+    requests_per_minute: int = 600
+    created_at: datetime | None = _when()
+
+
+class Firm(FirmBase, table=True):
+    # The HMAC key of its webhook deliveries (models.firms.webhook_signature): shown once to the firm.
+    webhook_secret: str | None = Field(default=None, max_length=64)
+
+
+class FirmKey(SQLModel, table=True):
+    """A firm's API key: only the SHA-256 of its secret is kept (models.firms)."""
+
+    __tablename__ = "firm_key"
+    key_id: str = Field(primary_key=True, max_length=12)
+    firm_id: str = Field(max_length=32, index=True)
+    secret_sha256: str = Field(max_length=64)
+    created_at: datetime | None = _when()
+    revoked_at: datetime | None = _when()
+
+
+class GatewayRequest(SQLModel, table=True):
+    """A request a firm made through the gateway: its idempotency record."""
+
+    __tablename__ = "gateway_request"
+    shipment_id: str = Field(primary_key=True, max_length=128)  # the channel's: gw:<firm>:<client id>
+    firm_id: str = Field(max_length=32, index=True)
+    client_id: str = Field(max_length=128)  # the firm's own shipment id
+    body_sha256: str = Field(max_length=64)  # of the body as the firm sent it: a different body is a conflict
+    key_id: str = Field(max_length=12)
+    accepted_at: datetime | None = _when()
+    # Why the worker could not take it, when it dead-lettered the record (no decision will come).
+    dead_letter: str | None = Field(default=None, max_length=512)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """A notification for a firm's webhook, and how its delivery went."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (UniqueConstraint("firm_id", "event_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    firm_id: str = Field(max_length=32, index=True)
+    event_id: str = Field(max_length=80)
+    kind: str = Field(max_length=16)  # decision | status
+    shipment_id: str | None = Field(default=None, max_length=128)
+    pass_id: str | None = Field(default=None, max_length=12)
+    body: str
+    attempts: int = 0
+    next_at: datetime | None = _when(index=True)
+    delivered_at: datetime | None = _when()
+    last_error: str | None = Field(default=None, max_length=512)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import orjson
+from models.stored import load_pass
 
 from .reader import Record, decode, recorded_by_cause
 from .replayer import Replayer
@@ -97,9 +97,10 @@ def timeline(rep: Replayer, comparison: Comparison, pass_id: str) -> dict:
             row["route"] = base["route"].get("adcodes")
         rows.append(row)
     rows.sort(key=lambda row: (row["at"] or "", row["cause"] or ""))
-    state = rep.passes.get(pass_id)
+    raw = rep.passes.get(pass_id)
+    state = None if raw is None else load_pass(raw)
     sid = (
-        orjson.loads(state)["shipment_id"]
+        state.shipment_id
         if state
         else next(
             (row.get("shipment_id") for row in (decode(mine[k]) for k in mine) if row and row.get("shipment_id")), None
@@ -110,7 +111,7 @@ def timeline(rep: Replayer, comparison: Comparison, pass_id: str) -> dict:
         "pass_id": pass_id,
         "shipment_id": sid,
         "decision": summary(decision) if decision else None,
-        "final_status": orjson.loads(state)["status"] if state else (rows[-1]["status"] if rows else None),
+        "final_status": state.status if state else (rows[-1]["status"] if rows else None),
         "events": rows,
     }
 

@@ -38,7 +38,7 @@ async def pass_history(settings, pass_id: str) -> dict | None:
     if not decisions and not statuses and not scans:
         return None
     sids = list(dict.fromkeys(obj["shipment_id"] for _, obj in decisions))
-    requests = await _requests(settings, t.requests, sids)
+    requests = await _requests(settings, t.request_topics, sids)
     events, answered = _events(statuses, scans)
     unanswered = [
         {k: obj.get(k) for k in ("scan_id", "checkpoint_id", "kind", "scanned_at")}
@@ -61,16 +61,18 @@ async def pass_history(settings, pass_id: str) -> dict | None:
     }
 
 
-async def _requests(settings, topic: str, sids: list[str]) -> list[tuple[Record, dict]]:
-    """The requests of these shipments in the log, with their values."""
+async def _requests(settings, topics: tuple[str, ...], sids: list[str]) -> list[tuple[Record, dict]]:
+    """The requests of these shipments in the log (on the firms' topic or the gateway's), with their values."""
     if not sids:
         return []
     wanted = [s.encode() for s in sids]
-    got = await read_log(
-        settings,
-        [Spec(topic, keep=lambda m: m.key in wanted or (m.value is not None and any(s in m.value for s in wanted)))],
-    )
-    return [(r, obj) for r in got[topic] if (obj := decode(r.value)) and request_sid(obj, r.key) in sids]
+
+    def keep(m) -> bool:
+        return m.key in wanted or (m.value is not None and any(s in m.value for s in wanted))
+
+    got = await read_log(settings, [Spec(topic, keep=keep) for topic in topics])
+    records = [r for topic in topics for r in got[topic]]
+    return [(r, obj) for r in records if (obj := decode(r.value)) and request_sid(obj, r.key) in sids]
 
 
 def _events(statuses: list[tuple[Record, dict]], scans: dict[str, tuple[Record, dict]]) -> tuple[list[dict], set[str]]:

@@ -325,16 +325,17 @@ class Event:
 def merge(records: Iterable[Record], topics: Topics) -> list[Event]:
     """Input records in event-time order, ties by topic, partition, offset (each value decoded once)."""
     order = [topics.enterprises, topics.risk, topics.keys, topics.requests, topics.scans, topics.pass_events]
-    rank = {name: n for n, name in enumerate(order)}
+    rank = {name: n for n, name in enumerate(order)} | {topics.gateway_requests: order.index(topics.requests)}
     when = {
         topics.requests: "submitted_at",
+        topics.gateway_requests: "submitted_at",
         topics.scans: "scanned_at",
         topics.pass_events: "at",
     }  # pass events: the clock
     events = []
     for r in records:
         obj = decode(r.value)
-        sid = request_sid(obj, r.key) if r.topic == topics.requests else None
+        sid = request_sid(obj, r.key) if r.topic in topics.request_topics else None
         events.append(Event(event_us(obj, when.get(r.topic, "effective_at"), r.timestamp_ms), rank[r.topic], r, sid))
     events.sort(key=lambda e: e.order)
     return events

@@ -148,7 +148,7 @@ class Replayer:
         self.pipeline.decider.keyring.missing = missing_keys(answers)
         events = merge(records, t)
         self._hold_serials(held, except_for={e.sid for e in events if e.sid is not None})
-        decide = self._decider([e for e in events if e.record.topic == t.requests], stale)
+        decide = self._decider([e for e in events if e.record.topic in t.request_topics], stale)
         step = 0
         for e in events:
             r = e.record
@@ -156,7 +156,7 @@ class Replayer:
             step += 1
             if self.advance is not None and step % 1000 == 0:
                 self.advance(1000)
-            if r.topic == t.requests:
+            if r.topic in t.request_topics:
                 outs = decide(e)
                 if outs is None:
                     self.repeats += 1  # answered live with the first decision again: nothing new

@@ -78,7 +78,7 @@ async def run_replay(
         replay_done = time.perf_counter()
         c = compare(rep, recorded.decisions, recorded.statuses, until_ms=recorded.until_ms, full=full, watch=watch)
         if c.candidates:
-            c.mismatches += await _look_back(settings, rep, c, t.requests, since, bar)
+            c.mismatches += await _look_back(settings, rep, c, t.request_topics, since, bar)
     elapsed = time.perf_counter() - started
     n_inputs = len(window.inputs)
     timing = {
@@ -97,6 +97,7 @@ async def _read_window(settings, t: Topics, since: Position | None, until: Posit
         settings,
         [
             Spec(t.requests, since, until),
+            Spec(t.gateway_requests, since, until),
             Spec(t.scans, since, until),
             Spec(t.risk, None, until),
             Spec(t.enterprises, None, until),
@@ -108,7 +109,8 @@ async def _read_window(settings, t: Topics, since: Position | None, until: Posit
     )
     reference = read[t.risk] + read[t.enterprises] + read[t.keys]
     in_window = [r for r in reference if _inside(r, since)]
-    return _Window(read, reference, read[t.requests] + read[t.scans] + in_window + read[t.pass_events])
+    requests = read[t.requests] + read[t.gateway_requests]
+    return _Window(read, reference, requests + read[t.scans] + in_window + read[t.pass_events])
 
 
 async def _read_recorded(
@@ -134,7 +136,10 @@ async def _read_recorded(
         settings, [decision_spec, Spec(t.status, out_since), stale_spec], progress=bar, label="recorded"
     )
     stale = stale_requests(
-        recorded[t.deadletter], window.read[t.pass_events], window.read[t.requests], pipeline.retention
+        recorded[t.deadletter],
+        window.read[t.pass_events],
+        window.read[t.requests] + window.read[t.gateway_requests],
+        pipeline.retention,
     )
     until_ms = _until_ms(until, window.inputs)
     held = () if full else [r for r in recorded[t.decisions] if until_ms is None or r.timestamp_ms <= until_ms]
@@ -142,27 +147,22 @@ async def _read_recorded(
     return _Recorded(decisions, recorded[t.status], held, stale, until_ms)
 
 
-async def _look_back(settings, rep: Replayer, c: Comparison, requests_topic: str, since: Position | None, bar) -> list:
+async def _look_back(
+    settings, rep: Replayer, c: Comparison, topics: tuple[str, ...], since: Position | None, bar
+) -> list:
     """Decisions recorded in the window whose request came before it: find and re-decide them."""
     wanted = {sid.encode() for sid in c.candidates}
     needles = list(wanted)
+
+    def keep(m) -> bool:
+        return not _inside_msg(m, since) and (
+            m.key in wanted or (m.value is not None and any(s in m.value for s in needles))
+        )
+
     before = await read_log(
-        settings,
-        [
-            Spec(
-                requests_topic,
-                None,
-                None,
-                keep=lambda m: (
-                    not _inside_msg(m, since)
-                    and (m.key in wanted or (m.value is not None and any(s in m.value for s in needles)))
-                ),
-            )
-        ],
-        progress=bar,
-        label="look-back",
+        settings, [Spec(topic, None, None, keep=keep) for topic in topics], progress=bar, label="look-back"
     )
-    return resolve(rep, c, before[requests_topic])
+    return resolve(rep, c, [r for topic in topics for r in before[topic]])
 
 
 def _report(

@@ -20,7 +20,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -44,6 +44,7 @@ from ..settings import Settings
 from ..station.web import announced_url
 from ..topics import ensure_topics
 from .broker import TansuBroker, free_port
+from .road import BY_GATEWAY, DEPARTURE, ROAD_TRUCKS, Road, first_crossings, followed, put_on_the_road, road_requests
 from .simulator import Scenario
 
 __all__ = ["run_demo"]
@@ -132,6 +133,7 @@ class DemoDay:
         self.phase = "starting"
         self.public_key = None
         self.visited: dict[str, set[str]] = {}  # pass_id -> the checkpoints its truck has passed
+        self.clock: datetime | None = None  # the channel's clock once the day is played
 
     async def open(self) -> None:
         """Read the decisions, status events and dead letters from the beginning; open the producer."""
@@ -198,7 +200,7 @@ class DemoDay:
         await self.drive_multi_trips_home_and_out()
 
         self.phase = "the channel's clock passes the end of every pass's validity"
-        await _tick_past_validity(self.producer, self.topics, self.obs, self.settings.partitions)
+        self.clock = await _tick_past_validity(self.producer, self.topics, self.obs, self.settings.partitions)
         self.phase = "done"
 
     async def load_reference_data(self) -> None:
@@ -333,23 +335,27 @@ async def _play(
             painter.cancel()
             await day.close()
     elapsed = time.monotonic() - day.started
-    return {"sent": day.sent, "scans": day.scans_sent, "elapsed": elapsed, "observer": day.obs}
+    return {"sent": day.sent, "scans": day.scans_sent, "elapsed": elapsed, "observer": day.obs, "clock": day.clock}
 
 
-async def _tick_past_validity(producer: AIOKafkaProducer, topics: Topics, obs: Observer, partitions: int) -> None:
+async def _tick_past_validity(
+    producer: AIOKafkaProducer, topics: Topics, obs: Observer, partitions: int
+) -> datetime | None:
     """The demo's day is in 2020, so its worker keeps no wall clock (GC_CLOCK_SECONDS=0): the demo
     moves the channel's clock itself, as a worker's clock would, to just after the last validity
-    of its passes. Every pass not ended by then expires without a scan."""
+    of its passes. Every pass not ended by then expires without a scan. Returns the clock's time."""
     ends = [parse_time(d["pass"]["valid_until"]) for d in obs.decisions.values() if d["pass"]]
     if not ends:
-        return
+        return None
     still = sum(status in ACTIVE for status in obs.last.values())
     want = obs.clock_expired + still
-    tick = clock_command(max(ends) + timedelta(seconds=1))
+    clock = max(ends) + timedelta(seconds=1)
+    tick = clock_command(clock)
     for p in range(partitions):
         await producer.send(topics.pass_events, tick, key=b"clock", partition=p)
     await producer.flush()
     await _wait(lambda: obs.clock_expired >= want, 60, f"{still} passes expired by the clock")
+    return clock
 
 
 def _projected(engine, obs: Observer, timeout: float, alive) -> tuple[bool, str]:
@@ -370,19 +376,6 @@ def _projected(engine, obs: Observer, timeout: float, alive) -> tuple[bool, str]
                 f"after {timeout:.0f} s (projector {'running' if alive() else 'exited'})"
             )
         time.sleep(0.1)  # polling a condition with a deadline
-
-
-async def _leave_on_the_road(settings: Settings, seed: int, numbers: range) -> None:
-    """More requests of the demo's firms, never driven: passes a person can check at the station."""
-    topics, scenario = Topics.with_prefix(settings.topic_prefix), Scenario(seed=seed)
-    producer = AIOKafkaProducer(**settings.connection.kwargs(), linger_ms=2)
-    await producer.start()
-    try:
-        for n in numbers:
-            body = scenario.request(n)
-            await producer.send(topics.requests, orjson.dumps(body), key=body["shipment_id"].encode())
-    finally:
-        await producer.stop()
 
 
 def _report(settings: Settings, played: dict, console: Console, projector_alive) -> bool:
@@ -441,8 +434,9 @@ def _report(settings: Settings, played: dict, console: Console, projector_alive)
 
 @dataclass
 class Page:
-    """A page the demo serves, for a person to open."""
+    """A page the demo serves, for a person to open; `kind` names it in GC_DATA_DIR/demo/demo.json."""
 
+    kind: str
     name: str
     url: str
 
@@ -455,15 +449,13 @@ def busiest_checkpoints(routes: list[dict], n: int = 2) -> list[str]:
     return [cp for cp, _ in crossings.most_common(n)]
 
 
-def _start_station(
-    env: dict, data_dir: Path, console: Console, routes: list[dict], clock
-) -> tuple[subprocess.Popen, Page]:
-    """A station for the busiest checkpoints of wave 1, its clock on the demo's day."""
-    ids = busiest_checkpoints(routes)
+def _start_station(env: dict, data_dir: Path, console: Console, ids: list[str], clock) -> tuple[subprocess.Popen, Page]:
+    """A station for these checkpoints, its clock on the demo's day."""
     args = ["--port", "0", "--clock", format_time(clock)] + [a for cp in ids for a in ("--id", cp)]
     proc = _start("checkpoint", env, data_dir, console, *args)
     url = announced_url(data_dir / "checkpoint.log", lambda: proc.poll() is None)
-    return proc, Page(f"checkpoint station {' + '.join(ids)}", url + "?token=" + quote(env["GC_STATION_TOKEN"]))
+    name = f"checkpoint station {' + '.join(ids)}"
+    return proc, Page("station", name, url + "?token=" + quote(env["GC_STATION_TOKEN"]))
 
 
 def run_demo(
@@ -490,12 +482,16 @@ def run_demo(
     pages: list[Page] = []  # each page the demo serves: one line each to add another
     port = free_port()
     procs["dashboard"] = _start("dashboard", env, data_dir, console, "--port", str(port))
-    pages.append(Page("operators' dashboard", f"http://127.0.0.1:{port}/?token={quote(env['GC_DASHBOARD_TOKEN'])}"))
+    pages.append(
+        Page("dashboard", "operators' dashboard", f"http://127.0.0.1:{port}/?token={quote(env['GC_DASHBOARD_TOKEN'])}")
+    )
     console.print(f"[bold]dashboard at {pages[0].url}[/bold] (open it while the demo runs)")
+    procs["gateway"], page, gateway = _start_gateway(settings, env, data_dir, console, seed)
+    pages.append(page)
 
     def start_pages(routes: list[dict]) -> None:
         procs["checkpoint"], page = _start_station(
-            env, data_dir, console, routes, Scenario(seed=seed).start + timedelta(hours=4)
+            env, data_dir, console, busiest_checkpoints(routes), Scenario(seed=seed).start + timedelta(hours=4)
         )
         pages.append(page)
         console.print(f"[bold]{page.name} at {page.url}[/bold]")
@@ -503,13 +499,58 @@ def run_demo(
     try:
         played = asyncio.run(_play(settings, shipments, seed, console, after_wave1=start_pages))
         caught_up = _report(settings, played, console, lambda: procs["projector"].poll() is None)
-        for page in pages:
-            console.print(f"[bold]{page.name}[/bold]: {page.url}")
+        road = None
+        if serve and played["clock"] is not None:
+            road = _road(settings, env, data_dir, console, procs, pages, played["clock"], seed, shipments, gateway)
+        _print_pages(pages, data_dir, console, road)
         if serve:
-            _serve(settings, seed, range(shipments, shipments + 40), console)
+            _serve(settings, road, console)
     finally:
         _stop(procs, broker)
     return 0 if caught_up else 1
+
+
+DEMO_FIRM = "demo-logistics"
+
+
+def _start_gateway(settings: Settings, env: dict, data_dir: Path, console: Console, seed: int):
+    """The firms' gateway, with a demo firm that carries for the scenario's first shippers and a
+    key of its own, printed for a person to sign in to the portal or call the API with curl."""
+    from models.store import firms as rows
+    from models.store.db import init_db
+
+    scenario = Scenario(seed=seed)
+    shippers = list(dict.fromkeys(scenario.request(n)["shipper"]["credit_code"] for n in range(40)))[:8]
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    now = datetime.now(UTC)
+    with Session(engine) as s:
+        rows.create_firm(
+            s,
+            firm_id=DEMO_FIRM,
+            name="示范物流 Demo Logistics",
+            credit_code=shippers[0],
+            acts_for=shippers[1:],
+            requests_per_minute=600,
+            now=now,
+        )
+        key = rows.create_key(s, firm_id=DEMO_FIRM, now=now)
+    engine.dispose()
+    port = free_port()
+    proc = _start("gateway", env, data_dir, console, "--port", str(port))
+    url = f"http://127.0.0.1:{port}/"
+    console.print(f"[bold]firms' gateway at {url}[/bold] (API docs {url}docs); firm {DEMO_FIRM}'s API key: {key.text}")
+    page = Page("portal", f"firms' portal (firm {DEMO_FIRM}, key {key.text}; API docs {url}docs)", url)
+    return proc, page, DemoGateway(url, key.text, shippers[0])
+
+
+@dataclass(frozen=True)
+class DemoGateway:
+    """The demo's gateway: its address, and the demo firm's key and own credit code."""
+
+    url: str
+    key: str
+    shipper: str
 
 
 def _fresh_data_dir(settings: Settings) -> Path:
@@ -517,6 +558,7 @@ def _fresh_data_dir(settings: Settings) -> Path:
     data_dir = Path(settings.data_dir).resolve() / "demo"
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "greenchannel.db").unlink(missing_ok=True)
+    (data_dir / "demo.json").unlink(missing_ok=True)
     shutil.rmtree(data_dir / "stations", ignore_errors=True)  # a station's store of the last demo's passes
     return data_dir
 
@@ -551,13 +593,64 @@ def _prepare_topics_and_keys(settings: Settings) -> None:
     load_signer(settings.keys_path)  # the worker and the checkpoints share this key pair
 
 
-def _serve(settings: Settings, seed: int, numbers: range, console: Console) -> None:
-    """Leave more trucks on the road for a person to check, and serve the pages until Ctrl-C."""
-    asyncio.run(_leave_on_the_road(settings, seed, numbers))
+def _road(settings, env, data_dir, console, procs, pages, clock, seed, shipments, gateway) -> Road:
+    """Leave trucks on the road (streams.dev.road) and move the station to the crossings they reach
+    first, its clock at their departure: they are its expected arrivals."""
+    trucks = road_requests(seed, range(shipments, shipments + ROAD_TRUCKS), clock, DEMO_FIRM, gateway.shipper)
+    road = put_on_the_road(settings, trucks, clock + DEPARTURE, gateway.url, gateway.key)
+    _stop({"checkpoint": procs.pop("checkpoint")} if "checkpoint" in procs else {}, None)
+    procs["checkpoint"], station = _start_station(env, data_dir, console, first_crossings(road), road.departure)
+    pages[:] = [p for p in pages if p.kind != "station"] + [station]
+    if (truck := followed(road)) is not None:
+        asyncio.run(_expected_at(station.url, truck.pass_id, 60))
     console.print(
-        f"{len(numbers)} more requests sent, their trucks left on the road (expected at the stations); "
-        f"print a pass with GC_DATABASE_URL={settings.database_url} greenchannel pass print PASS_ID"
+        f"{len(trucks)} more requests sent ({BY_GATEWAY} by {DEMO_FIRM} through the gateway), dated at the "
+        f"channel's clock {format_time(clock)}; {len(road.passes)} passes issued, their trucks leaving at "
+        f"{format_time(road.departure)} and expected at the station"
     )
+    return road
+
+
+async def _expected_at(station_url: str, pass_id: str, timeout: float) -> None:
+    """Wait until the station lists the pass among its expected arrivals (it has read the log)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(station_url) as r:  # its token link: the cookie
+            r.raise_for_status()
+        api = station_url.split("?", 1)[0] + "api/state"
+
+        async def expected() -> bool:
+            async with http.get(api) as r:
+                return pass_id in {a["pass_id"] for a in (await r.json())["arrivals"]}
+
+        deadline = time.monotonic() + timeout
+        while not await expected():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"demo: the station does not expect pass {pass_id} after {timeout:.0f} s")
+            await asyncio.sleep(0.2)  # polling a condition with a deadline
+
+
+def _print_pages(pages: list[Page], data_dir: Path, console: Console, road: Road | None) -> None:
+    """Each page's address, on the console and in data_dir/demo.json (for a script or a test), with
+    the truck to follow."""
+    for page in pages:
+        console.print(f"[bold]{page.name}[/bold]: {page.url}")
+    truck = followed(road) if road is not None else None
+    summary = {
+        "pages": {p.kind: {"name": p.name, "url": p.url} for p in pages},
+        "follow": {"pass_id": truck.pass_id, "plate": truck.plate, "shipment_id": truck.shipment_id} if truck else None,
+    }
+    (data_dir / "demo.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+
+
+def _serve(settings: Settings, road: Road | None, console: Console) -> None:
+    """Serve the pages until Ctrl-C."""
+    if road is not None and (truck := followed(road)) is not None:
+        console.print(
+            f"follow pass {truck.pass_id} (plate {truck.plate}): the portal lists it; print it with "
+            f"GC_DATABASE_URL={settings.database_url} greenchannel pass print {truck.pass_id}"
+        )
     console.print("serving the demo until Ctrl-C")
     from ..cli.broker import wait_for_stop
 

@@ -31,7 +31,7 @@ CONTROLLER_USER = "controller"  # PLAIN, on the controller listener only (KRaft 
 # `dashboard` reads only; `keyadmin` alone (and the worker, for its first key's record) writes gc.pass.keys,
 # and a key record counts only when the offline root signed it (models.keyring), whoever wrote it.
 BASE_PRINCIPALS = (
-    "admin", "worker", "projector", "operator", "dashboard", "keyadmin", "firm-demo", "checkpoint-demo",
+    "admin", "worker", "projector", "operator", "dashboard", "keyadmin", "gateway", "firm-demo", "checkpoint-demo",
 )  # fmt: skip
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _CERT_DAYS = 825
@@ -316,6 +316,11 @@ class Acl:
         return f"User:{self.principal} {self.resource} {self.pattern} {self.name} {self.operation}"
 
 
+# The topics the worker reads: every input, the firms' and the gateway's requests among them.
+WORKER_READS = ("shipment.requests", "gateway.requests", "checkpoint.scans", "region.risk", "enterprises",
+                "pass.keys", "pass.events")  # fmt: skip
+
+
 def acls(principals: list[str], prefix: str = "gc.", app_id: str = "greenchannel") -> list[Acl]:
     """Every ALLOW entry (anything not allowed is denied: allow.everyone.if.no.acl.found=false)."""
     from ..handlers import Topics  # the one place topic names are made
@@ -323,6 +328,7 @@ def acls(principals: list[str], prefix: str = "gc.", app_id: str = "greenchannel
     topics = Topics.with_prefix(prefix)
     t = {
         "shipment.requests": topics.requests,
+        "gateway.requests": topics.gateway_requests,
         "pass.decisions": topics.decisions,
         "checkpoint.scans": topics.scans,
         "pass.status": topics.status,
@@ -359,17 +365,28 @@ def acls(principals: list[str], prefix: str = "gc.", app_id: str = "greenchannel
     # internal topics (Faust's changelogs and leader topic, GC_APP_ID-…), transactions per partition.
     # The public topics are the admin's to create (`greenchannel topics` as admin; the secure broker
     # command makes them at its start).
-    for name in ("shipment.requests", "checkpoint.scans", "region.risk", "enterprises", "pass.keys", "pass.events"):
+    for name in WORKER_READS:
         allow("worker", "TOPIC", "LITERAL", t[name], "READ")
     for name in ("pass.decisions", "pass.status", "deadletter", "pass.events", "pass.keys"):
         allow("worker", "TOPIC", "LITERAL", t[name], "WRITE")
     allow("worker", "TOPIC", "PREFIXED", f"{app_id}-", "READ", "WRITE", "CREATE")
     allow("worker", "GROUP", "LITERAL", app_id, "READ")
     allow("worker", "TRANSACTIONAL_ID", "PREFIXED", f"{app_id}-", "WRITE")
+    _readers(allow, t, app_id)
+    return out
+
+
+def _readers(allow, t: dict, app_id: str) -> None:
+    """The projector's and the gateway's entries."""
     for name in ("pass.decisions", "pass.status", "region.risk", "enterprises"):
         allow("projector", "TOPIC", "LITERAL", t[name], "READ")
     allow("projector", "GROUP", "LITERAL", f"{app_id}-projector", "READ")
-    return out
+    # The firms' gateway: the only writer of its requests topic, whose `requested_by` the worker
+    # therefore takes as the channel's word; it reads the answers to tell each firm its own.
+    allow("gateway", "TOPIC", "LITERAL", t["gateway.requests"], "WRITE")
+    for name in ("pass.decisions", "pass.status", "deadletter"):
+        allow("gateway", "TOPIC", "LITERAL", t[name], "READ")
+    allow("gateway", "GROUP", "LITERAL", f"{app_id}-gateway", "READ")
 
 
 if __name__ == "__main__":

@@ -190,15 +190,16 @@ def _bad(text: str, status: int = 400) -> web.Response:
 READY = "ready at "  # what a station prints once serving, before its address
 
 
-def announced_url(log_path: Path, alive, timeout: float = 60) -> str:
-    """The address a station process printed to `log_path` once serving (`station … ready at
-    URL`). RuntimeError, with the log's end, when it stops (`alive()` false) or `timeout` passes."""
+def announced_url(log_path: Path, alive, timeout: float = 60, *, prefix: str = READY) -> str:
+    """The address a process printed to `log_path` once serving (a station: `station … ready at
+    URL`; another: after its own `prefix`). RuntimeError, with the log's end, when it stops
+    (`alive()` false) or `timeout` passes."""
     deadline = time.monotonic() + timeout
-    while READY not in (text := log_path.read_text(errors="replace") if log_path.exists() else ""):
+    while prefix not in (text := log_path.read_text(errors="replace") if log_path.exists() else ""):
         if not alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the station did not come up; {log_path} ends:\n{text[-3000:]}")
+            raise RuntimeError(f"{log_path.stem} did not come up; {log_path} ends:\n{text[-3000:]}")
         time.sleep(0.05)  # polling a condition with a deadline
-    return text.split(READY, 1)[1].split()[0]
+    return text.split(prefix, 1)[1].split()[0]
 
 
 def run_station(

@@ -17,10 +17,14 @@ from .compat import (
     ask_highwaters,
     commit_transactions_concurrently,
     end_recovery_promptly,
+    fetch_own_commits_stably,
     fetch_what_was_asked,
     keep_standby_tables,
+    persist_recovered,
+    recover_whole_beyond_the_end,
     seek_before_resume,
     set_fetch_wait,
+    wipe_uncommitted_on_open,
 )
 from .runtime import Runtime
 from .tables import forget_moved_partitions, open_tables, raw_topic, register_table_partitions
@@ -38,6 +42,10 @@ def create_app(settings: Settings) -> faust.App:
     keep_standby_tables()  # a standby's memory tables survive a rebalance: a takeover reads the tail (compat)
     end_recovery_promptly()  # exactly_once: a recovery ends ~2 s after its last record, not 10 s (compat)
     commit_transactions_concurrently()  # exactly_once: each transaction once its records are delivered (compat)
+    fetch_own_commits_stably()  # exactly_once: a rebalance never re-reads what this worker committed (compat)
+    wipe_uncommitted_on_open()  # exactly_once on RocksDB: no write of an aborted transaction survives (compat)
+    recover_whole_beyond_the_end()  # RocksDB: a table ahead of its changelog is recovered anew, not a crash (compat)
+    persist_recovered()  # RocksDB: a recovery's end is persisted, commit marker included (compat)
     app = faust.App(settings.app_id, **app_config(settings))
     pipeline = build_pipeline(settings)
     names = pipeline.topics
@@ -45,7 +53,7 @@ def create_app(settings: Settings) -> faust.App:
     meter = pipeline.meter = PrometheusMeter(new_registry())
 
     # --- topics -------------------------------------------------------------------------------
-    requests = raw_topic(app, settings, names.requests)
+    requests = raw_topic(app, settings, names.requests, names.gateway_requests)
     scans = raw_topic(app, settings, names.scans)
     reference = raw_topic(app, settings, names.risk, names.enterprises, names.keys)
     pass_events = raw_topic(app, settings, names.pass_events)
@@ -55,6 +63,7 @@ def create_app(settings: Settings) -> faust.App:
     tables = open_tables(app, settings, changelog)
     forget_moved_partitions(app, tables)
     runtime = Runtime(app, settings, pipeline, tables, meter, changelog)
+    app.on_partitions_assigned.connect(runtime.gate.on_partitions_assigned)
     agents.register_reference_load(app, runtime)
     register_table_partitions(app, tables.passes)
 

@@ -46,9 +46,29 @@ so an upgrade that changes one fails there first, by name. Each touch:
   takes a partition whose consumer position is past that end as read (`detect_aborted_tx`):
   every recovery under exactly_once took at least 10 s, a takeover from a standby copy too. Wait
   `RECOVERY_IDLE_SECONDS` instead of 5 s (the same two idle waits, the same check).
+* `fetch_own_commits_stably`: a transaction's offsets become the group's committed offsets only
+  once the coordinator has written its commit marker, after EndTxn has answered. aiokafka's
+  OffsetFetch (v3) has no `require_stable` (KIP-447, v7), so a worker that ends its transactions
+  for an eager rebalance and is handed the same partitions back at once could read the offsets
+  from before its last commit and decide those events again (the standby fault test's duplicate,
+  same bytes, on the survivor's own partitions). The committed offsets it fetches are raised to
+  the ones its own transactions committed; another worker's later commit is higher and stands.
 * `raw_producer`: at_least_once sends go to the aiokafka producer behind Faust's main producer:
   Faust's `send` adds a signal and a header check per record (four records an approval). Faust's
   commit still flushes that producer before it commits the offsets.
+* `DirectTable` on RocksDB (`GC_STORE=rocksdb://`): Faust's RocksDB store keeps one database per
+  table partition and the changelog offset it holds (`persisted_offset`), set when Faust's own
+  changelog send is acked, which DirectTable bypasses. So the worker writes the database of the
+  event's partition itself (the changelog record's bytes, what Faust's recovery would put there),
+  and advances the persisted offset once the records are delivered (`persist_delivered`) or, under
+  exactly_once, once their transaction committed (then to the commit marker's offset, so a
+  restart finds nothing to read). A write whose changelog record never made it (under exactly_once
+  its transaction did not commit: a SIGKILL, a revocation; under at_least_once it was not
+  delivered) may stay in the local database: a marker file beside it
+  (`<table>-<partition>.db.uncommitted`) is made before its first such write and removed once its
+  writes committed (at_least_once: once Faust's offset commit, which flushes the producer first,
+  came after them: `settle_on_commit`); a database opened with its marker still there is wiped
+  first and recovered whole from the (read_committed) changelog (`wipe_uncommitted_on_open`).
 * `refresh_metadata`: aiokafka's consumer answers `partitions_for_topic` from the client's
   metadata, which Apache Kafka's bootstrap answer leaves without topics.
 * `learn_partitions`: the pass view's `table_route` reads the changelog's partitions from the
@@ -61,12 +81,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import shutil
 from collections import deque
 from collections.abc import MutableMapping
+from pathlib import Path
 from types import SimpleNamespace
 
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import IllegalStateError
+from aiokafka.structs import OffsetAndMetadata
 from faust.stores.memory import Store as MemoryStore
+from faust.streams import current_event
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -81,6 +106,12 @@ __all__ = [
     "seek_before_resume",
     "ask_highwaters",
     "DirectTable",
+    "rocksdb_options",
+    "persist_delivered",
+    "settle_on_commit",
+    "wipe_uncommitted_on_open",
+    "recover_whole_beyond_the_end",
+    "persist_recovered",
     "wrap_commit",
     "transactional_id",
     "send_in_partition_transaction",
@@ -316,7 +347,9 @@ class DirectTable(MutableMapping):
     (topic, key bytes, value bytes) for the caller to send on the event's partition.
 
     Reads and iteration are the store's (what Faust's own table reads). A deletion sends a
-    tombstone (no value), which Faust's recovery reads as a deletion, and compaction drops."""
+    tombstone (no value), which Faust's recovery reads as a deletion, and compaction drops.
+    On RocksDB a write goes to the database of the event's partition, the changelog record's bytes
+    (`_RocksWrites`). `len()` walks every key there: never on an event's path (`bool()` does not)."""
 
     def __init__(self, table, pending: list) -> None:
         self.table = table
@@ -325,6 +358,7 @@ class DirectTable(MutableMapping):
         self._name = table.changelog_topic.get_topic_name()
         self._serializers = (table.key_serializer, table.value_serializer)
         self._pending = pending
+        self.rocks = _RocksWrites(table.app, self._store, self._name) if _is_rocksdb(self._store) else None
 
     def __getitem__(self, key):
         return self._store[key]
@@ -333,14 +367,22 @@ class DirectTable(MutableMapping):
         return self._store.get(key, default)
 
     def __setitem__(self, key, value) -> None:
-        self._store[key] = value
         raw_key, _ = self._changelog.prepare_key(key, self._serializers[0])
         raw_value, _ = self._changelog.prepare_value(value, self._serializers[1])
+        if self.rocks is None:
+            self._store[key] = value
+        else:
+            self.rocks.put(raw_key, raw_value)
         self._pending.append((self._name, raw_key, raw_value))
 
     def __delitem__(self, key) -> None:
-        del self._store[key]
         raw_key, _ = self._changelog.prepare_key(key, self._serializers[0])
+        if self.rocks is None:
+            del self._store[key]
+        else:
+            if self._store.get(key) is None:
+                raise KeyError(key)
+            self.rocks.put(raw_key, None)
         self._pending.append((self._name, raw_key, None))
 
     def __iter__(self):
@@ -349,8 +391,243 @@ class DirectTable(MutableMapping):
     def __len__(self) -> int:
         return len(self._store)
 
+    def __bool__(self) -> bool:  # a MutableMapping's truth is its len(): on RocksDB a walk of every key
+        return True
+
     def items(self):
         return self._store.items()
+
+
+# --- tables on RocksDB ------------------------------------------------------------------------------
+
+UNCOMMITTED = ".uncommitted"  # the marker beside a partition's database: it may hold uncommitted writes
+
+
+def rocksdb_options(*, block_cache_mb: int, write_buffer_mb: int, write_buffers: int, max_open_files: int) -> dict:
+    """The `options=` of a table on Faust's RocksDB store (faust.stores.rocksdb.RocksDBOptions):
+    each partition's database is opened with its own block cache and write buffers of these sizes."""
+    mib = 1024 * 1024
+    return {
+        "block_cache_size": block_cache_mb * mib,
+        "block_cache_compressed_size": 0,  # python-rocksdb only; rocksdict has none
+        "write_buffer_size": write_buffer_mb * mib,
+        "max_write_buffer_number": write_buffers,
+        "max_open_files": max_open_files,
+    }
+
+
+def _is_rocksdb(store) -> bool:
+    from faust.stores.rocksdb import Store
+
+    return isinstance(store, Store)
+
+
+def _direct_tables(app) -> dict:
+    """The worker's DirectTables on RocksDB, by changelog topic name (none without an app)."""
+    return {} if app is None else app.__dict__.setdefault("_gc_rocks_tables", {})
+
+
+class _RocksWrites:
+    """A table's writes to its RocksDB partition databases, their persisted offsets, and which
+    partitions hold writes not yet in their changelog (`UNCOMMITTED` markers)."""
+
+    def __init__(self, app, store, changelog: str) -> None:
+        self.store = store
+        self.changelog = changelog
+        self.writes: dict[int, int] = {}  # partition -> writes since its marker was made
+        self.persisted: dict[int, int] = {}  # partition -> the offset last persisted
+        self.failed: set[int] = set()  # partitions a changelog record of which was not delivered
+        _direct_tables(app)[changelog] = self
+
+    def put(self, raw_key: bytes, raw_value: bytes | None) -> None:
+        """Write the database of the current event's partition, as Faust's `Store._set` does, but
+        with the changelog record's bytes (what recovery would write), a deletion as a delete."""
+        event = current_event()
+        if event is None:
+            raise RuntimeError(f"a write to {self.changelog} outside an event: no partition to write it to")
+        partition = event.message.partition
+        db = self.store._db_for_partition(partition)  # opened first: an open wipes what a marker marks
+        if partition not in self.writes:
+            self.marker(partition).touch()  # before the write: a SIGKILL after it finds the marker
+        self.writes[partition] = self.writes.get(partition, 0) + 1
+        if raw_value is None:
+            db.delete(raw_key)
+        else:
+            self.store._key_index[raw_key] = partition
+            db.put(raw_key, raw_value)
+
+    def marker(self, partition: int) -> Path:
+        path = self.store.partition_path(partition)
+        return path.with_name(path.name + UNCOMMITTED)
+
+    def persist(self, partition: int, offset: int) -> None:
+        """Record in the partition's database that the changelog holds its writes up to `offset`
+        (not when the database is no longer open here: the partition was revoked)."""
+        db = self.store._dbs.get(partition)
+        if db is None or offset <= self.persisted.get(partition, -1):
+            return
+        self.persisted[partition] = offset
+        db.put(self.store.offset_key, str(offset).encode())
+
+    def committed(self, partition: int, offset: int, writes_before: int) -> None:
+        """exactly_once: a transaction holding this partition's changelog records up to `offset`
+        committed. Its commit marker follows them (only this partition's transaction writes there):
+        a restart reads from there, and finds nothing. The partition's marker goes when no write
+        came after the transaction was closed (`writes_before`)."""
+        self.persist(partition, offset + 1)
+        self.settled(partition, writes_before)
+
+    def settled(self, partition: int, writes_before: int | None) -> None:
+        """The partition's writes up to `writes_before` are in its changelog (committed, or under
+        at_least_once delivered): its marker goes if no write came after, and no delivery failed."""
+        if self.writes.get(partition) == writes_before and partition not in self.failed:
+            del self.writes[partition]
+            self.marker(partition).unlink(missing_ok=True)
+
+
+def persist_delivered(app, topic: str, partition: int, future) -> None:
+    """at_least_once: once the changelog record `future` (on `partition`) is delivered, persist its
+    offset in the RocksDB database it was written to (nothing for other topics, or other stores)."""
+    table = _direct_tables(app).get(topic)
+    if table is None:
+        return
+
+    def delivered(fut) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            table.persist(partition, fut.result().offset)
+        else:  # its write stays marked: the partition is recovered whole at its next opening
+            table.failed.add(partition)
+
+    future.add_done_callback(delivered)
+
+
+def settle_on_commit(consumer) -> None:
+    """at_least_once: make each of Faust's offset commits (it flushes the producer first, so every
+    changelog record sent before it is delivered) remove the markers of the RocksDB table partitions
+    written no more since it began (idempotent per consumer)."""
+    if consumer.__dict__.get("_gc_settles"):
+        return
+    commit, app = consumer.commit, consumer.app
+
+    async def commit_and_settle(*args, **kwargs):
+        tables = _direct_tables(app)
+        before = {(topic, p): n for topic, table in tables.items() for p, n in table.writes.items()}
+        committed = await commit(*args, **kwargs)
+        if committed:
+            for (topic, partition), n in before.items():
+                tables[topic].settled(partition, n)
+        return committed
+
+    consumer.commit = commit_and_settle
+    consumer.__dict__["_gc_settles"] = True
+
+
+def _persist_committed(app, delivered: list, writes_before: dict) -> None:
+    """exactly_once: the records `delivered` (aiokafka RecordMetadata) are committed."""
+    tables = _direct_tables(app)
+    if not tables:
+        return
+    last: dict = {}
+    for metadata in delivered:
+        key = (metadata.topic, metadata.partition)
+        if metadata.topic in tables and metadata.offset > last.get(key, -1):
+            last[key] = metadata.offset
+    for (topic, partition), offset in last.items():
+        tables[topic].committed(partition, offset, writes_before.get((topic, partition)))
+
+
+def _wipe_uncommitted(open_for_partition):
+    @functools.wraps(open_for_partition)
+    def wrapper(self, partition: int):
+        path = self.partition_path(partition)
+        marker = path.with_name(path.name + UNCOMMITTED)
+        if marker.exists():
+            logger.warning("%s may hold writes of a transaction that did not commit: recovering it whole", path)
+            shutil.rmtree(path, ignore_errors=True)
+            marker.unlink()
+            for table in _direct_tables(self.app).values():
+                if table.store is self:  # its writes there are gone: the next one makes the marker anew
+                    table.writes.pop(partition, None)
+                    table.persisted.pop(partition, None)
+                    table.failed.discard(partition)
+        return open_for_partition(self, partition)
+
+    wrapper.__gc_wipe_uncommitted__ = True
+    return wrapper
+
+
+def _recover_whole_beyond_the_end(build_offsets):
+    @functools.wraps(build_offsets)
+    async def wrapper(self, consumer, tps, destination, title):
+        await build_offsets(self, consumer, tps, destination, title)
+        if title != "active":
+            return
+        for tp in tps:
+            end, offset = self.active_highwaters.get(tp), destination.get(tp)
+            store = getattr(self.tp_to_table.get(tp), "data", None)
+            if end is None or offset is None or offset <= end or not _is_rocksdb(store):
+                continue
+            # Not this changelog's database (the topic was made anew), or its end misreported: start over.
+            logger.warning(
+                "%s: the local table is at %s, beyond the changelog's end %s: recovering it whole", tp, offset, end
+            )
+            db = store._dbs.pop(tp.partition, None)
+            if db is not None:
+                db.close()
+            shutil.rmtree(store.partition_path(tp.partition), ignore_errors=True)
+            for table in _direct_tables(self.app).values():
+                if table.store is store:
+                    table.writes.pop(tp.partition, None)
+                    table.persisted.pop(tp.partition, None)
+                    table.failed.discard(tp.partition)
+            store._db_for_partition(tp.partition)
+            destination[tp] = -1  # from the start (Faust seeks -1 to 0: the earliest kept)
+
+    wrapper.__gc_recover_whole__ = True
+    return wrapper
+
+
+def recover_whole_beyond_the_end() -> None:
+    """Make Faust's recovery wipe and recover whole a RocksDB table partition whose persisted offset
+    is beyond its changelog's end, instead of raising ConsistencyError and stopping the worker
+    (faust-streaming#158: a changelog made anew, or a broker reporting a wrong end: Tansu after a
+    batch of several records answers an end offset inside it). The
+    offsets are built (and this runs) before Faust's consistency check (idempotent)."""
+    if not getattr(Recovery._build_offsets, "__gc_recover_whole__", False):
+        Recovery._build_offsets = _recover_whole_beyond_the_end(Recovery._build_offsets)
+
+
+def _persist_recovered(on_recovery_completed):
+    @functools.wraps(on_recovery_completed)
+    async def wrapper(self, *args, **kwargs):
+        tables = _direct_tables(self.app)
+        for offsets in (self.active_offsets, self.standby_offsets):
+            for tp, offset in list(offsets.items()):
+                table = tables.get(tp.topic)
+                if table is not None and offset is not None and offset >= 0:
+                    table.persist(tp.partition, offset)
+        return await on_recovery_completed(self, *args, **kwargs)
+
+    wrapper.__gc_persist_recovered__ = True
+    return wrapper
+
+
+def persist_recovered() -> None:
+    """Make Faust's recovery, once complete, persist in each RocksDB table partition the offset it
+    read to (idempotent). Faust persists the last record it applied; under exactly_once a changelog
+    ends with a commit marker after it, so the next recovery would wait for a record that never
+    comes until Faust's fallback gives up on it (two 5 s timeouts: faust-streaming#47)."""
+    if not getattr(Recovery.on_recovery_completed, "__gc_persist_recovered__", False):
+        Recovery.on_recovery_completed = _persist_recovered(Recovery.on_recovery_completed)
+
+
+def wipe_uncommitted_on_open() -> None:
+    """Make Faust's RocksDB store wipe a partition's database before opening it while its
+    `UNCOMMITTED` marker is there: it is then recovered whole from the changelog (idempotent)."""
+    from faust.stores.rocksdb import Store
+
+    if not getattr(Store._open_for_partition, "__gc_wipe_uncommitted__", False):
+        Store._open_for_partition = _wipe_uncommitted(Store._open_for_partition)
 
 
 # --- exactly_once: commits, table writes and outputs --------------------------------------------
@@ -412,6 +689,13 @@ def hold_transactions(producer) -> None:
         raise RuntimeError(f"an earlier commit of {', '.join(sorted(held))} failed: not committing again")
     for tid, txn in producer._transaction_producers.items():
         held[tid] = (txn, deque())
+    # What each RocksDB table partition was written so far: all of it is in the transactions now
+    # committing (no event is in flight), so a partition written no more is committed with them.
+    producer.__dict__["_gc_writes_at_hold"] = {
+        (topic, partition): n
+        for topic, table in _direct_tables(getattr(producer, "app", None)).items()
+        for partition, n in table.writes.items()
+    }
 
 
 async def release_transactions(producer) -> None:
@@ -447,7 +731,7 @@ def _sent(producer) -> dict:
     return producer.__dict__.setdefault("_gc_sent", {})
 
 
-async def _delivered(producer, tid: str) -> None:
+async def _delivered(producer, tid: str) -> list:
     """Wait until every record handed to transaction `tid` is delivered; raise if one failed.
 
     aiokafka's commit sends EndTxn(COMMIT) once the batches are done, failed or not: without this a
@@ -457,20 +741,26 @@ async def _delivered(producer, tid: str) -> None:
     partition was revoked: Faust dropped its acks; its transaction is aborted) are not waited for."""
     sent = _sent(producer).get(tid)
     if not sent:
-        return
+        return []
     current = producer._transaction_producers.get(tid)
     n = len(sent)
     futures = [future for txn, future in sent[:n] if txn is current]
-    await asyncio.gather(*futures)  # a failed delivery raises: the records stay, the commit is not made
+    delivered = await asyncio.gather(*futures)  # a failed delivery raises: the records stay, no commit
     del sent[:n]
+    return delivered
 
 
 def _commit_each_when_delivered(commit_transactions):
     @functools.wraps(commit_transactions)
     async def wrapper(self, tid_to_offset_map, group_id, start_new_transaction=True):
+        writes_at_hold = self.__dict__.get("_gc_writes_at_hold", {})
+
         async def commit_one(tid: str, offsets) -> None:
-            await _delivered(self, tid)
+            delivered = await _delivered(self, tid)
             await commit_transactions(self, {tid: offsets}, group_id, start_new_transaction=start_new_transaction)
+            remember_own_commit(group_id, offsets)  # a rebalance right after may not see it yet
+            # RocksDB tables: their persisted offsets, their markers
+            _persist_committed(getattr(self, "app", None), delivered, writes_at_hold)
 
         # Each transaction is its own producer, its own lock and its own offsets: concurrently.
         await asyncio.gather(*(commit_one(tid, offsets) for tid, offsets in tid_to_offset_map.items()))
@@ -485,6 +775,45 @@ def commit_transactions_concurrently() -> None:
     commit = FaustAIOKafkaProducer.commit_transactions
     if not getattr(commit, "__gc_commit_concurrently__", False):
         FaustAIOKafkaProducer.commit_transactions = _commit_each_when_delivered(commit)
+
+
+# --- committed offsets: never behind the worker's own commits -------------------------------------
+
+# group id -> (topic, partition) -> the offset this process's transactions committed last.
+_OWN_COMMITS: dict[str, dict[tuple[str, int], int]] = {}
+
+
+def remember_own_commit(group_id: str, offsets) -> None:
+    """Note the offsets a transaction of this worker has committed (its EndTxn answered)."""
+    own = _OWN_COMMITS.setdefault(group_id, {})
+    for tp, offset in offsets.items():
+        key = (tp.topic, tp.partition)
+        if offset > own.get(key, -1):
+            own[key] = offset
+
+
+def _at_least_own_commits(fetch):
+    @functools.wraps(fetch)
+    async def wrapper(self, partitions):
+        offsets = await fetch(self, partitions)
+        own = _OWN_COMMITS.get(self.group_id)
+        if own:
+            for tp in partitions:
+                mine, got = own.get((tp.topic, tp.partition)), offsets.get(tp)
+                if mine is not None and (got is None or got.offset < mine):
+                    offsets[tp] = OffsetAndMetadata(mine, "")
+        return offsets
+
+    wrapper.__gc_at_least_own_commits__ = True
+    return wrapper
+
+
+def fetch_own_commits_stably() -> None:
+    """Make the group coordinator's committed offsets never older than this worker's own commits
+    (idempotent)."""
+    fetch = GroupCoordinator._do_fetch_commit_offsets
+    if not getattr(fetch, "__gc_at_least_own_commits__", False):
+        GroupCoordinator._do_fetch_commit_offsets = _at_least_own_commits(fetch)
 
 
 # --- metadata ------------------------------------------------------------------------------------

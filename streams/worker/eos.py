@@ -58,6 +58,7 @@ class CommitGate:
         self._open.set()
         self._commits = asyncio.Lock()
         self._consumer = None
+        self._ended = False
 
     def install(self, consumer, producer) -> None:
         """Make `consumer.commit` (every commit Faust makes goes through it) wait for the gate, and
@@ -67,6 +68,8 @@ class CommitGate:
 
         async def commit_between_events(commit, topics=None, start_new_transaction: bool = True):
             async with self._commits:
+                if self._ended:  # its transactions are ended (a stop; a rebalance until the next assignment)
+                    return False
                 self._open.clear()  # no new event starts: the commit is not starved
                 try:
                     await self._idle.wait()
@@ -77,10 +80,17 @@ class CommitGate:
                 # (A failed commit raised: the holds stay, nothing commits again.) A transaction it
                 # ended without beginning the next (a rebalance, a stop) drops what was kept for it.
                 await release_transactions(producer)
+                if not start_new_transaction:  # none is open until the next assignment begins them
+                    self._ended = True
                 return committed
 
         wrap_commit(consumer, commit_between_events)
         self._consumer = consumer
+
+    async def on_partitions_assigned(self, *args, **kwargs) -> None:
+        """Faust's assignment has begun the partitions' new transactions (before it sends this
+        signal): commits go on in them."""
+        self._ended = False
 
     def event(self) -> _InFlight:
         return _InFlight(self)

@@ -23,7 +23,7 @@ from ..dispatch import WAITS, Given, Handler, handle, handlers
 from ..handlers import Out, Pipeline, RecordMeta, ReferenceBehind, Tables
 from ..metrics import PrometheusMeter
 from ..settings import Settings
-from .compat import partitions_of, raw_producer, send_in_partition_transaction
+from .compat import partitions_of, persist_delivered, raw_producer, send_in_partition_transaction, settle_on_commit
 from .eos import CommitGate
 
 __all__ = ["Runtime", "meta", "signed", "on_partition"]
@@ -76,6 +76,7 @@ class Runtime:
     def in_flight(self):
         """exactly_once: Faust commits offsets only between events (see streams.worker.eos)."""
         if not self.exactly_once:
+            settle_on_commit(self.app.consumer)  # RocksDB tables: what is delivered is unmarked (compat)
             return contextlib.nullcontext()
         self.gate.install(self.app.consumer, self.app.producer)
         return self.gate.event()
@@ -146,10 +147,12 @@ class Runtime:
         """Straight to aiokafka's producer: the values are bytes already, so Faust's topic layer
         (its serializers and message futures) and its send (a signal, a header check) have nothing
         to add. Delivery is not awaited here; Faust flushes the producer before it commits the
-        offsets these outputs came from."""
+        offsets these outputs came from. A changelog record of a table on RocksDB has its offset
+        persisted there once delivered."""
         send = raw_producer(self.app).send
         for out in outs:
-            await send(out.topic, out.value, key=out.key, partition=out.partition, headers=list(out.headers))
+            future = await send(out.topic, out.value, key=out.key, partition=out.partition, headers=list(out.headers))
+            persist_delivered(self.app, out.topic, out.partition, future)
 
 
 def on_partition(outs: list[Out], partition: int, named: frozenset[str]) -> list[Out]:

@@ -41,7 +41,10 @@ def open_tables(app: faust.App, settings: Settings, changelog: list[tuple[str, b
     `changelog`."""
 
     def table(name: str) -> DirectTable:
-        return DirectTable(app.Table(name, key_type=str, value_type=bytes, partitions=settings.partitions), changelog)
+        table = app.Table(
+            name, key_type=str, value_type=bytes, partitions=settings.partitions, options=settings.table_options
+        )
+        return DirectTable(table, changelog)
 
     passes = table("passes")
     # Pass numbers held: read from the pass states (PassHolders), one changelog write fewer per approval.

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 import faust
 import orjson
 
+from models.stored import load_pass
+
 from ..metrics import CONTENT_TYPE, render
 from .runtime import Runtime
 
@@ -31,9 +33,7 @@ def register_pass_view(app: faust.App, runtime: Runtime) -> None:
         raw = passes.get(pass_id)
         if raw is None:
             return web.json({"error": f"no pass {pass_id}"}, status=404)
-        state = orjson.loads(raw)
-        state.pop("scans", None)  # answers kept inside the state by a worker before 0.4
-        return web.json(state)
+        return web.json(orjson.loads(load_pass(raw).to_json()))  # its answers are beside it, not in it
 
 
 def register_metrics_view(app: faust.App, runtime: Runtime) -> None:

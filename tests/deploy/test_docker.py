@@ -62,6 +62,7 @@ EXPECTED_TOPICS = [
     "gc.pass.status",
     "gc.deadletter",
     "gc.pass.keys",
+    "gc.gateway.requests",
     "gc.pass.events",
 ]
 # COPY sources allowed to match nothing (BuildKit skips an empty wildcard match).
@@ -1093,7 +1094,13 @@ def test_every_kafka_client_service_is_its_own_principal(services, compose, made
         assert connection.kwargs()["ssl_context"].verify_mode.name == "CERT_REQUIRED", name
         assert connection.password == (made_secrets / "passwords" / connection.username).read_text().strip(), name
         principals[name] = connection.username
-    assert principals == {"topics": "admin", "worker": "worker", "projector": "projector", "keys": "keyadmin"}
+    assert principals == {
+        "topics": "admin",
+        "worker": "worker",
+        "projector": "projector",
+        "keys": "keyadmin",
+        "gateway": "gateway",
+    }
 
 
 def test_secrets_stay_out_of_the_repository(compose):

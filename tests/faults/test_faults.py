@@ -298,15 +298,24 @@ async def test_worker_killed_mid_stream_decides_each_request_exactly_once(cluste
     await worker_killed_mid_stream(system, figures_file, nodes=3)
 
 
+def _worker_log(system: System, n: int) -> list[str]:
+    return system.workers[n].log_path.read_text(errors="replace").splitlines()
+
+
 # --------------------------------------------------------------------------
 # (d) the worker is SIGKILLed in the middle of a burst: many records in open transactions
 
 
-async def test_worker_killed_in_a_burst_decides_each_request_exactly_once(cluster3, tmp_path, figures_file):
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+async def test_worker_killed_in_a_burst_decides_each_request_exactly_once(cluster3, tmp_path, figures_file, store):
     """A steady 20/s stream leaves a few requests in flight at a kill; a backlog of 1,500 leaves
     hundreds, their records in open transactions, kept during a commit or not yet delivered
-    (exactly_once, batched: streams/worker/eos.py). Another worker takes over: each decided once."""
-    system = await start_system(cluster3, tmp_path, kind="kafka3", prefix=f"fk{uuid.uuid4().hex[:4]}.")
+    (exactly_once, batched: streams/worker/eos.py). Another worker takes over: each decided once.
+    On RocksDB it takes over the killed one's disk, written by transactions that never committed:
+    those partitions are wiped and recovered from their changelogs (streams.worker.compat)."""
+    system = await start_system(
+        cluster3, tmp_path, kind="kafka3", prefix=f"fk{uuid.uuid4().hex[:4]}.", env={"GC_STORE": store}
+    )
     try:
         scenario = Scenario(seed=35)
         await load_enterprises(system, scenario)
@@ -333,8 +342,14 @@ async def test_worker_killed_in_a_burst_decides_each_request_exactly_once(cluste
             "seconds_from_restart_to_last_decision": round(time.monotonic() - t0, 1),
             **pass_figures(system, ids),
         }
-        record(figures_file, "worker_sigkill_in_a_burst", figures)
+        if store != "memory://":
+            figures["store"] = store
+            # Written but never committed: the kill left partitions marked, the new worker wiped them.
+            figures["partitions_wiped"] = sum("recovering it whole" in line for line in _worker_log(system, 1))
+        record(figures_file, "worker_sigkill_in_a_burst" + ("" if store == "memory://" else "_rocksdb"), figures)
         assert decided_at_kill < len(ids) - 100, "the kill was not in the burst"
+        if store != "memory://":
+            assert figures["partitions_wiped"] > 0, "no write of the killed worker's open transactions was marked"
         assert requests["duplicates"] == requests["missing"] == 0, figures
         assert_passes_clean(system, figures)
     finally:

@@ -31,7 +31,16 @@ from streams.dev.broker import free_port
 from streams.settings import Settings
 from tests.support.factories import station_request, until
 from tests.support.faults import worker_killed_mid_stream
-from tests.support.system import ROOT, Client, Tap, make_broker, start_station, start_system, stop_processes
+from tests.support.system import (
+    ROOT,
+    Client,
+    Tap,
+    make_broker,
+    start_gateway,
+    start_station,
+    start_system,
+    stop_processes,
+)
 
 pytestmark = [
     pytest.mark.secure,
@@ -171,6 +180,45 @@ async def test_a_firm_cannot_mark_a_pass_scanned(broker, secure_system):
     }
     with pytest.raises(TopicAuthorizationFailedError):
         await send_as(broker.connection_as("firm-demo"), s.topics.scans, scan, key=scan["pass_id"])
+
+
+async def test_a_firm_cannot_write_as_the_gateway_nor_take_its_ids(broker, secure_system):
+    """Only the gateway writes its topic, so only it names the firm that asked (`requested_by`);
+    on the firms' topic, the gateway's ids and `requested_by` are dead-lettered."""
+    s, body = secure_system, station_request("P0")
+    forged = body | {"shipment_id": "gw:sf-wuhan:SO-1", "requested_by": "sf-wuhan"}
+    with pytest.raises(TopicAuthorizationFailedError):
+        await send_as(broker.connection_as("firm-demo"), s.topics.gateway_requests, forged, key=forged["shipment_id"])
+    await send_as(broker.connection_as("firm-demo"), s.topics.requests, forged, key=forged["shipment_id"])
+    [dead] = await s.tap.wait_for(s.topics.deadletter, lambda m: m.key == b"gw:sf-wuhan:SO-1", timeout=TIMEOUT)
+    assert dead.json["error"].startswith("reserved:"), dead.json
+
+
+async def test_the_gateway_as_its_own_principal_takes_a_firms_request_to_its_pass(broker, secure_system, tmp_path):
+    s, body = secure_system, station_request("P0")
+    firm = f"sec-{uuid.uuid4().hex[:6]}"
+    shipper = body["shipper"]["credit_code"]
+    assert s.cli("firms", "add", firm, "--name", "f", "--credit-code", shipper).returncode == 0
+    key = s.cli("firms", "key", "new", firm).stdout.strip().splitlines()[-1]
+    gateway = start_gateway(s.env_as("gateway"), tmp_path).ready()
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            body["shipment_id"] = "SO-SEC-1"
+            async with http.post(f"{gateway.url}v1/requests", json=body, headers=headers) as r:
+                assert r.status == 202, await r.text()
+
+            async def decided():
+                async with http.get(f"{gateway.url}v1/requests/SO-SEC-1", headers=headers) as r:
+                    view = await r.json()
+                    return view if view.get("status") not in (None, "pending") else None
+
+            view = await until(decided, TIMEOUT, "the decision at the gateway", lambda: gateway.proc.poll() is None)
+    finally:
+        stop_processes([gateway.proc])
+    assert view["status"] == "approved", view
+    [decision] = s.tap.where(s.topics.decisions, lambda m: m.key == f"gw:{firm}:SO-SEC-1".encode())
+    assert decision.json["requested_by"] == firm
 
 
 # --- the whole system, each component as itself ------------------------------------------------

@@ -337,7 +337,11 @@ async def test_a_station_without_a_key_file_verifies_with_the_key_the_worker_pub
                     answer = await r.json()
                 if answer["green"]:
                     break
-                assert answer["reason"].startswith("bad_token: token signed with an unknown key"), answer
+                # Before the key: refused as unknown. Between the key and the pass's decision (two
+                # topics, read side by side): a genuine token whose route is not known here yet.
+                assert answer["reason"].startswith(
+                    ("bad_token: token signed with an unknown key", "route_not_known_here")
+                ), answer
                 assert time.monotonic() < deadline, "the station never took the worker's key from the topic"
                 await asyncio.sleep(0.1)  # polling a condition with a deadline
     finally:

@@ -2,7 +2,8 @@
 # The Apache Kafka lanes of `make test`, run after its default lane (embedded Tansu + SQLite,
 # where every test marked `kafka` is skipped):
 #
-#   kafka   GC_TEST_BROKER=kafka: 1 node, the worker with processing_guarantee=exactly_once,
+#   kafka   GC_TEST_BROKER=kafka: 1 node, the worker with processing_guarantee=exactly_once and
+#           RocksDB tables (GC_TEST_STORE=rocksdb://; the other lanes keep memory tables),
 #           its projections on PostgreSQL (tests/services/postgres.sh) when that starts, else
 #           on SQLite. The integration tests (tests/integration/, test_kafka_cluster.py among
 #           them) and tests/unit/test_db.py (on SQLite and PostgreSQL).
@@ -131,7 +132,7 @@ EOF
                 say "PostgreSQL unavailable (tests/services/postgres.sh failed, see above): the kafka lane runs on SQLite"
             fi
         fi
-        run_lane kafka GC_TEST_BROKER=kafka "GC_TEST_DATABASE_URL=$database" -- \
+        run_lane kafka GC_TEST_BROKER=kafka GC_TEST_STORE=rocksdb:// "GC_TEST_DATABASE_URL=$database" -- \
             -q tests/integration tests/unit/test_db.py
         if [[ -n "$fresh" ]]; then
             "$PYTHON" - "$server" "$fresh" <<'EOF' || say "could not drop database $fresh"

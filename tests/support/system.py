@@ -33,6 +33,8 @@ PARTITIONS = 4
 
 
 BROKER_KIND = os.environ.get("GC_TEST_BROKER", "tansu")
+# The workers' table store: memory:// unless the lane says (the kafka lane runs rocksdb://).
+STORE = os.environ.get("GC_TEST_STORE", "memory://")
 if BROKER_KIND not in ("tansu", "kafka", "kafka3", "kafka-secure"):
     raise pytest.UsageError(f"GC_TEST_BROKER={BROKER_KIND!r}: expected tansu, kafka, kafka3 or kafka-secure")
 ON_KAFKA = BROKER_KIND.startswith("kafka")
@@ -244,6 +246,30 @@ def start_station(
     return StationProcess(proc, log_path)
 
 
+@dataclass
+class GatewayProcess:
+    """`greenchannel gateway` as a process; once it serves, `url` (its address, ending in /)."""
+
+    proc: subprocess.Popen
+    log_path: Path
+    url: str = ""
+
+    def ready(self, timeout: float = 60) -> GatewayProcess:
+        from streams.station.web import announced_url
+
+        self.url = announced_url(self.log_path, lambda: self.proc.poll() is None, timeout, prefix="gateway at ")
+        return self
+
+
+def start_gateway(env: dict, data_dir: Path, name: str = "gateway") -> GatewayProcess:
+    """The firms' gateway on a free loopback port, its log in data_dir/NAME.log."""
+    log_path = data_dir / f"{name}.log"
+    cmd = [sys.executable, "-m", "streams.cli", "gateway", "--port", "0"]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return GatewayProcess(proc, log_path)
+
+
 class Client:
     """The station's API, as its page uses it."""
 
@@ -405,6 +431,7 @@ def system_env(bootstrap: str, data_dir: Path, app_id: str, kind: str = BROKER_K
         env["GC_PROCESSING_GUARANTEE"] = "exactly_once"
     if kind.startswith("kafka3"):  # as the 3-node compose: a second worker keeps each table too
         env["GC_STANDBY_REPLICAS"] = "1"
+    env["GC_STORE"] = STORE
     return env
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from models.passes import kafka_partition
 from models.records import parse_time
+from models.stored import load_pass
 from streams.dev.simulator import Scenario, scans_for
 from streams.handlers import RecordMeta, Tables
 from tests.support.factories import T, make_pipeline, validator
@@ -68,7 +69,7 @@ def test_a_tick_expires_the_passes_whose_validity_ended_and_no_other():
     assert (expired["pass_id"], expired["status"], expired["reason"]) == (pid, "expired", "validity_ended")
     assert expired["at"] == the_pass["valid_until"]  # when it ended, whichever tick found it
     assert expired["cause"] == f"clock:{the_pass['valid_until']}"
-    assert orjson.loads(tables.passes[pid])["status"] == "expired"
+    assert load_pass(tables.passes[pid]).status == "expired"
     assert tick(pipeline, tables, until + timedelta(hours=1), p) == []  # once
 
 
@@ -80,7 +81,7 @@ def test_a_tick_behind_the_clock_changes_nothing():
     held = dict(tables.clocks)
     assert tick(pipeline, tables, until - timedelta(hours=2), p) == []
     assert tables.clocks == held
-    assert orjson.loads(tables.passes[the_pass["pass_id"]])["status"] == "issued"
+    assert load_pass(tables.passes[the_pass["pass_id"]]).status == "issued"
 
 
 def test_a_delivered_pass_is_not_expired_and_leaves_after_the_retention_with_its_decision_and_answers():

@@ -214,10 +214,11 @@ async def test_a_failed_commit_keeps_the_hold_and_nothing_commits_again():
 
 async def test_a_commit_ending_a_transaction_drops_what_was_kept_for_it_and_commits_go_on():
     """Faust ends the transactions (commit, start_new_transaction=False) as partitions are revoked:
-    a rebalance, e.g. a second worker joining. Records kept meanwhile for a transaction it ended have
-    none to go to (their events' offsets were not committed: handled again by the partition's next
-    owner); one it left open (no offset of its own to commit) takes them. The next commit, after
-    the rebalance, is not taken for one after a failure."""
+    a rebalance, e.g. a second worker joining, or a stop. Records kept meanwhile for a transaction
+    it ended have none to go to (their events' offsets were not committed: handled again by the
+    partition's next owner); one it left open (no offset of its own to commit) takes them. No commit
+    is made until the next assignment has begun new transactions; then the next one is, not taken
+    for one after a failure."""
     ended, left = "gc-test-2-3", "gc-test-2-1"
     producer = TransactionProducers(ended, left)
     app = partition_app(producer)
@@ -245,6 +246,9 @@ async def test_a_commit_ending_a_transaction_drops_what_was_kept_for_it_and_comm
     assert producer.values == [b"for the open one"] and compat._held(producer) == {}
     may_end.clear()
     committing.clear()
+    # Until the assignment begins new transactions (a stop: never) Faust's timer has nothing to commit in.
+    assert await consumer.commit() is False and commits == [False]
+    await gate.on_partitions_assigned(app, set())
     follow = asyncio.ensure_future(consumer.commit())
     await asyncio.wait_for(committing.wait(), 5)
     may_end.set()
@@ -259,6 +263,9 @@ async def test_a_commit_ending_a_transaction_drops_what_was_kept_for_it_and_comm
         aiokafka.producer.transaction_manager.TransactionManager.is_in_transaction
     )
     assert "self._txn_manager = TransactionManager(" in inspect.getsource(aiokafka.AIOKafkaProducer.__init__)
+    # Faust begins the new transactions before it signals the assignment.
+    assigned = inspect.getsource(faust.App._on_partitions_assigned)
+    assert assigned.index("consumer.transactions.on_rebalance") < assigned.index("self.on_partitions_assigned.send")
 
 
 async def test_records_kept_for_a_transaction_replaced_meanwhile_are_dropped():
@@ -607,12 +614,15 @@ async def test_send_in_partition_transaction_hands_the_records_over_without_awai
     assert compat._sent(producer)[tid] == [(producer._transaction_producers[tid], f) for f in producer.futures]
 
 
+TP0, TP1 = faust.types.TP("t", 0), faust.types.TP("t", 1)
+
+
 async def test_transactions_commit_concurrently_each_once_its_records_are_delivered():
     producer = TransactionProducers("t-0", "t-1")
     started, release = [], {}
     commit = compat._commit_each_when_delivered(recording_commit(started, release))
     [record] = records_of(producer, "t-0", 1)
-    committing = asyncio.ensure_future(commit(producer, {"t-0": {"tp0": 5}, "t-1": {"tp1": 7}}, "gc"))
+    committing = asyncio.ensure_future(commit(producer, {"t-0": {TP0: 5}, "t-1": {TP1: 7}}, "gc"))
     await asyncio.sleep(0)  # scheduling steps: each commit reaches its wait
     await asyncio.sleep(0)
     assert started == ["t-1"]  # t-0 waits for its record; t-1 does not wait for t-0
@@ -637,7 +647,7 @@ async def test_a_failed_delivery_fails_every_commit_of_its_transaction():
     record.set_exception(KafkaTimeoutError())
     for _ in range(2):  # the timer's commit, then the one at shutdown: neither commits
         with pytest.raises(KafkaTimeoutError):
-            await commit(producer, {"t-0": {"tp0": 5}}, "gc", start_new_transaction=False)
+            await commit(producer, {"t-0": {TP0: 5}}, "gc", start_new_transaction=False)
     assert started == [] and producer.committed == []
 
 
@@ -648,7 +658,7 @@ async def test_records_of_a_stopped_transaction_producer_are_not_waited_for():
     commit = compat._commit_each_when_delivered(recording_commit(started, release))
     records_of(producer, "t-0", 1)  # never delivered: its producer was stopped (the partition revoked)
     producer._transaction_producers["t-0"] = object()  # a new producer for the partition assigned again
-    await asyncio.wait_for(commit(producer, {"t-0": {"tp0": 5}}, "gc"), 5)
+    await asyncio.wait_for(commit(producer, {"t-0": {TP0: 5}}, "gc"), 5)
     assert producer.committed == ["t-0"]
 
 
@@ -780,3 +790,253 @@ def test_raw_producer_is_what_fausts_send_and_flush_use():
     assert "return self._producer" in inspect.getsource(FaustAIOKafkaProducer._ensure_producer)
     app = SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: "the aiokafka producer"))
     assert compat.raw_producer(app) == "the aiokafka producer"
+
+
+# --- tables on RocksDB ----------------------------------------------------------------------------
+
+
+def rocks_app(tmp_path, guarantee: str = "at_least_once"):
+    app = faust.App(
+        f"gc-test-rocks-{guarantee}",
+        broker="kafka://127.0.0.1:1",
+        store="rocksdb://",
+        datadir=str(tmp_path),
+        processing_guarantee=guarantee,
+    )
+    options = compat.rocksdb_options(block_cache_mb=1, write_buffer_mb=1, write_buffers=2, max_open_files=16)
+    return app, app.Table("t", key_type=str, value_type=bytes, partitions=4, options=options)
+
+
+def in_event(partition: int, topic: str = "gc.requests"):
+    """Make the current Faust event one of `partition` (as a stream does while an agent handles it)."""
+    from faust.streams import _current_event
+
+    event = SimpleNamespace(message=SimpleNamespace(topic=topic, partition=partition))
+    _current_event.set(lambda: event)  # what Faust sets is a weakref: called, it gives the event
+    return event
+
+
+def test_premise_faust_rocksdb_writes_the_partition_of_the_current_event_and_keeps_its_offset_there():
+    from faust.stores.rocksdb import RocksDBOptions, Store
+
+    assert "event = current_event()" in inspect.getsource(Store._set)
+    assert "partition = event.message.partition" in inspect.getsource(Store._set)
+    assert "self.offset_key" in inspect.getsource(Store.set_persisted_offset)
+    assert "self._db_for_partition(tp.partition).get(self.offset_key)" in inspect.getsource(Store.persisted_offset)
+    # Recovery puts the changelog record's bytes as they are: what DirectTable writes.
+    batch = inspect.getsource(Store.apply_changelog_batch)
+    assert "batches[msg.partition].put(msg.key, msg.value)" in batch and "delete(msg.key)" in batch
+    # The options DirectTable's tables are opened with are Faust's (rocksdict's block cache per database).
+    opened = inspect.getsource(RocksDBOptions.as_options)
+    assert "rocksdict.Cache(self.block_cache_size)" in opened and "set_write_buffer_size" in opened
+    assert "set_max_write_buffer_number" in opened and "set_max_open_files" in opened
+    # Recovery starts reading a changelog at the offset the store persisted.
+    assert "table.persisted_offset(tp)" in inspect.getsource(Recovery._add)
+    # Under transactions Faust persists an offset only on a commit of the *changelog* partition,
+    # which its consumer never commits (it commits source partitions): DirectTable does it itself.
+    from faust.tables.manager import TableManager
+
+    assert "self.on_commit_tp(tp)" in inspect.getsource(TableManager.on_commit)
+
+
+def test_a_direct_table_on_rocksdb_writes_its_events_partition_what_recovery_would(tmp_path):
+    app, table = rocks_app(tmp_path)
+    pending: list = []
+    direct = compat.DirectTable(table, pending)
+    in_event(2)
+    direct["420111000001"] = b'{"status":"issued"}'
+    [(topic, key, value)] = pending
+    store = table.data
+    assert set(store._dbs) == {2}  # the event's partition, nothing else
+    assert store._dbs[2].get(key) == value  # the changelog record's bytes, as recovery puts them
+    assert direct["420111000001"] == direct.get("420111000001") == b'{"status":"issued"}'
+    in_event(1)
+    assert direct.get("420111000001") is None  # another partition's event reads its own database
+    in_event(2)
+    assert list(direct) == [] or list(direct) == ["420111000001"]  # iteration: the actives (none assigned here)
+    del direct["420111000001"]
+    assert pending[-1] == (topic, key, None) and store._dbs[2].get(key) is None
+    with pytest.raises(KeyError):
+        del direct["420111000001"]
+    assert bool(direct)  # truth without a walk of every key
+    _current_event_none()
+    with pytest.raises(RuntimeError, match="outside an event"):
+        direct["x"] = b"1"
+
+
+def _current_event_none():
+    from faust.streams import _current_event
+
+    _current_event.set(None)
+
+
+async def test_a_delivered_changelog_record_persists_its_offset(tmp_path):
+    app, table = rocks_app(tmp_path)
+    direct = compat.DirectTable(table, [])
+    in_event(3)
+    direct["k"] = b"v"
+    assert direct.rocks.marker(3).exists()  # at_least_once too: unmarked once delivered and committed
+    topic = table.changelog_topic.get_topic_name()
+    tp = faust.types.TP(topic, 3)
+    for offset in (41, 40):  # a late callback never moves it back
+        future = asyncio.get_running_loop().create_future()
+        compat.persist_delivered(app, topic, 3, future)
+        future.set_result(SimpleNamespace(topic=topic, partition=3, offset=offset))
+        await asyncio.sleep(0)
+    assert table.data.persisted_offset(tp) == 41
+    failed = asyncio.get_running_loop().create_future()
+    compat.persist_delivered(app, topic, 3, failed)
+    failed.set_exception(RuntimeError("not delivered"))
+    await asyncio.sleep(0)
+    assert table.data.persisted_offset(tp) == 41 and direct.rocks.failed == {3}
+    compat.persist_delivered(app, "gc.decisions", 3, asyncio.get_running_loop().create_future())  # not a table
+
+
+async def test_at_least_once_a_commit_after_the_writes_removes_their_marker(tmp_path):
+    """Faust's offset commit flushes the producer first: every changelog record sent before it is
+    delivered, so the partitions written no more since are unmarked; a failed delivery keeps its mark."""
+    app, table = rocks_app(tmp_path)
+    direct = compat.DirectTable(table, [])
+    in_event(1)
+    direct["a"] = b"1"
+    in_event(2)
+    direct["b"] = b"2"
+    assert direct.rocks.marker(1).exists() and direct.rocks.marker(2).exists()
+    direct.rocks.failed.add(2)
+    results = [True]
+
+    async def commit(*args, **kwargs):
+        in_event(1)
+        direct["c"] = b"3"  # written while the commit flushes: not covered by it
+        return results.pop()
+
+    consumer = SimpleNamespace(app=app, commit=commit)
+    compat.settle_on_commit(consumer)
+    compat.settle_on_commit(consumer)  # once per consumer
+    assert await consumer.commit() is True
+    assert direct.rocks.marker(1).exists() and direct.rocks.marker(2).exists()
+
+    async def quiet(*args, **kwargs):
+        return True
+
+    consumer2 = SimpleNamespace(app=app, commit=quiet)
+    compat.settle_on_commit(consumer2)
+    assert await consumer2.commit() is True
+    assert not direct.rocks.marker(1).exists()  # "c" is delivered now
+    assert direct.rocks.marker(2).exists()  # its delivery failed: recovered whole at its next opening
+
+
+def test_exactly_once_a_committed_partition_persists_past_its_commit_marker_and_drops_its_marker(tmp_path):
+    compat.wipe_uncommitted_on_open()
+    app, table = rocks_app(tmp_path, "exactly_once")
+    direct = compat.DirectTable(table, [])
+    topic = table.changelog_topic.get_topic_name()
+    in_event(0)
+    direct["a"] = b"1"
+    marker = direct.rocks.marker(0)
+    assert marker.exists()  # made before the write
+    at_hold = {(topic, 0): direct.rocks.writes[0]}
+    direct["b"] = b"2"  # after the transaction closed: belongs to the next one
+    compat._persist_committed(app, [SimpleNamespace(topic=topic, partition=0, offset=7)], at_hold)
+    assert table.data.persisted_offset(faust.types.TP(topic, 0)) == 8  # the commit marker's offset
+    assert marker.exists()  # "b" is not committed yet
+    compat._persist_committed(app, [SimpleNamespace(topic=topic, partition=0, offset=9)], {(topic, 0): 2})
+    assert not marker.exists() and table.data.persisted_offset(faust.types.TP(topic, 0)) == 10
+
+
+def test_a_database_opened_with_its_uncommitted_marker_is_wiped_first(tmp_path):
+    compat.wipe_uncommitted_on_open()
+    app, table = rocks_app(tmp_path, "exactly_once")
+    direct = compat.DirectTable(table, [])
+    in_event(1)
+    direct["aborted"] = b"1"  # a SIGKILL now: the marker stays
+    store = table.data
+    assert store._dbs[1].get(b'"aborted"') == b"1"
+    store._dbs.pop(1).close()  # the process gone
+    _, again = rocks_app(tmp_path, "exactly_once")
+    again_direct = compat.DirectTable(again, [])
+    assert again.data._db_for_partition(1).get(b'"aborted"') is None  # wiped: recovered whole from the changelog
+    assert not again_direct.rocks.marker(1).exists()
+    assert again.data.persisted_offset(faust.types.TP(again.changelog_topic.get_topic_name(), 1)) is None
+    in_event(1)
+    again_direct["next"] = b"2"
+    assert again_direct.rocks.marker(1).exists()
+
+
+def test_wipe_uncommitted_patches_faust_once():
+    from faust.stores.rocksdb import Store
+
+    compat.wipe_uncommitted_on_open()
+    patched = Store._open_for_partition
+    compat.wipe_uncommitted_on_open()
+    assert Store._open_for_partition is patched and patched.__gc_wipe_uncommitted__
+
+
+def test_premise_under_transactions_recovery_gives_up_on_a_trailing_marker_only_after_two_timeouts():
+    slurp = inspect.getsource(Recovery._slurp_changelogs.fun)  # a mode ServiceTask
+    assert "changelog_queue.get(), timeout=5.0" in slurp
+    assert "if timeout and self.app.in_transaction and timeout_count > 1:" in slurp
+    assert "offsets[tp] = highwater" in slurp  # the reading reached the end: the marker counts as read
+    assert "def on_recovery_completed" in inspect.getsource(Recovery)
+
+
+async def test_a_completed_recovery_persists_what_it_read_to(tmp_path):
+    compat.persist_recovered()
+    app, table = rocks_app(tmp_path, "exactly_once")
+    compat.DirectTable(table, [])
+    topic = table.changelog_topic.get_topic_name()
+    table.data._db_for_partition(0)
+    tp, other = faust.types.TP(topic, 0), faust.types.TP("gc.requests", 0)
+    calls = []
+
+    async def completed(self, generation_id=0):
+        calls.append(generation_id)
+
+    recovery = SimpleNamespace(app=app, active_offsets={tp: 12, other: 3}, standby_offsets={})
+    await compat._persist_recovered(completed)(recovery, 7)
+    assert table.data.persisted_offset(tp) == 12 and calls == [7]
+    assert Recovery.on_recovery_completed.__gc_persist_recovered__
+
+
+# --- committed offsets: never behind the worker's own commits ------------------------------------
+
+
+async def test_committed_offsets_are_never_behind_the_workers_own_commits():
+    from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+    mine, theirs, new = TopicPartition("r", 0), TopicPartition("r", 1), TopicPartition("r", 2)
+    answer = {mine: OffsetAndMetadata(10, ""), theirs: OffsetAndMetadata(50, "")}
+
+    async def fetch(self, partitions):  # the broker, before the last commit's marker is written
+        return {tp: answer[tp] for tp in partitions if tp in answer}
+
+    compat.remember_own_commit("g-own", {mine: 17, theirs: 40})
+    compat.remember_own_commit("g-own", {mine: 12})  # an older commit never lowers it
+    fetched = await compat._at_least_own_commits(fetch)(SimpleNamespace(group_id="g-own"), [mine, theirs, new])
+    assert fetched == {
+        mine: OffsetAndMetadata(17, ""),
+        theirs: OffsetAndMetadata(50, ""),
+    }  # another's later commit stands
+    other_group = await compat._at_least_own_commits(fetch)(SimpleNamespace(group_id="g-other"), [mine])
+    assert other_group == {mine: OffsetAndMetadata(10, "")}
+
+
+def test_fetch_own_commits_stably_premises():
+    """Both of aiokafka's ways to the committed offsets (a seek to committed, the positions of an
+    assignment) go through `_do_fetch_commit_offsets`, whose OffsetFetch cannot ask for stable
+    offsets (no require_stable before v7), and which leaves out a partition with none."""
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.protocol.commit import OffsetFetchRequest
+
+    compat.fetch_own_commits_stably()
+    compat.fetch_own_commits_stably()  # idempotent: one wrapper
+    fetch = GroupCoordinator._do_fetch_commit_offsets
+    assert fetch.__gc_at_least_own_commits__ and not hasattr(fetch.__wrapped__, "__gc_at_least_own_commits__")
+    assert "self._do_fetch_commit_offsets(partitions)" in inspect.getsource(GroupCoordinator.fetch_committed_offsets)
+    assert "self._do_fetch_commit_offsets(need_update)" in inspect.getsource(
+        GroupCoordinator._maybe_refresh_commit_offsets
+    )
+    source = inspect.getsource(fetch.__wrapped__)
+    assert "offsets[tp] = OffsetAndMetadata(offset, metadata)" in source and "if offset == UNKNOWN_OFFSET" in source
+    assert "require_stable" not in inspect.getsource(OffsetFetchRequest)
+    assert "remember_own_commit(group_id, offsets)" in inspect.getsource(compat._commit_each_when_delivered)

@@ -4,13 +4,13 @@ that are missing, mistyped, forged or not yet verifiable."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 
 import base45
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from msgspec.structs import replace
 
 from models.credential import PREFIX, QR_CHARS, DriverBinding, InvalidToken, read_unverified, verify
 from models.passes import PassStatusKind as S

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -21,8 +22,9 @@ from jsonschema import ValidationError
 
 from models.keyring import ACTIVE, NATIONAL, WITHDRAWN, Keyring, SigningKeyMissing, key_entry, key_id, parse_key_entry
 from models.operators import EntryError, key_withdrawal
-from models.passes import PassState, Signer, kafka_partition, unverified_claims, verify_token
+from models.passes import Signer, kafka_partition, unverified_claims, verify_token
 from models.records import RegionRisk, Unparseable, format_time, parse_time
+from models.stored import load_pass
 from streams.audit import Record, Replayer, compare
 from streams.dev.simulator import Scenario
 from streams.handlers import Out, RecordMeta, Tables
@@ -326,7 +328,7 @@ def test_a_withdrawal_reissues_exactly_the_active_passes_its_key_signed(monkeypa
         assert event["route"] == decision["pass"]["route"]
         claims = verify_token(event["token"], world.ring.public_keys)
         assert claims.kid == KID2 and replace(claims, kid=KID1) == unverified_claims(decision["pass"]["token"])
-        assert PassState.from_json(world.tables.passes[event["pass_id"]]).kid == KID2
+        assert load_pass(world.tables.passes[event["pass_id"]]).kid == KID2
     assert all(not world.pipeline.index(p, world.tables).signed_by(KID1) for p in range(4))
     assert world.key(record(KID1, WITHDRAWN, WITHDRAWN_AT)) == []  # a redelivered withdrawal: nothing again
     assert c["pass"]["pass_id"] not in visited
@@ -374,8 +376,8 @@ def test_a_pass_stored_before_the_keyring_is_found_by_its_decisions_token():
     world = rotated_world()
     a = world.decide(request(1, START + timedelta(hours=1)))
     pid = a["pass"]["pass_id"]
-    state = PassState.from_json(world.tables.passes[pid])
-    world.tables.passes[pid] = replace(state, kid=None).to_json()  # as a worker before the ring stored it
+    state = load_pass(world.tables.passes[pid])
+    world.tables.passes[pid] = msgspec.structs.replace(state, kid=None).to_json()  # as a worker before the ring
     world.tables.forget(range(4))
     assert b'"kid"' not in world.tables.passes[pid]
     (event,) = world.key(record(KID1, WITHDRAWN, WITHDRAWN_AT))

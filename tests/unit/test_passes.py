@@ -1,11 +1,11 @@
 """Tokens and the status state machine (pass numbers: tests/unit/test_pass_numbers.py)."""
 
-from dataclasses import replace
 from datetime import UTC, datetime
 
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from msgspec.structs import replace
 
 from models.passes import (
     TRANSITIONS,
@@ -274,7 +274,7 @@ def test_state_json_of_an_older_version_loads_and_trips_round_trip():
     assert b"trips" not in stored and b"scans" not in stored
     assert PassState.from_json(stored) == old and PassState.from_json(stored).trips == 0
     raw = orjson.loads(stored)
-    assert set(raw) == set(PassState.__dataclass_fields__) - {"trips", "kid", "driver"}  # before the keyring
+    assert set(raw) == set(PassState.__struct_fields__) - {"trips", "kid", "driver"}  # before the keyring
     done = replace(multi_state(), trips=2, status=S.AT_CHECKPOINT, checkpoint_id=DST, kid="k1")
     assert orjson.loads(done.to_json())["trips"] == 2 and orjson.loads(done.to_json())["kid"] == "k1"
     assert PassState.from_json(done.to_json()) == done

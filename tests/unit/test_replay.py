@@ -373,7 +373,7 @@ def test_the_worker_and_the_replay_run_one_dispatch_and_one_guard(monkeypatch):
     assert (
         set(rep._table)
         == set(dispatch.handlers(pipeline))
-        == {t.requests, t.scans, t.risk, t.enterprises, t.keys, t.pass_events}
+        == {t.requests, t.gateway_requests, t.scans, t.risk, t.enterprises, t.keys, t.pass_events}
     )
 
     def broken(*args, **kwargs):

@@ -6,12 +6,12 @@ consumer that does exactly that (the real broker is in tests/integration/test_st
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from datetime import timedelta
 from types import SimpleNamespace
 
 import orjson
 from aiokafka.structs import TopicPartition
+from msgspec.structs import replace
 
 from models.passes import S, status_event
 from streams.keys import key_id

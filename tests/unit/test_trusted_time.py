@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from models.passes import kafka_partition
 from models.records import format_time
+from models.stored import load_applied, load_pass
 from streams.audit import Record, Replayer, compare
 from streams.dev.simulator import Scenario
 from streams.handlers import Out, Pipeline, RecordMeta, ReferenceBehind, Tables, decision_time
@@ -103,11 +104,11 @@ class Channel:
     def route_of(self, decision: dict) -> list[str]:
         """The pass's route now: its last rerouting's, or the decision's."""
         pass_id = decision["pass"]["pass_id"]
-        state = orjson.loads(self.tables.passes[pass_id])
-        return [a[:4] for a in state["route"]["adcodes"]]
+        state = load_pass(self.tables.passes[pass_id])
+        return [a[:4] for a in state.route["adcodes"]]
 
     def status_of(self, decision: dict) -> str:
-        return orjson.loads(self.tables.passes[decision["pass"]["pass_id"]])["status"]
+        return load_pass(self.tables.passes[decision["pass"]["pass_id"]]).status
 
     def replayed(self) -> list:
         """The audit replay of this channel's log: its mismatches."""
@@ -247,7 +248,8 @@ def test_a_partition_that_applied_more_than_the_workers_books_is_not_decided_on(
     for record in [r for r in ahead.records if r.topic == T.risk]:  # read again
         behind.pipeline.on_risk(record.key, record.value, RecordMeta(T.risk, record.partition, record.offset, None))
     decided = behind.send(T.requests, key, body)[0]
-    assert decided["known"]["risk"] == orjson.loads(ahead.tables.applied[str(partition)])["risk"]
+    applied = load_applied(ahead.tables.applied[str(partition)])["risk"]
+    assert decided["known"]["risk"] == {str(p): offset for p, offset in applied.items()}
 
 
 # --- scans: the checkpoint's date, bounded by the channel's time ---------------------------------

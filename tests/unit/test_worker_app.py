@@ -40,7 +40,7 @@ def test_the_worker_registers_its_agents_on_raw_topics(tmp_path):
     app = worker_app(tmp_path)
     topics = {name.rsplit(".", 1)[-1]: list(agent.channel.topics) for name, agent in app.agents.items()}
     assert topics == {
-        "decide": ["gc.shipment.requests"],
+        "decide": ["gc.shipment.requests", "gc.gateway.requests"],
         "scan": ["gc.checkpoint.scans"],
         "reference_data": ["gc.region.risk", "gc.enterprises", "gc.pass.keys"],
         "track": ["gc.pass.events"],

@@ -1,0 +1,91 @@
+"""`greenchannel demo --serve` as a person walks through it: the demo plays its day on its own
+embedded broker, leaves trucks on the road, and serves its pages until it is stopped. Its
+addresses and the truck to follow are in GC_DATA_DIR/demo/demo.json.
+
+It runs in the embedded lane only: the demo is the embedded defaults' job, and it starts its own
+broker whatever the lane.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.support.system import ROOT, stop_processes
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("GC_TEST_BROKER", "tansu") != "tansu",
+    reason="the demo runs on its own embedded broker: the embedded lane runs it",
+)
+
+SHIPMENTS = 60  # the day's requests: enough for every phase, a short day
+STARTUP = 240  # seconds for the demo to play its day and leave its trucks on the road
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The running demo: its summary (pages, the truck to follow) and its data folder."""
+    data = tmp_path_factory.mktemp("demo-data")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GC_")},
+        "GC_DATA_DIR": str(data),
+        "GC_KEY_DIR": str(data / "keys"),
+        "PYTHONPATH": str(ROOT),
+    }
+    log = data / "demo.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "demo", "--serve", "--shipments", str(SHIPMENTS)],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    summary = data / "demo" / "demo.json"
+    try:
+        deadline = time.monotonic() + STARTUP
+        while not summary.exists():
+            assert proc.poll() is None, f"the demo exited ({proc.returncode}):\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"no {summary} after {STARTUP} s:\n{log.read_text()[-4000:]}"
+            time.sleep(0.2)  # polling a condition with a deadline
+        yield {**orjson.loads(summary.read_bytes()), "dir": data / "demo", "log": log}
+    finally:
+        stop_processes([proc], timeout=120)  # SIGTERM: the demo stops what it started, then itself
+
+
+def _session(url: str) -> aiohttp.ClientSession:
+    """A client holding the page's cookie once it has opened the page's token link."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def _base(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+async def test_the_demo_prints_its_pages_and_a_truck_to_follow(demo):
+    assert set(demo["pages"]) >= {"dashboard", "portal", "station"}
+    follow = demo["follow"]
+    assert follow and follow["shipment_id"].startswith("gw:demo-logistics:"), follow
+    text = Path(demo["log"]).read_text()
+    for page in demo["pages"].values():
+        assert page["url"] in text.replace("\n", ""), f"{page['name']} not printed"
+
+
+async def test_the_station_expects_the_trucks_left_on_the_road(demo):
+    """The demo's followed truck (the demo firm's, through the gateway) is an expected arrival at the
+    station the demo serves: its clock is at the trucks' departure, not on the played day."""
+    station = demo["pages"]["station"]["url"]
+    async with _session(station) as http:
+        async with http.get(station) as r:
+            assert r.status == 200
+        async with http.get(_base(station) + "api/state") as r:
+            state = await r.json()
+    expected = {a["pass_id"] for a in state["arrivals"]}
+    assert demo["follow"]["pass_id"] in expected, state["arrivals"]
