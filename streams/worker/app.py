@@ -17,7 +17,6 @@ from .compat import (
     ask_highwaters,
     commit_transactions_concurrently,
     end_recovery_promptly,
-    fetch_own_commits_stably,
     fetch_what_was_asked,
     keep_standby_tables,
     persist_recovered,
@@ -42,7 +41,6 @@ def create_app(settings: Settings) -> faust.App:
     keep_standby_tables()  # a standby's memory tables survive a rebalance: a takeover reads the tail (compat)
     end_recovery_promptly()  # exactly_once: a recovery ends ~2 s after its last record, not 10 s (compat)
     commit_transactions_concurrently()  # exactly_once: each transaction once its records are delivered (compat)
-    fetch_own_commits_stably()  # exactly_once: a rebalance never re-reads what this worker committed (compat)
     wipe_uncommitted_on_open()  # exactly_once on RocksDB: no write of an aborted transaction survives (compat)
     recover_whole_beyond_the_end()  # RocksDB: a table ahead of its changelog is recovered anew, not a crash (compat)
     persist_recovered()  # RocksDB: a recovery's end is persisted, commit marker included (compat)

@@ -46,13 +46,14 @@ so an upgrade that changes one fails there first, by name. Each touch:
   takes a partition whose consumer position is past that end as read (`detect_aborted_tx`):
   every recovery under exactly_once took at least 10 s, a takeover from a standby copy too. Wait
   `RECOVERY_IDLE_SECONDS` instead of 5 s (the same two idle waits, the same check).
-* `fetch_own_commits_stably`: a transaction's offsets become the group's committed offsets only
-  once the coordinator has written its commit marker, after EndTxn has answered. aiokafka's
-  OffsetFetch (v3) has no `require_stable` (KIP-447, v7), so a worker that ends its transactions
-  for an eager rebalance and is handed the same partitions back at once could read the offsets
-  from before its last commit and decide those events again (the standby fault test's duplicate,
-  same bytes, on the survivor's own partitions). The committed offsets it fetches are raised to
-  the ones its own transactions committed; another worker's later commit is higher and stands.
+* `already_in_a_transaction`: Faust's commit as partitions are revoked commits only the
+  transactions with offsets to commit, and leaves the others open across the rebalance, records
+  and all; a partition the worker keeps is then sought back to its committed offset. A record
+  whose outputs were handed to such an open transaction without its offset being committed came
+  back and was handled again into the same transaction, which then committed both copies (the
+  standby fault test's duplicate: the same bytes at adjacent offsets, the survivor's own
+  partitions). Each source offset whose records were handed to a transaction is marked, and a
+  record at or below the mark of a transaction still open, or committed, is not handled again.
 * `raw_producer`: at_least_once sends go to the aiokafka producer behind Faust's main producer:
   Faust's `send` adds a signal and a header check per record (four records an approval). Faust's
   commit still flushes that producer before it commits the offsets.
@@ -87,9 +88,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from types import SimpleNamespace
 
-from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import IllegalStateError
-from aiokafka.structs import OffsetAndMetadata
 from faust.stores.memory import Store as MemoryStore
 from faust.streams import current_event
 from faust.tables.recovery import Recovery
@@ -654,12 +653,60 @@ async def send_in_partition_transaction(app, event, outs: list) -> None:
     `event`'s partition, or, while a commit holds the transactions (`hold_transactions`), keep them
     for the next one. Their delivery is not awaited here: the transaction's commit waits for it
     (`commit_transactions_concurrently`), before it commits the event's offset with them."""
-    tid = transactional_id(app, event.message.topic, event.message.partition)
-    held = _held(app.producer).get(tid)
+    message = event.message
+    tid, source = transactional_id(app, message.topic, message.partition), (message.topic, message.partition)
+    producer, marks = app.producer, _marks(app.producer)
+    held = _held(producer).get(tid)
     if held is not None:  # a commit is taking the offsets: these wait for the next transaction, in order
         held[1].extend(outs)
+        _raise(marks["kept"].setdefault(tid, {}), source, message.offset)
         return
-    await _hand(app.producer, tid, outs)
+    txn = producer._transaction_producers.get(tid)
+    entry = marks["open"].get(tid)
+    if entry is None or entry[0] is not txn:
+        entry = marks["open"][tid] = (txn, {})
+    _raise(entry[1], source, message.offset)
+    await _hand(producer, tid, outs)
+
+
+# --- records handled once: the sources of what each transaction was handed ---------------------------
+
+
+def _marks(producer) -> dict:
+    """The highest source offset, per source partition, whose records went to a transaction:
+    "open": tid -> (its aiokafka producer, {(topic, partition): offset}) since it last committed;
+    "kept": tid -> {...} for records kept while a commit runs; "committed": {...} in a committed one."""
+    return producer.__dict__.setdefault("_gc_marks", {"open": {}, "kept": {}, "committed": {}})
+
+
+def _raise(marks: dict, source: tuple[str, int], offset: int) -> None:
+    if offset > marks.get(source, -1):
+        marks[source] = offset
+
+
+def _committed_marks(producer, tid: str) -> None:
+    """Transaction `tid` committed: what it was handed is committed."""
+    marks = _marks(producer)
+    txn, handed = marks["open"].pop(tid, (None, {}))
+    for source, offset in handed.items():
+        _raise(marks["committed"], source, offset)
+
+
+def already_in_a_transaction(app, event) -> bool:
+    """Whether `event`'s records were handed before to a transaction of this worker that is still
+    open (its producer the same, in a transaction) or has committed: a record handed back after a
+    rebalance though its outputs are there. Not handled again, its ack commits its offset with them."""
+    message, producer = event.message, app.producer
+    source, offset = (message.topic, message.partition), message.offset
+    marks = _marks(producer)
+    if offset <= marks["committed"].get(source, -1):
+        return True
+    tid = transactional_id(app, message.topic, message.partition)
+    if tid in _held(producer) and offset <= marks["kept"].get(tid, {}).get(source, -1):
+        return True
+    txn, handed = marks["open"].get(tid, (None, {}))
+    current = txn is not None and producer._transaction_producers.get(tid) is txn and _in_transaction(txn)
+    return current and offset <= handed.get(source, -1)
 
 
 async def _hand(producer, tid: str, outs: list) -> None:
@@ -709,8 +756,18 @@ async def release_transactions(producer) -> None:
     offset). Kept, the hold would make every later commit fail (`hold_transactions`)."""
     held = _held(producer)
 
+    marks = _marks(producer)
+
     async def release(tid: str) -> None:
         txn, outs = held[tid]
+        kept = marks["kept"].pop(tid, {})
+        taken = producer._transaction_producers.get(tid) is txn and _in_transaction(txn)
+        if taken and kept:  # their sources are this transaction's now
+            entry = marks["open"].get(tid)
+            if entry is None or entry[0] is not txn:
+                entry = marks["open"][tid] = (txn, {})
+            for source, offset in kept.items():
+                _raise(entry[1], source, offset)
         while outs and producer._transaction_producers.get(tid) is txn and _in_transaction(txn):
             out = outs.popleft()  # records kept while this one is handed join the same queue, behind it
             await _hand(producer, tid, [out])
@@ -758,7 +815,7 @@ def _commit_each_when_delivered(commit_transactions):
         async def commit_one(tid: str, offsets) -> None:
             delivered = await _delivered(self, tid)
             await commit_transactions(self, {tid: offsets}, group_id, start_new_transaction=start_new_transaction)
-            remember_own_commit(group_id, offsets)  # a rebalance right after may not see it yet
+            _committed_marks(self, tid)  # their records' sources: never handled again (`already_in_a_transaction`)
             # RocksDB tables: their persisted offsets, their markers
             _persist_committed(getattr(self, "app", None), delivered, writes_at_hold)
 
@@ -775,45 +832,6 @@ def commit_transactions_concurrently() -> None:
     commit = FaustAIOKafkaProducer.commit_transactions
     if not getattr(commit, "__gc_commit_concurrently__", False):
         FaustAIOKafkaProducer.commit_transactions = _commit_each_when_delivered(commit)
-
-
-# --- committed offsets: never behind the worker's own commits -------------------------------------
-
-# group id -> (topic, partition) -> the offset this process's transactions committed last.
-_OWN_COMMITS: dict[str, dict[tuple[str, int], int]] = {}
-
-
-def remember_own_commit(group_id: str, offsets) -> None:
-    """Note the offsets a transaction of this worker has committed (its EndTxn answered)."""
-    own = _OWN_COMMITS.setdefault(group_id, {})
-    for tp, offset in offsets.items():
-        key = (tp.topic, tp.partition)
-        if offset > own.get(key, -1):
-            own[key] = offset
-
-
-def _at_least_own_commits(fetch):
-    @functools.wraps(fetch)
-    async def wrapper(self, partitions):
-        offsets = await fetch(self, partitions)
-        own = _OWN_COMMITS.get(self.group_id)
-        if own:
-            for tp in partitions:
-                mine, got = own.get((tp.topic, tp.partition)), offsets.get(tp)
-                if mine is not None and (got is None or got.offset < mine):
-                    offsets[tp] = OffsetAndMetadata(mine, "")
-        return offsets
-
-    wrapper.__gc_at_least_own_commits__ = True
-    return wrapper
-
-
-def fetch_own_commits_stably() -> None:
-    """Make the group coordinator's committed offsets never older than this worker's own commits
-    (idempotent)."""
-    fetch = GroupCoordinator._do_fetch_commit_offsets
-    if not getattr(fetch, "__gc_at_least_own_commits__", False):
-        GroupCoordinator._do_fetch_commit_offsets = _at_least_own_commits(fetch)
 
 
 # --- metadata ------------------------------------------------------------------------------------

@@ -23,7 +23,14 @@ from ..dispatch import WAITS, Given, Handler, handle, handlers
 from ..handlers import Out, Pipeline, RecordMeta, ReferenceBehind, Tables
 from ..metrics import PrometheusMeter
 from ..settings import Settings
-from .compat import partitions_of, persist_delivered, raw_producer, send_in_partition_transaction, settle_on_commit
+from .compat import (
+    already_in_a_transaction,
+    partitions_of,
+    persist_delivered,
+    raw_producer,
+    send_in_partition_transaction,
+    settle_on_commit,
+)
 from .eos import CommitGate
 
 __all__ = ["Runtime", "meta", "signed", "on_partition"]
@@ -89,6 +96,14 @@ class Runtime:
         has the reference topics read again first (`signed`)."""
         pipeline, message = self.pipeline, event.message
         topic, partition = message.topic, message.partition
+        if self.exactly_once and already_in_a_transaction(self.app, event):
+            log.warning(
+                "%s/%s offset %s: its records are in a transaction already; not handled again",
+                topic,
+                partition,
+                message.offset,
+            )
+            return
         started = time.perf_counter()
         record = RecordMeta(topic, partition, message.offset, int(message.timestamp * 1000))
         try:  # at once, as `signed` first tries it: no coroutine for the common case

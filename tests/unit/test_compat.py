@@ -582,8 +582,8 @@ def partition_app(producer) -> SimpleNamespace:
     )
 
 
-def event_on(partition: int) -> SimpleNamespace:
-    return SimpleNamespace(message=SimpleNamespace(topic="gc.requests", partition=partition))
+def event_on(partition: int, offset: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(message=SimpleNamespace(topic="gc.requests", partition=partition, offset=offset))
 
 
 def outs(*values: bytes) -> list:
@@ -998,45 +998,39 @@ async def test_a_completed_recovery_persists_what_it_read_to(tmp_path):
     assert Recovery.on_recovery_completed.__gc_persist_recovered__
 
 
-# --- committed offsets: never behind the worker's own commits ------------------------------------
+# --- records handled once: the sources of what each transaction was handed ---------------------------
 
 
-async def test_committed_offsets_are_never_behind_the_workers_own_commits():
-    from aiokafka.structs import OffsetAndMetadata, TopicPartition
+async def test_a_record_whose_outputs_are_in_an_open_or_committed_transaction_is_not_handled_again():
+    """After an eager rebalance Faust leaves a transaction without offsets to commit open, records
+    and all, and seeks the partition back to its committed offset: the record comes back."""
+    tid = "gc-test-2-3"
+    producer = TransactionProducers(tid)
+    app = partition_app(producer)
+    await compat.send_in_partition_transaction(app, event_on(3, 41), outs(b"41"))
+    await compat.send_in_partition_transaction(app, event_on(3, 42), outs(b"42"))
+    again = [compat.already_in_a_transaction(app, event_on(3, n)) for n in (41, 42, 43)]
+    assert again == [True, True, False] and not compat.already_in_a_transaction(app, event_on(2, 41))
+    # Its transaction aborted (a replaced producer: the partition went elsewhere): handled again.
+    producer._transaction_producers[tid] = transaction_producer()
+    assert not compat.already_in_a_transaction(app, event_on(3, 42))
+    await compat.send_in_partition_transaction(app, event_on(3, 42), outs(b"42 again"))
+    compat._committed_marks(producer, tid)  # that one committed: never again, whatever comes after
+    producer._transaction_producers[tid] = transaction_producer()
+    assert compat.already_in_a_transaction(app, event_on(3, 42))
+    assert not compat.already_in_a_transaction(app, event_on(3, 43))
 
-    mine, theirs, new = TopicPartition("r", 0), TopicPartition("r", 1), TopicPartition("r", 2)
-    answer = {mine: OffsetAndMetadata(10, ""), theirs: OffsetAndMetadata(50, "")}
 
-    async def fetch(self, partitions):  # the broker, before the last commit's marker is written
-        return {tp: answer[tp] for tp in partitions if tp in answer}
-
-    compat.remember_own_commit("g-own", {mine: 17, theirs: 40})
-    compat.remember_own_commit("g-own", {mine: 12})  # an older commit never lowers it
-    fetched = await compat._at_least_own_commits(fetch)(SimpleNamespace(group_id="g-own"), [mine, theirs, new])
-    assert fetched == {
-        mine: OffsetAndMetadata(17, ""),
-        theirs: OffsetAndMetadata(50, ""),
-    }  # another's later commit stands
-    other_group = await compat._at_least_own_commits(fetch)(SimpleNamespace(group_id="g-other"), [mine])
-    assert other_group == {mine: OffsetAndMetadata(10, "")}
-
-
-def test_fetch_own_commits_stably_premises():
-    """Both of aiokafka's ways to the committed offsets (a seek to committed, the positions of an
-    assignment) go through `_do_fetch_commit_offsets`, whose OffsetFetch cannot ask for stable
-    offsets (no require_stable before v7), and which leaves out a partition with none."""
-    from aiokafka.consumer.group_coordinator import GroupCoordinator
-    from aiokafka.protocol.commit import OffsetFetchRequest
-
-    compat.fetch_own_commits_stably()
-    compat.fetch_own_commits_stably()  # idempotent: one wrapper
-    fetch = GroupCoordinator._do_fetch_commit_offsets
-    assert fetch.__gc_at_least_own_commits__ and not hasattr(fetch.__wrapped__, "__gc_at_least_own_commits__")
-    assert "self._do_fetch_commit_offsets(partitions)" in inspect.getsource(GroupCoordinator.fetch_committed_offsets)
-    assert "self._do_fetch_commit_offsets(need_update)" in inspect.getsource(
-        GroupCoordinator._maybe_refresh_commit_offsets
-    )
-    source = inspect.getsource(fetch.__wrapped__)
-    assert "offsets[tp] = OffsetAndMetadata(offset, metadata)" in source and "if offset == UNKNOWN_OFFSET" in source
-    assert "require_stable" not in inspect.getsource(OffsetFetchRequest)
-    assert "remember_own_commit(group_id, offsets)" in inspect.getsource(compat._commit_each_when_delivered)
+async def test_records_kept_during_a_commit_count_once_released_and_not_once_dropped():
+    kept_for_open, kept_for_ended = "gc-test-2-1", "gc-test-2-3"
+    producer = TransactionProducers(kept_for_open, kept_for_ended)
+    app = partition_app(producer)
+    compat.hold_transactions(producer)
+    await compat.send_in_partition_transaction(app, event_on(1, 7), outs(b"kept 7"))
+    await compat.send_in_partition_transaction(app, event_on(3, 9), outs(b"kept 9"))
+    assert compat.already_in_a_transaction(app, event_on(1, 7))  # kept: it goes to the next one
+    producer._transaction_producers[kept_for_ended]._txn_manager.is_in_transaction = lambda: False
+    await compat.release_transactions(producer)
+    assert producer.values == [b"kept 7"]
+    assert compat.already_in_a_transaction(app, event_on(1, 7))
+    assert not compat.already_in_a_transaction(app, event_on(3, 9))  # dropped: handled again
