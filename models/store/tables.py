@@ -7,10 +7,10 @@ message rewrites the same row.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -36,11 +36,31 @@ __all__ = [
     "RejectionCount",
     "RecentDwell",
     "RECENT_DWELLS",
+    "UTCDateTime",
 ]
 
 
+class UTCDateTime(TypeDecorator):
+    """A moment, stored in UTC and always read back aware. PostgreSQL's timestamptz is both already;
+    SQLite keeps the wall-clock fields of what it is given and reads them back naive, so a moment
+    is turned to UTC before it is written and read back as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"a naive datetime ({value.isoformat()}) is not a moment: give its time zone")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _when(**kw) -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), **kw))
+    return Field(default=None, sa_column=Column(UTCDateTime(), **kw))
 
 
 class ShipmentBase(SQLModel):

@@ -352,7 +352,7 @@ def _request_view(s: Session, row: GatewayRequest) -> RequestView:
             priority=decided.priority,
             reasons=decided.reasons,
             rules_version=decided.rules_version,
-            decided_at=_aware(decided.decided_at),
+            decided_at=decided.decided_at,
             pass_id=decided.pass_id,
         )
     status = decided.decision if decided is not None else "dead_letter" if row.dead_letter else "pending"
@@ -360,7 +360,7 @@ def _request_view(s: Session, row: GatewayRequest) -> RequestView:
         shipment_id=row.client_id,
         status=status,
         error=row.dead_letter if decided is None else None,
-        accepted_at=_aware(row.accepted_at),
+        accepted_at=row.accepted_at,
         decision=decision,
         pass_url=f"/v1/passes/{decided.pass_id}" if decided is not None and decided.pass_id else None,
         pass_status=_pass_status(s, decided.pass_id if decided is not None else None),
@@ -370,11 +370,6 @@ def _request_view(s: Session, row: GatewayRequest) -> RequestView:
 def _pass_status(s: Session, pass_id: str | None) -> str | None:
     row = db.get_pass(s, pass_id=pass_id) if pass_id else None
     return None if row is None else row.status
-
-
-def _aware(at: datetime | None) -> datetime | None:
-    """A time read back from the database, in UTC (SQLite returns it without its zone)."""
-    return at if at is None or at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 # --- passes ------------------------------------------------------------------------------------------
@@ -390,12 +385,8 @@ def _passes_routes(app: FastAPI, gateway: Gateway) -> None:
             row, client_id = _own_pass(s, pass_id, who)
             events = db.get_pass_events(s, pass_id=pass_id)
             history = [PassEventView.model_validate(e, from_attributes=True) for e in events]
-            for event in history:
-                event.at = _aware(event.at)
             fields = (k for k in PassView.model_fields if hasattr(row, k) and k != "shipment_id")
-            view = {
-                k: _aware(v) if isinstance(v, datetime) else v for k in fields if (v := getattr(row, k)) is not None
-            }
+            view = {k: v for k in fields if (v := getattr(row, k)) is not None}
         base = f"/v1/passes/{pass_id}"
         return PassView(
             **view,

@@ -292,7 +292,6 @@ class Deliverer:
             first = s.exec(q.order_by(col(WebhookDelivery.next_at)).limit(1)).first()
         if first is None:
             return 60.0
-        first = first if first.tzinfo else first.replace(tzinfo=UTC)
         return min(60.0, max(0.05, (first - self.now()).total_seconds()))
 
     async def _post(self, http: aiohttp.ClientSession, url: str, secret: str, d: WebhookDelivery) -> str | None:
