@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,6 +77,10 @@ class Caller:
     key_id: str
 
 
+FAILURES_PER_MINUTE, FAILURES_BURST = 10, 20  # refused keys a client address may try
+MAX_CLIENTS = 10_000  # addresses remembered for that
+
+
 @dataclass
 class Gateway:
     """What the endpoints need: the database, the publisher, the clocks, each firm's rate limit."""
@@ -90,6 +95,26 @@ class Gateway:
 
     def session(self) -> Session:
         return Session(self.engine)
+
+    # Failed authentications by client address: a key guessed at costs a database look-up each time.
+    failures: OrderedDict[str, TokenBucket] = field(default_factory=OrderedDict)
+    failures_per_minute: float = FAILURES_PER_MINUTE
+    failures_burst: float = FAILURES_BURST
+
+    def failure_wait(self, client: str) -> float:
+        """0 when `client` may try a key now, else the seconds until it may (counts nothing)."""
+        bucket = self.failures.get(client)
+        return 0.0 if bucket is None else bucket.wait(self.monotonic())
+
+    def failed(self, client: str) -> None:
+        """Count a refused key from `client` (the oldest addresses forgotten past MAX_CLIENTS)."""
+        bucket = self.failures.pop(client, None)
+        if bucket is None:
+            bucket = TokenBucket(rate=self.failures_per_minute / 60, burst=self.failures_burst)
+        bucket.take(self.monotonic())
+        self.failures[client] = bucket
+        while len(self.failures) > MAX_CLIENTS:
+            self.failures.popitem(last=False)
 
     def take(self, firm: Firm) -> float:
         """0 when the firm may make a request now, else the seconds until it may (`Retry-After`)."""
@@ -153,7 +178,10 @@ def _caller(gateway: Gateway):
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
     ) -> Caller:
         if credentials is not None:
+            _not_guessing(gateway, request)
             found = await run_in_threadpool(_authenticate, gateway, credentials.credentials)
+            if found is None:
+                gateway.failed(_client(request))
         elif (key_id := gateway.sessions.key_of(request.cookies.get(COOKIE))) is not None:
             origin = f"{request.url.scheme}://{request.headers.get('host', '')}"
             if (why := csrf_refusal(request.method, request.headers, origin)) is not None:
@@ -164,17 +192,38 @@ def _caller(gateway: Gateway):
         if found is None:
             raise Refused(401, "unauthorized", "unknown or revoked API key", headers=_CHALLENGE)
         firm, key_id = found
-        wait = gateway.take(firm)
-        if wait > 0:
-            raise Refused(
-                429,
-                "rate_limited",
-                f"more than {firm.requests_per_minute} requests a minute; try again in {math.ceil(wait)} s",
-                headers={"Retry-After": str(math.ceil(wait))},
-            )
+        within_limit(gateway, firm)
         return Caller(firm.firm_id, frozenset(firm.acts_for), key_id)
 
     return caller
+
+
+def within_limit(gateway: Gateway, firm: Firm) -> None:
+    """Count a request of the firm's; 429 past its rate limit."""
+    wait = gateway.take(firm)
+    if wait > 0:
+        raise Refused(
+            429,
+            "rate_limited",
+            f"more than {firm.requests_per_minute} requests a minute; try again in {math.ceil(wait)} s",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _not_guessing(gateway: Gateway, request: Request) -> None:
+    """429 when the client's address has had too many keys refused of late."""
+    wait = gateway.failure_wait(_client(request))
+    if wait > 0:
+        raise Refused(
+            429,
+            "rate_limited",
+            f"too many refused keys from your address; try again in {math.ceil(wait)} s",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
 
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
