@@ -39,8 +39,7 @@ from models.store import db
 from models.store import firms as rows
 from models.store.tables import Firm, GatewayRequest
 
-from ..firms import bind_driver
-from ..firms import request_validator as schema_validator
+from ..firms import bind_driver, schema_fields
 from ..pass_print import pass_document, pass_from_row
 from .events import notification_routes
 from .notify import Hub
@@ -344,18 +343,6 @@ def _check(wanted: ClientRequest, who: Caller) -> None:
         raise Refused(403, "not_acting_for", refusal, fields=[{"field": "shipper.credit_code", "message": refusal}])
     if (problem := bind_driver(copy.deepcopy(wanted.body))) is not None:
         raise Refused(422, "invalid", "the driver cannot be bound", fields=[{"field": "driver", "message": problem}])
-
-
-def schema_fields(body: dict) -> list[dict]:
-    """Each problem the published schema finds, at its field's path (a missing field at its own)."""
-    fields = []
-    for e in sorted(schema_validator().iter_errors(body), key=lambda e: list(map(str, e.absolute_path))):
-        path = [str(p) for p in e.absolute_path]
-        if e.validator == "required" and isinstance(e.validator_value, list):
-            missing = next((f for f in e.validator_value if isinstance(e.instance, dict) and f not in e.instance), None)
-            path += [missing] if missing else []
-        fields.append({"field": ".".join(path) or "(request)", "message": e.message})
-    return fields
 
 
 def _record(gateway: Gateway, wanted: ClientRequest, who: Caller) -> tuple[GatewayRequest, bool]:
