@@ -16,7 +16,7 @@ const I18N = {
     trip_single: "单次有效", trip_multi: "多次有效", toll_yes: "免收（三不一优先）", toll_no: "照常收取",
     distance: "里程", eta: "预计到达", wait: "当前等待", wait_none: "暂无数据", minutes: "分钟",
     live: "实时 · 数据时间 {at}", checked: "数据时间 {at} · {ago}", ago_now: "刚刚", ago_min: "{n} 分钟前",
-    ago_h: "{h} 小时 {m} 分钟前", offline: "离线：显示的是 {ago}的状态（数据时间 {at}）。请联网更新。",
+    ago_h: "{h} 小时 {m} 分钟前", offline: "离线 · 以下为{ago}保存的状态（数据时间 {at}），请联网更新。",
     polling: "定时刷新 · 数据时间 {at}", bj: "北京时间",
     status: {issued: "已签发", at_checkpoint: "在检查站", in_transit: "在途", held: "被拦停", delivered: "已送达",
              rerouted: "已改道", suspended: "已暂停", revoked: "已撤销", expired: "已过期"},
@@ -46,7 +46,7 @@ const I18N = {
     trip_single: "single trip", trip_multi: "multi-trip", toll_yes: "exempt (三不一优先)", toll_no: "charged",
     distance: "Distance", eta: "ETA", wait: "wait now", wait_none: "no data yet", minutes: "min",
     live: "Live · as of {at}", checked: "As of {at} · {ago}", ago_now: "just now", ago_min: "{n} minutes ago",
-    ago_h: "{h} h {m} min ago", offline: "Offline: showing the state of {ago} (as of {at}). Go online to update.",
+    ago_h: "{h} h {m} min ago", offline: "Offline: as of {at}, saved {ago}. Go online to update.",
     polling: "Refreshed every 30 s · as of {at}", bj: "Beijing time",
     status: {issued: "issued", at_checkpoint: "at a checkpoint", in_transit: "in transit", held: "held",
              delivered: "delivered", rerouted: "rerouted", suspended: "suspended", revoked: "revoked", expired: "expired"},
@@ -295,7 +295,10 @@ document.addEventListener("DOMContentLoaded", async () => {
     render();
   });
   window.addEventListener("resize", () => driver.chart && driver.chart.resize());
-  window.addEventListener("online", () => { load(); });
+  window.addEventListener("online", async () => {  // back on the network: the state now, and live again
+    await load();
+    if (!driver.es || driver.es.readyState === EventSource.CLOSED) listen();
+  });
   window.addEventListener("offline", () => { driver.offline = true; freshness(); });
   setInterval(() => { if (driver.state) render(); }, 30000);  // the age, and the verdict at the validity's end
   const fresh = await load();
