@@ -30,7 +30,6 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from models.driver import driver_path, instruction, link_secret_ok, new_link_key, verdict
-from models.firms import split_channel_id
 from models.policy import CLASS_NAMES
 from models.records import format_time, parse_time
 from models.store import db
@@ -104,7 +103,7 @@ def add_driver_pages(app: FastAPI, gateway: Gateway, Who) -> None:  # noqa: N803
     @app.get("/d/{pass_id}/{secret}", include_in_schema=False)
     def page(pass_id: str, secret: str) -> FileResponse:
         _check(gateway, pass_id, secret)
-        if first_shipment(gateway, pass_id) is None:
+        if not _exists(gateway, pass_id):
             raise Refused(404, "not_found", _NOT_FOUND)
         headers = {"Cache-Control": "no-cache, private"}
         return FileResponse(PAGE / "index.html", media_type="text/html; charset=utf-8", headers=headers)
@@ -266,10 +265,9 @@ def _route(route: dict, waits: dict[str, dict]) -> dict:
 
 async def _stream(gateway: Gateway, pass_id: str, first: dict):
     """`event: state` with the whole state, at once and after each change of it: an event of the pass
-    on the gateway's live feed (a gateway firm's pass), or a read every REFRESH_S."""
-    owner = split_channel_id(first_shipment(gateway, pass_id) or "")
-    firm_id = owner[0] if owner else None
-    queue = gateway.hub.open(firm_id) if firm_id else None
+    on the gateway's live feed (the feed carries the gateway firms' passes), or a read every REFRESH_S
+    (any pass; the waits at the checkpoints move too)."""
+    queue = gateway.hub.open_pass(pass_id)
     try:
         shown, event = None, None
         state: dict | None = first
@@ -289,15 +287,11 @@ async def _stream(gateway: Gateway, pass_id: str, first: dict):
             if got is not None or loop.time() - last_read >= REFRESH_S:
                 state, last_read = await run_in_threadpool(_read, gateway, pass_id, event), loop.time()
     finally:
-        if queue is not None and firm_id is not None:
-            gateway.hub.close(firm_id, queue)
+        gateway.hub.close_pass(pass_id, queue)
 
 
-async def _next_event(queue: asyncio.Queue | None, pass_id: str, *, timeout: float) -> dict | None | bool:
+async def _next_event(queue: asyncio.Queue, pass_id: str, *, timeout: float) -> dict | None | bool:
     """The next status event of this pass within `timeout` (None: none came), False: the stream ended."""
-    if queue is None:  # no live feed of this pass: the stream reads it again after this pause
-        await asyncio.sleep(timeout)
-        return None
     deadline = asyncio.get_running_loop().time() + timeout
     while (left := deadline - asyncio.get_running_loop().time()) > 0:
         try:
@@ -311,11 +305,11 @@ async def _next_event(queue: asyncio.Queue | None, pass_id: str, *, timeout: flo
     return None
 
 
-def first_shipment(gateway: Gateway, pass_id: str) -> str | None:
-    """The pass's shipment id ('' for one without), None: no such pass (or none with a token yet)."""
+def _exists(gateway: Gateway, pass_id: str) -> bool:
+    """Whether the pass is there, with its token (what the page shows)."""
     with gateway.session() as s:
         row = db.get_pass(s, pass_id=pass_id)
-        return None if row is None or not row.token else row.shipment_id or ""
+        return row is not None and bool(row.token)
 
 
 def _digest(state: dict) -> str:

@@ -28,6 +28,7 @@ from models.store.db import get_pass, get_pass_events, init_db, make_engine, rec
 from models.store.tables import RecentDwell
 from streams.gateway.app import Gateway, create_gateway
 from streams.gateway.driver import _NoSecrets, driver_state, load_link_key
+from streams.gateway.notify import Envelope, Hub
 from tests.support.factories import REAL_CREDIT_CODES, good_request
 from tests.unit.test_gateway import NOW, Channel, auth
 
@@ -202,3 +203,17 @@ def test_a_status_event_ahead_of_the_projection_is_shown_at_once(gateway):
     suspended = event | {"status": "suspended", "reason": "no_safe_route", "route": None}
     state = driver_state(row, events, {}, event=suspended, now=NOW, log_time=later)
     assert (state["status"], state["instruction"], state["reason"]) == ("suspended", "stop", "no_safe_route")
+
+
+async def test_the_hub_tells_a_passs_stream_its_events_only_and_ends_one_that_falls_behind():
+    hub = Hub()
+    mine, other = hub.open_pass("420111000001"), hub.open_pass("420111000002")
+    event = Envelope("sf-wuhan", "e1", "status", "SO-1", "420111000001", {"status": "rerouted"})
+    hub.tell(event)
+    assert mine.get_nowait() is event and other.empty()
+    for i in range(1000):
+        hub.tell(Envelope("sf-wuhan", f"e{i}", "status", "SO-1", "420111000002", {}))
+    hub.tell(Envelope("sf-wuhan", "late", "status", "SO-1", "420111000002", {}))  # one too many
+    assert "420111000002" not in hub.passes and [other.get_nowait() for _ in range(other.qsize())][-1] is None
+    hub.close_pass("420111000001", mine)
+    assert hub.passes == {}
