@@ -14,6 +14,7 @@ uvicorn's access log (off at the gateway's log level) has the secret cut out of 
 """
 
 import asyncio
+import functools
 import hashlib
 import io
 import logging
@@ -186,12 +187,12 @@ def _url(gateway: Gateway, request: Request, pass_id: str) -> str:
 # --- the driver's side: the state of one pass --------------------------------------------------------
 
 
-def _read(gateway: Gateway, pass_id: str, event: dict | None) -> dict | None:
+def _read(gateway: Gateway, pass_id: str, event: dict | None, before: dict | None = None) -> dict | None:
     with gateway.session() as s:
-        return _state(gateway, s, pass_id, event)
+        return _state(gateway, s, pass_id, event, before)
 
 
-def _state(gateway: Gateway, s, pass_id: str, event: dict | None) -> dict | None:
+def _state(gateway: Gateway, s, pass_id: str, event: dict | None, before: dict | None = None) -> dict | None:
     row = db.get_pass(s, pass_id=pass_id)
     if row is None or not row.token:
         return None
@@ -199,14 +200,16 @@ def _state(gateway: Gateway, s, pass_id: str, event: dict | None) -> dict | None
     route = row.route or {}
     waits = db.recent_waits(s, (c["checkpoint_id"] for c in route.get("checkpoints", ())))
     log_time = db.latest_event_time(s) if gateway.clock_of_the_log else None
-    return driver_state(row, events, waits, event=event, now=gateway.now(), log_time=_aware(log_time))
+    return driver_state(row, events, waits, event=event, now=gateway.now(), log_time=_aware(log_time), before=before)
 
 
-def driver_state(row, events, waits: dict[str, dict], *, event: dict | None, now: datetime, log_time) -> dict:
+def driver_state(
+    row, events, waits: dict[str, dict], *, event: dict | None, now: datetime, log_time, before: dict | None = None
+) -> dict:
     """What the page shows of a pass: the projected row, or a newer status event over it (the live
     feed is ahead of the projector by a moment), its verdict at the channel's time `as_of` (`now`,
     or the time of the last event projected when the channel has no wall clock), and `served_at`
-    (this server's `now`) from which the page tells how old it is."""
+    (this server's `now`). The QR (tens of milliseconds to draw) is `before`'s when its token is."""
     current = {
         "status": row.status,
         "status_at": _aware(row.status_at),
@@ -238,11 +241,18 @@ def driver_state(row, events, waits: dict[str, dict], *, event: dict | None, now
         "reason": current["reason"],
         "verdict": verdict(current["status"], valid_from, valid_until, as_of),
         "instruction": instruction(current["status"], valid_from, valid_until, as_of),
-        "qr": pass_qr(current["token"]).svg_data_uri(scale=1, border=4),
+        "token": current["token"],
+        "qr": before["qr"] if before and before.get("token") == current["token"] else _qr(current["token"]),
         "route": _route(current["route"], waits),
         "as_of": format_time(as_of),
         "served_at": format_time(now),
     }
+
+
+@functools.lru_cache(maxsize=256)  # the pages opened again and again, each drawn once
+def _qr(token: str) -> str:
+    """The pass's QR as printed (`pass_qr`), an SVG data URI."""
+    return pass_qr(token).svg_data_uri(scale=1, border=4)
 
 
 def _route(route: dict, waits: dict[str, dict]) -> dict:
@@ -285,7 +295,8 @@ async def _stream(gateway: Gateway, pass_id: str, first: dict):
             if got is not None:
                 event = got
             if got is not None or loop.time() - last_read >= REFRESH_S:
-                state, last_read = await run_in_threadpool(_read, gateway, pass_id, event), loop.time()
+                state = await run_in_threadpool(_read, gateway, pass_id, event, state)
+                last_read = loop.time()
     finally:
         gateway.hub.close_pass(pass_id, queue)
 

@@ -195,6 +195,10 @@ def test_a_status_event_ahead_of_the_projection_is_shown_at_once(gateway):
     state = driver_state(row, events, {}, event=event, now=during, log_time=None)
     assert state["status"] == "rerouted" and state["instruction"] == "new_route" and state["verdict"] == GREEN
     assert state["as_of"] == state["served_at"] == during.isoformat().replace("+00:00", "Z")
+    again = driver_state(row, events, {}, event=event, now=during, log_time=None, before=state)
+    assert again == state and again["qr"] is state["qr"]  # drawn once for its token
+    assert driver_state(row, events, {}, event=event | {"token": "GC1:OTHER"}, now=during, log_time=None,
+                        before=state)["qr"] != state["qr"]  # fmt: skip
     past = driver_state(row, events, {}, event=event, now=NOW, log_time=None)  # 2026: past the pass of 2020
     assert (past["verdict"], past["instruction"]) == (GREY, "not_valid")
     assert [c["checkpoint_id"] for c in state["route"]["checkpoints"]] == [new_route["checkpoints"][0]["checkpoint_id"]]
