@@ -170,3 +170,21 @@ async def test_the_drivers_page_online_then_offline_then_a_reroute_arriving_live
         await page.screenshot(path=str(ARTIFACTS / "driver-last.png"), full_page=True)
         await context.close()
     assert violations == [], f"the page broke its Content-Security-Policy: {violations}"
+
+
+async def test_without_its_event_stream_the_page_polls_and_still_follows_the_pass(chromium, gateway, system):
+    pass_id, link = await _approved_pass(gateway)
+    context = await chromium.new_context(viewport=PHONE, is_mobile=True, locale="en-GB")
+    page = await context.new_page()
+    try:
+        await page.route("**/events", lambda route: route.abort())
+        await page.goto(link)
+        await page.click("#lang")  # English (Chinese is the default whatever the phone's language)
+        await wait_for_js(page, "window.driver.live === 'poll'", TIMEOUT)
+        assert "Refreshed every 30 s" in await page.inner_text("#freshness")
+        await _through_the_first_checkpoint(gateway, system, pass_id)
+        await page.wait_for_selector("#verdict:has-text('in transit')", timeout=TIMEOUT * 1000)
+        assert await page.evaluate("window.driver.eventsSeen") == 0
+    finally:
+        await page.screenshot(path=str(ARTIFACTS / "driver-polled.png"), full_page=True)
+        await context.close()

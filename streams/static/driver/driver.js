@@ -252,6 +252,7 @@ async function load() {
   if (!r || !r.ok) { driver.offline = true; freshness(); return false; }
   const cached = r.headers.get("X-GC-Seen-At");
   take(await r.json(), cached ? Number(cached) : Date.now(), Boolean(cached));
+  if (cached) { driver.offline = true; freshness(); }  // the service worker's copy: no network
   return !cached;
 }
 
@@ -259,20 +260,29 @@ function listen() {
   if (!window.EventSource) return poll();
   const es = new EventSource(`${base}/events`);
   driver.es = es;
-  es.addEventListener("open", () => { driver.live = "sse"; driver.offline = false; freshness(); });
+  es.addEventListener("open", () => { driver.live = "sse"; driver.offline = false; stopPolling(); freshness(); });
   es.addEventListener("state", (e) => { driver.eventsSeen += 1; driver.live = "sse"; take(JSON.parse(e.data), Date.now(), false); });
   es.addEventListener("error", () => {
-    if (es.readyState === EventSource.CLOSED) { driver.live = ""; poll(); }
-    else { driver.live = ""; freshness(); }  // the browser tries again by itself
+    // The browser connects again by itself (unless the answer was an error: CLOSED); meanwhile, a poll.
+    driver.live = "";
+    freshness();
+    poll();
   });
+}
+
+function stopPolling() {
+  if (driver.polling) clearInterval(driver.polling);
+  driver.polling = null;
 }
 
 function poll() {
   if (driver.polling) return;
-  driver.polling = setInterval(async () => {
-    if (await load()) driver.live = "poll";
+  const tick = async () => {
+    if (await load() && driver.live !== "sse") driver.live = "poll";
     freshness();
-  }, POLL_MS);
+  };
+  driver.polling = setInterval(tick, POLL_MS);
+  tick();
 }
 
 // The page itself in the cache too (the service worker may not yet have seen it: the first visit).
