@@ -41,7 +41,7 @@ from .app import Gateway, Refused, _aware, _own_pass
 from .portal import PORTAL_CSP, STATIC
 from .views import Problem
 
-__all__ = ["add_driver_pages", "load_link_key", "driver_state", "DriverLink"]
+__all__ = ["add_driver_pages", "load_link_key", "driver_url", "driver_state", "DriverLink"]
 
 PAGE = STATIC / "driver"
 # Workers from this origin only (the service worker); everything else as the portal's page.
@@ -86,6 +86,12 @@ def load_link_key(path: Path) -> bytes:
     if len(key) < 16:
         raise SystemExit(f"{path}: a driver-link key is at least 16 bytes (delete it to make a new one)")
     return key
+
+
+def driver_url(settings, base_url: str, pass_id: str) -> str:
+    """The driver's page of a pass on the gateway at `base_url` (e.g. http://127.0.0.1:8090/), with
+    the key of these settings: what the demo prints, or an operator hands a driver."""
+    return base_url.rstrip("/") + driver_path(load_link_key(settings.driver_link_key_path), pass_id)
 
 
 def add_driver_pages(app: FastAPI, gateway: Gateway, Who) -> None:  # noqa: N803 — a type

@@ -27,8 +27,9 @@ from models.store import firms as rows
 from models.store.db import get_pass, get_pass_events, init_db, make_engine, recent_waits
 from models.store.tables import RecentDwell
 from streams.gateway.app import Gateway, create_gateway
-from streams.gateway.driver import _NoSecrets, driver_state, load_link_key
+from streams.gateway.driver import _NoSecrets, driver_state, driver_url, load_link_key
 from streams.gateway.notify import Envelope, Hub
+from streams.settings import Settings
 from tests.support.factories import REAL_CREDIT_CODES, good_request
 from tests.unit.test_gateway import NOW, Channel, auth
 
@@ -82,6 +83,11 @@ def test_the_link_key_is_made_once_private_and_read_again(tmp_path):
     key = load_link_key(path)
     assert len(key) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_link_key(path) == key and list(path.parent.iterdir()) == [path]  # no temporary file left
+    settings = Settings(data_dir=tmp_path, _env_file=None)
+    assert settings.driver_link_key_path == path
+    assert (
+        driver_url(settings, "http://gw:8090/", "420111000001") == f"http://gw:8090{driver_path(key, '420111000001')}"
+    )
 
 
 def test_the_access_log_never_holds_a_links_secret():
