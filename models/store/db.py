@@ -59,6 +59,8 @@ __all__ = [
     "counted_board",
     "counted_hours",
     "counted_rejections",
+    "recent_waits",
+    "latest_event_time",
 ]
 
 # The statuses of a vehicle standing at its last checkpoint: the board's queue.
@@ -524,3 +526,25 @@ def counted_rejections(session: Session) -> dict[str, int]:
     """`rejections_by_reason(session)`, the most named first (ties by code)."""
     q = select(RejectionCount.code, RejectionCount.n).order_by(col(RejectionCount.n).desc(), col(RejectionCount.code))
     return {code: n for code, n in session.exec(q) if n}
+
+
+def recent_waits(session: Session, checkpoint_ids: Iterable[str]) -> dict[str, dict]:
+    """The board's row (`counted_board`'s median of the last RECENT_DWELLS departures) of each of
+    these checkpoints: what a driver's page shows as the wait ahead. No row: no departure yet."""
+    from ..tracking import board_row
+
+    wanted = sorted(set(checkpoint_ids))
+    dwells: dict[str, list[float]] = {}
+    if wanted:
+        q = select(RecentDwell.checkpoint_id, RecentDwell.dwell_seconds).where(
+            col(RecentDwell.checkpoint_id).in_(wanted)
+        )
+        for checkpoint, dwell in session.execute(q):
+            dwells.setdefault(checkpoint, []).append(dwell)
+    return {c: board_row(c, 0, d, 900) for c, d in dwells.items()}
+
+
+def latest_event_time(session: Session):
+    """The time of the last status event projected (by row id: O(1)), or None: the channel's clock
+    as the database knows it, for a page shown on a day the worker has no wall clock (the demo's)."""
+    return session.exec(select(PassEvent.at).order_by(col(PassEvent.id).desc()).limit(1)).first()

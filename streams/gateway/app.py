@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from models.driver import new_link_key
 from models.firms import TokenBucket, channel_shipment_id, client_shipment_id, shipper_refusal
 from models.records import MAX_MESSAGE_BYTES, parse_request
 from models.store import db
@@ -91,6 +92,11 @@ class Gateway:
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     hub: Hub = field(default_factory=Hub)
     sessions: Sessions = field(default_factory=Sessions)  # the portal's (streams.gateway.session)
+    # The drivers' pass links (streams.gateway.driver): their HMAC key (serve.py reads it from its
+    # file; by default one made for this process), and whether "now" on a driver's page is the time
+    # of the last event projected (a channel without a wall clock: the demo's day) or `now`.
+    driver_link_key: bytes = field(default_factory=new_link_key, repr=False)
+    clock_of_the_log: bool = False
 
     def session(self) -> Session:
         return Session(self.engine)
@@ -136,9 +142,11 @@ def create_gateway(gateway: Gateway, *, lifespan=None) -> FastAPI:
     _requests_routes(app, gateway)
     _passes_routes(app, gateway)
     notification_routes(app, gateway, Annotated[Caller, Depends(_caller(gateway))])
+    from .driver import add_driver_pages  # the drivers' pass pages (imports this module)
     from .portal import add_portal  # the firms' web page, its sessions and look-ups (imports this module)
 
     add_portal(app, gateway)
+    add_driver_pages(app, gateway, Annotated[Caller, Depends(_caller(gateway))])
     return app
 
 
