@@ -88,12 +88,15 @@ def log_facts(items: Iterable[Any]) -> DayFacts:
     decisions: dict[str, dict] = {}
     events: dict[str, dict] = {}
     entries: dict[tuple, dict] = {}
+    routes: dict[str, dict] = {}  # a pass's route as its row holds it: the last reroute's, else the decision's
     for item in items:
         if item.kind == "decisions":
             decisions[item.row["shipment_id"]] = item.row  # an upsert: the last decision
         elif item.kind == "statuses":
             event_id, e = item.row
             events.setdefault(event_id, history_row(event_id, e))  # insert or nothing: the first
+            if e.get("route"):
+                routes[e["pass_id"]] = e["route"]
         elif item.kind == "enterprises":
             e = item.row
             entries[(e["credit_code"], parse_time(e["effective_at"]), e["action"])] = e
@@ -101,7 +104,7 @@ def log_facts(items: Iterable[Any]) -> DayFacts:
     for d in decisions.values():
         at = parse_time(d["decided_at"])
         if d["decision"] == "approved" and (p := d.get("pass")):
-            issued.append(_issued(p["pass_id"], p["priority"], p["issuer"], p["route"], at))
+            issued.append(_issued(p["pass_id"], p["priority"], p["issuer"], routes.get(p["pass_id"], p["route"]), at))
         elif d["decision"] == "rejected":
             rejected.append(Rejected(d["shipment_id"], rejection_codes(d["reasons"]), at))
     return DayFacts(
