@@ -71,7 +71,9 @@ def _verify(settings, figures, day, province, console) -> tuple[bool, str]:
     if not found:
         console.print(f"[green]figures proven by the log[/green] ({records:,} records read)")
         return True, f"已核验 proven: the same figures from {records:,} log records"
-    console.print(f"[red]{len(found)} differences between the database and the log:[/red]")
+    console.print(
+        f"[red]{len(found)} difference{'' if len(found) == 1 else 's'} between the database and the log:[/red]"
+    )
     for line in found:
         console.print(f"  {line}", markup=False)
     return False, f"不一致 {len(found)} differences from the log ({records:,} records)"

@@ -38,8 +38,12 @@ def upgrade() -> None:
         "SELECT credit_code, effective_at, CASE WHEN listed THEN 'add' ELSE 'remove' END, name "
         "FROM enterprise WHERE effective_at IS NOT NULL"
     )
-    op.create_index(op.f("ix_shipment_decided_at"), "shipment", ["decided_at"], unique=False)
-    op.create_index(op.f("ix_pass_event_at"), "pass_event", ["at"], unique=False)
+    inspector = sa.inspect(op.get_bind())
+    for table, column in (("shipment", "decided_at"), ("pass_event", "at")):
+        name = f"ix_{table}_{column}"
+        # A database made by create_all before there were migrations has the models' indexes already.
+        if name not in {ix["name"] for ix in inspector.get_indexes(table)}:
+            op.create_index(op.f(name), table, [column], unique=False)
 
 
 def downgrade() -> None:
