@@ -63,7 +63,13 @@ def database_facts(session, day: Day) -> DayFacts:
             Shipment.decision == "rejected", *in_day
         )
     )
-    events = session.exec(select(PassEvent).where(col(PassEvent.at) >= start, col(PassEvent.at) < end))
+    # Columns, not ORM objects: a day holds tens of thousands of events.
+    history = (PassEvent.event_id, PassEvent.pass_id, PassEvent.status, PassEvent.reason, PassEvent.checkpoint_id)
+    events = session.exec(
+        select(*history, PassEvent.dwell_seconds, PassEvent.dwell_exceeded, PassEvent.at).where(
+            col(PassEvent.at) >= start, col(PassEvent.at) < end
+        )
+    )
     changes = session.exec(
         select(EnterpriseChange).where(
             col(EnterpriseChange.effective_at) >= start, col(EnterpriseChange.effective_at) < end
@@ -72,7 +78,7 @@ def database_facts(session, day: Day) -> DayFacts:
     return DayFacts(
         issued=tuple(_issued(*row) for row in issued),
         rejected=tuple(Rejected(sid, rejection_codes(reasons), as_utc(at)) for sid, reasons, at in rejected),
-        statuses=tuple(_status(e.model_dump()) for e in events),
+        statuses=tuple(StatusChange(*e[:-3], e.dwell_seconds, bool(e.dwell_exceeded), as_utc(e.at)) for e in events),
         list_changes=tuple(ListChange(c.credit_code, c.name, c.action, as_utc(c.effective_at)) for c in changes),
     )
 
