@@ -5,6 +5,7 @@ writers; the command (through the broker: tests/integration/test_report_live.py)
 from __future__ import annotations
 
 import csv
+from contextlib import ExitStack
 from datetime import UTC, date, datetime
 
 import pypdfium2 as pdfium
@@ -24,7 +25,8 @@ from streams.daily.sources import database_facts, log_facts
 from streams.daily.view import Names
 from streams.projector import Item, shape, write
 from tests.support.factories import T, make_pipeline
-from tests.support.projections import ROUTE_A, ROUTE_B, checkpoint, decision, status
+from tests.support.projections import ROUTE_A, ROUTE_B, checkpoint, decision, fresh_postgres_database, status
+from tests.unit.test_db import BACKENDS, PG_URL
 from tests.unit.test_replay import FakeLog, event_order, run_worker, scenario_inputs
 
 DAY = Day(date(2020, 2, 20))  # China Standard Time: 2020-02-19T16:00Z to 2020-02-20T16:00Z
@@ -95,13 +97,18 @@ def constructed() -> dict[str, list]:
     return {"decisions": decisions, "statuses": statuses, "enterprises": enterprises}
 
 
-@pytest.fixture
-def engine(tmp_path):
-    url = f"sqlite:///{tmp_path / 'greenchannel.db'}"
-    upgrade(url)  # the migrations, 0004 included
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
+@pytest.fixture(params=BACKENDS)
+def engine(request, tmp_path):
+    """A database made by the migrations (0004 included): SQLite, and PostgreSQL when the lane has one."""
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'greenchannel.db'}"
+        else:
+            url = stack.enter_context(fresh_postgres_database(PG_URL))
+        upgrade(url)
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
 
 
 def project(engine, batch: dict[str, list]) -> None:
