@@ -101,11 +101,12 @@ def _interventions(fig: DayFigures) -> Table:
     rows = [(r.status, r.cause, r.events, r.passes) for r in fig.interventions]
     return Table(
         "interventions",
-        "改道与暂停（按原因）",
-        "Reroutes and suspensions by cause",
+        "改道、暂停与撤销（按原因）",
+        "Reroutes, suspensions and revocations by cause",
         columns,
         rows,
-        "rerouted, suspended and revoked passes, by the issuing county's province",
+        "status events (a reissued token is no reroute)"
+        + ("; by the issuing county's province" if fig.province else ""),
     )
 
 

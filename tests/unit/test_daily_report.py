@@ -273,7 +273,7 @@ def test_the_pdf_embeds_a_chinese_font_and_says_each_table_in_both_languages(eng
         "按类别和省份签发的通行证",
         "Passes issued by class and province",
         "按原因驳回的申请",
-        "改道与暂停",
+        "改道、暂停与撤销",
         "各检查站停留时间",
         "最繁忙通道",
         "重点企业名单变更",
