@@ -75,7 +75,7 @@ def _front(pdf, fig: DayFigures, names: Names, source: str, proof: str) -> None:
     rows = [(heading, value) for _key, heading, value in summary(fig, names)]
     rows += [("数据来源 Source", source), ("日志核验 Proof by the log", proof or "未核验 not run (--verify)")]
     with pdf.table(
-        col_widths=(1, 2.6), first_row_as_headings=False, line_height=5.5, borders_layout="HORIZONTAL_LINES"
+        col_widths=(1.4, 2.6), first_row_as_headings=False, line_height=5.5, borders_layout="HORIZONTAL_LINES"
     ) as t:
         for heading, value in rows:
             row = t.row()

@@ -45,6 +45,9 @@ def summary(fig: DayFigures, names: Names) -> list[tuple[str, str, str]]:
     """(CSV key, heading in both languages, value) of the report's front matter."""
     day = fig.day
     province = f"{fig.province} {names.of(fig.province)}" if fig.province else "全国 nationwide"
+    rejected = (
+        "驳回申请（全国）Rejected, nationwide" if fig.rejections_nationwide else "驳回申请 Requests rejected"
+    )
     return [
         ("day", "日期 Day", day.date.isoformat()),
         ("time_zone", "时区 Time zone", day.zone),
@@ -52,7 +55,7 @@ def summary(fig: DayFigures, names: Names) -> list[tuple[str, str, str]]:
         ("until_utc", "止 Until (UTC, excl.)", day.end.isoformat().replace("+00:00", "Z")),
         ("province", "省份 Province", province),
         ("passes_issued", "签发通行证 Passes issued", str(fig.passes_issued)),
-        ("rejected_requests", "驳回申请 Requests rejected", str(fig.rejected_requests)),
+        ("rejected_requests", rejected, str(fig.rejected_requests)),
     ]
 
 
@@ -117,7 +120,7 @@ def _dwell(fig: DayFigures, names: Names) -> Table:
         Column("departures", "离站车辆", "Departures", "int"),
         Column("median_seconds", "中位停留", "Median dwell", "seconds"),
         Column("p90_seconds", "90%分位停留", "p90 dwell", "seconds"),
-        Column("over_target", "超15分钟", "Over 15 min", "int"),
+        Column("over_target", "超15分钟", "> 15 min", "int"),
         Column("share_over_target", "超时比例", "Share over", "share"),
     )
     rows = [
