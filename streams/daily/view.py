@@ -45,9 +45,7 @@ def summary(fig: DayFigures, names: Names) -> list[tuple[str, str, str]]:
     """(CSV key, heading in both languages, value) of the report's front matter."""
     day = fig.day
     province = f"{fig.province} {names.of(fig.province)}" if fig.province else "全国 nationwide"
-    rejected = (
-        "驳回申请（全国）Rejected, nationwide" if fig.rejections_nationwide else "驳回申请 Requests rejected"
-    )
+    rejected = "驳回申请（全国）Rejected, nationwide" if fig.rejections_nationwide else "驳回申请 Requests rejected"
     return [
         ("day", "日期 Day", day.date.isoformat()),
         ("time_zone", "时区 Time zone", day.zone),
