@@ -26,8 +26,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 
 __all__ = [
@@ -200,7 +199,7 @@ class DayFigures:
     interventions: tuple[InterventionRow, ...] = ()
     dwell: tuple[DwellRow, ...] = ()
     corridors: tuple[CorridorRow, ...] = ()
-    list_changes: tuple[ListChange, ...] = field(default=())
+    list_changes: tuple[ListChange, ...] = ()
 
     @property
     def rejections_nationwide(self) -> bool:
@@ -329,12 +328,3 @@ def differences(recorded: DayFigures, proof: DayFigures) -> list[str]:
         else:
             out.append(f"{f.name}: database {a!r}, log {b!r}")
     return out
-
-
-def facts_of(
-    issued: Iterable[Issued] = (),
-    rejected: Iterable[Rejected] = (),
-    statuses: Iterable[StatusChange] = (),
-    list_changes: Iterable[ListChange] = (),
-) -> DayFacts:
-    return DayFacts(tuple(issued), tuple(rejected), tuple(statuses), tuple(list_changes))
