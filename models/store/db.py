@@ -24,6 +24,7 @@ from .tables import (
     Checkpoint,
     DecisionHour,
     Enterprise,
+    EnterpriseChange,
     Pass,
     PassCount,
     PassEvent,
@@ -339,6 +340,7 @@ def project_risks(session: Session, risks: Iterable[dict]) -> None:
 
 
 def project_enterprises(session: Session, entries: Iterable[dict]) -> None:
+    entries = list(entries)
     rows = [
         {
             "credit_code": e["credit_code"],
@@ -354,6 +356,23 @@ def project_enterprises(session: Session, entries: Iterable[dict]) -> None:
         _last_per_key(rows, "credit_code"),
         keys=["credit_code"],
         update=["name", "listed", "effective_at"],
+    )
+    # The list's history (the day's report): one row per entry taking effect, whatever came after it.
+    history = [
+        {
+            "credit_code": r["credit_code"],
+            "effective_at": r["effective_at"],
+            "action": e["action"],
+            "name": r["name"] or "",
+        }
+        for r, e in zip(rows, entries, strict=True)
+    ]
+    _upsert(
+        session,
+        EnterpriseChange,
+        list({(h["credit_code"], h["effective_at"], h["action"]): h for h in history}.values()),
+        keys=["credit_code", "effective_at", "action"],
+        update=["name"],
     )
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "RegionBase",
     "Enterprise",
     "EnterpriseBase",
+    "EnterpriseChange",
     "Checkpoint",
     "CheckpointBase",
     "Firm",
@@ -68,7 +69,7 @@ class ShipmentBase(SQLModel):
     decision: str = Field(max_length=16)
     priority: str | None = Field(default=None, max_length=2)
     rules_version: str = Field(max_length=64)
-    decided_at: datetime | None = _when()
+    decided_at: datetime | None = _when(index=True)  # the day's report reads a day of decisions
     pass_id: str | None = Field(default=None, max_length=12, index=True)
     reasons: list[dict] = Field(default_factory=list, sa_column=Column(JSON))
 
@@ -100,7 +101,7 @@ class Pass(PassBase, table=True):
 class PassEventBase(SQLModel):
     pass_id: str = Field(max_length=12, index=True)
     status: str = Field(max_length=16)
-    at: datetime | None = _when()
+    at: datetime | None = _when(index=True)  # the day's report reads a day of events
     checkpoint_id: str | None = Field(default=None, max_length=32, index=True)
     reason: str | None = None
     dwell_seconds: float | None = None
@@ -133,6 +134,18 @@ class EnterpriseBase(SQLModel):
 
 class Enterprise(EnterpriseBase, table=True):
     pass
+
+
+class EnterpriseChange(SQLModel, table=True):
+    """The key-enterprise list's history (`enterprise` keeps each firm's current row only): one row
+    per entry taking effect, keyed by what it says, so a redelivered entry rewrites its own row.
+    The day's report lists a day's additions and removals from it (migration 0004)."""
+
+    __tablename__ = "enterprise_change"
+    credit_code: str = Field(primary_key=True, max_length=18)
+    effective_at: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
+    action: str = Field(primary_key=True, max_length=8)  # add | remove
+    name: str = ""
 
 
 class CheckpointBase(SQLModel):
