@@ -37,7 +37,7 @@ from models.store import db
 from routing import Gazetteer
 
 from ..pass_print import pass_qr
-from .app import Gateway, Refused, _aware, _own_pass
+from .app import Gateway, Refused, _own_pass
 from .portal import PORTAL_CSP, STATIC
 from .views import Problem
 
@@ -206,7 +206,7 @@ def _state(gateway: Gateway, s, pass_id: str, event: dict | None, before: dict |
     route = row.route or {}
     waits = db.recent_waits(s, (c["checkpoint_id"] for c in route.get("checkpoints", ())))
     log_time = db.latest_event_time(s) if gateway.clock_of_the_log else None
-    return driver_state(row, events, waits, event=event, now=gateway.now(), log_time=_aware(log_time), before=before)
+    return driver_state(row, events, waits, event=event, now=gateway.now(), log_time=log_time, before=before)
 
 
 def driver_state(
@@ -218,7 +218,7 @@ def driver_state(
     (this server's `now`). The QR (tens of milliseconds to draw) is `before`'s when its token is."""
     current = {
         "status": row.status,
-        "status_at": _aware(row.status_at),
+        "status_at": row.status_at,
         "checkpoint_id": row.checkpoint_id,
         "reason": events[-1].reason if events else None,
         "route": row.route or {},
@@ -229,7 +229,7 @@ def driver_state(
         current["status_at"] = parse_time(event["at"])
         current |= {k: event[k] for k in ("route", "token") if event.get(k)}
     as_of = now if log_time is None else max(t for t in (log_time, current["status_at"]) if t is not None)
-    valid_from, valid_until = _aware(row.valid_from), _aware(row.valid_until)
+    valid_from, valid_until = row.valid_from, row.valid_until
     zh, en = CLASS_NAMES.get(row.priority or "", ("", ""))
     return {
         "pass_id": row.pass_id,
