@@ -603,6 +603,10 @@ def _road(settings, env, data_dir, console, procs, pages, clock, seed, shipments
     pages[:] = [p for p in pages if p.kind != "station"] + [station]
     if (truck := followed(road)) is not None:
         asyncio.run(_expected_at(station.url, truck.pass_id, 60))
+        from ..gateway.driver import driver_url
+
+        url = driver_url(settings, gateway.url, truck.pass_id)
+        pages.append(Page("driver", f"the driver's page of pass {truck.pass_id} (plate {truck.plate})", url))
     console.print(
         f"{len(trucks)} more requests sent ({BY_GATEWAY} by {DEMO_FIRM} through the gateway), dated at the "
         f"channel's clock {format_time(clock)}; {len(road.passes)} passes issued, their trucks leaving at "

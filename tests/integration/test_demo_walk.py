@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.support.browser import ARTIFACTS, watched_page
 from tests.support.system import ROOT, stop_processes
 
 pytestmark = pytest.mark.skipif(
@@ -70,7 +71,7 @@ def _base(url: str) -> str:
 
 
 async def test_the_demo_prints_its_pages_and_a_truck_to_follow(demo):
-    assert set(demo["pages"]) >= {"dashboard", "portal", "station"}
+    assert set(demo["pages"]) >= {"dashboard", "portal", "station", "driver"}
     follow = demo["follow"]
     assert follow and follow["shipment_id"].startswith("gw:demo-logistics:"), follow
     text = Path(demo["log"]).read_text()
@@ -89,3 +90,34 @@ async def test_the_station_expects_the_trucks_left_on_the_road(demo):
             state = await r.json()
     expected = {a["pass_id"] for a in state["arrivals"]}
     assert demo["follow"]["pass_id"] in expected, state["arrivals"]
+
+
+async def test_the_followed_truck_is_checked_green_from_its_drivers_phone_and_departs(demo, chromium, tmp_path):
+    """The person's walk: the driver's page (a phone) shows the pass green with its QR; the officer
+    photographs that QR at the station, which checks it GREEN; the truck arrives and departs."""
+    follow = demo["follow"]
+    phone = await chromium.new_context(viewport={"width": 390, "height": 844}, locale="zh-CN")
+    try:
+        driver = await phone.new_page()
+        await driver.goto(demo["pages"]["driver"]["url"])
+        await driver.wait_for_selector("#verdict[data-verdict='green']", timeout=60_000)
+        assert follow["plate"] in await driver.locator("#terms").inner_text()
+        await driver.screenshot(path=str(ARTIFACTS / "demo-walk-driver.png"), full_page=True)
+        photo = tmp_path / "qr-on-the-phone.png"
+        await driver.locator("#qr").screenshot(path=str(photo))
+    finally:
+        await phone.close()
+    async with watched_page(chromium, ARTIFACTS / "demo-walk-station.png") as station:
+        await station.goto(demo["pages"]["station"]["url"])
+        await station.wait_for_selector(f"#arrivals tr[data-pass='{follow['pass_id']}']", timeout=60_000)
+        await station.fill("#plate", follow["plate"])
+        await station.set_input_files("#photo", str(photo))
+        await station.click("#check")
+        await station.wait_for_selector("#card.green, #card.grey, #card.check")
+        assert await station.locator("#card").get_attribute("class") == "card green"
+        assert follow["pass_id"] in await station.locator("#card").inner_text()
+        await station.click("#arrive")
+        here = station.locator(f"#present li[data-pass='{follow['pass_id']}']")
+        await here.wait_for()
+        await here.locator("button.depart").click()
+        await station.wait_for_selector("#departed:not([hidden])")
