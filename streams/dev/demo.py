@@ -44,7 +44,17 @@ from ..settings import Settings
 from ..station.web import announced_url
 from ..topics import ensure_topics
 from .broker import TansuBroker, free_port
-from .road import BY_GATEWAY, DEPARTURE, ROAD_TRUCKS, Road, first_crossings, followed, put_on_the_road, road_requests
+from .road import (
+    BY_GATEWAY,
+    DEPARTURE,
+    ROAD_TRUCKS,
+    Road,
+    first_crossings,
+    followed,
+    put_on_the_road,
+    road_day,
+    road_requests,
+)
 from .simulator import Scenario
 
 __all__ = ["run_demo"]
@@ -502,7 +512,7 @@ def run_demo(
         road = None
         if serve and played["clock"] is not None:
             road = _road(settings, env, data_dir, console, procs, pages, played["clock"], seed, shipments, gateway)
-        _print_pages(pages, data_dir, console, road)
+        _print_pages(settings, pages, data_dir, console, road)
         if serve:
             _serve(settings, road, console)
     finally:
@@ -635,13 +645,20 @@ async def _expected_at(station_url: str, pass_id: str, timeout: float) -> None:
             await asyncio.sleep(0.2)  # polling a condition with a deadline
 
 
-def _print_pages(pages: list[Page], data_dir: Path, console: Console, road: Road | None) -> None:
+def _print_pages(settings: Settings, pages: list[Page], data_dir: Path, console: Console, road: Road | None) -> None:
     """Each page's address, on the console and in data_dir/demo.json (for a script or a test), with
-    the truck to follow."""
+    the truck to follow and the settings that reach the demo's broker and database."""
     for page in pages:
         console.print(f"[bold]{page.name}[/bold]: {page.url}")
     truck = followed(road) if road is not None else None
     summary = {
+        "env": {
+            "GC_BROKER_URL": settings.broker_url,
+            "GC_DATABASE_URL": settings.database_url,
+            "GC_KEY_DIR": str(settings.keys_path),
+            "GC_PARTITIONS": str(settings.partitions),
+        },
+        "day": road_day(road) if road is not None else None,
         "pages": {p.kind: {"name": p.name, "url": p.url} for p in pages},
         "follow": {"pass_id": truck.pass_id, "plate": truck.plate, "shipment_id": truck.shipment_id} if truck else None,
     }
@@ -651,9 +668,11 @@ def _print_pages(pages: list[Page], data_dir: Path, console: Console, road: Road
 def _serve(settings: Settings, road: Road | None, console: Console) -> None:
     """Serve the pages until Ctrl-C."""
     if road is not None and (truck := followed(road)) is not None:
+        at = f"GC_DATABASE_URL={settings.database_url}"
         console.print(
-            f"follow pass {truck.pass_id} (plate {truck.plate}): the portal lists it; print it with "
-            f"GC_DATABASE_URL={settings.database_url} greenchannel pass print {truck.pass_id}"
+            f"follow pass {truck.pass_id} (plate {truck.plate}): the portal lists it, the driver's page shows it, "
+            f"the station expects it; print it with `{at} greenchannel pass print {truck.pass_id} --pdf pass.pdf`; "
+            f"the day's report: `{at} greenchannel report --day {road_day(road)} --pdf day.pdf`"
         )
     console.print("serving the demo until Ctrl-C")
     from ..cli.broker import wait_for_stop

@@ -22,6 +22,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from sqlmodel import Session, col, select
 
+from models.daily import CHINA_STANDARD_TIME
 from models.firms import channel_shipment_id
 from models.records import format_time
 from models.store.db import make_engine
@@ -31,7 +32,7 @@ from ..handlers import Topics
 from ..settings import Settings
 from .simulator import Scenario
 
-__all__ = ["Road", "RoadTruck", "road_requests", "put_on_the_road", "first_crossings", "followed"]
+__all__ = ["Road", "RoadTruck", "road_requests", "put_on_the_road", "first_crossings", "followed", "road_day"]
 
 ROAD_TRUCKS = 40
 BY_GATEWAY = 8  # the first ones: the demo firm's, through its gateway
@@ -127,6 +128,11 @@ def put_on_the_road(
     """Send the road's requests and wait for their decisions in the database."""
     asyncio.run(_send(settings, trucks, gateway_url, key))
     return Road(trucks, _decided(settings.database_url, trucks, 120), departure)
+
+
+def road_day(road: Road) -> str:
+    """The day the road's trucks leave, as `greenchannel report --day` takes it (China Standard Time)."""
+    return road.departure.astimezone(CHINA_STANDARD_TIME).date().isoformat()
 
 
 def followed(road: Road) -> Pass | None:

@@ -8,6 +8,7 @@ broker whatever the lane.
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -17,7 +18,10 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from sqlmodel import Session, col, select
 
+from models.store.db import make_engine
+from models.store.tables import PassEvent
 from tests.support.browser import ARTIFACTS, watched_page
 from tests.support.system import ROOT, stop_processes
 
@@ -121,3 +125,37 @@ async def test_the_followed_truck_is_checked_green_from_its_drivers_phone_and_de
         await here.wait_for()
         await here.locator("button.depart").click()
         await station.wait_for_selector("#departed:not([hidden])")
+
+
+def test_the_days_report_counts_the_followed_truck_and_the_log_proves_it(demo, tmp_path):
+    """The departure the walk made (the test before) is in the day's report, from the database,
+    and the log proves the report's figures."""
+    checkpoint = _departed(demo)
+    env = {**os.environ, **demo["env"], "PYTHONPATH": str(ROOT)}
+    args = ["report", "--day", demo["day"], "--csv", str(tmp_path / "day"), "--verify"]
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = list(csv.DictReader((tmp_path / "day" / "dwell.csv").open(encoding="utf-8")))
+    assert any(r["checkpoint_id"] == checkpoint and int(r["departures"]) >= 1 for r in rows), rows
+    summary = {r["key"]: r["value"] for r in csv.DictReader((tmp_path / "day" / "summary.csv").open(encoding="utf-8"))}
+    assert int(summary["passes_issued"]) >= 1 and "proven" in summary["verified"], summary
+
+
+def _departed(demo, timeout: float = 60) -> str:
+    """Wait until the database holds the followed truck's departure; its checkpoint."""
+    engine = make_engine(demo["env"]["GC_DATABASE_URL"])
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with Session(engine) as s:
+                q = select(PassEvent.checkpoint_id).where(
+                    PassEvent.pass_id == demo["follow"]["pass_id"], col(PassEvent.dwell_seconds).is_not(None)
+                )
+                if (found := s.exec(q).first()) is not None:
+                    return found
+            assert time.monotonic() < deadline, "the followed truck's departure never reached the database"
+            time.sleep(0.2)  # polling a condition with a deadline
+    finally:
+        engine.dispose()
