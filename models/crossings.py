@@ -72,19 +72,17 @@ def slot_key(at: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """Slots [first, last] (their keys, inclusive) and the time they cover, [start, end)."""
+    """The time [start, end) a window covers, and its slots' keys, first and last (inclusive)."""
 
     name: str
     start: datetime
     end: datetime
+    first: str = ""
+    last: str = ""
 
-    @property
-    def first(self) -> str:
-        return slot_key(self.start)
-
-    @property
-    def last(self) -> str:
-        return slot_key(self.end - timedelta(minutes=SLOT_MINUTES))
+    @classmethod
+    def of(cls, name: str, start: datetime, end: datetime) -> Window:
+        return cls(name, start, end, slot_key(start), slot_key(end - timedelta(minutes=SLOT_MINUTES)))
 
     @property
     def hours(self) -> float:
@@ -99,10 +97,10 @@ def windows(as_of: datetime) -> dict[str, Window]:
     end = slot_start(as_of) + timedelta(minutes=SLOT_MINUTES)
     day, hour = timedelta(days=1), timedelta(hours=1)
     return {
-        "last_hour": Window("last_hour", end - hour, end),
-        "last_day": Window("last_day", end - day, end),
-        "yesterday": Window("yesterday", end - 2 * day, end - day),
-        "week_ago": Window("week_ago", end - 8 * day, end - 7 * day),
+        "last_hour": Window.of("last_hour", end - hour, end),
+        "last_day": Window.of("last_day", end - day, end),
+        "yesterday": Window.of("yesterday", end - 2 * day, end - day),
+        "week_ago": Window.of("week_ago", end - 8 * day, end - 7 * day),
     }
 
 

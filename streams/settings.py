@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # The firms' gateway: seconds before a failed webhook delivery is tried again, doubling after
     # each failure (at most an hour apart; 10 tries).
     webhook_retry_seconds: float = 5.0
+    # The gateway's public crossing times: "now" is the wall clock ("wall"), or the time of the latest
+    # crossing in the database ("channel": a demo's day in 2020, a replayed log).
+    public_clock: str = "wall"
     web_port: int = 6066
     web_enabled: bool = False
     web_bind: str = "127.0.0.1"

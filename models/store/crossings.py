@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import func
+from sqlalchemy import select as columns
 from sqlmodel import Session, col, select
 
 from ..crossings import Count, Window, figures, trend, windows
@@ -28,10 +29,11 @@ def latest_crossing(session: Session) -> datetime | None:
 
 def counts_between(session: Session, first: str, last: str) -> list[Count]:
     """The counts of the slots [first, last] (keys of models.crossings.slot_key)."""
-    q = select(
-        CrossingSlot.checkpoint_id, CrossingSlot.slot, CrossingSlot.minute, CrossingSlot.n, CrossingSlot.over_target
+    q = columns(
+        *(col(c) for c in (CrossingSlot.checkpoint_id, CrossingSlot.slot)),
+        *(col(c) for c in (CrossingSlot.minute, CrossingSlot.n, CrossingSlot.over_target)),
     ).where(col(CrossingSlot.slot) >= first, col(CrossingSlot.slot) <= last, col(CrossingSlot.n) > 0)
-    return [Count(*row) for row in session.exec(q)]
+    return [Count(*row) for row in session.execute(q)]
 
 
 def crossing_figures(session: Session, as_of: datetime, *, min_crossings: int | None = None) -> dict:

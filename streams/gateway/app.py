@@ -41,6 +41,7 @@ from models.store.tables import Firm, GatewayRequest
 from ..firms import bind_driver
 from ..firms import request_validator as schema_validator
 from ..pass_print import pass_document, pass_from_row
+from .crossings import add_crossings
 from .events import notification_routes
 from .notify import Hub
 from .publisher import Publisher
@@ -115,6 +116,7 @@ def create_gateway(gateway: Gateway, *, lifespan=None) -> FastAPI:
     from .portal import add_portal  # the firms' web page, its sessions and look-ups (imports this module)
 
     add_portal(app, gateway)
+    add_crossings(app, gateway)  # the public crossing times (streams.gateway.crossings)
     return app
 
 
