@@ -12,7 +12,7 @@ from sqlalchemy import func
 from sqlalchemy import select as columns
 from sqlmodel import Session, col, select
 
-from ..crossings import Count, Window, figures, trend, windows
+from ..crossings import Count, figures, trend, windows
 from .tables import Checkpoint, CrossingSlot
 
 __all__ = ["latest_crossing", "counts_between", "crossing_figures"]
@@ -28,12 +28,16 @@ def latest_crossing(session: Session) -> datetime | None:
 
 
 def counts_between(session: Session, first: str, last: str) -> list[Count]:
-    """The counts of the slots [first, last] (keys of models.crossings.slot_key)."""
-    q = columns(
-        *(col(c) for c in (CrossingSlot.checkpoint_id, CrossingSlot.slot)),
-        *(col(c) for c in (CrossingSlot.minute, CrossingSlot.n, CrossingSlot.over_target)),
-    ).where(col(CrossingSlot.slot) >= first, col(CrossingSlot.slot) <= last, col(CrossingSlot.n) > 0)
-    return [Count(*row) for row in session.execute(q)]
+    """The counts of the slots [first, last] (keys of models.crossings.slot_key), summed by the
+    database per checkpoint and minute of dwell (their `slot` is `first`): one range of the primary
+    key read, the rows returned at most checkpoints × minutes."""
+    n, over = func.sum(CrossingSlot.n), func.sum(CrossingSlot.over_target)
+    q = (
+        columns(col(CrossingSlot.checkpoint_id), col(CrossingSlot.minute), n, over)
+        .where(col(CrossingSlot.slot) >= first, col(CrossingSlot.slot) <= last)
+        .group_by(col(CrossingSlot.checkpoint_id), col(CrossingSlot.minute))
+    )
+    return [Count(cp, first, minute, int(k), int(o or 0)) for cp, minute, k, o in session.execute(q) if k]
 
 
 def crossing_figures(session: Session, as_of: datetime, *, min_crossings: int | None = None) -> dict:
@@ -42,22 +46,11 @@ def crossing_figures(session: Session, as_of: datetime, *, min_crossings: int | 
     spans = windows(as_of)
     kw = {} if min_crossings is None else {"min_crossings": min_crossings}
     by_window: dict[str, dict[str, list[Count]]] = {name: {} for name in spans}
-    for first, last, names in _reads(spans):
-        for c in counts_between(session, first, last):
-            for name in names:
-                if spans[name].holds(c.slot):
-                    by_window[name].setdefault(c.checkpoint_id, []).append(c)
+    for name, w in spans.items():
+        for c in counts_between(session, w.first, w.last):
+            by_window[name].setdefault(c.checkpoint_id, []).append(c)
     rows = []
     for cp in session.exec(select(Checkpoint).order_by(col(Checkpoint.checkpoint_id))):
         row = {name: figures(by_window[name].get(cp.checkpoint_id, ()), w.hours, **kw) for name, w in spans.items()}
         rows.append({"checkpoint": cp, **row, "trend": trend(row["last_day"], row["yesterday"])})
     return {"windows": spans, "checkpoints": rows}
-
-
-def _reads(spans: dict[str, Window]) -> list[tuple[str, str, tuple[str, ...]]]:
-    """Two range reads: the last two days (last hour, last day, yesterday) and the week-ago day."""
-    recent = ("last_hour", "last_day", "yesterday")
-    return [
-        (spans["yesterday"].first, spans["last_day"].last, recent),
-        (spans["week_ago"].first, spans["week_ago"].last, ("week_ago",)),
-    ]

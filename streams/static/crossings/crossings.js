@@ -135,7 +135,8 @@ async function drawMap(feed) {
   if (first && cps.length) {
     const lons = cps.map((c) => c.lon), lats = cps.map((c) => c.lat);
     const span = Math.max(Math.max(...lons) - Math.min(...lons), Math.max(...lats) - Math.min(...lats), 1);
-    option.geo = {map: "gc-cities", roam: true, zoom: Math.min(10, Math.max(1.2, 30 / span)),
+    option.geo = {map: "gc-cities", roam: true, layoutCenter: ["50%", "50%"], layoutSize: "100%",
+                  zoom: Math.min(10, Math.max(1, 45 / span)),
                   center: [(Math.max(...lons) + Math.min(...lons)) / 2, (Math.max(...lats) + Math.min(...lats)) / 2],
                   itemStyle: {areaColor: "#eef3ee", borderColor: "#c9d3c9", borderWidth: 0.5},
                   label: {show: false}, emphasis: {label: {show: false}, itemStyle: {areaColor: "#dfeadf"}}};
@@ -195,8 +196,10 @@ async function refresh() {
     $("#error").hidden = false;
   }
   const every = (pub.feed && pub.feed.refresh_seconds) || 60;
+  clearTimeout(pub.timer);
   pub.timer = setTimeout(refresh, (pub.refreshSeconds || every) * 1000);
 }
+pub.refresh = refresh;
 
 document.addEventListener("DOMContentLoaded", async () => {
   translate();
