@@ -5,7 +5,7 @@ temporary directory, or `--url` a PostgreSQL server's, a fresh database there ea
 checkpoints of `--checkpoints-from` (a demo's database: its real names and places) or 200 made on the
 gazetteer's counties, and N departures with a dwell time (pass_event rows, written in batches of
 2,000 as the projector writes them, so migration 0004's triggers count each) spread over `--days`
-days up to a fixed end, dwells log-normal around 8 minutes, a few checkpoints congested. Measured:
+days (or at `--per-day` a day) up to a fixed end, dwells log-normal around 8 minutes, a few checkpoints congested. Measured:
 - the fill's rate and a batch of 2,000 departures with the triggers and without them (their cost);
 - the feed's computation (`PublicCrossings.feed`, the channel's clock): the first and the median of 5.
 `--keep FILE` keeps the last SQLite database (the README's screenshot is of one). Results: `--out`.
@@ -95,7 +95,8 @@ def one_size(url: str, passes: int, args, rng: random.Random) -> dict:
     with Session(engine) as s:
         s.execute(insert(Checkpoint), cps)
         s.commit()
-    started, rows = time.perf_counter(), departures(passes, cps, args.days, rng)
+    days = passes / args.per_day if args.per_day else args.days
+    started, rows = time.perf_counter(), departures(passes, cps, days, rng)
     while chunk := [r for _, r in zip(range(BATCH), rows, strict=False)]:
         write(engine, chunk)
     fill = time.perf_counter() - started
@@ -115,6 +116,7 @@ def one_size(url: str, passes: int, args, rng: random.Random) -> dict:
     engine.dispose()
     return {
         "passes": passes,
+        "days": round(days, 1),
         "checkpoints": len(cps),
         "fill_rows_per_s": round(passes / fill),
         "batch_2000_with_triggers_ms": round(with_triggers * 1000, 1),
@@ -156,6 +158,7 @@ def main() -> None:
     p.add_argument("--checkpoints", type=int, default=200)
     p.add_argument("--checkpoints-from", help="a demo's SQLite database: its checkpoints")
     p.add_argument("--days", type=float, default=30.0)
+    p.add_argument("--per-day", type=float, help="departures a day (the days then follow from --passes)")
     p.add_argument("--url", help="a PostgreSQL server (postgresql+psycopg://…/db): a fresh database per size")
     p.add_argument("--keep", type=Path, help="keep the last SQLite database here")
     p.add_argument("--out", type=Path, default=Path("bench/out/crossings.json"))

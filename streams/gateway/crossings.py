@@ -108,8 +108,8 @@ class Snapshot:
 
 @dataclass
 class PublicCrossings:
-    """The feed's figures, computed at most once per `interval` seconds (a lock: concurrent requests
-    at the end of an interval wait for one computation and share it)."""
+    """The feed's figures, computed at most once per `interval` seconds (a lock: one computation at a
+    time; the requests that come meanwhile get the figures before it)."""
 
     engine: Engine
     clock: str = "wall"
@@ -129,18 +129,33 @@ class PublicCrossings:
             raise ValueError(f"the public clock is one of {', '.join(CLOCKS)}, not {self.clock!r}")
 
     def snapshot(self) -> tuple[Snapshot, float]:
-        """The current figures and the seconds they stay current."""
-        with self._lock:
+        """The current figures and the seconds they stay current. One request computes them when they
+        are due; the requests meanwhile get the last ones (for at most a second more), or, before the
+        first, wait for them."""
+        old = self._snapshot
+        if old is not None and self.monotonic() < self._expires:
+            return old, self._expires - self.monotonic()
+        if not self._lock.acquire(blocking=old is None):
+            return old, 1.0  # type: ignore[return-value]  # old is not None: the lock was not waited for
+        try:
             if self._snapshot is None or self.monotonic() >= self._expires:
-                body = orjson.dumps(self.feed().model_dump(mode="json"))
-                etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-                old = self._snapshot
-                changed = old is None or old.etag != etag
-                modified = self.now().replace(microsecond=0) if changed or old is None else old.last_modified
-                self._snapshot = Snapshot(body, etag, modified)
-                self._expires = self.monotonic() + self.interval
-                self.computations += 1
-            return self._snapshot, max(0.0, self._expires - self.monotonic())
+                self._compute()
+            return self._snapshot, max(0.0, self._expires - self.monotonic())  # type: ignore[return-value]
+        finally:
+            self._lock.release()
+
+    def expire(self) -> None:
+        """The next request computes the figures again."""
+        self._expires = -math.inf
+
+    def _compute(self) -> None:
+        body = orjson.dumps(self.feed().model_dump(mode="json"))
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        old = self._snapshot
+        modified = old.last_modified if old is not None and old.etag == etag else self.now().replace(microsecond=0)
+        self._snapshot = Snapshot(body, etag, modified)
+        self._expires = self.monotonic() + self.interval
+        self.computations += 1
 
     def feed(self) -> CrossingsFeed:
         with Session(self.engine) as s:

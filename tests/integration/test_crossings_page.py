@@ -20,6 +20,7 @@ from sqlmodel import Session
 from bench.crossings import END, checkpoints, departures
 from models.store.db import init_db, make_engine
 from models.store.tables import Checkpoint, PassEvent
+from routing import Gazetteer
 from streams.gateway.app import Gateway, create_gateway
 from streams.gateway.crossings import PublicCrossings
 from tests.support.browser import ARTIFACTS, wait_for_js
@@ -30,7 +31,7 @@ QUIET = {"checkpoint_id": "BX-QUIET-1", "name": "静安检查站", "adcode": "42
 @pytest.fixture
 def served(tmp_path):
     """30 checkpoints of the gazetteer with 8 days of departures (40,000 , bench.crossings), one more with 3 in the
-    last hour; the gateway's app on a free port, its feed recomputed at each request."""
+    last hour; the gateway's app on a free port."""
     rng = random.Random(27)
     engine = make_engine(f"sqlite:///{tmp_path}/gc.db")
     init_db(engine)
@@ -44,7 +45,7 @@ def served(tmp_path):
         s.execute(insert(PassEvent), rows + few)
         s.commit()
     app = create_gateway(Gateway(engine=engine, publisher=object()))
-    app.state.crossings = PublicCrossings(engine, clock="channel", interval=0.0, place=lambda a: f"县 {a}")
+    app.state.crossings = PublicCrossings(engine, clock="channel", place=Gazetteer.default().name)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
@@ -52,7 +53,7 @@ def served(tmp_path):
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", engine, cps, rng
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", engine, cps, rng, app.state.crossings
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -60,7 +61,7 @@ def served(tmp_path):
 
 
 async def test_the_public_page_shows_the_map_the_table_and_moves_by_itself(page, served):
-    url, engine, cps, rng = served
+    url, engine, cps, rng, crossings = served
     await page.set_viewport_size({"width": 1400, "height": 1000})
     await page.goto(url + "/public/crossings")
     await wait_for_js(page, "window.crossings.ready && window.crossings.mapPoints > 0")
@@ -81,6 +82,8 @@ async def test_the_public_page_shows_the_map_the_table_and_moves_by_itself(page,
 
     # Two more trucks leave the quiet checkpoint: five in its last hour, a figure where there was none.
     fetched = await page.evaluate("window.crossings.fetches")
+    crossings.interval = 0.0  # the gateway computes them again at each request, the page asks every 0.2 s
+    crossings.expire()
     await page.evaluate("window.crossings.refreshSeconds = 0.2; window.crossings.refresh()")
     more = [dict(r, checkpoint_id=QUIET["checkpoint_id"]) for r in departures(2, cps, 0, rng, start=10**7)]
     for k, r in enumerate(more):

@@ -191,3 +191,28 @@ def test_the_feed_is_documented_and_the_page_served_in_chinese_under_the_portals
     for asset in ("/public/crossings.js", "/public/crossings.css"):
         assert client.get(asset).status_code == 200
     assert client.get("/public/crossings.js?name=../../../settings.py").text.startswith("// The public crossing times")
+
+
+def test_requests_during_a_computation_get_the_last_figures_and_the_first_waits(public):
+    import threading
+
+    client, crossings, clock, _, _ = public
+    first = client.get(FEED)
+    clock.t += 61
+    started, finish = threading.Event(), threading.Event()
+    slow_feed = crossings.feed
+
+    def slow():
+        started.set()
+        assert finish.wait(10)
+        return slow_feed()
+
+    crossings.feed = slow
+    computing = threading.Thread(target=crossings.snapshot)
+    computing.start()
+    assert started.wait(10)
+    during = client.get(FEED)  # while the computation runs: the last figures, said fresh for a second
+    assert during.headers["etag"] == first.headers["etag"] and during.headers["cache-control"] == "public, max-age=1"
+    finish.set()
+    computing.join(10)
+    assert crossings.computations == 2
