@@ -5,7 +5,8 @@ temporary directory, or `--url` a PostgreSQL server's, a fresh database there ea
 checkpoints of `--checkpoints-from` (a demo's database: its real names and places) or 200 made on the
 gazetteer's counties, and N departures with a dwell time (pass_event rows, written in batches of
 2,000 as the projector writes them, so migration 0004's triggers count each) spread over `--days`
-days (or at `--per-day` a day) up to a fixed end, dwells log-normal around 8 minutes, a few checkpoints congested. Measured:
+days (or at `--per-day` a day) up to a fixed end, dwells log-normal around 7 minutes (15 at a sixth
+of the checkpoints, congested). Measured:
 - the fill's rate and a batch of 2,000 departures with the triggers and without them (their cost);
 - the feed's computation (`PublicCrossings.feed`, the channel's clock): the first and the median of 5.
 `--keep FILE` keeps the last SQLite database (the README's screenshot is of one). Results: `--out`.
