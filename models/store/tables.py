@@ -189,6 +189,7 @@ class CrossingSlot(SQLModel, table=True):
     count. A key whose count falls to 0 is deleted."""
 
     __tablename__ = "crossing_slot"
+    __table_args__ = {"sqlite_with_rowid": False}  # migration 0004: a window is one sequential read
     slot: str = Field(primary_key=True, max_length=17)
     checkpoint_id: str = Field(primary_key=True, max_length=32)
     minute: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})

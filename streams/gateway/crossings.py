@@ -159,7 +159,7 @@ class PublicCrossings:
 
     def feed(self) -> CrossingsFeed:
         with Session(self.engine) as s:
-            as_of = (latest_crossing(s) if self.clock == "channel" else None) or self.now().replace(microsecond=0)
+            as_of = ((latest_crossing(s) if self.clock == "channel" else None) or self.now()).replace(microsecond=0)
             found = crossing_figures(s, as_of, min_crossings=self.min_crossings)
         return CrossingsFeed(
             as_of=format_time(as_of.astimezone(UTC)),
