@@ -20,6 +20,7 @@ which and show "as of".
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -35,6 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from models.crossings import MIN_CROSSINGS, SLOT_MINUTES
@@ -45,6 +47,8 @@ __all__ = ["PublicCrossings", "add_crossings", "CrossingsFeed"]
 
 PAGE = Path(__file__).resolve().parents[1] / "static" / "crossings"
 INTERVAL_S = 60.0
+RETRY_S = 5.0  # the database failed: the last figures this long, then another try
+log = logging.getLogger("greenchannel.gateway")
 CLOCKS = ("wall", "channel")
 RESOLUTION = "whole minutes, rounded down: a figure m means between m and m + 1 minutes"
 
@@ -139,7 +143,13 @@ class PublicCrossings:
             return old, 1.0  # type: ignore[return-value]  # old is not None: the lock was not waited for
         try:
             if self._snapshot is None or self.monotonic() >= self._expires:
-                self._compute()
+                try:
+                    self._compute()
+                except SQLAlchemyError:
+                    if self._snapshot is None:
+                        raise
+                    log.exception("the public crossing times could not be computed; the last ones are served")
+                    self._expires = self.monotonic() + min(self.interval, RETRY_S)
             return self._snapshot, max(0.0, self._expires - self.monotonic())  # type: ignore[return-value]
         finally:
             self._lock.release()
@@ -230,13 +240,24 @@ def add_crossings(app: FastAPI, gateway, crossings: PublicCrossings | None = Non
         response_model=CrossingsFeed,
         tags=["public"],
         summary="Crossing times at each checkpoint (open data, no key)",
-        responses={304: {"description": "Not Modified: the copy named by If-None-Match is current"}},
+        responses={
+            304: {"description": "Not Modified: the copy named by If-None-Match is current"},
+            503: {"description": "the database cannot be read now (Retry-After)"},
+        },
     )
     def feed(request: Request) -> Response:
         """Per checkpoint, the median and 90th-percentile dwell (arrival to departure) over the last hour and
         day, vehicles crossing per hour, the share over the dwell target and the trend; yesterday and a
         week ago beside. Checkpoints and counts only. Cacheable: computed once a minute."""
-        snap, fresh_for = request.app.state.crossings.snapshot()
+        try:
+            snap, fresh_for = request.app.state.crossings.snapshot()
+        except SQLAlchemyError:
+            from .app import Refused
+
+            log.exception("the public crossing times could not be computed")
+            raise Refused(
+                503, "unavailable", "the figures cannot be read now; try again shortly", headers={"Retry-After": "10"}
+            ) from None
         headers = {
             "Cache-Control": f"public, max-age={max(1, math.ceil(fresh_for))}",
             "ETag": snap.etag,

@@ -216,3 +216,19 @@ def test_requests_during_a_computation_get_the_last_figures_and_the_first_waits(
     finish.set()
     computing.join(10)
     assert crossings.computations == 2
+
+
+def test_a_database_that_fails_gives_the_last_figures_or_503_never_500(public, tmp_path):
+    client, crossings, clock, _, _ = public
+    first = client.get(FEED)
+    broken = make_engine(f"sqlite:///{tmp_path}/empty.db")  # no tables: every read fails
+    crossings.engine = broken
+    clock.t += 61
+    stale = client.get(FEED)
+    assert stale.status_code == 200 and stale.headers["etag"] == first.headers["etag"]
+    assert stale.headers["cache-control"] == "public, max-age=5"  # tried again in 5 s
+    fresh = PublicCrossings(broken, clock="channel")
+    client.app.state.crossings = fresh
+    r = client.get(FEED)
+    assert r.status_code == 503 and r.json()["error"] == "unavailable" and r.headers["retry-after"] == "10"
+    broken.dispose()
