@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # on first use, mode 0600, outside the repository. Unset: KEY_DIR/driver-link.hmac. A new key
     # ends every link handed out before it.
     driver_link_key_file: Path | None = None
+    # The gateway's public crossing times: "now" is the wall clock ("wall"), or the time of the latest
+    # crossing in the database ("channel": a demo's day in 2020, a replayed log).
+    public_clock: str = "wall"
     web_port: int = 6066
     web_enabled: bool = False
     web_bind: str = "127.0.0.1"

@@ -38,6 +38,7 @@ __all__ = [
     "RecentDwell",
     "RECENT_DWELLS",
     "UTCDateTime",
+    "CrossingSlot",
 ]
 
 
@@ -212,6 +213,22 @@ class RecentDwell(SQLModel, table=True):
     checkpoint_id: str = Field(max_length=32)
     at: datetime | None = _when()
     dwell_seconds: float
+
+
+class CrossingSlot(SQLModel, table=True):
+    """The public crossing times' counts (models.crossings; migration 0005's triggers): departures with
+    a dwell time by 10-minute slot of their time (UTC, 'YYYY-MM-DDTHH:M0Z'), checkpoint and whole
+    minute of dwell, and how many of them were over the dwell target. No pass, plate or firm: a
+    count. A key whose count falls to 0 is deleted."""
+
+    __tablename__ = "crossing_slot"
+    __table_args__ = {"sqlite_with_rowid": False}  # migration 0005: a window is one sequential read
+    slot: str = Field(primary_key=True, max_length=17)
+    checkpoint_id: str = Field(primary_key=True, max_length=32)
+    minute: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    n: int
+    over_target: int
+    last_at: datetime | None = _when()  # the latest crossing counted here: the channel's clock
 
 
 # --- the firms' gateway: its firms, their keys, their requests, their webhook deliveries --------------

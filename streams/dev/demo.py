@@ -586,6 +586,8 @@ def _process_env(settings: Settings, data_dir: Path) -> dict:
         "PYTHONPATH": str(ROOT),
         # The demo's day is in February 2020: it moves the channel's clock itself (DemoDay.play).
         "GC_CLOCK_SECONDS": "0",
+        # The public crossing times' "now": the latest crossing of the demo's day, not the wall clock.
+        "GC_PUBLIC_CLOCK": "channel",
         # The pages' tokens, made here so that the demo prints addresses a person can click (each
         # page takes it once from the URL, then from its cookie); in the environment, not in `ps`.
         "GC_DASHBOARD_TOKEN": secrets.token_urlsafe(32),

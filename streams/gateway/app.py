@@ -42,6 +42,7 @@ from models.store.tables import Firm, GatewayRequest
 
 from ..firms import bind_driver, schema_fields
 from ..pass_print import pass_document, pass_from_row
+from .crossings import add_crossings
 from .events import notification_routes
 from .notify import Hub
 from .publisher import Publisher
@@ -147,6 +148,7 @@ def create_gateway(gateway: Gateway, *, lifespan=None) -> FastAPI:
 
     add_portal(app, gateway)
     add_driver_pages(app, gateway, Annotated[Caller, Depends(_caller(gateway))])
+    add_crossings(app, gateway)  # the public crossing times (streams.gateway.crossings)
     return app
 
 
