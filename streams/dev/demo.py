@@ -15,8 +15,10 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -46,14 +48,19 @@ from ..topics import ensure_topics
 from .broker import TansuBroker, free_port
 from .road import (
     BY_GATEWAY,
-    DEPARTURE,
+    CROSSING,
     ROAD_TRUCKS,
     Road,
+    crossed,
+    departed,
+    first_border,
     first_crossings,
     followed,
+    keep_time,
     put_on_the_road,
     road_day,
     road_requests,
+    send_crossings,
 )
 from .simulator import Scenario
 
@@ -498,6 +505,8 @@ def run_demo(
     console.print(f"[bold]dashboard at {pages[0].url}[/bold] (open it while the demo runs)")
     procs["gateway"], page, gateway = _start_gateway(settings, env, data_dir, console, seed)
     pages.append(page)
+    public = "public crossing times (open data; its feed: /public/v1/crossings)"
+    pages.append(Page("public", public, gateway.url + "public/crossings"))
 
     def start_pages(routes: list[dict]) -> None:
         procs["checkpoint"], page = _start_station(
@@ -608,10 +617,14 @@ def _prepare_topics_and_keys(settings: Settings) -> None:
 def _road(settings, env, data_dir, console, procs, pages, clock, seed, shipments, gateway) -> Road:
     """Leave trucks on the road (streams.dev.road) and move the station to the crossings they reach
     first, its clock at their departure: they are its expected arrivals."""
-    trucks = road_requests(seed, range(shipments, shipments + ROAD_TRUCKS), clock, DEMO_FIRM, gateway.shipper)
-    road = put_on_the_road(settings, trucks, clock + DEPARTURE, gateway.url, gateway.key)
+    left = clock - CROSSING
+    trucks = road_requests(seed, range(shipments, shipments + ROAD_TRUCKS), left, DEMO_FIRM, gateway.shipper)
+    road = put_on_the_road(settings, trucks, left, gateway.url, gateway.key)
+    asyncio.run(send_crossings(settings, road, random.Random(seed)))
+    departed(settings.database_url, crossed(road), 60)
+    road.opened = clock
     _stop({"checkpoint": procs.pop("checkpoint")} if "checkpoint" in procs else {}, None)
-    procs["checkpoint"], station = _start_station(env, data_dir, console, first_crossings(road), road.departure)
+    procs["checkpoint"], station = _start_station(env, data_dir, console, first_crossings(road), road.opened)
     pages[:] = [p for p in pages if p.kind != "station"] + [station]
     if (truck := followed(road)) is not None:
         asyncio.run(_expected_at(station.url, truck.pass_id, 60))
@@ -620,9 +633,10 @@ def _road(settings, env, data_dir, console, procs, pages, clock, seed, shipments
         url = driver_url(settings, gateway.url, truck.pass_id)
         pages.append(Page("driver", f"the driver's page of pass {truck.pass_id} (plate {truck.plate})", url))
     console.print(
-        f"{len(trucks)} more requests sent ({BY_GATEWAY} by {DEMO_FIRM} through the gateway), dated at the "
-        f"channel's clock {format_time(clock)}; {len(road.passes)} passes issued, their trucks leaving at "
-        f"{format_time(road.departure)} and expected at the station"
+        f"{len(trucks)} more requests sent ({BY_GATEWAY} by {DEMO_FIRM} through the gateway, a convoy), their "
+        f"trucks leaving at {format_time(left)}; {len(road.passes)} passes issued; {len(crossed(road))} of the "
+        f"convoy crossed its first border by the channel's clock, {format_time(clock)}, when the station opens "
+        "there and the channel's clock starts to follow the wall clock"
     )
     return road
 
@@ -662,7 +676,14 @@ def _print_pages(settings: Settings, pages: list[Page], data_dir: Path, console:
         },
         "day": road_day(road) if road is not None else None,
         "pages": {p.kind: {"name": p.name, "url": p.url} for p in pages},
-        "follow": {"pass_id": truck.pass_id, "plate": truck.plate, "shipment_id": truck.shipment_id} if truck else None,
+        "follow": {
+            "pass_id": truck.pass_id,
+            "plate": truck.plate,
+            "shipment_id": truck.shipment_id,
+            "checkpoint": first_border(truck.route),
+        }
+        if truck
+        else None,
     }
     (data_dir / "demo.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
 
@@ -677,9 +698,13 @@ def _serve(settings: Settings, road: Road | None, console: Console) -> None:
             f"the day's report: `{at} greenchannel report --day {road_day(road)} --pdf day.pdf`"
         )
     console.print("serving the demo until Ctrl-C")
-    from ..cli.broker import wait_for_stop
-
-    wait_for_stop()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if road is not None and road.opened is not None:
+        asyncio.run(keep_time(settings, road.opened, stop))  # until stopped
+    else:
+        stop.wait()
 
 
 def _stop(procs: dict[str, subprocess.Popen], broker: TansuBroker | None) -> None:

@@ -8,6 +8,7 @@ broker whatever the lane.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import subprocess
@@ -75,7 +76,7 @@ def _base(url: str) -> str:
 
 
 async def test_the_demo_prints_its_pages_and_a_truck_to_follow(demo):
-    assert set(demo["pages"]) >= {"dashboard", "portal", "station", "driver"}
+    assert set(demo["pages"]) >= {"dashboard", "portal", "station", "driver", "public"}
     follow = demo["follow"]
     assert follow and follow["shipment_id"].startswith("gw:demo-logistics:"), follow
     text = Path(demo["log"]).read_text()
@@ -120,11 +121,31 @@ async def test_the_followed_truck_is_checked_green_from_its_drivers_phone_and_de
         await station.wait_for_selector("#card.green, #card.grey, #card.check")
         assert await station.locator("#card").get_attribute("class") == "card green"
         assert follow["pass_id"] in await station.locator("#card").inner_text()
+        before = await _crossings(demo, follow["checkpoint"])
+        assert before["crossings"] >= 5 and before["withheld"] is None, before  # the convoy before it
         await station.click("#arrive")
         here = station.locator(f"#present li[data-pass='{follow['pass_id']}']")
         await here.wait_for()
         await here.locator("button.depart").click()
         await station.wait_for_selector("#departed:not([hidden])")
+    # The public figures move: one more vehicle at that crossing in the last hour.
+    checkpoint = _departed(demo)
+    assert checkpoint == follow["checkpoint"]
+    deadline = time.monotonic() + 180  # the feed computes its figures at most once a minute
+    while (now := await _crossings(demo, checkpoint))["crossings"] <= before["crossings"]:
+        assert time.monotonic() < deadline, (before, now)
+        await asyncio.sleep(1)  # polling a condition with a deadline
+    async with watched_page(chromium, ARTIFACTS / "demo-walk-public.png") as public:
+        await public.goto(demo["pages"]["public"]["url"])
+        await public.wait_for_selector(f"[data-checkpoint='{checkpoint}']", timeout=60_000)
+
+
+async def _crossings(demo, checkpoint: str) -> dict:
+    """The public feed's last hour at `checkpoint`."""
+    base = demo["pages"]["public"]["url"].rsplit("/public/", 1)[0]
+    async with aiohttp.ClientSession() as http, http.get(base + "/public/v1/crossings") as r:
+        feed = await r.json()
+    return next(c["last_hour"] for c in feed["checkpoints"] if c["checkpoint_id"] == checkpoint)
 
 
 def test_the_days_report_counts_the_followed_truck_and_the_log_proves_it(demo, tmp_path):
