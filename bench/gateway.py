@@ -77,8 +77,7 @@ def _taken_by_the_gateway(m) -> bool:
     refused by the gateway itself)."""
     import copy
 
-    from streams.firms import bind_driver
-    from streams.gateway.app import schema_fields
+    from streams.firms import bind_driver, schema_fields
     from streams.gateway.requests import RequestRefused, read_client_request
 
     try:

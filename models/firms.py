@@ -136,11 +136,15 @@ class TokenBucket:
 
     def take(self, now: float) -> float:
         """0 when a request may go now (and counts it), else the seconds until one may."""
+        wait = self.wait(now)
+        if wait == 0.0:
+            self.tokens -= 1
+        return wait
+
+    def wait(self, now: float) -> float:
+        """0 when a request may go now, else the seconds until one may; counts nothing."""
         if self.tokens < 0:
             self.tokens, self.at = self.burst, now
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate

@@ -34,7 +34,7 @@ from routing import Gazetteer
 from .handlers import Topics
 from .settings import Settings
 
-__all__ = ["add_arguments", "cmd_request", "schema_errors", "Submission"]
+__all__ = ["add_arguments", "cmd_request", "schema_errors", "schema_fields", "Submission"]
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "ShipmentRequest.schema.json"
 APPROVED, REJECTED, INVALID = 0, 1, 2
@@ -61,12 +61,20 @@ def add_arguments(sub) -> None:
 
 
 def schema_errors(request) -> list[str]:
-    """What the published schema says is wrong with `request` (empty when valid)."""
-    validator = request_validator()
-    return [
-        f"{'.'.join(str(p) for p in e.absolute_path) or '(request)'}: {e.message}"
-        for e in sorted(validator.iter_errors(request), key=lambda e: list(map(str, e.absolute_path)))
-    ]
+    """What the published schema says is wrong with `request` (empty when valid), one line each."""
+    return [f"{f['field']}: {f['message']}" for f in schema_fields(request)]
+
+
+def schema_fields(request) -> list[dict]:
+    """Each problem the published schema finds, at its field's path (a missing field at its own):
+    the gateway's field errors and the lines of `request submit`."""
+    fields = []
+    for e in sorted(request_validator().iter_errors(request), key=lambda e: list(map(str, e.absolute_path))):
+        path = [str(p) for p in e.absolute_path]
+        if e.validator == "required" and isinstance(e.validator_value, list) and isinstance(e.instance, dict):
+            path += [f for f in e.validator_value if f not in e.instance][:1]
+        fields.append({"field": ".".join(path) or "(request)", "message": e.message})
+    return fields
 
 
 @functools.cache

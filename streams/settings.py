@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     # The firms' gateway: seconds before a failed webhook delivery is tried again, doubling after
     # each failure (at most an hour apart; 10 tries).
     webhook_retry_seconds: float = 5.0
+    # The key of the drivers' pass links (HMAC-SHA256, 32 random bytes, streams.gateway.driver): made
+    # on first use, mode 0600, outside the repository. Unset: KEY_DIR/driver-link.hmac. A new key
+    # ends every link handed out before it.
+    driver_link_key_file: Path | None = None
+    # The gateway's public crossing times: "now" is the wall clock ("wall"), or the time of the latest
+    # crossing in the database ("channel": a demo's day in 2020, a replayed log).
+    public_clock: str = "wall"
     web_port: int = 6066
     web_enabled: bool = False
     web_bind: str = "127.0.0.1"
@@ -115,6 +122,10 @@ class Settings(BaseSettings):
     @property
     def keys_path(self) -> Path:
         return self.key_dir or self.data_dir / "keys"
+
+    @property
+    def driver_link_key_path(self) -> Path:
+        return self.driver_link_key_file or self.keys_path / "driver-link.hmac"
 
     @property
     def root_public_path(self) -> Path:

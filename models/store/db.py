@@ -24,6 +24,7 @@ from .tables import (
     Checkpoint,
     DecisionHour,
     Enterprise,
+    EnterpriseChange,
     Pass,
     PassCount,
     PassEvent,
@@ -59,6 +60,8 @@ __all__ = [
     "counted_board",
     "counted_hours",
     "counted_rejections",
+    "recent_waits",
+    "latest_event_time",
 ]
 
 # The statuses of a vehicle standing at its last checkpoint: the board's queue.
@@ -337,6 +340,7 @@ def project_risks(session: Session, risks: Iterable[dict]) -> None:
 
 
 def project_enterprises(session: Session, entries: Iterable[dict]) -> None:
+    entries = list(entries)
     rows = [
         {
             "credit_code": e["credit_code"],
@@ -352,6 +356,23 @@ def project_enterprises(session: Session, entries: Iterable[dict]) -> None:
         _last_per_key(rows, "credit_code"),
         keys=["credit_code"],
         update=["name", "listed", "effective_at"],
+    )
+    # The list's history (the day's report): one row per entry taking effect, whatever came after it.
+    history = [
+        {
+            "credit_code": r["credit_code"],
+            "effective_at": r["effective_at"],
+            "action": e["action"],
+            "name": r["name"] or "",
+        }
+        for r, e in zip(rows, entries, strict=True)
+    ]
+    _upsert(
+        session,
+        EnterpriseChange,
+        list({(h["credit_code"], h["effective_at"], h["action"]): h for h in history}.values()),
+        keys=["credit_code", "effective_at", "action"],
+        update=["name"],
     )
 
 
@@ -524,3 +545,25 @@ def counted_rejections(session: Session) -> dict[str, int]:
     """`rejections_by_reason(session)`, the most named first (ties by code)."""
     q = select(RejectionCount.code, RejectionCount.n).order_by(col(RejectionCount.n).desc(), col(RejectionCount.code))
     return {code: n for code, n in session.exec(q) if n}
+
+
+def recent_waits(session: Session, checkpoint_ids: Iterable[str]) -> dict[str, dict]:
+    """The board's row (`counted_board`'s median of the last RECENT_DWELLS departures) of each of
+    these checkpoints: what a driver's page shows as the wait ahead. No row: no departure yet."""
+    from ..tracking import board_row
+
+    wanted = sorted(set(checkpoint_ids))
+    dwells: dict[str, list[float]] = {}
+    if wanted:
+        q = select(RecentDwell.checkpoint_id, RecentDwell.dwell_seconds).where(
+            col(RecentDwell.checkpoint_id).in_(wanted)
+        )
+        for checkpoint, dwell in session.execute(q):
+            dwells.setdefault(checkpoint, []).append(dwell)
+    return {c: board_row(c, 0, d, 900) for c, d in dwells.items()}
+
+
+def latest_event_time(session: Session):
+    """The time of the last status event projected (by row id: O(1)), or None: the channel's clock
+    as the database knows it, for a page shown on a day the worker has no wall clock (the demo's)."""
+    return session.exec(select(PassEvent.at).order_by(col(PassEvent.id).desc()).limit(1)).first()

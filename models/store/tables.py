@@ -7,10 +7,10 @@ message rewrites the same row.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "RegionBase",
     "Enterprise",
     "EnterpriseBase",
+    "EnterpriseChange",
     "Checkpoint",
     "CheckpointBase",
     "Firm",
@@ -36,11 +37,32 @@ __all__ = [
     "RejectionCount",
     "RecentDwell",
     "RECENT_DWELLS",
+    "UTCDateTime",
+    "CrossingSlot",
 ]
 
 
+class UTCDateTime(TypeDecorator):
+    """A moment, stored in UTC and always read back aware. PostgreSQL's timestamptz is both already;
+    SQLite keeps the wall-clock fields of what it is given and reads them back naive, so a moment
+    is turned to UTC before it is written and read back as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"a naive datetime ({value.isoformat()}) is not a moment: give its time zone")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _when(**kw) -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), **kw))
+    return Field(default=None, sa_column=Column(UTCDateTime(), **kw))
 
 
 class ShipmentBase(SQLModel):
@@ -48,7 +70,7 @@ class ShipmentBase(SQLModel):
     decision: str = Field(max_length=16)
     priority: str | None = Field(default=None, max_length=2)
     rules_version: str = Field(max_length=64)
-    decided_at: datetime | None = _when()
+    decided_at: datetime | None = _when(index=True)  # the day's report reads a day of decisions
     pass_id: str | None = Field(default=None, max_length=12, index=True)
     reasons: list[dict] = Field(default_factory=list, sa_column=Column(JSON))
 
@@ -80,7 +102,7 @@ class Pass(PassBase, table=True):
 class PassEventBase(SQLModel):
     pass_id: str = Field(max_length=12, index=True)
     status: str = Field(max_length=16)
-    at: datetime | None = _when()
+    at: datetime | None = _when(index=True)  # the day's report reads a day of events
     checkpoint_id: str | None = Field(default=None, max_length=32, index=True)
     reason: str | None = None
     dwell_seconds: float | None = None
@@ -113,6 +135,18 @@ class EnterpriseBase(SQLModel):
 
 class Enterprise(EnterpriseBase, table=True):
     pass
+
+
+class EnterpriseChange(SQLModel, table=True):
+    """The key-enterprise list's history (`enterprise` keeps each firm's current row only): one row
+    per entry taking effect, keyed by what it says, so a redelivered entry rewrites its own row.
+    The day's report lists a day's additions and removals from it (migration 0004)."""
+
+    __tablename__ = "enterprise_change"
+    credit_code: str = Field(primary_key=True, max_length=18)
+    effective_at: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
+    action: str = Field(primary_key=True, max_length=8)  # add | remove
+    name: str = ""
 
 
 class CheckpointBase(SQLModel):
@@ -179,6 +213,22 @@ class RecentDwell(SQLModel, table=True):
     checkpoint_id: str = Field(max_length=32)
     at: datetime | None = _when()
     dwell_seconds: float
+
+
+class CrossingSlot(SQLModel, table=True):
+    """The public crossing times' counts (models.crossings; migration 0005's triggers): departures with
+    a dwell time by 10-minute slot of their time (UTC, 'YYYY-MM-DDTHH:M0Z'), checkpoint and whole
+    minute of dwell, and how many of them were over the dwell target. No pass, plate or firm: a
+    count. A key whose count falls to 0 is deleted."""
+
+    __tablename__ = "crossing_slot"
+    __table_args__ = {"sqlite_with_rowid": False}  # migration 0005: a window is one sequential read
+    slot: str = Field(primary_key=True, max_length=17)
+    checkpoint_id: str = Field(primary_key=True, max_length=32)
+    minute: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    n: int
+    over_target: int
+    last_at: datetime | None = _when()  # the latest crossing counted here: the channel's clock
 
 
 # --- the firms' gateway: its firms, their keys, their requests, their webhook deliveries --------------

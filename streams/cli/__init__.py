@@ -1,5 +1,5 @@
 """The `greenchannel` command: broker, worker, projector, topics, checkpoint, demo, pass, replay, db, keys,
-risk, enterprises, request, dashboard, gateway, firms.
+risk, enterprises, request, dashboard, gateway, firms, report.
 
 Each command group has its module here, with its parser (`add_arguments`) and its handlers (`COMMANDS`).
 """
@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import audit, broker, dashboard, db, demo, gateway, operators, passes, station, worker
+from . import audit, broker, dashboard, db, demo, gateway, operators, passes, report, station, worker
 
 __all__ = ["main", "build_parser"]
 
 # The groups in the order `greenchannel --help` lists their commands.
-GROUPS = (broker, worker, station, demo, passes, audit, db, operators, dashboard, gateway)
+GROUPS = (broker, worker, station, demo, passes, audit, report, db, operators, dashboard, gateway)
 
 
 def build_parser() -> argparse.ArgumentParser:

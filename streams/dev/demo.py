@@ -15,8 +15,10 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -44,7 +46,22 @@ from ..settings import Settings
 from ..station.web import announced_url
 from ..topics import ensure_topics
 from .broker import TansuBroker, free_port
-from .road import BY_GATEWAY, DEPARTURE, ROAD_TRUCKS, Road, first_crossings, followed, put_on_the_road, road_requests
+from .road import (
+    BY_GATEWAY,
+    CROSSING,
+    ROAD_TRUCKS,
+    Road,
+    crossed,
+    departed,
+    first_border,
+    first_crossings,
+    followed,
+    keep_time,
+    put_on_the_road,
+    road_day,
+    road_requests,
+    send_crossings,
+)
 from .simulator import Scenario
 
 __all__ = ["run_demo"]
@@ -488,6 +505,8 @@ def run_demo(
     console.print(f"[bold]dashboard at {pages[0].url}[/bold] (open it while the demo runs)")
     procs["gateway"], page, gateway = _start_gateway(settings, env, data_dir, console, seed)
     pages.append(page)
+    public = "public crossing times (open data; its feed: /public/v1/crossings)"
+    pages.append(Page("public", public, gateway.url + "public/crossings"))
 
     def start_pages(routes: list[dict]) -> None:
         procs["checkpoint"], page = _start_station(
@@ -502,7 +521,7 @@ def run_demo(
         road = None
         if serve and played["clock"] is not None:
             road = _road(settings, env, data_dir, console, procs, pages, played["clock"], seed, shipments, gateway)
-        _print_pages(pages, data_dir, console, road)
+        _print_pages(settings, pages, data_dir, console, road)
         if serve:
             _serve(settings, road, console)
     finally:
@@ -576,6 +595,8 @@ def _process_env(settings: Settings, data_dir: Path) -> dict:
         "PYTHONPATH": str(ROOT),
         # The demo's day is in February 2020: it moves the channel's clock itself (DemoDay.play).
         "GC_CLOCK_SECONDS": "0",
+        # The public crossing times' "now": the latest crossing of the demo's day, not the wall clock.
+        "GC_PUBLIC_CLOCK": "channel",
         # The pages' tokens, made here so that the demo prints addresses a person can click (each
         # page takes it once from the URL, then from its cookie); in the environment, not in `ps`.
         "GC_DASHBOARD_TOKEN": secrets.token_urlsafe(32),
@@ -596,17 +617,26 @@ def _prepare_topics_and_keys(settings: Settings) -> None:
 def _road(settings, env, data_dir, console, procs, pages, clock, seed, shipments, gateway) -> Road:
     """Leave trucks on the road (streams.dev.road) and move the station to the crossings they reach
     first, its clock at their departure: they are its expected arrivals."""
-    trucks = road_requests(seed, range(shipments, shipments + ROAD_TRUCKS), clock, DEMO_FIRM, gateway.shipper)
-    road = put_on_the_road(settings, trucks, clock + DEPARTURE, gateway.url, gateway.key)
+    left = clock - CROSSING
+    trucks = road_requests(seed, range(shipments, shipments + ROAD_TRUCKS), left, DEMO_FIRM, gateway.shipper)
+    road = put_on_the_road(settings, trucks, left, gateway.url, gateway.key)
+    asyncio.run(send_crossings(settings, road, random.Random(seed)))
+    departed(settings.database_url, crossed(road), 60)
+    road.opened = clock
     _stop({"checkpoint": procs.pop("checkpoint")} if "checkpoint" in procs else {}, None)
-    procs["checkpoint"], station = _start_station(env, data_dir, console, first_crossings(road), road.departure)
+    procs["checkpoint"], station = _start_station(env, data_dir, console, first_crossings(road), road.opened)
     pages[:] = [p for p in pages if p.kind != "station"] + [station]
     if (truck := followed(road)) is not None:
         asyncio.run(_expected_at(station.url, truck.pass_id, 60))
+        from ..gateway.driver import driver_url
+
+        url = driver_url(settings, gateway.url, truck.pass_id)
+        pages.append(Page("driver", f"the driver's page of pass {truck.pass_id} (plate {truck.plate})", url))
     console.print(
-        f"{len(trucks)} more requests sent ({BY_GATEWAY} by {DEMO_FIRM} through the gateway), dated at the "
-        f"channel's clock {format_time(clock)}; {len(road.passes)} passes issued, their trucks leaving at "
-        f"{format_time(road.departure)} and expected at the station"
+        f"{len(trucks)} more requests sent ({BY_GATEWAY} by {DEMO_FIRM} through the gateway, a convoy), their "
+        f"trucks leaving at {format_time(left)}; {len(road.passes)} passes issued; {len(crossed(road))} of the "
+        f"convoy crossed its first border by the channel's clock, {format_time(clock)}, when the station opens "
+        "there and the channel's clock starts to follow the wall clock"
     )
     return road
 
@@ -631,15 +661,29 @@ async def _expected_at(station_url: str, pass_id: str, timeout: float) -> None:
             await asyncio.sleep(0.2)  # polling a condition with a deadline
 
 
-def _print_pages(pages: list[Page], data_dir: Path, console: Console, road: Road | None) -> None:
+def _print_pages(settings: Settings, pages: list[Page], data_dir: Path, console: Console, road: Road | None) -> None:
     """Each page's address, on the console and in data_dir/demo.json (for a script or a test), with
-    the truck to follow."""
+    the truck to follow and the settings that reach the demo's broker and database."""
     for page in pages:
         console.print(f"[bold]{page.name}[/bold]: {page.url}")
     truck = followed(road) if road is not None else None
     summary = {
+        "env": {
+            "GC_BROKER_URL": settings.broker_url,
+            "GC_DATABASE_URL": settings.database_url,
+            "GC_KEY_DIR": str(settings.keys_path),
+            "GC_PARTITIONS": str(settings.partitions),
+        },
+        "day": road_day(road) if road is not None else None,
         "pages": {p.kind: {"name": p.name, "url": p.url} for p in pages},
-        "follow": {"pass_id": truck.pass_id, "plate": truck.plate, "shipment_id": truck.shipment_id} if truck else None,
+        "follow": {
+            "pass_id": truck.pass_id,
+            "plate": truck.plate,
+            "shipment_id": truck.shipment_id,
+            "checkpoint": first_border(truck.route),
+        }
+        if truck
+        else None,
     }
     (data_dir / "demo.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
 
@@ -647,14 +691,20 @@ def _print_pages(pages: list[Page], data_dir: Path, console: Console, road: Road
 def _serve(settings: Settings, road: Road | None, console: Console) -> None:
     """Serve the pages until Ctrl-C."""
     if road is not None and (truck := followed(road)) is not None:
+        at = f"GC_DATABASE_URL={settings.database_url}"
         console.print(
-            f"follow pass {truck.pass_id} (plate {truck.plate}): the portal lists it; print it with "
-            f"GC_DATABASE_URL={settings.database_url} greenchannel pass print {truck.pass_id}"
+            f"follow pass {truck.pass_id} (plate {truck.plate}): the portal lists it, the driver's page shows it, "
+            f"the station expects it; print it with `{at} greenchannel pass print {truck.pass_id} --pdf pass.pdf`; "
+            f"the day's report: `{at} greenchannel report --day {road_day(road)} --pdf day.pdf`"
         )
     console.print("serving the demo until Ctrl-C")
-    from ..cli.broker import wait_for_stop
-
-    wait_for_stop()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if road is not None and road.opened is not None:
+        asyncio.run(keep_time(settings, road.opened, stop))  # until stopped
+    else:
+        stop.wait()
 
 
 def _stop(procs: dict[str, subprocess.Popen], broker: TansuBroker | None) -> None:

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,15 +33,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from models.driver import new_link_key
 from models.firms import TokenBucket, channel_shipment_id, client_shipment_id, shipper_refusal
 from models.records import MAX_MESSAGE_BYTES, parse_request
 from models.store import db
 from models.store import firms as rows
 from models.store.tables import Firm, GatewayRequest
 
-from ..firms import bind_driver
-from ..firms import request_validator as schema_validator
+from ..firms import bind_driver, schema_fields
 from ..pass_print import pass_document, pass_from_row
+from .crossings import add_crossings
 from .events import notification_routes
 from .notify import Hub
 from .publisher import Publisher
@@ -76,6 +78,10 @@ class Caller:
     key_id: str
 
 
+FAILURES_PER_MINUTE, FAILURES_BURST = 10, 20  # refused keys a client address may try
+MAX_CLIENTS = 10_000  # addresses remembered for that
+
+
 @dataclass
 class Gateway:
     """What the endpoints need: the database, the publisher, the clocks, each firm's rate limit."""
@@ -87,9 +93,34 @@ class Gateway:
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     hub: Hub = field(default_factory=Hub)
     sessions: Sessions = field(default_factory=Sessions)  # the portal's (streams.gateway.session)
+    # The drivers' pass links (streams.gateway.driver): their HMAC key (serve.py reads it from its
+    # file; by default one made for this process), and whether "now" on a driver's page is the time
+    # of the last event projected (a channel without a wall clock: the demo's day) or `now`.
+    driver_link_key: bytes = field(default_factory=new_link_key, repr=False)
+    clock_of_the_log: bool = False
 
     def session(self) -> Session:
         return Session(self.engine)
+
+    # Failed authentications by client address: a key guessed at costs a database look-up each time.
+    failures: OrderedDict[str, TokenBucket] = field(default_factory=OrderedDict)
+    failures_per_minute: float = FAILURES_PER_MINUTE
+    failures_burst: float = FAILURES_BURST
+
+    def failure_wait(self, client: str) -> float:
+        """0 when `client` may try a key now, else the seconds until it may (counts nothing)."""
+        bucket = self.failures.get(client)
+        return 0.0 if bucket is None else bucket.wait(self.monotonic())
+
+    def failed(self, client: str) -> None:
+        """Count a refused key from `client` (the oldest addresses forgotten past MAX_CLIENTS)."""
+        bucket = self.failures.pop(client, None)
+        if bucket is None:
+            bucket = TokenBucket(rate=self.failures_per_minute / 60, burst=self.failures_burst)
+        bucket.take(self.monotonic())
+        self.failures[client] = bucket
+        while len(self.failures) > MAX_CLIENTS:
+            self.failures.popitem(last=False)
 
     def take(self, firm: Firm) -> float:
         """0 when the firm may make a request now, else the seconds until it may (`Retry-After`)."""
@@ -112,9 +143,12 @@ def create_gateway(gateway: Gateway, *, lifespan=None) -> FastAPI:
     _requests_routes(app, gateway)
     _passes_routes(app, gateway)
     notification_routes(app, gateway, Annotated[Caller, Depends(_caller(gateway))])
+    from .driver import add_driver_pages  # the drivers' pass pages (imports this module)
     from .portal import add_portal  # the firms' web page, its sessions and look-ups (imports this module)
 
     add_portal(app, gateway)
+    add_driver_pages(app, gateway, Annotated[Caller, Depends(_caller(gateway))])
+    add_crossings(app, gateway)  # the public crossing times (streams.gateway.crossings)
     return app
 
 
@@ -153,7 +187,10 @@ def _caller(gateway: Gateway):
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
     ) -> Caller:
         if credentials is not None:
+            _not_guessing(gateway, request)
             found = await run_in_threadpool(_authenticate, gateway, credentials.credentials)
+            if found is None:
+                gateway.failed(_client(request))
         elif (key_id := gateway.sessions.key_of(request.cookies.get(COOKIE))) is not None:
             origin = f"{request.url.scheme}://{request.headers.get('host', '')}"
             if (why := csrf_refusal(request.method, request.headers, origin)) is not None:
@@ -164,17 +201,38 @@ def _caller(gateway: Gateway):
         if found is None:
             raise Refused(401, "unauthorized", "unknown or revoked API key", headers=_CHALLENGE)
         firm, key_id = found
-        wait = gateway.take(firm)
-        if wait > 0:
-            raise Refused(
-                429,
-                "rate_limited",
-                f"more than {firm.requests_per_minute} requests a minute; try again in {math.ceil(wait)} s",
-                headers={"Retry-After": str(math.ceil(wait))},
-            )
+        within_limit(gateway, firm)
         return Caller(firm.firm_id, frozenset(firm.acts_for), key_id)
 
     return caller
+
+
+def within_limit(gateway: Gateway, firm: Firm) -> None:
+    """Count a request of the firm's; 429 past its rate limit."""
+    wait = gateway.take(firm)
+    if wait > 0:
+        raise Refused(
+            429,
+            "rate_limited",
+            f"more than {firm.requests_per_minute} requests a minute; try again in {math.ceil(wait)} s",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _not_guessing(gateway: Gateway, request: Request) -> None:
+    """429 when the client's address has had too many keys refused of late."""
+    wait = gateway.failure_wait(_client(request))
+    if wait > 0:
+        raise Refused(
+            429,
+            "rate_limited",
+            f"too many refused keys from your address; try again in {math.ceil(wait)} s",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
 
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -297,18 +355,6 @@ def _check(wanted: ClientRequest, who: Caller) -> None:
         raise Refused(422, "invalid", "the driver cannot be bound", fields=[{"field": "driver", "message": problem}])
 
 
-def schema_fields(body: dict) -> list[dict]:
-    """Each problem the published schema finds, at its field's path (a missing field at its own)."""
-    fields = []
-    for e in sorted(schema_validator().iter_errors(body), key=lambda e: list(map(str, e.absolute_path))):
-        path = [str(p) for p in e.absolute_path]
-        if e.validator == "required" and isinstance(e.validator_value, list):
-            missing = next((f for f in e.validator_value if isinstance(e.instance, dict) and f not in e.instance), None)
-            path += [missing] if missing else []
-        fields.append({"field": ".".join(path) or "(request)", "message": e.message})
-    return fields
-
-
 def _record(gateway: Gateway, wanted: ClientRequest, who: Caller) -> tuple[GatewayRequest, bool]:
     with gateway.session() as s:
         row, new = rows.add_request(
@@ -352,7 +398,7 @@ def _request_view(s: Session, row: GatewayRequest) -> RequestView:
             priority=decided.priority,
             reasons=decided.reasons,
             rules_version=decided.rules_version,
-            decided_at=_aware(decided.decided_at),
+            decided_at=decided.decided_at,
             pass_id=decided.pass_id,
         )
     status = decided.decision if decided is not None else "dead_letter" if row.dead_letter else "pending"
@@ -360,7 +406,7 @@ def _request_view(s: Session, row: GatewayRequest) -> RequestView:
         shipment_id=row.client_id,
         status=status,
         error=row.dead_letter if decided is None else None,
-        accepted_at=_aware(row.accepted_at),
+        accepted_at=row.accepted_at,
         decision=decision,
         pass_url=f"/v1/passes/{decided.pass_id}" if decided is not None and decided.pass_id else None,
         pass_status=_pass_status(s, decided.pass_id if decided is not None else None),
@@ -370,11 +416,6 @@ def _request_view(s: Session, row: GatewayRequest) -> RequestView:
 def _pass_status(s: Session, pass_id: str | None) -> str | None:
     row = db.get_pass(s, pass_id=pass_id) if pass_id else None
     return None if row is None else row.status
-
-
-def _aware(at: datetime | None) -> datetime | None:
-    """A time read back from the database, in UTC (SQLite returns it without its zone)."""
-    return at if at is None or at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 # --- passes ------------------------------------------------------------------------------------------
@@ -390,12 +431,8 @@ def _passes_routes(app: FastAPI, gateway: Gateway) -> None:
             row, client_id = _own_pass(s, pass_id, who)
             events = db.get_pass_events(s, pass_id=pass_id)
             history = [PassEventView.model_validate(e, from_attributes=True) for e in events]
-            for event in history:
-                event.at = _aware(event.at)
             fields = (k for k in PassView.model_fields if hasattr(row, k) and k != "shipment_id")
-            view = {
-                k: _aware(v) if isinstance(v, datetime) else v for k in fields if (v := getattr(row, k)) is not None
-            }
+            view = {k: v for k in fields if (v := getattr(row, k)) is not None}
         base = f"/v1/passes/{pass_id}"
         return PassView(
             **view,

@@ -113,10 +113,11 @@ def retry_after(attempts: int, base: float) -> float | None:
 
 @dataclass
 class Hub:
-    """Each firm's open event streams; a stream that falls 1,000 events behind is closed (its page
-    reconnects and reads the state anew)."""
+    """Each firm's open event streams, and each pass's (the drivers' pages); a stream that falls 1,000
+    events behind is closed (its page reconnects and reads the state anew)."""
 
     streams: dict[str, set[asyncio.Queue]] = field(default_factory=lambda: defaultdict(set))
+    passes: dict[str, set[asyncio.Queue]] = field(default_factory=lambda: defaultdict(set))  # by pass id
     # Set once the live feed has its position at the end of every partition: a stream opened
     # after that misses nothing that happens after it opened.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -129,15 +130,36 @@ class Hub:
     def close(self, firm_id: str, queue: asyncio.Queue) -> None:
         self.streams[firm_id].discard(queue)
 
+    def open_pass(self, pass_id: str) -> asyncio.Queue:
+        """A stream of one pass's events (a driver's page, streams.gateway.driver)."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        self.passes[pass_id].add(queue)
+        return queue
+
+    def close_pass(self, pass_id: str, queue: asyncio.Queue) -> None:
+        self.passes[pass_id].discard(queue)
+        if not self.passes[pass_id]:
+            del self.passes[pass_id]
+
     def tell(self, envelope: Envelope) -> None:
         for queue in list(self.streams.get(envelope.firm_id, ())):
-            try:
-                queue.put_nowait(envelope)
-            except asyncio.QueueFull:
+            if not _put(queue, envelope):
                 self.close(envelope.firm_id, queue)
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.get_nowait()
-                    queue.put_nowait(None)  # the end: the stream closes
+        for queue in list(self.passes.get(envelope.pass_id or "", ())):
+            if not _put(queue, envelope):
+                self.close_pass(envelope.pass_id or "", queue)
+
+
+def _put(queue: asyncio.Queue, envelope: Envelope) -> bool:
+    """False when the queue is full: its stream is told to end (None) and is to be closed."""
+    try:
+        queue.put_nowait(envelope)
+        return True
+    except asyncio.QueueFull:
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.get_nowait()
+            queue.put_nowait(None)  # the end: the stream closes
+        return False
 
 
 # --- reading the topics ------------------------------------------------------------------------------
@@ -292,7 +314,6 @@ class Deliverer:
             first = s.exec(q.order_by(col(WebhookDelivery.next_at)).limit(1)).first()
         if first is None:
             return 60.0
-        first = first if first.tzinfo else first.replace(tzinfo=UTC)
         return min(60.0, max(0.05, (first - self.now()).total_seconds()))
 
     async def _post(self, http: aiohttp.ClientSession, url: str, secret: str, d: WebhookDelivery) -> str | None:

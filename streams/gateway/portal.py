@@ -25,7 +25,7 @@ from models.store.tables import Firm
 from routing import Gazetteer
 
 from ..web import CSP
-from .app import Caller, Gateway, Refused, _authenticate, _caller
+from .app import Caller, Gateway, Refused, _authenticate, _caller, _client, _not_guessing, within_limit
 from .session import COOKIE, SESSION_SECONDS, csrf_refusal
 
 __all__ = ["add_portal", "places", "cargo"]
@@ -114,10 +114,13 @@ def _session_routes(app: FastAPI, gateway: Gateway) -> None:
     async def sign_in(body: SignIn, request: Request) -> JSONResponse:
         """The key is checked and forgotten: the browser gets an HttpOnly session cookie instead."""
         _same_origin(request)
+        _not_guessing(gateway, request)
         found = await run_in_threadpool(_authenticate, gateway, body.key)
         if found is None:
+            gateway.failed(_client(request))
             raise Refused(401, "unauthorized", "unknown or revoked API key")
         firm, key_id = found
+        within_limit(gateway, firm)  # a sign-in is one of the firm's requests
         gateway.sessions.close(request.cookies.get(COOKIE))  # a session of before, if any, ends here
         response = JSONResponse(_signed_in(firm).model_dump())
         response.set_cookie(

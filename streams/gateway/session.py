@@ -26,6 +26,9 @@ COOKIE = "gc_portal"
 PORTAL_HEADER = "x-gc-portal"
 SESSION_SECONDS = 8 * 3600  # a working day; then the firm signs in again
 MAX_SESSIONS = 10_000  # past this, the oldest go first: a flood of sign-ins cannot grow memory
+# A key's own sessions past this close its oldest: one firm signing in again and again ends its own
+# sessions, never another firm's (it would take MAX_SESSIONS / MAX_PER_KEY keys, each one an operator's).
+MAX_PER_KEY = 20
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -42,15 +45,20 @@ class Sessions:
     clock: Callable[[], float] = time.monotonic
     seconds: float = SESSION_SECONDS
     _open: dict[str, _Open] = field(default_factory=dict)
+    _of_key: dict[str, list[str]] = field(default_factory=dict)  # key id -> its sessions, oldest first
 
     def open(self, key_id: str) -> str:
         now = self.clock()
+        mine = self._of_key.setdefault(key_id, [])
+        while len(mine) >= MAX_PER_KEY:
+            self._open.pop(mine.pop(0), None)
         if len(self._open) >= MAX_SESSIONS:
             self._sweep(now)
             while len(self._open) >= MAX_SESSIONS:
-                del self._open[next(iter(self._open))]  # dicts keep order: the oldest
+                self._drop(next(iter(self._open)))  # dicts keep order: the oldest
         sid = secrets.token_urlsafe(32)
         self._open[sid] = _Open(key_id, now + self.seconds)
+        mine.append(sid)
         return sid
 
     def key_of(self, sid: str | None) -> str | None:
@@ -59,17 +67,24 @@ class Sessions:
         if found is None:
             return None
         if found.until <= self.clock():
-            del self._open[sid]  # type: ignore[arg-type]
+            self._drop(sid)  # type: ignore[arg-type]
             return None
         return found.key_id
 
     def close(self, sid: str | None) -> None:
-        if sid:
-            self._open.pop(sid, None)
+        if sid and sid in self._open:
+            self._drop(sid)
+
+    def _drop(self, sid: str) -> None:
+        key_id = self._open.pop(sid).key_id
+        mine = self._of_key.get(key_id, [])
+        mine.remove(sid)
+        if not mine:
+            self._of_key.pop(key_id, None)
 
     def _sweep(self, now: float) -> None:
         for sid in [s for s, o in self._open.items() if o.until <= now]:
-            del self._open[sid]
+            self._drop(sid)
 
 
 def csrf_refusal(method: str, headers, host_origin: str) -> str | None:

@@ -129,6 +129,10 @@ async def test_a_firm_signs_in_applies_watches_the_decision_opens_and_prints_the
     assert "已签发" in await page.inner_text("#history")
     checkpoints = await page.locator("#checkpoints tbody tr").count()
     assert checkpoints >= 2  # a border crossing and the destination at least
+    # The link to hand the driver, with its QR (the driver's page: tests/integration/test_driver_page.py).
+    await page.wait_for_selector("#driver-link:not([hidden])")
+    assert f"/d/{pass_id}/" in await page.inner_text("#driver-url")
+    await wait_for_js(page, "document.querySelector('#driver-qr').naturalWidth > 0", TIMEOUT)
 
     # A checkpoint scans the truck: the pass page follows its status without being reloaded.
     the_pass = await (await page.context.request.get(f"{firm['url']}v1/passes/{pass_id}")).json()

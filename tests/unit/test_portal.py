@@ -7,7 +7,8 @@ from sqlmodel import Session
 
 from models.firms import parse_api_key
 from models.store import firms as rows
-from streams.gateway.session import COOKIE, Sessions, csrf_refusal
+from streams.gateway.app import FAILURES_BURST
+from streams.gateway.session import COOKIE, MAX_PER_KEY, Sessions, csrf_refusal
 from tests.support.factories import good_request
 from tests.unit.test_gateway import NOW, gateway  # noqa: F401 — the fixture, shared
 
@@ -85,6 +86,31 @@ def test_a_session_ends_when_its_time_is_up():
     assert sessions.key_of(sid) == "abc123abc123" and sessions.key_of("guess") is None
     now[0] = 60.0
     assert sessions.key_of(sid) is None
+
+
+def test_a_key_signing_in_again_and_again_ends_only_its_own_oldest_sessions():
+    sessions = Sessions(clock=lambda: 0.0)
+    others = sessions.open("other000000a")
+    mine = [sessions.open("mine0000000a") for _ in range(MAX_PER_KEY * 3)]
+    assert sessions.key_of(others) == "other000000a"  # another firm's session stays open
+    assert [sessions.key_of(sid) for sid in mine[-MAX_PER_KEY:]] == ["mine0000000a"] * MAX_PER_KEY
+    assert sessions.key_of(mine[0]) is None and len(sessions._open) == MAX_PER_KEY + 1
+    sessions.close(mine[-1])
+    assert sessions.key_of(mine[-1]) is None and len(sessions._of_key["mine0000000a"]) == MAX_PER_KEY - 1
+
+
+def test_an_address_guessing_keys_is_slowed_and_a_firm_signing_in_counts_its_requests(gateway):  # noqa: F811
+    client, keys, _, gw = gateway
+    wrong = "gck_000000000000_" + "A" * 43
+    answers = [sign_in(client, wrong).status_code for _ in range(FAILURES_BURST)]
+    assert answers == [401] * FAILURES_BURST
+    r = sign_in(client, keys["sf-wuhan"])  # even a right key, from that address, waits now
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
+    r = client.get("/v1/requests", headers={"Authorization": f"Bearer {wrong}"})
+    assert r.status_code == 429
+    gw.failures.clear()
+    assert sign_in(client, keys["sf-wuhan"]).status_code == 200
+    gw.buckets.clear()
 
 
 def test_csrf_refusal_reads_origin_and_fetch_metadata():

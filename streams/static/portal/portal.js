@@ -21,6 +21,7 @@ const T = {
     id_invalid: "身份证号无效：{0}。申请未提交。", id_shape: "应为 17 位数字加 1 位数字或 X", id_birth: "出生日期不存在",
     id_check: "校验位应为 {0}",
     binding_insecure: "此连接不安全（非 HTTPS），浏览器无法在本机计算摘要：身份证号将发送给网关，由网关处理。",
+    driver_link: "司机手机通行证", driver_link_hint: "把此链接或二维码交给司机：手机上显示通行证二维码、实时状态、路线与各检查站等待时间，离线也能打开。持有链接者即可查看此通行证，请勿公开。",
     pass_title: "通行证", print_pdf: "打印 PDF", print_png: "下载图片", checkpoints: "检查站与预计到达时间",
     col_checkpoint: "检查站", col_eta: "预计到达", history: "状态记录", view_pass: "查看",
     t_plate: "车牌", t_priority: "优先级", t_status: "状态", t_valid: "有效期", t_trip: "行程", t_toll: "通行费",
@@ -70,6 +71,7 @@ const T = {
     id_invalid: "The driver's ID number is not valid: {0}. Nothing was sent.", id_shape: "17 digits and a digit or X",
     id_birth: "its date of birth does not exist", id_check: "its check digit should be {0}",
     binding_insecure: "This connection is not secure (not HTTPS), so the browser cannot hash here: the ID number goes to the gateway, which binds it.",
+    driver_link: "The pass on the driver's phone", driver_link_hint: "Hand the driver this link or QR: the pass's QR, its status live, the route and the wait at each checkpoint, on a phone, offline too. Whoever has the link can see this pass: do not publish it.",
     pass_title: "Pass", print_pdf: "Print (PDF)", print_png: "Image (PNG)", checkpoints: "Checkpoints and ETAs",
     col_checkpoint: "Checkpoint", col_eta: "ETA", history: "Status history", view_pass: "Open",
     t_plate: "Plate", t_priority: "Priority", t_status: "Status", t_valid: "Valid", t_trip: "Trip", t_toll: "Tolls",
@@ -534,6 +536,22 @@ async function loadPass(passId) {
     return;
   }
   paintPass(p);
+  driverLink(passId);
+}
+
+// The link the firm hands the driver (GET /v1/passes/{id}/driver-link), with its QR.
+async function driverLink(passId) {
+  const box = $("#driver-link");
+  if (box.dataset.pass === passId) return;
+  box.hidden = true;
+  try {
+    const link = await api(`/v1/passes/${encodeURIComponent(passId)}/driver-link`);
+    $("#driver-qr").src = link.qr_svg_url;
+    $("#driver-url").href = link.url;
+    $("#driver-url").textContent = link.url;
+    box.dataset.pass = passId;
+    box.hidden = false;
+  } catch (e) { console.warn("driver link", e); }
 }
 
 function paintPass(p) {
