@@ -24,6 +24,7 @@ from .connection import Connection
 
 __all__ = [
     "KeyDir",
+    "write_secret_once",
     "load_signer",
     "load_public_key",
     "load_keyring",
@@ -160,14 +161,18 @@ def pinned_root(settings, *, create: bool = False) -> tuple[Ed25519PublicKey | N
 
 
 def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
-    """Write-then-link, mode 0600, so two workers starting together never read half a key and an
-    existing key is never overwritten."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    write_secret_once(path, pem)
+
+
+def write_secret_once(path: Path, secret: bytes) -> None:
+    """Write-then-link, mode 0600, so two processes starting together never read half a secret and
+    an existing one is never overwritten (the first made wins; the other's is dropped)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+        fh.write(secret)
     try:
         os.link(tmp, path)
     except FileExistsError:

@@ -209,14 +209,13 @@ def _caller(gateway: Gateway):
 
 def within_limit(gateway: Gateway, firm: Firm) -> None:
     """Count a request of the firm's; 429 past its rate limit."""
-    wait = gateway.take(firm)
-    if wait > 0:
-        raise Refused(
-            429,
-            "rate_limited",
-            f"more than {firm.requests_per_minute} requests a minute; try again in {math.ceil(wait)} s",
-            headers={"Retry-After": str(math.ceil(wait))},
-        )
+    if (wait := gateway.take(firm)) > 0:
+        raise _too_many(wait, f"more than {firm.requests_per_minute} requests a minute")
+
+
+def _too_many(wait: float, why: str) -> Refused:
+    seconds = math.ceil(wait)
+    return Refused(429, "rate_limited", f"{why}; try again in {seconds} s", headers={"Retry-After": str(seconds)})
 
 
 def _client(request: Request) -> str:
@@ -225,14 +224,8 @@ def _client(request: Request) -> str:
 
 def _not_guessing(gateway: Gateway, request: Request) -> None:
     """429 when the client's address has had too many keys refused of late."""
-    wait = gateway.failure_wait(_client(request))
-    if wait > 0:
-        raise Refused(
-            429,
-            "rate_limited",
-            f"too many refused keys from your address; try again in {math.ceil(wait)} s",
-            headers={"Retry-After": str(math.ceil(wait))},
-        )
+    if (wait := gateway.failure_wait(_client(request))) > 0:
+        raise _too_many(wait, "too many refused keys from your address")
 
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}

@@ -18,7 +18,6 @@ import functools
 import hashlib
 import io
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from models.records import format_time, parse_time
 from models.store import db
 from routing import Gazetteer
 
+from ..keys import write_secret_once
 from ..pass_print import pass_qr
 from .app import Gateway, Refused, _own_pass
 from .portal import PORTAL_CSP, STATIC
@@ -71,17 +71,7 @@ def load_link_key(path: Path) -> bytes:
     """The driver-link key in `path`, made (32 random bytes, mode 0600) when there is none: written
     to a file of its own, then linked, so two gateways starting together share one key."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(new_link_key())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        write_secret_once(path, new_link_key())
     key = path.read_bytes()
     if len(key) < 16:
         raise SystemExit(f"{path}: a driver-link key is at least 16 bytes (delete it to make a new one)")
