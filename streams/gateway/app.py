@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, Query, Request, Security
@@ -93,6 +93,9 @@ class Gateway:
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     hub: Hub = field(default_factory=Hub)
     sessions: Sessions = field(default_factory=Sessions)  # the portal's (streams.gateway.session)
+    # The public crossing times as the settings say (streams.gateway.crossings.from_settings): made by
+    # the composition root; None: the defaults (the wall clock, the catalog's target).
+    crossings: Any = None
     # The drivers' pass links (streams.gateway.driver): their HMAC key (serve.py reads it from its
     # file; by default one made for this process), and whether "now" on a driver's page is the time
     # of the last event projected (a channel without a wall clock: the demo's day) or `now`.
@@ -148,7 +151,7 @@ def create_gateway(gateway: Gateway, *, lifespan=None) -> FastAPI:
 
     add_portal(app, gateway)
     add_driver_pages(app, gateway, Annotated[Caller, Depends(_caller(gateway))])
-    add_crossings(app, gateway)  # the public crossing times (streams.gateway.crossings)
+    add_crossings(app, gateway, gateway.crossings)  # the public crossing times (streams.gateway.crossings)
     return app
 
 

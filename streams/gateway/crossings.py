@@ -227,12 +227,13 @@ def not_modified(request: Request, snap: Snapshot) -> bool:
 
 
 def add_crossings(app: FastAPI, gateway, crossings: PublicCrossings | None = None) -> PublicCrossings:
-    """Register the feed and the page on the gateway's app (its database; the settings of the process
-    unless `crossings` is given). The feed's object is `app.state.crossings` (a test may replace it)."""
+    """Register the feed and the page on the gateway's app (its database; default settings unless
+    `crossings` is given: the composition root gives the process's). The feed's object is
+    `app.state.crossings` (a test may replace it)."""
     if crossings is None:
-        from ..settings import get_settings
+        from ..settings import Settings
 
-        crossings = from_settings(gateway.engine, get_settings())
+        crossings = from_settings(gateway.engine, Settings(public_clock="wall"))
     app.state.crossings = crossings
 
     @app.get(

@@ -16,6 +16,7 @@ def build(settings):
 
     from ..handlers import Topics
     from .app import Gateway, create_gateway
+    from .crossings import from_settings
     from .driver import load_link_key
     from .notify import Deliverer, Feed, store_deliveries
     from .publisher import KafkaPublisher
@@ -31,6 +32,7 @@ def build(settings):
         publisher=publisher,
         driver_link_key=load_link_key(settings.driver_link_key_path),
         clock_of_the_log=settings.clock_seconds <= 0,  # no wall clock in the channel (the demo's day)
+        crossings=from_settings(engine, settings),
     )
     deliverer = Deliverer(engine, retry_s=settings.webhook_retry_seconds)
     isolation = "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"

@@ -24,6 +24,7 @@ from streams.daily.pdf import report_pdf
 from streams.daily.sources import database_facts, log_facts
 from streams.daily.view import Names
 from streams.projector import Item, shape, write
+from streams.settings import get_settings
 from tests.support.factories import T, make_pipeline
 from tests.support.projections import ROUTE_A, ROUTE_B, checkpoint, decision, fresh_postgres_database, status
 from tests.unit.test_db import BACKENDS, PG_URL
@@ -323,7 +324,17 @@ def test_the_csv_files_parse_with_one_header_row_each(engine, tmp_path):
     assert summary["province"] == "44 广东省" and summary["from_utc"] == "2020-02-19T16:00:00Z"
 
 
-def test_the_command_writes_both_and_refuses_a_bad_day_or_province(engine, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def settings_of_the_environment():
+    """`main` reads the process's settings once (`get_settings` is cached): from this test's environment."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_the_command_writes_both_and_refuses_a_bad_day_or_province(
+    engine, tmp_path, monkeypatch, capsys, settings_of_the_environment
+):
     project(engine, constructed())
     monkeypatch.setenv("GC_DATABASE_URL", str(engine.url))
     pdf, directory = tmp_path / "day.pdf", tmp_path / "csv"
